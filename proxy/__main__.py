@@ -1,0 +1,7 @@
+"""``python -m proxy``: the same CLI as ``mcp-resilience-proxy``."""
+
+import sys
+
+from proxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""Stage 0 of the pipeline: decide once what a request is, so no later stage has to look again.
+
+Classification reads the parsed body, which is authoritative: the modern era's routing headers
+(`Mcp-Method`, `Mcp-Name`) are only a client's claim, cross-checked by the upstream (-32020), so they
+are fine for routing but never for cache keys or idempotency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+from multidict import CIMultiDict
+
+from proxy.jsonrpc import Message, is_read_method
+from proxy.policies.base import Call, Era
+
+__all__ = ["MODERN_VERSION", "classify", "era_of", "identity_hash"]
+
+MODERN_VERSION = "2026-07-28"
+"""The first stateless protocol version; versions are dates, so later ones compare greater."""
+_META_VERSION = "io.modelcontextprotocol/protocolVersion"
+
+
+def era_of(headers: Mapping[str, str], message: Message | None) -> Era:
+    """The wire era: from MCP-Protocol-Version, else the modern `_meta` version, else legacy."""
+    version = headers.get("MCP-Protocol-Version")
+    if version is None and message is not None:
+        meta = message.params.get("_meta")
+        if isinstance(meta, dict):
+            version = meta.get(_META_VERSION)
+    return Era.MODERN if isinstance(version, str) and version >= MODERN_VERSION else Era.LEGACY
+
+
+def identity_hash(secret: str) -> str:
+    """A short, stable, non-reversible name for a credential: safe in logs, metrics and cache keys."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def classify(
+    upstream: str,
+    message: Message,
+    body: bytes,
+    headers: Mapping[str, str],
+    forward_headers: CIMultiDict[str],
+    peer: str | None,
+    identity_header: str | None,
+) -> Call:
+    """Build the `Call` for one JSON-RPC request."""
+    method = message.method or ""
+    params = message.params
+    tool = params.get("name") if method == "tools/call" else None
+    authorization = headers.get("Authorization")
+    auth_scope = identity_hash(authorization) if authorization else ""
+    client = (headers.get(identity_header) if identity_header else None) or (
+        f"auth:{auth_scope}" if auth_scope else f"addr:{peer or 'unknown'}"
+    )
+    return Call(
+        upstream=upstream,
+        era=era_of(headers, message),
+        method=method,
+        tool=tool if isinstance(tool, str) else None,
+        idempotent=is_read_method(method),
+        client=client,
+        auth_scope=auth_scope,
+        session_id=headers.get("Mcp-Session-Id"),
+        message=message,
+        body=body,
+        headers=forward_headers,
+    )

@@ -1,0 +1,134 @@
+"""The one entry point: ``mcp-resilience-proxy`` / ``python -m proxy``.
+
+Subcommands: ``serve`` (run the proxy), ``validate`` (check a config file, exit 1 with every error),
+``schema`` (print the config's JSON Schema), ``demo`` (the built-in demo: an MCP server, the proxy in
+front of it and a client workload, nothing else needed). The CLI is the only place that writes to
+stdout; everything else logs through structlog to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from proxy import __version__
+from proxy.config import ConfigError, ProxyConfig, load_config_file, quickstart_config
+from proxy.logs import configure_logging
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_USAGE = 2
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-resilience-proxy",
+        description="A resilience sidecar for MCP servers: point MCP clients at it, it forwards to your server.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the proxy from a config file, or in front of one upstream with --upstream.",
+    )
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="YAML config file (see config/proxy.yaml)")
+    source.add_argument("--upstream", metavar="URL", help="quick start: the MCP server URL, e.g. http://127.0.0.1:3000/mcp")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="with --upstream: MCP listener (default 127.0.0.1:8080)")
+    serve.add_argument("--admin", metavar="HOST:PORT", help="with --upstream: admin listener (default 127.0.0.1:9901)")
+
+    validate = commands.add_parser("validate", help="check a config file; exit 1 listing every error with its path")
+    validate.add_argument("file", metavar="FILE")
+
+    commands.add_parser("schema", help="print the JSON Schema of the config file")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the built-in demo (MCP server + proxy + client workload), then exit",
+        description="Start a built-in MCP server, the proxy in front of it and a client workload through "
+        "the proxy; print a live summary; stop after --duration seconds.",
+    )
+    demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long to run (default 20)")
+    demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:0", help="proxy listener (default: a free port)")
+    demo.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:0", help="admin listener (default: a free port)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> ProxyConfig:
+    if args.config:
+        if args.listen or args.admin:
+            raise ConfigError(["--listen/--admin go with --upstream; set listen/admin in the config file instead"])
+        return load_config_file(args.config)
+    return quickstart_config(args.upstream, args.listen, args.admin)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional on platforms without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: ProxyConfig) -> None:
+    from proxy.app import ProxyServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await ProxyServer(config).serve_forever(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        _out(orjson.dumps(ProxyConfig.model_json_schema(), option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    if args.command == "validate":
+        try:
+            config = load_config_file(args.file)
+        except ConfigError as exc:
+            _err(f"{args.file}: invalid configuration")
+            for line in exc.errors:
+                _err(f"  {line}")
+            return EXIT_CONFIG
+        _out(f"{args.file}: OK ({len(config.upstreams)} upstream(s): {', '.join(u.name for u in config.upstreams)})")
+        return EXIT_OK
+    if args.command == "demo":
+        from proxy.demo.run import run_demo
+
+        configure_logging("warning", "console")
+        _install_uvloop()
+        return asyncio.run(run_demo(args.duration, args.listen, args.admin, _out))
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        _err("invalid configuration:")
+        for line in exc.errors:
+            _err(f"  {line}")
+        return EXIT_CONFIG
+    configure_logging(config.logging.level, config.logging.format)
+    _install_uvloop()
+    asyncio.run(_serve(config))
+    return EXIT_OK

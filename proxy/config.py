@@ -1,0 +1,385 @@
+"""Typed configuration: one YAML file, validated once, every error named by its YAML path.
+
+The model is a tree of frozen pydantic models (`extra="forbid"`), so an unknown key is an error that
+names where it is (``upstreams[0].timeouts.per_tri: unknown key``) and the JSON Schema in
+``config/proxy.schema.json`` comes from the same source as the validation. `load_config()` collects
+*all* errors before it raises, so an operator fixes a file in one pass.
+
+Strings may carry ``${VAR}`` or ``${VAR:-default}``; interpolation happens on parsed scalar values (never
+on raw text), so an environment value can never change the structure of the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "AdminConfig",
+    "ConfigError",
+    "Duration",
+    "ListenConfig",
+    "ProxyConfig",
+    "SecurityConfig",
+    "TimeoutsConfig",
+    "UpstreamConfig",
+    "load_config",
+    "load_config_file",
+    "parse_duration",
+]
+
+LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_UNIT_BYTES = {
+    None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `errors` holds one ``path: message`` line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def parse_duration(value: object) -> float:
+    """Turn ``250ms``, ``2s``, ``1.5m``, ``1h`` or a bare number of seconds into seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 250ms, 2s or 1m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"must be a duration such as 250ms, 2s or 1m (got {value!r})")
+    if seconds < 0:
+        raise ValueError(f"must not be negative (got {value!r})")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Turn ``4MiB``, ``512KiB`` or a bare number of bytes into bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        size = int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+    else:
+        raise ValueError(f"must be a size such as 4MiB or 65536 (got {value!r})")
+    if size <= 0:
+        raise ValueError(f"must be > 0 (got {value!r})")
+    return size
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A duration: 250ms, 2s, 1m, 1h, or a number of seconds.",
+        }
+    ),
+]
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$"},
+                {"type": "integer", "minimum": 1},
+            ],
+            "description": "A size: 4MiB, 512KiB, or a number of bytes.",
+        }
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ListenConfig(_Model):
+    """Where the MCP listener accepts clients."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in a pod.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+
+
+class AdminConfig(_Model):
+    """Where the admin endpoints (/healthz, /readyz, /metrics) listen. Loopback by default: they are not for clients."""
+
+    host: str = Field("127.0.0.1", description="Address to bind the admin listener.")
+    port: int = Field(9901, ge=0, le=65535, description="TCP port of the admin listener; 0 picks a free one.")
+
+
+class SecurityConfig(_Model):
+    """DNS-rebinding protection. The proxy rewrites `Host` for the upstream, so it must check the original."""
+
+    allowed_hosts: tuple[str, ...] = Field(
+        LOOPBACK_NAMES,
+        description="Host header names accepted (port ignored); '*' accepts any. Add the Service name in Kubernetes.",
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        LOOPBACK_NAMES,
+        description="Origin values accepted when a client sends one: a host name (any scheme and port), "
+        "a full origin such as https://app.example.com, or '*'. Requests without Origin are accepted.",
+    )
+
+
+class LimitsConfig(_Model):
+    """Caps on what a client may send."""
+
+    max_body_bytes: ByteSize = Field(4 * 1024**2, description="Largest request body accepted; larger gets 413.")
+    max_response_bytes: ByteSize = Field(
+        64 * 1024**2, description="Largest non-streamed (JSON) upstream answer the proxy buffers."
+    )
+
+
+class LoggingConfig(_Model):
+    """Structured logs (JSON lines on stderr)."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum level logged.")
+    format: Literal["json", "console"] = Field("json", description="json for machines, console for people.")
+    access_log: bool = Field(False, description="One line per request (off: one line per failure only).")
+
+
+class TimeoutsConfig(_Model):
+    """How long the proxy waits on an upstream. Each is per upstream; policies may override later."""
+
+    connect: Duration = Field(5.0, gt=0, description="TCP connect to the upstream.")
+    per_try: Duration = Field(
+        30.0, gt=0, description="One attempt: from sending the request to the response headers and, for JSON answers, the whole body."
+    )
+    total: Duration = Field(60.0, gt=0, description="Overall deadline of a call before its first byte reaches the client.")
+    stream_idle: Duration = Field(
+        300.0, gt=0, description="Longest silence inside a streamed (SSE) answer to a request before it counts as broken."
+    )
+
+
+class PoolConfig(_Model):
+    """The keep-alive connection pool to one upstream (one aiohttp ClientSession)."""
+
+    max_connections: int = Field(256, ge=1, description="Concurrent connections to the upstream.")
+    keepalive_timeout: Duration = Field(30.0, gt=0, description="How long an idle pooled connection is kept.")
+
+
+class UpstreamConfig(_Model):
+    """One MCP server behind the proxy, and where clients reach it."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Label in metrics, logs and events.")
+    url: str = Field(..., description="Full URL of the MCP endpoint, e.g. http://127.0.0.1:3000/mcp.")
+    path: str = Field("/mcp", description="Path on the proxy listener where clients reach this upstream.")
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)  # type: ignore[arg-type]
+    pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not a URL: need http:// or https:// and a host (got {value!r})")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must start with / (got {value!r})")
+        return value
+
+
+class ClientIdentityConfig(_Model):
+    """How the proxy tells clients apart (rate-limit keys, cache scopes, metrics)."""
+
+    header: str | None = Field(
+        None, description="Header that names the client (e.g. X-Client-Id). Else the Authorization hash, else the remote address."
+    )
+
+
+class ProxyConfig(_Model):
+    """The whole file. Every key has a default except the upstreams."""
+
+    listen: ListenConfig = Field(default_factory=ListenConfig)  # type: ignore[arg-type]
+    admin: AdminConfig = Field(default_factory=AdminConfig)  # type: ignore[arg-type]
+    security: SecurityConfig = Field(default_factory=SecurityConfig)  # type: ignore[arg-type]
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
+    client_identity: ClientIdentityConfig = Field(default_factory=ClientIdentityConfig)  # type: ignore[arg-type]
+    drain_timeout: Duration = Field(20.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
+    upstreams: tuple[UpstreamConfig, ...] = Field(..., min_length=1, description="The MCP servers behind the proxy.")
+
+    @model_validator(mode="after")
+    def _unique_names_and_paths(self) -> ProxyConfig:
+        names = [u.name for u in self.upstreams]
+        paths = [u.path for u in self.upstreams]
+        for label, values in (("name", names), ("path", paths)):
+            duplicates = sorted({v for v in values if values.count(v) > 1})
+            if duplicates:
+                raise ValueError(f"upstreams: duplicate {label} {', '.join(duplicates)}")
+        return self
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        """The upstream called `name` (KeyError if there is none)."""
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        raise KeyError(name)
+
+
+def _format_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path or "(top level)"
+
+
+_BOUNDS = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "string_pattern_mismatch": "must match {pattern}",
+    "too_short": "must have at least {min_length} item(s)",
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    template = _BOUNDS.get(kind)
+    if template is not None:
+        message = template.format(**error.get("ctx", {}))
+        return message if kind == "too_short" else f"{message} (got {error['input']!r})"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if "input" in error and kind not in ("value_error", "model_type", "dict_type"):
+        message += f" (got {error['input']!r})"
+    return message
+
+
+def _error_lines(exc: ValidationError) -> list[str]:
+    """One ``path: message`` line per error; a list's "too short" is dropped when its items failed."""
+    errors = exc.errors()
+    item_failed = {e["loc"][:i] for e in errors for i in range(1, len(e["loc"])) if isinstance(e["loc"][i], int)}
+    return [
+        f"{_format_path(e['loc'])}: {_describe(dict(e))}"
+        for e in errors
+        if not (e["type"] == "too_short" and e["loc"] in item_failed)
+    ]
+
+
+def _interpolate(node: Any, path: str, env: dict[str, str], errors: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", env, errors) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(f"{path}: environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(substitute, node)
+    return node
+
+
+def load_config(text: str, env: dict[str, str] | None = None) -> ProxyConfig:
+    """Parse and validate YAML text; raise `ConfigError` listing every problem with its path."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}invalid YAML: {problem}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"(top level): must be a mapping of keys (got {type(raw).__name__})"])
+    errors: list[str] = []
+    raw = _interpolate(raw, "", dict(os.environ) if env is None else env, errors)
+    try:
+        config = ProxyConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(_error_lines(exc))
+        raise ConfigError(errors) from exc
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config_file(path: str | Path, env: dict[str, str] | None = None) -> ProxyConfig:
+    """Read and validate a config file; a file that cannot be read is a `ConfigError` too."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from exc
+    return load_config(text, env)
+
+
+def quickstart_config(upstream_url: str, listen: str | None = None, admin: str | None = None) -> ProxyConfig:
+    """The config behind ``serve --upstream URL``: one upstream at /mcp, defaults for everything else."""
+    raw: dict[str, Any] = {"upstreams": [{"name": "default", "url": upstream_url}]}
+    if listen:
+        raw["listen"] = _host_port(listen, "--listen")
+    if admin:
+        raw["admin"] = _host_port(admin, "--admin")
+    try:
+        return ProxyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_error_lines(exc)) from exc
+
+
+def _host_port(value: str, flag: str) -> dict[str, Any]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError([f"{flag}: must be HOST:PORT (got {value!r})"])
+    host = host.strip("[]") or "127.0.0.1"
+    return {"host": host, "port": int(port)}
+
+
+def is_loopback(host: str) -> bool:
+    """True for names and addresses that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,116 @@
+"""The proxy's own failures, and the stable JSON-RPC errors clients get for them.
+
+Foreign exceptions (aiohttp, asyncio) are translated into this tree at the boundary (`transport.py`),
+so policies and the handler never catch a library's error type::
+
+    ProxyError                      reason                  code
+    ├── UpstreamError
+    │   ├── UpstreamUnavailable     upstream_unavailable    -32050   never reached / connection failed
+    │   │   └── NeverSent                                            provably not sent: safe to retry
+    │   ├── UpstreamTimeout         upstream_timeout        -32051   an attempt or the deadline ran out
+    │   ├── UpstreamProtocolError   upstream_bad_response   -32055   an answer that is not MCP
+    │   └── StreamBroken            upstream_stream_broken  -32056   an SSE answer ended before its response
+    ├── CircuitOpen                 circuit_open            -32052
+    ├── RateLimited                 rate_limited            -32053
+    └── RetryBudgetExhausted        retry_budget_exhausted  -32054
+
+The codes sit in JSON-RPC's implementation-defined server range, away from -32000…-32019 (which
+upstream servers use) and -32020…-32022 (defined by MCP 2026-07-28), so a client can tell a proxy
+verdict from an upstream's answer. They are part of the public contract: never renumber them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "CircuitOpen",
+    "NeverSent",
+    "ProxyError",
+    "RateLimited",
+    "RetryBudgetExhausted",
+    "StreamBroken",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class ProxyError(Exception):
+    """A call the proxy answers itself, with `code`, `reason` and optional `retry_after` seconds."""
+
+    code: ClassVar[int] = -32050
+    reason: ClassVar[str] = "upstream_unavailable"
+
+    def __init__(self, message: str, *, upstream: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.upstream = upstream
+        self.retry_after = retry_after
+
+    def error_data(self) -> dict[str, Any]:
+        """The `data` member of the JSON-RPC error: machine-readable, no secrets, no stack."""
+        data: dict[str, Any] = {"reason": self.reason}
+        if self.upstream is not None:
+            data["upstream"] = self.upstream
+        if self.retry_after is not None:
+            data["retryAfter"] = round(self.retry_after, 3)
+        return data
+
+
+class UpstreamError(ProxyError):
+    """The upstream could not give a usable answer."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connecting to or talking to the upstream failed; the request may have been sent."""
+
+    code = -32050
+    reason = "upstream_unavailable"
+
+
+class NeverSent(UpstreamUnavailable):
+    """The request provably never reached the upstream (connect refused, DNS, pool wait): any call may retry."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """An attempt or the call's deadline ran out; the upstream may still be executing the request."""
+
+    code = -32051
+    reason = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered with something that is not a usable MCP answer (e.g. an oversized body)."""
+
+    code = -32055
+    reason = "upstream_bad_response"
+
+
+class StreamBroken(UpstreamError):
+    """A streamed (SSE) answer ended or went silent before the final JSON-RPC response."""
+
+    code = -32056
+    reason = "upstream_stream_broken"
+
+
+class CircuitOpen(ProxyError):
+    """The breaker is open: the call was not sent."""
+
+    code = -32052
+    reason = "circuit_open"
+
+
+class RateLimited(ProxyError):
+    """The client's bucket is empty and the bounded wait ran out."""
+
+    code = -32053
+    reason = "rate_limited"
+
+
+class RetryBudgetExhausted(ProxyError):
+    """Retrying would exceed the retry budget; the last attempt's failure is what the client hears."""
+
+    code = -32054
+    reason = "retry_budget_exhausted"

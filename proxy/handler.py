@@ -1,0 +1,291 @@
+"""The MCP listener: from an HTTP request to a classified call, through the pipeline, back to the client.
+
+What the client always gets (never an HTML page, never a dropped connection without an answer):
+
+========================================  ======  ===========================================
+situation                                 status  body
+========================================  ======  ===========================================
+Host or Origin not allowed                403     JSON-RPC error -32600, data.reason forbidden_*
+not POST/GET/DELETE                       405     JSON-RPC error -32600, ``Allow`` header
+POST without application/json             415     JSON-RPC error -32600
+body over ``limits.max_body_bytes``       413     JSON-RPC error -32600
+malformed JSON                            400     JSON-RPC error -32700, id null
+JSON but not JSON-RPC                     400     JSON-RPC error -32600, the id if readable
+proxy verdict on a request (timeout, …)   200     JSON-RPC error with the request's id, data.reason
+proxy verdict on GET/DELETE/notification  502/504 JSON-RPC error, id null, data.reason
+upstream SSE stream breaks before its     (sent)  a final SSE event with the JSON-RPC error
+final response (no resume possible)
+========================================  ======  ===========================================
+
+A proxy verdict on a request is sent with HTTP 200 on purpose: the official SDKs turn a 5xx into a
+generic -32603 and drop the body, so the client would lose `data.reason` and `retryAfter`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from proxy.classify import classify
+from proxy.errors import ProxyError, StreamBroken, UpstreamTimeout
+from proxy.headers import upstream_headers
+from proxy.jsonrpc import INVALID_REQUEST, Kind, MessageError, error_body, parse_message, response_error
+from proxy.policies.base import Call, Reply
+from proxy.runtime import Route, Runtime, RuntimeRef
+from proxy.sse import SSEParser
+
+__all__ = ["McpHandler"]
+
+log = structlog.get_logger("proxy")
+
+_JSON = "application/json"
+_ALLOWED_METHODS = "GET, POST, DELETE"
+
+
+def _json_error(
+    status: int,
+    code: int,
+    message: str,
+    request_id: str | int | None = None,
+    data: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status, body=error_body(request_id, code, message, data), content_type=_JSON, headers=headers
+    )
+
+
+def _verdict_headers(error: ProxyError) -> dict[str, str]:
+    headers = {"X-Mcp-Proxy-Error": error.reason}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return headers
+
+
+def _outcome(reply: Reply) -> str:
+    if reply.status >= 400:
+        return f"http_{reply.status // 100}xx"
+    return "jsonrpc_error" if response_error(reply.message) is not None else "ok"
+
+
+class McpHandler:
+    """aiohttp handler for every MCP endpoint path; reads the current `Runtime` once per request."""
+
+    def __init__(self, runtime: RuntimeRef) -> None:
+        self._runtime = runtime
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        runtime = self._runtime.current
+        route = runtime.routes.get(request.path)
+        if route is None:
+            return _json_error(404, INVALID_REQUEST, f"No MCP endpoint at {request.path}")
+        hosts = runtime.hosts
+        if not hosts.host_allowed(request.host):
+            runtime.metrics.reject("forbidden_host")
+            return _json_error(403, INVALID_REQUEST, "Forbidden: Host header not allowed", data={"reason": "forbidden_host"})
+        if not hosts.origin_allowed(request.headers.get("Origin")):
+            runtime.metrics.reject("forbidden_origin")
+            return _json_error(403, INVALID_REQUEST, "Forbidden: Origin not allowed", data={"reason": "forbidden_origin"})
+        if request.method == "POST":
+            return await self._post(request, runtime, route)
+        if request.method in ("GET", "DELETE"):
+            return await self._passthrough(request, runtime, route)
+        runtime.metrics.reject("method_not_allowed")
+        return _json_error(
+            405, INVALID_REQUEST, f"Method {request.method} not allowed", headers={"Allow": _ALLOWED_METHODS}
+        )
+
+    async def _read_body(self, request: web.Request, limit: int) -> bytes | None:
+        """The whole body, or None when it is larger than `limit` (checked before and while reading)."""
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+            if total > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _post(self, request: web.Request, runtime: Runtime, route: Route) -> web.StreamResponse:
+        if request.content_type != _JSON:
+            runtime.metrics.reject("unsupported_media_type")
+            return _json_error(415, INVALID_REQUEST, f"Unsupported Media Type: POST needs Content-Type: {_JSON}")
+        limit = runtime.config.limits.max_body_bytes
+        body = await self._read_body(request, limit)
+        if body is None:
+            runtime.metrics.reject("too_large")
+            return _json_error(413, INVALID_REQUEST, f"Request body larger than {limit} bytes")
+        try:
+            message = parse_message(body)
+        except MessageError as exc:
+            runtime.metrics.reject("bad_json" if exc.code == -32700 else "not_jsonrpc")
+            return _json_error(400, exc.code, exc.message, exc.request_id)
+        headers = upstream_headers(request.headers, request.headers.items())
+        if message.kind is not Kind.REQUEST:
+            return await self._forward(request, runtime, route, "POST", headers, body)
+        call = classify(
+            route.upstream.name,
+            message,
+            body,
+            request.headers,
+            headers,
+            request.remote,
+            runtime.config.client_identity.header,
+        )
+        return await self._call(request, runtime, route, call)
+
+    async def _call(self, request: web.Request, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
+        metrics = runtime.metrics
+        in_flight = metrics.in_flight_for(call.upstream)
+        in_flight.inc()
+        call.started = started = time.perf_counter()
+        outcome = "cancelled"
+        try:
+            try:
+                reply = await route.pipeline(call)
+            except ProxyError as exc:
+                outcome = exc.reason
+                self._failed(runtime, call, exc, started)
+                return _json_error(
+                    200, exc.code, exc.message, call.message.id, exc.error_data(), _verdict_headers(exc)
+                )
+            if reply.stream is None:
+                outcome = _outcome(reply)
+                return web.Response(status=reply.status, body=reply.body, headers=_with_extra(reply))
+            response, outcome = await self._stream(request, runtime, call, reply)
+            return response
+        finally:
+            in_flight.dec()
+            elapsed = time.perf_counter() - started
+            metrics.observe(call.upstream, call.method, call.tool, outcome, elapsed)
+            if runtime.config.logging.access_log:
+                log.info(
+                    "access",
+                    upstream=call.upstream,
+                    method=call.method,
+                    tool=call.tool,
+                    outcome=outcome,
+                    latency_ms=round(elapsed * 1000, 3),
+                )
+
+    async def _stream(
+        self, request: web.Request, runtime: Runtime, call: Call, reply: Reply
+    ) -> tuple[web.StreamResponse, str]:
+        """Pass an SSE answer through as it arrives, watching for the request's final response.
+
+        If the upstream stream ends or breaks before that response and gave no event ids to resume
+        from, the client gets a last event carrying a JSON-RPC error for its request: an SDK client
+        whose stream simply ends loses its whole session, not just the call. With event ids, the
+        stream just ends so the client can resume with `Last-Event-ID` (2025-11-25 polling).
+        """
+        assert reply.stream is not None
+        response = await _start_stream(request, reply)
+        parser = SSEParser()
+        request_id = call.message.id
+        outcome: str | None = None
+        broken: StreamBroken | None = None
+        try:
+            async for chunk in reply.stream:
+                await response.write(chunk)
+                if outcome is None:
+                    for event in parser.feed(chunk):
+                        outcome = _final_outcome(event.data, request_id)
+                        if outcome is not None:
+                            break
+        except StreamBroken as exc:
+            broken = exc
+        except ConnectionResetError:
+            return response, "cancelled"
+        finally:
+            await reply.stream.close()
+        if outcome is None:
+            broken = broken or StreamBroken("upstream stream ended before the response", upstream=call.upstream)
+            self._failed(runtime, call, broken, call.started)
+            if parser.last_event_id is None:
+                await response.write(_sse_error(request_id, broken))
+            outcome = broken.reason
+        await response.write_eof()
+        return response, outcome
+
+    async def _forward(
+        self, request: web.Request, runtime: Runtime, route: Route, method: str, headers: Any, body: bytes | None
+    ) -> web.StreamResponse:
+        """Relay a message that is not a request (notification, client response, batch, GET, DELETE)."""
+        upstream = route.upstream
+        timeouts = upstream.config.timeouts
+        try:
+            reply = await upstream.exchange(method, headers, body, timeouts.per_try, None)
+        except ProxyError as exc:
+            runtime.metrics.upstream_error(upstream.name, exc.reason)
+            log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
+            status = 504 if isinstance(exc, UpstreamTimeout) else 502
+            return _json_error(status, exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
+        if reply.stream is None:
+            return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+        response = await _start_stream(request, reply)
+        try:
+            async for chunk in reply.stream:
+                await response.write(chunk)
+        except (StreamBroken, ConnectionResetError):
+            return response
+        finally:
+            await reply.stream.close()
+        await response.write_eof()
+        return response
+
+    async def _passthrough(self, request: web.Request, runtime: Runtime, route: Route) -> web.StreamResponse:
+        headers = upstream_headers(request.headers, request.headers.items())
+        return await self._forward(request, runtime, route, request.method, headers, None)
+
+    def _failed(self, runtime: Runtime, call: Call, error: ProxyError, started: float) -> None:
+        runtime.metrics.upstream_error(call.upstream, error.reason)
+        log.warning(
+            "call_failed",
+            upstream=call.upstream,
+            method=call.method,
+            tool=call.tool,
+            reason=error.reason,
+            error=error.message,
+            client=call.client,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+
+def _with_extra(reply: Reply) -> Any:
+    if not reply.extra:
+        return reply.headers
+    headers = reply.headers.copy()
+    headers.update(reply.extra)
+    return headers
+
+
+async def _start_stream(request: web.Request, reply: Reply) -> web.StreamResponse:
+    response = web.StreamResponse(status=reply.status, headers=_with_extra(reply))
+    response.headers["X-Accel-Buffering"] = "no"
+    await response.prepare(request)
+    return response
+
+
+def _final_outcome(data: str, request_id: str | int | None) -> str | None:
+    """'ok' or 'jsonrpc_error' when `data` is the response to `request_id`, else None."""
+    if '"id"' not in data:
+        return None
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or message.get("id") != request_id or "method" in message:
+        return None
+    if "error" in message:
+        return "jsonrpc_error"
+    return "ok" if "result" in message else None
+
+
+def _sse_error(request_id: str | int | None, error: ProxyError) -> bytes:
+    return b"event: message\ndata: " + error_body(request_id, error.code, error.message, error.error_data()) + b"\n\n"

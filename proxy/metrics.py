@@ -1,0 +1,96 @@
+"""Prometheus metrics, on a registry of the proxy's own (tests and several proxies in one process never collide).
+
+Label values that come from clients (method and tool names) are bounded: after `MAX_LABEL_VALUES`
+distinct names of a kind, further ones count as ``_other``, so a client inventing names cannot grow memory.
+Label children are cached per label tuple: `labels()` is measurably slow on the per-request path.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+__all__ = ["ProxyMetrics"]
+
+MAX_LABEL_VALUES: Final = 200
+_LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ProxyMetrics:
+    """Every metric the proxy exports, and cheap recording helpers for the hot path."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "mcp_proxy_requests",
+            "JSON-RPC requests handled, by upstream, method, tool and outcome.",
+            ("upstream", "method", "tool", "outcome"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mcp_proxy_request_duration_seconds",
+            "Time from receiving a request to the end of its answer, by upstream and method.",
+            ("upstream", "method"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "mcp_proxy_in_flight_requests",
+            "Requests (and open streams) being handled now, by upstream.",
+            ("upstream",),
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "mcp_proxy_upstream_errors",
+            "Failures talking to an upstream, by upstream and kind (the error reason).",
+            ("upstream", "kind"),
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "mcp_proxy_rejected_requests",
+            "Requests refused before reaching any upstream, by reason (bad_json, too_large, forbidden_host, ...).",
+            ("reason",),
+            registry=self.registry,
+        )
+        self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+        self._seen: dict[str, set[str]] = {"method": set(), "tool": set()}
+
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> MetricWrapperBase:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def bounded(self, kind: str, value: str | None) -> str:
+        """The label for a client-chosen `value`: itself while fewer than MAX_LABEL_VALUES were seen, else ``_other``."""
+        if not value:
+            return ""
+        seen = self._seen[kind]
+        if value in seen:
+            return value
+        if len(seen) < MAX_LABEL_VALUES:
+            seen.add(value)
+            return value
+        return "_other"
+
+    def observe(self, upstream: str, method: str, tool: str | None, outcome: str, seconds: float) -> None:
+        """Record one finished request."""
+        method = self.bounded("method", method)
+        self._child(self.requests, upstream, method, self.bounded("tool", tool), outcome).inc()  # type: ignore[attr-defined]
+        self._child(self.latency, upstream, method).observe(seconds)  # type: ignore[attr-defined]
+
+    def in_flight_for(self, upstream: str) -> Gauge:
+        return self._child(self.in_flight, upstream)  # type: ignore[return-value]
+
+    def upstream_error(self, upstream: str, kind: str) -> None:
+        self._child(self.upstream_errors, upstream, kind).inc()  # type: ignore[attr-defined]
+
+    def reject(self, reason: str) -> None:
+        self._child(self.rejected, reason).inc()  # type: ignore[attr-defined]
+
+    def render(self) -> bytes:
+        """The text exposition format, for /metrics."""
+        return generate_latest(self.registry)

@@ -1,0 +1,110 @@
+"""The types every stage shares: `Call` in, `Reply` out, `Handler` between, `Clock` for time.
+
+A stage is ``async def __call__(self, call: Call, next: Handler) -> Reply``: it may answer itself,
+call `next` once or several times, or raise a `proxy.errors.ProxyError`. Stages never see aiohttp:
+`transport.py` turns the wire into a `Reply` and foreign errors into `proxy.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from multidict import CIMultiDict
+
+from proxy.jsonrpc import Message
+
+__all__ = ["Call", "Clock", "Era", "Handler", "MonotonicClock", "Reply", "Stage"]
+
+
+class Era(Enum):
+    """Which MCP wire generation a request belongs to; the upstream decides from MCP-Protocol-Version."""
+
+    LEGACY = "legacy"  # 2024-11-05 … 2025-11-25: sessions, initialize, GET stream
+    MODERN = "modern"  # 2026-07-28 and later: stateless, routing headers, server/discover
+
+
+@dataclass(slots=True)
+class Call:
+    """One client JSON-RPC request on its way through the pipeline, classified once.
+
+    `body` is the client's bytes, forwarded unchanged; `message` is the same body parsed.
+    """
+
+    upstream: str
+    era: Era
+    method: str
+    tool: str | None
+    idempotent: bool
+    client: str
+    """Who is calling: the configured identity header, else a hash of Authorization, else the peer address."""
+    auth_scope: str
+    """A hash of the Authorization header ('' without one): the boundary a private cache entry never crosses."""
+    session_id: str | None
+    message: Message
+    body: bytes
+    headers: CIMultiDict[str]
+    started: float = 0.0
+
+
+class ReplyStream(Protocol):
+    """A streamed answer body. Iterate it to the end, or `close()` it: either releases the connection."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Reply:
+    """The upstream's answer as far as the pipeline needs it.
+
+    Exactly one of `body` (a whole, buffered answer) and `stream` (SSE, passed through as it arrives)
+    is set. `message` is the parsed JSON body when there was one: retry, breaker and cache classify
+    JSON-RPC errors from it without parsing again.
+    """
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes | None = None
+    stream: ReplyStream | None = None
+    message: Any = None
+    extra: dict[str, str] = field(default_factory=dict)
+    """Headers a stage adds for the client (e.g. a marker on a stale cached answer)."""
+
+    @property
+    def is_stream(self) -> bool:
+        return self.stream is not None
+
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+
+class Stage(Protocol):
+    """One resilience policy: answers, passes on to `next`, or raises a ProxyError."""
+
+    async def __call__(self, call: Call, next: Handler) -> Reply: ...
+
+
+class Clock(Protocol):
+    """Time as policies see it; tests inject a fake so nothing waits for real."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """The real clock."""
+
+    __slots__ = ()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

@@ -1,0 +1,67 @@
+"""Everything derived from one config, behind one reference that is swapped atomically.
+
+A request reads `RuntimeRef.current` once, when it starts, and keeps that `Runtime` to its end: a
+reload never changes the policies of a call in flight. Upstream pools are owned by the `Runtime`
+that created them and handed over to a successor whose upstream config is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from proxy.config import ProxyConfig
+from proxy.headers import HostPolicy
+from proxy.metrics import ProxyMetrics
+from proxy.pipeline import build_pipeline
+from proxy.policies.base import Handler
+from proxy.transport import AiohttpUpstream
+
+__all__ = ["Route", "Runtime", "RuntimeRef", "build_runtime", "config_hash"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One listener path: the upstream behind it and the composed pipeline in front of it."""
+
+    upstream: AiohttpUpstream
+    pipeline: Handler
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The live state built from one validated `ProxyConfig`."""
+
+    config: ProxyConfig
+    routes: dict[str, Route]
+    hosts: HostPolicy
+    metrics: ProxyMetrics
+    config_hash: str
+
+    @property
+    def upstreams(self) -> list[AiohttpUpstream]:
+        return [route.upstream for route in self.routes.values()]
+
+
+class RuntimeRef:
+    """The single mutable reference to the current `Runtime`."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+
+def config_hash(config: ProxyConfig) -> str:
+    """A short digest of the effective config (after defaults), shown in /status and logs."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+
+
+def build_runtime(config: ProxyConfig, metrics: ProxyMetrics) -> Runtime:
+    """Build routes and pipelines for `config`. Pools are opened later, by `start_upstreams`."""
+    routes: dict[str, Route] = {}
+    for upstream_config in config.upstreams:
+        upstream = AiohttpUpstream(upstream_config, config.limits)
+        routes[upstream_config.path] = Route(upstream, build_pipeline(upstream.send, {}))
+    hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)
+    return Runtime(config, routes, hosts, metrics, config_hash(config))

@@ -1,0 +1,190 @@
+"""The only module that speaks HTTP to upstreams, and the boundary where aiohttp's errors become ours.
+
+One `aiohttp.ClientSession` per upstream is its keep-alive pool. A JSON answer is read whole (bounded),
+so the pipeline can classify it before anything reaches the client; an SSE answer is handed back as a
+stream right after its headers, to be passed through chunk by chunk. Errors map to `proxy.errors`:
+
+- connect refused, DNS failure, connect timeout (which in aiohttp includes waiting for a pooled
+  connection): `NeverSent`, the request provably did not leave, so any call may be retried;
+- the per-try timeout after the connection was made: `UpstreamTimeout` (the upstream may be executing);
+- a connection that broke after sending: `UpstreamUnavailable`;
+- an SSE stream that breaks or stays silent past `stream_idle`: `StreamBroken`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from proxy.config import LimitsConfig, UpstreamConfig
+from proxy.errors import NeverSent, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from proxy.headers import client_headers
+from proxy.policies.base import Call, Reply
+
+__all__ = ["AiohttpUpstream", "SSEBody"]
+
+_EVENT_STREAM = "text/event-stream"
+
+
+class SSEBody:
+    """An upstream SSE body, passed on chunk by chunk; silence longer than `idle` breaks it."""
+
+    __slots__ = ("_idle", "_response", "_upstream")
+
+    def __init__(self, response: aiohttp.ClientResponse, idle: float | None, upstream: str) -> None:
+        self._response = response
+        self._idle = idle
+        self._upstream = upstream
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        try:
+            while True:
+                if self._idle is None:
+                    chunk = await content.readany()
+                else:
+                    async with asyncio.timeout(self._idle):
+                        chunk = await content.readany()
+                if not chunk:
+                    break
+                yield chunk
+        except TimeoutError:
+            self._response.close()
+            raise StreamBroken(
+                f"upstream stream silent for more than {self._idle:g}s", upstream=self._upstream
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            self._response.close()
+            raise StreamBroken(f"upstream stream broke: {_describe(exc)}", upstream=self._upstream) from None
+        except BaseException:
+            self._response.close()
+            raise
+        self._response.release()
+
+    async def close(self) -> None:
+        """Abandon the stream: the connection is closed, not returned half-read to the pool."""
+        self._response.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class AiohttpUpstream:
+    """One upstream MCP endpoint behind one keep-alive pool."""
+
+    def __init__(self, config: UpstreamConfig, limits: LimitsConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._url = config.url
+        self._max_response = limits.max_response_bytes
+        self._per_try = config.timeouts.per_try
+        self._stream_idle = config.timeouts.stream_idle
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the pool. Called from the app's cleanup context, inside the running loop."""
+        connector = aiohttp.TCPConnector(
+            limit=self.config.pool.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=self.config.pool.keepalive_timeout,
+        )
+        connect = self.config.timeouts.connect
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"upstream {self.name} is not started")
+        return self._session
+
+    async def send(self, call: Call, per_try: float | None = None) -> Reply:
+        """One attempt of a JSON-RPC request; the per-try timeout covers headers and a JSON body."""
+        return await self.exchange("POST", call.headers, call.body, per_try or self._per_try, self._stream_idle)
+
+    async def exchange(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float | None,
+        stream_idle: float | None,
+    ) -> Reply:
+        """Send one HTTP request upstream; return its answer with the body read or streamed."""
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self.session.request(
+                    method, self._url, data=body, headers=headers, allow_redirects=False
+                )
+                out_headers = client_headers(response.headers, response.headers.items())
+                if response.content_type == _EVENT_STREAM:
+                    return Reply(response.status, out_headers, stream=SSEBody(response, stream_idle, self.name))
+                raw = await self._read_bounded(response)
+        except aiohttp.ClientConnectorError as exc:
+            raise NeverSent(f"cannot connect to upstream: {type(exc.os_error).__name__}", upstream=self.name) from None
+        except aiohttp.ConnectionTimeoutError:
+            raise NeverSent("timed out connecting to upstream", upstream=self.name) from None
+        except TimeoutError:
+            if response is not None:
+                response.close()
+            raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if response is not None:
+                response.close()
+            raise UpstreamUnavailable(f"upstream connection failed: {_describe(exc)}", upstream=self.name) from None
+        except BaseException:
+            if response is not None:
+                response.close()
+            raise
+        return Reply(response.status, out_headers, body=raw, message=_parse_json(response.content_type, raw))
+
+    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
+        length = response.content_length
+        if length is not None and length > self._max_response:
+            response.close()
+            raise UpstreamProtocolError(
+                f"upstream answer of {length} bytes exceeds limits.max_response_bytes", upstream=self.name
+            )
+        if length is not None:
+            return await response.read()
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in response.content.iter_any():
+            total += len(chunk)
+            if total > self._max_response:
+                response.close()
+                raise UpstreamProtocolError(
+                    "upstream answer exceeds limits.max_response_bytes", upstream=self.name
+                )
+            chunks.append(chunk)
+        response.release()
+        return b"".join(chunks)
+
+
+def _parse_json(content_type: str, raw: bytes) -> Any:
+    if content_type != "application/json" or not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
