@@ -56,7 +56,7 @@ class ProxyServer:
     def proxy_app(self) -> web.Application:
         app = web.Application()
         app[RUNTIME_KEY] = self.runtime
-        app.router.add_route("*", "/{tail:.*}", McpHandler(self.runtime))
+        app.router.add_route("*", "/{tail:.*}", McpHandler(self.runtime).handle)
         return app
 
     def admin_app(self) -> web.Application:

@@ -338,7 +338,8 @@ def load_config(text: str, env: dict[str, str] | None = None) -> ProxyConfig:
     try:
         config = ProxyConfig.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(_error_lines(exc))
+        unset = {line.split(":", 1)[0] for line in errors}  # already explained: no second error there
+        errors.extend(line for line in _error_lines(exc) if line.split(":", 1)[0] not in unset)
         raise ConfigError(errors) from exc
     if errors:
         raise ConfigError(errors)

@@ -78,7 +78,7 @@ class McpHandler:
     def __init__(self, runtime: RuntimeRef) -> None:
         self._runtime = runtime
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         runtime = self._runtime.current
         route = runtime.routes.get(request.path)
         if route is None:

@@ -1,0 +1,115 @@
+"""Shared fixtures: a fault-injecting upstream, an in-process proxy, and the proxy as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.app import ProxyServer, running_proxy
+from proxy.config import ProxyConfig
+from tests.fault_upstream import FaultUpstream
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def proxy_config(upstream_url: str, **overrides: Any) -> ProxyConfig:
+    """A config with one upstream at /mcp, free ports, and `overrides` merged in at the top level."""
+    upstream = {"name": "up", "url": upstream_url, **overrides.pop("upstream", {})}
+    raw: dict[str, Any] = {
+        "listen": {"port": 0},
+        "admin": {"port": 0},
+        "upstreams": [upstream],
+        **overrides,
+    }
+    return ProxyConfig.model_validate(raw)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FaultUpstream]:
+    server = FaultUpstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def proxy(upstream: FaultUpstream) -> AsyncIterator[ProxyServer]:
+    async with running_proxy(proxy_config(upstream.url)) as server:
+        yield server
+
+
+class ProxyProcess:
+    """The proxy run as a user runs it: `python -m proxy serve --config FILE`, in its own process."""
+
+    def __init__(self, process: asyncio.subprocess.Process, url: str, admin_url: str) -> None:
+        self.process = process
+        self.url = url
+        self.admin_url = admin_url
+        self.log_lines: list[dict[str, Any]] = []
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 30)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        return self.process.returncode or 0
+
+
+async def start_proxy_process(config: dict[str, Any], tmp_path: Path) -> ProxyProcess:
+    """Write `config` as YAML, start the proxy, and wait for its `proxy_started` log line."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO, env=env,
+    )
+    assert process.stderr is not None
+    lines: list[dict[str, Any]] = []
+    async with asyncio.timeout(30):
+        while True:
+            raw = await process.stderr.readline()
+            if not raw:
+                raise RuntimeError(f"proxy exited early: {lines}")
+            line = json.loads(raw)
+            lines.append(line)
+            if line.get("event") == "proxy_started":
+                break
+    started = ProxyProcess(process, line["listen"], line["admin"])
+    started.log_lines = lines
+
+    async def collect() -> None:
+        assert process.stderr is not None
+        async for raw in process.stderr:
+            try:
+                started.log_lines.append(json.loads(raw))
+            except ValueError:
+                started.log_lines.append({"raw": raw.decode(errors="replace")})
+
+    started.collector = asyncio.ensure_future(collect())  # type: ignore[attr-defined]
+    return started
+
+
+@pytest.fixture
+async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[ProxyProcess]]]:
+    started: list[ProxyProcess] = []
+
+    async def start(config: dict[str, Any]) -> ProxyProcess:
+        process = await start_proxy_process(config, tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        await process.stop()

@@ -1,0 +1,171 @@
+"""A fault-injecting MCP upstream over real HTTP on 127.0.0.1, for tests and benchmarks.
+
+It speaks just enough MCP (both eras look alike from here: POST JSON-RPC in, JSON or SSE out) to
+answer `tools/list`, `tools/call` and any read method, and it can be told, per method or per tool,
+to misbehave: delay, fail N times then succeed, answer any status (429 with Retry-After), drop the
+connection before or after the headers, break an SSE stream midway, hang, answer a JSON-RPC error or
+an `isError` tool result. Every request it receives is counted and recorded (method, tool, headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["Fault", "FaultUpstream", "Received"]
+
+
+@dataclass
+class Fault:
+    """What to do with matching requests. `times` = how many requests misbehave (None: all of them)."""
+
+    times: int | None = None
+    delay: float = 0.0
+    status: int | None = None
+    retry_after: str | None = None
+    drop: str | None = None  # "before_headers" | "after_headers"
+    hang: bool = False
+    jsonrpc_error: int | None = None
+    tool_error: bool = False
+    sse: bool = False  # answer as SSE with progress notifications first
+    sse_break_after: int | None = None  # with sse: events sent before the connection drops
+    seen: int = 0
+
+    def active(self) -> bool:
+        return self.times is None or self.seen < self.times
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    tool: str | None
+    headers: dict[str, str]
+    body: bytes
+
+
+TOOLS: list[dict[str, Any]] = [
+    {"name": "lookup", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}},
+    {"name": "create_ticket", "inputSchema": {"type": "object"}, "annotations": {"idempotentHint": False}},
+]
+
+
+@dataclass
+class FaultUpstream:
+    """The server. Use `fault(method=..., tool=...)` to script misbehaviour; `attempts[key]` counts requests."""
+
+    faults: dict[str, Fault] = field(default_factory=dict)
+    attempts: Counter[str] = field(default_factory=Counter)
+    received: list[Received] = field(default_factory=list)
+    url: str = ""
+    cancelled: int = 0
+    """Requests whose handler was cancelled because the proxy closed the connection."""
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever a request arrives; tests clear it and wait on it instead of sleeping."""
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a hanging request's connection went away."""
+    _runner: web.AppRunner | None = None
+
+    @staticmethod
+    def key(method: str, tool: str | None = None) -> str:
+        return f"{method}:{tool}" if tool else method
+
+    def fault(self, method: str, tool: str | None = None, **kwargs: Any) -> Fault:
+        fault = self.faults[self.key(method, tool)] = Fault(**kwargs)
+        return fault
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/mcp", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://{host}:{bound}/mcp"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405)
+        raw = await request.read()
+        body = json.loads(raw)
+        method = body.get("method", "")
+        tool = body.get("params", {}).get("name") if method == "tools/call" else None
+        self.received.append(Received(method, tool, dict(request.headers), raw))
+        key = self.key(method, tool)
+        self.attempts[key] += 1
+        self.arrived.set()
+        if "id" not in body:
+            return web.Response(status=202)
+        fault = self.faults.get(key) or self.faults.get(method)
+        if fault is None or not fault.active():
+            return await self._answer(request, body, tool, None)
+        fault.seen += 1
+        return await self._answer(request, body, tool, fault)
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], tool: str | None, fault: Fault | None
+    ) -> web.StreamResponse:
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.hang:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    self.cancelled += 1
+                    self.gone.set()
+                    raise
+            if fault.drop == "before_headers":
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response()
+            if fault.status is not None:
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+                return web.Response(status=fault.status, text="upstream says no", headers=headers)
+        message = self._message(body, tool, fault)
+        if fault is not None and (fault.sse or fault.drop == "after_headers"):
+            return await self._sse(request, body, message, fault)
+        return web.json_response(message)
+
+    def _message(self, body: dict[str, Any], tool: str | None, fault: Fault | None) -> dict[str, Any]:
+        request_id = body["id"]
+        if fault is not None and fault.jsonrpc_error is not None:
+            return {"jsonrpc": "2.0", "id": request_id, "error": {"code": fault.jsonrpc_error, "message": "injected"}}
+        method = body["method"]
+        if method == "tools/list":
+            result: dict[str, Any] = {"tools": TOOLS}
+        elif method == "tools/call":
+            text = f"{tool} ok #{self.attempts[self.key(method, tool)]}"
+            result = {"content": [{"type": "text", "text": text}], "isError": bool(fault and fault.tool_error)}
+        else:
+            result = {}
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    async def _sse(
+        self, request: web.Request, body: dict[str, Any], message: dict[str, Any], fault: Fault
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events = [
+            {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": n}}
+            for n in (1, 2, 3)
+        ] + [message]
+        limit = 0 if fault.drop == "after_headers" else fault.sse_break_after
+        for index, event in enumerate(events):
+            if limit is not None and index >= limit:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            await response.write(f"event: message\ndata: {json.dumps(event)}\n\n".encode())
+        await response.write_eof()
+        return response

@@ -1,0 +1,101 @@
+"""Config model: defaults, path-named errors, env interpolation, and the exported JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, ProxyConfig, load_config, load_config_file, parse_duration, quickstart_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def errors_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(text, env or {})
+    return caught.value.errors
+
+
+def test_documented_default_file_is_valid_and_matches_model_defaults() -> None:
+    config = load_config_file(REPO / "config" / "proxy.yaml", env={})
+    model_default = ProxyConfig.model_validate({"upstreams": [{"name": "default", "url": "http://127.0.0.1:3000/mcp"}]})
+    assert config == model_default
+
+
+def test_minimal_config_gets_documented_defaults() -> None:
+    config = load_config("upstreams: [{name: a, url: 'http://127.0.0.1:3000/mcp'}]", {})
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080)
+    assert (config.admin.host, config.admin.port) == ("127.0.0.1", 9901)
+    assert config.upstreams[0].path == "/mcp"
+    assert config.limits.max_body_bytes == 4 * 1024 * 1024
+    assert config.upstreams[0].timeouts.per_try == 30.0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("250ms", 0.25), ("2s", 2.0), ("1m", 60.0), ("1.5m", 90.0), ("1h", 3600.0), (3, 3.0), ("7", 7.0)],
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+def test_every_error_is_reported_with_its_path() -> None:
+    text = """
+listen: {port: 99999}
+bogus: 1
+upstreams:
+  - name: "a b"
+    url: ftp://nowhere
+    timeouts: {per_tri: 2s, connect: soon}
+  - {name: ok, url: "http://127.0.0.1:1/mcp", path: relative}
+"""
+    assert errors_of(text) == [
+        "listen.port: must be <= 65535 (got 99999)",
+        "upstreams[0].name: must match ^[A-Za-z0-9_.-]+$ (got 'a b')",
+        "upstreams[0].url: not a URL: need http:// or https:// and a host (got 'ftp://nowhere')",
+        "upstreams[0].timeouts.connect: must be a duration such as 250ms, 2s or 1m (got 'soon')",
+        "upstreams[0].timeouts.per_tri: unknown key",
+        "upstreams[1].path: must start with / (got 'relative')",
+        "bogus: unknown key",
+    ]
+
+
+def test_missing_upstreams_and_duplicates() -> None:
+    assert errors_of("listen: {port: 1}") == ["upstreams: required"]
+    assert errors_of("upstreams: []") == ["upstreams: must have at least 1 item(s)"]
+    dup = "upstreams: [{name: a, url: 'http://h/mcp'}, {name: a, url: 'http://h/mcp', path: /b}]"
+    assert errors_of(dup) == ["(top level): upstreams: duplicate name a"]
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    assert errors_of("upstreams: [\n") == ["line 2, column 1: invalid YAML: expected the node content, but found '<stream end>'"]
+    assert errors_of("- a\n- b\n") == ["(top level): must be a mapping of keys (got list)"]
+
+
+def test_env_interpolation_on_values_only() -> None:
+    text = "upstreams: [{name: a, url: '${UP}', path: '${P:-/mcp}'}]"
+    config = load_config(text, {"UP": "http://10.0.0.1:3000/mcp"})
+    assert config.upstreams[0].url == "http://10.0.0.1:3000/mcp"
+    assert config.upstreams[0].path == "/mcp"
+    assert errors_of(text) == ["upstreams[0].url: environment variable UP is not set"]
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config_file(tmp_path / "absent.yaml")
+
+
+def test_quickstart_flags() -> None:
+    config = quickstart_config("http://127.0.0.1:3000/mcp", "0.0.0.0:8081", "127.0.0.1:9999")
+    assert (config.listen.host, config.listen.port, config.admin.port) == ("0.0.0.0", 8081, 9999)
+    with pytest.raises(ConfigError, match="--listen: must be HOST:PORT"):
+        quickstart_config("http://127.0.0.1:3000/mcp", "8081")
+    with pytest.raises(ConfigError, match="not a URL"):
+        quickstart_config("localhost:3000")
+
+
+def test_exported_json_schema_matches_the_model() -> None:
+    exported = json.loads((REPO / "config" / "proxy.schema.json").read_text())
+    assert exported == ProxyConfig.model_json_schema()

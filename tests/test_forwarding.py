@@ -1,0 +1,213 @@
+"""The forwarding core, in process, against the fault-injecting upstream over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.app import ProxyServer, running_proxy
+from tests.conftest import proxy_config
+from tests.fault_upstream import FaultUpstream
+
+LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def call_tool(name: str, request_id: int | str = 9) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": name, "arguments": {}}}
+
+
+async def post(url: str, payload: Any = None, *, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as session:
+        body = data if data is not None else json.dumps(payload).encode()
+        async with session.post(url, data=body, headers={**JSON_HEADERS, **(headers or {})}) as response:
+            return response.status, dict(response.headers), await response.read()
+
+
+def mcp_url(proxy: ProxyServer) -> str:
+    return proxy.url + "/mcp"
+
+
+async def test_json_request_is_forwarded_byte_for_byte(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    raw = b'{"jsonrpc":"2.0",  "id":1,"method":"tools/list" }'
+    status, headers, body = await post(mcp_url(proxy), data=raw)
+    assert status == 200
+    assert json.loads(body)["result"]["tools"][0]["name"] == "lookup"
+    assert upstream.received[-1].body == raw
+    assert upstream.attempts["tools/list"] == 1
+
+
+async def test_mcp_headers_reach_the_upstream(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    sent = {
+        "Authorization": "Bearer s3cret", "Mcp-Session-Id": "sess-1", "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call", "Mcp-Name": "lookup", "Mcp-Param-Region": "eu", "Mcp-Param-Brand-New": "1",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "Connection": "keep-alive, X-Hop", "X-Hop": "1",
+    }
+    await post(mcp_url(proxy), call_tool("lookup"), headers=sent)
+    got = upstream.received[-1].headers
+    for name in sent:
+        if name in ("Connection", "X-Hop"):
+            assert name not in got
+        else:
+            assert got[name] == sent[name]
+    assert got["Host"] == upstream.url.split("/")[2]
+
+
+async def test_notification_gets_the_upstream_202(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    status, _, body = await post(mcp_url(proxy), {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert (status, body) == (202, b"")
+    assert upstream.attempts["notifications/initialized"] == 1
+
+
+async def test_sse_answer_streams_through_unchanged(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "slow", sse=True)
+    status, headers, body = await post(mcp_url(proxy), call_tool("slow", 5))
+    assert status == 200
+    assert headers["Content-Type"] == "text/event-stream"
+    assert headers["X-Accel-Buffering"] == "no"
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert [e.get("params", {}).get("progress") for e in events[:3]] == [1, 2, 3]
+    assert events[3]["id"] == 5 and events[3]["result"]["content"][0]["text"] == "slow ok #1"
+    assert len(events) == 4
+
+
+async def test_stream_broken_midway_ends_with_a_jsonrpc_error(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "slow", sse=True, sse_break_after=2)
+    status, _, body = await post(mcp_url(proxy), call_tool("slow", 6))
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert status == 200
+    assert len(events) == 3
+    assert events[2]["id"] == 6
+    assert events[2]["error"]["code"] == -32056
+    assert events[2]["error"]["data"] == {"reason": "upstream_stream_broken", "upstream": "up"}
+
+
+async def test_upstream_unreachable_is_a_jsonrpc_error_with_the_id(unused_tcp_port: int) -> None:
+    config = proxy_config(f"http://127.0.0.1:{unused_tcp_port}/mcp")
+    async with running_proxy(config) as proxy:
+        status, headers, body = await post(mcp_url(proxy), call_tool("lookup", "abc"))
+        error = json.loads(body)
+        assert status == 200
+        assert error["id"] == "abc"
+        assert error["error"]["code"] == -32050
+        assert error["error"]["data"] == {"reason": "upstream_unavailable", "upstream": "up"}
+        assert headers["X-Mcp-Proxy-Error"] == "upstream_unavailable"
+
+
+async def test_upstream_timeout_answers_within_per_try(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "lookup", hang=True)
+    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "200ms"}})
+    async with running_proxy(config) as proxy:
+        status, _, body = await post(mcp_url(proxy), call_tool("lookup", 4))
+        error = json.loads(body)
+        assert status == 200
+        assert (error["id"], error["error"]["code"], error["error"]["data"]["reason"]) == (4, -32051, "upstream_timeout")
+        await asyncio.wait_for(upstream.gone.wait(), 5)
+        assert upstream.cancelled == 1
+
+
+@pytest.mark.parametrize("drop", ["before_headers", "after_headers"])
+async def test_dropped_connection_is_a_jsonrpc_error(proxy: ProxyServer, upstream: FaultUpstream, drop: str) -> None:
+    upstream.fault("tools/call", "lookup", drop=drop)
+    status, _, body = await post(mcp_url(proxy), call_tool("lookup", 8))
+    text = body.decode()
+    payload = json.loads(text if drop == "before_headers" else text.split("data: ", 1)[1])
+    assert status == 200
+    assert payload["id"] == 8
+    assert payload["error"]["data"]["reason"] == {"before_headers": "upstream_unavailable", "after_headers": "upstream_stream_broken"}[drop]
+
+
+async def test_client_disconnect_cancels_the_upstream_request(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "lookup", hang=True)
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(session.post(mcp_url(proxy), json=call_tool("lookup"), headers=JSON_HEADERS))
+        await asyncio.wait_for(upstream.arrived.wait(), 5)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    await asyncio.wait_for(upstream.gone.wait(), 5)
+    assert upstream.cancelled == 1
+
+
+async def test_jsonrpc_errors_and_http_statuses_pass_through(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "lookup", jsonrpc_error=-32602)
+    upstream.fault("tools/call", "create_ticket", status=404)
+    _, _, body = await post(mcp_url(proxy), call_tool("lookup"))
+    assert json.loads(body)["error"] == {"code": -32602, "message": "injected"}
+    status, _, body = await post(mcp_url(proxy), call_tool("create_ticket"))
+    assert (status, body) == (404, b"upstream says no")
+
+
+async def test_get_and_delete_are_relayed(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(mcp_url(proxy)) as response:
+            assert response.status == 405
+        async with session.delete(mcp_url(proxy)) as response:
+            assert response.status == 405
+
+
+BAD_INPUTS = [
+    # (label, method, path, headers, body, status, jsonrpc code, reason)
+    ("malformed JSON", "POST", "/mcp", {}, b'{"jsonrpc":"2.0","id":1,', 400, -32700, None),
+    ("not JSON-RPC", "POST", "/mcp", {}, b'{"hello":"world"}', 400, -32600, None),
+    ("wrong jsonrpc version", "POST", "/mcp", {}, b'{"jsonrpc":"1.0","id":3,"method":"ping"}', 400, -32600, None),
+    ("empty batch", "POST", "/mcp", {}, b"[]", 400, -32600, None),
+    ("oversized body", "POST", "/mcp", {}, b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * 5_000_000 + b'"}}', 413, -32600, None),
+    ("wrong content type", "POST", "/mcp", {"Content-Type": "text/plain"}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 415, -32600, None),
+    ("foreign Host", "POST", "/mcp", {"Host": "evil.example"}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 403, -32600, "forbidden_host"),
+    ("foreign Origin", "POST", "/mcp", {"Origin": "http://evil.example"}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 403, -32600, "forbidden_origin"),
+    ("unknown path", "POST", "/other", {}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 404, -32600, None),
+    ("unsupported method", "PUT", "/mcp", {}, b"{}", 405, -32600, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status", "code", "reason"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+async def test_bad_input_gets_a_clear_error_and_the_proxy_keeps_serving(
+    proxy: ProxyServer, upstream: FaultUpstream, method: str, path: str, headers: dict[str, str], body: bytes,
+    status: int, code: int, reason: str | None,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, proxy.url + path, data=body, headers={**JSON_HEADERS, **headers}) as response:
+            assert response.status == status
+            assert response.content_type == "application/json"
+            error = json.loads(await response.read())
+    assert error["jsonrpc"] == "2.0"
+    assert error["error"]["code"] == code
+    assert error["error"].get("data", {}).get("reason") == reason
+    if code == -32600 and b'"id":3' in body:
+        assert error["id"] == 3
+    assert upstream.attempts.total() == 0
+    good_status, _, good = await post(mcp_url(proxy), LIST)
+    assert good_status == 200 and json.loads(good)["id"] == 1
+    assert upstream.attempts.total() == 1
+
+
+async def test_metrics_count_requests_by_outcome(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "lookup", jsonrpc_error=-32603)
+    await post(mcp_url(proxy), LIST)
+    await post(mcp_url(proxy), call_tool("lookup"))
+    await post(mcp_url(proxy), data=b"{bad")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.admin_url + "/metrics") as response:
+            text = await response.text()
+    assert 'mcp_proxy_requests_total{method="tools/list",outcome="ok",tool="",upstream="up"} 1.0' in text
+    assert 'mcp_proxy_requests_total{method="tools/call",outcome="jsonrpc_error",tool="lookup",upstream="up"} 1.0' in text
+    assert 'mcp_proxy_rejected_requests_total{reason="bad_json"} 1.0' in text
+    assert 'mcp_proxy_in_flight_requests{upstream="up"} 0.0' in text
+
+
+async def test_health_and_readiness(proxy: ProxyServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.admin_url + "/healthz") as response:
+            assert (response.status, await response.json()) == (200, {"status": "ok"})
+        async with session.get(proxy.admin_url + "/readyz") as response:
+            assert response.status == 200
+            assert (await response.json())["status"] == "ready"
