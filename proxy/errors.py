@@ -3,20 +3,24 @@
 Foreign exceptions (aiohttp, asyncio) are translated into this tree at the boundary (`transport.py`),
 so policies and the handler never catch a library's error type::
 
-    ProxyError                      reason                  code
+    ProxyError                      reason                  code    HTTP
     ├── UpstreamError
-    │   ├── UpstreamUnavailable     upstream_unavailable    -32050   never reached / connection failed
-    │   │   └── NeverSent                                            provably not sent: safe to retry
-    │   ├── UpstreamTimeout         upstream_timeout        -32051   an attempt or the deadline ran out
-    │   ├── UpstreamProtocolError   upstream_bad_response   -32055   an answer that is not MCP
-    │   └── StreamBroken            upstream_stream_broken  -32056   an SSE answer ended before its response
-    ├── CircuitOpen                 circuit_open            -32052
-    ├── RateLimited                 rate_limited            -32053
-    └── RetryBudgetExhausted        retry_budget_exhausted  -32054
+    │   ├── UpstreamUnavailable     upstream_unavailable    -32050  502  never reached / connection failed
+    │   │   └── NeverSent                                                provably not sent: safe to retry
+    │   ├── UpstreamTimeout         upstream_timeout        -32051  504  an attempt or the deadline ran out
+    │   ├── UpstreamProtocolError   upstream_bad_response   -32055  502  an answer that is not MCP
+    │   └── StreamBroken            upstream_stream_broken  -32056  (in the stream) SSE ended before its response
+    ├── CircuitOpen                 circuit_open            -32052  503
+    ├── RateLimited                 rate_limited            -32053  429
+    └── RetryBudgetExhausted        retry_budget_exhausted  -32054  503
 
 The codes sit in JSON-RPC's implementation-defined server range, away from -32000…-32019 (which
 upstream servers use) and -32020…-32022 (defined by MCP 2026-07-28), so a client can tell a proxy
 verdict from an upstream's answer. They are part of the public contract: never renumber them.
+
+The HTTP status mirrors the verdict, as Envoy's would (502/503/504/429), and the body is always the
+JSON-RPC error: the official SDK clients (mcp 2.3, measured) raise the body's error with its `code`
+and `data` for any status when the body is a JSON-RPC error, and keep the session alive.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class ProxyError(Exception):
 
     code: ClassVar[int] = -32050
     reason: ClassVar[str] = "upstream_unavailable"
+    http_status: ClassVar[int] = 502
 
     def __init__(self, message: str, *, upstream: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -79,6 +84,7 @@ class UpstreamTimeout(UpstreamError):
 
     code = -32051
     reason = "upstream_timeout"
+    http_status = 504
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -100,6 +106,7 @@ class CircuitOpen(ProxyError):
 
     code = -32052
     reason = "circuit_open"
+    http_status = 503
 
 
 class RateLimited(ProxyError):
@@ -107,6 +114,7 @@ class RateLimited(ProxyError):
 
     code = -32053
     reason = "rate_limited"
+    http_status = 429
 
 
 class RetryBudgetExhausted(ProxyError):
@@ -114,3 +122,4 @@ class RetryBudgetExhausted(ProxyError):
 
     code = -32054
     reason = "retry_budget_exhausted"
+    http_status = 503

@@ -11,14 +11,16 @@ POST without application/json             415     JSON-RPC error -32600
 body over ``limits.max_body_bytes``       413     JSON-RPC error -32600
 malformed JSON                            400     JSON-RPC error -32700, id null
 JSON but not JSON-RPC                     400     JSON-RPC error -32600, the id if readable
-proxy verdict on a request (timeout, …)   200     JSON-RPC error with the request's id, data.reason
+proxy verdict on a request (timeout, …)   502/503 JSON-RPC error with the request's id, data.reason
+                                          504/429 (status per `proxy.errors`)
 proxy verdict on GET/DELETE/notification  502/504 JSON-RPC error, id null, data.reason
 upstream SSE stream breaks before its     (sent)  a final SSE event with the JSON-RPC error
 final response (no resume possible)
 ========================================  ======  ===========================================
 
-A proxy verdict on a request is sent with HTTP 200 on purpose: the official SDKs turn a 5xx into a
-generic -32603 and drop the body, so the client would lose `data.reason` and `retryAfter`.
+Every error body is a JSON-RPC error: the official SDK clients raise exactly that error (code, data
+with `reason` and `retryAfter`) whatever the HTTP status; with a non-JSON body they would only see a
+generic -32603.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import structlog
 from aiohttp import web
 
 from proxy.classify import classify
-from proxy.errors import ProxyError, StreamBroken, UpstreamTimeout
+from proxy.errors import ProxyError, StreamBroken
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, Kind, MessageError, error_body, parse_message, response_error
 from proxy.policies.base import Call, Reply
@@ -153,7 +155,7 @@ class McpHandler:
                 outcome = exc.reason
                 self._failed(runtime, call, exc, started)
                 return _json_error(
-                    200, exc.code, exc.message, call.message.id, exc.error_data(), _verdict_headers(exc)
+                    exc.http_status, exc.code, exc.message, call.message.id, exc.error_data(), _verdict_headers(exc)
                 )
             if reply.stream is None:
                 outcome = _outcome(reply)
@@ -224,8 +226,7 @@ class McpHandler:
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
-            status = 504 if isinstance(exc, UpstreamTimeout) else 502
-            return _json_error(status, exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
+            return _json_error(exc.http_status, exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
         if reply.stream is None:
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
         response = await _start_stream(request, reply)

@@ -91,7 +91,7 @@ async def test_upstream_unreachable_is_a_jsonrpc_error_with_the_id(unused_tcp_po
     async with running_proxy(config) as proxy:
         status, headers, body = await post(mcp_url(proxy), call_tool("lookup", "abc"))
         error = json.loads(body)
-        assert status == 200
+        assert status == 502
         assert error["id"] == "abc"
         assert error["error"]["code"] == -32050
         assert error["error"]["data"] == {"reason": "upstream_unavailable", "upstream": "up"}
@@ -104,7 +104,7 @@ async def test_upstream_timeout_answers_within_per_try(upstream: FaultUpstream) 
     async with running_proxy(config) as proxy:
         status, _, body = await post(mcp_url(proxy), call_tool("lookup", 4))
         error = json.loads(body)
-        assert status == 200
+        assert status == 504
         assert (error["id"], error["error"]["code"], error["error"]["data"]["reason"]) == (4, -32051, "upstream_timeout")
         await asyncio.wait_for(upstream.gone.wait(), 5)
         assert upstream.cancelled == 1
@@ -116,7 +116,7 @@ async def test_dropped_connection_is_a_jsonrpc_error(proxy: ProxyServer, upstrea
     status, _, body = await post(mcp_url(proxy), call_tool("lookup", 8))
     text = body.decode()
     payload = json.loads(text if drop == "before_headers" else text.split("data: ", 1)[1])
-    assert status == 200
+    assert status == {"before_headers": 502, "after_headers": 200}[drop]
     assert payload["id"] == 8
     assert payload["error"]["data"]["reason"] == {"before_headers": "upstream_unavailable", "after_headers": "upstream_stream_broken"}[drop]
 
