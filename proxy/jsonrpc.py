@@ -16,6 +16,7 @@ import orjson
 __all__ = [
     "INVALID_PARAMS",
     "INVALID_REQUEST",
+    "LONG_LIVED_METHODS",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "Kind",
@@ -45,6 +46,9 @@ READ_METHODS: frozenset[str] = frozenset(
     }
 )
 """Methods that only read: safe to send twice. `*/list` is matched by suffix in `is_read_method`."""
+
+LONG_LIVED_METHODS: frozenset[str] = frozenset({"subscriptions/listen"})
+"""Requests whose SSE answer is a subscription that may stay silent for long: no idle timeout applies."""
 
 
 class Kind(Enum):

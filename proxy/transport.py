@@ -22,6 +22,7 @@ import orjson
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.headers import client_headers
+from proxy.jsonrpc import LONG_LIVED_METHODS
 from proxy.policies.base import Call, Reply
 
 __all__ = ["AiohttpUpstream", "SSEBody"]
@@ -118,7 +119,8 @@ class AiohttpUpstream:
 
     async def send(self, call: Call, per_try: float | None = None) -> Reply:
         """One attempt of a JSON-RPC request; the per-try timeout covers headers and a JSON body."""
-        return await self.exchange("POST", call.headers, call.body, per_try or self._per_try, self._stream_idle)
+        idle = None if call.method in LONG_LIVED_METHODS else self._stream_idle
+        return await self.exchange("POST", call.headers, call.body, per_try or self._per_try, idle)
 
     async def exchange(
         self,

@@ -34,6 +34,7 @@ class Fault:
     tool_error: bool = False
     sse: bool = False  # answer as SSE with progress notifications first
     sse_break_after: int | None = None  # with sse: events sent before the connection drops
+    sse_hang_after: int | None = None  # with sse: events sent before the stream goes silent for good
     seen: int = 0
 
     def active(self) -> bool:
@@ -119,12 +120,7 @@ class FaultUpstream:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.hang:
-                try:
-                    await asyncio.Event().wait()
-                except asyncio.CancelledError:
-                    self.cancelled += 1
-                    self.gone.set()
-                    raise
+                await self._hang()
             if fault.drop == "before_headers":
                 assert request.transport is not None
                 request.transport.close()
@@ -136,6 +132,14 @@ class FaultUpstream:
         if fault is not None and (fault.sse or fault.drop == "after_headers"):
             return await self._sse(request, body, message, fault)
         return web.json_response(message)
+
+    async def _hang(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            self.gone.set()
+            raise
 
     def _message(self, body: dict[str, Any], tool: str | None, fault: Fault | None) -> dict[str, Any]:
         request_id = body["id"]
@@ -162,6 +166,8 @@ class FaultUpstream:
         ] + [message]
         limit = 0 if fault.drop == "after_headers" else fault.sse_break_after
         for index, event in enumerate(events):
+            if fault.sse_hang_after is not None and index >= fault.sse_hang_after:
+                await self._hang()
             if limit is not None and index >= limit:
                 assert request.transport is not None
                 request.transport.close()

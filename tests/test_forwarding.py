@@ -86,6 +86,19 @@ async def test_stream_broken_midway_ends_with_a_jsonrpc_error(proxy: ProxyServer
     assert events[2]["error"]["data"] == {"reason": "upstream_stream_broken", "upstream": "up"}
 
 
+async def test_silent_stream_is_broken_after_stream_idle(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "slow", sse=True, sse_hang_after=1)
+    config = proxy_config(upstream.url, upstream={"timeouts": {"stream_idle": "200ms"}})
+    async with running_proxy(config) as proxy:
+        status, _, body = await post(mcp_url(proxy), call_tool("slow", 11))
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert status == 200
+    assert [e.get("method") for e in events] == ["notifications/progress", None]
+    assert events[1]["id"] == 11 and events[1]["error"]["code"] == -32056
+    assert "silent for more than 0.2s" in events[1]["error"]["message"]
+    await asyncio.wait_for(upstream.gone.wait(), 5)
+
+
 async def test_upstream_unreachable_is_a_jsonrpc_error_with_the_id(unused_tcp_port: int) -> None:
     config = proxy_config(f"http://127.0.0.1:{unused_tcp_port}/mcp")
     async with running_proxy(config) as proxy:
