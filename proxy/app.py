@@ -103,9 +103,8 @@ class ProxyServer:
         self._runners.append(runner)
         site = web.TCPSite(runner, address[0], address[1], reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-        port = sockets[0].getsockname()[1] if sockets else address[1]
-        return address[0], port
+        port = runner.addresses[-1][1] if runner.addresses else address[1]
+        return address[0], int(port)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight calls finish up to `drain_timeout`, then close the pools."""
