@@ -12,10 +12,12 @@ from collections.abc import Mapping
 
 from multidict import CIMultiDict
 
+from proxy.annotations import ToolAnnotations
 from proxy.jsonrpc import Message, is_read_method
 from proxy.policies.base import Call, Era
+from proxy.policies.resolve import PolicyResolver
 
-__all__ = ["MODERN_VERSION", "classify", "era_of", "identity_hash"]
+__all__ = ["MODERN_VERSION", "classify", "era_of", "identity_hash", "is_idempotent"]
 
 MODERN_VERSION = "2026-07-28"
 """The first stateless protocol version; versions are dates, so later ones compare greater."""
@@ -37,6 +39,15 @@ def identity_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def is_idempotent(method: str, tool: str | None, declared: bool | None, annotations: ToolAnnotations | None) -> bool:
+    """Safe to send twice? The policy's word first, then the method, then trusted tool annotations."""
+    if declared is not None:
+        return declared
+    if is_read_method(method):
+        return True
+    return method == "tools/call" and tool is not None and annotations is not None and annotations.safe_to_retry(tool)
+
+
 def classify(
     upstream: str,
     message: Message,
@@ -45,11 +56,15 @@ def classify(
     forward_headers: CIMultiDict[str],
     peer: str | None,
     identity_header: str | None,
+    resolver: PolicyResolver,
+    annotations: ToolAnnotations | None = None,
 ) -> Call:
-    """Build the `Call` for one JSON-RPC request."""
+    """Build the `Call` for one JSON-RPC request. `annotations` only for upstreams trusted to give them."""
     method = message.method or ""
     params = message.params
-    tool = params.get("name") if method == "tools/call" else None
+    name = params.get("name") if method == "tools/call" else None
+    tool = name if isinstance(name, str) else None
+    policy = resolver.resolve(method, tool)
     authorization = headers.get("Authorization")
     auth_scope = identity_hash(authorization) if authorization else ""
     client = (headers.get(identity_header) if identity_header else None) or (
@@ -59,12 +74,14 @@ def classify(
         upstream=upstream,
         era=era_of(headers, message),
         method=method,
-        tool=tool if isinstance(tool, str) else None,
-        idempotent=is_read_method(method),
+        tool=tool,
+        idempotent=is_idempotent(method, tool, policy.idempotent, annotations),
         client=client,
         auth_scope=auth_scope,
         session_id=headers.get("Mcp-Session-Id"),
         message=message,
         body=body,
         headers=forward_headers,
+        policy=policy,
+        buffered=is_read_method(method),
     )

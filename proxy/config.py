@@ -15,20 +15,14 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from proxy.config_types import ByteSize, ConfigModel, Duration, parse_duration
+from proxy.policy_config import BreakerConfig, CacheConfig, RateLimitConfig, RetryConfig, RuleConfig, TimeoutsConfig
 
 __all__ = [
     "AdminConfig",
@@ -46,12 +40,6 @@ __all__ = [
 
 LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]", "::1")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
-_UNIT_BYTES = {
-    None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
-}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -63,81 +51,21 @@ class ConfigError(Exception):
         self.errors = errors
 
 
-def parse_duration(value: object) -> float:
-    """Turn ``250ms``, ``2s``, ``1.5m``, ``1h`` or a bare number of seconds into seconds."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 250ms, 2s or 1m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"must be a duration such as 250ms, 2s or 1m (got {value!r})")
-    if seconds < 0:
-        raise ValueError(f"must not be negative (got {value!r})")
-    return seconds
-
-
-def parse_size(value: object) -> int:
-    """Turn ``4MiB``, ``512KiB`` or a bare number of bytes into bytes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (match := _SIZE.match(value)):
-        size = int(match.group(1)) * _UNIT_BYTES[match.group(2)]
-    else:
-        raise ValueError(f"must be a size such as 4MiB or 65536 (got {value!r})")
-    if size <= 0:
-        raise ValueError(f"must be > 0 (got {value!r})")
-    return size
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
-                {"type": "number", "minimum": 0},
-            ],
-            "description": "A duration: 250ms, 2s, 1m, 1h, or a number of seconds.",
-        }
-    ),
-]
-ByteSize = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\s*\d+\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$"},
-                {"type": "integer", "minimum": 1},
-            ],
-            "description": "A size: 4MiB, 512KiB, or a number of bytes.",
-        }
-    ),
-]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class ListenConfig(_Model):
+class ListenConfig(ConfigModel):
     """Where the MCP listener accepts clients."""
 
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in a pod.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one.")
 
 
-class AdminConfig(_Model):
+class AdminConfig(ConfigModel):
     """Where the admin endpoints (/healthz, /readyz, /metrics) listen. Loopback by default: they are not for clients."""
 
     host: str = Field("127.0.0.1", description="Address to bind the admin listener.")
     port: int = Field(9901, ge=0, le=65535, description="TCP port of the admin listener; 0 picks a free one.")
 
 
-class SecurityConfig(_Model):
+class SecurityConfig(ConfigModel):
     """DNS-rebinding protection. The proxy rewrites `Host` for the upstream, so it must check the original."""
 
     allowed_hosts: tuple[str, ...] = Field(
@@ -151,7 +79,7 @@ class SecurityConfig(_Model):
     )
 
 
-class LimitsConfig(_Model):
+class LimitsConfig(ConfigModel):
     """Caps on what a client may send."""
 
     max_body_bytes: ByteSize = Field(4 * 1024**2, description="Largest request body accepted; larger gets 413.")
@@ -160,7 +88,7 @@ class LimitsConfig(_Model):
     )
 
 
-class LoggingConfig(_Model):
+class LoggingConfig(ConfigModel):
     """Structured logs (JSON lines on stderr)."""
 
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum level logged.")
@@ -168,34 +96,29 @@ class LoggingConfig(_Model):
     access_log: bool = Field(False, description="One line per request (off: one line per failure only).")
 
 
-class TimeoutsConfig(_Model):
-    """How long the proxy waits on an upstream. Each is per upstream; policies may override later."""
-
-    connect: Duration = Field(5.0, gt=0, description="TCP connect to the upstream.")
-    per_try: Duration = Field(
-        30.0, gt=0, description="One attempt: from sending the request to the response headers and, for JSON answers, the whole body."
-    )
-    total: Duration = Field(60.0, gt=0, description="Overall deadline of a call before its first byte reaches the client.")
-    stream_idle: Duration = Field(
-        300.0, gt=0, description="Longest silence inside a streamed (SSE) answer to a request before it counts as broken."
-    )
-
-
-class PoolConfig(_Model):
+class PoolConfig(ConfigModel):
     """The keep-alive connection pool to one upstream (one aiohttp ClientSession)."""
 
     max_connections: int = Field(256, ge=1, description="Concurrent connections to the upstream.")
     keepalive_timeout: Duration = Field(30.0, gt=0, description="How long an idle pooled connection is kept.")
 
 
-class UpstreamConfig(_Model):
+class UpstreamConfig(ConfigModel):
     """One MCP server behind the proxy, and where clients reach it."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Label in metrics, logs and events.")
     url: str = Field(..., description="Full URL of the MCP endpoint, e.g. http://127.0.0.1:3000/mcp.")
     path: str = Field("/mcp", description="Path on the proxy listener where clients reach this upstream.")
-    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)  # type: ignore[arg-type]
     pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
+    trust_annotations: bool = Field(
+        False, description="Believe this server's tool annotations (readOnlyHint/idempotentHint) for retry decisions."
+    )
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)  # type: ignore[arg-type]
+    retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)  # type: ignore[arg-type]
+    rate_limit: RateLimitConfig | None = Field(None, description="Off unless set.")
+    cache: CacheConfig | None = Field(None, description="Off unless set.")
+    rules: tuple[RuleConfig, ...] = Field((), description="Overrides per method/tool; the most specific match wins.")
 
     @field_validator("url")
     @classmethod
@@ -213,7 +136,7 @@ class UpstreamConfig(_Model):
         return value
 
 
-class ClientIdentityConfig(_Model):
+class ClientIdentityConfig(ConfigModel):
     """How the proxy tells clients apart (rate-limit keys, cache scopes, metrics)."""
 
     header: str | None = Field(
@@ -221,7 +144,7 @@ class ClientIdentityConfig(_Model):
     )
 
 
-class ProxyConfig(_Model):
+class ProxyConfig(ConfigModel):
     """The whole file. Every key has a default except the upstreams."""
 
     listen: ListenConfig = Field(default_factory=ListenConfig)  # type: ignore[arg-type]

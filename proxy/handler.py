@@ -35,7 +35,7 @@ from aiohttp import web
 from proxy.classify import classify
 from proxy.errors import ProxyError, StreamBroken
 from proxy.headers import upstream_headers
-from proxy.jsonrpc import INVALID_REQUEST, Kind, MessageError, error_body, parse_message, response_error
+from proxy.jsonrpc import INVALID_REQUEST, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.sse import SSEParser
@@ -139,6 +139,8 @@ class McpHandler:
             headers,
             request.remote,
             runtime.config.client_identity.header,
+            route.resolver,
+            route.annotations if route.trust_annotations else None,
         )
         return await self._call(request, runtime, route, call)
 
@@ -159,8 +161,10 @@ class McpHandler:
                 )
             if reply.stream is None:
                 outcome = _outcome(reply)
+                if call.method == "tools/list" and outcome == "ok":
+                    route.annotations.learn(reply.message)
                 return web.Response(status=reply.status, body=reply.body, headers=_with_extra(reply))
-            response, outcome = await self._stream(request, runtime, call, reply)
+            response, outcome = await self._stream(request, runtime, route, call, reply)
             return response
         finally:
             in_flight.dec()
@@ -177,7 +181,7 @@ class McpHandler:
                 )
 
     async def _stream(
-        self, request: web.Request, runtime: Runtime, call: Call, reply: Reply
+        self, request: web.Request, runtime: Runtime, route: Route, call: Call, reply: Reply
     ) -> tuple[web.StreamResponse, str]:
         """Pass an SSE answer through as it arrives, watching for the request's final response.
 
@@ -197,8 +201,11 @@ class McpHandler:
                 await response.write(chunk)
                 if outcome is None:
                     for event in parser.feed(chunk):
-                        outcome = _final_outcome(event.data, request_id)
-                        if outcome is not None:
+                        final = final_response(event.data, request_id)
+                        if final is not None:
+                            outcome = "jsonrpc_error" if "error" in final else "ok"
+                            if call.method == "tools/list" and outcome == "ok":
+                                route.annotations.learn(final)
                             break
         except StreamBroken as exc:
             broken = exc
@@ -271,21 +278,6 @@ async def _start_stream(request: web.Request, reply: Reply) -> web.StreamRespons
     response.headers["X-Accel-Buffering"] = "no"
     await response.prepare(request)
     return response
-
-
-def _final_outcome(data: str, request_id: str | int | None) -> str | None:
-    """'ok' or 'jsonrpc_error' when `data` is the response to `request_id`, else None."""
-    if '"id"' not in data:
-        return None
-    try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(message, dict) or message.get("id") != request_id or "method" in message:
-        return None
-    if "error" in message:
-        return "jsonrpc_error"
-    return "ok" if "result" in message else None
 
 
 def _sse_error(request_id: str | int | None, error: ProxyError) -> bytes:

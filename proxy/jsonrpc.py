@@ -150,3 +150,16 @@ def response_error(message: Any) -> tuple[int, str] | None:
             code = error.get("code")
             return (code if isinstance(code, int) else INTERNAL_ERROR, str(error.get("message", "")))
     return None
+
+
+def final_response(data: str, request_id: str | int | None) -> dict[str, Any] | None:
+    """The parsed message when SSE event `data` is the JSON-RPC response to `request_id`, else None."""
+    if '"id"' not in data:
+        return None
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or "method" in message or message.get("id") != request_id:
+        return None
+    return message if "result" in message or "error" in message else None

@@ -7,14 +7,17 @@ Label children are cached per label tuple: `labels()` is measurably slow on the 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from proxy.policies.base import Call
+
 __all__ = ["ProxyMetrics"]
 
 MAX_LABEL_VALUES: Final = 200
+_BREAKER_LEVELS: Final = {"closed": 0, "half-open": 1, "open": 2}
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -54,6 +57,30 @@ class ProxyMetrics:
             ("reason",),
             registry=self.registry,
         )
+        self.retries = Counter(
+            "mcp_proxy_retries", "Attempts retried, by upstream and the failure that caused them.", ("upstream", "failure"),
+            registry=self.registry,
+        )
+        self.budget_exhausted = Counter(
+            "mcp_proxy_retry_budget_exhausted", "Retries refused by the retry budget, by upstream.", ("upstream",),
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "mcp_proxy_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", ("upstream", "breaker"),
+            registry=self.registry,
+        )
+        self.breaker_transitions = Counter(
+            "mcp_proxy_breaker_transitions", "Circuit breaker state changes, by upstream, breaker and new state.",
+            ("upstream", "breaker", "state"), registry=self.registry,
+        )
+        self.policy_rejections = Counter(
+            "mcp_proxy_policy_rejections", "Calls answered by a policy without the upstream (rate_limited, circuit_open).",
+            ("upstream", "reason"), registry=self.registry,
+        )
+        self.cache_served = Counter(
+            "mcp_proxy_cache_served", "Answers served from the cache, by upstream and status (hit, stale).",
+            ("upstream", "status"), registry=self.registry,
+        )
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
         self._seen: dict[str, set[str]] = {"method": set(), "tool": set()}
 
@@ -90,6 +117,22 @@ class ProxyMetrics:
 
     def reject(self, reason: str) -> None:
         self._child(self.rejected, reason).inc()  # type: ignore[attr-defined]
+
+    def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None:
+        """`Observer` for the policy stages: each reported moment moves its metric."""
+        upstream = call.upstream if call is not None else str(fields.get("upstream", ""))
+        if kind == "retry":
+            self._child(self.retries, upstream, str(fields.get("failure", ""))).inc()  # type: ignore[attr-defined]
+        elif kind == "retry_budget_exhausted":
+            self._child(self.budget_exhausted, upstream).inc()  # type: ignore[attr-defined]
+        elif kind == "breaker_state":
+            breaker, state = str(fields["breaker"]), str(fields["new"])
+            self._child(self.breaker_state, upstream, breaker).set(_BREAKER_LEVELS.get(state, 0))  # type: ignore[attr-defined]
+            self._child(self.breaker_transitions, upstream, breaker, state).inc()  # type: ignore[attr-defined]
+        elif kind in ("rate_limited", "circuit_open"):
+            self._child(self.policy_rejections, upstream, kind).inc()  # type: ignore[attr-defined]
+        elif kind == "fallback_served":
+            self._child(self.cache_served, upstream, str(fields.get("status", "stale"))).inc()  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
         """The text exposition format, for /metrics."""

@@ -10,11 +10,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from proxy.config import ProxyConfig
+from proxy.annotations import ToolAnnotations
+from proxy.config import ProxyConfig, UpstreamConfig
 from proxy.headers import HostPolicy
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline import build_pipeline
-from proxy.policies.base import Handler
+from proxy.policies.base import Clock, Handler, MonotonicClock, Observer, Stage
+from proxy.policies.breaker import BreakerStage
+from proxy.policies.resolve import PolicyResolver
+from proxy.policies.retry import RetryStage
+from proxy.policies.timeout import TimeoutStage
 from proxy.transport import AiohttpUpstream
 
 __all__ = ["Route", "Runtime", "RuntimeRef", "build_runtime", "config_hash"]
@@ -22,10 +27,14 @@ __all__ = ["Route", "Runtime", "RuntimeRef", "build_runtime", "config_hash"]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One listener path: the upstream behind it and the composed pipeline in front of it."""
+    """One listener path: the upstream behind it, its policies, and the composed pipeline in front of it."""
 
     upstream: AiohttpUpstream
     pipeline: Handler
+    resolver: PolicyResolver
+    annotations: ToolAnnotations
+    trust_annotations: bool
+    stages: dict[str, Stage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +66,31 @@ def config_hash(config: ProxyConfig) -> str:
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
 
 
-def build_runtime(config: ProxyConfig, metrics: ProxyMetrics) -> Runtime:
-    """Build routes and pipelines for `config`. Pools are opened later, by `start_upstreams`."""
+def build_stages(upstream: UpstreamConfig, clock: Clock, observer: Observer) -> dict[str, Stage]:
+    """The policy stages one upstream needs: retry, breaker and timeout always; rate limit and cache
+    only when the upstream or one of its rules configures them (an unused stage costs nothing)."""
+    stages: dict[str, Stage] = {
+        "retry": RetryStage(clock, observer),
+        "breaker": BreakerStage(upstream.name, clock, observer),
+        "timeout": TimeoutStage(clock),
+    }
+    return stages
+
+
+def build_runtime(config: ProxyConfig, metrics: ProxyMetrics, clock: Clock | None = None) -> Runtime:
+    """Build routes and pipelines for `config`. Pools are opened later, by `ProxyServer.start`."""
+    clock = clock or MonotonicClock()
     routes: dict[str, Route] = {}
     for upstream_config in config.upstreams:
         upstream = AiohttpUpstream(upstream_config, config.limits)
-        routes[upstream_config.path] = Route(upstream, build_pipeline(upstream.send, {}))
+        stages = build_stages(upstream_config, clock, metrics)
+        routes[upstream_config.path] = Route(
+            upstream=upstream,
+            pipeline=build_pipeline(upstream.send, stages),
+            resolver=PolicyResolver(upstream_config),
+            annotations=ToolAnnotations(),
+            trust_annotations=upstream_config.trust_annotations,
+            stages=stages,
+        )
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)
     return Runtime(config, routes, hosts, metrics, config_hash(config))

@@ -22,8 +22,9 @@ import orjson
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.headers import client_headers
-from proxy.jsonrpc import LONG_LIVED_METHODS
+from proxy.jsonrpc import LONG_LIVED_METHODS, final_response
 from proxy.policies.base import Call, Reply
+from proxy.sse import SSEParser
 
 __all__ = ["AiohttpUpstream", "SSEBody"]
 
@@ -117,10 +118,51 @@ class AiohttpUpstream:
             raise RuntimeError(f"upstream {self.name} is not started")
         return self._session
 
-    async def send(self, call: Call, per_try: float | None = None) -> Reply:
-        """One attempt of a JSON-RPC request; the per-try timeout covers headers and a JSON body."""
-        idle = None if call.method in LONG_LIVED_METHODS else self._stream_idle
-        return await self.exchange("POST", call.headers, call.body, per_try or self._per_try, idle)
+    async def send(self, call: Call) -> Reply:
+        """One attempt of a JSON-RPC request. Its time limit is the timeout stage's (`policies/timeout.py`).
+
+        For `call.buffered` calls (read methods) an SSE answer is read whole, up to its final response,
+        so it can still be retried or cached: nothing has reached the client yet.
+        """
+        timeouts = call.policy.timeouts
+        idle = None if call.method in LONG_LIVED_METHODS else timeouts.stream_idle
+        reply = await self.exchange("POST", call.headers, call.body, None, idle)
+        if call.buffered and reply.stream is not None:
+            return await self._buffer_stream(reply, call.message.id)
+        return reply
+
+    async def _buffer_stream(self, reply: Reply, request_id: str | int | None) -> Reply:
+        """Read an SSE answer up to the final response to `request_id`; return it as a buffered reply.
+
+        If the stream ends first but gave event ids, the bytes so far are returned as they are: the
+        client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection.
+        """
+        assert reply.stream is not None
+        parser = SSEParser()
+        chunks: list[bytes] = []
+        total = 0
+        final: Any = None
+        try:
+            async for chunk in reply.stream:
+                total += len(chunk)
+                if total > self._max_response:
+                    raise UpstreamProtocolError(
+                        "upstream answer exceeds limits.max_response_bytes", upstream=self.name
+                    )
+                chunks.append(chunk)
+                for event in parser.feed(chunk):
+                    final = final_response(event.data, request_id)
+                    if final is not None:
+                        break
+                if final is not None:
+                    break
+        except StreamBroken as exc:
+            raise UpstreamUnavailable(exc.message, upstream=self.name) from None
+        finally:
+            await reply.stream.close()
+        if final is None and parser.last_event_id is None:
+            raise UpstreamUnavailable("upstream stream ended before the response", upstream=self.name)
+        return Reply(reply.status, reply.headers, body=b"".join(chunks), message=final)
 
     async def exchange(
         self,

@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import orjson
 from multidict import CIMultiDict
+
+from proxy.annotations import ToolAnnotations
+from proxy.config import UpstreamConfig
+from proxy.policies.resolve import PolicyResolver
 
 from proxy.classify import classify
 from proxy.jsonrpc import parse_message
 from proxy.policies.base import Call, Reply
 
 
-def make_call(body: bytes = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', **headers: str) -> Call:
+def upstream_config(**fields: Any) -> UpstreamConfig:
+    """An upstream config named "up" with `fields` (raw YAML-shaped values) validated like a file's."""
+    return UpstreamConfig.model_validate({"name": "up", "url": "http://127.0.0.1:1/mcp", **fields})
+
+
+def make_call(
+    body: bytes = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+    upstream: UpstreamConfig | None = None,
+    annotations: ToolAnnotations | None = None,
+    **headers: str,
+) -> Call:
+    """Classify `body` as the handler would, against `upstream`'s policies (defaults when None)."""
     message = parse_message(body)
     incoming = CIMultiDict(headers)
-    return classify("up", message, body, incoming, CIMultiDict(), "127.0.0.1", None)
+    resolver = PolicyResolver(upstream or upstream_config())
+    return classify("up", message, body, incoming, CIMultiDict(), "127.0.0.1", None, resolver, annotations)
+
+
+def tool_call(tool: str, request_id: int = 1, **arguments: Any) -> bytes:
+    """The body of a tools/call request."""
+    return orjson.dumps(
+        {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+    )
 
 
 def reply_ok(request_id: int = 1) -> Reply:
@@ -35,3 +62,49 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def reply_status(status: int, body: bytes = b"", **headers: str) -> Reply:
+    """A buffered HTTP answer with `status` (e.g. 503, or 429 with Retry-After)."""
+    return Reply(status, CIMultiDict(headers), body=body)
+
+
+def reply_error(code: int, request_id: int = 1, status: int = 200) -> Reply:
+    """A JSON-RPC error answer."""
+    message = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": "scripted"}}
+    return Reply(status, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(message), message=message)
+
+
+def reply_result(result: dict[str, Any], request_id: int = 1) -> Reply:
+    """A successful JSON-RPC answer carrying `result`."""
+    message = {"jsonrpc": "2.0", "id": request_id, "result": result}
+    return Reply(200, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(message), message=message)
+
+
+Outcome = Reply | BaseException
+
+
+class FakeUpstream:
+    """A terminal `Handler` that plays back scripted outcomes (the last one repeats) and counts attempts.
+
+    An outcome is a `Reply` to return or an exception to raise; `gate`, when set, is awaited before
+    answering, so a test can hold calls in flight.
+    """
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        self.outcomes: list[Outcome] = list(outcomes) or [reply_ok()]
+        self.calls: list[Call] = []
+        self.gate: asyncio.Event | None = None
+
+    @property
+    def attempts(self) -> int:
+        return len(self.calls)
+
+    async def __call__(self, call: Call) -> Reply:
+        self.calls.append(call)
+        if self.gate is not None:
+            await self.gate.wait()
+        outcome = self.outcomes[min(len(self.calls), len(self.outcomes)) - 1]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome

@@ -17,8 +17,9 @@ from typing import Any, Protocol
 from multidict import CIMultiDict
 
 from proxy.jsonrpc import Message
+from proxy.policies.resolve import Policy
 
-__all__ = ["Call", "Clock", "Era", "Handler", "MonotonicClock", "Reply", "Stage"]
+__all__ = ["NULL_OBSERVER", "Call", "Clock", "Era", "Handler", "MonotonicClock", "NullObserver", "Observer", "Reply", "Stage"]
 
 
 class Era(Enum):
@@ -48,7 +49,15 @@ class Call:
     message: Message
     body: bytes
     headers: CIMultiDict[str]
+    policy: Policy
+    """The effective policy (upstream defaults + the most specific rule), resolved once."""
+    buffered: bool = False
+    """Read SSE answers whole before answering (read methods): they can then be retried and cached."""
     started: float = 0.0
+    attempt: int = 1
+    """1 for the first try; the retry stage counts up."""
+    deadline: float | None = None
+    """Clock time by which the call must have its answer's first byte; set by the retry stage."""
 
 
 class ReplyStream(Protocol):
@@ -108,3 +117,26 @@ class MonotonicClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+class Observer(Protocol):
+    """Where stages report what they did (retries, breaker transitions, rejections, cache serves).
+
+    `kind` names the moment (``retry``, ``retry_budget_exhausted``, ``breaker_state``, ``rate_limited``,
+    ``fallback_served``, ...); `fields` carry its details. Metrics implement it today; the failure
+    event stream implements the same seam. Implementations must be cheap and must never raise.
+    """
+
+    def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None: ...
+
+
+class NullObserver:
+    """An observer that ignores everything (unit tests, or nothing to report to)."""
+
+    __slots__ = ()
+
+    def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None:
+        return None
+
+
+NULL_OBSERVER = NullObserver()

@@ -1,0 +1,156 @@
+"""Retry: exponential backoff with full jitter, Retry-After, an overall deadline and a retry budget.
+
+An attempt is retried only when all of these hold:
+
+- its verdict (`proxy.failures`) has a `retry_on` key the policy lists;
+- the call is idempotent (read method, trusted annotation, or the policy says so), or the request
+  provably never reached the upstream (`never_sent`: connect refused, DNS, pool wait);
+- attempts are left (`max_attempts` counts the first one);
+- an upstream `Retry-After` is not longer than `backoff.max_retry_after` (a longer one is not obeyed
+  blindly: the retries stop and the client hears the upstream's answer with its `retryAfter`);
+- the backoff still fits before the call's deadline (`timeouts.total`, set here, covering every
+  attempt and every backoff);
+- the upstream's retry budget has a retry left.
+
+`CircuitOpen`, `RateLimited` and `RetryBudgetExhausted` are never retried. When retries stop, the client
+gets the last attempt's outcome: the upstream's answer as it was, or the last error, with two
+exceptions: a stop for lack of budget turns an error into `RetryBudgetExhausted` (naming the last
+failure), so operators can tell a budget-limited failure from a plain one; and a bare upstream 429
+becomes `RateLimited` carrying its Retry-After, which SDK clients would otherwise never see. Retry acts only before the first byte
+of an answer left for the client: the stages below return a streamed answer only once committed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import structlog
+
+from proxy.errors import CircuitOpen, ProxyError, RateLimited, RetryBudgetExhausted
+from proxy.failures import Failure, Verdict, classify_error, classify_reply
+from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
+from proxy.policies.budget import RetryBudget
+from proxy.policy_config import BackoffConfig, BudgetConfig, RetryConfig
+
+__all__ = ["RetryStage", "backoff_ceiling"]
+
+log = structlog.get_logger("proxy.retry")
+
+_NEVER_RETRIED = (CircuitOpen, RateLimited, RetryBudgetExhausted)
+
+
+def backoff_ceiling(backoff: BackoffConfig, attempt: int) -> float:
+    """The upper bound of the sleep after attempt number `attempt` (1-based)."""
+    return float(min(backoff.max, backoff.base * 2 ** (attempt - 1)))
+
+
+class RetryStage:
+    """Retries one upstream's calls; owns that upstream's retry budgets (one per budget config)."""
+
+    __slots__ = ("_budgets", "_clock", "_observer", "_random", "_wall")
+
+    def __init__(
+        self,
+        clock: Clock,
+        observer: Observer = NULL_OBSERVER,
+        rng: Callable[[], float] = random.random,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._observer = observer
+        self._random = rng
+        self._wall = wall
+        self._budgets: dict[BudgetConfig, RetryBudget] = {}
+
+    def budget(self, config: BudgetConfig) -> RetryBudget:
+        budget = self._budgets.get(config)
+        if budget is None:
+            budget = self._budgets[config] = RetryBudget(config, self._clock)
+        return budget
+
+    @property
+    def budgets(self) -> list[RetryBudget]:
+        return list(self._budgets.values())
+
+    async def __call__(self, call: Call, next: Handler) -> Reply:
+        policy = call.policy.retry
+        budget = self.budget(policy.budget)
+        budget.record_request()
+        if call.deadline is None:
+            call.deadline = self._clock.monotonic() + call.policy.timeouts.total
+        attempt = 0
+        while True:
+            attempt += 1
+            call.attempt = attempt
+            reply: Reply | None = None
+            error: ProxyError | None = None
+            try:
+                reply = await next(call)
+                verdict = classify_reply(reply, call.session_id is not None, self._wall())
+            except _NEVER_RETRIED:
+                raise
+            except ProxyError as exc:
+                error, verdict = exc, classify_error(exc)
+            if verdict.ok:
+                return reply  # type: ignore[return-value]
+            stop, delay = self._plan(call, verdict, attempt, policy)
+            if stop is None and not budget.try_spend():
+                stop = "budget"
+            if stop is not None:
+                return self._give_up(call, stop, attempt, verdict, reply, error)
+            if reply is not None and reply.stream is not None:
+                await reply.stream.close()
+            self._observer.policy_event("retry", call, attempt=attempt, failure=verdict.kind.value, delay=delay)
+            log.info(
+                "retry",
+                upstream=call.upstream,
+                method=call.method,
+                tool=call.tool,
+                attempt=attempt,
+                failure=verdict.kind.value,
+                delay_ms=round(delay * 1000, 1),
+            )
+            await self._clock.sleep(delay)
+
+    def _plan(self, call: Call, verdict: Verdict, attempt: int, policy: RetryConfig) -> tuple[str | None, float]:
+        """(why retrying stops, or None; the backoff before the next attempt)."""
+        key = verdict.retry_key
+        if key is None or key not in policy.retry_on:
+            return "not_retryable", 0.0
+        if not (call.idempotent or verdict.never_sent):
+            return "not_idempotent", 0.0
+        if attempt >= policy.max_attempts:
+            return "max_attempts", 0.0
+        delay = self._random() * backoff_ceiling(policy.backoff, attempt)
+        if verdict.retry_after is not None:
+            if verdict.retry_after > policy.backoff.max_retry_after:
+                return "retry_after_too_long", 0.0
+            delay = max(delay, verdict.retry_after)
+        assert call.deadline is not None
+        if self._clock.monotonic() + delay >= call.deadline:
+            return "deadline", 0.0
+        return None, delay
+
+    def _give_up(
+        self, call: Call, stop: str, attempt: int, verdict: Verdict, reply: Reply | None, error: ProxyError | None
+    ) -> Reply:
+        if attempt > 1 or stop == "budget":
+            log.info("retry_stopped", upstream=call.upstream, method=call.method, tool=call.tool, attempts=attempt, why=stop)
+        if error is None:
+            assert reply is not None
+            if verdict.kind is Failure.HTTP_429 and reply.message is None:
+                # A bare 429 would reach SDK clients as a generic -32603; say it in JSON-RPC, with retryAfter.
+                raise RateLimited(
+                    "upstream answered 429 Too Many Requests", upstream=call.upstream, retry_after=verdict.retry_after
+                )
+            return reply
+        if stop == "budget":
+            self._observer.policy_event("retry_budget_exhausted", call, attempt=attempt, failure=verdict.kind.value)
+            raise RetryBudgetExhausted(
+                f"retry budget exhausted after {attempt} attempt(s); last failure: {error.message}",
+                upstream=call.upstream,
+                retry_after=error.retry_after,
+            ) from error
+        raise error

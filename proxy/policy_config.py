@@ -1,0 +1,182 @@
+"""The resilience policy sections of an upstream, and the rules that override them per method and tool.
+
+An upstream declares its defaults (``timeouts``, ``retry``, ``breaker``, ``rate_limit``, ``cache``);
+each entry of ``rules`` matches calls by ``method`` and ``tool`` (shell-style globs) and overrides only
+the keys it sets: ``{match: {tool: search}, retry: {max_attempts: 5}}`` keeps the upstream's backoff
+and budget. The most specific matching rule wins (an exact tool beats a tool glob beats no tool; then
+the same for the method; then the earlier rule) and is resolved once per distinct (method, tool).
+``rate_limit`` and ``cache`` are off unless set; ``rate_limit: null`` or ``cache: null`` in a rule
+turns them off for the calls it matches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, model_validator
+
+from proxy.config_types import ByteSize, ConfigModel, Duration
+
+__all__ = [
+    "BackoffConfig",
+    "BreakerConfig",
+    "BudgetConfig",
+    "CacheConfig",
+    "MatchConfig",
+    "RateLimitConfig",
+    "RetryConfig",
+    "RetryOn",
+    "RuleConfig",
+    "TimeoutsConfig",
+    "overlay",
+]
+
+RetryOn = Literal["connect_error", "timeout", "http_5xx", "http_429", "server_error", "session_expired"]
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect_error", "timeout", "http_5xx", "http_429", "server_error")
+
+
+class TimeoutsConfig(ConfigModel):
+    """How long the proxy waits on an upstream."""
+
+    connect: Duration = Field(5.0, gt=0, description="TCP connect, including the wait for a pooled connection.")
+    per_try: Duration = Field(
+        30.0, gt=0, description="One attempt: until the response headers and, for a JSON answer, the whole body."
+    )
+    total: Duration = Field(
+        60.0, gt=0, description="A call's deadline over every attempt and backoff, until its first byte reaches the client."
+    )
+    stream_idle: Duration = Field(
+        300.0, gt=0, description="Longest silence inside an SSE answer to a request before it counts as broken."
+    )
+
+
+class BackoffConfig(ConfigModel):
+    """Exponential backoff with full jitter: attempt n sleeps uniformly in [0, min(max, base * 2**(n-1))]."""
+
+    base: Duration = Field(0.1, gt=0, description="First backoff ceiling.")
+    max: Duration = Field(2.0, gt=0, description="Largest backoff ceiling.")
+    max_retry_after: Duration = Field(
+        10.0, ge=0, description="Largest upstream Retry-After the proxy waits for; a longer one ends the retries."
+    )
+
+
+class BudgetConfig(ConfigModel):
+    """Retries may be at most `ratio` of the requests over `window`, plus `min_per_second` (a floor for quiet times)."""
+
+    ratio: float = Field(0.2, ge=0, le=10, description="Retries allowed per request over the window (0.2 = 20%).")
+    min_per_second: float = Field(5.0, ge=0, description="Retries always allowed per second, whatever the ratio.")
+    window: Duration = Field(10.0, gt=0, description="The sliding window the ratio is measured over.")
+
+
+class RetryConfig(ConfigModel):
+    """When and how a failed attempt is tried again. Non-idempotent calls retry only if never sent."""
+
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts in all, the first included; 1 disables retry.")
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)  # type: ignore[arg-type]
+    retry_on: tuple[RetryOn, ...] = Field(DEFAULT_RETRY_ON, description="Failure kinds that are retried.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)  # type: ignore[arg-type]
+
+
+class BreakerConfig(ConfigModel):
+    """A circuit breaker: consecutive failures (`failure_threshold`) or a failure rate over a window."""
+
+    enabled: bool = Field(True, description="false: no breaker for these calls.")
+    scope: Literal["upstream", "tool"] = Field("upstream", description="One breaker per upstream, or one per tool.")
+    failure_threshold: int | None = Field(
+        None, ge=1, description="Consecutive server-side failures that open it (default 5 when failure_rate is unset)."
+    )
+    failure_rate: float | None = Field(
+        None, gt=0, le=1, description="Share of failed calls over `window` that opens it (needs `min_calls`)."
+    )
+    window: Duration = Field(30.0, gt=0, description="With failure_rate: the sliding window of calls.")
+    min_calls: int = Field(10, ge=1, description="With failure_rate: calls in the window before the rate counts.")
+    reset_timeout: Duration = Field(30.0, gt=0, description="How long it stays open before trial calls.")
+    half_open_max_calls: int = Field(
+        1, ge=1, description="Trial calls admitted while half-open; all must succeed to close it."
+    )
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> BreakerConfig:
+        if self.failure_threshold is not None and self.failure_rate is not None:
+            raise ValueError("set failure_threshold or failure_rate, not both")
+        return self
+
+    @property
+    def consecutive_threshold(self) -> int | None:
+        """The consecutive-failure trigger in force (5 by default), or None in failure-rate mode."""
+        if self.failure_rate is not None:
+            return None
+        return self.failure_threshold or 5
+
+
+class RateLimitConfig(ConfigModel):
+    """A token bucket per key: `burst` calls at once, refilled at `rate` per `per`."""
+
+    rate: float = Field(..., gt=0, description="Calls allowed per `per`.")
+    per: Duration = Field(1.0, gt=0, description="The period of `rate`.")
+    burst: int | None = Field(None, ge=1, description="Bucket size: calls that may arrive at once (default: rate, at least 1).")
+    key: Literal["client", "tool", "upstream", "global"] = Field(
+        "client", description="One bucket per client identity, per tool, per upstream, or one for everything."
+    )
+    max_wait: Duration = Field(0.0, ge=0, description="How long a call may queue for a token before it is refused.")
+    max_keys: int = Field(10_000, ge=1, description="Buckets kept; the least recently used go first.")
+
+    @property
+    def bucket_size(self) -> int:
+        return self.burst if self.burst is not None else max(1, int(self.rate))
+
+
+class CacheConfig(ConfigModel):
+    """Answers of idempotent calls kept to serve again: fresh hits (`ttl` mode) or only on failure (`fallback`)."""
+
+    mode: Literal["fallback", "ttl"] = Field(
+        "fallback", description="fallback: serve a stored answer only when the upstream fails; ttl: also serve fresh hits."
+    )
+    ttl: Duration = Field(30.0, ge=0, description="How long an answer is fresh (capped by a modern answer's ttlMs).")
+    max_stale: Duration = Field(300.0, ge=0, description="How long past fresh an answer may still stand in for a failure.")
+    max_entries: int = Field(1000, ge=1, description="Answers kept at most.")
+    max_bytes: ByteSize = Field(32 * 1024**2, description="Bytes of answers kept at most.")
+    scope: Literal["private", "shared"] = Field(
+        "private", description="private: one cache per Authorization; shared: all clients share answers."
+    )
+
+
+class MatchConfig(ConfigModel):
+    """Which calls a rule applies to: shell-style globs on the method and, for tools/call, the tool name."""
+
+    method: str = Field("*", min_length=1, description="JSON-RPC method glob, e.g. tools/call or resources/*.")
+    tool: str | None = Field(None, min_length=1, description="Tool name glob (implies method tools/call).")
+
+
+class RuleConfig(ConfigModel):
+    """Overrides for the calls `match` selects; only the keys set here replace the upstream's."""
+
+    match: MatchConfig
+    timeouts: TimeoutsConfig | None = None
+    retry: RetryConfig | None = None
+    breaker: BreakerConfig | None = None
+    rate_limit: RateLimitConfig | None = None
+    cache: CacheConfig | None = None
+    idempotent: bool | None = Field(
+        None, description="Declare the matched tools idempotent (retry them) or not (never, whatever annotations say)."
+    )
+
+
+M = TypeVar("M", bound=ConfigModel)
+
+
+def overlay(base: M | None, override: M | None, explicit: bool) -> M | None:
+    """`base` with the fields `override` set explicitly replaced (recursively); `explicit` = the key was present."""
+    if not explicit:
+        return base
+    if override is None or base is None:
+        return override
+    updates: dict[str, Any] = {}
+    for name in override.model_fields_set:
+        value = getattr(override, name)
+        current = getattr(base, name)
+        if isinstance(value, ConfigModel) and isinstance(current, ConfigModel):
+            updates[name] = overlay(current, value, True)
+        else:
+            updates[name] = value
+    return base.model_copy(update=updates)
