@@ -191,6 +191,7 @@ _BOUNDS = {
     "less_than_equal": "must be <= {le}",
     "string_pattern_mismatch": "must match {pattern}",
     "too_short": "must have at least {min_length} item(s)",
+    "literal_error": "must be {expected}",
 }
 
 

@@ -37,6 +37,7 @@ from proxy.errors import ProxyError, StreamBroken
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply
+from proxy.policies.fallback import list_changed_kind
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.sse import SSEParser
 
@@ -201,6 +202,7 @@ class McpHandler:
                 await response.write(chunk)
                 if outcome is None:
                     for event in parser.feed(chunk):
+                        _notice(runtime, call.upstream, event.data)
                         final = final_response(event.data, request_id)
                         if final is not None:
                             outcome = "jsonrpc_error" if "error" in final else "ok"
@@ -237,9 +239,12 @@ class McpHandler:
         if reply.stream is None:
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
         response = await _start_stream(request, reply)
+        parser = SSEParser()
         try:
             async for chunk in reply.stream:
                 await response.write(chunk)
+                for event in parser.feed(chunk):
+                    _notice(runtime, upstream.name, event.data)
         except (StreamBroken, ConnectionResetError):
             return response
         finally:
@@ -278,6 +283,19 @@ async def _start_stream(request: web.Request, reply: Reply) -> web.StreamRespons
     response.headers["X-Accel-Buffering"] = "no"
     await response.prepare(request)
     return response
+
+
+def _notice(runtime: Runtime, upstream: str, data: str) -> None:
+    """React to server notifications passing by: `notifications/<kind>/list_changed` invalidates cached lists."""
+    if "list_changed" not in data:
+        return
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    kind = list_changed_kind(message.get("method", "")) if isinstance(message, dict) else None
+    if kind is not None:
+        runtime.shared.cache.invalidate_lists(upstream, kind)
 
 
 def _sse_error(request_id: str | int | None, error: ProxyError) -> bytes:

@@ -161,6 +161,12 @@ class RuleConfig(ConfigModel):
         None, description="Declare the matched tools idempotent (retry them) or not (never, whatever annotations say)."
     )
 
+    @model_validator(mode="after")
+    def _pool_settings_stay_on_the_upstream(self) -> RuleConfig:
+        if self.timeouts is not None and "connect" in self.timeouts.model_fields_set:
+            raise ValueError("timeouts.connect belongs to the upstream's connection pool, not to a rule")
+        return self
+
 
 M = TypeVar("M", bound=ConfigModel)
 

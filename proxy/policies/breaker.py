@@ -100,11 +100,13 @@ class Breaker:
         if state == OPEN:
             left = self._opened_at + self.config.reset_timeout - self._clock.monotonic()
             if left > 0:
+                self._observer.policy_event("circuit_open", None, upstream=upstream, breaker=self.name)
                 raise CircuitOpen(f"circuit {self.name} is open", upstream=upstream, retry_after=left)
             self._cb.half_open()
             state = HALF_OPEN
         if state == HALF_OPEN:
             if self._trials >= self.config.half_open_max_calls:
+                self._observer.policy_event("circuit_open", None, upstream=upstream, breaker=self.name)
                 raise CircuitOpen(
                     f"circuit {self.name} is half-open and its trial calls are taken",
                     upstream=upstream,
@@ -139,15 +141,16 @@ class Breaker:
             self._cb.open()
 
     def _tripped(self, failed: bool) -> bool:
+        """Record the outcome; True when a failure just crossed the threshold (a success never trips)."""
         config = self.config
         if config.failure_rate is None:
-            return self.failures >= (config.consecutive_threshold or _NO_CONSECUTIVE_LIMIT)
+            return failed and self.failures >= (config.consecutive_threshold or _NO_CONSECUTIVE_LIMIT)
         now = self._clock.monotonic()
         self._outcomes.append((now, failed))
         while self._outcomes and self._outcomes[0][0] <= now - config.window:
             self._outcomes.popleft()
         calls = len(self._outcomes)
-        return calls >= config.min_calls and sum(f for _, f in self._outcomes) / calls >= config.failure_rate
+        return failed and calls >= config.min_calls and sum(f for _, f in self._outcomes) / calls >= config.failure_rate
 
 
 class BreakerStage:

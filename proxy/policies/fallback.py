@@ -1,0 +1,326 @@
+"""Cache and fallback: a stored answer stands in for a failing upstream, or (``ttl`` mode) for the call.
+
+This stage is outermost, so it can answer any failure below it: a `ProxyError` (timeout, unreachable
+upstream, open breaker, rate limit, retry budget) or a reply that `proxy.failures` calls a server-side
+failure or a 429. It never classifies on its own.
+
+- Only idempotent calls whose policy has a ``cache`` section. ``fallback`` sends every call upstream
+  and serves a stored answer only on failure, until ``max_stale`` past its freshness. ``ttl`` also
+  answers fresh hits without calling upstream.
+- What is stored is the ``result`` of a 2xx JSON-RPC success. Errors, ``isError`` tool results,
+  ``input_required`` results and streamed answers are never stored. The key is the upstream, the
+  method, the params minus ``_meta`` as canonical JSON, and the Authorization scope unless the
+  policy is ``shared``. A modern result's ``cacheScope: private`` keeps it in its Authorization
+  scope whatever the policy says, and its ``ttlMs`` caps the freshness.
+- cachetools' TTLCache forgets expired entries, so it cannot serve stale ones. Entries carry their
+  own fresh and stale deadlines instead, in an LRU bounded by entries and bytes. There is one LRU
+  per (upstream, cache config), so each rule's limits hold on their own.
+- A served answer is a new JSON response with the current request's id, marked in
+  ``result._meta`` and by an ``X-Mcp-Proxy-Cache`` header. The upstream's headers are not replayed.
+- Single flight: concurrent identical calls share one upstream call. It runs as a task that the
+  flight owns, so a leader whose client goes away does not strand the others, and the last caller
+  to leave cancels it. A caller from another Authorization scope only shares what the store could
+  have served it. A rate-limit rejection is shared only with the same client.
+- `invalidate_lists` drops an upstream's ``<kind>/list`` answers on ``notifications/<kind>/list_changed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from cachetools import LRUCache
+from multidict import CIMultiDict
+
+from proxy.errors import ProxyError, RateLimited
+from proxy.failures import Failure, Verdict, classify_reply
+from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
+from proxy.policy_config import CacheConfig
+
+__all__ = ["CACHE_HEADER", "CACHE_META", "CacheStage", "Entry", "ResponseCache", "list_changed_kind"]
+
+CACHE_META: Final = "io.github.mcp-resilience-proxy/cache"
+"""The `result._meta` key of a served stored answer: ``{"status": "hit"|"stale", "age_ms": N}``."""
+CACHE_HEADER: Final = "X-Mcp-Proxy-Cache"
+
+Key = tuple[str, str, bytes, str | None]
+"""(upstream, method, canonical params, Authorization scope; None for an answer every client may share)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored `result`: fresh until `fresh_until`, usable for a failure until `stale_until` (clock time)."""
+
+    result: dict[str, Any]
+    stored_at: float
+    fresh_until: float
+    stale_until: float
+    size: int
+
+
+def _entry_size(entry: Entry) -> int:
+    return entry.size
+
+
+class ResponseCache:
+    """Entries by key, least recently used out first, bounded by count and by bytes."""
+
+    __slots__ = ("_entries", "_max_entries")
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self._max_entries = max_entries
+        self._entries: LRUCache[Key, Entry] = LRUCache(maxsize=max_bytes, getsizeof=_entry_size)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        return int(self._entries.currsize)
+
+    def get(self, key: Key) -> Entry | None:
+        return self._entries.get(key)
+
+    def put(self, key: Key, entry: Entry) -> None:
+        """Store `entry`, evicting the least recently used; an entry larger than the whole cache is not kept."""
+        if entry.size > self._entries.maxsize:
+            self._entries.pop(key, None)
+            return
+        if key not in self._entries:
+            while len(self._entries) >= self._max_entries:
+                self._entries.popitem()
+        self._entries[key] = entry
+
+    def pop(self, key: Key) -> None:
+        self._entries.pop(key, None)
+
+    def drop(self, upstream: str, method: Callable[[str], bool]) -> int:
+        """Remove `upstream`'s entries whose method matches; return how many."""
+        doomed = [key for key in self._entries if key[0] == upstream and method(key[1])]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+
+class _Flight:
+    """One upstream call shared by every concurrent caller with the same key."""
+
+    __slots__ = ("call", "task", "waiters")
+
+    def __init__(self, call: Call, task: asyncio.Task[tuple[Reply, Verdict]]) -> None:
+        self.call = call
+        self.task = task
+        self.waiters = 0
+
+
+class CacheStage:
+    """The cache/fallback stage. Build one per proxy; its stores live as long as it does."""
+
+    __slots__ = ("_background", "_clock", "_flights", "_generation", "_now_wall", "_observer", "_stores")
+
+    def __init__(
+        self, clock: Clock, now_wall: Callable[[], float] | None = None, *, observer: Observer = NULL_OBSERVER
+    ) -> None:
+        self._clock = clock
+        self._observer = observer
+        self._now_wall = now_wall  # wall time for Retry-After dates; None: the real time
+        self._stores: dict[tuple[str, CacheConfig], ResponseCache] = {}
+        self._flights: dict[Key, _Flight] = {}
+        self._generation: dict[str, int] = {}  # per upstream, bumped by invalidation
+        self._background: set[asyncio.Task[None]] = set()
+
+    def store(self, upstream: str, cfg: CacheConfig) -> ResponseCache:
+        """The store of `upstream` calls under `cfg`, created on first use."""
+        store = self._stores.get((upstream, cfg))
+        if store is None:
+            store = self._stores[(upstream, cfg)] = ResponseCache(cfg.max_entries, cfg.max_bytes)
+        return store
+
+    def invalidate_lists(self, upstream: str, kind: str) -> int:
+        """Forget `upstream`'s ``<kind>/list`` answers (and ``<kind>/*/list``, e.g. resources/templates/list).
+
+        Answers already in flight when this is called are not stored. Returns the number of entries dropped.
+        """
+        self._generation[upstream] = self._generation.get(upstream, 0) + 1
+        prefix = f"{kind}/"
+
+        def is_list(method: str) -> bool:
+            return method.startswith(prefix) and method.endswith("/list")
+
+        return sum(store.drop(upstream, is_list) for (name, _), store in self._stores.items() if name == upstream)
+
+    async def __call__(self, call: Call, next: Handler) -> Reply:
+        cfg = call.policy.cache
+        if cfg is None or not call.idempotent or call.message.id is None:
+            return await next(call)
+        store = self.store(call.upstream, cfg)
+        private, shared = pair = _keys(call)
+        keys = (private,) if cfg.scope == "private" else (shared, private)
+        if cfg.mode == "ttl":
+            entry = _lookup(store, keys)
+            now = self._clock.monotonic()
+            if entry is not None and now < entry.fresh_until:
+                self._observer.policy_event("fallback_served", call, status="hit")
+                return _served(entry, call, "hit", now)
+        try:
+            reply, verdict = await self._join(keys[0], pair, call, next, store)
+        except ProxyError:
+            stale = self._stale(store, keys, call)
+            if stale is None:
+                raise
+            return stale
+        if verdict.server_failure or verdict.kind is Failure.HTTP_429:
+            stale = self._stale(store, keys, call)
+            if stale is not None:
+                if reply.stream is not None:
+                    await reply.stream.close()
+                return stale
+        return reply
+
+    def _stale(self, store: ResponseCache, keys: tuple[Key, ...], call: Call) -> Reply | None:
+        entry = _lookup(store, keys)
+        now = self._clock.monotonic()
+        if entry is None or now > entry.stale_until:
+            return None
+        self._observer.policy_event("fallback_served", call, status="stale", age=now - entry.stored_at)
+        return _served(entry, call, "stale", now)
+
+    async def _join(
+        self, key: Key, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache
+    ) -> tuple[Reply, Verdict]:
+        """The outcome of the flight for `key`, taking off if there is none; `pair` is `call`'s own keys."""
+        flight = self._flights.get(key) or self._take_off(key, pair, call, next, store)
+        flight.waiters += 1
+        try:
+            reply, verdict = await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                self._land(key, flight)
+                flight.task.cancel()
+            elif call is flight.call:
+                flight.task.add_done_callback(self._close_orphan)
+            raise
+        except ProxyError as exc:
+            if call is flight.call or not isinstance(exc, RateLimited) or call.client == flight.call.client:
+                raise
+            return await self._fetch(pair, call, next, store)
+        if call is flight.call:
+            return reply, verdict
+        if reply.stream is None and (call.auth_scope == flight.call.auth_scope or _public(reply, verdict)):
+            return _rebuilt(reply, call), verdict
+        return await self._fetch(pair, call, next, store)
+
+    def _take_off(self, key: Key, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache) -> _Flight:
+        task = asyncio.create_task(self._fetch(pair, call, next, store), name=f"cache-flight:{call.method}")
+        flight = self._flights[key] = _Flight(call, task)
+        task.add_done_callback(lambda _: self._land(key, flight))
+        return flight
+
+    def _land(self, key: Key, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
+    def _close_orphan(self, task: asyncio.Task[tuple[Reply, Verdict]]) -> None:
+        """The leader left; a streamed answer has no other reader, so release its connection."""
+        if task.cancelled() or task.exception() is not None or (stream := task.result()[0].stream) is None:
+            return
+        closing = asyncio.create_task(stream.close(), name="cache-flight:close-orphan")
+        self._background.add(closing)
+        closing.add_done_callback(self._background.discard)
+
+    async def _fetch(
+        self, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache
+    ) -> tuple[Reply, Verdict]:
+        """One upstream call; its answer is stored if it may be, unless lists were invalidated meanwhile."""
+        generation = self._generation.get(call.upstream, 0)
+        reply = await next(call)
+        now_wall = None if self._now_wall is None else self._now_wall()
+        verdict = classify_reply(reply, call.session_id is not None, now_wall)
+        result = _storable(reply, verdict)
+        cfg = call.policy.cache
+        if result is not None and cfg is not None and self._generation.get(call.upstream, 0) == generation:
+            private, shared = pair
+            is_private = cfg.scope == "private" or result.get("cacheScope") == "private"
+            if is_private and cfg.scope == "shared":
+                store.pop(shared)  # the upstream now says private: stop sharing the old answer
+            ttl = cfg.ttl
+            ttl_ms = result.get("ttlMs")
+            if isinstance(ttl_ms, int | float) and not isinstance(ttl_ms, bool) and ttl_ms >= 0:
+                ttl = min(ttl, ttl_ms / 1000)
+            now = self._clock.monotonic()
+            size = len(orjson.dumps(result)) + len(private[2]) + len(call.method)
+            store.put(private if is_private else shared, Entry(result, now, now + ttl, now + ttl + cfg.max_stale, size))
+        return reply, verdict
+
+
+def list_changed_kind(method: str) -> str | None:
+    """``tools`` for ``notifications/tools/list_changed``; None for any other method."""
+    if method.startswith("notifications/") and method.endswith("/list_changed"):
+        return method[len("notifications/") : -len("/list_changed")] or None
+    return None
+
+
+def _keys(call: Call) -> tuple[Key, Key]:
+    """(private key, shared key) of a call."""
+    body = call.message.body
+    params = body.get("params") if isinstance(body, dict) else None
+    if isinstance(params, dict):
+        params = {name: value for name, value in params.items() if name != "_meta"}
+    canonical = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+    return (call.upstream, call.method, canonical, call.auth_scope), (call.upstream, call.method, canonical, None)
+
+
+def _lookup(store: ResponseCache, keys: tuple[Key, ...]) -> Entry | None:
+    for key in keys:
+        entry = store.get(key)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _storable(reply: Reply, verdict: Verdict) -> dict[str, Any] | None:
+    """The result worth storing, or None: errors, tool errors, streams, input requests are not."""
+    if not verdict.ok or reply.stream is not None or not 200 <= reply.status < 300:
+        return None
+    result = reply.message.get("result") if isinstance(reply.message, dict) else None
+    if not isinstance(result, dict) or result.get("resultType") == "input_required":
+        return None
+    return result
+
+
+def _public(reply: Reply, verdict: Verdict) -> bool:
+    """May a caller from another Authorization scope share this answer (as it could from the store)?"""
+    result = _storable(reply, verdict)
+    return result is not None and result.get("cacheScope") != "private"
+
+
+def _json_headers() -> CIMultiDict[str]:
+    return CIMultiDict({"Content-Type": "application/json"})
+
+
+def _served(entry: Entry, call: Call, status: str, now: float) -> Reply:
+    """A stored answer as a new JSON-RPC response to `call`, marked with `status` and its age."""
+    result = dict(entry.result)
+    meta = result.get("_meta")
+    result["_meta"] = {**(meta if isinstance(meta, dict) else {}), CACHE_META: {
+        "status": status, "age_ms": int((now - entry.stored_at) * 1000),
+    }}
+    if "ttlMs" in result:  # a client may cache too: only for what is left of the freshness
+        result["ttlMs"] = max(0, int((entry.fresh_until - now) * 1000))
+    message = {"jsonrpc": "2.0", "id": call.message.id, "result": result}
+    return Reply(200, _json_headers(), body=orjson.dumps(message), message=message, extra={CACHE_HEADER: status})
+
+
+def _rebuilt(reply: Reply, call: Call) -> Reply:
+    """The leader's answer for a follower: the same JSON-RPC response with the follower's id."""
+    message = reply.message
+    if not isinstance(message, dict) or "id" not in message:
+        return Reply(reply.status, reply.headers.copy(), body=reply.body, message=message)
+    message = {**message, "id": call.message.id}
+    headers = reply.headers.copy()
+    headers["Content-Type"] = "application/json"  # a buffered SSE answer is sent on as plain JSON
+    return Reply(reply.status, headers, body=orjson.dumps(message), message=message)

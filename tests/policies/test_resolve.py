@@ -1,0 +1,98 @@
+"""Policy matching: the most specific rule wins, overrides merge key by key, resolution is memoized."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.config import ConfigError, load_config
+from proxy.policies.resolve import RESOLVED_CACHE_SIZE, PolicyResolver
+from tests.fakes import upstream_config
+
+RULES = [
+    {"match": {"method": "tools/*"}, "retry": {"max_attempts": 2}},
+    {"match": {"tool": "search_*"}, "retry": {"max_attempts": 4}, "timeouts": {"per_try": "5s"}},
+    {"match": {"tool": "search_fast"}, "retry": {"backoff": {"base": "10ms"}}},
+    {"match": {"method": "resources/read"}, "cache": {"mode": "ttl", "ttl": "1m"}},
+    {"match": {"tool": "search_*"}, "retry": {"max_attempts": 9}},
+]
+
+
+def resolver() -> PolicyResolver:
+    return PolicyResolver(upstream_config(retry={"max_attempts": 3, "backoff": {"max": "5s"}}, rules=RULES))
+
+
+@pytest.mark.parametrize(
+    ("method", "tool", "rule", "attempts"),
+    [
+        ("tools/call", "search_fast", "rules[2] (tool=search_fast)", 3),  # exact tool beats the glob
+        ("tools/call", "search_slow", "rules[1] (tool=search_*)", 4),  # earlier of two equal globs
+        ("tools/call", "lookup", "rules[0] (method=tools/*)", 2),
+        ("tools/list", None, "rules[0] (method=tools/*)", 2),
+        ("prompts/get", None, "default", 3),
+    ],
+)
+def test_most_specific_rule_wins(method: str, tool: str | None, rule: str, attempts: int) -> None:
+    policy = resolver().resolve(method, tool)
+    assert (policy.rule, policy.retry.max_attempts) == (rule, attempts)
+
+
+def test_overrides_merge_key_by_key_over_the_upstream_defaults() -> None:
+    policy = resolver().resolve("tools/call", "search_fast")
+    assert policy.retry.backoff.base == 0.01  # from the rule
+    assert policy.retry.backoff.max == 5.0  # from the upstream default, same section
+    assert policy.timeouts.per_try == 30.0  # rules[1] does not apply: only one rule wins
+    slow = resolver().resolve("tools/call", "search_slow")
+    assert (slow.timeouts.per_try, slow.timeouts.total) == (5.0, 60.0)
+
+
+def test_sections_off_by_default_and_switchable_per_rule() -> None:
+    r = resolver()
+    assert r.resolve("tools/list", None).cache is None
+    cache = r.resolve("resources/read", None).cache
+    assert cache is not None and (cache.mode, cache.ttl, cache.max_stale) == ("ttl", 60.0, 300.0)
+    off = PolicyResolver(upstream_config(cache={"mode": "ttl"}, rules=[{"match": {"tool": "x"}, "cache": None}]))
+    assert off.resolve("tools/call", "x").cache is None
+    assert off.resolve("tools/call", "y").cache is not None
+
+
+def test_resolution_is_memoized_and_bounded() -> None:
+    r = resolver()
+    assert r.resolve("tools/call", "search_fast") is r.resolve("tools/call", "search_fast")
+    for n in range(RESOLVED_CACHE_SIZE + 100):
+        r.resolve("tools/call", f"random-{n}")
+    assert len(r._memo) == RESOLVED_CACHE_SIZE
+
+
+def test_bad_policy_file_is_rejected_with_path_named_errors() -> None:
+    text = """
+upstreams:
+  - name: a
+    url: http://127.0.0.1:1/mcp
+    retry: {max_attempts: 0, backoff: {base: fast}, retry_on: [timeout, sometimes]}
+    breaker: {failure_threshold: 3, failure_rate: 0.5, scope: planet}
+    rate_limit: {per: 1s}
+    cache: {mode: forever}
+    rules:
+      - match: {tool: search}
+        retry: {max_atempts: 2}
+      - retry: {max_attempts: 2}
+"""
+    with pytest.raises(ConfigError) as caught:
+        load_config(text, {})
+    assert caught.value.errors == [
+        "upstreams[0].retry.max_attempts: must be >= 1 (got 0)",
+        "upstreams[0].retry.backoff.base: must be a duration such as 250ms, 2s or 1m (got 'fast')",
+        "upstreams[0].retry.retry_on[1]: must be 'connect_error', 'timeout', 'http_5xx', 'http_429', 'server_error' or 'session_expired' (got 'sometimes')",
+        "upstreams[0].breaker.scope: must be 'upstream' or 'tool' (got 'planet')",
+        "upstreams[0].rate_limit.rate: required",
+        "upstreams[0].cache.mode: must be 'fallback' or 'ttl' (got 'forever')",
+        "upstreams[0].rules[0].retry.max_atempts: unknown key",
+        "upstreams[0].rules[1].match: required",
+    ]
+
+
+def test_breaker_takes_one_trigger() -> None:
+    text = "upstreams: [{name: a, url: 'http://h/mcp', breaker: {failure_threshold: 3, failure_rate: 0.5}}]"
+    with pytest.raises(ConfigError) as caught:
+        load_config(text, {})
+    assert caught.value.errors == ["upstreams[0].breaker: set failure_threshold or failure_rate, not both"]

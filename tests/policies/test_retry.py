@@ -1,0 +1,143 @@
+"""Retry: exact attempt counts, idempotency, Retry-After, the deadline and the budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.errors import CircuitOpen, NeverSent, RateLimited, RetryBudgetExhausted, UpstreamTimeout, UpstreamUnavailable
+from proxy.policies.retry import RetryStage, backoff_ceiling
+from proxy.policy_config import BackoffConfig
+from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_status, tool_call, upstream_config
+
+LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+
+
+def stage(clock: FakeClock, rng: float = 1.0) -> RetryStage:
+    return RetryStage(clock, rng=lambda: rng, wall=lambda: 1_000_000.0)
+
+
+async def test_read_call_failing_twice_then_succeeding_makes_exactly_three_attempts() -> None:
+    clock = FakeClock()
+    upstream = FakeUpstream(reply_status(503), UpstreamTimeout("slow"), reply_ok())
+    reply = await stage(clock)(make_call(LIST), upstream)
+    assert reply.status == 200
+    assert upstream.attempts == 3
+    assert [c.attempt for c in upstream.calls] == [3, 3, 3]  # the same Call object, counted up
+    assert clock.sleeps == [0.1, 0.2]  # full jitter with rng=1.0 hits the ceiling: base, 2*base
+
+
+async def test_non_idempotent_tool_that_timed_out_is_executed_once() -> None:
+    upstream = FakeUpstream(UpstreamTimeout("slow"))
+    with pytest.raises(UpstreamTimeout):
+        await stage(FakeClock())(make_call(tool_call("create_ticket")), upstream)
+    assert upstream.attempts == 1
+
+
+async def test_non_idempotent_tool_is_retried_when_never_sent() -> None:
+    upstream = FakeUpstream(NeverSent("refused"), NeverSent("refused"), reply_ok())
+    reply = await stage(FakeClock())(make_call(tool_call("create_ticket")), upstream)
+    assert reply.status == 200 and upstream.attempts == 3
+
+
+async def test_connection_lost_after_sending_is_retried_only_when_idempotent() -> None:
+    upstream = FakeUpstream(UpstreamUnavailable("reset"), reply_ok())
+    with pytest.raises(UpstreamUnavailable):
+        await stage(FakeClock())(make_call(tool_call("create_ticket")), upstream)
+    assert upstream.attempts == 1
+    declared = upstream_config(rules=[{"match": {"tool": "create_ticket"}, "idempotent": True}])
+    upstream = FakeUpstream(UpstreamUnavailable("reset"), reply_ok())
+    await stage(FakeClock())(make_call(tool_call("create_ticket"), declared), upstream)
+    assert upstream.attempts == 2
+
+
+async def test_max_attempts_and_last_outcome_passes_through() -> None:
+    upstream = FakeUpstream(reply_status(502))
+    reply = await stage(FakeClock())(make_call(LIST, upstream_config(retry={"max_attempts": 4})), upstream)
+    assert reply.status == 502 and upstream.attempts == 4
+
+
+@pytest.mark.parametrize(("code", "attempts"), [(-32603, 3), (-32001, 3), (-32602, 1), (-32601, 1), (-32020, 1)])
+async def test_jsonrpc_server_errors_are_retried_client_errors_are_not(code: int, attempts: int) -> None:
+    upstream = FakeUpstream(reply_error(code))
+    await stage(FakeClock())(make_call(LIST), upstream)
+    assert upstream.attempts == attempts
+
+
+async def test_retry_on_limits_what_is_retried() -> None:
+    config = upstream_config(retry={"retry_on": ["timeout"]})
+    upstream = FakeUpstream(reply_status(503))
+    await stage(FakeClock())(make_call(LIST, config), upstream)
+    assert upstream.attempts == 1
+
+
+async def test_retry_after_is_honoured_up_to_the_cap() -> None:
+    clock = FakeClock()
+    upstream = FakeUpstream(reply_status(429, **{"Retry-After": "3"}), reply_ok())
+    await stage(clock, rng=0.0)(make_call(LIST), upstream)
+    assert (upstream.attempts, clock.sleeps) == (2, [3.0])
+
+
+async def test_retry_after_over_the_cap_is_not_obeyed_blindly() -> None:
+    clock = FakeClock()
+    upstream = FakeUpstream(reply_status(429, **{"Retry-After": "120"}), reply_ok())
+    with pytest.raises(RateLimited) as caught:
+        await stage(clock)(make_call(LIST), upstream)
+    assert upstream.attempts == 1 and clock.sleeps == []
+    assert caught.value.retry_after == 120.0
+    assert caught.value.error_data() == {"reason": "rate_limited", "upstream": "up", "retryAfter": 120.0}
+
+
+async def test_retry_after_as_http_date() -> None:
+    clock = FakeClock()
+    upstream = FakeUpstream(reply_status(429, **{"Retry-After": "Mon, 12 Jan 1970 13:46:45 GMT"}), reply_ok())
+    await RetryStage(clock, rng=lambda: 0.0, wall=lambda: 1_000_000.0)(make_call(LIST), upstream)
+    assert clock.sleeps == [5.0]  # 1970-01-12T13:46:45Z is 1,000,005 s after the epoch
+
+
+async def test_the_deadline_holds_whatever_the_attempts() -> None:
+    clock = FakeClock()
+    config = upstream_config(timeouts={"total": "1s"}, retry={"max_attempts": 20, "backoff": {"base": "300ms", "max": "300ms"}})
+    upstream = FakeUpstream(reply_status(503))
+    call = make_call(LIST, config)
+    await stage(clock)(call, upstream)
+    assert upstream.attempts == 4  # sleeps at 0.3, 0.6, 0.9; a fourth sleep would end at 1.2 > 1.0
+    assert sum(clock.sleeps) <= 1.0
+    assert call.deadline == 1001.0
+
+
+async def test_policy_verdicts_are_never_retried() -> None:
+    for error in (CircuitOpen("open"), RateLimited("slow down")):
+        upstream = FakeUpstream(error)
+        with pytest.raises(type(error)):
+            await stage(FakeClock())(make_call(LIST), upstream)
+        assert upstream.attempts == 1
+
+
+async def test_budget_bounds_attempts_when_the_upstream_is_down() -> None:
+    clock = FakeClock()
+    retry = RetryStage(clock, rng=lambda: 0.0)
+    config = upstream_config(retry={"max_attempts": 5, "budget": {"ratio": 0.2, "min_per_second": 1, "window": "10s"}})
+    upstream = FakeUpstream(reply_status(503))
+    for _ in range(200):
+        await retry(make_call(LIST, config), upstream)
+    floor = 1 * 10
+    assert upstream.attempts <= (1 + 0.2) * 200 + floor
+    assert upstream.attempts == 200 + 50  # 0.2 x 200 requests + 10 (floor), all inside one window
+    # The floor's 10 retries go to the first calls (4 + 4 + 2); every later call is refused once,
+    # except that each fifth request earns one retry: all but the first two calls met a refusal.
+    assert retry.budget(config.retry.budget).exhausted == 198
+
+
+async def test_budget_exhausted_error_names_the_last_failure() -> None:
+    clock = FakeClock()
+    retry = RetryStage(clock, rng=lambda: 0.0)
+    config = upstream_config(retry={"budget": {"ratio": 0, "min_per_second": 0}})
+    upstream = FakeUpstream(UpstreamTimeout("upstream did not answer within 1s"))
+    with pytest.raises(RetryBudgetExhausted, match="last failure: upstream did not answer within 1s"):
+        await retry(make_call(LIST, config), upstream)
+    assert upstream.attempts == 1
+
+
+def test_backoff_ceiling_doubles_up_to_max() -> None:
+    backoff = BackoffConfig(base=0.1, max=1.0)
+    assert [backoff_ceiling(backoff, n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]

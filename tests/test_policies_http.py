@@ -1,0 +1,131 @@
+"""Resilience policies end to end over real HTTP: client -> proxy (in process) -> fault-injecting upstream.
+
+Counts are exact: `upstream.attempts` is what the upstream really received.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.app import running_proxy
+from proxy.config import ConfigError, UpstreamConfig, load_config
+from proxy.errors import NeverSent
+from proxy.transport import AiohttpUpstream
+from tests.conftest import proxy_config
+from tests.fakes import make_call
+from tests.fault_upstream import FaultUpstream
+from tests.test_forwarding import JSON_HEADERS, call_tool
+
+FAST_RETRY = {"backoff": {"base": "1ms", "max": "2ms"}}
+
+
+async def send(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=payload, headers=JSON_HEADERS) as response:
+            raw = await response.read()
+            is_json = response.content_type == "application/json"
+            return response.status, dict(response.headers), json.loads(raw) if is_json else raw
+
+
+async def test_read_only_tool_failing_twice_is_retried_to_success(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "lookup", status=503, times=2)
+    config = proxy_config(upstream.url, upstream={"trust_annotations": True, "retry": FAST_RETRY})
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        await send(url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})  # the proxy learns lookup is read-only
+        status, _, body = await send(url, call_tool("lookup", 2))
+    assert status == 200
+    assert body["result"]["content"][0]["text"] == "lookup ok #3"
+    assert upstream.attempts["tools/call:lookup"] == 3
+
+
+async def test_annotations_are_ignored_unless_the_upstream_is_trusted(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "lookup", status=503, times=2)
+    async with running_proxy(proxy_config(upstream.url, upstream={"retry": FAST_RETRY})) as proxy:
+        url = proxy.url + "/mcp"
+        await send(url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        status, _, _ = await send(url, call_tool("lookup", 2))
+    assert status == 503
+    assert upstream.attempts["tools/call:lookup"] == 1
+
+
+async def test_non_idempotent_tool_timing_out_runs_exactly_once(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "create_ticket", hang=True)
+    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "150ms"}, "retry": FAST_RETRY})
+    async with running_proxy(config) as proxy:
+        status, headers, body = await send(proxy.url + "/mcp", call_tool("create_ticket", 5))
+    assert status == 504
+    assert body["id"] == 5
+    assert body["error"]["code"] == -32051 and body["error"]["data"]["reason"] == "upstream_timeout"
+    assert headers["X-Mcp-Proxy-Error"] == "upstream_timeout"
+    assert upstream.attempts["tools/call:create_ticket"] == 1
+
+
+async def test_connection_refused_is_never_sent(unused_tcp_port: int) -> None:
+    config = UpstreamConfig.model_validate({"name": "up", "url": f"http://127.0.0.1:{unused_tcp_port}/mcp"})
+    transport = AiohttpUpstream(config, proxy_config("http://127.0.0.1:1/mcp").limits)
+    await transport.start()
+    try:
+        with pytest.raises(NeverSent):
+            await transport.send(make_call(upstream=config))
+    finally:
+        await transport.close()
+
+
+async def test_retry_budget_bounds_a_storm_against_a_dead_upstream(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/list", status=503)
+    retry = {**FAST_RETRY, "max_attempts": 3, "budget": {"ratio": 0.2, "min_per_second": 1, "window": "1m"}}
+    config = proxy_config(upstream.url, upstream={"retry": retry, "breaker": {"enabled": False}})
+    async with running_proxy(config) as proxy:
+        for n in range(200):
+            status, _, _ = await send(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": n, "method": "tools/list"})
+            assert status == 503
+    floor = 1 * 60
+    assert 200 < upstream.attempts["tools/list"] <= (1 + 0.2) * 200 + floor
+
+
+async def test_breaker_opens_and_fails_fast(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/list", status=500)
+    config = proxy_config(
+        upstream.url, upstream={"retry": {"max_attempts": 1}, "breaker": {"failure_threshold": 2, "reset_timeout": "1m"}}
+    )
+    async with running_proxy(config) as proxy:
+        for n in range(2):
+            assert (await send(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": n, "method": "tools/list"}))[0] == 500
+        status, headers, body = await send(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+    assert status == 503
+    assert body["id"] == 7 and body["error"]["code"] == -32052
+    assert body["error"]["data"]["reason"] == "circuit_open" and 59 < body["error"]["data"]["retryAfter"] <= 60
+    assert headers["Retry-After"] == "60"
+    assert upstream.attempts["tools/list"] == 2
+
+
+async def test_rate_limit_refuses_past_the_burst(upstream: FaultUpstream) -> None:
+    config = proxy_config(upstream.url, upstream={"rate_limit": {"rate": 1, "per": "10s", "burst": 2}})
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        assert [(await send(url, {"jsonrpc": "2.0", "id": n, "method": "ping"}))[0] for n in range(2)] == [200, 200]
+        status, headers, body = await send(url, {"jsonrpc": "2.0", "id": 3, "method": "ping"})
+    assert status == 429
+    assert body["error"]["code"] == -32053 and body["error"]["data"]["reason"] == "rate_limited"
+    assert 9.0 < body["error"]["data"]["retryAfter"] <= 10.0
+    assert headers["Retry-After"] == "10"
+    assert upstream.attempts["ping"] == 2
+
+
+async def test_upstream_429_with_long_retry_after_becomes_a_jsonrpc_rate_limit(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/list", status=429, retry_after="120")
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        status, _, body = await send(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 4, "method": "tools/list"})
+    assert status == 429
+    assert body["error"]["data"] == {"reason": "rate_limited", "upstream": "up", "retryAfter": 120.0}
+    assert upstream.attempts["tools/list"] == 1
+
+
+def test_rules_cannot_set_the_pool_connect_timeout() -> None:
+    with pytest.raises(ConfigError, match=r"rules\[0\]: timeouts.connect belongs to the upstream"):
+        load_config("upstreams: [{name: a, url: 'http://h/mcp', rules: [{match: {tool: x}, timeouts: {connect: 1s}}]}]", {})
