@@ -79,6 +79,7 @@ def classify(
         client=client,
         auth_scope=auth_scope,
         session_id=headers.get("Mcp-Session-Id"),
+        protocol=headers.get("MCP-Protocol-Version", ""),
         message=message,
         body=body,
         headers=forward_headers,

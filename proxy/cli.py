@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -118,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proxy.demo.run import run_demo
 
-        configure_logging("warning", "console")
+        configure_logging("error", "console")
+        logging.basicConfig(level=logging.ERROR)  # the MCP SDK's own stdlib loggers: only real errors
         _install_uvloop()
         return asyncio.run(run_demo(args.duration, args.listen, args.admin, _out))
     try:

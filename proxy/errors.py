@@ -9,6 +9,7 @@ so policies and the handler never catch a library's error type::
     │   │   └── NeverSent                                                provably not sent: safe to retry
     │   ├── UpstreamTimeout         upstream_timeout        -32051  504  an attempt or the deadline ran out
     │   ├── UpstreamProtocolError   upstream_bad_response   -32055  502  an answer that is not MCP
+    │   ├── UpstreamHttpError       upstream_http_error     -32057  (the upstream's) an HTTP error without a JSON-RPC body
     │   └── StreamBroken            upstream_stream_broken  -32056  (in the stream) SSE ended before its response
     ├── CircuitOpen                 circuit_open            -32052  503
     ├── RateLimited                 rate_limited            -32053  429
@@ -35,6 +36,7 @@ __all__ = [
     "RetryBudgetExhausted",
     "StreamBroken",
     "UpstreamError",
+    "UpstreamHttpError",
     "UpstreamProtocolError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -53,6 +55,10 @@ class ProxyError(Exception):
         self.message = message
         self.upstream = upstream
         self.retry_after = retry_after
+
+    def status(self) -> int:
+        """The HTTP status to answer with."""
+        return self.http_status
 
     def error_data(self) -> dict[str, Any]:
         """The `data` member of the JSON-RPC error: machine-readable, no secrets, no stack."""
@@ -92,6 +98,27 @@ class UpstreamProtocolError(UpstreamError):
 
     code = -32055
     reason = "upstream_bad_response"
+
+
+class UpstreamHttpError(UpstreamError):
+    """The upstream answered a request with an HTTP error and no JSON-RPC body (an HTML 502 page, a bare 503).
+
+    SDK clients cannot read such a body (they see a generic -32603), so the proxy says it in JSON-RPC,
+    keeping the upstream's status and naming it in `data.httpStatus`.
+    """
+
+    code = -32057
+    reason = "upstream_http_error"
+
+    def __init__(self, message: str, *, upstream_status: int, upstream: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, upstream=upstream, retry_after=retry_after)
+        self.upstream_status = upstream_status
+
+    def status(self) -> int:
+        return self.upstream_status
+
+    def error_data(self) -> dict[str, Any]:
+        return {**super().error_data(), "httpStatus": self.upstream_status}
 
 
 class StreamBroken(UpstreamError):

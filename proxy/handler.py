@@ -33,7 +33,8 @@ import structlog
 from aiohttp import web
 
 from proxy.classify import classify
-from proxy.errors import ProxyError, StreamBroken
+from proxy.errors import ProxyError, StreamBroken, UpstreamHttpError
+from proxy.failures import parse_retry_after
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply
@@ -154,11 +155,18 @@ class McpHandler:
         try:
             try:
                 reply = await route.pipeline(call)
+                if reply.stream is None and reply.status >= 400 and response_error(reply.message) is None:
+                    raise UpstreamHttpError(
+                        f"upstream answered HTTP {reply.status} without a JSON-RPC error",
+                        upstream_status=reply.status,
+                        upstream=call.upstream,
+                        retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+                    )
             except ProxyError as exc:
                 outcome = exc.reason
                 self._failed(runtime, call, exc, started)
                 return _json_error(
-                    exc.http_status, exc.code, exc.message, call.message.id, exc.error_data(), _verdict_headers(exc)
+                    exc.status(), exc.code, exc.message, call.message.id, exc.error_data(), _verdict_headers(exc)
                 )
             if reply.stream is None:
                 outcome = _outcome(reply)
@@ -235,7 +243,7 @@ class McpHandler:
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
-            return _json_error(exc.http_status, exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
+            return _json_error(exc.status(), exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
         if reply.stream is None:
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
         response = await _start_stream(request, reply)

@@ -80,7 +80,7 @@ async def test_secrets_never_reach_the_logs(
     await proxy.stop()
     await asyncio.wait_for(proxy.collector, 10)  # type: ignore[attr-defined]
     lines = proxy.log_lines
-    assert [line["event"] for line in lines if line.get("event") in ("access", "call_failed")] == ["access", "call_failed", "access"]
+    assert [line["event"] for line in lines if line.get("event") in ("access", "call_failed")] == ["call_failed", "access", "call_failed", "access"]
     assert all("sk-live" not in json.dumps(line) for line in lines)
 
 
@@ -102,11 +102,17 @@ async def test_quick_start_serves_in_front_of_one_upstream(upstream: FaultUpstre
         assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
-def test_demo_runs_and_exits_zero() -> None:
+def test_demo_runs_its_phases_and_exits_zero() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "demo", "--duration", "4"], cwd=REPO, capture_output=True, text=True, timeout=90, check=False
+        [sys.executable, "-m", "proxy", "demo", "--duration", "8"], cwd=REPO, capture_output=True, text=True, timeout=90, check=False
     )
     assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["healthy"], ["flaky"], ["down"], ["recovered"])}
+    assert list(rows) == ["healthy", "flaky", "down", "recovered"]
+    healthy, flaky, down = rows["healthy"], rows["flaky"], rows["down"]
+    assert int(healthy[-5]) > 0 and int(healthy[-4]) == 0  # calls made, none failed
+    assert int(flaky[-3]) > 0  # the proxy retried
+    assert int(down[-2]) > 0  # reads answered from the fallback cache
     assert "=== demo finished" in result.stdout
-    assert "proxy requests by outcome: " in result.stdout
     assert "slow progress: 4 notifications" in result.stdout
+    assert result.stderr == ""

@@ -99,3 +99,14 @@ def test_quickstart_flags() -> None:
 def test_exported_json_schema_matches_the_model() -> None:
     exported = json.loads((REPO / "config" / "proxy.schema.json").read_text())
     assert exported == ProxyConfig.model_json_schema()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_valid(path: Path) -> None:
+    config = load_config_file(path, env={})
+    assert config.upstreams
+
+
+def test_there_is_an_example_per_policy() -> None:
+    names = {p.stem for p in (REPO / "config" / "examples").glob("*.yaml")}
+    assert {"retry", "breaker", "rate-limit", "cache", "timeouts"} <= names

@@ -146,13 +146,22 @@ async def test_client_disconnect_cancels_the_upstream_request(proxy: ProxyServer
     assert upstream.cancelled == 1
 
 
-async def test_jsonrpc_errors_and_http_statuses_pass_through(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+async def test_jsonrpc_errors_pass_through_and_bare_http_errors_become_jsonrpc(proxy: ProxyServer, upstream: FaultUpstream) -> None:
     upstream.fault("tools/call", "lookup", jsonrpc_error=-32602)
     upstream.fault("tools/call", "create_ticket", status=404)
     _, _, body = await post(mcp_url(proxy), call_tool("lookup"))
     assert json.loads(body)["error"] == {"code": -32602, "message": "injected"}
-    status, _, body = await post(mcp_url(proxy), call_tool("create_ticket"))
-    assert (status, body) == (404, b"upstream says no")
+    status, headers, body = await post(mcp_url(proxy), call_tool("create_ticket", 12))
+    assert status == 404 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {
+        "jsonrpc": "2.0",
+        "id": 12,
+        "error": {
+            "code": -32057,
+            "message": "upstream answered HTTP 404 without a JSON-RPC error",
+            "data": {"reason": "upstream_http_error", "upstream": "up", "httpStatus": 404},
+        },
+    }
 
 
 async def test_get_and_delete_are_relayed(proxy: ProxyServer, upstream: FaultUpstream) -> None:

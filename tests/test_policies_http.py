@@ -5,6 +5,7 @@ Counts are exact: `upstream.attempts` is what the upstream really received.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -23,9 +24,10 @@ from tests.test_forwarding import JSON_HEADERS, call_tool
 FAST_RETRY = {"backoff": {"base": "1ms", "max": "2ms"}}
 
 
-async def send(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+async def send(url: str, payload: dict[str, Any], **headers: str) -> tuple[int, dict[str, str], Any]:
+    """POST one JSON-RPC message; the body comes back parsed when it is JSON, as bytes otherwise."""
     async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=payload, headers=JSON_HEADERS) as response:
+        async with session.post(url, json=payload, headers={**JSON_HEADERS, **headers}) as response:
             raw = await response.read()
             is_json = response.content_type == "application/json"
             return response.status, dict(response.headers), json.loads(raw) if is_json else raw
@@ -129,3 +131,35 @@ async def test_upstream_429_with_long_retry_after_becomes_a_jsonrpc_rate_limit(u
 def test_rules_cannot_set_the_pool_connect_timeout() -> None:
     with pytest.raises(ConfigError, match=r"rules\[0\]: timeouts.connect belongs to the upstream"):
         load_config("upstreams: [{name: a, url: 'http://h/mcp', rules: [{match: {tool: x}, timeouts: {connect: 1s}}]}]", {})
+
+
+async def test_fallback_serves_a_stale_answer_while_the_upstream_is_down(upstream: FaultUpstream) -> None:
+    config = proxy_config(
+        upstream.url, upstream={"retry": {"max_attempts": 1}, "cache": {"mode": "fallback", "ttl": "0s", "max_stale": "1h"}}
+    )
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        status, _, fresh = await send(url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, Authorization="Bearer a")
+        upstream.fault("tools/list", status=503)
+        status, headers, stale = await send(url, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, Authorization="Bearer a")
+        other_status, _, other = await send(url, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, Authorization="Bearer b")
+    assert status == 200 and headers["X-Mcp-Proxy-Cache"] == "stale"
+    assert stale["id"] == 2
+    assert stale["result"]["tools"] == fresh["result"]["tools"]
+    assert stale["result"]["_meta"]["io.github.mcp-resilience-proxy/cache"]["status"] == "stale"
+    assert other_status == 503  # another Authorization never sees tenant a's answer
+    assert upstream.attempts["tools/list"] == 3
+
+
+async def test_ttl_cache_single_flight_under_50_concurrent_misses(upstream: FaultUpstream) -> None:
+    upstream.fault("resources/read", delay=0.2)
+    config = proxy_config(upstream.url, upstream={"cache": {"mode": "ttl", "ttl": "1m"}})
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        read = {"method": "resources/read", "params": {"uri": "demo://facts"}}
+        answers = await asyncio.gather(*(send(url, {"jsonrpc": "2.0", "id": n, **read}) for n in range(50)))
+        again = await send(url, {"jsonrpc": "2.0", "id": 99, **read})
+    assert [body["id"] for _, _, body in answers] == list(range(50))
+    assert all(status == 200 for status, _, _ in answers)
+    assert again[1]["X-Mcp-Proxy-Cache"] == "hit" and again[2]["id"] == 99
+    assert upstream.attempts["resources/read"] == 1

@@ -46,6 +46,8 @@ class Call:
     auth_scope: str
     """A hash of the Authorization header ('' without one): the boundary a private cache entry never crosses."""
     session_id: str | None
+    protocol: str
+    """The MCP-Protocol-Version the client sent ('' without one): answers of one version never serve another."""
     message: Message
     body: bytes
     headers: CIMultiDict[str]

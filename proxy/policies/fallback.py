@@ -46,7 +46,7 @@ CACHE_META: Final = "io.github.mcp-resilience-proxy/cache"
 """The `result._meta` key of a served stored answer: ``{"status": "hit"|"stale", "age_ms": N}``."""
 CACHE_HEADER: Final = "X-Mcp-Proxy-Cache"
 
-Key = tuple[str, str, bytes, str | None]
+Key = tuple[str, str, str, bytes, str | None]
 """(upstream, method, canonical params, Authorization scope; None for an answer every client may share)."""
 
 
@@ -116,6 +116,10 @@ class _Flight:
         self.waiters = 0
 
 
+NEVER_CACHED = frozenset({"initialize", "ping"})
+"""`initialize` creates a session (a stored answer would hand out a dead one); a stored `ping` would hide an outage."""
+
+
 class CacheStage:
     """The cache/fallback stage. Build one per proxy; its stores live as long as it does."""
 
@@ -154,7 +158,7 @@ class CacheStage:
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         cfg = call.policy.cache
-        if cfg is None or not call.idempotent or call.message.id is None:
+        if cfg is None or not call.idempotent or call.message.id is None or call.method in NEVER_CACHED:
             return await next(call)
         store = self.store(call.upstream, cfg)
         private, shared = pair = _keys(call)
@@ -252,7 +256,7 @@ class CacheStage:
             if isinstance(ttl_ms, int | float) and not isinstance(ttl_ms, bool) and ttl_ms >= 0:
                 ttl = min(ttl, ttl_ms / 1000)
             now = self._clock.monotonic()
-            size = len(orjson.dumps(result)) + len(private[2]) + len(call.method)
+            size = len(orjson.dumps(result)) + len(private[3]) + len(call.method)
             store.put(private if is_private else shared, Entry(result, now, now + ttl, now + ttl + cfg.max_stale, size))
         return reply, verdict
 
@@ -271,7 +275,8 @@ def _keys(call: Call) -> tuple[Key, Key]:
     if isinstance(params, dict):
         params = {name: value for name, value in params.items() if name != "_meta"}
     canonical = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
-    return (call.upstream, call.method, canonical, call.auth_scope), (call.upstream, call.method, canonical, None)
+    base = (call.upstream, call.method, call.protocol, canonical)
+    return (*base, call.auth_scope), (*base, None)
 
 
 def _lookup(store: ResponseCache, keys: tuple[Key, ...]) -> Entry | None:

@@ -459,3 +459,24 @@ async def test_non_idempotent_and_uncached_calls_bypass_the_stage() -> None:
     with pytest.raises(UpstreamUnavailable):
         await stage(make_call(request(2)), upstream)
     assert not stage._stores or all(len(store) == 0 for store in stage._stores.values())
+
+
+async def test_answers_of_one_protocol_version_never_serve_another() -> None:
+    stage = CacheStage(FakeClock())
+    upstream = FakeUpstream(reply_result({"tools": []}), UpstreamTimeout("down"))
+    cfg = upstream_config(cache={"mode": "fallback"})
+    legacy = make_call(request(1), cfg, None, **{"MCP-Protocol-Version": "2025-11-25"})
+    modern = make_call(request(2), cfg, None, **{"MCP-Protocol-Version": "2026-07-28"})
+    await stage(legacy, upstream)
+    with pytest.raises(UpstreamTimeout):
+        await stage(modern, upstream)
+    assert (await stage(legacy, upstream)).extra == {CACHE_HEADER: "stale"}
+
+
+@pytest.mark.parametrize("method", ["initialize", "ping"])
+async def test_initialize_and_ping_are_never_answered_from_the_cache(method: str) -> None:
+    stage = CacheStage(FakeClock())
+    upstream = FakeUpstream(reply_result({}), UpstreamTimeout("down"))
+    await stage(call(1, method, mode="fallback"), upstream)
+    with pytest.raises(UpstreamTimeout):
+        await stage(call(2, method, mode="fallback"), upstream)
