@@ -103,6 +103,32 @@ class PoolConfig(ConfigModel):
     keepalive_timeout: Duration = Field(30.0, gt=0, description="How long an idle pooled connection is kept.")
 
 
+class ActiveHealthConfig(ConfigModel):
+    """MCP-level probes over POST: `server/discover` (modern) or `ping` on a health session (legacy)."""
+
+    enabled: bool = Field(True, description="Probe the upstream on an interval.")
+    interval: Duration = Field(10.0, gt=0, description="Time between probes.")
+    jitter: float = Field(0.1, ge=0, le=1, description="Each interval varies randomly by up to this fraction.")
+    timeout: Duration = Field(2.0, gt=0, description="A probe that takes longer fails.")
+    healthy_threshold: int = Field(2, ge=1, description="Consecutive successes that make an unhealthy upstream healthy.")
+    unhealthy_threshold: int = Field(3, ge=1, description="Consecutive failures that make a healthy upstream unhealthy.")
+    protocol: Literal["auto", "modern", "legacy"] = Field(
+        "auto", description="auto: server/discover, falling back to a legacy ping session when it is not supported."
+    )
+
+
+class PassiveHealthConfig(ConfigModel):
+    """Outlier detection from real traffic, through the failure classifier."""
+
+    enabled: bool = Field(True, description="Let real calls' server-side failures mark the upstream unhealthy.")
+    consecutive_failures: int = Field(5, ge=1, description="Consecutive server-side failures of real calls that do.")
+
+
+class HealthConfig(ConfigModel):
+    active: ActiveHealthConfig = Field(default_factory=ActiveHealthConfig)  # type: ignore[arg-type]
+    passive: PassiveHealthConfig = Field(default_factory=PassiveHealthConfig)  # type: ignore[arg-type]
+
+
 class UpstreamConfig(ConfigModel):
     """One MCP server behind the proxy, and where clients reach it."""
 
@@ -110,6 +136,7 @@ class UpstreamConfig(ConfigModel):
     url: str = Field(..., description="Full URL of the MCP endpoint, e.g. http://127.0.0.1:3000/mcp.")
     path: str = Field("/mcp", description="Path on the proxy listener where clients reach this upstream.")
     pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
+    health: HealthConfig = Field(default_factory=HealthConfig)
     trust_annotations: bool = Field(
         False, description="Believe this server's tool annotations (readOnlyHint/idempotentHint) for retry decisions."
     )
@@ -144,6 +171,21 @@ class ClientIdentityConfig(ConfigModel):
     )
 
 
+class ReadinessConfig(ConfigModel):
+    """What /readyz requires besides a loaded config and not draining."""
+
+    require_healthy_upstream: bool = Field(
+        True, description="Ready only while at least one upstream is healthy (probed, or not yet failing)."
+    )
+
+
+class ReloadConfig(ConfigModel):
+    """Hot reload of the config file (also on SIGHUP and POST /reload on the admin port)."""
+
+    watch: bool = Field(True, description="Watch the file's directory (survives the Kubernetes ConfigMap symlink swap).")
+    interval: Duration = Field(1.0, gt=0, description="How often the file's content hash is compared (the polling fallback).")
+
+
 class ProxyConfig(ConfigModel):
     """The whole file. Every key has a default except the upstreams."""
 
@@ -154,6 +196,8 @@ class ProxyConfig(ConfigModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     client_identity: ClientIdentityConfig = Field(default_factory=ClientIdentityConfig)  # type: ignore[arg-type]
     drain_timeout: Duration = Field(20.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
+    readiness: ReadinessConfig = Field(default_factory=ReadinessConfig)  # type: ignore[arg-type]
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)  # type: ignore[arg-type]
     upstreams: tuple[UpstreamConfig, ...] = Field(..., min_length=1, description="The MCP servers behind the proxy.")
 
     @model_validator(mode="after")

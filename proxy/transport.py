@@ -131,6 +131,19 @@ class AiohttpUpstream:
             return await self._buffer_stream(reply, call.message.id)
         return reply
 
+    async def request(
+        self, headers: Mapping[str, str], body: bytes, request_id: str | int | None, timeout: float
+    ) -> Reply:
+        """One standalone JSON-RPC exchange (health probes): the answer read whole, JSON or SSE, within `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await self.exchange("POST", headers, body, None, None)
+                if reply.stream is not None:
+                    return await self._buffer_stream(reply, request_id)
+                return reply
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
+
     async def _buffer_stream(self, reply: Reply, request_id: str | int | None) -> Reply:
         """Read an SSE answer up to the final response to `request_id`; return it as a buffered reply.
 
