@@ -1,14 +1,24 @@
-"""The two aiohttp applications (MCP listener, admin listener) and `ProxyServer`, which runs them.
+"""`ProxyServer`: the MCP listener, the admin listener, and the lifecycle around them.
 
 The admin listener is separate so probes and scrapes never queue behind client traffic, and so it
-can stay on loopback while the MCP listener binds a pod address.
+can stay on loopback while the MCP listener binds a pod address. Lifecycle, in order:
+
+- **start**: open upstream pools, start health probes, bind both listeners, start the reloader;
+- **reload** (file change, SIGHUP, ``POST /reload``): validate, build the next runtime carrying state
+  over, open new pools, swap the reference, retire replaced pools after `drain_timeout`;
+- **stop** (SIGTERM): `/readyz` turns 503 at once; long-lived streams (the legacy GET stream,
+  `subscriptions/listen`) are ended cleanly; the MCP listener stops accepting and calls in flight get
+  up to `drain_timeout` to finish; then probes, reloader, admin listener and pools are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import orjson
 import structlog
@@ -16,14 +26,18 @@ from aiohttp import web
 
 from proxy.config import ProxyConfig
 from proxy.handler import McpHandler
+from proxy.health import HealthProber
+from proxy.logs import configure_logging
 from proxy.metrics import ProxyMetrics
-from proxy.runtime import RuntimeRef, build_runtime
+from proxy.policies.base import Clock, MonotonicClock
+from proxy.reload import ConfigReloader
+from proxy.runtime import Runtime, RuntimeRef, build_runtime
+from proxy.status import status_document
+from proxy.transport import AiohttpUpstream
 
 __all__ = ["ProxyServer", "running_proxy"]
 
 log = structlog.get_logger("proxy")
-
-RUNTIME_KEY = web.AppKey("runtime", RuntimeRef)
 
 
 def _json(status: int, payload: object) -> web.Response:
@@ -31,16 +45,32 @@ def _json(status: int, payload: object) -> web.Response:
 
 
 class ProxyServer:
-    """Owns the runtime, the upstream pools and both listeners, from `start()` to `stop()`."""
+    """Owns the runtime, the upstream pools, the probes, the reloader and both listeners."""
 
-    def __init__(self, config: ProxyConfig, metrics: ProxyMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        metrics: ProxyMetrics | None = None,
+        config_path: Path | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.metrics = metrics or ProxyMetrics()
-        self.runtime = RuntimeRef(build_runtime(config, self.metrics))
+        self.clock = clock or MonotonicClock()
+        self.runtime = RuntimeRef(build_runtime(config, self.metrics, self.clock))
+        self.handler = McpHandler(self.runtime)
         self.draining = False
+        self.started_at = time.time()
         self._started = False
-        self._runners: list[web.AppRunner] = []
+        self._proxy_runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self.listen_address: tuple[str, int] = (config.listen.host, config.listen.port)
         self.admin_address: tuple[str, int] = (config.admin.host, config.admin.port)
+        self.reloader = (
+            ConfigReloader(config_path, self.apply, config.reload.interval, config.reload.watch, self.metrics)
+            if config_path is not None
+            else None
+        )
 
     @property
     def url(self) -> str:
@@ -55,39 +85,71 @@ class ProxyServer:
 
     def proxy_app(self) -> web.Application:
         app = web.Application()
-        app[RUNTIME_KEY] = self.runtime
-        app.router.add_route("*", "/{tail:.*}", McpHandler(self.runtime).handle)
+        app.router.add_route("*", "/{tail:.*}", self.handler.handle)
         return app
 
     def admin_app(self) -> web.Application:
         app = web.Application()
-        app[RUNTIME_KEY] = self.runtime
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        app.router.add_post("/reload", self._reload)
         return app
+
+    # --- admin endpoints -------------------------------------------------------------------------
 
     async def _healthz(self, _: web.Request) -> web.Response:
         """The process serves requests. Never depends on an upstream: a restart would not help it."""
         return _json(200, {"status": "ok"})
 
+    def ready(self) -> tuple[bool, str]:
+        """(ready?, why): listeners up, not draining, and a healthy upstream when the config asks for one."""
+        if self.draining:
+            return False, "draining"
+        if not self._started:
+            return False, "starting"
+        runtime = self.runtime.current
+        if runtime.config.readiness.require_healthy_upstream and not any(
+            state.health.serving for state in runtime.states.values()
+        ):
+            return False, "no healthy upstream"
+        return True, "ready"
+
     async def _readyz(self, _: web.Request) -> web.Response:
-        """Config loaded, listeners up, not draining: send traffic here."""
-        if self.draining or not self._started:
-            return _json(503, {"status": "draining" if self.draining else "starting"})
-        return _json(200, {"status": "ready", "config_hash": self.runtime.current.config_hash})
+        ready, why = self.ready()
+        return _json(200 if ready else 503, {"status": why, "config_hash": self.runtime.current.config_hash})
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return _json(200, self.status())
+
+    def status(self) -> dict[str, Any]:
+        """Everything an operator asks first, as one JSON document (see `proxy.status`)."""
+        ready, why = self.ready()
+        return status_document(self.runtime.current, self.reloader, ready, why, self.draining, self.started_at)
+
+    async def _reload(self, _: web.Request) -> web.Response:
+        if self.reloader is None:
+            return _json(409, {"outcome": "unavailable", "errors": ["the proxy was started without --config"]})
+        result = await self.reloader.check("api", force=True)
+        return _json(200 if result.outcome != "rejected" else 422, result.as_dict())
+
+    # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open upstream pools, then bind both listeners (port 0 picks a free port; see the addresses)."""
+        """Open pools, start probes, bind both listeners (port 0 picks a free port), start the reloader."""
         runtime = self.runtime.current
-        for upstream in runtime.upstreams:
-            await upstream.start()
+        await self._open(runtime, previous=None)
         drain = runtime.config.drain_timeout
-        self.listen_address = await self._bind(self.proxy_app(), self.listen_address, drain)
-        self.admin_address = await self._bind(self.admin_app(), self.admin_address, 1.0)
+        self._proxy_runner, self.listen_address = await self._bind(self.proxy_app(), self.listen_address, drain)
+        self._admin_runner, self.admin_address = await self._bind(self.admin_app(), self.admin_address, 1.0)
+        if self.reloader is not None:
+            self.reloader.start()
         self._started = True
         log.info(
             "proxy_started",
@@ -97,31 +159,97 @@ class ProxyServer:
             config_hash=runtime.config_hash,
         )
 
-    async def _bind(self, app: web.Application, address: tuple[str, int], shutdown_timeout: float) -> tuple[str, int]:
+    async def _open(self, runtime: Runtime, previous: Runtime | None) -> None:
+        """Start what `runtime` has that `previous` did not: pools and health probes."""
+        old = previous.states if previous is not None else {}
+        for name, state in runtime.states.items():
+            before = old.get(name)
+            if before is None or before.transport is not state.transport:
+                await state.transport.start()
+            if before is not None and before.health is state.health and before.transport is state.transport:
+                state.prober = before.prober
+            elif state.health.config.active.enabled:
+                state.prober = HealthProber(state.transport, state.health, self.clock)
+                state.prober.start()
+
+    async def apply(self, config: ProxyConfig) -> None:
+        """Swap in a new, already validated config; calls in flight finish on the old runtime."""
+        previous = self.runtime.current
+        if (config.listen, config.admin) != (previous.config.listen, previous.config.admin):
+            log.warning("reload_needs_restart", keys=["listen", "admin"], note="listener addresses change on restart only")
+        if config.logging != previous.config.logging:
+            configure_logging(config.logging.level, config.logging.format)
+        runtime = build_runtime(config, self.metrics, self.clock, previous)
+        await self._open(runtime, previous)
+        self.runtime.current = runtime
+        kept_transports = {id(state.transport) for state in runtime.states.values()}
+        kept_probers = {id(state.prober) for state in runtime.states.values()}
+        for state in previous.states.values():
+            if state.prober is not None and id(state.prober) not in kept_probers:
+                await state.prober.stop()
+            if id(state.transport) not in kept_transports:
+                self._retire(state.transport, runtime.config.drain_timeout)
+
+    def _retire(self, transport: AiohttpUpstream, after: float) -> None:
+        """Close a replaced pool once the calls that started on it had `after` seconds to finish."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(after)
+            await transport.close()
+
+        task = asyncio.create_task(close_later(), name=f"retire-pool:{transport.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _bind(
+        self, app: web.Application, address: tuple[str, int], shutdown_timeout: float
+    ) -> tuple[web.AppRunner, tuple[str, int]]:
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=shutdown_timeout)
         await runner.setup()
-        self._runners.append(runner)
         site = web.TCPSite(runner, address[0], address[1], reuse_address=True)
         await site.start()
         port = runner.addresses[-1][1] if runner.addresses else address[1]
-        return address[0], int(port)
+        return runner, (address[0], int(port))
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight calls finish up to `drain_timeout`, then close the pools."""
+        """Drain: not ready, end long-lived streams, stop accepting, let calls finish, then close everything."""
         self.draining = True
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-        for upstream in self.runtime.current.upstreams:
-            await upstream.close()
+        log.info("proxy_draining", drain_timeout=self.runtime.current.config.drain_timeout)
+        await self.handler.end_streams()
+        if self._proxy_runner is not None:
+            await self._proxy_runner.cleanup()
+        if self.reloader is not None:
+            await self.reloader.stop()
+        runtime = self.runtime.current
+        for state in runtime.states.values():
+            if state.prober is not None:
+                await state.prober.stop()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        for task in list(self._retiring):
+            task.cancel()
+        for state in runtime.states.values():
+            await state.transport.close()
         log.info("proxy_stopped")
 
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set (by a signal handler), then drain and stop."""
+    async def serve_forever(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set (SIGTERM/SIGINT); each time `reload` is set (SIGHUP), re-read the config."""
         await self.start()
+        waiter = asyncio.create_task(stop.wait(), name="wait-for-stop")
         try:
-            await stop.wait()
+            while not stop.is_set():
+                if reload is None:
+                    await waiter
+                    break
+                hup = asyncio.create_task(reload.wait(), name="wait-for-sighup")
+                await asyncio.wait({waiter, hup}, return_when=asyncio.FIRST_COMPLETED)
+                if reload.is_set():
+                    reload.clear()
+                    if self.reloader is not None:
+                        await self.reloader.check("sighup", force=True)
+                hup.cancel()
         finally:
+            waiter.cancel()
             await self.stop()
 
 
@@ -134,9 +262,9 @@ def _url_host(host: str) -> str:
 
 
 @asynccontextmanager
-async def running_proxy(config: ProxyConfig) -> AsyncIterator[ProxyServer]:
+async def running_proxy(config: ProxyConfig, config_path: Path | None = None) -> AsyncIterator[ProxyServer]:
     """Run a proxy for the duration of a `with` block (demo, tests)."""
-    server = ProxyServer(config)
+    server = ProxyServer(config, config_path=config_path)
     await server.start()
     try:
         yield server

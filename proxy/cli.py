@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 
@@ -90,14 +91,15 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: ProxyConfig) -> None:
+async def _serve(config: ProxyConfig, path: Path | None) -> None:
     from proxy.app import ProxyServer
 
-    stop = asyncio.Event()
+    stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await ProxyServer(config).serve_forever(stop)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    await ProxyServer(config, config_path=path).serve_forever(stop, reload)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,5 +134,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(config.logging.level, config.logging.format)
     _install_uvloop()
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, Path(args.config) if args.config else None))
     return EXIT_OK

@@ -26,6 +26,7 @@ generic -32603.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -36,8 +37,8 @@ from proxy.classify import classify
 from proxy.errors import ProxyError, StreamBroken, UpstreamHttpError
 from proxy.failures import parse_retry_after
 from proxy.headers import upstream_headers
-from proxy.jsonrpc import INVALID_REQUEST, Kind, MessageError, error_body, final_response, parse_message, response_error
-from proxy.policies.base import Call, Reply
+from proxy.jsonrpc import INVALID_REQUEST, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
+from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.fallback import list_changed_kind
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.sse import SSEParser
@@ -81,6 +82,14 @@ class McpHandler:
 
     def __init__(self, runtime: RuntimeRef) -> None:
         self._runtime = runtime
+        self._long_lived: set[ReplyStream] = set()
+        self._draining = False
+
+    async def end_streams(self) -> None:
+        """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
+        self._draining = True
+        for stream in list(self._long_lived):
+            await stream.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         runtime = self._runtime.current
@@ -142,7 +151,7 @@ class McpHandler:
             request.remote,
             runtime.config.client_identity.header,
             route.resolver,
-            route.annotations if route.trust_annotations else None,
+            route.annotations,
         )
         return await self._call(request, runtime, route, call)
 
@@ -171,10 +180,13 @@ class McpHandler:
             if reply.stream is None:
                 outcome = _outcome(reply)
                 if call.method == "tools/list" and outcome == "ok":
-                    route.annotations.learn(reply.message)
+                    route.state.annotations.learn(reply.message)
                 return web.Response(status=reply.status, body=reply.body, headers=_with_extra(reply))
-            response, outcome = await self._stream(request, runtime, route, call, reply)
-            return response
+            def settle(value: str) -> None:
+                nonlocal outcome
+                outcome = value
+
+            return await self._stream(request, runtime, route, call, reply, settle)
         finally:
             in_flight.dec()
             elapsed = time.perf_counter() - started
@@ -190,47 +202,66 @@ class McpHandler:
                 )
 
     async def _stream(
-        self, request: web.Request, runtime: Runtime, route: Route, call: Call, reply: Reply
-    ) -> tuple[web.StreamResponse, str]:
+        self,
+        request: web.Request,
+        runtime: Runtime,
+        route: Route,
+        call: Call,
+        reply: Reply,
+        settle: Callable[[str], None],
+    ) -> web.StreamResponse:
         """Pass an SSE answer through as it arrives, watching for the request's final response.
 
+        `settle` hears the call's outcome as soon as it is known: an SDK client closes the stream
+        right after reading its response, and the outcome must not be lost when that cancels us.
         If the upstream stream ends or breaks before that response and gave no event ids to resume
         from, the client gets a last event carrying a JSON-RPC error for its request: an SDK client
         whose stream simply ends loses its whole session, not just the call. With event ids, the
-        stream just ends so the client can resume with `Last-Event-ID` (2025-11-25 polling).
+        stream just ends so the client can resume with `Last-Event-ID` (2025-11-25 polling): that is
+        the ``resumable`` outcome, not a failure.
         """
         assert reply.stream is not None
         response = await _start_stream(request, reply)
         parser = SSEParser()
         request_id = call.message.id
-        outcome: str | None = None
+        answered = False
         broken: StreamBroken | None = None
+        long_lived = call.method in LONG_LIVED_METHODS
+        if long_lived:
+            self._long_lived.add(reply.stream)
         try:
             async for chunk in reply.stream:
                 await response.write(chunk)
-                if outcome is None:
-                    for event in parser.feed(chunk):
-                        _notice(runtime, call.upstream, event.data)
-                        final = final_response(event.data, request_id)
-                        if final is not None:
-                            outcome = "jsonrpc_error" if "error" in final else "ok"
-                            if call.method == "tools/list" and outcome == "ok":
-                                route.annotations.learn(final)
-                            break
+                if answered:
+                    continue
+                for event in parser.feed(chunk):
+                    _notice(runtime, call.upstream, event.data)
+                    final = final_response(event.data, request_id)
+                    if final is not None:
+                        answered = True
+                        settle("jsonrpc_error" if "error" in final else "ok")
+                        if call.method == "tools/list" and "result" in final:
+                            route.state.annotations.learn(final)
+                        break
         except StreamBroken as exc:
             broken = exc
         except ConnectionResetError:
-            return response, "cancelled"
+            return response  # the client went away; `settle` already has whatever was known
         finally:
+            self._long_lived.discard(reply.stream)
             await reply.stream.close()
-        if outcome is None:
-            broken = broken or StreamBroken("upstream stream ended before the response", upstream=call.upstream)
-            self._failed(runtime, call, broken, call.started)
-            if parser.last_event_id is None:
-                await response.write(_sse_error(request_id, broken))
-            outcome = broken.reason
-        await response.write_eof()
-        return response, outcome
+        if not answered:
+            if long_lived and self._draining:
+                settle("drained")  # the proxy is shutting down: end the subscription cleanly
+            elif parser.last_event_id is not None:
+                settle("resumable")
+            else:
+                broken = broken or StreamBroken("upstream stream ended before the response", upstream=call.upstream)
+                self._failed(runtime, call, broken, call.started)
+                settle(broken.reason)
+                await _write_quietly(response, _sse_error(request_id, broken))
+        await _end_quietly(response)
+        return response
 
     async def _forward(
         self, request: web.Request, runtime: Runtime, route: Route, method: str, headers: Any, body: bytes | None
@@ -248,16 +279,21 @@ class McpHandler:
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
         response = await _start_stream(request, reply)
         parser = SSEParser()
+        self._long_lived.add(reply.stream)
         try:
             async for chunk in reply.stream:
                 await response.write(chunk)
                 for event in parser.feed(chunk):
                     _notice(runtime, upstream.name, event.data)
-        except (StreamBroken, ConnectionResetError):
+        except StreamBroken:
+            if not self._draining:
+                return response  # no clean end: the client sees the break and resumes with Last-Event-ID
+        except ConnectionResetError:
             return response
         finally:
+            self._long_lived.discard(reply.stream)
             await reply.stream.close()
-        await response.write_eof()
+        await _end_quietly(response)
         return response
 
     async def _passthrough(self, request: web.Request, runtime: Runtime, route: Route) -> web.StreamResponse:
@@ -291,6 +327,20 @@ async def _start_stream(request: web.Request, reply: Reply) -> web.StreamRespons
     response.headers["X-Accel-Buffering"] = "no"
     await response.prepare(request)
     return response
+
+
+async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        await response.write(data)
+    except ConnectionResetError:
+        pass  # the client is gone: nobody to tell
+
+
+async def _end_quietly(response: web.StreamResponse) -> None:
+    try:
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client closed first, as SDK clients do once they have their response
 
 
 def _notice(runtime: Runtime, upstream: str, data: str) -> None:

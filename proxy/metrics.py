@@ -17,6 +17,7 @@ from proxy.policies.base import Call
 __all__ = ["ProxyMetrics"]
 
 MAX_LABEL_VALUES: Final = 200
+_HEALTH_LEVELS: Final = {"healthy": 1, "unhealthy": 0, "unknown": -1}
 _BREAKER_LEVELS: Final = {"closed": 0, "half-open": 1, "open": 2}
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -81,6 +82,14 @@ class ProxyMetrics:
             "mcp_proxy_cache_served", "Answers served from the cache, by upstream and status (hit, stale).",
             ("upstream", "status"), registry=self.registry,
         )
+        self.reloads = Counter(
+            "mcp_proxy_config_reloads", "Config reload attempts, by result (applied, rejected).", ("result",),
+            registry=self.registry,
+        )
+        self.health = Gauge(
+            "mcp_proxy_upstream_health", "Upstream health: 1 healthy, 0 unhealthy, -1 not known yet.", ("upstream",),
+            registry=self.registry,
+        )
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
         self._seen: dict[str, set[str]] = {"method": set(), "tool": set()}
 
@@ -131,8 +140,18 @@ class ProxyMetrics:
             self._child(self.breaker_transitions, upstream, breaker, state).inc()  # type: ignore[attr-defined]
         elif kind in ("rate_limited", "circuit_open"):
             self._child(self.policy_rejections, upstream, kind).inc()  # type: ignore[attr-defined]
+        elif kind == "config_reloaded":
+            self._child(self.reloads, "applied").inc()  # type: ignore[attr-defined]
+        elif kind == "config_rejected":
+            self._child(self.reloads, "rejected").inc()  # type: ignore[attr-defined]
+        elif kind == "health_changed":
+            self.set_health(upstream, str(fields.get("new")))
         elif kind == "fallback_served":
             self._child(self.cache_served, upstream, str(fields.get("status", "stale"))).inc()  # type: ignore[attr-defined]
+
+    def set_health(self, upstream: str, state: str) -> None:
+        """Export an upstream's health state (also called when its health starts, as unknown)."""
+        self._child(self.health, upstream).set(_HEALTH_LEVELS.get(state, -1))  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
         """The text exposition format, for /metrics."""

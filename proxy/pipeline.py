@@ -2,7 +2,7 @@
 
 Every JSON-RPC request goes, outermost to innermost::
 
-    classify -> fallback -> rate_limit -> retry -> breaker -> timeout -> transport -> upstream
+    classify -> fallback -> rate_limit -> retry -> breaker -> passive_health -> timeout -> transport -> upstream
 
 Why this order:
 
@@ -14,6 +14,8 @@ Why this order:
 - **retry** wraps the breaker, so every attempt is counted by the breaker, and an open breaker fails
   the remaining attempts fast (`CircuitOpen` is never retried).
 - **breaker** wraps the timeout, so a timed-out attempt counts as a breaker failure.
+- **passive_health** sits inside the breaker and outside the timeout, so it sees every attempt,
+  timeouts included, whatever the breaker's config (outlier detection for readiness and /status).
 - **timeout** covers exactly one attempt; the call's overall deadline belongs to retry.
 - Retry and fallback act only before the first byte of the answer left for the client: once an SSE
   stream is being passed through, the call is committed.
@@ -31,7 +33,7 @@ from proxy.policies.base import Call, Handler, Reply, Stage
 
 __all__ = ["PIPELINE_ORDER", "build_pipeline"]
 
-PIPELINE_ORDER: Final[tuple[str, ...]] = ("fallback", "rate_limit", "retry", "breaker", "timeout")
+PIPELINE_ORDER: Final[tuple[str, ...]] = ("fallback", "rate_limit", "retry", "breaker", "passive_health", "timeout")
 """Stage names, outermost first. Tests assert this order; change it only with the docstring above."""
 
 

@@ -1,8 +1,15 @@
 """Everything derived from one config, behind one reference that is swapped atomically.
 
 A request reads `RuntimeRef.current` once, when it starts, and keeps that `Runtime` to its end: a
-reload never changes the policies of a call in flight. Upstream pools are owned by the `Runtime`
-that created them and handed over to a successor whose upstream config is unchanged.
+reload never changes the policies of a call in flight. What carries state lives in `UpstreamState`
+(per upstream name) and `SharedStages` (per proxy), and a reload hands it to the new runtime:
+
+- the connection pool is kept when the upstream's URL, pool and connect settings are unchanged;
+  otherwise a new one is opened and the old one is closed once calls in flight had time to finish;
+- breakers, retry budgets, rate-limit buckets and cache stores are keyed by their policy's config
+  value inside their stage, so a policy that did not change keeps its state and a changed one starts
+  fresh, with no bookkeeping here;
+- learned tool annotations and health survive as long as the upstream keeps its name.
 """
 
 from __future__ import annotations
@@ -11,32 +18,62 @@ import hashlib
 from dataclasses import dataclass
 
 from proxy.annotations import ToolAnnotations
-from proxy.config import ProxyConfig, UpstreamConfig
+from proxy.config import LimitsConfig, ProxyConfig, UpstreamConfig
 from proxy.headers import HostPolicy
+from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline import build_pipeline
-from proxy.policies.base import Clock, Handler, MonotonicClock, Observer, Stage
+from proxy.policies.base import Clock, Handler, Stage
 from proxy.policies.breaker import BreakerStage
 from proxy.policies.fallback import CacheStage
 from proxy.policies.ratelimit import RateLimitStage
 from proxy.policies.resolve import PolicyResolver
 from proxy.policies.retry import RetryStage
+from proxy.policy_config import RateLimitConfig
 from proxy.policies.timeout import TimeoutStage
 from proxy.transport import AiohttpUpstream
 
-__all__ = ["Route", "Runtime", "RuntimeRef", "build_runtime", "config_hash"]
+__all__ = ["Route", "Runtime", "RuntimeRef", "SharedStages", "UpstreamState", "build_runtime", "config_hash"]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedStages:
+    """Stage instances that serve every upstream (a `global` rate-limit bucket spans upstreams)."""
+
+    rate_limit: RateLimitStage
+    cache: CacheStage
+
+
+@dataclass(slots=True)
+class UpstreamState:
+    """What one upstream accumulates while it runs; kept across reloads while the upstream keeps its name."""
+
+    transport: AiohttpUpstream
+    retry: RetryStage
+    breaker: BreakerStage
+    annotations: ToolAnnotations
+    health: UpstreamHealth
+    prober: HealthProber | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     """One listener path: the upstream behind it, its policies, and the composed pipeline in front of it."""
 
-    upstream: AiohttpUpstream
+    state: UpstreamState
+    config: UpstreamConfig
     pipeline: Handler
     resolver: PolicyResolver
-    annotations: ToolAnnotations
-    trust_annotations: bool
     stages: dict[str, Stage]
+
+    @property
+    def upstream(self) -> AiohttpUpstream:
+        return self.state.transport
+
+    @property
+    def annotations(self) -> ToolAnnotations | None:
+        """The learned annotations when this upstream is trusted to give them, else None."""
+        return self.state.annotations if self.config.trust_annotations else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +86,11 @@ class Runtime:
     metrics: ProxyMetrics
     config_hash: str
     shared: SharedStages
+    states: dict[str, UpstreamState]
 
     @property
     def upstreams(self) -> list[AiohttpUpstream]:
-        return [route.upstream for route in self.routes.values()]
+        return [state.transport for state in self.states.values()]
 
 
 class RuntimeRef:
@@ -74,15 +112,7 @@ def _configures(upstream: UpstreamConfig, section: str) -> bool:
     return getattr(upstream, section) is not None or any(getattr(rule, section) is not None for rule in upstream.rules)
 
 
-@dataclass(frozen=True, slots=True)
-class SharedStages:
-    """Stage instances that serve every upstream (a `global` rate-limit bucket spans upstreams)."""
-
-    rate_limit: RateLimitStage
-    cache: CacheStage
-
-
-def build_stages(upstream: UpstreamConfig, clock: Clock, observer: Observer, shared: SharedStages) -> dict[str, Stage]:
+def build_stages(upstream: UpstreamConfig, state: UpstreamState, shared: SharedStages, clock: Clock) -> dict[str, Stage]:
     """The policy stages one upstream needs: retry, breaker and timeout always; rate limit and cache
     only when the upstream or one of its rules configures them (an unused stage costs nothing)."""
     stages: dict[str, Stage] = {}
@@ -90,27 +120,66 @@ def build_stages(upstream: UpstreamConfig, clock: Clock, observer: Observer, sha
         stages["fallback"] = shared.cache
     if _configures(upstream, "rate_limit"):
         stages["rate_limit"] = shared.rate_limit
-    stages["retry"] = RetryStage(clock, observer)
-    stages["breaker"] = BreakerStage(upstream.name, clock, observer)
+    stages["retry"] = state.retry
+    stages["breaker"] = state.breaker
+    if upstream.health.passive.enabled:
+        stages["passive_health"] = PassiveHealthStage(state.health)
     stages["timeout"] = TimeoutStage(clock)
     return stages
 
 
-def build_runtime(config: ProxyConfig, metrics: ProxyMetrics, clock: Clock | None = None) -> Runtime:
-    """Build routes and pipelines for `config`. Pools are opened later, by `ProxyServer.start`."""
-    clock = clock or MonotonicClock()
-    shared = SharedStages(RateLimitStage(metrics), CacheStage(clock, observer=metrics))
-    routes: dict[str, Route] = {}
-    for upstream_config in config.upstreams:
-        upstream = AiohttpUpstream(upstream_config, config.limits)
-        stages = build_stages(upstream_config, clock, metrics, shared)
-        routes[upstream_config.path] = Route(
-            upstream=upstream,
-            pipeline=build_pipeline(upstream.send, stages),
-            resolver=PolicyResolver(upstream_config),
+def _new_health(upstream: UpstreamConfig, clock: Clock, metrics: ProxyMetrics) -> UpstreamHealth:
+    metrics.set_health(upstream.name, "unknown")
+    return UpstreamHealth(upstream.name, upstream.health, metrics, clock)
+
+
+def _state_for(
+    upstream: UpstreamConfig, limits: LimitsConfig, previous: UpstreamState | None, clock: Clock, metrics: ProxyMetrics
+) -> UpstreamState:
+    if previous is None:
+        return UpstreamState(
+            transport=AiohttpUpstream(upstream, limits),
+            retry=RetryStage(clock, metrics),
+            breaker=BreakerStage(upstream.name, clock, metrics),
             annotations=ToolAnnotations(),
-            trust_annotations=upstream_config.trust_annotations,
-            stages=stages,
+            health=_new_health(upstream, clock, metrics),
         )
+    transport = previous.transport
+    if transport.same_connection(upstream, limits):
+        transport.config = upstream
+    else:
+        transport = AiohttpUpstream(upstream, limits)
+    health = previous.health
+    if health.config != upstream.health or previous.transport.config.url != upstream.url:
+        health = _new_health(upstream, clock, metrics)
+    return UpstreamState(transport, previous.retry, previous.breaker, previous.annotations, health)
+
+
+def build_runtime(
+    config: ProxyConfig, metrics: ProxyMetrics, clock: Clock, previous: Runtime | None = None
+) -> Runtime:
+    """Build the runtime for `config`, carrying over `previous`'s state where it still applies.
+
+    Pools are opened (and replaced ones closed) by the caller: building never does I/O.
+    """
+    shared = previous.shared if previous is not None else SharedStages(RateLimitStage(metrics), CacheStage(clock, observer=metrics))
+    routes: dict[str, Route] = {}
+    states: dict[str, UpstreamState] = {}
+    for upstream in config.upstreams:
+        before = previous.states.get(upstream.name) if previous is not None else None
+        state = states[upstream.name] = _state_for(upstream, config.limits, before, clock, metrics)
+        stages = build_stages(upstream, state, shared, clock)
+        routes[upstream.path] = Route(state, upstream, build_pipeline(state.transport.send, stages), PolicyResolver(upstream), stages)
+    shared.rate_limit.retain(_rate_limits(routes))
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)
-    return Runtime(config, routes, hosts, metrics, config_hash(config), shared)
+    return Runtime(config, routes, hosts, metrics, config_hash(config), shared, states)
+
+
+def _rate_limits(routes: dict[str, Route]) -> list[RateLimitConfig]:
+    """Every rate-limit config the new runtime can resolve to (the other buckets can go)."""
+    return [
+        policy.rate_limit
+        for route in routes.values()
+        for policy in route.resolver.policies()
+        if policy.rate_limit is not None
+    ]

@@ -84,11 +84,10 @@ class AiohttpUpstream:
 
     def __init__(self, config: UpstreamConfig, limits: LimitsConfig) -> None:
         self.config = config
+        """The upstream's config; a reload that keeps the connection settings updates it in place."""
         self.name = config.name
         self._url = config.url
         self._max_response = limits.max_response_bytes
-        self._per_try = config.timeouts.per_try
-        self._stream_idle = config.timeouts.stream_idle
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -105,6 +104,15 @@ class AiohttpUpstream:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    def same_connection(self, config: UpstreamConfig, limits: LimitsConfig) -> bool:
+        """True when `config` needs exactly this pool (same URL, pool and connect settings, same limits)."""
+        return (
+            config.url == self._url
+            and config.pool == self.config.pool
+            and config.timeouts.connect == self.config.timeouts.connect
+            and limits.max_response_bytes == self._max_response
         )
 
     async def close(self) -> None:

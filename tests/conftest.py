@@ -21,8 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def proxy_config(upstream_url: str, **overrides: Any) -> ProxyConfig:
-    """A config with one upstream at /mcp, free ports, and `overrides` merged in at the top level."""
-    upstream = {"name": "up", "url": upstream_url, **overrides.pop("upstream", {})}
+    """A config with one upstream at /mcp, free ports, and `overrides` merged in at the top level.
+
+    Active health probes are off unless a test turns them on: they would add requests to the
+    upstream's exact attempt counts.
+    """
+    upstream = {"name": "up", "url": upstream_url, "health": {"active": {"enabled": False}}, **overrides.pop("upstream", {})}
     raw: dict[str, Any] = {
         "listen": {"port": 0},
         "admin": {"port": 0},

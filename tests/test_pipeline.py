@@ -10,7 +10,7 @@ from tests.fakes import make_call, reply_ok
 
 
 def test_order_is_the_documented_one() -> None:
-    assert PIPELINE_ORDER == ("fallback", "rate_limit", "retry", "breaker", "timeout")
+    assert PIPELINE_ORDER == ("fallback", "rate_limit", "retry", "breaker", "passive_health", "timeout")
 
 
 async def test_stages_run_outermost_first_whatever_the_mapping_order() -> None:

@@ -143,6 +143,15 @@ class CacheStage:
             store = self._stores[(upstream, cfg)] = ResponseCache(cfg.max_entries, cfg.max_bytes)
         return store
 
+    def stats(self) -> dict[str, int]:
+        """For /status: stores, answers and bytes held, calls in flight."""
+        return {
+            "stores": len(self._stores),
+            "entries": sum(len(store) for store in self._stores.values()),
+            "bytes": sum(store.bytes for store in self._stores.values()),
+            "in_flight": len(self._flights),
+        }
+
     def invalidate_lists(self, upstream: str, kind: str) -> int:
         """Forget `upstream`'s ``<kind>/list`` answers (and ``<kind>/*/list``, e.g. resources/templates/list).
 

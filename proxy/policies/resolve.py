@@ -93,6 +93,10 @@ class PolicyResolver:
     def default(self) -> Policy:
         return self._default
 
+    def policies(self) -> list[Policy]:
+        """Every policy this upstream can resolve to: its defaults and each rule's."""
+        return [self._default, *(policy for _, _, policy in self._rules)]
+
     def resolve(self, method: str, tool: str | None) -> Policy:
         """The policy for a call of `method` (and `tool`, for tools/call)."""
         key = (method, tool)

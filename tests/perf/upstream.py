@@ -1,0 +1,64 @@
+"""A fast MCP-shaped upstream for the benchmark: aiohttp on uvloop, one POST endpoint at /mcp.
+
+It parses the JSON-RPC request (as a real server would), echoes its id and answers a tiny
+``tools/call`` result, as ``application/json`` or, with ``--sse``, as a one-event
+``text/event-stream`` (chunked, the way MCP SDKs stream). Prints ``LISTENING <port>`` on stdout
+once bound; ``--port 0`` picks a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import orjson
+import uvloop
+from aiohttp import web
+
+_RESULT = {"content": [{"type": "text", "text": "pong"}], "isError": False}
+
+
+def _answer(raw: bytes) -> bytes:
+    request = orjson.loads(raw)
+    return orjson.dumps({"jsonrpc": "2.0", "id": request.get("id"), "result": _RESULT})
+
+
+async def _json(request: web.Request) -> web.Response:
+    return web.Response(body=_answer(await request.read()), content_type="application/json")
+
+
+async def _sse(request: web.Request) -> web.StreamResponse:
+    body = _answer(await request.read())
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    await response.write(b"event: message\ndata: " + body + b"\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _main(host: str, port: int, sse: bool) -> None:
+    app = web.Application()
+    app.router.add_post("/mcp", _sse if sse else _json)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sys.stdout.write(f"LISTENING {bound}\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--sse", action="store_true", help="answer as text/event-stream instead of JSON")
+    args = parser.parse_args()
+    uvloop.run(_main(args.host, args.port, args.sse))

@@ -1,0 +1,80 @@
+"""Drive `wrk` with a POST script and read its results as JSON (printed by the script's ``done()``).
+
+wrk records every latency in whole microseconds in an exact per-microsecond histogram, so its
+percentiles have 1 µs resolution: fine enough for a 1-connection p50/p99, no Python loop needed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["WRK_HEADERS", "find_wrk", "run_wrk", "write_script"]
+
+WRK_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+_SCRIPT = """\
+wrk.method = "POST"
+wrk.body = [==[{body}]==]
+{headers}
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {{"requests":%d,"duration_us":%d,"bytes":%d,' ..
+    '"errors":{{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}},' ..
+    '"latency_us":{{"mean":%.2f,"stdev":%.2f,"min":%d,"p50":%d,"p90":%d,"p99":%d,"p999":%d,"max":%d}}}}\\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.stdev, latency.min,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency.max))
+end
+"""
+
+
+def find_wrk() -> str | None:
+    return shutil.which("wrk")
+
+
+def write_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
+    lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
+    path.write_text(_SCRIPT.format(body=body.decode(), headers=lines))
+    return path
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    script: Path,
+    *,
+    connections: int,
+    duration: float,
+    threads: int = 1,
+    pin: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One wrk run; returns the parsed ``done()`` JSON plus ``rps``. Raises if wrk fails."""
+    argv = [
+        *pin,
+        wrk,
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            result: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            result["error_count"] = sum(result["errors"].values())
+            return result
+    raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
