@@ -19,7 +19,7 @@ import yaml
 
 from proxy.app import ProxyServer, running_proxy
 from proxy.config import load_config
-from tests.conftest import ProxyProcess
+from tests.conftest import ProxyProcess, proxy_config
 from tests.fault_upstream import FaultUpstream
 
 LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
@@ -213,3 +213,34 @@ async def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_connection
         assert response.status == 200
         assert (await response.json())["result"]["content"][0]["text"] == "slow ok #1"
     assert await asyncio.wait_for(proxy.process.wait(), 30) == 0
+
+
+async def test_readyz_follows_upstream_health(upstream: FaultUpstream) -> None:
+    config = proxy_config(
+        upstream.url,
+        upstream={"health": {"active": {"interval": "1h", "unhealthy_threshold": 3, "healthy_threshold": 2}}},
+    )
+    async with running_proxy(config) as proxy:
+        state = proxy.runtime.current.states["up"]
+        assert state.prober is not None
+        await eventually(lambda: state.health.state == "healthy", "the first probe")
+
+        async def readyz() -> int:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(proxy.admin_url + "/readyz") as response:
+                    return response.status
+
+        assert await readyz() == 200
+        upstream.fault("server/discover", status=500)
+        seen = []
+        for _ in range(3):
+            await state.prober.probe_once()
+            seen.append(await readyz())
+        assert seen == [200, 200, 503]
+        upstream.faults.clear()
+        seen = []
+        for _ in range(2):
+            await state.prober.probe_once()
+            seen.append(await readyz())
+        assert seen == [503, 200]
+        assert upstream.attempts["server/discover"] == 1 + 3 + 2
