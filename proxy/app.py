@@ -25,6 +25,8 @@ import structlog
 from aiohttp import web
 
 from proxy.config import ProxyConfig
+from proxy.event_sinks import JsonlFile, events_endpoint, log_event
+from proxy.events import EventBus, EventRecorder
 from proxy.handler import McpHandler
 from proxy.health import HealthProber
 from proxy.logs import configure_logging
@@ -56,7 +58,16 @@ class ProxyServer:
     ) -> None:
         self.metrics = metrics or ProxyMetrics()
         self.clock = clock or MonotonicClock()
-        self.runtime = RuntimeRef(build_runtime(config, self.metrics, self.clock))
+        events = config.events
+        self.bus = EventBus(events.buffer, events.subscriber_queue)
+        self.events = EventRecorder(self.bus, events.include_params, events.enabled, events.log)
+        if events.log:
+            self.bus.listeners.append(log_event)
+        self._event_file = JsonlFile(events.file.path, events.file.max_bytes, events.file.backups) if events.file.path else None
+        if self._event_file is not None:
+            self.bus.listeners.append(self._event_file)
+        self._summaries: asyncio.Task[None] | None = None
+        self.runtime = RuntimeRef(build_runtime(config, self.metrics, self.events, self.clock))
         self.handler = McpHandler(self.runtime)
         self.draining = False
         self.started_at = time.time()
@@ -95,6 +106,7 @@ class ProxyServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
         app.router.add_post("/reload", self._reload)
+        app.router.add_get("/events", events_endpoint(self.bus))
         return app
 
     # --- admin endpoints -------------------------------------------------------------------------
@@ -150,6 +162,7 @@ class ProxyServer:
         self._admin_runner, self.admin_address = await self._bind(self.admin_app(), self.admin_address, 1.0)
         if self.reloader is not None:
             self.reloader.start()
+        self._summaries = asyncio.create_task(self._summarize(), name="event-summaries")
         self._started = True
         log.info(
             "proxy_started",
@@ -158,6 +171,12 @@ class ProxyServer:
             upstreams={u.name: f"{u.path} -> {u.url}" for u in runtime.config.upstreams},
             config_hash=runtime.config_hash,
         )
+
+    async def _summarize(self) -> None:
+        """Publish the call_ok summaries every `events.summary_interval`."""
+        while True:
+            await asyncio.sleep(self.runtime.current.config.events.summary_interval)
+            self.events.flush_summaries()
 
     async def _open(self, runtime: Runtime, previous: Runtime | None) -> None:
         """Start what `runtime` has that `previous` did not: pools and health probes."""
@@ -179,7 +198,11 @@ class ProxyServer:
             log.warning("reload_needs_restart", keys=["listen", "admin"], note="listener addresses change on restart only")
         if config.logging != previous.config.logging:
             configure_logging(config.logging.level, config.logging.format)
-        runtime = build_runtime(config, self.metrics, self.clock, previous)
+        if config.events.file != previous.config.events.file or config.events.log != previous.config.events.log:
+            log.warning("reload_needs_restart", keys=["events.file", "events.log"], note="event sinks change on restart only")
+        self.events.enabled = config.events.enabled
+        self.events.include_params = config.events.include_params
+        runtime = build_runtime(config, self.metrics, self.events, self.clock, previous)
         await self._open(runtime, previous)
         self.runtime.current = runtime
         kept_transports = {id(state.transport) for state in runtime.states.values()}
@@ -220,6 +243,9 @@ class ProxyServer:
             await self._proxy_runner.cleanup()
         if self.reloader is not None:
             await self.reloader.stop()
+        if self._summaries is not None:
+            self._summaries.cancel()
+        self.events.flush_summaries()
         runtime = self.runtime.current
         for state in runtime.states.values():
             if state.prober is not None:
@@ -230,6 +256,8 @@ class ProxyServer:
             task.cancel()
         for state in runtime.states.values():
             await state.transport.close()
+        if self._event_file is not None:
+            self._event_file.close()
         log.info("proxy_stopped")
 
     async def serve_forever(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:

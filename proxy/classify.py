@@ -8,6 +8,7 @@ are fine for routing but never for cache keys or idempotency.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Mapping
 
 from multidict import CIMultiDict
@@ -18,6 +19,8 @@ from proxy.policies.base import Call, Era
 from proxy.policies.resolve import PolicyResolver
 
 __all__ = ["MODERN_VERSION", "classify", "era_of", "identity_hash", "is_idempotent"]
+
+_CALL_IDS = itertools.count(1)
 
 MODERN_VERSION = "2026-07-28"
 """The first stateless protocol version; versions are dates, so later ones compare greater."""
@@ -84,5 +87,6 @@ def classify(
         body=body,
         headers=forward_headers,
         policy=policy,
+        call_id=next(_CALL_IDS),
         buffered=is_read_method(method),
     )

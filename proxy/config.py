@@ -186,6 +186,38 @@ class ReloadConfig(ConfigModel):
     interval: Duration = Field(1.0, gt=0, description="How often the file's content hash is compared (the polling fallback).")
 
 
+class EventFileConfig(ConfigModel):
+    """An optional JSON-lines file of every event, rotated by size."""
+
+    path: str | None = Field(None, description="File to append events to (one JSON object per line); unset: no file.")
+    max_bytes: ByteSize = Field(10 * 1024**2, description="Rotate when the file reaches this size.")
+    backups: int = Field(3, ge=0, le=100, description="Rotated files kept (FILE.1 … FILE.N).")
+
+
+class EventsConfig(ConfigModel):
+    """Failure events: every failure-relevant moment as one structured, versioned JSON object."""
+
+    enabled: bool = Field(True, description="Produce events (the analyzer reads nothing else).")
+    buffer: int = Field(10_000, ge=100, description="Recent events kept in memory for /events and the analyzer.")
+    subscriber_queue: int = Field(
+        1000, ge=10, description="Events a slow /events consumer may lag behind before its oldest are dropped."
+    )
+    log: bool = Field(True, description="Also write each event as a structlog JSON line.")
+    include_params: bool = Field(
+        False, description="Put the call's params (secrets redacted) in events; default: only a hash of them."
+    )
+    summary_interval: Duration = Field(
+        10.0, gt=0, description="Period of the call_ok summaries (counts and latency histograms per tool)."
+    )
+    observe_timeouts: Duration = Field(
+        10.0,
+        ge=0,
+        description="After a per-try timeout of an idempotent call, keep waiting this long in the background "
+        "(the answer is not delivered) to record when it would have arrived; 0 turns it off.",
+    )
+    file: EventFileConfig = Field(default_factory=EventFileConfig)  # type: ignore[arg-type]
+
+
 class ProxyConfig(ConfigModel):
     """The whole file. Every key has a default except the upstreams."""
 
@@ -198,6 +230,7 @@ class ProxyConfig(ConfigModel):
     drain_timeout: Duration = Field(20.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
     readiness: ReadinessConfig = Field(default_factory=ReadinessConfig)  # type: ignore[arg-type]
     reload: ReloadConfig = Field(default_factory=ReloadConfig)  # type: ignore[arg-type]
+    events: EventsConfig = Field(default_factory=EventsConfig)  # type: ignore[arg-type]
     upstreams: tuple[UpstreamConfig, ...] = Field(..., min_length=1, description="The MCP servers behind the proxy.")
 
     @model_validator(mode="after")

@@ -96,6 +96,15 @@ class Verdict:
         """Counts against the upstream's health (breaker, passive health)."""
         return self.kind in _SERVER_SIDE
 
+    def as_error(self) -> dict[str, Any]:
+        """The `error` member of a failure event."""
+        return {
+            "kind": self.kind.value,
+            "http_status": self.http_status,
+            "jsonrpc_code": self.jsonrpc_code,
+            "message": self.message,
+        }
+
     @property
     def retry_key(self) -> str | None:
         """The `retry.retry_on` entry that covers this outcome, if any."""

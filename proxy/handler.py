@@ -35,7 +35,7 @@ from aiohttp import web
 
 from proxy.classify import classify
 from proxy.errors import ProxyError, StreamBroken, UpstreamHttpError
-from proxy.failures import parse_retry_after
+from proxy.failures import Failure, classify_error, classify_reply, parse_retry_after
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply, ReplyStream
@@ -179,8 +179,11 @@ class McpHandler:
                 )
             if reply.stream is None:
                 outcome = _outcome(reply)
-                if call.method == "tools/list" and outcome == "ok":
-                    route.state.annotations.learn(reply.message)
+                if outcome == "ok":
+                    if call.method == "tools/list":
+                        route.state.annotations.learn(reply.message)
+                else:
+                    self._answered_with_failure(runtime, call, reply, started)
                 return web.Response(status=reply.status, body=reply.body, headers=_with_extra(reply))
             def settle(value: str) -> None:
                 nonlocal outcome
@@ -191,6 +194,7 @@ class McpHandler:
             in_flight.dec()
             elapsed = time.perf_counter() - started
             metrics.observe(call.upstream, call.method, call.tool, outcome, elapsed)
+            runtime.events.call_finished(call, outcome, elapsed * 1000)
             if runtime.config.logging.access_log:
                 log.info(
                     "access",
@@ -301,17 +305,39 @@ class McpHandler:
         return await self._forward(request, runtime, route, request.method, headers, None)
 
     def _failed(self, runtime: Runtime, call: Call, error: ProxyError, started: float) -> None:
+        """A call ends in a proxy verdict or a broken stream: count it, and say it once (event or log line)."""
         runtime.metrics.upstream_error(call.upstream, error.reason)
-        log.warning(
-            "call_failed",
-            upstream=call.upstream,
-            method=call.method,
-            tool=call.tool,
-            reason=error.reason,
-            error=error.message,
-            client=call.client,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
+        verdict = classify_error(error)
+        kind = error.reason if verdict.kind is Failure.CLIENT_ERROR else verdict.kind.value
+        detail = {"kind": kind, "http_status": None, "jsonrpc_code": error.code, "message": error.message}
+        self._report(runtime, call, detail, error.reason, error.status(), started)
+
+    def _report(
+        self, runtime: Runtime, call: Call, error: dict[str, Any], reason: str, http_status: int, started: float
+    ) -> None:
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        events = runtime.events
+        if events.enabled:
+            events.call_failed(call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
+        if not (events.enabled and events.logged):
+            log.warning(
+                "call_failed",
+                upstream=call.upstream,
+                method=call.method,
+                tool=call.tool,
+                reason=reason,
+                error=error["message"],
+                client=call.client,
+                latency_ms=latency_ms,
+            )
+
+    def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, started: float) -> None:
+        """The upstream's own failing answer passes through: report it like any failure a client heard."""
+        verdict = classify_reply(reply, call.session_id is not None)
+        if verdict.kind is Failure.SESSION_EXPIRED:
+            runtime.events.policy_event("session_lost", call)
+        elif verdict.server_failure or verdict.kind is Failure.HTTP_429:
+            self._report(runtime, call, verdict.as_error(), verdict.kind.value, reply.status, started)
 
 
 def _with_extra(reply: Reply) -> Any:

@@ -15,15 +15,15 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "redact_secrets"]
+__all__ = ["REDACTED", "SECRET_KEY", "configure_logging", "redact_secrets"]
 
-_SECRET_KEY = re.compile(r"authorization|token|secret|password|passwd|cookie|api[-_]?key", re.IGNORECASE)
+SECRET_KEY = re.compile(r"authorization|token|secret|password|passwd|cookie|api[-_]?key", re.IGNORECASE)
 REDACTED = "[redacted]"
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: REDACTED if _SECRET_KEY.search(str(k)) else _scrub(v) for k, v in value.items()}
+        return {k: REDACTED if SECRET_KEY.search(str(k)) else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     return value
@@ -32,7 +32,7 @@ def _scrub(value: Any) -> Any:
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: blank every value whose key names a credential, at any depth."""
     for key in list(event_dict):
-        if _SECRET_KEY.search(key):
+        if SECRET_KEY.search(key):
             event_dict[key] = REDACTED
         elif isinstance(event_dict[key], dict | list | tuple):
             event_dict[key] = _scrub(event_dict[key])

@@ -23,7 +23,8 @@ from proxy.headers import HostPolicy
 from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline import build_pipeline
-from proxy.policies.base import Clock, Handler, Stage
+from proxy.events import EventRecorder, FanOut
+from proxy.policies.base import Clock, Handler, Observer, Stage
 from proxy.policies.breaker import BreakerStage
 from proxy.policies.fallback import CacheStage
 from proxy.policies.ratelimit import RateLimitStage
@@ -87,6 +88,7 @@ class Runtime:
     config_hash: str
     shared: SharedStages
     states: dict[str, UpstreamState]
+    events: EventRecorder
 
     @property
     def upstreams(self) -> list[AiohttpUpstream]:
@@ -112,7 +114,9 @@ def _configures(upstream: UpstreamConfig, section: str) -> bool:
     return getattr(upstream, section) is not None or any(getattr(rule, section) is not None for rule in upstream.rules)
 
 
-def build_stages(upstream: UpstreamConfig, state: UpstreamState, shared: SharedStages, clock: Clock) -> dict[str, Stage]:
+def build_stages(
+    upstream: UpstreamConfig, state: UpstreamState, shared: SharedStages, clock: Clock, observer: Observer, observe: float
+) -> dict[str, Stage]:
     """The policy stages one upstream needs: retry, breaker and timeout always; rate limit and cache
     only when the upstream or one of its rules configures them (an unused stage costs nothing)."""
     stages: dict[str, Stage] = {}
@@ -124,25 +128,30 @@ def build_stages(upstream: UpstreamConfig, state: UpstreamState, shared: SharedS
     stages["breaker"] = state.breaker
     if upstream.health.passive.enabled:
         stages["passive_health"] = PassiveHealthStage(state.health)
-    stages["timeout"] = TimeoutStage(clock)
+    stages["timeout"] = TimeoutStage(clock, observer, observe)
     return stages
 
 
-def _new_health(upstream: UpstreamConfig, clock: Clock, metrics: ProxyMetrics) -> UpstreamHealth:
+def _new_health(upstream: UpstreamConfig, clock: Clock, metrics: ProxyMetrics, observer: Observer) -> UpstreamHealth:
     metrics.set_health(upstream.name, "unknown")
-    return UpstreamHealth(upstream.name, upstream.health, metrics, clock)
+    return UpstreamHealth(upstream.name, upstream.health, observer, clock)
 
 
 def _state_for(
-    upstream: UpstreamConfig, limits: LimitsConfig, previous: UpstreamState | None, clock: Clock, metrics: ProxyMetrics
+    upstream: UpstreamConfig,
+    limits: LimitsConfig,
+    previous: UpstreamState | None,
+    clock: Clock,
+    metrics: ProxyMetrics,
+    observer: Observer,
 ) -> UpstreamState:
     if previous is None:
         return UpstreamState(
             transport=AiohttpUpstream(upstream, limits),
-            retry=RetryStage(clock, metrics),
-            breaker=BreakerStage(upstream.name, clock, metrics),
+            retry=RetryStage(clock, observer),
+            breaker=BreakerStage(upstream.name, clock, observer),
             annotations=ToolAnnotations(),
-            health=_new_health(upstream, clock, metrics),
+            health=_new_health(upstream, clock, metrics, observer),
         )
     transport = previous.transport
     if transport.same_connection(upstream, limits):
@@ -151,28 +160,35 @@ def _state_for(
         transport = AiohttpUpstream(upstream, limits)
     health = previous.health
     if health.config != upstream.health or previous.transport.config.url != upstream.url:
-        health = _new_health(upstream, clock, metrics)
+        health = _new_health(upstream, clock, metrics, observer)
     return UpstreamState(transport, previous.retry, previous.breaker, previous.annotations, health)
 
 
 def build_runtime(
-    config: ProxyConfig, metrics: ProxyMetrics, clock: Clock, previous: Runtime | None = None
+    config: ProxyConfig, metrics: ProxyMetrics, events: EventRecorder, clock: Clock, previous: Runtime | None = None
 ) -> Runtime:
     """Build the runtime for `config`, carrying over `previous`'s state where it still applies.
 
-    Pools are opened (and replaced ones closed) by the caller: building never does I/O.
+    Every stage reports to metrics and to the event recorder. Pools are opened (and replaced ones
+    closed) by the caller: building never does I/O.
     """
-    shared = previous.shared if previous is not None else SharedStages(RateLimitStage(metrics), CacheStage(clock, observer=metrics))
+    observer = FanOut(metrics, events)
+    shared = (
+        previous.shared
+        if previous is not None
+        else SharedStages(RateLimitStage(observer), CacheStage(clock, observer=observer))
+    )
+    observe = config.events.observe_timeouts if config.events.enabled else 0.0
     routes: dict[str, Route] = {}
     states: dict[str, UpstreamState] = {}
     for upstream in config.upstreams:
         before = previous.states.get(upstream.name) if previous is not None else None
-        state = states[upstream.name] = _state_for(upstream, config.limits, before, clock, metrics)
-        stages = build_stages(upstream, state, shared, clock)
+        state = states[upstream.name] = _state_for(upstream, config.limits, before, clock, metrics, observer)
+        stages = build_stages(upstream, state, shared, clock, observer, observe)
         routes[upstream.path] = Route(state, upstream, build_pipeline(state.transport.send, stages), PolicyResolver(upstream), stages)
     shared.rate_limit.retain(_rate_limits(routes))
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)
-    return Runtime(config, routes, hosts, metrics, config_hash(config), shared, states)
+    return Runtime(config, routes, hosts, metrics, config_hash(config), shared, states, events)
 
 
 def _rate_limits(routes: dict[str, Route]) -> list[RateLimitConfig]:

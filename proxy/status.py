@@ -52,4 +52,5 @@ def status_document(
         "upstreams": {name: _upstream(state, paths[name]) for name, state in runtime.states.items()},
         "rate_limit": runtime.shared.rate_limit.stats(),
         "cache": runtime.shared.cache.stats(),
+        "events": runtime.events.bus.stats(),
     }

@@ -53,6 +53,8 @@ class Call:
     headers: CIMultiDict[str]
     policy: Policy
     """The effective policy (upstream defaults + the most specific rule), resolved once."""
+    call_id: int = 0
+    """A number unique in this process: ties together the events of one client call."""
     buffered: bool = False
     """Read SSE answers whole before answering (read methods): they can then be retried and cached."""
     started: float = 0.0

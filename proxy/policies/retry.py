@@ -102,7 +102,9 @@ class RetryStage:
                 return self._give_up(call, stop, attempt, verdict, reply, error)
             if reply is not None and reply.stream is not None:
                 await reply.stream.close()
-            self._observer.policy_event("retry", call, attempt=attempt, failure=verdict.kind.value, delay=delay)
+            self._observer.policy_event(
+                "retry", call, failure=verdict.kind.value, delay_ms=round(delay * 1000, 3), error=verdict.as_error()
+            )
             log.info(
                 "retry",
                 upstream=call.upstream,
@@ -138,6 +140,8 @@ class RetryStage:
     ) -> Reply:
         if attempt > 1 or stop == "budget":
             log.info("retry_stopped", upstream=call.upstream, method=call.method, tool=call.tool, attempts=attempt, why=stop)
+        if attempt > 1 and stop != "budget":
+            self._observer.policy_event("retry_exhausted", call, why=stop, error=verdict.as_error())
         if error is None:
             assert reply is not None
             if verdict.kind is Failure.HTTP_429 and reply.message is None:
@@ -147,7 +151,9 @@ class RetryStage:
                 )
             return reply
         if stop == "budget":
-            self._observer.policy_event("retry_budget_exhausted", call, attempt=attempt, failure=verdict.kind.value)
+            self._observer.policy_event(
+                "retry_budget_exhausted", call, failure=verdict.kind.value, error=verdict.as_error()
+            )
             raise RetryBudgetExhausted(
                 f"retry budget exhausted after {attempt} attempt(s); last failure: {error.message}",
                 upstream=call.upstream,

@@ -3,25 +3,40 @@
 It is the innermost stage, so a timed-out attempt is seen by the breaker (as a failure) and by retry
 (as a `timeout`). It bounds the attempt up to the answer's headers and, for JSON answers and
 buffered read methods, the whole body; a streamed answer is then paced by `stream_idle` instead.
+
+**Timeout observation.** A timeout says only that an answer was late, not by how much, and that is
+what a better limit must be chosen from. So after a timeout of an *idempotent* call (a read, or a tool
+known to be safe to repeat) the attempt is not cancelled at once: it runs on in the background for up
+to `observe` seconds, its answer is never delivered, and a ``timeout_observed`` event records when it
+would have arrived. Non-idempotent attempts are cancelled at once, as are observations beyond
+`MAX_OBSERVATIONS` at a time, so a failing upstream never piles up work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
+from typing import Final
 
 from proxy.errors import UpstreamTimeout
-from proxy.policies.base import Call, Clock, Handler, Reply
+from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 
-__all__ = ["TimeoutStage"]
+__all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
+
+MAX_OBSERVATIONS: Final = 64
+_observing: set[asyncio.Task[None]] = set()  # process-wide, so the bound holds across reloads
 
 
 class TimeoutStage:
-    """Bounds one attempt."""
+    """Bounds one attempt; optionally observes how late a timed-out idempotent answer really was."""
 
-    __slots__ = ("_clock",)
+    __slots__ = ("_clock", "_observe", "_observer")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, observer: Observer = NULL_OBSERVER, observe: float = 0.0) -> None:
         self._clock = clock
+        self._observer = observer
+        self._observe = observe
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         limit = call.policy.timeouts.per_try
@@ -30,8 +45,53 @@ class TimeoutStage:
             if left <= 0:
                 raise UpstreamTimeout("the call's deadline passed before this attempt", upstream=call.upstream)
             limit = min(limit, left)
+        if self._observe > 0 and call.idempotent:
+            return await self._observed(call, next, limit)
         try:
             async with asyncio.timeout(limit):
                 return await next(call)
         except TimeoutError:
+            self._timed_out(call, limit, observing=False)
             raise UpstreamTimeout(f"upstream did not answer within {limit:.3g}s", upstream=call.upstream) from None
+
+    def _timed_out(self, call: Call, limit: float, observing: bool) -> None:
+        self._observer.policy_event("timeout", call, limit_ms=round(limit * 1000, 3), observing=observing)
+
+    async def _observed(self, call: Call, next: Handler, limit: float) -> Reply:
+        started = time.monotonic()
+        attempt: asyncio.Future[Reply] = asyncio.ensure_future(next(call))
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=limit)
+        except asyncio.CancelledError:
+            attempt.cancel()
+            raise
+        if done:
+            return attempt.result()
+        observing = len(_observing) < MAX_OBSERVATIONS
+        self._timed_out(call, limit, observing)
+        if observing:
+            as_it_was = dataclasses.replace(call)  # retry moves `call.attempt` on; the event names this one
+            watcher = asyncio.create_task(
+                self._watch(attempt, as_it_was, limit, started), name=f"observe-timeout:{call.call_id}:{call.attempt}"
+            )
+            _observing.add(watcher)
+            watcher.add_done_callback(_observing.discard)
+        else:
+            attempt.cancel()
+        raise UpstreamTimeout(f"upstream did not answer within {limit:.3g}s", upstream=call.upstream)
+
+    async def _watch(self, attempt: asyncio.Future[Reply], call: Call, limit: float, started: float) -> None:
+        """Wait (bounded) for a timed-out attempt, record when it finished, and throw its answer away."""
+        done, _ = await asyncio.wait({attempt}, timeout=self._observe)
+        observed_ms: float | None = None
+        if done and not attempt.cancelled() and attempt.exception() is None:
+            observed_ms = round((time.monotonic() - started) * 1000, 3)
+            reply = attempt.result()
+            if reply.stream is not None:
+                await reply.stream.close()
+        elif not done:
+            attempt.cancel()
+        fields: dict[str, object] = {"limit_ms": round(limit * 1000, 3), "observed_ms": observed_ms}
+        if observed_ms is None:
+            fields["waited_ms"] = round((time.monotonic() - started) * 1000, 3)
+        self._observer.policy_event("timeout_observed", call, **fields)

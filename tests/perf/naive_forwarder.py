@@ -16,18 +16,28 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-_FORWARD = ("Content-Type", "Accept", "Mcp-Session-Id", "MCP-Protocol-Version", "Authorization")
+_FORWARD = (
+    "Content-Type",
+    "Accept",
+    "Mcp-Session-Id",
+    "MCP-Protocol-Version",
+    "Authorization",
+)
 
 
 async def _main(host: str, port: int, upstream: str) -> None:
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), auto_decompress=False)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256), auto_decompress=False
+    )
 
     async def forward(request: web.Request) -> web.Response:
         body = await request.read()
         headers = {k: v for k in _FORWARD if (v := request.headers.get(k)) is not None}
         async with session.post(upstream, data=body, headers=headers) as reply:
             payload = await reply.read()
-            return web.Response(status=reply.status, body=payload, content_type=reply.content_type)
+            return web.Response(
+                status=reply.status, body=payload, content_type=reply.content_type
+            )
 
     app = web.Application()
     app.router.add_post("/mcp", forward)
@@ -49,6 +59,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--upstream", required=True, help="URL of the MCP endpoint, e.g. http://127.0.0.1:3000/mcp")
+    parser.add_argument(
+        "--upstream",
+        required=True,
+        help="URL of the MCP endpoint, e.g. http://127.0.0.1:3000/mcp",
+    )
     args = parser.parse_args()
     uvloop.run(_main(args.host, args.port, args.upstream))

@@ -33,12 +33,16 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (from /proc/PID/stat)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime (fields 14, 15 of stat)
+    return (
+        int(fields[11]) + int(fields[12])
+    ) / _CLOCK_TICKS  # utime, stime (fields 14, 15 of stat)
 
 
 def machine_busy_seconds() -> float:
     """CPU time all processes on all CPUs have used since boot (everything but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    fields = [
+        int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]
+    ]
     user, nice, system, _idle, _iowait, irq, softirq = fields
     return (user + nice + system + irq + softirq) / _CLOCK_TICKS
 
@@ -54,7 +58,9 @@ class Child:
     def pid(self) -> int:
         return self.process.pid
 
-    def wait_for_line(self, which: str, accept: Callable[[str], str | None], timeout: float = 20.0) -> str:
+    def wait_for_line(
+        self, which: str, accept: Callable[[str], str | None], timeout: float = 20.0
+    ) -> str:
         """Poll the child's stdout or stderr file until `accept(line)` returns a value; return it."""
         path = self.stdout if which == "stdout" else self.stderr
         deadline = time.monotonic() + timeout
@@ -64,12 +70,16 @@ class Child:
                 if found is not None:
                     return found
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} before it was ready:\n{self.tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode} before it was ready:\n{self.tail()}"
+                )
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} not ready after {timeout:g}s:\n{self.tail()}")
 
     def tail(self, lines: int = 20) -> str:
-        text = self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+        text = self.stdout.read_text(errors="replace") + self.stderr.read_text(
+            errors="replace"
+        )
         return "\n".join(text.splitlines()[-lines:])
 
 
@@ -87,7 +97,12 @@ class Processes:
         return [self.taskset, "-c", cpus, *argv]
 
     def start(
-        self, name: str, argv: Sequence[str], cpus: str | None, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        cpus: str | None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> Child:
         stdout = self.workdir / f"{name}.out"
         stderr = self.workdir / f"{name}.err"
@@ -100,7 +115,7 @@ class Processes:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,  # a terminal's Ctrl-C reaches us only; we stop the children
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - the benchmark starts no threads
             )
         child = Child(name, process, stdout, stderr)
         self.children.append(child)

@@ -26,12 +26,16 @@ def _answer(raw: bytes) -> bytes:
 
 
 async def _json(request: web.Request) -> web.Response:
-    return web.Response(body=_answer(await request.read()), content_type="application/json")
+    return web.Response(
+        body=_answer(await request.read()), content_type="application/json"
+    )
 
 
 async def _sse(request: web.Request) -> web.StreamResponse:
     body = _answer(await request.read())
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
     await response.write(b"event: message\ndata: " + body + b"\n\n")
     await response.write_eof()
@@ -59,6 +63,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--sse", action="store_true", help="answer as text/event-stream instead of JSON")
+    parser.add_argument(
+        "--sse", action="store_true", help="answer as text/event-stream instead of JSON"
+    )
     args = parser.parse_args()
     uvloop.run(_main(args.host, args.port, args.sse))

@@ -15,7 +15,10 @@ from typing import Any
 
 __all__ = ["WRK_HEADERS", "find_wrk", "run_wrk", "write_script"]
 
-WRK_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+WRK_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+}
 
 _SCRIPT = """\
 wrk.method = "POST"
@@ -42,7 +45,9 @@ def find_wrk() -> str | None:
 
 
 def write_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
-    lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
+    lines = "\n".join(
+        f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()
+    )
     path.write_text(_SCRIPT.format(body=body.decode(), headers=lines))
     return path
 
@@ -70,11 +75,15 @@ def run_wrk(
         str(script),
         url,
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    done = subprocess.run(
+        argv, check=False, capture_output=True, text=True, timeout=duration + 30
+    )
     for line in done.stdout.splitlines():
         if line.startswith("WRKJSON "):
             result: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
             result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
             result["error_count"] = sum(result["errors"].values())
             return result
-    raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+    raise RuntimeError(
+        f"wrk gave no result (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+    )

@@ -1,0 +1,113 @@
+"""Where events go besides the in-memory bus: a structlog line, a rotated JSON-lines file, and /events.
+
+The log line and the file are synchronous bus listeners: a file write lands in the OS buffer and is
+flushed every `FLUSH_EVERY` events or on close, so the hot path never waits for a disk. `/events`
+serves the stream as Server-Sent Events with each event's `id`, so a consumer that reconnects with
+`Last-Event-ID` (or `?since=N`) resumes where it stopped, as far back as the bus's buffer reaches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+import structlog
+from aiohttp import web
+
+from proxy.events import EventBus
+
+__all__ = ["JsonlFile", "events_endpoint", "log_event"]
+
+FLUSH_EVERY: Final = 64
+_events_log = structlog.get_logger("proxy.events")
+
+
+def log_event(event: dict[str, Any]) -> None:
+    """Bus listener: one structlog JSON line per event."""
+    fields = {k: v for k, v in event.items() if k != "type"}
+    _events_log.info(event["type"], **fields)
+
+
+class JsonlFile:
+    """Bus listener: append each event as one JSON line; rotate to FILE.1 … FILE.N past `max_bytes`."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self.path = Path(path)
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._pending = 0
+        self._file: IO[bytes] = self._open()
+
+    def _open(self) -> IO[bytes]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.path.open("ab")
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._file.write(orjson.dumps(event) + b"\n")
+        self._pending += 1
+        if self._pending >= FLUSH_EVERY:
+            self.flush()
+        if self._file.tell() >= self._max_bytes:
+            self._rotate()
+
+    def flush(self) -> None:
+        self._file.flush()
+        self._pending = 0
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self._backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for n in range(self._backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._file = self._open()
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+
+def _cursor(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("since")
+    if raw is None:
+        return None
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise web.HTTPBadRequest(text="since / Last-Event-ID must be an event id (an integer)") from None
+
+
+def events_endpoint(bus: EventBus) -> Any:
+    """The admin handler for GET /events: SSE (default) or, with ``?format=json``, a JSON array of the buffer."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        since = _cursor(request)
+        if request.query.get("format") == "json":
+            return web.Response(body=orjson.dumps(bus.recent(since or 0)), content_type="application/json")
+        subscription = bus.subscribe(since)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        reported = 0
+        try:
+            await response.write(b": mcp-resilience-proxy events v1\n\n")
+            while True:
+                event = await subscription.get()
+                if subscription.dropped > reported:
+                    lost = subscription.dropped - reported
+                    reported = subscription.dropped
+                    await response.write(b"event: dropped\ndata: " + orjson.dumps({"count": lost}) + b"\n\n")
+                data = orjson.dumps(event)
+                await response.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (event["id"], event["type"].encode(), data))
+        except (ConnectionResetError, OSError):
+            pass
+        finally:
+            subscription.close()
+        return response
+
+    return handler
