@@ -164,18 +164,24 @@ class McpHandler:
         try:
             try:
                 reply = await route.pipeline(call)
-                if reply.stream is None and reply.status >= 400 and response_error(reply.message) is None:
-                    raise UpstreamHttpError(
-                        f"upstream answered HTTP {reply.status} without a JSON-RPC error",
-                        upstream_status=reply.status,
-                        upstream=call.upstream,
-                        retry_after=parse_retry_after(reply.headers.get("Retry-After")),
-                    )
             except ProxyError as exc:
                 outcome = exc.reason
                 self._failed(runtime, call, exc, started)
                 return _json_error(
                     exc.status(), exc.code, exc.message, call.message.id, exc.error_data(), _verdict_headers(exc)
+                )
+            if reply.stream is None and reply.status >= 400 and response_error(reply.message) is None:
+                bare = UpstreamHttpError(
+                    f"upstream answered HTTP {reply.status} without a JSON-RPC error",
+                    upstream_status=reply.status,
+                    upstream=call.upstream,
+                    retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+                )
+                outcome = bare.reason
+                metrics.upstream_error(call.upstream, bare.reason)
+                self._answered_with_failure(runtime, call, reply, started, bare.reason)
+                return _json_error(
+                    bare.status(), bare.code, bare.message, call.message.id, bare.error_data(), _verdict_headers(bare)
                 )
             if reply.stream is None:
                 outcome = _outcome(reply)
@@ -183,7 +189,7 @@ class McpHandler:
                     if call.method == "tools/list":
                         route.state.annotations.learn(reply.message)
                 else:
-                    self._answered_with_failure(runtime, call, reply, started)
+                    self._answered_with_failure(runtime, call, reply, started, outcome)
                 return web.Response(status=reply.status, body=reply.body, headers=_with_extra(reply))
             def settle(value: str) -> None:
                 nonlocal outcome
@@ -331,13 +337,13 @@ class McpHandler:
                 latency_ms=latency_ms,
             )
 
-    def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, started: float) -> None:
-        """The upstream's own failing answer passes through: report it like any failure a client heard."""
+    def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, started: float, reason: str) -> None:
+        """The upstream's own failing answer reaches the client: report it like any failure a client heard."""
         verdict = classify_reply(reply, call.session_id is not None)
         if verdict.kind is Failure.SESSION_EXPIRED:
             runtime.events.policy_event("session_lost", call)
         elif verdict.server_failure or verdict.kind is Failure.HTTP_429:
-            self._report(runtime, call, verdict.as_error(), verdict.kind.value, reply.status, started)
+            self._report(runtime, call, verdict.as_error(), reason, reply.status, started)
 
 
 def _with_extra(reply: Reply) -> Any:

@@ -1,0 +1,174 @@
+"""Failure events: the schema, the bus's bounds, the sinks, and the events real failures produce."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.app import running_proxy
+from proxy.event_sinks import JsonlFile
+from proxy.events import EventBus, EventRecorder, make_event, signature
+from tests.conftest import proxy_config
+from tests.fakes import make_call, tool_call
+from tests.fault_upstream import FaultUpstream
+from tests.test_forwarding import JSON_HEADERS, call_tool
+
+ENVELOPE = ["v", "type", "upstream", "method", "tool", "call_id", "attempt", "latency_ms", "policy", "error", "signature"]
+
+
+def test_signature_ignores_numbers_and_ids_but_not_the_words() -> None:
+    a = signature("up", "tools/call", "lookup", "timeout", "upstream did not answer within 2s (request 12345)")
+    b = signature("up", "tools/call", "lookup", "timeout", "Upstream did not answer within 30s (request 777)")
+    c = signature("up", "tools/call", "lookup", "timeout", "connection reset")
+    d = signature("up", "tools/call", "other", "timeout", "upstream did not answer within 2s (request 12345)")
+    assert a == b and len({a, c, d}) == 3 and len(a) == 12
+
+
+def test_event_envelope_and_no_raw_params_by_default() -> None:
+    call = make_call(tool_call("lookup", 3, key="s3cret-value", api_key="k"))
+    event = make_event("call_failed", call, error={"kind": "timeout", "message": "late"}, latency_ms=1.23456)
+    assert list(event)[: len(ENVELOPE)] == ENVELOPE
+    assert (event["v"], event["tool"], event["latency_ms"], event["policy"], event["idempotent"]) == (1, "lookup", 1.235, "default", False)
+    assert "params" not in event and len(event["params_hash"]) == 16
+    assert "s3cret" not in json.dumps(event)
+    opted_in = make_event("call_failed", call, error={"kind": "timeout", "message": "late"}, include_params=True)
+    assert opted_in["params"] == {"name": "lookup", "arguments": {"key": "s3cret-value", "api_key": "[redacted]"}}
+
+
+async def test_a_slow_subscriber_loses_its_oldest_events_and_never_blocks() -> None:
+    bus = EventBus(capacity=100, subscriber_queue=10)
+    slow = bus.subscribe()
+    for n in range(25):
+        bus.publish({"type": "retry", "n": n})
+    assert bus.published == 25 and slow.dropped == 15 and bus.dropped == 15
+    assert [(await slow.get())["n"] for _ in range(10)] == list(range(15, 25))
+    resumed = bus.subscribe(since=20)
+    assert [(await resumed.get())["id"] for _ in range(5)] == [21, 22, 23, 24, 25]
+
+
+def test_jsonl_file_rotates_and_keeps_backups(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = JsonlFile(str(path), max_bytes=200, backups=2)
+    for n in range(20):
+        sink({"id": n, "type": "retry", "pad": "x" * 40})
+    sink.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]
+    ids = [json.loads(line)["id"] for name in ("events.jsonl.2", "events.jsonl.1", "events.jsonl") for line in (tmp_path / name).read_text().splitlines()]
+    assert ids == sorted(ids) and ids[-1] == 19
+
+
+def test_call_ok_summary_counts_outcomes_attempts_and_latency() -> None:
+    bus = EventBus()
+    recorder = EventRecorder(bus)
+    call = make_call(tool_call("lookup"))
+    for latency in (3.0, 7.0, 40.0):
+        recorder.call_finished(call, "ok", latency)
+    call.attempt = 2
+    recorder.call_finished(call, "ok", 120.0)
+    recorder.call_finished(call, "upstream_timeout", 2000.0)
+    assert recorder.flush_summaries() == 1
+    (summary,) = bus.recent()
+    assert summary["type"] == "call_ok" and summary["tool"] == "lookup"
+    assert (summary["calls"], summary["ok"], summary["outcomes"]) == (5, 4, {"ok": 4, "upstream_timeout": 1})
+    assert summary["ok_by_attempt"] == {"1": 3, "2": 1}
+    buckets, counts = summary["latency_buckets_ms"], summary["latency_histogram"]
+    assert {buckets[i]: c for i, c in enumerate(counts[:-1]) if c} == {5: 1, 10: 1, 50: 1, 200: 1}
+    assert (summary["latency_mean_ms"], summary["latency_max_ms"]) == (42.5, 120.0)
+    assert recorder.flush_summaries() == 0
+
+
+async def events_of(admin_url: str, since: int = 0) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(admin_url + "/events", params={"format": "json", "since": str(since)}) as response:
+            return list(await response.json())
+
+
+async def post(url: str, payload: dict[str, Any], **headers: str) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=payload, headers={**JSON_HEADERS, **headers}) as response:
+            await response.read()
+            return response.status
+
+
+async def test_retries_then_a_final_failure_make_these_events(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/list", status=503)
+    config = proxy_config(upstream.url, upstream={"retry": {"max_attempts": 3, "backoff": {"base": "1ms", "max": "1ms"}}})
+    async with running_proxy(config) as proxy:
+        assert await post(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, Authorization="Bearer s3cret") == 503
+        events = await events_of(proxy.admin_url)
+    kinds = [(e["type"], e["attempt"]) for e in events]
+    assert kinds == [("retry", 1), ("retry", 2), ("retry_exhausted", 3), ("call_failed", 3)]
+    failed = events[-1]
+    assert failed["error"] == {"kind": "http_5xx", "http_status": 503, "jsonrpc_code": None, "message": "upstream answered HTTP 503"}
+    assert (failed["reason"], failed["http_status"], failed["method"], failed["upstream"]) == ("upstream_http_error", 503, "tools/list", "up")
+    assert failed["signature"] == events[0]["signature"] == events[2]["signature"]
+    assert len({e["call_id"] for e in events}) == 1
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    assert "s3cret" not in json.dumps(events)
+
+
+async def test_a_timeout_of_an_idempotent_call_is_observed(upstream: FaultUpstream) -> None:
+    upstream.fault("resources/read", delay=0.3)
+    config = proxy_config(
+        upstream.url,
+        upstream={"timeouts": {"per_try": "100ms"}, "retry": {"max_attempts": 1}},
+        events={"observe_timeouts": "5s"},
+    )
+    async with running_proxy(config) as proxy:
+        read = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "demo://x"}}
+        assert await post(proxy.url + "/mcp", read) == 504
+        async with asyncio.timeout(10):
+            while not any(e["type"] == "timeout_observed" for e in await events_of(proxy.admin_url)):
+                await asyncio.sleep(0.02)
+        events = await events_of(proxy.admin_url)
+    by_type = {e["type"]: e for e in events}
+    assert [e["type"] for e in events] == ["timeout", "call_failed", "timeout_observed"]
+    assert (by_type["timeout"]["limit_ms"], by_type["timeout"]["observing"]) == (100.0, True)
+    assert by_type["call_failed"]["error"]["kind"] == "timeout"
+    assert 300 <= by_type["timeout_observed"]["observed_ms"] < 2000
+    assert upstream.attempts["resources/read"] == 1
+
+
+async def test_a_non_idempotent_timeout_is_cancelled_not_observed(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "create_ticket", hang=True)
+    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "100ms"}})
+    async with running_proxy(config) as proxy:
+        assert await post(proxy.url + "/mcp", call_tool("create_ticket")) == 504
+        await asyncio.wait_for(upstream.gone.wait(), 5)
+        events = await events_of(proxy.admin_url)
+    assert [(e["type"], e.get("observing")) for e in events] == [("timeout", False), ("call_failed", None)]
+
+
+async def test_breaker_events_and_the_sse_stream_resumes(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/list", status=500)
+    config = proxy_config(upstream.url, upstream={"retry": {"max_attempts": 1}, "breaker": {"failure_threshold": 1}})
+    async with running_proxy(config) as proxy:
+        for n in range(2):
+            await post(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": n, "method": "tools/list"})
+        async with aiohttp.ClientSession() as session:
+            async with session.get(proxy.admin_url + "/events", headers={"Last-Event-ID": "1"}) as response:
+                assert response.headers["Content-Type"] == "text/event-stream"
+                seen: list[tuple[str, str]] = []
+                async for line in response.content:
+                    text = line.decode().strip()
+                    if text.startswith(("id:", "event:")):
+                        seen.append(tuple(text.split(": ", 1)))  # type: ignore[arg-type]
+                    if len(seen) == 6:
+                        break
+    # id 1 is the breaker opening during the first call; resuming after it:
+    assert seen == [("id", "2"), ("event", "call_failed"), ("id", "3"), ("event", "circuit_open"), ("id", "4"), ("event", "call_failed")]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_events_can_be_turned_off(upstream: FaultUpstream, enabled: bool) -> None:
+    upstream.fault("tools/list", status=500)
+    config = proxy_config(upstream.url, upstream={"retry": {"max_attempts": 1}}, events={"enabled": enabled})
+    async with running_proxy(config) as proxy:
+        await post(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert len(await events_of(proxy.admin_url)) == (1 if enabled else 0)
