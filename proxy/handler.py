@@ -91,7 +91,7 @@ class McpHandler:
         for stream in list(self._long_lived):
             await stream.close()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self._runtime.current
         route = runtime.routes.get(request.path)
         if route is None:
@@ -112,10 +112,12 @@ class McpHandler:
             405, INVALID_REQUEST, f"Method {request.method} not allowed", headers={"Allow": _ALLOWED_METHODS}
         )
 
-    async def _read_body(self, request: web.Request, limit: int) -> bytes | None:
+    async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes | None:
         """The whole body, or None when it is larger than `limit` (checked before and while reading)."""
-        if request.content_length is not None and request.content_length > limit:
-            return None
+        length = request.content_length
+        if length is not None:
+            # The parser never delivers more than Content-Length: one read, no size loop.
+            return await request.content.read() if length <= limit else None
         chunks: list[bytes] = []
         total = 0
         async for chunk in request.content.iter_any():
@@ -125,7 +127,7 @@ class McpHandler:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _post(self, request: web.Request, runtime: Runtime, route: Route) -> web.StreamResponse:
+    async def _post(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
         if request.content_type != _JSON:
             runtime.metrics.reject("unsupported_media_type")
             return _json_error(415, INVALID_REQUEST, f"Unsupported Media Type: POST needs Content-Type: {_JSON}")
@@ -155,7 +157,7 @@ class McpHandler:
         )
         return await self._call(request, runtime, route, call)
 
-    async def _call(self, request: web.Request, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
+    async def _call(self, request: web.BaseRequest, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
         metrics = runtime.metrics
         in_flight = metrics.in_flight_for(call.upstream)
         in_flight.inc()
@@ -213,7 +215,7 @@ class McpHandler:
 
     async def _stream(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         runtime: Runtime,
         route: Route,
         call: Call,
@@ -274,7 +276,7 @@ class McpHandler:
         return response
 
     async def _forward(
-        self, request: web.Request, runtime: Runtime, route: Route, method: str, headers: Any, body: bytes | None
+        self, request: web.BaseRequest, runtime: Runtime, route: Route, method: str, headers: Any, body: bytes | None
     ) -> web.StreamResponse:
         """Relay a message that is not a request (notification, client response, batch, GET, DELETE)."""
         upstream = route.upstream
@@ -306,7 +308,7 @@ class McpHandler:
         await _end_quietly(response)
         return response
 
-    async def _passthrough(self, request: web.Request, runtime: Runtime, route: Route) -> web.StreamResponse:
+    async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
         headers = upstream_headers(request.headers, request.headers.items())
         return await self._forward(request, runtime, route, request.method, headers, None)
 
@@ -354,7 +356,7 @@ def _with_extra(reply: Reply) -> Any:
     return headers
 
 
-async def _start_stream(request: web.Request, reply: Reply) -> web.StreamResponse:
+async def _start_stream(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
     response = web.StreamResponse(status=reply.status, headers=_with_extra(reply))
     response.headers["X-Accel-Buffering"] = "no"
     await response.prepare(request)

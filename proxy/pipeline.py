@@ -26,10 +26,11 @@ an unconfigured policy costs nothing per call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Final
 
-from proxy.policies.base import Call, Handler, Reply, Stage
+from proxy.policies.base import Handler, Stage
 
 __all__ = ["PIPELINE_ORDER", "build_pipeline"]
 
@@ -38,10 +39,9 @@ PIPELINE_ORDER: Final[tuple[str, ...]] = ("fallback", "rate_limit", "retry", "br
 
 
 def _bind(stage: Stage, next_handler: Handler) -> Handler:
-    async def handler(call: Call) -> Reply:
-        return await stage(call, next_handler)
-
-    handler.__qualname__ = f"{type(stage).__name__}->{getattr(next_handler, '__qualname__', 'next')}"
+    # A partial, not a wrapper coroutine: one frame less per stage on every call.
+    handler = functools.partial(stage, next=next_handler)
+    handler.__qualname__ = f"{type(stage).__name__}->{getattr(next_handler, '__qualname__', 'next')}"  # type: ignore[attr-defined]
     return handler
 
 

@@ -14,6 +14,7 @@ stream right after its headers, to be passed through chunk by chunk. Errors map 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -196,7 +197,7 @@ class AiohttpUpstream:
         """Send one HTTP request upstream; return its answer with the body read or streamed."""
         response: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
                 response = await self.session.request(
                     method, self._url, data=body, headers=headers, allow_redirects=False
                 )

@@ -1,0 +1,255 @@
+"""Fold a stream of events into an `Analysis`: offline (a recorded JSONL file) or live (a sliding window).
+
+Only schema v1 events are read; anything else is skipped and counted, never guessed at. The window is
+measured on the events' own `ts`, so a recorded file analyzes exactly as it did live.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.analyzer.model import (
+    EXAMPLES,
+    SERVER_SIDE,
+    BreakerStats,
+    FailedCall,
+    HealthStats,
+    SignatureGroup,
+    Target,
+    TargetStats,
+    Transition,
+    UpstreamStats,
+)
+from proxy.events import SCHEMA_VERSION
+
+__all__ = ["DEFAULT_WINDOW_S", "Analysis", "Window", "read_events"]
+
+log = logging.getLogger(__name__)
+DEFAULT_WINDOW_S = 300.0
+
+Event = dict[str, Any]
+
+
+def _error(event: Event) -> dict[str, Any]:
+    error = event.get("error")
+    return error if isinstance(error, dict) else {}
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+@dataclass(slots=True)
+class Analysis:
+    """Everything the rules may know about one window of events."""
+
+    window_start: float | None = None
+    window_end: float | None = None
+    window_s: float | None = None
+    events: int = 0
+    skipped: int = 0
+    by_type: Counter[str] = field(default_factory=Counter)
+    signatures: dict[str, SignatureGroup] = field(default_factory=dict)
+    targets: dict[Target, TargetStats] = field(default_factory=dict)
+    breakers: dict[tuple[str, str], BreakerStats] = field(default_factory=dict)
+    health: dict[str, HealthStats] = field(default_factory=dict)
+    upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
+    config_changes: list[int] = field(default_factory=list)
+    """Ids of config_reloaded events: evidence before one was gathered under another policy."""
+
+    @classmethod
+    def from_events(cls, events: Iterable[Event], window_s: float | None = DEFAULT_WINDOW_S) -> Analysis:
+        """Aggregate `events`; with `window_s`, only those within `window_s` of the latest one count."""
+        valid: list[Event] = []
+        skipped = 0
+        for event in events:
+            if isinstance(event, dict) and event.get("v") == SCHEMA_VERSION and isinstance(event.get("ts"), int | float):
+                valid.append(event)
+            else:
+                skipped += 1
+        if skipped:
+            log.info("analyzer skipped %d events that are not schema v%d", skipped, SCHEMA_VERSION)
+        valid.sort(key=lambda e: (e["ts"], _num(e.get("id"))))
+        if window_s is not None and valid:
+            start = valid[-1]["ts"] - window_s
+            valid = [e for e in valid if e["ts"] >= start]
+        analysis = cls(window_s=window_s, skipped=skipped)
+        for event in valid:
+            analysis._add(event)
+        return analysis
+
+    def targets_of(self, upstream: str) -> list[TargetStats]:
+        return [stats for target, stats in sorted(self.targets.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")) if target.upstream == upstream]
+
+    def top_signatures(self, limit: int = 10) -> list[SignatureGroup]:
+        return sorted(self.signatures.values(), key=lambda g: (-g.count, g.first_ts, g.signature))[:limit]
+
+    def upstream(self, name: str) -> UpstreamStats:
+        stats = self.upstreams.get(name)
+        if stats is None:
+            stats = self.upstreams[name] = UpstreamStats(name)
+        return stats
+
+    def _target(self, event: Event) -> TargetStats | None:
+        upstream, method = event.get("upstream"), event.get("method")
+        if not isinstance(upstream, str) or not isinstance(method, str):
+            return None
+        tool = event.get("tool")
+        target = Target(upstream, method, tool if isinstance(tool, str) else None)
+        stats = self.targets.get(target)
+        if stats is None:
+            stats = self.targets[target] = TargetStats(target)
+        return stats
+
+    def _add(self, event: Event) -> None:
+        ts, kind, event_id = float(event["ts"]), str(event.get("type")), int(_num(event.get("id")))
+        self.events += 1
+        self.by_type[kind] += 1
+        self.window_start = ts if self.window_start is None else min(self.window_start, ts)
+        self.window_end = ts if self.window_end is None else max(self.window_end, ts)
+        self._signature(event, ts, kind, event_id)
+        upstream = event.get("upstream")
+        if kind == "breaker_state" and isinstance(upstream, str):
+            name = str(event.get("breaker") or upstream)
+            breaker = self.breakers.setdefault((upstream, name), BreakerStats(upstream, name))
+            breaker.transitions.append(Transition(event_id, ts, str(event.get("old")), str(event.get("new"))))
+        elif kind == "circuit_open" and isinstance(upstream, str):
+            name = str(event.get("breaker") or upstream)
+            self.breakers.setdefault((upstream, name), BreakerStats(upstream, name)).refused += 1
+        elif kind == "health_changed" and isinstance(upstream, str):
+            health = self.health.setdefault(upstream, HealthStats(upstream))
+            transition = Transition(event_id, ts, str(event.get("old")), str(event.get("new")), event.get("cause"))
+            health.transitions.append(transition)
+        elif kind == "session_lost" and isinstance(upstream, str):
+            self.upstream(upstream).session_lost_ids.append(event_id)
+        elif kind == "config_reloaded":
+            self.config_changes.append(event_id)
+        stats = self._target(event)
+        if stats is not None:
+            _add_call_event(self, stats, event, ts, kind, event_id)
+
+    def _signature(self, event: Event, ts: float, kind: str, event_id: int) -> None:
+        signature = event.get("signature")
+        if not isinstance(signature, str):
+            return
+        group = self.signatures.get(signature)
+        if group is None:
+            error = _error(event)
+            group = self.signatures[signature] = SignatureGroup(
+                signature, str(error.get("kind", "")), str(error.get("message", "")),
+                event.get("upstream"), event.get("method"), event.get("tool"), ts, ts,
+            )  # fmt: skip
+        group.count += 1
+        group.by_type[kind] += 1
+        group.first_ts, group.last_ts = min(group.first_ts, ts), max(group.last_ts, ts)
+        if len(group.example_ids) < EXAMPLES:
+            group.example_ids.append(event_id)
+
+
+def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: float, kind: str, event_id: int) -> None:
+    """Count one event of a kind of call into its target (and its upstream)."""
+    error_kind = str(_error(event).get("kind", ""))
+    call_id = event.get("call_id")
+    idempotent = event.get("idempotent")
+    if kind != "call_ok" and isinstance(idempotent, bool):
+        stats.idempotent_true += idempotent
+        stats.idempotent_false += not idempotent
+    upstream = analysis.upstream(stats.target.upstream)
+    if error_kind == "http_429" and kind in ("retry", "call_failed"):
+        upstream.http_429_ts.append(ts)
+        upstream.http_429_ids.append(event_id)
+    if error_kind in SERVER_SIDE and kind in ("retry", "call_failed"):
+        stats.attempt_failures += 1
+    if kind == "call_ok":
+        stats.calls += int(_num(event.get("calls")))
+        ok = int(_num(event.get("ok")))
+        stats.ok += ok
+        stats.outcomes.update({str(k): int(_num(v)) for k, v in (event.get("outcomes") or {}).items()})
+        stats.ok_by_attempt.update({int(k): int(_num(v)) for k, v in (event.get("ok_by_attempt") or {}).items()})
+        stats.histogram.add(event.get("latency_buckets_ms") or (), event.get("latency_histogram") or (), event.get("latency_max_ms"))
+        key = (round(ts, 3), _num(event.get("window_s")))
+        upstream.windows[key] = upstream.windows.get(key, 0) + ok
+    elif kind == "call_failed":
+        params = event.get("params_hash")
+        stats.failed.append(
+            FailedCall(event_id, ts, call_id if isinstance(call_id, str) else None, error_kind,
+                       idempotent if isinstance(idempotent, bool) else None, params if isinstance(params, str) else None)
+        )  # fmt: skip
+        if isinstance(call_id, str):
+            stats.failed_calls.add(call_id)
+    elif kind == "retry":
+        stats.retries += 1
+        stats.retry_ids.append(event_id)
+        if isinstance(call_id, str):
+            stats.retried_calls.add(call_id)
+    elif kind == "retry_exhausted":
+        stats.exhausted[str(event.get("why"))] += 1
+        stats.exhausted_attempts.append(int(_num(event.get("attempt"), 1)))
+        stats.exhausted_ids.append(event_id)
+        if isinstance(call_id, str):
+            stats.failed_calls.add(call_id)
+    elif kind == "retry_budget_exhausted":
+        stats.budget_exhausted += 1
+        upstream.budget_exhausted += 1
+    elif kind == "timeout":
+        stats.timeouts += 1
+        stats.timeout_ids.append(event_id)
+    elif kind == "timeout_observed":
+        observed = event.get("observed_ms")
+        if isinstance(observed, int | float):
+            stats.observed_ms.append(float(observed))
+            stats.observed_ids.append(event_id)
+        else:
+            stats.unobserved += 1
+    elif kind == "fallback_served":
+        if event.get("status") == "stale":
+            stats.stale_ts.append(ts)
+            stats.stale_ids.append(event_id)
+            stats.stale_max_age = max(stats.stale_max_age, _num(event.get("age")))
+        else:
+            stats.fallback_hit += 1
+
+
+class Window:
+    """The live analyzer's memory: events of the last `window_s` seconds (by event ts), oldest dropped."""
+
+    def __init__(self, window_s: float = DEFAULT_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._events: deque[Event] = deque()
+
+    def add(self, event: Event) -> None:
+        ts = event.get("ts")
+        if not isinstance(ts, int | float):
+            return
+        self._events.append(event)
+        latest = max(ts, self._events[-1].get("ts", ts))
+        while self._events and self._events[0].get("ts", latest) < latest - self.window_s:
+            self._events.popleft()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def analysis(self) -> Analysis:
+        return Analysis.from_events(list(self._events), window_s=self.window_s)
+
+
+def read_events(path: str | Path) -> Iterator[Event]:
+    """Events from a JSON-lines file (the proxy's `events.file`); lines that are not JSON objects are skipped."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                log.warning("%s:%d: not JSON, skipped", path, number)
+                continue
+            if isinstance(event, dict):
+                yield event
