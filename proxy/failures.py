@@ -35,7 +35,7 @@ from proxy.errors import NeverSent, ProxyError, StreamBroken, UpstreamProtocolEr
 from proxy.jsonrpc import response_error
 from proxy.policies.base import Reply
 
-__all__ = ["Failure", "Verdict", "classify_error", "classify_reply", "parse_retry_after"]
+__all__ = ["Failure", "Verdict", "classify_error", "classify_reply", "parse_retry_after", "verdict_of"]
 
 
 class Failure(StrEnum):
@@ -179,3 +179,11 @@ def classify_reply(reply: Reply, had_session: bool, now: float | None = None) ->
     if _is_tool_error(reply.message):
         return Verdict(Failure.TOOL_ERROR, http_status=status, message="tool reported isError")
     return OK
+
+
+def verdict_of(reply: Reply, had_session: bool, now: float | None = None) -> Verdict:
+    """`classify_reply`, computed once per reply: every stage that asks gets the same verdict."""
+    verdict = reply.verdict
+    if verdict is None:
+        verdict = reply.verdict = classify_reply(reply, had_session, now)
+    return verdict  # type: ignore[no-any-return]

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from proxy.classify import classify
 from proxy.errors import ProxyError, StreamBroken, UpstreamHttpError
-from proxy.failures import Failure, classify_error, classify_reply, parse_retry_after
+from proxy.failures import Failure, classify_error, verdict_of, parse_retry_after
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply, ReplyStream
@@ -159,8 +159,7 @@ class McpHandler:
 
     async def _call(self, request: web.BaseRequest, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
         metrics = runtime.metrics
-        in_flight = metrics.in_flight_for(call.upstream)
-        in_flight.inc()
+        metrics.enter(call.upstream)
         call.started = started = time.perf_counter()
         outcome = "cancelled"
         try:
@@ -199,7 +198,7 @@ class McpHandler:
 
             return await self._stream(request, runtime, route, call, reply, settle)
         finally:
-            in_flight.dec()
+            metrics.leave(call.upstream)
             elapsed = time.perf_counter() - started
             metrics.observe(call.upstream, call.method, call.tool, outcome, elapsed)
             runtime.events.call_finished(call, outcome, elapsed * 1000)
@@ -341,7 +340,7 @@ class McpHandler:
 
     def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, started: float, reason: str) -> None:
         """The upstream's own failing answer reaches the client: report it like any failure a client heard."""
-        verdict = classify_reply(reply, call.session_id is not None)
+        verdict = verdict_of(reply, call.session_id is not None)
         if verdict.kind is Failure.SESSION_EXPIRED:
             runtime.events.policy_event("session_lost", call)
         elif verdict.server_failure or verdict.kind is Failure.HTTP_429:

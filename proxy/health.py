@@ -38,7 +38,7 @@ import structlog
 from proxy import __version__
 from proxy.config import HealthConfig
 from proxy.errors import ProxyError
-from proxy.failures import CANCELLED, Failure, Verdict, classify_error, classify_reply
+from proxy.failures import CANCELLED, Failure, Verdict, classify_error, classify_reply, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, MonotonicClock, Observer, Reply
 from proxy.transport import AiohttpUpstream
 
@@ -187,7 +187,7 @@ class PassiveHealthStage:
         verdict = CANCELLED
         try:
             reply = await next(call)
-            verdict = classify_reply(reply, call.session_id is not None)
+            verdict = verdict_of(reply, call.session_id is not None)
             return reply
         except ProxyError as exc:
             verdict = classify_error(exc)

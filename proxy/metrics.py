@@ -3,13 +3,19 @@
 Label values that come from clients (method and tool names) are bounded: after `MAX_LABEL_VALUES`
 distinct names of a kind, further ones count as ``_other``, so a client inventing names cannot grow memory.
 Label children are cached per label tuple: `labels()` is measurably slow on the per-request path.
+The three per-request series (requests, latency, in-flight) are plain dicts and ints exported by a
+collector at scrape time: prometheus-client's own metric objects take a lock on every update, which
+cost about 12 µs per proxied request (measured with `python -m tests.perf`).
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.policies.base import Call
@@ -20,6 +26,54 @@ MAX_LABEL_VALUES: Final = 200
 _HEALTH_LEVELS: Final = {"healthy": 1, "unhealthy": 0, "unknown": -1}
 _BREAKER_LEVELS: Final = {"closed": 0, "half-open": 1, "open": 2}
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_BUCKET_NAMES: Final = (*(repr(float(b)) for b in _LATENCY_BUCKETS), "+Inf")
+
+
+class _RequestSeries:
+    """Collector for the per-request series, kept as plain counters between scrapes."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str, str], int] = {}
+        self.histograms: dict[tuple[str, str], list[float]] = {}  # bucket counts..., then the sum
+        self.in_flight: dict[str, int] = {}
+
+    def observe(self, upstream: str, method: str, tool: str, outcome: str, seconds: float) -> None:
+        key = (upstream, method, tool, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        series = self.histograms.get((upstream, method))
+        if series is None:
+            series = self.histograms[(upstream, method)] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        series[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        series[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "mcp_proxy_requests",
+            "JSON-RPC requests handled, by upstream, method, tool and outcome.",
+            labels=("upstream", "method", "tool", "outcome"),
+        )
+        for key, count in self.counts.items():
+            requests.add_metric(key, count)
+        latency = HistogramMetricFamily(
+            "mcp_proxy_request_duration_seconds",
+            "Time from receiving a request to the end of its answer, by upstream and method.",
+            labels=("upstream", "method"),
+        )
+        for pair, series in self.histograms.items():
+            total = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, hits in zip(_BUCKET_NAMES, series[:-1], strict=True):
+                total += hits
+                buckets.append((bound, total))
+            latency.add_metric(pair, buckets, series[-1])
+        in_flight = GaugeMetricFamily(
+            "mcp_proxy_in_flight_requests", "Requests (and open streams) being handled now, by upstream.", labels=("upstream",)
+        )
+        for upstream, value in self.in_flight.items():
+            in_flight.add_metric((upstream,), value)
+        yield requests
+        yield latency
+        yield in_flight
 
 
 class ProxyMetrics:
@@ -27,25 +81,8 @@ class ProxyMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "mcp_proxy_requests",
-            "JSON-RPC requests handled, by upstream, method, tool and outcome.",
-            ("upstream", "method", "tool", "outcome"),
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "mcp_proxy_request_duration_seconds",
-            "Time from receiving a request to the end of its answer, by upstream and method.",
-            ("upstream", "method"),
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.in_flight = Gauge(
-            "mcp_proxy_in_flight_requests",
-            "Requests (and open streams) being handled now, by upstream.",
-            ("upstream",),
-            registry=self.registry,
-        )
+        self._series = _RequestSeries()
+        self.registry.register(self._series)
         self.upstream_errors = Counter(
             "mcp_proxy_upstream_errors",
             "Failures talking to an upstream, by upstream and kind (the error reason).",
@@ -114,12 +151,15 @@ class ProxyMetrics:
 
     def observe(self, upstream: str, method: str, tool: str | None, outcome: str, seconds: float) -> None:
         """Record one finished request."""
-        method = self.bounded("method", method)
-        self._child(self.requests, upstream, method, self.bounded("tool", tool), outcome).inc()  # type: ignore[attr-defined]
-        self._child(self.latency, upstream, method).observe(seconds)  # type: ignore[attr-defined]
+        self._series.observe(upstream, self.bounded("method", method), self.bounded("tool", tool), outcome, seconds)
 
-    def in_flight_for(self, upstream: str) -> Gauge:
-        return self._child(self.in_flight, upstream)  # type: ignore[return-value]
+    def enter(self, upstream: str) -> None:
+        """A request to `upstream` started (the in-flight gauge)."""
+        in_flight = self._series.in_flight
+        in_flight[upstream] = in_flight.get(upstream, 0) + 1
+
+    def leave(self, upstream: str) -> None:
+        self._series.in_flight[upstream] -= 1
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         self._child(self.upstream_errors, upstream, kind).inc()  # type: ignore[attr-defined]

@@ -88,6 +88,8 @@ class Reply:
     message: Any = None
     extra: dict[str, str] = field(default_factory=dict)
     """Headers a stage adds for the client (e.g. a marker on a stale cached answer)."""
+    verdict: Any = None
+    """The failure classifier's verdict, computed once (`proxy.failures.verdict_of`) for every stage."""
 
     @property
     def is_stream(self) -> bool:

@@ -30,7 +30,7 @@ import structlog
 from cachetools import LRUCache
 
 from proxy.errors import CircuitOpen, ProxyError
-from proxy.failures import CANCELLED, Verdict, classify_error, classify_reply
+from proxy.failures import CANCELLED, Verdict, classify_error, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policy_config import BreakerConfig
 
@@ -188,7 +188,7 @@ class BreakerStage:
         verdict = CANCELLED
         try:
             reply = await next(call)
-            verdict = classify_reply(reply, call.session_id is not None)
+            verdict = verdict_of(reply, call.session_id is not None)
             return reply
         except ProxyError as exc:
             verdict = classify_error(exc)

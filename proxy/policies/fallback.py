@@ -36,7 +36,7 @@ from cachetools import LRUCache
 from multidict import CIMultiDict
 
 from proxy.errors import ProxyError, RateLimited
-from proxy.failures import Failure, Verdict, classify_reply
+from proxy.failures import Failure, Verdict, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policy_config import CacheConfig
 
@@ -252,7 +252,7 @@ class CacheStage:
         generation = self._generation.get(call.upstream, 0)
         reply = await next(call)
         now_wall = None if self._now_wall is None else self._now_wall()
-        verdict = classify_reply(reply, call.session_id is not None, now_wall)
+        verdict = verdict_of(reply, call.session_id is not None, now_wall)
         result = _storable(reply, verdict)
         cfg = call.policy.cache
         if result is not None and cfg is not None and self._generation.get(call.upstream, 0) == generation:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import structlog
 
 from proxy.errors import CircuitOpen, ProxyError, RateLimited, RetryBudgetExhausted
-from proxy.failures import Failure, Verdict, classify_error, classify_reply
+from proxy.failures import Failure, Verdict, classify_error, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policies.budget import RetryBudget
 from proxy.policy_config import BackoffConfig, BudgetConfig, RetryConfig
@@ -88,7 +88,7 @@ class RetryStage:
             error: ProxyError | None = None
             try:
                 reply = await next(call)
-                verdict = classify_reply(reply, call.session_id is not None, self._wall())
+                verdict = verdict_of(reply, call.session_id is not None, self._wall())
             except _NEVER_RETRIED:
                 raise
             except ProxyError as exc:
