@@ -27,6 +27,7 @@ from aiohttp import web
 from proxy.config import ProxyConfig
 from proxy.event_sinks import JsonlFile, events_endpoint, log_event
 from proxy.events import EventBus, EventRecorder
+from proxy.fixtures import FixtureWriter
 from proxy.handler import McpHandler
 from proxy.health import HealthProber
 from proxy.logs import configure_logging
@@ -66,6 +67,8 @@ class ProxyServer:
         self._event_file = JsonlFile(events.file.path, events.file.max_bytes, events.file.backups) if events.file.path else None
         if self._event_file is not None:
             self.bus.listeners.append(self._event_file)
+        if events.fixtures.dir:
+            self.events.failure_listeners.append(FixtureWriter(events.fixtures.dir, events.fixtures.per_signature).on_failure)
         self._summaries: asyncio.Task[None] | None = None
         self.runtime = RuntimeRef(build_runtime(config, self.metrics, self.events, self.clock))
         self.handler = McpHandler(self.runtime)

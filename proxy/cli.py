@@ -73,7 +73,33 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long to run (default 20)")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:0", help="proxy listener (default: a free port)")
     demo.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:0", help="admin listener (default: a free port)")
+    replay = commands.add_parser(
+        "replay",
+        help="re-send saved failure fixtures to an upstream; exit 1 if any still fails",
+        description="Send every fixture in DIR (saved by events.fixtures.dir) to the MCP endpoint URL again and "
+        "report which still fail.",
+    )
+    replay.add_argument("dir", metavar="DIR")
+    replay.add_argument("--upstream", metavar="URL", required=True, help="the MCP endpoint to replay against")
+    replay.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
     return parser
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from proxy.fixtures import replay_directory
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        _err(f"replay: {directory} is not a directory")
+        return EXIT_USAGE
+    results = asyncio.run(replay_directory(directory, args.upstream, args.timeout))
+    for result in results:
+        verdict = "STILL FAILS" if result.still_fails else "passes"
+        what = f"{result.method} {result.tool}" if result.tool else result.method
+        _out(f"{verdict:<11}  {result.fixture:<40}  {what:<28}  recorded {result.recorded or '-'}, now {result.verdict.kind.value}")
+    failing = sum(result.still_fails for result in results)
+    _out(f"{len(results)} fixture(s): {len(results) - failing} pass, {failing} still fail")
+    return EXIT_CONFIG if failing else EXIT_OK
 
 
 def _load(args: argparse.Namespace) -> ProxyConfig:
@@ -125,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         _out(f"{args.file}: OK ({len(config.upstreams)} upstream(s): {', '.join(u.name for u in config.upstreams)})")
         return EXIT_OK
+    if args.command == "replay":
+        return _replay(args)
     if args.command == "demo":
         from proxy.demo.run import run_demo
 

@@ -194,6 +194,13 @@ class EventFileConfig(ConfigModel):
     backups: int = Field(3, ge=0, le=100, description="Rotated files kept (FILE.1 … FILE.N).")
 
 
+class FixturesConfig(ConfigModel):
+    """Failing exchanges saved (redacted) as regression fixtures, for `mcp-resilience-proxy replay`."""
+
+    dir: str | None = Field(None, description="Directory for the fixture files; unset: none are saved.")
+    per_signature: int = Field(5, ge=1, description="Fixtures kept per failure signature.")
+
+
 class EventsConfig(ConfigModel):
     """Failure events: every failure-relevant moment as one structured, versioned JSON object."""
 
@@ -216,6 +223,7 @@ class EventsConfig(ConfigModel):
         "(the answer is not delivered) to record when it would have arrived; 0 turns it off.",
     )
     file: EventFileConfig = Field(default_factory=EventFileConfig)  # type: ignore[arg-type]
+    fixtures: FixturesConfig = Field(default_factory=FixturesConfig)  # type: ignore[arg-type]
 
 
 class ProxyConfig(ConfigModel):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
+import structlog
 
 from proxy.logs import REDACTED, SECRET_KEY
 from proxy.policies.base import Call, Observer
@@ -48,6 +49,8 @@ __all__ = [
     "make_event",
     "signature",
 ]
+
+_log = structlog.get_logger("proxy.events")
 
 SCHEMA_VERSION: Final = 1
 EVENT_TYPES: Final = (
@@ -136,6 +139,14 @@ def make_event(
     return event
 
 
+def _safely(listener: Callable[..., None], *args: Any) -> None:
+    """Run a sink; a sink that fails (a full disk, a bug) must never fail the call being reported."""
+    try:
+        listener(*args)
+    except Exception as exc:
+        _log.error("event_sink_failed", sink=getattr(listener, "__qualname__", repr(listener)), error=repr(exc))
+
+
 class Subscription:
     """One consumer's view of the bus: the backlog since its cursor, then live events, bounded."""
 
@@ -196,7 +207,7 @@ class EventBus:
         for subscriber in self._subscribers:
             subscriber.offer(event)
         for listener in self.listeners:
-            listener(event)
+            _safely(listener, event)
         return event
 
     def recent(self, since: int = 0) -> list[dict[str, Any]]:
@@ -238,6 +249,8 @@ class EventRecorder:
         self.enabled = enabled
         self.logged = logged
         """True when a bus listener writes each event as a log line (the handler then logs nothing itself)."""
+        self.failure_listeners: list[Callable[[Call, dict[str, Any]], None]] = []
+        """Called with each failed call and its `call_failed` event (regression fixtures)."""
         self._summaries: dict[tuple[str, str, str | None], _Summary] = {}
         self._window_started = time.time()
 
@@ -255,9 +268,11 @@ class EventRecorder:
         """The final failure a client heard (after every retry and fallback)."""
         if not self.enabled:
             return
-        self.bus.publish(
+        event = self.bus.publish(
             make_event("call_failed", call, error=error, latency_ms=latency_ms, include_params=self.include_params, **fields)
         )
+        for listener in self.failure_listeners:
+            _safely(listener, call, event)
 
     def call_finished(self, call: Call, outcome: str, latency_ms: float) -> None:
         """Count a finished call into the current window's summary (cheap: no event per call)."""

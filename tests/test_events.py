@@ -172,3 +172,15 @@ async def test_events_can_be_turned_off(upstream: FaultUpstream, enabled: bool) 
     async with running_proxy(config) as proxy:
         await post(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert len(await events_of(proxy.admin_url)) == (1 if enabled else 0)
+
+
+def test_a_failing_sink_never_fails_the_publisher() -> None:
+    bus = EventBus()
+
+    def broken(event: dict[str, Any]) -> None:
+        raise OSError("disk full")
+
+    seen: list[int] = []
+    bus.listeners.extend([broken, lambda event: seen.append(event["id"])])
+    bus.publish({"type": "retry"})
+    assert seen == [1] and bus.published == 1
