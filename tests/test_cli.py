@@ -91,8 +91,9 @@ async def test_quick_start_serves_in_front_of_one_upstream(upstream: FaultUpstre
     )
     try:
         assert process.stderr is not None
-        started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
-        assert started["event"] == "proxy_started"
+        async with asyncio.timeout(30):
+            while (started := json.loads(await process.stderr.readline()))["event"] != "proxy_started":
+                pass  # a health probe may report before the listeners are up
         async with aiohttp.ClientSession() as session:
             async with session.post(started["listen"] + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}) as response:
                 assert response.status == 200

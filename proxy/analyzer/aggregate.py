@@ -42,6 +42,17 @@ def _error(event: Event) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
+def _kind(event: Event) -> str:
+    """The failure kind: ``error.kind``; a bare ``failure`` field (how retry stages first reported it) also counts."""
+    kind = _error(event).get("kind", event.get("failure"))
+    return "" if kind is None else str(kind)
+
+
+def _attempt(event: Event) -> int:
+    """The event's own attempt number: `make_event` renames a per-type `attempt` field to `x_attempt`."""
+    return int(_num(event.get("x_attempt", event.get("attempt")), 1))
+
+
 def _num(value: Any, default: float = 0.0) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
@@ -85,8 +96,12 @@ class Analysis:
             analysis._add(event)
         return analysis
 
+    def all_targets(self) -> list[TargetStats]:
+        """Every target, in a stable order (upstream, method, tool)."""
+        return sorted(self.targets.values(), key=lambda s: (s.target.upstream, s.target.method, s.target.tool or ""))
+
     def targets_of(self, upstream: str) -> list[TargetStats]:
-        return [stats for target, stats in sorted(self.targets.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")) if target.upstream == upstream]
+        return [stats for stats in self.all_targets() if stats.target.upstream == upstream]
 
     def top_signatures(self, limit: int = 10) -> list[SignatureGroup]:
         return sorted(self.signatures.values(), key=lambda g: (-g.count, g.first_ts, g.signature))[:limit]
@@ -155,7 +170,7 @@ class Analysis:
 
 def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: float, kind: str, event_id: int) -> None:
     """Count one event of a kind of call into its target (and its upstream)."""
-    error_kind = str(_error(event).get("kind", ""))
+    error_kind = _kind(event)
     call_id = event.get("call_id")
     idempotent = event.get("idempotent")
     if kind != "call_ok" and isinstance(idempotent, bool):
@@ -191,7 +206,7 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
             stats.retried_calls.add(call_id)
     elif kind == "retry_exhausted":
         stats.exhausted[str(event.get("why"))] += 1
-        stats.exhausted_attempts.append(int(_num(event.get("attempt"), 1)))
+        stats.exhausted_attempts.append(_attempt(event))
         stats.exhausted_ids.append(event_id)
         if isinstance(call_id, str):
             stats.failed_calls.add(call_id)
@@ -223,14 +238,15 @@ class Window:
     def __init__(self, window_s: float = DEFAULT_WINDOW_S) -> None:
         self.window_s = window_s
         self._events: deque[Event] = deque()
+        self._latest = float("-inf")
 
     def add(self, event: Event) -> None:
         ts = event.get("ts")
         if not isinstance(ts, int | float):
             return
         self._events.append(event)
-        latest = max(ts, self._events[-1].get("ts", ts))
-        while self._events and self._events[0].get("ts", latest) < latest - self.window_s:
+        self._latest = max(self._latest, float(ts))
+        while self._events[0]["ts"] < self._latest - self.window_s:
             self._events.popleft()
 
     def __len__(self) -> int:

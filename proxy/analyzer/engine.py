@@ -1,0 +1,106 @@
+"""The analyzer's one entry point: events + the user's config text -> the analysis and its proposals.
+
+Each rule's proposals are turned into edits of the user's own file; a proposal survives only if the
+edited file still validates (`load_config`, exactly as a reload would) and if it does not make the
+proxy retry more any call the events do not show to be idempotent. That guard compares the effective
+retry policy of every observed call before and after the edit, so it holds whichever rule, rule entry
+or glob the change lands on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from proxy.analyzer import rules, rules_upstream
+from proxy.analyzer.aggregate import DEFAULT_WINDOW_S, Analysis
+from proxy.analyzer.proposal import Proposal
+from proxy.analyzer.rules import Rule
+from proxy.analyzer.yamledit import EditError, edit_text, unified_diff
+from proxy.config import ConfigError, ProxyConfig, load_config
+from proxy.policies.resolve import PolicyResolver
+
+__all__ = ["RULES", "analyze", "propose", "unsafe_retries"]
+
+log = logging.getLogger(__name__)
+
+RULES: tuple[Rule, ...] = (
+    rules.timeouts,
+    rules.retries_fewer,
+    rules.retries_more,
+    rules_upstream.rate_limit,
+    rules_upstream.breaker_flaps,
+    rules_upstream.breaker_per_tool,
+    rules.cache_fallback,
+    rules.cache_max_stale,
+    rules_upstream.health_flaps,
+    rules_upstream.session_lost,
+)
+"""Every rule, in the order its proposals are reported."""
+
+
+def unsafe_retries(analysis: Analysis, before: ProxyConfig, after: ProxyConfig) -> list[str]:
+    """Observed calls that `after` retries more than `before` without the events calling them idempotent."""
+    unsafe = []
+    for stats in analysis.all_targets():
+        target = stats.target
+        try:
+            old = PolicyResolver(before.upstream(target.upstream)).resolve(target.method, target.tool)
+            new = PolicyResolver(after.upstream(target.upstream)).resolve(target.method, target.tool)
+        except KeyError:
+            continue
+        more = new.retry.max_attempts > old.retry.max_attempts or bool(set(new.retry.retry_on) - set(old.retry.retry_on))
+        if more and (stats.idempotent is not True or new.idempotent is False):
+            unsafe.append(target.label)
+    return unsafe
+
+
+def _finish(proposal: Proposal, analysis: Analysis, text: str, config: ProxyConfig, env: dict[str, str] | None, name: str) -> Proposal | None:
+    if proposal.advisory:
+        return proposal
+    try:
+        edited = edit_text(text, proposal.changes)
+        after = load_config(edited, env)
+    except EditError as exc:
+        log.warning("analyzer dropped proposal %s (%s): %s", proposal.id, proposal.title, exc)
+        return None
+    except ConfigError as exc:
+        log.warning("analyzer dropped proposal %s (%s): the edited file does not validate: %s", proposal.id, proposal.title, "; ".join(exc.errors))
+        return None
+    unsafe = unsafe_retries(analysis, config, after)
+    if unsafe:
+        log.warning(
+            "analyzer dropped proposal %s (%s): it would retry calls not known to be idempotent: %s",
+            proposal.id, proposal.title, ", ".join(unsafe),
+        )  # fmt: skip
+        return None
+    return proposal.with_diff(unified_diff(text, edited, name))
+
+
+def propose(
+    analysis: Analysis, config_text: str, *, env: dict[str, str] | None = None, name: str = "proxy.yaml",
+    rules: Sequence[Rule] = RULES,
+) -> list[Proposal]:
+    """Run `rules` over `analysis`; keep the proposals whose edit of `config_text` validates and is safe."""
+    config = load_config(config_text, env)
+    kept: dict[str, Proposal] = {}
+    for rule in rules:
+        for proposal in rule(analysis, config):
+            finished = _finish(proposal, analysis, config_text, config, env, name)
+            if finished is not None and finished.id not in kept:
+                kept[finished.id] = finished
+    return list(kept.values())
+
+
+def analyze(
+    events: Iterable[dict[str, Any]], config_text: str, *, window_s: float | None = DEFAULT_WINDOW_S,
+    env: dict[str, str] | None = None, name: str = "proxy.yaml", rules: Sequence[Rule] = RULES,
+) -> tuple[Analysis, list[Proposal]]:
+    """Aggregate `events` over the last `window_s` seconds and propose changes to `config_text`.
+
+    Raises `ConfigError` when `config_text` itself does not validate (with `env` for ``${VAR}``).
+    """
+    load_config(config_text, env)  # fail before reading a large file when the config is broken
+    analysis = Analysis.from_events(events, window_s)
+    return analysis, propose(analysis, config_text, env=env, name=name, rules=rules)

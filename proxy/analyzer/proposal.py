@@ -1,0 +1,142 @@
+"""A proposal: one config change the events argue for, with its reasons, evidence and expected effect.
+
+A proposal is data: the rules build it, `engine.analyze` attaches the diff of the user's own file,
+`apply.apply_proposal` writes it, the report prints it. Its id is a hash of what it changes (rule,
+target, keys and values), so the same advice on the next run has the same id and can be tracked,
+approved or dismissed across runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from proxy.policy_config import MatchConfig
+
+__all__ = ["Change", "Confidence", "Effect", "Match", "Proposal", "confidence"]
+
+Confidence = Literal["low", "medium", "high"]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A rule's `match`, as the YAML file writes it: a method glob ("*" = any) and an optional tool glob."""
+
+    method: str = "*"
+    tool: str | None = None
+
+    @classmethod
+    def from_config(cls, match: MatchConfig) -> Match:
+        return cls(match.method, match.tool)
+
+    def to_yaml(self) -> dict[str, str]:
+        """The mapping written into a new rule: only the keys that narrow it."""
+        written: dict[str, str] = {}
+        if self.method != "*":
+            written["method"] = self.method
+        if self.tool is not None:
+            written["tool"] = self.tool
+        return written
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.to_yaml().items()) or "any call"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Set `key` (dotted, relative to the upstream or to the rule) to `value` in one upstream.
+
+    `match` None means the upstream's defaults; otherwise the rules entry whose match equals it (created
+    when absent). `value` is written as is, so durations arrive here already readable ("4s"). `old` is
+    the effective value before, for people: the edit never reads it.
+    """
+
+    upstream: str
+    match: Match | None
+    key: str
+    value: Any
+    old: Any = None
+
+    @property
+    def where(self) -> str:
+        scope = "defaults" if self.match is None else f"rule ({self.match.describe()})"
+        return f"upstream {self.upstream}, {scope}"
+
+    def describe(self) -> str:
+        return f"{self.where}: {self.key}: {_show(self.old)} -> {_show(self.value)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream,
+            "match": None if self.match is None else self.match.to_yaml(),
+            "key": self.key,
+            "value": self.value,
+            "old": self.old,
+        }
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """The expected effect, estimated from the window's own events: a sentence and its numbers."""
+
+    text: str
+    numbers: dict[str, float | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """One change to the policy file, and why. `advisory` proposals carry no change: advice only."""
+
+    rule: str
+    target: str
+    title: str
+    rationale: str
+    evidence: dict[str, Any]
+    effect: Effect
+    confidence: Confidence
+    confidence_reason: str
+    changes: tuple[Change, ...] = ()
+    advisory: bool = False
+    diff: str | None = None
+
+    @property
+    def id(self) -> str:
+        """Stable across runs: the rule, the target and the change (keys and new values), hashed."""
+        what = [self.rule, self.target, [[c.upstream, c.match and c.match.to_yaml(), c.key, c.value] for c in self.changes]]
+        return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()[:10]
+
+    def with_diff(self, diff: str) -> Proposal:
+        return dataclasses.replace(self, diff=diff)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the `analyze --json` shape)."""
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "target": self.target,
+            "title": self.title,
+            "rationale": self.rationale,
+            "evidence": self.evidence,
+            "effect": {"text": self.effect.text, "numbers": dict(self.effect.numbers)},
+            "confidence": {"level": self.confidence, "reason": self.confidence_reason},
+            "changes": [change.to_dict() for change in self.changes],
+            "advisory": self.advisory,
+            "diff": self.diff,
+        }
+
+
+def confidence(evidence: int, minimum: int, what: str) -> tuple[Confidence, str]:
+    """high from 5x the minimum evidence, medium from 2x, else low; with the reason in words."""
+    if evidence >= 5 * minimum:
+        return "high", f"{evidence} {what}, at least {5 * minimum} needed for high confidence"
+    if evidence >= 2 * minimum:
+        return "medium", f"{evidence} {what}; {5 * minimum} would give high confidence"
+    return "low", f"only {evidence} {what} (minimum {minimum}); {2 * minimum} would give medium confidence"

@@ -1,0 +1,60 @@
+"""Where a change belongs in the file, and the evidence fields every proposal shares.
+
+A change goes where the target's effective policy comes from: the rule that wins for it today (so
+the settings that rule already carries, `idempotent` included, are kept), else a new exact rule for
+the target (one slow tool must not slow every other), or the upstream's defaults for upstream-wide
+settings. The rules ask here instead of guessing from names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.analyzer.aggregate import Analysis
+from proxy.analyzer.model import Target
+from proxy.analyzer.proposal import Match
+from proxy.config import ProxyConfig, UpstreamConfig
+from proxy.policies.resolve import Policy, PolicyResolver
+
+__all__ = ["policy_of", "scope_for", "upstream_config", "window_evidence"]
+
+
+def upstream_config(config: ProxyConfig, name: str) -> UpstreamConfig | None:
+    """The upstream's config, or None when the events name one the file no longer has."""
+    try:
+        return config.upstream(name)
+    except KeyError:
+        return None
+
+
+def policy_of(config: ProxyConfig, target: Target) -> Policy | None:
+    upstream = upstream_config(config, target.upstream)
+    return None if upstream is None else PolicyResolver(upstream).resolve(target.method, target.tool)
+
+
+def scope_for(config: ProxyConfig, target: Target, *, new_rule: bool = True) -> tuple[Match | None, Policy] | None:
+    """(the match to edit, or None for the defaults; the policy in force) for `target`.
+
+    The winning rule's own match when a rule decides the target's policy; otherwise an exact new rule
+    (`new_rule`) or the upstream defaults.
+    """
+    upstream = upstream_config(config, target.upstream)
+    if upstream is None:
+        return None
+    policy = PolicyResolver(upstream).resolve(target.method, target.tool)
+    if policy.rule != "default":
+        index = int(policy.rule[len("rules[") : policy.rule.index("]")])
+        return Match.from_config(upstream.rules[index].match), policy
+    if not new_rule:
+        return None, policy
+    return (Match(tool=target.tool) if target.tool is not None else Match(method=target.method)), policy
+
+
+def window_evidence(analysis: Analysis, example_ids: list[int], **counts: Any) -> dict[str, Any]:
+    """The evidence dict: the counts a rule relied on, the window, and up to 5 example event ids."""
+    return {
+        **counts,
+        "window_start": analysis.window_start,
+        "window_end": analysis.window_end,
+        "example_ids": example_ids[:5],
+    }

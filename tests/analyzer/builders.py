@@ -1,0 +1,120 @@
+"""Synthetic event streams for analyzer tests: one builder per event type, ids and times assigned in order.
+
+Events are made with `proxy.events.make_event` (the envelope the proxy publishes), then given what the
+bus and the call would add: `id`, `ts`, the call's method/tool/call_id/attempt and the signature.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+from typing import Any
+
+from proxy.events import LATENCY_BUCKETS_MS, make_event, signature
+
+T0 = 1_700_000_000.0
+"""Where every stream's clock starts (its `at` arguments are seconds after this)."""
+
+
+class Stream:
+    """A list of events being built, with increasing ids; `at` is seconds after T0."""
+
+    def __init__(self, upstream: str = "api", first_id: int = 1) -> None:
+        self.upstream = upstream
+        self.events: list[dict[str, Any]] = []
+        self._ids = itertools.count(first_id)
+        self._calls = itertools.count(1)
+
+    def call_id(self) -> str:
+        return f"c{next(self._calls)}"
+
+    def _publish(self, event: dict[str, Any], at: float) -> dict[str, Any]:
+        event["id"] = next(self._ids)
+        event["ts"] = T0 + at
+        self.events.append(event)
+        return event
+
+    def _call(
+        self, type: str, at: float, *, tool: str | None = "search", method: str = "tools/call", kind: str | None = None,
+        message: str = "", attempt: int = 1, call_id: str | None = None, idempotent: bool | None = True,
+        latency_ms: float | None = None, params: str = "p", upstream: str | None = None, **fields: Any,
+    ) -> dict[str, Any]:
+        upstream = upstream or self.upstream
+        error = None if kind is None else {"kind": kind, "http_status": None, "jsonrpc_code": None, "message": message or kind}
+        event = make_event(type, None, error=error, latency_ms=latency_ms, upstream=upstream, **fields)
+        event.update(method=method, tool=tool if method == "tools/call" else None, call_id=call_id or self.call_id(),
+                     attempt=attempt, policy="default", params_hash=hashlib.sha256(params.encode()).hexdigest()[:16])  # fmt: skip
+        if idempotent is not None:
+            event["idempotent"] = idempotent
+        if error is not None:
+            event["signature"] = signature(upstream, method, event["tool"], kind or "", str(error["message"]))
+        return self._publish(event, at)
+
+    def call_failed(self, at: float, kind: str, **kw: Any) -> dict[str, Any]:
+        return self._call("call_failed", at, kind=kind, reason=kind, http_status=502, **kw)
+
+    def retry(self, at: float, kind: str, **kw: Any) -> dict[str, Any]:
+        return self._call("retry", at, kind=kind, delay_ms=100.0, **kw)
+
+    def retry_exhausted(self, at: float, kind: str, why: str = "max_attempts", **kw: Any) -> dict[str, Any]:
+        return self._call("retry_exhausted", at, kind=kind, why=why, **kw)
+
+    def retry_budget_exhausted(self, at: float, kind: str, **kw: Any) -> dict[str, Any]:
+        return self._call("retry_budget_exhausted", at, kind=kind, **kw)
+
+    def timeout(self, at: float, limit_ms: float, **kw: Any) -> dict[str, Any]:
+        return self._call("timeout", at, kind="timeout", message="per-try timeout", limit_ms=limit_ms, observing=True, **kw)
+
+    def timeout_observed(self, at: float, limit_ms: float, observed_ms: float | None, **kw: Any) -> dict[str, Any]:
+        extra: dict[str, Any] = {} if observed_ms is not None else {"waited_ms": 10_000.0}
+        return self._call("timeout_observed", at, limit_ms=limit_ms, observed_ms=observed_ms, **extra, **kw)
+
+    def rate_limited(self, at: float, **kw: Any) -> dict[str, Any]:
+        return self._call("rate_limited", at, retry_after=0.5, **kw)
+
+    def fallback_served(self, at: float, status: str = "stale", age: float = 40.0, **kw: Any) -> dict[str, Any]:
+        return self._call("fallback_served", at, status=status, age=age, **kw)
+
+    def call_ok(
+        self, at: float, *, tool: str | None = "search", method: str = "tools/call", ok: int, calls: int | None = None,
+        ok_by_attempt: dict[int, int] | None = None, latencies_ms: list[float] | None = None, window_s: float = 10.0,
+        outcomes: dict[str, int] | None = None, upstream: str | None = None,
+    ) -> dict[str, Any]:
+        """A summary; `latencies_ms` (default: `ok` calls of 100 ms) fill the histogram like the recorder does."""
+        latencies = latencies_ms if latencies_ms is not None else [100.0] * ok
+        histogram = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        for latency in latencies:
+            histogram[bisect.bisect_left(LATENCY_BUCKETS_MS, latency)] += 1
+        calls = ok if calls is None else calls
+        event = make_event(
+            "call_ok", None, upstream=upstream or self.upstream, window_s=window_s, calls=calls, ok=ok,
+            outcomes=outcomes or ({"ok": ok} | ({"http_5xx": calls - ok} if calls > ok else {})),
+            ok_by_attempt={str(k): v for k, v in (ok_by_attempt or {1: ok}).items()},
+            latency_buckets_ms=list(LATENCY_BUCKETS_MS), latency_histogram=histogram,
+            latency_mean_ms=sum(latencies) / len(latencies) if latencies else None,
+            latency_max_ms=max(latencies) if latencies else None,
+        )  # fmt: skip
+        event["method"], event["tool"] = method, tool if method == "tools/call" else None
+        return self._publish(event, at)
+
+    def _upstream_event(self, type: str, at: float, **fields: Any) -> dict[str, Any]:
+        return self._publish(make_event(type, None, upstream=fields.pop("upstream", self.upstream), **fields), at)
+
+    def breaker_state(self, at: float, old: str, new: str, breaker: str | None = None) -> dict[str, Any]:
+        return self._upstream_event("breaker_state", at, breaker=breaker or self.upstream, old=old, new=new)
+
+    def circuit_open(self, at: float, breaker: str | None = None) -> dict[str, Any]:
+        return self._upstream_event("circuit_open", at, breaker=breaker or self.upstream)
+
+    def health_changed(self, at: float, old: str, new: str, cause: str = "active") -> dict[str, Any]:
+        return self._upstream_event("health_changed", at, old=old, new=new, cause=cause, detail="probe")
+
+    def session_lost(self, at: float) -> dict[str, Any]:
+        return self._upstream_event("session_lost", at, error={"kind": "session_expired", "http_status": 404, "jsonrpc_code": None, "message": "session not found"})
+
+    def config_reloaded(self, at: float) -> dict[str, Any]:
+        return self._publish(make_event("config_reloaded", None, trigger="watch", file_hash="abc"), at)
+
+    def config_rejected(self, at: float) -> dict[str, Any]:
+        return self._publish(make_event("config_rejected", None, trigger="watch", errors=["x: bad"]), at)

@@ -1,0 +1,39 @@
+"""The terminal and Markdown reports show the window, signatures, per-tool table and each proposal with its diff."""
+
+from __future__ import annotations
+
+from proxy.analyzer import analyze, render_markdown, render_text
+from tests.analyzer import scenarios as sc
+
+
+def test_text_report() -> None:
+    analysis, proposals = analyze(sc.slow_search() + sc.lost_sessions(), sc.CONFIG, env={})
+    text = render_text(analysis, proposals)
+    assert text.startswith("Window: 2023-11-14 22:13:20Z .. 2023-11-14 22:15:00Z (100s, 85 events)\n")
+    assert "Top failure signatures:" in text and "session not found" in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("upstream  method/tool"))
+    assert header.split() == ["upstream", "method/tool", "calls", "ok", "success", "p50", "ms", "p90", "ms", "p99", "ms", "failures", "timeouts", "retries"]
+    assert any(line.split()[:5] == ["api", "search", "200", "200", "100.0%"] for line in lines)
+    assert "Proposals: 2" in text
+    assert "[183f50df40] Raise per_try for api search from 2s to 4s" in text
+    assert "  effect: with per_try 4s, 90% of the 40 timed-out attempts would have completed" in text
+    assert "  change: upstream api, rule (tool=search): timeouts.per_try: 2s -> 4s" in text
+    assert "  +          per_try: 4s" in text
+    assert "] api lost 4 legacy sessions: consider session recovery (advice only)" in text
+
+
+def test_markdown_report() -> None:
+    analysis, proposals = analyze(sc.throttled(), sc.CONFIG, env={})
+    md = render_markdown(analysis, proposals)
+    assert md.startswith("## MCP proxy analysis\n")
+    assert "| signature | count | kind | where | message | examples |" in md
+    assert "#### `95b7143180` Rate-limit calls to api at 12/s" in md
+    assert "- **Estimated effect:** at most 12 calls/s would reach api" in md
+    assert "```diff\n--- a/proxy.yaml\n+++ b/proxy.yaml\n" in md and md.rstrip().endswith("```")
+
+
+def test_reports_of_nothing() -> None:
+    analysis, proposals = analyze([], sc.CONFIG, env={})
+    assert "Proposals: none" in render_text(analysis, proposals)
+    assert "None: nothing in this window calls for a change." in render_markdown(analysis, proposals)
