@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from proxy import __version__
-from proxy.config import ConfigError, ProxyConfig, load_config_file, quickstart_config
+from proxy.config import ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
 from proxy.logs import configure_logging
 
 __all__ = ["main"]
@@ -73,6 +73,24 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long to run (default 20)")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:0", help="proxy listener (default: a free port)")
     demo.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:0", help="admin listener (default: a free port)")
+    analyze = commands.add_parser(
+        "analyze",
+        help="analyze failure events and propose config fixes (a diff of your file, with evidence)",
+        description="Read failure events from a recorded file (--events) or a live proxy (--follow ADMIN_URL), "
+        "group them, and propose changes to the policy file given with --config.",
+    )
+    source = analyze.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", metavar="FILE", help="a JSON-lines event file (events.file.path)")
+    source.add_argument("--follow", metavar="ADMIN_URL", help="a running proxy's admin URL, e.g. http://127.0.0.1:9901")
+    analyze.add_argument("--config", metavar="FILE", required=True, help="the policy file the proposals edit")
+    analyze.add_argument("--window", type=_seconds, default=300.0, metavar="DURATION", help="sliding window (default 5m)")
+    analyze.add_argument("--once", action="store_true", help="with --follow: analyze the buffered events and stop")
+    analyze.add_argument("--duration", type=_seconds, default=60.0, metavar="DURATION", help="with --follow: how long to follow (default 1m)")
+    analyze.add_argument("--interval", type=_seconds, default=10.0, metavar="DURATION", help="with --follow: re-analyze this often (default 10s)")
+    analyze.add_argument("--json", action="store_true", help="print the proposals as JSON instead of the report")
+    analyze.add_argument("--report", metavar="FILE", help="also write a Markdown report here")
+    analyze.add_argument("--apply", metavar="ID", help="apply this proposal to --config (validated, backed up, atomic)")
+
     replay = commands.add_parser(
         "replay",
         help="re-send saved failure fixtures to an upstream; exit 1 if any still fails",
@@ -83,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--upstream", metavar="URL", required=True, help="the MCP endpoint to replay against")
     replay.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
     return parser
+
+
+def _seconds(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -153,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "replay":
         return _replay(args)
+    if args.command == "analyze":
+        from proxy.analyze_command import run_analyze
+
+        configure_logging("warning", "console")
+        return asyncio.run(run_analyze(args, _out, _err))
     if args.command == "demo":
         from proxy.demo.run import run_demo
 

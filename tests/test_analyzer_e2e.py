@@ -1,0 +1,109 @@
+"""The learning loop end to end: failures -> events -> a proposal -> apply -> hot reload -> fewer errors.
+
+A fault-injecting upstream answers `resources/read` in 400 ms while the policy allows 200 ms; the
+proxy (a subprocess, as a user runs it) times the calls out, keeps watching them in the background,
+and records when they would have completed. The analyzer, run as the CLI against the live proxy,
+must propose a larger `per_try` with that evidence; applying it makes the same calls succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import REPO, ProxyProcess
+from tests.fault_upstream import FaultUpstream
+
+READ = {"jsonrpc": "2.0", "method": "resources/read", "params": {"uri": "demo://facts"}}
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", *args, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def burst(url: str, count: int) -> list[int]:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(n: int) -> int:
+            async with session.post(url, json={**READ, "id": n}) as response:
+                await response.read()
+                return response.status
+
+        return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def test_a_timeout_proposal_appears_applies_and_the_errors_drop(
+    upstream: FaultUpstream, proxy_process: Callable[[dict[str, Any]], Awaitable[ProxyProcess]], tmp_path: Path
+) -> None:
+    upstream.fault("resources/read", delay=0.4)
+    config = {
+        "listen": {"port": 0},
+        "admin": {"port": 0},
+        "reload": {"interval": "100ms"},
+        "events": {"observe_timeouts": "5s", "log": False},
+        "upstreams": [
+            {
+                "name": "docs",
+                "url": upstream.url,
+                "health": {"active": {"enabled": False}},
+                "timeouts": {"per_try": "200ms", "total": "1s"},
+                "retry": {"max_attempts": 1},
+                "breaker": {"enabled": False},
+            }
+        ],
+    }
+    proxy = await proxy_process(config)
+    config_file = tmp_path / "proxy.yaml"
+    url = proxy.url + "/mcp"
+
+    before = await burst(url, 25)
+    assert before == [504] * 25
+
+    async with asyncio.timeout(30):  # the observations finish about 400 ms after each call started
+        while True:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(proxy.admin_url + "/events", params={"format": "json"}) as response:
+                    events = await response.json()
+            if sum(e["type"] == "timeout_observed" for e in events) == 25:
+                break
+            await asyncio.sleep(0.05)
+
+    code, out, err = await cli("analyze", "--follow", proxy.admin_url, "--once", "--config", str(config_file), "--json")
+    assert code == 0, err
+    proposals = json.loads(out)
+    timeouts = [p for p in proposals if p["rule"] == "timeouts"]
+    assert len(timeouts) == 1, proposals
+    proposal = timeouts[0]
+    (change,) = proposal["changes"]
+    assert (change["upstream"], change["key"], change["old"]) == ("docs", "timeouts.per_try", "200ms")
+    assert change["match"] == {"method": "resources/read"}
+    assert proposal["effect"]["numbers"]["timed_out"] == 25
+    assert "would have completed" in proposal["effect"]["text"]
+
+    code, _, err = await cli("analyze", "--follow", proxy.admin_url, "--once", "--config", str(config_file), "--apply", proposal["id"])
+    assert code == 0, err
+    assert list(tmp_path.glob("proxy.yaml.bak-*"))
+
+    async with asyncio.timeout(15):
+        while True:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(proxy.admin_url + "/status") as response:
+                    status = await response.json()
+            if status["config"]["reloads_applied"] == 1:
+                break
+            await asyncio.sleep(0.05)
+
+    after = await burst(url, 25)
+    assert after == [200] * 25
+    failed_before, failed_after = before.count(504) / len(before), after.count(504) / len(after)
+    assert (failed_before, failed_after) == (1.0, 0.0)
