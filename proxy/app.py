@@ -24,6 +24,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from proxy.analyzer_embedded import EmbeddedAnalyzer
 from proxy.config import ProxyConfig
 from proxy.event_sinks import JsonlFile, events_endpoint, log_event
 from proxy.events import EventBus, EventRecorder
@@ -85,6 +86,11 @@ class ProxyServer:
             if config_path is not None
             else None
         )
+        self.analyzer = (
+            EmbeddedAnalyzer(config_path, config.analyzer, self.bus, self.events)
+            if config_path is not None and config.analyzer.enabled
+            else None
+        )
 
     @property
     def url(self) -> str:
@@ -110,7 +116,13 @@ class ProxyServer:
         app.router.add_get("/status", self._status)
         app.router.add_post("/reload", self._reload)
         app.router.add_get("/events", events_endpoint(self.bus))
+        app.router.add_get("/proposals", self._proposals)
         return app
+
+    async def _proposals(self, _: web.Request) -> web.Response:
+        if self.analyzer is None:
+            return _json(404, {"error": "the embedded analyzer is off: set analyzer.enabled and serve --config FILE"})
+        return _json(200, self.analyzer.document())
 
     # --- admin endpoints -------------------------------------------------------------------------
 
@@ -168,6 +180,8 @@ class ProxyServer:
         if self.reloader is not None:
             self.reloader.start()
         self._summaries = asyncio.create_task(self._summarize(), name="event-summaries")
+        if self.analyzer is not None:
+            self.analyzer.start()
         self._started = True
         log.info(
             "proxy_started",
@@ -205,6 +219,8 @@ class ProxyServer:
             configure_logging(config.logging.level, config.logging.format)
         if config.events.file != previous.config.events.file or config.events.log != previous.config.events.log:
             log.warning("reload_needs_restart", keys=["events.file", "events.log"], note="event sinks change on restart only")
+        if self.analyzer is not None:
+            self.analyzer.config = config.analyzer
         self.events.enabled = config.events.enabled
         self.events.include_params = config.events.include_params
         runtime = build_runtime(config, self.metrics, self.events, self.clock, previous)
@@ -247,6 +263,8 @@ class ProxyServer:
             await self.reloader.stop()
         if self._summaries is not None:
             self._summaries.cancel()
+        if self.analyzer is not None:
+            await self.analyzer.stop()
         self.events.flush_summaries()
         runtime = self.runtime.current
         for state in runtime.states.values():

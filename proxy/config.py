@@ -226,6 +226,43 @@ class EventsConfig(ConfigModel):
     fixtures: FixturesConfig = Field(default_factory=FixturesConfig)  # type: ignore[arg-type]
 
 
+class BoundConfig(ConfigModel):
+    """The range an automatic change may move a value within (durations or plain numbers)."""
+
+    min: Duration = Field(..., description="Lowest value auto-apply may set.")
+    max: Duration = Field(..., description="Highest value auto-apply may set.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BoundConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        return self
+
+
+class AutoApplyConfig(ConfigModel):
+    """Off by default: apply proposals by themselves, only inside declared bounds, rolled back if worse."""
+
+    enabled: bool = Field(False, description="Apply proposals without an operator (needs bounds).")
+    bounds: dict[str, BoundConfig] = Field(
+        default_factory=dict,
+        description="Policy keys auto-apply may change, with their ranges, e.g. {timeouts.per_try: {min: 1s, max: 30s}}. "
+        "A proposal touching any other key, or going out of range, waits for an operator.",
+    )
+    verify_after: Duration = Field(
+        60.0, gt=0, description="After applying, compare the error rate of this long with the one before; worse rolls back."
+    )
+    min_calls: int = Field(20, ge=1, description="Calls needed in each window for the comparison to count.")
+
+
+class AnalyzerConfig(ConfigModel):
+    """The analyzer running inside the proxy, serving its proposals at the admin endpoint /proposals."""
+
+    enabled: bool = Field(False, description="Run the analyzer in the proxy (needs serve --config FILE).")
+    window: Duration = Field(300.0, gt=0, description="Events considered: the last this long.")
+    interval: Duration = Field(30.0, gt=0, description="How often the proposals are recomputed.")
+    auto_apply: AutoApplyConfig = Field(default_factory=AutoApplyConfig)  # type: ignore[arg-type]
+
+
 class ProxyConfig(ConfigModel):
     """The whole file. Every key has a default except the upstreams."""
 
@@ -239,6 +276,7 @@ class ProxyConfig(ConfigModel):
     readiness: ReadinessConfig = Field(default_factory=ReadinessConfig)  # type: ignore[arg-type]
     reload: ReloadConfig = Field(default_factory=ReloadConfig)  # type: ignore[arg-type]
     events: EventsConfig = Field(default_factory=EventsConfig)  # type: ignore[arg-type]
+    analyzer: AnalyzerConfig = Field(default_factory=AnalyzerConfig)  # type: ignore[arg-type]
     upstreams: tuple[UpstreamConfig, ...] = Field(..., min_length=1, description="The MCP servers behind the proxy.")
 
     @model_validator(mode="after")

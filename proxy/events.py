@@ -69,6 +69,9 @@ EVENT_TYPES: Final = (
     "session_lost",
     "config_reloaded",
     "config_rejected",
+    "proposal_applied",
+    "proposal_kept",
+    "proposal_rolled_back",
 )
 LATENCY_BUCKETS_MS: Final = (
     1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500,
@@ -164,6 +167,12 @@ class Subscription:
             self._bus.dropped += 1
         self._queue.append(event)
         self._ready.set()
+
+    def take_pending(self) -> list[dict[str, Any]]:
+        """Everything queued now, without waiting (for consumers that poll on their own schedule)."""
+        pending = list(self._queue)
+        self._queue.clear()
+        return pending
 
     async def get(self) -> dict[str, Any]:
         while not self._queue:

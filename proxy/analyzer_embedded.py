@@ -1,0 +1,175 @@
+"""The analyzer inside the proxy: proposals at /proposals, and the opt-in, bounded auto-apply.
+
+With ``analyzer: {enabled: true}`` (and ``serve --config FILE``), the proxy feeds its own events into
+an analyzer window and recomputes the proposals every `interval`; the admin endpoint ``/proposals``
+serves them, and ``analyze --apply ID`` (or an operator's edit) applies one.
+
+``auto_apply`` is off by default. When on, a proposal is applied by itself only if every value it
+changes is a key the operator listed in ``bounds`` and its new value lies in that range; anything else
+waits for a person. After applying, the error rate over ``verify_after`` is compared with the one over
+the same span before; if it got worse (with at least ``min_calls`` calls on each side), the file is
+restored from the backup that applying wrote, and the proxy reloads it. One change is verified at a
+time; each step is an event (``proposal_applied``, ``proposal_kept``, ``proposal_rolled_back``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from proxy.analyzer import ApplyError, Proposal, Window, apply_proposal, propose
+from proxy.config import AnalyzerConfig, ConfigError, parse_duration
+from proxy.events import EventBus, EventRecorder
+
+__all__ = ["EmbeddedAnalyzer", "within_bounds"]
+
+log = structlog.get_logger("proxy.analyzer")
+
+
+def within_bounds(proposal: Proposal, config: AnalyzerConfig) -> bool:
+    """True when auto-apply may apply `proposal`: every change is a bounded key, inside its range."""
+    bounds = config.auto_apply.bounds
+    if proposal.advisory or not proposal.changes:
+        return False
+    for change in proposal.changes:
+        bound = bounds.get(change.key)
+        if bound is None:
+            return False
+        try:
+            value = parse_duration(change.value)
+        except ValueError:
+            return False
+        if not bound.min <= value <= bound.max:
+            return False
+    return True
+
+
+def error_rate(events: list[dict[str, Any]], since: float, until: float) -> tuple[float, int]:
+    """(failed share, calls) of the `call_ok` summaries published between `since` and `until`."""
+    calls = failed = 0
+    for event in events:
+        if event.get("type") == "call_ok" and since <= event["ts"] <= until:
+            calls += int(event["calls"])
+            failed += int(event["calls"]) - int(event["ok"])
+    return (failed / calls if calls else 0.0), calls
+
+
+@dataclass
+class _Verification:
+    proposal: Proposal
+    backup: Path
+    applied_at: float
+    rate_before: float
+    calls_before: int
+
+
+class EmbeddedAnalyzer:
+    """Owns the analysis loop of a proxy started from a config file."""
+
+    def __init__(self, path: Path, config: AnalyzerConfig, bus: EventBus, recorder: EventRecorder) -> None:
+        self.path = path
+        self.config = config
+        self._bus = bus
+        self._recorder = recorder
+        self._window = Window(config.window)
+        self._subscription = bus.subscribe(since=0)
+        self.proposals: list[Proposal] = []
+        self.computed_at: float | None = None
+        self._verifying: _Verification | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._applied: set[str] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="embedded-analyzer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._subscription.close()
+
+    def document(self) -> dict[str, Any]:
+        """The /proposals body."""
+        return {
+            "computed_at": self.computed_at,
+            "window_s": self.config.window,
+            "auto_apply": self.config.auto_apply.enabled,
+            "verifying": None if self._verifying is None else self._verifying.proposal.id,
+            "proposals": [p.to_dict() for p in self.proposals],
+        }
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval)
+            try:
+                self.step()
+            except Exception as exc:  # the analyzer must never take the proxy down
+                log.error("analyzer_failed", error=repr(exc))
+
+    def _drain(self) -> None:
+        for event in self._subscription.take_pending():  # what arrived since the last step
+            self._window.add(event)
+
+    def step(self, now: float | None = None) -> None:
+        """One round: take in new events, recompute proposals, verify or auto-apply."""
+        now = time.time() if now is None else now
+        self._drain()
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            self.proposals = propose(self._window.analysis(), text)
+        except (OSError, ConfigError) as exc:
+            log.warning("analyzer_skipped", reason=str(exc))
+            return
+        self.computed_at = now
+        if not self.config.auto_apply.enabled:
+            return
+        if self._verifying is not None:
+            self._verify(now)
+            return
+        for proposal in self.proposals:
+            if proposal.id not in self._applied and within_bounds(proposal, self.config):
+                self._auto_apply(proposal, now)
+                return
+
+    def _auto_apply(self, proposal: Proposal, now: float) -> None:
+        span = self.config.auto_apply.verify_after
+        rate, calls = error_rate(list(self._bus.recent()), now - span, now)
+        try:
+            backup = apply_proposal(self.path, proposal)
+        except ApplyError as exc:
+            log.warning("auto_apply_refused", proposal=proposal.id, reason=str(exc))
+            self._applied.add(proposal.id)
+            return
+        self._applied.add(proposal.id)
+        self._verifying = _Verification(proposal, backup, now, rate, calls)
+        self._recorder.policy_event("proposal_applied", None, proposal=proposal.id, title=proposal.title, error_rate_before=round(rate, 4))
+
+    def _verify(self, now: float) -> None:
+        checking = self._verifying
+        assert checking is not None
+        span = self.config.auto_apply.verify_after
+        if now < checking.applied_at + span:
+            return
+        rate, calls = error_rate(list(self._bus.recent()), checking.applied_at, now)
+        self._verifying = None
+        enough = min(calls, checking.calls_before) >= self.config.auto_apply.min_calls
+        fields = {"proposal": checking.proposal.id, "error_rate_before": round(checking.rate_before, 4), "error_rate_after": round(rate, 4)}
+        if enough and rate > checking.rate_before:
+            _restore(self.path, checking.backup)
+            self._recorder.policy_event("proposal_rolled_back", None, **fields)
+        else:
+            self._recorder.policy_event("proposal_kept", None, **fields, verified=enough)
+
+
+def _restore(path: Path, backup: Path) -> None:
+    """Put the backup's content back, atomically (through a symlinked path: replace the file it names)."""
+    target = path.resolve()
+    temporary = target.with_name(f".{target.name}.rollback")
+    temporary.write_bytes(backup.read_bytes())
+    os.replace(temporary, target)
