@@ -103,17 +103,24 @@ async def test_quick_start_serves_in_front_of_one_upstream(upstream: FaultUpstre
         assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
-def test_demo_runs_its_phases_and_exits_zero() -> None:
+def test_demo_runs_its_phases_learns_and_exits_zero() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "demo", "--duration", "8"], cwd=REPO, capture_output=True, text=True, timeout=90, check=False
+        [sys.executable, "-m", "proxy", "demo", "--duration", "16"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["healthy"], ["flaky"], ["down"], ["recovered"])}
-    assert list(rows) == ["healthy", "flaky", "down", "recovered"]
-    healthy, flaky, down = rows["healthy"], rows["flaky"], rows["down"]
-    assert int(healthy[-5]) > 0 and int(healthy[-4]) == 0  # calls made, none failed
-    assert int(flaky[-3]) > 0  # the proxy retried
-    assert int(down[-2]) > 0  # reads answered from the fallback cache
-    assert "=== demo finished" in result.stdout
+    names = ("healthy", "flaky", "down", "recovered", "slow", "fixed")
+    rows = {
+        words[0]: words
+        for words in (line.split() for line in result.stdout.splitlines())
+        if words and words[0] in names and all(w.isdigit() for w in words[-6:])
+    }
+    assert list(rows) == list(names)
+    calls, failed, reads_failed, retries, stale, fast_fail = (-6, -5, -4, -3, -2, -1)
+    assert int(rows["healthy"][calls]) > 0 and int(rows["healthy"][failed]) == 0
+    assert int(rows["flaky"][retries]) > 0  # the proxy retried
+    assert int(rows["down"][stale]) > 0 and int(rows["down"][fast_fail]) > 0  # fallback answers, breaker open
+    assert int(rows["slow"][reads_failed]) >= 20  # reads time out ...
+    assert "analyzer proposal" in result.stdout and "+      per_try: " in result.stdout  # ... the analyzer proposes ...
+    assert int(rows["fixed"][reads_failed]) < int(rows["slow"][reads_failed]) // 4  # ... and once applied, they pass
     assert "slow progress: 4 notifications" in result.stdout
     assert result.stderr == ""

@@ -81,6 +81,8 @@ class DemoState:
     """JSON-RPC error code of an injected ``lookup`` failure."""
     extra_latency_s: float = 0.0
     """Added before every tool call does its work (lets timeouts fire without a slow tool)."""
+    read_latency_s: float = 0.0
+    """Added before the resource answers (a slow read, for the demo's timeout lesson)."""
     http_error_rate: float = 0.0
     """Probability that a POST to ``/mcp`` gets a bare HTTP error before the SDK sees it."""
     http_error_status: int = 503
@@ -101,6 +103,7 @@ class DemoState:
             "lookup_failure_rate": self.lookup_failure_rate,
             "lookup_fail_next": self.lookup_fail_next,
             "extra_latency_s": self.extra_latency_s,
+            "read_latency_s": self.read_latency_s,
             "http_error_rate": self.http_error_rate,
             "http_error_status": self.http_error_status,
             "tickets_created": self.tickets_created,
@@ -193,8 +196,10 @@ def build_demo_server(state: DemoState) -> MCPServer:
         return f"TICKET-{state.tickets_created}: {title}"
 
     @server.resource(DEMO_RESOURCE_URI, name="facts", mime_type="application/json")
-    def facts() -> str:
+    async def facts() -> str:
         """Every fact ``lookup`` knows, as one JSON object."""
+        if state.read_latency_s > 0:
+            await asyncio.sleep(state.read_latency_s)
         return json.dumps(FACTS, sort_keys=True)
 
     @server.prompt(name=DEMO_PROMPT)
