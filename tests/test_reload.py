@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.app import ProxyServer, running_proxy
+from proxy.app import running_proxy
 from proxy.config import load_config
 from tests.conftest import ProxyProcess, proxy_config
 from tests.fault_upstream import FaultUpstream
