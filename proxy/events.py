@@ -35,7 +35,7 @@ from typing import Any, Final
 import orjson
 import structlog
 
-from proxy.logs import REDACTED, SECRET_KEY
+from proxy.logs import redact
 from proxy.policies.base import Call, Observer
 
 __all__ = [
@@ -92,18 +92,10 @@ def signature(upstream: str | None, method: str | None, tool: str | None, kind: 
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEY.search(str(k)) else _redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
-
-
 def _params(call: Call, include: bool) -> dict[str, Any]:
     params = {k: v for k, v in call.message.params.items() if k != "_meta"}
     if include:
-        return {"params": _redact(params)}
+        return {"params": redact(params)}
     return {"params_hash": hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]}
 
 

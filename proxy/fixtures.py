@@ -23,7 +23,7 @@ import orjson
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import ProxyError
 from proxy.failures import Verdict, classify_error, classify_reply
-from proxy.logs import REDACTED, SECRET_KEY
+from proxy.logs import redact
 from proxy.policies.base import Call
 from proxy.transport import AiohttpUpstream
 
@@ -32,14 +32,6 @@ __all__ = ["FixtureWriter", "ReplayResult", "replay_directory"]
 FIXTURE_VERSION: Final = 1
 _KEPT_HEADERS: Final = ("content-type", "accept", "mcp-protocol-version", "mcp-method", "mcp-name")
 _LEGACY_VERSION: Final = "2025-11-25"
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEY.search(str(k)) else _redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
 
 
 class FixtureWriter:
@@ -74,7 +66,7 @@ class FixtureWriter:
             "tool": call.tool,
             "signature": signature,
             "legacy_session": call.session_id is not None,
-            "request": {"headers": headers, "body": _redact(call.message.body)},
+            "request": {"headers": headers, "body": redact(call.message.body)},
             "failure": error,
         }
         path = self.directory / f"{signature}-{call.call_id}.json"

@@ -15,17 +15,18 @@ from typing import Any
 
 import structlog
 
-__all__ = ["REDACTED", "SECRET_KEY", "configure_logging", "redact_secrets"]
+__all__ = ["REDACTED", "SECRET_KEY", "configure_logging", "redact", "redact_secrets"]
 
 SECRET_KEY = re.compile(r"authorization|token|secret|password|passwd|cookie|api[-_]?key", re.IGNORECASE)
 REDACTED = "[redacted]"
 
 
-def _scrub(value: Any) -> Any:
+def redact(value: Any) -> Any:
+    """`value` with every entry under a credential-like key replaced, at any depth (logs, events, fixtures)."""
     if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEY.search(str(k)) else _scrub(v) for k, v in value.items()}
+        return {k: REDACTED if SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
+        return [redact(v) for v in value]
     return value
 
 
@@ -35,7 +36,7 @@ def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
         if SECRET_KEY.search(key):
             event_dict[key] = REDACTED
         elif isinstance(event_dict[key], dict | list | tuple):
-            event_dict[key] = _scrub(event_dict[key])
+            event_dict[key] = redact(event_dict[key])
     return event_dict
 
 
