@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 
 from proxy.analyzer_embedded import EmbeddedAnalyzer
-from proxy.config import ProxyConfig
+from proxy.config import ProxyConfig, safe_url
 from proxy.event_sinks import JsonlFile, events_endpoint, log_event
 from proxy.events import EventBus, EventRecorder
 from proxy.fixtures import FixtureWriter
@@ -187,7 +187,7 @@ class ProxyServer:
             "proxy_started",
             listen=self.url,
             admin=self.admin_url,
-            upstreams={u.name: f"{u.path} -> {u.url}" for u in runtime.config.upstreams},
+            upstreams={u.name: f"{u.path} -> {safe_url(u.url)}" for u in runtime.config.upstreams},
             config_hash=runtime.config_hash,
         )
 

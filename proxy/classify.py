@@ -18,7 +18,7 @@ from proxy.jsonrpc import Message, is_read_method
 from proxy.policies.base import Call, Era
 from proxy.policies.resolve import PolicyResolver
 
-__all__ = ["MODERN_VERSION", "classify", "era_of", "identity_hash", "is_idempotent"]
+__all__ = ["MODERN_VERSION", "classify", "era_of", "identity_hash", "is_idempotent", "protocol_of"]
 
 _CALL_IDS = itertools.count(1)
 
@@ -27,14 +27,19 @@ MODERN_VERSION = "2026-07-28"
 _META_VERSION = "io.modelcontextprotocol/protocolVersion"
 
 
-def era_of(headers: Mapping[str, str], message: Message | None) -> Era:
-    """The wire era: from MCP-Protocol-Version, else the modern `_meta` version, else legacy."""
+def protocol_of(headers: Mapping[str, str], message: Message | None) -> str:
+    """The protocol version a request speaks: MCP-Protocol-Version, else the modern `_meta` one, else ''."""
     version = headers.get("MCP-Protocol-Version")
     if version is None and message is not None:
         meta = message.params.get("_meta")
         if isinstance(meta, dict):
             version = meta.get(_META_VERSION)
-    return Era.MODERN if isinstance(version, str) and version >= MODERN_VERSION else Era.LEGACY
+    return version if isinstance(version, str) else ""
+
+
+def era_of(headers: Mapping[str, str], message: Message | None) -> Era:
+    """The wire era: modern from 2026-07-28 on (versions are dates), else legacy."""
+    return Era.MODERN if protocol_of(headers, message) >= MODERN_VERSION else Era.LEGACY
 
 
 def identity_hash(secret: str) -> str:
@@ -70,19 +75,19 @@ def classify(
     policy = resolver.resolve(method, tool)
     authorization = headers.get("Authorization")
     auth_scope = identity_hash(authorization) if authorization else ""
-    client = (headers.get(identity_header) if identity_header else None) or (
-        f"auth:{auth_scope}" if auth_scope else f"addr:{peer or 'unknown'}"
-    )
+    named = headers.get(identity_header) if identity_header else None
+    client = f"id:{identity_hash(named)}" if named else (f"auth:{auth_scope}" if auth_scope else f"addr:{peer or 'unknown'}")
+    protocol = protocol_of(headers, message)
     return Call(
         upstream=upstream,
-        era=era_of(headers, message),
+        era=Era.MODERN if protocol >= MODERN_VERSION else Era.LEGACY,
         method=method,
         tool=tool,
         idempotent=is_idempotent(method, tool, policy.idempotent, annotations),
         client=client,
         auth_scope=auth_scope,
         session_id=headers.get("Mcp-Session-Id"),
-        protocol=headers.get("MCP-Protocol-Version", ""),
+        protocol=protocol,
         message=message,
         body=body,
         headers=forward_headers,

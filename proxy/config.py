@@ -11,7 +11,6 @@ on raw text), so an environment value can never change the structure of the file
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -85,6 +84,9 @@ class LimitsConfig(ConfigModel):
     max_body_bytes: ByteSize = Field(4 * 1024**2, description="Largest request body accepted; larger gets 413.")
     max_response_bytes: ByteSize = Field(
         64 * 1024**2, description="Largest non-streamed (JSON) upstream answer the proxy buffers."
+    )
+    body_timeout: Duration = Field(
+        30.0, gt=0, description="A request body must arrive within this long (a stalled client gets 408)."
     )
 
 
@@ -347,16 +349,18 @@ def _error_lines(exc: ValidationError) -> list[str]:
     ]
 
 
-def _interpolate(node: Any, path: str, env: dict[str, str], errors: list[str]) -> Any:
+def _interpolate(node: Any, path: str, env: dict[str, str], errors: list[str], hidden: set[str]) -> Any:
+    """Replace ${VAR} in string values; `hidden` collects the paths whose value came from the environment."""
     if isinstance(node, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, errors) for k, v in node.items()}
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, errors, hidden) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, f"{path}[{i}]", env, errors) for i, v in enumerate(node)]
+        return [_interpolate(v, f"{path}[{i}]", env, errors, hidden) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in env:
+                hidden.add(path)
                 return env[name]
             if default is not None:
                 return default
@@ -381,12 +385,18 @@ def load_config(text: str, env: dict[str, str] | None = None) -> ProxyConfig:
     if not isinstance(raw, dict):
         raise ConfigError([f"(top level): must be a mapping of keys (got {type(raw).__name__})"])
     errors: list[str] = []
-    raw = _interpolate(raw, "", dict(os.environ) if env is None else env, errors)
+    hidden: set[str] = set()
+    raw = _interpolate(raw, "", dict(os.environ) if env is None else env, errors, hidden)
     try:
         config = ProxyConfig.model_validate(raw)
     except ValidationError as exc:
         unset = {line.split(":", 1)[0] for line in errors}  # already explained: no second error there
-        errors.extend(line for line in _error_lines(exc) if line.split(":", 1)[0] not in unset)
+        for line in _error_lines(exc):
+            where = line.split(":", 1)[0]
+            if where in hidden and " (got " in line:  # environment values are often secrets: never echo them
+                line = line.split(" (got ", 1)[0] + " (the value comes from the environment; not shown)"
+            if where not in unset:
+                errors.append(line)
         raise ConfigError(errors) from exc
     if errors:
         raise ConfigError(errors)
@@ -423,11 +433,11 @@ def _host_port(value: str, flag: str) -> dict[str, Any]:
     return {"host": host, "port": int(port)}
 
 
-def is_loopback(host: str) -> bool:
-    """True for names and addresses that only this machine can reach."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def safe_url(url: str) -> str:
+    """`url` without user info, query or fragment: fit for logs and /status (those may carry secrets)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return f"{parts.scheme}://{netloc}{parts.path}"

@@ -9,11 +9,12 @@ serves the stream as Server-Sent Events with each event's `id`, so a consumer th
 from __future__ import annotations
 
 import os
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
 import orjson
-import structlog
 from aiohttp import web
 
 from proxy.events import EventBus
@@ -21,13 +22,24 @@ from proxy.events import EventBus
 __all__ = ["JsonlFile", "events_endpoint", "log_event"]
 
 FLUSH_EVERY: Final = 64
-_events_log = structlog.get_logger("proxy.events")
 
 
 def log_event(event: dict[str, Any]) -> None:
-    """Bus listener: one structlog JSON line per event."""
-    fields = {k: v for k, v in event.items() if k != "type"}
-    _events_log.info(event["type"], **fields)
+    """Bus listener: one JSON line per event on stderr, in the shape of the proxy's structlog lines.
+
+    Written directly, not through structlog's processor chain: events are already redacted and
+    hashed when they are made, and the chain measured about 10x the cost of the event itself.
+    """
+    line = {"event": event["type"], "level": "info", "logger": "proxy.events", **event}
+    line["timestamp"] = datetime.fromtimestamp(event["ts"], UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    data = orjson.dumps(line) + b"\n"
+    stream = getattr(sys.stderr, "buffer", None)
+    if stream is None:  # a text-only stderr (some test runners)
+        sys.stderr.write(data.decode())
+        sys.stderr.flush()
+    else:
+        stream.write(data)
+        stream.flush()
 
 
 class JsonlFile:

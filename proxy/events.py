@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import re
 import time
@@ -85,6 +86,7 @@ _ENVELOPE: Final = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def signature(upstream: str | None, method: str | None, tool: str | None, kind: str, message: str) -> str:
     """A stable 12-hex-digit name for a kind of failure: numbers, hex ids and UUIDs are normalized away."""
     normalized = _NUMBERS.sub("#", message.strip().lower())
@@ -96,7 +98,7 @@ def _params(call: Call, include: bool) -> dict[str, Any]:
     params = {k: v for k, v in call.message.params.items() if k != "_meta"}
     if include:
         return {"params": redact(params)}
-    return {"params_hash": hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]}
+    return {"params_hash": hashlib.blake2b(orjson.dumps(params, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()}
 
 
 def make_event(

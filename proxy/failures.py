@@ -111,6 +111,9 @@ class Verdict:
         return _RETRY_KEY.get(self.kind)
 
 
+MAX_RETRY_AFTER = 86_400.0
+"""An upstream's Retry-After is capped at a day: anything longer is not a plan, and must not overflow."""
+
 OK = Verdict(Failure.OK)
 CANCELLED = Verdict(Failure.CANCELLED)
 
@@ -120,13 +123,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), MAX_RETRY_AFTER)
 
 
 def _jsonrpc_kind(code: int) -> Failure:

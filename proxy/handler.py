@@ -6,7 +6,7 @@ What the client always gets (never an HTML page, never a dropped connection with
 situation                                 status  body
 ========================================  ======  ===========================================
 Host or Origin not allowed                403     JSON-RPC error -32600, data.reason forbidden_*
-not POST/GET/DELETE                       405     JSON-RPC error -32600, ``Allow`` header
+not POST/GET/DELETE/OPTIONS               405     JSON-RPC error -32600, ``Allow`` header
 POST without application/json             415     JSON-RPC error -32600
 body over ``limits.max_body_bytes``       413     JSON-RPC error -32600
 malformed JSON                            400     JSON-RPC error -32700, id null
@@ -25,6 +25,7 @@ generic -32603.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,12 +33,13 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.classify import classify
 from proxy.errors import ProxyError, StreamBroken, UpstreamHttpError
 from proxy.failures import Failure, classify_error, verdict_of, parse_retry_after
 from proxy.headers import upstream_headers
-from proxy.jsonrpc import INVALID_REQUEST, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
+from proxy.jsonrpc import INVALID_REQUEST, Message, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.fallback import list_changed_kind
 from proxy.runtime import Route, Runtime, RuntimeRef
@@ -48,7 +50,7 @@ __all__ = ["McpHandler"]
 log = structlog.get_logger("proxy")
 
 _JSON = "application/json"
-_ALLOWED_METHODS = "GET, POST, DELETE"
+_ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 
 
 def _json_error(
@@ -105,7 +107,7 @@ class McpHandler:
             return _json_error(403, INVALID_REQUEST, "Forbidden: Origin not allowed", data={"reason": "forbidden_origin"})
         if request.method == "POST":
             return await self._post(request, runtime, route)
-        if request.method in ("GET", "DELETE"):
+        if request.method in ("GET", "DELETE", "OPTIONS"):  # OPTIONS: CORS preflights are the server's to answer
             return await self._passthrough(request, runtime, route)
         runtime.metrics.reject("method_not_allowed")
         return _json_error(
@@ -132,7 +134,12 @@ class McpHandler:
             runtime.metrics.reject("unsupported_media_type")
             return _json_error(415, INVALID_REQUEST, f"Unsupported Media Type: POST needs Content-Type: {_JSON}")
         limit = runtime.config.limits.max_body_bytes
-        body = await self._read_body(request, limit)
+        try:
+            async with asyncio.timeout(runtime.config.limits.body_timeout):
+                body = await self._read_body(request, limit)
+        except TimeoutError:
+            runtime.metrics.reject("body_timeout")
+            return _json_error(408, INVALID_REQUEST, "Request Timeout: the request body did not arrive in time")
         if body is None:
             runtime.metrics.reject("too_large")
             return _json_error(413, INVALID_REQUEST, f"Request body larger than {limit} bytes")
@@ -142,6 +149,10 @@ class McpHandler:
             runtime.metrics.reject("bad_json" if exc.code == -32700 else "not_jsonrpc")
             return _json_error(400, exc.code, exc.message, exc.request_id)
         headers = upstream_headers(request.headers, request.headers.items())
+        if message.kind is Kind.BATCH:
+            refusal = await self._batch_refusal(request, runtime, route, message, body, headers)
+            if refusal is not None:
+                return refusal
         if message.kind is not Kind.REQUEST:
             return await self._forward(request, runtime, route, "POST", headers, body)
         call = classify(
@@ -156,6 +167,33 @@ class McpHandler:
             route.annotations,
         )
         return await self._call(request, runtime, route, call)
+
+    async def _batch_refusal(
+        self, request: web.BaseRequest, runtime: Runtime, route: Route, message: Message, body: bytes, headers: Any
+    ) -> web.Response | None:
+        """A batch is relayed whole (so it cannot be retried or cached), but it never skips the limits.
+
+        MCP removed batching in 2025-06-18: from that version on it is refused. For older clients each
+        request in it spends its own rate-limit token, as the same requests sent one by one would.
+        """
+        version = request.headers.get("MCP-Protocol-Version", "")
+        if version >= BATCHING_REMOVED_IN:
+            runtime.metrics.reject("batch")
+            return _json_error(400, INVALID_REQUEST, f"JSON-RPC batches are not part of MCP {version}")
+        limiter = runtime.shared.rate_limit
+        for item in message.body:
+            if not (isinstance(item, dict) and "method" in item and "id" in item):
+                continue
+            one = parse_message(orjson.dumps(item))
+            call = classify(
+                route.upstream.name, one, body, request.headers, headers, request.remote,
+                runtime.config.client_identity.header, route.resolver, route.annotations,
+            )
+            try:
+                await limiter(call, _admitted)
+            except ProxyError as exc:
+                return _json_error(exc.status(), exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
+        return None
 
     async def _call(self, request: web.BaseRequest, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
         metrics = runtime.metrics
@@ -187,7 +225,7 @@ class McpHandler:
             if reply.stream is None:
                 outcome = _outcome(reply)
                 if outcome == "ok":
-                    if call.method == "tools/list":
+                    if call.method == "tools/list" and route.config.trust_annotations:
                         route.state.annotations.learn(reply.message)
                 else:
                     self._answered_with_failure(runtime, call, reply, started, outcome)
@@ -251,7 +289,7 @@ class McpHandler:
                     if final is not None:
                         answered = True
                         settle("jsonrpc_error" if "error" in final else "ok")
-                        if call.method == "tools/list" and "result" in final:
+                        if call.method == "tools/list" and "result" in final and route.config.trust_annotations:
                             route.state.annotations.learn(final)
                         break
         except StreamBroken as exc:
@@ -345,6 +383,14 @@ class McpHandler:
             runtime.events.policy_event("session_lost", call)
         elif verdict.server_failure or verdict.kind is Failure.HTTP_429:
             self._report(runtime, call, verdict.as_error(), reason, reply.status, started)
+
+
+BATCHING_REMOVED_IN = "2025-06-18"
+
+
+async def _admitted(call: Call) -> Reply:
+    """The end of a rate-limit check that sends nothing (a batch entry's token)."""
+    return Reply(202, CIMultiDict())
 
 
 def _with_extra(reply: Reply) -> Any:

@@ -100,11 +100,12 @@ class ConfigReloader:
                     raise ConfigError([f"cannot read {self.path}"])
                 config = load_config(data.decode("utf-8", errors="replace"))
                 await self._apply(config)
-            except ConfigError as exc:
+            except Exception as exc:  # whatever fails, the old config keeps serving and reloads go on
+                errors = exc.errors if isinstance(exc, ConfigError) else [f"could not apply the new config: {exc!r}"]
                 self.rejected += 1
-                result = ReloadResult("rejected", trigger, digest, errors=tuple(exc.errors))
-                log.error("config_rejected", path=str(self.path), trigger=trigger, errors=exc.errors)
-                self._observer.policy_event("config_rejected", None, trigger=trigger, errors=list(exc.errors))
+                result = ReloadResult("rejected", trigger, digest, errors=tuple(errors))
+                log.error("config_rejected", path=str(self.path), trigger=trigger, errors=errors)
+                self._observer.policy_event("config_rejected", None, trigger=trigger, errors=list(errors))
             else:
                 self.applied += 1
                 result = ReloadResult("applied", trigger, digest)

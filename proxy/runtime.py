@@ -153,13 +153,17 @@ def _state_for(
             annotations=ToolAnnotations(),
             health=_new_health(upstream, clock, metrics, observer),
         )
+    if previous.transport.config.url != upstream.url:
+        # Another server now: nothing learned about the old one (breakers, budgets, annotations,
+        # health) applies to it.
+        return _state_for(upstream, limits, None, clock, metrics, observer)
     transport = previous.transport
     if transport.same_connection(upstream, limits):
         transport.config = upstream
     else:
         transport = AiohttpUpstream(upstream, limits)
     health = previous.health
-    if health.config != upstream.health or previous.transport.config.url != upstream.url:
+    if health.config != upstream.health:
         health = _new_health(upstream, clock, metrics, observer)
     return UpstreamState(transport, previous.retry, previous.breaker, previous.annotations, health)
 
@@ -187,6 +191,14 @@ def build_runtime(
         stages = build_stages(upstream, state, shared, clock, observer, observe)
         routes[upstream.path] = Route(state, upstream, build_pipeline(state.transport.send, stages), PolicyResolver(upstream), stages)
     shared.rate_limit.retain(_rate_limits(routes))
+    shared.cache.retain(
+        {
+            (route.config.name, policy.cache)
+            for route in routes.values()
+            for policy in route.resolver.policies()
+            if policy.cache is not None
+        }
+    )
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)
     return Runtime(config, routes, hosts, metrics, config_hash(config), shared, states, events)
 

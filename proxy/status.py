@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from proxy.config import safe_url
 from proxy.reload import ConfigReloader
 from proxy.runtime import Runtime, UpstreamState
 
@@ -18,7 +19,7 @@ __all__ = ["status_document"]
 def _upstream(state: UpstreamState, path: str) -> dict[str, Any]:
     config = state.transport.config
     return {
-        "url": config.url,
+        "url": safe_url(config.url),
         "path": path,
         "health": state.health.snapshot(),
         "breakers": [

@@ -24,7 +24,7 @@ from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.headers import client_headers
 from proxy.jsonrpc import LONG_LIVED_METHODS, final_response
-from proxy.policies.base import Call, Reply
+from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.sse import SSEParser
 
 __all__ = ["AiohttpUpstream", "SSEBody"]
@@ -73,6 +73,39 @@ class SSEBody:
     async def close(self) -> None:
         """Abandon the stream: the connection is closed, not returned half-read to the pool."""
         self._response.close()
+
+
+def _asks_the_client(data: str) -> bool:
+    """True when SSE event data is a server->client JSON-RPC request (it has both `method` and `id`)."""
+    if '"method"' not in data or '"id"' not in data:
+        return False
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and "method" in message and "id" in message
+
+
+class _Replay:
+    """A stream whose first chunks were already read: those again, then the rest of the original."""
+
+    __slots__ = ("_read", "_rest")
+
+    def __init__(self, read: list[bytes], rest: ReplyStream) -> None:
+        self._read = read
+        self._rest = rest
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        for chunk in self._read:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    async def close(self) -> None:
+        await self._rest.close()
 
 
 def _describe(exc: BaseException) -> str:
@@ -158,12 +191,16 @@ class AiohttpUpstream:
 
         If the stream ends first but gave event ids, the bytes so far are returned as they are: the
         client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection.
+        If the server sends the client a request on the way (sampling, elicitation, roots), buffering
+        stops at once: the server waits for that answer, so the stream is handed on (what was read,
+        then the rest) and the call is committed, as any streamed answer is.
         """
         assert reply.stream is not None
         parser = SSEParser()
         chunks: list[bytes] = []
         total = 0
         final: Any = None
+        handed_on = False
         try:
             async for chunk in reply.stream:
                 total += len(chunk)
@@ -176,12 +213,16 @@ class AiohttpUpstream:
                     final = final_response(event.data, request_id)
                     if final is not None:
                         break
+                    if _asks_the_client(event.data):
+                        handed_on = True
+                        return Reply(reply.status, reply.headers, stream=_Replay(chunks, reply.stream))
                 if final is not None:
                     break
         except StreamBroken as exc:
             raise UpstreamUnavailable(exc.message, upstream=self.name) from None
         finally:
-            await reply.stream.close()
+            if not handed_on:
+                await reply.stream.close()
         if final is None and parser.last_event_id is None:
             raise UpstreamUnavailable("upstream stream ended before the response", upstream=self.name)
         return Reply(reply.status, reply.headers, body=b"".join(chunks), message=final)

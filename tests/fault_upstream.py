@@ -35,6 +35,7 @@ class Fault:
     sse: bool = False  # answer as SSE with progress notifications first
     sse_break_after: int | None = None  # with sse: events sent before the connection drops
     sse_hang_after: int | None = None  # with sse: events sent before the stream goes silent for good
+    asks_client: bool = False  # with sse: first send the client a request (roots/list), then wait for good
     seen: int = 0
 
     def active(self) -> bool:
@@ -99,6 +100,11 @@ class FaultUpstream:
             return web.Response(status=405)
         raw = await request.read()
         body = json.loads(raw)
+        if isinstance(body, list):  # a pre-2025-06-18 batch: every entry counted, requests answered
+            for item in body:
+                self.attempts[self.key(item.get("method", ""))] += 1
+            answers = [self._message(item, None, None) for item in body if "id" in item]
+            return web.json_response(answers) if answers else web.Response(status=202)
         method = body.get("method", "")
         tool = body.get("params", {}).get("name") if method == "tools/call" else None
         self.received.append(Received(method, tool, dict(request.headers), raw))
@@ -164,6 +170,10 @@ class FaultUpstream:
             {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": n}}
             for n in (1, 2, 3)
         ] + [message]
+        if fault.asks_client:
+            ask = {"jsonrpc": "2.0", "id": "server-1", "method": "roots/list"}
+            await response.write(f"event: message\ndata: {json.dumps(ask)}\n\n".encode())
+            await self._hang()
         limit = 0 if fault.drop == "after_headers" else fault.sse_break_after
         for index, event in enumerate(events):
             if fault.sse_hang_after is not None and index >= fault.sse_hang_after:

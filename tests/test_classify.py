@@ -28,3 +28,15 @@ def test_client_identity_never_holds_the_secret() -> None:
     assert with_auth.auth_scope == with_auth.client.removeprefix("auth:")
     assert make_call(CALL).client == "addr:127.0.0.1"
     assert make_call(CALL, **{"Mcp-Session-Id": "abc"}).session_id == "abc"
+
+
+def test_a_configured_identity_header_is_hashed_too() -> None:
+    from proxy.classify import classify
+    from proxy.jsonrpc import parse_message
+    from proxy.policies.resolve import PolicyResolver
+    from tests.fakes import upstream_config
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict({"X-Client-Id": "alice@example.com"})
+    call = classify("up", parse_message(CALL), CALL, headers, CIMultiDict(), "127.0.0.1", "X-Client-Id", PolicyResolver(upstream_config()))
+    assert call.client.startswith("id:") and "alice" not in call.client

@@ -110,3 +110,18 @@ def test_every_example_is_valid(path: Path) -> None:
 def test_there_is_an_example_per_policy() -> None:
     names = {p.stem for p in (REPO / "config" / "examples").glob("*.yaml")}
     assert {"retry", "breaker", "rate-limit", "cache", "timeouts"} <= names
+
+
+def test_values_from_the_environment_are_never_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config("upstreams: [{name: a, url: '${UP}'}]", {"UP": "token-abc123"})
+    assert caught.value.errors == [
+        "upstreams[0].url: not a URL: need http:// or https:// and a host (the value comes from the environment; not shown)"
+    ]
+
+
+def test_safe_url_drops_credentials_and_queries() -> None:
+    from proxy.config import safe_url
+
+    assert safe_url("https://user:pw@mcp.example.com:8443/mcp?token=x#f") == "https://mcp.example.com:8443/mcp"
+    assert safe_url("http://[::1]:3000/mcp") == "http://[::1]:3000/mcp"

@@ -52,4 +52,7 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
     assert parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", now=40.0) == 0.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert parse_retry_after("²") is None  # a digit to str.isdigit, not to float()
+    assert parse_retry_after("9" * 400) == 86_400.0  # capped, never inf
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now=0.0) == 86_400.0
     assert classify_reply(reply_status(429, **{"Retry-After": "3"}), False).retry_after == 3.0

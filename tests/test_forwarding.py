@@ -233,3 +233,35 @@ async def test_health_and_readiness(proxy: ProxyServer) -> None:
         async with session.get(proxy.admin_url + "/readyz") as response:
             assert response.status == 200
             assert (await response.json())["status"] == "ready"
+
+
+async def test_a_read_whose_server_asks_the_client_is_handed_on_at_once(upstream: FaultUpstream) -> None:
+    upstream.fault("resources/read", sse=True, asks_client=True)
+    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "5s"}})
+    async with running_proxy(config) as proxy, aiohttp.ClientSession() as session:
+        read = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "x://y"}}
+        async with session.post(mcp_url(proxy), json=read, headers=JSON_HEADERS) as response:
+            assert response.headers["Content-Type"] == "text/event-stream"
+            first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 2)
+    assert json.loads(first.decode().split("data: ", 1)[1]) == {"jsonrpc": "2.0", "id": "server-1", "method": "roots/list"}
+    assert upstream.attempts["resources/read"] == 1
+
+
+async def test_options_preflights_reach_the_upstream(proxy: ProxyServer, upstream: FaultUpstream) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.options(mcp_url(proxy), headers={"Origin": "http://localhost:3000"}) as response:
+            assert response.status == 405  # the fault upstream's own answer, not the proxy's
+            assert response.content_type != "application/json"
+
+
+async def test_a_stalled_body_gets_408_and_the_proxy_keeps_serving(upstream: FaultUpstream) -> None:
+    async with running_proxy(proxy_config(upstream.url, limits={"body_timeout": "200ms"})) as proxy:
+        host, port = proxy.listen_address
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408")
+        status, _, body = await post(mcp_url(proxy), LIST)
+        assert status == 200 and json.loads(body)["id"] == 1

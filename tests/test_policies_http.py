@@ -163,3 +163,30 @@ async def test_ttl_cache_single_flight_under_50_concurrent_misses(upstream: Faul
     assert all(status == 200 for status, _, _ in answers)
     assert again[1]["X-Mcp-Proxy-Cache"] == "hit" and again[2]["id"] == 99
     assert upstream.attempts["resources/read"] == 1
+
+
+@pytest.mark.parametrize("retry_after", ["²", "9" * 400, "soon"])
+async def test_odd_retry_after_values_never_break_the_answer(upstream: FaultUpstream, retry_after: str) -> None:
+    upstream.fault("tools/call", "create_ticket", status=429, retry_after=retry_after)
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        status, headers, body = await send(proxy.url + "/mcp", call_tool("create_ticket", 5))
+    assert status == 429 and body["id"] == 5
+    assert body["error"]["data"]["reason"] in ("rate_limited", "upstream_http_error")
+    assert int(headers.get("Retry-After", "0")) <= 86_400
+
+
+async def test_batches_never_skip_the_limits(upstream: FaultUpstream) -> None:
+    config = proxy_config(upstream.url, upstream={"rate_limit": {"rate": 2, "per": "1m", "burst": 2}})
+    batch = [{"jsonrpc": "2.0", "id": n, "method": "ping"} for n in range(3)]
+    async with running_proxy(config) as proxy, aiohttp.ClientSession() as session:
+        url = proxy.url + "/mcp"
+        async with session.post(url, json=batch, headers={**JSON_HEADERS, "MCP-Protocol-Version": "2025-11-25"}) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["message"] == "JSON-RPC batches are not part of MCP 2025-11-25"
+        old = {**JSON_HEADERS, "MCP-Protocol-Version": "2025-03-26"}
+        async with session.post(url, json=batch[:2], headers=old) as response:
+            assert response.status == 200  # two requests, two tokens
+        async with session.post(url, json=batch[:1], headers=old) as response:
+            assert response.status == 429
+            assert (await response.json())["error"]["data"]["reason"] == "rate_limited"
+    assert upstream.attempts["ping"] == 2

@@ -91,10 +91,6 @@ class Reply:
     verdict: Any = None
     """The failure classifier's verdict, computed once (`proxy.failures.verdict_of`) for every stage."""
 
-    @property
-    def is_stream(self) -> bool:
-        return self.stream is not None
-
 
 Handler = Callable[[Call], Awaitable[Reply]]
 

@@ -124,6 +124,8 @@ class Breaker:
             return
         storage = self._cb._state_storage
         if self.state == HALF_OPEN:
+            if not trial:
+                return  # admitted before the breaker opened: only the trials decide half-open
             if verdict.server_failure:
                 self._cb.open()
                 return

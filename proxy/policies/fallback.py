@@ -47,6 +47,8 @@ CACHE_META: Final = "io.github.mcp-resilience-proxy/cache"
 CACHE_HEADER: Final = "X-Mcp-Proxy-Cache"
 
 Key = tuple[str, str, str, bytes, str | None]
+FlightKey = tuple[str, str, str, bytes, str | None, str | None]
+"""A store key plus the legacy session id: concurrent identical calls share one upstream call per session."""
 """(upstream, method, canonical params, Authorization scope; None for an answer every client may share)."""
 
 
@@ -132,7 +134,7 @@ class CacheStage:
         self._observer = observer
         self._now_wall = now_wall  # wall time for Retry-After dates; None: the real time
         self._stores: dict[tuple[str, CacheConfig], ResponseCache] = {}
-        self._flights: dict[Key, _Flight] = {}
+        self._flights: dict[FlightKey, _Flight] = {}
         self._generation: dict[str, int] = {}  # per upstream, bumped by invalidation
         self._background: set[asyncio.Task[None]] = set()
 
@@ -142,6 +144,11 @@ class CacheStage:
         if store is None:
             store = self._stores[(upstream, cfg)] = ResponseCache(cfg.max_entries, cfg.max_bytes)
         return store
+
+    def retain(self, live: set[tuple[str, CacheConfig]]) -> None:
+        """After a reload: drop the stores of (upstream, cache config) pairs no longer in use."""
+        for key in [key for key in self._stores if key not in live]:
+            del self._stores[key]
 
     def stats(self) -> dict[str, int]:
         """For /status: stores, answers and bytes held, calls in flight."""
@@ -179,7 +186,9 @@ class CacheStage:
                 self._observer.policy_event("fallback_served", call, status="hit")
                 return _served(entry, call, "hit", now)
         try:
-            reply, verdict = await self._join(keys[0], pair, call, next, store)
+            # A flight never spans two legacy sessions: one session's answer (an expired session's
+            # 404, its headers) must never reach another.
+            reply, verdict = await self._join((*keys[0], call.session_id), pair, call, next, store)
         except ProxyError:
             stale = self._stale(store, keys, call)
             if stale is None:
@@ -202,7 +211,7 @@ class CacheStage:
         return _served(entry, call, "stale", now)
 
     async def _join(
-        self, key: Key, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache
+        self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache
     ) -> tuple[Reply, Verdict]:
         """The outcome of the flight for `key`, taking off if there is none; `pair` is `call`'s own keys."""
         flight = self._flights.get(key) or self._take_off(key, pair, call, next, store)
@@ -227,13 +236,13 @@ class CacheStage:
             return _rebuilt(reply, call), verdict
         return await self._fetch(pair, call, next, store)
 
-    def _take_off(self, key: Key, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache) -> _Flight:
+    def _take_off(self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache) -> _Flight:
         task = asyncio.create_task(self._fetch(pair, call, next, store), name=f"cache-flight:{call.method}")
         flight = self._flights[key] = _Flight(call, task)
         task.add_done_callback(lambda _: self._land(key, flight))
         return flight
 
-    def _land(self, key: Key, flight: _Flight) -> None:
+    def _land(self, key: FlightKey, flight: _Flight) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
 
@@ -332,9 +341,10 @@ def _served(entry: Entry, call: Call, status: str, now: float) -> Reply:
 def _rebuilt(reply: Reply, call: Call) -> Reply:
     """The leader's answer for a follower: the same JSON-RPC response with the follower's id."""
     message = reply.message
-    if not isinstance(message, dict) or "id" not in message:
-        return Reply(reply.status, reply.headers.copy(), body=reply.body, message=message)
-    message = {**message, "id": call.message.id}
     headers = reply.headers.copy()
+    headers.popall("Mcp-Session-Id", None)  # the leader's session is not the follower's
+    if not isinstance(message, dict) or "id" not in message:
+        return Reply(reply.status, headers, body=reply.body, message=message)
+    message = {**message, "id": call.message.id}
     headers["Content-Type"] = "application/json"  # a buffered SSE answer is sent on as plain JSON
     return Reply(reply.status, headers, body=orjson.dumps(message), message=message)

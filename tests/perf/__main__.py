@@ -401,7 +401,7 @@ def _median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return rounds[0]
 
     def med(get: Any) -> float:
-        return statistics.median(get(r) for r in rounds)
+        return float(statistics.median(get(r) for r in rounds))
 
     return {
         "rps": med(lambda r: r["rps"]),
@@ -642,7 +642,7 @@ def _events_compare(
     rounds_n = args.rounds
     fail_every = args.fail_every
     sys.stdout.write(
-        f"events on vs off: pinning "
+        "events on vs off: pinning "
         + (
             f"wrk -> CPU {place['wrk']}, upstreams -> CPU {place['upstream']}, proxies -> CPU {place['forwarder']}\n"
             if place["forwarder"] is not None
@@ -728,7 +728,7 @@ def _events_compare(
             )
         on, off = results["on"], results["off"]
         paired = [
-            a["rps"] / b["rps"] for a, b in zip(runs[workload, "on"], runs[workload, "off"])
+            a["rps"] / b["rps"] for a, b in zip(runs[workload, "on"], runs[workload, "off"], strict=True)
         ]
         ratio = on["rps"] / off["rps"]
         cpu_ratio = on["cpu_us_per_request"] / off["cpu_us_per_request"]

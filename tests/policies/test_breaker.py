@@ -183,3 +183,25 @@ async def test_disabled_breaker_passes_everything() -> None:
     call = make_call(LIST, upstream_config(breaker={"enabled": False}))
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 10)
     assert stage.breakers == []
+
+
+async def test_only_the_trials_decide_a_half_open_breaker() -> None:
+    clock = FakeClock()
+    stage = BreakerStage("up", clock)
+    call = make_call(LIST, breaker_config(failure_threshold=1))
+    straggler = FakeUpstream(reply_ok())
+    straggler.gate = asyncio.Event()
+    early = asyncio.ensure_future(stage(call, straggler))  # admitted while closed, answers late
+    await asyncio.sleep(0)
+    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)
+    clock.advance(10)
+    trial_upstream = FakeUpstream(reply_ok())
+    trial_upstream.gate = asyncio.Event()
+    trial = asyncio.ensure_future(stage(call, trial_upstream))
+    await asyncio.sleep(0)
+    straggler.gate.set()
+    await early
+    assert stage.breakers[0].state == "half-open"  # the straggler's success proves nothing
+    trial_upstream.gate.set()
+    await trial
+    assert stage.breakers[0].state == "closed"

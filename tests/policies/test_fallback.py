@@ -480,3 +480,18 @@ async def test_initialize_and_ping_are_never_answered_from_the_cache(method: str
     await stage(call(1, method, mode="fallback"), upstream)
     with pytest.raises(UpstreamTimeout):
         await stage(call(2, method, mode="fallback"), upstream)
+
+
+async def test_concurrent_calls_of_two_legacy_sessions_never_share_a_flight() -> None:
+    stage = CacheStage(FakeClock())
+    upstream = FakeUpstream(reply_result({"tools": []}))
+    upstream.gate = asyncio.Event()
+    cfg = upstream_config(cache={"mode": "fallback"})
+    calls = [make_call(request(n), cfg, None, **{"Mcp-Session-Id": f"session-{n % 2}"}) for n in range(4)]
+    pending = [asyncio.ensure_future(stage(c, echo(upstream))) for c in calls]
+    await asyncio.sleep(0)
+    upstream.gate.set()
+    replies = await asyncio.gather(*pending)
+    assert upstream.attempts == 2  # one flight per session
+    assert [body_of(r)["id"] for r in replies] == [0, 1, 2, 3]
+    assert all("Mcp-Session-Id" not in r.headers for r in replies)
