@@ -30,7 +30,8 @@ def log_event(event: dict[str, Any]) -> None:
     Written directly, not through structlog's processor chain: events are already redacted and
     hashed when they are made, and the chain measured about 10x the cost of the event itself.
     """
-    line = {"event": event["type"], "level": "info", "logger": "proxy.events", **event}
+    line = {"event": event["type"], "level": "info", "logger": "proxy.events"}
+    line.update((k, v) for k, v in event.items() if k != "type")  # `event` names the type, as in every log line
     line["timestamp"] = datetime.fromtimestamp(event["ts"], UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     data = orjson.dumps(line) + b"\n"
     stream = getattr(sys.stderr, "buffer", None)
