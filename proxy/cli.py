@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a config file; exit 1 listing every error with its path")
     validate.add_argument("file", metavar="FILE")
 
-    commands.add_parser("schema", help="print the JSON Schema of the config file")
+    schema = commands.add_parser("schema", help="print the JSON Schema of the config file (or of events)")
+    schema.add_argument("--events", action="store_true", help="the schema of failure events instead")
 
     demo = commands.add_parser(
         "demo",
@@ -164,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        _out(orjson.dumps(ProxyConfig.model_json_schema(), option=orjson.OPT_INDENT_2).decode())
+        from proxy.event_schema import event_schema
+
+        document = event_schema() if args.events else ProxyConfig.model_json_schema()
+        _out(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
     if args.command == "validate":
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 
 from tests.conftest import REPO, ProxyProcess
 from tests.fault_upstream import FaultUpstream
@@ -77,6 +78,10 @@ async def test_a_timeout_proposal_appears_applies_and_the_errors_drop(
             if sum(e["type"] == "timeout_observed" for e in events) == 25:
                 break
             await asyncio.sleep(0.05)
+
+    validator = jsonschema.Draft202012Validator(json.loads((REPO / "config" / "events.schema.json").read_text()))
+    for event in events:  # what a real proxy publishes fits the documented schema
+        validator.validate(event)
 
     code, out, err = await cli("analyze", "--follow", proxy.admin_url, "--once", "--config", str(config_file), "--json")
     assert code == 0, err

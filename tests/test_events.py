@@ -184,3 +184,30 @@ def test_a_failing_sink_never_fails_the_publisher() -> None:
     bus.listeners.extend([broken, lambda event: seen.append(event["id"])])
     bus.publish({"type": "retry"})
     assert seen == [1] and bus.published == 1
+
+
+def test_the_exported_event_schema_is_current_and_every_real_event_fits(tmp_path: Path) -> None:
+    import jsonschema
+
+    from proxy.event_schema import event_schema
+    from tests.conftest import REPO
+
+    schema = event_schema()
+    assert json.loads((REPO / "config" / "events.schema.json").read_text()) == schema
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    bus = EventBus()
+    recorder = EventRecorder(bus)
+    call = make_call(tool_call("lookup"))
+    recorder.policy_event("retry", call, failure="timeout", delay_ms=12.5, error={"kind": "timeout", "message": "late"})
+    recorder.policy_event("timeout", call, limit_ms=100.0, observing=True)
+    recorder.policy_event("breaker_state", None, upstream="up", breaker="up", old="closed", new="open")
+    recorder.call_failed(call, {"kind": "timeout", "http_status": None, "jsonrpc_code": -32051, "message": "late"}, 3.0, reason="upstream_timeout", http_status=504, client="addr:x")
+    recorder.call_finished(call, "ok", 4.0)
+    recorder.flush_summaries()
+    events = bus.recent()
+    assert [e["type"] for e in events] == ["retry", "timeout", "breaker_state", "call_failed", "call_ok"]
+    for event in events:
+        validator.validate(event)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**events[0], "signature": "not-hex"})
