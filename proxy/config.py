@@ -21,20 +21,50 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from proxy.config_types import ByteSize, ConfigModel, Duration, parse_duration
+from proxy.config_operations import (
+    ActiveHealthConfig,
+    AnalyzerConfig,
+    AutoApplyConfig,
+    BoundConfig,
+    EventFileConfig,
+    EventsConfig,
+    FixturesConfig,
+    HealthConfig,
+    PassiveHealthConfig,
+    ReadinessConfig,
+    ReloadConfig,
+)
 from proxy.policy_config import BreakerConfig, CacheConfig, RateLimitConfig, RetryConfig, RuleConfig, TimeoutsConfig
 
 __all__ = [
+    "ActiveHealthConfig",
     "AdminConfig",
+    "AnalyzerConfig",
+    "AutoApplyConfig",
+    "BoundConfig",
+    "ClientIdentityConfig",
     "ConfigError",
     "Duration",
+    "EventFileConfig",
+    "EventsConfig",
+    "FixturesConfig",
+    "HealthConfig",
+    "LimitsConfig",
     "ListenConfig",
+    "LoggingConfig",
+    "PassiveHealthConfig",
+    "PoolConfig",
     "ProxyConfig",
+    "ReadinessConfig",
+    "ReloadConfig",
     "SecurityConfig",
     "TimeoutsConfig",
     "UpstreamConfig",
     "load_config",
     "load_config_file",
     "parse_duration",
+    "quickstart_config",
+    "safe_url",
 ]
 
 LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]", "::1")
@@ -105,32 +135,6 @@ class PoolConfig(ConfigModel):
     keepalive_timeout: Duration = Field(30.0, gt=0, description="How long an idle pooled connection is kept.")
 
 
-class ActiveHealthConfig(ConfigModel):
-    """MCP-level probes over POST: `server/discover` (modern) or `ping` on a health session (legacy)."""
-
-    enabled: bool = Field(True, description="Probe the upstream on an interval.")
-    interval: Duration = Field(10.0, gt=0, description="Time between probes.")
-    jitter: float = Field(0.1, ge=0, le=1, description="Each interval varies randomly by up to this fraction.")
-    timeout: Duration = Field(2.0, gt=0, description="A probe that takes longer fails.")
-    healthy_threshold: int = Field(2, ge=1, description="Consecutive successes that make an unhealthy upstream healthy.")
-    unhealthy_threshold: int = Field(3, ge=1, description="Consecutive failures that make a healthy upstream unhealthy.")
-    protocol: Literal["auto", "modern", "legacy"] = Field(
-        "auto", description="auto: server/discover, falling back to a legacy ping session when it is not supported."
-    )
-
-
-class PassiveHealthConfig(ConfigModel):
-    """Outlier detection from real traffic, through the failure classifier."""
-
-    enabled: bool = Field(True, description="Let real calls' server-side failures mark the upstream unhealthy.")
-    consecutive_failures: int = Field(5, ge=1, description="Consecutive server-side failures of real calls that do.")
-
-
-class HealthConfig(ConfigModel):
-    active: ActiveHealthConfig = Field(default_factory=ActiveHealthConfig)  # type: ignore[arg-type]
-    passive: PassiveHealthConfig = Field(default_factory=PassiveHealthConfig)  # type: ignore[arg-type]
-
-
 class UpstreamConfig(ConfigModel):
     """One MCP server behind the proxy, and where clients reach it."""
 
@@ -171,98 +175,6 @@ class ClientIdentityConfig(ConfigModel):
     header: str | None = Field(
         None, description="Header that names the client (e.g. X-Client-Id). Else the Authorization hash, else the remote address."
     )
-
-
-class ReadinessConfig(ConfigModel):
-    """What /readyz requires besides a loaded config and not draining."""
-
-    require_healthy_upstream: bool = Field(
-        True, description="Ready only while at least one upstream is healthy (probed, or not yet failing)."
-    )
-
-
-class ReloadConfig(ConfigModel):
-    """Hot reload of the config file (also on SIGHUP and POST /reload on the admin port)."""
-
-    watch: bool = Field(True, description="Watch the file's directory (survives the Kubernetes ConfigMap symlink swap).")
-    interval: Duration = Field(1.0, gt=0, description="How often the file's content hash is compared (the polling fallback).")
-
-
-class EventFileConfig(ConfigModel):
-    """An optional JSON-lines file of every event, rotated by size."""
-
-    path: str | None = Field(None, description="File to append events to (one JSON object per line); unset: no file.")
-    max_bytes: ByteSize = Field(10 * 1024**2, description="Rotate when the file reaches this size.")
-    backups: int = Field(3, ge=0, le=100, description="Rotated files kept (FILE.1 … FILE.N).")
-
-
-class FixturesConfig(ConfigModel):
-    """Failing exchanges saved (redacted) as regression fixtures, for `mcp-resilience-proxy replay`."""
-
-    dir: str | None = Field(None, description="Directory for the fixture files; unset: none are saved.")
-    per_signature: int = Field(5, ge=1, description="Fixtures kept per failure signature.")
-
-
-class EventsConfig(ConfigModel):
-    """Failure events: every failure-relevant moment as one structured, versioned JSON object."""
-
-    enabled: bool = Field(True, description="Produce events (the analyzer reads nothing else).")
-    buffer: int = Field(10_000, ge=100, description="Recent events kept in memory for /events and the analyzer.")
-    subscriber_queue: int = Field(
-        1000, ge=10, description="Events a slow /events consumer may lag behind before its oldest are dropped."
-    )
-    log: bool = Field(True, description="Also write each event as a structlog JSON line.")
-    include_params: bool = Field(
-        False, description="Put the call's params (secrets redacted) in events; default: only a hash of them."
-    )
-    summary_interval: Duration = Field(
-        10.0, gt=0, description="Period of the call_ok summaries (counts and latency histograms per tool)."
-    )
-    observe_timeouts: Duration = Field(
-        10.0,
-        ge=0,
-        description="After a per-try timeout of an idempotent call, keep waiting this long in the background "
-        "(the answer is not delivered) to record when it would have arrived; 0 turns it off.",
-    )
-    file: EventFileConfig = Field(default_factory=EventFileConfig)  # type: ignore[arg-type]
-    fixtures: FixturesConfig = Field(default_factory=FixturesConfig)  # type: ignore[arg-type]
-
-
-class BoundConfig(ConfigModel):
-    """The range an automatic change may move a value within (durations or plain numbers)."""
-
-    min: Duration = Field(..., description="Lowest value auto-apply may set.")
-    max: Duration = Field(..., description="Highest value auto-apply may set.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> BoundConfig:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
-        return self
-
-
-class AutoApplyConfig(ConfigModel):
-    """Off by default: apply proposals by themselves, only inside declared bounds, rolled back if worse."""
-
-    enabled: bool = Field(False, description="Apply proposals without an operator (needs bounds).")
-    bounds: dict[str, BoundConfig] = Field(
-        default_factory=dict,
-        description="Policy keys auto-apply may change, with their ranges, e.g. {timeouts.per_try: {min: 1s, max: 30s}}. "
-        "A proposal touching any other key, or going out of range, waits for an operator.",
-    )
-    verify_after: Duration = Field(
-        60.0, gt=0, description="After applying, compare the error rate of this long with the one before; worse rolls back."
-    )
-    min_calls: int = Field(20, ge=1, description="Calls needed in each window for the comparison to count.")
-
-
-class AnalyzerConfig(ConfigModel):
-    """The analyzer running inside the proxy, serving its proposals at the admin endpoint /proposals."""
-
-    enabled: bool = Field(False, description="Run the analyzer in the proxy (needs serve --config FILE).")
-    window: Duration = Field(300.0, gt=0, description="Events considered: the last this long.")
-    interval: Duration = Field(30.0, gt=0, description="How often the proposals are recomputed.")
-    auto_apply: AutoApplyConfig = Field(default_factory=AutoApplyConfig)  # type: ignore[arg-type]
 
 
 class ProxyConfig(ConfigModel):
