@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.headers import client_headers
@@ -121,6 +122,7 @@ class AiohttpUpstream:
         """The upstream's config; a reload that keeps the connection settings updates it in place."""
         self.name = config.name
         self._url = config.url
+        self._target = URL(config.url)  # parsed once, not on every request
         self._max_response = limits.max_response_bytes
         self._session: aiohttp.ClientSession | None = None
 
@@ -240,7 +242,7 @@ class AiohttpUpstream:
         try:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
                 response = await self.session.request(
-                    method, self._url, data=body, headers=headers, allow_redirects=False
+                    method, self._target, data=body, headers=headers, allow_redirects=False
                 )
                 out_headers = client_headers(response.headers, response.headers.items())
                 if response.content_type == _EVENT_STREAM:
