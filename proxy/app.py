@@ -36,6 +36,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.policies.base import Clock, MonotonicClock
 from proxy.reload import ConfigReloader
 from proxy.runtime import Runtime, RuntimeRef, build_runtime
+from proxy.server_errors import JsonRpcServer
 from proxy.status import status_document
 from proxy.transport import AiohttpUpstream
 
@@ -103,10 +104,10 @@ class ProxyServer:
         host, port = self.admin_address
         return f"http://{_url_host(host)}:{port}"
 
-    def proxy_server(self) -> web.Server:
+    def proxy_server(self) -> JsonRpcServer:
         """The MCP listener: aiohttp's low-level server, since the handler routes by path itself
         (a router and an Application add measurable work to every request and nothing else)."""
-        return web.Server(self.handler.handle, handler_cancellation=True, access_log=None)
+        return JsonRpcServer(self.handler.handle, handler_cancellation=True, access_log=None)
 
     def admin_app(self) -> web.Application:
         app = web.Application()

@@ -265,3 +265,40 @@ async def test_a_stalled_body_gets_408_and_the_proxy_keeps_serving(upstream: Fau
         assert head.startswith(b"HTTP/1.1 408")
         status, _, body = await post(mcp_url(proxy), LIST)
         assert status == 200 and json.loads(body)["id"] == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GARBAGE\r\n\r\n",
+    ],
+    ids=["huge header", "broken chunk size", "not http"],
+)
+async def test_requests_aiohttp_cannot_parse_still_get_jsonrpc_errors(proxy: ProxyServer, raw: bytes) -> None:
+    _, port = proxy.listen_address
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b" 400 Bad Request") and b"Content-Type: application/json" in head
+    error = json.loads(body)
+    assert (error["id"], error["error"]["code"], error["error"]["data"]) == (None, -32600, {"reason": "bad_http_request"})
+    status, _, good = await post(mcp_url(proxy), LIST)
+    assert status == 200 and json.loads(good)["id"] == 1
+
+
+async def test_a_crash_in_the_proxy_is_a_jsonrpc_500_not_a_traceback_page(
+    proxy: ProxyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("proxy.handler.classify", broken)
+    status, headers, body = await post(mcp_url(proxy), LIST, headers={"Accept": "text/html"})
+    assert status == 500 and headers["Content-Type"] == "application/json"
+    assert json.loads(body)["error"] == {"code": -32603, "message": "500 Internal Server Error", "data": {"reason": "internal_error"}}
+    assert b"a bug" not in body and b"Traceback" not in body
