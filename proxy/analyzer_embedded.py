@@ -78,7 +78,7 @@ class EmbeddedAnalyzer:
         self._bus = bus
         self._recorder = recorder
         self._window = Window(config.window)
-        self._subscription = bus.subscribe(since=0)
+        self._last_id = 0
         self.proposals: list[Proposal] = []
         self.computed_at: float | None = None
         self._verifying: _Verification | None = None
@@ -92,7 +92,6 @@ class EmbeddedAnalyzer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._subscription.close()
 
     def document(self) -> dict[str, Any]:
         """The /proposals body."""
@@ -113,8 +112,10 @@ class EmbeddedAnalyzer:
                 log.error("analyzer_failed", error=repr(exc))
 
     def _drain(self) -> None:
-        for event in self._subscription.take_pending():  # what arrived since the last step
+        """Take in what the bus published since the last step (read from its ring: no subscriber queue to overflow)."""
+        for event in self._bus.recent(self._last_id):
             self._window.add(event)
+            self._last_id = event["id"]
 
     def step(self, now: float | None = None) -> None:
         """One round: take in new events, recompute proposals, verify or auto-apply."""

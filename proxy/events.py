@@ -162,12 +162,6 @@ class Subscription:
         self._queue.append(event)
         self._ready.set()
 
-    def take_pending(self) -> list[dict[str, Any]]:
-        """Everything queued now, without waiting (for consumers that poll on their own schedule)."""
-        pending = list(self._queue)
-        self._queue.clear()
-        return pending
-
     async def get(self) -> dict[str, Any]:
         while not self._queue:
             self._ready.clear()
