@@ -15,7 +15,7 @@ time; each step is an event (``proposal_applied``, ``proposal_kept``, ``proposal
 from __future__ import annotations
 
 import asyncio
-import os
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from proxy.analyzer import ApplyError, Proposal, Window, apply_proposal, propose
+from proxy.analyzer.apply import write_atomically
 from proxy.config import AnalyzerConfig, ConfigError, parse_duration
 from proxy.events import EventBus, EventRecorder
 
@@ -67,6 +68,8 @@ class _Verification:
     applied_at: float
     rate_before: float
     calls_before: int
+    written: str
+    """Hash of the file as the change left it: a rollback never overwrites an operator's later edit."""
 
 
 class EmbeddedAnalyzer:
@@ -114,8 +117,13 @@ class EmbeddedAnalyzer:
     def _drain(self) -> None:
         """Take in what the bus published since the last step (read from its ring: no subscriber queue to overflow)."""
         for event in self._bus.recent(self._last_id):
-            self._window.add(event)
             self._last_id = event["id"]
+            if event.get("type") == "config_reloaded":
+                # What happened under the old config is no evidence against the new one: without
+                # this, a kept change would be proposed again, one step further, from the same events.
+                self._window = Window(self.config.window)
+                continue
+            self._window.add(event)
 
     def step(self, now: float | None = None) -> None:
         """One round: take in new events, recompute proposals, verify or auto-apply."""
@@ -148,7 +156,7 @@ class EmbeddedAnalyzer:
             self._applied.add(proposal.id)
             return
         self._applied.add(proposal.id)
-        self._verifying = _Verification(proposal, backup, now, rate, calls)
+        self._verifying = _Verification(proposal, backup, now, rate, calls, _digest(self.path))
         self._recorder.policy_event("proposal_applied", None, proposal=proposal.id, title=proposal.title, error_rate_before=round(rate, 4))
 
     def _verify(self, now: float) -> None:
@@ -162,15 +170,24 @@ class EmbeddedAnalyzer:
         enough = min(calls, checking.calls_before) >= self.config.auto_apply.min_calls
         fields = {"proposal": checking.proposal.id, "error_rate_before": round(checking.rate_before, 4), "error_rate_after": round(rate, 4)}
         if enough and rate > checking.rate_before:
+            if _digest(self.path) != checking.written:
+                log.warning("auto_apply_rollback_skipped", proposal=checking.proposal.id, reason="the file was edited since")
+                self._recorder.policy_event("proposal_kept", None, **fields, verified=False, note="worse, but the file was edited since: not rolled back")
+                return
             _restore(self.path, checking.backup)
             self._recorder.policy_event("proposal_rolled_back", None, **fields)
         else:
             self._recorder.policy_event("proposal_kept", None, **fields, verified=enough)
 
 
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
 def _restore(path: Path, backup: Path) -> None:
-    """Put the backup's content back, atomically (through a symlinked path: replace the file it names)."""
+    """Put the backup's content back, atomically, keeping the file's mode (through a symlink: the file it names)."""
     target = path.resolve()
-    temporary = target.with_name(f".{target.name}.rollback")
-    temporary.write_bytes(backup.read_bytes())
-    os.replace(temporary, target)
+    write_atomically(target, backup.read_bytes(), target.stat().st_mode & 0o7777)

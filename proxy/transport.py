@@ -36,15 +36,21 @@ _EVENT_STREAM = "text/event-stream"
 class SSEBody:
     """An upstream SSE body, passed on chunk by chunk; silence longer than `idle` breaks it."""
 
-    __slots__ = ("_idle", "_response", "_upstream")
+    __slots__ = ("_chunk_iterator", "_idle", "_response", "_upstream")
 
     def __init__(self, response: aiohttp.ClientResponse, idle: float | None, upstream: str) -> None:
         self._response = response
         self._idle = idle
         self._upstream = upstream
+        self._chunk_iterator: AsyncIterator[bytes] | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
+        # One iterator for the body's whole life: a reader that stops early (buffering a read that turns
+        # out to ask the client something) hands the *same* iterator on. A second generator would leave
+        # the first to be finalized, and its cleanup would close the connection under the second.
+        if self._chunk_iterator is None:
+            self._chunk_iterator = self._chunks()
+        return self._chunk_iterator
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content

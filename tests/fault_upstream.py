@@ -173,6 +173,11 @@ class FaultUpstream:
         if fault.asks_client:
             ask = {"jsonrpc": "2.0", "id": "server-1", "method": "roots/list"}
             await response.write(f"event: message\ndata: {json.dumps(ask)}\n\n".encode())
+            if fault.delay:  # answer the original request later, as a server does once the client replied
+                await asyncio.sleep(fault.delay)
+                await response.write(f"event: message\ndata: {json.dumps(message)}\n\n".encode())
+                await response.write_eof()
+                return response
             await self._hang()
         limit = 0 if fault.drop == "after_headers" else fault.sse_break_after
         for index, event in enumerate(events):

@@ -127,3 +127,22 @@ async def test_proposals_endpoint_says_when_the_analyzer_is_off(upstream: FaultU
         async with session.get(proxy.admin_url + "/proposals") as response:
             assert response.status == 404
             assert "analyzer" in (await response.json())["error"]
+
+
+async def test_a_rollback_never_overwrites_an_operators_later_edit(upstream: FaultUpstream, tmp_path: Path) -> None:
+    upstream.fault("resources/read", delay=0.4)
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(file_config(upstream.url)))
+    path.chmod(0o600)
+    async with running_proxy(load_config(path.read_text(), {}), config_path=path) as proxy, aiohttp.ClientSession() as session:
+        assert proxy.analyzer is not None
+        await learn(proxy, session)
+        now = time.time()
+        proxy.analyzer.step(now)
+        edited = path.read_text() + "# the operator was here\n"
+        path.write_text(edited)
+        proxy.bus.publish({"v": 1, "type": "call_ok", "upstream": "docs", "method": "tools/list", "tool": None, "calls": 40, "ok": 4})
+        proxy.analyzer.step(now + 31)
+    (kept,) = [e for e in proxy.bus.recent() if e["type"] == "proposal_kept"]
+    assert kept["verified"] is False and "edited since" in kept["note"]
+    assert path.read_text() == edited and path.stat().st_mode & 0o777 == 0o600

@@ -247,6 +247,17 @@ async def test_a_read_whose_server_asks_the_client_is_handed_on_at_once(upstream
     assert upstream.attempts["resources/read"] == 1
 
 
+async def test_a_handed_on_read_still_delivers_its_result(upstream: FaultUpstream) -> None:
+    upstream.fault("resources/read", sse=True, asks_client=True, delay=0.2)
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        read = {"jsonrpc": "2.0", "id": 7, "method": "resources/read", "params": {"uri": "x://y"}}
+        status, _, body = await post(mcp_url(proxy), read)
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert status == 200
+    assert [e.get("method") for e in events] == ["roots/list", None]
+    assert events[1] == {"jsonrpc": "2.0", "id": 7, "result": {}}
+
+
 async def test_options_preflights_reach_the_upstream(proxy: ProxyServer, upstream: FaultUpstream) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.options(mcp_url(proxy), headers={"Origin": "http://localhost:3000"}) as response:

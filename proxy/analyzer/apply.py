@@ -48,7 +48,8 @@ def _backup_path(path: Path, now: float) -> Path:
     return candidate
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path` through a temporary file in the same directory and `os.replace`, with `mode`."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
@@ -89,6 +90,6 @@ def apply_proposal(path: str | Path, proposal: Proposal, *, env: dict[str, str] 
         raise ApplyError(f"proposal {proposal.id} would make {path} invalid: " + "; ".join(exc.errors)) from exc
     backup = _backup_path(target, time.time() if now is None else now)
     mode = target.stat().st_mode & 0o7777
-    _write_atomically(backup, raw, mode)
-    _write_atomically(target, edited.encode("utf-8"), mode)
+    write_atomically(backup, raw, mode)
+    write_atomically(target, edited.encode("utf-8"), mode)
     return backup
