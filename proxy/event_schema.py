@@ -20,6 +20,7 @@ _PER_TYPE: dict[str, dict[str, Any]] = {
     "call_failed": {"reason": {"type": "string"}, "http_status": {"type": "integer"}, "client": {"type": "string"}},
     "call_ok": {
         "window_s": _NUMBER,
+        "window_end": _NUMBER,
         "calls": {"type": "integer"},
         "ok": {"type": "integer"},
         "outcomes": {"type": "object", "additionalProperties": {"type": "integer"}},

@@ -299,6 +299,7 @@ class EventRecorder:
                 None,
                 upstream=upstream,
                 window_s=round(now - started, 3),
+                window_end=round(now, 6),
                 calls=summary.calls,
                 ok=ok,
                 outcomes=summary.outcomes,

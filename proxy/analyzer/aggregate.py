@@ -81,7 +81,8 @@ class Analysis:
         valid: list[Event] = []
         skipped = 0
         for event in events:
-            if isinstance(event, dict) and event.get("v") == SCHEMA_VERSION and isinstance(event.get("ts"), int | float):
+            version, ts = (event.get("v"), event.get("ts")) if isinstance(event, dict) else (None, None)
+            if version == SCHEMA_VERSION and not isinstance(version, bool) and isinstance(ts, int | float):
                 valid.append(event)
             else:
                 skipped += 1
@@ -93,7 +94,11 @@ class Analysis:
             valid = [e for e in valid if e["ts"] >= start]
         analysis = cls(window_s=window_s, skipped=skipped)
         for event in valid:
-            analysis._add(event)
+            try:
+                analysis._add(event)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:  # one odd event never sinks the analysis
+                analysis.skipped += 1
+                log.info("analyzer skipped a malformed %s event %s: %r", event.get("type"), event.get("id"), exc)
         return analysis
 
     def all_targets(self) -> list[TargetStats]:
@@ -171,7 +176,8 @@ class Analysis:
 def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: float, kind: str, event_id: int) -> None:
     """Count one event of a kind of call into its target (and its upstream)."""
     error_kind = _kind(event)
-    call_id = event.get("call_id")
+    raw_call_id = event.get("call_id")  # an int from the proxy; strings are accepted too
+    call_id = str(raw_call_id) if isinstance(raw_call_id, int | str) and not isinstance(raw_call_id, bool) else None
     idempotent = event.get("idempotent")
     if kind != "call_ok" and isinstance(idempotent, bool):
         stats.idempotent_true += idempotent
@@ -183,13 +189,20 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
     if error_kind in SERVER_SIDE and kind in ("retry", "call_failed"):
         stats.attempt_failures += 1
     if kind == "call_ok":
-        stats.calls += int(_num(event.get("calls")))
-        ok = int(_num(event.get("ok")))
+        # Parse everything first: an event that fails half-way must leave no half-counted trace.
+        calls, ok = int(_num(event.get("calls"))), int(_num(event.get("ok")))
+        outcomes = {str(k): int(_num(v)) for k, v in (event.get("outcomes") or {}).items()}
+        by_attempt = {int(k): int(_num(v)) for k, v in (event.get("ok_by_attempt") or {}).items()}
+        buckets, counts = list(event.get("latency_buckets_ms") or ()), list(event.get("latency_histogram") or ())
+        if not all(isinstance(x, int | float) for x in (*buckets, *counts)):
+            raise TypeError("latency histogram holds non-numbers")
+        stats.calls += calls
         stats.ok += ok
-        stats.outcomes.update({str(k): int(_num(v)) for k, v in (event.get("outcomes") or {}).items()})
-        stats.ok_by_attempt.update({int(k): int(_num(v)) for k, v in (event.get("ok_by_attempt") or {}).items()})
-        stats.histogram.add(event.get("latency_buckets_ms") or (), event.get("latency_histogram") or (), event.get("latency_max_ms"))
-        key = (round(ts, 3), _num(event.get("window_s")))
+        stats.outcomes.update(outcomes)
+        stats.ok_by_attempt.update(by_attempt)
+        stats.histogram.add(buckets, counts, event.get("latency_max_ms"))
+        # One flush stamps one `window_end` on all its summaries; older events only have their own ts.
+        key = (_num(event.get("window_end"), round(ts, 1)), _num(event.get("window_s")))
         upstream.windows[key] = upstream.windows.get(key, 0) + ok
     elif kind == "call_failed":
         params = event.get("params_hash")
