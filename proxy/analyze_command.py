@@ -24,6 +24,7 @@ import orjson
 from proxy.analyzer import Analysis, ApplyError, Proposal, Window, analyze, apply_proposal, propose, read_events
 from proxy.analyzer import render_markdown, render_text
 from proxy.config import ConfigError
+from proxy.sse import SSEParser
 
 __all__ = ["run_analyze"]
 
@@ -35,7 +36,13 @@ async def _snapshot(session: aiohttp.ClientSession, admin: str) -> list[dict[str
 
 
 async def _follow(
-    admin: str, window: Window, duration: float, interval: float, config_text: str, out: Callable[[str], None]
+    admin: str,
+    window: Window,
+    duration: float,
+    interval: float,
+    config_text: str,
+    out: Callable[[str], None],
+    err: Callable[[str], None],
 ) -> tuple[Analysis, list[Proposal]]:
     """Collect live events into `window`, re-analyzing every `interval` seconds; return the last result."""
     last_id = 0
@@ -49,7 +56,7 @@ async def _follow(
         async with session.get(f"{admin}/events", headers={"Last-Event-ID": str(last_id)}) as response:
             response.raise_for_status()
             next_report = time.monotonic()
-            buffer = b""
+            parser = SSEParser()
             while (now := time.monotonic()) < deadline:
                 if now >= next_report:
                     for proposal in propose(window.analysis(), config_text):
@@ -63,12 +70,14 @@ async def _follow(
                     continue
                 if not chunk:
                     break
-                buffer += chunk
-                *blocks, buffer = buffer.split(b"\n\n")
-                for block in blocks:
-                    for line in block.split(b"\n"):
-                        if line.startswith(b"data: ") and b'"v"' in line:
-                            window.add(orjson.loads(line[6:]))
+                for sse in parser.feed(chunk):
+                    if sse.event == "dropped":
+                        err(f"analyze: the proxy dropped events this consumer could not take: {sse.data}")
+                        continue
+                    try:
+                        window.add(orjson.loads(sse.data))
+                    except orjson.JSONDecodeError:
+                        continue  # not an event: skip it, keep following
     analysis = window.analysis()
     return analysis, propose(analysis, config_text)
 
@@ -94,7 +103,7 @@ async def run_analyze(args: Any, out: Callable[[str], None], err: Callable[[str]
                 proposals = propose(analysis, config_text)
             else:
                 analysis, proposals = await _follow(
-                    args.follow.rstrip("/"), window, args.duration, args.interval, config_text, out
+                    args.follow.rstrip("/"), window, args.duration, args.interval, config_text, out, err
                 )
     except ConfigError as exc:
         err(f"analyze: {config_path} is not a valid config:")

@@ -159,6 +159,10 @@ class UpstreamConfig(ConfigModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not a URL: need http:// or https:// and a host (got {value!r})")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError:
+            raise ValueError(f"not a URL: the port must be a number from 0 to 65535 (got {value!r})") from None
         return value
 
     @field_validator("path")

@@ -33,6 +33,7 @@ __all__ = [
     "NeverSent",
     "ProxyError",
     "RateLimited",
+    "UpstreamRateLimited",
     "RetryBudgetExhausted",
     "StreamBroken",
     "UpstreamError",
@@ -137,11 +138,19 @@ class CircuitOpen(ProxyError):
 
 
 class RateLimited(ProxyError):
-    """The client's bucket is empty and the bounded wait ran out."""
+    """The client's bucket is empty and the bounded wait ran out, or the upstream said 429 (`from_upstream`)."""
 
     code = -32053
     reason = "rate_limited"
     http_status = 429
+    from_upstream = False
+
+
+class UpstreamRateLimited(RateLimited):
+    """The upstream answered 429 and retrying could not absorb it: the same verdict for the client, but
+    the upstream's own limit, which is what the analyzer's rate-limit rule learns from."""
+
+    from_upstream = True
 
 
 class RetryBudgetExhausted(ProxyError):

@@ -36,7 +36,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.classify import classify
-from proxy.errors import ProxyError, StreamBroken, UpstreamHttpError
+from proxy.errors import ProxyError, RateLimited, StreamBroken, UpstreamHttpError
 from proxy.failures import Failure, classify_error, verdict_of, parse_retry_after
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, Message, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
@@ -354,7 +354,10 @@ class McpHandler:
         runtime.metrics.upstream_error(call.upstream, error.reason)
         verdict = classify_error(error)
         kind = error.reason if verdict.kind is Failure.CLIENT_ERROR else verdict.kind.value
-        detail = {"kind": kind, "http_status": None, "jsonrpc_code": error.code, "message": error.message}
+        upstream_status = None
+        if isinstance(error, RateLimited) and error.from_upstream:
+            kind, upstream_status = Failure.HTTP_429.value, 429  # the upstream's limit, not ours
+        detail = {"kind": kind, "http_status": upstream_status, "jsonrpc_code": error.code, "message": error.message}
         self._report(runtime, call, detail, error.reason, error.status(), started)
 
     def _report(

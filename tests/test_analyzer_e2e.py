@@ -112,3 +112,25 @@ async def test_a_timeout_proposal_appears_applies_and_the_errors_drop(
     assert after == [200] * 25
     failed_before, failed_after = before.count(504) / len(before), after.count(504) / len(after)
     assert (failed_before, failed_after) == (1.0, 0.0)
+
+
+async def test_follow_mode_takes_in_live_events_over_sse(upstream: FaultUpstream, tmp_path: Path) -> None:
+    from proxy.app import running_proxy
+    from tests.conftest import proxy_config
+
+    upstream.fault("tools/list", status=503)
+    config_file = tmp_path / "proxy.yaml"
+    config_file.write_text(f"upstreams: [{{name: up, url: '{upstream.url}'}}]\n")
+    async with running_proxy(proxy_config(upstream.url, upstream={"retry": {"max_attempts": 1}})) as proxy:
+        follower = asyncio.create_task(
+            cli("analyze", "--follow", proxy.admin_url, "--config", str(config_file), "--duration", "3s", "--interval", "1s")
+        )
+        await asyncio.sleep(1.0)  # the follower is connected to /events by now; these arrive live
+        async with aiohttp.ClientSession() as session:
+            for n in range(4):
+                async with session.post(proxy.url + "/mcp", json={"jsonrpc": "2.0", "id": n, "method": "tools/list"}) as response:
+                    assert response.status == 503
+        code, out, err = await follower
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("(0s, 4 events)")  # all four arrived over the live stream
+    assert "  4      http_5xx  up tools/list  upstream answered HTTP 503  1, 2, 3, 4" in out

@@ -125,3 +125,9 @@ def test_safe_url_drops_credentials_and_queries() -> None:
 
     assert safe_url("https://user:pw@mcp.example.com:8443/mcp?token=x#f") == "https://mcp.example.com:8443/mcp"
     assert safe_url("http://[::1]:3000/mcp") == "http://[::1]:3000/mcp"
+
+
+def test_an_upstream_port_out_of_range_is_a_config_error() -> None:
+    assert errors_of("upstreams: [{name: a, url: 'http://127.0.0.1:99999/mcp'}]") == [
+        "upstreams[0].url: not a URL: the port must be a number from 0 to 65535 (got 'http://127.0.0.1:99999/mcp')"
+    ]

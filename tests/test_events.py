@@ -211,3 +211,11 @@ def test_the_exported_event_schema_is_current_and_every_real_event_fits(tmp_path
         validator.validate(event)
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({**events[0], "signature": "not-hex"})
+
+
+async def test_an_upstream_429_is_reported_as_the_upstreams_limit(upstream: FaultUpstream) -> None:
+    upstream.fault("tools/call", "create_ticket", status=429, retry_after="120")
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        assert await post(proxy.url + "/mcp", call_tool("create_ticket")) == 429
+        (failed,) = [e for e in await events_of(proxy.admin_url) if e["type"] == "call_failed"]
+    assert (failed["error"]["kind"], failed["error"]["http_status"], failed["reason"]) == ("http_429", 429, "rate_limited")

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import structlog
 
-from proxy.errors import CircuitOpen, ProxyError, RateLimited, RetryBudgetExhausted
+from proxy.errors import CircuitOpen, ProxyError, RateLimited, RetryBudgetExhausted, UpstreamRateLimited
 from proxy.failures import Failure, Verdict, classify_error, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policies.budget import RetryBudget
@@ -146,7 +146,7 @@ class RetryStage:
             assert reply is not None
             if verdict.kind is Failure.HTTP_429 and reply.message is None:
                 # A bare 429 would reach SDK clients as a generic -32603; say it in JSON-RPC, with retryAfter.
-                raise RateLimited(
+                raise UpstreamRateLimited(
                     "upstream answered 429 Too Many Requests", upstream=call.upstream, retry_after=verdict.retry_after
                 )
             return reply
