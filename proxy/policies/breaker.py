@@ -53,7 +53,7 @@ class _Transitions(pybreaker.CircuitBreakerListener):
 class Breaker:
     """One circuit."""
 
-    __slots__ = ("_cb", "_clock", "_observer", "_opened_at", "_outcomes", "_trials", "config", "name", "upstream")
+    __slots__ = ("_cb", "_clock", "_observer", "_opened_at", "_outcomes", "_period", "_trials", "config", "name", "upstream")
 
     def __init__(
         self, upstream: str, name: str, config: BreakerConfig, clock: Clock, observer: Observer = NULL_OBSERVER
@@ -65,6 +65,8 @@ class Breaker:
         self._observer = observer
         self._opened_at = 0.0
         self._trials = 0
+        self._period = 0
+        """Counts half-open periods: a trial speaks only for the period that admitted it."""
         self._outcomes: deque[tuple[float, bool]] = deque()
         self._cb = pybreaker.CircuitBreaker(
             fail_max=config.consecutive_threshold or _NO_CONSECUTIVE_LIMIT,
@@ -87,14 +89,16 @@ class Breaker:
     def _changed(self, old: str, new: str) -> None:
         if new == OPEN:
             self._opened_at = self._clock.monotonic()
+        if new == HALF_OPEN:
+            self._period += 1
         if new != HALF_OPEN:
             self._trials = 0
         self._outcomes.clear()
         log.warning("breaker_state", upstream=self.upstream, breaker=self.name, old=old, new=new)
         self._observer.policy_event("breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new)
 
-    def admit(self) -> bool:
-        """Let a call through (True when it is a half-open trial), or raise `CircuitOpen`."""
+    def admit(self) -> int | None:
+        """Let a call through, or raise `CircuitOpen`; a half-open trial gets its period's number, others None."""
         upstream = self.upstream
         state = self.state
         if state == OPEN:
@@ -113,19 +117,20 @@ class Breaker:
                     retry_after=self.config.reset_timeout,
                 )
             self._trials += 1
-            return True
-        return False
+            return self._period
+        return None
 
-    def record(self, trial: bool, verdict: Verdict) -> None:
-        """Count the outcome of an admitted call."""
+    def record(self, trial: int | None, verdict: Verdict) -> None:
+        """Count the outcome of an admitted call (`trial`: what `admit` returned for it)."""
+        current = trial is not None and trial == self._period and self.state == HALF_OPEN
         if verdict is CANCELLED or not (verdict.ok or verdict.server_failure):
-            if trial and self.state == HALF_OPEN:
+            if current:
                 self._trials -= 1  # nothing learned: the slot goes to the next call
             return
         storage = self._cb._state_storage
         if self.state == HALF_OPEN:
-            if not trial:
-                return  # admitted before the breaker opened: only the trials decide half-open
+            if not current:
+                return  # admitted while closed, or a trial of an earlier period: only this period's trials decide
             if verdict.server_failure:
                 self._cb.open()
                 return

@@ -205,3 +205,29 @@ async def test_only_the_trials_decide_a_half_open_breaker() -> None:
     trial_upstream.gate.set()
     await trial
     assert stage.breakers[0].state == "closed"
+
+
+async def test_a_trial_from_an_earlier_half_open_period_does_not_count() -> None:
+    clock = FakeClock()
+    stage = BreakerStage("up", clock)
+    call = make_call(LIST, breaker_config(failure_threshold=1, half_open_max_calls=2))
+    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)
+    clock.advance(10)
+    slow = FakeUpstream(reply_ok())
+    slow.gate = asyncio.Event()
+    first_period_trial = asyncio.ensure_future(stage(call, slow))
+    await asyncio.sleep(0)
+    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)  # the other trial fails: open again
+    clock.advance(10)
+    waiting = FakeUpstream(reply_ok())
+    waiting.gate = asyncio.Event()
+    second_period_trial = asyncio.ensure_future(stage(call, waiting))
+    await asyncio.sleep(0)
+    slow.gate.set()
+    await first_period_trial
+    breaker = stage.breakers[0]
+    assert breaker.state == "half-open" and breaker._cb._state_storage.success_counter == 0
+    waiting.gate.set()
+    await second_period_trial
+    await stage(call, FakeUpstream(reply_ok()))
+    assert breaker.state == "closed"
