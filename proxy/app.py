@@ -216,17 +216,22 @@ class ProxyServer:
         previous = self.runtime.current
         if (config.listen, config.admin) != (previous.config.listen, previous.config.admin):
             log.warning("reload_needs_restart", keys=["listen", "admin"], note="listener addresses change on restart only")
-        if config.logging != previous.config.logging:
-            configure_logging(config.logging.level, config.logging.format)
         if config.events.file != previous.config.events.file or config.events.log != previous.config.events.log:
             log.warning("reload_needs_restart", keys=["events.file", "events.log"], note="event sinks change on restart only")
+        runtime = build_runtime(config, self.metrics, self.events, self.clock, previous)
+        try:
+            await self._open(runtime, previous)
+        except BaseException:
+            await self._close_new(runtime, previous)  # the old runtime keeps serving, untouched
+            raise
+        self.runtime.current = runtime
+        # Only once the new runtime is in place: a reload that fails above changes nothing.
+        if config.logging != previous.config.logging:
+            configure_logging(config.logging.level, config.logging.format)
         if self.analyzer is not None:
             self.analyzer.config = config.analyzer
         self.events.enabled = config.events.enabled
         self.events.include_params = config.events.include_params
-        runtime = build_runtime(config, self.metrics, self.events, self.clock, previous)
-        await self._open(runtime, previous)
-        self.runtime.current = runtime
         kept_transports = {id(state.transport) for state in runtime.states.values()}
         kept_probers = {id(state.prober) for state in runtime.states.values()}
         for state in previous.states.values():
@@ -234,6 +239,16 @@ class ProxyServer:
                 await state.prober.stop()
             if id(state.transport) not in kept_transports:
                 self._retire(state.transport, runtime.config.drain_timeout)
+
+    async def _close_new(self, runtime: Runtime, previous: Runtime) -> None:
+        """Undo `_open` for what `runtime` started and `previous` does not share."""
+        old_transports = {id(state.transport) for state in previous.states.values()}
+        old_probers = {id(state.prober) for state in previous.states.values()}
+        for state in runtime.states.values():
+            if state.prober is not None and id(state.prober) not in old_probers:
+                await state.prober.stop()
+            if id(state.transport) not in old_transports:
+                await state.transport.close()
 
     def _retire(self, transport: AiohttpUpstream, after: float) -> None:
         """Close a replaced pool once the calls that started on it had `after` seconds to finish."""
