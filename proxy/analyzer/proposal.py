@@ -28,10 +28,19 @@ class Match:
 
     method: str = "*"
     tool: str | None = None
+    inherit_from: Match | None = field(default=None, compare=False)
+    """For a new exact rule carved out of a glob rule: that rule, whose other settings the new one copies
+    (so the target keeps everything it had but the change)."""
 
     @classmethod
     def from_config(cls, match: MatchConfig) -> Match:
         return cls(match.method, match.tool)
+
+    def exact_for(self, method: str, tool: str | None) -> bool:
+        """True when this match selects exactly that call kind and nothing else."""
+        if tool is not None:
+            return self.tool == tool and self.method in ("*", "tools/call")
+        return self.tool is None and self.method == method
 
     def to_yaml(self) -> dict[str, str]:
         """The mapping written into a new rule: only the keys that narrow it."""

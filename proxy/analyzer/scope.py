@@ -42,12 +42,17 @@ def scope_for(config: ProxyConfig, target: Target, *, new_rule: bool = True) -> 
     if upstream is None:
         return None
     policy = PolicyResolver(upstream).resolve(target.method, target.tool)
+    exact = Match(tool=target.tool) if target.tool is not None else Match(method=target.method)
     if policy.rule != "default":
         index = int(policy.rule[len("rules[") : policy.rule.index("]")])
-        return Match.from_config(upstream.rules[index].match), policy
+        winning = Match.from_config(upstream.rules[index].match)
+        if winning.exact_for(target.method, target.tool):
+            return winning, policy
+        # A glob rule governs others too: carve out an exact rule that copies it, then change that one.
+        return Match(exact.method, exact.tool, inherit_from=winning), policy
     if not new_rule:
         return None, policy
-    return (Match(tool=target.tool) if target.tool is not None else Match(method=target.method)), policy
+    return exact, policy
 
 
 def window_evidence(analysis: Analysis, example_ids: list[int], **counts: Any) -> dict[str, Any]:

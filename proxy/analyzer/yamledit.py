@@ -95,6 +95,21 @@ def _to_node(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """`value` as plain dicts, lists and scalars (ruamel's nodes carry anchors and comments)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _shared(node: Any) -> bool:
+    """True for a node other parts of the file also use (an &anchor, or a mapping with `<<:` merges)."""
+    anchor = getattr(node, "anchor", None)
+    return bool(getattr(anchor, "value", None)) or bool(getattr(node, "merge", None))
+
+
 def _is_env(value: Any) -> bool:
     return isinstance(value, str) and "${" in value
 
@@ -104,6 +119,8 @@ def _set(node: CommentedMap, path: list[str], value: Any, where: str) -> None:
     key, rest = path[0], path[1:]
     here = f"{where}.{key}"
     current = node.get(key)
+    if _shared(node) or _shared(current):
+        raise EditError(f"{here} is shared through a YAML anchor or merge; editing it would change other places too")
     if _is_env(current):
         raise EditError(f"{here} is set from the environment ({current}); left untouched")
     if rest and isinstance(current, CommentedMap):
@@ -174,6 +191,11 @@ def _rule(upstream: CommentedMap, match: Match, where: str) -> CommentedMap:
     written = CommentedMap(match.to_yaml())
     written.fa.set_flow_style()
     entry = CommentedMap([("match", written)])
+    if match.inherit_from is not None:
+        template = _rule(upstream, match.inherit_from, where)
+        for key, value in template.items():
+            if key != "match":
+                entry[key] = _to_node(_plain(value))  # a copy without anchors or comments
     if rules is not None:
         rules.fa.set_block_style()
         _append(rules, len(rules), entry)

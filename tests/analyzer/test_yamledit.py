@@ -120,3 +120,17 @@ def test_edits_that_cannot_be_made_say_why() -> None:
         edit_text(SMALL.replace("http://127.0.0.1:1/mcp", "${A_URL}"), [Change("a", None, "url", "http://x/mcp")])
     with pytest.raises(EditError, match="not YAML"):
         edit_text("a: [", [Change("a", None, "x", 1)])
+
+
+def test_a_value_shared_through_an_anchor_is_never_edited() -> None:
+    import pytest as _pytest
+
+    from proxy.analyzer import Change, EditError, edit_text
+
+    text = (
+        "upstreams:\n"
+        "  - name: a\n    url: http://127.0.0.1:1/mcp\n    timeouts: &slow {per_try: 2s}\n"
+        "  - name: b\n    url: http://127.0.0.1:2/mcp\n    timeouts: *slow\n"
+    )
+    with _pytest.raises(EditError, match="shared through a YAML anchor"):
+        edit_text(text, (Change("b", None, "timeouts.per_try", "4s", "2s"),))
