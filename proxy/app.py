@@ -232,23 +232,19 @@ class ProxyServer:
             self.analyzer.config = config.analyzer
         self.events.enabled = config.events.enabled
         self.events.include_params = config.events.include_params
-        kept_transports = {id(state.transport) for state in runtime.states.values()}
-        kept_probers = {id(state.prober) for state in runtime.states.values()}
-        for state in previous.states.values():
-            if state.prober is not None and id(state.prober) not in kept_probers:
-                await state.prober.stop()
-            if id(state.transport) not in kept_transports:
-                self._retire(state.transport, runtime.config.drain_timeout)
+        probers, transports = _left_behind(previous, runtime)
+        for prober in probers:
+            await prober.stop()
+        for transport in transports:
+            self._retire(transport, runtime.config.drain_timeout)
 
     async def _close_new(self, runtime: Runtime, previous: Runtime) -> None:
         """Undo `_open` for what `runtime` started and `previous` does not share."""
-        old_transports = {id(state.transport) for state in previous.states.values()}
-        old_probers = {id(state.prober) for state in previous.states.values()}
-        for state in runtime.states.values():
-            if state.prober is not None and id(state.prober) not in old_probers:
-                await state.prober.stop()
-            if id(state.transport) not in old_transports:
-                await state.transport.close()
+        probers, transports = _left_behind(runtime, previous)
+        for prober in probers:
+            await prober.stop()
+        for transport in transports:
+            await transport.close()
 
     def _retire(self, transport: AiohttpUpstream, after: float) -> None:
         """Close a replaced pool once the calls that started on it had `after` seconds to finish."""
@@ -315,6 +311,15 @@ class ProxyServer:
         finally:
             waiter.cancel()
             await self.stop()
+
+
+def _left_behind(old: Runtime, new: Runtime) -> tuple[list[HealthProber], list[AiohttpUpstream]]:
+    """The probes and pools `old` runs that `new` does not share: what a swap must stop or close."""
+    kept_probers = {id(state.prober) for state in new.states.values()}
+    kept_transports = {id(state.transport) for state in new.states.values()}
+    probers = [s.prober for s in old.states.values() if s.prober is not None and id(s.prober) not in kept_probers]
+    transports = [s.transport for s in old.states.values() if id(s.transport) not in kept_transports]
+    return probers, transports
 
 
 def _url_host(host: str) -> str:
