@@ -18,7 +18,7 @@ from proxy.jsonrpc import Message, is_read_method
 from proxy.policies.base import Call, Era
 from proxy.policies.resolve import PolicyResolver
 
-__all__ = ["MODERN_VERSION", "classify", "era_of", "identity_hash", "is_idempotent", "protocol_of"]
+__all__ = ["MODERN_VERSION", "classify", "era_for", "identity_hash", "is_idempotent", "protocol_of"]
 
 _CALL_IDS = itertools.count(1)
 
@@ -37,9 +37,9 @@ def protocol_of(headers: Mapping[str, str], message: Message | None) -> str:
     return version if isinstance(version, str) else ""
 
 
-def era_of(headers: Mapping[str, str], message: Message | None) -> Era:
-    """The wire era: modern from 2026-07-28 on (versions are dates), else legacy."""
-    return Era.MODERN if protocol_of(headers, message) >= MODERN_VERSION else Era.LEGACY
+def era_for(protocol: str) -> Era:
+    """The wire era of a protocol version: modern from 2026-07-28 on (versions are dates), else legacy."""
+    return Era.MODERN if protocol >= MODERN_VERSION else Era.LEGACY
 
 
 def identity_hash(secret: str) -> str:
@@ -80,7 +80,7 @@ def classify(
     protocol = protocol_of(headers, message)
     return Call(
         upstream=upstream,
-        era=Era.MODERN if protocol >= MODERN_VERSION else Era.LEGACY,
+        era=era_for(protocol),
         method=method,
         tool=tool,
         idempotent=is_idempotent(method, tool, policy.idempotent, annotations),

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from proxy.errors import NeverSent, ProxyError, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.jsonrpc import response_error
-from proxy.policies.base import Reply
+from proxy.policies.base import Call, Handler, Reply
 
-__all__ = ["Failure", "Verdict", "classify_error", "classify_reply", "parse_retry_after", "verdict_of"]
+__all__ = ["Failure", "Verdict", "classify_error", "classify_reply", "judged", "parse_retry_after", "verdict_of"]
 
 
 class Failure(StrEnum):
@@ -190,3 +191,21 @@ def verdict_of(reply: Reply, had_session: bool, now: float | None = None) -> Ver
     if verdict is None:
         verdict = reply.verdict = classify_reply(reply, had_session, now)
     return verdict  # type: ignore[no-any-return]
+
+
+async def judged(call: Call, next: Handler, record: Callable[[Verdict], None]) -> Reply:
+    """Run one attempt through `next` and hand its verdict to `record`, whatever happens.
+
+    The stages that count attempts (breaker, passive health) share this: a cancelled attempt is
+    recorded as `CANCELLED` (it counts as nothing), an error by its kind, an answer by its verdict.
+    """
+    verdict = CANCELLED
+    try:
+        reply = await next(call)
+        verdict = verdict_of(reply, call.session_id is not None)
+        return reply
+    except ProxyError as exc:
+        verdict = classify_error(exc)
+        raise
+    finally:
+        record(verdict)

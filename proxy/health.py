@@ -38,7 +38,7 @@ import structlog
 from proxy import __version__
 from proxy.config import HealthConfig
 from proxy.errors import ProxyError
-from proxy.failures import CANCELLED, Failure, Verdict, classify_error, classify_reply, verdict_of
+from proxy.failures import Failure, Verdict, classify_error, classify_reply, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, MonotonicClock, Observer, Reply
 from proxy.transport import AiohttpUpstream
 
@@ -184,16 +184,7 @@ class PassiveHealthStage:
         self._health = health
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
-        verdict = CANCELLED
-        try:
-            reply = await next(call)
-            verdict = verdict_of(reply, call.session_id is not None)
-            return reply
-        except ProxyError as exc:
-            verdict = classify_error(exc)
-            raise
-        finally:
-            self._health.record_call(verdict)
+        return await judged(call, next, self._health.record_call)
 
 
 class _Failed(Exception):

@@ -29,8 +29,8 @@ import pybreaker
 import structlog
 from cachetools import LRUCache
 
-from proxy.errors import CircuitOpen, ProxyError
-from proxy.failures import CANCELLED, Verdict, classify_error, verdict_of
+from proxy.errors import CircuitOpen
+from proxy.failures import CANCELLED, Verdict, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policy_config import BreakerConfig
 
@@ -192,13 +192,4 @@ class BreakerStage:
         if breaker is None:
             return await next(call)
         trial = breaker.admit()
-        verdict = CANCELLED
-        try:
-            reply = await next(call)
-            verdict = verdict_of(reply, call.session_id is not None)
-            return reply
-        except ProxyError as exc:
-            verdict = classify_error(exc)
-            raise
-        finally:
-            breaker.record(trial, verdict)
+        return await judged(call, next, lambda verdict: breaker.record(trial, verdict))
