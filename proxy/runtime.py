@@ -30,7 +30,6 @@ from proxy.policies.fallback import CacheStage
 from proxy.policies.ratelimit import RateLimitStage
 from proxy.policies.resolve import PolicyResolver
 from proxy.policies.retry import RetryStage
-from proxy.policy_config import RateLimitConfig
 from proxy.policies.timeout import TimeoutStage
 from proxy.transport import AiohttpUpstream
 
@@ -65,7 +64,6 @@ class Route:
     config: UpstreamConfig
     pipeline: Handler
     resolver: PolicyResolver
-    stages: dict[str, Stage]
 
     @property
     def upstream(self) -> AiohttpUpstream:
@@ -189,25 +187,11 @@ def build_runtime(
         before = previous.states.get(upstream.name) if previous is not None else None
         state = states[upstream.name] = _state_for(upstream, config.limits, before, clock, metrics, observer)
         stages = build_stages(upstream, state, shared, clock, observer, observe)
-        routes[upstream.path] = Route(state, upstream, build_pipeline(state.transport.send, stages), PolicyResolver(upstream), stages)
-    shared.rate_limit.retain(_rate_limits(routes))
-    shared.cache.retain(
-        {
-            (route.config.name, policy.cache)
-            for route in routes.values()
-            for policy in route.resolver.policies()
-            if policy.cache is not None
-        }
-    )
+        routes[upstream.path] = Route(state, upstream, build_pipeline(state.transport.send, stages), PolicyResolver(upstream))
+    # Keyed stage state of policies no rule resolves to any more can go (unchanged ones stay).
+    live = [(route.config.name, policy) for route in routes.values() for policy in route.resolver.policies()]
+    shared.rate_limit.retain([policy.rate_limit for _, policy in live if policy.rate_limit is not None])
+    shared.cache.retain({(name, policy.cache) for name, policy in live if policy.cache is not None})
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)
     return Runtime(config, routes, hosts, metrics, config_hash(config), shared, states, events)
 
-
-def _rate_limits(routes: dict[str, Route]) -> list[RateLimitConfig]:
-    """Every rate-limit config the new runtime can resolve to (the other buckets can go)."""
-    return [
-        policy.rate_limit
-        for route in routes.values()
-        for policy in route.resolver.policies()
-        if policy.rate_limit is not None
-    ]
