@@ -138,19 +138,16 @@ class CircuitOpen(ProxyError):
 
 
 class RateLimited(ProxyError):
-    """The client's bucket is empty and the bounded wait ran out, or the upstream said 429 (`from_upstream`)."""
+    """The client's bucket is empty and the bounded wait ran out, or the upstream said 429."""
 
     code = -32053
     reason = "rate_limited"
     http_status = 429
-    from_upstream = False
 
 
 class UpstreamRateLimited(RateLimited):
-    """The upstream answered 429 and retrying could not absorb it: the same verdict for the client, but
-    the upstream's own limit, which is what the analyzer's rate-limit rule learns from."""
-
-    from_upstream = True
+    """The upstream answered a bare 429 that retrying could not absorb: said in JSON-RPC, with its
+    Retry-After, which SDK clients would otherwise never see (they turn a bare 429 into -32603)."""
 
 
 class RetryBudgetExhausted(ProxyError):

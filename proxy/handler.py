@@ -36,7 +36,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.classify import classify
-from proxy.errors import ProxyError, RateLimited, StreamBroken, UpstreamHttpError
+from proxy.errors import ProxyError, StreamBroken, UpstreamHttpError, UpstreamRateLimited
 from proxy.failures import Failure, classify_error, verdict_of, parse_retry_after
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, Message, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
@@ -210,12 +210,7 @@ class McpHandler:
                     exc.status(), exc.code, exc.message, call.message.id, exc.error_data(), _verdict_headers(exc)
                 )
             if reply.stream is None and reply.status >= 400 and response_error(reply.message) is None:
-                bare = UpstreamHttpError(
-                    f"upstream answered HTTP {reply.status} without a JSON-RPC error",
-                    upstream_status=reply.status,
-                    upstream=call.upstream,
-                    retry_after=parse_retry_after(reply.headers.get("Retry-After")),
-                )
+                bare = _bare_error(reply, call)
                 outcome = bare.reason
                 metrics.upstream_error(call.upstream, bare.reason)
                 self._answered_with_failure(runtime, call, reply, started, bare.reason)
@@ -354,10 +349,7 @@ class McpHandler:
         runtime.metrics.upstream_error(call.upstream, error.reason)
         verdict = classify_error(error)
         kind = error.reason if verdict.kind is Failure.CLIENT_ERROR else verdict.kind.value
-        upstream_status = None
-        if isinstance(error, RateLimited) and error.from_upstream:
-            kind, upstream_status = Failure.HTTP_429.value, 429  # the upstream's limit, not ours
-        detail = {"kind": kind, "http_status": upstream_status, "jsonrpc_code": error.code, "message": error.message}
+        detail = {"kind": kind, "http_status": None, "jsonrpc_code": error.code, "message": error.message}
         self._report(runtime, call, detail, error.reason, error.status(), started)
 
     def _report(
@@ -389,6 +381,22 @@ class McpHandler:
 
 
 BATCHING_REMOVED_IN = "2025-06-18"
+
+
+def _bare_error(reply: Reply, call: Call) -> ProxyError:
+    """An upstream answer without a JSON-RPC body, said in JSON-RPC (SDK clients cannot read the other kind).
+
+    A 429 becomes `rate_limited` with the upstream's Retry-After; any other status `upstream_http_error`.
+    """
+    retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+    if reply.status == 429:
+        return UpstreamRateLimited("upstream answered 429 Too Many Requests", upstream=call.upstream, retry_after=retry_after)
+    return UpstreamHttpError(
+        f"upstream answered HTTP {reply.status} without a JSON-RPC error",
+        upstream_status=reply.status,
+        upstream=call.upstream,
+        retry_after=retry_after,
+    )
 
 
 async def _admitted(call: Call) -> Reply:

@@ -13,10 +13,10 @@ An attempt is retried only when all of these hold:
 - the upstream's retry budget has a retry left.
 
 `CircuitOpen`, `RateLimited` and `RetryBudgetExhausted` are never retried. When retries stop, the client
-gets the last attempt's outcome: the upstream's answer as it was, or the last error, with two
-exceptions: a stop for lack of budget turns an error into `RetryBudgetExhausted` (naming the last
-failure), so operators can tell a budget-limited failure from a plain one; and a bare upstream 429
-becomes `RateLimited` carrying its Retry-After, which SDK clients would otherwise never see. Retry acts only before the first byte
+gets the last attempt's outcome: the upstream's answer as it was, or the last error, except that a
+stop for lack of budget turns an error into `RetryBudgetExhausted` (naming the last failure), so
+operators can tell a budget-limited failure from a plain one. (A bare upstream answer, a 429 included,
+is put into JSON-RPC by the handler, once, for every stage above.) Retry acts only before the first byte
 of an answer left for the client: the stages below return a streamed answer only once committed.
 """
 
@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import structlog
 
-from proxy.errors import CircuitOpen, ProxyError, RateLimited, RetryBudgetExhausted, UpstreamRateLimited
-from proxy.failures import Failure, Verdict, classify_error, verdict_of
+from proxy.errors import CircuitOpen, ProxyError, RateLimited, RetryBudgetExhausted
+from proxy.failures import Verdict, classify_error, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policies.budget import RetryBudget
 from proxy.policy_config import BackoffConfig, BudgetConfig, RetryConfig
@@ -144,11 +144,6 @@ class RetryStage:
             self._observer.policy_event("retry_exhausted", call, why=stop, error=verdict.as_error())
         if error is None:
             assert reply is not None
-            if verdict.kind is Failure.HTTP_429 and reply.message is None:
-                # A bare 429 would reach SDK clients as a generic -32603; say it in JSON-RPC, with retryAfter.
-                raise UpstreamRateLimited(
-                    "upstream answered 429 Too Many Requests", upstream=call.upstream, retry_after=verdict.retry_after
-                )
             return reply
         if stop == "budget":
             self._observer.policy_event(
