@@ -38,7 +38,7 @@ from proxy.reload import ConfigReloader
 from proxy.runtime import Runtime, RuntimeRef, build_runtime
 from proxy.server_errors import JsonRpcServer
 from proxy.status import status_document
-from proxy.transport import AiohttpUpstream
+from proxy.transport import HttpUpstream
 
 __all__ = ["ProxyServer", "running_proxy"]
 
@@ -246,7 +246,7 @@ class ProxyServer:
         for transport in transports:
             await transport.close()
 
-    def _retire(self, transport: AiohttpUpstream, after: float) -> None:
+    def _retire(self, transport: HttpUpstream, after: float) -> None:
         """Close a replaced pool once the calls that started on it had `after` seconds to finish."""
 
         async def close_later() -> None:
@@ -313,7 +313,7 @@ class ProxyServer:
             await self.stop()
 
 
-def _left_behind(old: Runtime, new: Runtime) -> tuple[list[HealthProber], list[AiohttpUpstream]]:
+def _left_behind(old: Runtime, new: Runtime) -> tuple[list[HealthProber], list[HttpUpstream]]:
     """The probes and pools `old` runs that `new` does not share: what a swap must stop or close."""
     kept_probers = {id(state.prober) for state in new.states.values()}
     kept_transports = {id(state.transport) for state in new.states.values()}

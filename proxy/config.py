@@ -129,7 +129,7 @@ class LoggingConfig(ConfigModel):
 
 
 class PoolConfig(ConfigModel):
-    """The keep-alive connection pool to one upstream (one aiohttp ClientSession)."""
+    """The keep-alive connection pool to one upstream (HTTP/1.1; the oldest idle connections close first)."""
 
     max_connections: int = Field(256, ge=1, description="Concurrent connections to the upstream.")
     keepalive_timeout: Duration = Field(30.0, gt=0, description="How long an idle pooled connection is kept.")

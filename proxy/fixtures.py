@@ -25,7 +25,7 @@ from proxy.errors import ProxyError
 from proxy.failures import Verdict, classify_error, classify_reply
 from proxy.logs import redact
 from proxy.policies.base import Call
-from proxy.transport import AiohttpUpstream
+from proxy.transport import HttpUpstream
 
 __all__ = ["FixtureWriter", "ReplayResult", "replay_directory"]
 
@@ -89,7 +89,7 @@ class ReplayResult:
         return self.verdict.server_failure or self.verdict.kind.value in ("http_429", "session_expired")
 
 
-async def _legacy_session(upstream: AiohttpUpstream, timeout: float) -> dict[str, str]:
+async def _legacy_session(upstream: HttpUpstream, timeout: float) -> dict[str, str]:
     """Open a session of the replay's own: initialize + notifications/initialized."""
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     init = {
@@ -112,7 +112,7 @@ async def _legacy_session(upstream: AiohttpUpstream, timeout: float) -> dict[str
 async def replay_directory(directory: Path, url: str, timeout: float = 10.0) -> list[ReplayResult]:
     """Send every fixture in `directory` to the MCP endpoint `url`; return how each one fared."""
     config = UpstreamConfig.model_validate({"name": "replay", "url": url})
-    upstream = AiohttpUpstream(config, LimitsConfig.model_validate({}))
+    upstream = HttpUpstream(config, LimitsConfig.model_validate({}))
     await upstream.start()
     results: list[ReplayResult] = []
     session: dict[str, str] | None = None

@@ -135,8 +135,11 @@ class McpHandler:
             return _json_error(415, INVALID_REQUEST, f"Unsupported Media Type: POST needs Content-Type: {_JSON}")
         limit = runtime.config.limits.max_body_bytes
         try:
-            async with asyncio.timeout(runtime.config.limits.body_timeout):
+            if request.content.is_eof():  # the whole body is here already (the usual case): no wait, no timer
                 body = await self._read_body(request, limit)
+            else:
+                async with asyncio.timeout(runtime.config.limits.body_timeout):
+                    body = await self._read_body(request, limit)
         except TimeoutError:
             runtime.metrics.reject("body_timeout")
             return _json_error(408, INVALID_REQUEST, "Request Timeout: the request body did not arrive in time")
@@ -148,7 +151,7 @@ class McpHandler:
         except MessageError as exc:
             runtime.metrics.reject("bad_json" if exc.code == -32700 else "not_jsonrpc")
             return _json_error(400, exc.code, exc.message, exc.request_id)
-        headers = upstream_headers(request.headers, request.headers.items())
+        headers = upstream_headers(request.headers.items())
         if message.kind is Kind.BATCH:
             refusal = await self._batch_refusal(request, runtime, route, message, body, headers)
             if refusal is not None:
@@ -341,7 +344,7 @@ class McpHandler:
         return response
 
     async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
-        headers = upstream_headers(request.headers, request.headers.items())
+        headers = upstream_headers(request.headers.items())
         return await self._forward(request, runtime, route, request.method, headers, None)
 
     def _failed(self, runtime: Runtime, call: Call, error: ProxyError, started: float) -> None:

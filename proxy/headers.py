@@ -10,7 +10,7 @@ they pass, and a same-host sidecar gains nothing from compression.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
@@ -38,31 +38,32 @@ _NOT_TO_UPSTREAM: frozenset[str] = HOP_BY_HOP | {"host", "content-length", "acce
 _NOT_TO_CLIENT: frozenset[str] = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
-    value = headers.get("Connection")
-    if not value:
-        return set()
-    return {token.strip().lower() for token in value.split(",") if token.strip()}
-
-
-def _filtered(headers: Iterable[tuple[str, str]], drop: frozenset[str], extra: set[str]) -> CIMultiDict[str]:
+def _filtered(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> CIMultiDict[str]:
+    """`items` without the `drop` names, nor any name listed in a `Connection` header (one pass)."""
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers:
+    connection: list[str] = []
+    for name, value in items:
         key = name.lower()
-        if key in drop or key in extra:
+        if key in drop:
+            if key == "connection":
+                connection.append(value)
             continue
         out.add(name, value)
+    for value in connection:
+        for token in value.split(","):
+            if token := token.strip():
+                out.popall(token, None)
     return out
 
 
-def upstream_headers(incoming: Mapping[str, str], items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+def upstream_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """Headers to send upstream: everything end-to-end from the client's request."""
-    return _filtered(items, _NOT_TO_UPSTREAM, _connection_tokens(incoming))
+    return _filtered(items, _NOT_TO_UPSTREAM)
 
 
-def client_headers(incoming: Mapping[str, str], items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+def client_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """Headers to send back to the client: everything end-to-end from the upstream's answer."""
-    return _filtered(items, _NOT_TO_CLIENT, _connection_tokens(incoming))
+    return _filtered(items, _NOT_TO_CLIENT)
 
 
 def _hostname(value: str) -> str:

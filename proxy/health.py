@@ -40,7 +40,7 @@ from proxy.config import HealthConfig
 from proxy.errors import ProxyError
 from proxy.failures import Failure, Verdict, classify_error, classify_reply, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, MonotonicClock, Observer, Reply
-from proxy.transport import AiohttpUpstream
+from proxy.transport import HttpUpstream
 
 __all__ = ["HealthProber", "PassiveHealthStage", "UpstreamHealth"]
 
@@ -209,7 +209,7 @@ class HealthProber:
     __slots__ = ("_clock", "_config", "_ids", "_initialized", "_random", "_session", "_task", "_upstream", "_version", "health", "mode")
 
     def __init__(
-        self, upstream: AiohttpUpstream, health: UpstreamHealth, clock: Clock, rand: Callable[[], float] = random.random
+        self, upstream: HttpUpstream, health: UpstreamHealth, clock: Clock, rand: Callable[[], float] = random.random
     ) -> None:
         self._upstream = upstream
         self.health = health

@@ -31,7 +31,7 @@ from proxy.policies.ratelimit import RateLimitStage
 from proxy.policies.resolve import PolicyResolver
 from proxy.policies.retry import RetryStage
 from proxy.policies.timeout import TimeoutStage
-from proxy.transport import AiohttpUpstream
+from proxy.transport import HttpUpstream
 
 __all__ = ["Route", "Runtime", "RuntimeRef", "SharedStages", "UpstreamState", "build_runtime", "config_hash"]
 
@@ -48,7 +48,7 @@ class SharedStages:
 class UpstreamState:
     """What one upstream accumulates while it runs; kept across reloads while the upstream keeps its name."""
 
-    transport: AiohttpUpstream
+    transport: HttpUpstream
     retry: RetryStage
     breaker: BreakerStage
     annotations: ToolAnnotations
@@ -66,7 +66,7 @@ class Route:
     resolver: PolicyResolver
 
     @property
-    def upstream(self) -> AiohttpUpstream:
+    def upstream(self) -> HttpUpstream:
         return self.state.transport
 
     @property
@@ -89,7 +89,7 @@ class Runtime:
     events: EventRecorder
 
     @property
-    def upstreams(self) -> list[AiohttpUpstream]:
+    def upstreams(self) -> list[HttpUpstream]:
         return [state.transport for state in self.states.values()]
 
 
@@ -145,7 +145,7 @@ def _state_for(
 ) -> UpstreamState:
     if previous is None:
         return UpstreamState(
-            transport=AiohttpUpstream(upstream, limits),
+            transport=HttpUpstream(upstream, limits),
             retry=RetryStage(clock, observer),
             breaker=BreakerStage(upstream.name, clock, observer),
             annotations=ToolAnnotations(),
@@ -159,7 +159,7 @@ def _state_for(
     if transport.same_connection(upstream, limits):
         transport.config = upstream
     else:
-        transport = AiohttpUpstream(upstream, limits)
+        transport = HttpUpstream(upstream, limits)
     health = previous.health
     if health.config != upstream.health:
         health = _new_health(upstream, clock, metrics, observer)

@@ -1,13 +1,15 @@
-"""The only module that speaks HTTP to upstreams, and the boundary where aiohttp's errors become ours.
+"""The only module that speaks to upstreams, and the boundary where HTTP client errors become ours.
 
-One `aiohttp.ClientSession` per upstream is its keep-alive pool. A JSON answer is read whole (bounded),
-so the pipeline can classify it before anything reaches the client; an SSE answer is handed back as a
-stream right after its headers, to be passed through chunk by chunk. Errors map to `proxy.errors`:
+One `proxy.http_client.ConnectionPool` per upstream is its keep-alive pool (why not aiohttp's client:
+that module's docstring). A JSON answer is read whole (bounded), so the pipeline can classify it before
+anything reaches the client; an SSE answer is handed back as a stream right after its headers, to be
+passed through chunk by chunk. Errors map to `proxy.errors`:
 
-- connect refused, DNS failure, connect timeout (which in aiohttp includes waiting for a pooled
-  connection): `NeverSent`, the request provably did not leave, so any call may be retried;
-- the per-try timeout after the connection was made: `UpstreamTimeout` (the upstream may be executing);
+- connect refused, DNS failure, connect timeout, no free pool slot in time: `NeverSent`, the request
+  provably did not leave, so any call may be retried;
+- the per-try timeout after the request was written: `UpstreamTimeout` (the upstream may be executing);
 - a connection that broke after sending: `UpstreamUnavailable`;
+- an answer that is not valid HTTP, or larger than `limits.max_response_bytes`: `UpstreamProtocolError`;
 - an SSE stream that breaks or stays silent past `stream_idle`: `StreamBroken`.
 """
 
@@ -18,17 +20,25 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
-from yarl import URL
+
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.headers import client_headers
+from proxy.http_client import (
+    BadResponse,
+    ConnectFailed,
+    ConnectionBroken,
+    ConnectionPool,
+    Origin,
+    Response,
+    ResponseTooLarge,
+)
 from proxy.jsonrpc import LONG_LIVED_METHODS, final_response
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.sse import SSEParser
 
-__all__ = ["AiohttpUpstream", "SSEBody"]
+__all__ = ["HttpUpstream", "SSEBody"]
 
 _EVENT_STREAM = "text/event-stream"
 
@@ -38,7 +48,7 @@ class SSEBody:
 
     __slots__ = ("_chunk_iterator", "_idle", "_response", "_upstream")
 
-    def __init__(self, response: aiohttp.ClientResponse, idle: float | None, upstream: str) -> None:
+    def __init__(self, response: Response, idle: float | None, upstream: str) -> None:
         self._response = response
         self._idle = idle
         self._upstream = upstream
@@ -53,29 +63,28 @@ class SSEBody:
         return self._chunk_iterator
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
+        response = self._response
         try:
             while True:
                 if self._idle is None:
-                    chunk = await content.readany()
+                    chunk = await response.next_chunk()
                 else:
                     async with asyncio.timeout(self._idle):
-                        chunk = await content.readany()
+                        chunk = await response.next_chunk()
                 if not chunk:
                     break
                 yield chunk
         except TimeoutError:
-            self._response.close()
+            response.close()
             raise StreamBroken(
                 f"upstream stream silent for more than {self._idle:g}s", upstream=self._upstream
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            self._response.close()
+        except (ConnectionBroken, BadResponse, OSError) as exc:
+            response.close()
             raise StreamBroken(f"upstream stream broke: {_describe(exc)}", upstream=self._upstream) from None
         except BaseException:
-            self._response.close()
+            response.close()
             raise
-        self._response.release()
 
     async def close(self) -> None:
         """Abandon the stream: the connection is closed, not returned half-read to the pool."""
@@ -120,7 +129,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class AiohttpUpstream:
+class HttpUpstream:
     """One upstream MCP endpoint behind one keep-alive pool."""
 
     def __init__(self, config: UpstreamConfig, limits: LimitsConfig) -> None:
@@ -128,24 +137,17 @@ class AiohttpUpstream:
         """The upstream's config; a reload that keeps the connection settings updates it in place."""
         self.name = config.name
         self._url = config.url
-        self._target = URL(config.url)  # parsed once, not on every request
+        self._origin = Origin(config.url)  # parsed once, not on every request
         self._max_response = limits.max_response_bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
 
     async def start(self) -> None:
         """Open the pool. Called from the app's cleanup context, inside the running loop."""
-        connector = aiohttp.TCPConnector(
+        self._pool = ConnectionPool(
+            self._origin,
             limit=self.config.pool.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=self.config.pool.keepalive_timeout,
-        )
-        connect = self.config.timeouts.connect
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
+            keepalive=self.config.pool.keepalive_timeout,
+            connect_timeout=self.config.timeouts.connect,
         )
 
     def same_connection(self, config: UpstreamConfig, limits: LimitsConfig) -> bool:
@@ -158,15 +160,15 @@ class AiohttpUpstream:
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
             raise RuntimeError(f"upstream {self.name} is not started")
-        return self._session
+        return self._pool
 
     async def send(self, call: Call) -> Reply:
         """One attempt of a JSON-RPC request. Its time limit is the timeout stage's (`policies/timeout.py`).
@@ -244,25 +246,29 @@ class AiohttpUpstream:
         stream_idle: float | None,
     ) -> Reply:
         """Send one HTTP request upstream; return its answer with the body read or streamed."""
-        response: aiohttp.ClientResponse | None = None
+        response: Response | None = None
         try:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
-                response = await self.session.request(
-                    method, self._target, data=body, headers=headers, allow_redirects=False
-                )
-                out_headers = client_headers(response.headers, response.headers.items())
+                response = await self.pool.request(method, headers.items(), body)
+                out_headers = client_headers(response.header_items)
                 if response.content_type == _EVENT_STREAM:
                     return Reply(response.status, out_headers, stream=SSEBody(response, stream_idle, self.name))
                 raw = await self._read_bounded(response)
-        except aiohttp.ClientConnectorError as exc:
-            raise NeverSent(f"cannot connect to upstream: {type(exc.os_error).__name__}", upstream=self.name) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise NeverSent("timed out connecting to upstream", upstream=self.name) from None
+        except ConnectFailed as exc:
+            raise NeverSent(f"cannot connect to upstream: {exc}", upstream=self.name) from None
         except TimeoutError:
             if response is not None:
                 response.close()
             raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except ResponseTooLarge:
+            raise UpstreamProtocolError(
+                "upstream answer exceeds limits.max_response_bytes", upstream=self.name
+            ) from None
+        except BadResponse as exc:
+            raise UpstreamProtocolError(f"upstream answer is not valid HTTP: {exc}", upstream=self.name) from None
+        except ValueError as exc:  # a header the HTTP client refuses to write (a line break in it)
+            raise UpstreamProtocolError(f"request not sent: {exc}", upstream=self.name) from None
+        except (ConnectionBroken, OSError) as exc:
             if response is not None:
                 response.close()
             raise UpstreamUnavailable(f"upstream connection failed: {_describe(exc)}", upstream=self.name) from None
@@ -272,27 +278,14 @@ class AiohttpUpstream:
             raise
         return Reply(response.status, out_headers, body=raw, message=_parse_json(response.content_type, raw))
 
-    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read_bounded(self, response: Response) -> bytes:
         length = response.content_length
         if length is not None and length > self._max_response:
             response.close()
             raise UpstreamProtocolError(
                 f"upstream answer of {length} bytes exceeds limits.max_response_bytes", upstream=self.name
             )
-        if length is not None:
-            return await response.read()
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in response.content.iter_any():
-            total += len(chunk)
-            if total > self._max_response:
-                response.close()
-                raise UpstreamProtocolError(
-                    "upstream answer exceeds limits.max_response_bytes", upstream=self.name
-                )
-            chunks.append(chunk)
-        response.release()
-        return b"".join(chunks)
+        return await response.read(self._max_response)
 
 
 def _parse_json(content_type: str, raw: bytes) -> Any:

@@ -313,3 +313,51 @@ async def test_a_crash_in_the_proxy_is_a_jsonrpc_500_not_a_traceback_page(
     assert status == 500 and headers["Content-Type"] == "application/json"
     assert json.loads(body)["error"] == {"code": -32603, "message": "500 Internal Server Error", "data": {"reason": "internal_error"}}
     assert b"a bug" not in body and b"Traceback" not in body
+
+
+@pytest.mark.parametrize(
+    ("answer", "limits", "message"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", {}, "upstream answer is not valid HTTP: Expected HTTP/, RTSP/ or ICE/"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 300\r\n\r\n" + b" " * 300,
+            {"max_response_bytes": 200},
+            "upstream answer of 300 bytes exceeds limits.max_response_bytes",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"12c\r\n" + b" " * 300 + b"\r\n0\r\n\r\n",
+            {"max_response_bytes": 200},
+            "upstream answer exceeds limits.max_response_bytes",
+        ),
+    ],
+)
+async def test_an_answer_that_is_not_http_or_too_large_is_a_bad_response(
+    answer: bytes, limits: dict[str, int], message: str
+) -> None:
+    """Exactly one attempt (a bad answer is not retried), a -32055 with the id, and the proxy goes on serving."""
+    attempts = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with running_proxy(proxy_config(f"http://127.0.0.1:{port}/mcp", limits=limits)) as proxy:
+            for request_id in (1, 2):
+                status, _, body = await post(mcp_url(proxy), call_tool("lookup", request_id))
+                error = json.loads(body)
+                assert status == 502
+                assert error["id"] == request_id
+                assert error["error"]["code"] == -32055
+                assert error["error"]["message"] == message
+                assert error["error"]["data"]["reason"] == "upstream_bad_response"
+            assert attempts == 2
+    finally:
+        server.close()

@@ -20,7 +20,7 @@ def test_upstream_headers_keep_end_to_end_and_drop_hop_by_hop() -> None:
             ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), ("Accept", "application/json, text/event-stream"),
         ]
     )
-    out = upstream_headers(incoming, incoming.items())
+    out = upstream_headers(incoming.items())
     assert list(out.keys()) == [
         "Authorization", "Mcp-Session-Id", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Param-Region",
         "Mcp-Param-Something-New", "Last-Event-ID", "traceparent", "Accept",
@@ -32,9 +32,14 @@ def test_client_headers_keep_session_id_and_drop_framing() -> None:
         [("Content-Type", "text/event-stream"), ("Mcp-Session-Id", "s1"), ("Transfer-Encoding", "chunked"),
          ("Content-Length", "5"), ("Server", "upstream"), ("Date", "x"), ("Cache-Control", "no-cache")]
     )
-    assert list(client_headers(incoming, incoming.items()).items()) == [
+    assert list(client_headers(incoming.items()).items()) == [
         ("Content-Type", "text/event-stream"), ("Mcp-Session-Id", "s1"), ("Cache-Control", "no-cache"),
     ]
+
+
+def test_client_headers_drop_what_the_upstream_connection_header_names() -> None:
+    items = [("Connection", "keep-alive, X-Up-Hop"), ("X-Up-Hop", "1"), ("x-up-hop", "2"), ("X-Kept", "3")]
+    assert list(client_headers(items).items()) == [("X-Kept", "3")]
 
 
 @pytest.mark.parametrize(

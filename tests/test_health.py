@@ -24,7 +24,7 @@ from proxy.errors import NeverSent, StreamBroken, UpstreamTimeout, UpstreamUnava
 from proxy.failures import CANCELLED, classify_error, classify_reply
 from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.policies.base import Call
-from proxy.transport import AiohttpUpstream
+from proxy.transport import HttpUpstream
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_result, reply_status
 from tests.fault_upstream import FaultUpstream
 from tests.servers.everything import build_app
@@ -62,7 +62,7 @@ class StepClock(FakeClock):
 
 @dataclass
 class Probe:
-    transport: AiohttpUpstream
+    transport: HttpUpstream
     health: UpstreamHealth
     prober: HealthProber
     events: Events
@@ -86,7 +86,7 @@ async def make_probe() -> AsyncIterator[MakeProbe]:
         config = UpstreamConfig.model_validate(
             {"name": "up", "url": url, "health": {"active": active, "passive": passive or {}}}
         )
-        transport = AiohttpUpstream(config, LimitsConfig())
+        transport = HttpUpstream(config, LimitsConfig())
         if start:
             await transport.start()
         clock = clock or FakeClock()

@@ -15,7 +15,7 @@ import pytest
 from proxy.app import running_proxy
 from proxy.config import ConfigError, UpstreamConfig, load_config
 from proxy.errors import NeverSent
-from proxy.transport import AiohttpUpstream
+from proxy.transport import HttpUpstream
 from tests.conftest import proxy_config
 from tests.fakes import make_call
 from tests.fault_upstream import FaultUpstream
@@ -69,7 +69,7 @@ async def test_non_idempotent_tool_timing_out_runs_exactly_once(upstream: FaultU
 
 async def test_connection_refused_is_never_sent(unused_tcp_port: int) -> None:
     config = UpstreamConfig.model_validate({"name": "up", "url": f"http://127.0.0.1:{unused_tcp_port}/mcp"})
-    transport = AiohttpUpstream(config, proxy_config("http://127.0.0.1:1/mcp").limits)
+    transport = HttpUpstream(config, proxy_config("http://127.0.0.1:1/mcp").limits)
     await transport.start()
     try:
         with pytest.raises(NeverSent):

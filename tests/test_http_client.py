@@ -1,0 +1,379 @@
+"""The upstream HTTP/1.1 client against raw TCP servers on 127.0.0.1 that send exactly the bytes a test scripts.
+
+Each test's server counts the connections it accepts, so reuse and closing are asserted as counts,
+and what the client wrote is asserted byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from proxy.http_client import (
+    _PAUSE_AT,
+    MAX_HEAD_BYTES,
+    BadResponse,
+    ConnectFailed,
+    ConnectionBroken,
+    ConnectionPool,
+    Origin,
+    ResponseTooLarge,
+)
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class RawServer:
+    """A TCP server that runs `script` on every connection and records what it accepted."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            await self.script(reader, writer)
+        writer.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request with a Content-Length body (or none), as raw bytes."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+def answering(*answers: bytes, then_close: bool = False) -> Script:
+    """Answer each request on a connection with the next of `answers` (the last one repeats)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for index in range(1000):
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(answers[min(index, len(answers) - 1)])
+            await writer.drain()
+            if then_close:
+                return
+
+    return script
+
+
+@contextlib.asynccontextmanager
+async def pool_for(
+    server: RawServer,
+    limit: int = 8,
+    keepalive: float = 30.0,
+    connect_timeout: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[ConnectionPool]:
+    pool = ConnectionPool(Origin(server.url), limit, keepalive, connect_timeout, clock)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def call(pool: ConnectionPool, body: bytes = b"{}") -> tuple[int, bytes]:
+    response = await pool.request("POST", [("Content-Type", "application/json")], body)
+    return response.status, await response.read()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until `condition` holds (bounded): for effects of the peer closing a socket."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def test_request_bytes_on_the_wire_are_exact() -> None:
+    seen: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+
+    async with RawServer(script) as server:
+        pool = ConnectionPool(Origin(f"http://127.0.0.1:{server.port}/mcp?x=1"), 4, 30.0, 5.0)
+        response = await pool.request("POST", [("Mcp-Session-Id", "s1"), ("Accept", "a, b")], b'{"a":1}')
+        assert (response.status, await response.read()) == (200, b"{}")
+        await pool.close()
+    assert seen == [
+        b"POST /mcp?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nMcp-Session-Id: s1\r\nAccept: a, b\r\n"
+        b"Content-Length: 7\r\n\r\n{\"a\":1}" % server.port
+    ]
+
+
+def test_origin_default_port_ipv6_and_userinfo() -> None:
+    origin = Origin("https://user:p%40ss@[::1]/mcp")
+    assert (origin.host, origin.port, origin.host_header, origin.target) == ("::1", 443, "[::1]", "/mcp")
+    assert origin.authorization == "Basic dXNlcjpwQHNz"  # base64 of "user:p@ss"
+    assert Origin("http://example.com:80").host_header == "example.com"
+    assert Origin("http://example.com:80").target == "/"
+    with pytest.raises(ValueError, match="not an http"):
+        Origin("ftp://example.com/")
+
+
+async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent() -> None:
+    async with RawServer(answering(OK)) as server, pool_for(server) as pool:
+        with pytest.raises(ValueError, match="line break"):
+            await pool.request("POST", [("X-Evil", "a\r\nX-Injected: 1")], b"{}")
+        with pytest.raises(ValueError, match="line break"):
+            await pool.request("POST", [("X-Evil\n", "a")], b"{}")
+        assert server.connections == 0
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async with RawServer(answering(OK)) as server, pool_for(server) as pool:
+        for _ in range(5):
+            assert await call(pool) == (200, b"{}")
+        assert server.connections == 1
+        assert (pool.size, pool.idle) == (1, 1)
+
+
+async def test_connection_close_answers_are_not_reused() -> None:
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+    async with RawServer(answering(closing, then_close=True)) as server, pool_for(server) as pool:
+        for _ in range(3):
+            assert await call(pool) == (200, b"{}")
+        assert server.connections == 3
+        assert pool.idle == 0
+
+
+async def test_a_body_without_length_ends_with_the_connection() -> None:
+    answer = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"late\":true}"
+    async with RawServer(answering(answer, then_close=True)) as server, pool_for(server) as pool:
+        assert await call(pool) == (200, b'{"late":true}')
+        await until(lambda: pool.size == 0)
+        assert await call(pool) == (200, b'{"late":true}')
+        assert server.connections == 2
+
+
+async def test_chunked_answers_and_informational_heads() -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + OK
+    async with RawServer(answering(chunked, early)) as server, pool_for(server) as pool:
+        assert await call(pool) == (200, b"abcde")
+        response = await pool.request("POST", [], b"{}")
+        assert (response.status, response.content_type, response.content_length) == (200, "application/json", 2)
+        assert response.header_items == [("Content-Type", "application/json"), ("Content-Length", "2")]
+        assert await response.read() == b"{}"
+        assert server.connections == 1
+
+
+async def test_a_stream_is_passed_on_chunk_by_chunk_as_it_arrives() -> None:
+    sent_second = asyncio.Event()
+    release_second = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"7\r\ndata: 1\r\n")
+        await writer.drain()
+        await release_second.wait()
+        writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+        await writer.drain()
+        sent_second.set()
+        await read_request(reader)
+        writer.write(OK)
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        assert response.content_type == "text/event-stream"
+        assert await response.next_chunk() == b"data: 1"
+        assert not sent_second.is_set()  # the first chunk arrived while the server still held the second
+        release_second.set()
+        assert await response.next_chunk() == b"data: 2"
+        assert await response.next_chunk() == b""
+        assert await response.next_chunk() == b""
+        assert await call(pool) == (200, b"{}")
+        assert server.connections == 1
+
+
+async def test_a_large_stream_read_slowly_arrives_whole_through_pause_and_resume() -> None:
+    piece = bytes(range(256)) * 256  # 64 KiB
+    pieces = 32  # 2 MiB in all, eight times the pause threshold
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(piece) * pieces))
+        for _ in range(pieces):
+            writer.write(piece)
+            await writer.drain()
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        conn = response._conn  # noqa: SLF001 - the flow control under test
+        await until(lambda: conn._paused)  # nobody reads: the socket stops being read
+        assert _PAUSE_AT < conn.buffered < _PAUSE_AT + len(piece) * 2
+        received = bytearray()
+        while chunk := await response.next_chunk():
+            received += chunk
+        assert bytes(received) == piece * pieces
+        assert server.connections == 1 and pool.idle == 1
+
+
+async def test_closing_a_half_read_answer_closes_its_connection() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        assert await response.next_chunk() == b"abc"
+        response.close()
+        assert (pool.size, pool.idle) == (0, 0)
+        assert await response.next_chunk() == b""  # abandoned: nothing more, and no error
+        assert server.connections == 1
+
+
+async def test_limit_on_the_body_closes_the_connection() -> None:
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+    async with RawServer(answering(big)) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        with pytest.raises(ResponseTooLarge):
+            await response.read(limit=50)
+        assert pool.size == 0
+        response = await pool.request("POST", [], b"{}")
+        assert await response.read(limit=100) == b"x" * 100
+        assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"garbage\r\n\r\n", "Expected HTTP/"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "Duplicate Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", "headers exceed 65536 bytes"),
+    ],
+)
+async def test_invalid_answers_are_bad_responses_and_close_the_connection(answer: bytes, message: str) -> None:
+    async with RawServer(answering(answer)) as server, pool_for(server) as pool:
+        with pytest.raises(BadResponse, match=message):
+            await pool.request("POST", [], b"{}")
+        assert pool.size == 0
+        assert server.connections == 1
+
+
+async def test_extra_bytes_after_a_complete_answer_close_the_connection_but_keep_the_answer() -> None:
+    async with RawServer(answering(OK + b"HTTP/1.1 200 OK\r\n")) as server, pool_for(server) as pool:
+        assert await call(pool) == (200, b"{}")
+        assert pool.size == 0
+        assert await call(pool) == (200, b"{}")
+        assert server.connections == 2
+
+
+async def test_a_connection_that_drops_after_the_request_is_broken_not_never_sent() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        with pytest.raises(ConnectionBroken):
+            await pool.request("POST", [], b"{}")
+        assert server.connections == 1 and pool.size == 0
+
+
+async def test_connect_refused_is_connect_failed() -> None:
+    async with RawServer(answering(OK)) as server:
+        port = server.port
+    pool = ConnectionPool(Origin(f"http://127.0.0.1:{port}/mcp"), 4, 30.0, 5.0)
+    with pytest.raises(ConnectFailed, match="ConnectionRefusedError"):
+        await pool.request("POST", [], b"{}")
+    assert pool.size == 0
+    await pool.close()
+
+
+async def test_a_full_pool_queues_then_times_out_as_connect_failed() -> None:
+    gate = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await gate.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    async with RawServer(script) as server, pool_for(server, limit=1, connect_timeout=0.05) as pool:
+        first = asyncio.create_task(call(pool))
+        await until(lambda: pool.size == 1)
+        with pytest.raises(ConnectFailed, match="no connection within 0.05s"):
+            await call(pool)
+        second = asyncio.create_task(call(pool))
+        await asyncio.sleep(0)
+        gate.set()
+        assert await first == (200, b"{}")
+        assert await second == (200, b"{}")
+        assert server.connections == 1
+
+
+async def test_idle_connections_expire_after_keepalive() -> None:
+    now = [100.0]
+    async with RawServer(answering(OK)) as server, pool_for(server, keepalive=5.0, clock=lambda: now[0]) as pool:
+        await call(pool)
+        now[0] += 4.9
+        await call(pool)
+        assert server.connections == 1
+        now[0] += 5.0
+        await call(pool)
+        assert server.connections == 2
+        now[0] += 5.0
+        pool._sweep()  # noqa: SLF001 - what the keep-alive timer runs
+        assert (pool.size, pool.idle) == (0, 0)
+
+
+async def test_an_idle_connection_the_server_closed_is_skipped() -> None:
+    async with RawServer(answering(OK, then_close=True)) as server, pool_for(server) as pool:
+        assert await call(pool) == (200, b"{}")
+        await until(lambda: pool.size == 0)
+        assert await call(pool) == (200, b"{}")
+        assert server.connections == 2
+
+
+async def test_a_closed_pool_refuses_and_closes_busy_connections() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()
+
+    async with RawServer(script) as server:
+        pool = ConnectionPool(Origin(server.url), 4, 30.0, 5.0)
+        pending = asyncio.create_task(call(pool))
+        await until(lambda: server.connections == 1)
+        await pool.close()
+        with pytest.raises(ConnectionBroken):
+            await pending
+        with pytest.raises(ConnectFailed, match="closed"):
+            await call(pool)
