@@ -136,6 +136,23 @@ async def test_request_bytes_on_the_wire_are_exact() -> None:
     ]
 
 
+async def test_userinfo_in_the_url_is_basic_auth_unless_the_client_sent_its_own() -> None:
+    seen: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(OK)
+
+    async with RawServer(script) as server:
+        pool = ConnectionPool(Origin(f"http://bot:s3cret@127.0.0.1:{server.port}/mcp"), 4, 30.0, 5.0)
+        await (await pool.request("POST", [], b"{}")).read()
+        await (await pool.request("POST", [("authorization", "Bearer t")], b"{}")).read()
+        await pool.close()
+    assert b"\r\nAuthorization: Basic Ym90OnMzY3JldA==\r\n" in seen[0]  # base64 of "bot:s3cret"
+    assert b"Basic" not in seen[1] and b"\r\nauthorization: Bearer t\r\n" in seen[1]
+
+
 def test_origin_default_port_ipv6_and_userinfo() -> None:
     origin = Origin("https://user:p%40ss@[::1]/mcp")
     assert (origin.host, origin.port, origin.host_header, origin.target) == ("::1", 443, "[::1]", "/mcp")

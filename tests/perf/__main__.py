@@ -149,6 +149,14 @@ def _placement(pin: str) -> dict[str, str | None]:
     return {"wrk": str(first), "upstream": str(first), "forwarder": str(second)}
 
 
+def _move(pid: int, cpus: set[int]) -> set[int]:
+    """Put every thread of `pid` on `cpus`; return the CPUs it had (its main thread's)."""
+    before = os.sched_getaffinity(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+    return before
+
+
 def _listening(line: str) -> str | None:
     return line.split()[1] if line.startswith("LISTENING ") else None
 
@@ -372,7 +380,10 @@ def _measure(
     pin: list[str],
     under_test: Child,
     procs: Processes,
+    share_cpu: int | None,
 ) -> dict[str, Any]:
+    """Throughput and CPU under load, then 1-connection latency as placed (and, when `share_cpu` is
+    given, once more with the process under test on that CPU, beside wrk and the upstream)."""
     loaded = _loaded(wrk, url, script, args, pin, under_test, procs)
     time.sleep(0.3)
     single = run_wrk(
@@ -384,12 +395,32 @@ def _measure(
         threads=1,
         pin=pin,
     )
+    shared = single
+    if share_cpu is not None:
+        # The same 1-connection run with the forwarder moved onto the load generator's and upstream's CPU.
+        # Split across CPUs, every hop is a cross-CPU wake-up, which on a VM costs as much as the work:
+        # this run shows the forwarder's own added latency, the other the placement's.
+        before = _move(under_test.pid, {share_cpu})
+        try:
+            time.sleep(0.3)
+            shared = run_wrk(
+                wrk,
+                url,
+                script,
+                connections=1,
+                duration=args.latency_duration,
+                threads=1,
+                pin=pin,
+            )
+        finally:
+            _move(under_test.pid, before)
     return {
         "rps": loaded["rps"],
-        "errors": loaded["errors"] + single["error_count"],
+        "errors": loaded["errors"] + single["error_count"] + (shared["error_count"] if shared is not single else 0),
         "latency_loaded_us": loaded["latency_loaded_us"],
         "rps_1conn": single["rps"],
         "latency_1conn_us": single["latency_us"],
+        "latency_1conn_one_cpu_us": shared["latency_us"],
         "cpu_percent": loaded["cpu_percent"],
         "cpu_us_per_request": loaded["cpu_us_per_request"],
         "background_cpu_percent": loaded["background_cpu_percent"],
@@ -414,6 +445,10 @@ def _median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_1conn_us": {
             k: med(lambda r, k=k: r["latency_1conn_us"][k])
             for k in rounds[0]["latency_1conn_us"]
+        },
+        "latency_1conn_one_cpu_us": {
+            k: med(lambda r, k=k: r["latency_1conn_one_cpu_us"][k])
+            for k in rounds[0]["latency_1conn_one_cpu_us"]
         },
         "cpu_percent": med(lambda r: r["cpu_percent"]),
         "cpu_us_per_request": med(lambda r: r["cpu_us_per_request"] or 0.0),
@@ -440,6 +475,11 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ratios["proxy_vs_naive_throughput"] >= GOAL_THROUGHPUT_VS_NAIVE
     )
     ratios["goal_added_p50_met"] = ratios["proxy_added_p50_us"] <= GOAL_ADDED_P50_US
+    one = {name: results[name]["latency_1conn_one_cpu_us"] for name in TARGETS}
+    ratios["proxy_added_p50_one_cpu_us"] = one["proxy"]["p50"] - one["direct"]["p50"]
+    ratios["proxy_added_p99_one_cpu_us"] = one["proxy"]["p99"] - one["direct"]["p99"]
+    ratios["naive_added_p50_one_cpu_us"] = one["naive"]["p50"] - one["direct"]["p50"]
+    ratios["goal_added_p50_one_cpu_met"] = ratios["proxy_added_p50_one_cpu_us"] <= GOAL_ADDED_P50_US
     return ratios
 
 
@@ -452,16 +492,19 @@ def _print_mode(
     out = sys.stdout.write
     out(f"\n== upstream answers {mode.upper()} ==\n")
     out(
-        f"{'target':<8} {f'req/s@{args.connections}':>11} {'p50@1 us':>9} {'p99@1 us':>9} {'req/s@1':>8} "
+        f"{'target':<8} {f'req/s@{args.connections}':>11} {'p50@1 us':>9} {'p99@1 us':>9} {'1cpu p50':>9} {'1cpu p99':>9} "
+        f"{'req/s@1':>8} "
         f"{f'p50@{args.connections} us':>11} {f'p99@{args.connections} us':>11} {'CPU%':>6} {'CPU us/req':>10} {'errors':>6} "
         f"{'other%':>6}\n"
     )
     for name in TARGETS:
         r = results[name]
         single, loaded = r["latency_1conn_us"], r["latency_loaded_us"]
+        one = r["latency_1conn_one_cpu_us"]
         cpu_note = "(CPU: upstream)" if name == "direct" else ""
         out(
-            f"{name:<8} {r['rps']:>11,.0f} {single['p50']:>9,.0f} {single['p99']:>9,.0f} {r['rps_1conn']:>8,.0f} "
+            f"{name:<8} {r['rps']:>11,.0f} {single['p50']:>9,.0f} {single['p99']:>9,.0f} {one['p50']:>9,.0f} "
+            f"{one['p99']:>9,.0f} {r['rps_1conn']:>8,.0f} "
             f"{loaded['p50']:>11,.0f} {loaded['p99']:>11,.0f} {r['cpu_percent']:>6.0f} "
             f"{r['cpu_us_per_request'] or 0:>10.1f} {r['errors']:>6} {r['background_cpu_percent']:>6.0f} {cpu_note}\n"
         )
@@ -479,6 +522,13 @@ def _print_mode(
         f"(goal p50 <= {GOAL_ADDED_P50_US:.0f} us: {ok[ratios['goal_added_p50_met']]}); "
         f"naive added p50 {ratios['naive_added_p50_us']:+.0f} us, p99 {ratios['naive_added_p99_us']:+.0f} us\n"
     )
+    if _placement(args.pin)["forwarder"] is not None:
+        out(
+            f"on one CPU: proxy added p50 {ratios['proxy_added_p50_one_cpu_us']:+.0f} us, "
+            f"p99 {ratios['proxy_added_p99_one_cpu_us']:+.0f} us over direct   "
+            f"(goal p50 <= {GOAL_ADDED_P50_US:.0f} us: {ok[ratios['goal_added_p50_one_cpu_met']]}); "
+            f"naive added p50 {ratios['naive_added_p50_one_cpu_us']:+.0f} us\n"
+        )
     out(
         f"proxy CPU per request {ratios['proxy_vs_naive_cpu_per_request']:.2f}x the naive forwarder's\n"
     )
@@ -524,8 +574,9 @@ def _run(
     sys.stdout.write(
         f"columns: req/s@{args.connections} and p50/p99@{args.connections} from {args.duration:g}s at {args.connections} "
         f"connections; p50/p99@1 and req/s@1 from {args.latency_duration:g}s at 1 connection (wrk, 1 us histogram); "
-        "CPU% and CPU us/req of the forwarder under load (direct: of the upstream); other% = CPU used meanwhile by "
-        "processes outside the benchmark\n"
+        "1cpu p50/p99: the same 1-connection run with the forwarder moved onto wrk's and the upstream's CPU "
+        "(no cross-CPU wake-ups); CPU% and CPU us/req of the forwarder under load (direct: of the upstream); "
+        "other% = CPU used meanwhile by processes outside the benchmark\n"
     )
     for mode in modes:
         targets = _start_targets(procs, workdir, mode, place, args)
@@ -542,7 +593,8 @@ def _run(
                     f"  [{mode} round {round_no + 1}/{args.rounds}] {name:<6} {url}\n"
                 )
                 sys.stdout.flush()
-                rounds[name].append(_measure(wrk, url, script, args, pin, child, procs))
+                share = int(place["wrk"]) if place["forwarder"] is not None and name != "direct" else None
+                rounds[name].append(_measure(wrk, url, script, args, pin, child, procs, share))
         results = {name: _median_of(rounds[name]) for name in TARGETS}
         ratios = _ratios(results)
         report["modes"][mode] = {
