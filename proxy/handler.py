@@ -130,7 +130,8 @@ class McpHandler:
         return b"".join(chunks)
 
     async def _post(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
-        if request.content_type != _JSON:
+        # Exactly "application/json" (what clients send) needs no parsing; anything else is parsed to be sure.
+        if request.headers.get("Content-Type") != _JSON and request.content_type != _JSON:
             runtime.metrics.reject("unsupported_media_type")
             return _json_error(415, INVALID_REQUEST, f"Unsupported Media Type: POST needs Content-Type: {_JSON}")
         limit = runtime.config.limits.max_body_bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,13 @@ async def burst(session: aiohttp.ClientSession, url: str, payload: dict[str, Any
 
 
 async def learn(proxy: ProxyServer, session: aiohttp.ClientSession) -> None:
-    """25 timed-out reads (observed) and 25 good lists, summarized."""
+    """25 timed-out reads (observed) and 25 good lists, summarized.
+
+    The reads' observed latencies decide the proposed per_try (p95 x 1.2, rounded up to a readable
+    value: 500ms for a 0.4 s upstream), so nothing else may stall the loop meanwhile: a full garbage
+    collection of the heap a long test session leaves behind took ~50 ms and made it 750ms.
+    """
+    gc.collect()
     assert await burst(session, proxy.url + "/mcp", READ, 25) == [504] * 25
     assert await burst(session, proxy.url + "/mcp", {"jsonrpc": "2.0", "method": "tools/list"}, 25) == [200] * 25
     async with asyncio.timeout(15):

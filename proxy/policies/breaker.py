@@ -122,13 +122,14 @@ class Breaker:
 
     def record(self, trial: int | None, verdict: Verdict) -> None:
         """Count the outcome of an admitted call (`trial`: what `admit` returned for it)."""
-        current = trial is not None and trial == self._period and self.state == HALF_OPEN
+        state = self.state
+        current = trial is not None and trial == self._period and state == HALF_OPEN
         if verdict is CANCELLED or not (verdict.ok or verdict.server_failure):
             if current:
                 self._trials -= 1  # nothing learned: the slot goes to the next call
             return
         storage = self._cb._state_storage
-        if self.state == HALF_OPEN:
+        if state == HALF_OPEN:
             if not current:
                 return  # admitted while closed, or a trial of an earlier period: only this period's trials decide
             if verdict.server_failure:
@@ -138,7 +139,7 @@ class Breaker:
             if storage.success_counter >= self.config.half_open_max_calls:
                 self._cb.close()
             return
-        if self.state != CLOSED:
+        if state != CLOSED:
             return  # a call admitted before the breaker opened: its outcome is stale
         if verdict.ok:
             storage.reset_counter()
