@@ -157,12 +157,13 @@ class UpstreamConfig(ConfigModel):
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never echo a password
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not a URL: need http:// or https:// and a host (got {value!r})")
+            raise ValueError(f"not a URL: need http:// or https:// and a host (got {shown!r})")
         try:
             parts.port  # noqa: B018 - urlsplit checks the port only when asked
         except ValueError:
-            raise ValueError(f"not a URL: the port must be a number from 0 to 65535 (got {value!r})") from None
+            raise ValueError(f"not a URL: the port must be a number from 0 to 65535 (got {shown!r})") from None
         return value
 
     @field_validator("path")

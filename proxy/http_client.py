@@ -27,7 +27,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 from multidict import CIMultiDict
@@ -47,6 +47,10 @@ MAX_HEAD_BYTES = 64 * 1024
 _PAUSE_AT = 256 * 1024
 """Unread body bytes at which the socket stops being read (a slow client slows the upstream, not memory)."""
 _RESUME_AT = 64 * 1024
+
+
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
 
 
 class ConnectFailed(Exception):
@@ -73,7 +77,7 @@ class Origin:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"not an http(s) URL (scheme {parts.scheme!r})")  # the URL itself may hold a password
         secure = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if secure else 80)
@@ -81,7 +85,9 @@ class Origin:
         default_port = parts.port is None or parts.port == (443 if secure else 80)
         name = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = name if default_port else f"{name}:{self.port}"
-        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # What a config may spell raw (a space, non-ASCII) goes out percent-encoded; escapes already there stay.
+        path = quote(parts.path or "/", safe=_PATH_SAFE)
+        self.target = path + (f"?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else "")
         self.authorization: str | None = None
         if parts.username is not None:
             userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -140,7 +146,9 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future[None]:
         """Write one whole request; the returned future resolves when the response head has arrived."""
-        assert self._transport is not None and self._head is None
+        if self.closed or self._transport is None:
+            raise ConnectFailed("the pooled connection closed before the request was written")
+        assert self._head is None
         self._reset()
         self._head = self._pool.loop.create_future()
         self._transport.write(data)
@@ -218,6 +226,8 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             self._fail(exc.__context__ or BadResponse(str(exc)))
+        except httptools.HttpParserUpgrade:
+            self._fail(BadResponse("upstream switched protocols (HTTP 101), which MCP never asks for"))
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(str(exc)))
 
@@ -225,8 +235,9 @@ class _Connection(asyncio.Protocol):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._body_at_eof and self._head is not None and self._head.done() and not self.complete:
-            self.complete = True  # a body without length ends with the connection (RFC 9112 §6.3)
+        head_arrived = self._head is not None and self._head.done()
+        if self._body_at_eof and head_arrived and not self.complete and exc is None and self.error is None:
+            self.complete = True  # a body without length ends with a clean close (RFC 9112 §6.3), not a reset
             self._wake()
         text = f"upstream closed the connection: {exc}" if exc else "upstream closed the connection"
         self._lost(ConnectionBroken(text))
@@ -252,9 +263,10 @@ class _Connection(asyncio.Protocol):
             self._informational = True
             return
         self.status = status
-        self._body_at_eof = not self._parser.should_keep_alive() and not any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
-        ) and status not in (204, 304)
+        self._body_at_eof = status not in (204, 304) and not self._parser.should_keep_alive() and not any(
+            key == b"content-length" or (key == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"))
+            for key, value in ((name.lower(), value) for name, value in self.headers)
+        )
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 
@@ -335,18 +347,24 @@ class Response:
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body, then the connection is released. Over `limit` bytes: `ResponseTooLarge`."""
+        if self._done:
+            raise RuntimeError("this response's body was already read or abandoned")
         conn = self._conn
         if limit is not None and conn.received > limit:
             self.close()
             raise ResponseTooLarge(f"upstream answer exceeds {limit} bytes")
         conn.limit = limit
         chunks: list[bytes] = []
-        while True:
-            chunks.extend(conn.take())
-            if conn.complete:
-                break
-            self._check(conn)
-            await conn.wait()
+        try:
+            while True:
+                chunks.extend(conn.take())
+                if conn.complete:
+                    break
+                self._check(conn)
+                await conn.wait()
+        except BaseException:
+            self.close()
+            raise
         self._release()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -363,13 +381,27 @@ class Response:
                 self._release()
                 return b""
             self._check(conn)
-            await conn.wait()
+            try:
+                await conn.wait()
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         """Abandon the rest of the body: the connection is closed, never returned half-read."""
         if not self._done:
             self._done = True
             self._conn.abort()
+
+    def __del__(self) -> None:
+        # A response dropped unread (by a bug, or an error path that forgot it) must not hold its pool
+        # slot forever; closing is all that can be done here, and it must not raise.
+        if not self._done:
+            self._done = True
+            try:
+                self._conn.abort()
+            except Exception:  # noqa: BLE001, S110 - a finalizer: the loop may already be closed
+                pass
 
     def _check(self, conn: _Connection) -> None:
         if conn.error is not None:
@@ -406,7 +438,7 @@ class ConnectionPool:
         self._connect_timeout = connect_timeout
         self._idle: collections.deque[_Connection] = collections.deque()
         self._open: set[_Connection] = set()
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._connecting = 0
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -446,36 +478,59 @@ class ConnectionPool:
         if body:
             data += body
         conn = await self._acquire()
-        head = conn.send(data)
         try:
-            await head
+            await conn.send(data)
         except BaseException:
             conn.abort()
             raise
         return Response(conn)
 
+    # -- connections: who gets one, in arrival order -----------------------------------------------------
+    #
+    # Invariants: `size` (open + connecting) never exceeds `limit`; a waiter is handed either a
+    # connection or a reserved slot (counted in `_connecting`) to connect with, in FIFO order; a
+    # waiter that leaves (cancelled, timed out) after being handed one passes it on, so no free
+    # connection or slot is ever stranded while someone waits.
+
     async def _acquire(self) -> _Connection:
         if self._closed:
             raise ConnectFailed("the connection pool is closed")
-        conn = self._reuse()
-        if conn is not None:
-            return conn
+        if not self._waiters:
+            conn = self._reuse()
+            if conn is not None:
+                return conn
         try:
             async with asyncio.timeout(self._connect_timeout):
-                while self.size >= self._limit:
-                    waiter = self.loop.create_future()
-                    self._waiters.append(waiter)
-                    try:
-                        await waiter
-                    finally:
-                        if waiter in self._waiters:
-                            self._waiters.remove(waiter)
-                    conn = self._reuse()
-                    if conn is not None:
-                        return conn
-                return await self._connect()
+                reserved = False
+                if self._waiters or self.size >= self._limit:
+                    handed = await self._wait_turn()
+                    if handed is not None:
+                        return handed
+                    reserved = True
+                return await self._connect(reserved)
         except TimeoutError:
             raise ConnectFailed(f"no connection within {self._connect_timeout:g}s") from None
+
+    async def _wait_turn(self) -> _Connection | None:
+        """Queue for a connection (returned) or a reserved slot to open one in (None)."""
+        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._pass_on(waiter.result())
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def _pass_on(self, handed: _Connection | None) -> None:
+        """What a departing waiter was handed goes to the next one (or back to the pool)."""
+        if handed is not None:
+            self.release(handed)
+        else:
+            self._connecting -= 1
+            self._free_slot()
 
     def _reuse(self) -> _Connection | None:
         """The most recently used live idle connection; stale ones found on the way are closed."""
@@ -487,9 +542,12 @@ class ConnectionPool:
             conn.abort()
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, reserved: bool) -> _Connection:
+        """Open a connection in a free slot (`reserved`: one a waiter was handed, already counted)."""
         origin = self.origin
-        self._connecting += 1
+        if not reserved:
+            self._connecting += 1
+        opened = False
         try:
             _, conn = await self.loop.create_connection(
                 lambda: _Connection(self),
@@ -498,58 +556,72 @@ class ConnectionPool:
                 ssl=origin.ssl,
                 server_hostname=origin.host if origin.ssl is not None else None,
             )
+            if self._closed:
+                conn.abort()
+                raise ConnectFailed("the connection pool is closed")
+            if conn.closed:  # uvloop may run connection_lost before create_connection returns
+                raise ConnectFailed("upstream closed the connection as it was opened")
+            self._open.add(conn)
+            opened = True
+            return conn
         except OSError as exc:
             raise ConnectFailed(f"{type(exc).__name__}: {exc.strerror or exc}") from None
         finally:
             self._connecting -= 1
-        if self._closed:
-            conn.abort()
-            raise ConnectFailed("the connection pool is closed")
-        self._open.add(conn)
-        return conn
+            if not opened:
+                self._free_slot()
 
     def release(self, conn: _Connection) -> None:
-        """A connection whose exchange is complete: to a waiter's use, or kept idle."""
-        if self._closed:
+        """A connection whose exchange is complete: to the longest waiter, or kept idle."""
+        if self._closed or conn.closed:
             conn.abort()
             return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
         conn.idle_since = self._clock()
         self._idle.append(conn)
-        self._wake_one()
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self._keepalive, self._sweep)
 
     def _sweep(self) -> None:
         """Close idle connections past `keepalive` (oldest first), so quiet pools do not hold sockets."""
         self._sweeper = None
-        expired = self._clock() - self._keepalive
-        while self._idle and self._idle[0].idle_since <= expired:
+        now = self._clock()
+        while self._idle and now - self._idle[0].idle_since >= self._keepalive:
             self._idle.popleft().abort()
         if self._idle:
-            self._sweeper = self.loop.call_later(self._keepalive, self._sweep)
+            self._sweeper = self.loop.call_later(self._idle[0].idle_since + self._keepalive - now, self._sweep)
 
     def forget(self, conn: _Connection) -> None:
-        """A connection has closed: it no longer counts against the limit."""
-        self._open.discard(conn)
-        self._wake_one()
+        """A connection has closed: its slot is free."""
+        if conn in self._open:
+            self._open.discard(conn)
+            self._free_slot()
 
-    def _wake_one(self) -> None:
+    def _free_slot(self) -> None:
+        """A slot opened up: reserve it for the longest waiter, who will connect in it."""
+        if self._closed or self.size >= self._limit:
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self._connecting += 1
                 waiter.set_result(None)
                 return
 
     async def close(self) -> None:
-        """Close every connection, idle or busy; later requests fail as never sent."""
+        """Close every connection, idle or busy; waiting and later requests fail as never sent."""
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        waiters, self._waiters = self._waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed("the connection pool is closed"))
         for conn in list(self._open):
             conn.abort()
         self._idle.clear()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(ConnectFailed("the connection pool is closed"))
-        self._waiters.clear()

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
+import uvloop
 
 from proxy.http_client import (
     _PAUSE_AT,
@@ -394,3 +399,264 @@ async def test_a_closed_pool_refuses_and_closes_busy_connections() -> None:
             await pending
         with pytest.raises(ConnectFailed, match="closed"):
             await call(pool)
+
+
+# -- fixes from review: each test failed before its fix ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def gated_connects(gate: asyncio.Event) -> Iterator[None]:
+    """Every new connection waits for `gate` before it is opened (a slow connect, without a sleep)."""
+    loop = asyncio.get_running_loop()
+    real = loop.create_connection
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await real(*args, **kwargs)
+
+    loop.create_connection = slow  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        loop.create_connection = real  # type: ignore[method-assign]
+
+
+async def test_a_connect_given_up_frees_its_slot_for_the_next_waiter() -> None:
+    gate = asyncio.Event()
+    async with RawServer(answering(OK)) as server, pool_for(server, limit=1) as pool:
+        with gated_connects(gate):
+            first = asyncio.create_task(call(pool))
+            await until(lambda: pool.size == 1)
+            second = asyncio.create_task(call(pool))
+            await until(lambda: len(pool._waiters) == 1)  # noqa: SLF001
+            first.cancel()  # the client went away while its connection was being opened
+            await until(lambda: not pool._waiters)  # noqa: SLF001 - the slot went to the waiter at once
+            gate.set()
+            assert await second == (200, b"{}")
+        assert first.cancelled()
+        assert server.connections == 1 and pool.size == 1
+
+
+async def test_a_waiter_that_leaves_after_being_handed_a_connection_passes_it_on() -> None:
+    gate = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await gate.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    async with RawServer(script) as server, pool_for(server, limit=1) as pool:
+        first = asyncio.create_task(call(pool))
+        await until(lambda: pool.size == 1)
+        second = asyncio.create_task(call(pool))
+        third = asyncio.create_task(call(pool))
+        await until(lambda: len(pool._waiters) == 2)  # noqa: SLF001
+        release = pool.release
+
+        def release_then_cancel(conn: Any) -> None:
+            release(conn)  # hands the connection to `second`...
+            second.cancel()  # ...which is cancelled in the same turn
+
+        pool.release = release_then_cancel  # type: ignore[method-assign]
+        gate.set()
+        assert await first == (200, b"{}")
+        pool.release = release  # type: ignore[method-assign]
+        assert await third == (200, b"{}")
+        assert second.cancelled()
+        assert server.connections == 1
+
+
+async def test_waiters_are_served_in_arrival_order() -> None:
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await gate.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    async def named(name: str) -> None:
+        await call(pool)
+        order.append(name)
+
+    async with RawServer(script) as server, pool_for(server, limit=1) as pool:
+        first = asyncio.create_task(named("first"))
+        await until(lambda: pool.size == 1)
+        queued = asyncio.create_task(named("queued"))
+        await until(lambda: len(pool._waiters) == 1)  # noqa: SLF001
+        release = pool.release
+        late: list[asyncio.Task[None]] = []
+
+        def release_then_arrive(conn: Any) -> None:
+            late.append(asyncio.create_task(named("late")))  # arrives just before the connection frees up,
+            release(conn)  # so it runs before the woken waiter does
+
+        pool.release = release_then_arrive  # type: ignore[method-assign]
+        gate.set()
+        await first
+        pool.release = release  # type: ignore[method-assign]
+        await queued
+        await late[0]
+        assert order == ["first", "queued", "late"]
+        assert server.connections == 1
+
+
+async def test_a_connection_the_upstream_closes_as_it_opens_is_never_sent_on_and_never_counted() -> None:
+    async def greet_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    outcomes: set[str] = set()
+    async with RawServer(greet_and_close) as server, pool_for(server, limit=4) as pool:
+        for _ in range(50):
+            try:
+                await call(pool)
+            except (ConnectFailed, ConnectionBroken, BadResponse) as exc:
+                outcomes.add(type(exc).__name__)
+            await until(lambda: pool.size == 0)
+    assert outcomes <= {"ConnectFailed", "ConnectionBroken", "BadResponse"}
+
+
+def test_under_uvloop_a_connection_closed_while_opening_is_connect_failed_and_frees_its_slot() -> None:
+    """uvloop can run data_received/connection_lost before create_connection returns: such a
+    connection must not be counted (it would fill the pool for good) nor written to. The server is a
+    plain thread that writes and closes right at accept, so the bytes and the FIN are often already
+    there when the connect completes."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1000)
+
+    def accept_forever() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            client.sendall(b"HTTP/1.1 503 Service Unavailable\r\n")
+            client.close()
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    port = listener.getsockname()[1]
+
+    async def scenario() -> tuple[dict[str, int], int]:
+        pool = ConnectionPool(Origin(f"http://127.0.0.1:{port}/mcp"), 1000, 30.0, 5.0)
+        seen: dict[str, int] = {}
+
+        async def one() -> None:
+            try:
+                await call(pool)
+                kind = "ok"
+            except (ConnectFailed, ConnectionBroken, BadResponse) as exc:
+                kind = type(exc).__name__
+            seen[kind] = seen.get(kind, 0) + 1
+
+        for _ in range(10):
+            await asyncio.gather(*(one() for _ in range(50)))
+        await until(lambda: pool.size == 0)
+        await pool.close()
+        return seen, pool.size
+
+    try:
+        seen, size = uvloop.run(scenario())
+    finally:
+        listener.close()
+    assert size == 0  # before the fix, every connection closed during the connect stayed counted
+    assert sum(seen.values()) == 500 and "ok" not in seen
+
+
+async def test_a_body_ended_by_a_reset_is_broken_not_complete() -> None:
+    head_read = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"partial\":")
+        await writer.drain()
+        await head_read.wait()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN: the body is cut, not ended
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        head_read.set()
+        with pytest.raises(ConnectionBroken, match="reset"):
+            await response.read()
+        assert pool.size == 0
+
+
+async def test_a_101_switching_protocols_is_a_bad_response() -> None:
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    async with RawServer(answering(upgrade)) as server, pool_for(server) as pool:
+        with pytest.raises(BadResponse, match="switched protocols"):
+            await pool.request("POST", [], b"{}")
+        assert pool.size == 0
+
+
+async def test_a_non_chunked_transfer_coding_is_read_to_the_close() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc"
+    async with RawServer(answering(answer, then_close=True)) as server, pool_for(server) as pool:
+        assert await call(pool) == (200, b"abc")
+
+
+async def test_a_read_cancelled_or_repeated_never_touches_a_reused_connection() -> None:
+    gate = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        await writer.drain()
+        await gate.wait()
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        reading = asyncio.create_task(response.read())
+        await until(lambda: response._conn._waiter is not None)  # noqa: SLF001 - read() waits for the rest
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert pool.size == 0
+        with pytest.raises(RuntimeError, match="already read or abandoned"):
+            await response.read()
+        gate.set()
+
+
+async def test_a_response_dropped_unread_frees_its_slot() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+        await reader.read()
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        assert pool.size == 1
+        del response
+        assert pool.size == 0
+
+
+async def test_closing_a_pool_fails_its_waiters_and_opens_nothing_more() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()
+
+    async with RawServer(script) as server:
+        pool = ConnectionPool(Origin(server.url), 1, 30.0, 5.0)
+        busy = asyncio.create_task(call(pool))
+        await until(lambda: server.connections == 1)
+        waiting = asyncio.create_task(call(pool))
+        await until(lambda: len(pool._waiters) == 1)  # noqa: SLF001
+        await pool.close()
+        with pytest.raises(ConnectionBroken):
+            await busy
+        with pytest.raises(ConnectFailed, match="closed"):
+            await waiting
+        await asyncio.sleep(0)
+        assert server.connections == 1 and pool.size == 0
+
+
+def test_the_url_path_and_query_go_out_percent_encoded() -> None:
+    origin = Origin("http://h:81/my path/ü?q=a b&x=%20")
+    assert origin.target == "/my%20path/%C3%BC?q=a%20b&x=%20"
+    with pytest.raises(ValueError) as error:
+        Origin("ftp://user:s3cret@h/")
+    assert "s3cret" not in str(error.value)
