@@ -6,6 +6,9 @@ One run starts, on 127.0.0.1 only:
 - the real proxy, ``python -m proxy serve --config FILE`` with a generated YAML config (ports 0,
   addresses read from its ``proxy_started`` log line);
 - a naive ~40-line aiohttp forwarder (`tests.perf.naive_forwarder`);
+- a reference "floor" (`tests.perf.floor_forwarder`): an llhttp server protocol in front of the
+  proxy's own upstream client, no aiohttp and nothing per call: what any Python forwarder here costs
+  at least (not a goal, a yardstick);
 
 then, for each target, drives `wrk` with a JSON-RPC ``tools/call`` POST: a warm-up, requests/s at
 ``--connections`` for ``--duration`` seconds, and p50/p99 latency at 1 connection (wrk's exact 1 µs
@@ -54,7 +57,7 @@ from typing import Any
 from tests.perf.procs import Child, Processes, cpu_seconds, machine_busy_seconds
 from tests.perf.wrk import WRK_HEADERS, find_wrk, run_wrk, write_script
 
-TARGETS = ("direct", "proxy", "naive")
+TARGETS = ("direct", "proxy", "naive", "floor")
 BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}'
 GOAL_THROUGHPUT_VS_NAIVE = 1.0
 GOAL_ADDED_P50_US = 150.0
@@ -244,7 +247,7 @@ def _start_targets(
     place: dict[str, str | None],
     args: argparse.Namespace,
 ) -> dict[str, tuple[str, Child]]:
-    """Start upstream, proxy and naive forwarder; return each target's URL and the process under test."""
+    """Start upstream, proxy, naive and floor forwarders; return each target's URL and the process under test."""
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     upstream_url, upstream = _start_upstream(
@@ -270,10 +273,14 @@ def _start_targets(
     ]
     naive = procs.start(f"naive-{mode}", naive_argv, place["forwarder"], env)
     naive_url = f"http://127.0.0.1:{naive.wait_for_line('stdout', _listening)}/mcp"
+    floor_argv = [python, "-m", "tests.perf.floor_forwarder", "--port", "0", "--upstream", upstream_url]
+    floor = procs.start(f"floor-{mode}", floor_argv, place["forwarder"], env)
+    floor_url = f"http://127.0.0.1:{floor.wait_for_line('stdout', _listening)}/mcp"
     return {
         "direct": (upstream_url, upstream),
         "proxy": (proxy_url, proxy),
         "naive": (naive_url, naive),
+        "floor": (floor_url, floor),
     }
 
 
@@ -470,6 +477,8 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "naive_added_p99_us": lat["naive"]["p99"] - lat["direct"]["p99"],
         "proxy_vs_naive_cpu_per_request": (proxy["cpu_us_per_request"] or 0)
         / (naive["cpu_us_per_request"] or 1),
+        "floor_added_p50_us": lat["floor"]["p50"] - lat["direct"]["p50"],
+        "floor_cpu_us_per_request": results["floor"]["cpu_us_per_request"],
     }
     ratios["goal_throughput_met"] = (
         ratios["proxy_vs_naive_throughput"] >= GOAL_THROUGHPUT_VS_NAIVE
@@ -479,6 +488,7 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ratios["proxy_added_p50_one_cpu_us"] = one["proxy"]["p50"] - one["direct"]["p50"]
     ratios["proxy_added_p99_one_cpu_us"] = one["proxy"]["p99"] - one["direct"]["p99"]
     ratios["naive_added_p50_one_cpu_us"] = one["naive"]["p50"] - one["direct"]["p50"]
+    ratios["floor_added_p50_one_cpu_us"] = one["floor"]["p50"] - one["direct"]["p50"]
     ratios["goal_added_p50_one_cpu_met"] = ratios["proxy_added_p50_one_cpu_us"] <= GOAL_ADDED_P50_US
     return ratios
 
@@ -527,10 +537,13 @@ def _print_mode(
             f"on one CPU: proxy added p50 {ratios['proxy_added_p50_one_cpu_us']:+.0f} us, "
             f"p99 {ratios['proxy_added_p99_one_cpu_us']:+.0f} us over direct   "
             f"(goal p50 <= {GOAL_ADDED_P50_US:.0f} us: {ok[ratios['goal_added_p50_one_cpu_met']]}); "
-            f"naive added p50 {ratios['naive_added_p50_one_cpu_us']:+.0f} us\n"
+            f"naive added p50 {ratios['naive_added_p50_one_cpu_us']:+.0f} us; "
+            f"floor added p50 {ratios['floor_added_p50_one_cpu_us']:+.0f} us\n"
         )
     out(
-        f"proxy CPU per request {ratios['proxy_vs_naive_cpu_per_request']:.2f}x the naive forwarder's\n"
+        f"proxy CPU per request {ratios['proxy_vs_naive_cpu_per_request']:.2f}x the naive forwarder's; "
+        f"floor (no aiohttp, no per-call work): {ratios['floor_cpu_us_per_request'] or 0:.1f} us per request, "
+        f"added p50 {ratios['floor_added_p50_us']:+.0f} us\n"
     )
     noisy = max(results[name]["background_cpu_percent"] for name in TARGETS)
     if noisy > 10:
@@ -585,7 +598,7 @@ def _run(
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in TARGETS}
         for round_no in range(args.rounds):
             order = (
-                TARGETS[round_no % 3 :] + TARGETS[: round_no % 3]
+                TARGETS[round_no % len(TARGETS) :] + TARGETS[: round_no % len(TARGETS)]
             )  # rotate, so no target always goes first
             for name in order:
                 url, child = targets[name]
