@@ -94,6 +94,19 @@ def answering(*answers: bytes, then_close: bool = False) -> Script:
     return script
 
 
+def answering_after(gate: asyncio.Event) -> Script:
+    """Answer every request with OK, each only once `gate` is set (a slow upstream, without a sleep)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await gate.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    return script
+
+
 @contextlib.asynccontextmanager
 async def pool_for(
     server: RawServer,
@@ -341,13 +354,7 @@ async def test_connect_refused_is_connect_failed() -> None:
 
 async def test_a_full_pool_queues_then_times_out_as_connect_failed() -> None:
     gate = asyncio.Event()
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            await gate.wait()
-            writer.write(OK)
-            await writer.drain()
+    script = answering_after(gate)
 
     async with RawServer(script) as server, pool_for(server, limit=1, connect_timeout=0.05) as pool:
         first = asyncio.create_task(call(pool))
@@ -383,22 +390,6 @@ async def test_an_idle_connection_the_server_closed_is_skipped() -> None:
         await until(lambda: pool.size == 0)
         assert await call(pool) == (200, b"{}")
         assert server.connections == 2
-
-
-async def test_a_closed_pool_refuses_and_closes_busy_connections() -> None:
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        await reader.read()
-
-    async with RawServer(script) as server:
-        pool = ConnectionPool(Origin(server.url), 4, 30.0, 5.0)
-        pending = asyncio.create_task(call(pool))
-        await until(lambda: server.connections == 1)
-        await pool.close()
-        with pytest.raises(ConnectionBroken):
-            await pending
-        with pytest.raises(ConnectFailed, match="closed"):
-            await call(pool)
 
 
 # -- fixes from review: each test failed before its fix ---------------------------------------------------
@@ -439,13 +430,7 @@ async def test_a_connect_given_up_frees_its_slot_for_the_next_waiter() -> None:
 
 async def test_a_waiter_that_leaves_after_being_handed_a_connection_passes_it_on() -> None:
     gate = asyncio.Event()
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            await gate.wait()
-            writer.write(OK)
-            await writer.drain()
+    script = answering_after(gate)
 
     async with RawServer(script) as server, pool_for(server, limit=1) as pool:
         first = asyncio.create_task(call(pool))
@@ -634,7 +619,7 @@ async def test_a_response_dropped_unread_frees_its_slot() -> None:
         assert pool.size == 0
 
 
-async def test_closing_a_pool_fails_its_waiters_and_opens_nothing_more() -> None:
+async def test_closing_a_pool_closes_busy_connections_fails_waiters_and_opens_nothing_more() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         await reader.read()
@@ -650,6 +635,8 @@ async def test_closing_a_pool_fails_its_waiters_and_opens_nothing_more() -> None
             await busy
         with pytest.raises(ConnectFailed, match="closed"):
             await waiting
+        with pytest.raises(ConnectFailed, match="closed"):
+            await call(pool)
         await asyncio.sleep(0)
         assert server.connections == 1 and pool.size == 0
 

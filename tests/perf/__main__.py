@@ -391,34 +391,19 @@ def _measure(
 ) -> dict[str, Any]:
     """Throughput and CPU under load, then 1-connection latency as placed (and, when `share_cpu` is
     given, once more with the process under test on that CPU, beside wrk and the upstream)."""
+    def one_connection() -> dict[str, Any]:
+        time.sleep(0.3)
+        return run_wrk(wrk, url, script, connections=1, duration=args.latency_duration, threads=1, pin=pin)
+
     loaded = _loaded(wrk, url, script, args, pin, under_test, procs)
-    time.sleep(0.3)
-    single = run_wrk(
-        wrk,
-        url,
-        script,
-        connections=1,
-        duration=args.latency_duration,
-        threads=1,
-        pin=pin,
-    )
-    shared = single
+    single = shared = one_connection()
     if share_cpu is not None:
         # The same 1-connection run with the forwarder moved onto the load generator's and upstream's CPU.
         # Split across CPUs, every hop is a cross-CPU wake-up, which on a VM costs as much as the work:
         # this run shows the forwarder's own added latency, the other the placement's.
         before = _move(under_test.pid, {share_cpu})
         try:
-            time.sleep(0.3)
-            shared = run_wrk(
-                wrk,
-                url,
-                script,
-                connections=1,
-                duration=args.latency_duration,
-                threads=1,
-                pin=pin,
-            )
+            shared = one_connection()
         finally:
             _move(under_test.pid, before)
     return {
