@@ -132,7 +132,12 @@ class PoolConfig(ConfigModel):
     """The keep-alive connection pool to one upstream (HTTP/1.1; the oldest idle connections close first)."""
 
     max_connections: int = Field(256, ge=1, description="Concurrent connections to the upstream.")
-    keepalive_timeout: Duration = Field(30.0, gt=0, description="How long an idle pooled connection is kept.")
+    keepalive_timeout: Duration = Field(
+        4.0,
+        gt=0,
+        description="How long an idle pooled connection is kept. Keep it below the upstream server's own keep-alive "
+        "timeout (uvicorn and Node.js default to 5s), or a call can race the server closing the connection.",
+    )
 
 
 class UpstreamConfig(ConfigModel):
