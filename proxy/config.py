@@ -169,6 +169,10 @@ class UpstreamConfig(ConfigModel):
             parts.port  # noqa: B018 - urlsplit checks the port only when asked
         except ValueError:
             raise ValueError(f"not a URL: the port must be a number from 0 to 65535 (got {shown!r})") from None
+        try:
+            parts.hostname.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"not a URL: the host name is not a valid DNS name (got {shown!r})") from None
         return value
 
     @field_validator("path")

@@ -1,6 +1,6 @@
 """The proxy's own failures, and the stable JSON-RPC errors clients get for them.
 
-Foreign exceptions (aiohttp, asyncio) are translated into this tree at the boundary (`transport.py`),
+Foreign exceptions (the HTTP client's, asyncio's) are translated into this tree at the boundary (`transport.py`),
 so policies and the handler never catch a library's error type::
 
     ProxyError                      reason                  code    HTTP

@@ -269,7 +269,11 @@ class McpHandler:
         the ``resumable`` outcome, not a failure.
         """
         assert reply.stream is not None
-        response = await _start_stream(request, reply)
+        try:
+            response = await _start_stream(request, reply)
+        except BaseException:
+            await reply.stream.close()  # the client is gone before the first byte: release the upstream
+            raise
         parser = SSEParser()
         request_id = call.message.id
         answered = False
@@ -325,7 +329,11 @@ class McpHandler:
             return _json_error(exc.status(), exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
         if reply.stream is None:
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
-        response = await _start_stream(request, reply)
+        try:
+            response = await _start_stream(request, reply)
+        except BaseException:
+            await reply.stream.close()
+            raise
         parser = SSEParser()
         self._long_lived.add(reply.stream)
         try:

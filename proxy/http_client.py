@@ -37,6 +37,7 @@ __all__ = [
     "ConnectFailed",
     "ConnectionBroken",
     "ConnectionPool",
+    "InvalidHeader",
     "Origin",
     "Response",
     "ResponseTooLarge",
@@ -67,6 +68,10 @@ class BadResponse(Exception):
 
 class ResponseTooLarge(Exception):
     """The body exceeds the limit the caller gave; the connection is closed."""
+
+
+class InvalidHeader(ValueError):
+    """A header name or value the client cannot write (a line break would split the request); nothing was sent."""
 
 
 class Origin:
@@ -100,6 +105,8 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body_at_eof",
         "_chunks",
+        "_discard",
+        "_discard_timer",
         "_head",
         "_head_bytes",
         "_informational",
@@ -130,6 +137,9 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._informational = False
         self._body_at_eof = False
+        self._discard: int | None = None
+        """While set: the rest of the body is dropped as it arrives, up to this many more bytes."""
+        self._discard_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -198,6 +208,35 @@ class _Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    def discard_rest(self, max_bytes: int, within: float) -> None:
+        """Drop the rest of the body as it arrives, then go back to the pool; close instead if more than
+        `max_bytes` come or the body is not complete `within` seconds."""
+        self._chunks.clear()
+        self.buffered = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        if self.complete:
+            self.finish()
+            return
+        if self.closed or self.error is not None:
+            self.abort()
+            return
+        self._discard = max_bytes
+        self._discard_timer = self._pool.loop.call_later(within, self._discard_expired)
+
+    def _discard_expired(self) -> None:
+        self._discard_timer = None
+        if self._discard is not None:
+            self._discard = None
+            self.abort()
+
+    def _stop_discarding(self) -> None:
+        self._discard = None
+        if self._discard_timer is not None:
+            self._discard_timer.cancel()
+            self._discard_timer = None
+
     def finish(self) -> None:
         """The response is fully read: back to the pool if the server allowed it, else closed."""
         self._head = None
@@ -224,6 +263,9 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if self._discard is not None and self.complete:
+                self._stop_discarding()
+                self.finish()
         except httptools.HttpParserCallbackError as exc:
             self._fail(exc.__context__ or BadResponse(str(exc)))
         except httptools.HttpParserUpgrade:
@@ -271,6 +313,11 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._discard is not None:
+            self._discard -= len(body)
+            if self._discard < 0:
+                raise BadResponse("the rest of an answer ran past what the proxy drains to reuse its connection")
+            return
         self.received += len(body)
         if self.limit is not None and self.received > self.limit:
             raise ResponseTooLarge(f"upstream answer exceeds {self.limit} bytes")
@@ -306,6 +353,7 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
     def _lost(self, error: BaseException) -> None:
+        self._stop_discarding()
         if self.error is None and not self.complete:
             self.error = error
         if self._head is not None and not self._head.done():
@@ -334,7 +382,7 @@ class Response:
             value = raw_value.decode("utf-8", "surrogateescape")
             items.append((name, value))
             key = name.lower()
-            if key == "content-type":
+            if key == "content-type" and not self.content_type:  # the first one decides, as in aiohttp
                 self.content_type = value.split(";", 1)[0].strip().lower()
             elif key == "content-length" and value.isdigit():
                 self.content_length = int(value)
@@ -386,6 +434,14 @@ class Response:
             except BaseException:
                 self.close()
                 raise
+
+    def discard_rest(self, max_bytes: int = 64 * 1024, within: float = 1.0) -> None:
+        """Done with this body, but the connection is worth keeping: the rest (an SSE stream's end, say)
+        is dropped as it arrives and the connection goes back to the pool; it is closed instead if more
+        than `max_bytes` arrive or the end does not come `within` seconds. Never waits."""
+        if not self._done:
+            self._done = True
+            self._conn.discard_rest(max_bytes, within)
 
     def close(self) -> None:
         """Abandon the rest of the body: the connection is closed, never returned half-read."""
@@ -469,15 +525,27 @@ class ConnectionPool:
         # Headers came from a parsed request or the config, but a CR or LF smuggled into a value would
         # split it into a second request on our connection: refuse rather than send.
         if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
-            raise ValueError("a header name or value contains a line break")
+            raise InvalidHeader("a header name or value contains a line break")
         return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
-    async def request(self, method: str, headers: Iterable[tuple[str, str]], body: bytes | None) -> Response:
-        """Send one request; return once the answer's head has arrived, its body still to be read."""
+    async def request(
+        self,
+        method: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+        on_write: Callable[[], None] | None = None,
+    ) -> Response:
+        """Send one request; return once the answer's head has arrived, its body still to be read.
+
+        `on_write` is called just before the request is handed to a socket: until then, whatever
+        happens (an error, a timeout, a cancellation), nothing was sent.
+        """
         data = self.head(method, headers, body)
         if body:
             data += body
         conn = await self._acquire()
+        if on_write is not None:
+            on_write()
         try:
             await conn.send(data)
         except BaseException:
@@ -566,6 +634,8 @@ class ConnectionPool:
             return conn
         except OSError as exc:
             raise ConnectFailed(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        except UnicodeError:  # a host name IDNA cannot encode: nothing could be sent
+            raise ConnectFailed("the upstream host name cannot be encoded (IDNA)") from None
         finally:
             self._connecting -= 1
             if not opened:

@@ -6,18 +6,21 @@ anything reaches the client; an SSE answer is handed back as a stream right afte
 passed through chunk by chunk. Errors map to `proxy.errors`:
 
 - connect refused, DNS failure, connect timeout, no free pool slot in time: `NeverSent`, the request
-  provably did not leave, so any call may be retried;
+  provably did not leave, so any call may be retried (a per-try timeout that ends before the request
+  was written becomes `NeverSent` too, in the timeout stage, from `Call.written`);
 - the per-try timeout after the request was written: `UpstreamTimeout` (the upstream may be executing);
 - a connection that broke after sending: `UpstreamUnavailable`;
-- an answer that is not valid HTTP, or larger than `limits.max_response_bytes`: `UpstreamProtocolError`;
-- an SSE stream that breaks or stays silent past `stream_idle`: `StreamBroken`.
+- a status line and headers that are not valid HTTP, or an answer larger than
+  `limits.max_response_bytes`: `UpstreamProtocolError`;
+- an SSE stream that breaks, turns invalid or stays silent past `stream_idle`: `StreamBroken` (and
+  `UpstreamUnavailable` for a read being buffered, which can still be retried).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -30,6 +33,7 @@ from proxy.http_client import (
     ConnectFailed,
     ConnectionBroken,
     ConnectionPool,
+    InvalidHeader,
     Origin,
     Response,
     ResponseTooLarge,
@@ -59,36 +63,41 @@ class SSEBody:
         # out to ask the client something) hands the *same* iterator on. A second generator would leave
         # the first to be finalized, and its cleanup would close the connection under the second.
         if self._chunk_iterator is None:
-            self._chunk_iterator = self._chunks()
+            self._chunk_iterator = _chunks(self._response, self._idle, self._upstream)
         return self._chunk_iterator
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        response = self._response
-        try:
-            while True:
-                if self._idle is None:
-                    chunk = await response.next_chunk()
-                else:
-                    async with asyncio.timeout(self._idle):
-                        chunk = await response.next_chunk()
-                if not chunk:
-                    break
-                yield chunk
-        except TimeoutError:
-            response.close()
-            raise StreamBroken(
-                f"upstream stream silent for more than {self._idle:g}s", upstream=self._upstream
-            ) from None
-        except (ConnectionBroken, BadResponse, OSError) as exc:
-            response.close()
-            raise StreamBroken(f"upstream stream broke: {_describe(exc)}", upstream=self._upstream) from None
-        except BaseException:
-            response.close()
-            raise
+    def discard_rest(self) -> None:
+        """Done reading (the final response is in): the stream's end is drained in the background and
+        the connection reused, rather than reset under a server that is about to close it cleanly."""
+        self._response.discard_rest()
 
     async def close(self) -> None:
         """Abandon the stream: the connection is closed, not returned half-read to the pool."""
         self._response.close()
+
+
+async def _chunks(response: Response, idle: float | None, upstream: str) -> AsyncIterator[bytes]:
+    """`response`'s body as it arrives. A function, not a method: a generator that held its `SSEBody`
+    would form a cycle, and a dropped stream would keep its connection until a full garbage collection."""
+    try:
+        while True:
+            if idle is None:
+                chunk = await response.next_chunk()
+            else:
+                async with asyncio.timeout(idle):
+                    chunk = await response.next_chunk()
+            if not chunk:
+                break
+            yield chunk
+    except TimeoutError:
+        response.close()
+        raise StreamBroken(f"upstream stream silent for more than {idle:g}s", upstream=upstream) from None
+    except (ConnectionBroken, BadResponse, OSError) as exc:
+        response.close()
+        raise StreamBroken(f"upstream stream broke: {_describe(exc)}", upstream=upstream) from None
+    except BaseException:
+        response.close()
+        raise
 
 
 def _asks_the_client(data: str) -> bool:
@@ -140,6 +149,7 @@ class HttpUpstream:
         self._origin = Origin(config.url)  # parsed once, not on every request
         self._max_response = limits.max_response_bytes
         self._pool: ConnectionPool | None = None
+        self._retired = False
 
     async def start(self) -> None:
         """Open the pool. Called from the app's cleanup context, inside the running loop."""
@@ -160,6 +170,7 @@ class HttpUpstream:
         )
 
     async def close(self) -> None:
+        self._retired = True
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -167,6 +178,8 @@ class HttpUpstream:
     @property
     def pool(self) -> ConnectionPool:
         if self._pool is None:
+            if self._retired:  # closed by a reload (or shutdown) while a call still retries on it
+                raise NeverSent("the upstream's connection pool is closed", upstream=self.name)
             raise RuntimeError(f"upstream {self.name} is not started")
         return self._pool
 
@@ -178,7 +191,12 @@ class HttpUpstream:
         """
         timeouts = call.policy.timeouts
         idle = None if call.method in LONG_LIVED_METHODS else timeouts.stream_idle
-        reply = await self.exchange("POST", call.headers, call.body, None, idle)
+        call.written = False
+
+        def written() -> None:
+            call.written = True
+
+        reply = await self.exchange("POST", call.headers, call.body, None, idle, written)
         if call.buffered and reply.stream is not None:
             return await self._buffer_stream(reply, call.message.id)
         return reply
@@ -191,7 +209,12 @@ class HttpUpstream:
             async with asyncio.timeout(timeout):
                 reply = await self.exchange("POST", headers, body, None, None)
                 if reply.stream is not None:
-                    return await self._buffer_stream(reply, request_id)
+                    reply = await self._buffer_stream(reply, request_id)
+                    if reply.stream is not None:  # the server asked a question nobody here can answer
+                        await reply.stream.close()
+                        raise UpstreamProtocolError(
+                            "upstream asked the client a question during a standalone request", upstream=self.name
+                        )
                 return reply
         except TimeoutError:
             raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
@@ -205,14 +228,15 @@ class HttpUpstream:
         stops at once: the server waits for that answer, so the stream is handed on (what was read,
         then the rest) and the call is committed, as any streamed answer is.
         """
-        assert reply.stream is not None
+        stream = reply.stream
+        assert isinstance(stream, SSEBody)
         parser = SSEParser()
         chunks: list[bytes] = []
         total = 0
         final: Any = None
         handed_on = False
         try:
-            async for chunk in reply.stream:
+            async for chunk in stream:
                 total += len(chunk)
                 if total > self._max_response:
                     raise UpstreamProtocolError(
@@ -225,14 +249,16 @@ class HttpUpstream:
                         break
                     if _asks_the_client(event.data):
                         handed_on = True
-                        return Reply(reply.status, reply.headers, stream=_Replay(chunks, reply.stream))
+                        return Reply(reply.status, reply.headers, stream=_Replay(chunks, stream))
                 if final is not None:
                     break
         except StreamBroken as exc:
             raise UpstreamUnavailable(exc.message, upstream=self.name) from None
         finally:
-            if not handed_on:
-                await reply.stream.close()
+            if final is not None:
+                stream.discard_rest()  # the server closes the stream next: keep the connection
+            elif not handed_on:
+                await stream.close()
         if final is None and parser.last_event_id is None:
             raise UpstreamUnavailable("upstream stream ended before the response", upstream=self.name)
         return Reply(reply.status, reply.headers, body=b"".join(chunks), message=final)
@@ -244,12 +270,15 @@ class HttpUpstream:
         body: bytes | None,
         timeout: float | None,
         stream_idle: float | None,
+        on_write: Callable[[], None] | None = None,
     ) -> Reply:
-        """Send one HTTP request upstream; return its answer with the body read or streamed."""
+        """Send one HTTP request upstream; return its answer with the body read or streamed.
+
+        `on_write` is called once the request is about to reach a socket (see `ConnectionPool.request`)."""
         response: Response | None = None
         try:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
-                response = await self.pool.request(method, headers.items(), body)
+                response = await self.pool.request(method, headers.items(), body, on_write)
                 out_headers = client_headers(response.header_items)
                 if response.content_type == _EVENT_STREAM:
                     return Reply(response.status, out_headers, stream=SSEBody(response, stream_idle, self.name))
@@ -266,7 +295,7 @@ class HttpUpstream:
             ) from None
         except BadResponse as exc:
             raise UpstreamProtocolError(f"upstream answer is not valid HTTP: {exc}", upstream=self.name) from None
-        except ValueError as exc:  # a header the HTTP client refuses to write (a line break in it)
+        except InvalidHeader as exc:
             raise UpstreamProtocolError(f"request not sent: {exc}", upstream=self.name) from None
         except (ConnectionBroken, OSError) as exc:
             if response is not None:

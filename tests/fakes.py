@@ -102,6 +102,7 @@ class FakeUpstream:
 
     async def __call__(self, call: Call) -> Reply:
         self.calls.append(call)
+        call.written = True  # as the transport does once the request reaches a socket
         if self.gate is not None:
             await self.gate.wait()
         outcome = self.outcomes[min(len(self.calls), len(self.outcomes)) - 1]

@@ -647,3 +647,90 @@ def test_the_url_path_and_query_go_out_percent_encoded() -> None:
     with pytest.raises(ValueError) as error:
         Origin("ftp://user:s3cret@h/")
     assert "s3cret" not in str(error.value)
+
+
+# -- fixes from the second review ---------------------------------------------------------------------------
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def sse_chunk(data: bytes) -> bytes:
+    event = b"event: message\ndata: " + data + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+async def test_discarding_the_rest_reuses_a_connection_whose_body_then_ends() -> None:
+    tail = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(b'{"id":1}'))
+        await tail.wait()
+        writer.write(sse_chunk(b'{"late":1}') + b"0\r\n\r\n")  # more events, then the end of the stream
+        await read_request(reader)
+        writer.write(OK)
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        assert (await response.next_chunk()).startswith(b"event: message")
+        response.discard_rest()
+        assert pool.idle == 0 and pool.size == 1  # still draining
+        tail.set()
+        await until(lambda: pool.idle == 1)
+        assert await call(pool) == (200, b"{}")
+        assert server.connections == 1
+
+
+@pytest.mark.parametrize("why", ["too_long", "too_much"])
+async def test_discarding_closes_a_connection_whose_body_does_not_end_soon_or_small(why: str) -> None:
+    more = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(b'{"id":1}'))
+        await more.wait()
+        if why == "too_much":
+            writer.write(sse_chunk(b"x" * 200))
+        await reader.read()
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        await response.next_chunk()
+        response.discard_rest(max_bytes=100, within=0.0 if why == "too_long" else 60.0)
+        more.set()
+        await until(lambda: pool.size == 0)
+        assert pool.idle == 0 and server.connections == 1
+
+
+async def test_the_first_content_type_decides() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
+    async with RawServer(answering(answer)) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        assert response.content_type == "text/event-stream"
+        await response.read()
+
+
+async def test_a_host_name_idna_cannot_encode_is_connect_failed() -> None:
+    pool = ConnectionPool(Origin(f"http://{'a' * 64}.example/mcp"), 1, 30.0, 5.0)
+    with pytest.raises(ConnectFailed, match="IDNA"):
+        await pool.request("POST", [], b"{}")
+    assert pool.size == 0
+    await pool.close()
+
+
+async def test_on_write_is_called_only_once_a_connection_is_had() -> None:
+    written: list[bool] = []
+    gate = asyncio.Event()
+    async with RawServer(answering_after(gate)) as server, pool_for(server, limit=1) as pool:
+        first = asyncio.create_task(pool.request("POST", [], b"{}", on_write=lambda: written.append(True)))
+        await until(lambda: written == [True])
+        second = asyncio.create_task(pool.request("POST", [], b"{}", on_write=lambda: written.append(True)))
+        await until(lambda: len(pool._waiters) == 1)  # noqa: SLF001
+        second.cancel()  # gave up while waiting for the only connection: nothing was written
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert written == [True]
+        gate.set()
+        await (await first).read()
+        assert server.connections == 1

@@ -62,6 +62,9 @@ class Call:
     """1 for the first try; the retry stage counts up."""
     deadline: float | None = None
     """Clock time by which the call must have its answer's first byte; set by the retry stage."""
+    written: bool = False
+    """Whether this attempt's request reached a socket; the transport sets it. Until it does, a failed
+    attempt (even a timed-out one, still waiting for a pooled connection) provably never reached the upstream."""
 
 
 class ReplyStream(Protocol):

@@ -1,7 +1,8 @@
 """The per-try timeout: each attempt gets `timeouts.per_try`, never more than the call's deadline leaves.
 
 It is the innermost stage, so a timed-out attempt is seen by the breaker (as a failure) and by retry
-(as a `timeout`). It bounds the attempt up to the answer's headers and, for JSON answers and
+(as a `timeout`). An attempt whose request never reached a socket (still waiting for a pooled
+connection when time ran out) is `NeverSent` instead: the upstream never saw it, so any call may retry. It bounds the attempt up to the answer's headers and, for JSON answers and
 buffered read methods, the whole body; a streamed answer is then paced by `stream_idle` instead.
 
 **Timeout observation.** A timeout says only that an answer was late, not by how much, and that is
@@ -19,7 +20,7 @@ import dataclasses
 import time
 from typing import Final
 
-from proxy.errors import UpstreamTimeout
+from proxy.errors import NeverSent, UpstreamTimeout
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 
 __all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
@@ -51,6 +52,8 @@ class TimeoutStage:
             async with asyncio.timeout(limit):
                 return await next(call)
         except TimeoutError:
+            if not call.written:
+                raise _still_waiting(call, limit) from None
             self._timed_out(call, limit, observing=False)
             raise UpstreamTimeout(f"upstream did not answer within {limit:.3g}s", upstream=call.upstream) from None
 
@@ -67,6 +70,9 @@ class TimeoutStage:
             raise
         if done:
             return attempt.result()
+        if not call.written:
+            attempt.cancel()
+            raise _still_waiting(call, limit)
         observing = len(_observing) < MAX_OBSERVATIONS
         self._timed_out(call, limit, observing)
         if observing:
@@ -95,3 +101,9 @@ class TimeoutStage:
         if observed_ms is None:
             fields["waited_ms"] = round((time.monotonic() - started) * 1000, 3)
         self._observer.policy_event("timeout_observed", call, **fields)
+
+
+def _still_waiting(call: Call, limit: float) -> NeverSent:
+    """The attempt ran out of time before its request reached a socket (all pooled connections busy):
+    not an upstream timeout, and safe to retry whatever the call, since the upstream never saw it."""
+    return NeverSent(f"no free upstream connection within {limit:.3g}s; the request was not sent", upstream=call.upstream)

@@ -5,7 +5,7 @@ One run starts, on 127.0.0.1 only:
 - a fast upstream (`tests.perf.upstream`: aiohttp on uvloop, JSON or ``--mode sse`` answers);
 - the real proxy, ``python -m proxy serve --config FILE`` with a generated YAML config (ports 0,
   addresses read from its ``proxy_started`` log line);
-- a naive ~40-line aiohttp forwarder (`tests.perf.naive_forwarder`);
+- a naive aiohttp forwarder of about 40 lines of code (`tests.perf.naive_forwarder`);
 - a reference "floor" (`tests.perf.floor_forwarder`): an llhttp server protocol in front of the
   proxy's own upstream client, no aiohttp and nothing per call: what any Python forwarder here costs
   at least (not a goal, a yardstick);
@@ -118,7 +118,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--events-compare",
         action="store_true",
-        help="instead of direct/proxy/naive: the proxy with events on vs. off, same run (see above)",
+        help="instead of direct/proxy/naive/floor: the proxy with events on vs. off, same run (see above)",
     )
     parser.add_argument(
         "--fail-every",
@@ -565,7 +565,7 @@ def _run(
         "modes": {},
     }
     sys.stdout.write(
-        f"pinning: wrk -> CPU {place['wrk']}, upstream -> CPU {place['upstream']}, proxy/naive -> CPU {place['forwarder']}\n"
+        f"pinning: wrk -> CPU {place['wrk']}, upstream -> CPU {place['upstream']}, proxy/naive/floor -> CPU {place['forwarder']}\n"
         if place["forwarder"] is not None
         else "pinning: none (scheduler decides)\n"
     )

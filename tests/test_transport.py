@@ -1,0 +1,115 @@
+"""`HttpUpstream` over the proxy's HTTP client: when a connection is reused, and which error a failure is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.app import running_proxy
+from proxy.config import LimitsConfig, UpstreamConfig
+from proxy.errors import NeverSent, UpstreamProtocolError
+from proxy.transport import HttpUpstream
+from tests.conftest import proxy_config
+from tests.fakes import make_call
+from tests.fault_upstream import FaultUpstream
+from tests.test_forwarding import call_tool, post
+from tests.test_http_client import SSE_HEAD, RawServer, read_request, sse_chunk, until
+
+LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+FINAL = b'{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}'
+
+
+@contextlib.asynccontextmanager
+async def upstream_for(server: RawServer) -> AsyncIterator[HttpUpstream]:
+    transport = HttpUpstream(UpstreamConfig.model_validate({"name": "up", "url": server.url}), LimitsConfig())
+    await transport.start()
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+async def test_a_buffered_sse_read_gives_its_connection_back_once_the_stream_ends() -> None:
+    """SDK servers answer reads as SSE and close the stream right after the final event: the proxy
+    must not reset that connection, but drain the stream's end and reuse it."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(3):
+            await read_request(reader)
+            writer.write(SSE_HEAD + sse_chunk(FINAL))
+            await writer.drain()
+            writer.write(b"0\r\n\r\n")
+
+    async with RawServer(script) as server:
+        async with upstream_for(server) as transport:
+            for _ in range(3):
+                reply = await transport.send(make_call(LIST))
+                assert (reply.stream, reply.message) == (None, json.loads(FINAL))
+                await until(lambda: transport.pool.idle == 1)
+    assert server.connections == 1
+
+
+async def test_a_standalone_request_whose_server_asks_the_client_something_fails_and_frees_its_connection() -> None:
+    ask = b'{"jsonrpc":"2.0","id":"s1","method":"roots/list"}'
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(ask))
+        await reader.read()  # waits for an answer that a probe cannot give
+
+    async with RawServer(script) as server:
+        async with upstream_for(server) as transport:
+            with pytest.raises(UpstreamProtocolError, match="asked the client a question"):
+                await transport.request({"Content-Type": "application/json"}, LIST, 1, timeout=5.0)
+            assert transport.pool.size == 0
+
+
+async def test_a_pool_retired_by_a_reload_answers_never_sent() -> None:
+    async with RawServer(lambda reader, writer: read_request(reader)) as server:
+        transport = HttpUpstream(UpstreamConfig.model_validate({"name": "up", "url": server.url}), LimitsConfig())
+        await transport.start()
+        await transport.close()
+        with pytest.raises(NeverSent, match="pool is closed"):
+            await transport.send(make_call(LIST))
+
+
+async def test_a_try_that_times_out_waiting_for_a_pooled_connection_was_never_sent(upstream: FaultUpstream) -> None:
+    """One connection, held by a slow `lookup`: a `create_ticket` (not idempotent) whose per-try time
+    runs out while it waits for that connection never reached the upstream, so it is `NeverSent`
+    (retried like a refused connect), not an upstream timeout."""
+    upstream.fault("tools/call", "lookup", hang=True)
+    config = proxy_config(
+        upstream.url,
+        upstream={
+            "pool": {"max_connections": 1},
+            "retry": {"max_attempts": 2, "backoff": {"base": "1ms", "max": "2ms"}},
+            "breaker": {"enabled": False},
+            "rules": [
+                {"match": {"tool": "lookup"}, "timeouts": {"per_try": "30s", "total": "60s"}},
+                {"match": {"tool": "create_ticket"}, "timeouts": {"per_try": "100ms", "total": "1s"}},
+            ],
+        },
+    )
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        holder = asyncio.create_task(post(url, call_tool("lookup", 1)))
+        await asyncio.wait_for(upstream.arrived.wait(), 5)
+        status, headers, body = await post(url, call_tool("create_ticket", 2))
+        holder.cancel()
+        error = json.loads(body)
+        assert status == 502
+        assert (error["id"], error["error"]["code"], error["error"]["data"]["reason"]) == (2, -32050, "upstream_unavailable")
+        assert error["error"]["message"] == "no free upstream connection within 0.1s; the request was not sent"
+        assert upstream.attempts["tools/call:create_ticket"] == 0
+        retries = [e for e in proxy.bus.recent() if e["type"] == "retry" and e["tool"] == "create_ticket"]
+        assert len(retries) == 1 and retries[0]["failure"] == "connect_error"  # retried although not idempotent
+
+
+def test_a_host_name_that_is_not_a_dns_name_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="host name is not a valid DNS name"):
+        UpstreamConfig.model_validate({"name": "up", "url": f"http://{'a' * 64}.example/mcp"})
+
