@@ -342,11 +342,13 @@ async def test_a_connection_that_drops_after_the_request_is_broken_not_never_sen
         assert server.connections == 1 and pool.size == 0
 
 
-async def test_connect_refused_is_connect_failed() -> None:
+@pytest.mark.parametrize("why", ["refused", "idna"])
+async def test_no_connection_is_connect_failed(why: str) -> None:
     async with RawServer(answering(OK)) as server:
-        port = server.port
-    pool = ConnectionPool(Origin(f"http://127.0.0.1:{port}/mcp"), 4, 30.0, 5.0)
-    with pytest.raises(ConnectFailed, match="ConnectionRefusedError"):
+        port = server.port  # closed again: nothing listens there now
+    host = "127.0.0.1" if why == "refused" else f"{'a' * 64}.example"  # a label IDNA cannot encode
+    pool = ConnectionPool(Origin(f"http://{host}:{port}/mcp"), 4, 30.0, 5.0)
+    with pytest.raises(ConnectFailed, match={"refused": "ConnectionRefusedError", "idna": "IDNA"}[why]):
         await pool.request("POST", [], b"{}")
     assert pool.size == 0
     await pool.close()
@@ -709,14 +711,6 @@ async def test_the_first_content_type_decides() -> None:
         response = await pool.request("POST", [], b"{}")
         assert response.content_type == "text/event-stream"
         await response.read()
-
-
-async def test_a_host_name_idna_cannot_encode_is_connect_failed() -> None:
-    pool = ConnectionPool(Origin(f"http://{'a' * 64}.example/mcp"), 1, 30.0, 5.0)
-    with pytest.raises(ConnectFailed, match="IDNA"):
-        await pool.request("POST", [], b"{}")
-    assert pool.size == 0
-    await pool.close()
 
 
 async def test_on_write_is_called_only_once_a_connection_is_had() -> None:
