@@ -154,13 +154,18 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange, driven by `ConnectionPool.request` and `Response` ---------------------------------
 
-    def send(self, data: bytes) -> asyncio.Future[None]:
-        """Write one whole request; the returned future resolves when the response head has arrived."""
-        if self.closed or self._transport is None:
+    def send(self, data: bytes, on_write: Callable[[], None] | None = None) -> asyncio.Future[None]:
+        """Write one whole request; the returned future resolves when the response head has arrived.
+
+        A connection already closing (the server's FIN read, its close not yet processed) is refused
+        before `on_write` is called: nothing is written, so the failure is `ConnectFailed`."""
+        if self.closed or self._transport is None or self._transport.is_closing():
             raise ConnectFailed("the pooled connection closed before the request was written")
         assert self._head is None
         self._reset()
         self._head = self._pool.loop.create_future()
+        if on_write is not None:
+            on_write()
         self._transport.write(data)
         return self._head
 
@@ -265,7 +270,9 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
             if self._discard is not None and self.complete:
                 self._stop_discarding()
-                self.finish()
+                # One loop step later: a close that came with the stream's end is processed first,
+                # so the connection is not handed to a request just as the server closes it.
+                self._pool.loop.call_soon(self.finish)
         except httptools.HttpParserCallbackError as exc:
             self._fail(exc.__context__ or BadResponse(str(exc)))
         except httptools.HttpParserUpgrade:
@@ -544,10 +551,8 @@ class ConnectionPool:
         if body:
             data += body
         conn = await self._acquire()
-        if on_write is not None:
-            on_write()
         try:
-            await conn.send(data)
+            await conn.send(data, on_write)
         except BaseException:
             conn.abort()
             raise

@@ -728,3 +728,59 @@ async def test_on_write_is_called_only_once_a_connection_is_had() -> None:
         gate.set()
         await (await first).read()
         assert server.connections == 1
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("mode", ["read", "discard"])
+def test_a_connection_whose_end_and_close_arrive_together_is_not_handed_to_the_next_request(
+    loop: str, mode: str
+) -> None:
+    """The server ends a stream and closes without saying `Connection: close`, both in the socket before
+    the proxy reads them. A request waiting for that (only) connection must not be written onto it: it
+    fails as never sent (`ConnectFailed`, retryable for any call), or gets a fresh connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    go, sent = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(SSE_HEAD + sse_chunk(b"{}"))
+        go.wait(5)
+        connection.sendall(b"0\r\n\r\n")
+        connection.close()  # FIN right after the end of the stream
+        sent.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def scenario() -> tuple[str, list[int]]:
+        pool = ConnectionPool(Origin(f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"), 1, 30.0, 5.0)
+        first = await pool.request("POST", [], b"{}")
+        assert await first.next_chunk()
+        written: list[int] = []
+        second = asyncio.ensure_future(pool.request("POST", [], b"{}", on_write=lambda: written.append(1)))
+        await until(lambda: len(pool._waiters) == 1)  # noqa: SLF001
+        if mode == "discard":
+            first.discard_rest()
+            go.set()
+            sent.wait(5)  # block the loop: the end and the FIN both wait in the socket
+        else:
+            reading = asyncio.ensure_future(first.next_chunk())
+            await asyncio.sleep(0)
+            go.set()
+            sent.wait(5)
+            assert await reading == b""
+        try:
+            await second
+            outcome = "fresh connection"
+        except ConnectFailed:
+            outcome = "never sent"
+        except ConnectionBroken:
+            outcome = "written onto a closing connection"
+        await pool.close()
+        return outcome, written
+
+    try:
+        outcome, written = asyncio.run(scenario()) if loop == "asyncio" else uvloop.run(scenario())
+    finally:
+        listener.close()
+    assert outcome == "never sent" and written == []

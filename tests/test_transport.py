@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+import uvloop
 
 from proxy.app import running_proxy
 from proxy.config import LimitsConfig, UpstreamConfig
@@ -112,4 +113,3 @@ async def test_a_try_that_times_out_waiting_for_a_pooled_connection_was_never_se
 def test_a_host_name_that_is_not_a_dns_name_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="host name is not a valid DNS name"):
         UpstreamConfig.model_validate({"name": "up", "url": f"http://{'a' * 64}.example/mcp"})
-
