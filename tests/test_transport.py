@@ -8,7 +8,6 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-import uvloop
 
 from proxy.app import running_proxy
 from proxy.config import LimitsConfig, UpstreamConfig
