@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
 
 import httptools
 import uvloop
 
 from proxy.http_client import ConnectionPool, Origin
+from tests.perf.serving import listening_until_signalled
 
 _REASONS = {200: b"OK", 202: b"Accepted", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}
 
@@ -64,12 +63,7 @@ async def _main(host: str, port: int, upstream: str) -> None:
     pool = ConnectionPool(Origin(upstream), limit=256, keepalive=30.0, connect_timeout=5.0)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Forward(pool), host, port, backlog=1024)
-    sys.stdout.write(f"LISTENING {server.sockets[0].getsockname()[1]}\n")
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await listening_until_signalled(server.sockets[0].getsockname()[1])
     server.close()
     await pool.close()
 

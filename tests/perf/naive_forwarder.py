@@ -8,13 +8,12 @@ Prints ``LISTENING <port>`` on stdout once bound.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
-import sys
 
 import aiohttp
 import uvloop
 from aiohttp import web
+
+from tests.perf.serving import listening_until_signalled
 
 _FORWARD = (
     "Content-Type",
@@ -45,12 +44,7 @@ async def _main(host: str, port: int, upstream: str) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
-    sys.stdout.write(f"LISTENING {site._server.sockets[0].getsockname()[1]}\n")  # type: ignore[union-attr]
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await listening_until_signalled(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
     await runner.cleanup()
     await session.close()
 

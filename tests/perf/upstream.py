@@ -11,14 +11,13 @@ workload of ``python -m tests.perf --events-compare``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
-import sys
 from collections.abc import Awaitable, Callable
 
 import orjson
 import uvloop
 from aiohttp import web
+
+from tests.perf.serving import listening_until_signalled
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _RESULT = {"content": [{"type": "text", "text": "pong"}], "isError": False}
@@ -70,12 +69,7 @@ async def _main(host: str, port: int, sse: bool, fail_every: int = 0) -> None:
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    sys.stdout.write(f"LISTENING {bound}\n")
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await listening_until_signalled(bound)
     await runner.cleanup()
 
 
