@@ -55,7 +55,7 @@ class Failure(StrEnum):
     CANCELLED = "cancelled"
 
 
-_SERVER_SIDE = frozenset(
+SERVER_SIDE: frozenset[Failure] = frozenset(
     {
         Failure.CONNECT_ERROR,
         Failure.CONNECTION_LOST,
@@ -95,7 +95,7 @@ class Verdict:
     @property
     def server_failure(self) -> bool:
         """Counts against the upstream's health (breaker, passive health)."""
-        return self.kind in _SERVER_SIDE
+        return self.kind in SERVER_SIDE
 
     def as_error(self) -> dict[str, Any]:
         """The `error` member of a failure event."""

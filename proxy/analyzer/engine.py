@@ -19,7 +19,7 @@ from proxy.analyzer.proposal import Proposal
 from proxy.analyzer.rules import Rule
 from proxy.analyzer.yamledit import EditError, edit_text, unified_diff
 from proxy.config import ConfigError, ProxyConfig, load_config
-from proxy.policies.resolve import PolicyResolver
+from proxy.analyzer.scope import policy_of
 
 __all__ = ["RULES", "analyze", "propose", "unsafe_retries"]
 
@@ -44,15 +44,12 @@ def unsafe_retries(analysis: Analysis, before: ProxyConfig, after: ProxyConfig) 
     """Observed calls that `after` retries more than `before` without the events calling them idempotent."""
     unsafe = []
     for stats in analysis.all_targets():
-        target = stats.target
-        try:
-            old = PolicyResolver(before.upstream(target.upstream)).resolve(target.method, target.tool)
-            new = PolicyResolver(after.upstream(target.upstream)).resolve(target.method, target.tool)
-        except KeyError:
+        old, new = policy_of(before, stats.target), policy_of(after, stats.target)
+        if old is None or new is None:
             continue
         more = new.retry.max_attempts > old.retry.max_attempts or bool(set(new.retry.retry_on) - set(old.retry.retry_on))
         if more and (stats.idempotent is not True or new.idempotent is False):
-            unsafe.append(target.label)
+            unsafe.append(stats.target.label)
     return unsafe
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from proxy.analyzer.stats import Histogram
+from proxy.failures import SERVER_SIDE as FAILURES_ON_THE_SERVER
 
 __all__ = [
     "SERVER_SIDE",
@@ -26,7 +27,7 @@ __all__ = [
     "UpstreamStats",
 ]
 
-SERVER_SIDE = frozenset({"timeout", "connect_error", "connection_lost", "http_5xx", "server_error", "stream_broken", "bad_response"})
+SERVER_SIDE = frozenset(kind.value for kind in FAILURES_ON_THE_SERVER)  # the failure kinds breakers and health count
 """Failure kinds a breaker counts: the upstream's fault, not the client's nor the proxy's own verdict."""
 EXAMPLES = 5
 
@@ -117,6 +118,11 @@ class TargetStats:
 
     def latency(self, q: float) -> float | None:
         return self.histogram.percentile(q)
+
+    @property
+    def ok_after_retry(self) -> int:
+        """Calls that succeeded on a second or later attempt (from the `call_ok` summaries)."""
+        return sum(count for attempt, count in self.ok_by_attempt.items() if attempt >= 2)
 
     @property
     def recovered_calls(self) -> int:

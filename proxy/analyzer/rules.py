@@ -99,7 +99,7 @@ def retries_fewer(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
     proposals = []
     for stats in analysis.all_targets():
         n = stats.exhausted["max_attempts"]
-        late_ok = sum(count for attempt, count in stats.ok_by_attempt.items() if attempt >= 2)
+        late_ok = stats.ok_after_retry
         if n < MIN_EXHAUSTED or stats.recovered_calls or late_ok:
             continue
         scoped = scope_for(config, stats.target)
@@ -147,7 +147,7 @@ def retries_more(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         match, policy = scoped
         old = policy.retry.max_attempts
         last, exhausted = stats.ok_by_attempt[old], stats.exhausted["max_attempts"]
-        late_ok = sum(count for attempt, count in stats.ok_by_attempt.items() if attempt >= 2)
+        late_ok = stats.ok_after_retry
         if old < 2 or old >= MAX_ATTEMPTS_CAP or last < MIN_LAST_ATTEMPT_OK or last < 0.5 * late_ok:
             continue
         if exhausted < MIN_EXHAUSTED_FOR_MORE or analysis.upstream(stats.target.upstream).budget_exhausted:

@@ -32,11 +32,10 @@ def policy_of(config: ProxyConfig, target: Target) -> Policy | None:
     return None if upstream is None else PolicyResolver(upstream).resolve(target.method, target.tool)
 
 
-def scope_for(config: ProxyConfig, target: Target, *, new_rule: bool = True) -> tuple[Match | None, Policy] | None:
-    """(the match to edit, or None for the defaults; the policy in force) for `target`.
+def scope_for(config: ProxyConfig, target: Target) -> tuple[Match, Policy] | None:
+    """(the match to edit; the policy in force) for `target`.
 
-    The winning rule's own match when a rule decides the target's policy; otherwise an exact new rule
-    (`new_rule`) or the upstream defaults.
+    The winning rule's own match when a rule decides the target's policy; otherwise an exact new rule.
     """
     upstream = upstream_config(config, target.upstream)
     if upstream is None:
@@ -50,8 +49,6 @@ def scope_for(config: ProxyConfig, target: Target, *, new_rule: bool = True) -> 
             return winning, policy
         # A glob rule governs others too: carve out an exact rule that copies it, then change that one.
         return Match(exact.method, exact.tool, inherit_from=winning), policy
-    if not new_rule:
-        return None, policy
     return exact, policy
 
 
