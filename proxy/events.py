@@ -234,6 +234,20 @@ class _Summary:
     latency_max_ms: float = 0.0
 
 
+_LOGGED_WITHOUT_EVENTS: Final = {"retry": "info", "retry_exhausted": "info", "retry_budget_exhausted": "warning", "breaker_state": "warning", "call_failed": "warning"}
+"""Moments that must reach the log even when events do not (off, or not written as log lines), and at what level."""
+
+
+def _log_plainly(kind: str, call: Call | None, fields: dict[str, Any]) -> None:
+    """One structlog line for `kind`: what the event would have said, with the error as its message only."""
+    line = {} if call is None else {"upstream": call.upstream, "method": call.method, "tool": call.tool, "attempt": call.attempt}
+    line.update(fields)
+    error = line.get("error")
+    if isinstance(error, dict):
+        line["error"] = error.get("message")
+    getattr(_log, _LOGGED_WITHOUT_EVENTS[kind])(kind, **line)
+
+
 _CALL_KINDS: Final = {"retry", "retry_exhausted", "retry_budget_exhausted", "timeout", "timeout_observed", "rate_limited", "fallback_served"}
 
 
@@ -252,6 +266,8 @@ class EventRecorder:
         self._window_started = time.time()
 
     def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None:
+        if not (self.enabled and self.logged) and kind in _LOGGED_WITHOUT_EVENTS:
+            _log_plainly(kind, call, fields)
         if not self.enabled:
             return
         error = fields.pop("error", None)
@@ -263,6 +279,8 @@ class EventRecorder:
 
     def call_failed(self, call: Call, error: dict[str, Any], latency_ms: float, **fields: Any) -> None:
         """The final failure a client heard (after every retry and fallback)."""
+        if not (self.enabled and self.logged):
+            _log_plainly("call_failed", call, {"error": error, "latency_ms": latency_ms, **fields})
         if not self.enabled:
             return
         event = self.bus.publish(

@@ -368,20 +368,7 @@ class McpHandler:
         self, runtime: Runtime, call: Call, error: dict[str, Any], reason: str, http_status: int, started: float
     ) -> None:
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        events = runtime.events
-        if events.enabled:
-            events.call_failed(call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
-        if not (events.enabled and events.logged):
-            log.warning(
-                "call_failed",
-                upstream=call.upstream,
-                method=call.method,
-                tool=call.tool,
-                reason=reason,
-                error=error["message"],
-                client=call.client,
-                latency_ms=latency_ms,
-            )
+        runtime.events.call_failed(call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
 
     def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, started: float, reason: str) -> None:
         """The upstream's own failing answer reaches the client: report it like any failure a client heard."""

@@ -219,3 +219,24 @@ async def test_an_upstream_429_is_reported_as_the_upstreams_limit(upstream: Faul
         assert await post(proxy.url + "/mcp", call_tool("create_ticket")) == 429
         (failed,) = [e for e in await events_of(proxy.admin_url) if e["type"] == "call_failed"]
     assert (failed["error"]["kind"], failed["error"]["http_status"], failed["reason"]) == ("http_429", 429, "rate_limited")
+
+
+@pytest.mark.parametrize(("enabled", "logged"), [(True, True), (True, False), (False, False)])
+async def test_each_retry_and_failure_is_one_log_line_whether_or_not_events_write_it(
+    upstream: FaultUpstream, enabled: bool, logged: bool
+) -> None:
+    """Written as an event line when events are logged, else as a plain structlog line: never both."""
+    import structlog
+
+    upstream.fault("tools/list", status=503)
+    retry = {"max_attempts": 2, "backoff": {"base": "1ms", "max": "2ms"}}
+    config = proxy_config(upstream.url, upstream={"retry": retry, "breaker": {"enabled": False}}, events={"enabled": enabled, "log": logged})
+    async with running_proxy(config) as proxy:
+        with structlog.testing.capture_logs() as logs:
+            await post(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    plain = [entry["event"] for entry in logs if entry["event"] in ("retry", "retry_exhausted", "call_failed")]
+    assert plain == ([] if logged else ["retry", "retry_exhausted", "call_failed"])
+    if not logged:
+        retry_line = next(entry for entry in logs if entry["event"] == "retry")
+        assert (retry_line["upstream"], retry_line["method"], retry_line["failure"]) == ("up", "tools/list", "http_5xx")
+        assert retry_line["error"] == "upstream answered HTTP 503"

@@ -26,7 +26,6 @@ from collections import deque
 from typing import Any
 
 import pybreaker
-import structlog
 from cachetools import LRUCache
 
 from proxy.errors import CircuitOpen
@@ -36,7 +35,6 @@ from proxy.policy_config import BreakerConfig
 
 __all__ = ["Breaker", "BreakerStage"]
 
-log = structlog.get_logger("proxy.breaker")
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
 MAX_TOOL_BREAKERS = 1000
@@ -94,7 +92,6 @@ class Breaker:
         if new != HALF_OPEN:
             self._trials = 0
         self._outcomes.clear()
-        log.warning("breaker_state", upstream=self.upstream, breaker=self.name, old=old, new=new)
         self._observer.policy_event("breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new)
 
     def admit(self) -> int | None:

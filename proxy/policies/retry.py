@@ -105,15 +105,6 @@ class RetryStage:
             self._observer.policy_event(
                 "retry", call, failure=verdict.kind.value, delay_ms=round(delay * 1000, 3), error=verdict.as_error()
             )
-            log.info(
-                "retry",
-                upstream=call.upstream,
-                method=call.method,
-                tool=call.tool,
-                attempt=attempt,
-                failure=verdict.kind.value,
-                delay_ms=round(delay * 1000, 1),
-            )
             await self._clock.sleep(delay)
 
     def _plan(self, call: Call, verdict: Verdict, attempt: int, policy: RetryConfig) -> tuple[str | None, float]:
@@ -138,7 +129,7 @@ class RetryStage:
     def _give_up(
         self, call: Call, stop: str, attempt: int, verdict: Verdict, reply: Reply | None, error: ProxyError | None
     ) -> Reply:
-        if attempt > 1 or stop == "budget":
+        if stop == "budget" and error is None:  # the one stop no event reports
             log.info("retry_stopped", upstream=call.upstream, method=call.method, tool=call.tool, attempts=attempt, why=stop)
         if attempt > 1 and stop != "budget":
             self._observer.policy_event("retry_exhausted", call, why=stop, error=verdict.as_error())
