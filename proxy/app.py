@@ -250,8 +250,10 @@ class ProxyServer:
         """Close a replaced pool once the calls that started on it had `after` seconds to finish."""
 
         async def close_later() -> None:
-            await asyncio.sleep(after)
-            await transport.close()
+            try:
+                await asyncio.sleep(after)
+            finally:  # stopped early (the proxy shuts down): the pool still closes
+                await transport.close()
 
         task = asyncio.create_task(close_later(), name=f"retire-pool:{transport.name}")
         self._retiring.add(task)
@@ -284,8 +286,10 @@ class ProxyServer:
                 await state.prober.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
-        for task in list(self._retiring):
+        retiring = list(self._retiring)
+        for task in retiring:
             task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
         for state in runtime.states.values():
             await state.transport.close()
         if self._event_file is not None:

@@ -244,3 +244,19 @@ async def test_readyz_follows_upstream_health(upstream: FaultUpstream) -> None:
             seen.append(await readyz())
         assert seen == [503, 200]
         assert upstream.attempts["server/discover"] == 1 + 3 + 2
+
+
+async def test_a_pool_retired_by_a_reload_is_closed_when_the_proxy_stops_before_its_drain_time(
+    upstream: FaultUpstream,
+) -> None:
+    other = FaultUpstream()
+    await other.start()
+    try:
+        async with running_proxy(proxy_config(upstream.url, drain_timeout="1h")) as proxy:
+            old = proxy.runtime.current.states["up"].transport
+            await proxy.apply(proxy_config(other.url, drain_timeout="1h"))
+            assert proxy.runtime.current.states["up"].transport is not old
+            assert old._pool is not None  # noqa: SLF001 - retired, waiting out its drain time
+        assert old._pool is None  # noqa: SLF001 - closed by stop(), not left open
+    finally:
+        await other.stop()
