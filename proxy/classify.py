@@ -18,12 +18,14 @@ from proxy.jsonrpc import Message, is_read_method
 from proxy.policies.base import Call, Era
 from proxy.policies.resolve import PolicyResolver
 
-__all__ = ["MODERN_VERSION", "classify", "era_for", "identity_hash", "is_idempotent", "protocol_of"]
+__all__ = ["LEGACY_VERSION", "MODERN_VERSION", "classify", "era_for", "identity_hash", "is_idempotent", "protocol_of"]
 
 _CALL_IDS = itertools.count(1)
 
 MODERN_VERSION = "2026-07-28"
 """The first stateless protocol version; versions are dates, so later ones compare greater."""
+LEGACY_VERSION = "2025-11-25"
+"""The newest version of the legacy (session) era: what the proxy speaks when it initializes a session itself."""
 _META_VERSION = "io.modelcontextprotocol/protocolVersion"
 
 

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import orjson
 
+from proxy.classify import LEGACY_VERSION
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import ProxyError
 from proxy.failures import Verdict, classify_error, classify_reply
@@ -31,7 +32,6 @@ __all__ = ["FixtureWriter", "ReplayResult", "replay_directory"]
 
 FIXTURE_VERSION: Final = 1
 _KEPT_HEADERS: Final = ("content-type", "accept", "mcp-protocol-version", "mcp-method", "mcp-name")
-_LEGACY_VERSION: Final = "2025-11-25"
 
 
 class FixtureWriter:
@@ -96,12 +96,12 @@ async def _legacy_session(upstream: HttpUpstream, timeout: float) -> dict[str, s
         "jsonrpc": "2.0",
         "id": "replay-init",
         "method": "initialize",
-        "params": {"protocolVersion": _LEGACY_VERSION, "capabilities": {}, "clientInfo": {"name": "mcp-resilience-proxy-replay", "version": "1"}},
+        "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": {"name": "mcp-resilience-proxy-replay", "version": "1"}},
     }
     reply = await upstream.request(headers, orjson.dumps(init), "replay-init", timeout)
     session = reply.headers.get("Mcp-Session-Id")
     result = reply.message.get("result", {}) if isinstance(reply.message, dict) else {}
-    version = result.get("protocolVersion", _LEGACY_VERSION) if isinstance(result, dict) else _LEGACY_VERSION
+    version = result.get("protocolVersion", LEGACY_VERSION) if isinstance(result, dict) else LEGACY_VERSION
     headers = {**headers, "MCP-Protocol-Version": str(version)}
     if session:
         headers["Mcp-Session-Id"] = session

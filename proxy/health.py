@@ -36,6 +36,7 @@ import orjson
 import structlog
 
 from proxy import __version__
+from proxy.classify import LEGACY_VERSION, MODERN_VERSION
 from proxy.config import HealthConfig
 from proxy.errors import ProxyError
 from proxy.failures import Failure, Verdict, classify_error, classify_reply, judged
@@ -47,8 +48,6 @@ __all__ = ["HealthProber", "PassiveHealthStage", "UpstreamHealth"]
 log = structlog.get_logger("proxy")
 
 State = Literal["unknown", "healthy", "unhealthy"]
-MODERN_VERSION = "2026-07-28"
-LEGACY_VERSION = "2025-11-25"
 CLIENT_INFO = {"name": "mcp-resilience-proxy-health", "version": __version__}
 UNSUPPORTED_STATUS = frozenset({400, 404, 405, 406})
 """What a legacy-only server answers to a sessionless `server/discover` (the SDK: 400 Missing session ID)."""
