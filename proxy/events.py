@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
 import structlog
 
 from proxy.logs import redact
@@ -95,10 +94,9 @@ def signature(upstream: str | None, method: str | None, tool: str | None, kind: 
 
 
 def _params(call: Call, include: bool) -> dict[str, Any]:
-    params = {k: v for k, v in call.message.params.items() if k != "_meta"}
     if include:
-        return {"params": redact(params)}
-    return {"params_hash": hashlib.blake2b(orjson.dumps(params, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()}
+        return {"params": redact(call.message.arguments)}
+    return {"params_hash": hashlib.blake2b(call.message.canonical_arguments(), digest_size=8).hexdigest()}
 
 
 def make_event(

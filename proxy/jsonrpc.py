@@ -75,6 +75,19 @@ class Message:
         params = self.body.get("params") if isinstance(self.body, dict) else None
         return params if isinstance(params, dict) else {}
 
+    @property
+    def arguments(self) -> Any:
+        """What the request asks with: its params as sent (object, array or None), less `_meta`, which
+        carries per-call metadata (progress tokens, versions) and never changes the answer."""
+        params = self.body.get("params") if isinstance(self.body, dict) else None
+        if isinstance(params, dict) and "_meta" in params:
+            return {name: value for name, value in params.items() if name != "_meta"}
+        return params
+
+    def canonical_arguments(self) -> bytes:
+        """`arguments` as canonical JSON (sorted keys): equal requests give equal bytes (cache keys, hashes)."""
+        return orjson.dumps(self.arguments, option=orjson.OPT_SORT_KEYS)
+
 
 class MessageError(Exception):
     """A body that is not JSON (-32700) or not JSON-RPC (-32600); `id` is echoed when it could be read."""

@@ -240,3 +240,12 @@ async def test_each_retry_and_failure_is_one_log_line_whether_or_not_events_writ
         retry_line = next(entry for entry in logs if entry["event"] == "retry")
         assert (retry_line["upstream"], retry_line["method"], retry_line["failure"]) == ("up", "tools/list", "http_5xx")
         assert retry_line["error"] == "upstream answered HTTP 503"
+
+
+def test_params_hash_tells_array_params_apart_and_ignores_meta() -> None:
+    def hashed(params: str) -> str:
+        body = b'{"jsonrpc":"2.0","id":1,"method":"custom/op","params":' + params.encode() + b"}"
+        return str(make_event("call_failed", make_call(body), error={"kind": "timeout", "message": "late"})["params_hash"])
+
+    assert hashed("[1,2]") != hashed("[3]")  # both hashed as {} before
+    assert hashed('{"a":1,"_meta":{"progressToken":7}}') == hashed('{"a":1}')

@@ -288,12 +288,7 @@ def list_changed_kind(method: str) -> str | None:
 
 def _keys(call: Call) -> tuple[Key, Key]:
     """(private key, shared key) of a call."""
-    body = call.message.body
-    params = body.get("params") if isinstance(body, dict) else None
-    if isinstance(params, dict):
-        params = {name: value for name, value in params.items() if name != "_meta"}
-    canonical = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
-    base = (call.upstream, call.method, call.protocol, canonical)
+    base = (call.upstream, call.method, call.protocol, call.message.canonical_arguments())
     return (*base, call.auth_scope), (*base, None)
 
 
