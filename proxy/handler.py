@@ -66,6 +66,11 @@ def _json_error(
     )
 
 
+def _error_response(error: ProxyError, request_id: str | int | None) -> web.Response:
+    """A proxy verdict as the client hears it: its status, the JSON-RPC error, and the verdict headers."""
+    return _json_error(error.status(), error.code, error.message, request_id, error.error_data(), _verdict_headers(error))
+
+
 def _verdict_headers(error: ProxyError) -> dict[str, str]:
     headers = {"X-Mcp-Proxy-Error": error.reason}
     if error.retry_after is not None:
@@ -196,7 +201,7 @@ class McpHandler:
             try:
                 await limiter(call, _admitted)
             except ProxyError as exc:
-                return _json_error(exc.status(), exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
+                return _error_response(exc, None)
         return None
 
     async def _call(self, request: web.BaseRequest, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
@@ -209,25 +214,20 @@ class McpHandler:
                 reply = await route.pipeline(call)
             except ProxyError as exc:
                 outcome = exc.reason
-                self._failed(runtime, call, exc, started)
-                return _json_error(
-                    exc.status(), exc.code, exc.message, call.message.id, exc.error_data(), _verdict_headers(exc)
-                )
+                self._failed(runtime, call, exc)
+                return _error_response(exc, call.message.id)
             if reply.stream is None and reply.status >= 400 and response_error(reply.message) is None:
                 bare = _bare_error(reply, call)
                 outcome = bare.reason
                 metrics.upstream_error(call.upstream, bare.reason)
-                self._answered_with_failure(runtime, call, reply, started, bare.reason)
-                return _json_error(
-                    bare.status(), bare.code, bare.message, call.message.id, bare.error_data(), _verdict_headers(bare)
-                )
+                self._answered_with_failure(runtime, call, reply, bare.reason)
+                return _error_response(bare, call.message.id)
             if reply.stream is None:
                 outcome = _outcome(reply)
                 if outcome == "ok":
-                    if call.method == "tools/list" and route.config.trust_annotations:
-                        route.state.annotations.learn(reply.message)
+                    _learn_annotations(route, call, reply.message)
                 else:
-                    self._answered_with_failure(runtime, call, reply, started, outcome)
+                    self._answered_with_failure(runtime, call, reply, outcome)
                 return web.Response(status=reply.status, body=reply.body, headers=_with_extra(reply))
             def settle(value: str) -> None:
                 nonlocal outcome
@@ -292,8 +292,7 @@ class McpHandler:
                     if final is not None:
                         answered = True
                         settle("jsonrpc_error" if "error" in final else "ok")
-                        if call.method == "tools/list" and "result" in final and route.config.trust_annotations:
-                            route.state.annotations.learn(final)
+                        _learn_annotations(route, call, final)
                         break
         except StreamBroken as exc:
             broken = exc
@@ -309,7 +308,7 @@ class McpHandler:
                 settle("resumable")
             else:
                 broken = broken or StreamBroken("upstream stream ended before the response", upstream=call.upstream)
-                self._failed(runtime, call, broken, call.started)
+                self._failed(runtime, call, broken)
                 settle(broken.reason)
                 await _write_quietly(response, _sse_error(request_id, broken))
         await _end_quietly(response)
@@ -326,7 +325,7 @@ class McpHandler:
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
-            return _json_error(exc.status(), exc.code, exc.message, None, exc.error_data(), _verdict_headers(exc))
+            return _error_response(exc, None)
         if reply.stream is None:
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
         try:
@@ -356,30 +355,37 @@ class McpHandler:
         headers = upstream_headers(request.headers.items())
         return await self._forward(request, runtime, route, request.method, headers, None)
 
-    def _failed(self, runtime: Runtime, call: Call, error: ProxyError, started: float) -> None:
+    def _failed(self, runtime: Runtime, call: Call, error: ProxyError) -> None:
         """A call ends in a proxy verdict or a broken stream: count it, and say it once (event or log line)."""
         runtime.metrics.upstream_error(call.upstream, error.reason)
         verdict = classify_error(error)
         kind = error.reason if verdict.kind is Failure.CLIENT_ERROR else verdict.kind.value
         detail = {"kind": kind, "http_status": None, "jsonrpc_code": error.code, "message": error.message}
-        self._report(runtime, call, detail, error.reason, error.status(), started)
+        self._report(runtime, call, detail, error.reason, error.status())
 
     def _report(
-        self, runtime: Runtime, call: Call, error: dict[str, Any], reason: str, http_status: int, started: float
+        self, runtime: Runtime, call: Call, error: dict[str, Any], reason: str, http_status: int
     ) -> None:
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        latency_ms = round((time.perf_counter() - call.started) * 1000, 3)
         runtime.events.call_failed(call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
 
-    def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, started: float, reason: str) -> None:
+    def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, reason: str) -> None:
         """The upstream's own failing answer reaches the client: report it like any failure a client heard."""
         verdict = verdict_of(reply, call.session_id is not None)
         if verdict.kind is Failure.SESSION_EXPIRED:
             runtime.events.policy_event("session_lost", call)
         elif verdict.server_failure or verdict.kind is Failure.HTTP_429:
-            self._report(runtime, call, verdict.as_error(), reason, reply.status, started)
+            self._report(runtime, call, verdict.as_error(), reason, reply.status)
 
 
 BATCHING_REMOVED_IN = "2025-06-18"
+
+
+def _learn_annotations(route: Route, call: Call, message: Any) -> None:
+    """A successful tools/list from an upstream trusted for its annotations teaches the retry policy."""
+    annotations = route.annotations
+    if annotations is not None and call.method == "tools/list":
+        annotations.learn(message)  # an error answer has no tools: nothing learned
 
 
 def _bare_error(reply: Reply, call: Call) -> ProxyError:
