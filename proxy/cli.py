@@ -136,6 +136,14 @@ def _load(args: argparse.Namespace) -> ProxyConfig:
     return quickstart_config(args.upstream, args.listen, args.admin)
 
 
+def _config_error(header: str, error: ConfigError) -> int:
+    """Say what is wrong, one indented line per error with its path; the exit code for a bad config."""
+    _err(header)
+    for line in error.errors:
+        _err(f"  {line}")
+    return EXIT_CONFIG
+
+
 def _install_uvloop() -> None:
     try:
         import uvloop
@@ -174,10 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = load_config_file(args.file)
         except ConfigError as exc:
-            _err(f"{args.file}: invalid configuration")
-            for line in exc.errors:
-                _err(f"  {line}")
-            return EXIT_CONFIG
+            return _config_error(f"{args.file}: invalid configuration", exc)
         _out(f"{args.file}: OK ({len(config.upstreams)} upstream(s): {', '.join(u.name for u in config.upstreams)})")
         return EXIT_OK
     if args.command == "replay":
@@ -193,14 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("error", "console")
         logging.basicConfig(level=logging.ERROR)  # the MCP SDK's own stdlib loggers: only real errors
         _install_uvloop()
-        return asyncio.run(run_demo(args.duration, args.listen, args.admin, _out))
+        try:
+            return asyncio.run(run_demo(args.duration, args.listen, args.admin, _out))
+        except ConfigError as exc:
+            return _config_error("invalid demo options:", exc)
     try:
         config = _load(args)
     except ConfigError as exc:
-        _err("invalid configuration:")
-        for line in exc.errors:
-            _err(f"  {line}")
-        return EXIT_CONFIG
+        return _config_error("invalid configuration:", exc)
     configure_logging(config.logging.level, config.logging.format)
     _install_uvloop()
     asyncio.run(_serve(config, Path(args.config) if args.config else None))

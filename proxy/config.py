@@ -342,16 +342,17 @@ def quickstart_config(upstream_url: str, listen: str | None = None, admin: str |
     """The config behind ``serve --upstream URL``: one upstream at /mcp, defaults for everything else."""
     raw: dict[str, Any] = {"upstreams": [{"name": "default", "url": upstream_url}]}
     if listen:
-        raw["listen"] = _host_port(listen, "--listen")
+        raw["listen"] = host_port(listen, "--listen")
     if admin:
-        raw["admin"] = _host_port(admin, "--admin")
+        raw["admin"] = host_port(admin, "--admin")
     try:
         return ProxyConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_error_lines(exc)) from exc
 
 
-def _host_port(value: str, flag: str) -> dict[str, Any]:
+def host_port(value: str, flag: str) -> dict[str, Any]:
+    """``HOST:PORT`` (``[::1]:8080`` too) as a listener section; `flag` names the option in the error."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError([f"{flag}: must be HOST:PORT (got {value!r})"])

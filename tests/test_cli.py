@@ -124,3 +124,9 @@ def test_demo_runs_its_phases_learns_and_exits_zero() -> None:
     assert int(rows["fixed"][reads_failed]) < int(rows["slow"][reads_failed]) // 4  # ... and once applied, they pass
     assert "slow progress: 4 notifications" in result.stdout
     assert result.stderr == ""
+
+
+def test_demo_rejects_a_bad_listen_address_with_a_clear_error() -> None:
+    result = run_cli("demo", "--listen", "nonsense", "--duration", "1")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == ["invalid demo options:", "  --listen: must be HOST:PORT (got 'nonsense')"]

@@ -31,7 +31,7 @@ import yaml
 
 from proxy.analyzer import Proposal, Window, apply_proposal, propose
 from proxy.app import ProxyServer, running_proxy
-from proxy.config import load_config
+from proxy.config import host_port, load_config
 from proxy.demo.server import DemoState, running_demo_server
 from proxy.demo.workload import WorkloadStats, run_workload
 
@@ -64,11 +64,9 @@ PHASES = (
 def demo_config(upstream_url: str, listen: str, admin: str) -> dict[str, Any]:
     """The demo's policy file: trusted annotations, fast retries, a quick breaker, stale reads on
     failure, and a read policy (no cache, tight timeout) that the analyzer will have to fix."""
-    listen_host, _, listen_port = listen.rpartition(":")
-    admin_host, _, admin_port = admin.rpartition(":")
     return {
-        "listen": {"host": listen_host or "127.0.0.1", "port": int(listen_port)},
-        "admin": {"host": admin_host or "127.0.0.1", "port": int(admin_port)},
+        "listen": host_port(listen, "--listen"),
+        "admin": host_port(admin, "--admin"),
         "logging": {"level": "error"},
         "reload": {"interval": "200ms"},
         "events": {"log": False, "summary_interval": "1s", "observe_timeouts": "3s"},
