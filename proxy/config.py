@@ -329,13 +329,17 @@ def load_config(text: str, env: dict[str, str] | None = None) -> ProxyConfig:
     return config
 
 
-def load_config_file(path: str | Path, env: dict[str, str] | None = None) -> ProxyConfig:
-    """Read and validate a config file; a file that cannot be read is a `ConfigError` too."""
+def read_config_bytes(path: str | Path) -> bytes:
+    """A config file's bytes; one that cannot be read is a `ConfigError` saying why."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from exc
-    return load_config(text, env)
+
+
+def load_config_file(path: str | Path, env: dict[str, str] | None = None) -> ProxyConfig:
+    """Read and validate a config file; a file that cannot be read is a `ConfigError` too."""
+    return load_config(read_config_bytes(path).decode("utf-8", errors="replace"), env)
 
 
 def quickstart_config(upstream_url: str, listen: str | None = None, admin: str | None = None) -> ProxyConfig:

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import structlog
 
-from proxy.config import ConfigError, ProxyConfig, load_config
+from proxy.config import ConfigError, ProxyConfig, load_config, read_config_bytes
 from proxy.policies.base import NULL_OBSERVER, Observer
 
 __all__ = ["ConfigReloader", "ReloadResult"]
@@ -54,8 +54,10 @@ class ReloadResult:
         }
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:12]
+def _digest(data: bytes | ConfigError) -> str:
+    """What the file held, or why it could not be read: a change in either is a change to act on."""
+    raw = data if isinstance(data, bytes) else "\n".join(data.errors).encode()
+    return hashlib.sha256(raw).hexdigest()[:12]
 
 
 class ConfigReloader:
@@ -81,11 +83,11 @@ class ConfigReloader:
         self.applied = 0
         self.rejected = 0
 
-    def _read(self) -> bytes:
+    def _read(self) -> bytes | ConfigError:
         try:
-            return self.path.read_bytes()  # follows the ..data symlinks to whatever they point at now
-        except OSError:
-            return b""
+            return read_config_bytes(self.path)  # follows the ..data symlinks to whatever they point at now
+        except ConfigError as exc:
+            return exc
 
     async def check(self, trigger: str, force: bool = False) -> ReloadResult:
         """Re-read the file; apply it if its content changed (or `force`); never raise."""
@@ -96,8 +98,8 @@ class ConfigReloader:
                 return ReloadResult("unchanged", trigger, digest)
             self._seen = digest
             try:
-                if not data:
-                    raise ConfigError([f"cannot read {self.path}"])
+                if isinstance(data, ConfigError):
+                    raise data
                 config = load_config(data.decode("utf-8", errors="replace"))
                 await self._apply(config)
             except Exception as exc:  # whatever fails, the old config keeps serving and reloads go on

@@ -260,3 +260,20 @@ async def test_a_pool_retired_by_a_reload_is_closed_when_the_proxy_stops_before_
         assert old._pool is None  # noqa: SLF001 - closed by stop(), not left open
     finally:
         await other.stop()
+
+
+async def test_a_missing_file_and_an_empty_file_are_rejected_each_with_its_own_reason(
+    upstream: FaultUpstream, tmp_path: Path
+) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config_dict(upstream.url)))
+    async with running_proxy(load_config(path.read_text(), {}), config_path=path) as proxy:
+        assert proxy.reloader is not None
+        before = proxy.runtime.current
+        path.unlink()
+        missing = await proxy.reloader.check("test")
+        path.write_text("")
+        empty = await proxy.reloader.check("test")
+        assert proxy.runtime.current is before
+    assert missing.errors == (f"cannot read {path}: No such file or directory",)
+    assert empty.errors and not empty.errors[0].startswith("cannot read")
