@@ -176,8 +176,8 @@ class ProxyServer:
         drain = runtime.config.drain_timeout
         proxy_runner = web.ServerRunner(self.proxy_server(), shutdown_timeout=drain)
         admin_runner = web.AppRunner(self.admin_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        self._proxy_runner, self.listen_address = await self._bind(proxy_runner, self.listen_address)
-        self._admin_runner, self.admin_address = await self._bind(admin_runner, self.admin_address)
+        self._proxy_runner, self.listen_address = proxy_runner, await _bind(proxy_runner, self.listen_address)
+        self._admin_runner, self.admin_address = admin_runner, await _bind(admin_runner, self.admin_address)
         if self.reloader is not None:
             self.reloader.start()
         self._summaries = asyncio.create_task(self._summarize(), name="event-summaries")
@@ -259,13 +259,6 @@ class ProxyServer:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _bind(self, runner: web.BaseRunner, address: tuple[str, int]) -> tuple[web.BaseRunner, tuple[str, int]]:
-        await runner.setup()
-        site = web.TCPSite(runner, address[0], address[1], reuse_address=True)
-        await site.start()
-        port = runner.addresses[-1][1] if runner.addresses else address[1]
-        return runner, (address[0], int(port))
-
     async def stop(self) -> None:
         """Drain: not ready, end long-lived streams, stop accepting, let calls finish, then close everything."""
         self.draining = True
@@ -296,15 +289,12 @@ class ProxyServer:
             self._event_file.close()
         log.info("proxy_stopped")
 
-    async def serve_forever(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
+    async def serve_forever(self, stop: asyncio.Event, reload: asyncio.Event) -> None:
         """Run until `stop` is set (SIGTERM/SIGINT); each time `reload` is set (SIGHUP), re-read the config."""
         await self.start()
         waiter = asyncio.create_task(stop.wait(), name="wait-for-stop")
         try:
             while not stop.is_set():
-                if reload is None:
-                    await waiter
-                    break
                 hup = asyncio.create_task(reload.wait(), name="wait-for-sighup")
                 await asyncio.wait({waiter, hup}, return_when=asyncio.FIRST_COMPLETED)
                 if reload.is_set():
@@ -315,6 +305,15 @@ class ProxyServer:
         finally:
             waiter.cancel()
             await self.stop()
+
+
+async def _bind(runner: web.BaseRunner, address: tuple[str, int]) -> tuple[str, int]:
+    """Start `runner` listening on `address`; return the address bound (the real port for port 0)."""
+    await runner.setup()
+    site = web.TCPSite(runner, address[0], address[1], reuse_address=True)
+    await site.start()
+    port = runner.addresses[-1][1] if runner.addresses else address[1]
+    return address[0], int(port)
 
 
 def _left_behind(old: Runtime, new: Runtime) -> tuple[list[HealthProber], list[HttpUpstream]]:
