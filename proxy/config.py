@@ -11,6 +11,7 @@ on raw text), so an environment value can never change the structure of the file
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from proxy.config_types import ByteSize, ConfigModel, Duration, parse_duration
 from proxy.config_operations import (
@@ -208,13 +210,27 @@ class ProxyConfig(ConfigModel):
     upstreams: tuple[UpstreamConfig, ...] = Field(..., min_length=1, description="The MCP servers behind the proxy.")
 
     @model_validator(mode="after")
-    def _unique_names_and_paths(self) -> ProxyConfig:
-        names = [u.name for u in self.upstreams]
-        paths = [u.path for u in self.upstreams]
-        for label, values in (("name", names), ("path", paths)):
-            duplicates = sorted({v for v in values if values.count(v) > 1})
-            if duplicates:
-                raise ValueError(f"upstreams: duplicate {label} {', '.join(duplicates)}")
+    def _cross_checks(self) -> ProxyConfig:
+        """What no single field can check, each error at the entry at fault (in file order): the two
+        listeners on one socket, an upstream name or path used twice."""
+        problems: list[tuple[tuple[int | str, ...], str]] = []
+        overlap = _listener_overlap((self.listen.host, self.listen.port), (self.admin.host, self.admin.port))
+        if overlap is not None:
+            problems.append((("admin",), f"must not be the same address as listen ({overlap})"))
+        first: dict[tuple[str, str], int] = {}
+        for index, upstream in enumerate(self.upstreams):
+            for label, value in (("name", upstream.name), ("path", upstream.path)):
+                seen = first.setdefault((label, value), index)
+                if seen != index:
+                    problems.append((("upstreams", index, label), f"duplicate {label} {value!r} (also upstreams[{seen}])"))
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(type=PydanticCustomError(_CROSS_CHECK, "{message}", {"message": message}), loc=loc, input=None)
+                    for loc, message in problems
+                ],
+            )
         return self
 
     def upstream(self, name: str) -> UpstreamConfig:
@@ -223,6 +239,54 @@ class ProxyConfig(ConfigModel):
             if upstream.name == name:
                 return upstream
         raise KeyError(name)
+
+
+_CROSS_CHECK = "cross_check"  # the error type of `ProxyConfig._cross_checks`: its message says it all
+
+
+def _display(host: str, port: int) -> str:
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+
+
+def _binds(host: str) -> set[tuple[int, str]]:
+    """What binding `host` takes, found without DNS: (IP version, address), with "*" for every address
+    of that version. ``localhost`` is both loopbacks; any other name is itself, as version 0."""
+    host = host.strip("[]").lower()
+    if host == "":  # asyncio binds every interface of both versions
+        return {(4, "*"), (6, "*")}
+    if host == "localhost":
+        return {(4, "127.0.0.1"), (6, "::1")}
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return {(0, host)}
+    return {(ip.version, "*" if ip.is_unspecified else ip.compressed)}
+
+
+def _collide(a: tuple[int, str], b: tuple[int, str]) -> bool:
+    (version_a, address_a), (version_b, address_b) = a, b
+    if version_a and version_b and version_a != version_b:
+        return False
+    # A name resolves to one of this machine's addresses: only a wildcard or the same name is known to take it.
+    return address_a == address_b or "*" in (address_a, address_b)
+
+
+def _listener_overlap(listen: tuple[str, int], admin: tuple[str, int]) -> str | None:
+    """Why the two listeners cannot both bind, or None. Port 0 never collides (each gets a free port).
+
+    A wildcard (0.0.0.0, ::) takes its port on every address of its IP version, so ``0.0.0.0:8080``
+    and ``127.0.0.1:8080`` collide. asyncio binds IPv6 sockets v6-only: ``0.0.0.0`` and ``::`` do not.
+    """
+    (listen_host, port), (admin_host, admin_port) = listen, admin
+    if port == 0 or port != admin_port:
+        return None
+    taken, wanted = _binds(listen_host), _binds(admin_host)
+    if taken == wanted:
+        return _display(listen_host, port)
+    if any(_collide(a, b) for a in taken for b in wanted):
+        return f"admin {_display(admin_host, port)} overlaps listen {_display(listen_host, port)}"
+    return None
 
 
 def _format_path(location: tuple[int | str, ...]) -> str:
@@ -259,7 +323,7 @@ def _describe(error: dict[str, Any]) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
-    if "input" in error and kind not in ("value_error", "model_type", "dict_type"):
+    if "input" in error and kind not in ("value_error", "model_type", "dict_type", _CROSS_CHECK):
         message += f" (got {error['input']!r})"
     return message
 

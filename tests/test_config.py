@@ -66,7 +66,7 @@ def test_missing_upstreams_and_duplicates() -> None:
     assert errors_of("listen: {port: 1}") == ["upstreams: required"]
     assert errors_of("upstreams: []") == ["upstreams: must have at least 1 item(s)"]
     dup = "upstreams: [{name: a, url: 'http://h/mcp'}, {name: a, url: 'http://h/mcp', path: /b}]"
-    assert errors_of(dup) == ["(top level): upstreams: duplicate name a"]
+    assert errors_of(dup) == ["upstreams[1].name: duplicate name 'a' (also upstreams[0])"]
 
 
 def test_invalid_yaml_names_the_line() -> None:
@@ -131,3 +131,68 @@ def test_an_upstream_port_out_of_range_is_a_config_error() -> None:
     assert errors_of("upstreams: [{name: a, url: 'http://127.0.0.1:99999/mcp'}]") == [
         "upstreams[0].url: not a URL: the port must be a number from 0 to 65535 (got 'http://127.0.0.1:99999/mcp')"
     ]
+
+
+def test_a_duplicate_upstream_is_reported_at_the_entry_at_fault() -> None:
+    text = """
+upstreams:
+  - {name: x, url: "http://h/mcp"}
+  - {name: y, url: "http://h/mcp", path: /y}
+  - {name: x, url: "http://h/mcp", path: /z}
+  - {name: z, url: "http://h/mcp", path: /y}
+  - {name: x, url: "http://h/mcp"}
+"""
+    assert errors_of(text) == [
+        "upstreams[2].name: duplicate name 'x' (also upstreams[0])",
+        "upstreams[3].path: duplicate path '/y' (also upstreams[1])",
+        "upstreams[4].name: duplicate name 'x' (also upstreams[0])",
+        "upstreams[4].path: duplicate path '/mcp' (also upstreams[0])",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("listen", "admin", "why"),
+    [
+        ("{host: 127.0.0.1, port: 8080}", "{host: 127.0.0.1, port: 8080}", "127.0.0.1:8080"),
+        ("{port: 9901}", "{}", "127.0.0.1:9901"),  # the admin default
+        ("{host: 0.0.0.0, port: 8080}", "{host: 127.0.0.1, port: 8080}", "admin 127.0.0.1:8080 overlaps listen 0.0.0.0:8080"),
+        ("{host: 127.0.0.1, port: 8080}", "{host: 0.0.0.0, port: 8080}", "admin 0.0.0.0:8080 overlaps listen 127.0.0.1:8080"),
+        ("{host: localhost, port: 8080}", "{host: 127.0.0.1, port: 8080}", "admin 127.0.0.1:8080 overlaps listen localhost:8080"),
+        ("{host: '::', port: 8080}", "{host: '[::1]', port: 8080}", "admin [::1]:8080 overlaps listen [::]:8080"),
+        ("{host: '::1', port: 8080}", "{host: '[::1]', port: 8080}", "[::1]:8080"),
+        ("{host: proxy.internal, port: 8080}", "{host: 0.0.0.0, port: 8080}", "admin 0.0.0.0:8080 overlaps listen proxy.internal:8080"),
+    ],
+)
+def test_admin_on_the_listen_address_is_a_config_error(listen: str, admin: str, why: str) -> None:
+    text = f"listen: {listen}\nadmin: {admin}\nupstreams: [{{name: a, url: 'http://h/mcp'}}]"
+    assert errors_of(text) == [f"admin: must not be the same address as listen ({why})"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "admin"),
+    [
+        ("{host: 0.0.0.0, port: 0}", "{host: 0.0.0.0, port: 0}"),  # port 0: each gets its own free port
+        ("{host: 127.0.0.1, port: 8080}", "{host: 127.0.0.1, port: 8081}"),
+        ("{host: 127.0.0.1, port: 8080}", "{host: 127.0.0.2, port: 8080}"),
+        ("{host: 0.0.0.0, port: 8080}", "{host: '::1', port: 8080}"),  # IPv6 sockets are bound v6-only
+        ("{host: proxy.internal, port: 8080}", "{host: 127.0.0.1, port: 8080}"),  # no DNS at validation
+    ],
+)
+def test_listeners_that_can_both_bind_are_valid(listen: str, admin: str) -> None:
+    load_config(f"listen: {listen}\nadmin: {admin}\nupstreams: [{{name: a, url: 'http://h/mcp'}}]", {})
+
+
+def test_every_cross_check_error_is_reported_in_one_pass() -> None:
+    text = "admin: {port: 8080}\nupstreams: [{name: a, url: 'http://h/mcp'}, {name: a, url: 'http://h/mcp'}]"
+    assert errors_of(text) == [
+        "admin: must not be the same address as listen (127.0.0.1:8080)",
+        "upstreams[1].name: duplicate name 'a' (also upstreams[0])",
+        "upstreams[1].path: duplicate path '/mcp' (also upstreams[0])",
+    ]
+
+
+def test_quick_start_rejects_listen_equal_to_admin() -> None:
+    with pytest.raises(ConfigError) as caught:
+        quickstart_config("http://127.0.0.1:3000/mcp", "0.0.0.0:7000", "127.0.0.1:7000")
+    assert caught.value.errors == ["admin: must not be the same address as listen (admin 127.0.0.1:7000 overlaps listen 0.0.0.0:7000)"]
+
