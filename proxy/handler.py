@@ -106,9 +106,11 @@ class McpHandler:
         hosts = runtime.hosts
         if not hosts.host_allowed(request.host):
             runtime.metrics.reject("forbidden_host")
+            hosts.refused_host(request.host)
             return _json_error(403, INVALID_REQUEST, "Forbidden: Host header not allowed", data={"reason": "forbidden_host"})
         if not hosts.origin_allowed(request.headers.get("Origin")):
             runtime.metrics.reject("forbidden_origin")
+            hosts.refused_origin(request.headers.get("Origin"))
             return _json_error(403, INVALID_REQUEST, "Forbidden: Origin not allowed", data={"reason": "forbidden_origin"})
         if request.method == "POST":
             return await self._post(request, runtime, route)

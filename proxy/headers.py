@@ -6,20 +6,35 @@ upstream only, never logged), `traceparent`/`tracestate`. Hop-by-hop headers (RF
 any named in `Connection`) stop here. `Host` is set for the upstream by the HTTP client.
 `Accept-Encoding` is dropped so the upstream answers uncompressed: the proxy must read SSE events as
 they pass, and a same-host sidecar gains nothing from compression.
+
+A refused Host or Origin is logged once per distinct value, with the fix (`RefusalLog`): a proxy
+bound to 0.0.0.0 behind the default loopback allow-list otherwise answers 403 with no clue why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Final
 from urllib.parse import urlsplit
 
+import structlog
 from multidict import CIMultiDict
 
 __all__ = [
+    "REFUSALS_LOGGED",
+    "SHOWN_CHARS",
     "HostPolicy",
+    "RefusalLog",
     "client_headers",
     "upstream_headers",
 ]
+
+log = structlog.get_logger("proxy")
+
+REFUSALS_LOGGED: Final = 1000
+"""Distinct refused values an allow-list logs per header; past that they are only counted in metrics."""
+SHOWN_CHARS: Final = 100
+"""The most of a refused header value a log line echoes (a DNS name is at most 253 characters)."""
 
 HOP_BY_HOP: frozenset[str] = frozenset(
     (
@@ -84,15 +99,76 @@ def _host_names(entries: Iterable[str]) -> set[str]:
     return names
 
 
+def _shown(value: str) -> str:
+    """`value` fit for a log line: its first `SHOWN_CHARS` characters, each not printable ASCII as ``?``."""
+    shown = "".join(c if " " <= c <= "~" else "?" for c in value[:SHOWN_CHARS])
+    return shown + "..." if len(value) > SHOWN_CHARS else shown
+
+
+class RefusalLog:
+    """Logs the first refusal of each distinct value of one header, with what to change to allow it.
+
+    At most `cap` values are remembered, each cut to `SHOWN_CHARS`: a client sending a new Host on
+    every request grows neither memory nor the log past that, and the line saying so is logged once.
+    """
+
+    __slots__ = ("_cap", "_event", "_fix", "_full", "_header", "_seen")
+
+    def __init__(self, header: str, fix: Callable[[str], str], cap: int = REFUSALS_LOGGED) -> None:
+        """`fix` says, for a refused name (as the log shows it), what to change to allow it."""
+        self._header = header
+        self._event = f"{header}_refused"
+        self._fix = fix
+        self._cap = cap
+        self._seen: set[str] = set()
+        self._full = False
+
+    def __len__(self) -> int:
+        """How many distinct values are remembered: never more than the cap."""
+        return len(self._seen)
+
+    def __call__(self, key: str, value: str) -> None:
+        """Note one refusal of header `value`; `key` is what makes two values the same (the name in it)."""
+        name = _shown(key)
+        if name in self._seen or self._full:
+            return
+        if len(self._seen) >= self._cap:
+            self._full = True
+            log.warning(
+                f"{self._header}_refusals_not_logged",
+                logged=self._cap,
+                note=f"{self._cap} distinct refused {self._header} values were logged; further ones are only "
+                f"counted (mcp_proxy_rejected_requests_total, reason forbidden_{self._header})",
+            )
+            return
+        self._seen.add(name)
+        shown = {self._header: _shown(value)}
+        log.warning(self._event, **shown, status=403, fix=self._fix(name), note=f"logged once per {self._header}")
+
+
+def _host_fix(name: str) -> str:
+    return f"add {name} to security.allowed_hosts or pass --allow-host {name}"
+
+
+def _origin_fix(name: str) -> str:
+    if urlsplit(name).scheme in ("http", "https"):
+        return f"add {name} to security.allowed_origins"
+    return "only '*' in security.allowed_origins accepts an Origin that is not http(s)://HOST"
+
+
 class HostPolicy:
     """DNS-rebinding protection: is this request's `Host` and `Origin` one we serve?
 
     Hosts match by name, any port. Origins match a full origin exactly (``https://app.example.com``)
     or, for a bare name, any scheme and port on that host. A request with no `Origin` (every
     non-browser client) passes; a browser on a foreign page always sends one.
+
+    The predicates have no side effects; the handler reports each refusal through `refused_host` /
+    `refused_origin`, which log it once per name for as long as this allow-list is in force (a
+    reload builds a new one, which logs afresh).
     """
 
-    __slots__ = ("_any_host", "_any_origin", "_hosts", "_origin_hosts", "_origins")
+    __slots__ = ("_any_host", "_any_origin", "_hosts", "_origin_hosts", "_origins", "_refused_hosts", "_refused_origins")
 
     def __init__(self, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]) -> None:
         hosts = {h.strip().lower() for h in allowed_hosts}
@@ -102,6 +178,21 @@ class HostPolicy:
         self._any_origin = "*" in origins
         self._origins = {o for o in origins if "://" in o}
         self._origin_hosts = _host_names(o for o in origins if "://" not in o)
+        self._refused_hosts = RefusalLog("host", _host_fix)
+        self._refused_origins = RefusalLog("origin", _origin_fix)
+
+    def serves_only(self, names: Iterable[str]) -> bool:
+        """True when every Host allowed is one of `names` (any port): no other name reaches this proxy."""
+        return not self._any_host and self._hosts <= _host_names(names)
+
+    def refused_host(self, host: str) -> None:
+        """Log the first refusal of each Host name (ports aside) with the fix; see `RefusalLog`."""
+        self._refused_hosts(_hostname(host), host)
+
+    def refused_origin(self, origin: str | None) -> None:
+        """Log the first refusal of each Origin with the fix; see `RefusalLog`. No Origin is never refused."""
+        if origin is not None:
+            self._refused_origins(origin.strip().lower().rstrip("/"), origin)
 
     def host_allowed(self, host: str | None) -> bool:
         """True when the Host header names this proxy."""

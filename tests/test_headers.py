@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import structlog
 from multidict import CIMultiDict
 
 from proxy.config import LOOPBACK_NAMES
-from proxy.headers import HostPolicy, client_headers, upstream_headers
+from proxy.headers import REFUSALS_LOGGED, SHOWN_CHARS, HostPolicy, RefusalLog, client_headers, upstream_headers
 
 
 def test_upstream_headers_keep_end_to_end_and_drop_hop_by_hop() -> None:
@@ -69,3 +72,65 @@ def test_origins(origin: str | None, allowed: bool) -> None:
 def test_wildcards() -> None:
     policy = HostPolicy(["*"], ["*"])
     assert policy.host_allowed("anything:1") and policy.origin_allowed("http://evil.example")
+
+
+def test_serves_only() -> None:
+    assert HostPolicy(LOOPBACK_NAMES, ()).serves_only(LOOPBACK_NAMES)
+    assert HostPolicy(["LOCALHOST:8080", "::1"], ()).serves_only(LOOPBACK_NAMES)
+    assert not HostPolicy([*LOOPBACK_NAMES, "proxy.internal"], ()).serves_only(LOOPBACK_NAMES)
+    assert not HostPolicy(["*"], ()).serves_only(LOOPBACK_NAMES)
+
+
+def refusals(logs: list[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
+    return [(line["event"], line.get("host", line.get("origin")), line.get("fix")) for line in logs]
+
+
+def test_a_refused_host_is_logged_once_per_name_with_the_fix() -> None:
+    policy = HostPolicy(LOOPBACK_NAMES, LOOPBACK_NAMES)
+    with structlog.testing.capture_logs() as logs:
+        for host in ("evil.example:8080", "evil.example:8080", "EVIL.example", "[fe80::1]:80", "[FE80::1]"):
+            policy.refused_host(host)
+        for origin in ("http://evil.example", "http://EVIL.example/", "null", None):
+            policy.refused_origin(origin)
+    assert refusals(logs) == [
+        ("host_refused", "evil.example:8080", "add evil.example to security.allowed_hosts or pass --allow-host evil.example"),
+        ("host_refused", "[fe80::1]:80", "add [fe80::1] to security.allowed_hosts or pass --allow-host [fe80::1]"),
+        ("origin_refused", "http://evil.example", "add http://evil.example to security.allowed_origins"),
+        ("origin_refused", "null", "only '*' in security.allowed_origins accepts an Origin that is not http(s)://HOST"),
+    ]
+    assert {line["log_level"] for line in logs} == {"warning"}
+
+
+def test_a_refused_host_is_echoed_as_a_bounded_printable_prefix() -> None:
+    policy = HostPolicy(LOOPBACK_NAMES, LOOPBACK_NAMES)
+    with structlog.testing.capture_logs() as logs:
+        policy.refused_host("\x1b[31mred\x00\u00e9")
+        policy.refused_host("a" * 5000)
+        policy.refused_host("a" * 5000 + "b")  # the same first SHOWN_CHARS characters: the same entry
+    assert [line["host"] for line in logs] == ["?[31mred??", "a" * SHOWN_CHARS + "..."]
+    assert logs[1]["fix"] == f"add {'a' * SHOWN_CHARS}... to security.allowed_hosts or pass --allow-host {'a' * SHOWN_CHARS}..."
+
+
+def test_refusals_remembered_are_capped_and_the_cap_is_said_once() -> None:
+    refused = RefusalLog("host", "add {}".format, cap=3)
+    with structlog.testing.capture_logs() as logs:
+        for n in (1, 2, 3, 1, 4, 5, 2):
+            refused(f"h{n}", f"h{n}:80")
+    assert [(line["event"], line.get("host")) for line in logs] == [
+        ("host_refused", "h1:80"), ("host_refused", "h2:80"), ("host_refused", "h3:80"), ("host_refusals_not_logged", None),
+    ]
+    assert len(refused) == 3
+
+
+def test_random_hosts_grow_neither_memory_nor_the_log_past_the_cap() -> None:
+    assert REFUSALS_LOGGED == 1000
+    policy = HostPolicy(LOOPBACK_NAMES, LOOPBACK_NAMES)
+    refused = RefusalLog("host", "add {}".format)
+    with structlog.testing.capture_logs() as logs:
+        for n in range(3 * REFUSALS_LOGGED):
+            policy.refused_host(f"{n}.random.example")
+            refused(f"{n}.random.example", f"{n}.random.example")
+    events = [line["event"] for line in logs]
+    assert events.count("host_refused") == 2 * REFUSALS_LOGGED
+    assert events.count("host_refusals_not_logged") == 2
+    assert len(refused) == REFUSALS_LOGGED
