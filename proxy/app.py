@@ -14,8 +14,10 @@ can stay on loopback while the MCP listener binds a pod address. Lifecycle, in o
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import structlog
 from aiohttp import web
 
 from proxy.analyzer_embedded import EmbeddedAnalyzer
-from proxy.config import ProxyConfig, safe_url
+from proxy.config import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, safe_url
 from proxy.event_sinks import JsonlFile, events_endpoint, log_event
 from proxy.events import EventBus, EventRecorder
 from proxy.fixtures import FixtureWriter
@@ -40,9 +42,29 @@ from proxy.server_errors import JsonRpcServer
 from proxy.status import status_document
 from proxy.transport import HttpUpstream
 
-__all__ = ["ProxyServer", "running_proxy"]
+__all__ = ["BindError", "ProxyServer", "running_proxy"]
 
 log = structlog.get_logger("proxy")
+
+
+_WILDCARD_HOSTS: frozenset[str] = frozenset(("0.0.0.0", "::", ""))
+
+_BIND_REASONS: dict[int, str] = {
+    errno.EADDRINUSE: "the port is already in use by another process",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+    errno.EADDRNOTAVAIL: "no network interface of this machine has that address",
+}
+
+
+class BindError(Exception):
+    """A listener could not bind its address: which one (`listener`, ``listen`` or ``admin``), where, and why."""
+
+    def __init__(self, listener: str, address: tuple[str, int], reason: str) -> None:
+        self.listener = listener
+        self.address = address
+        self.reason = reason
+        what = "the MCP listener" if listener == "listen" else "the admin listener"
+        super().__init__(f"cannot bind {listener} ({what}) to {_host_port(*address)}: {reason}")
 
 
 def _json(status: int, payload: object) -> web.Response:
@@ -58,7 +80,12 @@ class ProxyServer:
         metrics: ProxyMetrics | None = None,
         config_path: Path | None = None,
         clock: Clock | None = None,
+        allow_hosts: Sequence[str] = (),
     ) -> None:
+        """`allow_hosts` (``serve --allow-host``) are added to ``security.allowed_hosts`` of this config and
+        of every config a reload brings."""
+        self._allow_hosts = tuple(allow_hosts)
+        config = allowing_hosts(config, self._allow_hosts)
         self.metrics = metrics or ProxyMetrics()
         self.clock = clock or MonotonicClock()
         events = config.events
@@ -82,6 +109,8 @@ class ProxyServer:
         self._retiring: set[asyncio.Task[None]] = set()
         self.listen_address: tuple[str, int] = (config.listen.host, config.listen.port)
         self.admin_address: tuple[str, int] = (config.admin.host, config.admin.port)
+        self.listen_bound: list[tuple[str, int]] = []  # every socket each listener bound (localhost: two)
+        self.admin_bound: list[tuple[str, int]] = []
         self.reloader = (
             ConfigReloader(config_path, self.apply, config.reload.interval, config.reload.watch, self.metrics)
             if config_path is not None
@@ -170,14 +199,24 @@ class ProxyServer:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open pools, start probes, bind both listeners (port 0 picks a free port), start the reloader."""
+        """Open pools, start probes, bind both listeners (port 0 picks a free port), start the reloader.
+
+        A listener that cannot bind raises `BindError`, after closing what this call opened."""
         runtime = self.runtime.current
         await self._open(runtime, previous=None)
         drain = runtime.config.drain_timeout
         proxy_runner = web.ServerRunner(self.proxy_server(), shutdown_timeout=drain)
         admin_runner = web.AppRunner(self.admin_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        self._proxy_runner, self.listen_address = proxy_runner, await _bind(proxy_runner, self.listen_address)
-        self._admin_runner, self.admin_address = admin_runner, await _bind(admin_runner, self.admin_address)
+        try:
+            self.listen_bound = await _bind(proxy_runner, self.listen_address, "listen")
+            self._proxy_runner, self.listen_address = proxy_runner, (self.listen_address[0], self.listen_bound[0][1])
+            self.admin_bound = await _bind(admin_runner, self.admin_address, "admin")
+            self._admin_runner, self.admin_address = admin_runner, (self.admin_address[0], self.admin_bound[0][1])
+        except BaseException:
+            if self._proxy_runner is not None:
+                await self._proxy_runner.cleanup()
+            await self._close(runtime)
+            raise
         if self.reloader is not None:
             self.reloader.start()
         self._summaries = asyncio.create_task(self._summarize(), name="event-summaries")
@@ -188,9 +227,20 @@ class ProxyServer:
             "proxy_started",
             listen=self.url,
             admin=self.admin_url,
+            listen_bound=[_host_port(*address) for address in self.listen_bound],
+            admin_bound=[_host_port(*address) for address in self.admin_bound],
             upstreams={u.name: f"{u.path} -> {safe_url(u.url)}" for u in runtime.config.upstreams},
             config_hash=runtime.config_hash,
         )
+        if self.listen_address[0] in _WILDCARD_HOSTS and runtime.hosts.serves_only(LOOPBACK_NAMES):
+            log.warning(
+                "allowed_hosts_loopback_only",
+                listen=[_host_port(*address) for address in self.listen_bound],
+                allowed_hosts=list(runtime.config.security.allowed_hosts),
+                note="listening on every address, but only loopback names are allowed: a client that reaches this "
+                "proxy by any other name gets 403; add the name it uses to security.allowed_hosts or pass "
+                "--allow-host NAME",
+            )
 
     async def _summarize(self) -> None:
         """Publish the call_ok summaries every `events.summary_interval`."""
@@ -213,6 +263,7 @@ class ProxyServer:
 
     async def apply(self, config: ProxyConfig) -> None:
         """Swap in a new, already validated config; calls in flight finish on the old runtime."""
+        config = allowing_hosts(config, self._allow_hosts)
         previous = self.runtime.current
         if (config.listen, config.admin) != (previous.config.listen, previous.config.admin):
             log.warning("reload_needs_restart", keys=["listen", "admin"], note="listener addresses change on restart only")
@@ -273,7 +324,11 @@ class ProxyServer:
         if self.analyzer is not None:
             await self.analyzer.stop()
         self.events.flush_summaries()
-        runtime = self.runtime.current
+        await self._close(self.runtime.current)
+        log.info("proxy_stopped")
+
+    async def _close(self, runtime: Runtime) -> None:
+        """The end of `stop`, and all a failed `start` has to undo: probes, admin listener, pools, event file."""
         for state in runtime.states.values():
             if state.prober is not None:
                 await state.prober.stop()
@@ -287,7 +342,6 @@ class ProxyServer:
             await state.transport.close()
         if self._event_file is not None:
             self._event_file.close()
-        log.info("proxy_stopped")
 
     async def serve_forever(self, stop: asyncio.Event, reload: asyncio.Event) -> None:
         """Run until `stop` is set (SIGTERM/SIGINT); each time `reload` is set (SIGHUP), re-read the config."""
@@ -307,13 +361,26 @@ class ProxyServer:
             await self.stop()
 
 
-async def _bind(runner: web.BaseRunner, address: tuple[str, int]) -> tuple[str, int]:
-    """Start `runner` listening on `address`; return the address bound (the real port for port 0)."""
+async def _bind(runner: web.BaseRunner, address: tuple[str, int], listener: str) -> list[tuple[str, int]]:
+    """Start `runner` listening on `address`; return every socket address bound (the real port for
+    port 0; a name such as localhost may bind two). `BindError` if it cannot."""
     await runner.setup()
     site = web.TCPSite(runner, address[0], address[1], reuse_address=True)
-    await site.start()
-    port = runner.addresses[-1][1] if runner.addresses else address[1]
-    return address[0], int(port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = _BIND_REASONS.get(exc.errno or 0) or (
+            "cannot resolve that host name" if isinstance(exc, socket.gaierror) else exc.strerror or str(exc)
+        )
+        if exc.errno == errno.EADDRINUSE and listener == "admin":  # listen is bound first: it may be the one
+            reason = "the port is already in use, by another process or by listen (two names for one address)"
+        raise BindError(listener, address, reason) from None
+    return [(str(sockname[0]), int(sockname[1])) for sockname in runner.addresses]
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _left_behind(old: Runtime, new: Runtime) -> tuple[list[HealthProber], list[HttpUpstream]]:

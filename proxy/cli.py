@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -23,11 +24,15 @@ from proxy import __version__
 from proxy.config import ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
 from proxy.logs import configure_logging
 
+if TYPE_CHECKING:
+    from proxy.app import BindError
+
 __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_USAGE = 2
+EXIT_BIND = 2  # a listener cannot bind its address: the port is taken, or the address is not this machine's
 
 
 def _out(text: str) -> None:
@@ -58,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--upstream", metavar="URL", help="quick start: the MCP server URL, e.g. http://127.0.0.1:3000/mcp")
     serve.add_argument("--listen", metavar="HOST:PORT", help="with --upstream: MCP listener (default 127.0.0.1:8080)")
     serve.add_argument("--admin", metavar="HOST:PORT", help="with --upstream: admin listener (default 127.0.0.1:9901)")
+    serve.add_argument(
+        "--allow-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="also accept requests whose Host header is NAME (any port), on top of security.allowed_hosts; "
+        "repeatable. Needed when clients reach the proxy by a name other than localhost",
+    )
 
     validate = commands.add_parser("validate", help="check a config file; exit 1 listing every error with its path")
     validate.add_argument("file", metavar="FILE")
@@ -152,7 +165,7 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: ProxyConfig, path: Path | None) -> None:
+async def _serve(config: ProxyConfig, path: Path | None, allow_hosts: Sequence[str]) -> None:
     from proxy.app import ProxyServer
 
     # Start-up objects (modules, validated config models) never die: take them out of the collector's
@@ -166,7 +179,14 @@ async def _serve(config: ProxyConfig, path: Path | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
-    await ProxyServer(config, config_path=path).serve_forever(stop, reload)
+    await ProxyServer(config, config_path=path, allow_hosts=allow_hosts).serve_forever(stop, reload)
+
+
+def _bind_error(command: str, error: BindError, hint: str) -> int:
+    """Say which listener cannot bind which address and why, then how to choose another; the exit code."""
+    _err(f"{command}: {error}")
+    _err(f"  {hint}")
+    return EXIT_BIND
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("warning", "console")
         return asyncio.run(run_analyze(args, _out, _err))
     if args.command == "demo":
+        from proxy.app import BindError
         from proxy.demo.run import run_demo
 
         configure_logging("error", "console")
@@ -202,11 +223,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(args.duration, args.listen, args.admin, _out))
         except ConfigError as exc:
             return _config_error("invalid demo options:", exc)
+        except BindError as exc:
+            return _bind_error("demo", exc, f"choose another address with --{exc.listener} HOST:PORT (port 0 picks a free one)")
     try:
         config = _load(args)
     except ConfigError as exc:
         return _config_error("invalid configuration:", exc)
     configure_logging(config.logging.level, config.logging.format)
     _install_uvloop()
-    asyncio.run(_serve(config, Path(args.config) if args.config else None))
+    from proxy.app import BindError
+
+    try:
+        asyncio.run(_serve(config, Path(args.config) if args.config else None, args.allow_host))
+    except BindError as exc:
+        where = f"with --{exc.listener} HOST:PORT" if args.upstream else f"for {exc.listener} in {args.config}"
+        return _bind_error("serve", exc, f"choose another address {where} (port 0 picks a free one)")
     return EXIT_OK

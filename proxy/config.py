@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -62,6 +63,7 @@ __all__ = [
     "SecurityConfig",
     "TimeoutsConfig",
     "UpstreamConfig",
+    "allowing_hosts",
     "load_config",
     "load_config_file",
     "parse_duration",
@@ -417,6 +419,16 @@ def quickstart_config(upstream_url: str, listen: str | None = None, admin: str |
         return ProxyConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_error_lines(exc)) from exc
+
+
+def allowing_hosts(config: ProxyConfig, hosts: Sequence[str]) -> ProxyConfig:
+    """`config` with `hosts` added to ``security.allowed_hosts`` (``serve --allow-host NAME``)."""
+    allowed = config.security.allowed_hosts
+    extra = tuple(dict.fromkeys(h.strip() for h in hosts if h.strip() and h.strip() not in allowed))
+    if not extra:
+        return config
+    security = config.security.model_copy(update={"allowed_hosts": (*allowed, *extra)})
+    return config.model_copy(update={"security": security})
 
 
 def host_port(value: str, flag: str) -> dict[str, Any]:

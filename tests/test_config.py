@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, ProxyConfig, load_config, load_config_file, parse_duration, quickstart_config
+from proxy.config import (
+    ConfigError,
+    ProxyConfig,
+    allowing_hosts,
+    load_config,
+    load_config_file,
+    parse_duration,
+    quickstart_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,3 +204,10 @@ def test_quick_start_rejects_listen_equal_to_admin() -> None:
         quickstart_config("http://127.0.0.1:3000/mcp", "0.0.0.0:7000", "127.0.0.1:7000")
     assert caught.value.errors == ["admin: must not be the same address as listen (admin 127.0.0.1:7000 overlaps listen 0.0.0.0:7000)"]
 
+
+def test_allowing_hosts_appends_each_new_name_once() -> None:
+    config = load_config("upstreams: [{name: a, url: 'http://h/mcp'}]", {})
+    extended = allowing_hosts(config, ["proxy.internal", "localhost", " proxy.internal ", "mcp.svc"])
+    assert extended.security.allowed_hosts == (*config.security.allowed_hosts, "proxy.internal", "mcp.svc")
+    assert extended.upstreams == config.upstreams
+    assert allowing_hosts(config, []) is config
