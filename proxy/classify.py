@@ -18,7 +18,16 @@ from proxy.jsonrpc import Message, is_read_method
 from proxy.policies.base import Call, Era
 from proxy.policies.resolve import PolicyResolver
 
-__all__ = ["LEGACY_VERSION", "MODERN_VERSION", "classify", "era_for", "identity_hash", "is_idempotent", "protocol_of"]
+__all__ = [
+    "LEGACY_VERSION",
+    "MODERN_VERSION",
+    "classify",
+    "client_identity",
+    "era_for",
+    "identity_hash",
+    "is_idempotent",
+    "protocol_of",
+]
 
 _CALL_IDS = itertools.count(1)
 
@@ -49,6 +58,16 @@ def identity_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def client_identity(headers: Mapping[str, str], peer: str | None, identity_header: str | None) -> tuple[str, str]:
+    """(who is calling, the Authorization scope): the configured identity header, else a hash of
+    Authorization, else the peer address. The scope is that hash ('' without Authorization)."""
+    authorization = headers.get("Authorization")
+    auth_scope = identity_hash(authorization) if authorization else ""
+    named = headers.get(identity_header) if identity_header else None
+    client = f"id:{identity_hash(named)}" if named else (f"auth:{auth_scope}" if auth_scope else f"addr:{peer or 'unknown'}")
+    return client, auth_scope
+
+
 def is_idempotent(method: str, tool: str | None, declared: bool | None, annotations: ToolAnnotations | None) -> bool:
     """Safe to send twice? The policy's word first, then the method, then trusted tool annotations."""
     if declared is not None:
@@ -75,10 +94,7 @@ def classify(
     name = params.get("name") if method == "tools/call" else None
     tool = name if isinstance(name, str) else None
     policy = resolver.resolve(method, tool)
-    authorization = headers.get("Authorization")
-    auth_scope = identity_hash(authorization) if authorization else ""
-    named = headers.get(identity_header) if identity_header else None
-    client = f"id:{identity_hash(named)}" if named else (f"auth:{auth_scope}" if auth_scope else f"addr:{peer or 'unknown'}")
+    client, auth_scope = client_identity(headers, peer, identity_header)
     protocol = protocol_of(headers, message)
     return Call(
         upstream=upstream,

@@ -37,7 +37,7 @@ from proxy.config_operations import (
     ReadinessConfig,
     ReloadConfig,
 )
-from proxy.policy_config import BreakerConfig, CacheConfig, RateLimitConfig, RetryConfig, RuleConfig, TimeoutsConfig
+from proxy.policy_config import AppBreakerConfig, BreakerConfig, CacheConfig, RateLimitConfig, RetryConfig, RuleConfig, TimeoutsConfig
 
 __all__ = [
     "ActiveHealthConfig",
@@ -142,6 +142,17 @@ class PoolConfig(ConfigModel):
         description="How long an idle pooled connection is kept. Keep it below the upstream server's own keep-alive "
         "timeout (uvicorn and Node.js default to 5s), or a call can race the server closing the connection.",
     )
+    max_per_client: int | None = Field(
+        None,
+        ge=1,
+        description="Requests and streams one client may have open to this upstream at once (default: half of "
+        "max_connections, at least 1), so one client's stuck calls or long-lived streams never starve the rest.",
+    )
+
+    @property
+    def client_share(self) -> int:
+        """The per-client cap in force."""
+        return self.max_per_client if self.max_per_client is not None else max(1, self.max_connections // 2)
 
 
 class UpstreamConfig(ConfigModel):
@@ -158,6 +169,9 @@ class UpstreamConfig(ConfigModel):
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)  # type: ignore[arg-type]
     retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)  # type: ignore[arg-type]
+    app_breaker: AppBreakerConfig | None = Field(
+        None, description="Off unless set: a per-tool breaker on the application errors it names."
+    )
     rate_limit: RateLimitConfig | None = Field(None, description="Off unless set.")
     cache: CacheConfig | None = Field(None, description="Off unless set.")
     rules: tuple[RuleConfig, ...] = Field((), description="Overrides per method/tool; the most specific match wins.")

@@ -8,12 +8,18 @@ so policies and the handler never catch a library's error type::
     │   ├── UpstreamUnavailable     upstream_unavailable    -32050  502  never reached / connection failed
     │   │   └── NeverSent                                                provably not sent: safe to retry
     │   ├── UpstreamTimeout         upstream_timeout        -32051  504  an attempt or the deadline ran out
-    │   ├── UpstreamProtocolError   upstream_bad_response   -32055  502  an answer that is not MCP
-    │   ├── UpstreamHttpError       upstream_http_error     -32057  (the upstream's) an HTTP error without a JSON-RPC body
+    │   ├── UpstreamProtocolError   upstream_bad_response   -32055  502  an answer that is not HTTP
+    │   │   └── AnswerTooLarge                                           over limits.max_response_bytes
     │   └── StreamBroken            upstream_stream_broken  -32056  (in the stream) SSE ended before its response
-    ├── CircuitOpen                 circuit_open            -32052  503
+    ├── CircuitOpen                 circuit_open            -32052  503  data: cause, lastFailure
     ├── RateLimited                 rate_limited            -32053  429
-    └── RetryBudgetExhausted        retry_budget_exhausted  -32054  503
+    ├── RetryBudgetExhausted        retry_budget_exhausted  -32054  503
+    ├── ProxyOverloaded             proxy_overloaded        -32058  503  no free upstream connection in time
+    │   └── ClientOverloaded        client_overloaded       -32059  429  this client's concurrency cap
+    └── UnsendableRequest           unsendable_request      -32600  400  a header that cannot be sent
+
+-32057 (`upstream_http_error`) is retired: an upstream's own answer, whatever its status and body,
+now reaches the client unchanged. A retired code is never reused.
 
 The codes sit in JSON-RPC's implementation-defined server range, away from -32000…-32019 (which
 upstream servers use) and -32020…-32022 (defined by MCP 2026-07-28), so a client can tell a proxy
@@ -32,12 +38,14 @@ __all__ = [
     "CircuitOpen",
     "NeverSent",
     "ProxyError",
+    "AnswerTooLarge",
+    "ClientOverloaded",
+    "ProxyOverloaded",
     "RateLimited",
-    "UpstreamRateLimited",
     "RetryBudgetExhausted",
     "StreamBroken",
+    "UnsendableRequest",
     "UpstreamError",
-    "UpstreamHttpError",
     "UpstreamProtocolError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -101,25 +109,9 @@ class UpstreamProtocolError(UpstreamError):
     reason = "upstream_bad_response"
 
 
-class UpstreamHttpError(UpstreamError):
-    """The upstream answered a request with an HTTP error and no JSON-RPC body (an HTML 502 page, a bare 503).
-
-    SDK clients cannot read such a body (they see a generic -32603), so the proxy says it in JSON-RPC,
-    keeping the upstream's status and naming it in `data.httpStatus`.
-    """
-
-    code = -32057
-    reason = "upstream_http_error"
-
-    def __init__(self, message: str, *, upstream_status: int, upstream: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message, upstream=upstream, retry_after=retry_after)
-        self.upstream_status = upstream_status
-
-    def status(self) -> int:
-        return self.upstream_status
-
-    def error_data(self) -> dict[str, Any]:
-        return {**super().error_data(), "httpStatus": self.upstream_status}
+class AnswerTooLarge(UpstreamProtocolError):
+    """The answer is larger than `limits.max_response_bytes`: our limit, not the server failing (a client
+    can ask for a huge resource), so it never counts against the upstream."""
 
 
 class StreamBroken(UpstreamError):
@@ -130,11 +122,33 @@ class StreamBroken(UpstreamError):
 
 
 class CircuitOpen(ProxyError):
-    """The breaker is open: the call was not sent."""
+    """The breaker is open: the call was not sent. `cause` says why it opened, `last_failure` what the
+    last counted failure was, so the client and the operator see the upstream's problem, not just ours."""
 
     code = -32052
     reason = "circuit_open"
     http_status = 503
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream: str | None = None,
+        retry_after: float | None = None,
+        cause: str | None = None,
+        last_failure: str | None = None,
+    ) -> None:
+        super().__init__(message, upstream=upstream, retry_after=retry_after)
+        self.cause = cause
+        self.last_failure = last_failure
+
+    def error_data(self) -> dict[str, Any]:
+        data = super().error_data()
+        if self.cause is not None:
+            data["cause"] = self.cause
+        if self.last_failure is not None:
+            data["lastFailure"] = self.last_failure
+        return data
 
 
 class RateLimited(ProxyError):
@@ -145,14 +159,36 @@ class RateLimited(ProxyError):
     http_status = 429
 
 
-class UpstreamRateLimited(RateLimited):
-    """The upstream answered a bare 429 that retrying could not absorb: said in JSON-RPC, with its
-    Retry-After, which SDK clients would otherwise never see (they turn a bare 429 into -32603)."""
-
-
 class RetryBudgetExhausted(ProxyError):
     """Retrying would exceed the retry budget; the last attempt's failure is what the client hears."""
 
     code = -32054
     reason = "retry_budget_exhausted"
     http_status = 503
+
+
+class ProxyOverloaded(ProxyError):
+    """The proxy ran out of its own resources (every pooled connection busy past `timeouts.connect`):
+    the request was not sent, and it says nothing about the upstream, so nothing counts it."""
+
+    code = -32058
+    reason = "proxy_overloaded"
+    http_status = 503
+
+
+class ClientOverloaded(ProxyOverloaded):
+    """This client already has `pool.max_per_client` calls or streams open to the upstream: the cap that
+    keeps one client's stuck calls or long-lived streams from starving the others."""
+
+    code = -32059
+    reason = "client_overloaded"
+    http_status = 429
+
+
+class UnsendableRequest(ProxyError):
+    """The request cannot be written upstream as it is (a header value with a line break): the client's
+    request, refused before anything was sent."""
+
+    code = -32600
+    reason = "unsendable_request"
+    http_status = 400

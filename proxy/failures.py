@@ -1,26 +1,47 @@
-"""The one failure classifier: what an attempt's outcome means, for retry, breaker, cache and events.
+"""The one failure classifier: what an attempt's outcome means, for retry, breaker, health, cache and events.
 
-Every stage asks this module, never the raw reply, so they cannot disagree::
+Every stage asks this module, never the raw reply, so they cannot disagree. The rule that decides
+everything: **an upstream failed as a server only when it did not answer as an application.**
 
-    kind              from                                    breaker  retry_on key     never sent
-    ok                2xx answer (SSE: its headers)           success  -
-    connect_error     NeverSent (refused, DNS, connect t/o)   failure  connect_error    yes
-    connection_lost   UpstreamUnavailable after sending       failure  connect_error    no
-    timeout           UpstreamTimeout                         failure  timeout          no
-    http_5xx          HTTP 500-599                            failure  http_5xx         no
-    http_429          HTTP 429 (+ Retry-After)                -        http_429         no
-    session_expired   HTTP 404 on a request with a session    -        session_expired  no
-    server_error      JSON-RPC -32603, -32000…-32019          failure  server_error     no
-    bad_response      UpstreamProtocolError                   failure  -                no
-    stream_broken     StreamBroken                            failure  -                no
-    client_error      other 4xx; JSON-RPC -32700, -32600…-32602, -32020…-32022, other codes
-                                                              -        -                no
-    tool_error        tools/call result with isError: true    -        -                no
-    cancelled         the client went away                    -        -                no
+    kind               from                                         breaker  health  retry_on key
+    ok                 a 2xx answer that is not a JSON-RPC error    success  success -
+    connect_error      NeverSent: refused, DNS, connect timeout     failure  failure connect_error (any call)
+    connection_lost    the connection broke after sending           failure  failure connect_error
+    bad_response       an answer that is not HTTP                   failure  failure -
+    stream_broken      an SSE answer broke before its response      failure  failure -
+    timeout            `per_try` ran out after sending              failure  -       timeout
+    http_5xx           HTTP 502/503/504; another 5xx without a      failure  -       http_5xx
+                       JSON-RPC body
+    http_429           HTTP 429 (+ Retry-After)                     -        -       http_429
+    session_expired    404 on a session request, or the server's    -        -       session_expired
+                       400 "no valid session" answer
+    server_error       JSON-RPC -32603 or -32000…-32099 (not        -        -       server_error (opt-in)
+                       -32002, -32020…-32022), any status but 502-504
+    client_error       any other JSON-RPC error; a 4xx without one  -        -       -
+    tool_error         a tools/call result with isError: true       -        -       -
+    answer_too_large   an answer over limits.max_response_bytes     -        -       -
+    overloaded         the proxy's own resources ran out (no free   -        -       -
+                       pooled connection in time, a client's cap)
+    cancelled          the client went away                         -        -       -
 
-429 feeds backoff, not the breaker (the upstream is alive and asking for less); a client's mistake
-and a cancelled call count as nothing; a tool that reports an error did run, so it is a tool
-failure to count per tool, not a transport failure.
+Why the line is drawn there (Envoy's split of locally originated errors and gateway failures; Linkerd's
+failure accrual on responses): only the *absence* of an answer (nothing connected, the connection broke,
+nothing came in time, bytes that are not HTTP) and the statuses a gateway uses for "the server behind me
+is not there" (502/503/504) say the server is down. Everything the server *answered* is the application
+speaking, and it is usually about the request: real servers answer a client's mistake with -32603
+(the Python SDK for an unknown prompt), -32002 (resource not found, SEP-2164), 400 -32000
+(server-everything for a request without a session) or -32602. Counting those upstream-wide let two
+bad calls from one client open the breaker for every client and pull /readyz. Where we differ from
+Envoy: its default `consecutive_5xx` counts every 5xx, but an MCP server answering a 500 with a
+JSON-RPC body has answered (the SDKs send -32603 that way), so only a 5xx *without* one counts; and a
+JSON-RPC error inside a 200 is invisible to an HTTP proxy, visible and deliberately ignored here.
+Application errors can still be counted, per tool and only when configured (`app_breaker`).
+
+The health column is narrower than the breaker's: readiness (a pod leaving its Service) follows the
+transport alone. A timeout or a 503 may be one slow or overloaded tool, which a breaker should shed;
+only a server that cannot be reached or does not speak HTTP makes the pod useless, and active probes
+(which have their own timeout) find a hung one. Running out of the proxy's own resources is the
+proxy's condition, never the upstream's: it counts nowhere and is not retried.
 """
 
 from __future__ import annotations
@@ -32,11 +53,30 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from proxy.errors import NeverSent, ProxyError, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import (
+    AnswerTooLarge,
+    NeverSent,
+    ProxyError,
+    ProxyOverloaded,
+    StreamBroken,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from proxy.jsonrpc import response_error
 from proxy.policies.base import Call, Handler, Reply
 
-__all__ = ["Failure", "Verdict", "classify_error", "classify_reply", "judged", "parse_retry_after", "verdict_of"]
+__all__ = [
+    "SERVER_SIDE",
+    "TRANSPORT",
+    "Failure",
+    "Verdict",
+    "classify_error",
+    "classify_reply",
+    "judged",
+    "parse_retry_after",
+    "verdict_of",
+]
 
 
 class Failure(StrEnum):
@@ -52,20 +92,19 @@ class Failure(StrEnum):
     STREAM_BROKEN = "stream_broken"
     CLIENT_ERROR = "client_error"
     TOOL_ERROR = "tool_error"
+    ANSWER_TOO_LARGE = "answer_too_large"
+    OVERLOADED = "overloaded"
     CANCELLED = "cancelled"
 
 
-SERVER_SIDE: frozenset[Failure] = frozenset(
-    {
-        Failure.CONNECT_ERROR,
-        Failure.CONNECTION_LOST,
-        Failure.TIMEOUT,
-        Failure.HTTP_5XX,
-        Failure.SERVER_ERROR,
-        Failure.BAD_RESPONSE,
-        Failure.STREAM_BROKEN,
-    }
+TRANSPORT: frozenset[Failure] = frozenset(
+    {Failure.CONNECT_ERROR, Failure.CONNECTION_LOST, Failure.BAD_RESPONSE, Failure.STREAM_BROKEN}
 )
+"""The upstream could not be talked to at all: these alone move passive health (and so readiness)."""
+SERVER_SIDE: frozenset[Failure] = TRANSPORT | {Failure.TIMEOUT, Failure.HTTP_5XX}
+"""The upstream failed as a server: these alone count against the upstream's breaker."""
+GATEWAY_STATUSES = frozenset({502, 503, 504})
+"""What a gateway answers when the server behind it is not there: a failure whatever the body says."""
 _RETRY_KEY = {
     Failure.CONNECT_ERROR: "connect_error",
     Failure.CONNECTION_LOST: "connect_error",
@@ -94,8 +133,18 @@ class Verdict:
 
     @property
     def server_failure(self) -> bool:
-        """Counts against the upstream's health (breaker, passive health)."""
+        """The upstream failed as a server: counts against its breaker."""
         return self.kind in SERVER_SIDE
+
+    @property
+    def transport_failure(self) -> bool:
+        """The upstream could not be reached or does not speak HTTP: counts against its health."""
+        return self.kind in TRANSPORT
+
+    @property
+    def application_answer(self) -> bool:
+        """The upstream answered a request with an error of its own (JSON-RPC error, 4xx, isError)."""
+        return self.kind in _APPLICATION
 
     def as_error(self) -> dict[str, Any]:
         """The `error` member of a failure event."""
@@ -106,11 +155,25 @@ class Verdict:
             "message": self.message,
         }
 
+    def describe(self) -> str:
+        """One line for people, in the proxy's own words only (an open breaker's error names its last
+        failure to every client, so a server's message, which may carry another client's data, stays out)."""
+        if self.kind in SERVER_SIDE and self.http_status is None:
+            return f"{self.kind.value}: {self.message[:200]}" if self.message else self.kind.value
+        parts = [self.kind.value]
+        if self.http_status is not None:
+            parts.append(f"HTTP {self.http_status}")
+        if self.jsonrpc_code is not None:
+            parts.append(f"JSON-RPC {self.jsonrpc_code}")
+        return ", ".join(parts)
+
     @property
     def retry_key(self) -> str | None:
         """The `retry.retry_on` entry that covers this outcome, if any."""
         return _RETRY_KEY.get(self.kind)
 
+
+_APPLICATION = frozenset({Failure.SERVER_ERROR, Failure.CLIENT_ERROR, Failure.TOOL_ERROR, Failure.SESSION_EXPIRED})
 
 MAX_RETRY_AFTER = 86_400.0
 """An upstream's Retry-After is capped at a day: anything longer is not a plan, and must not overflow."""
@@ -133,20 +196,32 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), MAX_RETRY_AFTER)
 
 
+REQUEST_CODES = frozenset({-32002, -32020, -32021, -32022})
+"""Codes MCP gives a meaning about the request inside the server range: resource not found (SEP-2164),
+and the 2026-07-28 header/body mismatch and unsupported-version answers."""
+
+
 def _jsonrpc_kind(code: int) -> Failure:
-    if code == -32603 or -32019 <= code <= -32000:
+    """JSON-RPC's internal error and its implementation-defined server range (but the codes MCP defines
+    about the request): the server says it failed this request, which a retry might fix when configured;
+    every other code says the request was wrong. Neither counts against the upstream."""
+    if code == -32603 or (-32099 <= code <= -32000 and code not in REQUEST_CODES):
         return Failure.SERVER_ERROR
     return Failure.CLIENT_ERROR
 
 
 def classify_error(error: ProxyError) -> Verdict:
     """The verdict for an attempt that raised."""
+    if isinstance(error, ProxyOverloaded):
+        return Verdict(Failure.OVERLOADED, never_sent=True, message=error.message)
     if isinstance(error, NeverSent):
         return Verdict(Failure.CONNECT_ERROR, never_sent=True, message=error.message)
     if isinstance(error, UpstreamTimeout):
         return Verdict(Failure.TIMEOUT, message=error.message)
     if isinstance(error, StreamBroken):
         return Verdict(Failure.STREAM_BROKEN, message=error.message)
+    if isinstance(error, AnswerTooLarge):
+        return Verdict(Failure.ANSWER_TOO_LARGE, message=error.message)
     if isinstance(error, UpstreamProtocolError):
         return Verdict(Failure.BAD_RESPONSE, message=error.message)
     if isinstance(error, UpstreamUnavailable):
@@ -159,27 +234,35 @@ def _is_tool_error(message: Any) -> bool:
     return isinstance(result, dict) and result.get("isError") is True
 
 
+def _session_lost(status: int, code: int | None, text: str) -> bool:
+    """An ended or unknown session: 404 per the spec; some servers (server-everything) answer 400 with
+    -32000 "No valid session ID provided" instead."""
+    return status == 404 or (status == 400 and code == -32000 and "session" in text.lower())
+
+
 def classify_reply(reply: Reply, had_session: bool, now: float | None = None) -> Verdict:
     """The verdict for an attempt that came back with an HTTP answer."""
     status = reply.status
     if status == 429:
         retry_after = parse_retry_after(reply.headers.get("Retry-After"), now)
         return Verdict(Failure.HTTP_429, retry_after=retry_after, http_status=429, message="upstream rate limited")
-    if status >= 500:
-        return Verdict(Failure.HTTP_5XX, http_status=status, message=f"upstream answered HTTP {status}")
-    if status == 404 and had_session:
-        return Verdict(Failure.SESSION_EXPIRED, http_status=404, message="upstream session expired")
-    if status >= 400:
-        error = response_error(reply.message)
-        return Verdict(
-            Failure.CLIENT_ERROR if error is None else _jsonrpc_kind(error[0]),
-            http_status=status,
-            jsonrpc_code=None if error is None else error[0],
-            message=f"upstream answered HTTP {status}" if error is None else error[1],
-        )
     error = response_error(reply.message)
+    code, text = error if error is not None else (None, "")
+    if status in GATEWAY_STATUSES or (status >= 500 and error is None):
+        retry_after = parse_retry_after(reply.headers.get("Retry-After"), now)
+        return Verdict(
+            Failure.HTTP_5XX, retry_after=retry_after, http_status=status, jsonrpc_code=code,
+            message=text or f"upstream answered HTTP {status}",
+        )  # fmt: skip
+    if had_session and status >= 400 and _session_lost(status, code, text):
+        return Verdict(
+            Failure.SESSION_EXPIRED, http_status=status, jsonrpc_code=code, message=text or "upstream session expired"
+        )
     if error is not None:
-        return Verdict(_jsonrpc_kind(error[0]), http_status=status, jsonrpc_code=error[0], message=error[1])
+        assert code is not None
+        return Verdict(_jsonrpc_kind(code), http_status=status, jsonrpc_code=code, message=text)
+    if status >= 400:
+        return Verdict(Failure.CLIENT_ERROR, http_status=status, message=f"upstream answered HTTP {status}")
     if _is_tool_error(reply.message):
         return Verdict(Failure.TOOL_ERROR, http_status=status, message="tool reported isError")
     return OK

@@ -35,9 +35,9 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.classify import classify
-from proxy.errors import ProxyError, StreamBroken, UpstreamHttpError, UpstreamRateLimited
-from proxy.failures import Failure, classify_error, verdict_of, parse_retry_after
+from proxy.classify import classify, client_identity
+from proxy.errors import ProxyError, StreamBroken
+from proxy.failures import Failure, classify_error, verdict_of
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, Message, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply, ReplyStream
@@ -79,6 +79,8 @@ def _verdict_headers(error: ProxyError) -> dict[str, str]:
 
 
 def _outcome(reply: Reply) -> str:
+    if reply.status == 429:
+        return "http_429"  # the upstream's backpressure, apart from the other 4xx
     if reply.status >= 400:
         return f"http_{reply.status // 100}xx"
     return "jsonrpc_error" if response_error(reply.message) is not None else "ok"
@@ -211,20 +213,19 @@ class McpHandler:
         metrics.enter(call.upstream)
         call.started = started = time.perf_counter()
         outcome = "cancelled"
+        slots = route.state.clients
+        held = False
         try:
             try:
+                slots.acquire(call.client, route.config.pool.client_share)
+                held = True
                 reply = await route.pipeline(call)
             except ProxyError as exc:
                 outcome = exc.reason
                 self._failed(runtime, call, exc)
                 return _error_response(exc, call.message.id)
-            if reply.stream is None and reply.status >= 400 and response_error(reply.message) is None:
-                bare = _bare_error(reply, call)
-                outcome = bare.reason
-                metrics.upstream_error(call.upstream, bare.reason)
-                self._answered_with_failure(runtime, call, reply, bare.reason)
-                return _error_response(bare, call.message.id)
             if reply.stream is None:
+                # The upstream's own answer, whatever its status and body, reaches the client as it was.
                 outcome = _outcome(reply)
                 if outcome == "ok":
                     _learn_annotations(route, call, reply.message)
@@ -237,6 +238,8 @@ class McpHandler:
 
             return await self._stream(request, runtime, route, call, reply, settle)
         finally:
+            if held:
+                slots.release(call.client)
             metrics.leave(call.upstream)
             elapsed = time.perf_counter() - started
             metrics.observe(call.upstream, call.method, call.tool, outcome, elapsed)
@@ -319,7 +322,25 @@ class McpHandler:
     async def _forward(
         self, request: web.BaseRequest, runtime: Runtime, route: Route, method: str, headers: Any, body: bytes | None
     ) -> web.StreamResponse:
-        """Relay a message that is not a request (notification, client response, batch, GET, DELETE)."""
+        """Relay a message that is not a request (notification, client response, batch, GET, DELETE).
+
+        It holds one of the client's slots (`proxy.fairness`) until its answer is complete: a legacy GET
+        stream holds one for its whole life."""
+        client, _ = client_identity(request.headers, request.remote, runtime.config.client_identity.header)
+        slots = route.state.clients
+        try:
+            slots.acquire(client, route.config.pool.client_share)
+        except ProxyError as exc:
+            runtime.metrics.reject(exc.reason)
+            return _error_response(exc, None)
+        try:
+            return await self._relay(request, runtime, route, method, headers, body)
+        finally:
+            slots.release(client)
+
+    async def _relay(
+        self, request: web.BaseRequest, runtime: Runtime, route: Route, method: str, headers: Any, body: bytes | None
+    ) -> web.StreamResponse:
         upstream = route.upstream
         timeouts = upstream.config.timeouts
         try:
@@ -388,22 +409,6 @@ def _learn_annotations(route: Route, call: Call, message: Any) -> None:
     annotations = route.annotations
     if annotations is not None and call.method == "tools/list":
         annotations.learn(message)  # an error answer has no tools: nothing learned
-
-
-def _bare_error(reply: Reply, call: Call) -> ProxyError:
-    """An upstream answer without a JSON-RPC body, said in JSON-RPC (SDK clients cannot read the other kind).
-
-    A 429 becomes `rate_limited` with the upstream's Retry-After; any other status `upstream_http_error`.
-    """
-    retry_after = parse_retry_after(reply.headers.get("Retry-After"))
-    if reply.status == 429:
-        return UpstreamRateLimited("upstream answered 429 Too Many Requests", upstream=call.upstream, retry_after=retry_after)
-    return UpstreamHttpError(
-        f"upstream answered HTTP {reply.status} without a JSON-RPC error",
-        upstream_status=reply.status,
-        upstream=call.upstream,
-        retry_after=retry_after,
-    )
 
 
 async def _admitted(call: Call) -> Reply:

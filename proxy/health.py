@@ -4,12 +4,13 @@ Active probes find an upstream that is down before a client pays for it, and fin
 while no traffic flows. They are MCP requests over POST, never a GET (many MCP servers accept only
 POST): `server/discover` on the stateless 2026-07-28 wire, or `ping` on a dedicated health session
 on the legacy wire. Passive outlier detection finds, from real calls judged by `proxy.failures`, an
-upstream that answers probes but fails real work. `UpstreamHealth` decides every transition::
+upstream that answers probes but cannot be talked to for real work. `UpstreamHealth` decides every
+transition::
 
     unknown            --first probe ok, or first real call ok-------------------> healthy
     unknown            --first probe failed------------------------------------> unhealthy
     healthy            --active.unhealthy_threshold failed probes in a row-------> unhealthy
-    unknown, healthy   --passive.consecutive_failures failed real calls in a row-> unhealthy
+    unknown, healthy   --passive.consecutive_failures transport failures in a row-> unhealthy
     unhealthy          --active.healthy_threshold successes in a row------------> healthy
 
 A success streak counts probes and real calls alike: a call that worked is the best evidence there
@@ -17,9 +18,16 @@ is, and without it an upstream marked down by passive checks with probing off co
 A real success also resets the probe failure streak; a probe success does not reset the real-call
 failure streak, so a cheap probe that passes cannot hide real calls that keep failing.
 
+Passive checks count only transport failures (`Verdict.transport_failure`: no connection, a connection
+that broke, an answer that is not HTTP, a stream cut short): health decides readiness, and a pod must
+leave its Service only when its server cannot be talked to, never because of what clients asked. A
+timeout or a 502/503/504 may be one slow or overloaded tool: the breaker sheds those, and active probes
+(with their own timeout) find a hung server. Any answer the server gave, an application error included
+(-32603, a 4xx, an `isError` result), proves it reachable and counts as a success.
+
 Neutral outcomes neither count nor reset anything: a probe answered 429 (the upstream is alive and
-asking for less), and real calls that are no verdict on the upstream (429, client errors, tool
-errors, expired sessions, cancelled calls).
+asking for less), and real calls that are no verdict on reachability (timeouts, 5xx, 429, the proxy's
+own overload, cancelled calls).
 """
 
 from __future__ import annotations
@@ -121,17 +129,18 @@ class UpstreamHealth:
                 self._move("unhealthy", "active", f"{self._failures} failed probe(s), last: {error or 'failed'}")
 
     def record_call(self, verdict: Verdict) -> None:
-        """The verdict on one real attempt (passive checks); only `ok` and `server_failure` count."""
+        """The verdict on one real attempt (passive checks): a transport failure fails, any answer the
+        server gave (a result, or an application error: it answered) succeeds, the rest count nothing."""
         if not self.config.passive.enabled:
             return
-        if verdict.server_failure:
+        if verdict.transport_failure:
             self.counts["calls_failed"] += 1
             self._successes = 0
             self._passive_failures += 1
             if self.state != "unhealthy" and self._passive_failures >= self.config.passive.consecutive_failures:
                 detail = f"{self._passive_failures} failed calls in a row, last: {verdict.kind}: {verdict.message}"
                 self._move("unhealthy", "passive", detail)
-        elif verdict.ok:
+        elif verdict.ok or verdict.application_answer:
             self.counts["calls_ok"] += 1
             self._failures = self._passive_failures = 0
             self._succeeded("passive", "call ok")

@@ -38,6 +38,7 @@ __all__ = [
     "ConnectionBroken",
     "ConnectionPool",
     "InvalidHeader",
+    "PoolExhausted",
     "Origin",
     "Response",
     "ResponseTooLarge",
@@ -56,6 +57,10 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 
 class ConnectFailed(Exception):
     """No connection could be had (refused, DNS, timeout, no free slot in time): nothing was sent."""
+
+
+class PoolExhausted(ConnectFailed):
+    """Every connection stayed busy until the connect timeout: the pool's limit, not the upstream, said no."""
 
 
 class ConnectionBroken(Exception):
@@ -541,16 +546,19 @@ class ConnectionPool:
         headers: Iterable[tuple[str, str]],
         body: bytes | None,
         on_write: Callable[[], None] | None = None,
+        on_queue: Callable[[bool], None] | None = None,
     ) -> Response:
         """Send one request; return once the answer's head has arrived, its body still to be read.
 
         `on_write` is called just before the request is handed to a socket: until then, whatever
-        happens (an error, a timeout, a cancellation), nothing was sent.
+        happens (an error, a timeout, a cancellation), nothing was sent. `on_queue(True)` is called when
+        the request has to queue for a connection (the pool is at its limit), `on_queue(False)` when it
+        leaves the queue: a caller's own timeout that ends while queued is the pool's limit speaking.
         """
         data = self.head(method, headers, body)
         if body:
             data += body
-        conn = await self._acquire()
+        conn = await self._acquire(on_queue)
         try:
             await conn.send(data, on_write)
         except BaseException:
@@ -565,23 +573,34 @@ class ConnectionPool:
     # waiter that leaves (cancelled, timed out) after being handed one passes it on, so no free
     # connection or slot is ever stranded while someone waits.
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self, on_queue: Callable[[bool], None] | None = None) -> _Connection:
         if self._closed:
             raise ConnectFailed("the connection pool is closed")
         if not self._waiters:
             conn = self._reuse()
             if conn is not None:
                 return conn
+        queued = False
         try:
             async with asyncio.timeout(self._connect_timeout):
                 reserved = False
                 if self._waiters or self.size >= self._limit:
+                    queued = True
+                    if on_queue is not None:
+                        on_queue(True)
                     handed = await self._wait_turn()
+                    queued = False
+                    if on_queue is not None:
+                        on_queue(False)
                     if handed is not None:
                         return handed
                     reserved = True
                 return await self._connect(reserved)
         except TimeoutError:
+            if queued:
+                raise PoolExhausted(
+                    f"all {self._limit} pooled connections stayed busy for {self._connect_timeout:g}s"
+                ) from None
             raise ConnectFailed(f"no connection within {self._connect_timeout:g}s") from None
 
     async def _wait_turn(self) -> _Connection | None:

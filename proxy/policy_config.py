@@ -1,12 +1,12 @@
 """The resilience policy sections of an upstream, and the rules that override them per method and tool.
 
-An upstream declares its defaults (``timeouts``, ``retry``, ``breaker``, ``rate_limit``, ``cache``);
+An upstream declares its defaults (``timeouts``, ``retry``, ``breaker``, ``app_breaker``, ``rate_limit``, ``cache``);
 each entry of ``rules`` matches calls by ``method`` and ``tool`` (shell-style globs) and overrides only
 the keys it sets: ``{match: {tool: search}, retry: {max_attempts: 5}}`` keeps the upstream's backoff
 and budget. The most specific matching rule wins (an exact tool beats a tool glob beats no tool; then
 the same for the method; then the earlier rule) and is resolved once per distinct (method, tool).
-``rate_limit`` and ``cache`` are off unless set; ``rate_limit: null`` or ``cache: null`` in a rule
-turns them off for the calls it matches.
+``rate_limit``, ``cache`` and ``app_breaker`` are off unless set; ``rate_limit: null`` (likewise the
+others) in a rule turns them off for the calls it matches.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from proxy.config_types import ByteSize, ConfigModel, Duration
 
 __all__ = [
+    "AppBreakerConfig",
     "BackoffConfig",
     "BreakerConfig",
     "BudgetConfig",
@@ -32,7 +33,9 @@ __all__ = [
 ]
 
 RetryOn = Literal["connect_error", "timeout", "http_5xx", "http_429", "server_error", "session_expired"]
-DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect_error", "timeout", "http_5xx", "http_429", "server_error")
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect_error", "timeout", "http_5xx", "http_429")
+"""What a retry can fix. `server_error` (a JSON-RPC -32603 or -32000…-32099 answer) is opt-in: the
+server answered, usually about the request, and asking again mostly gets the same answer."""
 
 
 class TimeoutsConfig(ConfigModel):
@@ -73,7 +76,11 @@ class RetryConfig(ConfigModel):
 
     max_attempts: int = Field(3, ge=1, le=20, description="Attempts in all, the first included; 1 disables retry.")
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)  # type: ignore[arg-type]
-    retry_on: tuple[RetryOn, ...] = Field(DEFAULT_RETRY_ON, description="Failure kinds that are retried.")
+    retry_on: tuple[RetryOn, ...] = Field(
+        DEFAULT_RETRY_ON,
+        description="Failure kinds that are retried (server_error, JSON-RPC errors the server sent, only when listed; "
+        "the same error twice in a row ends the retries).",
+    )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)  # type: ignore[arg-type]
 
 
@@ -83,7 +90,10 @@ class BreakerConfig(ConfigModel):
     enabled: bool = Field(True, description="false: no breaker for these calls.")
     scope: Literal["upstream", "tool"] = Field("upstream", description="One breaker per upstream, or one per tool.")
     failure_threshold: int | None = Field(
-        None, ge=1, description="Consecutive server-side failures that open it (default 5 when failure_rate is unset)."
+        None,
+        ge=1,
+        description="Consecutive upstream failures (no connection, timeouts, 502/503/504; never an answer the "
+        "server gave) that open it (default 5 when failure_rate is unset).",
     )
     failure_rate: float | None = Field(
         None, gt=0, le=1, description="Share of failed calls over `window` that opens it (needs `min_calls`)."
@@ -92,7 +102,10 @@ class BreakerConfig(ConfigModel):
     min_calls: int = Field(10, ge=1, description="With failure_rate: calls in the window before the rate counts.")
     reset_timeout: Duration = Field(30.0, gt=0, description="How long it stays open before trial calls.")
     half_open_max_calls: int = Field(
-        1, ge=1, description="Trial calls admitted while half-open; all must succeed to close it."
+        1,
+        ge=1,
+        description="Trial calls admitted while half-open, each from a different client; the first success closes "
+        "it, and it opens again when they all failed.",
     )
 
     @model_validator(mode="after")
@@ -107,6 +120,62 @@ class BreakerConfig(ConfigModel):
         if self.failure_rate is not None:
             return None
         return self.failure_threshold or 5
+
+    @property
+    def rate_trigger(self) -> float | None:
+        """The failure-rate trigger in force, or None in consecutive mode."""
+        return self.failure_rate
+
+
+AppErrorKind = Literal["is_error", "timeout"]
+
+
+class AppBreakerConfig(ConfigModel):
+    """A breaker on application errors, one per tool (per method outside tools/call); off unless set.
+
+    The upstream breaker never counts what the server answered. Where a tool's own failures should
+    shed load (a tool that errors for everybody), name the answers that count here: by default a
+    failure *rate* over a window with a minimum volume, so one client's bad calls among many good ones
+    do not trip it, and half-open trials spread over distinct clients.
+    """
+
+    on: tuple[AppErrorKind | int, ...] = Field(
+        ("is_error",),
+        min_length=1,
+        description="What counts as the tool failing: is_error (a result with isError: true), timeout, and "
+        "JSON-RPC error codes the server answers with (e.g. -32603).",
+    )
+    failure_threshold: int | None = Field(
+        None, ge=1, description="Consecutive failures that open it (instead of failure_rate)."
+    )
+    failure_rate: float | None = Field(
+        None, gt=0, le=1, description="Share of failed calls over `window` that opens it (default 0.5 unless "
+        "failure_threshold is set).",
+    )
+    window: Duration = Field(60.0, gt=0, description="The sliding window of calls for failure_rate.")
+    min_calls: int = Field(20, ge=1, description="Calls in the window before the rate counts.")
+    reset_timeout: Duration = Field(30.0, gt=0, description="How long it stays open before trial calls.")
+    half_open_max_calls: int = Field(
+        3, ge=1, description="Trial calls while half-open, each from a different client; the first success closes it."
+    )
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> AppBreakerConfig:
+        if self.failure_threshold is not None and self.failure_rate is not None:
+            raise ValueError("set failure_threshold or failure_rate, not both")
+        return self
+
+    @property
+    def consecutive_threshold(self) -> int | None:
+        """The consecutive-failure trigger, or None in failure-rate mode (the default)."""
+        return self.failure_threshold
+
+    @property
+    def rate_trigger(self) -> float | None:
+        """The failure-rate trigger in force: 0.5 unless a consecutive threshold is set instead."""
+        if self.failure_threshold is not None:
+            return None
+        return self.failure_rate if self.failure_rate is not None else 0.5
 
 
 class RateLimitConfig(ConfigModel):
@@ -155,6 +224,7 @@ class RuleConfig(ConfigModel):
     timeouts: TimeoutsConfig | None = None
     retry: RetryConfig | None = None
     breaker: BreakerConfig | None = None
+    app_breaker: AppBreakerConfig | None = None
     rate_limit: RateLimitConfig | None = None
     cache: CacheConfig | None = None
     idempotent: bool | None = Field(

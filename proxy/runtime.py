@@ -9,7 +9,8 @@ reload never changes the policies of a call in flight. What carries state lives 
 - breakers, retry budgets, rate-limit buckets and cache stores are keyed by their policy's config
   value inside their stage, so a policy that did not change keeps its state and a changed one starts
   fresh, with no bookkeeping here;
-- learned tool annotations and health survive as long as the upstream keeps its name.
+- learned tool annotations, health and each client's count of open requests survive as long as the
+  upstream keeps its name (and its URL).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from proxy.annotations import ToolAnnotations
 from proxy.config import LimitsConfig, ProxyConfig, UpstreamConfig
+from proxy.fairness import ClientSlots
 from proxy.headers import HostPolicy
 from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.metrics import ProxyMetrics
@@ -53,6 +55,8 @@ class UpstreamState:
     breaker: BreakerStage
     annotations: ToolAnnotations
     health: UpstreamHealth
+    clients: ClientSlots
+    """Requests open per client: kept across reloads, so a reload never resets a client's count."""
     prober: HealthProber | None = None
 
 
@@ -150,6 +154,7 @@ def _state_for(
             breaker=BreakerStage(upstream.name, clock, observer),
             annotations=ToolAnnotations(),
             health=_new_health(upstream, clock, metrics, observer),
+            clients=ClientSlots(upstream.name),
         )
     if previous.transport.config.url != upstream.url:
         # Another server now: nothing learned about the old one (breakers, budgets, annotations,
@@ -163,7 +168,7 @@ def _state_for(
     health = previous.health
     if health.config != upstream.health:
         health = _new_health(upstream, clock, metrics, observer)
-    return UpstreamState(transport, previous.retry, previous.breaker, previous.annotations, health)
+    return UpstreamState(transport, previous.retry, previous.breaker, previous.annotations, health, previous.clients)
 
 
 def build_runtime(

@@ -22,14 +22,13 @@ def _upstream(state: UpstreamState, path: str) -> dict[str, Any]:
         "url": safe_url(config.url),
         "path": path,
         "health": state.health.snapshot(),
-        "breakers": [
-            {"name": b.name, "state": b.state, "consecutive_failures": b.failures} for b in state.breaker.breakers
-        ],
+        "breakers": [{"name": b.name, **b.snapshot()} for b in state.breaker.breakers],
         "retry_budgets": [
             {"ratio": b.config.ratio, "allowance": round(b.allowance(), 1), "exhausted": b.exhausted}
             for b in state.retry.budgets
         ],
         "annotated_tools": len(state.annotations),
+        "clients_with_open_requests": state.clients.clients,
     }
 
 

@@ -5,13 +5,16 @@ that module's docstring). A JSON answer is read whole (bounded), so the pipeline
 anything reaches the client; an SSE answer is handed back as a stream right after its headers, to be
 passed through chunk by chunk. Errors map to `proxy.errors`:
 
-- connect refused, DNS failure, connect timeout, no free pool slot in time: `NeverSent`, the request
-  provably did not leave, so any call may be retried (a per-try timeout that ends before the request
-  was written becomes `NeverSent` too, in the timeout stage, from `Call.written`);
+- connect refused, DNS failure, connect timeout: `NeverSent`, the request provably did not leave, so
+  any call may be retried (a per-try timeout that ends before the request was written becomes
+  `NeverSent` too, in the timeout stage, from `Call.written`);
+- no free pooled connection in time (every connection busy): `ProxyOverloaded`, the proxy's own limit,
+  which says nothing about the upstream (`Call.queued` tells the timeout stage the same);
+- an answer over `limits.max_response_bytes`: `AnswerTooLarge` (our limit, not a broken server);
+- a header the client sent that cannot be written (a line break in it): `UnsendableRequest`;
 - the per-try timeout after the request was written: `UpstreamTimeout` (the upstream may be executing);
 - a connection that broke after sending: `UpstreamUnavailable`;
-- a status line and headers that are not valid HTTP, or an answer larger than
-  `limits.max_response_bytes`: `UpstreamProtocolError`;
+- a status line and headers that are not valid HTTP: `UpstreamProtocolError`;
 - an SSE stream that breaks, turns invalid or stays silent past `stream_idle`: `StreamBroken` (and
   `UpstreamUnavailable` for a read being buffered, which can still be retried).
 """
@@ -26,7 +29,16 @@ from typing import Any
 import orjson
 
 from proxy.config import LimitsConfig, UpstreamConfig
-from proxy.errors import NeverSent, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import (
+    AnswerTooLarge,
+    NeverSent,
+    ProxyOverloaded,
+    StreamBroken,
+    UnsendableRequest,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from proxy.headers import client_headers
 from proxy.http_client import (
     BadResponse,
@@ -35,6 +47,7 @@ from proxy.http_client import (
     ConnectionPool,
     InvalidHeader,
     Origin,
+    PoolExhausted,
     Response,
     ResponseTooLarge,
 )
@@ -191,12 +204,15 @@ class HttpUpstream:
         """
         timeouts = call.policy.timeouts
         idle = None if call.method in LONG_LIVED_METHODS else timeouts.stream_idle
-        call.written = False
+        call.written = call.queued = False
 
         def written() -> None:
             call.written = True
 
-        reply = await self.exchange("POST", call.headers, call.body, None, idle, written)
+        def queued(waiting: bool) -> None:
+            call.queued = waiting
+
+        reply = await self.exchange("POST", call.headers, call.body, None, idle, written, queued)
         if call.buffered and reply.stream is not None:
             return await self._buffer_stream(reply, call.message.id)
         return reply
@@ -239,9 +255,7 @@ class HttpUpstream:
             async for chunk in stream:
                 total += len(chunk)
                 if total > self._max_response:
-                    raise UpstreamProtocolError(
-                        "upstream answer exceeds limits.max_response_bytes", upstream=self.name
-                    )
+                    raise AnswerTooLarge("upstream answer exceeds limits.max_response_bytes", upstream=self.name)
                 chunks.append(chunk)
                 for event in parser.feed(chunk):
                     final = final_response(event.data, request_id)
@@ -271,18 +285,22 @@ class HttpUpstream:
         timeout: float | None,
         stream_idle: float | None,
         on_write: Callable[[], None] | None = None,
+        on_queue: Callable[[bool], None] | None = None,
     ) -> Reply:
         """Send one HTTP request upstream; return its answer with the body read or streamed.
 
-        `on_write` is called once the request is about to reach a socket (see `ConnectionPool.request`)."""
+        `on_write` and `on_queue` are `ConnectionPool.request`'s: the request is about to reach a socket;
+        it queues for (or leaves the queue for) a pooled connection."""
         response: Response | None = None
         try:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
-                response = await self.pool.request(method, headers.items(), body, on_write)
+                response = await self.pool.request(method, headers.items(), body, on_write, on_queue)
                 out_headers = client_headers(response.header_items)
                 if response.content_type == _EVENT_STREAM:
                     return Reply(response.status, out_headers, stream=SSEBody(response, stream_idle, self.name))
                 raw = await self._read_bounded(response)
+        except PoolExhausted as exc:
+            raise ProxyOverloaded(f"no free upstream connection: {exc}; the request was not sent", upstream=self.name) from None
         except ConnectFailed as exc:
             raise NeverSent(f"cannot connect to upstream: {exc}", upstream=self.name) from None
         except TimeoutError:
@@ -290,13 +308,11 @@ class HttpUpstream:
                 response.close()
             raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
         except ResponseTooLarge:
-            raise UpstreamProtocolError(
-                "upstream answer exceeds limits.max_response_bytes", upstream=self.name
-            ) from None
+            raise AnswerTooLarge("upstream answer exceeds limits.max_response_bytes", upstream=self.name) from None
         except BadResponse as exc:
             raise UpstreamProtocolError(f"upstream answer is not valid HTTP: {exc}", upstream=self.name) from None
         except InvalidHeader as exc:
-            raise UpstreamProtocolError(f"request not sent: {exc}", upstream=self.name) from None
+            raise UnsendableRequest(f"request not sent: {exc}", upstream=self.name) from None
         except (ConnectionBroken, OSError) as exc:
             if response is not None:
                 response.close()
@@ -311,9 +327,7 @@ class HttpUpstream:
         length = response.content_length
         if length is not None and length > self._max_response:
             response.close()
-            raise UpstreamProtocolError(
-                f"upstream answer of {length} bytes exceeds limits.max_response_bytes", upstream=self.name
-            )
+            raise AnswerTooLarge(f"upstream answer of {length} bytes exceeds limits.max_response_bytes", upstream=self.name)
         return await response.read(self._max_response)
 
 

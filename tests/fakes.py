@@ -69,10 +69,10 @@ def reply_status(status: int, body: bytes = b"", **headers: str) -> Reply:
     return Reply(status, CIMultiDict(headers), body=body)
 
 
-def reply_error(code: int, request_id: int = 1, status: int = 200) -> Reply:
+def reply_error(code: int, request_id: int = 1, status: int = 200, message: str = "scripted") -> Reply:
     """A JSON-RPC error answer."""
-    message = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": "scripted"}}
-    return Reply(status, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(message), message=message)
+    error = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+    return Reply(status, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(error), message=error)
 
 
 def reply_result(result: dict[str, Any], request_id: int = 1) -> Reply:

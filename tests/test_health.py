@@ -20,7 +20,7 @@ import uvicorn
 from aiohttp import web
 
 from proxy.config import HealthConfig, LimitsConfig, UpstreamConfig
-from proxy.errors import NeverSent, StreamBroken, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import NeverSent, ProxyOverloaded, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.failures import CANCELLED, classify_error, classify_reply
 from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.policies.base import Call
@@ -109,29 +109,47 @@ def health_for(events: Events | None = None, **sections: dict[str, Any]) -> Upst
     return UpstreamHealth("up", HealthConfig.model_validate(sections), events or Events(), FakeClock())
 
 
-SERVER_FAILURES = [
-    classify_reply(reply_status(503), False),
-    classify_reply(reply_error(-32603), False),
-    classify_error(UpstreamTimeout("t")),
+SERVER_FAILURES = [  # transport failures: the only real-call outcomes that move health (and so readiness)
     classify_error(NeverSent("refused")),
     classify_error(UpstreamUnavailable("reset")),
     classify_error(StreamBroken("broke")),
+    classify_error(UpstreamProtocolError("not http")),
 ]
-NEUTRAL = [
+NEUTRAL = [  # no verdict on whether the upstream can be talked to
     classify_reply(reply_status(429, **{"Retry-After": "3"}), False),
+    classify_reply(reply_status(503), False),
+    classify_error(UpstreamTimeout("t")),
+    classify_error(ProxyOverloaded("pool busy")),
+    CANCELLED,
+]
+ANSWERED = [  # the server answered, with an error of its own: it is reachable
     classify_reply(reply_status(400), False),
     classify_reply(reply_error(-32602), False),
+    classify_reply(reply_error(-32603), False),
+    classify_reply(reply_error(-32000, status=400, message="Bad Request: Server not initialized"), False),
     classify_reply(reply_result({"content": [], "isError": True}), False),
     classify_reply(reply_status(404), True),  # session expired
-    CANCELLED,
 ]
 OK = classify_reply(reply_ok(), False)
 
 
 def test_the_verdict_lists_mean_what_the_tests_say() -> None:
-    assert all(v.server_failure for v in SERVER_FAILURES)
-    assert not any(v.server_failure or v.ok for v in NEUTRAL)
+    assert all(v.transport_failure for v in SERVER_FAILURES)
+    assert not any(v.transport_failure or v.ok or v.application_answer for v in NEUTRAL)
+    assert all(v.application_answer and not v.server_failure for v in ANSWERED)
     assert OK.ok
+
+
+@pytest.mark.parametrize("answer", ANSWERED, ids=lambda v: f"{v.kind}-{v.http_status}-{v.jsonrpc_code}")
+def test_a_clients_mistakes_never_make_the_upstream_unhealthy(answer: Any) -> None:
+    """The issue's case: bad requests answered -32603 or 400 -32000 must never pull /readyz."""
+    health = health_for(passive={"consecutive_failures": 1})
+    for _ in range(50):
+        health.record_call(answer)
+    assert health.state == "healthy" and health.serving
+    health.record_call(SERVER_FAILURES[0])
+    health.record_call(answer)  # an answer proves it reachable again and resets the streak
+    assert health.snapshot()["streaks"]["call_failures"] == 0
 
 
 @pytest.mark.parametrize("failure", SERVER_FAILURES, ids=lambda v: str(v.kind))
@@ -149,7 +167,7 @@ def test_passive_consecutive_server_failures_mark_unhealthy_exactly_at_the_thres
     assert events.details[-1].startswith(f"3 failed calls in a row, last: {failure.kind}")
 
 
-def test_passive_client_errors_429_and_tool_errors_neither_count_nor_reset() -> None:
+def test_passive_timeouts_5xx_429_and_overload_neither_count_nor_reset() -> None:
     health = health_for(passive={"consecutive_failures": 3})
     health.record_call(OK)
     for _ in range(10):
@@ -264,9 +282,13 @@ async def test_passive_stage_feeds_every_attempt_and_passes_answers_and_errors_o
     call = make_call()
     failing = FakeUpstream(reply_status(503))
     assert (await stage(call, failing)).status == 503
-    assert health.state == "unknown"
     with pytest.raises(UpstreamTimeout):
         await stage(call, FakeUpstream(UpstreamTimeout("slow")))
+    assert health.state == "unknown"  # neither a 503 nor a timeout says the upstream cannot be reached
+    with pytest.raises(UpstreamUnavailable):
+        await stage(call, FakeUpstream(UpstreamUnavailable("reset")))
+    with pytest.raises(NeverSent):
+        await stage(call, FakeUpstream(NeverSent("refused")))
     assert health.state == "unhealthy"
     await stage(call, FakeUpstream(reply_status(429)))
     assert health.snapshot()["streaks"] == {"successes": 0, "probe_failures": 0, "call_failures": 2}

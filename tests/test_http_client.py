@@ -26,6 +26,7 @@ from proxy.http_client import (
     ConnectionBroken,
     ConnectionPool,
     Origin,
+    PoolExhausted,
     ResponseTooLarge,
 )
 
@@ -354,14 +355,14 @@ async def test_no_connection_is_connect_failed(why: str) -> None:
     await pool.close()
 
 
-async def test_a_full_pool_queues_then_times_out_as_connect_failed() -> None:
+async def test_a_full_pool_queues_then_times_out_as_pool_exhausted() -> None:
     gate = asyncio.Event()
     script = answering_after(gate)
 
     async with RawServer(script) as server, pool_for(server, limit=1, connect_timeout=0.05) as pool:
         first = asyncio.create_task(call(pool))
         await until(lambda: pool.size == 1)
-        with pytest.raises(ConnectFailed, match="no connection within 0.05s"):
+        with pytest.raises(PoolExhausted, match="all 1 pooled connections stayed busy for 0.05s"):
             await call(pool)
         second = asyncio.create_task(call(pool))
         await asyncio.sleep(0)

@@ -77,17 +77,18 @@ async def test_a_pool_retired_by_a_reload_answers_never_sent() -> None:
             await transport.send(make_call(LIST))
 
 
-async def test_a_try_that_times_out_waiting_for_a_pooled_connection_was_never_sent(upstream: FaultUpstream) -> None:
-    """One connection, held by a slow `lookup`: a `create_ticket` (not idempotent) whose per-try time
-    runs out while it waits for that connection never reached the upstream, so it is `NeverSent`
-    (retried like a refused connect), not an upstream timeout."""
+async def test_a_try_that_times_out_waiting_for_a_pooled_connection_is_the_proxys_overload(upstream: FaultUpstream) -> None:
+    """One connection, held by a slow `lookup`: a `create_ticket` whose per-try time runs out while it
+    waits for that connection never reached the upstream, and the upstream did nothing wrong: it is
+    the proxy's own overload (503 proxy_overloaded), counted against nothing and not retried."""
     upstream.fault("tools/call", "lookup", hang=True)
     config = proxy_config(
         upstream.url,
         upstream={
-            "pool": {"max_connections": 1},
+            "pool": {"max_connections": 1, "max_per_client": 2},
             "retry": {"max_attempts": 2, "backoff": {"base": "1ms", "max": "2ms"}},
-            "breaker": {"enabled": False},
+            "breaker": {"failure_threshold": 1},
+            "health": {"active": {"enabled": False}, "passive": {"consecutive_failures": 1}},
             "rules": [
                 {"match": {"tool": "lookup"}, "timeouts": {"per_try": "30s", "total": "60s"}},
                 {"match": {"tool": "create_ticket"}, "timeouts": {"per_try": "100ms", "total": "1s"}},
@@ -101,12 +102,13 @@ async def test_a_try_that_times_out_waiting_for_a_pooled_connection_was_never_se
         status, headers, body = await post(url, call_tool("create_ticket", 2))
         holder.cancel()
         error = json.loads(body)
-        assert status == 502
-        assert (error["id"], error["error"]["code"], error["error"]["data"]["reason"]) == (2, -32050, "upstream_unavailable")
+        assert status == 503 and headers["X-Mcp-Proxy-Error"] == "proxy_overloaded"
+        assert (error["id"], error["error"]["code"], error["error"]["data"]["reason"]) == (2, -32058, "proxy_overloaded")
         assert error["error"]["message"] == "no free upstream connection within 0.1s; the request was not sent"
         assert upstream.attempts["tools/call:create_ticket"] == 0
-        retries = [e for e in proxy.bus.recent() if e["type"] == "retry" and e["tool"] == "create_ticket"]
-        assert len(retries) == 1 and retries[0]["failure"] == "connect_error"  # retried although not idempotent
+        assert not [e for e in proxy.bus.recent() if e["type"] == "retry"]
+        state = proxy.runtime.current.states["up"]
+        assert [b.state for b in state.breaker.breakers] == ["closed"] and state.health.state != "unhealthy"
 
 
 def test_a_host_name_that_is_not_a_dns_name_is_a_config_error() -> None:

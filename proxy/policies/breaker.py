@@ -4,41 +4,88 @@ decision lives in this module.
 pybreaker 1.4 has no working asyncio path (its `call()` on a coroutine records a success and never a
 failure; `calling()` counts `CancelledError` as a failure and admits unlimited half-open calls; its
 clock is `datetime.now`). So the adapter drives pybreaker's public transitions (`open`, `half_open`,
-`close`) and counters itself, with these semantics:
+`close`) and counters itself.
 
-- only server-side failures count (`Verdict.server_failure`: connect errors, lost connections,
-  timeouts, 5xx, JSON-RPC server errors); a 429, a client error, a tool's `isError` result and a
-  cancelled call count as nothing;
+Two kinds of breaker, both built on `Breaker`, differing only in what counts (`Judge`):
+
+- the **upstream breaker** (`breaker`, on by default; per upstream, or per tool with `scope: tool`)
+  counts only the upstream failing as a server (`Verdict.server_failure`: no connection, a broken one,
+  a timeout, 502/503/504). Anything the server *answered* (a JSON-RPC error, a 4xx, an `isError`
+  result) proves it up and counts as a success; a 429, the proxy's own overload and a cancelled call
+  count as nothing. So no client's mistake can open it for everybody.
+- the **application breaker** (`app_breaker`, off unless configured; one per tool, or per method
+  outside `tools/call`) counts the application errors the user names (`on`: `is_error`, `timeout`,
+  JSON-RPC codes) against that tool alone, by failure rate over a window once `min_calls` were seen.
+
+Both:
+
 - closed → open after `failure_threshold` consecutive failures, or when `failure_rate` of the calls in
   the last `window` failed (once `min_calls` calls were seen);
-- open: calls fail fast with `CircuitOpen` (its `retryAfter` = time left) until `reset_timeout` passes
-  on the injected clock;
-- half-open: exactly `half_open_max_calls` trial calls are admitted; when all of them succeed the
-  breaker closes, the first failed trial opens it again; a cancelled trial frees its slot.
+- open: calls fail fast with `CircuitOpen` naming the breaker, why it opened and the last failure, with
+  `retryAfter` = time left, until `reset_timeout` passes on the injected clock;
+- half-open: up to `half_open_max_calls` trial calls, **each from a different client**, so one client
+  cannot hold the trials; the first trial that succeeds closes the breaker (the server works for
+  somebody); it opens again when every trial slot has failed, or when a period of `reset_timeout` ends
+  with failed trials and no success (one client alone cannot try twice in a period); a trial that counts
+  as nothing frees its slot (and its client may try again).
 
-Breakers are per upstream, or per tool (`scope: tool`), and per breaker config, so a rule with its own
-thresholds never shares counts with another. State changes are logged and exported as metrics.
+Breakers are keyed by their config (and tool), so a rule with its own thresholds never shares counts
+with another. State changes are logged and exported as metrics.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pybreaker
 from cachetools import LRUCache
 
 from proxy.errors import CircuitOpen
-from proxy.failures import CANCELLED, Verdict, judged
+from proxy.failures import CANCELLED, Failure, Verdict, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
-from proxy.policy_config import BreakerConfig
+from proxy.policy_config import AppBreakerConfig, BreakerConfig
 
-__all__ = ["Breaker", "BreakerStage"]
+__all__ = ["Breaker", "BreakerStage", "Judge", "application_judge", "upstream_judge"]
 
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
 MAX_TOOL_BREAKERS = 1000
 _NO_CONSECUTIVE_LIMIT = 2**31
+
+Judge = Callable[[Verdict], bool | None]
+"""What one outcome means to a breaker: True a failure, False a success, None nothing (frees a trial slot)."""
+
+
+def upstream_judge(verdict: Verdict) -> bool | None:
+    """The upstream breaker: a server failure fails; any answer of the server's own succeeds."""
+    if verdict.server_failure:
+        return True
+    if verdict.ok or verdict.application_answer:
+        return False
+    return None
+
+
+def application_judge(config: AppBreakerConfig) -> Judge:
+    """An application breaker: the outcomes `config.on` names fail, a clean answer succeeds."""
+    codes = frozenset(item for item in config.on if isinstance(item, int))
+    is_error, timeout = "is_error" in config.on, "timeout" in config.on
+
+    def judge(verdict: Verdict) -> bool | None:
+        if verdict.ok:
+            return False
+        kind = verdict.kind
+        if (
+            (is_error and kind is Failure.TOOL_ERROR)
+            or (timeout and kind is Failure.TIMEOUT)
+            or (verdict.jsonrpc_code in codes and verdict.application_answer)
+        ):
+            return True
+        return None
+
+    return judge
+
 
 class _Transitions(pybreaker.CircuitBreakerListener):
     def __init__(self, owner: Breaker) -> None:
@@ -51,25 +98,37 @@ class _Transitions(pybreaker.CircuitBreakerListener):
 class Breaker:
     """One circuit."""
 
-    __slots__ = ("_cb", "_clock", "_observer", "_opened_at", "_outcomes", "_period", "_trials", "config", "name", "upstream")
+    __slots__ = ("_cause", "_cb", "_clock", "_half_open_at", "_judge", "_last_failure", "_observer", "_opened_at",
+                 "_outcomes", "_period", "_trial_clients", "_trial_failures", "config", "name", "upstream")  # fmt: skip
 
     def __init__(
-        self, upstream: str, name: str, config: BreakerConfig, clock: Clock, observer: Observer = NULL_OBSERVER
+        self,
+        upstream: str,
+        name: str,
+        config: BreakerConfig | AppBreakerConfig,
+        clock: Clock,
+        observer: Observer = NULL_OBSERVER,
+        judge: Judge = upstream_judge,
     ) -> None:
         self.upstream = upstream
         self.name = name
         self.config = config
         self._clock = clock
         self._observer = observer
-        self._opened_at = 0.0
-        self._trials = 0
+        self._judge = judge
+        self._opened_at = self._half_open_at = 0.0
         self._period = 0
         """Counts half-open periods: a trial speaks only for the period that admitted it."""
+        self._trial_clients: set[str] = set()
+        """Clients holding (or having spent on a failure) a trial slot of this half-open period."""
+        self._trial_failures = 0
         self._outcomes: deque[tuple[float, bool]] = deque()
+        self._cause = ""
+        self._last_failure: Verdict | None = None
         self._cb = pybreaker.CircuitBreaker(
             fail_max=config.consecutive_threshold or _NO_CONSECUTIVE_LIMIT,
             reset_timeout=config.reset_timeout,
-            success_threshold=config.half_open_max_calls,
+            success_threshold=1,
             listeners=[_Transitions(self)],
             name=name,
         )
@@ -84,82 +143,127 @@ class Breaker:
         """Consecutive failures counted while closed."""
         return int(self._cb.fail_counter)
 
+    @property
+    def last_failure(self) -> str | None:
+        """The last failure this breaker counted, for people (`/status`, the open error)."""
+        return None if self._last_failure is None else self._last_failure.describe()
+
     def _changed(self, old: str, new: str) -> None:
+        now = self._clock.monotonic()
         if new == OPEN:
-            self._opened_at = self._clock.monotonic()
+            self._opened_at = now
         if new == HALF_OPEN:
             self._period += 1
-        if new != HALF_OPEN:
-            self._trials = 0
+            self._half_open_at = now
+        self._trial_clients.clear()
+        self._trial_failures = 0
         self._outcomes.clear()
-        self._observer.policy_event("breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new)
+        self._observer.policy_event(
+            "breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new,
+            cause=self._cause if new == OPEN else None, last_failure=self.last_failure if new == OPEN else None,
+        )  # fmt: skip
 
-    def admit(self) -> int | None:
+    def _open(self, cause: str) -> None:
+        self._cause = cause
+        self._cb.open()
+
+    def _refuse(self, message: str, retry_after: float) -> CircuitOpen:
+        self._observer.policy_event("circuit_open", None, upstream=self.upstream, breaker=self.name)
+        last = self.last_failure
+        text = f"circuit {self.name} is {message}; it opened after {self._cause}"
+        return CircuitOpen(
+            f"{text}; last failure: {last}" if last else text,
+            upstream=self.upstream,
+            retry_after=retry_after,
+            cause=self._cause,
+            last_failure=last,
+        )
+
+    def admit(self, client: str = "") -> int | None:
         """Let a call through, or raise `CircuitOpen`; a half-open trial gets its period's number, others None."""
-        upstream = self.upstream
         state = self.state
+        now = self._clock.monotonic()
+        reset = self.config.reset_timeout
+        if state == HALF_OPEN and self._trial_failures and now - self._half_open_at >= reset:
+            self._open(self._cause)  # a period of failed trials and no success: open again
+            state = OPEN
         if state == OPEN:
-            left = self._opened_at + self.config.reset_timeout - self._clock.monotonic()
+            left = self._opened_at + reset - now
             if left > 0:
-                self._observer.policy_event("circuit_open", None, upstream=upstream, breaker=self.name)
-                raise CircuitOpen(f"circuit {self.name} is open", upstream=upstream, retry_after=left)
+                raise self._refuse("open", left)
             self._cb.half_open()
             state = HALF_OPEN
         if state == HALF_OPEN:
-            if self._trials >= self.config.half_open_max_calls:
-                self._observer.policy_event("circuit_open", None, upstream=upstream, breaker=self.name)
-                raise CircuitOpen(
-                    f"circuit {self.name} is half-open and its trial calls are taken",
-                    upstream=upstream,
-                    retry_after=self.config.reset_timeout,
-                )
-            self._trials += 1
+            if len(self._trial_clients) >= self.config.half_open_max_calls:
+                raise self._refuse("half-open and its trial calls are taken", reset)
+            if client in self._trial_clients:
+                raise self._refuse("half-open and this client already has its trial call", reset)
+            self._trial_clients.add(client)
             return self._period
         return None
 
-    def record(self, trial: int | None, verdict: Verdict) -> None:
+    def record(self, trial: int | None, verdict: Verdict, client: str = "") -> None:
         """Count the outcome of an admitted call (`trial`: what `admit` returned for it)."""
         state = self.state
         current = trial is not None and trial == self._period and state == HALF_OPEN
-        if verdict is CANCELLED or not (verdict.ok or verdict.server_failure):
+        failed = None if verdict is CANCELLED else self._judge(verdict)
+        if failed:
+            self._last_failure = verdict
+        if failed is None:
             if current:
-                self._trials -= 1  # nothing learned: the slot goes to the next call
+                self._trial_clients.discard(client)  # nothing learned: the slot goes to the next call
             return
         storage = self._cb._state_storage
         if state == HALF_OPEN:
             if not current:
                 return  # admitted while closed, or a trial of an earlier period: only this period's trials decide
-            if verdict.server_failure:
-                self._cb.open()
-                return
-            storage.increment_success_counter()
-            if storage.success_counter >= self.config.half_open_max_calls:
+            if not failed:
                 self._cb.close()
+                return
+            self._trial_failures += 1
+            if self._trial_failures >= self.config.half_open_max_calls:
+                self._open(f"{self._trial_failures} failed trial call(s) while half-open")
             return
         if state != CLOSED:
             return  # a call admitted before the breaker opened: its outcome is stale
-        if verdict.ok:
-            storage.reset_counter()
-        else:
+        if failed:
             storage.increment_counter()
-        if self._tripped(verdict.server_failure):
-            self._cb.open()
+        else:
+            storage.reset_counter()
+        cause = self._tripped(failed)
+        if cause is not None:
+            self._open(cause)
 
-    def _tripped(self, failed: bool) -> bool:
-        """Record the outcome; True when a failure just crossed the threshold (a success never trips)."""
+    def _tripped(self, failed: bool) -> str | None:
+        """Record the outcome; why the breaker must open when a failure just crossed the threshold."""
         config = self.config
-        if config.failure_rate is None:
-            return failed and self.failures >= (config.consecutive_threshold or _NO_CONSECUTIVE_LIMIT)
+        rate = config.rate_trigger
+        if rate is None:
+            threshold = config.consecutive_threshold or _NO_CONSECUTIVE_LIMIT
+            return f"{self.failures} consecutive failures" if failed and self.failures >= threshold else None
         now = self._clock.monotonic()
         self._outcomes.append((now, failed))
         while self._outcomes and self._outcomes[0][0] <= now - config.window:
             self._outcomes.popleft()
         calls = len(self._outcomes)
-        return failed and calls >= config.min_calls and sum(f for _, f in self._outcomes) / calls >= config.failure_rate
+        failures = sum(f for _, f in self._outcomes)
+        if failed and calls >= config.min_calls and failures / calls >= rate:
+            return f"{failures} of {calls} calls failed within {config.window:g}s"
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """What /status shows of this breaker."""
+        return {
+            "state": self.state,
+            "consecutive_failures": self.failures,
+            "cause": self._cause or None,
+            "last_failure": self.last_failure,
+        }
 
 
 class BreakerStage:
-    """Guards each attempt with its breaker (per upstream or per tool, per breaker config)."""
+    """Guards each attempt with its breakers: the upstream breaker (per upstream or per tool) and, where
+    configured, the application breaker of the call's tool."""
 
     __slots__ = ("_breakers", "_clock", "_observer", "_upstream")
 
@@ -167,19 +271,32 @@ class BreakerStage:
         self._upstream = upstream
         self._clock = clock
         self._observer = observer
-        self._breakers: LRUCache[tuple[BreakerConfig, str | None], Breaker] = LRUCache(maxsize=MAX_TOOL_BREAKERS)
+        self._breakers: LRUCache[tuple[BreakerConfig | AppBreakerConfig, str | None], Breaker] = LRUCache(
+            maxsize=MAX_TOOL_BREAKERS
+        )
 
-    def breaker_for(self, call: Call) -> Breaker | None:
-        config = call.policy.breaker
-        if not config.enabled:
-            return None
-        tool = (call.tool or call.method) if config.scope == "tool" else None
+    def _breaker(self, config: BreakerConfig | AppBreakerConfig, tool: str | None, judge: Callable[[], Judge]) -> Breaker:
         key = (config, tool)
         breaker = self._breakers.get(key)
         if breaker is None:
             name = self._upstream if tool is None else f"{self._upstream}/{tool}"
-            breaker = self._breakers[key] = Breaker(self._upstream, name, config, self._clock, self._observer)
+            breaker = self._breakers[key] = Breaker(self._upstream, name, config, self._clock, self._observer, judge())
         return breaker
+
+    def breaker_for(self, call: Call) -> Breaker | None:
+        """The upstream breaker guarding `call`, or None when the policy turns it off."""
+        config = call.policy.breaker
+        if not config.enabled:
+            return None
+        tool = (call.tool or call.method) if config.scope == "tool" else None
+        return self._breaker(config, tool, lambda: upstream_judge)
+
+    def app_breaker_for(self, call: Call) -> Breaker | None:
+        """The application breaker of `call`'s tool (or method), or None when none is configured."""
+        config = call.policy.app_breaker
+        if config is None:
+            return None
+        return self._breaker(config, call.tool or call.method, lambda: application_judge(config))
 
     @property
     def breakers(self) -> list[Breaker]:
@@ -187,7 +304,22 @@ class BreakerStage:
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         breaker = self.breaker_for(call)
-        if breaker is None:
+        app = self.app_breaker_for(call)
+        if breaker is None and app is None:
             return await next(call)
-        trial = breaker.admit()
-        return await judged(call, next, lambda verdict: breaker.record(trial, verdict))
+        client = call.client
+        app_trial = app.admit(client) if app is not None else None
+        try:
+            trial = breaker.admit(client) if breaker is not None else None
+        except CircuitOpen:
+            if app is not None:
+                app.record(app_trial, CANCELLED, client)  # never sent: the application trial learned nothing
+            raise
+
+        def record(verdict: Verdict) -> None:
+            if breaker is not None:
+                breaker.record(trial, verdict, client)
+            if app is not None:
+                app.record(app_trial, verdict, client)
+
+        return await judged(call, next, record)

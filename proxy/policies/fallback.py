@@ -1,8 +1,10 @@
 """Cache and fallback: a stored answer stands in for a failing upstream, or (``ttl`` mode) for the call.
 
 This stage is outermost, so it can answer any failure below it: a `ProxyError` (timeout, unreachable
-upstream, open breaker, rate limit, retry budget) or a reply that `proxy.failures` calls a server-side
-failure or a 429. It never classifies on its own.
+upstream, open breaker, rate limit, retry budget, the proxy's own overload) or a reply that
+`proxy.failures` calls a server failure (502/503/504, a 5xx without a JSON-RPC body) or a 429. An
+answer of the server's own (a JSON-RPC error, a 4xx, an `isError` result) is never replaced: the
+client that asked hears it. It never classifies on its own.
 
 - Only idempotent calls whose policy has a ``cache`` section. ``fallback`` sends every call upstream
   and serves a stored answer only on failure, until ``max_stale`` past its freshness. ``ttl`` also

@@ -15,6 +15,7 @@ from cachetools import LRUCache
 
 from proxy.config import UpstreamConfig
 from proxy.policy_config import (
+    AppBreakerConfig,
     BreakerConfig,
     CacheConfig,
     MatchConfig,
@@ -41,6 +42,7 @@ class Policy:
     rate_limit: RateLimitConfig | None
     cache: CacheConfig | None
     idempotent: bool | None
+    app_breaker: AppBreakerConfig | None = None
 
 
 def _glob_rank(pattern: str | None) -> int:
@@ -69,7 +71,8 @@ class PolicyResolver:
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self._default = Policy(
-            "default", upstream.timeouts, upstream.retry, upstream.breaker, upstream.rate_limit, upstream.cache, None
+            "default", upstream.timeouts, upstream.retry, upstream.breaker, upstream.rate_limit, upstream.cache, None,
+            upstream.app_breaker,
         )
         indexed = list(enumerate(upstream.rules))
         indexed.sort(key=lambda item: (-_glob_rank(item[1].match.tool), -_glob_rank(item[1].match.method), item[0]))
@@ -87,6 +90,7 @@ class PolicyResolver:
             rate_limit=overlay(base.rate_limit, rule.rate_limit, "rate_limit" in present),
             cache=overlay(base.cache, rule.cache, "cache" in present),
             idempotent=rule.idempotent,
+            app_breaker=overlay(base.app_breaker, rule.app_breaker, "app_breaker" in present),
         )
 
     @property

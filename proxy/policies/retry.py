@@ -10,9 +10,13 @@ An attempt is retried only when all of these hold:
   blindly: the retries stop and the client hears the upstream's answer with its `retryAfter`);
 - the backoff still fits before the call's deadline (`timeouts.total`, set here, covering every
   attempt and every backoff);
-- the upstream's retry budget has a retry left.
+- the upstream's retry budget has a retry left;
+- the answer is not the one the previous attempt got: an application answer (a JSON-RPC error, when
+  `server_error` is listed) that repeats itself is deterministic, and a retry would only repeat it.
 
-`CircuitOpen`, `RateLimited` and `RetryBudgetExhausted` are never retried. When retries stop, the client
+By default only what a retry can fix is retried (connect errors, timeouts and 502/503/504 of idempotent
+calls, 429 after its Retry-After); JSON-RPC errors only when `server_error` is listed. `CircuitOpen`,
+`RateLimited`, `RetryBudgetExhausted` and the proxy's own overload are never retried. When retries stop, the client
 gets the last attempt's outcome: the upstream's answer as it was, or the last error, except that a
 stop for lack of budget turns an error into `RetryBudgetExhausted` (naming the last failure), so
 operators can tell a budget-limited failure from a plain one. (A bare upstream answer, a 429 included,
@@ -28,7 +32,7 @@ from collections.abc import Callable
 
 import structlog
 
-from proxy.errors import CircuitOpen, ProxyError, RateLimited, RetryBudgetExhausted
+from proxy.errors import CircuitOpen, ProxyError, ProxyOverloaded, RateLimited, RetryBudgetExhausted
 from proxy.failures import Verdict, classify_error, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policies.budget import RetryBudget
@@ -38,7 +42,7 @@ __all__ = ["RetryStage", "backoff_ceiling"]
 
 log = structlog.get_logger("proxy.retry")
 
-_NEVER_RETRIED = (CircuitOpen, RateLimited, RetryBudgetExhausted)
+_NEVER_RETRIED = (CircuitOpen, RateLimited, RetryBudgetExhausted, ProxyOverloaded)
 
 
 def backoff_ceiling(backoff: BackoffConfig, attempt: int) -> float:
@@ -81,6 +85,7 @@ class RetryStage:
         if call.deadline is None:
             call.deadline = self._clock.monotonic() + call.policy.timeouts.total
         attempt = 0
+        previous: Verdict | None = None
         while True:
             attempt += 1
             call.attempt = attempt
@@ -96,6 +101,9 @@ class RetryStage:
             if verdict.ok:
                 return reply  # type: ignore[return-value]
             stop, delay = self._plan(call, verdict, attempt, policy)
+            if stop is None and _repeated(previous, verdict):
+                stop = "same_answer"
+            previous = verdict
             if stop is None and not budget.try_spend():
                 stop = "budget"
             if stop is not None:
@@ -146,3 +154,12 @@ class RetryStage:
                 retry_after=error.retry_after,
             ) from error
         raise error
+
+
+def _repeated(previous: Verdict | None, verdict: Verdict) -> bool:
+    """The same application error as the attempt before: the server's deterministic answer to this request."""
+    return (
+        previous is not None
+        and verdict.application_answer
+        and (previous.kind, previous.jsonrpc_code, previous.message) == (verdict.kind, verdict.jsonrpc_code, verdict.message)
+    )

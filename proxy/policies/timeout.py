@@ -1,9 +1,11 @@
 """The per-try timeout: each attempt gets `timeouts.per_try`, never more than the call's deadline leaves.
 
 It is the innermost stage, so a timed-out attempt is seen by the breaker (as a failure) and by retry
-(as a `timeout`). An attempt whose request never reached a socket (still waiting for a pooled
-connection when time ran out) is `NeverSent` instead: the upstream never saw it, so any call may retry. It bounds the attempt up to the answer's headers and, for JSON answers and
-buffered read methods, the whole body; a streamed answer is then paced by `stream_idle` instead.
+(as a `timeout`). An attempt whose request never reached a socket is not an upstream timeout: still
+queued for a pooled connection it is `ProxyOverloaded` (the proxy's limit, counted nowhere), still
+connecting it is `NeverSent` (the upstream never saw it, so any call may retry). It bounds the attempt
+up to the answer's headers and, for JSON answers and buffered read methods, the whole body; a streamed
+answer is then paced by `stream_idle` instead.
 
 **Timeout observation.** A timeout says only that an answer was late, not by how much, and that is
 what a better limit must be chosen from. So after a timeout of an *idempotent* call (a read, or a tool
@@ -20,7 +22,7 @@ import dataclasses
 import time
 from typing import Final
 
-from proxy.errors import NeverSent, UpstreamTimeout
+from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 
 __all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
@@ -103,7 +105,12 @@ class TimeoutStage:
         self._observer.policy_event("timeout_observed", call, **fields)
 
 
-def _still_waiting(call: Call, limit: float) -> NeverSent:
-    """The attempt ran out of time before its request reached a socket (all pooled connections busy):
-    not an upstream timeout, and safe to retry whatever the call, since the upstream never saw it."""
-    return NeverSent(f"no free upstream connection within {limit:.3g}s; the request was not sent", upstream=call.upstream)
+def _still_waiting(call: Call, limit: float) -> NeverSent | ProxyOverloaded:
+    """The attempt ran out of time before its request reached a socket: not an upstream timeout. Queued
+    for a pooled connection (all busy), it is the proxy's own overload; still connecting, the upstream
+    did not accept in time, which any call may retry since the upstream never saw the request."""
+    if call.queued:
+        return ProxyOverloaded(
+            f"no free upstream connection within {limit:.3g}s; the request was not sent", upstream=call.upstream
+        )
+    return NeverSent(f"no connection to the upstream within {limit:.3g}s; the request was not sent", upstream=call.upstream)

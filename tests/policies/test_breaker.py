@@ -1,4 +1,5 @@
-"""Circuit breaker: opens at its threshold, fails fast, admits exactly K trials, closes on success.
+"""Circuit breakers: the upstream breaker counts only server failures; the application breaker only what
+it is told to; both fail fast while open, spread half-open trials over distinct clients, close on success.
 
 States are driven with a fake clock: nothing here waits for real time.
 """
@@ -13,7 +14,17 @@ import pytest
 from proxy.errors import CircuitOpen, UpstreamTimeout, UpstreamUnavailable
 from proxy.policies.base import Call
 from proxy.policies.breaker import BreakerStage
-from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_result, reply_status, tool_call, upstream_config
+from tests.fakes import (
+    FakeClock,
+    FakeUpstream,
+    make_call,
+    reply_error,
+    reply_ok,
+    reply_result,
+    reply_status,
+    tool_call,
+    upstream_config,
+)
 
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
 
@@ -51,7 +62,14 @@ async def test_opens_at_threshold_and_fails_fast_with_retry_after() -> None:
         await stage(call, upstream)
     assert upstream.attempts == 3
     assert caught.value.retry_after == pytest.approx(6.0)
-    assert caught.value.error_data() == {"reason": "circuit_open", "upstream": "up", "retryAfter": 6.0}
+    assert caught.value.error_data() == {
+        "reason": "circuit_open",
+        "upstream": "up",
+        "retryAfter": 6.0,
+        "cause": "3 consecutive failures",
+        "lastFailure": "timeout: slow",
+    }
+    assert caught.value.message == "circuit up is open; it opened after 3 consecutive failures; last failure: timeout: slow"
 
 
 async def test_a_success_resets_the_consecutive_count() -> None:
@@ -63,24 +81,67 @@ async def test_a_success_resets_the_consecutive_count() -> None:
     assert stage.breakers[0].state == "closed"
 
 
-async def test_half_open_admits_exactly_k_trials_then_closes_when_all_succeed() -> None:
+def client(name: str, body: bytes = LIST, config: Any = None) -> Call:
+    """A call from the client identified by Authorization `name`."""
+    return make_call(body, config if config is not None else breaker_config(half_open_max_calls=2), Authorization=name)
+
+
+async def test_half_open_admits_k_trials_from_distinct_clients_and_the_first_success_closes() -> None:
     clock, events = FakeClock(), Events()
     stage = BreakerStage("up", clock, events)
-    call = make_call(LIST, breaker_config(half_open_max_calls=2))
-    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 3)
+    await fail(stage, client("a"), FakeUpstream(UpstreamTimeout("slow")), 3)
     clock.advance(10)
     upstream = FakeUpstream(reply_ok())
     upstream.gate = asyncio.Event()
-    trials = [asyncio.ensure_future(stage(call, upstream)) for _ in range(2)]
+    trials = [asyncio.ensure_future(stage(client(name), upstream)) for name in ("a", "b")]
     await asyncio.sleep(0)
     with pytest.raises(CircuitOpen, match="trial calls are taken"):
-        await stage(call, upstream)
+        await stage(client("c"), upstream)
     assert upstream.attempts == 2
     upstream.gate.set()
     await asyncio.gather(*trials)
     assert events.transitions() == [("up", "open"), ("up", "half-open"), ("up", "closed")]
-    await stage(call, upstream)
+    await stage(client("c"), upstream)
     assert upstream.attempts == 3
+
+
+async def test_one_client_cannot_take_two_trials() -> None:
+    clock = FakeClock()
+    stage = BreakerStage("up", clock)
+    await fail(stage, client("a"), FakeUpstream(UpstreamTimeout("slow")), 3)
+    clock.advance(10)
+    upstream = FakeUpstream(reply_ok())
+    upstream.gate = asyncio.Event()
+    trial = asyncio.ensure_future(stage(client("a"), upstream))
+    await asyncio.sleep(0)
+    with pytest.raises(CircuitOpen, match="this client already has its trial call"):
+        await stage(client("a"), upstream)
+    upstream.gate.set()
+    await trial
+    assert stage.breakers[0].state == "closed" and upstream.attempts == 1
+
+
+async def test_a_client_whose_trial_failed_waits_for_others_or_the_end_of_the_period() -> None:
+    """One bad client alone cannot hold a half-open breaker: its failed trial keeps it out for the
+    period; another client's success closes the breaker; with nobody else, the period ends in open."""
+    clock, events = FakeClock(), Events()
+    stage = BreakerStage("up", clock, events)
+    await fail(stage, client("bad"), FakeUpstream(UpstreamTimeout("slow")), 3)
+    clock.advance(10)
+    await fail(stage, client("bad"), FakeUpstream(UpstreamTimeout("slow")), 1)  # 1 of 2 trial slots failed
+    assert stage.breakers[0].state == "half-open"
+    with pytest.raises(CircuitOpen, match="already has its trial"):
+        await stage(client("bad"), FakeUpstream())
+    await stage(client("good"), FakeUpstream(reply_ok()))
+    assert events.transitions()[-1] == ("up", "closed")
+
+    await fail(stage, client("bad"), FakeUpstream(UpstreamTimeout("slow")), 3)
+    clock.advance(10)
+    await fail(stage, client("bad"), FakeUpstream(UpstreamTimeout("slow")), 1)
+    clock.advance(10)  # the period ends with a failed trial and no success
+    with pytest.raises(CircuitOpen, match="is open"):
+        await stage(client("bad"), FakeUpstream())
+    assert events.transitions()[-3:] == [("up", "open"), ("up", "half-open"), ("up", "open")]
 
 
 async def test_a_failed_trial_opens_it_again_for_a_full_reset_timeout() -> None:
@@ -96,12 +157,22 @@ async def test_a_failed_trial_opens_it_again_for_a_full_reset_timeout() -> None:
         await stage(call, FakeUpstream())
 
 
-@pytest.mark.parametrize(
-    "outcome",
-    [reply_status(429), reply_status(400), reply_error(-32602), reply_error(-32601, status=404), reply_result({"isError": True, "content": []})],
-    ids=["429", "400", "-32602", "-32601", "isError"],
-)
-async def test_client_errors_rate_limits_and_tool_errors_do_not_count(outcome: Any) -> None:
+APPLICATION_ANSWERS = [
+    reply_status(400),
+    reply_status(404),
+    reply_error(-32602),
+    reply_error(-32601, status=404),
+    reply_error(-32603),
+    reply_error(-32603, status=500),
+    reply_error(-32000, status=400, message="Bad Request: Server not initialized"),
+    reply_error(-32002),
+    reply_result({"isError": True, "content": []}),
+]
+APPLICATION_IDS = ["400", "404", "-32602", "-32601", "-32603", "500 -32603", "400 -32000", "-32002", "isError"]
+
+
+@pytest.mark.parametrize("outcome", [*APPLICATION_ANSWERS, reply_status(429)], ids=[*APPLICATION_IDS, "429"])
+async def test_what_the_server_answered_never_counts_against_it(outcome: Any) -> None:
     stage = BreakerStage("up", FakeClock())
     call = make_call(LIST, breaker_config(failure_threshold=1))
     for _ in range(5):
@@ -109,13 +180,32 @@ async def test_client_errors_rate_limits_and_tool_errors_do_not_count(outcome: A
     assert stage.breakers[0].state == "closed" and stage.breakers[0].failures == 0
 
 
-@pytest.mark.parametrize("outcome", [reply_status(503), reply_error(-32603), UpstreamUnavailable("reset")], ids=["503", "-32603", "reset"])
-async def test_server_side_failures_count(outcome: Any) -> None:
+@pytest.mark.parametrize("outcome", APPLICATION_ANSWERS, ids=APPLICATION_IDS)
+async def test_an_answer_proves_the_server_up_resets_the_count_and_closes_a_half_open_breaker(outcome: Any) -> None:
+    clock = FakeClock()
+    stage = BreakerStage("up", clock)
+    call = make_call(LIST, breaker_config())
+    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 2)
+    await stage(call, FakeUpstream(outcome))
+    assert stage.breakers[0].failures == 0
+    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 3)
+    clock.advance(10)
+    await stage(call, FakeUpstream(outcome))  # the bad client's trial: the server answered it
+    assert stage.breakers[0].state == "closed"
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [reply_status(502), reply_status(503), reply_status(504), reply_status(500), reply_error(-32603, status=503),
+     UpstreamUnavailable("reset"), UpstreamTimeout("slow")],
+    ids=["502", "503", "504", "bare 500", "503 -32603", "reset", "timeout"],
+)  # fmt: skip
+async def test_server_failures_count(outcome: Any) -> None:
     stage = BreakerStage("up", FakeClock())
     call = make_call(LIST, breaker_config(failure_threshold=1))
     try:
         await stage(call, FakeUpstream(outcome))
-    except UpstreamUnavailable:
+    except (UpstreamUnavailable, UpstreamTimeout):
         pass
     assert stage.breakers[0].state == "open"
 
@@ -210,24 +300,122 @@ async def test_only_the_trials_decide_a_half_open_breaker() -> None:
 async def test_a_trial_from_an_earlier_half_open_period_does_not_count() -> None:
     clock = FakeClock()
     stage = BreakerStage("up", clock)
-    call = make_call(LIST, breaker_config(failure_threshold=1, half_open_max_calls=2))
-    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)
+    config = breaker_config(failure_threshold=1, half_open_max_calls=2)
+    await fail(stage, client("a", config=config), FakeUpstream(UpstreamTimeout("slow")), 1)
     clock.advance(10)
     slow = FakeUpstream(reply_ok())
     slow.gate = asyncio.Event()
-    first_period_trial = asyncio.ensure_future(stage(call, slow))
+    first_period_trial = asyncio.ensure_future(stage(client("a", config=config), slow))
     await asyncio.sleep(0)
-    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)  # the other trial fails: open again
+    await fail(stage, client("b", config=config), FakeUpstream(UpstreamTimeout("slow")), 1)
+    clock.advance(10)  # the period ends with a failed trial and no success: open again
+    with pytest.raises(CircuitOpen):
+        await stage(client("c", config=config), FakeUpstream())
     clock.advance(10)
     waiting = FakeUpstream(reply_ok())
     waiting.gate = asyncio.Event()
-    second_period_trial = asyncio.ensure_future(stage(call, waiting))
+    second_period_trial = asyncio.ensure_future(stage(client("d", config=config), waiting))
     await asyncio.sleep(0)
     slow.gate.set()
     await first_period_trial
     breaker = stage.breakers[0]
-    assert breaker.state == "half-open" and breaker._cb._state_storage.success_counter == 0
+    assert breaker.state == "half-open"  # the first period's late success proves nothing now
     waiting.gate.set()
     await second_period_trial
-    await stage(call, FakeUpstream(reply_ok()))
     assert breaker.state == "closed"
+
+
+# --- the application breaker: opt-in, per tool, on the answers it names ---------------------------------
+
+
+def app_config(**fields: Any) -> Any:
+    return upstream_config(app_breaker={"min_calls": 4, "window": "10s", "reset_timeout": "10s", **fields})
+
+
+def tool_from(name: str, tool: str = "search", config: Any = None) -> Call:
+    return make_call(tool_call(tool), config if config is not None else app_config(), Authorization=name)
+
+
+IS_ERROR = reply_result({"isError": True, "content": []})
+
+
+async def test_no_application_breaker_unless_configured() -> None:
+    stage = BreakerStage("up", FakeClock())
+    call = make_call(tool_call("search"), upstream_config())
+    for _ in range(50):
+        await stage(call, FakeUpstream(IS_ERROR))
+    assert [b.name for b in stage.breakers] == ["up"] and stage.breakers[0].state == "closed"
+
+
+async def test_application_breaker_opens_on_the_failure_rate_of_one_tool_only() -> None:
+    clock, events = FakeClock(), Events()
+    stage = BreakerStage("up", clock, events)
+    for _ in range(3):
+        await stage(tool_from("a"), FakeUpstream(IS_ERROR))  # 3 of 3: under min_calls
+    await stage(tool_from("a"), FakeUpstream(reply_ok()))  # 3 of 4 = 75%, a success never trips it
+    await stage(tool_from("a"), FakeUpstream(IS_ERROR))  # 4 of 5 >= 50%
+    assert events.transitions() == [("up/search", "open")]
+    with pytest.raises(CircuitOpen) as caught:
+        await stage(tool_from("b"), FakeUpstream())
+    assert caught.value.error_data()["cause"] == "4 of 5 calls failed within 10s"
+    assert caught.value.error_data()["lastFailure"] == "tool_error, HTTP 200"
+    assert (await stage(tool_from("a", "other"), FakeUpstream(reply_ok()))).status == 200  # other tools pass
+    upstream_breaker = next(b for b in stage.breakers if b.name == "up")
+    assert upstream_breaker.state == "closed" and upstream_breaker.failures == 0
+
+
+@pytest.mark.parametrize(
+    ("on", "outcome", "counts"),
+    [
+        (["is_error"], IS_ERROR, True),
+        (["is_error"], reply_error(-32603), False),
+        ([-32603], reply_error(-32603), True),
+        ([-32603], reply_error(-32602), False),
+        ([-32603], reply_error(-32603, status=503), False),  # a gateway failure is the upstream breaker's
+        (["timeout"], UpstreamTimeout("slow"), True),
+        (["is_error"], UpstreamTimeout("slow"), False),
+    ],
+)
+async def test_application_breaker_counts_only_what_it_names(on: list[Any], outcome: Any, counts: bool) -> None:
+    stage = BreakerStage("up", FakeClock())
+    config = app_config(on=on, min_calls=1)
+    try:
+        await stage(tool_from("a", config=config), FakeUpstream(outcome))
+    except UpstreamTimeout:
+        pass
+    app = next(b for b in stage.breakers if b.name == "up/search")
+    assert app.state == ("open" if counts else "closed")
+
+
+async def test_a_bad_client_cannot_keep_the_application_breaker_open() -> None:
+    """The issue's case: one client calls a tool once a second with a call that always fails. At each
+    half-open its call takes one trial slot and fails; the next good client's success closes it."""
+    clock, events = FakeClock(), Events()
+    stage = BreakerStage("up", clock, events)
+    for _ in range(4):
+        await stage(tool_from("bad"), FakeUpstream(IS_ERROR))
+    assert events.transitions() == [("up/search", "open")]
+    clock.advance(10)
+    await stage(tool_from("bad"), FakeUpstream(IS_ERROR))  # its trial fails: 1 of 3 slots
+    with pytest.raises(CircuitOpen, match="already has its trial"):
+        await stage(tool_from("bad"), FakeUpstream(IS_ERROR))
+    await stage(tool_from("good"), FakeUpstream(reply_ok()))
+    assert events.transitions()[-1] == ("up/search", "closed")
+
+
+async def test_an_upstream_breaker_refusal_gives_the_application_trial_slot_back() -> None:
+    clock = FakeClock()
+    stage = BreakerStage("up", clock)
+    config = upstream_config(
+        breaker={"failure_threshold": 1, "reset_timeout": "10s"},
+        app_breaker={"min_calls": 1, "reset_timeout": "5s", "half_open_max_calls": 1},
+    )
+    await stage(tool_from("a", config=config), FakeUpstream(IS_ERROR))  # app breaker opens
+    with pytest.raises(UpstreamTimeout):
+        await stage(tool_from("a", "other", config), FakeUpstream(UpstreamTimeout("slow")))  # upstream opens
+    clock.advance(5)  # the app breaker is due for a trial, the upstream one is still open
+    with pytest.raises(CircuitOpen, match="circuit up is open"):
+        await stage(tool_from("a", config=config), FakeUpstream(reply_ok()))
+    clock.advance(5)
+    await stage(tool_from("a", config=config), FakeUpstream(reply_ok()))  # the app trial slot was given back
+    assert {b.name: b.state for b in stage.breakers} == {"up/search": "closed", "up/other": "closed", "up": "closed"}

@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 
 from proxy.errors import (
     CircuitOpen,
+    ProxyOverloaded,
     ProxyError,
     RateLimited,
     RetryBudgetExhausted,
@@ -104,9 +105,11 @@ async def test_upstream_down_serves_stale_within_max_stale_then_the_error() -> N
         RetryBudgetExhausted("budget"),
         reply_status(503),
         reply_status(429, b"", **{"Retry-After": "5"}),
-        reply_error(-32603),
+        reply_error(-32603, status=503),
+        UpstreamUnavailable("reset"),
+        ProxyOverloaded("pool busy"),
     ],
-    ids=["timeout", "circuit_open", "rate_limited", "budget", "http_503", "http_429", "jsonrpc_-32603"],
+    ids=["timeout", "circuit_open", "rate_limited", "budget", "http_503", "http_429", "503_jsonrpc", "reset", "overloaded"],
 )
 async def test_every_failure_below_is_answered_with_the_stale_entry(failure: Reply | ProxyError) -> None:
     clock = FakeClock()
@@ -123,8 +126,13 @@ async def test_failing_reply_passes_through_unchanged_without_a_usable_entry() -
     assert await stage(call(1), FakeUpstream(failing)) is failing
 
 
-@pytest.mark.parametrize("answer", [reply_error(-32602), reply_status(404)], ids=["invalid_params", "http_404"])
-async def test_client_errors_are_not_failures_to_hide(answer: Reply) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [reply_error(-32602), reply_status(404), reply_error(-32603), reply_error(-32603, status=500), reply_error(-32002)],
+    ids=["invalid_params", "http_404", "internal_error", "500_internal_error", "resource_not_found"],
+)
+async def test_the_servers_own_answers_are_never_hidden_behind_a_stored_one(answer: Reply) -> None:
+    """A JSON-RPC error is the server answering this request: the client hears it, not an old result."""
     clock = FakeClock()
     stage = CacheStage(clock)
     upstream = FakeUpstream(reply_result(TOOLS), answer)

@@ -56,11 +56,36 @@ async def test_max_attempts_and_last_outcome_passes_through() -> None:
     assert reply.status == 502 and upstream.attempts == 4
 
 
-@pytest.mark.parametrize(("code", "attempts"), [(-32603, 3), (-32001, 3), (-32602, 1), (-32601, 1), (-32020, 1)])
-async def test_jsonrpc_server_errors_are_retried_client_errors_are_not(code: int, attempts: int) -> None:
+@pytest.mark.parametrize("code", [-32603, -32001, -32000, -32002, -32602, -32601, -32020])
+async def test_jsonrpc_errors_are_not_retried_by_default(code: int) -> None:
+    """The server answered: by default its answer goes back as it is, once."""
+    upstream = FakeUpstream(reply_error(code), reply_ok())
+    reply = await stage(FakeClock())(make_call(LIST), upstream)
+    assert upstream.attempts == 1 and reply.message["error"]["code"] == code
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(502, 3), (503, 3), (504, 3), (500, 3), (501, 3), (400, 1), (404, 1)])
+async def test_gateway_statuses_are_retried_a_client_error_status_is_not(status: int, attempts: int) -> None:
+    upstream = FakeUpstream(reply_status(status))
+    reply = await stage(FakeClock())(make_call(LIST), upstream)
+    assert upstream.attempts == attempts and reply.status == status
+
+
+OPT_IN = upstream_config(retry={"retry_on": ["server_error"], "max_attempts": 5})
+
+
+@pytest.mark.parametrize(("code", "attempts"), [(-32603, 2), (-32001, 2), (-32602, 1), (-32601, 1), (-32020, 1), (-32002, 1)])
+async def test_server_errors_are_retried_when_listed_and_a_repeated_answer_ends_it(code: int, attempts: int) -> None:
+    """With `server_error` listed, a -32603 is retried once; the same answer again is deterministic: done."""
     upstream = FakeUpstream(reply_error(code))
-    await stage(FakeClock())(make_call(LIST), upstream)
-    assert upstream.attempts == attempts
+    reply = await stage(FakeClock())(make_call(LIST, OPT_IN), upstream)
+    assert upstream.attempts == attempts and reply.message["error"]["code"] == code
+
+
+async def test_a_different_server_error_each_time_is_retried_up_to_max_attempts() -> None:
+    upstream = FakeUpstream(*(reply_error(-32603, message=f"try {n}") for n in range(4)), reply_ok())
+    reply = await stage(FakeClock())(make_call(LIST, OPT_IN), upstream)
+    assert upstream.attempts == 5 and reply.status == 200 and "result" in reply.message
 
 
 async def test_retry_on_limits_what_is_retried() -> None:

@@ -1,0 +1,66 @@
+"""One client cannot starve the rest: a cap on what each client has open to an upstream at once.
+
+Every request a client sends to an upstream (a call, a relayed notification, a legacy GET stream)
+holds one of that client's slots until its answer is complete. A client at `pool.max_per_client`
+(default: half of `pool.max_connections`) is refused at once with `ClientOverloaded` (429): its own
+stuck calls or long-lived streams then cost only itself, and the other half of the pool always stays
+for everybody else. The refusal is the proxy's condition: it counts against nothing upstream.
+
+Counts live only while a client has something open (an entry is dropped at zero), so the map is
+bounded by the requests in flight, not by how many client identities were ever seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from proxy.errors import ClientOverloaded
+
+__all__ = ["ClientSlots"]
+
+
+class ClientSlots:
+    """Open requests per client identity for one upstream."""
+
+    __slots__ = ("_open", "upstream")
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self._open: dict[str, int] = {}
+
+    def open_for(self, client: str) -> int:
+        return self._open.get(client, 0)
+
+    @property
+    def clients(self) -> int:
+        """Clients with at least one request open."""
+        return len(self._open)
+
+    def acquire(self, client: str, cap: int) -> None:
+        """Take one of `client`'s slots, or raise `ClientOverloaded` when it already has `cap` open.
+        Every successful `acquire` must be paired with one `release`."""
+        held = self._open.get(client, 0)
+        if held >= cap:
+            raise ClientOverloaded(
+                f"this client already has {held} requests open to upstream {self.upstream} "
+                f"(pool.max_per_client = {cap}); wait for one to finish",
+                upstream=self.upstream,
+            )
+        self._open[client] = held + 1
+
+    def release(self, client: str) -> None:
+        left = self._open[client] - 1
+        if left:
+            self._open[client] = left
+        else:
+            del self._open[client]
+
+    @contextmanager
+    def hold(self, client: str, cap: int) -> Iterator[None]:
+        """`acquire` for the block, `release` after it."""
+        self.acquire(client, cap)
+        try:
+            yield
+        finally:
+            self.release(client)
