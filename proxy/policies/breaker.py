@@ -25,9 +25,12 @@ Both:
   `retryAfter` = time left, until `reset_timeout` passes on the injected clock;
 - half-open: up to `half_open_max_calls` trial calls, **each from a different client**, so one client
   cannot hold the trials; the first trial that succeeds closes the breaker (the server works for
-  somebody); it opens again when every trial slot has failed, or when a period of `reset_timeout` ends
-  with failed trials and no success (one client alone cannot try twice in a period); a trial that counts
-  as nothing frees its slot (and its client may try again).
+  somebody). It opens again when every trial slot has failed; or as soon as every client that asked
+  since it opened has failed its trial (nobody else is waiting, so there is nobody to wait for: a lone
+  client, or all clients behind one identity, see a plain breaker); or when a period of
+  `reset_timeout` ends with failed trials and no success. A trial that counts as nothing frees its
+  slot (and its client may try again). So a bad client calling once a second cannot keep a tool's
+  breaker open against a good client that calls too: the good client's own trial decides.
 
 Breakers are keyed by their config (and tool), so a rule with its own thresholds never shares counts
 with another. State changes are logged and exported as metrics.
@@ -52,6 +55,8 @@ __all__ = ["Breaker", "BreakerStage", "Judge", "application_judge", "upstream_ju
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
 MAX_TOOL_BREAKERS = 1000
+MAX_ASKED = 64
+"""Clients remembered as waiting for a breaker; past this many, others are assumed to be waiting too."""
 _NO_CONSECUTIVE_LIMIT = 2**31
 
 Judge = Callable[[Verdict], bool | None]
@@ -98,8 +103,8 @@ class _Transitions(pybreaker.CircuitBreakerListener):
 class Breaker:
     """One circuit."""
 
-    __slots__ = ("_cause", "_cb", "_clock", "_half_open_at", "_judge", "_last_failure", "_observer", "_opened_at",
-                 "_outcomes", "_period", "_trial_clients", "_trial_failures", "config", "name", "upstream")  # fmt: skip
+    __slots__ = ("_asked", "_cause", "_cb", "_clock", "_failed_clients", "_half_open_at", "_judge", "_last_failure",
+                 "_observer", "_opened_at", "_outcomes", "_period", "_trial_clients", "config", "name", "upstream")  # fmt: skip
 
     def __init__(
         self,
@@ -121,7 +126,10 @@ class Breaker:
         """Counts half-open periods: a trial speaks only for the period that admitted it."""
         self._trial_clients: set[str] = set()
         """Clients holding (or having spent on a failure) a trial slot of this half-open period."""
-        self._trial_failures = 0
+        self._failed_clients: set[str] = set()
+        """Clients whose trial of this period failed."""
+        self._asked: set[str] | None = set()
+        """Clients refused or admitted since the breaker opened (None: more than `MAX_ASKED`)."""
         self._outcomes: deque[tuple[float, bool]] = deque()
         self._cause = ""
         self._last_failure: Verdict | None = None
@@ -155,8 +163,10 @@ class Breaker:
         if new == HALF_OPEN:
             self._period += 1
             self._half_open_at = now
+        else:
+            self._asked = set()  # opened or closed: who waits is asked afresh
         self._trial_clients.clear()
-        self._trial_failures = 0
+        self._failed_clients.clear()
         self._outcomes.clear()
         self._observer.policy_event(
             "breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new,
@@ -179,12 +189,23 @@ class Breaker:
             last_failure=last,
         )
 
+    def _note_asking(self, client: str) -> None:
+        asked = self._asked
+        if asked is not None and client not in asked:
+            if len(asked) >= MAX_ASKED:
+                self._asked = None
+            else:
+                asked.add(client)
+
     def admit(self, client: str = "") -> int | None:
         """Let a call through, or raise `CircuitOpen`; a half-open trial gets its period's number, others None."""
         state = self.state
+        if state == CLOSED:
+            return None
+        self._note_asking(client)
         now = self._clock.monotonic()
         reset = self.config.reset_timeout
-        if state == HALF_OPEN and self._trial_failures and now - self._half_open_at >= reset:
+        if state == HALF_OPEN and self._failed_clients and now - self._half_open_at >= reset:
             self._open(self._cause)  # a period of failed trials and no success: open again
             state = OPEN
         if state == OPEN:
@@ -220,9 +241,11 @@ class Breaker:
             if not failed:
                 self._cb.close()
                 return
-            self._trial_failures += 1
-            if self._trial_failures >= self.config.half_open_max_calls:
-                self._open(f"{self._trial_failures} failed trial call(s) while half-open")
+            self._failed_clients.add(client)
+            failed_trials = len(self._failed_clients)
+            nobody_else = self._asked is not None and self._asked <= self._failed_clients
+            if failed_trials >= self.config.half_open_max_calls or nobody_else:
+                self._open(f"{failed_trials} failed trial call(s) while half-open")
             return
         if state != CLOSED:
             return  # a call admitted before the breaker opened: its outcome is stale
