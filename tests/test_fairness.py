@@ -1,0 +1,121 @@
+"""One client cannot starve the rest: a per-client cap on open requests, and the pool's own limit is the
+proxy's condition, never the upstream's (issue 9, item 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from proxy.app import ProxyServer, running_proxy
+from proxy.errors import ClientOverloaded
+from proxy.events import EventBus, EventRecorder
+from proxy.fairness import ClientSlots
+from proxy.metrics import ProxyMetrics
+from proxy.runtime import build_runtime
+from tests.conftest import proxy_config
+from tests.fakes import FakeClock
+from tests.fault_upstream import FaultUpstream
+from tests.test_forwarding import call_tool, post
+
+LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {name}"}
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll `condition` (state another task or process changes) until it holds, for at most `within` s."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def test_slots_count_per_client_and_forget_a_client_at_zero() -> None:
+    slots = ClientSlots("up")
+    slots.acquire("a", 2)
+    slots.acquire("a", 2)
+    with pytest.raises(ClientOverloaded) as refused:
+        slots.acquire("a", 2)
+    assert refused.value.error_data() == {"reason": "client_overloaded", "upstream": "up"}
+    assert refused.value.status() == 429 and refused.value.code == -32059
+    slots.acquire("b", 2)
+    assert (slots.open_for("a"), slots.open_for("b"), slots.clients) == (2, 1, 2)
+    slots.release("a")
+    slots.release("a")
+    slots.release("b")
+    assert slots.clients == 0  # no entry left behind: the map is bounded by what is in flight
+    with slots.hold("a", 1):
+        assert slots.open_for("a") == 1
+    assert slots.open_for("a") == 0
+
+
+def test_a_reload_keeps_each_clients_count() -> None:
+    metrics, clock = ProxyMetrics(), FakeClock()
+    config = proxy_config("http://127.0.0.1:1/mcp")
+    events = EventRecorder(EventBus())
+    first = build_runtime(config, metrics, events, clock)
+    first.states["up"].clients.acquire("a", 5)
+    tighter = proxy_config("http://127.0.0.1:1/mcp", upstream={"pool": {"max_connections": 2}})
+    second = build_runtime(tighter, metrics, events, clock, previous=first)
+    assert second.states["up"].clients is first.states["up"].clients
+    with pytest.raises(ClientOverloaded):
+        second.states["up"].clients.acquire("a", tighter.upstreams[0].pool.client_share)
+
+
+def test_the_default_share_is_half_the_pool() -> None:
+    pool = proxy_config("http://h/mcp").upstreams[0].pool
+    assert (pool.max_connections, pool.client_share) == (256, 128)
+    assert proxy_config("http://h/mcp", upstream={"pool": {"max_connections": 1}}).upstreams[0].pool.client_share == 1
+    assert proxy_config("http://h/mcp", upstream={"pool": {"max_per_client": 7}}).upstreams[0].pool.client_share == 7
+
+
+def upstream_state(proxy: ProxyServer) -> dict[str, Any]:
+    state = proxy.runtime.current.states["up"]
+    return {"breakers": [b.state for b in state.breaker.breakers], "health": state.health.state}
+
+
+async def test_a_greedy_client_is_refused_alone_and_the_pool_limit_opens_nothing(upstream: FaultUpstream) -> None:
+    """The issue's case, scaled down: one client opens far more stuck calls than its share (4 of an
+    8-connection pool), another fills the rest, and a third finds no free connection. The greedy
+    client's excess is refused at once (429 client_overloaded) without reaching the upstream; the third
+    waits `timeouts.connect` and gets 503 proxy_overloaded; nothing counts against the upstream, and
+    once the stuck calls end everybody is served again."""
+    upstream.fault("tools/call", "lookup", hang=True)
+    config = proxy_config(
+        upstream.url,
+        upstream={
+            "pool": {"max_connections": 8},
+            "timeouts": {"connect": "300ms"},
+            "breaker": {"failure_threshold": 1},
+            "health": {"active": {"enabled": False}, "passive": {"consecutive_failures": 1}},
+        },
+    )
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        greedy = [asyncio.create_task(post(url, call_tool("lookup", n), headers=bearer("greedy"))) for n in range(20)]
+        await eventually(lambda: sum(task.done() for task in greedy) == 16)
+        refused = [json.loads(task.result()[2]) for task in greedy if task.done()]
+        assert {(r["error"]["code"], r["error"]["data"]["reason"]) for r in refused} == {(-32059, "client_overloaded")}
+        assert all(task.result()[0] == 429 and task.result()[1]["X-Mcp-Proxy-Error"] == "client_overloaded"
+                   for task in greedy if task.done())  # fmt: skip
+        await eventually(lambda: upstream.attempts["tools/call:lookup"] == 4)
+        assert (await post(url, LIST, headers=bearer("other")))[0] == 200  # the rest of the pool is free
+
+        other = [asyncio.create_task(post(url, call_tool("lookup", n), headers=bearer("other"))) for n in range(4)]
+        await eventually(lambda: upstream.attempts["tools/call:lookup"] == 8)
+        status, headers, body = await post(url, LIST, headers=bearer("third"))
+        assert (status, headers["X-Mcp-Proxy-Error"], json.loads(body)["error"]["code"]) == (503, "proxy_overloaded", -32058)
+        assert upstream.attempts["tools/list"] == 1
+        assert upstream_state(proxy) == {"breakers": ["closed"], "health": "healthy"}
+
+        for task in [*greedy, *other]:
+            task.cancel()
+        await asyncio.gather(*greedy, *other, return_exceptions=True)
+        await eventually(lambda: proxy.runtime.current.states["up"].clients.clients == 0)
+        assert (await post(url, LIST, headers=bearer("greedy")))[0] == 200
+        assert (await post(url, LIST, headers=bearer("third")))[0] == 200
