@@ -1,6 +1,6 @@
 """The MCP listener: from an HTTP request to a classified call, through the pipeline, back to the client.
 
-What the client always gets (never an HTML page, never a dropped connection without an answer):
+What the client gets (from the proxy itself never an HTML page, never a dropped connection without an answer):
 
 ========================================  ======  ===========================================
 situation                                 status  body
@@ -11,16 +11,18 @@ POST without application/json             415     JSON-RPC error -32600
 body over ``limits.max_body_bytes``       413     JSON-RPC error -32600
 malformed JSON                            400     JSON-RPC error -32700, id null
 JSON but not JSON-RPC                     400     JSON-RPC error -32600, the id if readable
+the upstream answered (any status)        its own the upstream's body and headers, unchanged
 proxy verdict on a request (timeout, …)   502/503 JSON-RPC error with the request's id, data.reason
                                           504/429 (status per `proxy.errors`)
+this client's open requests at its cap    429     JSON-RPC error -32059, data.reason client_overloaded
 proxy verdict on GET/DELETE/notification  502/504 JSON-RPC error, id null, data.reason
 upstream SSE stream breaks before its     (sent)  a final SSE event with the JSON-RPC error
 final response (no resume possible)
 ========================================  ======  ===========================================
 
-Every error body is a JSON-RPC error: the official SDK clients raise exactly that error (code, data
-with `reason` and `retryAfter`) whatever the HTTP status; with a non-JSON body they would only see a
-generic -32603.
+Every error body the proxy makes is a JSON-RPC error: the official SDK clients raise exactly that error
+(code, data with `reason` and `retryAfter`) whatever the HTTP status. What the upstream answered is never
+replaced by a proxy-made error: the client that asked hears the server, whatever it said.
 """
 
 from __future__ import annotations
