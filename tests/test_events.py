@@ -201,7 +201,7 @@ def test_the_exported_event_schema_is_current_and_every_real_event_fits(tmp_path
     call = make_call(tool_call("lookup"))
     recorder.policy_event("retry", call, failure="timeout", delay_ms=12.5, error={"kind": "timeout", "message": "late"})
     recorder.policy_event("timeout", call, limit_ms=100.0, observing=True)
-    recorder.policy_event("breaker_state", None, upstream="up", breaker="up", old="closed", new="open")
+    recorder.policy_event("breaker_state", None, upstream="up", breaker="up", old="closed", new="open", cause="5 consecutive failures", last_failure="timeout: late")
     recorder.call_failed(call, {"kind": "timeout", "http_status": None, "jsonrpc_code": -32051, "message": "late"}, 3.0, reason="upstream_timeout", http_status=504, client="addr:x")
     recorder.call_finished(call, "ok", 4.0)
     recorder.flush_summaries()
