@@ -180,7 +180,9 @@ class Breaker:
     def _refuse(self, message: str, retry_after: float) -> CircuitOpen:
         self._observer.policy_event("circuit_open", None, upstream=self.upstream, breaker=self.name)
         last = self.last_failure
-        text = f"circuit {self.name} is {message}; it opened after {self._cause}"
+        tool = self.name.removeprefix(f"{self.upstream}/") if self.name != self.upstream else None
+        subject = f"upstream {self.upstream}" if tool is None else f"tool {tool} of upstream {self.upstream}"
+        text = f"the circuit breaker of {subject} is {message}; it opened after {self._cause}"
         return CircuitOpen(
             f"{text}; last failure: {last}" if last else text,
             upstream=self.upstream,

@@ -69,7 +69,9 @@ async def test_opens_at_threshold_and_fails_fast_with_retry_after() -> None:
         "cause": "3 consecutive failures",
         "lastFailure": "timeout: slow",
     }
-    assert caught.value.message == "circuit up is open; it opened after 3 consecutive failures; last failure: timeout: slow"
+    assert caught.value.message == (
+        "the circuit breaker of upstream up is open; it opened after 3 consecutive failures; last failure: timeout: slow"
+    )
 
 
 async def test_a_success_resets_the_consecutive_count() -> None:
@@ -237,7 +239,7 @@ async def test_per_tool_breaker_isolates_one_bad_tool() -> None:
     config = upstream_config(breaker={"scope": "tool", "failure_threshold": 2})
     bad, good = make_call(tool_call("bad"), config), make_call(tool_call("good"), config)
     await fail(stage, bad, FakeUpstream(UpstreamTimeout("slow")), 2)
-    with pytest.raises(CircuitOpen, match="circuit up/bad is open"):
+    with pytest.raises(CircuitOpen, match="the circuit breaker of tool bad of upstream up is open"):
         await stage(bad, FakeUpstream())
     assert (await stage(good, FakeUpstream(reply_ok()))).status == 200
 
@@ -414,7 +416,7 @@ async def test_an_upstream_breaker_refusal_gives_the_application_trial_slot_back
     with pytest.raises(UpstreamTimeout):
         await stage(tool_from("a", "other", config), FakeUpstream(UpstreamTimeout("slow")))  # upstream opens
     clock.advance(5)  # the app breaker is due for a trial, the upstream one is still open
-    with pytest.raises(CircuitOpen, match="circuit up is open"):
+    with pytest.raises(CircuitOpen, match="the circuit breaker of upstream up is open"):
         await stage(tool_from("a", config=config), FakeUpstream(reply_ok()))
     clock.advance(5)
     await stage(tool_from("a", config=config), FakeUpstream(reply_ok()))  # the app trial slot was given back
