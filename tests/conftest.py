@@ -74,11 +74,29 @@ async def start_proxy_process(config: dict[str, Any], tmp_path: Path) -> ProxyPr
     """Write `config` as YAML, start the proxy, and wait for its `proxy_started` log line."""
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(config))
+    return await launch_proxy([sys.executable, "-m", "proxy", "serve", "--config", str(path)])
+
+
+PROXY_COMMAND = Path(sys.executable).parent / "mcp-resilience-proxy"
+"""The console script pip installed beside the interpreter running the tests (``.venv/bin``)."""
+
+
+async def start_proxy_cli(upstream_url: str) -> ProxyProcess:
+    """The README's quick start as a user types it: ``mcp-resilience-proxy serve --upstream URL``.
+
+    Default settings for everything; only the two listeners are given, on 127.0.0.1 with ports the
+    OS picks (read back from the `proxy_started` line), so parallel or repeated runs never collide.
+    """
+    argv = [str(PROXY_COMMAND), "serve", "--upstream", upstream_url, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+    return await launch_proxy(argv)
+
+
+async def launch_proxy(argv: list[str]) -> ProxyProcess:
+    """Run a proxy command line (cwd: the repo) and wait for its `proxy_started` log line."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO, env=env,
-    )
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO, env=env,
+    )  # fmt: skip
     assert process.stderr is not None
     lines: list[dict[str, Any]] = []
     async with asyncio.timeout(30):

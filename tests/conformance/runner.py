@@ -70,7 +70,9 @@ __all__ = [
     "ConformanceResult",
     "find_harness",
     "find_node",
+    "improvements",
     "install",
+    "npm_install",
     "regressions",
     "run_conformance",
 ]
@@ -229,6 +231,20 @@ def install(node_prefix: Path = DEFAULT_NODE_PREFIX, harness_prefix: Path = DEFA
         cmd = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), package]
         print("+", " ".join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True, timeout=600)
+
+
+def npm_install(prefix: Path, package: str) -> None:
+    """``npm install`` one pinned `package` into `prefix` (for servers the tests run, e.g. under ``.ci/cache``).
+
+    :func:`install`'s command line plus ``--save-exact``, so the prefix's ``package.json`` records the
+    exact pin rather than a caret range.
+    """
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ConformanceError("npm not found on PATH")
+    cmd = [npm, "install", "--no-audit", "--no-fund", "--save-exact", "--prefix", str(prefix), package]
+    print("+", " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, check=True, timeout=600)
 
 
 # --------------------------------------------------------------------------------------
@@ -397,6 +413,21 @@ def regressions(baseline: ConformanceResult, candidate: ConformanceResult) -> di
         if was == "pass" and now != "pass":
             worse[key] = (was, now)
     return worse
+
+
+def improvements(baseline: ConformanceResult, candidate: ConformanceResult) -> dict[str, tuple[str, str]]:
+    """Checks that pass in ``candidate`` but not in ``baseline``: ``{key: (was, now)}``.
+
+    The other direction of :func:`regressions` (a check missing from ``baseline`` reports
+    ``"missing"``). A proxy should not make a server look better than it is: a check that fails
+    direct and passes through the proxy means the proxy answered in the server's place.
+    """
+    better: dict[str, tuple[str, str]] = {}
+    for key, now in candidate.checks.items():
+        was = baseline.checks.get(key, "missing")
+        if now == "pass" and was != "pass":
+            better[key] = (was, now)
+    return better
 
 
 # --------------------------------------------------------------------------------------
