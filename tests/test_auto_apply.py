@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,15 @@ from proxy.config import AnalyzerConfig, load_config
 from tests.fault_upstream import FaultUpstream
 
 READ = {"jsonrpc": "2.0", "method": "resources/read", "params": {"uri": "demo://facts"}}
+
+UPSTREAM_DELAY_S = 0.42
+"""How long the upstream takes to answer a read: longer than the 200 ms per_try, so every read times out."""
+
+PROPOSED_PER_TRY = "750ms"
+"""The timeouts rule's answer to reads observed at 420 ms: p95 x 1.2 = 504 ms, rounded up to the next
+readable duration (stats._NICE_SECONDS: ... 400ms, 500ms, 750ms, 1s ...). The delay sits just past 500 / 1.2
+on purpose: once applied, 750ms leaves the 420 ms reads 330 ms for the proxy's own overhead (a 400 ms
+delay would give 500ms and only 100 ms of slack)."""
 
 
 def proposal(key: str, value: Any) -> Proposal:
@@ -44,7 +52,8 @@ def file_config(upstream_url: str) -> dict[str, Any]:
         "listen": {"port": 0},
         "admin": {"port": 0},
         "reload": {"watch": False, "interval": "1h"},
-        "events": {"observe_timeouts": "5s", "log": False, "summary_interval": "1h"},
+        # No background observation: `observe()` publishes the observations with exact latencies instead.
+        "events": {"observe_timeouts": "0s", "log": False, "summary_interval": "1h"},
         "analyzer": {
             "enabled": True,
             "interval": "1h",
@@ -68,36 +77,53 @@ async def burst(session: aiohttp.ClientSession, url: str, payload: dict[str, Any
     return list(await asyncio.gather(*(one(n) for n in range(count))))
 
 
-async def learn(proxy: ProxyServer, session: aiohttp.ClientSession) -> None:
-    """25 timed-out reads (observed) and 25 good lists, summarized.
+def observe(proxy: ProxyServer, observed_ms: float) -> int:
+    """Publish, for every timed-out read, the `timeout_observed` event the proxy's watcher would have.
 
-    The reads' observed latencies decide the proposed per_try (p95 x 1.2, rounded up to a readable
-    value: 500ms for a 0.4 s upstream), so nothing else may stall the loop meanwhile: a full garbage
-    collection of the heap a long test session leaves behind took ~50 ms and made it 750ms.
+    The watcher measures the latency on the wall clock, so what the analyzer proposes would depend on
+    how busy the machine is: 25 reads answered after 400 ms were seen at 405-440 ms, and past 416.7 ms
+    (500 / 1.2) the proposal became 750ms instead of 500ms. The test is about auto-apply, not about
+    that measurement (tests/test_analyzer_e2e.py runs the real one), so the observations carry the
+    upstream's own delay: exactly what a watcher on an idle, infinitely fast machine would record.
     """
-    gc.collect()
+    timeouts = [e for e in proxy.bus.recent() if e["type"] == "timeout"]
+    for timeout in timeouts:
+        envelope = {k: v for k, v in timeout.items() if k not in ("id", "ts", "type", "observing")}
+        proxy.bus.publish({**envelope, "type": "timeout_observed", "observed_ms": observed_ms})
+    return len(timeouts)
+
+
+async def learn(proxy: ProxyServer, session: aiohttp.ClientSession) -> float:
+    """25 timed-out reads (observed at the upstream's delay) and 25 good lists, summarized.
+
+    The outcomes are exact: the upstream sleeps 420 ms before it answers a read, so no read can beat
+    the 200 ms per_try, and with one attempt each, 25 reads are 25 timed-out attempts; the summaries
+    make the error rate before the change 25 failed of 50 calls. Returns the wall time after the last
+    event, the "now" of the analyzer's first step: the verification compares the spans before and after
+    it on event timestamps, and the span before (`verify_after`, 30 s) holds every event published here
+    (each call is bounded by its 1 s total timeout).
+    """
     assert await burst(session, proxy.url + "/mcp", READ, 25) == [504] * 25
     assert await burst(session, proxy.url + "/mcp", {"jsonrpc": "2.0", "method": "tools/list"}, 25) == [200] * 25
-    async with asyncio.timeout(15):
-        while sum(e["type"] == "timeout_observed" for e in proxy.bus.recent()) < 25:
-            await asyncio.sleep(0.05)
+    assert observe(proxy, UPSTREAM_DELAY_S * 1000) == 25
     proxy.events.flush_summaries()
+    return time.time()
 
 
 async def test_auto_apply_keeps_a_change_that_helps(upstream: FaultUpstream, tmp_path: Path) -> None:
-    upstream.fault("resources/read", delay=0.4)
+    upstream.fault("resources/read", delay=UPSTREAM_DELAY_S)
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(file_config(upstream.url)))
     async with running_proxy(load_config(path.read_text(), {}), config_path=path) as proxy, aiohttp.ClientSession() as session:
         assert proxy.analyzer is not None
-        await learn(proxy, session)
-        now = time.time()
+        now = await learn(proxy, session)
         proxy.analyzer.step(now)
         applied = [e for e in proxy.bus.recent() if e["type"] == "proposal_applied"]
         assert len(applied) == 1 and applied[0]["error_rate_before"] == 0.5
-        assert "per_try: 500ms" in path.read_text()
+        assert f"per_try: {PROPOSED_PER_TRY}" in path.read_text()
         async with session.post(proxy.admin_url + "/reload") as response:
             assert response.status == 200
+        # The same 420 ms reads under the new 750ms per_try: only 330 ms of proxy overhead could fail one.
         assert await burst(session, proxy.url + "/mcp", READ, 25) == [200] * 25
         proxy.events.flush_summaries()
         proxy.analyzer.step(now + 31)
@@ -105,21 +131,20 @@ async def test_auto_apply_keeps_a_change_that_helps(upstream: FaultUpstream, tmp
             document = await response.json()
     (kept,) = [e for e in proxy.bus.recent() if e["type"] == "proposal_kept"]
     assert (kept["error_rate_after"], kept["verified"]) == (0.0, True)
-    assert "per_try: 500ms" in path.read_text()
+    assert f"per_try: {PROPOSED_PER_TRY}" in path.read_text()
     assert document["auto_apply"] is True and document["verifying"] is None
 
 
 async def test_auto_apply_rolls_back_a_change_that_hurts(upstream: FaultUpstream, tmp_path: Path) -> None:
-    upstream.fault("resources/read", delay=0.4)
+    upstream.fault("resources/read", delay=UPSTREAM_DELAY_S)
     path = tmp_path / "proxy.yaml"
     original = yaml.safe_dump(file_config(upstream.url))
     path.write_text(original)
     async with running_proxy(load_config(original, {}), config_path=path) as proxy, aiohttp.ClientSession() as session:
         assert proxy.analyzer is not None
-        await learn(proxy, session)
-        now = time.time()
+        now = await learn(proxy, session)
         proxy.analyzer.step(now)
-        assert path.read_text() != original
+        assert f"per_try: {PROPOSED_PER_TRY}" in path.read_text()
         proxy.bus.publish({"v": 1, "type": "call_ok", "upstream": "docs", "method": "tools/list", "tool": None, "calls": 40, "ok": 4})
         proxy.analyzer.step(now + 31)
     (rolled,) = [e for e in proxy.bus.recent() if e["type"] == "proposal_rolled_back"]
@@ -137,14 +162,13 @@ async def test_proposals_endpoint_says_when_the_analyzer_is_off(upstream: FaultU
 
 
 async def test_a_rollback_never_overwrites_an_operators_later_edit(upstream: FaultUpstream, tmp_path: Path) -> None:
-    upstream.fault("resources/read", delay=0.4)
+    upstream.fault("resources/read", delay=UPSTREAM_DELAY_S)
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(file_config(upstream.url)))
     path.chmod(0o600)
     async with running_proxy(load_config(path.read_text(), {}), config_path=path) as proxy, aiohttp.ClientSession() as session:
         assert proxy.analyzer is not None
-        await learn(proxy, session)
-        now = time.time()
+        now = await learn(proxy, session)
         proxy.analyzer.step(now)
         edited = path.read_text() + "# the operator was here\n"
         path.write_text(edited)
