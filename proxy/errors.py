@@ -6,7 +6,8 @@ so policies and the handler never catch a library's error type::
     ProxyError                      reason                  code    HTTP
     ├── UpstreamError
     │   ├── UpstreamUnavailable     upstream_unavailable    -32050  502  never reached / connection failed
-    │   │   └── NeverSent                                                provably not sent: safe to retry
+    │   │   ├── NeverSent                                                provably not sent: safe to retry
+    │   │   └── StreamEndedEarly                                         a read's stream ended cleanly, unanswered
     │   ├── UpstreamTimeout         upstream_timeout        -32051  504  an attempt or the deadline ran out
     │   ├── UpstreamProtocolError   upstream_bad_response   -32055  502  an answer that is not HTTP
     │   │   └── AnswerTooLarge                                           over limits.max_response_bytes
@@ -44,6 +45,7 @@ __all__ = [
     "RateLimited",
     "RetryBudgetExhausted",
     "StreamBroken",
+    "StreamEndedEarly",
     "UnsendableRequest",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -95,11 +97,20 @@ class NeverSent(UpstreamUnavailable):
 
 
 class UpstreamTimeout(UpstreamError):
-    """An attempt or the call's deadline ran out; the upstream may still be executing the request."""
+    """An attempt or the call's deadline ran out; the upstream may still be executing the request.
+
+    `client_paced`: the call's own arguments decide how long it takes (a tool, a resource read), so the
+    timeout is evidence about this request, not about the upstream being up."""
 
     code = -32051
     reason = "upstream_timeout"
     http_status = 504
+
+    def __init__(
+        self, message: str, *, upstream: str | None = None, retry_after: float | None = None, client_paced: bool = False
+    ) -> None:
+        super().__init__(message, upstream=upstream, retry_after=retry_after)
+        self.client_paced = client_paced
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -112,6 +123,11 @@ class UpstreamProtocolError(UpstreamError):
 class AnswerTooLarge(UpstreamProtocolError):
     """The answer is larger than `limits.max_response_bytes`: our limit, not the server failing (a client
     can ask for a huge resource), so it never counts against the upstream."""
+
+
+class StreamEndedEarly(UpstreamUnavailable):
+    """The upstream ended a buffered read's SSE stream cleanly, without the response and without event ids
+    to resume from (it ended the session, or chose to): an answer of sorts, not a broken connection."""
 
 
 class StreamBroken(UpstreamError):

@@ -9,10 +9,17 @@ everything: **an upstream failed as a server only when it did not answer as an a
     connection_lost    the connection broke after sending           failure  failure connect_error
     bad_response       an answer that is not HTTP                   failure  failure -
     stream_broken      an SSE answer broke before its response      failure  failure -
-    timeout            `per_try` ran out after sending              failure  -       timeout
+    timeout            `per_try` ran out after sending, on one of   failure  -       timeout
+                       the protocol's own methods (initialize,
+                       ping, server/discover, */list, ...)
+    timeout, client-   the same on tools/call, resources/read,      -        -       timeout
+      paced            prompts/get, completion/complete: the
+                       client's arguments set how long they take
     http_5xx           HTTP 502/503/504; another 5xx without a      failure  -       http_5xx
                        JSON-RPC body
     http_429           HTTP 429 (+ Retry-After)                     -        -       http_429
+    stream_ended       a read's SSE stream ended cleanly without    -        -       -
+                       its response (the server ended the session)
     session_expired    404 on a session request, or the server's    -        -       session_expired
                        400 "no valid session" answer
     server_error       JSON-RPC -32603 or -32000…-32099 (not        -        -       server_error (opt-in)
@@ -37,6 +44,12 @@ JSON-RPC body has answered (the SDKs send -32603 that way), so only a 5xx *witho
 JSON-RPC error inside a 200 is invisible to an HTTP proxy, visible and deliberately ignored here.
 Application errors can still be counted, per tool and only when configured (`app_breaker`).
 
+A timeout is counted upstream-wide only where the server alone decides how long the call takes: one
+client asking a tool for five minutes of work, five times at once, must not open the breaker for
+everybody (measured: it did, and the same client then took every half-open trial). Such timeouts count
+per tool, in an `app_breaker` with `errors: [timeout]`; a hung server still times out on the protocol's
+own calls and fails its active probes.
+
 The health column is narrower than the breaker's: readiness (a pod leaving its Service) follows the
 transport alone. A timeout or a 503 may be one slow or overloaded tool, which a breaker should shed;
 only a server that cannot be reached or does not speak HTTP makes the pod useless, and active probes
@@ -59,6 +72,7 @@ from proxy.errors import (
     ProxyError,
     ProxyOverloaded,
     StreamBroken,
+    StreamEndedEarly,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -90,6 +104,7 @@ class Failure(StrEnum):
     SERVER_ERROR = "server_error"
     BAD_RESPONSE = "bad_response"
     STREAM_BROKEN = "stream_broken"
+    STREAM_ENDED = "stream_ended"
     CLIENT_ERROR = "client_error"
     TOOL_ERROR = "tool_error"
     ANSWER_TOO_LARGE = "answer_too_large"
@@ -126,6 +141,8 @@ class Verdict:
     http_status: int | None = None
     jsonrpc_code: int | None = None
     message: str = ""
+    client_paced: bool = False
+    """A timeout of a call whose arguments decide its length (`proxy.jsonrpc.CLIENT_PACED_METHODS`)."""
 
     @property
     def ok(self) -> bool:
@@ -134,7 +151,7 @@ class Verdict:
     @property
     def server_failure(self) -> bool:
         """The upstream failed as a server: counts against its breaker."""
-        return self.kind in SERVER_SIDE
+        return self.kind in SERVER_SIDE and not self.client_paced
 
     @property
     def transport_failure(self) -> bool:
@@ -217,9 +234,11 @@ def classify_error(error: ProxyError) -> Verdict:
     if isinstance(error, NeverSent):
         return Verdict(Failure.CONNECT_ERROR, never_sent=True, message=error.message)
     if isinstance(error, UpstreamTimeout):
-        return Verdict(Failure.TIMEOUT, message=error.message)
+        return Verdict(Failure.TIMEOUT, message=error.message, client_paced=error.client_paced)
     if isinstance(error, StreamBroken):
         return Verdict(Failure.STREAM_BROKEN, message=error.message)
+    if isinstance(error, StreamEndedEarly):
+        return Verdict(Failure.STREAM_ENDED, message=error.message)
     if isinstance(error, AnswerTooLarge):
         return Verdict(Failure.ANSWER_TOO_LARGE, message=error.message)
     if isinstance(error, UpstreamProtocolError):
@@ -227,6 +246,11 @@ def classify_error(error: ProxyError) -> Verdict:
     if isinstance(error, UpstreamUnavailable):
         return Verdict(Failure.CONNECTION_LOST, message=error.message)
     return Verdict(Failure.CLIENT_ERROR, message=error.message)  # proxy verdicts: not the upstream's fault
+
+
+def _is_answer(message: Any) -> bool:
+    """A JSON-RPC response (a result or an error): the server answered, whatever the HTTP status says."""
+    return isinstance(message, dict) and ("result" in message or "error" in message)
 
 
 def _is_tool_error(message: Any) -> bool:
@@ -248,7 +272,7 @@ def classify_reply(reply: Reply, had_session: bool, now: float | None = None) ->
         return Verdict(Failure.HTTP_429, retry_after=retry_after, http_status=429, message="upstream rate limited")
     error = response_error(reply.message)
     code, text = error if error is not None else (None, "")
-    if status in GATEWAY_STATUSES or (status >= 500 and error is None):
+    if status in GATEWAY_STATUSES or (status >= 500 and not _is_answer(reply.message)):
         retry_after = parse_retry_after(reply.headers.get("Retry-After"), now)
         return Verdict(
             Failure.HTTP_5XX, retry_after=retry_after, http_status=status, jsonrpc_code=code,

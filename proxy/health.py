@@ -248,7 +248,7 @@ class HealthProber:
         if session is not None:
             headers = {"Mcp-Session-Id": session, "MCP-Protocol-Version": self._version}
             try:
-                reply = await self._upstream.exchange("DELETE", headers, None, self._config.timeout, None)
+                reply = await self._upstream.exchange("DELETE", headers, None, self._config.timeout, None, probe=True)
                 if reply.stream is not None:
                     await reply.stream.close()
             except ProxyError:

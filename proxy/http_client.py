@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import errno
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,7 @@ __all__ = [
     "ConnectionBroken",
     "ConnectionPool",
     "InvalidHeader",
+    "LocalExhaustion",
     "PoolExhausted",
     "Origin",
     "Response",
@@ -59,8 +61,16 @@ class ConnectFailed(Exception):
     """No connection could be had (refused, DNS, timeout, no free slot in time): nothing was sent."""
 
 
-class PoolExhausted(ConnectFailed):
+class LocalExhaustion(ConnectFailed):
+    """The proxy's own resources ran out before anything was sent: not the upstream's doing."""
+
+
+class PoolExhausted(LocalExhaustion):
     """Every connection stayed busy until the connect timeout: the pool's limit, not the upstream, said no."""
+
+
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
+"""Connect failures that are this machine running out (file descriptors, buffers, memory, local ports)."""
 
 
 class ConnectionBroken(Exception):
@@ -487,8 +497,9 @@ class ConnectionPool:
     """Keep-alive connections to one origin: at most `limit` open, idle ones kept `keepalive` seconds.
 
     The most recently used idle connection is reused first (it is the least likely to have been closed
-    by the server). Waiting for a free slot counts against `connect_timeout`, like connecting does:
-    either way nothing has been sent.
+    by the server). Waiting for a free slot and connecting each get `connect_timeout`, and fail apart:
+    a wait that runs out is the pool's limit (`PoolExhausted`), a connect that runs out the upstream's
+    (`ConnectFailed`); either way nothing has been sent.
     """
 
     def __init__(
@@ -580,27 +591,26 @@ class ConnectionPool:
             conn = self._reuse()
             if conn is not None:
                 return conn
-        queued = False
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                reserved = False
-                if self._waiters or self.size >= self._limit:
-                    queued = True
-                    if on_queue is not None:
-                        on_queue(True)
+        reserved = False
+        if self._waiters or self.size >= self._limit:
+            if on_queue is not None:
+                on_queue(True)
+            try:
+                async with asyncio.timeout(self._connect_timeout):
                     handed = await self._wait_turn()
-                    queued = False
-                    if on_queue is not None:
-                        on_queue(False)
-                    if handed is not None:
-                        return handed
-                    reserved = True
-                return await self._connect(reserved)
-        except TimeoutError:
-            if queued:
+            except TimeoutError:
                 raise PoolExhausted(
                     f"all {self._limit} pooled connections stayed busy for {self._connect_timeout:g}s"
                 ) from None
+            if on_queue is not None:
+                on_queue(False)
+            if handed is not None:
+                return handed
+            reserved = True
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await self._connect(reserved)
+        except TimeoutError:
             raise ConnectFailed(f"no connection within {self._connect_timeout:g}s") from None
 
     async def _wait_turn(self) -> _Connection | None:
@@ -657,7 +667,8 @@ class ConnectionPool:
             opened = True
             return conn
         except OSError as exc:
-            raise ConnectFailed(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+            failure = LocalExhaustion if exc.errno in _LOCAL_ERRNOS else ConnectFailed
+            raise failure(f"{type(exc).__name__}: {exc.strerror or exc}") from None
         except UnicodeError:  # a host name IDNA cannot encode: nothing could be sent
             raise ConnectFailed("the upstream host name cannot be encoded (IDNA)") from None
         finally:

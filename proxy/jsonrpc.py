@@ -16,6 +16,7 @@ import orjson
 __all__ = [
     "INVALID_PARAMS",
     "INVALID_REQUEST",
+    "CLIENT_PACED_METHODS",
     "LONG_LIVED_METHODS",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
@@ -46,6 +47,12 @@ READ_METHODS: frozenset[str] = frozenset(
     }
 )
 """Methods that only read: safe to send twice. `*/list` is matched by suffix in `is_read_method`."""
+
+CLIENT_PACED_METHODS: frozenset[str] = frozenset(
+    {"tools/call", "resources/read", "prompts/get", "completion/complete", "sampling/createMessage"}
+)
+"""Methods whose work, and so whose time, the client's arguments decide (a tool asked to do much, a large
+resource): their timeouts say something about the request, not about whether the server is up."""
 
 LONG_LIVED_METHODS: frozenset[str] = frozenset({"subscriptions/listen"})
 """Requests whose SSE answer is a subscription that may stay silent for long: no idle timeout applies."""

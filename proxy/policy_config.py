@@ -126,6 +126,11 @@ class BreakerConfig(ConfigModel):
         """The failure-rate trigger in force, or None in consecutive mode."""
         return self.failure_rate
 
+    @property
+    def failing_clients(self) -> int:
+        """An upstream failure is the upstream's, whoever met it: one client's are enough."""
+        return 1
+
 
 AppErrorKind = Literal["is_error", "timeout"]
 
@@ -135,15 +140,21 @@ class AppBreakerConfig(ConfigModel):
 
     The upstream breaker never counts what the server answered. Where a tool's own failures should
     shed load (a tool that errors for everybody), name the answers that count here: by default a
-    failure *rate* over a window with a minimum volume, so one client's bad calls among many good ones
-    do not trip it, and half-open trials spread over distinct clients.
+    failure *rate* over a window with a minimum volume, and failures from at least two clients, so one
+    client's bad calls never trip it; half-open trials spread over distinct clients.
     """
 
-    on: tuple[AppErrorKind | int, ...] = Field(
+    errors: tuple[AppErrorKind | int, ...] = Field(
         ("is_error",),
         min_length=1,
         description="What counts as the tool failing: is_error (a result with isError: true), timeout, and "
         "JSON-RPC error codes the server answers with (e.g. -32603).",
+    )
+    min_clients: int = Field(
+        2,
+        ge=1,
+        description="Distinct clients whose calls must have failed before it opens: one client's bad arguments "
+        "never close a tool for everybody (1: any failures count).",
     )
     failure_threshold: int | None = Field(
         None, ge=1, description="Consecutive failures that open it (instead of failure_rate)."
@@ -169,6 +180,11 @@ class AppBreakerConfig(ConfigModel):
     def consecutive_threshold(self) -> int | None:
         """The consecutive-failure trigger, or None in failure-rate mode (the default)."""
         return self.failure_threshold
+
+    @property
+    def failing_clients(self) -> int:
+        """Distinct clients among the failures that trip it."""
+        return self.min_clients
 
     @property
     def rate_trigger(self) -> float | None:

@@ -25,10 +25,12 @@ class SSEEvent:
 class SSEParser:
     """Feed it chunks with `feed()`; it returns the events each chunk completed."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "last_event_id")
+    __slots__ = ("_data", "_event", "_id", "_partial", "_pending_cr", "last_event_id")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._partial: list[bytes] = []
+        """The pieces of the unfinished last line, joined only once its end arrives: a long line fed in
+        many chunks costs linear time, not a copy and a re-scan of everything so far per chunk."""
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
@@ -41,12 +43,19 @@ class SSEParser:
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False
-        buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
-            self._pending_cr = buffer.endswith(b"\r")
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
+        if b"\r" in chunk:
+            self._pending_cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in chunk:
+            if chunk:
+                self._partial.append(chunk)
+            return []
+        lines = chunk.split(b"\n")
+        if self._partial:
+            self._partial.append(lines[0])
+            lines[0] = b"".join(self._partial)
+        rest = lines.pop()
+        self._partial = [rest] if rest else []
         events: list[SSEEvent] = []
         for line in lines:
             event = self._line(line)

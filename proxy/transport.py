@@ -8,8 +8,9 @@ passed through chunk by chunk. Errors map to `proxy.errors`:
 - connect refused, DNS failure, connect timeout: `NeverSent`, the request provably did not leave, so
   any call may be retried (a per-try timeout that ends before the request was written becomes
   `NeverSent` too, in the timeout stage, from `Call.written`);
-- no free pooled connection in time (every connection busy): `ProxyOverloaded`, the proxy's own limit,
-  which says nothing about the upstream (`Call.queued` tells the timeout stage the same);
+- no free pooled connection in time (every connection busy), or this machine out of file descriptors,
+  buffers or local ports: `ProxyOverloaded`, the proxy's own condition, which says nothing about the
+  upstream (`Call.queued` tells the timeout stage the same);
 - an answer over `limits.max_response_bytes`: `AnswerTooLarge` (our limit, not a broken server);
 - a header the client sent that cannot be written (a line break in it): `UnsendableRequest`;
 - the per-try timeout after the request was written: `UpstreamTimeout` (the upstream may be executing);
@@ -34,6 +35,7 @@ from proxy.errors import (
     NeverSent,
     ProxyOverloaded,
     StreamBroken,
+    StreamEndedEarly,
     UnsendableRequest,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -46,8 +48,8 @@ from proxy.http_client import (
     ConnectionBroken,
     ConnectionPool,
     InvalidHeader,
+    LocalExhaustion,
     Origin,
-    PoolExhausted,
     Response,
     ResponseTooLarge,
 )
@@ -58,6 +60,8 @@ from proxy.sse import SSEParser
 __all__ = ["HttpUpstream", "SSEBody"]
 
 _EVENT_STREAM = "text/event-stream"
+PROBE_CONNECTIONS = 2
+"""Connections the health probes of one upstream may use: their own, never the clients'."""
 
 
 class SSEBody:
@@ -162,16 +166,19 @@ class HttpUpstream:
         self._origin = Origin(config.url)  # parsed once, not on every request
         self._max_response = limits.max_response_bytes
         self._pool: ConnectionPool | None = None
+        self._probe_pool: ConnectionPool | None = None
         self._retired = False
 
     async def start(self) -> None:
-        """Open the pool. Called from the app's cleanup context, inside the running loop."""
-        self._pool = ConnectionPool(
-            self._origin,
-            limit=self.config.pool.max_connections,
-            keepalive=self.config.pool.keepalive_timeout,
-            connect_timeout=self.config.timeouts.connect,
-        )
+        """Open the pools. Called from the app's cleanup context, inside the running loop.
+
+        Health probes get a pool of their own (`PROBE_CONNECTIONS`): a probe measures the upstream, so it
+        must never queue behind client calls that fill the main pool (a full pool would read as a dead
+        upstream and pull /readyz)."""
+        pool = self.config.pool
+        connect = self.config.timeouts.connect
+        self._pool = ConnectionPool(self._origin, pool.max_connections, pool.keepalive_timeout, connect)
+        self._probe_pool = ConnectionPool(self._origin, PROBE_CONNECTIONS, pool.keepalive_timeout, connect)
 
     def same_connection(self, config: UpstreamConfig, limits: LimitsConfig) -> bool:
         """True when `config` needs exactly this pool (same URL, pool and connect settings, same limits)."""
@@ -187,6 +194,14 @@ class HttpUpstream:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._probe_pool is not None:
+            await self._probe_pool.close()
+            self._probe_pool = None
+
+    def _pool_for(self, probe: bool) -> ConnectionPool:
+        if probe and self._probe_pool is not None:
+            return self._probe_pool
+        return self.pool
 
     @property
     def pool(self) -> ConnectionPool:
@@ -210,7 +225,7 @@ class HttpUpstream:
             call.written = True
 
         def queued(waiting: bool) -> None:
-            call.queued = waiting
+            call.queued = call.queued or waiting  # once queued, a late attempt is our overload's doing
 
         reply = await self.exchange("POST", call.headers, call.body, None, idle, written, queued)
         if call.buffered and reply.stream is not None:
@@ -220,10 +235,11 @@ class HttpUpstream:
     async def request(
         self, headers: Mapping[str, str], body: bytes, request_id: str | int | None, timeout: float
     ) -> Reply:
-        """One standalone JSON-RPC exchange (health probes): the answer read whole, JSON or SSE, within `timeout`."""
+        """One standalone JSON-RPC exchange (health probes, on their own pool): the answer read whole, JSON or
+        SSE, within `timeout`."""
         try:
             async with asyncio.timeout(timeout):
-                reply = await self.exchange("POST", headers, body, None, None)
+                reply = await self.exchange("POST", headers, body, None, None, probe=True)
                 if reply.stream is not None:
                     reply = await self._buffer_stream(reply, request_id)
                     if reply.stream is not None:  # the server asked a question nobody here can answer
@@ -274,7 +290,7 @@ class HttpUpstream:
             elif not handed_on:
                 await stream.close()
         if final is None and parser.last_event_id is None:
-            raise UpstreamUnavailable("upstream stream ended before the response", upstream=self.name)
+            raise StreamEndedEarly("upstream ended the stream before the response", upstream=self.name)
         return Reply(reply.status, reply.headers, body=b"".join(chunks), message=final)
 
     async def exchange(
@@ -286,21 +302,24 @@ class HttpUpstream:
         stream_idle: float | None,
         on_write: Callable[[], None] | None = None,
         on_queue: Callable[[bool], None] | None = None,
+        *,
+        probe: bool = False,
     ) -> Reply:
         """Send one HTTP request upstream; return its answer with the body read or streamed.
 
         `on_write` and `on_queue` are `ConnectionPool.request`'s: the request is about to reach a socket;
-        it queues for (or leaves the queue for) a pooled connection."""
+        it queues for (or leaves the queue for) a pooled connection. `probe`: on the health probes' pool."""
         response: Response | None = None
         try:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
-                response = await self.pool.request(method, headers.items(), body, on_write, on_queue)
+                pool = self._pool_for(probe)
+                response = await pool.request(method, headers.items(), body, on_write, on_queue)
                 out_headers = client_headers(response.header_items)
                 if response.content_type == _EVENT_STREAM:
                     return Reply(response.status, out_headers, stream=SSEBody(response, stream_idle, self.name))
                 raw = await self._read_bounded(response)
-        except PoolExhausted as exc:
-            raise ProxyOverloaded(f"no free upstream connection: {exc}; the request was not sent", upstream=self.name) from None
+        except LocalExhaustion as exc:
+            raise ProxyOverloaded(f"the proxy is out of resources: {exc}; the request was not sent", upstream=self.name) from None
         except ConnectFailed as exc:
             raise NeverSent(f"cannot connect to upstream: {exc}", upstream=self.name) from None
         except TimeoutError:

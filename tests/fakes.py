@@ -75,10 +75,10 @@ def reply_error(code: int, request_id: int = 1, status: int = 200, message: str 
     return Reply(status, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(error), message=error)
 
 
-def reply_result(result: dict[str, Any], request_id: int = 1) -> Reply:
+def reply_result(result: dict[str, Any], request_id: int = 1, status: int = 200) -> Reply:
     """A successful JSON-RPC answer carrying `result`."""
     message = {"jsonrpc": "2.0", "id": request_id, "result": result}
-    return Reply(200, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(message), message=message)
+    return Reply(status, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(message), message=message)
 
 
 Outcome = Reply | BaseException

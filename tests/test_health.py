@@ -25,7 +25,7 @@ from proxy.failures import CANCELLED, classify_error, classify_reply
 from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.policies.base import Call
 from proxy.transport import HttpUpstream
-from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_result, reply_status
+from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_result, reply_status, tool_call
 from tests.fault_upstream import FaultUpstream
 from tests.servers.everything import build_app
 
@@ -698,3 +698,28 @@ async def test_start_is_a_no_op_when_active_checks_are_off(upstream: FaultUpstre
     await probe.prober.stop()
     assert upstream.attempts == {}
 
+
+
+async def test_a_pool_full_of_client_calls_never_fails_a_probe(upstream: FaultUpstream) -> None:
+    """Probes have connections of their own: clients holding every pooled connection (stuck calls,
+    streams) is the proxy's load, and must not read as a dead upstream and pull /readyz."""
+    upstream.fault("tools/call", "lookup", hang=True)
+    config = UpstreamConfig.model_validate(
+        {"name": "up", "url": upstream.url, "pool": {"max_connections": 1},
+         "health": {"active": {"protocol": "modern", "timeout": "2s"}}}
+    )  # fmt: skip
+    transport = HttpUpstream(config, LimitsConfig())
+    await transport.start()
+    try:
+        health = UpstreamHealth("up", config.health, Events(), FakeClock())
+        prober = HealthProber(transport, health, FakeClock(), lambda: 0.5)
+        stuck = asyncio.create_task(transport.send(make_call(tool_call("lookup"))))
+        await asyncio.wait_for(upstream.arrived.wait(), 10)
+        assert transport.pool.size == 1
+        for _ in range(3):
+            assert await prober.probe_once() is True
+        assert health.state == "healthy"
+        stuck.cancel()
+        await asyncio.gather(stuck, return_exceptions=True)
+    finally:
+        await transport.close()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import socket
 import struct
 import threading
@@ -25,6 +27,7 @@ from proxy.http_client import (
     ConnectFailed,
     ConnectionBroken,
     ConnectionPool,
+    LocalExhaustion,
     Origin,
     PoolExhausted,
     ResponseTooLarge,
@@ -785,3 +788,77 @@ def test_a_connection_whose_end_and_close_arrive_together_is_not_handed_to_the_n
     finally:
         listener.close()
     assert outcome == "never sent" and written == []
+
+
+def closing_after(gate: asyncio.Event) -> Script:
+    """Answer one request with OK and `Connection: close` once `gate` is set: the slot frees, no connection does."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await gate.wait()
+        writer.write(OK.replace(b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nConnection: close\r\n"))
+        await writer.drain()
+        writer.close()
+
+    return script
+
+
+async def test_a_slow_connect_after_queueing_is_the_upstreams_not_the_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiting for a slot and connecting get a timer each: a request handed a free slot late and then
+    unable to connect in time failed to connect (the upstream's doing), it did not find the pool full."""
+    gate = asyncio.Event()
+    async with RawServer(closing_after(gate)) as server, pool_for(server, limit=1, connect_timeout=1.0) as pool:
+        first = asyncio.create_task(call(pool))
+        await until(lambda: pool.size == 1)
+        second = asyncio.create_task(call(pool))
+        await until(lambda: len(pool._waiters) == 1)
+
+        async def never_connects(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(pool.loop, "create_connection", never_connects)
+        gate.set()
+        assert await first == (200, b"{}")
+        with pytest.raises(ConnectFailed, match="no connection within 1s") as failed:
+            await second
+        assert not isinstance(failed.value, PoolExhausted)
+
+
+@pytest.mark.parametrize(
+    ("number", "local"),
+    [(errno.EMFILE, True), (errno.ENFILE, True), (errno.EADDRNOTAVAIL, True), (errno.ECONNREFUSED, False)],
+    ids=["EMFILE", "ENFILE", "EADDRNOTAVAIL", "ECONNREFUSED"],
+)
+async def test_this_machine_running_out_is_a_local_exhaustion(monkeypatch: pytest.MonkeyPatch, number: int, local: bool) -> None:
+    async with RawServer(answering(OK)) as server, pool_for(server) as pool:
+
+        async def refused(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(number, os.strerror(number))
+
+        monkeypatch.setattr(pool.loop, "create_connection", refused)
+        with pytest.raises(ConnectFailed) as failed:
+            await call(pool)
+        assert isinstance(failed.value, LocalExhaustion) is local
+        assert pool.size == 0
+
+
+async def test_a_wait_for_a_slot_does_not_eat_the_connect_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slot that frees after 1.2 s and a connect that takes 1.2 s both fit a 2 s connect timeout:
+    one timer over both would have failed the connect and blamed the upstream for the pool's wait."""
+    gate = asyncio.Event()
+    async with RawServer(closing_after(gate)) as server, pool_for(server, limit=1, connect_timeout=2.0) as pool:
+        first = asyncio.create_task(call(pool))
+        await until(lambda: pool.size == 1)
+        real_connect = pool.loop.create_connection
+
+        async def slow_connect(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(1.2)  # a far upstream's handshake, not synchronisation
+            return await real_connect(*args, **kwargs)
+
+        monkeypatch.setattr(pool.loop, "create_connection", slow_connect)
+        second = asyncio.create_task(call(pool))
+        await asyncio.sleep(1.2)  # the slot stays taken this long
+        gate.set()
+        assert await first == (200, b"{}")
+        assert await second == (200, b"{}")
+        assert server.connections == 2

@@ -34,3 +34,41 @@ def test_unfinished_event_is_not_dispatched() -> None:
     parser = SSEParser()
     assert parser.feed(b"data: partial\n") == []
     assert parser.feed(b"\n") == [SSEEvent("partial")]
+
+
+MIXED = (
+    b"event: message\r\ndata: {\"a\":1}\r\n\r\n"
+    b": a comment\rdata: line one\rdata: line two\r\r"
+    b"id: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n\n"
+    b"data: \xe2\x82\xac multi-byte\r\n\r\n"
+)
+
+
+def events_of(chunks: list[bytes]) -> list[tuple[str, str, str | None]]:
+    parser = SSEParser()
+    return [(e.data, e.event, e.id) for chunk in chunks for e in parser.feed(chunk)]
+
+
+def test_every_way_of_cutting_the_stream_in_three_gives_the_same_events() -> None:
+    """Chunk boundaries fall anywhere on the wire: inside a CRLF, a multi-byte character, a field name."""
+    whole = events_of([MIXED])
+    assert [data for data, _, _ in whole] == ['{"a":1}', "line one\nline two", '{"jsonrpc":"2.0","id":3,"result":{}}',
+                                              "\u20ac multi-byte"]  # fmt: skip
+    n = len(MIXED)
+    for i in range(n + 1):
+        for j in range(i, n + 1):
+            assert events_of([MIXED[:i], MIXED[i:j], MIXED[j:]]) == whole, (i, j)
+
+
+def test_a_long_line_in_many_small_chunks_is_parsed_in_linear_time() -> None:
+    """A 16 MiB event fed in 1 KiB pieces: 16384 feeds, each of which must look at its own bytes only
+    (the quadratic parser copied and re-split everything so far on each feed). Asserted by the work
+    done, not by time: the pieces are joined exactly once."""
+    parser = SSEParser()
+    parser.feed(b"data: ")
+    piece = b"x" * 1024
+    for _ in range(16 * 1024):
+        assert parser.feed(piece) == []
+    assert len(parser._partial) == 16 * 1024 + 1  # kept as pieces, never re-joined along the way
+    (event,) = parser.feed(b"\n\n")
+    assert len(event.data) == 16 * 1024 * 1024 and parser._partial == []

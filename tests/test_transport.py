@@ -11,7 +11,8 @@ import pytest
 
 from proxy.app import running_proxy
 from proxy.config import LimitsConfig, UpstreamConfig
-from proxy.errors import NeverSent, UpstreamProtocolError
+from proxy.errors import NeverSent, StreamEndedEarly, UpstreamProtocolError, UpstreamUnavailable
+from proxy.failures import Failure, classify_error
 from proxy.transport import HttpUpstream
 from tests.conftest import proxy_config
 from tests.fakes import make_call
@@ -51,6 +52,34 @@ async def test_a_buffered_sse_read_gives_its_connection_back_once_the_stream_end
                 assert (reply.stream, reply.message) == (None, json.loads(FINAL))
                 await until(lambda: transport.pool.idle == 1)
     assert server.connections == 1
+
+
+async def test_a_read_whose_stream_the_server_ends_cleanly_unanswered_is_not_a_broken_connection() -> None:
+    """A server that ends a session (a client's DELETE) ends that session's open streams cleanly, with
+    no response: the server's choice, not a transport failure that could open the breaker or pull
+    /readyz. A stream cut mid-way (no terminating chunk) still is one."""
+    progress = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}'
+
+    async def ended(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(progress) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(progress))
+        await writer.drain()
+        writer.close()
+
+    async with RawServer(ended) as server, upstream_for(server) as transport:
+        with pytest.raises(StreamEndedEarly) as caught:
+            await transport.send(make_call(LIST))
+    verdict = classify_error(caught.value)
+    assert (verdict.kind, verdict.server_failure, verdict.transport_failure) == (Failure.STREAM_ENDED, False, False)
+    async with RawServer(cut) as server, upstream_for(server) as transport:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await transport.send(make_call(LIST))
+    assert not isinstance(caught.value, StreamEndedEarly) and classify_error(caught.value).transport_failure
 
 
 async def test_a_standalone_request_whose_server_asks_the_client_something_fails_and_frees_its_connection() -> None:

@@ -14,8 +14,9 @@ Two kinds of breaker, both built on `Breaker`, differing only in what counts (`J
   result) proves it up and counts as a success; a 429, the proxy's own overload and a cancelled call
   count as nothing. So no client's mistake can open it for everybody.
 - the **application breaker** (`app_breaker`, off unless configured; one per tool, or per method
-  outside `tools/call`) counts the application errors the user names (`on`: `is_error`, `timeout`,
-  JSON-RPC codes) against that tool alone, by failure rate over a window once `min_calls` were seen.
+  outside `tools/call`) counts the application errors the user names (`errors`: `is_error`, `timeout`,
+  JSON-RPC codes) against that tool alone, by failure rate over a window once `min_calls` were seen,
+  and only when the failures came from at least `min_clients` distinct clients.
 
 Both:
 
@@ -38,12 +39,11 @@ with another. State changes are logged and exported as metrics.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
 import pybreaker
-from cachetools import LRUCache
 
 from proxy.errors import CircuitOpen
 from proxy.failures import CANCELLED, Failure, Verdict, judged
@@ -74,8 +74,8 @@ def upstream_judge(verdict: Verdict) -> bool | None:
 
 def application_judge(config: AppBreakerConfig) -> Judge:
     """An application breaker: the outcomes `config.on` names fail, a clean answer succeeds."""
-    codes = frozenset(item for item in config.on if isinstance(item, int))
-    is_error, timeout = "is_error" in config.on, "timeout" in config.on
+    codes = frozenset(item for item in config.errors if isinstance(item, int))
+    is_error, timeout = "is_error" in config.errors, "timeout" in config.errors
 
     def judge(verdict: Verdict) -> bool | None:
         if verdict.ok:
@@ -104,7 +104,8 @@ class Breaker:
     """One circuit."""
 
     __slots__ = ("_asked", "_cause", "_cb", "_clock", "_failed_clients", "_half_open_at", "_judge", "_last_failure",
-                 "_observer", "_opened_at", "_outcomes", "_period", "_trial_clients", "config", "name", "upstream")  # fmt: skip
+                 "_observer", "_opened_at", "_outcomes", "_period", "_streak_clients", "_trial_clients", "config", "name",
+                 "upstream")  # fmt: skip
 
     def __init__(
         self,
@@ -130,7 +131,9 @@ class Breaker:
         """Clients whose trial of this period failed."""
         self._asked: set[str] | None = set()
         """Clients refused or admitted since the breaker opened (None: more than `MAX_ASKED`)."""
-        self._outcomes: deque[tuple[float, bool]] = deque()
+        self._outcomes: deque[tuple[float, bool, str]] = deque()
+        self._streak_clients: set[str] = set()
+        """Distinct clients of the current run of consecutive failures (up to `failing_clients` of them)."""
         self._cause = ""
         self._last_failure: Verdict | None = None
         self._cb = pybreaker.CircuitBreaker(
@@ -168,6 +171,7 @@ class Breaker:
         self._trial_clients.clear()
         self._failed_clients.clear()
         self._outcomes.clear()
+        self._streak_clients.clear()
         self._observer.policy_event(
             "breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new,
             cause=self._cause if new == OPEN else None, last_failure=self.last_failure if new == OPEN else None,
@@ -253,28 +257,38 @@ class Breaker:
             return  # a call admitted before the breaker opened: its outcome is stale
         if failed:
             storage.increment_counter()
+            if len(self._streak_clients) < self.config.failing_clients:
+                self._streak_clients.add(client)
         else:
             storage.reset_counter()
-        cause = self._tripped(failed)
+            self._streak_clients.clear()
+        cause = self._tripped(failed, client)
         if cause is not None:
             self._open(cause)
 
-    def _tripped(self, failed: bool) -> str | None:
-        """Record the outcome; why the breaker must open when a failure just crossed the threshold."""
+    def _tripped(self, failed: bool, client: str) -> str | None:
+        """Record the outcome; why the breaker must open when a failure just crossed the threshold (and
+        the failures came from enough distinct clients)."""
         config = self.config
         rate = config.rate_trigger
         if rate is None:
             threshold = config.consecutive_threshold or _NO_CONSECUTIVE_LIMIT
-            return f"{self.failures} consecutive failures" if failed and self.failures >= threshold else None
+            if failed and self.failures >= threshold and len(self._streak_clients) >= config.failing_clients:
+                return f"{self.failures} consecutive failures"
+            return None
         now = self._clock.monotonic()
-        self._outcomes.append((now, failed))
+        self._outcomes.append((now, failed, client))
         while self._outcomes and self._outcomes[0][0] <= now - config.window:
             self._outcomes.popleft()
+        if not failed:
+            return None
         calls = len(self._outcomes)
-        failures = sum(f for _, f in self._outcomes)
-        if failed and calls >= config.min_calls and failures / calls >= rate:
-            return f"{failures} of {calls} calls failed within {config.window:g}s"
-        return None
+        failures = sum(f for _, f, _ in self._outcomes)
+        if calls < config.min_calls or failures / calls < rate:
+            return None
+        if config.failing_clients > 1 and len({c for _, f, c in self._outcomes if f}) < config.failing_clients:
+            return None
+        return f"{failures} of {calls} calls failed within {config.window:g}s"
 
     def snapshot(self) -> dict[str, Any]:
         """What /status shows of this breaker."""
@@ -284,6 +298,36 @@ class Breaker:
             "cause": self._cause or None,
             "last_failure": self.last_failure,
         }
+
+
+BreakerKey = tuple[BreakerConfig | AppBreakerConfig, str | None]
+
+
+class _Breakers:
+    """Breakers by (config, tool), at most `MAX_TOOL_BREAKERS`. Tool names come from clients, so the map
+    is bounded; when it is full the least recently used *closed* breaker goes: dropping an open one
+    would let calls through to a failing tool, so one goes only when every breaker is open."""
+
+    __slots__ = ("_items", "_limit")
+
+    def __init__(self, limit: int = MAX_TOOL_BREAKERS) -> None:
+        self._items: OrderedDict[BreakerKey, Breaker] = OrderedDict()
+        self._limit = limit
+
+    def get(self, key: BreakerKey) -> Breaker | None:
+        breaker = self._items.get(key)
+        if breaker is not None:
+            self._items.move_to_end(key)
+        return breaker
+
+    def add(self, key: BreakerKey, breaker: Breaker) -> None:
+        if len(self._items) >= self._limit:
+            victim = next((k for k, b in self._items.items() if b.state == CLOSED), next(iter(self._items)))
+            del self._items[victim]
+        self._items[key] = breaker
+
+    def values(self) -> list[Breaker]:
+        return list(self._items.values())
 
 
 class BreakerStage:
@@ -296,16 +340,15 @@ class BreakerStage:
         self._upstream = upstream
         self._clock = clock
         self._observer = observer
-        self._breakers: LRUCache[tuple[BreakerConfig | AppBreakerConfig, str | None], Breaker] = LRUCache(
-            maxsize=MAX_TOOL_BREAKERS
-        )
+        self._breakers = _Breakers()
 
     def _breaker(self, config: BreakerConfig | AppBreakerConfig, tool: str | None, judge: Callable[[], Judge]) -> Breaker:
         key = (config, tool)
         breaker = self._breakers.get(key)
         if breaker is None:
             name = self._upstream if tool is None else f"{self._upstream}/{tool}"
-            breaker = self._breakers[key] = Breaker(self._upstream, name, config, self._clock, self._observer, judge())
+            breaker = Breaker(self._upstream, name, config, self._clock, self._observer, judge())
+            self._breakers.add(key, breaker)
         return breaker
 
     def breaker_for(self, call: Call) -> Breaker | None:
@@ -325,7 +368,7 @@ class BreakerStage:
 
     @property
     def breakers(self) -> list[Breaker]:
-        return list(self._breakers.values())
+        return self._breakers.values()
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         breaker = self.breaker_for(call)

@@ -23,6 +23,7 @@ import time
 from typing import Final
 
 from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
+from proxy.jsonrpc import CLIENT_PACED_METHODS
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 
 __all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
@@ -57,7 +58,7 @@ class TimeoutStage:
             if not call.written:
                 raise _still_waiting(call, limit) from None
             self._timed_out(call, limit, observing=False)
-            raise UpstreamTimeout(f"upstream did not answer within {limit:.3g}s", upstream=call.upstream) from None
+            raise _timeout(call, limit) from None
 
     def _timed_out(self, call: Call, limit: float, observing: bool) -> None:
         self._observer.policy_event("timeout", call, limit_ms=round(limit * 1000, 3), observing=observing)
@@ -86,7 +87,7 @@ class TimeoutStage:
             watcher.add_done_callback(_observing.discard)
         else:
             attempt.cancel()
-        raise UpstreamTimeout(f"upstream did not answer within {limit:.3g}s", upstream=call.upstream)
+        raise _timeout(call, limit)
 
     async def _watch(self, attempt: asyncio.Future[Reply], call: Call, limit: float, started: float) -> None:
         """Wait (bounded) for a timed-out attempt, record when it finished, and throw its answer away."""
@@ -105,9 +106,17 @@ class TimeoutStage:
         self._observer.policy_event("timeout_observed", call, **fields)
 
 
+def _timeout(call: Call, limit: float) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"upstream did not answer within {limit:.3g}s",
+        upstream=call.upstream,
+        client_paced=call.method in CLIENT_PACED_METHODS,
+    )
+
+
 def _still_waiting(call: Call, limit: float) -> NeverSent | ProxyOverloaded:
-    """The attempt ran out of time before its request reached a socket: not an upstream timeout. Queued
-    for a pooled connection (all busy), it is the proxy's own overload; still connecting, the upstream
+    """The attempt ran out of time before its request reached a socket: not an upstream timeout. If it had
+    to queue for a pooled connection (all busy), it is the proxy's own overload; otherwise the upstream
     did not accept in time, which any call may retry since the upstream never saw the request."""
     if call.queued:
         return ProxyOverloaded(

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.errors import CircuitOpen, UpstreamTimeout, UpstreamUnavailable
 from proxy.policies.base import Call
-from proxy.policies.breaker import BreakerStage
+from proxy.policies.breaker import MAX_TOOL_BREAKERS, BreakerStage
 from tests.fakes import (
     FakeClock,
     FakeUpstream,
@@ -350,10 +350,10 @@ async def test_no_application_breaker_unless_configured() -> None:
 async def test_application_breaker_opens_on_the_failure_rate_of_one_tool_only() -> None:
     clock, events = FakeClock(), Events()
     stage = BreakerStage("up", clock, events)
-    for _ in range(3):
-        await stage(tool_from("a"), FakeUpstream(IS_ERROR))  # 3 of 3: under min_calls
+    for name in ("a", "b", "a"):
+        await stage(tool_from(name), FakeUpstream(IS_ERROR))  # 3 of 3: under min_calls
     await stage(tool_from("a"), FakeUpstream(reply_ok()))  # 3 of 4 = 75%, a success never trips it
-    await stage(tool_from("a"), FakeUpstream(IS_ERROR))  # 4 of 5 >= 50%
+    await stage(tool_from("b"), FakeUpstream(IS_ERROR))  # 4 of 5 >= 50%, from two clients
     assert events.transitions() == [("up/search", "open")]
     with pytest.raises(CircuitOpen) as caught:
         await stage(tool_from("b"), FakeUpstream())
@@ -365,7 +365,7 @@ async def test_application_breaker_opens_on_the_failure_rate_of_one_tool_only() 
 
 
 @pytest.mark.parametrize(
-    ("on", "outcome", "counts"),
+    ("errors", "outcome", "counts"),
     [
         (["is_error"], IS_ERROR, True),
         (["is_error"], reply_error(-32603), False),
@@ -376,9 +376,9 @@ async def test_application_breaker_opens_on_the_failure_rate_of_one_tool_only() 
         (["is_error"], UpstreamTimeout("slow"), False),
     ],
 )
-async def test_application_breaker_counts_only_what_it_names(on: list[Any], outcome: Any, counts: bool) -> None:
+async def test_application_breaker_counts_only_what_it_names(errors: list[Any], outcome: Any, counts: bool) -> None:
     stage = BreakerStage("up", FakeClock())
-    config = app_config(on=on, min_calls=1)
+    config = app_config(errors=errors, min_calls=1, min_clients=1)
     try:
         await stage(tool_from("a", config=config), FakeUpstream(outcome))
     except UpstreamTimeout:
@@ -387,13 +387,25 @@ async def test_application_breaker_counts_only_what_it_names(on: list[Any], outc
     assert app.state == ("open" if counts else "closed")
 
 
+@pytest.mark.parametrize("mode", [{}, {"failure_threshold": 3}], ids=["rate", "consecutive"])
+async def test_one_clients_failures_alone_never_open_the_application_breaker(mode: dict[str, Any]) -> None:
+    """min_clients (default 2): one client's bad arguments, however many, are that client's problem."""
+    clock, events = FakeClock(), Events()
+    stage = BreakerStage("up", clock, events)
+    for _ in range(50):
+        await stage(tool_from("bad", config=app_config(**mode)), FakeUpstream(IS_ERROR))
+    assert events.transitions() == []
+    await stage(tool_from("other", config=app_config(**mode)), FakeUpstream(IS_ERROR))  # a second client: it is the tool
+    assert events.transitions() == [("up/search", "open")]
+
+
 async def test_a_bad_client_cannot_keep_the_application_breaker_open() -> None:
     """The issue's case: one client calls a tool once a second with a call that always fails. At each
     half-open its call takes one trial slot and fails; the next good client's success closes it."""
     clock, events = FakeClock(), Events()
     stage = BreakerStage("up", clock, events)
-    for _ in range(4):
-        await stage(tool_from("bad"), FakeUpstream(IS_ERROR))
+    for name in ("bad", "other", "bad", "other"):
+        await stage(tool_from(name), FakeUpstream(IS_ERROR))
     assert events.transitions() == [("up/search", "open")]
     with pytest.raises(CircuitOpen):
         await stage(tool_from("good"), FakeUpstream(reply_ok()))  # the good client is refused while open
@@ -421,3 +433,16 @@ async def test_an_upstream_breaker_refusal_gives_the_application_trial_slot_back
     clock.advance(5)
     await stage(tool_from("a", config=config), FakeUpstream(reply_ok()))  # the app trial slot was given back
     assert {b.name: b.state for b in stage.breakers} == {"up/search": "closed", "up/other": "closed", "up": "closed"}
+
+
+async def test_a_flood_of_invented_tool_names_never_evicts_an_open_breaker() -> None:
+    """Per-tool breakers are bounded (tool names come from clients); the closed ones go first, so calls
+    never reach a failing tool again because a client invented 1000 names."""
+    stage = BreakerStage("up", FakeClock())
+    config = upstream_config(breaker={"scope": "tool", "failure_threshold": 1})
+    await fail(stage, make_call(tool_call("bad"), config), FakeUpstream(UpstreamTimeout("slow")), 1)
+    for n in range(MAX_TOOL_BREAKERS + 10):
+        await stage(make_call(tool_call(f"invented-{n}"), config), FakeUpstream(reply_ok()))
+    assert len(stage.breakers) == MAX_TOOL_BREAKERS
+    with pytest.raises(CircuitOpen, match="tool bad of upstream up is open"):
+        await stage(make_call(tool_call("bad"), config), FakeUpstream(reply_ok()))

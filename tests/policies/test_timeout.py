@@ -1,0 +1,60 @@
+"""The per-try timeout: which timeouts say the upstream is down, and which only say a request was big."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.errors import UpstreamTimeout
+from proxy.failures import Failure, classify_error
+from proxy.pipeline import build_pipeline
+from proxy.policies.breaker import BreakerStage
+from proxy.policies.timeout import TimeoutStage
+from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, tool_call, upstream_config
+
+LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+READ = b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"big://file"}}'
+
+
+def hanging() -> FakeUpstream:
+    upstream = FakeUpstream(reply_ok())
+    upstream.gate = asyncio.Event()  # never set: every attempt runs out of time, on any machine
+    return upstream
+
+
+CONFIG = upstream_config(breaker={"failure_threshold": 1}, timeouts={"per_try": "10ms"}, retry={"max_attempts": 1})
+
+
+@pytest.mark.parametrize("body", [tool_call("slow", seconds=300), READ], ids=["tools/call", "resources/read"])
+async def test_a_timeout_of_a_call_the_client_paces_never_opens_the_upstream_breaker(body: bytes) -> None:
+    """One client asking a tool for minutes of work, many times, must not cut everybody off."""
+    breaker = BreakerStage("up", FakeClock())
+    pipeline = build_pipeline(hanging(), {"breaker": breaker, "timeout": TimeoutStage(FakeClock())})
+    for _ in range(10):
+        with pytest.raises(UpstreamTimeout) as timed_out:
+            await pipeline(make_call(body, CONFIG))
+        verdict = classify_error(timed_out.value)
+        assert (verdict.kind, verdict.client_paced, verdict.server_failure) == (Failure.TIMEOUT, True, False)
+    assert [b.state for b in breaker.breakers] == ["closed"]
+
+
+async def test_a_timeout_of_the_protocols_own_methods_counts() -> None:
+    breaker = BreakerStage("up", FakeClock())
+    pipeline = build_pipeline(hanging(), {"breaker": breaker, "timeout": TimeoutStage(FakeClock())})
+    with pytest.raises(UpstreamTimeout) as timed_out:
+        await pipeline(make_call(LIST, CONFIG))
+    assert classify_error(timed_out.value).server_failure
+    assert [b.state for b in breaker.breakers] == ["open"]
+
+
+async def test_an_app_breaker_can_count_a_tools_timeouts() -> None:
+    config = upstream_config(
+        timeouts={"per_try": "10ms"}, app_breaker={"errors": ["timeout"], "failure_threshold": 2, "min_clients": 1}
+    )
+    breaker = BreakerStage("up", FakeClock())
+    pipeline = build_pipeline(hanging(), {"breaker": breaker, "timeout": TimeoutStage(FakeClock())})
+    for _ in range(2):
+        with pytest.raises(UpstreamTimeout):
+            await pipeline(make_call(tool_call("slow"), config))
+    assert {b.name: b.state for b in breaker.breakers} == {"up": "closed", "up/slow": "open"}
