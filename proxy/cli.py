@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from proxy import __version__
-from proxy.config import ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
+from proxy.config import ADDRESS_CLASH, ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
 from proxy.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -228,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        return _config_error("invalid configuration:", exc)
+        code = _config_error("invalid configuration:", exc)
+        # Two listeners on one address is the bind failure it would become: the same exit code as a port in use.
+        return EXIT_BIND if all(ADDRESS_CLASH in line for line in exc.errors) else code
     configure_logging(config.logging.level, config.logging.format)
     _install_uvloop()
     from proxy.app import BindError

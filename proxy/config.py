@@ -76,6 +76,10 @@ LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]", "::1")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+ADDRESS_CLASH = "must not be the same address as listen"
+"""The error of an admin listener on the listen address: `serve` reports it as the bind error it would be."""
+
+
 class ConfigError(Exception):
     """A configuration that cannot be used; `errors` holds one ``path: message`` line per problem."""
 
@@ -232,7 +236,7 @@ class ProxyConfig(ConfigModel):
         problems: list[tuple[tuple[int | str, ...], str]] = []
         overlap = _listener_overlap((self.listen.host, self.listen.port), (self.admin.host, self.admin.port))
         if overlap is not None:
-            problems.append((("admin",), f"must not be the same address as listen ({overlap})"))
+            problems.append((("admin",), f"{ADDRESS_CLASH} ({overlap})"))
         first: dict[tuple[str, str], int] = {}
         for index, upstream in enumerate(self.upstreams):
             for label, value in (("name", upstream.name), ("path", upstream.path)):

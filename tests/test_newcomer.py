@@ -114,11 +114,12 @@ def test_validate_rejects_listen_equal_to_admin(tmp_path: Path, listen_host: str
 
 
 def test_serve_refuses_listen_equal_to_admin_before_binding(busy_port: int) -> None:
-    # The port is taken: had serve tried to bind it, it would say so and exit 2.
+    # The port is taken: had serve tried to bind it, it would name the port in use. It says why the two
+    # listeners clash instead, with the exit code of a bind failure (2), which is what it would become.
     address = f"127.0.0.1:{busy_port}"
     result = run_cli("serve", "--upstream", "http://127.0.0.1:9/mcp", "--listen", address, "--admin", address)
     assert (result.returncode, result.stderr.splitlines()) == (
-        1,
+        2,
         ["invalid configuration:", f"  admin: must not be the same address as listen ({address})"],
     )
 
