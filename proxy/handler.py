@@ -233,7 +233,7 @@ class McpHandler:
                     _learn_annotations(route, call, reply.message)
                 else:
                     self._answered_with_failure(runtime, call, reply, outcome)
-                return web.Response(status=reply.status, body=reply.body, headers=_with_extra(reply))
+                return web.Response(status=reply.status, reason=reply.reason, body=reply.body, headers=_with_extra(reply))
             def settle(value: str) -> None:
                 nonlocal outcome
                 outcome = value
@@ -352,7 +352,7 @@ class McpHandler:
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
             return _error_response(exc, None)
         if reply.stream is None:
-            return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+            return web.Response(status=reply.status, reason=reply.reason, body=reply.body, headers=reply.headers)
         try:
             response = await _start_stream(request, reply)
         except BaseException:
@@ -427,7 +427,7 @@ def _with_extra(reply: Reply) -> Any:
 
 
 async def _start_stream(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
-    response = web.StreamResponse(status=reply.status, headers=_with_extra(reply))
+    response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=_with_extra(reply))
     response.headers["X-Accel-Buffering"] = "no"
     await response.prepare(request)
     return response

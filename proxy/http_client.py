@@ -57,6 +57,10 @@ _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
 
 
+MAX_REASON = 256
+"""Longest reason phrase passed on to the client (it is a courtesy text, never needed)."""
+
+
 class ConnectFailed(Exception):
     """No connection could be had (refused, DNS, timeout, no free slot in time): nothing was sent."""
 
@@ -138,6 +142,7 @@ class _Connection(asyncio.Protocol):
         "idle_since",
         "keep_alive",
         "limit",
+        "reason",
         "received",
         "status",
     )
@@ -157,6 +162,7 @@ class _Connection(asyncio.Protocol):
         self._discard_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self.status = 0
+        self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.buffered = 0
         self.received = 0
@@ -312,10 +318,12 @@ class _Connection(asyncio.Protocol):
         if self.complete:
             raise BadResponse("a second response arrived for one request")
         self.headers = []
+        self.reason = b""
         self._head_bytes = 0
 
     def on_status(self, status: bytes) -> None:
         self._count_head(len(status))
+        self.reason += status  # the reason phrase; llhttp may hand it over in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value))
@@ -389,12 +397,15 @@ class _Connection(asyncio.Protocol):
 class Response:
     """The status and headers of one upstream answer, and its body still to be read (or abandoned)."""
 
-    __slots__ = ("_conn", "_done", "content_length", "content_type", "header_items", "status")
+    __slots__ = ("_conn", "_done", "content_length", "content_type", "header_items", "reason", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self._done = False
         self.status = conn.status
+        reason = conn.reason.decode("latin-1")
+        self.reason = reason if len(reason) <= MAX_REASON and reason.isprintable() else ""
+        """The reason phrase as the server sent it ("" when it had none, or one unfit to repeat)."""
         self.content_type = ""
         """The media type alone, lower case (``application/json``), or "" without a Content-Type."""
         self.content_length: int | None = None

@@ -279,7 +279,7 @@ class HttpUpstream:
                         break
                     if _asks_the_client(event.data):
                         handed_on = True
-                        return Reply(reply.status, reply.headers, stream=_Replay(chunks, stream))
+                        return Reply(reply.status, reply.headers, stream=_Replay(chunks, stream), reason=reply.reason)
                 if final is not None:
                     break
         except StreamBroken as exc:
@@ -291,7 +291,7 @@ class HttpUpstream:
                 await stream.close()
         if final is None and parser.last_event_id is None:
             raise StreamEndedEarly("upstream ended the stream before the response", upstream=self.name)
-        return Reply(reply.status, reply.headers, body=b"".join(chunks), message=final)
+        return Reply(reply.status, reply.headers, body=b"".join(chunks), message=final, reason=reply.reason)
 
     async def exchange(
         self,
@@ -316,7 +316,8 @@ class HttpUpstream:
                 response = await pool.request(method, headers.items(), body, on_write, on_queue)
                 out_headers = client_headers(response.header_items)
                 if response.content_type == _EVENT_STREAM:
-                    return Reply(response.status, out_headers, stream=SSEBody(response, stream_idle, self.name))
+                    stream = SSEBody(response, stream_idle, self.name)
+                    return Reply(response.status, out_headers, stream=stream, reason=response.reason or None)
                 raw = await self._read_bounded(response)
         except LocalExhaustion as exc:
             raise ProxyOverloaded(f"the proxy is out of resources: {exc}; the request was not sent", upstream=self.name) from None
@@ -340,7 +341,8 @@ class HttpUpstream:
             if response is not None:
                 response.close()
             raise
-        return Reply(response.status, out_headers, body=raw, message=_parse_json(response.content_type, raw))
+        message = _parse_json(response.content_type, raw)
+        return Reply(response.status, out_headers, body=raw, message=message, reason=response.reason or None)
 
     async def _read_bounded(self, response: Response) -> bytes:
         length = response.content_length

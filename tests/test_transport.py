@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from proxy.app import running_proxy
@@ -17,7 +18,7 @@ from proxy.transport import HttpUpstream
 from tests.conftest import proxy_config
 from tests.fakes import make_call
 from tests.fault_upstream import FaultUpstream
-from tests.test_forwarding import call_tool, post
+from tests.test_forwarding import JSON_HEADERS, call_tool, post
 from tests.test_http_client import SSE_HEAD, RawServer, read_request, sse_chunk, until
 
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
@@ -143,3 +144,15 @@ async def test_a_try_that_times_out_waiting_for_a_pooled_connection_is_the_proxy
 def test_a_host_name_that_is_not_a_dns_name_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="host name is not a valid DNS name"):
         UpstreamConfig.model_validate({"name": "up", "url": f"http://{'a' * 64}.example/mcp"})
+
+
+async def test_the_upstreams_status_line_reaches_the_client_with_its_own_reason_phrase() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 418 Short And Stout\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nno")
+        await writer.drain()
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url)) as proxy:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(proxy.url + "/mcp", json=call_tool("create_ticket"), headers=JSON_HEADERS) as response:
+                assert (response.status, response.reason, await response.read()) == (418, "Short And Stout", b"no")

@@ -96,6 +96,8 @@ class Reply:
     """Headers a stage adds for the client (e.g. a marker on a stale cached answer)."""
     verdict: Any = None
     """The failure classifier's verdict, computed once (`proxy.failures.verdict_of`) for every stage."""
+    reason: str | None = None
+    """The upstream's reason phrase, passed on unchanged (None: the standard one for the status)."""
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
