@@ -121,7 +121,9 @@ class LimitsConfig(ConfigModel):
 
     max_body_bytes: ByteSize = Field(4 * 1024**2, description="Largest request body accepted; larger gets 413.")
     max_response_bytes: ByteSize = Field(
-        64 * 1024**2, description="Largest non-streamed (JSON) upstream answer the proxy buffers."
+        64 * 1024**2,
+        description="Largest non-streamed (JSON) upstream answer the proxy buffers, and the largest single event "
+        "of a streamed one it reads (a bigger event is passed through unread).",
     )
     body_timeout: Duration = Field(
         30.0, gt=0, description="A request body must arrive within this long (a stalled client gets 408)."

@@ -11,7 +11,8 @@ so policies and the handler never catch a library's error type::
     │   ├── UpstreamTimeout         upstream_timeout        -32051  504  an attempt or the deadline ran out
     │   ├── UpstreamProtocolError   upstream_bad_response   -32055  502  an answer that is not HTTP
     │   │   └── AnswerTooLarge                                           over limits.max_response_bytes
-    │   └── StreamBroken            upstream_stream_broken  -32056  (in the stream) SSE ended before its response
+    │   └── StreamBroken            upstream_stream_broken  -32056  (in the stream) SSE broke before its response
+    │       └── StreamSilent                                             silent past stream_idle
     ├── CircuitOpen                 circuit_open            -32052  503  data: cause, lastFailure
     ├── RateLimited                 rate_limited            -32053  429
     ├── RetryBudgetExhausted        retry_budget_exhausted  -32054  503
@@ -46,6 +47,7 @@ __all__ = [
     "RetryBudgetExhausted",
     "StreamBroken",
     "StreamEndedEarly",
+    "StreamSilent",
     "UnsendableRequest",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -99,18 +101,19 @@ class NeverSent(UpstreamUnavailable):
 class UpstreamTimeout(UpstreamError):
     """An attempt or the call's deadline ran out; the upstream may still be executing the request.
 
-    `client_paced`: the call's own arguments decide how long it takes (a tool, a resource read), so the
-    timeout is evidence about this request, not about the upstream being up."""
+    `excused`: the timeout is no evidence against the upstream: the call's own arguments decide how long
+    it takes (a tool, a resource read), or part of the attempt's time went on queueing for a pooled
+    connection (the proxy's load, not the server's)."""
 
     code = -32051
     reason = "upstream_timeout"
     http_status = 504
 
     def __init__(
-        self, message: str, *, upstream: str | None = None, retry_after: float | None = None, client_paced: bool = False
+        self, message: str, *, upstream: str | None = None, retry_after: float | None = None, excused: bool = False
     ) -> None:
         super().__init__(message, upstream=upstream, retry_after=retry_after)
-        self.client_paced = client_paced
+        self.excused = excused
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -135,6 +138,11 @@ class StreamBroken(UpstreamError):
 
     code = -32056
     reason = "upstream_stream_broken"
+
+
+class StreamSilent(StreamBroken):
+    """A streamed answer stayed silent past `timeouts.stream_idle`: a long tool run without progress looks
+    the same as a hung server, so it is no evidence against the upstream on its own."""
 
 
 class CircuitOpen(ProxyError):

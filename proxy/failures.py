@@ -73,6 +73,7 @@ from proxy.errors import (
     ProxyOverloaded,
     StreamBroken,
     StreamEndedEarly,
+    StreamSilent,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -110,6 +111,8 @@ class Failure(StrEnum):
     ANSWER_TOO_LARGE = "answer_too_large"
     OVERLOADED = "overloaded"
     CANCELLED = "cancelled"
+    STREAMING = "streaming"
+    """Not an outcome yet: a streamed answer's headers came, its end decides (the handler reports it)."""
 
 
 TRANSPORT: frozenset[Failure] = frozenset(
@@ -141,8 +144,10 @@ class Verdict:
     http_status: int | None = None
     jsonrpc_code: int | None = None
     message: str = ""
-    client_paced: bool = False
-    """A timeout of a call whose arguments decide its length (`proxy.jsonrpc.CLIENT_PACED_METHODS`)."""
+    excused: bool = False
+    """A timeout that is no evidence against the upstream: a call whose arguments decide its length
+    (`proxy.jsonrpc.CLIENT_PACED_METHODS`), an attempt that spent part of its time queued for a pooled
+    connection, or a stream silent past `stream_idle` (a long run without progress looks the same)."""
 
     @property
     def ok(self) -> bool:
@@ -151,12 +156,12 @@ class Verdict:
     @property
     def server_failure(self) -> bool:
         """The upstream failed as a server: counts against its breaker."""
-        return self.kind in SERVER_SIDE and not self.client_paced
+        return self.kind in SERVER_SIDE and not self.excused
 
     @property
     def transport_failure(self) -> bool:
         """The upstream could not be reached or does not speak HTTP: counts against its health."""
-        return self.kind in TRANSPORT
+        return self.kind in TRANSPORT and not self.excused
 
     @property
     def application_answer(self) -> bool:
@@ -197,6 +202,7 @@ MAX_RETRY_AFTER = 86_400.0
 
 OK = Verdict(Failure.OK)
 CANCELLED = Verdict(Failure.CANCELLED)
+STREAMING = Verdict(Failure.STREAMING)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -234,9 +240,9 @@ def classify_error(error: ProxyError) -> Verdict:
     if isinstance(error, NeverSent):
         return Verdict(Failure.CONNECT_ERROR, never_sent=True, message=error.message)
     if isinstance(error, UpstreamTimeout):
-        return Verdict(Failure.TIMEOUT, message=error.message, client_paced=error.client_paced)
+        return Verdict(Failure.TIMEOUT, message=error.message, excused=error.excused)
     if isinstance(error, StreamBroken):
-        return Verdict(Failure.STREAM_BROKEN, message=error.message)
+        return Verdict(Failure.STREAM_BROKEN, message=error.message, excused=isinstance(error, StreamSilent))
     if isinstance(error, StreamEndedEarly):
         return Verdict(Failure.STREAM_ENDED, message=error.message)
     if isinstance(error, AnswerTooLarge):
@@ -249,8 +255,11 @@ def classify_error(error: ProxyError) -> Verdict:
 
 
 def _is_answer(message: Any) -> bool:
-    """A JSON-RPC response (a result or an error): the server answered, whatever the HTTP status says."""
-    return isinstance(message, dict) and ("result" in message or "error" in message)
+    """A JSON-RPC response (a result, or an error object): the server answered, whatever the HTTP status
+    says. Any JSON with an `error` key is not one (`{"error": "Internal Server Error"}` is a web page's)."""
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or "id" not in message:
+        return False
+    return "result" in message or isinstance(message.get("error"), dict)
 
 
 def _is_tool_error(message: Any) -> bool:
@@ -304,12 +313,16 @@ async def judged(call: Call, next: Handler, record: Callable[[Verdict], None]) -
     """Run one attempt through `next` and hand its verdict to `record`, whatever happens.
 
     The stages that count attempts (breaker, passive health) share this: a cancelled attempt is
-    recorded as `CANCELLED` (it counts as nothing), an error by its kind, an answer by its verdict.
+    recorded as `CANCELLED` (it counts as nothing), an error by its kind, an answer by its verdict, and
+    a streamed answer that started well as `STREAMING`: how it ends is its verdict, which the handler
+    reports once the stream is over (`proxy.handler`, `_settle_stream`).
     """
     verdict = CANCELLED
     try:
         reply = await next(call)
         verdict = verdict_of(reply, call.session_id is not None)
+        if verdict.ok and reply.stream is not None:
+            verdict = STREAMING
         return reply
     except ProxyError as exc:
         verdict = classify_error(exc)

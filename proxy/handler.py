@@ -38,8 +38,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.classify import classify, client_identity
-from proxy.errors import ProxyError, StreamBroken
-from proxy.failures import Failure, classify_error, verdict_of
+from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
+from proxy.failures import OK, Failure, Verdict, classify_error, verdict_of
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, Message, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply, ReplyStream
@@ -281,10 +281,10 @@ class McpHandler:
         except BaseException:
             await reply.stream.close()  # the client is gone before the first byte: release the upstream
             raise
-        parser = SSEParser()
+        parser = SSEParser(runtime.config.limits.max_response_bytes)
         request_id = call.message.id
         answered = False
-        broken: StreamBroken | None = None
+        broken: StreamBroken | StreamEndedEarly | None = None
         long_lived = call.method in LONG_LIVED_METHODS
         if long_lived:
             self._long_lived.add(reply.stream)
@@ -294,6 +294,10 @@ class McpHandler:
                 if answered:
                     continue
                 for event in parser.feed(chunk):
+                    if event.oversized:  # passed on whole, too big to read: stop watching, add nothing
+                        answered = True
+                        settle("oversized_event")
+                        break
                     _notice(runtime, call.upstream, event.data)
                     final = final_response(event.data, request_id)
                     if final is not None:
@@ -308,13 +312,14 @@ class McpHandler:
         finally:
             self._long_lived.discard(reply.stream)
             await reply.stream.close()
+        _settle_stream(route, call, OK if answered or broken is None else classify_error(broken))
         if not answered:
             if long_lived and self._draining:
                 settle("drained")  # the proxy is shutting down: end the subscription cleanly
             elif parser.last_event_id is not None:
                 settle("resumable")
             else:
-                broken = broken or StreamBroken("upstream stream ended before the response", upstream=call.upstream)
+                broken = broken or StreamEndedEarly("upstream ended the stream before the response", upstream=call.upstream)
                 self._failed(runtime, call, broken)
                 settle(broken.reason)
                 await _write_quietly(response, _sse_error(request_id, broken))
@@ -358,7 +363,7 @@ class McpHandler:
         except BaseException:
             await reply.stream.close()
             raise
-        parser = SSEParser()
+        parser = SSEParser(runtime.config.limits.max_response_bytes)
         self._long_lived.add(reply.stream)
         try:
             async for chunk in reply.stream:
@@ -404,6 +409,17 @@ class McpHandler:
 
 
 BATCHING_REMOVED_IN = "2025-06-18"
+
+
+def _settle_stream(route: Route, call: Call, verdict: Verdict) -> None:
+    """A streamed answer is over: the breaker and passive health saw only its headers (`STREAMING`), so
+    its end is their verdict. Its response passed (or the stream ended cleanly: the server's choice):
+    a success; it broke before the response: the transport failure that is (a stream silent past
+    `stream_idle` excepted: a long run without progress looks the same)."""
+    breaker = route.state.breaker.breaker_for(call)
+    if breaker is not None:
+        breaker.record(None, verdict, call.client)
+    route.state.health.record_call(verdict)
 
 
 def _learn_annotations(route: Route, call: Call, message: Any) -> None:

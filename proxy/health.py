@@ -46,7 +46,7 @@ import structlog
 from proxy import __version__
 from proxy.classify import LEGACY_VERSION, MODERN_VERSION
 from proxy.config import HealthConfig
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, ProxyOverloaded
 from proxy.failures import Failure, Verdict, classify_error, classify_reply, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, MonotonicClock, Observer, Reply
 from proxy.transport import HttpUpstream
@@ -268,7 +268,8 @@ class HealthProber:
             await self._clock.sleep(self.next_interval())
 
     async def probe_once(self) -> bool | None:
-        """One probe within `active.timeout`, recorded in `health`: True ok, False failed, None ignored (429)."""
+        """One probe within `active.timeout`, recorded in `health`: True ok, False failed, None ignored (a
+        429, or the proxy itself out of resources: neither says anything about the upstream)."""
         result: bool | None = False
         error: str | None = None
         try:
@@ -280,6 +281,8 @@ class HealthProber:
             error = str(exc)
         except TimeoutError:
             error = f"timeout: no answer within {self._config.timeout:g}s"
+        except ProxyOverloaded as exc:  # the proxy out of file descriptors or ports: no word on the upstream
+            result, error = None, f"ignored: {exc.message}"
         except ProxyError as exc:
             verdict = classify_error(exc)
             error = f"{verdict.kind}: {verdict.message}"

@@ -41,7 +41,9 @@ server answered, usually about the request, and asking again mostly gets the sam
 class TimeoutsConfig(ConfigModel):
     """How long the proxy waits on an upstream."""
 
-    connect: Duration = Field(5.0, gt=0, description="TCP connect, including the wait for a pooled connection.")
+    connect: Duration = Field(
+        5.0, gt=0, description="The wait for a free pooled connection, and then the TCP connect: each gets this long."
+    )
     per_try: Duration = Field(
         30.0, gt=0, description="One attempt: until the response headers and, for a JSON answer, the whole body."
     )

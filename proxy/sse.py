@@ -4,6 +4,11 @@ The proxy forwards each upstream chunk to the client untouched and *also* feeds 
 which JSON-RPC messages passed, when the final response of a request went by and whether it was an
 error, without ever holding more than one unfinished event in memory. Line endings follow the SSE
 specification (CRLF, LF or CR); comments (``:`` lines) are skipped; ``retry`` is ignored.
+
+Memory is bounded by `max_event`: an event larger than that is still passed through by the caller,
+but the parser stops keeping it and hands out an `oversized` event with no data in its place (a
+server sending one endless line would otherwise grow the proxy without bound). Work is linear: an
+unfinished line is kept as its pieces and joined once, when its end arrives.
 """
 
 from __future__ import annotations
@@ -15,28 +20,49 @@ __all__ = ["SSEEvent", "SSEParser"]
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
-    """One dispatched event. `data` is the data lines joined with newlines, as the spec says."""
+    """One dispatched event. `data` is the data lines joined with newlines, as the spec says.
+
+    `oversized`: the event was larger than the parser's `max_event`; its data was not kept."""
 
     data: str
     event: str = "message"
     id: str | None = None
+    oversized: bool = False
 
 
 class SSEParser:
     """Feed it chunks with `feed()`; it returns the events each chunk completed."""
 
-    __slots__ = ("_data", "_event", "_id", "_partial", "_pending_cr", "last_event_id")
+    __slots__ = ("_data", "_data_size", "_dropping_line", "_event", "_id", "_max", "_oversized", "_partial",
+                 "_partial_size", "_pending_cr", "last_event_id")  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int | None = None) -> None:
+        self._max = max_event
         self._partial: list[bytes] = []
-        """The pieces of the unfinished last line, joined only once its end arrives: a long line fed in
-        many chunks costs linear time, not a copy and a re-scan of everything so far per chunk."""
+        """The pieces of the unfinished last line, joined only once its end arrives."""
+        self._partial_size = 0
+        self._dropping_line = False
+        """The unfinished line outgrew `max_event`: its pieces are dropped until its end."""
         self._data: list[str] = []
+        self._data_size = 0
+        self._oversized = False
         self._event = ""
         self._id: str | None = None
         self._pending_cr = False
         self.last_event_id: str | None = None
         """The last `id:` seen: what a client would send back as Last-Event-ID."""
+
+    def _too_big(self, size: int) -> bool:
+        return self._max is not None and size > self._max
+
+    def _keep_partial(self, piece: bytes) -> None:
+        if self._dropping_line or not piece:
+            return
+        self._partial.append(piece)
+        self._partial_size += len(piece)
+        if self._too_big(self._partial_size + self._data_size):
+            self._partial, self._partial_size = [], 0
+            self._dropping_line = self._oversized = True
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume `chunk`; return the events it completed (often none, sometimes several)."""
@@ -47,20 +73,23 @@ class SSEParser:
             self._pending_cr = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if b"\n" not in chunk:
-            if chunk:
-                self._partial.append(chunk)
+            self._keep_partial(chunk)
             return []
         lines = chunk.split(b"\n")
+        rest = lines.pop()
+        first_dropped = self._dropping_line
         if self._partial:
             self._partial.append(lines[0])
             lines[0] = b"".join(self._partial)
-        rest = lines.pop()
-        self._partial = [rest] if rest else []
+        self._partial, self._partial_size, self._dropping_line = [], 0, False
         events: list[SSEEvent] = []
-        for line in lines:
+        for index, line in enumerate(lines):
+            if index == 0 and first_dropped:
+                continue  # the end of a line too long to keep: its field is lost, the event marked
             event = self._line(line)
             if event is not None:
                 events.append(event)
+        self._keep_partial(rest)
         return events
 
     def _line(self, raw: bytes) -> SSEEvent | None:
@@ -73,7 +102,11 @@ class SSEParser:
         if value.startswith(" "):
             value = value[1:]
         if name == "data":
-            self._data.append(value)
+            if not self._oversized:
+                self._data.append(value)
+                self._data_size += len(value)
+                if self._too_big(self._data_size):
+                    self._data, self._data_size, self._oversized = [], 0, True
         elif name == "event":
             self._event = value
         elif name == "id" and "\x00" not in value:
@@ -83,9 +116,11 @@ class SSEParser:
     def _dispatch(self) -> SSEEvent | None:
         if self._id is not None:
             self.last_event_id = self._id
-        if not self._data:
-            self._event, self._id = "", None
-            return None
-        event = SSEEvent("\n".join(self._data), self._event or "message", self._id)
-        self._data, self._event, self._id = [], "", None
+        if self._oversized:
+            event = SSEEvent("", self._event or "message", self._id, oversized=True)
+        elif self._data:
+            event = SSEEvent("\n".join(self._data), self._event or "message", self._id)
+        else:
+            event = None
+        self._data, self._data_size, self._oversized, self._event, self._id = [], 0, False, "", None
         return event

@@ -16,7 +16,7 @@ passed through chunk by chunk. Errors map to `proxy.errors`:
 - the per-try timeout after the request was written: `UpstreamTimeout` (the upstream may be executing);
 - a connection that broke after sending: `UpstreamUnavailable`;
 - a status line and headers that are not valid HTTP: `UpstreamProtocolError`;
-- an SSE stream that breaks, turns invalid or stays silent past `stream_idle`: `StreamBroken` (and
+- an SSE stream that breaks or turns invalid: `StreamBroken`; silent past `stream_idle`: `StreamSilent` (and
   `UpstreamUnavailable` for a read being buffered, which can still be retried).
 """
 
@@ -36,6 +36,7 @@ from proxy.errors import (
     ProxyOverloaded,
     StreamBroken,
     StreamEndedEarly,
+    StreamSilent,
     UnsendableRequest,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -108,7 +109,7 @@ async def _chunks(response: Response, idle: float | None, upstream: str) -> Asyn
             yield chunk
     except TimeoutError:
         response.close()
-        raise StreamBroken(f"upstream stream silent for more than {idle:g}s", upstream=upstream) from None
+        raise StreamSilent(f"upstream stream silent for more than {idle:g}s", upstream=upstream) from None
     except (ConnectionBroken, BadResponse, OSError) as exc:
         response.close()
         raise StreamBroken(f"upstream stream broke: {_describe(exc)}", upstream=upstream) from None
@@ -219,13 +220,14 @@ class HttpUpstream:
         """
         timeouts = call.policy.timeouts
         idle = None if call.method in LONG_LIVED_METHODS else timeouts.stream_idle
-        call.written = call.queued = False
+        call.written = call.queued = call.waited = False
 
         def written() -> None:
             call.written = True
 
         def queued(waiting: bool) -> None:
-            call.queued = call.queued or waiting  # once queued, a late attempt is our overload's doing
+            call.queued = waiting
+            call.waited = call.waited or waiting
 
         reply = await self.exchange("POST", call.headers, call.body, None, idle, written, queued)
         if call.buffered and reply.stream is not None:

@@ -75,6 +75,11 @@ def reply_error(code: int, request_id: int = 1, status: int = 200, message: str 
     return Reply(status, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(error), message=error)
 
 
+def reply_json(message: Any, status: int = 200) -> Reply:
+    """An answer whose body is `message` as JSON, whatever it is (a web framework's error page, say)."""
+    return Reply(status, CIMultiDict({"Content-Type": "application/json"}), body=orjson.dumps(message), message=message)
+
+
 def reply_result(result: dict[str, Any], request_id: int = 1, status: int = 200) -> Reply:
     """A successful JSON-RPC answer carrying `result`."""
     message = {"jsonrpc": "2.0", "id": request_id, "result": result}

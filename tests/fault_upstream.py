@@ -35,6 +35,7 @@ class Fault:
     sse: bool = False  # answer as SSE with progress notifications first
     sse_break_after: int | None = None  # with sse: events sent before the connection drops
     sse_hang_after: int | None = None  # with sse: events sent before the stream goes silent for good
+    sse_end_after: int | None = None  # with sse: events sent before the stream ends cleanly, unanswered
     asks_client: bool = False  # with sse: first send the client a request (roots/list), then wait for good
     seen: int = 0
 
@@ -183,6 +184,8 @@ class FaultUpstream:
         for index, event in enumerate(events):
             if fault.sse_hang_after is not None and index >= fault.sse_hang_after:
                 await self._hang()
+            if fault.sse_end_after is not None and index >= fault.sse_end_after:
+                break  # a clean end (the terminating chunk), the response never sent
             if limit is not None and index >= limit:
                 assert request.transport is not None
                 request.transport.close()

@@ -18,7 +18,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.failures import Failure, classify_error, classify_reply, parse_retry_after
-from tests.fakes import reply_error, reply_ok, reply_result, reply_status
+from tests.fakes import reply_error, reply_json, reply_ok, reply_result, reply_status
 
 
 @pytest.mark.parametrize(
@@ -34,6 +34,7 @@ from tests.fakes import reply_error, reply_ok, reply_result, reply_status
         (reply_status(500), False, Failure.HTTP_5XX, True, False, "http_5xx"),
         (reply_error(-32603, status=500), False, Failure.SERVER_ERROR, False, False, "server_error"),
         (reply_result({}, status=500), False, Failure.CLIENT_ERROR, False, False, None),  # odd, but an answer
+        (reply_json({"error": "Internal Server Error"}, status=500), False, Failure.HTTP_5XX, True, False, "http_5xx"),
         (reply_status(429), False, Failure.HTTP_429, False, False, "http_429"),
         (reply_status(404), True, Failure.SESSION_EXPIRED, False, False, "session_expired"),
         (reply_status(404), False, Failure.CLIENT_ERROR, False, False, None),
@@ -70,7 +71,7 @@ def test_replies(reply: object, session: bool, kind: Failure, server: bool, tran
         (NeverSent("refused"), Failure.CONNECT_ERROR, True, True, True),
         (UpstreamUnavailable("reset"), Failure.CONNECTION_LOST, False, True, True),
         (UpstreamTimeout("slow"), Failure.TIMEOUT, False, True, False),
-        (UpstreamTimeout("a big job", client_paced=True), Failure.TIMEOUT, False, False, False),
+        (UpstreamTimeout("a big job", excused=True), Failure.TIMEOUT, False, False, False),
         (StreamEndedEarly("ended"), Failure.STREAM_ENDED, False, False, False),
         (StreamBroken("cut"), Failure.STREAM_BROKEN, False, True, True),
         (UpstreamProtocolError("not http"), Failure.BAD_RESPONSE, False, True, True),

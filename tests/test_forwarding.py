@@ -99,6 +99,59 @@ async def test_silent_stream_is_broken_after_stream_idle(upstream: FaultUpstream
     await asyncio.wait_for(upstream.gone.wait(), 5)
 
 
+def upstream_counts(proxy: ProxyServer) -> tuple[str, int, str, int]:
+    """(breaker state, its consecutive failures, health state, failed real calls) of upstream `up`."""
+    state = proxy.runtime.current.states["up"]
+    (breaker,) = state.breaker.breakers
+    return breaker.state, breaker.failures, state.health.state, state.health.counts["calls_failed"]
+
+
+@pytest.mark.parametrize(("break_after", "counted"), [(2, True), (None, False)], ids=["cut", "silent"])
+async def test_a_streamed_answer_that_breaks_counts_one_that_goes_silent_does_not(
+    upstream: FaultUpstream, break_after: int | None, counted: bool
+) -> None:
+    """The breaker judged the attempt at its headers (a success); a connection cut before the response
+    is counted then, as the transport failure it is. A stream silent past stream_idle is not: a long
+    tool run without progress looks the same, and the client chose the tool."""
+    fault = {"sse_break_after": 2} if break_after else {"sse_hang_after": 1}
+    upstream.fault("tools/call", "slow", sse=True, **fault)
+    config = proxy_config(
+        upstream.url,
+        upstream={"timeouts": {"stream_idle": "200ms"}, "breaker": {"failure_threshold": 2},
+                  "health": {"active": {"enabled": False}, "passive": {"consecutive_failures": 2}}},
+    )  # fmt: skip
+    async with running_proxy(config) as proxy:
+        for n in range(2):
+            status, _, body = await post(mcp_url(proxy), call_tool("slow", n))
+            assert status == 200 and b'"code":-32056' in body
+        expected = ("open", 2, "unhealthy", 2) if counted else ("closed", 0, "unknown", 0)
+        assert upstream_counts(proxy) == expected
+
+
+async def test_a_streamed_answer_the_server_ends_without_the_response_is_said_and_not_counted(
+    proxy: ProxyServer, upstream: FaultUpstream
+) -> None:
+    upstream.fault("tools/call", "slow", sse=True, sse_end_after=1)
+    for n in range(6):
+        status, _, body = await post(mcp_url(proxy), call_tool("slow", n))
+        events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+        assert status == 200 and [e.get("method") for e in events] == ["notifications/progress", None]
+        assert events[1]["id"] == n and events[1]["error"]["code"] == -32050
+        assert events[1]["error"]["message"] == "upstream ended the stream before the response"
+    assert upstream_counts(proxy) == ("closed", 0, "healthy", 0)
+
+
+async def test_an_event_too_big_to_read_still_passes_whole_and_nothing_is_added(upstream: FaultUpstream) -> None:
+    """The parser keeps at most limits.max_response_bytes of one event; a bigger one is passed on as it
+    is, the proxy stops watching that stream and never appends an error to an answer it could not read."""
+    upstream.fault("tools/call", "slow", sse=True)
+    async with running_proxy(proxy_config(upstream.url, limits={"max_response_bytes": 60})) as proxy:
+        status, _, body = await post(mcp_url(proxy), call_tool("slow", 3))
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert status == 200 and len(events) == 4  # three progress notifications and the result, nothing more
+    assert events[3]["id"] == 3 and "result" in events[3]
+
+
 async def test_upstream_unreachable_is_a_jsonrpc_error_with_the_id(unused_tcp_port: int) -> None:
     config = proxy_config(f"http://127.0.0.1:{unused_tcp_port}/mcp")
     async with running_proxy(config) as proxy:

@@ -23,7 +23,7 @@ from proxy.config import HealthConfig, LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, ProxyOverloaded, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.failures import CANCELLED, classify_error, classify_reply
 from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
-from proxy.policies.base import Call
+from proxy.policies.base import Call, Reply
 from proxy.transport import HttpUpstream
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_result, reply_status, tool_call
 from tests.fault_upstream import FaultUpstream
@@ -723,3 +723,19 @@ async def test_a_pool_full_of_client_calls_never_fails_a_probe(upstream: FaultUp
         await asyncio.gather(stuck, return_exceptions=True)
     finally:
         await transport.close()
+
+
+async def test_a_probe_the_proxy_cannot_send_for_its_own_lack_of_resources_counts_nothing(
+    make_probe: MakeProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors (idle client sockets are cheap to open): the probe says nothing about
+    the upstream, so it must not make it unhealthy and pull /readyz."""
+    probe = await make_probe("http://127.0.0.1:9/mcp", protocol="modern", unhealthy_threshold=1)
+
+    async def out_of_descriptors(*args: object, **kwargs: object) -> Reply:
+        raise ProxyOverloaded("the proxy is out of resources: OSError: Too many open files", upstream="up")
+
+    monkeypatch.setattr(probe.transport, "request", out_of_descriptors)
+    for _ in range(5):
+        assert await probe.prober.probe_once() is None
+    assert probe.health.state == "unknown" and probe.health.counts["probes_ignored"] == 5

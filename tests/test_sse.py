@@ -72,3 +72,18 @@ def test_a_long_line_in_many_small_chunks_is_parsed_in_linear_time() -> None:
     assert len(parser._partial) == 16 * 1024 + 1  # kept as pieces, never re-joined along the way
     (event,) = parser.feed(b"\n\n")
     assert len(event.data) == 16 * 1024 * 1024 and parser._partial == []
+
+
+@pytest.mark.parametrize("piece", [7, 1024, 10_000])
+def test_an_event_over_max_event_is_not_kept_and_the_next_one_parses(piece: int) -> None:
+    """Memory stays bounded by max_event whatever the server sends; the stream stays in step after it."""
+    big = b"data: " + b"x" * 5000 + b"\ndata: more\n\n"
+    after = b'id: 9\ndata: {"after":true}\n\n'
+    wire = b"data: small\n\n" + big + after
+    parser = SSEParser(max_event=1000)
+    events: list[SSEEvent] = []
+    for start in range(0, len(wire), piece):
+        events.extend(parser.feed(wire[start : start + piece]))
+        assert parser._partial_size + parser._data_size <= 1000 + piece
+    assert events == [SSEEvent("small"), SSEEvent("", oversized=True), SSEEvent('{"after":true}', id="9")]
+    assert parser.last_event_id == "9"

@@ -66,8 +66,11 @@ class Call:
     """Whether this attempt's request reached a socket; the transport sets it. Until it does, a failed
     attempt (even a timed-out one, still waiting for a pooled connection) provably never reached the upstream."""
     queued: bool = False
-    """Whether this attempt had to queue for a pooled connection (the pool was at its limit); the transport
-    sets it. A timeout before the request was written is then the proxy's own overload, not the upstream's."""
+    """Whether this attempt is queued for a pooled connection right now (the pool is at its limit); the
+    transport sets it. A timeout while queued is the proxy's own overload, not the upstream's."""
+    waited: bool = False
+    """Whether this attempt queued for a connection at all: a timeout after it was written is then excused
+    (the upstream did not get the attempt's whole time)."""
 
 
 class ReplyStream(Protocol):

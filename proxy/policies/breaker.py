@@ -29,9 +29,11 @@ Both:
   somebody). It opens again when every trial slot has failed; or as soon as every client that asked
   since it opened has failed its trial (nobody else is waiting, so there is nobody to wait for: a lone
   client, or all clients behind one identity, see a plain breaker); or when a period of
-  `reset_timeout` ends with failed trials and no success. A trial that counts as nothing frees its
-  slot (and its client may try again). So a bad client calling once a second cannot keep a tool's
-  breaker open against a good client that calls too: the good client's own trial decides.
+  `reset_timeout` ends with failed trials and no success. A trial that counts as nothing (a 429, a
+  cancelled call, a client-paced timeout) frees its slot, but its client gets another only when no
+  other client is waiting; a period that learns nothing ends in a fresh one. So a bad client calling
+  back to back cannot hold the trials against a good client that calls too: the good client's own
+  trial decides.
 
 Breakers are keyed by their config (and tool), so a rule with its own thresholds never shares counts
 with another. State changes are logged and exported as metrics.
@@ -46,7 +48,7 @@ from typing import Any
 import pybreaker
 
 from proxy.errors import CircuitOpen
-from proxy.failures import CANCELLED, Failure, Verdict, judged
+from proxy.failures import CANCELLED, STREAMING, Failure, Verdict, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policy_config import AppBreakerConfig, BreakerConfig
 
@@ -103,9 +105,9 @@ class _Transitions(pybreaker.CircuitBreakerListener):
 class Breaker:
     """One circuit."""
 
-    __slots__ = ("_asked", "_cause", "_cb", "_clock", "_failed_clients", "_half_open_at", "_judge", "_last_failure",
-                 "_observer", "_opened_at", "_outcomes", "_period", "_streak_clients", "_trial_clients", "config", "name",
-                 "upstream")  # fmt: skip
+    __slots__ = ("_asked", "_cause", "_cb", "_clock", "_failed_clients", "_half_open_at", "_holding", "_judge",
+                 "_last_failure", "_observer", "_opened_at", "_outcomes", "_period", "_streak_clients", "_tried", "config",
+                 "name", "upstream")  # fmt: skip
 
     def __init__(
         self,
@@ -125,8 +127,10 @@ class Breaker:
         self._opened_at = self._half_open_at = 0.0
         self._period = 0
         """Counts half-open periods: a trial speaks only for the period that admitted it."""
-        self._trial_clients: set[str] = set()
-        """Clients holding (or having spent on a failure) a trial slot of this half-open period."""
+        self._holding: set[str] = set()
+        """Clients whose trial call of this half-open period is in flight."""
+        self._tried: set[str] = set()
+        """Clients that had a trial this period, whatever came of it: while others wait, none gets two."""
         self._failed_clients: set[str] = set()
         """Clients whose trial of this period failed."""
         self._asked: set[str] | None = set()
@@ -164,18 +168,31 @@ class Breaker:
         if new == OPEN:
             self._opened_at = now
         if new == HALF_OPEN:
-            self._period += 1
-            self._half_open_at = now
+            self._new_period(now)
         else:
             self._asked = set()  # opened or closed: who waits is asked afresh
-        self._trial_clients.clear()
-        self._failed_clients.clear()
+            self._holding.clear()
+            self._tried.clear()
+            self._failed_clients.clear()
         self._outcomes.clear()
         self._streak_clients.clear()
         self._observer.policy_event(
             "breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new,
             cause=self._cause if new == OPEN else None, last_failure=self.last_failure if new == OPEN else None,
         )  # fmt: skip
+
+    def _new_period(self, now: float) -> None:
+        """A half-open period starts: fresh trial slots; trials still in flight from before no longer count."""
+        self._period += 1
+        self._half_open_at = now
+        self._holding.clear()
+        self._tried.clear()
+        self._failed_clients.clear()
+
+    def _others_waiting(self, client: str) -> bool:
+        """Whether a client other than `client` asked since the breaker opened and has had no trial yet."""
+        asked = self._asked
+        return asked is None or any(other != client and other not in self._tried for other in asked)
 
     def _open(self, cause: str) -> None:
         self._cause = cause
@@ -211,9 +228,13 @@ class Breaker:
         self._note_asking(client)
         now = self._clock.monotonic()
         reset = self.config.reset_timeout
-        if state == HALF_OPEN and self._failed_clients and now - self._half_open_at >= reset:
-            self._open(self._cause)  # a period of failed trials and no success: open again
-            state = OPEN
+        if state == HALF_OPEN and now - self._half_open_at >= reset:
+            if self._failed_clients:
+                self._open(self._cause)  # a period of failed trials and no success: open again
+                state = OPEN
+            else:  # nothing learned in a whole period (trials that counted nothing): fresh slots, fresh askers
+                self._new_period(now)
+                self._asked = {client}
         if state == OPEN:
             left = self._opened_at + reset - now
             if left > 0:
@@ -221,11 +242,14 @@ class Breaker:
             self._cb.half_open()
             state = HALF_OPEN
         if state == HALF_OPEN:
-            if len(self._trial_clients) >= self.config.half_open_max_calls:
+            if len(self._holding) + len(self._failed_clients) >= self.config.half_open_max_calls:
                 raise self._refuse("half-open and its trial calls are taken", reset)
-            if client in self._trial_clients:
+            if client in self._holding or client in self._failed_clients:
                 raise self._refuse("half-open and this client already has its trial call", reset)
-            self._trial_clients.add(client)
+            if client in self._tried and self._others_waiting(client):
+                raise self._refuse("half-open and this client had its trial call; others are waiting", reset)
+            self._holding.add(client)
+            self._tried.add(client)
             return self._period
         return None
 
@@ -233,13 +257,16 @@ class Breaker:
         """Count the outcome of an admitted call (`trial`: what `admit` returned for it)."""
         state = self.state
         current = trial is not None and trial == self._period and state == HALF_OPEN
-        failed = None if verdict is CANCELLED else self._judge(verdict)
+        if verdict is STREAMING:  # its headers came: enough for a trial (the server answers); the end decides the rest
+            failed: bool | None = False if current else None
+        else:
+            failed = None if verdict is CANCELLED else self._judge(verdict)
         if failed:
             self._last_failure = verdict
+        if current:
+            self._holding.discard(client)
         if failed is None:
-            if current:
-                self._trial_clients.discard(client)  # nothing learned: the slot goes to the next call
-            return
+            return  # nothing learned: the slot goes to the next caller (this one again only if nobody waits)
         storage = self._cb._state_storage
         if state == HALF_OPEN:
             if not current:

@@ -77,6 +77,7 @@ class TimeoutStage:
             attempt.cancel()
             raise _still_waiting(call, limit)
         observing = len(_observing) < MAX_OBSERVATIONS
+        attempt.add_done_callback(_retrieve)  # however it ends, even after shutdown, nobody is left unheard
         self._timed_out(call, limit, observing)
         if observing:
             as_it_was = dataclasses.replace(call)  # retry moves `call.attempt` on; the event names this one
@@ -106,19 +107,26 @@ class TimeoutStage:
         self._observer.policy_event("timeout_observed", call, **fields)
 
 
+def _retrieve(attempt: asyncio.Future[Reply]) -> None:
+    """Take an abandoned attempt's exception, so asyncio never logs it as "never retrieved" (a traceback
+    inside the JSON log) when the pool closes under an observation at shutdown."""
+    if not attempt.cancelled():
+        attempt.exception()
+
+
 def _timeout(call: Call, limit: float) -> UpstreamTimeout:
     return UpstreamTimeout(
         f"upstream did not answer within {limit:.3g}s",
         upstream=call.upstream,
-        client_paced=call.method in CLIENT_PACED_METHODS,
+        excused=call.method in CLIENT_PACED_METHODS or call.waited,
     )
 
 
 def _still_waiting(call: Call, limit: float) -> NeverSent | ProxyOverloaded:
-    """The attempt ran out of time before its request reached a socket: not an upstream timeout. If it had
-    to queue for a pooled connection (all busy), it is the proxy's own overload; otherwise the upstream
+    """The attempt ran out of time before its request reached a socket: not an upstream timeout. Still
+    queued for a pooled connection (all busy), it is the proxy's own overload; connecting, the upstream
     did not accept in time, which any call may retry since the upstream never saw the request."""
-    if call.queued:
+    if call.queued:  # still in the queue when time ran out
         return ProxyOverloaded(
             f"no free upstream connection within {limit:.3g}s; the request was not sent", upstream=call.upstream
         )

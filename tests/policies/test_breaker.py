@@ -446,3 +446,43 @@ async def test_a_flood_of_invented_tool_names_never_evicts_an_open_breaker() -> 
     assert len(stage.breakers) == MAX_TOOL_BREAKERS
     with pytest.raises(CircuitOpen, match="tool bad of upstream up is open"):
         await stage(make_call(tool_call("bad"), config), FakeUpstream(reply_ok()))
+
+
+async def test_a_client_whose_trials_count_nothing_cannot_hold_the_only_slot() -> None:
+    """The second review's case: a client whose calls time out on a slow tool (a timeout the client
+    paces counts nothing) re-asks the moment each answer arrives. Its trial frees the slot, but while a
+    good client waits, it does not get the slot back: the good client's trial decides."""
+    clock, events = FakeClock(), Events()
+    stage = BreakerStage("up", clock, events)
+    config = breaker_config()
+    await fail(stage, client("bad", config=config), FakeUpstream(UpstreamTimeout("slow")), 3)
+    with pytest.raises(CircuitOpen):
+        await stage(client("good", config=config), FakeUpstream(reply_ok()))  # good waits
+    clock.advance(10)
+    paced = UpstreamTimeout("a big job", excused=True)
+    with pytest.raises(UpstreamTimeout):
+        await stage(client("bad", tool_call("slow"), config), FakeUpstream(paced))  # bad's trial: nothing learned
+    with pytest.raises(CircuitOpen, match="had its trial call; others are waiting"):
+        await stage(client("bad", tool_call("slow"), config), FakeUpstream(paced))
+    await stage(client("good", config=config), FakeUpstream(reply_ok()))
+    assert events.transitions()[-1] == ("up", "closed")
+
+
+async def test_a_period_that_learns_nothing_starts_a_fresh_one() -> None:
+    """A waiting client that never comes back must not keep the others out: after reset_timeout with
+    no failed trial, the period starts afresh and the one client calling gets its trial again."""
+    clock = FakeClock()
+    stage = BreakerStage("up", clock)
+    config = breaker_config()
+    await fail(stage, client("a", config=config), FakeUpstream(UpstreamTimeout("slow")), 3)
+    with pytest.raises(CircuitOpen):
+        await stage(client("gone", config=config), FakeUpstream())  # asks once, never again
+    clock.advance(10)
+    paced = UpstreamTimeout("a big job", excused=True)
+    with pytest.raises(UpstreamTimeout):
+        await stage(client("a", config=config), FakeUpstream(paced))
+    with pytest.raises(CircuitOpen, match="others are waiting"):
+        await stage(client("a", config=config), FakeUpstream(reply_ok()))
+    clock.advance(10)
+    await stage(client("a", config=config), FakeUpstream(reply_ok()))
+    assert stage.breakers[0].state == "closed"

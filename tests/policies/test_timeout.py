@@ -10,6 +10,7 @@ from proxy.errors import UpstreamTimeout
 from proxy.failures import Failure, classify_error
 from proxy.pipeline import build_pipeline
 from proxy.policies.breaker import BreakerStage
+from proxy.policies.base import Call, Reply
 from proxy.policies.timeout import TimeoutStage
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, tool_call, upstream_config
 
@@ -35,7 +36,7 @@ async def test_a_timeout_of_a_call_the_client_paces_never_opens_the_upstream_bre
         with pytest.raises(UpstreamTimeout) as timed_out:
             await pipeline(make_call(body, CONFIG))
         verdict = classify_error(timed_out.value)
-        assert (verdict.kind, verdict.client_paced, verdict.server_failure) == (Failure.TIMEOUT, True, False)
+        assert (verdict.kind, verdict.excused, verdict.server_failure) == (Failure.TIMEOUT, True, False)
     assert [b.state for b in breaker.breakers] == ["closed"]
 
 
@@ -58,3 +59,22 @@ async def test_an_app_breaker_can_count_a_tools_timeouts() -> None:
         with pytest.raises(UpstreamTimeout):
             await pipeline(make_call(tool_call("slow"), config))
     assert {b.name: b.state for b in breaker.breakers} == {"up": "closed", "up/slow": "open"}
+
+
+async def test_a_timeout_after_waiting_for_a_pooled_connection_is_excused() -> None:
+    """The attempt spent part of per_try queued behind other calls (the proxy's load): its timeout, once
+    written, is no evidence against the upstream; one that never queued is."""
+    breaker = BreakerStage("up", FakeClock())
+    gate = asyncio.Event()
+
+    async def queued_then_slow(call: Call) -> Reply:
+        call.waited = call.written = True  # as the transport sets them: queued, then sent
+        await gate.wait()
+        return reply_ok()
+
+    pipeline = build_pipeline(queued_then_slow, {"breaker": breaker, "timeout": TimeoutStage(FakeClock())})
+    for _ in range(3):
+        with pytest.raises(UpstreamTimeout) as timed_out:
+            await pipeline(make_call(LIST, CONFIG))
+        assert classify_error(timed_out.value).excused
+    assert [b.state for b in breaker.breakers] == ["closed"]
