@@ -22,7 +22,7 @@ from mcp import Client
 
 from tests.e2e.admin import assert_upstream_fine
 from tests.e2e.conftest import Stack, StackFactory
-from tests.e2e.upstreams import SDK_MODE, SERVERS, Era, ServerSpec
+from tests.e2e.upstreams import Era, SDK_MODE, SERVERS, SERVER_ERAS, ServerSpec
 from tests.e2e.wire import (
     REPEAT,
     WireLog,
@@ -40,7 +40,6 @@ from tests.sdk_helpers import legacy_handshake, legacy_headers
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
-SERVER_ERAS = [pytest.param(spec, era, id=f"{spec.name}-{era}") for spec in SERVERS for era in spec.eras]
 LEGACY_SERVERS = [pytest.param(spec, id=spec.name) for spec in SERVERS if "legacy" in spec.eras]
 ALL_SERVERS = [pytest.param(spec, id=spec.name) for spec in SERVERS]
 

@@ -19,11 +19,10 @@ import pytest
 
 from tests.conformance.runner import ConformanceResult, improvements, regressions, run_conformance
 from tests.e2e.conftest import StackFactory, harness_missing, require
-from tests.e2e.upstreams import REQUIREMENTS, SERVERS, Era, ServerSpec
+from tests.e2e.upstreams import Era, REQUIREMENTS, SERVER_ERAS, ServerSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
-SERVER_ERAS = [pytest.param(spec, era, id=f"{spec.name}-{era}") for spec in SERVERS for era in spec.eras]
 
 PROXY_MAY_ADD: tuple[str, ...] = ("dns-rebinding-protection:",)
 """Scenarios whose checks may pass through the proxy when they fail direct (the proxy's own protection)."""

@@ -25,7 +25,7 @@ from mcp import Client
 
 from tests.e2e.admin import assert_upstream_fine, wait_for_probe_after
 from tests.e2e.conftest import StackFactory
-from tests.e2e.upstreams import SDK_MODE, SERVERS, Era, ServerSpec
+from tests.e2e.upstreams import Era, SDK_MODE, SERVER_ERAS, ServerSpec
 from tests.e2e.wire import (
     REPEAT,
     good_call,
@@ -39,7 +39,6 @@ from tests.sdk_helpers import legacy_handshake, legacy_headers
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
-SERVER_ERAS = [pytest.param(spec, era, id=f"{spec.name}-{era}") for spec in SERVERS for era in spec.eras]
 
 
 @pytest.mark.parametrize(("spec", "era"), SERVER_ERAS)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import pytest
+
 from tests.conformance.runner import ConformanceError, find_node
 from tests.sdk_helpers import LEGACY_VERSION, MODERN_VERSION, ServerProcess, wait_for_port
 
@@ -161,6 +163,8 @@ SDK: Final = ServerSpec(
     launch=_sdk_launch,
 )
 SERVERS: Final = (NPM_EVERYTHING, FASTMCP, SDK)
+SERVER_ERAS: Final = [pytest.param(spec, era, id=f"{spec.name}-{era}") for spec in SERVERS for era in spec.eras]
+"""Every server in every era it speaks: the parameters of the tests that run per era."""
 
 
 class UpstreamProcess:
