@@ -111,10 +111,15 @@ def _proxy_counts(text: str) -> dict[str, int]:
     return {"retries": int(retries), "stale": int(served.get("stale", 0)), "circuit_open": int(fast.get("circuit_open", 0))}
 
 
-def _learn(proxy: ProxyServer, path: Path, out: Callable[[str], None]) -> Proposal | None:
-    """Analyze the proxy's own events; show and apply the timeout proposal, if there is one."""
+def _learn(events: list[dict[str, Any]], path: Path, out: Callable[[str], None]) -> Proposal | None:
+    """Analyze the proxy's own `events`; show and apply the timeout proposal, if there is one.
+
+    It runs in a worker thread (it reads and writes the config file), so `events` must be a copy the
+    event loop took: the bus's ring is a deque the loop keeps appending to, and iterating it here
+    could raise "deque mutated during iteration".
+    """
     window = Window(60)
-    for event in proxy.bus.recent():
+    for event in events:
         window.add(event)
     proposals = [p for p in propose(window.analysis(), path.read_text()) if p.rule == "timeouts"]
     if not proposals:
@@ -164,7 +169,8 @@ async def _walk(
         state.read_latency_s = phase.read_latency_s
         if phase.name == "fixed":
             reloads = proxy.reloader.applied if proxy.reloader is not None else 0
-            if await asyncio.to_thread(_learn, proxy, path, out) is not None and proxy.reloader is not None:
+            events = proxy.bus.recent()  # copied here, on the loop: see _learn
+            if await asyncio.to_thread(_learn, events, path, out) is not None and proxy.reloader is not None:
                 async with asyncio.timeout(10):
                     while proxy.reloader.applied == reloads:
                         await asyncio.sleep(0.05)
