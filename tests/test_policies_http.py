@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -90,32 +91,45 @@ async def test_retry_budget_bounds_a_storm_against_a_dead_upstream(upstream: Fau
     assert 200 < upstream.attempts["tools/list"] <= (1 + 0.2) * 200 + floor
 
 
+def assert_retry_after(retry_after: float, header: str, full: float, elapsed: float) -> None:
+    """`retryAfter` is the `full` wait less the time that passed since it started, which lies within
+    `elapsed` (the client's measure, on the same clock, around it); `Retry-After` is it in whole
+    seconds, rounded (`retryAfter` itself is rounded to the millisecond), and never 0."""
+    assert full - elapsed - 0.0005 <= retry_after <= full
+    assert int(header) >= 1 and abs(int(header) - retry_after) <= 0.5 + 0.0005
+
+
 async def test_breaker_opens_and_fails_fast(upstream: FaultUpstream) -> None:
     upstream.fault("tools/list", status=500)
     config = proxy_config(
-        upstream.url, upstream={"retry": {"max_attempts": 1}, "breaker": {"failure_threshold": 2, "reset_timeout": "1m"}}
+        upstream.url, upstream={"retry": {"max_attempts": 1}, "breaker": {"failure_threshold": 2, "reset_timeout": "1h"}}
     )
     async with running_proxy(config) as proxy:
-        for n in range(2):
-            assert (await send(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": n, "method": "tools/list"}))[0] == 500
+        assert (await send(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 0, "method": "tools/list"}))[0] == 500
+        started = time.monotonic()  # the proxy's clock (MonotonicClock); the breaker opens after this
+        assert (await send(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))[0] == 500
         status, headers, body = await send(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+        elapsed = time.monotonic() - started
     assert status == 503
     assert body["id"] == 7 and body["error"]["code"] == -32052
-    assert body["error"]["data"]["reason"] == "circuit_open" and 59 < body["error"]["data"]["retryAfter"] <= 60
-    assert headers["Retry-After"] == "60"
+    assert body["error"]["data"]["reason"] == "circuit_open"
+    assert_retry_after(body["error"]["data"]["retryAfter"], headers["Retry-After"], 3600, elapsed)
     assert upstream.attempts["tools/list"] == 2
 
 
 async def test_rate_limit_refuses_past_the_burst(upstream: FaultUpstream) -> None:
-    config = proxy_config(upstream.url, upstream={"rate_limit": {"rate": 1, "per": "10s", "burst": 2}})
+    config = proxy_config(upstream.url, upstream={"rate_limit": {"rate": 1, "per": "1h", "burst": 2}})
+    loop = asyncio.get_running_loop()
     async with running_proxy(config) as proxy:
         url = proxy.url + "/mcp"
+        started = loop.time()  # the limiter's clock; its bucket starts draining after this
         assert [(await send(url, {"jsonrpc": "2.0", "id": n, "method": "ping"}))[0] for n in range(2)] == [200, 200]
         status, headers, body = await send(url, {"jsonrpc": "2.0", "id": 3, "method": "ping"})
+        elapsed = loop.time() - started
     assert status == 429
     assert body["error"]["code"] == -32053 and body["error"]["data"]["reason"] == "rate_limited"
-    assert 9.0 < body["error"]["data"]["retryAfter"] <= 10.0
-    assert headers["Retry-After"] == "10"
+    # Two tokens spent of two: the third frees one hour (1/rate) after the first was taken.
+    assert_retry_after(body["error"]["data"]["retryAfter"], headers["Retry-After"], 3600, elapsed)
     assert upstream.attempts["ping"] == 2
 
 
