@@ -3,8 +3,8 @@
 It speaks just enough MCP (both eras look alike from here: POST JSON-RPC in, JSON or SSE out) to
 answer `tools/list`, `tools/call` and any read method, and it can be told, per method or per tool,
 to misbehave: delay, fail N times then succeed, answer any status (429 with Retry-After), drop the
-connection before or after the headers, break an SSE stream midway, hang, answer a JSON-RPC error or
-an `isError` tool result. Every request it receives is counted and recorded (method, tool, headers).
+connection before or after the headers, break an SSE stream midway, hang, hold its answer until the
+test opens a gate, answer a JSON-RPC error or an `isError` tool result. Every request it receives is counted and recorded (method, tool, headers).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Fault:
     sse_hang_after: int | None = None  # with sse: events sent before the stream goes silent for good
     sse_end_after: int | None = None  # with sse: events sent before the stream ends cleanly, unanswered
     asks_client: bool = False  # with sse: first send the client a request (roots/list), then wait for good
+    gate: asyncio.Event | None = None  # held until the test sets it: before answering, or with asks_client before the response
     seen: int = 0
 
     def active(self) -> bool:
@@ -126,6 +127,8 @@ class FaultUpstream:
         if fault is not None:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
+            if fault.gate is not None and not fault.asks_client:
+                await fault.gate.wait()
             if fault.hang:
                 await self._hang()
             if fault.drop == "before_headers":
@@ -174,8 +177,10 @@ class FaultUpstream:
         if fault.asks_client:
             ask = {"jsonrpc": "2.0", "id": "server-1", "method": "roots/list"}
             await response.write(f"event: message\ndata: {json.dumps(ask)}\n\n".encode())
-            if fault.delay:  # answer the original request later, as a server does once the client replied
+            if fault.delay or fault.gate is not None:  # answer later, as a server does once the client replied
                 await asyncio.sleep(fault.delay)
+                if fault.gate is not None:
+                    await fault.gate.wait()
                 await response.write(f"event: message\ndata: {json.dumps(message)}\n\n".encode())
                 await response.write_eof()
                 return response

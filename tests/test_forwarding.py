@@ -287,14 +287,25 @@ async def test_health_and_readiness(proxy: ProxyServer) -> None:
 
 
 async def test_a_read_whose_server_asks_the_client_is_handed_on_at_once(upstream: FaultUpstream) -> None:
-    upstream.fault("resources/read", sse=True, asks_client=True)
-    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "5s"}})
+    """A read's SSE answer is buffered until its response, unless the server asks the client first: then
+    the question must reach the client while the server still holds the response back (here until the
+    test, having read the question, opens the gate). Buffered, nothing would come until the gate opened."""
+    answer = asyncio.Event()
+    upstream.fault("resources/read", sse=True, asks_client=True, gate=answer)
+    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "1h", "total": "1h"}})
     async with running_proxy(config) as proxy, aiohttp.ClientSession() as session:
         read = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "x://y"}}
-        async with session.post(mcp_url(proxy), json=read, headers=JSON_HEADERS) as response:
+        try:
+            async with asyncio.timeout(30):  # only bounds a failure: a buffering proxy would wait an hour
+                response = await session.post(mcp_url(proxy), json=read, headers=JSON_HEADERS)
+                first = await response.content.readuntil(b"\n\n")
+        finally:
+            answer.set()
+        async with response:
             assert response.headers["Content-Type"] == "text/event-stream"
-            first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 2)
-    assert json.loads(first.decode().split("data: ", 1)[1]) == {"jsonrpc": "2.0", "id": "server-1", "method": "roots/list"}
+            rest = await response.read()
+    events = [json.loads(line[6:]) for line in (first + rest).decode().splitlines() if line.startswith("data: ")]
+    assert events == [{"jsonrpc": "2.0", "id": "server-1", "method": "roots/list"}, {"jsonrpc": "2.0", "id": 1, "result": {}}]
     assert upstream.attempts["resources/read"] == 1
 
 

@@ -193,22 +193,32 @@ async def test_sighup_reloads_a_running_process(
 async def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_connections(
     upstream: FaultUpstream, proxy_process: Callable[[dict[str, Any]], Awaitable[ProxyProcess]]
 ) -> None:
-    upstream.fault("tools/call", "slow", delay=1.0)
-    proxy = await proxy_process(config_dict(upstream.url))
+    held = asyncio.Event()  # the call stays in flight until the test has seen the drain begin
+    upstream.fault("tools/call", "slow", gate=held)
+    doc = config_dict(upstream.url, drain_timeout="1h")
+    doc["upstreams"][0]["timeouts"] = {"per_try": "1h", "total": "1h"}  # only the gate ends the call
+    proxy = await proxy_process(doc)
     call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
     async with aiohttp.ClientSession() as session:
         in_flight = asyncio.create_task(session.post(proxy.url + "/mcp", json=call))
-        await asyncio.wait_for(upstream.arrived.wait(), 10)
-        proxy.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            while True:
-                async with session.get(proxy.admin_url + "/readyz") as response:
-                    if response.status == 503:
-                        break
-                await asyncio.sleep(0.01)
-        async with aiohttp.ClientSession() as fresh:
-            with pytest.raises(aiohttp.ClientConnectorError):
-                await fresh.post(proxy.url + "/mcp", json=LIST)
+        try:
+            async with asyncio.timeout(10):  # the call, not just any request, reached the upstream
+                while not upstream.attempts["tools/call:slow"]:
+                    upstream.arrived.clear()
+                    await upstream.arrived.wait()
+            proxy.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(10):
+                while True:
+                    async with session.get(proxy.admin_url + "/readyz") as response:
+                        if response.status == 503:
+                            break
+                    await asyncio.sleep(0.01)
+            async with aiohttp.ClientSession() as fresh:
+                with pytest.raises(aiohttp.ClientConnectorError):
+                    await fresh.post(proxy.url + "/mcp", json=LIST)
+            assert not in_flight.done() and proxy.process.returncode is None
+        finally:
+            held.set()
         response = await in_flight
         assert response.status == 200
         assert (await response.json())["result"]["content"][0]["text"] == "slow ok #1"
