@@ -5,7 +5,7 @@ that also pushes messages outside requests (``python -m tests.sdk_helpers``, for
 stream), and the proxy (``python -m proxy serve``) in front of both. The client is ``mcp.Client``
 in each connect mode: ``legacy`` (initialize, session, GET stream, DELETE), ``2026-07-28``
 (stateless, adopted without a probe) and ``auto`` (``server/discover`` first). Raw HTTP (httpx2)
-checks what the SDK hides: the session's 404 after DELETE, and the SSE events' order and timing.
+checks what the SDK hides: the session's 404 after DELETE, and the SSE events' order and streaming.
 
 The servers and the proxy are shared by the module; every test reads only what it caused: tool
 run counts and metrics are compared before and after, and the metrics tests use upstream entries
@@ -52,6 +52,7 @@ from tests.sdk_helpers import (
     MODERN_VERSION,
     HttpLog,
     ServerProcess,
+    SseEvent,
     legacy_handshake,
     legacy_headers,
     modern_meta,
@@ -293,15 +294,33 @@ async def test_progress_arrives_in_order_before_the_result(stack: Stack, mode: s
     assert result.structured_content == {"slept": 0.2, "steps": 4}
 
 
+async def release(stack: Stack, http: httpx2.AsyncClient, key: str) -> None:
+    """Let the everything server's ``held(key)`` call go on: its ``release`` tool, called directly
+    (2026-07-28, stateless), not through the proxy under test."""
+    call = {
+        "jsonrpc": "2.0",
+        "id": f"release-{key}",
+        "method": "tools/call",
+        "params": {"name": "release", "arguments": {"key": key}, "_meta": modern_meta()},
+    }
+    headers = {"accept": ACCEPT, "mcp-protocol-version": MODERN_VERSION, "mcp-method": "tools/call", "mcp-name": "release"}
+    response = await http.post(stack.everything.url, json=call, headers=headers)
+    assert response.status_code == 200 and f"released {key}" in response.text
+
+
 @pytest.mark.parametrize("era", ["legacy", "modern"])
 async def test_progress_events_are_streamed_not_buffered(stack: Stack, era: str) -> None:
-    """On the wire: four progress events, then the response, each passed on as the server sends it."""
-    seconds = 1.0
+    """On the wire: progress, then more progress and the response, each passed on as the server sends it.
+
+    ``held`` sends progress 1 and then waits for its release, which the test gives only once progress 1
+    has come through the proxy; a proxy that buffered the stream until the response would hand nothing
+    over, and its per-try timeout (30 s) would end the call with a 504."""
+    key = f"streamed-{era}"
     call: dict[str, Any] = {
         "jsonrpc": "2.0",
         "id": 7,
         "method": "tools/call",
-        "params": {"name": "slow", "arguments": {"seconds": seconds}, "_meta": {"progressToken": "p-7"}},
+        "params": {"name": "held", "arguments": {"key": key}, "_meta": {"progressToken": "p-7"}},
     }
     async with httpx2.AsyncClient(timeout=30) as http:
         if era == "legacy":
@@ -313,27 +332,37 @@ async def test_progress_events_are_streamed_not_buffered(stack: Stack, era: str)
                 "accept": ACCEPT,
                 "mcp-protocol-version": MODERN_VERSION,
                 "mcp-method": "tools/call",
-                "mcp-name": "slow",
+                "mcp-name": "held",
             }
         async with http.stream("POST", stack.url(), json=call, headers=headers) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
-            events = [event async for event in read_sse(response)]
+            events = read_sse(response)
+            try:
+                before = [event async for event in _until_data(events)]
+            finally:
+                await release(stack, http, key)
+            after = [event async for event in events]
         if era == "legacy":
             assert (await http.delete(stack.url(), headers=legacy_headers(session_id))).status_code == 200
 
-    messages = [json.loads(event.data) for event in events if event.data]
-    progress = [m for m in messages if m.get("method") == "notifications/progress"]
-    assert [(p["params"]["progressToken"], p["params"]["progress"], p["params"]["total"]) for p in progress] == [
-        ("p-7", step, 4) for step in (1, 2, 3, 4)
-    ]
-    assert [m.get("method", "response") for m in messages] == ["notifications/progress"] * 4 + ["response"]
-    final = messages[-1]
-    assert final["id"] == 7 and final["result"]["content"] == [{"type": "text", "text": f"slept {seconds}"}]
-    # The server sleeps 3 x seconds/4 between progress 1 and its response: a proxy that buffered the
-    # stream would hand both over at once.
-    arrivals = [event.at for event in events if event.data]
-    assert arrivals[-1] - arrivals[0] >= 0.5 * seconds
+    held, *rest = [json.loads(event.data) for event in before + after if event.data]
+    assert (held["method"], held["params"]) == (
+        "notifications/progress",
+        {"progressToken": "p-7", "progress": 1, "total": 2, "message": "held"},
+    )
+    assert [m.get("method", "response") for m in rest] == ["notifications/progress", "response"]
+    assert (rest[0]["params"]["progress"], rest[0]["params"]["message"]) == (2, "released")
+    final = rest[-1]
+    assert final["id"] == 7 and final["result"]["content"] == [{"type": "text", "text": f"released {key}"}]
+
+
+async def _until_data(events: AsyncIterator[SseEvent]) -> AsyncIterator[SseEvent]:
+    """The events of `events` up to and including the first that carries data (leaving the rest unread)."""
+    async for event in events:
+        yield event
+        if event.data:
+            return
 
 
 # --------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ What is exposed:
 
   - ``lookup`` (``readOnlyHint``/``idempotentHint``): deterministic key lookup;
   - ``slow`` (``seconds``): sleeps in 4 steps, one progress notification per step;
+  - ``held`` (``key``): one progress notification, then waits until ``release`` (``key``) is
+    called, then a second one and the answer: a test decides when the server goes on;
   - ``increment`` (not idempotent, not read-only): bumps and returns a counter;
   - ``ask_llm``: a ``sampling/createMessage`` round trip to the client;
   - ``confirm_action``: an ``elicitation/create`` round trip to the client;
@@ -203,6 +205,11 @@ class _State:
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
     subscriptions: set[str] = field(default_factory=set)
     log_level: str = "debug"
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Keyed gates for ``held``/``release``: created by whichever of the two comes first."""
+
+    def gate(self, key: str) -> asyncio.Event:
+        return self.gates.setdefault(key, asyncio.Event())
 
 
 async def _log(ctx: Context, level: Literal["debug", "info", "warning", "error"], message: str) -> None:
@@ -697,6 +704,28 @@ def _add_proxy_test_tools(server: MCPServer, state: _State) -> None:
             content=[TextContent(type="text", text=f"slept {seconds}")],
             structured_content={"slept": seconds, "steps": SLOW_STEPS},
         )
+
+    @server.tool(
+        title="Held",
+        annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+    )
+    async def held(key: str, ctx: Context) -> str:
+        """Send progress 1 of 2, wait until ``release(key)`` is called, send progress 2, then answer."""
+        count("held")
+        await ctx.report_progress(progress=1, total=2, message="held")
+        await state.gate(key).wait()
+        await ctx.report_progress(progress=2, total=2, message="released")
+        return f"released {key}"
+
+    @server.tool(
+        title="Release",
+        annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True, open_world_hint=False),
+    )
+    async def release(key: str) -> str:
+        """Let the ``held`` call(s) waiting on ``key`` go on (and any that come later)."""
+        count("release")
+        state.gate(key).set()
+        return f"released {key}"
 
     @server.tool(
         title="Increment",
