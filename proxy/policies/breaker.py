@@ -24,16 +24,9 @@ Both:
   the last `window` failed (once `min_calls` calls were seen);
 - open: calls fail fast with `CircuitOpen` naming the breaker, why it opened and the last failure, with
   `retryAfter` = time left, until `reset_timeout` passes on the injected clock;
-- half-open: up to `half_open_max_calls` trial calls, **each from a different client**, so one client
-  cannot hold the trials; the first trial that succeeds closes the breaker (the server works for
-  somebody). It opens again when every trial slot has failed; or as soon as every client that asked
-  since it opened has failed its trial (nobody else is waiting, so there is nobody to wait for: a lone
-  client, or all clients behind one identity, see a plain breaker); or when a period of
-  `reset_timeout` ends with failed trials and no success. A trial that counts as nothing (a 429, a
-  cancelled call, a client-paced timeout) frees its slot, but its client gets another only when no
-  other client is waiting; a period that learns nothing ends in a fresh one. So a bad client calling
-  back to back cannot hold the trials against a good client that calls too: the good client's own
-  trial decides.
+- half-open: up to `half_open_max_calls` trial calls, each from a different client, so one client
+  cannot hold them (`proxy.policies.half_open` decides who gets a trial and what its outcome means);
+  the first trial that succeeds closes the breaker.
 
 Breakers are keyed by their config (and tool), so a rule with its own thresholds never shares counts
 with another. State changes are logged and exported as metrics.
@@ -50,6 +43,7 @@ import pybreaker
 from proxy.errors import CircuitOpen
 from proxy.failures import CANCELLED, STREAMING, Failure, Verdict, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
+from proxy.policies.half_open import TrialPeriod
 from proxy.policy_config import AppBreakerConfig, BreakerConfig
 
 __all__ = ["Breaker", "BreakerStage", "Judge", "application_judge", "upstream_judge"]
@@ -57,8 +51,11 @@ __all__ = ["Breaker", "BreakerStage", "Judge", "application_judge", "upstream_ju
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
 MAX_TOOL_BREAKERS = 1000
-MAX_ASKED = 64
-"""Clients remembered as waiting for a breaker; past this many, others are assumed to be waiting too."""
+_REFUSALS = {
+    "taken": "half-open and its trial calls are taken",
+    "has_one": "half-open and this client already has its trial call",
+    "others_waiting": "half-open and this client had its trial call; others are waiting",
+}
 _NO_CONSECUTIVE_LIMIT = 2**31
 
 Judge = Callable[[Verdict], bool | None]
@@ -105,9 +102,8 @@ class _Transitions(pybreaker.CircuitBreakerListener):
 class Breaker:
     """One circuit."""
 
-    __slots__ = ("_asked", "_cause", "_cb", "_clock", "_failed_clients", "_half_open_at", "_holding", "_judge",
-                 "_last_failure", "_observer", "_opened_at", "_outcomes", "_period", "_streak_clients", "_tried", "config",
-                 "name", "upstream")  # fmt: skip
+    __slots__ = ("_cause", "_cb", "_clock", "_judge", "_last_failure", "_observer", "_opened_at", "_outcomes",
+                 "_streak_clients", "_trials", "config", "name", "upstream")  # fmt: skip
 
     def __init__(
         self,
@@ -124,17 +120,8 @@ class Breaker:
         self._clock = clock
         self._observer = observer
         self._judge = judge
-        self._opened_at = self._half_open_at = 0.0
-        self._period = 0
-        """Counts half-open periods: a trial speaks only for the period that admitted it."""
-        self._holding: set[str] = set()
-        """Clients whose trial call of this half-open period is in flight."""
-        self._tried: set[str] = set()
-        """Clients that had a trial this period, whatever came of it: while others wait, none gets two."""
-        self._failed_clients: set[str] = set()
-        """Clients whose trial of this period failed."""
-        self._asked: set[str] | None = set()
-        """Clients refused or admitted since the breaker opened (None: more than `MAX_ASKED`)."""
+        self._opened_at = 0.0
+        self._trials = TrialPeriod()
         self._outcomes: deque[tuple[float, bool, str]] = deque()
         self._streak_clients: set[str] = set()
         """Distinct clients of the current run of consecutive failures (up to `failing_clients` of them)."""
@@ -168,31 +155,15 @@ class Breaker:
         if new == OPEN:
             self._opened_at = now
         if new == HALF_OPEN:
-            self._new_period(now)
+            self._trials.begin(now)
         else:
-            self._asked = set()  # opened or closed: who waits is asked afresh
-            self._holding.clear()
-            self._tried.clear()
-            self._failed_clients.clear()
+            self._trials.reset()
         self._outcomes.clear()
         self._streak_clients.clear()
         self._observer.policy_event(
             "breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new,
             cause=self._cause if new == OPEN else None, last_failure=self.last_failure if new == OPEN else None,
         )  # fmt: skip
-
-    def _new_period(self, now: float) -> None:
-        """A half-open period starts: fresh trial slots; trials still in flight from before no longer count."""
-        self._period += 1
-        self._half_open_at = now
-        self._holding.clear()
-        self._tried.clear()
-        self._failed_clients.clear()
-
-    def _others_waiting(self, client: str) -> bool:
-        """Whether a client other than `client` asked since the breaker opened and has had no trial yet."""
-        asked = self._asked
-        return asked is None or any(other != client and other not in self._tried for other in asked)
 
     def _open(self, cause: str) -> None:
         self._cause = cause
@@ -212,29 +183,21 @@ class Breaker:
             last_failure=last,
         )
 
-    def _note_asking(self, client: str) -> None:
-        asked = self._asked
-        if asked is not None and client not in asked:
-            if len(asked) >= MAX_ASKED:
-                self._asked = None
-            else:
-                asked.add(client)
-
     def admit(self, client: str = "") -> int | None:
         """Let a call through, or raise `CircuitOpen`; a half-open trial gets its period's number, others None."""
         state = self.state
         if state == CLOSED:
             return None
-        self._note_asking(client)
+        trials = self._trials
+        trials.note_asking(client)
         now = self._clock.monotonic()
         reset = self.config.reset_timeout
-        if state == HALF_OPEN and now - self._half_open_at >= reset:
-            if self._failed_clients:
+        if state == HALF_OPEN and now - trials.started_at >= reset:
+            if trials.failed:
                 self._open(self._cause)  # a period of failed trials and no success: open again
                 state = OPEN
             else:  # nothing learned in a whole period (trials that counted nothing): fresh slots, fresh askers
-                self._new_period(now)
-                self._asked = {client}
+                trials.begin(now, asking=client)
         if state == OPEN:
             left = self._opened_at + reset - now
             if left > 0:
@@ -242,21 +205,16 @@ class Breaker:
             self._cb.half_open()
             state = HALF_OPEN
         if state == HALF_OPEN:
-            if len(self._holding) + len(self._failed_clients) >= self.config.half_open_max_calls:
-                raise self._refuse("half-open and its trial calls are taken", reset)
-            if client in self._holding or client in self._failed_clients:
-                raise self._refuse("half-open and this client already has its trial call", reset)
-            if client in self._tried and self._others_waiting(client):
-                raise self._refuse("half-open and this client had its trial call; others are waiting", reset)
-            self._holding.add(client)
-            self._tried.add(client)
-            return self._period
+            refusal = trials.refusal(client, self.config.half_open_max_calls)
+            if refusal is not None:
+                raise self._refuse(_REFUSALS[refusal], reset)
+            return trials.period
         return None
 
     def record(self, trial: int | None, verdict: Verdict, client: str = "") -> None:
         """Count the outcome of an admitted call (`trial`: what `admit` returned for it)."""
         state = self.state
-        current = trial is not None and trial == self._period and state == HALF_OPEN
+        current = trial is not None and trial == self._trials.period and state == HALF_OPEN
         if verdict is STREAMING:  # its headers came: enough for a trial (the server answers); the end decides the rest
             failed: bool | None = False if current else None
         else:
@@ -264,24 +222,15 @@ class Breaker:
         if failed:
             self._last_failure = verdict
         if current:
-            self._holding.discard(client)
-        if failed is None:
-            return  # nothing learned: the slot goes to the next caller (this one again only if nobody waits)
-        storage = self._cb._state_storage
-        if state == HALF_OPEN:
-            if not current:
-                return  # admitted while closed, or a trial of an earlier period: only this period's trials decide
-            if not failed:
+            decision = self._trials.finish(client, failed, self.config.half_open_max_calls)
+            if decision == "close":
                 self._cb.close()
-                return
-            self._failed_clients.add(client)
-            failed_trials = len(self._failed_clients)
-            nobody_else = self._asked is not None and self._asked <= self._failed_clients
-            if failed_trials >= self.config.half_open_max_calls or nobody_else:
-                self._open(f"{failed_trials} failed trial call(s) while half-open")
+            elif decision == "open":
+                self._open(f"{self._trials.failed} failed trial call(s) while half-open")
             return
-        if state != CLOSED:
-            return  # a call admitted before the breaker opened: its outcome is stale
+        if failed is None or state != CLOSED:
+            return  # nothing learned, or a stale outcome (admitted before it opened, or an earlier period's trial)
+        storage = self._cb._state_storage
         if failed:
             storage.increment_counter()
             if len(self._streak_clients) < self.config.failing_clients:
