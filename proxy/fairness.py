@@ -12,9 +12,6 @@ bounded by the requests in flight, not by how many client identities were ever s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from proxy.errors import ClientOverloaded
 
 __all__ = ["ClientSlots"]
@@ -55,12 +52,3 @@ class ClientSlots:
             self._open[client] = left
         else:
             del self._open[client]
-
-    @contextmanager
-    def hold(self, client: str, cap: int) -> Iterator[None]:
-        """`acquire` for the block, `release` after it."""
-        self.acquire(client, cap)
-        try:
-            yield
-        finally:
-            self.release(client)
