@@ -44,8 +44,10 @@ class ActiveHealthConfig(ConfigModel):
 class PassiveHealthConfig(ConfigModel):
     """Outlier detection from real traffic, through the failure classifier."""
 
-    enabled: bool = Field(True, description="Let real calls' server-side failures mark the upstream unhealthy.")
-    consecutive_failures: int = Field(5, ge=1, description="Consecutive server-side failures of real calls that do.")
+    enabled: bool = Field(
+        True, description="Let real calls' transport failures (no connection, a broken one) mark the upstream unhealthy."
+    )
+    consecutive_failures: int = Field(5, ge=1, description="Consecutive transport failures of real calls that do.")
 
 
 class HealthConfig(ConfigModel):

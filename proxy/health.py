@@ -97,7 +97,7 @@ class UpstreamHealth:
         self.counts: Counter[str] = Counter()
         self._successes = 0  # probes and real calls, in a row
         self._failures = 0  # failed probes in a row
-        self._passive_failures = 0  # server-side failures of real calls in a row
+        self._passive_failures = 0  # transport failures of real calls in a row
         self._changed_at = clock.monotonic()
 
     @property

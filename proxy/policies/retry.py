@@ -19,8 +19,8 @@ calls, 429 after its Retry-After); JSON-RPC errors only when `server_error` is l
 `RateLimited`, `RetryBudgetExhausted` and the proxy's own overload are never retried. When retries stop, the client
 gets the last attempt's outcome: the upstream's answer as it was, or the last error, except that a
 stop for lack of budget turns an error into `RetryBudgetExhausted` (naming the last failure), so
-operators can tell a budget-limited failure from a plain one. (A bare upstream answer, a 429 included,
-is put into JSON-RPC by the handler, once, for every stage above.) Retry acts only before the first byte
+operators can tell a budget-limited failure from a plain one. (An upstream answer that retrying could
+not fix, a 429 included, reaches the client unchanged.) Retry acts only before the first byte
 of an answer left for the client: the stages below return a streamed answer only once committed.
 """
 
