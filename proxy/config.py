@@ -6,7 +6,7 @@ names where it is (``upstreams[0].timeouts.per_tri: unknown key``) and the JSON 
 *all* errors before it raises, so an operator fixes a file in one pass.
 
 Strings may carry ``${VAR}`` or ``${VAR:-default}``; interpolation happens on parsed scalar values (never
-on raw text), so an environment value can never change the structure of the file.
+on raw text), so an environment value can never change the structure of the file. ``$${`` is a literal ``${``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ __all__ = [
 
 LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]", "::1")
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+"""``${VAR}``, ``${VAR:-default}``, or the escape ``$${``, which stands for a literal ``${``."""
 
 
 ADDRESS_CLASH = "must not be the same address as listen"
@@ -370,6 +371,8 @@ def _interpolate(node: Any, path: str, env: dict[str, str], errors: list[str], h
     if isinstance(node, str) and "${" in node:
 
         def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"  # escaped: a literal ${ (a tool name the analyzer wrote, a value that holds one)
             name, default = match.group(1), match.group(2)
             if name in env:
                 hidden.add(path)

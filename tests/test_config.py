@@ -90,6 +90,12 @@ def test_env_interpolation_on_values_only() -> None:
     assert errors_of(text) == ["upstreams[0].url: environment variable UP is not set"]
 
 
+def test_a_doubled_dollar_is_a_literal_reference() -> None:
+    text = "upstreams: [{name: a, url: 'http://127.0.0.1:1/mcp', rules: [{match: {tool: '$${HOME}x'}, idempotent: true}]}]"
+    config = load_config(text, {"HOME": "/root"})
+    assert config.upstreams[0].rules[0].match.tool == "${HOME}x"
+
+
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config_file(tmp_path / "absent.yaml")
