@@ -12,12 +12,22 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 from proxy.app import ProxyServer, running_proxy
 from proxy.config import ProxyConfig
 from tests.fault_upstream import FaultUpstream
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property tests: no deadline (a slow machine is not a failure) and derandomized, so a CI run is
+# reproducible; `HYPOTHESIS_PROFILE=explore` searches with fresh seeds and more examples.
+settings.register_profile(
+    "ci", deadline=None, derandomize=True, max_examples=200, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("explore", deadline=None, max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def proxy_config(upstream_url: str, **overrides: Any) -> ProxyConfig:
