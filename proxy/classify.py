@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Final
 
 from multidict import CIMultiDict
 
@@ -19,10 +20,13 @@ from proxy.policies.base import Call, Era
 from proxy.policies.resolve import PolicyResolver
 
 __all__ = [
+    "CREDENTIAL_HEADERS",
     "LEGACY_VERSION",
     "MODERN_VERSION",
+    "NOT_CREDENTIALS",
     "classify",
     "client_identity",
+    "credential_scope",
     "era_for",
     "identity_hash",
     "is_idempotent",
@@ -58,14 +62,96 @@ def identity_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+NOT_CREDENTIALS: Final = frozenset(
+    {
+        "accept",
+        "content-type",
+        "content-length",
+        "mcp-protocol-version",
+        "mcp-method",
+        "mcp-name",
+        "last-event-id",
+        "traceparent",
+        "tracestate",
+    }
+)
+"""Forwarded headers that do not count in the credential scope (lower case; plus every ``mcp-param-*``).
+
+The scope is deny-by-default: every header the upstream receives counts unless it is listed here, and
+a header is listed only if it carries no identity AND varies from one request of the same client to
+the next (so counting it would only make every call a miss):
+
+- ``Accept``, ``Content-Type``, ``Content-Length``: the proxy's own negotiation; a stored answer is JSON.
+- ``MCP-Protocol-Version``: already part of every cache key on its own (`Call.protocol`).
+- ``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``: repeat the body, whose parsed form is the key.
+- ``Last-Event-ID``: names a position in one stream, not a caller.
+- ``traceparent``, ``tracestate``: new for every trace.
+
+What stays in on purpose: ``Authorization``, ``Cookie``, ``X-Api-Key`` and any other header the proxy
+does not know (an upstream may read identity from it); the configured `client_identity.header`;
+``Mcp-Session-Id`` (a legacy session is one client's); ``baggage`` (W3C baggage is free-form and may
+name the user); ``User-Agent`` and ``Accept-Language`` (stable per client, so they cost no hits, and
+an upstream may answer by them); ``Forwarded``/``X-Forwarded-*``/``X-Real-IP`` (an upstream may
+authorize by the client's address; they are as the proxy forwards them, whether the client's own
+or set by the proxy for its peer, and stable per client).
+"""
+
+_NOT_CREDENTIAL_PREFIX: Final = "mcp-param-"
+
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "x-api-key", "api-key", "x-auth-token", "x-access-token"})
+"""Headers that name who is calling (lower case), for `client_identity`: the well-known credential carriers."""
+
+
+def credential_scope(forwarded: Mapping[str, str]) -> str:
+    """A hash over every credential-bearing header in `forwarded` ('' when there is none).
+
+    `forwarded` must be the headers the upstream will receive (`proxy.headers.upstream_headers`), not
+    the client's: a header named in ``Connection`` never reaches the upstream, so it must not tell two
+    calls apart (nor make them the same). Deny-by-default: see `NOT_CREDENTIALS` for what does not
+    count. Names are compared case-insensitively; repeated headers count with every value, in order.
+    """
+    return _hash_of(forwarded, _counts_as_credential)
+
+
+def _counts_as_credential(name: str) -> bool:
+    return name not in NOT_CREDENTIALS and not name.startswith(_NOT_CREDENTIAL_PREFIX)
+
+
+def _names_a_caller(name: str) -> bool:
+    return name in CREDENTIAL_HEADERS
+
+
+def _hash_of(headers: Mapping[str, str], counts: Callable[[str], bool]) -> str:
+    """`identity_hash` of the counted headers: lower-cased names, sorted, each value length-prefixed."""
+    items = headers.items()
+    pairs = sorted((name.lower(), value) for name, value in items if counts(name.lower()))
+    if not pairs:
+        return ""
+    return identity_hash("".join(f"{len(name)}:{name}{len(value)}:{value}" for name, value in pairs))
+
+
 def client_identity(headers: Mapping[str, str], peer: str | None, identity_header: str | None) -> tuple[str, str]:
-    """(who is calling, the Authorization scope): the configured identity header, else a hash of
-    Authorization, else the peer address. The scope is that hash ('' without Authorization)."""
-    authorization = headers.get("Authorization")
-    auth_scope = identity_hash(authorization) if authorization else ""
+    """(who is calling, the credential scope) of a request whose FORWARDED headers are `headers`.
+
+    Who is calling keys rate limits, fairness slots, breaker trials and events; in order:
+
+    1. ``id:<hash>`` of the configured `client_identity.header`. A client can put any value there, so it
+       is trusted only because the operator configured it (a front that sets it); never otherwise.
+    2. ``auth:<hash>`` over the forwarded `CREDENTIAL_HEADERS`. These are as trustworthy as the upstream's
+       check of them: against an upstream that ignores them a client can make up new identities.
+    3. ``addr:<peer>``, the socket's address: the only identity the client does not choose.
+
+    Only headers that are forwarded count (the caller passes `upstream_headers`' result): a credential
+    removed via ``Connection`` never reaches the upstream, so it names no one and is no scope. The
+    scope is `credential_scope` (deny-by-default, wider than 2.: it keeps private cache entries and
+    single flights apart); it is '' without any credential-bearing header.
+    """
+    scope = credential_scope(headers)
     named = headers.get(identity_header) if identity_header else None
-    client = f"id:{identity_hash(named)}" if named else (f"auth:{auth_scope}" if auth_scope else f"addr:{peer or 'unknown'}")
-    return client, auth_scope
+    if named:
+        return f"id:{identity_hash(named)}", scope
+    credentials = _hash_of(headers, _names_a_caller)
+    return (f"auth:{credentials}" if credentials else f"addr:{peer or 'unknown'}"), scope
 
 
 def is_idempotent(method: str, tool: str | None, declared: bool | None, annotations: ToolAnnotations | None) -> bool:
@@ -88,13 +174,17 @@ def classify(
     resolver: PolicyResolver,
     annotations: ToolAnnotations | None = None,
 ) -> Call:
-    """Build the `Call` for one JSON-RPC request. `annotations` only for upstreams trusted to give them."""
+    """Build the `Call` for one JSON-RPC request. `annotations` only for upstreams trusted to give them.
+
+    `headers` are the client's (the protocol version is read there); `forward_headers` are what the
+    upstream will receive: identity, credential scope and legacy session come from them alone.
+    """
     method = message.method or ""
     params = message.params
     name = params.get("name") if method == "tools/call" else None
     tool = name if isinstance(name, str) else None
     policy = resolver.resolve(method, tool)
-    client, auth_scope = client_identity(headers, peer, identity_header)
+    client, scope = client_identity(forward_headers, peer, identity_header)
     protocol = protocol_of(headers, message)
     return Call(
         upstream=upstream,
@@ -103,8 +193,8 @@ def classify(
         tool=tool,
         idempotent=is_idempotent(method, tool, policy.idempotent, annotations),
         client=client,
-        auth_scope=auth_scope,
-        session_id=headers.get("Mcp-Session-Id"),
+        credential_scope=scope,
+        session_id=forward_headers.get("Mcp-Session-Id"),
         protocol=protocol,
         message=message,
         body=body,

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from proxy.policies.base import Era
-from tests.fakes import make_call
+import pytest
+from multidict import CIMultiDict
+
+from proxy.classify import classify, client_identity, credential_scope
+from proxy.headers import upstream_headers
+from proxy.jsonrpc import parse_message
+from proxy.policies.base import Call, Era
+from proxy.policies.resolve import PolicyResolver
+from tests.fakes import upstream_config
 
 CALL = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"lookup","arguments":{}}}'
+
+
+def make_call(
+    body: bytes = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', identity_header: str | None = None, **headers: str
+) -> Call:
+    """Classify `body` as the handler does: the client's headers, and the filtered set it forwards."""
+    raw = CIMultiDict(headers)
+    resolver = PolicyResolver(upstream_config())
+    return classify("up", parse_message(body), body, raw, upstream_headers(raw.items()), "127.0.0.1", identity_header, resolver)
 
 
 def test_legacy_and_modern_eras() -> None:
@@ -25,18 +41,59 @@ def test_tool_and_idempotency_come_from_the_body_not_the_headers() -> None:
 def test_client_identity_never_holds_the_secret() -> None:
     with_auth = make_call(CALL, Authorization="Bearer s3cret")
     assert with_auth.client.startswith("auth:") and "s3cret" not in with_auth.client
-    assert with_auth.auth_scope == with_auth.client.removeprefix("auth:")
+    assert with_auth.credential_scope and "s3cret" not in with_auth.credential_scope
+    assert with_auth.auth_scope == with_auth.credential_scope  # the former name still reads
     assert make_call(CALL).client == "addr:127.0.0.1"
+    assert make_call(CALL).credential_scope == ""
     assert make_call(CALL, **{"Mcp-Session-Id": "abc"}).session_id == "abc"
 
 
 def test_a_configured_identity_header_is_hashed_too() -> None:
-    from proxy.classify import classify
-    from proxy.jsonrpc import parse_message
-    from proxy.policies.resolve import PolicyResolver
-    from tests.fakes import upstream_config
-    from multidict import CIMultiDict
-
-    headers = CIMultiDict({"X-Client-Id": "alice@example.com"})
-    call = classify("up", parse_message(CALL), CALL, headers, CIMultiDict(), "127.0.0.1", "X-Client-Id", PolicyResolver(upstream_config()))
+    call = make_call(CALL, "X-Client-Id", **{"X-Client-Id": "alice@example.com"})
     assert call.client.startswith("id:") and "alice" not in call.client
+
+
+def test_identity_scope_and_session_come_from_what_is_forwarded() -> None:
+    """A header named in Connection never reaches the upstream: it names no one and keys nothing."""
+    stripped = make_call(
+        CALL, "X-Client-Id", Authorization="Bearer s3cret", **{"X-Client-Id": "alice", "Mcp-Session-Id": "s1"},
+        Connection="Authorization, X-Client-Id, Mcp-Session-Id",
+    )
+    assert (stripped.client, stripped.credential_scope, stripped.session_id) == ("addr:127.0.0.1", "", None)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Authorization", "Cookie", "X-Api-Key", "X-Client-Id", "Mcp-Session-Id", "X-Tenant", "baggage", "User-Agent",
+     "Accept-Language", "X-Forwarded-For", "Forwarded"],
+)
+def test_every_forwarded_header_counts_in_the_scope_unless_it_is_known_not_to_identify(header: str) -> None:
+    assert credential_scope({header: "a"}) != credential_scope({header: "b"})
+    assert credential_scope({header: "a"}) != ""
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Param-Region", "Last-Event-ID",
+     "traceparent", "tracestate"],
+)
+def test_per_request_headers_without_identity_do_not_count(header: str) -> None:
+    assert credential_scope({header: "a", "Authorization": "x"}) == credential_scope({header: "b", "Authorization": "x"})
+
+
+def test_the_scope_is_unambiguous_and_case_insensitive() -> None:
+    assert credential_scope({"X-A": "b", "X-C": "d"}) == credential_scope({"x-c": "d", "x-a": "b"})
+    assert credential_scope({"X-A": "b:1"}) != credential_scope({"X-A": "b", "1": ""})
+    both: CIMultiDict[str] = CIMultiDict([("Cookie", "a=1"), ("Cookie", "b=2")])
+    assert credential_scope(both) != credential_scope({"Cookie": "a=1"})
+
+
+def test_client_identity_prefers_the_configured_header_then_credentials_then_the_peer() -> None:
+    configured, scope = client_identity({"X-Client-Id": "alice", "Authorization": "x"}, "10.0.0.1", "X-Client-Id")
+    assert configured.startswith("id:") and scope == credential_scope({"X-Client-Id": "alice", "Authorization": "x"})
+    not_configured, _ = client_identity({"X-Client-Id": "alice"}, "10.0.0.1", None)
+    assert not_configured == "addr:10.0.0.1"  # a client-chosen header names no one unless configured
+    api_key, _ = client_identity({"X-Api-Key": "k"}, "10.0.0.1", None)
+    assert api_key.startswith("auth:")
+    # an unknown header splits cache scopes (deny-by-default) but makes no new client: no rate-limit escape
+    assert client_identity({"X-Random": "1"}, "10.0.0.1", None)[0] == "addr:10.0.0.1"

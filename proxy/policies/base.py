@@ -42,10 +42,13 @@ class Call:
     tool: str | None
     idempotent: bool
     client: str
-    """Who is calling: the configured identity header, else a hash of Authorization, else the peer address."""
-    auth_scope: str
-    """A hash of the Authorization header ('' without one): the boundary a private cache entry never crosses."""
+    """Who is calling: the configured identity header, else a hash of the credential headers, else the
+    peer address (`proxy.classify.client_identity`; only forwarded headers count)."""
+    credential_scope: str
+    """A hash over every credential-bearing header the upstream receives ('' without any): the boundary
+    a private cache entry and a single flight never cross (`proxy.classify.credential_scope`)."""
     session_id: str | None
+    """The legacy session (``Mcp-Session-Id``) as forwarded; None without one."""
     protocol: str
     """The MCP-Protocol-Version the client sent ('' without one): answers of one version never serve another."""
     message: Message
@@ -71,6 +74,11 @@ class Call:
     waited: bool = False
     """Whether this attempt queued for a connection at all: a timeout after it was written is then excused
     (the upstream did not get the attempt's whole time)."""
+
+    @property
+    def auth_scope(self) -> str:
+        """The former name of `credential_scope` (it was a hash of Authorization alone); kept for callers."""
+        return self.credential_scope
 
 
 class ReplyStream(Protocol):

@@ -10,19 +10,31 @@ client that asked hears it. It never classifies on its own.
   and serves a stored answer only on failure, until ``max_stale`` past its freshness. ``ttl`` also
   answers fresh hits without calling upstream.
 - What is stored is the ``result`` of a 2xx JSON-RPC success. Errors, ``isError`` tool results,
-  ``input_required`` results and streamed answers are never stored. The key is the upstream, the
-  method, the params minus ``_meta`` as canonical JSON, and the Authorization scope unless the
-  policy is ``shared``. A modern result's ``cacheScope: private`` keeps it in its Authorization
-  scope whatever the policy says, and its ``ttlMs`` caps the freshness.
+  ``input_required`` results and streamed answers are never stored, nor is an answer that is its
+  caller's own: one carrying ``Set-Cookie`` or ``Cache-Control: private`` / ``no-store``.
+- The key is the upstream, the method, the protocol version, the params minus ``_meta`` as canonical
+  JSON (exact: `Message.canonical_arguments`), and, unless the policy is ``shared``, the credential
+  scope: a hash over every credential-bearing header the upstream receives (`proxy.classify.
+  credential_scope`: deny-by-default, so Authorization, Cookie, X-Api-Key, the configured identity
+  header, Mcp-Session-Id and any header the proxy does not know all count; only headers that are
+  forwarded, so one removed via ``Connection`` does not). A modern result's ``cacheScope: private``
+  keeps it in its credential scope whatever the policy says, and its ``ttlMs`` caps the freshness.
 - cachetools' TTLCache forgets expired entries, so it cannot serve stale ones. Entries carry their
   own fresh and stale deadlines instead, in an LRU bounded by entries and bytes. There is one LRU
   per (upstream, cache config), so each rule's limits hold on their own.
-- A served answer is a new JSON response with the current request's id, marked in
-  ``result._meta`` and by an ``X-Mcp-Proxy-Cache`` header. The upstream's headers are not replayed.
+- A served answer is a new JSON response with the current request's id and only Content-Type,
+  marked in ``result._meta`` and by an ``X-Mcp-Proxy-Cache`` header. The upstream's headers are not
+  replayed.
 - Single flight: concurrent identical calls share one upstream call. It runs as a task that the
   flight owns, so a leader whose client goes away does not strand the others, and the last caller
-  to leave cancels it. A caller from another Authorization scope only shares what the store could
-  have served it. A rate-limit rejection is shared only with the same client.
+  to leave cancels it. A flight is keyed like a private entry whatever the policy's ``scope``: a
+  follower joins only a leader of its own credential scope (so never another legacy session). The
+  leader gets its answer as it came; a follower gets only what a cache hit would give it: a new JSON
+  answer with its own id and only Content-Type, built from a storable result (unmarked: it is fresh).
+  A follower of any other answer (an error, a stream, ``isError``, ``Set-Cookie``, ``no-store``...)
+  makes its own upstream call, or, when that answer is a failure a stored answer stands in for,
+  gets the stale entry if there is one. The proxy's own verdicts (timeout, open breaker...) reach
+  every follower; a rate-limit rejection only the same client.
 - `invalidate_lists` drops an upstream's ``<kind>/list`` answers on ``notifications/<kind>/list_changed``.
 """
 
@@ -49,9 +61,18 @@ CACHE_META: Final = "io.github.mcp-resilience-proxy/cache"
 CACHE_HEADER: Final = "X-Mcp-Proxy-Cache"
 
 Key = tuple[str, str, str, bytes, str | None]
-FlightKey = tuple[str, str, str, bytes, str | None, str | None]
-"""A store key plus the legacy session id: concurrent identical calls share one upstream call per session."""
-"""(upstream, method, canonical params, Authorization scope; None for an answer every client may share)."""
+"""(upstream, method, protocol version, canonical params, credential scope; None for an answer every client may share)."""
+FlightKey = Key
+"""A flight is keyed like a private entry, whatever the policy's scope: a call in flight was made with
+one set of credentials, and its answer is not yet known to be shareable. The credential scope counts
+``Mcp-Session-Id``, so a flight never spans two legacy sessions either."""
+
+NOT_STORED_HEADERS: Final = frozenset({"set-cookie", "set-cookie2"})
+"""An answer carrying any of these (lower case) is its caller's own: never stored, never shared."""
+NOT_STORED_DIRECTIVES: Final = frozenset({"no-store", "private"})
+"""``Cache-Control`` directives (lower case, with or without a value) that keep an answer out of the store.
+The proxy is a shared cache (RFC 9111 §5.2.2.7): its ``private`` scope is keyed by headers it can see,
+not by the user, so it honours ``private`` as a shared cache must."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +209,13 @@ class CacheStage:
                 self._observer.policy_event("fallback_served", call, status="hit")
                 return _served(entry, call, "hit", now)
         try:
-            # A flight never spans two legacy sessions: one session's answer (an expired session's
-            # 404, its headers) must never reach another.
-            reply, verdict = await self._join((*keys[0], call.session_id), pair, call, next, store)
+            reply, verdict = await self._join(private, pair, call, next, store)
+            if reply is None:  # a follower of an answer it may not share: its own, unless a failure has a stand-in
+                if verdict.server_failure or verdict.kind is Failure.HTTP_429:
+                    stale = self._stale(store, keys, call)
+                    if stale is not None:
+                        return stale
+                reply, verdict = await self._fetch(pair, call, next, store)
         except ProxyError:
             stale = self._stale(store, keys, call)
             if stale is None:
@@ -214,8 +239,13 @@ class CacheStage:
 
     async def _join(
         self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache
-    ) -> tuple[Reply, Verdict]:
-        """The outcome of the flight for `key`, taking off if there is none; `pair` is `call`'s own keys."""
+    ) -> tuple[Reply | None, Verdict]:
+        """The outcome of the flight for `key`, taking off if there is none; `pair` is `call`'s own keys.
+
+        The leader gets its answer as it came. A follower gets what a cache hit would give it: a new
+        JSON answer with its own id and only Content-Type, built from a storable result; for any other
+        answer, (None, the leader's verdict): the caller makes its own call (or serves a stale entry).
+        """
         flight = self._flights.get(key) or self._take_off(key, pair, call, next, store)
         flight.waiters += 1
         try:
@@ -234,9 +264,8 @@ class CacheStage:
             return await self._fetch(pair, call, next, store)
         if call is flight.call:
             return reply, verdict
-        if reply.stream is None and (call.auth_scope == flight.call.auth_scope or _public(reply, verdict)):
-            return _rebuilt(reply, call), verdict
-        return await self._fetch(pair, call, next, store)
+        result = _storable(reply, verdict)
+        return (None if result is None else _answer(call, dict(result))), verdict
 
     def _take_off(self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache) -> _Flight:
         task = asyncio.create_task(self._fetch(pair, call, next, store), name=f"cache-flight:{call.method}")
@@ -291,7 +320,7 @@ def list_changed_kind(method: str) -> str | None:
 def _keys(call: Call) -> tuple[Key, Key]:
     """(private key, shared key) of a call."""
     base = (call.upstream, call.method, call.protocol, call.message.canonical_arguments())
-    return (*base, call.auth_scope), (*base, None)
+    return (*base, call.credential_scope), (*base, None)
 
 
 def _lookup(store: ResponseCache, keys: tuple[Key, ...]) -> Entry | None:
@@ -303,8 +332,9 @@ def _lookup(store: ResponseCache, keys: tuple[Key, ...]) -> Entry | None:
 
 
 def _storable(reply: Reply, verdict: Verdict) -> dict[str, Any] | None:
-    """The result worth storing, or None: errors, tool errors, streams, input requests are not."""
-    if not verdict.ok or reply.stream is not None or not 200 <= reply.status < 300:
+    """The result worth storing (and sharing with followers), or None: errors, tool errors, streams,
+    input requests are not, nor an answer that is its caller's own (`_personal`)."""
+    if not verdict.ok or reply.stream is not None or not 200 <= reply.status < 300 or _personal(reply):
         return None
     result = reply.message.get("result") if isinstance(reply.message, dict) else None
     if not isinstance(result, dict) or result.get("resultType") == "input_required":
@@ -312,10 +342,18 @@ def _storable(reply: Reply, verdict: Verdict) -> dict[str, Any] | None:
     return result
 
 
-def _public(reply: Reply, verdict: Verdict) -> bool:
-    """May a caller from another Authorization scope share this answer (as it could from the store)?"""
-    result = _storable(reply, verdict)
-    return result is not None and result.get("cacheScope") != "private"
+def _personal(reply: Reply) -> bool:
+    """Does the answer set a cookie or forbid storing (`NOT_STORED_HEADERS`, `NOT_STORED_DIRECTIVES`)?
+
+    Directives are read leniently: a comma inside a quoted value may make a spurious token, which can
+    only keep an answer out of the store, never let one in."""
+    if any(name.lower() in NOT_STORED_HEADERS for name in reply.headers):
+        return True
+    for value in reply.headers.getall("Cache-Control", ()):
+        for directive in value.split(","):
+            if directive.split("=", 1)[0].strip().lower() in NOT_STORED_DIRECTIVES:
+                return True
+    return False
 
 
 def _json_headers() -> CIMultiDict[str]:
@@ -331,17 +369,10 @@ def _served(entry: Entry, call: Call, status: str, now: float) -> Reply:
     }}
     if "ttlMs" in result:  # a client may cache too: only for what is left of the freshness
         result["ttlMs"] = max(0, int((entry.fresh_until - now) * 1000))
+    return _answer(call, result, {CACHE_HEADER: status})
+
+
+def _answer(call: Call, result: dict[str, Any], extra: dict[str, str] | None = None) -> Reply:
+    """`result` as a new JSON-RPC answer to `call`: its id, only Content-Type, nothing of the upstream's headers."""
     message = {"jsonrpc": "2.0", "id": call.message.id, "result": result}
-    return Reply(200, _json_headers(), body=orjson.dumps(message), message=message, extra={CACHE_HEADER: status})
-
-
-def _rebuilt(reply: Reply, call: Call) -> Reply:
-    """The leader's answer for a follower: the same JSON-RPC response with the follower's id."""
-    message = reply.message
-    headers = reply.headers.copy()
-    headers.popall("Mcp-Session-Id", None)  # the leader's session is not the follower's
-    if not isinstance(message, dict) or "id" not in message:
-        return Reply(reply.status, headers, body=reply.body, message=message)
-    message = {**message, "id": call.message.id}
-    headers["Content-Type"] = "application/json"  # a buffered SSE answer is sent on as plain JSON
-    return Reply(reply.status, headers, body=orjson.dumps(message), message=message)
+    return Reply(200, _json_headers(), body=orjson.dumps(message), message=message, extra=extra or {})

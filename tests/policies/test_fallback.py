@@ -10,6 +10,9 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
+from proxy.annotations import ToolAnnotations
+from proxy.classify import classify
+from proxy.config import UpstreamConfig
 from proxy.errors import (
     CircuitOpen,
     ProxyOverloaded,
@@ -19,11 +22,27 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from proxy.headers import upstream_headers
+from proxy.jsonrpc import parse_message
 from proxy.policies.base import Call, Handler, Reply
 from proxy.policies.fallback import CACHE_HEADER, CACHE_META, CacheStage, list_changed_kind
-from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_result, reply_status, tool_call, upstream_config
+from proxy.policies.resolve import PolicyResolver
+from tests.fakes import FakeClock, FakeUpstream, reply_error, reply_result, reply_status, tool_call, upstream_config
 
 TOOLS = {"tools": [{"name": "search"}]}
+
+
+def make_call(
+    body: bytes = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+    upstream: UpstreamConfig | None = None,
+    annotations: ToolAnnotations | None = None,
+    peer: str = "127.0.0.1",
+    **headers: str,
+) -> Call:
+    """Classify `body` as the handler does: identity and scope from the headers it forwards."""
+    raw = CIMultiDict(headers)
+    resolver = PolicyResolver(upstream or upstream_config())
+    return classify("up", parse_message(body), body, raw, upstream_headers(raw.items()), peer, None, resolver, annotations)
 
 
 class FakeStream:
@@ -393,27 +412,35 @@ async def test_streamed_answer_is_not_shared_and_a_departed_leaders_stream_is_re
 
 async def test_follower_from_another_tenant_does_not_share_a_private_answer() -> None:
     stage = CacheStage(FakeClock())
-    mine = reply_result({**TOOLS, "cacheScope": "private"})
-    upstream = FakeUpstream(mine, reply_result({"tools": []}))
-    upstream.gate = asyncio.Event()
-    alice = asyncio.create_task(stage(call(1, auth="Bearer alice", scope="shared"), echo(upstream)))
+    mine = {**TOOLS, "cacheScope": "private"}
+    gate = asyncio.Event()
+    seen: list[str] = []
+
+    async def per_user(call: Call) -> Reply:  # answers each user with their own tools
+        seen.append(call.headers["Authorization"])
+        await gate.wait()
+        return reply_result(mine if call.headers["Authorization"] == "Bearer alice" else {"tools": []}, call.message.id)  # type: ignore[arg-type]
+
+    alice = asyncio.create_task(stage(call(1, auth="Bearer alice", scope="shared"), per_user))
     await settle()
-    bob = asyncio.create_task(stage(call(2, auth="Bearer bob", scope="shared"), echo(upstream)))
+    bob = asyncio.create_task(stage(call(2, auth="Bearer bob", scope="shared"), per_user))
     await settle()
-    upstream.gate.set()
-    assert body_of(await alice) == {"jsonrpc": "2.0", "id": 1, "result": mine.message["result"]}
+    gate.set()
+    assert body_of(await alice) == {"jsonrpc": "2.0", "id": 1, "result": mine}
     assert body_of(await bob) == {"jsonrpc": "2.0", "id": 2, "result": {"tools": []}}
-    assert upstream.attempts == 2
+    assert seen == ["Bearer alice", "Bearer bob"]
 
 
 async def test_a_leaders_rate_limit_is_not_another_clients() -> None:
+    """Two anonymous clients (one credential scope, two peers) share a flight, but not a rate limit."""
     stage = CacheStage(FakeClock())
     limited = RateLimited("slow down")
     upstream = FakeUpstream(limited, reply_result(TOOLS))
     upstream.gate = asyncio.Event()
-    alice = asyncio.create_task(stage(call(1, auth="Bearer alice", scope="shared"), echo(upstream)))
+    cfg = upstream_config(cache={"scope": "shared"})
+    alice = asyncio.create_task(stage(make_call(request(1), cfg, peer="10.0.0.1"), echo(upstream)))
     await settle()
-    bob = asyncio.create_task(stage(call(2, auth="Bearer bob", scope="shared"), echo(upstream)))
+    bob = asyncio.create_task(stage(make_call(request(2), cfg, peer="10.0.0.2"), echo(upstream)))
     await settle()
     upstream.gate.set()
     with pytest.raises(RateLimited):
