@@ -4,6 +4,11 @@ The log line and the file are synchronous bus listeners: a file write lands in t
 flushed every `FLUSH_EVERY` events or on close, so the hot path never waits for a disk. `/events`
 serves the stream as Server-Sent Events with each event's `id`, so a consumer that reconnects with
 `Last-Event-ID` (or `?since=N`) resumes where it stopped, as far back as the bus's buffer reaches.
+
+Every event leaves through `outgoing` (`proxy.redact.redact`, the redaction every writer uses): on
+stderr, in the file and on /events alike, credential-like keys and credentials quoted inside strings
+are replaced, and the event is bounded like a log line (`MAX_LOG_VALUE_CHARS` per string, and so on),
+whatever the code that made it put in.
 """
 
 from __future__ import annotations
@@ -18,18 +23,26 @@ import orjson
 from aiohttp import web
 
 from proxy.events import EventBus
+from proxy.redact import redact
 
-__all__ = ["JsonlFile", "events_endpoint", "log_event"]
+__all__ = ["JsonlFile", "events_endpoint", "log_event", "outgoing"]
 
 FLUSH_EVERY: Final = 64
+
+
+def outgoing(event: dict[str, Any]) -> dict[str, Any]:
+    """`event` as it may leave the proxy: redacted and bounded."""
+    redacted: dict[str, Any] = redact(event)
+    return redacted
 
 
 def log_event(event: dict[str, Any]) -> None:
     """Bus listener: one JSON line per event on stderr, in the shape of the proxy's structlog lines.
 
-    Written directly, not through structlog's processor chain: events are already redacted and
-    hashed when they are made, and the chain measured about 10x the cost of the event itself.
+    Written directly, not through structlog's processor chain (which measured about 10x the cost
+    of the event itself); `outgoing` does the redaction that chain's last processor would.
     """
+    event = outgoing(event)
     line = {"event": event["type"], "level": "info", "logger": "proxy.events"}
     line.update((k, v) for k, v in event.items() if k != "type")  # `event` names the type, as in every log line
     line["timestamp"] = datetime.fromtimestamp(event["ts"], UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -58,7 +71,7 @@ class JsonlFile:
         return self.path.open("ab")
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self._file.write(orjson.dumps(event) + b"\n")
+        self._file.write(orjson.dumps(outgoing(event)) + b"\n")
         self._pending += 1
         if self._pending >= FLUSH_EVERY:
             self.flush()
@@ -102,7 +115,7 @@ def events_endpoint(bus: EventBus) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         since = _cursor(request)
         if request.query.get("format") == "json":
-            return web.Response(body=orjson.dumps(bus.recent(since or 0)), content_type="application/json")
+            return web.Response(body=orjson.dumps([outgoing(e) for e in bus.recent(since or 0)]), content_type="application/json")
         subscription = bus.subscribe(since)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         await response.prepare(request)
@@ -115,6 +128,7 @@ def events_endpoint(bus: EventBus) -> Any:
                     lost = subscription.dropped - reported
                     reported = subscription.dropped
                     await response.write(b"event: dropped\ndata: " + orjson.dumps({"count": lost}) + b"\n\n")
+                event = outgoing(event)
                 data = orjson.dumps(event)
                 await response.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (event["id"], event["type"].encode(), data))
         except (ConnectionResetError, OSError):

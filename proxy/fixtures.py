@@ -1,9 +1,13 @@
 """Regression fixtures: failing exchanges saved (redacted) so they can be replayed against an upstream.
 
 When `events.fixtures.dir` is set, each call that fails (a `call_failed` event) is written as one JSON
-file: the request's MCP headers and JSON-RPC body with credential-like params redacted, and the
-failure it met. At most `per_signature` files are kept per failure signature, so an outage writes a
-handful of files, not one per call. `Authorization`, cookies and session ids are never saved.
+file: the request's MCP headers and JSON-RPC body, and the failure it met, all passed through
+`proxy.redact.redact` (the redaction every writer uses) without clipping, so the call replays as it
+was sent minus its credentials: params under credential-like keys, an ``Mcp-Param-*`` header whose
+param name is credential-like (``Mcp-Param-Password``, like the ``password`` param it mirrors, so the
+two still agree on replay), and credentials quoted inside any string. At most `per_signature` files
+are kept per failure signature, so an outage writes a handful of files, not one per call.
+`Authorization`, cookies and session ids are never saved.
 
 ``mcp-resilience-proxy replay DIR --upstream URL`` sends each fixture again (legacy-era fixtures on a
 fresh session of their own, since the recorded one is long gone) and reports which still fail,
@@ -24,7 +28,7 @@ from proxy.classify import LEGACY_VERSION
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import ProxyError
 from proxy.failures import Verdict, classify_error, classify_reply
-from proxy.logs import redact
+from proxy.redact import MAX_FIXTURE_DEPTH, Budget, redact
 from proxy.policies.base import Call
 from proxy.transport import HttpUpstream
 
@@ -66,9 +70,10 @@ class FixtureWriter:
             "tool": call.tool,
             "signature": signature,
             "legacy_session": call.session_id is not None,
-            "request": {"headers": headers, "body": redact(call.message.body)},
+            "request": {"headers": headers, "body": call.message.body},
             "failure": error,
         }
+        fixture = redact(fixture, max_chars=None, max_depth=MAX_FIXTURE_DEPTH, budget=Budget(chars=None, items=None))
         path = self.directory / f"{signature}-{call.call_id}.json"
         path.write_bytes(orjson.dumps(fixture, option=orjson.OPT_INDENT_2))
         return path

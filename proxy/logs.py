@@ -1,42 +1,65 @@
 """structlog set-up: JSON lines on stderr, and a last processor that keeps secrets out of every line.
 
-Redaction is by key name, so it holds for any logger call anywhere: a value under a key that looks
-like a credential (authorization, token, secret, password, cookie, api key) is replaced before
-rendering. Code should never log such values in the first place; this is the net under it.
+Every line passes through `proxy.redact.redact` (the one redaction function every writer uses) as
+the last processor before rendering, so it holds for any logger call anywhere, including lines that
+quote foreign text: a value under a credential-like key is replaced, and string values are scanned
+for quoted credentials (an ``Authorization:`` line inside aiohttp's error message for a malformed
+request, a ``?token=`` or ``user:pass@`` inside a URL). The same pass bounds the line: each string is
+clipped to `MAX_LOG_VALUE_CHARS` (tracebacks to `MAX_LOG_EXCEPTION_CHARS`), nesting to
+`MAX_LOG_DEPTH`, and the line's strings and values to `MAX_LOG_LINE_CHARS` and `MAX_LOG_ITEMS`, so
+a 1 MiB tool name or message never makes a 1 MiB line. Code should never log a secret in the first
+place; this is the net under it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
-__all__ = ["REDACTED", "SECRET_KEY", "configure_logging", "redact", "redact_secrets"]
+from proxy.redact import (
+    MAX_LOG_DEPTH,
+    MAX_LOG_ITEMS,
+    MAX_LOG_LINE_CHARS,
+    MAX_LOG_VALUE_CHARS,
+    REDACTED,
+    SECRET_KEY,
+    Budget,
+    redact,
+)
 
-SECRET_KEY = re.compile(r"authorization|token|secret|password|passwd|cookie|api[-_]?key", re.IGNORECASE)
-REDACTED = "[redacted]"
+__all__ = [
+    "MAX_LOG_DEPTH",
+    "MAX_LOG_EXCEPTION_CHARS",
+    "MAX_LOG_ITEMS",
+    "MAX_LOG_LINE_CHARS",
+    "MAX_LOG_VALUE_CHARS",
+    "REDACTED",
+    "SECRET_KEY",
+    "configure_logging",
+    "redact",
+    "redact_secrets",
+]
 
+MAX_LOG_EXCEPTION_CHARS: Final = 32768
+"""A traceback (the ``exception`` field) is clipped to this many characters: the proxy's own frames, kept whole."""
 
-def redact(value: Any) -> Any:
-    """`value` with every entry under a credential-like key replaced, at any depth (logs, events, fixtures)."""
-    if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
+_FIRST: Final = ("event", "level", "timestamp", "logger")
 
 
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: blank every value whose key names a credential, at any depth."""
-    for key in list(event_dict):
-        if SECRET_KEY.search(key):
-            event_dict[key] = REDACTED
-        elif isinstance(event_dict[key], dict | list | tuple):
-            event_dict[key] = redact(event_dict[key])
+    """structlog processor: every value redacted and bounded (`proxy.redact.redact`), the line as a whole too."""
+    budget = Budget()
+    exception = event_dict.pop("exception", None)
+    first = {key: event_dict[key] for key in _FIRST if key in event_dict}  # never starved by a long field
+    bounded: dict[str, Any] = redact({**first, **event_dict}, budget=budget)
+    if exception is not None:
+        bounded["exception"] = redact(exception, max_chars=MAX_LOG_EXCEPTION_CHARS, budget=Budget(chars=None))
+    event_dict.clear()
+    event_dict.update(bounded)
     return event_dict
 
 

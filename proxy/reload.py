@@ -8,7 +8,8 @@ re-reads the path, follows the symlinks, and compares a content hash with the la
 
 A new hash is parsed and validated like a file at start-up. An invalid file keeps the old config
 serving; the errors are logged with their YAML paths, counted, kept for /status, and reported as a
-``config_rejected`` event. A valid one is applied by `apply` (which builds the new runtime and swaps it
+``config_rejected`` event; they are redacted once, here (`proxy.redact.redact_text`), since a
+validation error quotes the value it refused (an upstream URL with a ``?token=`` or ``user:pass@``). A valid one is applied by `apply` (which builds the new runtime and swaps it
 in: calls in flight finish on the policies they started with).
 """
 
@@ -26,6 +27,7 @@ import structlog
 
 from proxy.config import ConfigError, ProxyConfig, load_config, read_config_bytes
 from proxy.policies.base import NULL_OBSERVER, Observer
+from proxy.redact import redact_text
 
 __all__ = ["ConfigReloader", "ReloadResult"]
 
@@ -103,7 +105,8 @@ class ConfigReloader:
                 config = load_config(data.decode("utf-8", errors="replace"))
                 await self._apply(config)
             except Exception as exc:  # whatever fails, the old config keeps serving and reloads go on
-                errors = exc.errors if isinstance(exc, ConfigError) else [f"could not apply the new config: {exc!r}"]
+                raw = exc.errors if isinstance(exc, ConfigError) else [f"could not apply the new config: {exc!r}"]
+                errors = [redact_text(line) for line in raw]  # for the log, /status and the event alike
                 self.rejected += 1
                 result = ReloadResult("rejected", trigger, digest, errors=tuple(errors))
                 log.error("config_rejected", path=str(self.path), trigger=trigger, errors=errors)

@@ -1,7 +1,9 @@
 """The /status document: what an operator asks first, in one JSON object.
 
 Per upstream: health, breakers, retry budgets; per proxy: rate-limit and cache figures, the config
-hash, and the last reload's result (with the path-named errors of a rejected file).
+hash, and the last reload's result (with the path-named errors of a rejected file). The document
+passes through `proxy.redact.redact` on its way out (no clipping: it is the proxy's own state), so a
+credential can reach it through no field, present or future.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import time
 from typing import Any
 
 from proxy.config import safe_url
+from proxy.redact import Budget, redact
 from proxy.reload import ConfigReloader
 from proxy.runtime import Runtime, UpstreamState
 
@@ -37,7 +40,7 @@ def status_document(
 ) -> dict[str, Any]:
     """The whole document for `runtime` as it is now."""
     paths = {route.config.name: path for path, route in runtime.routes.items()}
-    return {
+    document = {
         "ready": ready,
         "readiness": why,
         "draining": draining,
@@ -54,3 +57,5 @@ def status_document(
         "cache": runtime.shared.cache.stats(),
         "events": runtime.events.bus.stats(),
     }
+    redacted: dict[str, Any] = redact(document, max_chars=None, max_depth=64, budget=Budget(chars=None, items=None))
+    return redacted
