@@ -1,49 +1,40 @@
-"""Tool annotations learned from `tools/list` answers that pass through the proxy.
+"""The retry policy's view of tool annotations: what an upstream declared, believed only when trusted.
 
 MCP tool annotations (`readOnlyHint`, `idempotentHint`, `destructiveHint`, `openWorldHint`) are hints
-from the server: the proxy believes them only for upstreams the config marks
-`trust_annotations: true`. A tool is safe to retry when it is read-only or idempotent. The map is
-bounded (a server with more tools than that keeps the most recently listed ones).
+from the server. The upstream's `proxy.tool_catalog.ToolCatalog` holds what it declared, learned from
+every listing whatever the trust (events and bookkeeping use it); this view believes them for retries
+only for upstreams the config marks `trust_annotations: true`. A tool is safe to retry when it is
+declared read-only or idempotent.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cachetools import LRUCache
+from proxy.tool_catalog import ToolCatalog
 
 __all__ = ["ToolAnnotations"]
 
-MAX_TOOLS = 10_000
-
 
 class ToolAnnotations:
-    """What the upstream said about each tool's side effects, as last listed."""
+    """One upstream's catalog, seen by the retry policy with the trust its config gives it."""
 
-    __slots__ = ("_safe",)
+    __slots__ = ("catalog", "trusted")
 
-    def __init__(self) -> None:
-        self._safe: LRUCache[str, bool] = LRUCache(maxsize=MAX_TOOLS)
+    def __init__(self, catalog: ToolCatalog | None = None, trusted: bool = True) -> None:
+        self.catalog = catalog if catalog is not None else ToolCatalog()
+        self.trusted = trusted
 
     def learn(self, message: Any) -> int:
-        """Record the tools of a `tools/list` response message; return how many were read."""
-        result = message.get("result") if isinstance(message, dict) else None
-        tools = result.get("tools") if isinstance(result, dict) else None
-        if not isinstance(tools, list):
-            return 0
-        learned = 0
-        for tool in tools:
-            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
-                continue
-            hints = tool.get("annotations")
-            hints = hints if isinstance(hints, dict) else {}
-            self._safe[tool["name"]] = hints.get("readOnlyHint") is True or hints.get("idempotentHint") is True
-            learned += 1
-        return learned
+        """Record the tools of a `tools/list` response message (trusted or not); return how many were read."""
+        return self.catalog.learn(message)
 
     def safe_to_retry(self, tool: str) -> bool:
-        """True when the last listing said this tool is read-only or idempotent."""
-        return self._safe.get(tool, False)
+        """True when the upstream is trusted and its last listing declared this tool read-only or idempotent."""
+        if not self.trusted:
+            return False
+        hints = self.catalog.hints(tool)
+        return hints is not None and hints.safe_to_retry
 
     def __len__(self) -> int:
-        return len(self._safe)
+        return len(self.catalog)

@@ -37,6 +37,7 @@ import structlog
 
 from proxy.logs import redact
 from proxy.policies.base import Call, Observer
+from proxy.tool_catalog import ToolCatalog
 
 __all__ = [
     "EVENT_TYPES",
@@ -261,6 +262,8 @@ class EventRecorder:
         self.failure_listeners: list[Callable[[Call, dict[str, Any]], None]] = []
         """Called with each failed call and its `call_failed` event (regression fixtures)."""
         self._summaries: dict[tuple[str, str, str | None], _Summary] = {}
+        self.catalogs: dict[str, ToolCatalog] = {}
+        """Each upstream's tool catalog (set by `proxy.runtime.build_runtime`): what counts as a real name."""
         self._window_started = time.time()
 
     def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None:

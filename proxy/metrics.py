@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.policies.base import Call
+from proxy.tool_catalog import ToolCatalog
 
 __all__ = ["ProxyMetrics"]
 
@@ -128,6 +129,8 @@ class ProxyMetrics:
             registry=self.registry,
         )
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+        self.catalogs: dict[str, ToolCatalog] = {}
+        """Each upstream's tool catalog (set by `proxy.runtime.build_runtime`): listed names keep their labels."""
         self._seen: dict[str, set[str]] = {"method": set(), "tool": set()}
 
     def _child(self, metric: MetricWrapperBase, *labels: str) -> MetricWrapperBase:

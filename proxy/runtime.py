@@ -9,8 +9,11 @@ reload never changes the policies of a call in flight. What carries state lives 
 - breakers, retry budgets, rate-limit buckets and cache stores are keyed by their policy's config
   value inside their stage, so a policy that did not change keeps its state and a changed one starts
   fresh, with no bookkeeping here;
-- learned tool annotations, health and each client's count of open requests survive as long as the
-  upstream keeps its name (and its URL).
+- the tool catalog (what the upstream listed, `proxy.tool_catalog`), health and each client's count
+  of open requests survive as long as the upstream keeps its name (and its URL). The catalog is learned
+  from every upstream; the retry policy sees it through `Route.annotations`, which believes the hints
+  only when the config trusts them. Metrics and events are told each upstream's catalog here
+  (`catalogs`), so names the upstream has always keep their own labels, summaries and buffer room.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 from dataclasses import dataclass
 
 from proxy.annotations import ToolAnnotations
+from proxy.tool_catalog import ToolCatalog
 from proxy.config import LimitsConfig, ProxyConfig, UpstreamConfig
 from proxy.fairness import ClientSlots
 from proxy.headers import HostPolicy
@@ -53,11 +57,17 @@ class UpstreamState:
     transport: HttpUpstream
     retry: RetryStage
     breaker: BreakerStage
-    annotations: ToolAnnotations
+    catalog: ToolCatalog
+    """The upstream's tools as it last listed them (trusted or not)."""
     health: UpstreamHealth
     clients: ClientSlots
     """Requests open per client: kept across reloads, so a reload never resets a client's count."""
     prober: HealthProber | None = None
+
+    @property
+    def annotations(self) -> ToolCatalog:
+        """The catalog, under its former name (its length is the number of listed tools)."""
+        return self.catalog
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +78,13 @@ class Route:
     config: UpstreamConfig
     pipeline: Handler
     resolver: PolicyResolver
+    annotations: ToolAnnotations
+    """The catalog as the retry policy sees it: learned from every `tools/list` answer, believed only
+    when `trust_annotations` is on (otherwise `safe_to_retry` is always False)."""
 
     @property
     def upstream(self) -> HttpUpstream:
         return self.state.transport
-
-    @property
-    def annotations(self) -> ToolAnnotations | None:
-        """The learned annotations when this upstream is trusted to give them, else None."""
-        return self.state.annotations if self.config.trust_annotations else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +156,18 @@ def _state_for(
     observer: Observer,
 ) -> UpstreamState:
     if previous is None:
+        catalog = ToolCatalog()
         return UpstreamState(
             transport=HttpUpstream(upstream, limits),
             retry=RetryStage(clock, observer),
-            breaker=BreakerStage(upstream.name, clock, observer),
-            annotations=ToolAnnotations(),
+            breaker=BreakerStage(upstream.name, clock, observer, catalog),
+            catalog=catalog,
             health=_new_health(upstream, clock, metrics, observer),
             clients=ClientSlots(upstream.name),
         )
     if previous.transport.config.url != upstream.url:
-        # Another server now: nothing learned about the old one (breakers, budgets, annotations,
-        # health) applies to it.
+        # Another server now: nothing learned about the old one (breakers, budgets, its tool
+        # catalog, health) applies to it.
         return _state_for(upstream, limits, None, clock, metrics, observer)
     transport = previous.transport
     if transport.same_connection(upstream, limits):
@@ -168,7 +177,7 @@ def _state_for(
     health = previous.health
     if health.config != upstream.health:
         health = _new_health(upstream, clock, metrics, observer)
-    return UpstreamState(transport, previous.retry, previous.breaker, previous.annotations, health, previous.clients)
+    return UpstreamState(transport, previous.retry, previous.breaker, previous.catalog, health, previous.clients)
 
 
 def build_runtime(
@@ -192,9 +201,16 @@ def build_runtime(
         before = previous.states.get(upstream.name) if previous is not None else None
         state = states[upstream.name] = _state_for(upstream, config.limits, before, clock, metrics, observer)
         stages = build_stages(upstream, state, shared, clock, observer, observe)
-        routes[upstream.path] = Route(state, upstream, build_pipeline(state.transport.send, stages), PolicyResolver(upstream))
+        pipeline = build_pipeline(state.transport.send, stages)
+        annotations = ToolAnnotations(state.catalog, trusted=upstream.trust_annotations)
+        routes[upstream.path] = Route(state, upstream, pipeline, PolicyResolver(upstream), annotations)
     # Keyed stage state of policies no rule resolves to any more can go (unchanged ones stay).
     live = [(route.config.name, policy) for route in routes.values() for policy in route.resolver.policies()]
+    for route in routes.values():
+        policies = route.resolver.policies()
+        route.state.breaker.retain({p.breaker for p in policies} | {p.app_breaker for p in policies if p.app_breaker})
+    catalogs = {name: state.catalog for name, state in states.items()}
+    metrics.catalogs = events.catalogs = catalogs
     shared.rate_limit.retain([policy.rate_limit for _, policy in live if policy.rate_limit is not None])
     shared.cache.retain({(name, policy.cache) for name, policy in live if policy.cache is not None})
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)

@@ -30,13 +30,27 @@ Both:
 
 Breakers are keyed by their config (and tool), so a rule with its own thresholds never shares counts
 with another. State changes are logged and exported as metrics.
+
+Tool and method names come from clients, who may invent any number; the breakers they key are held
+so that no invented name can push out the state of a real one (`_Breakers`):
+
+- names the upstream listed (its `proxy.tool_catalog.ToolCatalog`), the MCP methods and the upstream
+  breaker itself keep their breakers for as long as their config is in use (bounded by the listing);
+- any other name (invented, or a tool listed since the last `tools/list`) gets a breaker of its own in
+  a separate space of `MAX_UNLISTED_BREAKERS`; before the upstream's first listing nothing can be told
+  apart, and that space holds `MAX_TOOL_BREAKERS`. When it is full the least recently used *closed*
+  breaker goes (in constant time); an open or half-open one is never evicted, so a newcomer that finds
+  every slot open gets no breaker of its own (its calls pass unguarded by one; an upstream answering
+  an unknown tool with an error costs nothing). One shared breaker for all unknown names was the
+  alternative: it would let invented names that fail open a breaker over tools the upstream added
+  since its last listing, and a client could keep it open for everyone.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, Final
 
 import pybreaker
 
@@ -45,12 +59,24 @@ from proxy.failures import CANCELLED, STREAMING, Failure, Verdict, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policies.half_open import TrialPeriod
 from proxy.policy_config import AppBreakerConfig, BreakerConfig
+from proxy.tool_catalog import MCP_METHODS, ToolCatalog, listed
 
-__all__ = ["Breaker", "BreakerStage", "Judge", "application_judge", "upstream_judge"]
+__all__ = [
+    "MAX_TOOL_BREAKERS",
+    "MAX_UNLISTED_BREAKERS",
+    "Breaker",
+    "BreakerStage",
+    "Judge",
+    "application_judge",
+    "upstream_judge",
+]
 
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
-MAX_TOOL_BREAKERS = 1000
+MAX_TOOL_BREAKERS: Final = 1000
+"""Per-tool breakers for names not told apart yet (before the upstream's first `tools/list`)."""
+MAX_UNLISTED_BREAKERS: Final = 100
+"""Per-tool breakers for names the upstream did not list, once it listed its tools."""
 _REFUSALS = {
     "taken": "half-open and its trial calls are taken",
     "has_one": "half-open and this client already has its trial call",
@@ -103,7 +129,7 @@ class Breaker:
     """One circuit."""
 
     __slots__ = ("_cause", "_cb", "_clock", "_judge", "_last_failure", "_observer", "_opened_at", "_outcomes",
-                 "_streak_clients", "_trials", "config", "name", "upstream")  # fmt: skip
+                 "_streak_clients", "_trials", "config", "name", "on_state", "upstream")  # fmt: skip
 
     def __init__(
         self,
@@ -127,6 +153,8 @@ class Breaker:
         """Distinct clients of the current run of consecutive failures (up to `failing_clients` of them)."""
         self._cause = ""
         self._last_failure: Verdict | None = None
+        self.on_state: Callable[[Breaker, str], None] | None = None
+        """Told each new state (the holder of breakers keeps open ones apart from closed ones)."""
         self._cb = pybreaker.CircuitBreaker(
             fail_max=config.consecutive_threshold or _NO_CONSECUTIVE_LIMIT,
             reset_timeout=config.reset_timeout,
@@ -164,6 +192,8 @@ class Breaker:
             "breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new,
             cause=self._cause if new == OPEN else None, last_failure=self.last_failure if new == OPEN else None,
         )  # fmt: skip
+        if self.on_state is not None:
+            self.on_state(self, new)
 
     def _open(self, cause: str) -> None:
         self._cause = cause
@@ -280,67 +310,153 @@ BreakerKey = tuple[BreakerConfig | AppBreakerConfig, str | None]
 
 
 class _Breakers:
-    """Breakers by (config, tool), at most `MAX_TOOL_BREAKERS`. Tool names come from clients, so the map
-    is bounded; when it is full the least recently used *closed* breaker goes: dropping an open one
-    would let calls through to a failing tool, so one goes only when every breaker is open."""
+    """Breakers by (config, name), held so that invented names never push out a real one's state.
 
-    __slots__ = ("_items", "_limit")
+    Listed names (see the module docstring) live in `_listed`, unbounded by clients. Other names live
+    in `_closed` (closed breakers, least recently used first: evicting is a `popitem`) and `_held`
+    (open and half-open ones, never evicted); a breaker moves between the two when its state changes
+    (`Breaker.on_state`). The split is redone whenever the upstream's listing changes.
+    """
 
-    def __init__(self, limit: int = MAX_TOOL_BREAKERS) -> None:
-        self._items: OrderedDict[BreakerKey, Breaker] = OrderedDict()
-        self._limit = limit
+    __slots__ = ("_catalog", "_closed", "_held", "_listed", "_version")
 
-    def get(self, key: BreakerKey) -> Breaker | None:
-        breaker = self._items.get(key)
+    def __init__(self, catalog: ToolCatalog) -> None:
+        self._catalog = catalog
+        self._version = catalog.version
+        self._listed: dict[BreakerKey, Breaker] = {}
+        self._closed: OrderedDict[BreakerKey, Breaker] = OrderedDict()
+        self._held: dict[BreakerKey, Breaker] = {}
+
+    @property
+    def _limit(self) -> int:
+        return MAX_UNLISTED_BREAKERS if self._catalog.known else MAX_TOOL_BREAKERS
+
+    def _is_listed(self, name: str | None) -> bool:
+        return name is None or name in MCP_METHODS or self._catalog.has(name)
+
+    def get(self, key: BreakerKey, known: bool | None) -> Breaker | None:
+        """The breaker of `key`, if it has one; `known`: does the catalog vouch for its name."""
+        if self._version != self._catalog.version:
+            self._resort()
+        breaker = self._listed.get(key)
         if breaker is not None:
-            self._items.move_to_end(key)
+            return breaker
+        breaker = self._held.get(key)
+        if breaker is None:
+            breaker = self._closed.get(key)
+            if breaker is not None:
+                self._closed.move_to_end(key)
+        if breaker is not None and known:  # a listed name whose listing came before the last resort
+            self._forget(key, breaker)
+            self._listed[key] = breaker
         return breaker
 
-    def add(self, key: BreakerKey, breaker: Breaker) -> None:
-        if len(self._items) >= self._limit:
-            victim = next((k for k, b in self._items.items() if b.state == CLOSED), next(iter(self._items)))
-            del self._items[victim]
-        self._items[key] = breaker
+    def add(self, key: BreakerKey, breaker: Breaker, known: bool | None) -> bool:
+        """Hold `breaker` for `key`; False when there is no room (every unlisted slot holds an open breaker)."""
+        if known:
+            self._listed[key] = breaker
+        else:
+            if len(self._closed) + len(self._held) >= self._limit:
+                if not self._closed:
+                    return False
+                self._evict_one()
+            self._closed[key] = breaker
+        breaker.on_state = lambda moved, state: self._moved(key, moved, state)
+        return True
+
+    def _evict_one(self) -> None:
+        _, victim = self._closed.popitem(last=False)
+        victim.on_state = None
+
+    def _forget(self, key: BreakerKey, breaker: Breaker) -> None:
+        if self._closed.get(key) is breaker:
+            del self._closed[key]
+        elif self._held.get(key) is breaker:
+            del self._held[key]
+
+    def _moved(self, key: BreakerKey, breaker: Breaker, state: str) -> None:
+        if self._listed.get(key) is breaker:
+            return
+        if state == CLOSED and self._held.get(key) is breaker:
+            del self._held[key]
+            self._closed[key] = breaker
+            while len(self._closed) + len(self._held) > self._limit and self._closed:
+                self._evict_one()
+        elif state != CLOSED and self._closed.get(key) is breaker:
+            del self._closed[key]
+            self._held[key] = breaker
+
+    def _resort(self) -> None:
+        """The upstream's listing changed: sort every breaker again by whether its name is listed."""
+        self._version = self._catalog.version
+        every = [*self._listed.items(), *self._held.items(), *self._closed.items()]
+        self._listed, self._held, self._closed = {}, {}, OrderedDict()
+        for key, breaker in every:
+            if self._is_listed(key[1]):
+                self._listed[key] = breaker
+            elif breaker.state == CLOSED:
+                self._closed[key] = breaker
+            else:
+                self._held[key] = breaker
+        while len(self._closed) + len(self._held) > self._limit and self._closed:
+            self._evict_one()
+
+    def retain(self, configs: Collection[BreakerConfig | AppBreakerConfig]) -> None:
+        """Drop the breakers of configs no policy uses any more (a reload changed them)."""
+        for space in (self._listed, self._held, self._closed):
+            for key in [key for key in space if key[0] not in configs]:
+                space.pop(key).on_state = None
 
     def values(self) -> list[Breaker]:
-        return list(self._items.values())
+        return [*self._listed.values(), *self._held.values(), *self._closed.values()]
 
 
 class BreakerStage:
     """Guards each attempt with its breakers: the upstream breaker (per upstream or per tool) and, where
     configured, the application breaker of the call's tool."""
 
-    __slots__ = ("_breakers", "_clock", "_observer", "_upstream")
+    __slots__ = ("_breakers", "_catalog", "_clock", "_observer", "_upstream")
 
-    def __init__(self, upstream: str, clock: Clock, observer: Observer = NULL_OBSERVER) -> None:
+    def __init__(
+        self, upstream: str, clock: Clock, observer: Observer = NULL_OBSERVER, catalog: ToolCatalog | None = None
+    ) -> None:
         self._upstream = upstream
         self._clock = clock
         self._observer = observer
-        self._breakers = _Breakers()
+        self._catalog = catalog if catalog is not None else ToolCatalog()
+        self._breakers = _Breakers(self._catalog)
 
-    def _breaker(self, config: BreakerConfig | AppBreakerConfig, tool: str | None, judge: Callable[[], Judge]) -> Breaker:
+    def _breaker(self, config: BreakerConfig | AppBreakerConfig, call: Call | None, judge: Callable[[], Judge]) -> Breaker | None:
+        tool = None if call is None else call.tool or call.method
+        known = True if call is None else listed(self._catalog, call.method, call.tool)
         key = (config, tool)
-        breaker = self._breakers.get(key)
+        breaker = self._breakers.get(key, known)
         if breaker is None:
             name = self._upstream if tool is None else f"{self._upstream}/{tool}"
             breaker = Breaker(self._upstream, name, config, self._clock, self._observer, judge())
-            self._breakers.add(key, breaker)
+            if not self._breakers.add(key, breaker, known):
+                return None  # no room among unlisted names: this one goes unguarded by a breaker of its own
         return breaker
 
     def breaker_for(self, call: Call) -> Breaker | None:
-        """The upstream breaker guarding `call`, or None when the policy turns it off."""
+        """The upstream breaker guarding `call`, or None when the policy turns it off (or, per tool, for
+        an unlisted name finding no room)."""
         config = call.policy.breaker
         if not config.enabled:
             return None
-        tool = (call.tool or call.method) if config.scope == "tool" else None
-        return self._breaker(config, tool, lambda: upstream_judge)
+        return self._breaker(config, call if config.scope == "tool" else None, lambda: upstream_judge)
 
     def app_breaker_for(self, call: Call) -> Breaker | None:
-        """The application breaker of `call`'s tool (or method), or None when none is configured."""
+        """The application breaker of `call`'s tool (or method), or None when none is configured (or
+        for an unlisted name finding no room)."""
         config = call.policy.app_breaker
         if config is None:
             return None
-        return self._breaker(config, call.tool or call.method, lambda: application_judge(config))
+        return self._breaker(config, call, lambda: application_judge(config))
+
+    def retain(self, configs: Collection[BreakerConfig | AppBreakerConfig]) -> None:
+        """Keep only the breakers of `configs` (those the upstream's policies still use)."""
+        self._breakers.retain(configs)
 
     @property
     def breakers(self) -> list[Breaker]:
