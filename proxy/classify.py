@@ -24,6 +24,7 @@ __all__ = [
     "LEGACY_VERSION",
     "MODERN_VERSION",
     "NOT_CREDENTIALS",
+    "NOT_CREDENTIAL_PREFIXES",
     "classify",
     "client_identity",
     "credential_scope",
@@ -73,9 +74,14 @@ NOT_CREDENTIALS: Final = frozenset(
         "last-event-id",
         "traceparent",
         "tracestate",
+        "b3",
+        "x-request-id",
+        "x-correlation-id",
+        "x-amzn-trace-id",
+        "x-cloud-trace-context",
     }
 )
-"""Forwarded headers that do not count in the credential scope (lower case; plus every ``mcp-param-*``).
+"""Forwarded headers that do not count in the credential scope (lower case; plus `NOT_CREDENTIAL_PREFIXES`).
 
 The scope is deny-by-default: every header the upstream receives counts unless it is listed here, and
 a header is listed only if it carries no identity AND varies from one request of the same client to
@@ -85,7 +91,9 @@ the next (so counting it would only make every call a miss):
 - ``MCP-Protocol-Version``: already part of every cache key on its own (`Call.protocol`).
 - ``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``: repeat the body, whose parsed form is the key.
 - ``Last-Event-ID``: names a position in one stream, not a caller.
-- ``traceparent``, ``tracestate``: new for every trace.
+- ``traceparent``, ``tracestate`` and the other tracing headers (``b3``, ``x-b3-*``, ``X-Request-Id``,
+  ``X-Correlation-Id``, ``X-Amzn-Trace-Id``, ``X-Cloud-Trace-Context``): new for every trace or
+  request, often added by a front proxy; counting them would make every call its own scope.
 
 What stays in on purpose: ``Authorization``, ``Cookie``, ``X-Api-Key`` and any other header the proxy
 does not know (an upstream may read identity from it); the configured `client_identity.header`;
@@ -96,7 +104,8 @@ authorize by the client's address; they are as the proxy forwards them, whether 
 or set by the proxy for its peer, and stable per client).
 """
 
-_NOT_CREDENTIAL_PREFIX: Final = "mcp-param-"
+NOT_CREDENTIAL_PREFIXES: Final = ("mcp-param-", "x-b3-")
+"""Header name prefixes (lower case) that do not count in the credential scope (see `NOT_CREDENTIALS`)."""
 
 CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "x-api-key", "api-key", "x-auth-token", "x-access-token"})
 """Headers that name who is calling (lower case), for `client_identity`: the well-known credential carriers."""
@@ -114,7 +123,7 @@ def credential_scope(forwarded: Mapping[str, str]) -> str:
 
 
 def _counts_as_credential(name: str) -> bool:
-    return name not in NOT_CREDENTIALS and not name.startswith(_NOT_CREDENTIAL_PREFIX)
+    return name not in NOT_CREDENTIALS and not name.startswith(NOT_CREDENTIAL_PREFIXES)
 
 
 def _names_a_caller(name: str) -> bool:

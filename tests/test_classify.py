@@ -75,7 +75,8 @@ def test_every_forwarded_header_counts_in_the_scope_unless_it_is_known_not_to_id
 @pytest.mark.parametrize(
     "header",
     ["Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Param-Region", "Last-Event-ID",
-     "traceparent", "tracestate"],
+     "traceparent", "tracestate", "b3", "X-B3-TraceId", "X-Request-Id", "X-Correlation-Id", "X-Amzn-Trace-Id",
+     "X-Cloud-Trace-Context"],
 )
 def test_per_request_headers_without_identity_do_not_count(header: str) -> None:
     assert credential_scope({header: "a", "Authorization": "x"}) == credential_scope({header: "b", "Authorization": "x"})
