@@ -3,6 +3,12 @@
 The admin listener is separate so probes and scrapes never queue behind client traffic, and so it
 can stay on loopback while the MCP listener binds a pod address. Lifecycle, in order:
 
+The MCP listener bounds what a client connection may hold (`proxy.server_errors`): a header timeout,
+an idle keep-alive timeout, a cap on open connections (default derived from the file-descriptor limit,
+leaving room for the upstream pools, the admin listener and reloads), and a request-head size and
+header count. The admin listener is another server, outside that cap: probes and scrapes keep
+working while the MCP listener is full.
+
 - **start**: open upstream pools, start health probes, bind both listeners, start the reloader;
 - **reload** (file change, SIGHUP, ``POST /reload``): validate, build the next runtime carrying state
   over, open new pools, swap the reference, retire replaced pools after `drain_timeout`;
@@ -38,7 +44,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.policies.base import Clock, MonotonicClock
 from proxy.reload import ConfigReloader
 from proxy.runtime import Runtime, RuntimeRef, build_runtime
-from proxy.server_errors import JsonRpcServer
+from proxy.server_errors import JsonRpcServer, ListenerLimits
 from proxy.status import status_document
 from proxy.transport import HttpUpstream
 
@@ -101,6 +107,8 @@ class ProxyServer:
         self._summaries: asyncio.Task[None] | None = None
         self.runtime = RuntimeRef(build_runtime(config, self.metrics, self.events, self.clock))
         self.handler = McpHandler(self.runtime)
+        self._limits_of: ProxyConfig | None = None
+        self._limits: ListenerLimits
         self.draining = False
         self.started_at = time.time()
         self._started = False
@@ -135,8 +143,30 @@ class ProxyServer:
 
     def proxy_server(self) -> JsonRpcServer:
         """The MCP listener: aiohttp's low-level server, since the handler routes by path itself
-        (a router and an Application add measurable work to every request and nothing else)."""
-        return JsonRpcServer(self.handler.handle, handler_cancellation=True, access_log=None)
+        (a router and an Application add measurable work to every request and nothing else).
+        Its connections keep the listener limits of the config in force (`proxy.server_errors`)."""
+        return JsonRpcServer(
+            self.handler.handle, self.listener_limits, self._reject, handler_cancellation=True, access_log=None
+        )
+
+    def listener_limits(self) -> ListenerLimits:
+        """The MCP listener's limits under the current config (computed once per config)."""
+        runtime = self.runtime.current
+        if self._limits_of is not runtime.config:
+            limits = runtime.config.limits
+            pools = [upstream.pool.max_connections for upstream in runtime.config.upstreams]
+            self._limits = ListenerLimits(
+                header_timeout=limits.header_timeout,
+                idle_timeout=limits.idle_timeout,
+                max_connections=limits.connection_cap(pools),
+                max_head_bytes=limits.max_request_head_bytes,
+                max_headers=limits.max_request_headers,
+            )
+            self._limits_of = runtime.config
+        return self._limits
+
+    def _reject(self, reason: str) -> None:
+        self.runtime.current.metrics.reject(reason)
 
     def admin_app(self) -> web.Application:
         app = web.Application()

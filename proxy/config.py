@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,7 @@ __all__ = [
     "BoundConfig",
     "ClientIdentityConfig",
     "ConfigError",
+    "default_connection_cap",
     "Duration",
     "EventFileConfig",
     "EventsConfig",
@@ -115,6 +117,24 @@ class SecurityConfig(ConfigModel):
         description="Origin values accepted when a client sends one: a host name (any scheme and port), "
         "a full origin such as https://app.example.com, or '*'. Requests without Origin are accepted.",
     )
+    forwarded_headers: Literal["append", "overwrite", "pass"] = Field(
+        "append",
+        description="X-Forwarded-For, X-Forwarded-Proto and Forwarded on the way upstream. append: add the client's "
+        "TCP address to X-Forwarded-For and Forwarded (for=...;proto=http) and set X-Forwarded-Proto: http (what a "
+        "client claimed stays, before the address the proxy saw); overwrite: only the proxy's own view; pass: "
+        "unchanged (only behind a trusted edge proxy that sets them itself).",
+    )
+
+
+FD_RESERVE = 128
+"""File descriptors the default connection cap leaves for everything but client connections and upstream
+pools: the listening sockets, the admin listener's connections, health probes, log and event files, DNS."""
+MIN_CONNECTIONS = 16
+"""The default connection cap never goes below this, however low the fd limit (the proxy must serve someone)."""
+MAX_DEFAULT_CONNECTIONS = 10_000
+"""The default connection cap never goes above this, however high the fd limit: a sidecar serving more clients
+at once than this is configured on purpose (each open connection costs memory, not only a descriptor)."""
+
 
 
 class LimitsConfig(ConfigModel):
@@ -129,6 +149,56 @@ class LimitsConfig(ConfigModel):
     body_timeout: Duration = Field(
         30.0, gt=0, description="A request body must arrive within this long (a stalled client gets 408)."
     )
+    header_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="A request's whole head (request line and headers) must arrive within this long: from the accept "
+        "on a new connection, from its first byte on a kept-alive one (at the earliest from the end of the previous "
+        "response). Past it: 408 with a JSON-RPC error when part of a head came, else the connection is just closed.",
+    )
+    idle_timeout: Duration = Field(
+        75.0,
+        gt=0,
+        description="A kept-alive client connection with no request in progress is closed after this long without "
+        "a new one (nginx's keepalive_timeout). A request or stream in progress is never idle.",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="Client connections open on the MCP listener at once; past it a new connection is closed at once "
+        "(counted: mcp_proxy_rejected_requests_total{reason=\"connection_limit\"}). The admin listener has its own. "
+        "null: derived from the file-descriptor limit (RLIMIT_NOFILE soft): that limit, less twice every upstream's "
+        f"pool.max_connections (old and new pools overlap during a reload), less {FD_RESERVE} for everything else; at "
+        f"least {MIN_CONNECTIONS}, at most {MAX_DEFAULT_CONNECTIONS}.",
+    )
+    max_request_head_bytes: ByteSize = Field(
+        60 * 1024,
+        ge=1024,
+        description="Largest request head (request line and every header line together) accepted; larger gets 431 "
+        "with a JSON-RPC error. Each single line is also capped at 8190 bytes (aiohttp's limit).",
+    )
+    max_request_headers: int = Field(
+        100, ge=1, le=10_000, description="Most header fields one request may carry; more gets 431 with a JSON-RPC error."
+    )
+
+    def connection_cap(self, pools: Sequence[int], nofile: int | None = None) -> int:
+        """`max_connections`, or the default derived from the fd limit (`nofile`, read when None) and the
+        upstream pools' sizes `pools`; see `default_connection_cap`."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return default_connection_cap(pools, nofile)
+
+
+def default_connection_cap(pools: Sequence[int], nofile: int | None = None) -> int:
+    """``clamp(nofile - 2 * sum(pools) - FD_RESERVE, MIN_CONNECTIONS, MAX_DEFAULT_CONNECTIONS)``.
+
+    Each client connection may hold an upstream connection, but those come from the pools, whose sizes
+    are known; a reload keeps the replaced pools open for `drain_timeout`, hence twice. `nofile` is the
+    soft RLIMIT_NOFILE (read when None; unlimited counts as the maximum)."""
+    if nofile is None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        nofile = MAX_DEFAULT_CONNECTIONS * 4 if soft == resource.RLIM_INFINITY else soft
+    return max(MIN_CONNECTIONS, min(MAX_DEFAULT_CONNECTIONS, nofile - 2 * sum(pools) - FD_RESERVE))
 
 
 class LoggingConfig(ConfigModel):

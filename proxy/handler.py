@@ -1,10 +1,18 @@
 """The MCP listener: from an HTTP request to a classified call, through the pipeline, back to the client.
 
-What the client gets (from the proxy itself never an HTML page, never a dropped connection without an answer):
+What the client gets (from the proxy itself never an HTML page, and never a dropped connection without an
+answer, but for a connection over the cap and one that sent nothing within the header timeout):
 
 ========================================  ======  ===========================================
 situation                                 status  body
 ========================================  ======  ===========================================
+request head over max_request_head_bytes  431     JSON-RPC error -32600, data.reason
+or max_request_headers, a line over 8190          headers_too_large (an unfinished head: then
+bytes (``limits``)                                the connection closes)
+head not complete within header_timeout   408     JSON-RPC error -32600, data.reason header_timeout;
+                                                  the connection closes (nothing sent if no byte came)
+over ``limits.max_connections``           none    the new connection is closed unanswered
+no Host, or an empty one                  400     JSON-RPC error -32600, data.reason missing_host
 Host or Origin not allowed                403     JSON-RPC error -32600, data.reason forbidden_*
 not POST/GET/DELETE/OPTIONS               405     JSON-RPC error -32600, ``Allow`` header
 POST without application/json             415     JSON-RPC error -32600
@@ -15,10 +23,20 @@ the upstream answered (any status)        its own the upstream's body and header
 proxy verdict on a request (timeout, …)   502/503 JSON-RPC error with the request's id, data.reason
                                           504/429 (status per `proxy.errors`)
 this client's open requests at its cap    429     JSON-RPC error -32059, data.reason client_overloaded
+rate limit on a notification, client      429     JSON-RPC error, id null, data.reason rate_limited
+response, batch, GET or DELETE
 proxy verdict on GET/DELETE/notification  502/504 JSON-RPC error, id null, data.reason
 upstream SSE stream breaks before its     (sent)  a final SSE event with the JSON-RPC error
 final response (no resume possible)
 ========================================  ======  ===========================================
+
+Every message relayed spends rate-limit tokens as a request does (`_spend_tokens`): notifications, a
+client's responses, every entry of a batch, GET (a legacy stream: one token when it opens), DELETE and
+OPTIONS. Who is calling (rate-limit keys, fairness slots) is read from the headers the upstream will
+receive, never from ones the proxy drops (`proxy.classify.client_identity`).
+
+The forwarding headers (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`) are set for the TCP peer
+per ``security.forwarded_headers`` (`proxy.headers.forwarded`) before anything reads the headers.
 
 Every error body the proxy makes is a JSON-RPC error: the official SDK clients raise exactly that error
 (code, data with `reason` and `retryAfter`) whatever the HTTP status. What the upstream answered is never
@@ -37,13 +55,14 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.classify import classify, client_identity
+from proxy.classify import classify, client_identity, era_for, protocol_of
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
 from proxy.failures import OK, Failure, Verdict, classify_error, verdict_of
-from proxy.headers import upstream_headers
+from proxy.headers import forwarded, upstream_headers
 from proxy.jsonrpc import INVALID_REQUEST, Message, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.fallback import list_changed_kind
+from proxy.policies.resolve import Policy
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.sse import SSEParser
 
@@ -104,9 +123,20 @@ class McpHandler:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self._runtime.current
+        limits = runtime.config.limits
+        if len(request.raw_headers) > limits.max_request_headers or _head_size(request) > limits.max_request_head_bytes:
+            runtime.metrics.reject("headers_too_large")
+            return _json_error(
+                431, INVALID_REQUEST, f"Request Header Fields Too Large: more than {limits.max_request_headers} headers "
+                f"or {limits.max_request_head_bytes} bytes (limits.max_request_headers, limits.max_request_head_bytes)",
+                data={"reason": "headers_too_large"},
+            )  # fmt: skip
         route = runtime.routes.get(request.path)
         if route is None:
             return _json_error(404, INVALID_REQUEST, f"No MCP endpoint at {request.path}")
+        if not request.headers.get("Host", "").strip():  # aiohttp would make one up (the machine's name)
+            runtime.metrics.reject("missing_host")
+            return _json_error(400, INVALID_REQUEST, "Bad Request: no Host header", data={"reason": "missing_host"})
         hosts = runtime.hosts
         if not hosts.host_allowed(request.host):
             runtime.metrics.reject("forbidden_host")
@@ -163,13 +193,14 @@ class McpHandler:
         except MessageError as exc:
             runtime.metrics.reject("bad_json" if exc.code == -32700 else "not_jsonrpc")
             return _json_error(400, exc.code, exc.message, exc.request_id)
-        headers = upstream_headers(request.headers.items())
+        headers = self._upstream_headers(request, runtime)
         if message.kind is Kind.BATCH:
-            refusal = await self._batch_refusal(request, runtime, route, message, body, headers)
+            refusal = await self._batch_refusal(request, runtime, route, message, headers)
             if refusal is not None:
                 return refusal
+            return await self._forward(request, runtime, route, "POST", headers, body, tokens=False)
         if message.kind is not Kind.REQUEST:
-            return await self._forward(request, runtime, route, "POST", headers, body)
+            return await self._forward(request, runtime, route, "POST", headers, body, message=message)
         call = classify(
             route.upstream.name,
             message,
@@ -184,30 +215,55 @@ class McpHandler:
         return await self._call(request, runtime, route, call)
 
     async def _batch_refusal(
-        self, request: web.BaseRequest, runtime: Runtime, route: Route, message: Message, body: bytes, headers: Any
+        self, request: web.BaseRequest, runtime: Runtime, route: Route, message: Message, headers: CIMultiDict[str]
     ) -> web.Response | None:
         """A batch is relayed whole (so it cannot be retried or cached), but it never skips the limits.
 
         MCP removed batching in 2025-06-18: from that version on it is refused. For older clients each
-        request in it spends its own rate-limit token, as the same requests sent one by one would.
+        entry spends its own rate-limit token, as the same messages sent one by one would. The entries
+        were parsed and checked with the batch: nothing is serialized or parsed again, who is calling is
+        read once, and each distinct (method, tool) of the batch resolves its policy once.
         """
         version = request.headers.get("MCP-Protocol-Version", "")
         if version >= BATCHING_REMOVED_IN:
             runtime.metrics.reject("batch")
             return _json_error(400, INVALID_REQUEST, f"JSON-RPC batches are not part of MCP {version}")
+        counts: dict[tuple[str, str | None], int] = {}
+        for item in message.body:  # parse_message checked each one: an object, "method" a string if present
+            method = item.get("method", "")
+            params = item.get("params")
+            name = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+            key = (method, name if isinstance(name, str) else None)
+            counts[key] = counts.get(key, 0) + 1
+        return await self._spend_tokens(request, runtime, route, headers, counts, message)
+
+    async def _spend_tokens(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        headers: CIMultiDict[str],
+        counts: dict[tuple[str, str | None], int],
+        message: Message | None = None,
+    ) -> web.Response | None:
+        """Spend `counts[(method, tool)]` rate-limit tokens of each policy, as that many requests would; the
+        first refusal is the answer (tokens already taken stay spent, as for requests sent one by one).
+
+        A message with no method (a client's response, GET, DELETE) counts as method ``""``: the upstream's
+        own limit and any rule matching every method apply to it. Each is one pass of the rate-limit stage
+        with a `Call` built without the pipeline (see `_token_call`)."""
+        calls = []
+        for (method, tool), count in counts.items():
+            policy = route.resolver.resolve(method, tool)
+            if policy.rate_limit is not None:
+                calls.append((_token_call(route, policy, method, tool, headers, request.remote, runtime, message), count))
         limiter = runtime.shared.rate_limit
-        for item in message.body:
-            if not (isinstance(item, dict) and "method" in item and "id" in item):
-                continue
-            one = parse_message(orjson.dumps(item))
-            call = classify(
-                route.upstream.name, one, body, request.headers, headers, request.remote,
-                runtime.config.client_identity.header, route.resolver, route.annotations,
-            )
-            try:
-                await limiter(call, _admitted)
-            except ProxyError as exc:
-                return _error_response(exc, None)
+        for call, count in calls:
+            for _ in range(count):
+                try:
+                    await limiter(call, _admitted)
+                except ProxyError as exc:
+                    return _error_response(exc, None)
         return None
 
     async def _call(self, request: web.BaseRequest, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
@@ -327,13 +383,27 @@ class McpHandler:
         return response
 
     async def _forward(
-        self, request: web.BaseRequest, runtime: Runtime, route: Route, method: str, headers: Any, body: bytes | None
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        method: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        message: Message | None = None,
+        tokens: bool = True,
     ) -> web.StreamResponse:
         """Relay a message that is not a request (notification, client response, batch, GET, DELETE).
 
-        It holds one of the client's slots (`proxy.fairness`) until its answer is complete: a legacy GET
-        stream holds one for its whole life."""
-        client, _ = client_identity(request.headers, request.remote, runtime.config.client_identity.header)
+        It spends a rate-limit token first (unless `tokens` is off: a batch spent its entries' already),
+        then holds one of the client's slots (`proxy.fairness`) until its answer is complete: a legacy GET
+        stream holds one for its whole life. Who the client is comes from the forwarded `headers`."""
+        if tokens:
+            kind = (message.method or "") if message is not None else ""
+            refusal = await self._spend_tokens(request, runtime, route, headers, {(kind, None): 1}, message)
+            if refusal is not None:
+                return refusal
+        client, _ = client_identity(headers, request.remote, runtime.config.client_identity.header)
         slots = route.state.clients
         try:
             slots.acquire(client, route.config.pool.client_share)
@@ -382,8 +452,15 @@ class McpHandler:
         return response
 
     async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
-        headers = upstream_headers(request.headers.items())
+        headers = self._upstream_headers(request, runtime)
         return await self._forward(request, runtime, route, request.method, headers, None)
+
+    @staticmethod
+    def _upstream_headers(request: web.BaseRequest, runtime: Runtime) -> CIMultiDict[str]:
+        """What the upstream receives: the end-to-end headers, with the forwarding headers for this peer."""
+        headers = upstream_headers(request.headers.items())
+        forwarded(headers, request.remote, runtime.config.security.forwarded_headers)
+        return headers
 
     def _failed(self, runtime: Runtime, call: Call, error: ProxyError) -> None:
         """A call ends in a proxy verdict or a broken stream: count it, and say it once (event or log line)."""
@@ -430,8 +507,50 @@ def _learn_annotations(route: Route, call: Call, message: Any) -> None:
 
 
 async def _admitted(call: Call) -> Reply:
-    """The end of a rate-limit check that sends nothing (a batch entry's token)."""
+    """The end of a rate-limit check that sends nothing (a token for a message relayed outside the pipeline)."""
     return Reply(202, CIMultiDict())
+
+
+_NO_MESSAGE = Message(Kind.NOTIFICATION, {}, None, "")
+"""The `Call.message` of a token spent for a GET or DELETE, which carry none."""
+
+
+def _token_call(
+    route: Route,
+    policy: Policy,
+    method: str,
+    tool: str | None,
+    headers: CIMultiDict[str],
+    peer: str | None,
+    runtime: Runtime,
+    message: Message | None,
+) -> Call:
+    """A `Call` for the rate-limit stage alone: what its bucket key and its refusal need (upstream, client,
+    method, tool, policy), keyed on the forwarded headers like every call."""
+    client, scope = client_identity(headers, peer, runtime.config.client_identity.header)
+    protocol = protocol_of(headers, None)
+    return Call(
+        upstream=route.upstream.name,
+        era=era_for(protocol),
+        method=method,
+        tool=tool,
+        idempotent=False,
+        client=client,
+        credential_scope=scope,
+        session_id=headers.get("Mcp-Session-Id"),
+        protocol=protocol,
+        message=message or _NO_MESSAGE,
+        body=b"",
+        headers=headers,
+        policy=policy,
+    )
+
+
+def _head_size(request: web.BaseRequest) -> int:
+    """The request head's size as parsed: request line and every ``name: value`` line with its CRLF, and
+    the blank line (what `limits.max_request_head_bytes` bounds)."""
+    line = len(request.method) + len(request.raw_path) + 12  # "M PATH HTTP/1.1\r\n"
+    return line + sum(len(name) + len(value) + 4 for name, value in request.raw_headers) + 2
 
 
 def _with_extra(reply: Reply) -> Any:

@@ -7,6 +7,12 @@ any named in `Connection`) stop here. `Host` is set for the upstream by the HTTP
 `Accept-Encoding` is dropped so the upstream answers uncompressed: the proxy must read SSE events as
 they pass, and a same-host sidecar gains nothing from compression.
 
+`X-Forwarded-For`, `X-Forwarded-Proto` and RFC 7239 `Forwarded` are the one exception to "unchanged": a
+client could otherwise claim any address, and an upstream that trusts them from a loopback peer (uvicorn's
+``--forwarded-allow-ips`` default is 127.0.0.1, exactly where a sidecar connects from) would believe it.
+`forwarded` appends the TCP peer (the default, as Envoy does), overwrites them, or passes them unchanged
+(`security.forwarded_headers`).
+
 A refused Host or Origin is logged once per distinct value, with the fix (`RefusalLog`): a proxy
 bound to 0.0.0.0 behind the default loopback allow-list otherwise answers 403 with no clue why.
 """
@@ -25,7 +31,9 @@ __all__ = [
     "SHOWN_CHARS",
     "HostPolicy",
     "RefusalLog",
+    "FORWARDED_MODES",
     "client_headers",
+    "forwarded",
     "upstream_headers",
 ]
 
@@ -74,6 +82,45 @@ def _filtered(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> CIMulti
 def upstream_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """Headers to send upstream: everything end-to-end from the client's request."""
     return _filtered(items, _NOT_TO_UPSTREAM)
+
+
+FORWARDED_MODES: Final = ("append", "overwrite", "pass")
+"""What `forwarded` may do with the forwarding headers (config ``security.forwarded_headers``)."""
+_FORWARDING: Final = ("X-Forwarded-For", "X-Forwarded-Proto", "Forwarded")
+
+
+def _forwarded_node(peer: str) -> str:
+    """`peer` as an RFC 7239 node: IPv6 bracketed and quoted (``"[::1]"``), a name or IPv4 as it is."""
+    return f'"[{peer}]"' if ":" in peer else peer
+
+
+def _values(headers: CIMultiDict[str], name: str) -> list[str]:
+    """Every non-blank line of header `name`, stripped: an empty one would add an empty list element."""
+    return [value.strip() for value in headers.getall(name, []) if value.strip()]
+
+
+def forwarded(headers: CIMultiDict[str], peer: str | None, mode: str, proto: str = "http") -> None:
+    """Set the forwarding headers of `headers` (already filtered for the upstream) in place.
+
+    - ``append``: ``X-Forwarded-For`` gets the TCP `peer` appended to what the client sent (every line
+      of it, joined with ``", "``), ``X-Forwarded-Proto`` becomes `proto` (the scheme of the hop the
+      proxy saw), and ``Forwarded`` gets ``for=PEER;proto=PROTO`` appended;
+    - ``overwrite``: all three say only what the proxy saw;
+    - ``pass``: unchanged, for a trusted edge in front that sets them itself.
+
+    An unknown peer (no TCP address: a UNIX socket) is ``unknown``, as RFC 7239 spells it.
+    """
+    if mode == "pass":
+        return
+    address = peer or "unknown"
+    element = f"for={_forwarded_node(address)};proto={proto}"
+    sent_for = _values(headers, "X-Forwarded-For") if mode == "append" else []
+    sent_forwarded = _values(headers, "Forwarded") if mode == "append" else []
+    for name in _FORWARDING:
+        headers.popall(name, None)
+    headers["X-Forwarded-For"] = ", ".join([*sent_for, address])
+    headers["X-Forwarded-Proto"] = proto
+    headers["Forwarded"] = ", ".join([*sent_forwarded, element])
 
 
 def client_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:

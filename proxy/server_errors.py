@@ -1,28 +1,220 @@
-"""aiohttp's own error answers, as JSON-RPC errors: never plain text, never an HTML traceback page.
+"""The MCP listener's connections: aiohttp's own errors as JSON-RPC errors, and the limits on slow or many clients.
 
-aiohttp answers a request it cannot parse (over 8 KiB of headers, a broken chunk size, no `Host`) or a
-handler that crashed before answering with a text or HTML page of its own. An MCP client cannot read
-those, so the MCP listener's request handler renders them as JSON-RPC errors instead, and logs them
-through structlog like every other failure. aiohttp has no public hook for this: `JsonRpcServer`
-overrides `web.Server.__call__`, and `tests/test_forwarding.py` pins the behaviour against upgrades.
+aiohttp answers a request it cannot parse (a header line over 8190 bytes, a broken chunk size, not
+HTTP) or a handler that crashed before answering with a text or HTML page of its own. An MCP client
+cannot read those, so the MCP listener's request handler renders them as JSON-RPC errors instead, and
+logs them through structlog like every other failure (never the offending bytes: they may be a
+credential).
+
+It also enforces what aiohttp's server leaves open (its keep-alive is 3,630 s, and a request head may
+trickle in for all that time), as nginx and Envoy do, with the values of `ListenerLimits`:
+
+- **connection cap**: past `max_connections` open client connections a new one is closed at once,
+  unread and unanswered (reading it would cost what the cap is there to save), and counted
+  (``connection_limit``). The admin listener is another server: it keeps answering.
+- **header timeout**: a request's whole head must arrive within `header_timeout`, counted from the
+  accept on a new connection, and on a kept-alive one from the first byte of the next request (never
+  earlier than the end of the previous response: bytes sent ahead while the proxy was answering do not
+  start it). Past it: ``408`` with a JSON-RPC error if part of a head came, else the connection is just
+  closed; counted as ``header_timeout``.
+- **idle timeout**: a kept-alive connection with nothing in progress closes after `idle_timeout`
+  (aiohttp's own keep-alive timer, given this value). A request in progress, its body, a streamed answer
+  or a legacy GET stream are never idle: no limit here cuts them.
+- **head size**: bytes of an unfinished head past `max_head_bytes` get ``431`` with a JSON-RPC error
+  at once, before aiohttp buffers more of it (a whole head that arrived in one read is measured exactly
+  by the handler, which answers the same 431). aiohttp's parser is given a header count a little above
+  `max_headers` (the handler checks the exact count); its own refusal of more is a 431 too.
+
+aiohttp has no public hooks for any of this: `JsonRpcServer` overrides `web.Server.__call__`, and
+`_Connection` overrides `RequestHandler.connection_made`, `data_received`, `_handle_request` and
+`handle_error` and reads `_waiter` (idle: waiting for a request) and `_request_count`.
+`tests/test_forwarding.py` and `tests/test_listener_limits.py` pin the behaviour against upgrades.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error_body
 
-__all__ = ["JsonRpcServer"]
+__all__ = ["HEADER_COUNT_SLACK", "LINGER", "MAX_LINE_BYTES", "JsonRpcServer", "ListenerLimits", "raw_error"]
 
 log = structlog.get_logger("proxy")
 
+MAX_LINE_BYTES: Final = 8190
+"""The longest request line or single header line (name and value) aiohttp's parser accepts (its default)."""
+HEADER_COUNT_SLACK: Final = 2
+"""aiohttp's parser may hold this many headers over `ListenerLimits.max_headers`, so that its count (which
+differs between its C and Python parsers) never refuses first: the handler's exact check answers."""
+LINGER: Final = 2.0
+"""After a 408 or 431 sent mid-head, how long the proxy goes on reading (and discarding) what the client
+still sends before it closes: closing with unread bytes resets the connection, which can destroy the
+answer before the client reads it. Bounded: the connection closes after this however the client behaves."""
 
-class _JsonRpcErrors(RequestHandler):
+
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    """The listener limits in force (from ``limits`` of the current config; a reload applies to new events)."""
+
+    header_timeout: float
+    idle_timeout: float
+    max_connections: int
+    max_head_bytes: int
+    max_headers: int
+
+
+def raw_error(status: int, message: str, reason: str) -> bytes:
+    """A whole HTTP/1.1 error answer with a JSON-RPC error body, for a connection that has no request object."""
+    body = error_body(None, INVALID_REQUEST, message, {"reason": reason})
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+_TOO_MANY_HEADERS = "Too many headers received"  # aiohttp's messages (C and Python parsers alike)
+_MISSING_HOST = "Missing 'Host' header in request."
+
+
+def _headers_too_large(exc: BaseException | None) -> bool:
+    """aiohttp refused a head for its size: one line too long, or too many headers."""
+    return isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and exc.message == _TOO_MANY_HEADERS)
+
+
+class _Connection(RequestHandler):
+    """One client connection of the MCP listener (see the module docstring)."""
+
+    def __init__(self, manager: JsonRpcServer, limits: ListenerLimits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._server = manager
+        self._limits = limits
+        self._accepted = False
+        self._handling = False  # a request's head is complete and its answer not yet finished
+        self._payload: StreamReader | None = None  # the body of the last request handled
+        self._head_bytes = 0  # bytes of the head being received (not busy)
+        self._head_started = False  # any byte of the next head has come
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    # --- the connection cap ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._server.admit():
+            self._manager = None  # connection_lost: nothing of aiohttp's was set up, nothing to undo
+            transport.close()
+            return
+        self._accepted = True
+        super().connection_made(transport)
+        self._arm(self._limits.header_timeout)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._accepted:
+            self._accepted = False
+            self._server.release()
+        self._disarm()
+        super().connection_lost(exc)
+
+    # --- the header timeout and the head size ----------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._header_timer = self._loop.call_later(delay, self._header_deadline)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _busy(self) -> bool:
+        """A request is being answered, queued, or its body is still coming: no head clock runs."""
+        payload = self._payload
+        return self._handling or bool(self._messages) or (payload is not None and not payload.is_eof())
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: read and discard
+        if self._busy():
+            super().data_received(data)  # a body, or requests sent ahead: no head clock runs while answering
+            return
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:  # a head is complete: the handler has it now
+            self._handling = True
+            self._head_bytes = 0
+            self._head_started = False
+            self._disarm()
+            return
+        if not data or self._force_close:
+            return
+        self._head_bytes += len(data)
+        if not self._head_started:
+            self._head_started = True
+            if self._header_timer is None:  # kept alive, idle until now: this head's clock starts
+                self._arm(self._limits.header_timeout)
+        if self._head_bytes > self._limits.max_head_bytes:
+            self._server.reject("headers_too_large")
+            limit = self._limits.max_head_bytes
+            self._refuse(431, f"Request Header Fields Too Large: the request head exceeds {limit} bytes "
+                         "(limits.max_request_head_bytes)", "headers_too_large")
+
+    async def _handle_request(
+        self,
+        request: web.BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> tuple[web.StreamResponse, bool]:
+        self._handling = True
+        self._disarm()
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            # The answer is complete: once its body is read too, the connection is idle (aiohttp's
+            # keep-alive timer: idle_timeout) until the next head's first byte starts the header clock.
+            self._handling = False
+            self._payload = request.content
+            self._head_bytes = 0
+            self._head_started = False
+
+    def _header_deadline(self) -> None:
+        self._header_timer = None
+        if self._busy() or self.transport is None or self._refused:
+            return
+        if self._waiter is None or self._waiter.done():
+            self._arm(self._limits.header_timeout)  # between two requests of aiohttp's loop: look again later
+            return
+        self._server.reject("header_timeout")
+        if self._head_started:
+            self._refuse(408, "Request Timeout: the request head did not arrive in time (limits.header_timeout)",
+                         "header_timeout")
+        else:
+            self.force_close()  # nothing came: nobody to answer
+
+    def _refuse(self, status: int, message: str, reason: str) -> None:
+        """Answer a head that will not be handled, stop reading requests, and close after `LINGER`."""
+        log.warning("bad_http_request", status=status, reason=reason)
+        self._refused = True
+        self._disarm()
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(raw_error(status, message, reason))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER, self.force_close)
+
+    # --- aiohttp's own errors --------------------------------------------------------------------
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -32,21 +224,80 @@ class _JsonRpcErrors(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # part of an answer is out: nothing else can be said
             raise ConnectionError("response already started; cannot send an error")
+        if status == 400 and _headers_too_large(exc):
+            status, reason = 431, "headers_too_large"
+            self._server.reject(reason)
+            text = (f"Request Header Fields Too Large: a line over {MAX_LINE_BYTES} bytes, or more than "
+                    f"{self._limits.max_headers} headers (limits.max_request_headers)")
+        elif status == 400 and isinstance(exc, BadHttpMessage) and exc.message == _MISSING_HOST:
+            reason = "missing_host"  # an HTTP/1.1 request without Host; the handler refuses HTTP/1.0 ones alike
+            self._server.reject(reason)
+            text = "Bad Request: no Host header"
+        else:
+            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+            reason = "internal_error" if status >= 500 else "bad_http_request"
+            text = f"{status} {phrase}"
         if status >= 500:
             log.error("handler_crashed", status=status, error=repr(exc), exc_info=exc)
-        else:
-            log.warning("bad_http_request", status=status, error=message or repr(exc))
-        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+        else:  # never the message: aiohttp's quotes the offending bytes (a header line may be a credential)
+            log.warning("bad_http_request", status=status, reason=reason, error=type(exc).__name__)
         code = INTERNAL_ERROR if status >= 500 else INVALID_REQUEST
-        reason = "internal_error" if status >= 500 else "bad_http_request"
-        body = error_body(None, code, f"{status} {phrase}", {"reason": reason})
+        body = error_body(None, code, text, {"reason": reason})
         response = web.Response(status=status, body=body, content_type="application/json")
         response.force_close()
         return response
 
 
 class JsonRpcServer(web.Server):
-    """`web.Server` whose connections answer aiohttp-level errors in JSON-RPC."""
+    """`web.Server` whose connections answer aiohttp-level errors in JSON-RPC and keep `ListenerLimits`.
+
+    `limits` is asked for the limits in force at each new connection (a reload changes them for the
+    connections that follow); `reject` counts a refusal by reason (``connection_limit``,
+    ``header_timeout``, ``headers_too_large``).
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        limits: Callable[[], ListenerLimits],
+        reject: Callable[[str], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+        self.reject = reject
+        self.open = 0
+        """Client connections accepted and not yet closed."""
+        self._cap = 0
+        self._refusing = False
+
+    def admit(self) -> bool:
+        """Count a new connection in, or refuse it (counted, and logged once each time the cap is reached)."""
+        if self.open >= self._cap:
+            self.reject("connection_limit")
+            if not self._refusing:
+                self._refusing = True
+                log.warning(
+                    "connection_limit_reached", max_connections=self._cap,
+                    note="new client connections are closed until some close (limits.max_connections)",
+                )  # fmt: skip
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+        if self.open < self._cap:
+            self._refusing = False
 
     def __call__(self) -> RequestHandler:
-        return _JsonRpcErrors(self, loop=self._loop, **self._kwargs)
+        limits = self._limits()
+        self._cap = limits.max_connections
+        kwargs = {
+            **self._kwargs,
+            "keepalive_timeout": limits.idle_timeout,
+            "max_headers": limits.max_headers + HEADER_COUNT_SLACK,
+            "max_field_size": MAX_LINE_BYTES,
+            "max_line_size": MAX_LINE_BYTES,
+        }
+        return _Connection(self, limits, loop=self._loop, **kwargs)
