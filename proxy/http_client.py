@@ -16,6 +16,27 @@ slot) raise `ConnectFailed`: nothing was sent. Anything after raises `Connection
 One `Response` at a time owns its connection. Its body is read whole (`read`) or chunk by chunk
 (`next_chunk`); the connection goes back to the pool only once the body is complete and the server
 allowed keep-alive. `close()` abandons a response half-read: its connection is closed, never reused.
+
+A pooled connection must never carry one exchange's bytes into the next: HTTP/1.1 has no request ids,
+so whatever arrives after a request is written is taken as its answer. Hence:
+
+- an idle connection that receives anything (a late duplicate, an unsolicited answer) is dead, closed;
+- a connection whose exchange was abandoned (a timeout, a cancellation, a body left half-read) is closed;
+- a connection whose answer completed before the whole request had left (its tail still queued here, or
+  still in the transport's buffer) is closed. This was the way a stray answer reached another client: an
+  upstream that answers early and keeps the connection reads the rest of that body as the next request,
+  and a body that ends in a request of its own gets it answered ahead of the next client's.
+
+Bounds on what an upstream can make the proxy hold (every one closes the connection when exceeded):
+
+- `MAX_HEAD_BYTES` for the status line and headers, each header line counted with its ``:`` and CRLF
+  (an empty header is 4 bytes on the wire, not 0), and `MAX_RESPONSE_HEADERS` header lines: `BadResponse`;
+- the body: the caller's `limit` (`ResponseTooLarge`); unread body is paused at `_PAUSE_AT` bytes;
+- writes: the request is handed to the socket `WRITE_PIECE` bytes at a time, and only while the
+  transport's buffer is under its high-water mark (`pause_writing`/`resume_writing`), as slices of the
+  caller's bytes, never copies: an upstream that never reads costs at most high-water + one piece of
+  buffer per connection, not the whole body. The caller's timeout covers the write; a request whose
+  write is cancelled or times out closes its connection.
 """
 
 from __future__ import annotations
@@ -47,7 +68,15 @@ __all__ = [
 ]
 
 MAX_HEAD_BYTES = 64 * 1024
-"""An upstream's status line and headers together may not exceed this (aiohttp's limits are similar)."""
+"""An upstream's status line and headers together may not exceed this (aiohttp's limits are similar).
+Each header line counts its name, value, ``:`` and CRLF: what it took on the wire, at least."""
+MAX_RESPONSE_HEADERS = 100
+"""Header lines one response may have (trailers included), as Envoy's default `max_headers_count`: MCP
+answers need a handful; thousands of tiny ones are only work and memory. More: `BadResponse`."""
+WRITE_PIECE = 64 * 1024
+"""Request bytes handed to the transport at a time (a slice of the caller's bytes, not a copy). Once its
+buffer is over the high-water mark the rest waits for `resume_writing`: the buffer stays under
+high-water + one piece, whatever the upstream reads."""
 _PAUSE_AT = 256 * 1024
 """Unread body bytes at which the socket stops being read (a slow client slows the upstream, not memory)."""
 _RESUME_AT = 64 * 1024
@@ -129,11 +158,13 @@ class _Connection(asyncio.Protocol):
         "_head",
         "_head_bytes",
         "_informational",
+        "_outgoing",
         "_parser",
         "_paused",
         "_pool",
         "_transport",
         "_waiter",
+        "_write_paused",
         "buffered",
         "closed",
         "complete",
@@ -154,6 +185,10 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
+        self._outgoing: collections.deque[memoryview] = collections.deque()
+        """The part of the request not yet handed to the transport (slices of the caller's bytes)."""
+        self._write_paused = False
+        """The transport's buffer is over its high-water mark: nothing more is written until it drains."""
         self._paused = False
         self._informational = False
         self._body_at_eof = False
@@ -175,8 +210,10 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange, driven by `ConnectionPool.request` and `Response` ---------------------------------
 
-    def send(self, data: bytes, on_write: Callable[[], None] | None = None) -> asyncio.Future[None]:
-        """Write one whole request; the returned future resolves when the response head has arrived.
+    def send(self, parts: Iterable[bytes], on_write: Callable[[], None] | None = None) -> asyncio.Future[None]:
+        """Start writing one request (`parts`, in order); the returned future resolves when the response
+        head has arrived. The request goes out as the socket takes it (`_write_more`); an answer may come
+        before all of it has, and the rest is still written, but the connection is then never reused.
 
         A connection already closing (the server's FIN read, its close not yet processed) is refused
         before `on_write` is called: nothing is written, so the failure is `ConnectFailed`."""
@@ -187,8 +224,30 @@ class _Connection(asyncio.Protocol):
         self._head = self._pool.loop.create_future()
         if on_write is not None:
             on_write()
-        self._transport.write(data)
+        self._outgoing.extend(memoryview(part) for part in parts if part)
+        self._write_more()
         return self._head
+
+    def _write_more(self) -> None:
+        """Hand the transport the next pieces of the request while its buffer is under the high-water mark
+        (writing a piece may call `pause_writing` at once; `resume_writing` calls this again)."""
+        transport = self._transport
+        outgoing = self._outgoing
+        while outgoing and not self._write_paused:
+            if self.closed or transport is None or transport.is_closing():
+                outgoing.clear()
+                return
+            view = outgoing[0]
+            if len(view) > WRITE_PIECE:
+                outgoing[0] = view[WRITE_PIECE:]
+                view = view[:WRITE_PIECE]
+            else:
+                outgoing.popleft()
+            transport.write(view)
+
+    def _request_left(self) -> bool:
+        """Whether part of the request is still on its way out (queued here or in the transport's buffer)."""
+        return bool(self._outgoing) or (self._transport is not None and self._transport.get_write_buffer_size() > 0)
 
     def _reset(self) -> None:
         self.status = 0
@@ -202,6 +261,7 @@ class _Connection(asyncio.Protocol):
         self._informational = False
         self._body_at_eof = False
         self._chunks.clear()
+        self._outgoing.clear()
 
     def take(self) -> list[bytes]:
         """Every body chunk received so far (possibly none), handed over; reading resumes if it had paused."""
@@ -264,10 +324,12 @@ class _Connection(asyncio.Protocol):
             self._discard_timer = None
 
     def finish(self) -> None:
-        """The response is fully read: back to the pool if the server allowed it, else closed."""
+        """The response is fully read: back to the pool if the server allowed it and the whole request has
+        left, else closed (an answer that came before the request's end leaves the rest to be read as the
+        next request)."""
         self._head = None
         self.limit = None
-        if self.keep_alive and not self.closed:
+        if self.keep_alive and not self.closed and not self._request_left():
             self._pool.release(self)
         else:
             self.abort()
@@ -304,6 +366,13 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
 
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._write_more()
+
     def connection_lost(self, exc: Exception | None) -> None:
         head_arrived = self._head is not None and self._head.done()
         if self._body_at_eof and head_arrived and not self.complete and exc is None and self.error is None:
@@ -326,7 +395,9 @@ class _Connection(asyncio.Protocol):
         self.reason += status  # the reason phrase; llhttp may hand it over in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        if len(self.headers) >= MAX_RESPONSE_HEADERS:
+            raise BadResponse(f"more than {MAX_RESPONSE_HEADERS} header lines")
+        self._count_head(len(name) + len(value) + 3)  # and ":" and CRLF: an empty header is not free
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -384,6 +455,7 @@ class _Connection(asyncio.Protocol):
 
     def _lost(self, error: BaseException) -> None:
         self._stop_discarding()
+        self._outgoing.clear()
         if self.error is None and not self.complete:
             self.error = error
         if self._head is not None and not self._head.done():
@@ -426,8 +498,11 @@ class Response:
     def headers(self) -> CIMultiDict[str]:
         return CIMultiDict(self.header_items)
 
-    async def read(self, limit: int | None = None) -> bytes:
-        """The whole body, then the connection is released. Over `limit` bytes: `ResponseTooLarge`."""
+    async def read(self, limit: int | None = None, *, hold: bool = False) -> bytes:
+        """The whole body, then the connection is released. Over `limit` bytes: `ResponseTooLarge`.
+
+        `hold`: the connection stays this response's until `release()` (or `close()`), so the caller can
+        judge the body (is it the answer to *this* request?) before the connection serves anyone else."""
         if self._done:
             raise RuntimeError("this response's body was already read or abandoned")
         conn = self._conn
@@ -446,8 +521,13 @@ class Response:
         except BaseException:
             self.close()
             raise
-        self._release()
+        if not hold:
+            self._release()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def release(self) -> None:
+        """Give back the connection of a body read whole with `hold` (to the pool, if it may be reused)."""
+        self._release()
 
     async def next_chunk(self) -> bytes:
         """The next piece of the body as it arrives; ``b""`` once it is complete (the connection released)."""
@@ -543,15 +623,22 @@ class ConnectionPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    def head(self, method: str, headers: Iterable[tuple[str, str]], body: bytes | None) -> bytes:
-        """The request line and headers, with Host and (for a body) Content-Length set here."""
+    def head(
+        self, method: str, headers: Iterable[tuple[str, str]], body: bytes | None, lend_credentials: bool = True
+    ) -> bytes:
+        """The request line and headers, with Host and (for a body) Content-Length set here.
+
+        The URL's credentials (`Origin.authorization`) go on a request without an Authorization of its
+        own only when `lend_credentials`: a caller says False when its client did send one that was
+        removed on the way (a ``Connection: Authorization``), as the proxy must not speak for a client
+        in its own name."""
         origin = self.origin
         lines = [f"{method} {origin.target} HTTP/1.1", f"Host: {origin.host_header}"]
         has_auth = False
         for name, value in headers:
             lines.append(f"{name}: {value}")
             has_auth = has_auth or name.lower() == "authorization"
-        if origin.authorization is not None and not has_auth:
+        if origin.authorization is not None and not has_auth and lend_credentials:
             lines.append(f"Authorization: {origin.authorization}")
         if body is not None:
             lines.append(f"Content-Length: {len(body)}")
@@ -569,6 +656,8 @@ class ConnectionPool:
         body: bytes | None,
         on_write: Callable[[], None] | None = None,
         on_queue: Callable[[bool], None] | None = None,
+        *,
+        lend_credentials: bool = True,
     ) -> Response:
         """Send one request; return once the answer's head has arrived, its body still to be read.
 
@@ -576,13 +665,16 @@ class ConnectionPool:
         happens (an error, a timeout, a cancellation), nothing was sent. `on_queue(True)` is called when
         the request has to queue for a connection (the pool is at its limit), `on_queue(False)` when it
         leaves the queue: a caller's own timeout that ends while queued is the pool's limit speaking.
+        The caller's timeout or cancellation also covers writing the request, and closes the connection.
+        `lend_credentials`: see `head`.
         """
-        data = self.head(method, headers, body)
-        if body:
-            data += body
+        head = self.head(method, headers, body, lend_credentials)
+        # A small request goes out in one write, as one segment; a large body is written from the
+        # caller's bytes, piece by piece, never copied.
+        parts = (head + body,) if body and len(head) + len(body) <= WRITE_PIECE else (head, body or b"")
         conn = await self._acquire(on_queue)
         try:
-            await conn.send(data, on_write)
+            await conn.send(parts, on_write)
         except BaseException:
             conn.abort()
             raise

@@ -20,9 +20,12 @@ from typing import Any
 import pytest
 import uvloop
 
+from proxy import http_client
 from proxy.http_client import (
     _PAUSE_AT,
     MAX_HEAD_BYTES,
+    MAX_RESPONSE_HEADERS,
+    WRITE_PIECE,
     BadResponse,
     ConnectFailed,
     ConnectionBroken,
@@ -862,3 +865,146 @@ async def test_a_wait_for_a_slot_does_not_eat_the_connect_time(monkeypatch: pyte
         assert await first == (200, b"{}")
         assert await second == (200, b"{}")
         assert server.connections == 2
+
+
+# -- issue 10: stray answers, header count, bounded writes, URL credentials ----------------------------
+
+
+SMUGGLED = b"POST /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+STRAY = b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray'
+
+
+async def test_an_answer_that_comes_before_the_whole_request_was_written_never_lets_its_connection_be_reused() -> None:
+    """The root of a stray answer on a reused connection: an upstream that answers before reading the
+    whole request (and keeps the connection) goes on to read the rest of that body as the next request.
+    A body that ends in a request of its own gets that request answered on the connection, ahead of
+    whatever the next client sends on it. A connection whose request was not all written (or still sat
+    in its write buffer) when its answer completed is closed, never reused."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head only: the body is left unread for now
+        writer.write(OK)
+        await writer.drain()
+        seen = b""
+        while SMUGGLED not in seen:  # then the body, read as what follows on the connection
+            data = await reader.read(1 << 20)
+            if not data:
+                return  # the proxy closed the connection: nothing more arrives on it
+            seen = seen[-len(SMUGGLED) :] + data
+        writer.write(STRAY)  # the upstream's answer to the request hidden in the first body
+        rest = seen[seen.index(SMUGGLED) + len(SMUGGLED) :]
+        while b"\r\n\r\n" not in rest:  # the next request on the connection, whoever sent it
+            data = await reader.read(1 << 16)
+            if not data:
+                return
+            rest += data
+        writer.write(OK)
+        await writer.drain()
+
+    body = b"x" * (8 * 1024 * 1024) + SMUGGLED
+    async with RawServer(script) as server, pool_for(server) as pool:
+        async with asyncio.timeout(30):
+            assert await call(pool, body) == (200, b"{}")
+            assert await call(pool) == (200, b"{}")  # never "stray"
+    assert server.connections == 2
+
+
+async def test_an_idle_connection_that_receives_bytes_is_closed_and_never_answers_the_next_request() -> None:
+    """An unsolicited answer arriving on an idle pooled connection marks it dead at once."""
+    late = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await late.wait()
+        writer.write(STRAY)  # a late duplicate answer, nobody asked
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await read_request(reader)
+            writer.write(STRAY)
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        assert await call(pool) == (200, b"{}")
+        assert pool.idle == 1
+        late.set()
+        await until(lambda: pool.size == 0)
+        assert await call(pool) == (200, b"{}")
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("count", "line", "message"),
+    [
+        (60_000, b"A:\r\n", "more than 100 header"),
+        (MAX_RESPONSE_HEADERS + 1, b"X-A: 1\r\n", "more than 100 header"),
+    ],
+)
+async def test_too_many_headers_are_a_bad_response_and_close_the_connection(count: int, line: bytes, message: str) -> None:
+    answer = b"HTTP/1.1 200 OK\r\n" + line * count + b"Content-Length: 2\r\n\r\n{}"
+    async with RawServer(answering(answer)) as server, pool_for(server) as pool:
+        with pytest.raises(BadResponse, match=message):
+            await pool.request("POST", [], b"{}")
+        assert pool.size == 0
+    assert server.connections == 1
+
+
+async def test_exactly_the_header_cap_is_accepted() -> None:
+    answer = b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * (MAX_RESPONSE_HEADERS - 1) + b"Content-Length: 2\r\n\r\n{}"
+    async with RawServer(answering(answer)) as server, pool_for(server) as pool:
+        assert await call(pool) == (200, b"{}")
+
+
+async def test_empty_headers_count_their_line_against_the_head_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`A:` is four bytes on the wire, not one: 20,000 of them (80 kB) exceed MAX_HEAD_BYTES even
+    where the header cap would let them through."""
+    monkeypatch.setattr(http_client, "MAX_RESPONSE_HEADERS", 100_000)
+    answer = b"HTTP/1.1 200 OK\r\n" + b"A:\r\n" * 20_000 + b"Content-Length: 2\r\n\r\n{}"
+    async with RawServer(answering(answer)) as server, pool_for(server) as pool:
+        with pytest.raises(BadResponse, match="headers exceed 65536 bytes"):
+            await pool.request("POST", [], b"{}")
+        assert pool.size == 0
+
+
+async def test_a_request_to_an_upstream_that_never_reads_is_written_as_the_socket_takes_it() -> None:
+    """Flow control: the request goes out in WRITE_PIECE pieces, each only while the transport's buffer
+    is under its high-water mark, so an upstream that never reads costs at most high-water + one piece
+    of buffer per call, not the whole body; the call ends by its timeout and the connection is closed."""
+    accepted = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await asyncio.Event().wait()
+
+    async with RawServer(never_reads) as server, pool_for(server) as pool:
+        task = asyncio.create_task(pool.request("POST", [], b"x" * (4 * 1024 * 1024)))
+        await accepted.wait()
+        (conn,) = pool._open
+        await until(lambda: conn._write_paused)
+        transport = conn._transport
+        assert transport is not None
+        high = transport.get_write_buffer_limits()[1]
+        for _ in range(50):  # the write stays paused, the buffer does not grow
+            assert transport.get_write_buffer_size() <= high + WRITE_PIECE
+            await asyncio.sleep(0)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await task
+        assert conn.closed and pool.size == 0
+
+
+async def test_the_url_credentials_are_never_lent_to_a_request_whose_own_authorization_was_removed() -> None:
+    seen: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(OK)
+
+    async with RawServer(script) as server:
+        pool = ConnectionPool(Origin(f"http://bot:s3cret@127.0.0.1:{server.port}/mcp"), 4, 30.0, 5.0)
+        await (await pool.request("POST", [], b"{}", lend_credentials=False)).read()
+        await (await pool.request("POST", [], b"{}")).read()
+        await pool.close()
+    assert b"Authorization" not in seen[0]
+    assert b"\r\nAuthorization: Basic Ym90OnMzY3JldA==\r\n" in seen[1]
