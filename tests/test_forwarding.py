@@ -429,3 +429,25 @@ async def test_an_answer_that_is_not_http_or_too_large_is_a_bad_response(
             assert attempts == 2
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("append", ("6.6.6.6, 127.0.0.1", "http", "for=6.6.6.6, for=127.0.0.1;proto=http")),
+        ("overwrite", ("127.0.0.1", "http", "for=127.0.0.1;proto=http")),
+        ("pass", ("6.6.6.6", "https", "for=6.6.6.6")),
+    ],
+)
+async def test_what_the_upstream_hears_of_the_clients_address(
+    upstream: FaultUpstream, mode: str, expected: tuple[str, str, str]
+) -> None:
+    """A client claiming another address (which uvicorn believes from 127.0.0.1, where a sidecar is) does
+    not hide its own: by default the proxy appends the TCP peer, as Envoy does."""
+    claimed = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "Forwarded": "for=6.6.6.6"}
+    async with running_proxy(proxy_config(upstream.url, security={"forwarded_headers": mode})) as proxy:
+        await post(mcp_url(proxy), call_tool("lookup"), headers=claimed)
+        await post(mcp_url(proxy), {"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=claimed)
+    for received in upstream.received:
+        got = received.headers
+        assert (got["X-Forwarded-For"], got["X-Forwarded-Proto"], got["Forwarded"]) == expected

@@ -9,7 +9,7 @@ import structlog
 from multidict import CIMultiDict
 
 from proxy.config import LOOPBACK_NAMES
-from proxy.headers import REFUSALS_LOGGED, SHOWN_CHARS, HostPolicy, RefusalLog, client_headers, upstream_headers
+from proxy.headers import REFUSALS_LOGGED, SHOWN_CHARS, HostPolicy, RefusalLog, client_headers, forwarded, upstream_headers
 
 
 def test_upstream_headers_keep_end_to_end_and_drop_hop_by_hop() -> None:
@@ -134,3 +134,51 @@ def test_random_hosts_grow_neither_memory_nor_the_log_past_the_cap() -> None:
     assert events.count("host_refused") == 2 * REFUSALS_LOGGED
     assert events.count("host_refusals_not_logged") == 2
     assert len(refused) == REFUSALS_LOGGED
+
+
+# --- X-Forwarded-For / X-Forwarded-Proto / Forwarded (security.forwarded_headers) ----------------
+
+CLAIMED = [
+    ("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "7.7.7.7, 8.8.8.8"), ("X-Forwarded-Proto", "https"),
+    ("Forwarded", 'for=6.6.6.6;proto=https'), ("Authorization", "Bearer t"),
+]
+
+
+def forwarding_of(items: list[tuple[str, str]], peer: str | None, mode: str) -> list[tuple[str, str]]:
+    headers: CIMultiDict[str] = CIMultiDict(items)
+    forwarded(headers, peer, mode)
+    return list(headers.items())
+
+
+@pytest.mark.parametrize(
+    ("mode", "peer", "expected"),
+    [
+        ("append", "127.0.0.1", [
+            ("Authorization", "Bearer t"), ("X-Forwarded-For", "6.6.6.6, 7.7.7.7, 8.8.8.8, 127.0.0.1"),
+            ("X-Forwarded-Proto", "http"), ("Forwarded", "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http"),
+        ]),
+        ("append", "::1", [
+            ("Authorization", "Bearer t"), ("X-Forwarded-For", "6.6.6.6, 7.7.7.7, 8.8.8.8, ::1"),
+            ("X-Forwarded-Proto", "http"), ("Forwarded", 'for=6.6.6.6;proto=https, for="[::1]";proto=http'),
+        ]),
+        ("overwrite", "2001:db8::7", [
+            ("Authorization", "Bearer t"), ("X-Forwarded-For", "2001:db8::7"), ("X-Forwarded-Proto", "http"),
+            ("Forwarded", 'for="[2001:db8::7]";proto=http'),
+        ]),
+        ("overwrite", None, [
+            ("Authorization", "Bearer t"), ("X-Forwarded-For", "unknown"), ("X-Forwarded-Proto", "http"),
+            ("Forwarded", "for=unknown;proto=http"),
+        ]),
+        ("pass", "127.0.0.1", CLAIMED),
+    ],
+    ids=["append", "append ipv6", "overwrite ipv6", "overwrite no peer", "pass"],
+)  # fmt: skip
+def test_forwarding_headers_per_mode(mode: str, peer: str | None, expected: list[tuple[str, str]]) -> None:
+    assert forwarding_of(CLAIMED, peer, mode) == expected
+
+
+def test_append_creates_the_headers_a_client_did_not_send_and_skips_blank_ones() -> None:
+    assert forwarding_of([("X-Forwarded-For", " "), ("Accept", "*/*")], "10.0.0.2", "append") == [
+        ("Accept", "*/*"), ("X-Forwarded-For", "10.0.0.2"), ("X-Forwarded-Proto", "http"),
+        ("Forwarded", "for=10.0.0.2;proto=http"),
+    ]  # fmt: skip

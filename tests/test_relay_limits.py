@@ -1,0 +1,91 @@
+"""Messages relayed outside the pipeline (notifications, client responses, batches, GET, DELETE) never
+skip the rate limit, and who is calling is read from the headers the upstream receives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.app import running_proxy
+from tests.conftest import proxy_config
+from tests.fault_upstream import FaultUpstream
+
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+ONE_TOKEN = {"rate_limit": {"rate": 1, "per": "1h", "burst": 1}}
+NOTIFICATION = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+RESPONSE = {"jsonrpc": "2.0", "id": "server-1", "result": {}}
+
+
+async def send(session: aiohttp.ClientSession, method: str, url: str, payload: Any = None, **headers: str) -> tuple[int, Any]:
+    data = json.dumps(payload).encode() if payload is not None else None
+    async with session.request(method, url, data=data, headers={**JSON_HEADERS, **headers}) as response:
+        body = await response.read()
+        return response.status, (json.loads(body) if response.content_type == "application/json" and body else body)
+
+
+@pytest.mark.parametrize(
+    ("method", "payload", "first"),
+    [("POST", NOTIFICATION, 202), ("POST", RESPONSE, 500), ("GET", None, 405), ("DELETE", None, 405)],
+    ids=["notification", "client response", "GET", "DELETE"],
+)
+async def test_a_message_relayed_outside_the_pipeline_spends_a_token(
+    upstream: FaultUpstream, method: str, payload: Any, first: int
+) -> None:
+    """The first passes (the upstream's own answer: 202; 405 from this upstream for GET/DELETE, 500 for a
+    response it does not expect); the second finds the bucket empty: 429 with the JSON-RPC error, and
+    the upstream never hears it."""
+    async with running_proxy(proxy_config(upstream.url, upstream=ONE_TOKEN)) as proxy, aiohttp.ClientSession() as session:
+        url = proxy.url + "/mcp"
+        assert (await send(session, method, url, payload))[0] == first
+        status, error = await send(session, method, url, payload)
+    assert status == 429
+    assert error["id"] is None and error["error"]["data"]["reason"] == "rate_limited"
+    if method == "POST":
+        assert upstream.attempts.total() == 1
+
+
+async def test_a_notification_and_a_request_share_the_clients_bucket(upstream: FaultUpstream) -> None:
+    async with running_proxy(proxy_config(upstream.url, upstream=ONE_TOKEN)) as proxy, aiohttp.ClientSession() as session:
+        url = proxy.url + "/mcp"
+        assert (await send(session, "POST", url, NOTIFICATION))[0] == 202
+        status, error = await send(session, "POST", url, {"jsonrpc": "2.0", "id": 4, "method": "ping"})
+    assert status == 429 and error["id"] == 4 and error["error"]["data"]["reason"] == "rate_limited"
+
+
+async def test_a_client_header_the_proxy_drops_names_no_one(upstream: FaultUpstream) -> None:
+    """`Connection: X-Client-Id` removes the identity header before the upstream: two clients claiming
+    two identities that way are both just the peer address, and share its one token."""
+    config = proxy_config(upstream.url, upstream={"rate_limit": {**ONE_TOKEN["rate_limit"], "key": "client"}},
+                          client_identity={"header": "X-Client-Id"})  # fmt: skip
+    async with running_proxy(config) as proxy, aiohttp.ClientSession() as session:
+        url = proxy.url + "/mcp"
+        first = await send(session, "POST", url, NOTIFICATION, **{"X-Client-Id": "alice", "Connection": "X-Client-Id"})
+        second = await send(session, "POST", url, NOTIFICATION, **{"X-Client-Id": "bob", "Connection": "X-Client-Id"})
+        named = await send(session, "POST", url, NOTIFICATION, **{"X-Client-Id": "carol"})
+    assert (first[0], second[0], named[0]) == (202, 429, 202)
+
+
+async def test_every_entry_of_a_batch_spends_a_token_and_none_is_parsed_again(
+    upstream: FaultUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of a request and two notifications costs three tokens, with the body parsed once and no
+    entry classified on its own."""
+    parsed: list[bytes] = []
+    import proxy.handler as handler
+
+    real_parse = handler.parse_message
+    monkeypatch.setattr(handler, "parse_message", lambda raw: parsed.append(raw) or real_parse(raw))
+    monkeypatch.setattr(handler, "classify", None)  # a batch must not need it
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, NOTIFICATION, NOTIFICATION]
+    config = proxy_config(upstream.url, upstream={"rate_limit": {"rate": 4, "per": "1h", "burst": 4}})
+    async with running_proxy(config) as proxy, aiohttp.ClientSession() as session:
+        url = proxy.url + "/mcp"
+        old = {"MCP-Protocol-Version": "2025-03-26"}
+        assert (await send(session, "POST", url, batch, **old))[0] == 200  # three tokens of four
+        status, error = await send(session, "POST", url, batch[:2], **old)  # two more: refused at the second
+    assert status == 429 and error["error"]["data"]["reason"] == "rate_limited"
+    assert len(parsed) == 2  # each body once
+    assert upstream.attempts["ping"] == 1
