@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from proxy.config import LOOPBACK_NAMES
@@ -182,3 +184,29 @@ def test_append_creates_the_headers_a_client_did_not_send_and_skips_blank_ones()
         ("Accept", "*/*"), ("X-Forwarded-For", "10.0.0.2"), ("X-Forwarded-Proto", "http"),
         ("Forwarded", "for=10.0.0.2;proto=http"),
     ]  # fmt: skip
+
+
+_NAMES = st.sampled_from([
+    "X-Forwarded-For", "x-forwarded-for", "X-Forwarded-Proto", "Forwarded", "Connection", "Keep-Alive", "Host",
+    "Authorization", "Mcp-Session-Id", "X-Other", "Transfer-Encoding", "Te",
+])  # fmt: skip
+_VALUES = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+_PEERS = st.one_of(st.none(), st.ip_addresses().map(str))
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=30), _PEERS, st.sampled_from(["append", "overwrite", "pass"]))
+def test_forwarding_headers_whatever_the_client_sent(items: list[tuple[str, str]], peer: str | None, mode: str) -> None:
+    """No hop-by-hop header ever reaches the upstream; unless in pass mode, exactly one line of each
+    forwarding header, ending with what the proxy saw (and only that when overwriting)."""
+    headers = upstream_headers(items)
+    forwarded(headers, peer, mode)
+    assert not {name.lower() for name in headers} & {"connection", "keep-alive", "host", "transfer-encoding", "te"}
+    if mode == "pass":
+        return
+    address = peer or "unknown"
+    node = f'"[{address}]"' if ":" in address else address
+    assert [len(headers.getall(name)) for name in ("X-Forwarded-For", "X-Forwarded-Proto", "Forwarded")] == [1, 1, 1]
+    assert headers["X-Forwarded-For"].endswith(address) and headers["X-Forwarded-Proto"] == "http"
+    assert headers["Forwarded"].endswith(f"for={node};proto=http")
+    if mode == "overwrite":
+        assert (headers["X-Forwarded-For"], headers["Forwarded"]) == (address, f"for={node};proto=http")
