@@ -16,8 +16,15 @@ passed through chunk by chunk. Errors map to `proxy.errors`:
 - the per-try timeout after the request was written: `UpstreamTimeout` (the upstream may be executing);
 - a connection that broke after sending: `UpstreamUnavailable`;
 - a status line and headers that are not valid HTTP: `UpstreamProtocolError`;
+- a JSON answer that is another request's (`AnswerTo`): `UpstreamProtocolError`, its connection closed;
 - an SSE stream that breaks or turns invalid: `StreamBroken`; silent past `stream_idle`: `StreamSilent` (and
   `UpstreamUnavailable` for a read being buffered, which can still be retried).
+
+Every JSON answer to a JSON-RPC request is checked to be *its* answer (`AnswerTo`), as the SSE path
+does with `final_response`: HTTP/1.1 has no request ids, so an upstream's stray answer (a late
+duplicate, an answer to a request hidden in an earlier body) would otherwise reach another client, and
+be cached. The HTTP client closes the ways it knows a stray can get onto a reused connection
+(`proxy.http_client`); this check catches whatever is left, and closes the connection it came on.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -54,11 +62,11 @@ from proxy.http_client import (
     Response,
     ResponseTooLarge,
 )
-from proxy.jsonrpc import LONG_LIVED_METHODS, final_response
+from proxy.jsonrpc import LONG_LIVED_METHODS, Kind, Message, final_response
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.sse import SSEParser
 
-__all__ = ["HttpUpstream", "SSEBody"]
+__all__ = ["AnswerTo", "HttpUpstream", "SSEBody"]
 
 _EVENT_STREAM = "text/event-stream"
 PROBE_CONNECTIONS = 2
@@ -151,6 +159,70 @@ class _Replay:
         await self._rest.close()
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerTo:
+    """What a JSON answer must answer: a request's id, or a batch's request ids (`batch`).
+
+    A JSON-RPC response in the answer (an object with ``"jsonrpc": "2.0"`` and a result or an error) that
+    carries any other id is a stray: `upstream_bad_response`, and the connection is not reused. Not a
+    stray, and so delivered:
+
+    - an *error* with id null (or none): JSON-RPC's own way to answer what the server could not
+      attribute (a -32700 or -32600 to a request it failed to read). To our well-formed request that is
+      still the server's answer to it, and nothing in it belongs to another client;
+    - an *error* on a status other than 2xx: the HTTP layer's refusal of this request (no session, a
+      wrong Accept), where servers fill the id as they please: null, none, the request's, or
+      ``"server-error"`` (the Python SDK before 2.0). A stray application answer comes as a 2xx;
+    - JSON that is not a JSON-RPC response at all (an OAuth ``{"error": "invalid_token"}``, a proxy's
+      page): it is no other client's answer either.
+
+    A batch answer (an array) to a request that is not a batch is a stray; an answer to a message that
+    asks for none (a notification, a client's response) may carry no id but null.
+    """
+
+    ids: frozenset[str | int]
+    batch: bool = False
+
+    @classmethod
+    def of(cls, message: Message) -> AnswerTo:
+        """The answer `message` is owed: its id, a batch's request ids, or (notifications) none."""
+        if message.kind is Kind.BATCH:
+            return cls(frozenset(item["id"] for item in message.body if _asks(item)), batch=True)
+        if message.kind is Kind.REQUEST and message.id is not None:
+            return cls(frozenset((message.id,)))
+        return cls(frozenset())
+
+    def stray(self, answer: Any, status: int) -> bool:
+        """True when the parsed JSON `answer` (arriving with HTTP `status`) answers some other request."""
+        if isinstance(answer, list):
+            return any(_is_response(item) and (not self.batch or not self._answers(item, status)) for item in answer)
+        return _is_response(answer) and not self._answers(answer, status)
+
+    def _answers(self, response: dict[str, Any], status: int) -> bool:
+        answer_id = response.get("id")
+        if "error" in response and (answer_id is None or not 200 <= status < 300):
+            return True
+        return _is_id(answer_id) and answer_id in self.ids
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _asks(item: Any) -> bool:
+    """A batch item that is a request (it is owed an answer with its id)."""
+    return isinstance(item, dict) and "method" in item and _is_id(item.get("id"))
+
+
+def _is_response(item: Any) -> bool:
+    return (
+        isinstance(item, dict)
+        and item.get("jsonrpc") == "2.0"
+        and "method" not in item
+        and ("result" in item or "error" in item)
+    )
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -229,7 +301,9 @@ class HttpUpstream:
             call.queued = waiting
             call.waited = call.waited or waiting
 
-        reply = await self.exchange("POST", call.headers, call.body, None, idle, written, queued)
+        reply = await self.exchange(
+            "POST", call.headers, call.body, None, idle, written, queued, answer_to=AnswerTo.of(call.message)
+        )
         if call.buffered and reply.stream is not None:
             return await self._buffer_stream(reply, call.message.id)
         return reply
@@ -241,7 +315,8 @@ class HttpUpstream:
         SSE, within `timeout`."""
         try:
             async with asyncio.timeout(timeout):
-                reply = await self.exchange("POST", headers, body, None, None, probe=True)
+                answer_to = AnswerTo(frozenset(() if request_id is None else (request_id,)))
+                reply = await self.exchange("POST", headers, body, None, None, probe=True, answer_to=answer_to)
                 if reply.stream is not None:
                     reply = await self._buffer_stream(reply, request_id)
                     if reply.stream is not None:  # the server asked a question nobody here can answer
@@ -306,21 +381,37 @@ class HttpUpstream:
         on_queue: Callable[[bool], None] | None = None,
         *,
         probe: bool = False,
+        answer_to: AnswerTo | None = None,
+        lend_credentials: bool = True,
     ) -> Reply:
         """Send one HTTP request upstream; return its answer with the body read or streamed.
 
         `on_write` and `on_queue` are `ConnectionPool.request`'s: the request is about to reach a socket;
-        it queues for (or leaves the queue for) a pooled connection. `probe`: on the health probes' pool."""
+        it queues for (or leaves the queue for) a pooled connection. `probe`: on the health probes' pool.
+        `answer_to`: what a JSON answer must answer (`AnswerTo`); None for a request that is not JSON-RPC
+        (a GET, a DELETE). `lend_credentials`: False when the client's own Authorization was removed on
+        the way, so the URL's credentials are not sent in its place (`ConnectionPool.head`)."""
         response: Response | None = None
         try:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
                 pool = self._pool_for(probe)
-                response = await pool.request(method, headers.items(), body, on_write, on_queue)
+                response = await pool.request(
+                    method, headers.items(), body, on_write, on_queue, lend_credentials=lend_credentials
+                )
                 out_headers = client_headers(response.header_items)
                 if response.content_type == _EVENT_STREAM:
                     stream = SSEBody(response, stream_idle, self.name)
                     return Reply(response.status, out_headers, stream=stream, reason=response.reason or None)
-                raw = await self._read_bounded(response)
+                raw = await self._read_bounded(response, hold=answer_to is not None)
+                message = _parse_json(response.content_type, raw)
+                if answer_to is not None:
+                    if answer_to.stray(message, response.status):
+                        response.close()  # the connection is out of step with its requests: never reused
+                        raise UpstreamProtocolError(
+                            "upstream answered with another request's id (a stray answer); its connection is closed",
+                            upstream=self.name,
+                        )
+                    response.release()
         except LocalExhaustion as exc:
             raise ProxyOverloaded(f"the proxy is out of resources: {exc}; the request was not sent", upstream=self.name) from None
         except ConnectFailed as exc:
@@ -343,15 +434,14 @@ class HttpUpstream:
             if response is not None:
                 response.close()
             raise
-        message = _parse_json(response.content_type, raw)
         return Reply(response.status, out_headers, body=raw, message=message, reason=response.reason or None)
 
-    async def _read_bounded(self, response: Response) -> bytes:
+    async def _read_bounded(self, response: Response, hold: bool = False) -> bytes:
         length = response.content_length
         if length is not None and length > self._max_response:
             response.close()
             raise AnswerTooLarge(f"upstream answer of {length} bytes exceeds limits.max_response_bytes", upstream=self.name)
-        return await response.read(self._max_response)
+        return await response.read(self._max_response, hold=hold)
 
 
 def _parse_json(content_type: str, raw: bytes) -> Any:

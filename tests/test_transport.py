@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -14,12 +15,13 @@ from proxy.app import running_proxy
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, StreamEndedEarly, UpstreamProtocolError, UpstreamUnavailable
 from proxy.failures import Failure, classify_error
-from proxy.transport import HttpUpstream
+from proxy.jsonrpc import Message, parse_message
+from proxy.transport import AnswerTo, HttpUpstream
 from tests.conftest import proxy_config
 from tests.fakes import make_call
 from tests.fault_upstream import FaultUpstream
 from tests.test_forwarding import JSON_HEADERS, call_tool, post
-from tests.test_http_client import SSE_HEAD, RawServer, read_request, sse_chunk, until
+from tests.test_http_client import SSE_HEAD, RawServer, Script, read_request, sse_chunk, until
 
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
 FINAL = b'{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}'
@@ -156,3 +158,115 @@ async def test_the_upstreams_status_line_reaches_the_client_with_its_own_reason_
         async with aiohttp.ClientSession() as session:
             async with session.post(proxy.url + "/mcp", json=call_tool("create_ticket"), headers=JSON_HEADERS) as response:
                 assert (response.status, response.reason, await response.read()) == (418, "Short And Stout", b"no")
+
+
+# -- issue 10: a JSON answer must be the request's own ------------------------------------------------
+
+
+def json_answer(body: bytes, status: str = "200 OK") -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        status.encode(), len(body), body
+    )
+
+
+def serving(*answers: bytes) -> Script:
+    """Answer the requests of each connection with `answers` in turn (a list shared by all connections)."""
+    queue = list(answers)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while queue:
+            await read_request(reader)
+            writer.write(queue.pop(0))
+            await writer.drain()
+        await reader.read()
+
+    return script
+
+
+async def test_a_json_answer_with_another_requests_id_is_a_bad_response_and_its_connection_is_closed() -> None:
+    stray = json_answer(b'{"jsonrpc":"2.0","id":99,"result":{"tools":[{"name":"secret"}]}}')
+    async with RawServer(serving(stray, json_answer(FINAL))) as server, upstream_for(server) as transport:
+        with pytest.raises(UpstreamProtocolError, match="another request's id") as caught:
+            await transport.send(make_call(LIST))
+        verdict = classify_error(caught.value)
+        assert (caught.value.reason, verdict.kind, verdict.transport_failure) == (
+            "upstream_bad_response", Failure.BAD_RESPONSE, True
+        )
+        assert transport.pool.size == 0
+        reply = await transport.send(make_call(LIST))
+        assert reply.message == json.loads(FINAL)
+    assert server.connections == 2
+
+
+async def test_a_standalone_request_checks_the_answers_id_too() -> None:
+    stray = json_answer(b'{"jsonrpc":"2.0","id":2,"result":{}}')
+    async with RawServer(serving(stray)) as server, upstream_for(server) as transport:
+        with pytest.raises(UpstreamProtocolError, match="another request's id"):
+            await transport.request({"Content-Type": "application/json"}, LIST, 1, timeout=5.0)
+        assert transport.pool.size == 0
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}', "200 OK"),
+        (b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"}}', "200 OK"),
+        (b'{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Missing session"}}', "400 Bad Request"),
+        (b'{"error":"invalid_token","error_description":"expired"}', "401 Unauthorized"),
+        (b'{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}', "200 OK"),
+    ],
+)
+async def test_answers_that_are_no_other_requests_are_delivered_and_the_connection_kept(answer: bytes, status: str) -> None:
+    """An unattributed error (id null or none), the HTTP layer's refusal whatever id the server wrote,
+    non-JSON-RPC JSON: none of them belongs to another client."""
+    async with RawServer(serving(json_answer(answer, status), json_answer(FINAL))) as server, upstream_for(server) as transport:
+        reply = await transport.send(make_call(LIST))
+        assert reply.body == answer
+        await until(lambda: transport.pool.idle == 1)
+        await transport.send(make_call(LIST))
+    assert server.connections == 1
+
+
+BATCH = parse_message(
+    b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":"b","method":"ping"},'
+    b'{"jsonrpc":"2.0","method":"notifications/initialized"}]'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "answer", "stray"),
+    [
+        (BATCH, [{"jsonrpc": "2.0", "id": 1, "result": {}}, {"jsonrpc": "2.0", "id": "b", "result": {}}], False),
+        (BATCH, [{"jsonrpc": "2.0", "id": 1, "result": {}}, {"jsonrpc": "2.0", "id": 3, "result": {}}], True),
+        (BATCH, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no batches"}}, False),
+        (parse_message(LIST), [{"jsonrpc": "2.0", "id": 1, "result": {}}], True),
+        (parse_message(LIST), {"jsonrpc": "2.0", "id": "1", "result": {}}, True),
+        (parse_message(LIST), {"jsonrpc": "2.0", "id": True, "result": {}}, True),
+        (parse_message(LIST), {"jsonrpc": "2.0", "id": None, "result": {}}, True),
+        (parse_message(LIST), {"jsonrpc": "2.0", "id": 7, "error": {"code": -32603, "message": "x"}}, True),
+        (parse_message(b'{"jsonrpc":"2.0","method":"notifications/initialized"}'), {"jsonrpc": "2.0", "id": 1, "result": {}}, True),
+        (parse_message(b'{"jsonrpc":"2.0","method":"notifications/initialized"}'), {"ok": True}, False),
+    ],
+)
+def test_which_answers_are_strays(message: Message, answer: Any, stray: bool) -> None:
+    assert AnswerTo.of(message).stray(answer, 200) is stray
+
+
+async def test_the_url_credentials_are_not_lent_when_the_caller_says_the_client_had_its_own() -> None:
+    seen: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(json_answer(FINAL))
+
+    async with RawServer(script) as server:
+        config = UpstreamConfig.model_validate({"name": "up", "url": f"http://bot:pw@127.0.0.1:{server.port}/mcp"})
+        transport = HttpUpstream(config, LimitsConfig())
+        await transport.start()
+        try:
+            await transport.exchange("POST", {}, LIST, 5.0, None, lend_credentials=False)
+            await transport.exchange("POST", {}, LIST, 5.0, None)
+        finally:
+            await transport.close()
+    assert [b"Authorization: Basic" in request for request in seen] == [False, True]
