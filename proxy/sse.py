@@ -7,8 +7,15 @@ specification (CRLF, LF or CR); comments (``:`` lines) are skipped; ``retry`` is
 
 Memory is bounded by `max_event`: an event larger than that is still passed through by the caller,
 but the parser stops keeping it and hands out an `oversized` event with no data in its place (a
-server sending one endless line would otherwise grow the proxy without bound). Work is linear: an
-unfinished line is kept as its pieces and joined once, when its end arrives.
+server sending one endless line would otherwise grow the proxy without bound). An event's size is the
+bytes of all its lines as received (every field and comment line, without line endings), counted the
+same way whether a line arrives whole or in pieces: so the events, oversized ones included, do not
+depend on how the stream was cut into chunks, and a kept event's `data` is never longer than
+`max_event` characters. The line that takes an event over the bound, and every later line of it, is
+dropped. What the parser holds is at most `max_event` plus one chunk.
+
+Work is linear in the bytes fed: each chunk is scanned a constant number of times, and an unfinished
+line is kept as its pieces and joined once, when its end arrives (never, if it outgrows `max_event`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ class SSEEvent:
 class SSEParser:
     """Feed it chunks with `feed()`; it returns the events each chunk completed."""
 
-    __slots__ = ("_data", "_data_size", "_dropping_line", "_event", "_id", "_max", "_oversized", "_partial",
+    __slots__ = ("_data", "_dropping_line", "_event", "_event_size", "_id", "_max", "_oversized", "_partial",
                  "_partial_size", "_pending_cr", "last_event_id")  # fmt: skip
 
     def __init__(self, max_event: int | None = None) -> None:
@@ -44,7 +51,8 @@ class SSEParser:
         self._dropping_line = False
         """The unfinished line outgrew `max_event`: its pieces are dropped until its end."""
         self._data: list[str] = []
-        self._data_size = 0
+        self._event_size = 0
+        """Bytes of the current event's lines so far (line endings excluded), the measure of `max_event`."""
         self._oversized = False
         self._event = ""
         self._id: str | None = None
@@ -60,12 +68,15 @@ class SSEParser:
             return
         self._partial.append(piece)
         self._partial_size += len(piece)
-        if self._too_big(self._partial_size + self._data_size):
-            self._partial, self._partial_size = [], 0
+        if self._too_big(self._event_size + self._partial_size):
+            self._event_size += self._partial_size  # over the bound now: every later line of the event is dropped
+            self._partial, self._partial_size, self._data = [], 0, []
             self._dropping_line = self._oversized = True
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume `chunk`; return the events it completed (often none, sometimes several)."""
+        if not chunk:
+            return []  # nothing to do, and a CR that ended the last chunk may still pair with the next
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False
@@ -95,6 +106,10 @@ class SSEParser:
     def _line(self, raw: bytes) -> SSEEvent | None:
         if not raw:
             return self._dispatch()
+        self._event_size += len(raw)
+        if self._too_big(self._event_size):
+            self._data, self._oversized = [], True
+            return None
         line = raw.decode("utf-8", errors="replace")
         if line.startswith(":"):
             return None
@@ -102,11 +117,7 @@ class SSEParser:
         if value.startswith(" "):
             value = value[1:]
         if name == "data":
-            if not self._oversized:
-                self._data.append(value)
-                self._data_size += len(value)
-                if self._too_big(self._data_size):
-                    self._data, self._data_size, self._oversized = [], 0, True
+            self._data.append(value)
         elif name == "event":
             self._event = value
         elif name == "id" and "\x00" not in value:
@@ -122,5 +133,5 @@ class SSEParser:
             event = SSEEvent("\n".join(self._data), self._event or "message", self._id)
         else:
             event = None
-        self._data, self._data_size, self._oversized, self._event, self._id = [], 0, False, "", None
+        self._data, self._event_size, self._oversized, self._event, self._id = [], 0, False, "", None
         return event
