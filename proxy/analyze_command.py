@@ -23,6 +23,7 @@ import orjson
 
 from proxy.analyzer import Analysis, ApplyError, Proposal, Window, analyze, apply_proposal, propose, read_events
 from proxy.analyzer import render_markdown, render_text
+from proxy.analyzer.report import one_line
 from proxy.config import ConfigError
 from proxy.sse import SSEParser
 
@@ -62,7 +63,7 @@ async def _follow(
                     for proposal in propose(window.analysis(), config_text):
                         if proposal.id not in seen:
                             seen.add(proposal.id)
-                            out(f"[{time.strftime('%H:%M:%S')}] proposal {proposal.id}: {proposal.title}")
+                            out(f"[{time.strftime('%H:%M:%S')}] proposal {proposal.id}: {one_line(proposal.title)}")
                     next_report = now + interval
                 try:
                     chunk = await asyncio.wait_for(response.content.readany(), timeout=min(interval, max(0.01, deadline - now)))
@@ -72,7 +73,7 @@ async def _follow(
                     break
                 for sse in parser.feed(chunk):
                     if sse.event == "dropped":
-                        err(f"analyze: the proxy dropped events this consumer could not take: {sse.data}")
+                        err(f"analyze: the proxy dropped events this consumer could not take: {one_line(sse.data)}")
                         continue
                     try:
                         window.add(orjson.loads(sse.data))
@@ -108,7 +109,7 @@ async def run_analyze(args: Any, out: Callable[[str], None], err: Callable[[str]
     except ConfigError as exc:
         err(f"analyze: {config_path} is not a valid config:")
         for line in exc.errors:
-            err(f"  {line}")
+            err(f"  {one_line(line)}")
         return 1
     except aiohttp.ClientError as exc:
         err(f"analyze: cannot read events from {args.follow}: {exc}")

@@ -4,12 +4,20 @@ A proposal is data: the rules build it, `engine.analyze` attaches the diff of th
 `apply.apply_proposal` writes it, the report prints it. Its id is a hash of what it changes (rule,
 target, keys and values), so the same advice on the next run has the same id and can be tracked,
 approved or dismissed across runs.
+
+Method and tool names come from clients, and a rule's `match` is a glob (``fnmatch``) in a file whose
+strings are interpolated (``${VAR}``). So a name never goes into a match as it is: `literal_glob`
+turns it into the pattern that matches that name alone (``*`` -> ``[*]``, ``?`` -> ``[?]``,
+``[`` -> ``[[]``), and `yaml_literal` writes that pattern so that loading the file gives it back
+(``${`` -> ``$${``, the loader's escape). `Match` holds patterns as the loaded config has them;
+`Match.to_yaml` gives them as the file must hold them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,14 +25,29 @@ import orjson
 
 from proxy.policy_config import MatchConfig
 
-__all__ = ["Change", "Confidence", "Effect", "Match", "Proposal", "confidence"]
+__all__ = ["Change", "Confidence", "Effect", "Match", "Proposal", "confidence", "literal_glob", "yaml_literal"]
 
 Confidence = Literal["low", "medium", "high"]
+
+_GLOB_SYNTAX = re.compile(r"[*?\[]")
+
+
+def literal_glob(name: str) -> str:
+    """The fnmatch pattern that matches `name` and nothing else: each ``*``, ``?`` and ``[`` in brackets."""
+    return _GLOB_SYNTAX.sub(lambda m: f"[{m.group(0)}]", name)
+
+
+def yaml_literal(value: str) -> str:
+    """`value` as the config file must hold it so that loading gives `value` back: ``${`` written ``$${``."""
+    return value.replace("${", "$${")
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """A rule's `match`, as the YAML file writes it: a method glob ("*" = any) and an optional tool glob."""
+    """A rule's `match`: a method glob ("*" = any) and an optional tool glob, as the loaded config holds them.
+
+    For a call kind seen in events use `exact`, never the names themselves: they are client-chosen.
+    """
 
     method: str = "*"
     tool: str | None = None
@@ -36,19 +59,29 @@ class Match:
     def from_config(cls, match: MatchConfig) -> Match:
         return cls(match.method, match.tool)
 
+    @classmethod
+    def exact(cls, method: str, tool: str | None) -> Match:
+        """The match for exactly this call kind: the tool for tools/call, else the method, as literal patterns."""
+        return cls(tool=literal_glob(tool)) if tool is not None else cls(method=literal_glob(method))
+
     def exact_for(self, method: str, tool: str | None) -> bool:
         """True when this match selects exactly that call kind and nothing else."""
         if tool is not None:
-            return self.tool == tool and self.method in ("*", "tools/call")
-        return self.tool is None and self.method == method
+            return self.tool == literal_glob(tool) and self.method in ("*", "tools/call")
+        return self.tool is None and self.method == literal_glob(method)
+
+    def written(self) -> tuple[str, str | None]:
+        """(method, tool) as the file holds them (``$${`` for a literal ``${``)."""
+        return yaml_literal(self.method), None if self.tool is None else yaml_literal(self.tool)
 
     def to_yaml(self) -> dict[str, str]:
-        """The mapping written into a new rule: only the keys that narrow it."""
+        """The mapping written into a new rule, as the file holds it: only the keys that narrow it."""
+        method, tool = self.written()
         written: dict[str, str] = {}
         if self.method != "*":
-            written["method"] = self.method
-        if self.tool is not None:
-            written["tool"] = self.tool
+            written["method"] = method
+        if tool is not None:
+            written["tool"] = tool
         return written
 
     def describe(self) -> str:

@@ -3,19 +3,44 @@
 Both show the same things in the same order: the window, the top failure signatures with counts and
 example event ids, a health table per called tool, then each proposal with its evidence, estimated
 effect, confidence and diff. One builder produces the rows; the two renderers only format them.
+
+Names in a report (tools, methods, error messages) come from clients and servers. Neither renderer
+lets one act as anything but text: control characters, line breaks and bidi overrides are shown
+escaped (``\n``, ``\x1b``: no fake report line, no terminal escape sequence), and the Markdown
+renderer backslash-escapes the characters that would make HTML, links, emphasis or table cells,
+and fences code with more backticks than the text holds.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.proposal import Proposal
 
-__all__ = ["render_markdown", "render_text"]
+__all__ = ["one_line", "render_markdown", "render_text"]
 
 TOP_SIGNATURES = 10
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_MARKDOWN = re.compile(r"[\\`*\[\]<>|&]")
+
+
+def one_line(text: str) -> str:
+    """`text` on one line, with every control character shown as an escape instead of acting."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 0x100 else f"\\u{ord(m.group(0)):04x}", text)
+
+
+def _md(text: str) -> str:
+    """`text` as inert Markdown: cleaned, and what would make HTML, links, emphasis or cells escaped."""
+    return _MARKDOWN.sub(lambda m: "\\" + m.group(0), one_line(text))
+
+
+def _fence(text: str, least: int) -> str:
+    """A backtick fence longer than any run of backticks in `text` (and at least `least` long)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(least, longest + 1)
 _TOOL_HEADER = ("upstream", "method/tool", "calls", "ok", "success", "p50 ms", "p90 ms", "p99 ms", "failures", "timeouts", "retries")
 _SIGNATURE_HEADER = ("signature", "count", "kind", "where", "message", "examples")
 
@@ -65,6 +90,7 @@ def _evidence(evidence: dict[str, Any]) -> str:
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    rows = [tuple(one_line(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)]
 
@@ -80,19 +106,19 @@ def render_text(analysis: Analysis, proposals: list[Proposal]) -> str:
     lines += ["", f"Proposals: {len(proposals) or 'none'}"]
     for p in proposals:
         lines += [
-            "", f"[{p.id}] {p.title}" + (" (advice only)" if p.advisory else ""),
-            f"  why: {p.rationale}", f"  evidence: {_evidence(p.evidence)}", f"  effect: {p.effect.text}",
-            f"  confidence: {p.confidence} ({p.confidence_reason})",
+            "", f"[{p.id}] {one_line(p.title)}" + (" (advice only)" if p.advisory else ""),
+            f"  why: {one_line(p.rationale)}", f"  evidence: {one_line(_evidence(p.evidence))}",
+            f"  effect: {one_line(p.effect.text)}", f"  confidence: {p.confidence} ({one_line(p.confidence_reason)})",
         ]  # fmt: skip
-        lines += [f"  change: {c.describe()}" for c in p.changes]
+        lines += [f"  change: {one_line(c.describe())}" for c in p.changes]
         if p.diff:
-            lines += ["  " + line for line in p.diff.rstrip("\n").splitlines()]
+            lines += ["  " + one_line(line) for line in p.diff.rstrip("\n").split("\n")]
     return "\n".join(lines) + "\n"
 
 
 def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     def row(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+        return "| " + " | ".join(_md(cell) for cell in cells) + " |"
 
     return [row(header), "|" + "---|" * len(header), *(row(r) for r in rows)]
 
@@ -110,12 +136,17 @@ def render_markdown(analysis: Analysis, proposals: list[Proposal]) -> str:
         lines.append("None: nothing in this window calls for a change.")
     for p in proposals:
         lines += [
-            f"#### `{p.id}` {p.title}" + (" (advice only)" if p.advisory else ""), "", p.rationale, "",
-            f"- **Evidence:** {_evidence(p.evidence)}", f"- **Estimated effect:** {p.effect.text}",
-            f"- **Confidence:** {p.confidence} ({p.confidence_reason})",
+            f"#### `{p.id}` {_md(p.title)}" + (" (advice only)" if p.advisory else ""), "", _md(p.rationale), "",
+            f"- **Evidence:** {_md(_evidence(p.evidence))}", f"- **Estimated effect:** {_md(p.effect.text)}",
+            f"- **Confidence:** {p.confidence} ({_md(p.confidence_reason)})",
         ]  # fmt: skip
-        lines += [f"- **Change:** `{c.describe()}`" for c in p.changes]
+        for c in p.changes:
+            change = one_line(c.describe())
+            fence = _fence(change, 1)
+            lines.append(f"- **Change:** {fence} {change} {fence}")
         if p.diff:
-            lines += ["", "```diff", p.diff.rstrip("\n"), "```"]
+            diff = "\n".join(one_line(line) for line in p.diff.rstrip("\n").split("\n"))
+            fence = _fence(diff, 3)
+            lines += ["", f"{fence}diff", diff, fence]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"

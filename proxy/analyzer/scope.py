@@ -41,7 +41,7 @@ def scope_for(config: ProxyConfig, target: Target) -> tuple[Match, Policy] | Non
     if upstream is None:
         return None
     policy = PolicyResolver(upstream).resolve(target.method, target.tool)
-    exact = Match(tool=target.tool) if target.tool is not None else Match(method=target.method)
+    exact = Match.exact(target.method, target.tool)  # client-chosen names: literal patterns, never globs
     if policy.rule != "default":
         index = int(policy.rule[len("rules[") : policy.rule.index("]")])
         winning = Match.from_config(upstream.rules[index].match)

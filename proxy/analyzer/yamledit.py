@@ -7,18 +7,27 @@ environment (``${VAR}``) are never overwritten: the file does not hold the value
 ruamel keeps the comment lines that follow a key on that key (``rate_limit: null`` then a commented
 example). When such a scalar becomes a mapping, or a key or rule is appended after it, those lines are
 moved to the new last key, so they stay below the new content instead of splitting it.
+
+A new rule's match is written from `Match.to_yaml` (glob and ``${`` syntax already escaped there).
+ruamel writes YAML 1.2, the config loader reads YAML 1.1 (PyYAML): a plain ``yes``, ``null``,
+``1:30`` or ``1_000`` would come back as a boolean, None or a number. So a match value is written
+plain only when it is a simple name both read as the same string, and double-quoted otherwise
+(with escapes for newlines and control characters).
 """
 
 from __future__ import annotations
 
 import difflib
 import io
+import re
 from typing import Any
 
+import yaml as pyyaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.representer import RoundTripRepresenter
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
@@ -84,6 +93,19 @@ def _attach_trailing(node: Any, comment: str | None) -> None:
         entry[2] = CommentToken("\n" + comment, CommentMark(0), None)
     else:
         entry[2].value += comment
+
+
+_SIMPLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _match_value(value: str) -> str:
+    """`value` plain when YAML 1.1 and 1.2 both read it back as this very string, else double-quoted."""
+    resolved: object = pyyaml.resolver.Resolver().resolve(pyyaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+    if _SIMPLE.fullmatch(value) and resolved == _STR_TAG:
+        return value
+    quoted: str = DoubleQuotedScalarString(value)
+    return quoted
 
 
 def _to_node(value: Any) -> Any:
@@ -186,9 +208,9 @@ def _rule(upstream: CommentedMap, match: Match, where: str) -> CommentedMap:
         raise EditError(f"{where}.rules is not a list")
     for entry in rules or ():
         found = entry.get("match") if isinstance(entry, CommentedMap) else None
-        if isinstance(found, dict) and Match(found.get("method", "*"), found.get("tool")) == match:
+        if isinstance(found, dict) and (found.get("method", "*"), found.get("tool")) == match.written():
             return entry  # type: ignore[no-any-return]
-    written = CommentedMap(match.to_yaml())
+    written = CommentedMap((key, _match_value(value)) for key, value in match.to_yaml().items())
     written.fa.set_flow_style()
     entry = CommentedMap([("match", written)])
     if match.inherit_from is not None:
