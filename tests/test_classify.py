@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from random import Random
+
 import pytest
+from hypothesis import given, strategies as st
 from multidict import CIMultiDict
 
 from proxy.classify import classify, client_identity, credential_scope
@@ -98,3 +101,21 @@ def test_client_identity_prefers_the_configured_header_then_credentials_then_the
     assert api_key.startswith("auth:")
     # an unknown header splits cache scopes (deny-by-default) but makes no new client: no rate-limit escape
     assert client_identity({"X-Random": "1"}, "10.0.0.1", None)[0] == "addr:10.0.0.1"
+
+
+_NAMES = st.sampled_from(["Authorization", "Cookie", "X-Api-Key", "X-Tenant", "Mcp-Session-Id", "traceparent", "Accept"])
+_VALUES = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=12)
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=6), st.randoms(use_true_random=False))
+def test_the_scope_ignores_header_order_and_name_case(pairs: list[tuple[str, str]], rng: Random) -> None:
+    shuffled = list(pairs)
+    rng.shuffle(shuffled)
+    same: CIMultiDict[str] = CIMultiDict([(name.upper(), value) for name, value in shuffled])
+    assert credential_scope(CIMultiDict(pairs)) == credential_scope(same)
+
+
+@given(st.dictionaries(_NAMES, _VALUES, max_size=6), _VALUES, _VALUES)
+def test_two_values_of_a_credential_never_share_a_scope(headers: dict[str, str], one: str, other: str) -> None:
+    if one != other:
+        assert credential_scope({**headers, "X-Api-Key": one}) != credential_scope({**headers, "X-Api-Key": other})
