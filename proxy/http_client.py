@@ -31,6 +31,8 @@ Bounds on what an upstream can make the proxy hold (every one closes the connect
 
 - `MAX_HEAD_BYTES` for the status line and headers, each header line counted with its ``:`` and CRLF
   (an empty header is 4 bytes on the wire, not 0), and `MAX_RESPONSE_HEADERS` header lines: `BadResponse`;
+- `MAX_UNPARSED_BYTES` arriving with no complete head and no body byte in between: httptools keeps a
+  header (or trailer) line to itself until its end, so an endless one would grow without this: `BadResponse`;
 - the body: the caller's `limit` (`ResponseTooLarge`); unread body is paused at `_PAUSE_AT` bytes;
 - writes: the request is handed to the socket `WRITE_PIECE` bytes at a time, and only while the
   transport's buffer is under its high-water mark (`pause_writing`/`resume_writing`), as slices of the
@@ -73,6 +75,10 @@ Each header line counts its name, value, ``:`` and CRLF: what it took on the wir
 MAX_RESPONSE_HEADERS = 100
 """Header lines one response may have (trailers included), as Envoy's default `max_headers_count`: MCP
 answers need a handful; thousands of tiny ones are only work and memory. More: `BadResponse`."""
+MAX_UNPARSED_BYTES = 2 * MAX_HEAD_BYTES
+"""Bytes that may arrive with neither a complete head nor a body byte among them. httptools hands a header
+or trailer line over only once it ends, keeping it until then; this bounds what it can keep (plus one
+read). Twice `MAX_HEAD_BYTES`, so a head within that bound never meets this one, however it is cut."""
 WRITE_PIECE = 64 * 1024
 """Request bytes handed to the transport at a time (a slice of the caller's bytes, not a copy). Once its
 buffer is over the high-water mark the rest waits for `resume_writing`: the buffer stays under
@@ -163,6 +169,7 @@ class _Connection(asyncio.Protocol):
         "_paused",
         "_pool",
         "_transport",
+        "_unparsed",
         "_waiter",
         "_write_paused",
         "buffered",
@@ -196,6 +203,8 @@ class _Connection(asyncio.Protocol):
         """While set: the rest of the body is dropped as it arrives, up to this many more bytes."""
         self._discard_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._unparsed = 0
+        """Bytes fed since the last complete head or body byte (`MAX_UNPARSED_BYTES`)."""
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -253,6 +262,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers = []
         self._head_bytes = 0
+        self._unparsed = 0
         self.buffered = 0
         self.received = 0
         self.limit = None
@@ -349,8 +359,12 @@ class _Connection(asyncio.Protocol):
         if self._head is None:
             self._fail(BadResponse("bytes arrived with no request waiting"))
             return
+        self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
+            if self._unparsed > MAX_UNPARSED_BYTES:
+                self._fail(BadResponse(f"{self._unparsed} bytes with no complete head and no body (an endless header line)"))
+                return
             if self._discard is not None and self.complete:
                 self._stop_discarding()
                 # One loop step later: a close that came with the stream's end is processed first,
@@ -401,6 +415,7 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._unparsed = 0
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the real answer follows
             self._informational = True
@@ -414,6 +429,7 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        self._unparsed = 0
         if self._discard is not None:
             self._discard -= len(body)
             if self._discard < 0:
@@ -430,6 +446,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        self._unparsed = 0
         if self._informational:
             self._informational = False
             return

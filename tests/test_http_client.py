@@ -25,6 +25,7 @@ from proxy.http_client import (
     _PAUSE_AT,
     MAX_HEAD_BYTES,
     MAX_RESPONSE_HEADERS,
+    MAX_UNPARSED_BYTES,
     WRITE_PIECE,
     BadResponse,
     ConnectFailed,
@@ -1008,3 +1009,30 @@ async def test_the_url_credentials_are_never_lent_to_a_request_whose_own_authori
         await pool.close()
     assert b"Authorization" not in seen[0]
     assert b"\r\nAuthorization: Basic Ym90OnMzY3JldA==\r\n" in seen[1]
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Endless: ",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ",
+    ],
+)
+async def test_an_endless_header_or_trailer_line_is_a_bad_response_not_memory(start: bytes) -> None:
+    """httptools keeps a header line to itself until its end: an upstream that never ends one (in the
+    head or in a chunked body's trailers) is cut off at MAX_UNPARSED_BYTES, not buffered on and on."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(start)
+        for _ in range(2 * MAX_UNPARSED_BYTES // 4096 + 2):
+            writer.write(b"a" * 4096)
+            await writer.drain()
+        await reader.read()
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        async with asyncio.timeout(30):
+            with pytest.raises(BadResponse, match="no complete head and no body"):
+                response = await pool.request("POST", [], b"{}")
+                await response.read()
+        assert pool.size == 0

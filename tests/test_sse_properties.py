@@ -17,7 +17,7 @@ from proxy.sse import SSEEvent, SSEParser
 
 _ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
 _TEXT = st.one_of(
-    st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=40).map(
+    st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=40).map(
         str.encode
     ),
     st.binary(max_size=20).map(lambda raw: raw.replace(b"\r", b"").replace(b"\n", b"")),  # not UTF-8, maybe
