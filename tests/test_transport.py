@@ -13,7 +13,7 @@ import pytest
 
 from proxy.app import running_proxy
 from proxy.config import LimitsConfig, UpstreamConfig
-from proxy.errors import NeverSent, StreamEndedEarly, UpstreamProtocolError, UpstreamUnavailable
+from proxy.errors import NeverSent, StreamEndedEarly, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.failures import Failure, classify_error
 from proxy.jsonrpc import Message, parse_message
 from proxy.transport import AnswerTo, HttpUpstream
@@ -270,3 +270,19 @@ async def test_the_url_credentials_are_not_lent_when_the_caller_says_the_client_
         finally:
             await transport.close()
     assert [b"Authorization: Basic" in request for request in seen] == [False, True]
+
+
+async def test_a_large_request_to_an_upstream_that_never_reads_ends_by_its_timeout_and_closes_the_connection() -> None:
+    """The request is written as the upstream takes it (flow control), so a 4 MiB body to an upstream that
+    never reads waits, bounded, inside the try's time; the timeout then closes the connection."""
+    accepted = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await asyncio.Event().wait()
+
+    async with RawServer(never_reads) as server, upstream_for(server) as transport:
+        body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"' + b"x" * (4 << 20) + b'"}}}'
+        with pytest.raises(UpstreamTimeout):
+            await transport.exchange("POST", {}, body, 0.2, None, answer_to=AnswerTo(frozenset((1,))))
+        assert accepted.is_set() and transport.pool.size == 0
