@@ -2,13 +2,15 @@
 
 Consumers other than the bundled analyzer (a SIEM, a notebook, another team's tooling) validate
 against this file; a test checks that the proxy's own events do, and that every type is described.
+The bounds every event keeps (`proxy.events`: strings cut with a marker, params omitted past a size,
+the overflow name of folded summaries) are stated in the descriptions, where a consumer reads them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from proxy.events import EVENT_TYPES, SCHEMA_VERSION
+from proxy.events import EVENT_TYPES, MAX_FIELD_CHARS, MAX_LIST_ITEMS, MAX_PARAMS_BYTES, OVERFLOW, SCHEMA_VERSION
 
 __all__ = ["event_schema"]
 
@@ -67,7 +69,11 @@ def event_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "mcp-resilience-proxy failure event",
-        "description": "One failure-relevant moment (schema v1). See README, 'Failure events'.",
+        "description": (
+            "One failure-relevant moment (schema v1). See README, 'Failure events'. Every string field is at most "
+            f"{MAX_FIELD_CHARS} characters and then ends with a '…[N more characters]' marker; list fields keep "
+            f"{MAX_LIST_ITEMS} items, then one '…[N more]' item."
+        ),
         "type": "object",
         "required": ["v", "id", "ts", "type", "upstream", "method", "tool", "call_id", "attempt", "latency_ms", "policy", "error", "signature"],
         "properties": {
@@ -77,7 +83,11 @@ def event_schema() -> dict[str, Any]:
             "type": {"enum": list(EVENT_TYPES)},
             "upstream": _NULLABLE_STRING,
             "method": _NULLABLE_STRING,
-            "tool": _NULLABLE_STRING,
+            "tool": {
+                "type": ["string", "null"],
+                "description": f"In call_ok, '{OVERFLOW}' sums the tools the upstream did not list (and, as the "
+                f"method too, keys past the per-window bound); method '{OVERFLOW}' sums methods MCP does not define.",
+            },
             "call_id": _NULLABLE_INT,
             "attempt": _NULLABLE_INT,
             "latency_ms": {"type": ["number", "null"]},
@@ -100,7 +110,11 @@ def event_schema() -> dict[str, Any]:
             "signature": {"oneOf": [{"type": "null"}, {"type": "string", "pattern": "^[0-9a-f]{12}$"}]},
             "idempotent": {"type": "boolean"},
             "params_hash": {"type": "string"},
-            "params": {"type": "object"},
+            "params": {
+                "type": "object",
+                "description": f"With include_params: the call's params, redacted; over {MAX_PARAMS_BYTES} bytes "
+                "they are {'_omitted': why} instead.",
+            },
         },
         "allOf": [
             {

@@ -18,6 +18,23 @@ dropped and counted. `EventRecorder` is the `Observer` the policy stages report 
 reports into events; it also aggregates every finished call into periodic `call_ok` summaries
 (counts, outcomes, attempts and a latency histogram per upstream/method/tool), so the analyzer sees
 successes, not only failures.
+
+Names come from clients, sizes from clients and upstreams; neither can crowd out or blow up evidence:
+
+- **lanes**: an event about a name the upstream's catalog (`proxy.tool_catalog`) says it does not
+  have (a tool it did not list, a method the MCP specification does not define) goes to a ring of its
+  own, `MAX_UNLISTED_EVENTS` long; everything else (listed tools, MCP methods, the proxy's own events,
+  and any tool before the upstream's first listing, when nothing can be told apart) shares the main
+  ring of `buffer` events. So a flood of invented names pushes out only its own kind; `recent()` reads
+  both in id order. A per-signature cap was the alternative: it does not hold, as every invented name
+  makes a signature of its own.
+- **summaries**: names not listed fold into one summary per upstream under `OVERFLOW` (``_other``:
+  the tool for tools/call, else the method), and a window holds at most `MAX_SUMMARIES` distinct
+  (upstream, method, tool) keys; later ones fold into (`OVERFLOW`, `OVERFLOW`) of their upstream.
+- **size**: every string field (the error message, `last_failure`, `cause`, names) is cut at
+  `MAX_FIELD_CHARS` with a ``…[N more characters]`` marker, lists at `MAX_LIST_ITEMS`, and `params`
+  (with `include_params`) are replaced by ``{"_omitted": ...}`` beyond `MAX_PARAMS_BYTES`: no event
+  exceeds `MAX_EVENT_BYTES`. The signature is taken over the cut message.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ import asyncio
 import bisect
 import functools
 import hashlib
+import heapq
 import re
 import time
 from collections import deque
@@ -33,15 +51,23 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 import structlog
 
 from proxy.logs import redact
 from proxy.policies.base import Call, Observer
-from proxy.tool_catalog import ToolCatalog
+from proxy.tool_catalog import MCP_METHODS, ToolCatalog, listed
 
 __all__ = [
     "EVENT_TYPES",
     "LATENCY_BUCKETS_MS",
+    "MAX_EVENT_BYTES",
+    "MAX_FIELD_CHARS",
+    "MAX_LIST_ITEMS",
+    "MAX_PARAMS_BYTES",
+    "MAX_SUMMARIES",
+    "MAX_UNLISTED_EVENTS",
+    "OVERFLOW",
     "SCHEMA_VERSION",
     "EventBus",
     "EventRecorder",
@@ -80,6 +106,22 @@ LATENCY_BUCKETS_MS: Final = (
 )  # fmt: skip
 """Upper bounds of the call_ok latency histogram (ms); the last bucket is everything above."""
 
+MAX_FIELD_CHARS: Final = 1000
+"""Longest string kept in an event field (error messages, `last_failure`, names); the rest is cut with a marker."""
+MAX_LIST_ITEMS: Final = 10
+"""Most items kept of a list field (a rejected config's errors); a last item says how many were left out."""
+MAX_PARAMS_BYTES: Final = 4096
+"""Largest `params` (serialized) an event carries with `include_params`; bigger ones are omitted (the hash stays)."""
+MAX_EVENT_BYTES: Final = 64 * 1024
+"""What the bounds above hold any event to, serialized, even when every character kept is one JSON
+escapes in six bytes (checked by the tests, not at run time: it follows from the bounds above)."""
+MAX_UNLISTED_EVENTS: Final = 1000
+"""Events kept about names the upstream does not have, apart from the main ring."""
+MAX_SUMMARIES: Final = 1000
+"""Distinct (upstream, method, tool) summaries per window; later keys fold into the overflow summary."""
+OVERFLOW: Final = "_other"
+"""The name summaries of unlisted (or too many) names fold into; the same as metrics' overflow label."""
+
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,}\b|\b[0-9a-fA-F]{16,}\b|\d+(\.\d+)?")
 _ENVELOPE: Final = frozenset(
     {"v", "id", "ts", "type", "upstream", "method", "tool", "call_id", "attempt", "latency_ms", "policy", "error", "signature"}
@@ -94,10 +136,40 @@ def signature(upstream: str | None, method: str | None, tool: str | None, kind: 
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
+def _cut(text: str) -> str:
+    """`text` no longer than `MAX_FIELD_CHARS`, with a marker saying how much was cut."""
+    if len(text) <= MAX_FIELD_CHARS:
+        return text
+    return f"{text[:MAX_FIELD_CHARS]}…[{len(text) - MAX_FIELD_CHARS} more characters]"
+
+
+def _bounded(value: Any) -> Any:
+    """A per-type field bounded: strings cut, lists of strings shortened (one level: the proxy's own
+    fields are flat; its lists of numbers, the latency histogram, have a fixed length)."""
+    if isinstance(value, str):
+        return _cut(value)
+    if isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
+        items = [_cut(v) if isinstance(v, str) else v for v in value[:MAX_LIST_ITEMS]]
+        if len(value) > MAX_LIST_ITEMS:
+            items.append(f"…[{len(value) - MAX_LIST_ITEMS} more]")
+        return items
+    return value
+
+
 def _params(call: Call, include: bool) -> dict[str, Any]:
-    if include:
-        return {"params": redact(call.message.arguments)}
-    return {"params_hash": hashlib.blake2b(call.message.canonical_arguments(), digest_size=8).hexdigest()}
+    if not include:
+        return {"params_hash": hashlib.blake2b(call.message.canonical_arguments(), digest_size=8).hexdigest()}
+    arguments = call.message.arguments
+    try:
+        size = len(orjson.dumps(arguments))
+    except (orjson.JSONEncodeError, RecursionError):  # too deep, an integer beyond 64 bits
+        return {"params": {"_omitted": "params orjson cannot write (too deep, or a number too big)"}}
+    if size > MAX_PARAMS_BYTES:
+        return {"params": {"_omitted": f"params of {size} bytes (over {MAX_PARAMS_BYTES})"}}
+    try:
+        return {"params": redact(arguments)}
+    except RecursionError:
+        return {"params": {"_omitted": "params too deep to redact"}}
 
 
 def make_event(
@@ -109,13 +181,16 @@ def make_event(
     include_params: bool = False,
     **fields: Any,
 ) -> dict[str, Any]:
-    """An event dict (without `id` and `ts`, which the bus assigns). `fields` are the per-type fields."""
+    """An event dict (without `id` and `ts`, which the bus assigns). `fields` are the per-type fields.
+
+    Bounded whatever its inputs (`MAX_EVENT_BYTES`): strings are cut, lists shortened, params omitted."""
+    upstream = fields.pop("upstream", None) if call is None else call.upstream
     event: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "type": type,
-        "upstream": fields.pop("upstream", None) if call is None else call.upstream,
-        "method": None if call is None else call.method,
-        "tool": None if call is None else call.tool,
+        "upstream": upstream if upstream is None else _cut(str(upstream)),
+        "method": None if call is None else _cut(call.method),
+        "tool": None if call is None or call.tool is None else _cut(call.tool),
         "call_id": None if call is None else call.call_id,
         "attempt": None if call is None else call.attempt,
         "latency_ms": None if latency_ms is None else round(latency_ms, 3),
@@ -124,6 +199,8 @@ def make_event(
         "signature": None,
     }
     if error is not None:
+        error = {key: _cut(value) if isinstance(value, str) else value for key, value in error.items()}
+        event["error"] = error
         event["signature"] = signature(
             event["upstream"], event["method"], event["tool"], str(error.get("kind", "")), str(error.get("message", ""))
         )
@@ -131,7 +208,7 @@ def make_event(
         fields["idempotent"] = call.idempotent
         fields.update(_params(call, include_params))
     for name, value in fields.items():
-        event[name if name not in _ENVELOPE else f"x_{name}"] = value
+        event[name if name not in _ENVELOPE else f"x_{name}"] = _bounded(value)
     return event
 
 
@@ -179,10 +256,18 @@ class Subscription:
 
 
 class EventBus:
-    """The in-process event stream: a ring of recent events plus bounded per-subscriber queues."""
+    """The in-process event stream: a ring of recent events (and one for events about names the upstream
+    does not have) plus bounded per-subscriber queues."""
 
-    def __init__(self, capacity: int = 10_000, subscriber_queue: int = 1000, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        capacity: int = 10_000,
+        subscriber_queue: int = 1000,
+        wall: Callable[[], float] = time.time,
+        unlisted_capacity: int = MAX_UNLISTED_EVENTS,
+    ) -> None:
         self._ring: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self._unlisted: deque[dict[str, Any]] = deque(maxlen=unlisted_capacity)
         self._subscribers: set[Subscription] = set()
         self._subscriber_queue = subscriber_queue
         self._wall = wall
@@ -193,13 +278,14 @@ class EventBus:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         """Synchronous sinks (the structlog line, the JSONL file): called for every event, must be cheap."""
 
-    def publish(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Stamp `event` with its id and time, keep it, and hand it to every subscriber and listener."""
+    def publish(self, event: dict[str, Any], unlisted: bool = False) -> dict[str, Any]:
+        """Stamp `event` with its id and time, keep it (in the unlisted ring when it is about a name the
+        upstream does not have), and hand it to every subscriber and listener."""
         event["id"] = self._next_id
         event["ts"] = round(self._wall(), 6)
         self._next_id += 1
         self.published += 1
-        self._ring.append(event)
+        (self._unlisted if unlisted else self._ring).append(event)
         for subscriber in self._subscribers:
             subscriber.offer(event)
         for listener in self.listeners:
@@ -207,8 +293,11 @@ class EventBus:
         return event
 
     def recent(self, since: int = 0) -> list[dict[str, Any]]:
-        """Events in the ring with an id above `since`."""
-        return [event for event in self._ring if event["id"] > since]
+        """Events kept (in both rings) with an id above `since`, in id order."""
+        if not self._unlisted:
+            return [event for event in self._ring if event["id"] > since]
+        both = heapq.merge(self._ring, self._unlisted, key=_event_id)
+        return [event for event in both if event["id"] > since]
 
     def subscribe(self, since: int | None = None) -> Subscription:
         """A subscription starting after event `since` (None: only new events)."""
@@ -218,7 +307,17 @@ class EventBus:
         return subscription
 
     def stats(self) -> dict[str, int]:
-        return {"published": self.published, "buffered": len(self._ring), "subscribers": len(self._subscribers), "dropped": self.dropped}
+        return {
+            "published": self.published,
+            "buffered": len(self._ring) + len(self._unlisted),
+            "buffered_unlisted": len(self._unlisted),
+            "subscribers": len(self._subscribers),
+            "dropped": self.dropped,
+        }
+
+
+def _event_id(event: dict[str, Any]) -> int:
+    return int(event["id"])
 
 
 @dataclass
@@ -244,7 +343,8 @@ def _log_plainly(kind: str, call: Call | None, fields: dict[str, Any]) -> None:
     error = line.get("error")
     if isinstance(error, dict):
         line["error"] = error.get("message")
-    getattr(_log, _LOGGED_WITHOUT_EVENTS[kind])(kind, **line)
+    bounded = {key: _bounded(value) for key, value in line.items()}  # as an event's fields are
+    getattr(_log, _LOGGED_WITHOUT_EVENTS[kind])(kind, **bounded)
 
 
 _CALL_KINDS: Final = {"retry", "retry_exhausted", "retry_budget_exhausted", "timeout", "timeout_observed", "rate_limited", "fallback_served"}
@@ -273,10 +373,23 @@ class EventRecorder:
             return
         error = fields.pop("error", None)
         latency = fields.pop("latency_ms", None)
+        unlisted = self._unlisted(call, fields)
         if kind in _CALL_KINDS and call is not None:
-            self.bus.publish(make_event(kind, call, error=error, latency_ms=latency, include_params=self.include_params, **fields))
+            event = make_event(kind, call, error=error, latency_ms=latency, include_params=self.include_params, **fields)
         else:
-            self.bus.publish(make_event(kind, call, error=error, latency_ms=latency, **fields))
+            event = make_event(kind, call, error=error, latency_ms=latency, **fields)
+        self.bus.publish(event, unlisted)
+
+    def _unlisted(self, call: Call | None, fields: dict[str, Any]) -> bool:
+        """True when the event is about a name its upstream's listing says it does not have."""
+        if call is not None:
+            return listed(self.catalogs.get(call.upstream), call.method, call.tool) is False
+        upstream, breaker = fields.get("upstream"), fields.get("breaker")
+        if not isinstance(upstream, str) or not isinstance(breaker, str) or breaker == upstream:
+            return False
+        name = breaker.removeprefix(f"{upstream}/")  # a per-tool breaker: named by its tool, or method
+        catalog = self.catalogs.get(upstream)
+        return catalog is not None and catalog.known and name not in MCP_METHODS and not catalog.has(name)
 
     def call_failed(self, call: Call, error: dict[str, Any], latency_ms: float, **fields: Any) -> None:
         """The final failure a client heard (after every retry and fallback)."""
@@ -285,7 +398,8 @@ class EventRecorder:
         if not self.enabled:
             return
         event = self.bus.publish(
-            make_event("call_failed", call, error=error, latency_ms=latency_ms, include_params=self.include_params, **fields)
+            make_event("call_failed", call, error=error, latency_ms=latency_ms, include_params=self.include_params, **fields),
+            self._unlisted(call, fields),
         )
         for listener in self.failure_listeners:
             _safely(listener, call, event)
@@ -294,7 +408,7 @@ class EventRecorder:
         """Count a finished call into the current window's summary (cheap: no event per call)."""
         if not self.enabled:
             return
-        key = (call.upstream, call.method, call.tool)
+        key = self._summary_key(call)
         summary = self._summaries.get(key)
         if summary is None:
             summary = self._summaries[key] = _Summary()
@@ -306,8 +420,23 @@ class EventRecorder:
             summary.latency_sum_ms += latency_ms
             summary.latency_max_ms = max(summary.latency_max_ms, latency_ms)
 
+    def _summary_key(self, call: Call) -> tuple[str, str, str | None]:
+        """(upstream, method, tool), with names the upstream does not have, and keys past
+        `MAX_SUMMARIES` in this window, folded into `OVERFLOW`."""
+        upstream, method, tool = call.upstream, call.method, call.tool
+        if listed(self.catalogs.get(upstream), method, tool) is False:
+            if method in MCP_METHODS:
+                tool = OVERFLOW  # a tools/call of a tool not listed
+            else:
+                method, tool = OVERFLOW, None
+        key = (upstream, method, tool)
+        if key not in self._summaries and len(self._summaries) >= MAX_SUMMARIES:
+            return (upstream, OVERFLOW, OVERFLOW)
+        return key
+
     def flush_summaries(self) -> int:
-        """Publish one `call_ok` event per (upstream, method, tool) seen since the last flush."""
+        """Publish one `call_ok` event per (upstream, method, tool) seen since the last flush (names
+        folded as `_summary_key` says)."""
         now = time.time()
         summaries, self._summaries = self._summaries, {}
         started, self._window_started = self._window_started, now
