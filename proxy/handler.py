@@ -253,10 +253,14 @@ class McpHandler:
         own limit and any rule matching every method apply to it. Each is one pass of the rate-limit stage
         with a `Call` built without the pipeline (see `_token_call`)."""
         calls = []
+        who: tuple[str, str] | None = None  # read once, for the first policy with a limit
         for (method, tool), count in counts.items():
             policy = route.resolver.resolve(method, tool)
-            if policy.rate_limit is not None:
-                calls.append((_token_call(route, policy, method, tool, headers, request.remote, runtime, message), count))
+            if policy.rate_limit is None:
+                continue
+            if who is None:
+                who = client_identity(headers, request.remote, runtime.config.client_identity.header)
+            calls.append((_token_call(route, policy, method, tool, headers, who, message), count))
         limiter = runtime.shared.rate_limit
         for call, count in calls:
             for _ in range(count):
@@ -521,13 +525,12 @@ def _token_call(
     method: str,
     tool: str | None,
     headers: CIMultiDict[str],
-    peer: str | None,
-    runtime: Runtime,
+    who: tuple[str, str],
     message: Message | None,
 ) -> Call:
     """A `Call` for the rate-limit stage alone: what its bucket key and its refusal need (upstream, client,
-    method, tool, policy), keyed on the forwarded headers like every call."""
-    client, scope = client_identity(headers, peer, runtime.config.client_identity.header)
+    method, tool, policy); `who` is `client_identity` of the forwarded headers, like every call's."""
+    client, scope = who
     protocol = protocol_of(headers, None)
     return Call(
         upstream=route.upstream.name,
