@@ -1,7 +1,13 @@
 """Prometheus metrics, on a registry of the proxy's own (tests and several proxies in one process never collide).
 
-Label values that come from clients (method and tool names) are bounded: after `MAX_LABEL_VALUES`
-distinct names of a kind, further ones count as ``_other``, so a client inventing names cannot grow memory.
+Label values that come from clients (method and tool names, and the per-tool breakers named after
+them) are bounded: names the upstream listed (its `proxy.tool_catalog.ToolCatalog`, in `catalogs`)
+and the methods MCP defines always have their own label; any other name takes one of
+`MAX_LABEL_VALUES` slots of its kind, first come, and once they are taken counts as ``_other``. So a
+client inventing names grows neither memory nor the scrape, and cannot take a real tool's label. The
+latency histogram, the heaviest series, is labelled by MCP method only (others are ``_other``).
+Every other label is the proxy's own (upstream names, outcomes and reasons it defines, failure kinds,
+HTTP status classes): a bounded set.
 Label children are cached per label tuple: `labels()` is measurably slow on the per-request path.
 The three per-request series (requests, latency, in-flight) are plain dicts and ints exported by a
 collector at scrape time: prometheus-client's own metric objects take a lock on every update, which
@@ -19,11 +25,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.policies.base import Call
-from proxy.tool_catalog import ToolCatalog
+from proxy.tool_catalog import MCP_METHODS, ToolCatalog
 
-__all__ = ["ProxyMetrics"]
+__all__ = ["MAX_LABEL_VALUES", "OVERFLOW", "ProxyMetrics"]
 
 MAX_LABEL_VALUES: Final = 200
+"""Label values of a kind (method, tool, breaker) for names neither listed by their upstream nor MCP's own."""
+OVERFLOW: Final = "_other"
+"""The label of every name past `MAX_LABEL_VALUES`."""
 _HEALTH_LEVELS: Final = {"healthy": 1, "unhealthy": 0, "unknown": -1}
 _BREAKER_LEVELS: Final = {"closed": 0, "half-open": 1, "open": 2}
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -41,9 +50,10 @@ class _RequestSeries:
     def observe(self, upstream: str, method: str, tool: str, outcome: str, seconds: float) -> None:
         key = (upstream, method, tool, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
-        series = self.histograms.get((upstream, method))
+        pair = (upstream, method if method in MCP_METHODS else OVERFLOW)
+        series = self.histograms.get(pair)
         if series is None:
-            series = self.histograms[(upstream, method)] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+            series = self.histograms[pair] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
         series[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         series[-1] += seconds
 
@@ -131,7 +141,7 @@ class ProxyMetrics:
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
         self.catalogs: dict[str, ToolCatalog] = {}
         """Each upstream's tool catalog (set by `proxy.runtime.build_runtime`): listed names keep their labels."""
-        self._seen: dict[str, set[str]] = {"method": set(), "tool": set()}
+        self._seen: dict[str, set[str]] = {"method": set(), "tool": set(), "breaker": set()}
 
     def _child(self, metric: MetricWrapperBase, *labels: str) -> MetricWrapperBase:
         key = (id(metric), *labels)
@@ -140,21 +150,36 @@ class ProxyMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def bounded(self, kind: str, value: str | None) -> str:
-        """The label for a client-chosen `value`: itself while fewer than MAX_LABEL_VALUES were seen, else ``_other``."""
+    def _real(self, upstream: str | None, name: str) -> bool:
+        """A method MCP defines, or a tool `upstream` listed: a name that always has its own label."""
+        if name in MCP_METHODS:
+            return True
+        catalog = self.catalogs.get(upstream) if upstream is not None else None
+        return catalog is not None and catalog.has(name)
+
+    def bounded(self, kind: str, value: str | None, upstream: str | None = None) -> str:
+        """The label for a client-chosen `value`: itself when it is real (`_real`) or while fewer than
+        `MAX_LABEL_VALUES` other names of its kind were seen, else ``_other``."""
         if not value:
             return ""
         seen = self._seen[kind]
-        if value in seen:
+        if value in seen or self._real(upstream, value):
             return value
         if len(seen) < MAX_LABEL_VALUES:
             seen.add(value)
             return value
-        return "_other"
+        return OVERFLOW
 
     def observe(self, upstream: str, method: str, tool: str | None, outcome: str, seconds: float) -> None:
         """Record one finished request."""
-        self._series.observe(upstream, self.bounded("method", method), self.bounded("tool", tool), outcome, seconds)
+        labels = self.bounded("method", method), self.bounded("tool", tool, upstream)
+        self._series.observe(upstream, *labels, outcome, seconds)
+
+    def _breaker_label(self, upstream: str, breaker: str) -> str:
+        """A per-tool breaker is named ``upstream/tool`` (or ``upstream/method``): bounded like a tool."""
+        if breaker == upstream:
+            return breaker
+        return f"{upstream}/{self.bounded('breaker', breaker.removeprefix(f'{upstream}/'), upstream)}"
 
     def enter(self, upstream: str) -> None:
         """A request to `upstream` started (the in-flight gauge)."""
@@ -178,8 +203,9 @@ class ProxyMetrics:
         elif kind == "retry_budget_exhausted":
             self._child(self.budget_exhausted, upstream).inc()  # type: ignore[attr-defined]
         elif kind == "breaker_state":
-            breaker, state = str(fields["breaker"]), str(fields["new"])
-            self._child(self.breaker_state, upstream, breaker).set(_BREAKER_LEVELS.get(state, 0))  # type: ignore[attr-defined]
+            breaker, state = self._breaker_label(upstream, str(fields["breaker"])), str(fields["new"])
+            if not breaker.endswith(f"/{OVERFLOW}"):  # one gauge for many breakers would say nothing true
+                self._child(self.breaker_state, upstream, breaker).set(_BREAKER_LEVELS.get(state, 0))  # type: ignore[attr-defined]
             self._child(self.breaker_transitions, upstream, breaker, state).inc()  # type: ignore[attr-defined]
         elif kind in ("rate_limited", "circuit_open"):
             self._child(self.policy_rejections, upstream, kind).inc()  # type: ignore[attr-defined]
