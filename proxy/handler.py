@@ -425,7 +425,9 @@ class McpHandler:
         upstream = route.upstream
         timeouts = upstream.config.timeouts
         try:
-            reply = await upstream.exchange(method, headers, body, timeouts.per_try, None)
+            reply = await upstream.exchange(
+                method, headers, body, timeouts.per_try, None, lend_credentials=_lends_credentials(request, headers)
+            )
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
@@ -547,6 +549,13 @@ def _token_call(
         headers=headers,
         policy=policy,
     )
+
+
+def _lends_credentials(request: web.BaseRequest, forwarded: CIMultiDict[str]) -> bool:
+    """May the upstream URL's own credentials stand in for the client's? Not when the client sent an
+    Authorization that the proxy dropped (named in ``Connection``): that client asked as someone, and
+    must never be sent as the proxy's configured user instead."""
+    return "Authorization" in forwarded or "Authorization" not in request.headers
 
 
 def _head_size(request: web.BaseRequest) -> int:

@@ -89,3 +89,14 @@ async def test_every_entry_of_a_batch_spends_a_token_and_none_is_parsed_again(
     assert status == 429 and error["error"]["data"]["reason"] == "rate_limited"
     assert len(parsed) == 2  # each body once
     assert upstream.attempts["ping"] == 1
+
+
+async def test_a_relayed_message_whose_authorization_was_dropped_never_gets_the_urls(upstream: FaultUpstream) -> None:
+    """`Connection: Authorization` removes the client's credential; the URL's user and password must not
+    be sent in its place (a client without any Authorization gets them, as configured)."""
+    url = upstream.url.replace("http://", "http://proxyuser:proxypass@")
+    async with running_proxy(proxy_config(url)) as proxy, aiohttp.ClientSession() as session:
+        mcp = proxy.url + "/mcp"
+        await send(session, "POST", mcp, NOTIFICATION, Authorization="Bearer mine", Connection="Authorization")
+        await send(session, "POST", mcp, NOTIFICATION)
+    assert [r.headers.get("Authorization") for r in upstream.received] == [None, "Basic cHJveHl1c2VyOnByb3h5cGFzcw=="]
