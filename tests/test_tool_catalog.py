@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.annotations import ToolAnnotations
+from proxy.events import EventBus, EventRecorder
+from proxy.metrics import ProxyMetrics
+from proxy.runtime import build_runtime
 from proxy.tool_catalog import MAX_TOOL_NAME_CHARS, MAX_TOOLS, ToolCatalog, ToolHints, listed
+from tests.conftest import proxy_config
+from tests.fakes import FakeClock
 
 
 def listing(tools: list[Any], cursor: str | None = None) -> dict[str, Any]:
@@ -66,3 +71,20 @@ def test_the_retry_view_believes_the_hints_only_when_trusted() -> None:
     assert [untrusted.safe_to_retry(name) for name in ("search", "put", "rm", "junk")] == [False] * 4
     trusted = ToolAnnotations(catalog, trusted=True)
     assert [trusted.safe_to_retry(name) for name in ("search", "put", "rm", "junk")] == [True, True, False, False]
+
+
+def test_the_catalog_survives_a_reload_and_trust_is_read_from_the_new_config() -> None:
+    """Kept like every learned state while the upstream keeps its name and URL; a new URL is another
+    server, whose tools nobody has listed yet. Metrics and events are told the live catalogs."""
+    metrics, events, clock = ProxyMetrics(), EventRecorder(EventBus()), FakeClock()
+    first = build_runtime(proxy_config("http://127.0.0.1:1/mcp"), metrics, events, clock)
+    route = first.routes["/mcp"]
+    route.annotations.learn(listing([tool("search", readOnlyHint=True)]))  # as the handler does, untrusted
+    assert route.state.catalog.has("search") and not route.annotations.safe_to_retry("search")
+    trusted = proxy_config("http://127.0.0.1:1/mcp", upstream={"trust_annotations": True})
+    second = build_runtime(trusted, metrics, events, clock, previous=first)
+    assert second.routes["/mcp"].state.catalog is route.state.catalog
+    assert second.routes["/mcp"].annotations.safe_to_retry("search")
+    assert metrics.catalogs == events.catalogs == {"up": route.state.catalog}
+    moved = build_runtime(proxy_config("http://127.0.0.1:2/mcp"), metrics, events, clock, previous=second)
+    assert not moved.routes["/mcp"].state.catalog.known and events.catalogs["up"] is moved.routes["/mcp"].state.catalog
