@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
-from proxy.jsonrpc import Kind, MessageError, error_body, is_read_method, parse_message
+from proxy.jsonrpc import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    MAX_BATCH_ITEMS,
+    MAX_JSON_DEPTH,
+    MAX_METHOD_CHARS,
+    MAX_NAME_CHARS,
+    Kind,
+    Message,
+    MessageError,
+    error_body,
+    is_read_method,
+    parse_message,
+)
 
 
 def test_request_notification_response_batch() -> None:
@@ -54,3 +68,210 @@ def test_error_body_shape() -> None:
     assert error_body(3, -32051, "slow", {"reason": "upstream_timeout"}) == (
         b'{"jsonrpc":"2.0","id":3,"error":{"code":-32051,"message":"slow","data":{"reason":"upstream_timeout"}}}'
     )
+
+
+# --- Issue 10: exact cache keys, bounded depth, names and batches ---------------------------------------------
+
+def _call(arguments: str, meta: str = "") -> bytes:
+    """A tools/call body with `arguments` spliced in as JSON text (numbers exactly as written)."""
+    extra = f',"_meta":{meta}' if meta else ""
+    return f'{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{arguments}{extra}}}}}'.encode()
+
+
+def _key(arguments: str, meta: str = "") -> bytes:
+    return parse_message(_call(arguments, meta)).canonical_arguments()
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("18446744073709551739", "18446744073709551740"),  # 2**64 + 123 and + 124: one float to orjson
+        ("-9223372036854775809", "-9223372036854775810"),  # below the signed 64-bit range
+        ("0.1", "0.10000000000000001"),  # one double, two numbers
+        ("1e400", "2e400"),  # orjson refuses these at parse; kept here so that stays a refusal, not a merge
+        ("1.0", "1"),
+        ("12345678901234567890123456789", "12345678901234567890123456788"),
+    ],
+)
+def test_distinct_numbers_give_distinct_keys(one: str, other: str) -> None:
+    try:
+        keys = {_key(f'{{"account":{one}}}'), _key(f'{{"account":{other}}}')}
+    except MessageError as exc:
+        assert exc.code == -32700  # beyond a double's range: not JSON orjson reads, refused whole
+        return
+    assert len(keys) == 2
+
+
+def test_exact_key_keeps_the_number_as_written_and_the_rest_as_orjson_writes_it() -> None:
+    key = _key('{"b":[18446744073709551739, 0.10000000000000001, -0, 7],"a":"é\\n"}')
+    assert key == b'{"arguments":{"a":"\xc3\xa9\\n","b":[18446744073709551739,0.10000000000000001,0,7]},"name":"t"}'
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reordered"),
+    [
+        ('{"n":1,"s":"x"}', '{"s":"x","n":1}'),  # the fast path
+        ('{"n":1,"s":"a,1.5]"}', '{"s":"a,1.5]","n":1}'),  # a string that looks like a float to the fast check
+        ('{"n":-0,"big":18446744073709551616}', '{"big":18446744073709551616,"n":0}'),  # read lossily by orjson
+        ('{"n":1,"f":0.5,"o":{"b":1,"a":2}}', '{"o":{"a":2,"b":1},"f":0.5,"n":1}'),
+    ],
+)
+def test_equal_arguments_give_equal_keys_whatever_the_key_order_and_meta(arguments: str, reordered: str) -> None:
+    assert _key(arguments) == _key(reordered, meta='{"progressToken":0.25}') == _key(arguments, meta='"x"')
+
+
+def test_key_of_a_float_free_request_is_orjsons_sorted_dump() -> None:
+    body = _call('{"z":1,"a":[true,null,"s",{"y":2,"x":-3}]}', meta='{"progressToken":"p"}')
+    assert parse_message(body).canonical_arguments() == b'{"arguments":{"a":[true,null,"s",{"x":-3,"y":2}],"z":1},"name":"t"}'
+
+
+def _nested(depth: int) -> str:
+    """A value `depth` containers deep (alternating arrays and objects)."""
+    text = "0"
+    for level in range(depth):
+        text = f"[{text}]" if level % 2 else f'{{"k":{text}}}'
+    return text
+
+
+def _at_depth(depth: int) -> bytes:
+    """A request whose whole body is `depth` containers deep (the message object is level 1)."""
+    return f'{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{_nested(depth - 1)}}}'.encode()
+
+
+def test_depth_bound_is_exact() -> None:
+    assert MAX_JSON_DEPTH == 128
+    message = parse_message(_at_depth(MAX_JSON_DEPTH))
+    assert message.kind is Kind.REQUEST
+    assert message.canonical_arguments().count(b"[") + message.canonical_arguments().count(b"{") == MAX_JSON_DEPTH - 1
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 256, 300, 1024])
+def test_deeper_than_the_bound_is_an_invalid_request_with_the_id(depth: int) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message(_at_depth(depth))
+    assert (caught.value.code, caught.value.request_id) == (INVALID_REQUEST, 9)
+    assert caught.value.message == f"Invalid Request: nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def test_deeper_than_orjson_reads_is_a_parse_error() -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message(_at_depth(1100))
+    assert caught.value.code == -32700
+
+
+def test_a_deep_batch_is_refused_without_an_id() -> None:
+    body = f'[{{"jsonrpc":"2.0","id":3,"method":"x","params":{_nested(200)}}}]'.encode()
+    with pytest.raises(MessageError) as caught:
+        parse_message(body)
+    assert (caught.value.code, caught.value.request_id) == (INVALID_REQUEST, None)
+
+
+@pytest.mark.parametrize("depth", [250, 255, 256, 1000, 5000])
+def test_canonical_arguments_never_raises_for_a_message_built_by_hand(depth: int) -> None:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    message = Message(Kind.REQUEST, {"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"a": value}}, 1, "x")
+    key = message.canonical_arguments()
+    assert key.count(b"[") == depth
+    other = Message(Kind.REQUEST, {"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"a": value, "b": 2**70}}, 1, "x")
+    assert other.canonical_arguments() != key
+
+
+def test_canonical_arguments_of_odd_python_values_built_by_hand() -> None:
+    for params in ({"s": "\ud800"}, {"i": 2**70}, {"i": -(2**70)}, {"i": 10**5000}, {1: 2}, {"f": float("nan")}, {"o": object()}):
+        message = Message(Kind.REQUEST, {"jsonrpc": "2.0", "id": 1, "method": "x", "params": params}, 1, "x")
+        assert isinstance(message.canonical_arguments(), bytes)
+    assert Message(Kind.REQUEST, {"params": {"i": 2**70}}).canonical_arguments() != Message(
+        Kind.REQUEST, {"params": {"i": 2**70 + 1}}
+    ).canonical_arguments()
+
+
+def test_method_length_bound() -> None:
+    assert MAX_METHOD_CHARS == 128
+    assert parse_message(b'{"jsonrpc":"2.0","id":1,"method":"%s"}' % (b"m" * MAX_METHOD_CHARS)).method == "m" * 128
+    with pytest.raises(MessageError) as caught:
+        parse_message(b'{"jsonrpc":"2.0","id":1,"method":"%s"}' % (b"m" * (1 << 20)))
+    assert (caught.value.code, caught.value.request_id) == (INVALID_REQUEST, 1)
+    assert caught.value.message == f'Invalid Request: "method" is 1048576 characters, more than {MAX_METHOD_CHARS}'
+    with pytest.raises(MessageError) as caught:  # notifications too: their method is a label as well
+        parse_message(b'{"jsonrpc":"2.0","method":"%s"}' % (b"n" * (MAX_METHOD_CHARS + 1)))
+    assert caught.value.code == INVALID_REQUEST
+
+
+def _named(method: str, name: object) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": "r", "method": method, "params": {"name": name, "arguments": {}}})
+
+
+@pytest.mark.parametrize("method", ["tools/call", "prompts/get"])
+@pytest.mark.parametrize(
+    "name",
+    ["get_weather", "admin.tools.list", "a/b:c", "résumé tool", "名前", "", "x" * MAX_NAME_CHARS, "\u0080\u2028"],
+)
+def test_plausible_names_pass(method: str, name: str) -> None:
+    message = parse_message(_named(method, name))
+    assert (message.kind, message.params["name"]) == (Kind.REQUEST, name)
+
+
+@pytest.mark.parametrize("method", ["tools/call", "prompts/get"])
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("x" * (MAX_NAME_CHARS + 1), f"is {MAX_NAME_CHARS + 1} characters, more than {MAX_NAME_CHARS}"),
+        ("y" * (1 << 20), f"is 1048576 characters, more than {MAX_NAME_CHARS}"),
+        ("tool\n", "contains a control character"),
+        ("\x00", "contains a control character"),
+        ("a\x1fb", "contains a control character"),
+        ("del\x7f", "contains a control character"),
+    ],
+)
+def test_implausible_names_are_invalid_params(method: str, name: str, reason: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message(_named(method, name))
+    assert (caught.value.code, caught.value.request_id) == (INVALID_PARAMS, "r")
+    assert caught.value.message == f'Invalid params: "name" {reason}'
+
+
+@pytest.mark.parametrize("name", [None, 7, ["a"], {"n": "x" * 1000}])
+def test_a_name_that_is_not_a_string_is_left_to_the_server(name: object) -> None:
+    assert parse_message(_named("tools/call", name)).kind is Kind.REQUEST
+
+
+def test_other_methods_names_are_not_tool_names() -> None:
+    assert parse_message(_named("resources/read", "x" * 1000)).kind is Kind.REQUEST
+
+
+def _batch(count: int) -> bytes:
+    return b"[" + b",".join(b'{"jsonrpc":"2.0","id":%d,"method":"ping"}' % i for i in range(count)) + b"]"
+
+
+def test_batch_bound() -> None:
+    assert MAX_BATCH_ITEMS == 100
+    assert len(parse_message(_batch(MAX_BATCH_ITEMS)).items) == MAX_BATCH_ITEMS
+    with pytest.raises(MessageError) as caught:
+        parse_message(_batch(82_000))
+    assert (caught.value.code, caught.value.request_id) == (INVALID_REQUEST, None)
+    assert caught.value.message == f"Invalid Request: batch of 82000 items exceeds {MAX_BATCH_ITEMS}"
+
+
+def test_batch_carries_its_checked_items() -> None:
+    body = (
+        b'[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"n":18446744073709551617}}},'
+        b'{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":"s","result":{}}]'
+    )
+    batch = parse_message(body)
+    assert batch.kind is Kind.BATCH
+    assert [(m.kind, m.id, m.method) for m in batch.items] == [
+        (Kind.REQUEST, 1, "tools/call"),
+        (Kind.NOTIFICATION, None, "notifications/x"),
+        (Kind.RESPONSE, "s", None),
+    ]
+    assert batch.items[0].body is batch.body[0]  # the parsed item itself, not a copy
+    assert batch.items[0].canonical_arguments() == b'{"arguments":{"n":18446744073709551617},"name":"t"}'
+    assert parse_message(b'{"jsonrpc":"2.0","id":1,"method":"ping"}').items == ()
+
+
+def test_a_batch_item_with_an_implausible_name_refuses_the_batch() -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message(b"[" + _named("tools/call", "z" * 300) + b"]")
+    assert caught.value.code == INVALID_PARAMS
