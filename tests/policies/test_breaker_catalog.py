@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
+from proxy.app import running_proxy
 from proxy.errors import CircuitOpen, UpstreamTimeout
 from proxy.policies.base import Call
 from proxy.policies.breaker import MAX_TOOL_BREAKERS, MAX_UNLISTED_BREAKERS, Breaker, BreakerStage
 from proxy.tool_catalog import ToolCatalog
+from tests.conftest import proxy_config
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, reply_result, tool_call, upstream_config
+from tests.fault_upstream import FaultUpstream
+from tests.test_forwarding import call_tool, post
 
 TOOL_BREAKER = upstream_config(breaker={"scope": "tool", "failure_threshold": 3, "reset_timeout": "10s"})
 APP_BREAKER = upstream_config(
@@ -144,3 +149,24 @@ async def test_retain_drops_breakers_of_configs_no_rule_uses() -> None:
     assert len(stage.breakers) == 2
     stage.retain({other.breaker})
     assert [b.config for b in stage.breakers] == [other.breaker]
+
+
+async def test_over_http_the_listing_a_client_asked_for_keys_the_breakers(upstream: FaultUpstream) -> None:
+    """The wiring: the runtime hands the upstream's catalog to its breaker stage, so after a tools/list
+    through the proxy, invented names get only the unlisted slots and the listed tool keeps its open breaker."""
+    app_breaker = {"errors": ["is_error"], "failure_threshold": 1, "min_clients": 1, "reset_timeout": "1h"}
+    async with running_proxy(proxy_config(upstream.url, upstream={"app_breaker": app_breaker})) as proxy:
+        url = proxy.url + "/mcp"
+        await post(url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        upstream.fault("tools/call", "lookup", tool_error=True)
+        await post(url, call_tool("lookup"))
+        for n in range(MAX_UNLISTED_BREAKERS + 1):
+            upstream.fault("tools/call", f"junk-{n}", tool_error=True)
+            await post(url, call_tool(f"junk-{n}"))
+        stage = proxy.runtime.current.routes["/mcp"].state.breaker
+        names = {b.name for b in stage.breakers}
+        junk = {name for name in names if name.startswith("up/junk-")}
+        assert names - junk == {"up", "up/tools/list", "up/lookup"}  # an app breaker per tool, or per method
+        assert junk == {f"up/junk-{n}" for n in range(MAX_UNLISTED_BREAKERS)}  # the last had no room
+        status, _, body = await post(url, call_tool("lookup"))
+    assert (status, orjson.loads(body)["error"]["code"]) == (503, -32052)
