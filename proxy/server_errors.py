@@ -25,9 +25,14 @@ trickle in for all that time), as nginx and Envoy do, with the values of `Listen
   by the handler, which answers the same 431). aiohttp's parser is given a header count a little above
   `max_headers` (the handler checks the exact count); its own refusal of more is a 431 too.
 
+A head sent ahead (pipelined) while the proxy is still answering is not timed or measured as it comes:
+it is bounded by aiohttp's parser (the header count, 8190 bytes a line) and then measured exactly by
+the handler like any other.
+
 aiohttp has no public hooks for any of this: `JsonRpcServer` overrides `web.Server.__call__`, and
-`_Connection` overrides `RequestHandler.connection_made`, `data_received`, `_handle_request` and
-`handle_error` and reads `_waiter` (idle: waiting for a request) and `_request_count`.
+`_Connection` overrides `RequestHandler.connection_made`, `connection_lost`, `data_received`,
+`_handle_request` (called once per parsed request) and `handle_error`, and reads `_waiter` (set while
+waiting for a request), `_request_count` (requests parsed) and `_force_close`.
 `tests/test_forwarding.py` and `tests/test_listener_limits.py` pin the behaviour against upgrades.
 """
 
@@ -100,7 +105,7 @@ class _Connection(RequestHandler):
         self._server = manager
         self._limits = limits
         self._accepted = False
-        self._handling = False  # a request's head is complete and its answer not yet finished
+        self._handled = 0  # requests answered; aiohttp's `_request_count` counts heads parsed
         self._payload: StreamReader | None = None  # the body of the last request handled
         self._head_bytes = 0  # bytes of the head being received (not busy)
         self._head_started = False  # any byte of the next head has come
@@ -137,9 +142,10 @@ class _Connection(RequestHandler):
             self._header_timer = None
 
     def _busy(self) -> bool:
-        """A request is being answered, queued, or its body is still coming: no head clock runs."""
+        """A parsed request is not answered yet (queued, being answered, or streaming), or the last one's
+        body is still coming: no head clock runs."""
         payload = self._payload
-        return self._handling or bool(self._messages) or (payload is not None and not payload.is_eof())
+        return self._request_count != self._handled or (payload is not None and not payload.is_eof())
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -149,8 +155,7 @@ class _Connection(RequestHandler):
             return
         before = self._request_count
         super().data_received(data)
-        if self._request_count != before:  # a head is complete: the handler has it now
-            self._handling = True
+        if self._request_count != before:  # a head is complete: busy until it is answered
             self._head_bytes = 0
             self._head_started = False
             self._disarm()
@@ -174,14 +179,13 @@ class _Connection(RequestHandler):
         start_time: float | None,
         request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
     ) -> tuple[web.StreamResponse, bool]:
-        self._handling = True
         self._disarm()
         try:
             return await super()._handle_request(request, start_time, request_handler)
         finally:
             # The answer is complete: once its body is read too, the connection is idle (aiohttp's
             # keep-alive timer: idle_timeout) until the next head's first byte starts the header clock.
-            self._handling = False
+            self._handled += 1
             self._payload = request.content
             self._head_bytes = 0
             self._head_started = False

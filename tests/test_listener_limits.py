@@ -253,3 +253,21 @@ async def test_a_request_without_host_is_refused(upstream: FaultUpstream, host: 
         assert error["error"]["code"] == -32600 and error["error"]["data"] == {"reason": "missing_host"}
         assert rejected(proxy, "missing_host") == 1
     assert upstream.attempts.total() == 0
+
+
+async def test_bodies_and_pipelined_requests_are_not_head_bytes(upstream: FaultUpstream) -> None:
+    """Only a head is measured against max_request_head_bytes: a body far larger, sent in pieces after its
+    head, or two requests sent at once, are answered as usual."""
+    config = proxy_config(upstream.url, limits={"max_request_head_bytes": "1KiB"})
+    big = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b"x" * 100_000 + b'"}}'
+    async with running_proxy(config) as proxy, connection(proxy) as (reader, writer):
+        whole = request(big)
+        head_end = whole.index(b"\r\n\r\n") + 4
+        writer.write(whole[:head_end])
+        for start in range(head_end, len(whole), 4096):
+            writer.write(whole[start : start + 4096])
+            await writer.drain()
+        assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+        writer.write(request(big) + request())
+        assert [(await read_answer(reader))[0] for _ in range(2)] == [b"HTTP/1.1 200 OK"] * 2
+    assert upstream.attempts["ping"] == 3
