@@ -7,6 +7,7 @@ States are driven with a fake clock: nothing here waits for real time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -84,8 +85,12 @@ async def test_a_success_resets_the_consecutive_count() -> None:
 
 
 def client(name: str, body: bytes = LIST, config: Any = None) -> Call:
-    """A call from the client identified by Authorization `name`."""
-    return make_call(body, config if config is not None else breaker_config(half_open_max_calls=2), Authorization=name)
+    """A call from the client `name` (set directly: who a client is, is `proxy.classify`'s business)."""
+    return as_client(name, make_call(body, config if config is not None else breaker_config(half_open_max_calls=2)))
+
+
+def as_client(name: str, call: Call) -> Call:
+    return dataclasses.replace(call, client=f"test:{name}")
 
 
 async def test_half_open_admits_k_trials_from_distinct_clients_and_the_first_success_closes() -> None:
@@ -333,7 +338,7 @@ def app_config(**fields: Any) -> Any:
 
 
 def tool_from(name: str, tool: str = "search", config: Any = None) -> Call:
-    return make_call(tool_call(tool), config if config is not None else app_config(), Authorization=name)
+    return as_client(name, make_call(tool_call(tool), config if config is not None else app_config()))
 
 
 IS_ERROR = reply_result({"isError": True, "content": []})
