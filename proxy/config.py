@@ -138,7 +138,8 @@ at once than this is configured on purpose (each open connection costs memory, n
 
 
 class LimitsConfig(ConfigModel):
-    """Caps on what a client may send."""
+    """Caps on what a client may send, and on how long and how many client connections the MCP listener
+    holds (`proxy.server_errors`). A reload applies them to the connections and requests that follow."""
 
     max_body_bytes: ByteSize = Field(4 * 1024**2, description="Largest request body accepted; larger gets 413.")
     max_response_bytes: ByteSize = Field(

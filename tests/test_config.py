@@ -39,6 +39,26 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert config.upstreams[0].path == "/mcp"
     assert config.limits.max_body_bytes == 4 * 1024 * 1024
     assert config.upstreams[0].timeouts.per_try == 30.0
+    limits = config.limits
+    assert (limits.header_timeout, limits.idle_timeout, limits.max_connections) == (10.0, 75.0, None)
+    assert (limits.max_request_head_bytes, limits.max_request_headers) == (60 * 1024, 100)
+    assert config.security.forwarded_headers == "append"
+
+
+def test_listener_limits_and_forwarding_are_checked() -> None:
+    text = """
+security: {forwarded_headers: trust}
+limits: {header_timeout: 0s, idle_timeout: -1, max_connections: 0, max_request_head_bytes: 100, max_request_headers: 0}
+upstreams: [{name: a, url: 'http://127.0.0.1:3000/mcp'}]
+"""
+    assert errors_of(text) == [
+        "security.forwarded_headers: must be 'append', 'overwrite' or 'pass' (got 'trust')",
+        "limits.header_timeout: must be > 0.0 (got 0.0)",
+        "limits.idle_timeout: must not be negative (got -1)",
+        "limits.max_connections: must be >= 1 (got 0)",
+        "limits.max_request_head_bytes: must be >= 1024 (got 100)",
+        "limits.max_request_headers: must be >= 1 (got 0)",
+    ]
 
 
 @pytest.mark.parametrize(

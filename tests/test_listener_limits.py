@@ -271,3 +271,16 @@ async def test_bodies_and_pipelined_requests_are_not_head_bytes(upstream: FaultU
         writer.write(request(big) + request())
         assert [(await read_answer(reader))[0] for _ in range(2)] == [b"HTTP/1.1 200 OK"] * 2
     assert upstream.attempts["ping"] == 3
+
+
+async def test_a_reload_changes_the_limits_for_the_connections_that_follow(upstream: FaultUpstream) -> None:
+    async with running_proxy(proxy_config(upstream.url, limits={"max_connections": 1})) as proxy:
+        async with connection(proxy) as (reader, writer):
+            writer.write(request())
+            assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+            async with connection(proxy) as (refused, _):
+                assert await until_closed(refused) in (b"", b"<reset>")
+            await proxy.apply(proxy_config(upstream.url, limits={"max_connections": 2, "header_timeout": "200ms"}))
+            async with connection(proxy) as (second, _):
+                assert await until_closed(second) == b""  # accepted now, and closed by the new header timeout
+            assert (rejected(proxy, "connection_limit"), rejected(proxy, "header_timeout")) == (1, 1)
