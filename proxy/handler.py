@@ -229,10 +229,9 @@ class McpHandler:
             runtime.metrics.reject("batch")
             return _json_error(400, INVALID_REQUEST, f"JSON-RPC batches are not part of MCP {version}")
         counts: dict[tuple[str, str | None], int] = {}
-        for item in message.body:  # parse_message checked each one: an object, "method" a string if present
-            method = item.get("method", "")
-            params = item.get("params")
-            name = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+        for item in message.items:  # checked at parse (at most MAX_BATCH_ITEMS, names bounded)
+            method = item.method or ""
+            name = item.params.get("name") if method == "tools/call" else None
             key = (method, name if isinstance(name, str) else None)
             counts[key] = counts.get(key, 0) + 1
         return await self._spend_tokens(request, runtime, route, headers, counts, message)
