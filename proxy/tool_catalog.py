@@ -22,13 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from proxy.jsonrpc import MAX_NAME_CHARS
+
 __all__ = ["MAX_TOOLS", "MAX_TOOL_NAME_CHARS", "MCP_METHODS", "ToolCatalog", "ToolHints", "listed"]
 
 MAX_TOOLS: Final = 10_000
 """Tools kept from one listing; a server listing more has the rest treated like names it does not have."""
 
-MAX_TOOL_NAME_CHARS: Final = 256
-"""Longest listed tool name kept (the longest a client may send, see `proxy.jsonrpc`)."""
+MAX_TOOL_NAME_CHARS: Final = MAX_NAME_CHARS
+"""Longest listed tool name kept: the longest a client may call (`proxy.jsonrpc.MAX_NAME_CHARS`)."""
 
 MCP_METHODS: Final = frozenset(
     {
