@@ -346,7 +346,7 @@ class _Breakers:
             breaker = self._closed.get(key)
             if breaker is not None:
                 self._closed.move_to_end(key)
-        if breaker is not None and known:  # a listed name whose listing came before the last resort
+        if breaker is not None and known:  # a safety net: `_resort` already moved names that became listed
             self._forget(key, breaker)
             self._listed[key] = breaker
         return breaker
