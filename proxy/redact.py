@@ -15,7 +15,8 @@ What is replaced by ``[redacted]``:
   word. Whole words, so ``author``, ``authority``, ``bypass`` and ``signature`` stay readable.
 * **Inside strings** (an error message can quote a raw header line or a URL): the value after a
   secret-looking name followed by ``:`` or ``=`` (``Authorization: …``, ``"password": "…"``,
-  ``?token=…&api_key=…``, ``PASSWORD=…``), to the end of the line for credential headers
+  ``?token=…&api_key=…``, ``PASSWORD=…``; but ``auth:<hash>``, a short word glued to its value by a
+  colon, is a label such as the proxy's own client keys, and stays), to the end of the line for credential headers
   (``Authorization``, ``Cookie``: their values hold spaces and ``;``), else to the next delimiter;
   the credential after ``Bearer``/``Basic``/``Digest``/``Negotiate``; a URL's user info
   (``https://user:pass@host`` -> ``https://[redacted]@host``); and URL query parameters named
@@ -67,12 +68,15 @@ MIN_CLIP: Final = 64
 MAX_FIXTURE_DEPTH: Final = 128
 """Fixtures keep the call exact up to this depth (below Python's recursion limit, above any sane params)."""
 
-SECRET_KEY: Final = re.compile(
+_STRONG_KEY = (
     r"authori[sz]ation|passw(?:or)?d|passphrase|secret|credential|cookie|token(?!s|i[sz])"
     r"|(?:api|access|private|signing)[-_ ]?key|session[-_ ]?id"
-    r"|(?<![a-z0-9])(?:o?auth|pwd|pass|jwt|bearer|csrf|xsrf)(?![a-z0-9])"
 )
+_SHORT_WORDS = r"(?<![a-z0-9])(?:o?auth|pwd|pass|jwt|bearer|csrf|xsrf)(?![a-z0-9])"
+SECRET_KEY: Final = re.compile(f"{_STRONG_KEY}|{_SHORT_WORDS}")
 """Matched against a key *normalized* by `_normalize` (camelCase split with ``_``, lower case)."""
+_STRONG: Final = re.compile(_STRONG_KEY)
+"""Inside strings, ``auth:x`` (a short word, a colon and no space) reads as a label (``auth:<hash>``), not a pair."""
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _LINE_VALUED = re.compile(r"authori[sz]ation|cookie")
 """Names whose values run to the end of the line: ``Bearer x``, ``a=1; b=2``."""
@@ -83,6 +87,8 @@ _URL_PARAM = re.compile(r"([?&;](?:key|sig|signature|code|x-amz-[a-z-]+)=)[^&#\s
 """Query parameters that hold credentials under names too short or common to redact everywhere (``?key=``)."""
 _SCHEME = re.compile(r"\b([Bb]earer|BEARER|Basic|BASIC|Digest|Negotiate)(\s+)[A-Za-z0-9\-._~+/]{4,}=*")
 _NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]{0,63})([\"']?)[ \t]*[:=][ \t]*")
+_HEADER_DUMP = re.compile(r"(?:^|(?<=['\"\n])|(?<=\\n))([A-Za-z][A-Za-z0-9_-]{0,63})([ \t]+)([^\s:=][^\r\n'\"\\]*)")
+"""A header line as a parser quotes one it refused, without its colon (``b'Authorization Bearer x'``)."""
 _QUOTED = re.compile(r"\"(?:[^\"\\]|\\.)*\"?|'(?:[^'\\]|\\.)*'?")
 _TO_EOL = re.compile(r"[^\r\n'\"\\]*")
 _TOKEN = re.compile(r"[^\s,;&'\"<>(){}\[\]\\]*")
@@ -105,7 +111,8 @@ def _scan_pairs(text: str) -> str:
     pos = 0
     while (match := _NAME.search(text, pos)) is not None:
         name = match.group(1)
-        if not is_secret_key(name) or text.startswith("//", match.end()):
+        tight = match.group(2) == "" and match.group(0).endswith(":")
+        if not is_secret_key(name) or text.startswith("//", match.end()) or (tight and not _STRONG.search(_normalize(name))):
             out.append(text[pos : match.end()])
             pos = match.end()
             continue
@@ -120,6 +127,12 @@ def _scan_pairs(text: str) -> str:
     return "".join(out)
 
 
+def _header_dump(match: re.Match[str]) -> str:
+    if _STRONG.search(_normalize(match.group(1))) is None:
+        return match.group(0)
+    return match.group(1) + match.group(2) + REDACTED
+
+
 def redact_text(text: str) -> str:
     """`text` with the credentials it quotes replaced (header lines, auth schemes, URL user info and params)."""
     if len(text) < 6 or (":" not in text and "=" not in text and " " not in text):
@@ -127,7 +140,8 @@ def redact_text(text: str) -> str:
     text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
     text = _URL_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
     text = _SCHEME.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
-    return _scan_pairs(text)
+    text = _scan_pairs(text)
+    return _HEADER_DUMP.sub(_header_dump, text)
 
 
 class Budget:

@@ -72,6 +72,12 @@ def test_ordinary_key_names_are_kept(key: str) -> None:
         (f"Mcp-Param-Password: {SECRET}", "Mcp-Param-Password: [redacted]"),
         ("author: Bob, authority: x, max_tokens=5, signature=abc", "author: Bob, authority: x, max_tokens=5, signature=abc"),
         ("https://host/a@b and no secret", "https://host/a@b and no secret"),
+        ("client auth:3f2a9c1d0b7e", "client auth:3f2a9c1d0b7e"),
+        (f"Invalid header token:\n\n    b'Cookie session={SECRET}'\n     ^", "Invalid header token:\n\n    b'Cookie [redacted]'\n     ^"),
+        (f"b'Host: x\\r\\nX-Api-Key {SECRET}\\r\\n'", "b'Host: x\\r\\nX-Api-Key [redacted]\\r\\n'"),
+        ("Got more than 8190 bytes, the token expired", "Got more than 8190 bytes, the token expired"),
+        (f"auth: {SECRET}, auth={SECRET}", "auth: [redacted], auth=[redacted]"),
+        (f"Authorization:Bearer{SECRET}", "Authorization:[redacted]"),
     ],
 )
 def test_credentials_inside_strings_are_replaced(text: str, expected: str) -> None:
