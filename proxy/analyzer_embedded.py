@@ -2,7 +2,9 @@
 
 With ``analyzer: {enabled: true}`` (and ``serve --config FILE``), the proxy feeds its own events into
 an analyzer window and recomputes the proposals every `interval`; the admin endpoint ``/proposals``
-serves them, and ``analyze --apply ID`` (or an operator's edit) applies one.
+serves them, and ``analyze --apply ID`` (or an operator's edit) applies one. The /proposals document
+passes through `proxy.redact.redact` (a diff's context lines are lines of the operator's file, which
+may hold an upstream URL with credentials).
 
 ``auto_apply`` is off by default. When on, a proposal is applied by itself only if every value it
 changes is a key the operator listed in ``bounds`` and its new value lies in that range; anything else
@@ -27,6 +29,7 @@ from proxy.analyzer import ApplyError, Proposal, Window, apply_proposal, propose
 from proxy.analyzer.apply import write_atomically
 from proxy.config import AnalyzerConfig, ConfigError, parse_duration
 from proxy.events import EventBus, EventRecorder
+from proxy.redact import Budget, redact
 
 __all__ = ["EmbeddedAnalyzer", "within_bounds"]
 
@@ -97,14 +100,16 @@ class EmbeddedAnalyzer:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def document(self) -> dict[str, Any]:
-        """The /proposals body."""
-        return {
+        """The /proposals body, redacted."""
+        document = {
             "computed_at": self.computed_at,
             "window_s": self.config.window,
             "auto_apply": self.config.auto_apply.enabled,
             "verifying": None if self._verifying is None else self._verifying.proposal.id,
             "proposals": [p.to_dict() for p in self.proposals],
         }
+        redacted: dict[str, Any] = redact(document, max_chars=None, max_depth=64, budget=Budget(chars=None, items=None))
+        return redacted
 
     async def _run(self) -> None:
         while True:

@@ -89,6 +89,12 @@ _SCHEME = re.compile(r"\b([Bb]earer|BEARER|Basic|BASIC|Digest|Negotiate)(\s+)[A-
 _NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]{0,63})([\"']?)[ \t]*[:=][ \t]*")
 _HEADER_DUMP = re.compile(r"(?:^|(?<=['\"\n])|(?<=\\n))([A-Za-z][A-Za-z0-9_-]{0,63})([ \t]+)([^\s:=][^\r\n'\"\\]*)")
 """A header line as a parser quotes one it refused, without its colon (``b'Authorization Bearer x'``)."""
+_HINTS: Final = (
+    "auth", "pass", "pwd", "secret", "credential", "cookie", "token", "key", "session", "jwt", "bearer", "csrf",
+    "xsrf", "basic", "digest", "negotiate", "://", "sig", "code", "x-amz",
+)  # fmt: skip
+"""Every rule below needs one of these in the text (lower-cased): substring tests spare the full scan of
+almost every string (a case-insensitive regex alternation measured 6x slower than these tests)."""
 _QUOTED = re.compile(r"\"(?:[^\"\\]|\\.)*\"?|'(?:[^'\\]|\\.)*'?")
 _TO_EOL = re.compile(r"[^\r\n'\"\\]*")
 _TOKEN = re.compile(r"[^\s,;&'\"<>(){}\[\]\\]*")
@@ -101,8 +107,13 @@ def _normalize(key: str) -> str:
 
 def is_secret_key(key: object) -> bool:
     """True when a value under this name is a credential (see the module docstring for the words)."""
-    text = str(key)[:MAX_LOG_KEY_CHARS]
-    return SECRET_KEY.search(_normalize(text)) is not None
+    return _secret_name(key if isinstance(key, str) else str(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name(key: str) -> bool:
+    """Memoized: the same few dozen keys make up nearly every log line and event."""
+    return SECRET_KEY.search(_normalize(key[:MAX_LOG_KEY_CHARS])) is not None
 
 
 def _scan_pairs(text: str) -> str:
@@ -137,11 +148,24 @@ def redact_text(text: str) -> str:
     """`text` with the credentials it quotes replaced (header lines, auth schemes, URL user info and params)."""
     if len(text) < 6 or (":" not in text and "=" not in text and " " not in text):
         return text  # the fast path of almost every value: a name, a kind, a hash
-    text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
-    text = _URL_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _SCHEME.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
-    text = _scan_pairs(text)
-    return _HEADER_DUMP.sub(_header_dump, text)
+    lowered = text.lower()
+    if not any(hint in lowered for hint in _HINTS):
+        return text  # a plain message
+    spaced = " " in text or "\t" in text
+    if "@" in text and "://" in text:
+        text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    if "=" in text:
+        text = _URL_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
+    if spaced:
+        text = _SCHEME.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    if ":" in text or "=" in text:
+        text = _scan_pairs(text)
+    return _HEADER_DUMP.sub(_header_dump, text) if spaced else text
+
+
+_SCALARS: Final = frozenset({type(None), bool, int, float})
+_CONTAINERS: Final = (dict, list, tuple)
+_SEQUENCES: Final = (list, tuple)
 
 
 class Budget:
@@ -196,11 +220,12 @@ def redact(
         if budget.items <= 0:
             return "…[cut: too many values]"
         budget.items -= 1
-    if value is None or isinstance(value, bool | int | float):
+    kind = type(value)
+    if kind in _SCALARS:
         return value
-    if isinstance(value, str):
+    if kind is str:
         return _string(value, max_chars, budget)
-    if isinstance(value, dict | list | tuple) and _depth >= max_depth:
+    if isinstance(value, _CONTAINERS) and _depth >= max_depth:
         return f"…[cut: nested deeper than {max_depth}]"
     if isinstance(value, dict):
         out: dict[str, Any] = {}
@@ -216,7 +241,7 @@ def redact(
             else:
                 out[name] = redact(item, max_chars=max_chars, max_depth=max_depth, budget=budget, _depth=_depth + 1)
         return out
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         items: list[Any] = []
         for item in value:
             if budget.items is not None and budget.items <= 0:

@@ -177,3 +177,18 @@ async def test_a_rollback_never_overwrites_an_operators_later_edit(upstream: Fau
     (kept,) = [e for e in proxy.bus.recent() if e["type"] == "proposal_kept"]
     assert kept["verified"] is False and "edited since" in kept["note"]
     assert path.read_text() == edited and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_proposals_document_never_shows_credentials_from_the_file(tmp_path: Path) -> None:
+    from proxy.analyzer_embedded import EmbeddedAnalyzer
+    from proxy.events import EventBus, EventRecorder
+
+    bus = EventBus(100, 10)
+    analyzer = EmbeddedAnalyzer(tmp_path / "proxy.yaml", AnalyzerConfig.model_validate({}), bus, EventRecorder(bus, False, True, False))
+    diff = "@@ -1,3 +1,3 @@\n   - name: up\n     url: http://user:Pw0rd4xyz@h/mcp?token=Tk5abcdef\n-    per_try: 2s\n+    per_try: 4s\n"
+    analyzer.proposals = [Proposal(
+        rule="timeouts", target="up", title="t", rationale="r", evidence={}, effect=Effect("e"), confidence="low",
+        confidence_reason="", changes=(Change("up", None, "timeouts.per_try", "4s", "2s"),), diff=diff,
+    )]  # fmt: skip
+    shown = str(analyzer.document())
+    assert "Pw0rd4xyz" not in shown and "Tk5abcdef" not in shown and "+    per_try: 4s" in shown

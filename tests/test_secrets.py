@@ -153,7 +153,7 @@ async def test_a_rejected_reload_never_echoes_the_urls_credentials(tmp_path: Pat
         def policy_event(self, kind: str, call: Any, **fields: Any) -> None:
             reported.append({"kind": kind, **fields})
 
-    reloader = ConfigReloader(path, apply, 60.0, False, Observer())  # type: ignore[arg-type]
+    reloader = ConfigReloader(path, apply, 60.0, False, Observer())
     path.write_text(f"upstreams:\n  - name: a\n    url: 'ftp://u:{SECRET}@h/mcp?token={SECRET}&key={SECRET}'\n")
     result = await reloader.check("test")
     assert result.outcome == "rejected" and not applied

@@ -133,8 +133,8 @@ async def test_no_planted_secret_reaches_any_output(tmp_path: Path) -> None:
     outputs["events file"] = events_file.read_bytes()
     fixture_files = sorted(fixtures.glob("*.json"))
     assert fixture_files
-    for path in fixture_files:
-        outputs[f"fixture {path.name}"] = path.read_bytes()
+    for fixture in fixture_files:
+        outputs[f"fixture {fixture.name}"] = fixture.read_bytes()
 
     status = json.loads(outputs["/status"])
     assert status["config"]["last_reload"]["outcome"] == "rejected" and status["config"]["last_reload"]["errors"]
