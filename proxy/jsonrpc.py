@@ -268,7 +268,8 @@ def _canonical_any(value: Any) -> bytes:
 
 
 class MessageError(Exception):
-    """A body that is not JSON (-32700) or not JSON-RPC (-32600); `id` is echoed when it could be read."""
+    """A body that is not JSON (-32700), not JSON-RPC (-32600), or names a tool or prompt no server has
+    (-32602); `request_id` is echoed when it could be read. `message` never quotes the body."""
 
     def __init__(self, code: int, message: str, request_id: str | int | None = None) -> None:
         super().__init__(message)
@@ -298,9 +299,8 @@ def _check_one(item: Any, source: _Source | _Item) -> Message:
         if not isinstance(method, str) or not method:
             raise MessageError(INVALID_REQUEST, 'Invalid Request: "method" must be a non-empty string', request_id)
         if len(method) > MAX_METHOD_CHARS:
-            raise MessageError(
-                INVALID_REQUEST, f'Invalid Request: "method" is {len(method)} characters, more than {MAX_METHOD_CHARS}', request_id
-            )
+            too_long = f'Invalid Request: "method" is {len(method)} characters, more than {MAX_METHOD_CHARS}'
+            raise MessageError(INVALID_REQUEST, too_long, request_id)
         params = item.get("params")
         if params is not None and not isinstance(params, dict | list):
             raise MessageError(INVALID_REQUEST, 'Invalid Request: "params" must be an object', request_id)
@@ -323,9 +323,8 @@ def _check_name(name: Any, request_id: str | int | None) -> None:
     if not isinstance(name, str):
         return
     if len(name) > MAX_NAME_CHARS:
-        raise MessageError(
-            INVALID_PARAMS, f'Invalid params: "name" is {len(name)} characters, more than {MAX_NAME_CHARS}', request_id
-        )
+        too_long = f'Invalid params: "name" is {len(name)} characters, more than {MAX_NAME_CHARS}'
+        raise MessageError(INVALID_PARAMS, too_long, request_id)
     if _CONTROL.search(name) is not None:
         raise MessageError(INVALID_PARAMS, 'Invalid params: "name" contains a control character', request_id)
 
@@ -333,7 +332,6 @@ def _check_name(name: Any, request_id: str | int | None) -> None:
 _DEPTH_PROBE: Final = 254 - MAX_JSON_DEPTH
 """orjson writes at most 254 levels: a body wrapped in this many arrays is written iff it is at most
 `MAX_JSON_DEPTH` deep (tests pin both edges, so an orjson that moves its limit fails them loudly)."""
-
 
 _COUNT_UP_TO: Final = 64 * 1024
 """Bodies up to this size have their brackets counted before any probe; bigger ones are probed at once
@@ -372,7 +370,8 @@ def parse_message(raw: bytes) -> Message:
     if isinstance(body, list) and len(body) > MAX_BATCH_ITEMS:
         raise MessageError(INVALID_REQUEST, f"Invalid Request: batch of {len(body)} items exceeds {MAX_BATCH_ITEMS}")
     if _too_deep(raw, body):
-        raise MessageError(INVALID_REQUEST, f"Invalid Request: nested deeper than {MAX_JSON_DEPTH} levels", _readable_id(body))
+        too_deep = f"Invalid Request: nested deeper than {MAX_JSON_DEPTH} levels"
+        raise MessageError(INVALID_REQUEST, too_deep, _readable_id(body))
     source = _Source(raw)
     if isinstance(body, list):
         if not body:
