@@ -39,7 +39,7 @@ async def test_failing_calls_become_redacted_fixtures_that_replay(upstream: Faul
     async with running_proxy(config) as proxy:
         async with aiohttp.ClientSession() as session:
             for n in range(4):
-                headers = {**JSON_HEADERS, "Authorization": "Bearer s3cret", "Mcp-Param-Region": "eu"}
+                headers = {**JSON_HEADERS, "Authorization": "Bearer s3cret", "Mcp-Param-Region": "eu", "Mcp-Param-Password": "hunter3"}
                 async with session.post(proxy.url + "/mcp", json=lookup(n), headers=headers) as response:
                     assert response.status == 500
     files = sorted(fixtures.glob("*.json"))
@@ -48,6 +48,8 @@ async def test_failing_calls_become_redacted_fixtures_that_replay(upstream: Faul
     assert (fixture["method"], fixture["tool"], fixture["failure"]["kind"]) == ("tools/call", "lookup", "http_5xx")
     assert fixture["request"]["body"]["params"]["arguments"] == {"key": "k1", "password": "[redacted]"}
     assert fixture["request"]["headers"]["Mcp-Param-Region"] == "eu"
+    assert fixture["request"]["headers"]["Mcp-Param-Password"] == "[redacted]"  # as the `password` param it mirrors
+    assert "hunter3" not in files[0].read_text()
     assert "s3cret" not in files[0].read_text() and "Authorization" not in fixture["request"]["headers"]
 
     code, out = await replay(fixtures, upstream.url)
