@@ -65,6 +65,7 @@ MAX_LOG_DEPTH: Final = 16
 MAX_LOG_ITEMS: Final = 512
 """Values (scalars and containers) in one log line or event; the rest are replaced by one marker."""
 MIN_CLIP: Final = 64
+"""What a string still gets once its line used up `MAX_LOG_LINE_CHARS`: enough to say what it was."""
 MAX_FIXTURE_DEPTH: Final = 128
 """Fixtures keep the call exact up to this depth (below Python's recursion limit, above any sane params)."""
 
@@ -107,13 +108,14 @@ def _normalize(key: str) -> str:
 
 def is_secret_key(key: object) -> bool:
     """True when a value under this name is a credential (see the module docstring for the words)."""
-    return _secret_name(key if isinstance(key, str) else str(key))
+    text = key if isinstance(key, str) else str(key)
+    return _secret_name(text[:MAX_LOG_KEY_CHARS])  # clipped first: the memo must never hold a client's 1 MiB key
 
 
 @functools.lru_cache(maxsize=4096)
 def _secret_name(key: str) -> bool:
     """Memoized: the same few dozen keys make up nearly every log line and event."""
-    return SECRET_KEY.search(_normalize(key[:MAX_LOG_KEY_CHARS])) is not None
+    return SECRET_KEY.search(_normalize(key)) is not None
 
 
 def _scan_pairs(text: str) -> str:

@@ -2,7 +2,8 @@
 
 A change goes where the target's effective policy comes from: the rule that wins for it today (so
 the settings that rule already carries, `idempotent` included, are kept), else a new exact rule for
-the target (one slow tool must not slow every other), or the upstream's defaults for upstream-wide
+the target (one slow tool must not slow every other; its client-chosen name written as a literal
+pattern by `Match.exact`, so a tool named ``*`` gets a rule for ``*`` alone), or the upstream's defaults for upstream-wide
 settings. The rules ask here instead of guessing from names.
 """
 
