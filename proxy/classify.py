@@ -204,6 +204,7 @@ def classify(
         client=client,
         credential_scope=scope,
         session_id=forward_headers.get("Mcp-Session-Id"),
+        lend_credentials="Authorization" in forward_headers or "Authorization" not in headers,
         protocol=protocol,
         message=message,
         body=body,

@@ -283,7 +283,10 @@ class ClientIdentityConfig(ConfigModel):
     """How the proxy tells clients apart (rate-limit keys, cache scopes, metrics)."""
 
     header: str | None = Field(
-        None, description="Header that names the client (e.g. X-Client-Id). Else the Authorization hash, else the remote address."
+        None,
+        description="Header that names the client (e.g. X-Client-Id), trusted as sent: set it only behind a front "
+        "that sets it. Else a hash of the forwarded credential headers (Authorization, Cookie, X-Api-Key, ...), "
+        "else the remote address.",
     )
 
 

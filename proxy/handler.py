@@ -65,6 +65,7 @@ from proxy.policies.fallback import list_changed_kind
 from proxy.policies.resolve import Policy
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.sse import SSEParser
+from proxy.transport import AnswerTo
 
 __all__ = ["McpHandler"]
 
@@ -198,7 +199,7 @@ class McpHandler:
             refusal = await self._batch_refusal(request, runtime, route, message, headers)
             if refusal is not None:
                 return refusal
-            return await self._forward(request, runtime, route, "POST", headers, body, tokens=False)
+            return await self._forward(request, runtime, route, "POST", headers, body, message, tokens=False)
         if message.kind is not Kind.REQUEST:
             return await self._forward(request, runtime, route, "POST", headers, body, message=message)
         call = classify(
@@ -414,18 +415,29 @@ class McpHandler:
             runtime.metrics.reject(exc.reason)
             return _error_response(exc, None)
         try:
-            return await self._relay(request, runtime, route, method, headers, body)
+            return await self._relay(request, runtime, route, method, headers, body, message)
         finally:
             slots.release(client)
 
     async def _relay(
-        self, request: web.BaseRequest, runtime: Runtime, route: Route, method: str, headers: Any, body: bytes | None
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        method: str,
+        headers: Any,
+        body: bytes | None,
+        message: Message | None,
     ) -> web.StreamResponse:
+        """Send a relayed message and pass its answer on. A POSTed message's JSON answer is checked to be
+        its own (`AnswerTo`: a batch's ids, or none for a notification); a GET or DELETE has no ids."""
         upstream = route.upstream
         timeouts = upstream.config.timeouts
         try:
             reply = await upstream.exchange(
-                method, headers, body, timeouts.per_try, None, lend_credentials=_lends_credentials(request, headers)
+                method, headers, body, timeouts.per_try, None,
+                lend_credentials=_lends_credentials(request, headers),
+                answer_to=None if message is None else AnswerTo.of(message),
             )
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)

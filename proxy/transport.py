@@ -302,7 +302,8 @@ class HttpUpstream:
             call.waited = call.waited or waiting
 
         reply = await self.exchange(
-            "POST", call.headers, call.body, None, idle, written, queued, answer_to=AnswerTo.of(call.message)
+            "POST", call.headers, call.body, None, idle, written, queued,
+            answer_to=AnswerTo.of(call.message), lend_credentials=call.lend_credentials,
         )
         if call.buffered and reply.stream is not None:
             return await self._buffer_stream(reply, call.message.id)

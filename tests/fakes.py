@@ -13,6 +13,7 @@ from proxy.config import UpstreamConfig
 from proxy.policies.resolve import PolicyResolver
 
 from proxy.classify import classify
+from proxy.headers import upstream_headers
 from proxy.jsonrpc import parse_message
 from proxy.policies.base import Call, Reply
 
@@ -32,7 +33,8 @@ def make_call(
     message = parse_message(body)
     incoming = CIMultiDict(headers)
     resolver = PolicyResolver(upstream or upstream_config())
-    return classify("up", message, body, incoming, CIMultiDict(), "127.0.0.1", None, resolver, annotations)
+    forwarded = upstream_headers(incoming.items())
+    return classify("up", message, body, incoming, forwarded, "127.0.0.1", None, resolver, annotations)
 
 
 def tool_call(tool: str, request_id: int = 1, **arguments: Any) -> bytes:

@@ -102,14 +102,30 @@ async def test_a_relayed_message_whose_authorization_was_dropped_never_gets_the_
     assert [r.headers.get("Authorization") for r in upstream.received] == [None, "Basic cHJveHl1c2VyOnByb3h5cGFzcw=="]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs Call.lend_credentials (proxy/policies/base.py) passed by HttpUpstream.send (proxy/transport.py) "
-    "to exchange(); the handler or classify sets it like _lends_credentials: not in H3's files",
-)
 async def test_a_request_whose_authorization_was_dropped_never_gets_the_urls(upstream: FaultUpstream) -> None:
     url = upstream.url.replace("http://", "http://proxyuser:proxypass@")
     async with running_proxy(proxy_config(url)) as proxy, aiohttp.ClientSession() as session:
         ping = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "lookup", "arguments": {}}}
         await send(session, "POST", proxy.url + "/mcp", ping, Authorization="Bearer mine", Connection="Authorization")
     assert [r.headers.get("Authorization") for r in upstream.received] == [None]
+
+
+async def test_a_relayed_batchs_answer_with_another_requests_id_is_a_bad_response() -> None:
+    """A batch is relayed outside the pipeline, but its JSON answer is still checked to be its own: an
+    answer carrying an id the batch never sent is someone else's, and never reaches this client."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response([{"jsonrpc": "2.0", "id": 99, "result": {"someone": "else"}}])
+
+    app = web.Application()
+    app.router.add_post("/mcp", answer)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("/mcp"))
+        async with running_proxy(proxy_config(url)) as proxy, aiohttp.ClientSession() as session:
+            batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}]
+            status, error = await send(session, "POST", proxy.url + "/mcp", batch, **{"MCP-Protocol-Version": "2025-03-26"})
+    assert status == 502
+    assert error["error"]["data"]["reason"] == "upstream_bad_response" and b"someone" not in json.dumps(error).encode()

@@ -58,6 +58,10 @@ class Call:
     """The effective policy (upstream defaults + the most specific rule), resolved once."""
     call_id: int = 0
     """A number unique in this process: ties together the events of one client call."""
+    lend_credentials: bool = True
+    """May the upstream URL's user and password stand in for the client's own Authorization? Not when the
+    client sent one that the proxy dropped (named in `Connection`): it asked as someone, and must never be
+    sent as the proxy's configured user instead."""
     buffered: bool = False
     """Read SSE answers whole before answering (read methods): they can then be retried and cached."""
     started: float = 0.0
