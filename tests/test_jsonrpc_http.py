@@ -57,13 +57,11 @@ async def test_params_nested_too_deep_are_an_invalid_request_not_a_crash(upstrea
     config = proxy_config(upstream.url, upstream={"cache": {"mode": "ttl", "ttl": "1m"}})
     async with running_proxy(config) as proxy:
         url = proxy.url + "/mcp"
+        call = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"lookup","arguments":%s}}'
         answers = []
         for depth in (MAX_JSON_DEPTH + 1, 300, 1000):
-            arguments = nested(depth - 2)  # below the message object and params
-            raw = b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"lookup","arguments":%s}}' % arguments
-            answers.append(await post(url, raw))
-        at_bound = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"lookup","arguments":%s}}'
-        ok_status, _, ok_body = await post(url, at_bound % nested(MAX_JSON_DEPTH - 2))
+            answers.append(await post(url, call % (4, nested(depth - 2))))  # below the message object and params
+        ok_status, _, ok_body = await post(url, call % (5, nested(MAX_JSON_DEPTH - 2)))
     for status, _, body in answers:
         error = json.loads(body)
         assert (status, error["id"], error["error"]["code"]) == (400, 4, -32600)
