@@ -13,7 +13,11 @@ name becomes a metric label, an event field, a log line or a cache key:
 - `MAX_NAME_CHARS` (256): a longer `params.name` of `tools/call` or `prompts/get`, or one with a control
   character, is -32602 Invalid params (what a server answers for an unknown tool). Only the length and
   control characters are checked, not the spec's suggested character set, which real servers exceed.
-- `MAX_BATCH_ITEMS` (100): a longer batch is -32600, before any per-item work.
+- `MAX_BATCH_ITEMS` (100): a longer batch is -32600, before any per-item work. An accepted batch's
+  `Message.items` holds each item already checked, so nothing downstream parses an item again.
+
+A `params.name` that is not a string is forwarded: the proxy never uses it (the call's tool is None) and
+the server's own -32602 says more than ours would. Error messages give a length, never the text.
 
 `Message.canonical_arguments` is exact: orjson reads integers beyond 64 bits and numbers with more
 digits than a double holds lossily, so arguments that hold such numbers are keyed by the numbers as
