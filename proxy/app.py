@@ -35,7 +35,7 @@ from aiohttp import web
 from proxy.analyzer_embedded import EmbeddedAnalyzer
 from proxy.config import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, safe_url
 from proxy.event_sinks import JsonlFile, events_endpoint, log_event
-from proxy.events import EventBus, EventRecorder
+from proxy.events import EventBus, EventRecorder, FanOut
 from proxy.fixtures import FixtureWriter
 from proxy.handler import McpHandler
 from proxy.health import HealthProber
@@ -120,7 +120,11 @@ class ProxyServer:
         self.listen_bound: list[tuple[str, int]] = []  # every socket each listener bound (localhost: two)
         self.admin_bound: list[tuple[str, int]] = []
         self.reloader = (
-            ConfigReloader(config_path, self.apply, config.reload.interval, config.reload.watch, self.metrics)
+            # Metrics count reloads; the bus carries config_reloaded/config_rejected to /events, the event
+            # file and the embedded analyzer (which starts a fresh window after a reload).
+            ConfigReloader(
+                config_path, self.apply, config.reload.interval, config.reload.watch, FanOut(self.metrics, self.events)
+            )
             if config_path is not None
             else None
         )

@@ -192,7 +192,7 @@ class McpHandler:
         try:
             message = parse_message(body)
         except MessageError as exc:
-            runtime.metrics.reject("bad_json" if exc.code == -32700 else "not_jsonrpc")
+            runtime.metrics.reject(_REJECTED_AS.get(exc.code, "not_jsonrpc"))
             return _json_error(400, exc.code, exc.message, exc.request_id)
         headers = self._upstream_headers(request, runtime)
         if message.kind is Kind.BATCH:
@@ -560,6 +560,10 @@ def _token_call(
         headers=headers,
         policy=policy,
     )
+
+
+_REJECTED_AS: dict[int, str] = {-32700: "bad_json", -32602: "bad_name"}
+"""The reject reason (metric label) of a body `parse_message` refused, by its JSON-RPC code."""
 
 
 def _lends_credentials(request: web.BaseRequest, forwarded: CIMultiDict[str]) -> bool:

@@ -75,7 +75,9 @@ async def test_a_tool_name_of_a_mebibyte_is_refused_in_a_short_answer(upstream: 
         name = "n" * (1 << 20)
         raw = json.dumps({"jsonrpc": "2.0", "id": "big", "method": "tools/call", "params": {"name": name}}).encode()
         status, _, body = await post(proxy.url + "/mcp", raw)
+        metrics = proxy.metrics.render().decode()
     error: dict[str, Any] = json.loads(body)
+    assert 'mcp_proxy_rejected_requests_total{reason="bad_name"} 1.0' in metrics
     assert (status, error["id"], error["error"]["code"]) == (400, "big", -32602)
     assert error["error"]["message"] == f'Invalid params: "name" is 1048576 characters, more than {MAX_NAME_CHARS}'
     assert len(body) < 200

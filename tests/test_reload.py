@@ -102,6 +102,8 @@ async def test_invalid_file_keeps_the_old_config_and_says_why(upstream: FaultUps
                 assert response.status == 200
             async with session.get(proxy.admin_url + "/metrics") as response:
                 metrics = await response.text()
+        events = [e for e in proxy.bus.recent() if e["type"] == "config_rejected"]
+    assert [e["errors"] for e in events] == [["upstreams[0].retry.max_attempts: must be >= 1 (got 0)"]]
     assert status["config"]["last_reload"]["outcome"] == "rejected"
     assert status["config"]["last_reload"]["errors"] == ["upstreams[0].retry.max_attempts: must be >= 1 (got 0)"]
     assert status["config"]["hash"] == before.config_hash

@@ -9,6 +9,7 @@ resolves each distinct pair once, and clients inventing tool names cannot grow m
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 
 from cachetools import LRUCache
@@ -45,10 +46,16 @@ class Policy:
     app_breaker: AppBreakerConfig | None = None
 
 
+_ESCAPED = re.compile(r"\[[*?[]\]")
+"""A glob character written as a literal (`[*]`, `[?]`, `[[]`), as the analyzer writes client-chosen names."""
+
+
 def _glob_rank(pattern: str | None) -> int:
+    """0 for match-all, 1 for a glob, 2 for an exact name (escaped glob characters are literal: a rule for
+    the tool literally named ``fetch_*``, written ``fetch_[*]``, outranks the glob ``fetch_*``)."""
     if pattern is None or pattern == "*":
         return 0
-    return 1 if any(ch in pattern for ch in "*?[") else 2
+    return 1 if any(ch in _ESCAPED.sub("", pattern) for ch in "*?[") else 2
 
 
 def _matches(pattern: str | None, value: str | None) -> bool:
