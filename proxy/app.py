@@ -265,6 +265,7 @@ class ProxyServer:
             admin_bound=[_host_port(*address) for address in self.admin_bound],
             upstreams={u.name: f"{u.path} -> {safe_url(u.url)}" for u in runtime.config.upstreams},
             config_hash=runtime.config_hash,
+            max_connections=self.listener_limits().max_connections,
         )
         if self.listen_address[0] in _WILDCARD_HOSTS and runtime.hosts.serves_only(LOOPBACK_NAMES):
             log.warning(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -165,6 +167,20 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _raise_fd_limit() -> None:
+    """Raise the soft open-files limit to the hard one, as Go's runtime and nginx's worker_rlimit_nofile do.
+
+    The soft limit is often 1024 for historical reasons (select()'s FD_SETSIZE), which asyncio never uses;
+    the default client connection cap (`limits.max_connections`) is derived from it, so a proxy started
+    from a shell would otherwise serve far fewer clients than the machine allows. Failing to raise it
+    is not an error: the cap then follows the limit there is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft and (hard == resource.RLIM_INFINITY or hard > soft):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 async def _serve(config: ProxyConfig, path: Path | None, allow_hosts: Sequence[str]) -> None:
     from proxy.app import ProxyServer
 
@@ -173,6 +189,7 @@ async def _serve(config: ProxyConfig, path: Path | None, allow_hosts: Sequence[s
     gc.collect()
     gc.freeze()
     gc.set_threshold(7000, 10, 10)
+    _raise_fd_limit()
 
     stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import resource
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -247,3 +248,17 @@ def test_demo_rejects_a_bad_listen_address_with_a_clear_error() -> None:
     result = run_cli("demo", "--listen", "nonsense", "--duration", "1")
     assert result.returncode == 1
     assert result.stderr.splitlines()[-2:] == ["invalid demo options:", "  --listen: must be HOST:PORT (got 'nonsense')"]
+
+
+def test_serve_raises_the_soft_open_files_limit_to_the_hard_one() -> None:
+    """A soft limit of 1024 (a shell's default) would make the default connection cap tiny."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip("the hard limit leaves nothing to raise")
+    code = (
+        "import resource; from proxy.cli import _raise_fd_limit; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+        "_raise_fd_limit(); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    soft = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert soft > 1024 and (hard == resource.RLIM_INFINITY or soft == hard)
