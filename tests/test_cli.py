@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import aiohttp
+import pytest
 
 from proxy import __version__
 from proxy.analyzer import Analysis, Proposal
