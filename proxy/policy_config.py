@@ -224,7 +224,7 @@ class CacheConfig(ConfigModel):
     max_entries: int = Field(1000, ge=1, description="Answers kept at most.")
     max_bytes: ByteSize = Field(32 * 1024**2, description="Bytes of answers kept at most.")
     scope: Literal["private", "shared"] = Field(
-        "private", description="private: one cache per Authorization; shared: all clients share answers."
+        "private", description="private: one cache per credential scope (every forwarded header that may identify the client); shared: all clients share answers."
     )
 
 
