@@ -11,7 +11,8 @@ clients for ``--minutes`` (default 10), all on 127.0.0.1:
   limit, a new credential per call on cached reads with new arguments every time (cache churn),
   slow-loris connections trickling a request head a byte at a time, idle keep-alive connections.
 
-Every ``--sample`` seconds it reads the proxy's RSS and open file descriptors from ``/proc``. After
+Every ``--sample`` seconds it reads the proxy's RSS and open file descriptors from ``/proc``, and from
+``/status`` what its bounded structures hold (events buffered, cache entries, rate-limit buckets). After
 the warm-up (the first ``--warmup`` share of the run) both should stay flat: it prints the samples, the
 figures at the end of warm-up, the peak and last after it, and the least-squares slope of RSS over the
 rest of the run (MiB per minute), and writes everything as JSON with ``--json FILE``. The hostile
@@ -47,6 +48,8 @@ _MIB = 1024 * 1024
 def _config(upstream_url: str) -> str:
     return f"""\
 # Written by tests.perf.soak: defaults plus a cache, a per-tool breaker and a per-client rate limit.
+# rate_limit.max_keys is 2000 (default 10000) so that every bounded structure reaches its bound within the
+# warm-up: a new credential arrives 20 times a second, and 10000 buckets would take 8 minutes to fill.
 listen: {{host: 127.0.0.1, port: 0}}
 admin: {{host: 127.0.0.1, port: 0}}
 logging: {{level: info, format: json, access_log: false}}
@@ -54,7 +57,7 @@ upstreams:
   - name: soak
     url: {upstream_url}
     path: /mcp
-    rate_limit: {{rate: 500, per: 1s, burst: 500, key: client}}
+    rate_limit: {{rate: 500, per: 1s, burst: 500, key: client, max_keys: 2000}}
     app_breaker: {{errors: [is_error, timeout], min_clients: 2}}
     rules:
       - match: {{method: tools/list}}
@@ -62,6 +65,14 @@ upstreams:
       - match: {{method: resources/read}}
         cache: {{mode: ttl, ttl: 60s}}
 """
+
+
+def _admin_started(line: str) -> str | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event["admin"] if isinstance(event, dict) and event.get("event") == "proxy_started" else None
 
 
 def _rss_and_fds(pid: int) -> tuple[float, int]:
@@ -212,16 +223,30 @@ class Soak:
         return host, int(port)
 
 
-async def _drive(url: str, seconds: float, good: int, sample: float, pid: int) -> tuple[list[dict[str, Any]], dict[str, Counter[str]]]:
+async def _held(session: aiohttp.ClientSession, admin: str) -> dict[str, Any]:
+    """What the proxy's bounded structures hold now (from /status): growth is attributed, not guessed."""
+    try:
+        async with session.get(admin + "/status") as response:
+            status = await response.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return {}
+    return {"events": status.get("events"), "cache": status.get("cache"), "rate_limit": status.get("rate_limit")}
+
+
+async def _drive(
+    url: str, admin: str, seconds: float, good: int, sample: float, pid: int
+) -> tuple[list[dict[str, Any]], dict[str, Counter[str]]]:
     start = time.monotonic()
     soak = Soak(url, start + seconds)
     samples: list[dict[str, Any]] = []
 
     async def sampler() -> None:
-        while soak.running():
-            rss, fds = _rss_and_fds(pid)
-            samples.append({"t": round(time.monotonic() - start, 1), "rss_mib": round(rss, 1), "fds": fds})
-            await asyncio.sleep(sample)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while soak.running():
+                rss, fds = _rss_and_fds(pid)
+                held = await _held(session, admin)
+                samples.append({"t": round(time.monotonic() - start, 1), "rss_mib": round(rss, 1), "fds": fds, "held": held})
+                await asyncio.sleep(sample)
 
     clients = [soak.paced("good", 20, soak.good(n)) for n in range(good)]
     clients += [
@@ -260,7 +285,7 @@ def _report(samples: list[dict[str, Any]], outcomes: dict[str, Counter[str]], wa
         "outcomes": {who: dict(counts) for who, counts in outcomes.items()},
     }
     for s in samples[:: max(1, len(samples) // 20)]:
-        sys.stdout.write(f"t={s['t']:>6}s  rss={s['rss_mib']:>7.1f} MiB  fds={s['fds']}\n")
+        sys.stdout.write(f"t={s['t']:>6}s  rss={s['rss_mib']:>7.1f} MiB  fds={s['fds']}  held={json.dumps(s['held'], sort_keys=True)}\n")
     for key in ("rss_at_warmup_end_mib", "rss_peak_after_mib", "rss_last_mib", "rss_slope_mib_per_min",
                 "fds_at_warmup_end", "fds_peak_after", "fds_last"):
         sys.stdout.write(f"{key}: {summary[key]}\n")
@@ -288,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             config.write_text(_config(upstream_url))
             proxy = procs.start("proxy", [sys.executable, "-m", "proxy", "serve", "--config", str(config)], None, env)
             url = proxy.wait_for_line("stderr", _proxy_started).rstrip("/") + "/mcp"
+            admin = proxy.wait_for_line("stderr", _admin_started).rstrip("/")
             seconds = args.minutes * 60
-            samples, outcomes = asyncio.run(_drive(url, seconds, args.good, args.sample, proxy.pid))
+            samples, outcomes = asyncio.run(_drive(url, admin, seconds, args.good, args.sample, proxy.pid))
             summary = _report(samples, outcomes, args.warmup, seconds)
             summary["proxy_stderr_bytes"] = proxy.stderr.stat().st_size
             if args.json:
