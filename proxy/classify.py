@@ -107,8 +107,12 @@ or set by the proxy for its peer, and stable per client).
 NOT_CREDENTIAL_PREFIXES: Final = ("mcp-param-", "x-b3-")
 """Header name prefixes (lower case) that do not count in the credential scope (see `NOT_CREDENTIALS`)."""
 
-CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "x-api-key", "api-key", "x-auth-token", "x-access-token"})
-"""Headers that name who is calling (lower case), for `client_identity`: the well-known credential carriers."""
+CREDENTIAL_HEADERS: Final = ("authorization", "x-api-key", "api-key", "x-auth-token", "x-access-token", "cookie")
+"""Headers that name who is calling (lower case), for `client_identity`, strongest first: the first one a
+request carries is its identity, and the others are ignored. A hash over all of them would let a client
+that authenticates with ``Authorization`` become someone new on every request by adding a junk
+``Cookie`` the upstream never looks at, and so escape its rate limit and its share of the pool. The
+cookie comes last: browsers and gateways add cookies that name no one."""
 
 
 def credential_scope(forwarded: Mapping[str, str]) -> str:
@@ -124,10 +128,6 @@ def credential_scope(forwarded: Mapping[str, str]) -> str:
 
 def _counts_as_credential(name: str) -> bool:
     return name not in NOT_CREDENTIALS and not name.startswith(NOT_CREDENTIAL_PREFIXES)
-
-
-def _names_a_caller(name: str) -> bool:
-    return name in CREDENTIAL_HEADERS
 
 
 def _hash_of(headers: Mapping[str, str], counts: Callable[[str], bool]) -> str:
@@ -146,8 +146,9 @@ def client_identity(headers: Mapping[str, str], peer: str | None, identity_heade
 
     1. ``id:<hash>`` of the configured `client_identity.header`. A client can put any value there, so it
        is trusted only because the operator configured it (a front that sets it); never otherwise.
-    2. ``auth:<hash>`` over the forwarded `CREDENTIAL_HEADERS`. These are as trustworthy as the upstream's
-       check of them: against an upstream that ignores them a client can make up new identities.
+    2. ``auth:<hash>`` of the strongest forwarded credential (the first of `CREDENTIAL_HEADERS` present,
+       every value of it). It is as trustworthy as the upstream's check of it: against an upstream that
+       ignores credentials a client can make up new identities.
     3. ``addr:<peer>``, the socket's address: the only identity the client does not choose.
 
     Only headers that are forwarded count (the caller passes `upstream_headers`' result): a credential
@@ -159,7 +160,9 @@ def client_identity(headers: Mapping[str, str], peer: str | None, identity_heade
     named = headers.get(identity_header) if identity_header else None
     if named:
         return f"id:{identity_hash(named)}", scope
-    credentials = _hash_of(headers, _names_a_caller)
+    present = {name.lower() for name in headers}
+    strongest = next((name for name in CREDENTIAL_HEADERS if name in present), None)
+    credentials = _hash_of(headers, strongest.__eq__) if strongest is not None else ""
     return (f"auth:{credentials}" if credentials else f"addr:{peer or 'unknown'}"), scope
 
 

@@ -147,7 +147,10 @@ def _host_names(entries: Iterable[str]) -> set[str]:
 
 
 def _shown(value: str) -> str:
-    """`value` fit for a log line: its first `SHOWN_CHARS` characters, each not printable ASCII as ``?``."""
+    """`value` fit for a log line: its first `SHOWN_CHARS` characters, each not printable ASCII as ``?``, and
+    any user information before an ``@`` (``user:password@host``, in a Host or an Origin) hidden."""
+    if "@" in value:
+        value = "[redacted]@" + value.rpartition("@")[2]
     shown = "".join(c if " " <= c <= "~" else "?" for c in value[:SHOWN_CHARS])
     return shown + "..." if len(value) > SHOWN_CHARS else shown
 

@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.policies.base import Call
+from proxy.redact import redact_text
 from proxy.tool_catalog import MCP_METHODS, ToolCatalog
 
 __all__ = ["MAX_LABEL_VALUES", "OVERFLOW", "ProxyMetrics"]
@@ -141,7 +142,9 @@ class ProxyMetrics:
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
         self.catalogs: dict[str, ToolCatalog] = {}
         """Each upstream's tool catalog (set by `proxy.runtime.build_runtime`): listed names keep their labels."""
-        self._seen: dict[str, set[str]] = {"method": set(), "tool": set(), "breaker": set()}
+        self._seen: dict[str, dict[str, str]] = {"method": {}, "tool": {}, "breaker": {}}
+        """Per kind, each client-chosen name given a label of its own, and that label (redacted: a client
+        that puts a credential in a name must not see it on /metrics)."""
 
     def _child(self, metric: MetricWrapperBase, *labels: str) -> MetricWrapperBase:
         key = (id(metric), *labels)
@@ -163,11 +166,14 @@ class ProxyMetrics:
         if not value:
             return ""
         seen = self._seen[kind]
-        if value in seen or self._real(upstream, value):
+        label = seen.get(value)
+        if label is not None:
+            return label
+        if self._real(upstream, value):
             return value
         if len(seen) < MAX_LABEL_VALUES:
-            seen.add(value)
-            return value
+            label = seen[value] = redact_text(value)
+            return label
         return OVERFLOW
 
     def observe(self, upstream: str, method: str, tool: str | None, outcome: str, seconds: float) -> None:

@@ -70,10 +70,14 @@ MAX_FIXTURE_DEPTH: Final = 128
 """Fixtures keep the call exact up to this depth (below Python's recursion limit, above any sane params)."""
 
 _STRONG_KEY = (
-    r"authori[sz]ation|passw(?:or)?d|passphrase|secret|credential|cookie|token(?!s|i[sz])"
-    r"|(?:api|access|private|signing)[-_ ]?key|session[-_ ]?id"
+    r"authori[sz]ation|authenticat|passw(?:or)?d|passphrase|passcode|secret|credential|cookie|token(?!s|i[sz])"
+    r"|(?:api|access|private|signing|session|secret)[-_ ]?key|session[-_ ]?id"
 )
-_SHORT_WORDS = r"(?<![a-z0-9])(?:o?auth|pwd|pass|jwt|bearer|csrf|xsrf)(?![a-z0-9])"
+_SHORT_WORDS = (
+    r"(?<![a-z0-9])(?:o?auth|pwd|pass|jwt|bearer|csrf|xsrf|creds|otp|mfa|pin|hmac|refresh|key)(?![a-z0-9])"
+)
+"""Whole words only (``pin`` but not ``spinner``, ``key`` but not ``keyboard`` nor ``monkey``): a bare ``key``
+or ``pin`` is as often a secret as not, and a redacted fixture costs less than a leaked one."""
 SECRET_KEY: Final = re.compile(f"{_STRONG_KEY}|{_SHORT_WORDS}")
 """Matched against a key *normalized* by `_normalize` (camelCase split with ``_``, lower case)."""
 _STRONG: Final = re.compile(_STRONG_KEY)

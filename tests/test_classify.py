@@ -119,3 +119,14 @@ def test_the_scope_ignores_header_order_and_name_case(pairs: list[tuple[str, str
 def test_two_values_of_a_credential_never_share_a_scope(headers: dict[str, str], one: str, other: str) -> None:
     if one != other:
         assert credential_scope({**headers, "X-Api-Key": one}) != credential_scope({**headers, "X-Api-Key": other})
+
+
+def test_the_strongest_credential_alone_names_the_client() -> None:
+    """A client with an Authorization stays itself whatever junk Cookie or X-Api-Key it adds (the
+    upstream ignores them; a new identity per request would escape its rate limit and pool share)."""
+    me = client_identity({"Authorization": "Bearer a"}, "10.0.0.1", None)[0]
+    assert client_identity({"Authorization": "Bearer a", "Cookie": "junk=1"}, "10.0.0.1", None)[0] == me
+    assert client_identity({"authorization": "Bearer a", "X-Api-Key": "junk"}, "10.0.0.1", None)[0] == me
+    assert client_identity({"Authorization": "Bearer b"}, "10.0.0.1", None)[0] != me
+    keyed = client_identity({"X-Api-Key": "k", "Cookie": "junk=2"}, "10.0.0.1", None)[0]
+    assert keyed == client_identity({"X-Api-Key": "k"}, "10.0.0.1", None)[0] != me

@@ -46,7 +46,7 @@ async def test_failing_calls_become_redacted_fixtures_that_replay(upstream: Faul
     assert len(files) == 2  # per_signature bounds an outage to a handful of files
     fixture = json.loads(files[0].read_text())
     assert (fixture["method"], fixture["tool"], fixture["failure"]["kind"]) == ("tools/call", "lookup", "http_5xx")
-    assert fixture["request"]["body"]["params"]["arguments"] == {"key": "k1", "password": "[redacted]"}
+    assert fixture["request"]["body"]["params"]["arguments"] == {"key": "[redacted]", "password": "[redacted]"}
     assert fixture["request"]["headers"]["Mcp-Param-Region"] == "eu"
     assert fixture["request"]["headers"]["Mcp-Param-Password"] == "[redacted]"  # as the `password` param it mirrors
     assert "hunter3" not in files[0].read_text()

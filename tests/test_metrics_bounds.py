@@ -60,3 +60,11 @@ def test_listed_tools_keep_their_labels_whatever_came_first() -> None:
     assert 'method="tools/call",outcome="jsonrpc_error",tool="fetch",upstream="up"} 1.0' in text
     assert 'method="resources/read",outcome="ok",tool="",upstream="up"} 1.0' in text
     assert 'mcp_proxy_breaker_state{breaker="up/search",upstream="up"} 2.0' in text
+
+
+def test_a_credential_in_an_invented_name_never_reaches_a_label() -> None:
+    metrics = ProxyMetrics()
+    metrics.observe("up", "x/token=SEC58abc", "get?api_key=SEC59abc", "ok", 0.001)
+    scrape = metrics.render().decode()
+    assert "SEC58abc" not in scrape and "SEC59abc" not in scrape
+    assert "mcp_proxy_requests_total" in scrape

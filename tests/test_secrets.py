@@ -40,7 +40,8 @@ def logged(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     ["Authorization", "authorization", "X-Api-Key", "api_key", "apiKey", "APIKey", "accessKey", "access_key",
      "private_key", "privateKey", "pwd", "db_pwd", "userPwd", "auth", "x-auth", "authToken", "oauth", "password",
      "Mcp-Param-Password", "passwd", "pass", "client_secret", "credentials", "Cookie", "Set-Cookie", "token",
-     "access_token", "Mcp-Session-Id", "sessionId", "jwt", "csrf_token", "passphrase"],
+     "access_token", "Mcp-Session-Id", "sessionId", "jwt", "csrf_token", "passphrase",
+     "authentication", "passcode", "creds", "sessionKey", "key", "otp", "mfa_code", "pin", "refresh", "hmac"],
 )  # fmt: skip
 def test_credential_key_names_are_secret(key: str) -> None:
     assert is_secret_key(key)
@@ -49,7 +50,8 @@ def test_credential_key_names_are_secret(key: str) -> None:
 @pytest.mark.parametrize(
     "key",
     ["author", "authority", "authors", "max_tokens", "tokens", "tokenizer", "signature", "bypass", "passes",
-     "legacy_session", "session", "key", "name", "method", "tool", "upstream", "compass", "keyboard"],
+     "legacy_session", "session", "keys", "name", "method", "tool", "upstream", "compass", "keyboard",
+     "monkey", "spinner", "pinned"],
 )  # fmt: skip
 def test_ordinary_key_names_are_kept(key: str) -> None:
     assert not is_secret_key(key)
