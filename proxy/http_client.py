@@ -83,6 +83,10 @@ WRITE_PIECE = 64 * 1024
 """Request bytes handed to the transport at a time (a slice of the caller's bytes, not a copy). Once its
 buffer is over the high-water mark the rest waits for `resume_writing`: the buffer stays under
 high-water + one piece, whatever the upstream reads."""
+MAX_INTERIM_RESPONSES = 10
+"""1xx interim heads (100 Continue, 103 Early Hints) one answer may have before its final head; more is
+`BadResponse`. A real server sends one or two; an endless run of them would keep a request waiting on bytes
+that are never an answer."""
 _PAUSE_AT = 256 * 1024
 """Unread body bytes at which the socket stops being read (a slow client slows the upstream, not memory)."""
 _RESUME_AT = 64 * 1024
@@ -158,15 +162,17 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_body_at_eof",
-        "_chunks",
         "_discard",
         "_discard_timer",
         "_head",
         "_head_bytes",
         "_informational",
+        "_interim",
+        "_more",
         "_outgoing",
         "_parser",
         "_paused",
+        "_piece",
         "_pool",
         "_transport",
         "_unparsed",
@@ -180,24 +186,33 @@ class _Connection(asyncio.Protocol):
         "idle_since",
         "keep_alive",
         "limit",
+        "owner",
         "reason",
         "received",
         "status",
     )
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, owner: int | None = None) -> None:
         self._pool = pool
+        self.owner = owner
+        """The downstream client connection this connection serves, for its whole life (`ConnectionPool`)."""
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._piece = b""
+        self._more: bytearray | None = None
+        """The body received and not yet taken: `_piece` while it is one piece (kept as it came, no copy),
+        `_more` once a second piece joined it (one buffer, grown in place). Never a list of pieces: memory
+        follows the bytes, not how finely the upstream chunked them, and a reader takes everything that has
+        arrived at once, so per-piece work downstream is per network read, not per HTTP chunk."""
         self._outgoing: collections.deque[memoryview] = collections.deque()
         """The part of the request not yet handed to the transport (slices of the caller's bytes)."""
         self._write_paused = False
         """The transport's buffer is over its high-water mark: nothing more is written until it drains."""
         self._paused = False
         self._informational = False
+        self._interim = 0
         self._body_at_eof = False
         self._discard: int | None = None
         """While set: the rest of the body is dropped as it arrives, up to this many more bytes."""
@@ -269,34 +284,30 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self._informational = False
+        self._interim = 0
         self._body_at_eof = False
-        self._chunks.clear()
+        self._piece, self._more = b"", None
         self._outgoing.clear()
 
-    def take(self) -> list[bytes]:
-        """Every body chunk received so far (possibly none), handed over; reading resumes if it had paused."""
-        chunks = list(self._chunks)
-        self._chunks.clear()
+    def take(self) -> bytes:
+        """All the body received and not yet taken, as one piece (``b""`` if none); reading resumes if it
+        had paused."""
+        more = self._more
+        if more is not None:
+            data = bytes(more)
+            self._more = None
+        else:
+            data = self._piece
+        self._piece = b""
         self.buffered = 0
         if self._paused and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
-        return chunks
-
-    def take_one(self) -> bytes | None:
-        """The oldest unread body chunk, or None if there is none yet."""
-        if not self._chunks:
-            return None
-        chunk = self._chunks.popleft()
-        self.buffered -= len(chunk)
-        if self._paused and self.buffered < _RESUME_AT and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
-        return chunk
+        return data
 
     async def wait(self) -> None:
         """Until more body arrives, the body completes, or the connection fails."""
-        if self._chunks or self.complete or self.error is not None:
+        if self.buffered or self.complete or self.error is not None:
             return
         self._waiter = self._pool.loop.create_future()
         try:
@@ -307,7 +318,7 @@ class _Connection(asyncio.Protocol):
     def discard_rest(self, max_bytes: int, within: float) -> None:
         """Drop the rest of the body as it arrives, then go back to the pool; close instead if more than
         `max_bytes` come or the body is not complete `within` seconds."""
-        self._chunks.clear()
+        self._piece, self._more = b"", None
         self.buffered = 0
         if self._paused and self._transport is not None:
             self._paused = False
@@ -418,8 +429,13 @@ class _Connection(asyncio.Protocol):
         self._unparsed = 0
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the real answer follows
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                raise BadResponse(f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses before the answer")
             self._informational = True
             return
+        if not 200 <= status <= 599:
+            raise BadResponse(f"status {status} is not an HTTP status code (100-599)")
         self.status = status
         self._body_at_eof = status not in (204, 304) and not self._parser.should_keep_alive() and not any(
             key == b"content-length" or (key == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"))
@@ -438,7 +454,15 @@ class _Connection(asyncio.Protocol):
         self.received += len(body)
         if self.limit is not None and self.received > self.limit:
             raise ResponseTooLarge(f"upstream answer exceeds {self.limit} bytes")
-        self._chunks.append(body)
+        more = self._more
+        if more is not None:
+            more += body
+        elif self._piece:
+            self._more = bytearray(self._piece)
+            self._more += body
+            self._piece = b""
+        else:
+            self._piece = body
         self.buffered += len(body)
         if self.buffered > _PAUSE_AT and not self._paused and self._transport is not None:
             self._paused = True
@@ -527,10 +551,16 @@ class Response:
             self.close()
             raise ResponseTooLarge(f"upstream answer exceeds {limit} bytes")
         conn.limit = limit
-        chunks: list[bytes] = []
+        body: bytes | bytearray = b""  # one buffer, whatever the number of pieces (each is a read's worth)
         try:
             while True:
-                chunks.extend(conn.take())
+                piece = conn.take()
+                if not body:
+                    body = piece
+                elif piece:
+                    if isinstance(body, bytes):
+                        body = bytearray(body)
+                    body += piece
                 if conn.complete:
                     break
                 self._check(conn)
@@ -540,20 +570,23 @@ class Response:
             raise
         if not hold:
             self._release()
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return bytes(body) if isinstance(body, bytearray) else body
 
     def release(self) -> None:
         """Give back the connection of a body read whole with `hold` (to the pool, if it may be reused)."""
         self._release()
 
     async def next_chunk(self) -> bytes:
-        """The next piece of the body as it arrives; ``b""`` once it is complete (the connection released)."""
+        """The body that has arrived since the last call, as one piece (waiting for some if none has);
+        ``b""`` once it is complete (the connection released). One piece for everything buffered, however
+        many HTTP chunks it came in: what the caller does per piece (a timeout, a parse, a write to its
+        client) then costs per network read, and a million 2-byte chunks are not a million iterations."""
         conn = self._conn
         while True:
             if self._done:
                 return b""
-            chunk = conn.take_one()
-            if chunk is not None:
+            chunk = conn.take()
+            if chunk:
                 return chunk
             if conn.complete:
                 self._release()
@@ -604,10 +637,14 @@ class Response:
 class ConnectionPool:
     """Keep-alive connections to one origin: at most `limit` open, idle ones kept `keepalive` seconds.
 
-    The most recently used idle connection is reused first (it is the least likely to have been closed
-    by the server). Waiting for a free slot and connecting each get `connect_timeout`, and fail apart:
-    a wait that runs out is the pool's limit (`PoolExhausted`), a connect that runs out the upstream's
-    (`ConnectFailed`); either way nothing has been sent.
+    Connections have affinity (module docstring): a connection opened for a request of `owner` (a
+    downstream client connection; None for requests without one) serves only requests of that owner.
+    Of an owner's idle connections the most recently used is reused first (it is the least likely to have
+    been closed by the server). A request whose owner has none opens one; at the limit, the least recently
+    used idle connection of another owner is closed to make room: a request never queues while a
+    connection sits idle. Waiting for a free slot and connecting each get `connect_timeout`, and fail
+    apart: a wait that runs out is the pool's limit (`PoolExhausted`), a connect that runs out the
+    upstream's (`ConnectFailed`); either way nothing has been sent.
     """
 
     def __init__(
@@ -623,9 +660,13 @@ class ConnectionPool:
         self._limit = limit
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
-        self._idle: collections.deque[_Connection] = collections.deque()
+        self._idle: dict[int | None, list[_Connection]] = {}
+        """Each owner's idle connections, the most recently used last."""
+        self._idle_order: dict[_Connection, None] = {}
+        """Every idle connection, the least recently used first (what expires, or makes room, first)."""
         self._open: set[_Connection] = set()
-        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self._waiters: collections.deque[tuple[asyncio.Future[_Connection | None], int | None]] = collections.deque()
+        """Requests queued for a connection or a slot, in arrival order, with their owners."""
         self._connecting = 0
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -638,7 +679,7 @@ class ConnectionPool:
 
     @property
     def idle(self) -> int:
-        return len(self._idle)
+        return len(self._idle_order)
 
     def head(
         self, method: str, headers: Iterable[tuple[str, str]], body: bytes | None, lend_credentials: bool = True
@@ -675,6 +716,7 @@ class ConnectionPool:
         on_queue: Callable[[bool], None] | None = None,
         *,
         lend_credentials: bool = True,
+        owner: int | None = None,
     ) -> Response:
         """Send one request; return once the answer's head has arrived, its body still to be read.
 
@@ -683,13 +725,14 @@ class ConnectionPool:
         the request has to queue for a connection (the pool is at its limit), `on_queue(False)` when it
         leaves the queue: a caller's own timeout that ends while queued is the pool's limit speaking.
         The caller's timeout or cancellation also covers writing the request, and closes the connection.
-        `lend_credentials`: see `head`.
+        `lend_credentials`: see `head`. `owner`: the downstream client connection the request came on; only
+        a connection of that owner (or a new one) carries it (the module docstring: affinity).
         """
         head = self.head(method, headers, body, lend_credentials)
         # A small request goes out in one write, as one segment; a large body is written from the
         # caller's bytes, piece by piece, never copied.
         parts = (head + body,) if body and len(head) + len(body) <= WRITE_PIECE else (head, body or b"")
-        conn = await self._acquire(on_queue)
+        conn = await self._acquire(owner, on_queue)
         try:
             await conn.send(parts, on_write)
         except BaseException:
@@ -699,25 +742,30 @@ class ConnectionPool:
 
     # -- connections: who gets one, in arrival order -----------------------------------------------------
     #
-    # Invariants: `size` (open + connecting) never exceeds `limit`; a waiter is handed either a
-    # connection or a reserved slot (counted in `_connecting`) to connect with, in FIFO order; a
-    # waiter that leaves (cancelled, timed out) after being handed one passes it on, so no free
-    # connection or slot is ever stranded while someone waits.
+    # Invariants: `size` (open + connecting) never exceeds `limit`; a connection only ever carries
+    # requests of the owner it was opened for; a waiter is handed either a connection of its owner or a
+    # reserved slot (counted in `_connecting`) to connect with, in FIFO order; a connection freed while
+    # the longest waiter is another owner's is closed and its slot handed to that waiter; a waiter that
+    # leaves (cancelled, timed out) after being handed one passes it on, so no free connection or slot is
+    # ever stranded while someone waits; and nobody waits while a connection is idle (idle connections
+    # exist only while the queue is empty, and an arrival at the limit closes one to make room).
 
-    async def _acquire(self, on_queue: Callable[[bool], None] | None = None) -> _Connection:
+    async def _acquire(self, owner: int | None, on_queue: Callable[[bool], None] | None = None) -> _Connection:
         if self._closed:
             raise ConnectFailed("the connection pool is closed")
         if not self._waiters:
-            conn = self._reuse()
+            conn = self._reuse(owner)
             if conn is not None:
                 return conn
+            if self.size >= self._limit and self._idle_order:
+                self._make_room()
         reserved = False
         if self._waiters or self.size >= self._limit:
             if on_queue is not None:
                 on_queue(True)
             try:
                 async with asyncio.timeout(self._connect_timeout):
-                    handed = await self._wait_turn()
+                    handed = await self._wait_turn(owner)
             except TimeoutError:
                 raise PoolExhausted(
                     f"all {self._limit} pooled connections stayed busy for {self._connect_timeout:g}s"
@@ -729,21 +777,22 @@ class ConnectionPool:
             reserved = True
         try:
             async with asyncio.timeout(self._connect_timeout):
-                return await self._connect(reserved)
+                return await self._connect(reserved, owner)
         except TimeoutError:
             raise ConnectFailed(f"no connection within {self._connect_timeout:g}s") from None
 
-    async def _wait_turn(self) -> _Connection | None:
-        """Queue for a connection (returned) or a reserved slot to open one in (None)."""
+    async def _wait_turn(self, owner: int | None) -> _Connection | None:
+        """Queue for a connection of `owner` (returned) or a reserved slot to open one in (None)."""
         waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, owner)
+        self._waiters.append(entry)
         try:
             return await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._pass_on(waiter.result())
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
             raise
 
     def _pass_on(self, handed: _Connection | None) -> None:
@@ -754,25 +803,49 @@ class ConnectionPool:
             self._connecting -= 1
             self._free_slot()
 
-    def _reuse(self) -> _Connection | None:
-        """The most recently used live idle connection; stale ones found on the way are closed."""
+    def _reuse(self, owner: int | None) -> _Connection | None:
+        """`owner`'s most recently used live idle connection; stale ones found on the way are closed."""
+        stack = self._idle.get(owner)
         now = self._clock()
-        while self._idle:
-            conn = self._idle.pop()
+        while stack:
+            conn = stack[-1]
+            self._drop_idle(conn)
             if not conn.closed and now - conn.idle_since < self._keepalive:
                 return conn
             conn.abort()
         return None
 
-    async def _connect(self, reserved: bool) -> _Connection:
-        """Open a connection in a free slot (`reserved`: one a waiter was handed, already counted)."""
+    def _make_room(self) -> None:
+        """At the limit, with no idle connection of the arriving request's owner: close the least recently
+        used idle connection (another owner's), so the request opens its own rather than queueing behind
+        connections nobody is using. Its owner pays a connect on its next request (as after a keep-alive
+        expiry)."""
+        conn = next(iter(self._idle_order))
+        self._drop_idle(conn)
+        conn.abort()
+
+    def _drop_idle(self, conn: _Connection) -> None:
+        """Take `conn` out of the idle connections, if it is one."""
+        if conn not in self._idle_order:
+            return
+        del self._idle_order[conn]
+        stack = self._idle[conn.owner]
+        if stack[-1] is conn:
+            stack.pop()
+        else:
+            stack.remove(conn)
+        if not stack:
+            del self._idle[conn.owner]
+
+    async def _connect(self, reserved: bool, owner: int | None) -> _Connection:
+        """Open a connection for `owner` in a free slot (`reserved`: one a waiter was handed, already counted)."""
         origin = self.origin
         if not reserved:
             self._connecting += 1
         opened = False
         try:
             _, conn = await self.loop.create_connection(
-                lambda: _Connection(self),
+                lambda: _Connection(self, owner),
                 origin.host,
                 origin.port,
                 ssl=origin.ssl,
@@ -797,17 +870,26 @@ class ConnectionPool:
                 self._free_slot()
 
     def release(self, conn: _Connection) -> None:
-        """A connection whose exchange is complete: to the longest waiter, or kept idle."""
+        """A connection whose exchange is complete: to the longest waiter if that is of its owner; closed,
+        its slot going to the longest waiter, if that is another owner's; else kept idle."""
         if self._closed or conn.closed:
             conn.abort()
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
+        waiters = self._waiters
+        while waiters:
+            waiter, owner = waiters[0]
+            if waiter.done():
+                waiters.popleft()
+            elif owner == conn.owner:
+                waiters.popleft()
                 waiter.set_result(conn)
                 return
+            else:
+                conn.abort()  # `forget` hands its slot to that waiter (`_free_slot`)
+                return
         conn.idle_since = self._clock()
-        self._idle.append(conn)
+        self._idle.setdefault(conn.owner, []).append(conn)
+        self._idle_order[conn] = None
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self._keepalive, self._sweep)
 
@@ -815,13 +897,18 @@ class ConnectionPool:
         """Close idle connections past `keepalive` (oldest first), so quiet pools do not hold sockets."""
         self._sweeper = None
         now = self._clock()
-        while self._idle and now - self._idle[0].idle_since >= self._keepalive:
-            self._idle.popleft().abort()
-        if self._idle:
-            self._sweeper = self.loop.call_later(self._idle[0].idle_since + self._keepalive - now, self._sweep)
+        order = self._idle_order
+        while order:
+            oldest = next(iter(order))
+            if now - oldest.idle_since < self._keepalive:
+                self._sweeper = self.loop.call_later(oldest.idle_since + self._keepalive - now, self._sweep)
+                return
+            self._drop_idle(oldest)
+            oldest.abort()
 
     def forget(self, conn: _Connection) -> None:
         """A connection has closed: its slot is free."""
+        self._drop_idle(conn)
         if conn in self._open:
             self._open.discard(conn)
             self._free_slot()
@@ -831,7 +918,7 @@ class ConnectionPool:
         if self._closed or self.size >= self._limit:
             return
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popleft()
             if not waiter.done():
                 self._connecting += 1
                 waiter.set_result(None)
@@ -844,9 +931,10 @@ class ConnectionPool:
             self._sweeper.cancel()
             self._sweeper = None
         waiters, self._waiters = self._waiters, collections.deque()
-        for waiter in waiters:
+        for waiter, _ in waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectFailed("the connection pool is closed"))
         for conn in list(self._open):
             conn.abort()
         self._idle.clear()
+        self._idle_order.clear()

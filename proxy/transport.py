@@ -69,6 +69,18 @@ from proxy.sse import SSEParser
 __all__ = ["AnswerTo", "HttpUpstream", "SSEBody"]
 
 _EVENT_STREAM = "text/event-stream"
+MAX_PARSED_CONTAINERS = 262_144
+"""Objects and arrays (counted as ``{`` and ``[`` bytes, strings included: C speed, before any parse) above
+which an answer, or an SSE event of a buffered read, is not parsed. Parsing builds a Python object per
+container, ~30 times the bytes of ``{},``: 60 MB of them took ~1.9 GB and stalled every client for seconds,
+with no way to interrupt the parse. A tools/list of 10,000 tools has ~100,000. Over it, a JSON answer is
+delivered as the opaque bytes it is (`Reply.message` None): judged by its HTTP status alone, never cached,
+its id not checked (connection affinity keeps it to its own client anyway); an SSE event of a buffered read
+hands the stream on to the client unparsed (committed, as a stream is)."""
+PROBE_MAX_RESPONSE_BYTES = 1024 * 1024
+"""The most a health probe reads of an answer (ping, server/discover, initialize answers are small). A
+probe parses with no client waiting and no timeout able to interrupt a parse: a larger answer is a failed
+probe (`upstream_bad_response`), not memory."""
 PROBE_CONNECTIONS = 2
 """Connections the health probes of one upstream may use: their own, never the clients'."""
 
@@ -303,7 +315,7 @@ class HttpUpstream:
 
         reply = await self.exchange(
             "POST", call.headers, call.body, None, idle, written, queued,
-            answer_to=AnswerTo.of(call.message), lend_credentials=call.lend_credentials,
+            answer_to=AnswerTo.of(call.message), lend_credentials=call.lend_credentials, owner=call.owner,
         )
         if call.buffered and reply.stream is not None:
             return await self._buffer_stream(reply, call.message.id)
@@ -319,7 +331,7 @@ class HttpUpstream:
                 answer_to = AnswerTo(frozenset(() if request_id is None else (request_id,)))
                 reply = await self.exchange("POST", headers, body, None, None, probe=True, answer_to=answer_to)
                 if reply.stream is not None:
-                    reply = await self._buffer_stream(reply, request_id)
+                    reply = await self._buffer_stream(reply, request_id, probe=True)
                     if reply.stream is not None:  # the server asked a question nobody here can answer
                         await reply.stream.close()
                         raise UpstreamProtocolError(
@@ -329,35 +341,42 @@ class HttpUpstream:
         except TimeoutError:
             raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
 
-    async def _buffer_stream(self, reply: Reply, request_id: str | int | None) -> Reply:
+    async def _buffer_stream(self, reply: Reply, request_id: str | int | None, probe: bool = False) -> Reply:
         """Read an SSE answer up to the final response to `request_id`; return it as a buffered reply.
 
         If the stream ends first but gave event ids, the bytes so far are returned as they are: the
         client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection.
         If the server sends the client a request on the way (sampling, elicitation, roots), buffering
         stops at once: the server waits for that answer, so the stream is handed on (what was read,
-        then the rest) and the call is committed, as any streamed answer is.
+        then the rest) and the call is committed, as any streamed answer is. So it is, unparsed, when an
+        event has more than `MAX_PARSED_CONTAINERS` objects and arrays (a probe's answer then fails).
         """
         stream = reply.stream
         assert isinstance(stream, SSEBody)
         parser = SSEParser()
-        chunks: list[bytes] = []
-        total = 0
+        read = bytearray()  # one buffer, however finely the stream was cut
+        limit = self._limit(probe)
         final: Any = None
         handed_on = False
         try:
             async for chunk in stream:
-                total += len(chunk)
-                if total > self._max_response:
-                    raise AnswerTooLarge("upstream answer exceeds limits.max_response_bytes", upstream=self.name)
-                chunks.append(chunk)
+                if len(read) + len(chunk) > limit:
+                    raise self._too_large(probe)
+                read += chunk
                 for event in parser.feed(chunk):
-                    final = final_response(event.data, request_id)
+                    unparsed = _too_many_containers(event.data)
+                    if probe and unparsed:
+                        raise UpstreamProtocolError(
+                            f"the health probe's answer has more than {MAX_PARSED_CONTAINERS} objects and arrays",
+                            upstream=self.name,
+                        )
+                    final = None if unparsed else final_response(event.data, request_id)
                     if final is not None:
                         break
-                    if _asks_the_client(event.data):
+                    if unparsed or _asks_the_client(event.data):
                         handed_on = True
-                        return Reply(reply.status, reply.headers, stream=_Replay(chunks, stream), reason=reply.reason)
+                        replay = _Replay([bytes(read)], stream)
+                        return Reply(reply.status, reply.headers, stream=replay, reason=reply.reason)
                 if final is not None:
                     break
         except StreamBroken as exc:
@@ -369,7 +388,21 @@ class HttpUpstream:
                 await stream.close()
         if final is None and parser.last_event_id is None:
             raise StreamEndedEarly("upstream ended the stream before the response", upstream=self.name)
-        return Reply(reply.status, reply.headers, body=b"".join(chunks), message=final, reason=reply.reason)
+        return Reply(reply.status, reply.headers, body=bytes(read), message=final, reason=reply.reason)
+
+    def _limit(self, probe: bool) -> int:
+        """The most of an answer read: `limits.max_response_bytes`, and for a probe `PROBE_MAX_RESPONSE_BYTES`."""
+        return min(self._max_response, PROBE_MAX_RESPONSE_BYTES) if probe else self._max_response
+
+    def _too_large(self, probe: bool, size: int | None = None) -> UpstreamProtocolError | AnswerTooLarge:
+        """The error for an answer over `_limit`: a client's call is over the proxy's limit (`AnswerTooLarge`);
+        a probe's answer is not what a health check answers (`upstream_bad_response`)."""
+        of = "" if size is None else f" of {size} bytes"
+        if probe:
+            return UpstreamProtocolError(
+                f"the health probe's answer{of} exceeds {self._limit(True)} bytes", upstream=self.name
+            )
+        return AnswerTooLarge(f"upstream answer{of} exceeds limits.max_response_bytes", upstream=self.name)
 
     async def exchange(
         self,
@@ -384,6 +417,7 @@ class HttpUpstream:
         probe: bool = False,
         answer_to: AnswerTo | None = None,
         lend_credentials: bool = True,
+        owner: int | None = None,
     ) -> Reply:
         """Send one HTTP request upstream; return its answer with the body read or streamed.
 
@@ -391,19 +425,21 @@ class HttpUpstream:
         it queues for (or leaves the queue for) a pooled connection. `probe`: on the health probes' pool.
         `answer_to`: what a JSON answer must answer (`AnswerTo`); None for a request that is not JSON-RPC
         (a GET, a DELETE). `lend_credentials`: False when the client's own Authorization was removed on
-        the way, so the URL's credentials are not sent in its place (`ConnectionPool.head`)."""
+        the way, so the URL's credentials are not sent in its place (`ConnectionPool.head`). `owner`: the
+        downstream client connection the request came on (`Call.owner`): only its own upstream connections
+        carry it (`proxy.http_client`, affinity); None for requests of nobody's (they share their own)."""
         response: Response | None = None
         try:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
                 pool = self._pool_for(probe)
                 response = await pool.request(
-                    method, headers.items(), body, on_write, on_queue, lend_credentials=lend_credentials
+                    method, headers.items(), body, on_write, on_queue, lend_credentials=lend_credentials, owner=owner
                 )
                 out_headers = client_headers(response.header_items)
                 if response.content_type == _EVENT_STREAM:
                     stream = SSEBody(response, stream_idle, self.name)
                     return Reply(response.status, out_headers, stream=stream, reason=response.reason or None)
-                raw = await self._read_bounded(response, hold=answer_to is not None)
+                raw = await self._read_bounded(response, probe, hold=answer_to is not None)
                 message = _parse_json(response.content_type, raw)
                 if answer_to is not None:
                     if answer_to.stray(message, response.status):
@@ -422,7 +458,7 @@ class HttpUpstream:
                 response.close()
             raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
         except ResponseTooLarge:
-            raise AnswerTooLarge("upstream answer exceeds limits.max_response_bytes", upstream=self.name) from None
+            raise self._too_large(probe) from None
         except BadResponse as exc:
             raise UpstreamProtocolError(f"upstream answer is not valid HTTP: {exc}", upstream=self.name) from None
         except InvalidHeader as exc:
@@ -437,16 +473,29 @@ class HttpUpstream:
             raise
         return Reply(response.status, out_headers, body=raw, message=message, reason=response.reason or None)
 
-    async def _read_bounded(self, response: Response, hold: bool = False) -> bytes:
+    async def _read_bounded(self, response: Response, probe: bool, hold: bool = False) -> bytes:
         length = response.content_length
-        if length is not None and length > self._max_response:
+        limit = self._limit(probe)
+        if length is not None and length > limit:
             response.close()
-            raise AnswerTooLarge(f"upstream answer of {length} bytes exceeds limits.max_response_bytes", upstream=self.name)
-        return await response.read(self._max_response, hold=hold)
+            raise self._too_large(probe, length)
+        return await response.read(limit, hold=hold)
+
+
+def _too_many_containers(raw: bytes | str) -> bool:
+    """More than `MAX_PARSED_CONTAINERS` ``{`` and ``[`` in `raw`: not to be parsed. Two C-speed counts, and
+    none for text too short to hold that many."""
+    if len(raw) <= MAX_PARSED_CONTAINERS:
+        return False
+    if isinstance(raw, str):
+        return raw.count("{") + raw.count("[") > MAX_PARSED_CONTAINERS
+    return raw.count(b"{") + raw.count(b"[") > MAX_PARSED_CONTAINERS
 
 
 def _parse_json(content_type: str, raw: bytes) -> Any:
-    if content_type != "application/json" or not raw:
+    """The parsed JSON answer, or None: not JSON, not parseable, or too many containers to parse
+    (`MAX_PARSED_CONTAINERS`: it is delivered as opaque bytes)."""
+    if content_type != "application/json" or not raw or _too_many_containers(raw):
         return None
     try:
         return orjson.loads(raw)

@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from proxy import http_client
 from proxy.http_client import (
     _PAUSE_AT,
     MAX_HEAD_BYTES,
+    MAX_INTERIM_RESPONSES,
     MAX_RESPONSE_HEADERS,
     MAX_UNPARSED_BYTES,
     WRITE_PIECE,
@@ -1035,4 +1037,96 @@ async def test_an_endless_header_or_trailer_line_is_a_bad_response_not_memory(st
             with pytest.raises(BadResponse, match="no complete head and no body"):
                 response = await pool.request("POST", [], b"{}")
                 await response.read()
+        assert pool.size == 0
+
+
+# -- issue 10, second review: tiny chunks, interim heads, status codes ---------------------------------------
+
+
+def tiny_chunks(payload: bytes, size: int = 2) -> bytes:
+    """`payload` as a chunked body of `size`-byte chunks, with its last chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(payload[i : i + size]), payload[i : i + size]) for i in range(0, len(payload), size)) + b"0\r\n\r\n"
+
+
+async def test_a_stream_of_tiny_chunks_is_handed_on_as_one_piece_per_read_not_one_per_chunk() -> None:
+    """Per-piece work (a timeout, a parse, a write to the client) must be per network read: 10,000 chunks
+    of ``:\\n`` that have all arrived come out of `next_chunk` as one piece."""
+    payload = b":\n" * 10_000
+    body = tiny_chunks(payload)
+    held = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + body[: -len(b"0\r\n\r\n")])
+        await writer.drain()
+        await held.wait()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        response = await pool.request("POST", [], b"{}")
+        await until_received(response, len(payload))
+        assert await response.next_chunk() == payload
+        held.set()
+        assert await response.next_chunk() == b""
+
+
+async def until_received(response: http_client.Response, size: int) -> None:
+    """Let the loop run until `size` body bytes have arrived on `response`'s connection (bounded)."""
+    conn = response._conn  # noqa: SLF001
+    for _ in range(100_000):
+        if conn.received >= size:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"only {conn.received} of {size} bytes arrived")
+
+
+async def test_a_body_of_tiny_chunks_costs_memory_in_proportion_to_its_bytes_not_its_chunks() -> None:
+    """Bounds count payload bytes; a 2-byte chunk kept as an object of its own costs ~20 times that.
+    The server is a thread with a blocking socket, so its sending allocates nothing that is traced."""
+    payload = b"x" * (1024 * 1024)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + tiny_chunks(payload)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    pool = ConnectionPool(Origin(f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"), 1, 30.0, 5.0)
+    tracemalloc.start()
+    try:
+        response = await pool.request("POST", [], b"{}")
+        body = await response.read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await pool.close()
+        listener.close()
+    assert body == payload
+    # The answer itself, a growing buffer's slack, one copy and a read's worth: a few payloads, not twenty.
+    assert peak < 5 * len(payload), peak
+
+
+async def test_interim_heads_are_capped() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    async with RawServer(answering(early * MAX_INTERIM_RESPONSES + OK)) as server, pool_for(server) as pool:
+        assert await call(pool) == (200, b"{}")
+    async with RawServer(answering(early * (MAX_INTERIM_RESPONSES + 1) + OK)) as server, pool_for(server) as pool:
+        with pytest.raises(BadResponse, match=f"more than {MAX_INTERIM_RESPONSES} interim"):
+            await call(pool)
+        assert pool.size == 0
+
+
+@pytest.mark.parametrize("status", [b"999", b"600", b"099", b"000"])
+async def test_a_status_code_outside_100_to_599_is_a_bad_response(status: bytes) -> None:
+    answer = b"HTTP/1.1 " + status + b" Weird\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    async with RawServer(answering(answer)) as server, pool_for(server) as pool:
+        with pytest.raises(BadResponse, match="not an HTTP status code"):
+            await call(pool)
         assert pool.size == 0

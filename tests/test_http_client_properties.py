@@ -107,7 +107,7 @@ def feed(loop: asyncio.AbstractEventLoop, chunks: list[bytes], then_close: bool 
         assert conn._head_bytes <= MAX_HEAD_BYTES
         assert conn._unparsed <= MAX_UNPARSED_BYTES  # what httptools may keep of an unfinished line
         assert conn.received <= BODY_LIMIT and conn.buffered <= BODY_LIMIT
-        body += b"".join(conn.take())
+        body += conn.take()
     if then_close and not conn.closed:
         conn.connection_lost(None)
     error = conn.error

@@ -104,7 +104,7 @@ def test_no_kept_event_exceeds_max_event_and_what_is_held_stays_bounded(stream: 
         for event in parser.feed(stream[start : start + piece]):
             assert len(event.data) <= max_event
             assert event.data == "" or not event.oversized
-        held = parser._partial_size + sum(map(len, parser._data))
+        held = len(parser._partial) + sum(map(len, parser._data))
         assert held <= max_event + piece
 
 
@@ -121,11 +121,11 @@ def test_a_30_mib_line_without_newline_in_64_kib_pieces_holds_at_most_max_event_
         assert parser.feed(b"data: ") == []
         for _ in range(30 * 16):  # 30 MiB
             assert parser.feed(piece) == []
-            assert parser._partial_size <= max_event + len(piece)
+            assert len(parser._partial) <= max_event + len(piece)
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
     assert peak <= max_event + 4 * len(piece)
-    assert parser._partial == [] and parser._dropping_line
+    assert not parser._partial and parser._dropping_line
     assert parser.feed(b"\n\ndata: next\n\n") == [SSEEvent("", oversized=True), SSEEvent("next")]
     assert parser.feed(b"data: after\n\n") == [SSEEvent("after")]

@@ -14,9 +14,10 @@ import pytest
 from proxy.app import running_proxy
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, StreamEndedEarly, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from proxy.failures import Failure, classify_error
+from proxy.failures import Failure, classify_error, verdict_of
 from proxy.jsonrpc import Message, parse_message
-from proxy.transport import AnswerTo, HttpUpstream
+from proxy.policies.fallback import _storable
+from proxy.transport import MAX_PARSED_CONTAINERS, PROBE_MAX_RESPONSE_BYTES, AnswerTo, HttpUpstream
 from tests.conftest import proxy_config
 from tests.fakes import make_call
 from tests.fault_upstream import FaultUpstream
@@ -286,3 +287,54 @@ async def test_a_large_request_to_an_upstream_that_never_reads_ends_by_its_timeo
         with pytest.raises(UpstreamTimeout):
             await transport.exchange("POST", {}, body, 0.2, None, answer_to=AnswerTo(frozenset((1,))))
         assert accepted.is_set() and transport.pool.size == 0
+
+
+# -- issue 10, second review: what is parsed, and how much a probe reads --------------------------------------
+
+
+def with_containers(count: int) -> bytes:
+    """A JSON-RPC answer to id 1 holding exactly `count` objects and arrays (`count` >= 4)."""
+    return b'{"jsonrpc":"2.0","id":1,"result":{"tools":[],"x":[' + b"{}," * (count - 5) + b"{}]}}"
+
+
+async def test_an_answer_with_more_containers_than_the_bound_is_delivered_opaque_and_never_cached() -> None:
+    """Parsing 60 MB of ``{},{},...`` takes gigabytes and seconds; above MAX_PARSED_CONTAINERS the answer is
+    passed on as the bytes it is, judged by its HTTP status alone, and nothing can store it."""
+    at, over = with_containers(MAX_PARSED_CONTAINERS), with_containers(MAX_PARSED_CONTAINERS + 1)
+    assert at.count(b"{") + at.count(b"[") == MAX_PARSED_CONTAINERS
+    async with RawServer(serving(json_answer(at), json_answer(over))) as server, upstream_for(server) as transport:
+        parsed = await transport.send(make_call(LIST))
+        assert isinstance(parsed.message, dict) and parsed.message["id"] == 1
+        opaque = await transport.send(make_call(LIST))
+        assert (opaque.status, opaque.body, opaque.message, opaque.stream) == (200, over, None, None)
+        assert verdict_of(opaque, had_session=False).ok
+        assert _storable(opaque, verdict_of(opaque, had_session=False)) is None
+        assert server.connections == 1
+
+
+async def test_a_buffered_sse_read_with_an_event_over_the_container_bound_is_handed_on_unparsed() -> None:
+    event = b"data: " + with_containers(MAX_PARSED_CONTAINERS + 1) + b"\n\n"
+    stream = SSE_HEAD + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event)
+    async with RawServer(serving(stream)) as server, upstream_for(server) as transport:
+        reply = await transport.send(make_call(LIST))
+        assert reply.stream is not None and reply.message is None
+        received = b"".join([chunk async for chunk in reply.stream])
+        assert received == event
+
+
+@pytest.mark.parametrize("form", ["json", "sse", "chunked"])
+async def test_a_probe_reads_at_most_its_own_small_bound(form: str) -> None:
+    """A probe parses what it reads with no client waiting and no timeout able to interrupt the parse:
+    a ping, server/discover or initialize answer is small, and one over PROBE_MAX_RESPONSE_BYTES fails."""
+    body = b'{"jsonrpc":"2.0","id":1,"result":{"pad":"' + b"x" * PROBE_MAX_RESPONSE_BYTES + b'"}}'
+    if form == "json":
+        answer = json_answer(body)
+    else:
+        data = b"data: " + body + b"\n\n" if form == "sse" else body
+        head = SSE_HEAD if form == "sse" else SSE_HEAD.replace(b"text/event-stream", b"application/json")
+        answer = head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+    async with RawServer(serving(answer, answer)) as server, upstream_for(server) as transport:
+        with pytest.raises(UpstreamProtocolError, match="health probe's answer.* exceeds"):
+            await transport.request({"Content-Type": "application/json"}, LIST, 1, timeout=5.0)
+        reply = await transport.send(make_call(LIST))  # a client's call may have as much as limits allow
+        assert reply.status == 200 and len(reply.body) > PROBE_MAX_RESPONSE_BYTES
