@@ -25,12 +25,13 @@ class ToolAnnotations:
         self.catalog = catalog if catalog is not None else ToolCatalog()
         self.trusted = trusted
 
-    def learn(self, message: Any) -> int:
-        """Record the tools of a `tools/list` response message (trusted or not); return how many were read."""
-        return self.catalog.learn(message)
+    def learn(self, message: Any, cursor: object = None) -> int:
+        """Record the tools of a `tools/list` response message (trusted or not) to a request with `cursor`
+        (its `params.cursor`, None when it had none: see `ToolCatalog.learn`); return how many were read."""
+        return self.catalog.learn(message, cursor)
 
     def safe_to_retry(self, tool: str) -> bool:
-        """True when the upstream is trusted and its last listing declared this tool read-only or idempotent."""
+        """True when the upstream is trusted and its latest listing of this tool declared it read-only or idempotent."""
         if not self.trusted:
             return False
         hints = self.catalog.hints(tool)

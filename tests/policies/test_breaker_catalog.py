@@ -16,7 +16,7 @@ from proxy.app import running_proxy
 from proxy.errors import CircuitOpen, UpstreamTimeout
 from proxy.policies.base import Call
 from proxy.policies.breaker import MAX_TOOL_BREAKERS, MAX_UNLISTED_BREAKERS, Breaker, BreakerStage
-from proxy.tool_catalog import ToolCatalog
+from proxy.tool_catalog import MAX_TOOLS, ToolCatalog
 from tests.conftest import proxy_config
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, reply_result, tool_call, upstream_config
 from tests.fault_upstream import FaultUpstream
@@ -124,12 +124,17 @@ async def test_a_newcomer_costs_no_scan_of_the_open_breakers(monkeypatch: pytest
     assert reads <= 10 * 4
 
 
-async def test_a_tool_that_leaves_the_listing_becomes_an_invented_name_and_back() -> None:
+async def test_a_tool_evicted_from_the_catalog_becomes_an_invented_name_and_back() -> None:
+    """A tool leaves the catalog only when `MAX_TOOLS` others were listed since (listings add, never remove)."""
     catalog = ToolCatalog()
     catalog.learn(listing("search", "old"))
     stage = BreakerStage("up", FakeClock(), catalog=catalog)
     await fail(stage, "old", 3)
-    catalog.learn(listing("search"))  # "old" is gone: its open breaker moves among the invented names
+    catalog.learn(listing("search"))
+    assert catalog.has("old")  # a listing without it demotes nothing
+    # MAX_TOOLS other tools listed since: "old" is evicted, its open breaker moves among the invented names
+    catalog.learn(listing(*(f"t{n}" for n in range(MAX_TOOLS))))
+    assert not catalog.has("old")
     for n in range(MAX_UNLISTED_BREAKERS):
         await stage(call(f"junk-{n:04d}"), FakeUpstream(reply_ok()))
     assert states(stage)["up/old"] == "open"  # open: never evicted
@@ -139,6 +144,22 @@ async def test_a_tool_that_leaves_the_listing_becomes_an_invented_name_and_back(
     assert states(stage)["up/old"] == "open"
     with pytest.raises(CircuitOpen, match="tool old of upstream up is open"):
         await stage(call("old"), FakeUpstream(reply_ok()))
+
+
+async def test_a_last_page_asked_for_alone_keeps_the_first_pages_breakers_listed() -> None:
+    """The review's scenario at the breakers: after a real two-page walk, page 2 asked for alone must not
+    demote page 1's tools, whose closed breakers junk names would then evict."""
+    catalog = ToolCatalog()
+    catalog.learn(listing("search", cursor="p2"))
+    catalog.learn(listing("other"), cursor="p2")
+    stage = BreakerStage("up", FakeClock(), catalog=catalog)
+    await fail(stage, "search", 1)  # closed, one failure counted
+    catalog.learn(listing("other"), cursor="p2")  # hostile: the last page alone
+    for n in range(MAX_UNLISTED_BREAKERS + 1):
+        await stage(call(f"junk-{n:04d}"), FakeUpstream(reply_ok()))
+    assert "up/search" in states(stage)  # still listed: junk never took its slot
+    await fail(stage, "search", 2)
+    assert states(stage)["up/search"] == "open"  # its count survived: 1 + 2 failures reached the threshold
 
 
 async def test_retain_drops_breakers_of_configs_no_rule_uses() -> None:
