@@ -79,6 +79,13 @@ NOT_CREDENTIALS: Final = frozenset(
         "x-correlation-id",
         "x-amzn-trace-id",
         "x-cloud-trace-context",
+        "baggage",
+        "sentry-trace",
+        "uber-trace-id",
+        "x-ot-span-context",
+        "grpc-trace-bin",
+        "elastic-apm-traceparent",
+        "newrelic",
     }
 )
 """Forwarded headers that do not count in the credential scope (lower case; plus `NOT_CREDENTIAL_PREFIXES`).
@@ -92,19 +99,23 @@ the next (so counting it would only make every call a miss):
 - ``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``: repeat the body, whose parsed form is the key.
 - ``Last-Event-ID``: names a position in one stream, not a caller.
 - ``traceparent``, ``tracestate`` and the other tracing headers (``b3``, ``x-b3-*``, ``X-Request-Id``,
-  ``X-Correlation-Id``, ``X-Amzn-Trace-Id``, ``X-Cloud-Trace-Context``): new for every trace or
-  request, often added by a front proxy; counting them would make every call its own scope.
+  ``X-Correlation-Id``, ``X-Amzn-Trace-Id``, ``X-Cloud-Trace-Context``, Sentry's ``sentry-trace``,
+  Datadog's ``x-datadog-*``, Jaeger's ``uber-trace-id``/``uberctx-*``, ``x-ot-span-context``,
+  ``grpc-trace-bin``, Elastic's and New Relic's): new for every trace or request, added by a front
+  proxy or by an APM SDK in the client (Sentry's and Datadog's do by default); counting them would
+  make every call its own scope.
+- ``baggage``: W3C baggage is free-form and could name the user, but the SDKs that set it (Sentry)
+  put the trace's id in it, so it changes with every trace; no upstream authorizes by it.
 
 What stays in on purpose: ``Authorization``, ``Cookie``, ``X-Api-Key`` and any other header the proxy
 does not know (an upstream may read identity from it); the configured `client_identity.header`;
-``Mcp-Session-Id`` (a legacy session is one client's); ``baggage`` (W3C baggage is free-form and may
-name the user); ``User-Agent`` and ``Accept-Language`` (stable per client, so they cost no hits, and
+``Mcp-Session-Id`` (a legacy session is one client's); ``User-Agent`` and ``Accept-Language`` (stable per client, so they cost no hits, and
 an upstream may answer by them); ``Forwarded``/``X-Forwarded-*``/``X-Real-IP`` (an upstream may
 authorize by the client's address; they are as the proxy forwards them, whether the client's own
 or set by the proxy for its peer, and stable per client).
 """
 
-NOT_CREDENTIAL_PREFIXES: Final = ("mcp-param-", "x-b3-")
+NOT_CREDENTIAL_PREFIXES: Final = ("mcp-param-", "x-b3-", "x-datadog-", "uberctx-")
 """Header name prefixes (lower case) that do not count in the credential scope (see `NOT_CREDENTIALS`)."""
 
 CREDENTIAL_HEADERS: Final = ("authorization", "x-api-key", "api-key", "x-auth-token", "x-access-token", "cookie")

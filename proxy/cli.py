@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from proxy import __version__
+from proxy.redact import redact_text
 from proxy.config import ADDRESS_CLASH, ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
 from proxy.logs import configure_logging
 
@@ -155,7 +156,7 @@ def _config_error(header: str, error: ConfigError) -> int:
     """Say what is wrong, one indented line per error with its path; the exit code for a bad config."""
     _err(header)
     for line in error.errors:
-        _err(f"  {line}")
+        _err(f"  {redact_text(line)}")  # an error may quote a value: a URL's ?token=, a password
     return EXIT_CONFIG
 
 

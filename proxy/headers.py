@@ -103,8 +103,10 @@ def forwarded(headers: CIMultiDict[str], peer: str | None, mode: str, proto: str
     """Set the forwarding headers of `headers` (already filtered for the upstream) in place.
 
     - ``append``: ``X-Forwarded-For`` gets the TCP `peer` appended to what the client sent (every line
-      of it, joined with ``", "``), ``X-Forwarded-Proto`` becomes `proto` (the scheme of the hop the
-      proxy saw), and ``Forwarded`` gets ``for=PEER;proto=PROTO`` appended;
+      of it, joined with ``", "``), ``Forwarded`` gets ``for=PEER;proto=PROTO`` appended, and
+      ``X-Forwarded-Proto`` is `proto` (the scheme of the hop the proxy saw) unless the client sent one:
+      it names the scheme of the first hop (a TLS ingress in front says ``https``), and replacing it
+      would tell the server a request that came over TLS did not;
     - ``overwrite``: all three say only what the proxy saw;
     - ``pass``: unchanged, for a trusted edge in front that sets them itself.
 
@@ -116,10 +118,11 @@ def forwarded(headers: CIMultiDict[str], peer: str | None, mode: str, proto: str
     element = f"for={_forwarded_node(address)};proto={proto}"
     sent_for = _values(headers, "X-Forwarded-For") if mode == "append" else []
     sent_forwarded = _values(headers, "Forwarded") if mode == "append" else []
+    sent_proto = _values(headers, "X-Forwarded-Proto")[:1] if mode == "append" else []
     for name in _FORWARDING:
         headers.popall(name, None)
     headers["X-Forwarded-For"] = ", ".join([*sent_for, address])
-    headers["X-Forwarded-Proto"] = proto
+    headers["X-Forwarded-Proto"] = sent_proto[0] if sent_proto else proto
     headers["Forwarded"] = ", ".join([*sent_forwarded, element])
 
 

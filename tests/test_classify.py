@@ -67,7 +67,7 @@ def test_identity_scope_and_session_come_from_what_is_forwarded() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["Authorization", "Cookie", "X-Api-Key", "X-Client-Id", "Mcp-Session-Id", "X-Tenant", "baggage", "User-Agent",
+    ["Authorization", "Cookie", "X-Api-Key", "X-Client-Id", "Mcp-Session-Id", "X-Tenant", "User-Agent",
      "Accept-Language", "X-Forwarded-For", "Forwarded"],
 )
 def test_every_forwarded_header_counts_in_the_scope_unless_it_is_known_not_to_identify(header: str) -> None:
@@ -79,7 +79,8 @@ def test_every_forwarded_header_counts_in_the_scope_unless_it_is_known_not_to_id
     "header",
     ["Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Param-Region", "Last-Event-ID",
      "traceparent", "tracestate", "b3", "X-B3-TraceId", "X-Request-Id", "X-Correlation-Id", "X-Amzn-Trace-Id",
-     "X-Cloud-Trace-Context"],
+     "X-Cloud-Trace-Context", "baggage", "sentry-trace", "x-datadog-trace-id", "x-datadog-parent-id", "uber-trace-id",
+     "uberctx-user", "x-ot-span-context", "grpc-trace-bin", "newrelic", "elastic-apm-traceparent"],
 )
 def test_per_request_headers_without_identity_do_not_count(header: str) -> None:
     assert credential_scope({header: "a", "Authorization": "x"}) == credential_scope({header: "b", "Authorization": "x"})

@@ -263,3 +263,11 @@ def test_serve_raises_the_soft_open_files_limit_to_the_hard_one() -> None:
     )
     soft = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert soft > 1024 and (hard == resource.RLIM_INFINITY or soft == hard)
+
+
+def test_validate_never_prints_a_token_it_quotes(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text('upstreams:\n  - name: a\n    url: "ftp://127.0.0.1:1/mcp?token=SECRETTOKQ&api_key=APIKEYQ"\n')
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1 and "upstreams[0].url" in result.stderr
+    assert "SECRETTOKQ" not in result.stderr + result.stdout and "APIKEYQ" not in result.stderr + result.stdout

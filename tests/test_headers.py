@@ -157,11 +157,11 @@ def forwarding_of(items: list[tuple[str, str]], peer: str | None, mode: str) -> 
     [
         ("append", "127.0.0.1", [
             ("Authorization", "Bearer t"), ("X-Forwarded-For", "6.6.6.6, 7.7.7.7, 8.8.8.8, 127.0.0.1"),
-            ("X-Forwarded-Proto", "http"), ("Forwarded", "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http"),
+            ("X-Forwarded-Proto", "https"), ("Forwarded", "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http"),
         ]),
         ("append", "::1", [
             ("Authorization", "Bearer t"), ("X-Forwarded-For", "6.6.6.6, 7.7.7.7, 8.8.8.8, ::1"),
-            ("X-Forwarded-Proto", "http"), ("Forwarded", 'for=6.6.6.6;proto=https, for="[::1]";proto=http'),
+            ("X-Forwarded-Proto", "https"), ("Forwarded", 'for=6.6.6.6;proto=https, for="[::1]";proto=http'),
         ]),
         ("overwrite", "2001:db8::7", [
             ("Authorization", "Bearer t"), ("X-Forwarded-For", "2001:db8::7"), ("X-Forwarded-Proto", "http"),
@@ -206,7 +206,11 @@ def test_forwarding_headers_whatever_the_client_sent(items: list[tuple[str, str]
     address = peer or "unknown"
     node = f'"[{address}]"' if ":" in address else address
     assert [len(headers.getall(name)) for name in ("X-Forwarded-For", "X-Forwarded-Proto", "Forwarded")] == [1, 1, 1]
-    assert headers["X-Forwarded-For"].endswith(address) and headers["X-Forwarded-Proto"] == "http"
+    assert headers["X-Forwarded-For"].endswith(address)
+    sent_proto = [value.strip() for name, value in items if name.lower() == "x-forwarded-proto" and value.strip()]
+    # append keeps the first hop's scheme (a TLS ingress says https), else says its own
+    expected_proto = sent_proto[0] if mode == "append" and sent_proto else "http"
+    assert headers["X-Forwarded-Proto"] == expected_proto
     assert headers["Forwarded"].endswith(f"for={node};proto=http")
     if mode == "overwrite":
         assert (headers["X-Forwarded-For"], headers["Forwarded"]) == (address, f"for={node};proto=http")

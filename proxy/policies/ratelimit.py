@@ -113,6 +113,19 @@ class RateLimitStage:
             f"rate limit exceeded for {call.method}; retry in {delay:.3f}s", upstream=call.upstream, retry_after=delay
         )
 
+    async def spend(self, call: Call) -> bool:
+        """Take a token for `call` if one is free now; never wait, never refuse. For messages a refusal would
+        make things worse for (a client's answer to the server's own request, a cancellation, a DELETE):
+        they still count against the client's budget, so its next call pays for them. True if one was taken."""
+        cfg = call.policy.rate_limit
+        if cfg is None:
+            return True
+        limiter = self._limiter(cfg, call)
+        if _delay(limiter) > 0:
+            return False
+        await limiter.acquire()  # a token is free: returns without suspending
+        return True
+
     def retry_after(self, call: Call) -> float:
         """Seconds until `call` would get a token (0: now, or no limit applies). Takes none."""
         cfg = call.policy.rate_limit
