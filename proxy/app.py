@@ -162,6 +162,7 @@ class ProxyServer:
             self._limits = ListenerLimits(
                 header_timeout=limits.header_timeout,
                 idle_timeout=limits.idle_timeout,
+                send_timeout=limits.send_timeout,
                 max_connections=limits.connection_cap(pools),
                 max_head_bytes=limits.max_request_head_bytes,
                 max_headers=limits.max_request_headers,

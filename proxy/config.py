@@ -163,6 +163,16 @@ class LimitsConfig(ConfigModel):
         description="A kept-alive client connection with no request in progress is closed after this long without "
         "a new one (nginx's keepalive_timeout). A request or stream in progress is never idle.",
     )
+    send_timeout: Duration = Field(
+        60.0,
+        gt=0,
+        description="A client that takes none of the bytes the proxy has waiting for it (an answer, an SSE or legacy "
+        "GET stream, an answer's tail as the connection closes) for a whole send_timeout is cut (within twice that): "
+        "the connection is aborted, counted (mcp_proxy_rejected_requests_total{reason=\"send_timeout\"}), and a "
+        "stream's upstream connection released (nginx's send_timeout). Any byte taken restarts the clock: a slow "
+        "reader that keeps reading is never cut. Bytes the kernel accepts count as taken (it holds at most 128 KiB "
+        "unsent per connection, TCP_NOTSENT_LOWAT).",
+    )
     max_connections: int | None = Field(
         None,
         ge=1,

@@ -20,6 +20,19 @@ trickle in for all that time), as nginx and Envoy do, with the values of `Listen
 - **idle timeout**: a kept-alive connection with nothing in progress closes after `idle_timeout`
   (aiohttp's own keep-alive timer, given this value). A request in progress, its body, a streamed answer
   or a legacy GET stream are never idle: no limit here cuts them.
+- **send timeout**: when the proxy has bytes waiting to go to the client and the client takes none of
+  them for a whole `send_timeout`, the connection is aborted (nginx's ``send_timeout``), counted
+  (``send_timeout``) and logged (at most one line per `SEND_TIMEOUT_LOG_EVERY`). Without it a client
+  that asks and never reads holds its connection, its place under the cap and any upstream stream it
+  opened for good: no other clock runs while an answer is being written (aiohttp's writes wait in
+  `drain` while the transport's buffer is over its high-water mark, and its close waits for the buffer
+  to empty). The clock starts when aiohttp pauses writing, when an answer is finished with bytes
+  unsent, and when the connection closes with bytes unsent; any progress (aiohttp resumed writing, or
+  the buffer shrank) restarts it, so a slow reader is never cut, and a non-reader is cut between one
+  and two `send_timeout` after the last byte it took. The abort ends the handler
+  (``handler_cancellation``), which closes an SSE answer's or a legacy GET stream's upstream connection.
+  Bytes the kernel accepted count as taken, so the kernel is allowed only `SEND_LOWAT` unsent bytes per
+  connection (``TCP_NOTSENT_LOWAT``): else it would absorb megabytes from the proxy before the clock starts.
 - **head size**: bytes of an unfinished head past `max_head_bytes` get ``431`` with a JSON-RPC error
   at once, before aiohttp buffers more of it (a whole head that arrived in one read is measured exactly
   by the handler, which answers the same 431). aiohttp's parser is given a header count a little above
@@ -31,14 +44,18 @@ the handler like any other.
 
 aiohttp has no public hooks for any of this: `JsonRpcServer` overrides `web.Server.__call__`, and
 `_Connection` overrides `RequestHandler.connection_made`, `connection_lost`, `data_received`,
-`_handle_request` (called once per parsed request) and `handle_error`, and reads `_waiter` (set while
-waiting for a request), `_request_count` (requests parsed) and `_force_close`.
+`_handle_request` (called once per parsed request), `handle_error`, `force_close` (every close of
+aiohttp's: it drops `transport` before the buffer is flushed) and `BaseProtocol.pause_writing` and
+`resume_writing` (its writes wait in `drain` while paused), and reads `_waiter` (set while waiting for a
+request), `_request_count` (requests parsed) and `_force_close`.
 `tests/test_forwarding.py` and `tests/test_listener_limits.py` pin the behaviour against upgrades.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -52,7 +69,10 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error_body
 
-__all__ = ["HEADER_COUNT_SLACK", "LINGER", "MAX_LINE_BYTES", "JsonRpcServer", "ListenerLimits", "raw_error"]
+__all__ = [
+    "HEADER_COUNT_SLACK", "LINGER", "MAX_LINE_BYTES", "SEND_LOWAT", "SEND_TIMEOUT_LOG_EVERY", "JsonRpcServer",
+    "ListenerLimits", "raw_error",
+]  # fmt: skip
 
 log = structlog.get_logger("proxy")
 
@@ -65,6 +85,15 @@ LINGER: Final = 2.0
 """After a 408 or 431 sent mid-head, how long the proxy goes on reading (and discarding) what the client
 still sends before it closes: closing with unread bytes resets the connection, which can destroy the
 answer before the client reads it. Bounded: the connection closes after this however the client behaves."""
+SEND_LOWAT: Final = 128 * 1024
+"""Unsent bytes the kernel holds for one client connection (``TCP_NOTSENT_LOWAT``, where the platform has
+it; bytes in flight are not counted, so a fast reader's throughput is unchanged). Without it the kernel
+takes up to ``net.ipv4.tcp_wmem``'s maximum (4 MiB by default) from the proxy before a non-reader's
+write waits: pipelined small answers fill that for a minute or more, and the send timeout only starts
+once the proxy's own buffer is full."""
+SEND_TIMEOUT_LOG_EVERY: Final = 60.0
+"""Seconds between two ``send_timeout`` log lines: many non-reading clients cut at once are one line (with
+how many since the last one), not one each; the metric counts every one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +102,7 @@ class ListenerLimits:
 
     header_timeout: float
     idle_timeout: float
+    send_timeout: float
     max_connections: int
     max_head_bytes: int
     max_headers: int
@@ -97,6 +127,16 @@ def _headers_too_large(exc: BaseException | None) -> bool:
     return isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and exc.message == _TOO_MANY_HEADERS)
 
 
+def _limit_unsent(transport: asyncio.BaseTransport) -> None:
+    """Cap the kernel's unsent bytes for this connection at `SEND_LOWAT` (TCP only, where supported)."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):  # closed already: nothing to tune
+        sock.setsockopt(socket.IPPROTO_TCP, option, SEND_LOWAT)
+
+
 class _Connection(RequestHandler):
     """One client connection of the MCP listener (see the module docstring)."""
 
@@ -111,6 +151,10 @@ class _Connection(RequestHandler):
         self._head_started = False  # any byte of the next head has come
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._out: asyncio.Transport | None = None  # aiohttp forgets `transport` at close, before it is flushed
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._backlog = 0  # the transport's unsent bytes at the send clock's last look
+        self._took = False  # the client took bytes since that look (aiohttp resumed writing)
 
     # --- the connection cap ----------------------------------------------------------------------
 
@@ -121,6 +165,8 @@ class _Connection(RequestHandler):
             return
         self._accepted = True
         super().connection_made(transport)
+        self._out = self.transport
+        _limit_unsent(transport)
         self._arm(self._limits.header_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -128,7 +174,60 @@ class _Connection(RequestHandler):
             self._accepted = False
             self._server.release()
         self._disarm()
+        self._out = None
+        self._stop_send_clock()
         super().connection_lost(exc)
+
+    # --- the send timeout -------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # over the high-water mark: aiohttp's writes now wait in drain
+        self._watch_send()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._took = True  # the buffer drained to its low-water mark: the client is reading
+
+    def force_close(self) -> None:
+        super().force_close()  # asyncio's close() waits for the unsent bytes to go, however long that takes
+        self._watch_send()
+
+    def _watch_send(self) -> None:
+        """Start the send clock, unless it runs or every byte written to the transport is sent."""
+        transport = self._out
+        if self._send_timer is not None or transport is None:
+            return
+        backlog = transport.get_write_buffer_size()
+        if backlog:
+            self._backlog = backlog
+            self._took = False
+            self._send_timer = self._loop.call_later(self._limits.send_timeout, self._send_deadline)
+
+    def _stop_send_clock(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_deadline(self) -> None:
+        """A whole `send_timeout` with bytes waiting: abort, unless the client took some meanwhile.
+
+        The client took some if aiohttp heard ``resume_writing`` or the buffer is smaller than at the last
+        look. A larger one means the proxy wrote more meanwhile (SSE events below aiohttp's 64 KiB drain
+        threshold, the next pipelined answer), which hides whether the client read: look again. That
+        cannot go on: each write path waits in `drain` once the buffer is over its high-water mark, so
+        the buffer stops growing, and the next look with nothing taken aborts."""
+        self._send_timer = None
+        transport = self._out
+        if transport is None:
+            return
+        backlog = transport.get_write_buffer_size()
+        if not backlog:
+            return  # all sent: the next pause or close looks again
+        if self._took or backlog != self._backlog:
+            self._watch_send()
+            return
+        self._server.send_timed_out(self._limits.send_timeout, backlog)
+        transport.abort()  # the unsent bytes are dropped; connection_lost ends the handler
 
     # --- the header timeout and the head size ----------------------------------------------------
 
@@ -189,6 +288,7 @@ class _Connection(RequestHandler):
             self._payload = request.content
             self._head_bytes = 0
             self._head_started = False
+            self._watch_send()  # its tail may wait below the high-water mark, unread, as the connection closes
 
     def _header_deadline(self) -> None:
         self._header_timer = None
@@ -215,6 +315,7 @@ class _Connection(RequestHandler):
         transport.write(raw_error(status, message, reason))
         if transport.can_write_eof():
             transport.write_eof()
+        self._watch_send()
         self._loop.call_later(LINGER, self.force_close)
 
     # --- aiohttp's own errors --------------------------------------------------------------------
@@ -257,7 +358,7 @@ class JsonRpcServer(web.Server):
 
     `limits` is asked for the limits in force at each new connection (a reload changes them for the
     connections that follow); `reject` counts a refusal by reason (``connection_limit``,
-    ``header_timeout``, ``headers_too_large``).
+    ``header_timeout``, ``headers_too_large``, ``missing_host``, ``send_timeout``).
     """
 
     def __init__(
@@ -274,6 +375,8 @@ class JsonRpcServer(web.Server):
         """Client connections accepted and not yet closed."""
         self._cap = 0
         self._refusing = False
+        self._send_timeouts = 0  # since the last send_timeout log line
+        self._send_logged_at: float | None = None
 
     def admit(self) -> bool:
         """Count a new connection in, or refuse it (counted, and logged once each time the cap is reached)."""
@@ -288,6 +391,21 @@ class JsonRpcServer(web.Server):
             return False
         self.open += 1
         return True
+
+    def send_timed_out(self, send_timeout: float, unsent: int) -> None:
+        """Count a connection cut for taking nothing for `send_timeout`; log at most every `SEND_TIMEOUT_LOG_EVERY`."""
+        self.reject("send_timeout")
+        self._send_timeouts += 1
+        now = self._loop.time()
+        if self._send_logged_at is not None and now - self._send_logged_at < SEND_TIMEOUT_LOG_EVERY:
+            return
+        log.warning(
+            "send_timeout", send_timeout=send_timeout, unsent_bytes=unsent, connections=self._send_timeouts,
+            note="client connections that took none of their answer for limits.send_timeout were aborted "
+            f"(this one and any since the last such line; at most one line per {SEND_TIMEOUT_LOG_EVERY:g}s)",
+        )  # fmt: skip
+        self._send_logged_at = now
+        self._send_timeouts = 0
 
     def release(self) -> None:
         self.open -= 1

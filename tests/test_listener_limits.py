@@ -1,7 +1,7 @@
 """The MCP listener's limits on what a client connection may hold, over raw sockets (HTTP clients hide them).
 
-Header timeout, idle keep-alive timeout, the connection cap, the request-head size and header count,
-and a refused request without Host. Timeouts are injected short; nothing asserts on wall time: each
+Header timeout, idle keep-alive timeout, send timeout (a client that never reads its answers), the
+connection cap, the request-head size and header count, and a refused request without Host. Timeouts are injected short; nothing asserts on wall time: each
 test waits for the proxy to close the connection (EOF), bounded only by a generous overall timeout.
 """
 
@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
+from unittest import mock
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_writer import StreamWriter
+from aiohttp.web_protocol import RequestHandler
 
 from proxy.app import ProxyServer, running_proxy
 from proxy.config import FD_RESERVE, MAX_DEFAULT_CONNECTIONS, MIN_CONNECTIONS, default_connection_cap
+from proxy.server_errors import SEND_LOWAT, JsonRpcServer, ListenerLimits
 from tests.conftest import proxy_config
 from tests.fault_upstream import FaultUpstream
 
@@ -61,7 +68,7 @@ async def until_closed(reader: asyncio.StreamReader) -> bytes:
 
 
 def rejected(proxy: ProxyServer, reason: str) -> float:
-    sample = proxy.metrics.rejected.labels(reason=reason)._value.get()  # type: ignore[attr-defined]
+    sample = proxy.metrics.rejected.labels(reason=reason)._value.get()
     return float(sample)
 
 
@@ -284,3 +291,289 @@ async def test_a_reload_changes_the_limits_for_the_connections_that_follow(upstr
             async with connection(proxy) as (second, _):
                 assert await until_closed(second) == b""  # accepted now, and closed by the new header timeout
             assert (rejected(proxy, "connection_limit"), rejected(proxy, "header_timeout")) == (1, 1)
+
+
+# --- send timeout --------------------------------------------------------------------------------
+
+BIG = 4 * 1024 * 1024
+"""An answer far over aiohttp's 64 KiB write high-water mark and what the kernel buffers for a small window."""
+HUGE = 12 * 1024 * 1024
+"""An answer whose unsent part outlasts several send timeouts at the slow reader's pace, even where the kernel
+takes a few MiB of it at once (without TCP_NOTSENT_LOWAT, up to net.ipv4.tcp_wmem's maximum)."""
+PAD = "x" * 8192
+
+
+class BulkUpstream:
+    """An MCP upstream whose answers are large: `tools/call big` answers `BIG` bytes of JSON, `tools/call
+    stream` and a GET answer an endless SSE stream (8 KiB events) that ends only when the proxy goes away."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.streams = 0
+        """Endless streams started."""
+        self.gone = asyncio.Event()
+        """Set when an endless stream's reader (the proxy) went away."""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/mcp", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/mcp"  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            return await self._endless(request)
+        body = await request.json()
+        if body.get("params", {}).get("name") == "stream":
+            return await self._endless(request)
+        text = "y" * (HUGE if body.get("params", {}).get("name") == "huge" else BIG)
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {"content": [{"type": "text", "text": text}]}})
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        self.streams += 1
+        event = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": PAD}}
+        line = f"event: message\ndata: {json.dumps(event)}\n\n".encode()
+        try:
+            while True:
+                await response.write(line)
+        except (asyncio.CancelledError, ConnectionError):
+            self.gone.set()
+            raise
+
+
+@pytest.fixture
+async def bulk() -> AsyncIterator[BulkUpstream]:
+    server = BulkUpstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def call_tool(name: str) -> bytes:
+    return b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"' + name.encode() + b'","arguments":{}}}'
+
+
+@asynccontextmanager
+async def small_window(proxy: ProxyServer, size: int = 4096) -> AsyncIterator[socket.socket]:
+    """A raw client socket with a small receive buffer (no autotuning): what it does not read stays in the proxy."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.listen_address[1]))
+        yield sock
+    finally:
+        sock.close()
+
+
+async def receive_all(sock: socket.socket, pause: float = 0.0, step: int = 65536) -> bytes:
+    """Everything until the proxy closes (or resets) the connection: up to `step` bytes a read, `pause`
+    seconds between reads."""
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    async with asyncio.timeout(WAIT * 3):
+        while True:
+            try:
+                chunk = await loop.sock_recv(sock, step)
+            except ConnectionResetError:
+                return bytes(received)
+            if not chunk:
+                return bytes(received)
+            received += chunk
+            if pause:
+                await asyncio.sleep(pause)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for `condition` (checked as the proxy works), bounded only by `WAIT`."""
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def listener(proxy: ProxyServer) -> Any:
+    return proxy._proxy_runner.server  # type: ignore[union-attr]
+
+
+async def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send what the proxy will take; a proxy that hangs up halfway ends it."""
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+    except (ConnectionError, OSError):
+        pass
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["one big answer", "30,000 pipelined small answers"])
+async def test_a_client_that_never_reads_is_cut_after_the_send_timeout(bulk: BulkUpstream, pipelined: bool) -> None:
+    """Today its connection (and its place under max_connections) stays for good: the header clock does
+    not run while an answer is unfinished, aiohttp's keep-alive timer does not run during a write, and a
+    write has no timeout of its own."""
+    config = proxy_config(bulk.url, limits={"send_timeout": "500ms", "header_timeout": "1h", "idle_timeout": "1h"})
+    data = request(b'{"jsonrpc":"2.0","id":1,"method":"ping"}') * 30_000 if pipelined else request(call_tool("big"))
+    async with running_proxy(config) as proxy, small_window(proxy) as sock:
+        sender = asyncio.create_task(send_quietly(sock, data))
+        try:
+            await until(lambda: rejected(proxy, "send_timeout") == 1)
+            await until(lambda: listener(proxy).open == 0)  # its place under the cap is free again
+        finally:
+            sender.cancel()
+        received = await receive_all(sock)
+        if pipelined:  # cut before the last of its answers
+            assert received.count(b"HTTP/1.1 200 OK") < 30_000
+        else:
+            assert len(received) < BIG
+        async with connection(proxy) as (reader, writer):  # the listener serves others as before
+            writer.write(request())
+            assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+
+
+async def test_a_slow_reader_that_keeps_reading_gets_the_whole_answer(bulk: BulkUpstream) -> None:
+    """It takes 16 KiB at a time, with pauses far shorter than the send timeout, for several times that
+    timeout in all: its progress restarts the clock although the write buffer stays over its high-water
+    mark (aiohttp resumes writing only at the end). Its window is 64 KiB: below one segment, Linux's
+    loopback stalls in the persist timer, and the client then does take nothing for a while."""
+    config = proxy_config(bulk.url, limits={"send_timeout": "500ms"})
+    closing = request(call_tool("huge")).replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1)
+    async with running_proxy(config) as proxy, small_window(proxy, 64 * 1024) as sock:
+        await asyncio.get_running_loop().sock_sendall(sock, closing)
+        received = await receive_all(sock, pause=0.005, step=16 * 1024)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert len(json.loads(body)["result"]["content"][0]["text"]) == HUGE
+        assert rejected(proxy, "send_timeout") == 0
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"], ids=["SSE answer", "legacy GET stream"])
+async def test_a_stream_to_a_client_that_never_reads_is_cut_and_its_upstream_connection_released(
+    bulk: BulkUpstream, method: str
+) -> None:
+    config = proxy_config(bulk.url, limits={"send_timeout": "500ms", "header_timeout": "1h", "idle_timeout": "1h"})
+    if method == "POST":
+        data = request(call_tool("stream"), extra=b"Accept: text/event-stream\r\n")
+    else:
+        data = b"GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nMcp-Session-Id: s1\r\n\r\n"
+    async with running_proxy(config) as proxy, small_window(proxy) as sock:
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+        await until(lambda: rejected(proxy, "send_timeout") == 1)
+        await asyncio.wait_for(bulk.gone.wait(), WAIT)  # the upstream saw the proxy go
+        pool = proxy.runtime.current.routes["/mcp"].upstream.pool
+        await until(lambda: pool.size == 0 and listener(proxy).open == 0)
+        assert bulk.streams == 1
+        assert len(await receive_all(sock)) > 0
+
+
+async def test_the_aiohttp_internals_the_send_timeout_relies_on() -> None:
+    """`_Connection` hears the write buffer's high-water mark through `pause_writing`/`resume_writing`
+    (aiohttp's `BaseProtocol`, not overridden by `RequestHandler`), and aiohttp's writes wait in `drain`
+    exactly while the protocol is paused (a write that waits forever is what the timeout ends)."""
+    assert issubclass(RequestHandler, BaseProtocol)
+    assert RequestHandler.pause_writing is BaseProtocol.pause_writing
+    assert RequestHandler.resume_writing is BaseProtocol.resume_writing
+    protocol = BaseProtocol(asyncio.get_running_loop())
+    transport = mock.Mock(spec=asyncio.Transport)
+    transport.is_closing.return_value = False
+    protocol.connection_made(transport)
+    writer = StreamWriter(protocol, asyncio.get_running_loop())
+    protocol.pause_writing()
+    assert protocol.writing_paused
+    write = asyncio.create_task(writer.write(b"z" * 70_000))  # over the writer's 64 KiB: it drains
+    await asyncio.sleep(0)
+    assert not write.done() and transport.write.call_count == 1
+    protocol.resume_writing()
+    await asyncio.wait_for(write, WAIT)
+
+
+class UnsentBytes:
+    """A fake transport whose unsent byte count follows `backlog` (its last value repeats)."""
+
+    def __init__(self, *backlog: int) -> None:
+        self.backlog = list(backlog)
+        self.looks = 0
+        self.aborted = asyncio.Event()
+        self.protocol: Any = None
+
+    def get_write_buffer_size(self) -> int:
+        self.looks += 1
+        return self.backlog.pop(0) if len(self.backlog) > 1 else self.backlog[0]
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass  # asyncio's close waits for the unsent bytes: it never calls connection_lost here
+
+    def abort(self) -> None:
+        self.aborted.set()
+        self.protocol.connection_lost(None)
+
+
+def fake_connection(transport: UnsentBytes) -> tuple[Any, list[str]]:
+    """A `_Connection` of the MCP listener on `transport`, and the refusals it counts."""
+    rejected_reasons: list[str] = []
+    limits = ListenerLimits(header_timeout=3600, idle_timeout=3600, send_timeout=0.01, max_connections=10,
+                            max_head_bytes=60 * 1024, max_headers=100)  # fmt: skip
+    async def answer(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    server = JsonRpcServer(answer, lambda: limits, rejected_reasons.append)
+    protocol = server()
+    transport.protocol = protocol
+    protocol.connection_made(cast(asyncio.Transport, transport))
+    return protocol, rejected_reasons
+
+
+async def test_a_close_that_waits_for_unsent_bytes_is_bounded_by_the_send_timeout() -> None:
+    """An idle or header timeout closes with `transport.close()`, which waits for the unsent bytes (a
+    tail under the high-water mark, never paused) as long as the client does not read them."""
+    transport = UnsentBytes(1000)
+    protocol, reasons = fake_connection(transport)
+    protocol.force_close()
+    await asyncio.wait_for(transport.aborted.wait(), WAIT)
+    assert reasons == ["send_timeout"]
+    assert protocol._server.open == 0
+
+
+async def test_the_send_clock_aborts_only_after_a_whole_timeout_without_progress() -> None:
+    """Looks at the unsent bytes: paused at 100,000; 90,000 (the client took some); 95,000 (the proxy
+    wrote more: unknown); 95,000 again (nothing taken): abort on that fourth look, not before."""
+    transport = UnsentBytes(100_000, 90_000, 95_000, 95_000)
+    protocol, reasons = fake_connection(transport)
+    protocol.pause_writing()
+    await asyncio.wait_for(transport.aborted.wait(), WAIT)
+    assert (transport.looks, reasons) == (4, ["send_timeout"])
+
+
+async def test_resume_writing_counts_as_progress_and_an_emptied_buffer_stops_the_clock() -> None:
+    transport = UnsentBytes(100_000, 100_000, 0)
+    protocol, reasons = fake_connection(transport)
+    protocol.pause_writing()
+    protocol.resume_writing()  # drained to the low-water mark; the next look sees the same size: not stuck
+    while transport.looks < 3:  # the third look finds nothing unsent: the clock stops
+        await asyncio.sleep(0.01)
+    protocol.pause_writing()  # paused again with 0 unsent (a fake): no clock starts
+    assert protocol._send_timer is None and reasons == [] and not transport.aborted.is_set()
+    protocol.connection_lost(None)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="the platform has no TCP_NOTSENT_LOWAT")
+async def test_the_kernel_holds_at_most_send_lowat_unsent_bytes_per_client_connection(upstream: FaultUpstream) -> None:
+    """Else it takes up to 4 MiB from the proxy before a non-reader's writes wait (and its clock starts)."""
+    async with running_proxy(proxy_config(upstream.url)) as proxy, connection(proxy) as (reader, writer):
+        writer.write(request())
+        assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+        [accepted] = list(listener(proxy)._connections)
+        sock = accepted.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == SEND_LOWAT
