@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.annotations import ToolAnnotations
 from proxy.app import running_proxy
@@ -135,6 +137,31 @@ def test_pending_walks_hold_a_bounded_number_of_names_between_them() -> None:
     assert catalog.learn(listing([]), cursor="c0") == 0  # dropped to make room for the newest
     catalog.learn(listing([]), cursor=f"c{walks}")
     assert len(catalog) == MAX_TOOLS
+
+
+NAMES = st.sampled_from(["a", "b", "c", "d"])
+CURSORS = st.sampled_from(["p1", "p2", "p3"])
+
+
+@given(
+    st.lists(
+        st.tuples(st.none() | CURSORS, st.lists(NAMES, max_size=3), st.none() | CURSORS),
+        max_size=30,
+    )
+)
+def test_whatever_pages_and_cursors_come_a_listed_tool_stays_listed(
+    answers: list[tuple[str | None, list[str], str | None]],
+) -> None:
+    """Below `MAX_TOOLS` names, no sequence of answers (asked with any cursor, handing out any cursor)
+    demotes a listed tool; and only names some answer carried are listed."""
+    catalog = ToolCatalog()
+    seen: set[str] = set()
+    for asked, names, handed in answers:
+        before = {name for name in ("a", "b", "c", "d") if catalog.has(name)}
+        catalog.learn(listing([tool(name) for name in names], cursor=handed), cursor=asked)
+        seen.update(names)
+        now = {name for name in ("a", "b", "c", "d") if catalog.has(name)}
+        assert before <= now <= seen
 
 
 def test_the_catalog_is_bounded_least_recently_listed_first_out() -> None:
