@@ -17,8 +17,21 @@ One `Response` at a time owns its connection. Its body is read whole (`read`) or
 (`next_chunk`); the connection goes back to the pool only once the body is complete and the server
 allowed keep-alive. `close()` abandons a response half-read: its connection is closed, never reused.
 
-A pooled connection must never carry one exchange's bytes into the next: HTTP/1.1 has no request ids,
-so whatever arrives after a request is written is taken as its answer. Hence:
+Connection affinity. A connection is opened for one downstream client connection (its `owner`, a number
+the handler gives each client connection) and carries that owner's requests only, for its whole life;
+requests of no owner (None) share connections of no owner. This is what happens without a proxy: each
+client connection has its own connection to the server. It matters because HTTP/1.1 has no request ids:
+whatever arrives after a request is written is taken as its answer, so a broken server's duplicate or late
+answer on a kept-alive connection is read as the answer to the *next* request on it. Shared connections
+would hand that answer to whichever client came next, and no check on the answer can tell: SDK clients all
+number their JSON-RPC requests from 0 or 1, and bodies that are not parseable JSON, SSE streams (passed on
+before their ids are seen) and error answers cannot be checked at all. With affinity a server's stray
+bytes can only reach the client connection whose exchange they garbled, as without the proxy (Envoy's
+`connection_pool_per_downstream_connection`). The pool's limit still holds: an owner without an idle
+connection of its own opens one, closing the least recently used idle connection of another owner when
+the pool is full, so no request waits while connections sit idle (`ConnectionPool`).
+
+A pooled connection must never carry one exchange's bytes into the next, even within one owner. Hence:
 
 - an idle connection that receives anything (a late duplicate, an unsolicited answer) is dead, closed;
 - a connection whose exchange was abandoned (a timeout, a cancellation, a body left half-read) is closed;
@@ -33,7 +46,11 @@ Bounds on what an upstream can make the proxy hold (every one closes the connect
   (an empty header is 4 bytes on the wire, not 0), and `MAX_RESPONSE_HEADERS` header lines: `BadResponse`;
 - `MAX_UNPARSED_BYTES` arriving with no complete head and no body byte in between: httptools keeps a
   header (or trailer) line to itself until its end, so an endless one would grow without this: `BadResponse`;
-- the body: the caller's `limit` (`ResponseTooLarge`); unread body is paused at `_PAUSE_AT` bytes;
+- the body: the caller's `limit` (`ResponseTooLarge`); unread body is paused at `_PAUSE_AT` bytes. It is
+  held as one buffer, not as the pieces it came in, and handed on as one piece per read, whatever the
+  chunking: a body of 2-byte chunks costs its bytes (not ~40 per chunk), and a million chunks are one
+  piece per network read for the caller (its timeout, parse and write to its client), not a million;
+- `MAX_INTERIM_RESPONSES` 1xx heads before the answer, and a final status in 200-599: `BadResponse`;
 - writes: the request is handed to the socket `WRITE_PIECE` bytes at a time, and only while the
   transport's buffer is under its high-water mark (`pause_writing`/`resume_writing`), as slices of the
   caller's bytes, never copies: an upstream that never reads costs at most high-water + one piece of
@@ -373,6 +390,12 @@ class _Connection(asyncio.Protocol):
         self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
+            if self.buffered:
+                # Once per read, not per HTTP chunk (`on_body` may run thousands of times in one read).
+                if self.buffered > _PAUSE_AT and not self._paused and self._transport is not None:
+                    self._paused = True
+                    self._transport.pause_reading()
+                self._wake()
             if self._unparsed > MAX_UNPARSED_BYTES:
                 self._fail(BadResponse(f"{self._unparsed} bytes with no complete head and no body (an endless header line)"))
                 return
@@ -445,29 +468,28 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        # Runs once per HTTP chunk (a million 2-byte chunks: a million calls), so it only keeps the bytes;
+        # pausing and waking the reader happen once per read, in `data_received`.
         self._unparsed = 0
+        size = len(body)
         if self._discard is not None:
-            self._discard -= len(body)
+            self._discard -= size
             if self._discard < 0:
                 raise BadResponse("the rest of an answer ran past what the proxy drains to reuse its connection")
             return
-        self.received += len(body)
+        self.received += size
         if self.limit is not None and self.received > self.limit:
             raise ResponseTooLarge(f"upstream answer exceeds {self.limit} bytes")
         more = self._more
         if more is not None:
             more += body
         elif self._piece:
-            self._more = bytearray(self._piece)
-            self._more += body
+            self._more = more = bytearray(self._piece)
+            more += body
             self._piece = b""
         else:
             self._piece = body
-        self.buffered += len(body)
-        if self.buffered > _PAUSE_AT and not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
-        self._wake()
+        self.buffered += size
 
     def on_message_complete(self) -> None:
         self._unparsed = 0

@@ -20,11 +20,17 @@ passed through chunk by chunk. Errors map to `proxy.errors`:
 - an SSE stream that breaks or turns invalid: `StreamBroken`; silent past `stream_idle`: `StreamSilent` (and
   `UpstreamUnavailable` for a read being buffered, which can still be retried).
 
-Every JSON answer to a JSON-RPC request is checked to be *its* answer (`AnswerTo`), as the SSE path
-does with `final_response`: HTTP/1.1 has no request ids, so an upstream's stray answer (a late
-duplicate, an answer to a request hidden in an earlier body) would otherwise reach another client, and
-be cached. The HTTP client closes the ways it knows a stray can get onto a reused connection
-(`proxy.http_client`); this check catches whatever is left, and closes the connection it came on.
+Every request carries its downstream client connection (`Call.owner`), and an upstream connection serves
+one owner only (`proxy.http_client`, connection affinity): an upstream's stray answer (a late duplicate, an
+answer to a request hidden in an earlier body) can then only reach the client whose exchange it garbled.
+Every JSON answer to a JSON-RPC request is also checked to be *its* answer (`AnswerTo`), as the SSE path
+does with `final_response`, so a client does not get (and the cache does not store) an answer with another
+id; the connection it came on is closed. The check cannot tell two requests with the same id apart, nor
+read what does not parse: affinity is what keeps clients apart, the check what keeps one client's
+exchanges in step.
+
+What is parsed is bounded: a client's answer with more than `MAX_PARSED_CONTAINERS` objects and arrays is
+passed on unparsed, and a health probe reads at most `PROBE_MAX_RESPONSE_BYTES`.
 """
 
 from __future__ import annotations
