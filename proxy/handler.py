@@ -46,6 +46,7 @@ replaced by a proxy-made error: the client that asked hears the server, whatever
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -83,6 +84,10 @@ def _json_error(
     data: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    """A JSON-RPC error the proxy itself answers. With a `data.reason` it carries ``X-Mcp-Proxy-Error``
+    too, the mark no answer of the upstream's ever has: a client can tell the proxy refused."""
+    if data is not None and "reason" in data:
+        headers = {"X-Mcp-Proxy-Error": str(data["reason"]), **(headers or {})}
     return web.Response(
         status=status, body=error_body(request_id, code, message, data), content_type=_JSON, headers=headers
     )
@@ -134,18 +139,22 @@ class McpHandler:
             )  # fmt: skip
         route = runtime.routes.get(request.path)
         if route is None:
-            return _json_error(404, INVALID_REQUEST, f"No MCP endpoint at {request.path}")
+            return _json_error(404, INVALID_REQUEST, f"No MCP endpoint at {request.path}", data={"reason": "no_endpoint"})
         if not request.headers.get("Host", "").strip():  # aiohttp would make one up (the machine's name)
             runtime.metrics.reject("missing_host")
             return _json_error(400, INVALID_REQUEST, "Bad Request: no Host header", data={"reason": "missing_host"})
         hosts = runtime.hosts
-        if not hosts.host_allowed(request.host):
-            runtime.metrics.reject("forbidden_host")
-            hosts.refused_host(request.host)
-            return _json_error(403, INVALID_REQUEST, "Forbidden: Host header not allowed", data={"reason": "forbidden_host"})
-        if not hosts.origin_allowed(request.headers.get("Origin")):
-            runtime.metrics.reject("forbidden_origin")
-            hosts.refused_origin(request.headers.get("Origin"))
+        # Both the Host header and, for an absolute-form request line, its authority (which aiohttp's
+        # `request.host` prefers) must be allowed: either could be what the upstream's checks read.
+        for host in {request.headers["Host"], request.host}:
+            if not hosts.host_allowed(host):
+                runtime.metrics.reject("forbidden_host")
+                hosts.refused_host(host)
+                return _json_error(403, INVALID_REQUEST, "Forbidden: Host header not allowed", data={"reason": "forbidden_host"})
+        origins = request.headers.getall("Origin", [])
+        if len(origins) > 1 or not hosts.origin_allowed(origins[0] if origins else None):
+            runtime.metrics.reject("forbidden_origin")  # two Origin headers: no browser sends them
+            hosts.refused_origin(", ".join(origins))
             return _json_error(403, INVALID_REQUEST, "Forbidden: Origin not allowed", data={"reason": "forbidden_origin"})
         if request.method == "POST":
             return await self._post(request, runtime, route)
@@ -153,7 +162,8 @@ class McpHandler:
             return await self._passthrough(request, runtime, route)
         runtime.metrics.reject("method_not_allowed")
         return _json_error(
-            405, INVALID_REQUEST, f"Method {request.method} not allowed", headers={"Allow": _ALLOWED_METHODS}
+            405, INVALID_REQUEST, f"Method {request.method} not allowed", data={"reason": "method_not_allowed"},
+            headers={"Allow": _ALLOWED_METHODS},
         )
 
     async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes | None:
@@ -175,7 +185,10 @@ class McpHandler:
         # Exactly "application/json" (what clients send) needs no parsing; anything else is parsed to be sure.
         if request.headers.get("Content-Type") != _JSON and request.content_type != _JSON:
             runtime.metrics.reject("unsupported_media_type")
-            return _json_error(415, INVALID_REQUEST, f"Unsupported Media Type: POST needs Content-Type: {_JSON}")
+            return _json_error(
+                415, INVALID_REQUEST, f"Unsupported Media Type: POST needs Content-Type: {_JSON}",
+                data={"reason": "unsupported_media_type"},
+            )
         limit = runtime.config.limits.max_body_bytes
         try:
             if request.content.is_eof():  # the whole body is here already (the usual case): no wait, no timer
@@ -185,15 +198,18 @@ class McpHandler:
                     body = await self._read_body(request, limit)
         except TimeoutError:
             runtime.metrics.reject("body_timeout")
-            return _json_error(408, INVALID_REQUEST, "Request Timeout: the request body did not arrive in time")
+            return _json_error(
+                408, INVALID_REQUEST, "Request Timeout: the request body did not arrive in time", data={"reason": "body_timeout"}
+            )
         if body is None:
             runtime.metrics.reject("too_large")
-            return _json_error(413, INVALID_REQUEST, f"Request body larger than {limit} bytes")
+            return _json_error(413, INVALID_REQUEST, f"Request body larger than {limit} bytes", data={"reason": "too_large"})
         try:
             message = parse_message(body)
         except MessageError as exc:
-            runtime.metrics.reject(_REJECTED_AS.get(exc.code, "not_jsonrpc"))
-            return _json_error(400, exc.code, exc.message, exc.request_id)
+            reason = _REJECTED_AS.get(exc.code, "not_jsonrpc")
+            runtime.metrics.reject(reason)
+            return _json_error(400, exc.code, exc.message, exc.request_id, data={"reason": reason})
         headers = self._upstream_headers(request, runtime)
         if message.kind is Kind.BATCH:
             refusal = await self._batch_refusal(request, runtime, route, message, headers)
@@ -213,6 +229,7 @@ class McpHandler:
             route.resolver,
             route.annotations,
         )
+        call.owner = _owner_of(request)
         return await self._call(request, runtime, route, call)
 
     async def _batch_refusal(
@@ -228,7 +245,7 @@ class McpHandler:
         version = request.headers.get("MCP-Protocol-Version", "")
         if version >= BATCHING_REMOVED_IN:
             runtime.metrics.reject("batch")
-            return _json_error(400, INVALID_REQUEST, f"JSON-RPC batches are not part of MCP {version}")
+            return _json_error(400, INVALID_REQUEST, f"JSON-RPC batches are not part of MCP {version}", data={"reason": "batch"})
         counts: dict[tuple[str, str | None], int] = {}
         for item in message.items:  # checked at parse (at most MAX_BATCH_ITEMS, names bounded)
             method = item.method or ""
@@ -245,13 +262,15 @@ class McpHandler:
         headers: CIMultiDict[str],
         counts: dict[tuple[str, str | None], int],
         message: Message | None = None,
+        refuse: bool = True,
     ) -> web.Response | None:
         """Spend `counts[(method, tool)]` rate-limit tokens of each policy, as that many requests would; the
         first refusal is the answer (tokens already taken stay spent, as for requests sent one by one).
 
         A message with no method (a client's response, GET, DELETE) counts as method ``""``: the upstream's
         own limit and any rule matching every method apply to it. Each is one pass of the rate-limit stage
-        with a `Call` built without the pipeline (see `_token_call`)."""
+        with a `Call` built without the pipeline (see `_token_call`). Without `refuse`, tokens free now are
+        taken and the message passes whatever is left (`RateLimitStage.spend`)."""
         calls = []
         who: tuple[str, str] | None = None  # read once, for the first policy with a limit
         for (method, tool), count in counts.items():
@@ -264,6 +283,9 @@ class McpHandler:
         limiter = runtime.shared.rate_limit
         for call, count in calls:
             for _ in range(count):
+                if not refuse:
+                    await limiter.spend(call)
+                    continue
                 try:
                     await limiter(call, _admitted)
                 except ProxyError as exc:
@@ -404,7 +426,8 @@ class McpHandler:
         stream holds one for its whole life. Who the client is comes from the forwarded `headers`."""
         if tokens:
             kind = (message.method or "") if message is not None else ""
-            refusal = await self._spend_tokens(request, runtime, route, headers, {(kind, None): 1}, message)
+            refuse = not _never_refused(method, message)
+            refusal = await self._spend_tokens(request, runtime, route, headers, {(kind, None): 1}, message, refuse)
             if refusal is not None:
                 return refusal
         client, _ = client_identity(headers, request.remote, runtime.config.client_identity.header)
@@ -438,6 +461,7 @@ class McpHandler:
                 method, headers, body, timeouts.per_try, None,
                 lend_credentials=_lends_credentials(request, headers),
                 answer_to=None if message is None else AnswerTo.of(message),
+                owner=_owner_of(request),
             )
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
@@ -517,10 +541,12 @@ def _settle_stream(route: Route, call: Call, verdict: Verdict) -> None:
 
 
 def _learn_annotations(route: Route, call: Call, message: Any) -> None:
-    """A successful tools/list from an upstream trusted for its annotations teaches the retry policy."""
+    """A tools/list answer teaches the upstream's catalog (the retry policy believes it only when the
+    upstream is trusted for its annotations). The request's cursor goes along: a page counts only as part
+    of a walk the catalog saw start without one (`proxy.tool_catalog`)."""
     annotations = route.annotations
     if annotations is not None and call.method == "tools/list":
-        annotations.learn(message)  # an error answer has no tools: nothing learned
+        annotations.learn(message, call.message.params.get("cursor"))  # an error answer has no tools: nothing learned
 
 
 async def _admitted(call: Call) -> Reply:
@@ -560,6 +586,41 @@ def _token_call(
         headers=headers,
         policy=policy,
     )
+
+
+NEVER_REFUSED_NOTIFICATIONS = frozenset({"notifications/cancelled", "notifications/initialized"})
+"""Notifications a rate limit never refuses: a refused cancellation leaves the server working for nobody,
+and a refused `initialized` leaves a session half open."""
+
+
+def _never_refused(http_method: str, message: Message | None) -> bool:
+    """Messages that a rate limit counts but never refuses, because refusing them harms more than it saves:
+    a client's answer to the server's own request (sampling, elicitation, roots: the server's tool call
+    hangs without it, and no error can reach anyone), a cancellation, `initialized`, and a DELETE (a
+    refused one leaks the session upstream)."""
+    if http_method == "DELETE":
+        return True
+    if message is None:
+        return False
+    return message.kind is Kind.RESPONSE or message.method in NEVER_REFUSED_NOTIFICATIONS
+
+
+_OWNERS = itertools.count(1)
+
+
+def _owner_of(request: web.BaseRequest) -> int:
+    """The number of the client connection `request` came on, given on its first request: the key of
+    upstream connection affinity (`Call.owner`). A number, not the object: a new connection may get a
+    closed one's memory, and so its `id()`, while that one's upstream connections are still idle."""
+    protocol = request.protocol
+    owner: int | None = getattr(protocol, "mcp_owner", None)
+    if owner is None:
+        owner = next(_OWNERS)
+        try:
+            setattr(protocol, "mcp_owner", owner)  # noqa: B010 - an attribute of ours on aiohttp's object
+        except AttributeError:  # a protocol without a __dict__ (not the proxy's listener): no affinity
+            return owner
+    return owner
 
 
 _REJECTED_AS: dict[int, str] = {-32700: "bad_json", -32602: "bad_name"}

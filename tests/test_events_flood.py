@@ -130,8 +130,8 @@ def test_an_event_is_bounded_whatever_the_upstream_says_or_the_client_sends() ->
     assert event["x_note"] == message if "x_note" in event else event["note"] == message
     assert event["params"] == {"_omitted": f"params of {len(orjson.dumps(call.message.arguments))} bytes (over {MAX_PARAMS_BYTES})"}
     assert event["signature"] == signature("up", "tools/call", "search", "tool_error", message)
-    small = make_call(tool_call("search", 1, key="v"))
-    assert make_event("call_failed", small, include_params=True)["params"] == {"name": "search", "arguments": {"key": "v"}}
+    small = make_call(tool_call("search", 1, query="v"))
+    assert make_event("call_failed", small, include_params=True)["params"] == {"name": "search", "arguments": {"query": "v"}}
 
 
 @pytest.mark.parametrize("character", ["q", "\x00"])  # "\x00" takes six bytes in JSON

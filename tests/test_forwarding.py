@@ -225,16 +225,16 @@ async def test_get_and_delete_are_relayed(proxy: ProxyServer, upstream: FaultUps
 
 BAD_INPUTS = [
     # (label, method, path, headers, body, status, jsonrpc code, reason)
-    ("malformed JSON", "POST", "/mcp", {}, b'{"jsonrpc":"2.0","id":1,', 400, -32700, None),
-    ("not JSON-RPC", "POST", "/mcp", {}, b'{"hello":"world"}', 400, -32600, None),
-    ("wrong jsonrpc version", "POST", "/mcp", {}, b'{"jsonrpc":"1.0","id":3,"method":"ping"}', 400, -32600, None),
-    ("empty batch", "POST", "/mcp", {}, b"[]", 400, -32600, None),
-    ("oversized body", "POST", "/mcp", {}, b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * 5_000_000 + b'"}}', 413, -32600, None),
-    ("wrong content type", "POST", "/mcp", {"Content-Type": "text/plain"}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 415, -32600, None),
+    ("malformed JSON", "POST", "/mcp", {}, b'{"jsonrpc":"2.0","id":1,', 400, -32700, "bad_json"),
+    ("not JSON-RPC", "POST", "/mcp", {}, b'{"hello":"world"}', 400, -32600, "not_jsonrpc"),
+    ("wrong jsonrpc version", "POST", "/mcp", {}, b'{"jsonrpc":"1.0","id":3,"method":"ping"}', 400, -32600, "not_jsonrpc"),
+    ("empty batch", "POST", "/mcp", {}, b"[]", 400, -32600, "not_jsonrpc"),
+    ("oversized body", "POST", "/mcp", {}, b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * 5_000_000 + b'"}}', 413, -32600, "too_large"),
+    ("wrong content type", "POST", "/mcp", {"Content-Type": "text/plain"}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 415, -32600, "unsupported_media_type"),
     ("foreign Host", "POST", "/mcp", {"Host": "evil.example"}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 403, -32600, "forbidden_host"),
     ("foreign Origin", "POST", "/mcp", {"Origin": "http://evil.example"}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 403, -32600, "forbidden_origin"),
-    ("unknown path", "POST", "/other", {}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 404, -32600, None),
-    ("unsupported method", "PUT", "/mcp", {}, b"{}", 405, -32600, None),
+    ("unknown path", "POST", "/other", {}, b'{"jsonrpc":"2.0","id":1,"method":"ping"}', 404, -32600, "no_endpoint"),
+    ("unsupported method", "PUT", "/mcp", {}, b"{}", 405, -32600, "method_not_allowed"),
 ]
 
 
@@ -255,6 +255,7 @@ async def test_bad_input_gets_a_clear_error_and_the_proxy_keeps_serving(
     assert error["jsonrpc"] == "2.0"
     assert error["error"]["code"] == code
     assert error["error"].get("data", {}).get("reason") == reason
+    assert response.headers["X-Mcp-Proxy-Error"] == reason  # the proxy's own refusal, and it says so
     if code == -32600 and b'"id":3' in body:
         assert error["id"] == 3
     assert upstream.attempts.total() == 0
@@ -434,7 +435,7 @@ async def test_an_answer_that_is_not_http_or_too_large_is_a_bad_response(
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
-        ("append", ("6.6.6.6, 127.0.0.1", "http", "for=6.6.6.6, for=127.0.0.1;proto=http")),
+        ("append", ("6.6.6.6, 127.0.0.1", "https", "for=6.6.6.6, for=127.0.0.1;proto=http")),
         ("overwrite", ("127.0.0.1", "http", "for=127.0.0.1;proto=http")),
         ("pass", ("6.6.6.6", "https", "for=6.6.6.6")),
     ],
@@ -451,3 +452,37 @@ async def test_what_the_upstream_hears_of_the_clients_address(
     for received in upstream.received:
         got = received.headers
         assert (got["X-Forwarded-For"], got["X-Forwarded-Proto"], got["Forwarded"]) == expected
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST http://localhost/mcp HTTP/1.1\r\nHost: evil.example\r\n",
+        b"POST http://evil.example/mcp HTTP/1.1\r\nHost: localhost\r\n",
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\nOrigin: http://evil.example\r\n",
+    ],
+    ids=["absolute form, foreign Host", "foreign absolute form, our Host", "two Origin headers"],
+)
+async def test_neither_the_request_line_nor_a_second_origin_slips_past_the_allow_lists(
+    proxy: ProxyServer, upstream: FaultUpstream, head: bytes
+) -> None:
+    _, port = proxy.listen_address
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = json.dumps(LIST).encode()
+    writer.write(head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403")
+    assert upstream.received == []
+
+
+def test_a_refused_host_with_user_information_is_logged_without_it() -> None:
+    from structlog.testing import capture_logs
+
+    from proxy.headers import HostPolicy
+
+    policy = HostPolicy(("localhost",), ("localhost",))
+    with capture_logs() as logs:
+        policy.refused_host("user:SEC51abc@evil.example")
+    assert logs and "SEC51abc" not in json.dumps(logs) and "evil.example" in json.dumps(logs)

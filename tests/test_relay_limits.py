@@ -17,6 +17,8 @@ JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json,
 ONE_TOKEN = {"rate_limit": {"rate": 1, "per": "1h", "burst": 1}}
 NOTIFICATION = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 RESPONSE = {"jsonrpc": "2.0", "id": "server-1", "result": {}}
+NOTIFICATION_OTHER = {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}
+CANCELLED = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}
 
 
 async def send(session: aiohttp.ClientSession, method: str, url: str, payload: Any = None, **headers: str) -> tuple[int, Any]:
@@ -28,8 +30,8 @@ async def send(session: aiohttp.ClientSession, method: str, url: str, payload: A
 
 @pytest.mark.parametrize(
     ("method", "payload", "first"),
-    [("POST", NOTIFICATION, 202), ("POST", RESPONSE, 500), ("GET", None, 405), ("DELETE", None, 405)],
-    ids=["notification", "client response", "GET", "DELETE"],
+    [("POST", NOTIFICATION_OTHER, 202), ("GET", None, 405)],
+    ids=["notification", "GET"],
 )
 async def test_a_message_relayed_outside_the_pipeline_spends_a_token(
     upstream: FaultUpstream, method: str, payload: Any, first: int
@@ -47,6 +49,25 @@ async def test_a_message_relayed_outside_the_pipeline_spends_a_token(
         assert upstream.attempts.total() == 1
 
 
+@pytest.mark.parametrize(
+    ("method", "payload", "status"),
+    [("POST", RESPONSE, 500), ("POST", CANCELLED, 202), ("POST", NOTIFICATION, 202), ("DELETE", None, 405)],
+    ids=["client response", "cancellation", "initialized", "DELETE"],
+)
+async def test_what_answers_or_ends_the_servers_work_is_counted_but_never_refused(
+    upstream: FaultUpstream, method: str, payload: Any, status: int
+) -> None:
+    """A refused answer to the server's own request (sampling, elicitation) hangs the server's tool call with
+    no error anyone can see; a refused cancellation or DELETE leaves work or a session behind. They pass
+    with the bucket empty, and still take a token when one is free: the client's next request pays."""
+    async with running_proxy(proxy_config(upstream.url, upstream=ONE_TOKEN)) as proxy, aiohttp.ClientSession() as session:
+        url = proxy.url + "/mcp"
+        assert (await send(session, method, url, payload))[0] == status  # takes the only token
+        assert (await send(session, method, url, payload))[0] == status  # none left: passes anyway
+        refused, error = await send(session, "POST", url, {"jsonrpc": "2.0", "id": 4, "method": "ping"})
+    assert refused == 429 and error["error"]["data"]["reason"] == "rate_limited"
+
+
 async def test_a_notification_and_a_request_share_the_clients_bucket(upstream: FaultUpstream) -> None:
     async with running_proxy(proxy_config(upstream.url, upstream=ONE_TOKEN)) as proxy, aiohttp.ClientSession() as session:
         url = proxy.url + "/mcp"
@@ -62,9 +83,9 @@ async def test_a_client_header_the_proxy_drops_names_no_one(upstream: FaultUpstr
                           client_identity={"header": "X-Client-Id"})  # fmt: skip
     async with running_proxy(config) as proxy, aiohttp.ClientSession() as session:
         url = proxy.url + "/mcp"
-        first = await send(session, "POST", url, NOTIFICATION, **{"X-Client-Id": "alice", "Connection": "X-Client-Id"})
-        second = await send(session, "POST", url, NOTIFICATION, **{"X-Client-Id": "bob", "Connection": "X-Client-Id"})
-        named = await send(session, "POST", url, NOTIFICATION, **{"X-Client-Id": "carol"})
+        first = await send(session, "POST", url, NOTIFICATION_OTHER, **{"X-Client-Id": "alice", "Connection": "X-Client-Id"})
+        second = await send(session, "POST", url, NOTIFICATION_OTHER, **{"X-Client-Id": "bob", "Connection": "X-Client-Id"})
+        named = await send(session, "POST", url, NOTIFICATION_OTHER, **{"X-Client-Id": "carol"})
     assert (first[0], second[0], named[0]) == (202, 429, 202)
 
 

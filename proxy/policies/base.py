@@ -58,6 +58,10 @@ class Call:
     """The effective policy (upstream defaults + the most specific rule), resolved once."""
     call_id: int = 0
     """A number unique in this process: ties together the events of one client call."""
+    owner: int | None = None
+    """The downstream client connection this call came on (a number unique in this process): an upstream
+    connection is reused only for calls of the connection that used it, so a server's stray bytes can
+    only ever reach the client whose exchange they garbled, as without a proxy (`proxy.http_client`)."""
     lend_credentials: bool = True
     """May the upstream URL's user and password stand in for the client's own Authorization? Not when the
     client sent one that the proxy dropped (named in `Connection`): it asked as someone, and must never be
