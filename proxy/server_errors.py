@@ -170,6 +170,7 @@ class _Connection(RequestHandler):
         self._arm(self._limits.header_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._server.not_idle(self)
         if self._accepted:
             self._accepted = False
             self._server.release()
@@ -177,6 +178,15 @@ class _Connection(RequestHandler):
         self._out = None
         self._stop_send_clock()
         super().connection_lost(exc)
+
+    def reclaim(self) -> None:
+        """Close this idle kept-alive connection to make room for a new one at the cap (nginx reuses
+        idle keep-alive connections the same way): its slot is free at once."""
+        if self._accepted:
+            self._accepted = False
+            self._server.release()
+        if self.transport is not None:
+            self.transport.close()
 
     # --- the send timeout -------------------------------------------------------------------------
 
@@ -247,6 +257,8 @@ class _Connection(RequestHandler):
         return self._request_count != self._handled or (payload is not None and not payload.is_eof())
 
     def data_received(self, data: bytes) -> None:
+        if data:
+            self._server.not_idle(self)
         if self._refused:
             return  # lingering after a refusal: read and discard
         if self._busy():
@@ -289,6 +301,8 @@ class _Connection(RequestHandler):
             self._head_bytes = 0
             self._head_started = False
             self._watch_send()  # its tail may wait below the high-water mark, unread, as the connection closes
+            if not self._busy() and not self._force_close:
+                self._server.idle(self)  # kept alive with nothing to do: the first to go at the cap
 
     def _header_deadline(self) -> None:
         self._header_timer = None
@@ -375,11 +389,28 @@ class JsonRpcServer(web.Server):
         """Client connections accepted and not yet closed."""
         self._cap = 0
         self._refusing = False
+        self._idle: dict[_Connection, None] = {}
+        """Kept-alive connections with no request in progress, the longest idle first."""
         self._send_timeouts = 0  # since the last send_timeout log line
         self._send_logged_at: float | None = None
 
+    def idle(self, connection: _Connection) -> None:
+        self._idle.pop(connection, None)
+        self._idle[connection] = None
+
+    def not_idle(self, connection: _Connection) -> None:
+        self._idle.pop(connection, None)
+
     def admit(self) -> bool:
-        """Count a new connection in, or refuse it (counted, and logged once each time the cap is reached)."""
+        """Count a new connection in, or refuse it (counted, and logged once each time the cap is reached).
+
+        At the cap, the connection kept alive idle the longest is closed to make room first: a client
+        that opened connections and went quiet must not lock out one that has something to ask."""
+        if self.open >= self._cap and self._idle:
+            oldest = next(iter(self._idle))
+            del self._idle[oldest]
+            self.reject("idle_reclaimed")
+            oldest.reclaim()
         if self.open >= self._cap:
             self.reject("connection_limit")
             if not self._refusing:

@@ -160,6 +160,9 @@ async def test_over_the_connection_cap_a_new_connection_is_closed_and_admin_stil
             for reader, writer in ((r1, w1), (r2, w2)):  # both accepted and answered: they hold the two places
                 writer.write(request())
                 assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+                writer.write(b"POST /mcp HTTP/1.1\r\n")  # and busy: a next head is coming (idle ones make room)
+                await writer.drain()
+            await until_not_idle(proxy, 0)
             async with connection(proxy) as (r3, w3):
                 w3.write(request())
                 assert await until_closed(r3) in (b"", b"<reset>")
@@ -170,7 +173,7 @@ async def test_over_the_connection_cap_a_new_connection_is_closed_and_admin_stil
                 async with session.get(proxy.admin_url + "/readyz") as response:
                     assert response.status == 200
             assert 'mcp_proxy_rejected_requests_total{reason="connection_limit"} 1.0' in text
-            w1.write(request())  # the connections inside the cap keep serving
+            w1.write(request()[len(b"POST /mcp HTTP/1.1\r\n"):])  # the connections inside the cap keep serving
             assert (await read_answer(r1))[0] == b"HTTP/1.1 200 OK"
         server = proxy._proxy_runner.server  # type: ignore[union-attr]
         async with asyncio.timeout(WAIT):
@@ -179,6 +182,32 @@ async def test_over_the_connection_cap_a_new_connection_is_closed_and_admin_stil
         async with connection(proxy) as (reader, writer):
             writer.write(request())
             assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+
+
+async def until_not_idle(proxy: ProxyServer, idle: int) -> None:
+    """Wait until the listener counts `idle` kept-alive idle connections (the bytes sent were read)."""
+    server = proxy._proxy_runner.server  # type: ignore[union-attr]
+    async with asyncio.timeout(WAIT):
+        while len(server._idle) != idle:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+
+
+async def test_at_the_cap_the_longest_idle_kept_alive_connection_makes_room(upstream: FaultUpstream) -> None:
+    """nginx reuses idle keep-alive connections when it runs out: a client that opened connections and went
+    quiet never locks out one with something to ask. A connection with a request in progress is kept."""
+    async with running_proxy(proxy_config(upstream.url, limits={"max_connections": 2})) as proxy:
+        async with connection(proxy) as (r1, w1), connection(proxy) as (r2, w2):
+            for reader, writer in ((r1, w1), (r2, w2)):
+                writer.write(request())
+                assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+            await until_not_idle(proxy, 2)
+            async with connection(proxy) as (r3, w3):
+                w3.write(request())
+                assert (await read_answer(r3))[0] == b"HTTP/1.1 200 OK"  # admitted
+                assert await until_closed(r1) in (b"", b"<reset>")  # the longest idle made room
+                w2.write(request())
+                assert (await read_answer(r2))[0] == b"HTTP/1.1 200 OK"  # the other one still serves
+        assert (rejected(proxy, "idle_reclaimed"), rejected(proxy, "connection_limit")) == (1, 0)
 
 
 @pytest.mark.parametrize(
@@ -285,6 +314,9 @@ async def test_a_reload_changes_the_limits_for_the_connections_that_follow(upstr
         async with connection(proxy) as (reader, writer):
             writer.write(request())
             assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+            writer.write(b"POST /mcp HTTP/1.1\r\n")  # busy: a next head is coming
+            await writer.drain()
+            await until_not_idle(proxy, 0)
             async with connection(proxy) as (refused, _):
                 assert await until_closed(refused) in (b"", b"<reset>")
             await proxy.apply(proxy_config(upstream.url, limits={"max_connections": 2, "header_timeout": "200ms"}))
