@@ -12,6 +12,8 @@ import asyncio
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.http_client import ConnectionPool, Origin
 from tests.fakes import make_call
@@ -168,3 +170,45 @@ async def test_idle_connections_of_every_owner_expire_after_keepalive() -> None:
             assert (pool.size, pool.idle) == (1, 1)
         finally:
             await pool.close()
+
+
+owners = st.one_of(st.none(), st.integers(1, 4))
+
+
+@given(limit=st.integers(1, 3), batches=st.lists(st.lists(owners, min_size=1, max_size=5), min_size=1, max_size=6))
+def test_whatever_the_owners_and_the_limit_a_connection_carries_one_owner_and_the_pool_stays_bounded(
+    limit: int, batches: list[list[int | None]]
+) -> None:
+    """Batches of concurrent calls of random owners through a pool of `limit`: every call is answered (the
+    queue hands connections or slots on, idle ones make room), no upstream connection ever carries two
+    owners' requests, and the pool never holds more than `limit`."""
+    seen: list[set[bytes]] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        mine: set[bytes] = set()
+        seen.append(mine)
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            found = re.search(rb"\r\nX-Owner: (\w+)", request)
+            assert found is not None
+            mine.add(found.group(1))
+            writer.write(OK)
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with RawServer(script) as server, pool_for(server, limit=limit) as pool:
+
+            async def one(owner: int | None) -> tuple[int, bytes]:
+                response = await pool.request("POST", [("X-Owner", str(owner))], b"{}", owner=owner)
+                return response.status, await response.read()
+
+            for batch in batches:
+                results = await asyncio.gather(*(one(owner) for owner in batch))
+                assert results == [(200, b"{}")] * len(batch)
+                assert pool.idle <= pool.size <= limit
+
+    asyncio.run(scenario())
+    assert all(len(owners_seen) <= 1 for owners_seen in seen), seen
