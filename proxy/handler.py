@@ -60,7 +60,18 @@ from proxy.classify import classify, client_identity, era_for, protocol_of
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
 from proxy.failures import OK, Failure, Verdict, classify_error, verdict_of
 from proxy.headers import forwarded, upstream_headers
-from proxy.jsonrpc import INVALID_REQUEST, Message, LONG_LIVED_METHODS, Kind, MessageError, error_body, final_response, parse_message, response_error
+from proxy.jsonrpc import (
+    INVALID_REQUEST,
+    LONG_LIVED_METHODS,
+    Kind,
+    Message,
+    MessageError,
+    error_body,
+    final_response,
+    parse_message,
+    response_error,
+    too_many_containers,
+)
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.fallback import list_changed_kind
 from proxy.policies.resolve import Policy
@@ -672,7 +683,7 @@ async def _end_quietly(response: web.StreamResponse) -> None:
 
 def _notice(runtime: Runtime, upstream: str, data: str) -> None:
     """React to server notifications passing by: `notifications/<kind>/list_changed` invalidates cached lists."""
-    if "list_changed" not in data:
+    if "list_changed" not in data or too_many_containers(data):
         return
     try:
         message = orjson.loads(data)

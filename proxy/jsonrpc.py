@@ -52,6 +52,8 @@ __all__ = [
     "error_body",
     "is_read_method",
     "parse_message",
+    "MAX_PARSED_CONTAINERS",
+    "too_many_containers",
 ]
 
 PARSE_ERROR = -32700
@@ -408,10 +410,31 @@ def response_error(message: Any) -> tuple[int, str] | None:
     return None
 
 
+MAX_PARSED_CONTAINERS = 262_144
+"""Objects and arrays (counted as ``{`` and ``[`` bytes, strings included: C speed, before any parse) above
+which an answer, or an SSE event of a buffered read, is not parsed. Parsing builds a Python object per
+container, ~30 times the bytes of ``{},``: 60 MB of them took ~1.9 GB and stalled every client for seconds,
+with no way to interrupt the parse. A tools/list of 10,000 tools has ~100,000. Over it, a JSON answer is
+delivered as the opaque bytes it is (`Reply.message` None): judged by its HTTP status alone, never cached,
+its id not checked (connection affinity keeps it to its own client anyway); an SSE event of a buffered read
+hands the stream on to the client unparsed (committed, as a stream is); an event of a streamed answer is passed
+on and not watched (`final_response` says None), as an oversized one is."""
+
+
+def too_many_containers(raw: bytes | str) -> bool:
+    """More than `MAX_PARSED_CONTAINERS` ``{`` and ``[`` in `raw`: not to be parsed. Two C-speed counts, and
+    none for text too short to hold that many."""
+    if len(raw) <= MAX_PARSED_CONTAINERS:
+        return False
+    if isinstance(raw, str):
+        return raw.count("{") + raw.count("[") > MAX_PARSED_CONTAINERS
+    return raw.count(b"{") + raw.count(b"[") > MAX_PARSED_CONTAINERS
+
+
 def final_response(data: str, request_id: str | int | None) -> dict[str, Any] | None:
     """The parsed message when SSE event `data` is the JSON-RPC response to `request_id`, else None."""
-    if '"id"' not in data:
-        return None
+    if '"id"' not in data or too_many_containers(data):
+        return None  # too many containers to parse: watched no further (see MAX_PARSED_CONTAINERS)
     try:
         message = orjson.loads(data)
     except orjson.JSONDecodeError:

@@ -68,21 +68,14 @@ from proxy.http_client import (
     Response,
     ResponseTooLarge,
 )
-from proxy.jsonrpc import LONG_LIVED_METHODS, Kind, Message, final_response
+from proxy.jsonrpc import MAX_PARSED_CONTAINERS, too_many_containers, LONG_LIVED_METHODS, Kind, Message, final_response
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.sse import SSEParser
 
 __all__ = ["AnswerTo", "HttpUpstream", "SSEBody"]
 
 _EVENT_STREAM = "text/event-stream"
-MAX_PARSED_CONTAINERS = 262_144
-"""Objects and arrays (counted as ``{`` and ``[`` bytes, strings included: C speed, before any parse) above
-which an answer, or an SSE event of a buffered read, is not parsed. Parsing builds a Python object per
-container, ~30 times the bytes of ``{},``: 60 MB of them took ~1.9 GB and stalled every client for seconds,
-with no way to interrupt the parse. A tools/list of 10,000 tools has ~100,000. Over it, a JSON answer is
-delivered as the opaque bytes it is (`Reply.message` None): judged by its HTTP status alone, never cached,
-its id not checked (connection affinity keeps it to its own client anyway); an SSE event of a buffered read
-hands the stream on to the client unparsed (committed, as a stream is)."""
+
 PROBE_MAX_RESPONSE_BYTES = 1024 * 1024
 """The most a health probe reads of an answer (ping, server/discover, initialize answers are small). A
 probe parses with no client waiting and no timeout able to interrupt a parse: a larger answer is a failed
@@ -370,7 +363,7 @@ class HttpUpstream:
                     raise self._too_large(probe)
                 read += chunk
                 for event in parser.feed(chunk):
-                    unparsed = _too_many_containers(event.data)
+                    unparsed = too_many_containers(event.data)
                     if probe and unparsed:
                         raise UpstreamProtocolError(
                             f"the health probe's answer has more than {MAX_PARSED_CONTAINERS} objects and arrays",
@@ -488,20 +481,13 @@ class HttpUpstream:
         return await response.read(limit, hold=hold)
 
 
-def _too_many_containers(raw: bytes | str) -> bool:
-    """More than `MAX_PARSED_CONTAINERS` ``{`` and ``[`` in `raw`: not to be parsed. Two C-speed counts, and
-    none for text too short to hold that many."""
-    if len(raw) <= MAX_PARSED_CONTAINERS:
-        return False
-    if isinstance(raw, str):
-        return raw.count("{") + raw.count("[") > MAX_PARSED_CONTAINERS
-    return raw.count(b"{") + raw.count(b"[") > MAX_PARSED_CONTAINERS
+
 
 
 def _parse_json(content_type: str, raw: bytes) -> Any:
     """The parsed JSON answer, or None: not JSON, not parseable, or too many containers to parse
     (`MAX_PARSED_CONTAINERS`: it is delivered as opaque bytes)."""
-    if content_type != "application/json" or not raw or _too_many_containers(raw):
+    if content_type != "application/json" or not raw or too_many_containers(raw):
         return None
     try:
         return orjson.loads(raw)
