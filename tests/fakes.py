@@ -15,7 +15,7 @@ from proxy.policies.resolve import PolicyResolver
 from proxy.classify import classify
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import parse_message
-from proxy.policies.base import Call, Reply
+from proxy.policies.base import Call, Handler, Reply
 
 
 def upstream_config(**fields: Any) -> UpstreamConfig:
@@ -116,3 +116,22 @@ class FakeUpstream:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+
+def echo(upstream: FakeUpstream) -> Handler:
+    """`upstream` answering with each call's own id, as a real server does (its headers kept)."""
+
+    async def handler(call: Call) -> Reply:
+        reply = await upstream(call)
+        if not isinstance(reply.message, dict):
+            return reply
+        message = {**reply.message, "id": call.message.id}
+        return Reply(reply.status, reply.headers, body=orjson.dumps(message), message=message)
+
+    return handler
+
+
+async def settle() -> None:
+    """Let tasks started by the code under test run their next steps (a few loop turns, no time passes)."""
+    for _ in range(5):
+        await asyncio.sleep(0)

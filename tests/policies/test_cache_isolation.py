@@ -22,10 +22,10 @@ from proxy.config import UpstreamConfig
 from proxy.errors import UpstreamUnavailable
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import parse_message
-from proxy.policies.base import Call, Handler, Reply
+from proxy.policies.base import Call, Reply
 from proxy.policies.fallback import CACHE_HEADER, CacheStage
 from proxy.policies.resolve import PolicyResolver
-from tests.fakes import FakeClock, FakeUpstream, reply_result, reply_status, upstream_config
+from tests.fakes import echo, settle, FakeClock, FakeUpstream, reply_result, reply_status, upstream_config
 
 TOOLS = {"tools": [{"name": "search"}]}
 
@@ -52,22 +52,6 @@ def answer(result: dict[str, Any], **headers: str) -> Reply:
     return reply
 
 
-def echo(upstream: FakeUpstream) -> Handler:
-    """`upstream` answering with each call's own id, as a real server does (headers kept)."""
-
-    async def handler(call: Call) -> Reply:
-        reply = await upstream(call)
-        if not isinstance(reply.message, dict):
-            return reply
-        message = {**reply.message, "id": call.message.id}
-        return Reply(reply.status, reply.headers, body=orjson.dumps(message), message=message)
-
-    return handler
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 async def leader_and_follower(stage: CacheStage, leader: Call, follower: Call, upstream: FakeUpstream) -> tuple[Reply, Reply]:

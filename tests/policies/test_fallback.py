@@ -24,10 +24,10 @@ from proxy.errors import (
 )
 from proxy.headers import upstream_headers
 from proxy.jsonrpc import parse_message
-from proxy.policies.base import Call, Handler, Reply
+from proxy.policies.base import Call, Reply
 from proxy.policies.fallback import CACHE_HEADER, CACHE_META, CacheStage, list_changed_kind
 from proxy.policies.resolve import PolicyResolver
-from tests.fakes import FakeClock, FakeUpstream, reply_error, reply_result, reply_status, tool_call, upstream_config
+from tests.fakes import echo, settle, FakeClock, FakeUpstream, reply_error, reply_result, reply_status, tool_call, upstream_config
 
 TOOLS = {"tools": [{"name": "search"}]}
 
@@ -301,22 +301,6 @@ async def test_max_bytes_evicts_and_an_oversized_answer_is_not_kept() -> None:
     assert store.bytes == 302
 
 
-def echo(upstream: FakeUpstream) -> Handler:
-    """`upstream` answering with each call's own id, as a real server does."""
-
-    async def handler(call: Call) -> Reply:
-        reply = await upstream(call)
-        if not isinstance(reply.message, dict):
-            return reply
-        message = {**reply.message, "id": call.message.id}
-        return Reply(reply.status, reply.headers, body=orjson.dumps(message), message=message)
-
-    return handler
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 async def test_single_flight_50_concurrent_misses_make_one_upstream_call() -> None:
