@@ -27,6 +27,7 @@ __all__ = [
     "NOT_CREDENTIAL_PREFIXES",
     "classify",
     "client_identity",
+    "client_of",
     "credential_scope",
     "era_for",
     "identity_hash",
@@ -167,14 +168,29 @@ def client_identity(headers: Mapping[str, str], peer: str | None, identity_heade
     scope is `credential_scope` (deny-by-default, wider than 2.: it keeps private cache entries and
     single flights apart); it is '' without any credential-bearing header.
     """
-    scope = credential_scope(headers)
+    return client_of(headers, peer, identity_header), credential_scope(headers)
+
+
+def client_of(headers: Mapping[str, str], peer: str | None, identity_header: str | None) -> str:
+    """Who is calling (`client_identity` without the scope): cheap, for every call. The scope hashes every
+    forwarded header, so it is computed only where a cache needs it (`classify`)."""
     named = headers.get(identity_header) if identity_header else None
     if named:
-        return f"id:{identity_hash(named)}", scope
-    present = {name.lower() for name in headers}
-    strongest = next((name for name in CREDENTIAL_HEADERS if name in present), None)
-    credentials = _hash_of(headers, strongest.__eq__) if strongest is not None else ""
-    return (f"auth:{credentials}" if credentials else f"addr:{peer or 'unknown'}"), scope
+        return f"id:{identity_hash(named)}"
+    for name in CREDENTIAL_HEADERS:
+        values = _values_of(headers, name)
+        if values:
+            return "auth:" + identity_hash(name + ":" + "\n".join(values))
+    return f"addr:{peer or 'unknown'}"
+
+
+def _values_of(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of header `name` (lower case), case-insensitively, in order."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:  # a CIMultiDict: case-insensitive already
+        values: list[str] = getall(name, [])
+        return values
+    return [value for key, value in headers.items() if key.lower() == name]
 
 
 def is_idempotent(method: str, tool: str | None, declared: bool | None, annotations: ToolAnnotations | None) -> bool:
@@ -207,7 +223,9 @@ def classify(
     name = params.get("name") if method == "tools/call" else None
     tool = name if isinstance(name, str) else None
     policy = resolver.resolve(method, tool)
-    client, scope = client_identity(forward_headers, peer, identity_header)
+    client = client_of(forward_headers, peer, identity_header)
+    # The scope hashes every forwarded header: only a cache reads it (keys, single flights).
+    scope = credential_scope(forward_headers) if policy.cache is not None else ""
     protocol = protocol_of(headers, message)
     return Call(
         upstream=upstream,

@@ -56,7 +56,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.classify import classify, client_identity, era_for, protocol_of
+from proxy.classify import classify, client_identity, client_of, era_for, protocol_of
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
 from proxy.failures import OK, Failure, Verdict, classify_error, verdict_of
 from proxy.headers import forwarded, upstream_headers
@@ -441,7 +441,7 @@ class McpHandler:
             refusal = await self._spend_tokens(request, runtime, route, headers, {(kind, None): 1}, message, refuse)
             if refusal is not None:
                 return refusal
-        client, _ = client_identity(headers, request.remote, runtime.config.client_identity.header)
+        client = client_of(headers, request.remote, runtime.config.client_identity.header)
         slots = route.state.clients
         try:
             slots.acquire(client, route.config.pool.client_share)

@@ -116,6 +116,11 @@ def forwarded(headers: CIMultiDict[str], peer: str | None, mode: str, proto: str
         return
     address = peer or "unknown"
     element = f"for={_forwarded_node(address)};proto={proto}"
+    if not any(name in headers for name in _FORWARDING):  # nothing claimed (the usual case): say what we saw
+        headers["X-Forwarded-For"] = address
+        headers["X-Forwarded-Proto"] = proto
+        headers["Forwarded"] = element
+        return
     sent_for = _values(headers, "X-Forwarded-For") if mode == "append" else []
     sent_forwarded = _values(headers, "Forwarded") if mode == "append" else []
     sent_proto = _values(headers, "X-Forwarded-Proto")[:1] if mode == "append" else []

@@ -44,10 +44,21 @@ def test_tool_and_idempotency_come_from_the_body_not_the_headers() -> None:
 def test_client_identity_never_holds_the_secret() -> None:
     with_auth = make_call(CALL, Authorization="Bearer s3cret")
     assert with_auth.client.startswith("auth:") and "s3cret" not in with_auth.client
-    assert with_auth.credential_scope and "s3cret" not in with_auth.credential_scope
+    assert with_auth.credential_scope == ""  # no cache in this call's policy: nothing needs the scope
     assert with_auth.auth_scope == with_auth.credential_scope  # the former name still reads
+    scope = credential_scope(upstream_headers(CIMultiDict(Authorization="Bearer s3cret").items()))
+    assert scope and "s3cret" not in scope
     assert make_call(CALL).client == "addr:127.0.0.1"
     assert make_call(CALL).credential_scope == ""
+
+
+def test_the_scope_is_computed_for_a_cached_call_only() -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+    raw = CIMultiDict(Authorization="Bearer a")
+    forwarded = upstream_headers(raw.items())
+    cached = PolicyResolver(upstream_config(rules=[{"match": {"method": "tools/list"}, "cache": {"mode": "ttl"}}]))
+    call = classify("up", parse_message(body), body, raw, forwarded, "127.0.0.1", None, cached)
+    assert call.credential_scope == credential_scope(forwarded) != ""
     assert make_call(CALL, **{"Mcp-Session-Id": "abc"}).session_id == "abc"
 
 

@@ -46,7 +46,8 @@ class Call:
     peer address (`proxy.classify.client_identity`; only forwarded headers count)."""
     credential_scope: str
     """A hash over every credential-bearing header the upstream receives ('' without any): the boundary
-    a private cache entry and a single flight never cross (`proxy.classify.credential_scope`)."""
+    a private cache entry and a single flight never cross (`proxy.classify.credential_scope`). Computed
+    only for calls whose policy has a cache (the only reader); '' otherwise."""
     session_id: str | None
     """The legacy session (``Mcp-Session-Id``) as forwarded; None without one."""
     protocol: str
