@@ -177,19 +177,19 @@ def client_of(headers: Mapping[str, str], peer: str | None, identity_header: str
     named = headers.get(identity_header) if identity_header else None
     if named:
         return f"id:{identity_hash(named)}"
+    getall = getattr(headers, "getall", None)
     for name in CREDENTIAL_HEADERS:
-        values = _values_of(headers, name)
+        if getall is not None:  # a CIMultiDict (what the handler passes): one C lookup per name
+            values: list[str] = getall(name, ()) if name in headers else []
+        else:
+            values = _values_of(headers, name)
         if values:
             return "auth:" + identity_hash(name + ":" + "\n".join(values))
     return f"addr:{peer or 'unknown'}"
 
 
 def _values_of(headers: Mapping[str, str], name: str) -> list[str]:
-    """Every value of header `name` (lower case), case-insensitively, in order."""
-    getall = getattr(headers, "getall", None)
-    if getall is not None:  # a CIMultiDict: case-insensitive already
-        values: list[str] = getall(name, [])
-        return values
+    """Every value of header `name` (lower case) in a plain mapping, case-insensitively, in order."""
     return [value for key, value in headers.items() if key.lower() == name]
 
 
