@@ -13,7 +13,7 @@ clients for ``--minutes`` (default 10), all on 127.0.0.1:
 
 Every ``--sample`` seconds it reads the proxy's RSS and open file descriptors from ``/proc``, and from
 ``/status`` what its bounded structures hold (events buffered, cache entries, rate-limit buckets). After
-the warm-up (the first ``--warmup`` share of the run) both should stay flat: it prints the samples, the
+the warm-up (the first ``--warmup`` share of the run, 40% by default) both should stay flat: it prints the samples, the
 figures at the end of warm-up, the peak and last after it, and the least-squares slope of RSS over the
 rest of the run (MiB per minute), and writes everything as JSON with ``--json FILE``. The hostile
 clients' own outcomes are counted too (what status each got), so a run shows that they were refused,
@@ -297,7 +297,7 @@ def _report(samples: list[dict[str, Any]], outcomes: dict[str, Counter[str]], wa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=0.2, help="share of the run before memory must be flat")
+    parser.add_argument("--warmup", type=float, default=0.4, help="share of the run before memory must be flat (the default mix fills its bounded structures in about 3 minutes)")
     parser.add_argument("--good", type=int, default=8, help="good clients, 20 calls/s each")
     parser.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--json", type=Path, help="write the figures here")
