@@ -213,7 +213,8 @@ def classify(
     resolver: PolicyResolver,
     annotations: ToolAnnotations | None = None,
 ) -> Call:
-    """Build the `Call` for one JSON-RPC request. `annotations` only for upstreams trusted to give them.
+    """Build the `Call` for one JSON-RPC request. `annotations` is the upstream's catalog view: it vouches
+    for retry safety only when the upstream is trusted.
 
     `headers` are the client's (the protocol version is read there); `forward_headers` are what the
     upstream will receive: identity, credential scope and legacy session come from them alone.

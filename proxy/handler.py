@@ -11,20 +11,22 @@ or max_request_headers, a line over 8190          headers_too_large (an unfinish
 bytes (``limits``)                                the connection closes)
 head not complete within header_timeout   408     JSON-RPC error -32600, data.reason header_timeout;
                                                   the connection closes (nothing sent if no byte came)
-over ``limits.max_connections``           none    the new connection is closed unanswered
+over ``limits.max_connections``           none    the longest-idle kept-alive connection is closed
+                                                  to make room; with none idle, the new one is
+                                                  closed unanswered
 no Host, or an empty one                  400     JSON-RPC error -32600, data.reason missing_host
 Host or Origin not allowed                403     JSON-RPC error -32600, data.reason forbidden_*
 not POST/GET/DELETE/OPTIONS               405     JSON-RPC error -32600, ``Allow`` header
 POST without application/json             415     JSON-RPC error -32600
 body over ``limits.max_body_bytes``       413     JSON-RPC error -32600
 malformed JSON                            400     JSON-RPC error -32700, id null
-JSON but not JSON-RPC                     400     JSON-RPC error -32600, the id if readable
+JSON but not JSON-RPC, or over a bound    400     JSON-RPC error -32600 (-32602 for a tool or
+of ``proxy.jsonrpc`` (depth, names, batch)        prompt name), the id if readable
 the upstream answered (any status)        its own the upstream's body and headers, unchanged
 proxy verdict on a request (timeout, …)   502/503 JSON-RPC error with the request's id, data.reason
                                           504/429 (status per `proxy.errors`)
 this client's open requests at its cap    429     JSON-RPC error -32059, data.reason client_overloaded
-rate limit on a notification, client      429     JSON-RPC error, id null, data.reason rate_limited
-response, batch, GET or DELETE
+rate limit on a notification, batch, GET  429     JSON-RPC error, id null, data.reason rate_limited
 proxy verdict on GET/DELETE/notification  502/504 JSON-RPC error, id null, data.reason
 upstream SSE stream breaks before its     (sent)  a final SSE event with the JSON-RPC error
 final response (no resume possible)
@@ -32,7 +34,9 @@ final response (no resume possible)
 
 Every message relayed spends rate-limit tokens as a request does (`_spend_tokens`): notifications, a
 client's responses, every entry of a batch, GET (a legacy stream: one token when it opens), DELETE and
-OPTIONS. Who is calling (rate-limit keys, fairness slots) is read from the headers the upstream will
+OPTIONS. What answers or ends the server's own work (a client's response, `notifications/cancelled`,
+`notifications/initialized`, DELETE) takes a free token but is never refused (`_never_refused`).
+Every refusal of the proxy's own carries ``data.reason`` and an ``X-Mcp-Proxy-Error`` header. Who is calling (rate-limit keys, fairness slots) is read from the headers the upstream will
 receive, never from ones the proxy drops (`proxy.classify.client_identity`).
 
 The forwarding headers (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`) are set for the TCP peer

@@ -84,11 +84,6 @@ class Call:
     """Whether this attempt queued for a connection at all: a timeout after it was written is then excused
     (the upstream did not get the attempt's whole time)."""
 
-    @property
-    def auth_scope(self) -> str:
-        """The former name of `credential_scope` (it was a hash of Authorization alone); kept for callers."""
-        return self.credential_scope
-
 
 class ReplyStream(Protocol):
     """A streamed answer body. Iterate it to the end, or `close()` it: either releases the connection."""
