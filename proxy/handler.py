@@ -37,7 +37,7 @@ client's responses, every entry of a batch, GET (a legacy stream: one token when
 OPTIONS. What answers or ends the server's own work (a client's response, `notifications/cancelled`,
 `notifications/initialized`, DELETE) takes a free token but is never refused (`_never_refused`).
 Every refusal of the proxy's own carries ``data.reason`` and an ``X-Mcp-Proxy-Error`` header. Who is calling (rate-limit keys, fairness slots) is read from the headers the upstream will
-receive, never from ones the proxy drops (`proxy.classify.client_identity`).
+receive, never from ones the proxy drops (`proxy.classify.client_of`).
 
 The forwarding headers (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`) are set for the TCP peer
 per ``security.forwarded_headers`` (`proxy.headers.forwarded`) before anything reads the headers.
@@ -60,7 +60,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.classify import classify, client_identity, client_of, era_for, protocol_of
+from proxy.classify import classify, client_of, era_for, protocol_of
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
 from proxy.failures import OK, Failure, Verdict, classify_error, verdict_of
 from proxy.headers import forwarded, upstream_headers
@@ -293,7 +293,8 @@ class McpHandler:
             if policy.rate_limit is None:
                 continue
             if who is None:
-                who = client_identity(headers, request.remote, runtime.config.client_identity.header)
+                # A token call has no credential scope: only a cache reads it.
+                who = (client_of(headers, request.remote, runtime.config.client_identity.header), "")
             calls.append((_token_call(route, policy, method, tool, headers, who, message), count))
         limiter = runtime.shared.rate_limit
         for call, count in calls:
@@ -583,7 +584,7 @@ def _token_call(
     message: Message | None,
 ) -> Call:
     """A `Call` for the rate-limit stage alone: what its bucket key and its refusal need (upstream, client,
-    method, tool, policy); `who` is `client_identity` of the forwarded headers, like every call's."""
+    method, tool, policy); `who` is (`client_of` the forwarded headers, an empty credential scope)."""
     client, scope = who
     protocol = protocol_of(headers, None)
     return Call(

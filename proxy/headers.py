@@ -26,12 +26,13 @@ from urllib.parse import urlsplit
 import structlog
 from multidict import CIMultiDict
 
+from proxy.redact import REDACTED
+
 __all__ = [
     "REFUSALS_LOGGED",
     "SHOWN_CHARS",
     "HostPolicy",
     "RefusalLog",
-    "FORWARDED_MODES",
     "client_headers",
     "forwarded",
     "upstream_headers",
@@ -84,8 +85,6 @@ def upstream_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     return _filtered(items, _NOT_TO_UPSTREAM)
 
 
-FORWARDED_MODES: Final = ("append", "overwrite", "pass")
-"""What `forwarded` may do with the forwarding headers (config ``security.forwarded_headers``)."""
 _FORWARDING: Final = ("X-Forwarded-For", "X-Forwarded-Proto", "Forwarded")
 
 
@@ -158,7 +157,7 @@ def _shown(value: str) -> str:
     """`value` fit for a log line: its first `SHOWN_CHARS` characters, each not printable ASCII as ``?``, and
     any user information before an ``@`` (``user:password@host``, in a Host or an Origin) hidden."""
     if "@" in value:
-        value = "[redacted]@" + value.rpartition("@")[2]
+        value = f"{REDACTED}@" + value.rpartition("@")[2]
     shown = "".join(c if " " <= c <= "~" else "?" for c in value[:SHOWN_CHARS])
     return shown + "..." if len(value) > SHOWN_CHARS else shown
 

@@ -9,7 +9,8 @@ credential).
 It also enforces what aiohttp's server leaves open (its keep-alive is 3,630 s, and a request head may
 trickle in for all that time), as nginx and Envoy do, with the values of `ListenerLimits`:
 
-- **connection cap**: past `max_connections` open client connections a new one is closed at once,
+- **connection cap**: past `max_connections` open client connections the kept-alive connection idle
+  the longest is closed to make room (``idle_reclaimed``); with none idle, a new one is closed at once,
   unread and unanswered (reading it would cost what the cap is there to save), and counted
   (``connection_limit``). The admin listener is another server: it keeps answering.
 - **header timeout**: a request's whole head must arrive within `header_timeout`, counted from the

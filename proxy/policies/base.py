@@ -42,8 +42,9 @@ class Call:
     tool: str | None
     idempotent: bool
     client: str
-    """Who is calling: the configured identity header, else a hash of the credential headers, else the
-    peer address (`proxy.classify.client_identity`; only forwarded headers count)."""
+    """Who is calling: the configured identity header, else a hash of the strongest credential header
+    present (`proxy.classify.CREDENTIAL_HEADERS`), else the peer address (`proxy.classify.client_of`; only
+    forwarded headers count)."""
     credential_scope: str
     """A hash over every credential-bearing header the upstream receives ('' without any): the boundary
     a private cache entry and a single flight never cross (`proxy.classify.credential_scope`). Computed
