@@ -28,6 +28,7 @@ __all__ = [
     "classify",
     "client_identity",
     "client_of",
+    "lends_credentials",
     "credential_scope",
     "era_for",
     "identity_hash",
@@ -171,6 +172,13 @@ def client_identity(headers: Mapping[str, str], peer: str | None, identity_heade
     return client_of(headers, peer, identity_header), credential_scope(headers)
 
 
+def lends_credentials(client: Mapping[str, str], forwarded: Mapping[str, str]) -> bool:
+    """May the upstream URL's own credentials stand in for the client's? Not when the client sent an
+    Authorization that the proxy dropped (named in ``Connection``): that client asked as someone, and
+    must never be sent as the proxy's configured user instead."""
+    return "Authorization" in forwarded or "Authorization" not in client
+
+
 def client_of(headers: Mapping[str, str], peer: str | None, identity_header: str | None) -> str:
     """Who is calling (`client_identity` without the scope): cheap, for every call. The scope hashes every
     forwarded header, so it is computed only where a cache needs it (`classify`)."""
@@ -237,7 +245,7 @@ def classify(
         client=client,
         credential_scope=scope,
         session_id=forward_headers.get("Mcp-Session-Id"),
-        lend_credentials="Authorization" in forward_headers or "Authorization" not in headers,
+        lend_credentials=lends_credentials(headers, forward_headers),
         protocol=protocol,
         message=message,
         body=body,

@@ -60,7 +60,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.classify import classify, client_of, era_for, protocol_of
+from proxy.classify import classify, client_of, era_for, lends_credentials, protocol_of
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
 from proxy.failures import OK, Failure, Verdict, classify_error, verdict_of
 from proxy.headers import forwarded, upstream_headers
@@ -475,7 +475,7 @@ class McpHandler:
         try:
             reply = await upstream.exchange(
                 method, headers, body, timeouts.per_try, None,
-                lend_credentials=_lends_credentials(request, headers),
+                lend_credentials=lends_credentials(request.headers, headers),
                 answer_to=None if message is None else AnswerTo.of(message),
                 owner=_owner_of(request),
             )
@@ -641,13 +641,6 @@ def _owner_of(request: web.BaseRequest) -> int:
 
 _REJECTED_AS: dict[int, str] = {-32700: "bad_json", -32602: "bad_name"}
 """The reject reason (metric label) of a body `parse_message` refused, by its JSON-RPC code."""
-
-
-def _lends_credentials(request: web.BaseRequest, forwarded: CIMultiDict[str]) -> bool:
-    """May the upstream URL's own credentials stand in for the client's? Not when the client sent an
-    Authorization that the proxy dropped (named in ``Connection``): that client asked as someone, and
-    must never be sent as the proxy's configured user instead."""
-    return "Authorization" in forwarded or "Authorization" not in request.headers
 
 
 def _head_size(request: web.BaseRequest) -> int:

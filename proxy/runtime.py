@@ -64,11 +64,6 @@ class UpstreamState:
     """Requests open per client: kept across reloads, so a reload never resets a client's count."""
     prober: HealthProber | None = None
 
-    @property
-    def annotations(self) -> ToolCatalog:
-        """The catalog, under its former name (its length is the number of listed tools)."""
-        return self.catalog
-
 
 @dataclass(frozen=True, slots=True)
 class Route:

@@ -30,7 +30,7 @@ def _upstream(state: UpstreamState, path: str) -> dict[str, Any]:
             {"ratio": b.config.ratio, "allowance": round(b.allowance(), 1), "exhausted": b.exhausted}
             for b in state.retry.budgets
         ],
-        "annotated_tools": len(state.annotations),
+        "annotated_tools": len(state.catalog),
         "clients_with_open_requests": state.clients.clients,
     }
 

@@ -198,7 +198,7 @@ class AnswerTo:
     def of(cls, message: Message) -> AnswerTo:
         """The answer `message` is owed: its id, a batch's request ids, or (notifications) none."""
         if message.kind is Kind.BATCH:
-            return cls(frozenset(item["id"] for item in message.body if _asks(item)), batch=True)
+            return cls(frozenset(i.id for i in message.items if i.kind is Kind.REQUEST and i.id is not None), batch=True)
         if message.kind is Kind.REQUEST and message.id is not None:
             return cls(frozenset((message.id,)))
         return cls(frozenset())
@@ -218,11 +218,6 @@ class AnswerTo:
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-
-
-def _asks(item: Any) -> bool:
-    """A batch item that is a request (it is owed an answer with its id)."""
-    return isinstance(item, dict) and "method" in item and _is_id(item.get("id"))
 
 
 def _is_response(item: Any) -> bool:
