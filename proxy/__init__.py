@@ -1,6 +1,6 @@
 """mcp-resilience-proxy: a resilience sidecar for MCP servers."""
 
-from proxy.config import ConfigError, ProxyConfig, load_config, load_config_file
+from proxy.config.model import ConfigError, ProxyConfig, load_config, load_config_file
 
 __version__ = "0.1.0"
 

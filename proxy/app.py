@@ -3,7 +3,7 @@
 The admin listener is separate so probes and scrapes never queue behind client traffic, and so it
 can stay on loopback while the MCP listener binds a pod address. Lifecycle, in order:
 
-The MCP listener bounds what a client connection may hold (`proxy.server_errors`): a header timeout,
+The MCP listener bounds what a client connection may hold (`proxy.server.listener`): a header timeout,
 an idle keep-alive timeout, a cap on open connections (default derived from the file-descriptor limit,
 leaving room for the upstream pools, the admin listener and reloads), and a request-head size and
 header count. The admin listener is another server, outside that cap: probes and scrapes keep
@@ -32,21 +32,21 @@ import orjson
 import structlog
 from aiohttp import web
 
-from proxy.analyzer_embedded import EmbeddedAnalyzer
-from proxy.config import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, safe_url
-from proxy.event_sinks import JsonlFile, events_endpoint, log_event
-from proxy.events import EventBus, EventRecorder, FanOut
-from proxy.fixtures import FixtureWriter
-from proxy.handler import McpHandler
-from proxy.health import HealthProber
-from proxy.logs import configure_logging
-from proxy.metrics import ProxyMetrics
+from proxy.analyzer.embedded import EmbeddedAnalyzer
+from proxy.config.model import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, safe_url
+from proxy.events.sinks import JsonlFile, events_endpoint, log_event
+from proxy.events.recorder import EventBus, EventRecorder, FanOut
+from proxy.ops.fixtures import FixtureWriter
+from proxy.server.handler import McpHandler
+from proxy.ops.health import HealthProber
+from proxy.ops.logs import configure_logging
+from proxy.ops.metrics import ProxyMetrics
 from proxy.policies.base import Clock, MonotonicClock
-from proxy.reload import ConfigReloader
+from proxy.ops.reload import ConfigReloader
 from proxy.runtime import Runtime, RuntimeRef, build_runtime
-from proxy.server_errors import JsonRpcServer, ListenerLimits
-from proxy.status import status_document
-from proxy.transport import HttpUpstream
+from proxy.server.listener import JsonRpcServer, ListenerLimits
+from proxy.ops.status import status_document
+from proxy.upstream.transport import HttpUpstream
 
 __all__ = ["BindError", "ProxyServer", "running_proxy"]
 
@@ -148,7 +148,7 @@ class ProxyServer:
     def proxy_server(self) -> JsonRpcServer:
         """The MCP listener: aiohttp's low-level server, since the handler routes by path itself
         (a router and an Application add measurable work to every request and nothing else).
-        Its connections keep the listener limits of the config in force (`proxy.server_errors`)."""
+        Its connections keep the listener limits of the config in force (`proxy.server.listener`)."""
         return JsonRpcServer(
             self.handler.handle, self.listener_limits, self._reject, handler_cancellation=True, access_log=None
         )
@@ -221,7 +221,7 @@ class ProxyServer:
         return _json(200, self.status())
 
     def status(self) -> dict[str, Any]:
-        """Everything an operator asks first, as one JSON document (see `proxy.status`)."""
+        """Everything an operator asks first, as one JSON document (see `proxy.ops.status`)."""
         ready, why = self.ready()
         return status_document(self.runtime.current, self.reloader, ready, why, self.draining, self.started_at)
 

@@ -9,7 +9,7 @@ reload never changes the policies of a call in flight. What carries state lives 
 - breakers, retry budgets, rate-limit buckets and cache stores are keyed by their policy's config
   value inside their stage, so a policy that did not change keeps its state and a changed one starts
   fresh, with no bookkeeping here;
-- the tool catalog (what the upstream listed, `proxy.tool_catalog`), health and each client's count
+- the tool catalog (what the upstream listed, `proxy.mcp.tool_catalog`), health and each client's count
   of open requests survive as long as the upstream keeps its name (and its URL). The catalog is learned
   from every upstream; the retry policy sees it through `Route.annotations`, which believes the hints
   only when the config trusts them. Metrics and events are told each upstream's catalog here
@@ -21,23 +21,23 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from proxy.annotations import ToolAnnotations
-from proxy.tool_catalog import ToolCatalog
-from proxy.config import LimitsConfig, ProxyConfig, UpstreamConfig
-from proxy.fairness import ClientSlots
-from proxy.headers import HostPolicy
-from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
-from proxy.metrics import ProxyMetrics
+from proxy.mcp.annotations import ToolAnnotations
+from proxy.mcp.tool_catalog import ToolCatalog
+from proxy.config.model import LimitsConfig, ProxyConfig, UpstreamConfig
+from proxy.policies.fairness import ClientSlots
+from proxy.mcp.headers import HostPolicy
+from proxy.ops.health import HealthProber, PassiveHealthStage, UpstreamHealth
+from proxy.ops.metrics import ProxyMetrics
 from proxy.pipeline import build_pipeline
-from proxy.events import EventRecorder, FanOut
+from proxy.events.recorder import EventRecorder, FanOut
 from proxy.policies.base import Clock, Handler, Observer, Stage
 from proxy.policies.breaker import BreakerStage
 from proxy.policies.fallback import CacheStage
 from proxy.policies.ratelimit import RateLimitStage
-from proxy.policies.resolve import PolicyResolver
+from proxy.config.resolve import PolicyResolver
 from proxy.policies.retry import RetryStage
 from proxy.policies.timeout import TimeoutStage
-from proxy.transport import HttpUpstream
+from proxy.upstream.transport import HttpUpstream
 
 __all__ = ["Route", "Runtime", "RuntimeRef", "SharedStages", "UpstreamState", "build_runtime", "config_hash"]
 

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, settings
 
 from proxy.app import ProxyServer, running_proxy
-from proxy.config import ProxyConfig
+from proxy.config.model import ProxyConfig
 from tests.fault_upstream import FaultUpstream
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,13 +8,13 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict
 
-from proxy.annotations import ToolAnnotations
-from proxy.config import UpstreamConfig
-from proxy.policies.resolve import PolicyResolver
+from proxy.mcp.annotations import ToolAnnotations
+from proxy.config.model import UpstreamConfig
+from proxy.config.resolve import PolicyResolver
 
-from proxy.classify import classify
-from proxy.headers import upstream_headers
-from proxy.jsonrpc import parse_message
+from proxy.server.classify import classify
+from proxy.mcp.headers import upstream_headers
+from proxy.mcp.jsonrpc import parse_message
 from proxy.policies.base import Call, Handler, Reply
 
 

@@ -13,9 +13,9 @@ import yaml
 
 from proxy.analyzer import Change, Match, Proposal
 from proxy.analyzer.proposal import Effect
-from proxy.analyzer_embedded import within_bounds
+from proxy.analyzer.embedded import within_bounds
 from proxy.app import ProxyServer, running_proxy
-from proxy.config import AnalyzerConfig, load_config
+from proxy.config.model import AnalyzerConfig, load_config
 from tests.fault_upstream import FaultUpstream
 
 READ = {"jsonrpc": "2.0", "method": "resources/read", "params": {"uri": "demo://facts"}}
@@ -180,8 +180,8 @@ async def test_a_rollback_never_overwrites_an_operators_later_edit(upstream: Fau
 
 
 def test_the_proposals_document_never_shows_credentials_from_the_file(tmp_path: Path) -> None:
-    from proxy.analyzer_embedded import EmbeddedAnalyzer
-    from proxy.events import EventBus, EventRecorder
+    from proxy.analyzer.embedded import EmbeddedAnalyzer
+    from proxy.events.recorder import EventBus, EventRecorder
 
     bus = EventBus(100, 10)
     analyzer = EmbeddedAnalyzer(tmp_path / "proxy.yaml", AnalyzerConfig.model_validate({}), bus, EventRecorder(bus, False, True, False))

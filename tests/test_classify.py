@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, strategies as st
 from multidict import CIMultiDict
 
-from proxy.classify import classify, client_identity, credential_scope
-from proxy.headers import upstream_headers
-from proxy.jsonrpc import parse_message
+from proxy.server.classify import classify, client_identity, credential_scope
+from proxy.mcp.headers import upstream_headers
+from proxy.mcp.jsonrpc import parse_message
 from proxy.policies.base import Call, Era
-from proxy.policies.resolve import PolicyResolver
+from proxy.config.resolve import PolicyResolver
 from tests.fakes import upstream_config
 
 CALL = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"lookup","arguments":{}}}'

@@ -166,7 +166,7 @@ def print_demo_evidence() -> None:
     demo.propose = propose
 
 
-DEMO_WITH_EVIDENCE = "import sys; from tests.test_cli import print_demo_evidence; print_demo_evidence(); from proxy.cli import main; sys.exit(main(sys.argv[1:]))"
+DEMO_WITH_EVIDENCE = "import sys; from tests.test_cli import print_demo_evidence; print_demo_evidence(); from proxy.cli.main import main; sys.exit(main(sys.argv[1:]))"
 """`python -m proxy` (the same `main`), with the analyzer's evidence printed."""
 
 
@@ -257,7 +257,7 @@ def test_serve_raises_the_soft_open_files_limit_to_the_hard_one() -> None:
     if hard != resource.RLIM_INFINITY and hard <= 1024:
         pytest.skip("the hard limit leaves nothing to raise")
     code = (
-        "import resource; from proxy.cli import _raise_fd_limit; "
+        "import resource; from proxy.cli.main import _raise_fd_limit; "
         "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
         "_raise_fd_limit(); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import (
+from proxy.config.model import (
     ConfigError,
     ProxyConfig,
     allowing_hosts,
@@ -155,7 +155,7 @@ def test_values_from_the_environment_are_never_echoed_in_errors() -> None:
 
 
 def test_safe_url_drops_credentials_and_queries() -> None:
-    from proxy.config import safe_url
+    from proxy.config.model import safe_url
 
     assert safe_url("https://user:pw@mcp.example.com:8443/mcp?token=x#f") == "https://mcp.example.com:8443/mcp"
     assert safe_url("http://[::1]:3000/mcp") == "http://[::1]:3000/mcp"

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from proxy.app import running_proxy
-from proxy.event_sinks import JsonlFile
-from proxy.events import EventBus, EventRecorder, make_event, signature
+from proxy.events.sinks import JsonlFile
+from proxy.events.recorder import EventBus, EventRecorder, make_event, signature
 from tests.conftest import proxy_config
 from tests.fakes import make_call, tool_call
 from tests.fault_upstream import FaultUpstream
@@ -199,7 +199,7 @@ def test_a_failing_sink_never_fails_the_publisher() -> None:
 def test_the_exported_event_schema_is_current_and_every_real_event_fits(tmp_path: Path) -> None:
     import jsonschema
 
-    from proxy.event_schema import event_schema
+    from proxy.events.schema import event_schema
     from tests.conftest import REPO
 
     schema = event_schema()

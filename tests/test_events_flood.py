@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.events import (
+from proxy.events.recorder import (
     MAX_EVENT_BYTES,
     MAX_FIELD_CHARS,
     MAX_LIST_ITEMS,
@@ -28,7 +28,7 @@ from proxy.events import (
 )
 from proxy.app import running_proxy
 from proxy.policies.base import Call
-from proxy.tool_catalog import ToolCatalog
+from proxy.mcp.tool_catalog import ToolCatalog
 from tests.conftest import proxy_config
 from tests.fakes import make_call, tool_call
 from tests.fault_upstream import TOOLS, FaultUpstream
@@ -151,7 +151,7 @@ def test_breaker_state_text_and_rejected_config_errors_are_bounded(character: st
 
 def test_deep_params_make_a_bounded_event_not_a_crash() -> None:
     deep: Any = "leaf"
-    for _ in range(100):  # deeper is refused where the message enters (proxy.jsonrpc)
+    for _ in range(100):  # deeper is refused where the message enters (proxy.mcp.jsonrpc)
         deep = {"k": deep}
     call = make_call(tool_call("search", 1, deep=deep))
     event = make_event("call_failed", call, error={"kind": "timeout", "message": "late"}, include_params=True)

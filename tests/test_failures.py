@@ -17,7 +17,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from proxy.failures import Failure, classify_error, classify_reply, parse_retry_after
+from proxy.policies.failures import Failure, classify_error, classify_reply, parse_retry_after
 from tests.fakes import reply_error, reply_json, reply_ok, reply_result, reply_status
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from proxy.app import ProxyServer, running_proxy
 from proxy.errors import ClientOverloaded
-from proxy.events import EventBus, EventRecorder
-from proxy.fairness import ClientSlots
-from proxy.metrics import ProxyMetrics
+from proxy.events.recorder import EventBus, EventRecorder
+from proxy.policies.fairness import ClientSlots
+from proxy.ops.metrics import ProxyMetrics
 from proxy.runtime import build_runtime
 from tests.conftest import proxy_config
 from tests.fakes import FakeClock

@@ -377,7 +377,7 @@ async def test_a_crash_in_the_proxy_is_a_jsonrpc_500_not_a_traceback_page(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("proxy.handler.classify", broken)
+    monkeypatch.setattr("proxy.server.handler.classify", broken)
     status, headers, body = await post(mcp_url(proxy), LIST, headers={"Accept": "text/html"})
     assert status == 500 and headers["Content-Type"] == "application/json"
     assert json.loads(body)["error"] == {"code": -32603, "message": "500 Internal Server Error", "data": {"reason": "internal_error"}}
@@ -480,7 +480,7 @@ async def test_neither_the_request_line_nor_a_second_origin_slips_past_the_allow
 def test_a_refused_host_with_user_information_is_logged_without_it() -> None:
     from structlog.testing import capture_logs
 
-    from proxy.headers import HostPolicy
+    from proxy.mcp.headers import HostPolicy
 
     policy = HostPolicy(("localhost",), ("localhost",))
     with capture_logs() as logs:

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.config import LOOPBACK_NAMES
-from proxy.headers import REFUSALS_LOGGED, SHOWN_CHARS, HostPolicy, RefusalLog, client_headers, forwarded, upstream_headers
+from proxy.config.model import LOOPBACK_NAMES
+from proxy.mcp.headers import REFUSALS_LOGGED, SHOWN_CHARS, HostPolicy, RefusalLog, client_headers, forwarded, upstream_headers
 
 
 def test_upstream_headers_keep_end_to_end_and_drop_hop_by_hop() -> None:

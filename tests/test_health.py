@@ -19,12 +19,12 @@ import structlog
 import uvicorn
 from aiohttp import web
 
-from proxy.config import HealthConfig, LimitsConfig, UpstreamConfig
+from proxy.config.model import HealthConfig, LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, ProxyOverloaded, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from proxy.failures import CANCELLED, classify_error, classify_reply
-from proxy.health import HealthProber, PassiveHealthStage, UpstreamHealth
+from proxy.policies.failures import CANCELLED, classify_error, classify_reply
+from proxy.ops.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.policies.base import Call, Reply
-from proxy.transport import HttpUpstream
+from proxy.upstream.transport import HttpUpstream
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_result, reply_status, tool_call
 from tests.fault_upstream import FaultUpstream
 from tests.servers.everything import build_app

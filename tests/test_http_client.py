@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from proxy import http_client
-from proxy.http_client import (
+from proxy.upstream.http11 import client as http_client
+from proxy.upstream.http11.client import (
     _PAUSE_AT,
     MAX_HEAD_BYTES,
     MAX_INTERIM_RESPONSES,

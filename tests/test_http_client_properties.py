@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http_client import (
+from proxy.upstream.http11.client import (
     MAX_HEAD_BYTES,
     MAX_RESPONSE_HEADERS,
     MAX_UNPARSED_BYTES,

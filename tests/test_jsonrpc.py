@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.jsonrpc import (
+from proxy.mcp.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_BATCH_ITEMS,
@@ -286,7 +286,7 @@ def test_a_batch_item_with_an_implausible_name_refuses_the_batch() -> None:
 
 def test_an_event_with_more_containers_than_the_bound_is_not_parsed() -> None:
     """60 MB of ``{},`` would take ~2 GB to parse: such an event is passed on and watched no further."""
-    from proxy.jsonrpc import MAX_PARSED_CONTAINERS, final_response
+    from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, final_response
 
     small = '{"jsonrpc":"2.0","id":1,"result":{"a":[{}]}}'
     assert final_response(small, 1) == {"jsonrpc": "2.0", "id": 1, "result": {"a": [{}]}}

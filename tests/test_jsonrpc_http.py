@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from proxy.app import running_proxy
-from proxy.jsonrpc import MAX_BATCH_ITEMS, MAX_JSON_DEPTH, MAX_NAME_CHARS
+from proxy.mcp.jsonrpc import MAX_BATCH_ITEMS, MAX_JSON_DEPTH, MAX_NAME_CHARS
 from tests.conftest import proxy_config
 from tests.fault_upstream import FaultUpstream
 

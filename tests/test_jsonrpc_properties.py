@@ -17,7 +17,7 @@ import orjson
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.jsonrpc import (
+from proxy.mcp.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_BATCH_ITEMS,
@@ -324,4 +324,4 @@ def test_orjson_depths_the_bound_relies_on() -> None:
         orjson.dumps([value])
     except orjson.JSONEncodeError:
         return
-    raise AssertionError("orjson now writes 255 levels: revisit _DEPTH_PROBE in proxy/jsonrpc.py")
+    raise AssertionError("orjson now writes 255 levels: revisit _DEPTH_PROBE in proxy/mcp/jsonrpc.py")

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from proxy.config import ConfigError, ProxyConfig, load_config
-from proxy.headers import HostPolicy
+from proxy.config.model import ConfigError, ProxyConfig, load_config
+from proxy.mcp.headers import HostPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "config" / "k8s"

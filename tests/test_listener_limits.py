@@ -23,8 +23,8 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.app import ProxyServer, running_proxy
-from proxy.config import FD_RESERVE, MAX_DEFAULT_CONNECTIONS, MIN_CONNECTIONS, default_connection_cap
-from proxy.server_errors import SEND_LOWAT, JsonRpcServer, ListenerLimits
+from proxy.config.model import FD_RESERVE, MAX_DEFAULT_CONNECTIONS, MIN_CONNECTIONS, default_connection_cap
+from proxy.server.listener import SEND_LOWAT, JsonRpcServer, ListenerLimits
 from tests.conftest import proxy_config
 from tests.fault_upstream import FaultUpstream
 

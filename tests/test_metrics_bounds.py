@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from proxy.metrics import MAX_LABEL_VALUES, ProxyMetrics
-from proxy.tool_catalog import ToolCatalog
+from proxy.ops.metrics import MAX_LABEL_VALUES, ProxyMetrics
+from proxy.mcp.tool_catalog import ToolCatalog
 
 NAMES = 10_000
 LONG = 256

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from proxy.app import running_proxy
-from proxy.config import ConfigError, UpstreamConfig, load_config
+from proxy.config.model import ConfigError, UpstreamConfig, load_config
 from proxy.errors import NeverSent
-from proxy.transport import HttpUpstream
+from proxy.upstream.transport import HttpUpstream
 from tests.conftest import proxy_config
 from tests.fakes import make_call
 from tests.fault_upstream import FaultUpstream

@@ -95,7 +95,7 @@ async def test_every_entry_of_a_batch_spends_a_token_and_none_is_parsed_again(
     """A batch of a request and two notifications costs three tokens, with the body parsed once and no
     entry classified on its own."""
     parsed: list[bytes] = []
-    import proxy.handler as handler
+    import proxy.server.handler as handler
 
     real_parse = handler.parse_message
     monkeypatch.setattr(handler, "parse_message", lambda raw: parsed.append(raw) or real_parse(raw))

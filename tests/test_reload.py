@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from proxy.app import running_proxy
-from proxy.config import load_config
+from proxy.config.model import load_config
 from tests.conftest import ProxyProcess, proxy_config
 from tests.fault_upstream import FaultUpstream
 

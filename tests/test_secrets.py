@@ -15,11 +15,11 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.event_sinks import JsonlFile, log_event
-from proxy.logs import MAX_LOG_VALUE_CHARS, configure_logging, redact_secrets
+from proxy.events.sinks import JsonlFile, log_event
+from proxy.ops.logs import MAX_LOG_VALUE_CHARS, configure_logging, redact_secrets
 from proxy.redact import MAX_LOG_LINE_CHARS, REDACTED, is_secret_key, redact, redact_text
-from proxy.reload import ConfigReloader
-from proxy.config import ProxyConfig
+from proxy.ops.reload import ConfigReloader
+from proxy.config.model import ProxyConfig
 
 SECRET = "Zq8vW3nKp0Lx"
 

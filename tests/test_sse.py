@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 
-from proxy.sse import SSEEvent, SSEParser
+from proxy.mcp.sse import SSEEvent, SSEParser
 
 STREAM = (
     b": keep-alive comment\r\n"

@@ -13,7 +13,7 @@ import tracemalloc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.sse import SSEEvent, SSEParser
+from proxy.mcp.sse import SSEEvent, SSEParser
 
 _ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
 _TEXT = st.one_of(

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.annotations import ToolAnnotations
+from proxy.mcp.annotations import ToolAnnotations
 from proxy.app import running_proxy
-from proxy.events import EventBus, EventRecorder
-from proxy.metrics import ProxyMetrics
+from proxy.events.recorder import EventBus, EventRecorder
+from proxy.ops.metrics import ProxyMetrics
 from proxy.runtime import build_runtime
-from proxy.tool_catalog import (
+from proxy.mcp.tool_catalog import (
     MAX_PENDING_TOOLS,
     MAX_PENDING_WALKS,
     MAX_TOOL_NAME_CHARS,

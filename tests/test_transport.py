@@ -12,12 +12,12 @@ import aiohttp
 import pytest
 
 from proxy.app import running_proxy
-from proxy.config import LimitsConfig, UpstreamConfig
+from proxy.config.model import LimitsConfig, UpstreamConfig
 from proxy.errors import NeverSent, StreamEndedEarly, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from proxy.failures import Failure, classify_error, verdict_of
-from proxy.jsonrpc import Message, parse_message
+from proxy.policies.failures import Failure, classify_error, verdict_of
+from proxy.mcp.jsonrpc import Message, parse_message
 from proxy.policies.fallback import _storable
-from proxy.transport import MAX_PARSED_CONTAINERS, PROBE_MAX_RESPONSE_BYTES, AnswerTo, HttpUpstream
+from proxy.upstream.transport import MAX_PARSED_CONTAINERS, PROBE_MAX_RESPONSE_BYTES, AnswerTo, HttpUpstream
 from tests.conftest import proxy_config
 from tests.fakes import make_call
 from tests.fault_upstream import FaultUpstream

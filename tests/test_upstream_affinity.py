@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http_client import ConnectionPool, Origin
+from proxy.upstream.http11.client import ConnectionPool, Origin
 from tests.fakes import make_call
 from tests.test_http_client import OK, RawServer, answering, answering_after, pool_for, read_request, until
 from tests.test_transport import upstream_for

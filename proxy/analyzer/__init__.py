@@ -1,6 +1,6 @@
 """The failure-event analyzer: events in, config proposals out (DESIGN.md section 5).
 
-It reads only events (`proxy.events`, schema v1) and the user's config file, never the running proxy:
+It reads only events (`proxy.events.recorder`, schema v1) and the user's config file, never the running proxy:
 `analyze(events, config_text)` aggregates a window, runs each rule, and returns proposals whose diffs
 edit the user's own file; `apply_proposal` writes one, validated and backed up.
 """

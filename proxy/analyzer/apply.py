@@ -18,7 +18,7 @@ from pathlib import Path
 
 from proxy.analyzer.proposal import Proposal
 from proxy.analyzer.yamledit import EditError, edit_text, unified_diff
-from proxy.config import ConfigError, load_config
+from proxy.config.model import ConfigError, load_config
 
 __all__ = ["ApplyError", "apply_proposal"]
 

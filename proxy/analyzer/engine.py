@@ -18,7 +18,7 @@ from proxy.analyzer.aggregate import DEFAULT_WINDOW_S, Analysis
 from proxy.analyzer.proposal import Proposal
 from proxy.analyzer.rules import Rule
 from proxy.analyzer.yamledit import EditError, edit_text, unified_diff
-from proxy.config import ConfigError, ProxyConfig, load_config
+from proxy.config.model import ConfigError, ProxyConfig, load_config
 from proxy.analyzer.scope import policy_of
 
 __all__ = ["RULES", "analyze", "propose", "unsafe_retries"]

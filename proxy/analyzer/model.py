@@ -1,6 +1,6 @@
 """What the events of a window say, per failure signature, per called tool and per breaker/upstream.
 
-The analyzer reads nothing but events (schema v1, `proxy.events`). Successes come from the periodic
+The analyzer reads nothing but events (schema v1, `proxy.events.recorder`). Successes come from the periodic
 `call_ok` summaries (counts, attempts, a latency histogram), failures from the individual events, so
 the numbers here are exact for failures and bucket-interpolated for latencies. `aggregate.py` fills
 these records; the rules read them and never look at raw events.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from proxy.analyzer.stats import Histogram
-from proxy.failures import SERVER_SIDE as FAILURES_ON_THE_SERVER
+from proxy.policies.failures import SERVER_SIDE as FAILURES_ON_THE_SERVER
 
 __all__ = [
     "SERVER_SIDE",

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import orjson
 
-from proxy.policy_config import MatchConfig
+from proxy.config.policies import MatchConfig
 
 __all__ = ["Change", "Confidence", "Effect", "Match", "Proposal", "confidence", "literal_glob", "yaml_literal"]
 

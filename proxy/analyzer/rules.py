@@ -14,7 +14,7 @@ from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.proposal import Change, Effect, Proposal, confidence
 from proxy.analyzer.scope import scope_for, window_evidence
 from proxy.analyzer.stats import format_duration, nice_duration, percentile
-from proxy.config import ProxyConfig
+from proxy.config.model import ProxyConfig
 
 __all__ = ["Rule", "cache_fallback", "cache_max_stale", "retries_fewer", "retries_more", "timeouts"]
 

@@ -19,8 +19,8 @@ from proxy.analyzer.model import Target
 from proxy.analyzer.proposal import Change, Effect, Proposal, confidence
 from proxy.analyzer.scope import scope_for, upstream_config, window_evidence
 from proxy.analyzer.stats import format_duration, nice_duration
-from proxy.config import ProxyConfig
-from proxy.policies.resolve import PolicyResolver
+from proxy.config.model import ProxyConfig
+from proxy.config.resolve import PolicyResolver
 
 __all__ = ["breaker_flaps", "breaker_per_tool", "health_flaps", "rate_limit", "session_lost"]
 

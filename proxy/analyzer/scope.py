@@ -14,8 +14,8 @@ from typing import Any
 from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.model import Target
 from proxy.analyzer.proposal import Match
-from proxy.config import ProxyConfig, UpstreamConfig
-from proxy.policies.resolve import Policy, PolicyResolver
+from proxy.config.model import ProxyConfig, UpstreamConfig
+from proxy.config.resolve import Policy, PolicyResolver
 
 __all__ = ["policy_of", "scope_for", "upstream_config", "window_evidence"]
 

@@ -31,7 +31,7 @@ import yaml
 
 from proxy.analyzer import Proposal, Window, apply_proposal, propose
 from proxy.app import ProxyServer, running_proxy
-from proxy.config import host_port, load_config
+from proxy.config.model import host_port, load_config
 from proxy.demo.server import DemoState, running_demo_server
 from proxy.demo.workload import WorkloadStats, run_workload
 

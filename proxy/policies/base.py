@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
-from proxy.jsonrpc import Message
-from proxy.policies.resolve import Policy
+from proxy.mcp.jsonrpc import Message
+from proxy.config.resolve import Policy
 
 __all__ = ["NULL_OBSERVER", "Call", "Clock", "Era", "Handler", "MonotonicClock", "NullObserver", "Observer", "Reply", "Stage"]
 
@@ -43,11 +43,11 @@ class Call:
     idempotent: bool
     client: str
     """Who is calling: the configured identity header, else a hash of the strongest credential header
-    present (`proxy.classify.CREDENTIAL_HEADERS`), else the peer address (`proxy.classify.client_of`; only
+    present (`proxy.server.classify.CREDENTIAL_HEADERS`), else the peer address (`proxy.server.classify.client_of`; only
     forwarded headers count)."""
     credential_scope: str
     """A hash over every credential-bearing header the upstream receives ('' without any): the boundary
-    a private cache entry and a single flight never cross (`proxy.classify.credential_scope`). Computed
+    a private cache entry and a single flight never cross (`proxy.server.classify.credential_scope`). Computed
     only for calls whose policy has a cache (the only reader); '' otherwise."""
     session_id: str | None
     """The legacy session (``Mcp-Session-Id``) as forwarded; None without one."""
@@ -63,7 +63,7 @@ class Call:
     owner: int | None = None
     """The downstream client connection this call came on (a number unique in this process): an upstream
     connection is reused only for calls of the connection that used it, so a server's stray bytes can
-    only ever reach the client whose exchange they garbled, as without a proxy (`proxy.http_client`)."""
+    only ever reach the client whose exchange they garbled, as without a proxy (`proxy.upstream.http11.client`)."""
     lend_credentials: bool = True
     """May the upstream URL's user and password stand in for the client's own Authorization? Not when the
     client sent one that the proxy dropped (named in `Connection`): it asked as someone, and must never be
@@ -111,7 +111,7 @@ class Reply:
     extra: dict[str, str] = field(default_factory=dict)
     """Headers a stage adds for the client (e.g. a marker on a stale cached answer)."""
     verdict: Any = None
-    """The failure classifier's verdict, computed once (`proxy.failures.verdict_of`) for every stage."""
+    """The failure classifier's verdict, computed once (`proxy.policies.failures.verdict_of`) for every stage."""
     reason: str | None = None
     """The upstream's reason phrase, passed on unchanged (None: the standard one for the status)."""
 

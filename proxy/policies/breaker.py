@@ -34,7 +34,7 @@ with another. State changes are logged and exported as metrics.
 Tool and method names come from clients, who may invent any number; the breakers they key are held
 so that no invented name can push out the state of a real one (`_Breakers`):
 
-- names the upstream listed (its `proxy.tool_catalog.ToolCatalog`), the MCP methods and the upstream
+- names the upstream listed (its `proxy.mcp.tool_catalog.ToolCatalog`), the MCP methods and the upstream
   breaker itself keep their breakers for as long as their config is in use (bounded by the listing);
 - any other name (invented, or a tool listed since the last `tools/list`) gets a breaker of its own in
   a separate space of `MAX_UNLISTED_BREAKERS`; before the upstream's first listing nothing can be told
@@ -55,11 +55,11 @@ from typing import Any, Final
 import pybreaker
 
 from proxy.errors import CircuitOpen
-from proxy.failures import CANCELLED, STREAMING, Failure, Verdict, judged
+from proxy.policies.failures import CANCELLED, STREAMING, Failure, Verdict, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policies.half_open import TrialPeriod
-from proxy.policy_config import AppBreakerConfig, BreakerConfig
-from proxy.tool_catalog import MCP_METHODS, ToolCatalog, listed
+from proxy.config.policies import AppBreakerConfig, BreakerConfig
+from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog, listed
 
 __all__ = [
     "MAX_TOOL_BREAKERS",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from proxy.policies.base import Clock
-from proxy.policy_config import BudgetConfig
+from proxy.config.policies import BudgetConfig
 
 __all__ = ["RetryBudget"]
 

@@ -2,7 +2,7 @@
 
 This stage is outermost, so it can answer any failure below it: a `ProxyError` (timeout, unreachable
 upstream, open breaker, rate limit, retry budget, the proxy's own overload) or a reply that
-`proxy.failures` calls a server failure (502/503/504, a 5xx without a JSON-RPC body) or a 429. An
+`proxy.policies.failures` calls a server failure (502/503/504, a 5xx without a JSON-RPC body) or a 429. An
 answer of the server's own (a JSON-RPC error, a 4xx, an `isError` result) is never replaced: the
 client that asked hears it. It never classifies on its own.
 
@@ -14,7 +14,7 @@ client that asked hears it. It never classifies on its own.
   caller's own: one carrying ``Set-Cookie`` or ``Cache-Control: private`` / ``no-store``.
 - The key is the upstream, the method, the protocol version, the params minus ``_meta`` as canonical
   JSON (exact: `Message.canonical_arguments`), and, unless the policy is ``shared``, the credential
-  scope: a hash over every credential-bearing header the upstream receives (`proxy.classify.
+  scope: a hash over every credential-bearing header the upstream receives (`proxy.server.classify.
   credential_scope`: deny-by-default, so Authorization, Cookie, X-Api-Key, the configured identity
   header, Mcp-Session-Id and any header the proxy does not know all count; only headers that are
   forwarded, so one removed via ``Connection`` does not). A modern result's ``cacheScope: private``
@@ -50,9 +50,9 @@ from cachetools import LRUCache
 from multidict import CIMultiDict
 
 from proxy.errors import ProxyError, RateLimited
-from proxy.failures import Failure, Verdict, verdict_of
+from proxy.policies.failures import Failure, Verdict, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
-from proxy.policy_config import CacheConfig
+from proxy.config.policies import CacheConfig
 
 __all__ = ["CACHE_HEADER", "CACHE_META", "CacheStage", "Entry", "ResponseCache", "list_changed_kind"]
 

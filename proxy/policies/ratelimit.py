@@ -29,7 +29,7 @@ from cachetools import LRUCache
 
 from proxy.errors import RateLimited
 from proxy.policies.base import NULL_OBSERVER, Call, Handler, Observer, Reply
-from proxy.policy_config import RateLimitConfig
+from proxy.config.policies import RateLimitConfig
 
 __all__ = ["RateLimitStage", "bucket_key"]
 

@@ -2,7 +2,7 @@
 
 An attempt is retried only when all of these hold:
 
-- its verdict (`proxy.failures`) has a `retry_on` key the policy lists;
+- its verdict (`proxy.policies.failures`) has a `retry_on` key the policy lists;
 - the call is idempotent (read method, trusted annotation, or the policy says so), or the request
   provably never reached the upstream (`never_sent`: connect refused, DNS, pool wait);
 - attempts are left (`max_attempts` counts the first one);
@@ -33,10 +33,10 @@ from collections.abc import Callable
 import structlog
 
 from proxy.errors import CircuitOpen, ProxyError, ProxyOverloaded, RateLimited, RetryBudgetExhausted
-from proxy.failures import Verdict, classify_error, verdict_of
+from proxy.policies.failures import Verdict, classify_error, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.policies.budget import RetryBudget
-from proxy.policy_config import BackoffConfig, BudgetConfig, RetryConfig
+from proxy.config.policies import BackoffConfig, BudgetConfig, RetryConfig
 
 __all__ = ["RetryStage", "backoff_ceiling"]
 

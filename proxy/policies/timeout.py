@@ -23,7 +23,7 @@ import time
 from typing import Final
 
 from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
-from proxy.jsonrpc import CLIENT_PACED_METHODS
+from proxy.mcp.jsonrpc import CLIENT_PACED_METHODS
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 
 __all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]

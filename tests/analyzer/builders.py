@@ -1,6 +1,6 @@
 """Synthetic event streams for analyzer tests: one builder per event type, ids and times assigned in order.
 
-Events are made with `proxy.events.make_event` (the envelope the proxy publishes), then given what the
+Events are made with `proxy.events.recorder.make_event` (the envelope the proxy publishes), then given what the
 bus and the call would add: `id`, `ts`, the call's method/tool/call_id/attempt and the signature.
 """
 
@@ -11,7 +11,7 @@ import hashlib
 import itertools
 from typing import Any
 
-from proxy.events import LATENCY_BUCKETS_MS, make_event, signature
+from proxy.events.recorder import LATENCY_BUCKETS_MS, make_event, signature
 
 T0 = 1_700_000_000.0
 """Where every stream's clock starts (its `at` arguments are seconds after this)."""

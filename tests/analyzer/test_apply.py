@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy.analyzer import ApplyError, Proposal, analyze, apply_proposal
-from proxy.config import load_config_file
+from proxy.config.model import load_config_file
 from tests.analyzer import scenarios as sc
 
 NOW = 1_700_000_000.0

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from proxy.analyzer import Change, Match, analyze, edit_text, render_markdown, render_text
 from proxy.analyzer.proposal import literal_glob, yaml_literal
-from proxy.config import load_config
-from proxy.policies.resolve import PolicyResolver
+from proxy.config.model import load_config
+from proxy.config.resolve import PolicyResolver
 from tests.analyzer.builders import Stream
 from tests.analyzer.scenarios import CONFIG
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.analyzer import Analysis
-from proxy.events import EventBus, EventRecorder
+from proxy.events.recorder import EventBus, EventRecorder
 from tests.fakes import make_call
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.analyzer import Analysis, Change, Match, Proposal, analyze, rules_upstream
 from proxy.analyzer.engine import unsafe_retries
-from proxy.config import load_config
+from proxy.config.model import load_config
 from tests.analyzer import scenarios as sc
 from tests.analyzer.builders import T0, Stream
 

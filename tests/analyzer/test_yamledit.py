@@ -8,8 +8,8 @@ import pytest
 
 from proxy.analyzer import Change, EditError, Match, edit_text
 from proxy.analyzer.yamledit import unified_diff
-from proxy.config import load_config
-from proxy.policies.resolve import PolicyResolver
+from proxy.config.model import load_config
+from proxy.config.resolve import PolicyResolver
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_YAML = (REPO / "config" / "proxy.yaml").read_text()

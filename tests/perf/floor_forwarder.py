@@ -1,7 +1,7 @@
 """A reference point, not a proxy: the least any Python forwarder on this machine can cost.
 
 An llhttp (httptools) server protocol in front of the proxy's own upstream client
-(`proxy.http_client.ConnectionPool`) on uvloop: parse the request, send its body upstream, write the
+(`proxy.upstream.http11.client.ConnectionPool`) on uvloop: parse the request, send its body upstream, write the
 answer back with its status and Content-Type. No aiohttp, no validation, no policies, no metrics; one
 request at a time per connection, Content-Length answers only. Its row in ``python -m tests.perf``
 shows how much of the proxy's cost is the HTTP server layer plus everything the proxy does per call.
@@ -16,7 +16,7 @@ import asyncio
 import httptools
 import uvloop
 
-from proxy.http_client import ConnectionPool, Origin
+from proxy.upstream.http11.client import ConnectionPool, Origin
 from tests.perf.serving import listening_until_signalled
 
 _REASONS = {200: b"OK", 202: b"Accepted", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}

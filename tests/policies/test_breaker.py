@@ -85,7 +85,7 @@ async def test_a_success_resets_the_consecutive_count() -> None:
 
 
 def client(name: str, body: bytes = LIST, config: Any = None) -> Call:
-    """A call from the client `name` (set directly: who a client is, is `proxy.classify`'s business)."""
+    """A call from the client `name` (set directly: who a client is, is `proxy.server.classify`'s business)."""
     return as_client(name, make_call(body, config if config is not None else breaker_config(half_open_max_calls=2)))
 
 

@@ -1,6 +1,6 @@
 """Per-tool breakers under a flood of invented tool names (issue 10, item 11).
 
-Tools the upstream listed (`proxy.tool_catalog`) keep their breakers whatever clients invent; invented
+Tools the upstream listed (`proxy.mcp.tool_catalog`) keep their breakers whatever clients invent; invented
 names share a small bounded space in which an open breaker is never evicted; before any listing, the
 one bounded space keeps open breakers too (a newcomer gets none when every slot is open).
 """
@@ -16,7 +16,7 @@ from proxy.app import running_proxy
 from proxy.errors import CircuitOpen, UpstreamTimeout
 from proxy.policies.base import Call
 from proxy.policies.breaker import MAX_TOOL_BREAKERS, MAX_UNLISTED_BREAKERS, Breaker, BreakerStage
-from proxy.tool_catalog import MAX_TOOLS, ToolCatalog
+from proxy.mcp.tool_catalog import MAX_TOOLS, ToolCatalog
 from tests.conftest import proxy_config
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, reply_result, tool_call, upstream_config
 from tests.fault_upstream import FaultUpstream

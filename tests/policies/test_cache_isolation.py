@@ -17,14 +17,14 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from proxy.classify import classify
-from proxy.config import UpstreamConfig
+from proxy.server.classify import classify
+from proxy.config.model import UpstreamConfig
 from proxy.errors import UpstreamUnavailable
-from proxy.headers import upstream_headers
-from proxy.jsonrpc import parse_message
+from proxy.mcp.headers import upstream_headers
+from proxy.mcp.jsonrpc import parse_message
 from proxy.policies.base import Call, Reply
 from proxy.policies.fallback import CACHE_HEADER, CacheStage
-from proxy.policies.resolve import PolicyResolver
+from proxy.config.resolve import PolicyResolver
 from tests.fakes import echo, settle, FakeClock, FakeUpstream, reply_result, reply_status, upstream_config
 
 TOOLS = {"tools": [{"name": "search"}]}

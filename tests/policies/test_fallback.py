@@ -10,9 +10,9 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from proxy.annotations import ToolAnnotations
-from proxy.classify import classify
-from proxy.config import UpstreamConfig
+from proxy.mcp.annotations import ToolAnnotations
+from proxy.server.classify import classify
+from proxy.config.model import UpstreamConfig
 from proxy.errors import (
     CircuitOpen,
     ProxyOverloaded,
@@ -22,11 +22,11 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from proxy.headers import upstream_headers
-from proxy.jsonrpc import parse_message
+from proxy.mcp.headers import upstream_headers
+from proxy.mcp.jsonrpc import parse_message
 from proxy.policies.base import Call, Reply
 from proxy.policies.fallback import CACHE_HEADER, CACHE_META, CacheStage, list_changed_kind
-from proxy.policies.resolve import PolicyResolver
+from proxy.config.resolve import PolicyResolver
 from tests.fakes import echo, settle, FakeClock, FakeUpstream, reply_error, reply_result, reply_status, tool_call, upstream_config
 
 TOOLS = {"tools": [{"name": "search"}]}

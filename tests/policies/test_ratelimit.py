@@ -23,7 +23,7 @@ import pytest
 from proxy.errors import RateLimited, UpstreamTimeout
 from proxy.policies.base import Call
 from proxy.policies.ratelimit import RateLimitStage
-from proxy.policy_config import RateLimitConfig
+from proxy.config.policies import RateLimitConfig
 from tests.fakes import FakeUpstream, make_call, tool_call, upstream_config
 
 FLOAT = 1e-9

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import ConfigError, load_config
-from proxy.policies.resolve import RESOLVED_CACHE_SIZE, PolicyResolver
+from proxy.config.model import ConfigError, load_config
+from proxy.config.resolve import RESOLVED_CACHE_SIZE, PolicyResolver
 from tests.fakes import upstream_config
 
 RULES = [

@@ -6,7 +6,7 @@ import pytest
 
 from proxy.errors import CircuitOpen, NeverSent, RateLimited, RetryBudgetExhausted, UpstreamTimeout, UpstreamUnavailable
 from proxy.policies.retry import RetryStage, backoff_ceiling
-from proxy.policy_config import BackoffConfig
+from proxy.config.policies import BackoffConfig
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_status, tool_call, upstream_config
 
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from proxy.errors import UpstreamTimeout
-from proxy.failures import Failure, classify_error
+from proxy.policies.failures import Failure, classify_error
 from proxy.pipeline import build_pipeline
 from proxy.policies.breaker import BreakerStage
 from proxy.policies.base import Call, Reply

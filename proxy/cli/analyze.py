@@ -24,8 +24,8 @@ import orjson
 from proxy.analyzer import Analysis, ApplyError, Proposal, Window, analyze, apply_proposal, propose, read_events
 from proxy.analyzer import render_markdown, render_text
 from proxy.analyzer.report import one_line
-from proxy.config import ConfigError
-from proxy.sse import SSEParser
+from proxy.config.model import ConfigError
+from proxy.mcp.sse import SSEParser
 
 __all__ = ["run_analyze"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from proxy.config import UpstreamConfig
-from proxy.policy_config import (
+from proxy.config.model import UpstreamConfig
+from proxy.config.policies import (
     AppBreakerConfig,
     BreakerConfig,
     CacheConfig,

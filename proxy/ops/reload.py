@@ -25,13 +25,13 @@ from typing import Any, Final
 
 import structlog
 
-from proxy.config import ConfigError, ProxyConfig, load_config, read_config_bytes
+from proxy.config.model import ConfigError, ProxyConfig, load_config, read_config_bytes
 from proxy.policies.base import NULL_OBSERVER, Observer
 from proxy.redact import redact_text
 
 __all__ = ["ConfigReloader", "ReloadResult"]
 
-log = structlog.get_logger("proxy.reload")
+log = structlog.get_logger("proxy.ops.reload")
 
 WATCH_DEBOUNCE_MS: Final = 200
 

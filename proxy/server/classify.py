@@ -14,10 +14,10 @@ from typing import Final
 
 from multidict import CIMultiDict
 
-from proxy.annotations import ToolAnnotations
-from proxy.jsonrpc import Message, is_read_method
+from proxy.mcp.annotations import ToolAnnotations
+from proxy.mcp.jsonrpc import Message, is_read_method
 from proxy.policies.base import Call, Era
-from proxy.policies.resolve import PolicyResolver
+from proxy.config.resolve import PolicyResolver
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -131,7 +131,7 @@ cookie comes last: browsers and gateways add cookies that name no one."""
 def credential_scope(forwarded: Mapping[str, str]) -> str:
     """A hash over every credential-bearing header in `forwarded` ('' when there is none).
 
-    `forwarded` must be the headers the upstream will receive (`proxy.headers.upstream_headers`), not
+    `forwarded` must be the headers the upstream will receive (`proxy.mcp.headers.upstream_headers`), not
     the client's: a header named in ``Connection`` never reaches the upstream, so it must not tell two
     calls apart (nor make them the same). Deny-by-default: see `NOT_CREDENTIALS` for what does not
     count. Names are compared case-insensitively; repeated headers count with every value, in order.

@@ -68,7 +68,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error_body
+from proxy.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error_body
 
 __all__ = [
     "HEADER_COUNT_SLACK", "LINGER", "MAX_LINE_BYTES", "SEND_LOWAT", "SEND_TIMEOUT_LOG_EVERY", "JsonRpcServer",

@@ -1,6 +1,6 @@
 """The only module that speaks to upstreams, and the boundary where HTTP client errors become ours.
 
-One `proxy.http_client.ConnectionPool` per upstream is its keep-alive pool (why not aiohttp's client:
+One `proxy.upstream.http11.client.ConnectionPool` per upstream is its keep-alive pool (why not aiohttp's client:
 that module's docstring). A JSON answer is read whole (bounded), so the pipeline can classify it before
 anything reaches the client; an SSE answer is handed back as a stream right after its headers, to be
 passed through chunk by chunk. Errors map to `proxy.errors`:
@@ -21,7 +21,7 @@ passed through chunk by chunk. Errors map to `proxy.errors`:
   `UpstreamUnavailable` for a read being buffered, which can still be retried).
 
 Every request carries its downstream client connection (`Call.owner`), and an upstream connection serves
-one owner only (`proxy.http_client`, connection affinity): an upstream's stray answer (a late duplicate, an
+one owner only (`proxy.upstream.http11.client`, connection affinity): an upstream's stray answer (a late duplicate, an
 answer to a request hidden in an earlier body) can then only reach the client whose exchange it garbled.
 Every JSON answer to a JSON-RPC request is also checked to be *its* answer (`AnswerTo`), as the SSE path
 does with `final_response`, so a client does not get (and the cache does not store) an answer with another
@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from proxy.config import LimitsConfig, UpstreamConfig
+from proxy.config.model import LimitsConfig, UpstreamConfig
 from proxy.errors import (
     AnswerTooLarge,
     NeverSent,
@@ -56,8 +56,8 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from proxy.headers import client_headers
-from proxy.http_client import (
+from proxy.mcp.headers import client_headers
+from proxy.upstream.http11.client import (
     BadResponse,
     ConnectFailed,
     ConnectionBroken,
@@ -68,9 +68,9 @@ from proxy.http_client import (
     Response,
     ResponseTooLarge,
 )
-from proxy.jsonrpc import MAX_PARSED_CONTAINERS, too_many_containers, LONG_LIVED_METHODS, Kind, Message, final_response
+from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, too_many_containers, LONG_LIVED_METHODS, Kind, Message, final_response
 from proxy.policies.base import Call, Reply, ReplyStream
-from proxy.sse import SSEParser
+from proxy.mcp.sse import SSEParser
 
 __all__ = ["AnswerTo", "HttpUpstream", "SSEBody"]
 
@@ -421,7 +421,7 @@ class HttpUpstream:
         (a GET, a DELETE). `lend_credentials`: False when the client's own Authorization was removed on
         the way, so the URL's credentials are not sent in its place (`ConnectionPool.head`). `owner`: the
         downstream client connection the request came on (`Call.owner`): only its own upstream connections
-        carry it (`proxy.http_client`, affinity); None for requests of nobody's (they share their own)."""
+        carry it (`proxy.upstream.http11.client`, affinity); None for requests of nobody's (they share their own)."""
         response: Response | None = None
         try:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():

@@ -6,7 +6,7 @@ invented names push out the state of names that exist. `ToolCatalog` is the one 
 do: the tools the upstream listed, with the hints it declared (`readOnlyHint`, `idempotentHint`,
 `destructiveHint`, `openWorldHint`), learned from the `tools/list` answers that pass through the
 proxy, whether the upstream is trusted for its annotations or not (trust decides only what the retry
-policy believes: `proxy.annotations.ToolAnnotations` is that view). Methods are judged by the MCP
+policy believes: `proxy.mcp.annotations.ToolAnnotations` is that view). Methods are judged by the MCP
 specification instead (`MCP_METHODS`).
 
 A listing counts only when the proxy saw its walk start. Clients choose the cursor of a `tools/list`,
@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.jsonrpc import MAX_NAME_CHARS
+from proxy.mcp.jsonrpc import MAX_NAME_CHARS
 
 __all__ = [
     "MAX_PENDING_TOOLS",
@@ -63,7 +63,7 @@ MAX_PENDING_TOOLS: Final = 2 * MAX_TOOLS
 recently extended walks are dropped, as past `MAX_PENDING_WALKS`."""
 
 MAX_TOOL_NAME_CHARS: Final = MAX_NAME_CHARS
-"""Longest listed tool name kept: the longest a client may call (`proxy.jsonrpc.MAX_NAME_CHARS`)."""
+"""Longest listed tool name kept: the longest a client may call (`proxy.mcp.jsonrpc.MAX_NAME_CHARS`)."""
 
 MCP_METHODS: Final = frozenset(
     {

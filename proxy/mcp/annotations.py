@@ -1,7 +1,7 @@
 """The retry policy's view of tool annotations: what an upstream declared, believed only when trusted.
 
 MCP tool annotations (`readOnlyHint`, `idempotentHint`, `destructiveHint`, `openWorldHint`) are hints
-from the server. The upstream's `proxy.tool_catalog.ToolCatalog` holds what it declared, learned from
+from the server. The upstream's `proxy.mcp.tool_catalog.ToolCatalog` holds what it declared, learned from
 every listing whatever the trust (events and bookkeeping use it); this view believes them for retries
 only for upstreams the config marks `trust_annotations: true`. A tool is safe to retry when it is
 declared read-only or idempotent.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.tool_catalog import ToolCatalog
+from proxy.mcp.tool_catalog import ToolCatalog
 
 __all__ = ["ToolAnnotations"]
 

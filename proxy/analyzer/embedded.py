@@ -27,8 +27,8 @@ import structlog
 
 from proxy.analyzer import ApplyError, Proposal, Window, apply_proposal, propose
 from proxy.analyzer.apply import write_atomically
-from proxy.config import AnalyzerConfig, ConfigError, parse_duration
-from proxy.events import EventBus, EventRecorder
+from proxy.config.model import AnalyzerConfig, ConfigError, parse_duration
+from proxy.events.recorder import EventBus, EventRecorder
 from proxy.redact import Budget, redact
 
 __all__ = ["EmbeddedAnalyzer", "within_bounds"]

@@ -22,7 +22,7 @@ from typing import IO, Any, Final
 import orjson
 from aiohttp import web
 
-from proxy.events import EventBus
+from proxy.events.recorder import EventBus
 from proxy.redact import redact
 
 __all__ = ["JsonlFile", "events_endpoint", "log_event", "outgoing"]
@@ -43,7 +43,7 @@ def log_event(event: dict[str, Any]) -> None:
     of the event itself); `outgoing` does the redaction that chain's last processor would.
     """
     event = outgoing(event)
-    line = {"event": event["type"], "level": "info", "logger": "proxy.events"}
+    line = {"event": event["type"], "level": "info", "logger": "proxy.events.recorder"}
     line.update((k, v) for k, v in event.items() if k != "type")  # `event` names the type, as in every log line
     line["timestamp"] = datetime.fromtimestamp(event["ts"], UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     data = orjson.dumps(line) + b"\n"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from proxy.config import safe_url
+from proxy.config.model import safe_url
 from proxy.redact import Budget, redact
-from proxy.reload import ConfigReloader
+from proxy.ops.reload import ConfigReloader
 from proxy.runtime import Runtime, UpstreamState
 
 __all__ = ["status_document"]

@@ -1,7 +1,7 @@
 """Prometheus metrics, on a registry of the proxy's own (tests and several proxies in one process never collide).
 
 Label values that come from clients (method and tool names, and the per-tool breakers named after
-them) are bounded: names the upstream listed (its `proxy.tool_catalog.ToolCatalog`, in `catalogs`)
+them) are bounded: names the upstream listed (its `proxy.mcp.tool_catalog.ToolCatalog`, in `catalogs`)
 and the methods MCP defines always have their own label; any other name takes one of
 `MAX_LABEL_VALUES` slots of its kind, first come, and once they are taken counts as ``_other``. So a
 client inventing names grows neither memory nor the scrape, and cannot take a real tool's label. The
@@ -26,7 +26,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.policies.base import Call
 from proxy.redact import redact_text
-from proxy.tool_catalog import MCP_METHODS, ToolCatalog
+from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog
 
 __all__ = ["MAX_LABEL_VALUES", "OVERFLOW", "ProxyMetrics"]
 

@@ -21,7 +21,7 @@ successes, not only failures.
 
 Names come from clients, sizes from clients and upstreams; neither can crowd out or blow up evidence:
 
-- **lanes**: an event about a name the upstream's catalog (`proxy.tool_catalog`) says it does not
+- **lanes**: an event about a name the upstream's catalog (`proxy.mcp.tool_catalog`) says it does not
   have (a tool it did not list, a method the MCP specification does not define) goes to a ring of its
   own, `MAX_UNLISTED_EVENTS` long; everything else (listed tools, MCP methods, the proxy's own events,
   and any tool before the upstream's first listing, when nothing can be told apart) shares the main
@@ -54,9 +54,9 @@ from typing import Any, Final
 import orjson
 import structlog
 
-from proxy.logs import redact
+from proxy.ops.logs import redact
 from proxy.policies.base import Call, Observer
-from proxy.tool_catalog import MCP_METHODS, ToolCatalog, listed
+from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog, listed
 
 __all__ = [
     "EVENT_TYPES",
@@ -77,7 +77,7 @@ __all__ = [
     "signature",
 ]
 
-_log = structlog.get_logger("proxy.events")
+_log = structlog.get_logger("proxy.events.recorder")
 
 SCHEMA_VERSION: Final = 1
 EVENT_TYPES: Final = (

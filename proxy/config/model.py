@@ -24,8 +24,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from proxy.config_types import ByteSize, ConfigModel, Duration, parse_duration
-from proxy.config_operations import (
+from proxy.config.units import ByteSize, ConfigModel, Duration, parse_duration
+from proxy.config.operations import (
     ActiveHealthConfig,
     AnalyzerConfig,
     AutoApplyConfig,
@@ -38,7 +38,7 @@ from proxy.config_operations import (
     ReadinessConfig,
     ReloadConfig,
 )
-from proxy.policy_config import AppBreakerConfig, BreakerConfig, CacheConfig, RateLimitConfig, RetryConfig, RuleConfig, TimeoutsConfig
+from proxy.config.policies import AppBreakerConfig, BreakerConfig, CacheConfig, RateLimitConfig, RetryConfig, RuleConfig, TimeoutsConfig
 
 __all__ = [
     "ActiveHealthConfig",
@@ -139,7 +139,7 @@ at once than this is configured on purpose (each open connection costs memory, n
 
 class LimitsConfig(ConfigModel):
     """Caps on what a client may send, and on how long and how many client connections the MCP listener
-    holds (`proxy.server_errors`). A reload applies them to the connections and requests that follow."""
+    holds (`proxy.server.listener`). A reload applies them to the connections and requests that follow."""
 
     max_body_bytes: ByteSize = Field(4 * 1024**2, description="Largest request body accepted; larger gets 413.")
     max_response_bytes: ByteSize = Field(

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
-from proxy.config_types import ByteSize, ConfigModel, Duration
+from proxy.config.units import ByteSize, ConfigModel, Duration
 
 __all__ = [
     "AppBreakerConfig",

@@ -24,13 +24,13 @@ from typing import Any, Final
 
 import orjson
 
-from proxy.classify import LEGACY_VERSION
-from proxy.config import LimitsConfig, UpstreamConfig
+from proxy.server.classify import LEGACY_VERSION
+from proxy.config.model import LimitsConfig, UpstreamConfig
 from proxy.errors import ProxyError
-from proxy.failures import Verdict, classify_error, classify_reply
+from proxy.policies.failures import Verdict, classify_error, classify_reply
 from proxy.redact import MAX_FIXTURE_DEPTH, Budget, redact
 from proxy.policies.base import Call
-from proxy.transport import HttpUpstream
+from proxy.upstream.transport import HttpUpstream
 
 __all__ = ["FixtureWriter", "ReplayResult", "replay_directory"]
 

@@ -21,7 +21,7 @@ POST without application/json             415     JSON-RPC error -32600
 body over ``limits.max_body_bytes``       413     JSON-RPC error -32600
 malformed JSON                            400     JSON-RPC error -32700, id null
 JSON but not JSON-RPC, or over a bound    400     JSON-RPC error -32600 (-32602 for a tool or
-of ``proxy.jsonrpc`` (depth, names, batch)        prompt name), the id if readable
+of ``proxy.mcp.jsonrpc`` (depth, names, batch)        prompt name), the id if readable
 the upstream answered (any status)        its own the upstream's body and headers, unchanged
 proxy verdict on a request (timeout, …)   502/503 JSON-RPC error with the request's id, data.reason
                                           504/429 (status per `proxy.errors`)
@@ -37,10 +37,10 @@ client's responses, every entry of a batch, GET (a legacy stream: one token when
 OPTIONS. What answers or ends the server's own work (a client's response, `notifications/cancelled`,
 `notifications/initialized`, DELETE) takes a free token but is never refused (`_never_refused`).
 Every refusal of the proxy's own carries ``data.reason`` and an ``X-Mcp-Proxy-Error`` header. Who is calling (rate-limit keys, fairness slots) is read from the headers the upstream will
-receive, never from ones the proxy drops (`proxy.classify.client_of`).
+receive, never from ones the proxy drops (`proxy.server.classify.client_of`).
 
 The forwarding headers (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`) are set for the TCP peer
-per ``security.forwarded_headers`` (`proxy.headers.forwarded`) before anything reads the headers.
+per ``security.forwarded_headers`` (`proxy.mcp.headers.forwarded`) before anything reads the headers.
 
 Every error body the proxy makes is a JSON-RPC error: the official SDK clients raise exactly that error
 (code, data with `reason` and `retryAfter`) whatever the HTTP status. What the upstream answered is never
@@ -60,11 +60,11 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.classify import classify, client_of, era_for, lends_credentials, protocol_of
+from proxy.server.classify import classify, client_of, era_for, lends_credentials, protocol_of
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
-from proxy.failures import OK, Failure, Verdict, classify_error, verdict_of
-from proxy.headers import forwarded, upstream_headers
-from proxy.jsonrpc import (
+from proxy.policies.failures import OK, Failure, Verdict, classify_error, verdict_of
+from proxy.mcp.headers import forwarded, upstream_headers
+from proxy.mcp.jsonrpc import (
     INVALID_REQUEST,
     LONG_LIVED_METHODS,
     Kind,
@@ -78,10 +78,10 @@ from proxy.jsonrpc import (
 )
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.fallback import list_changed_kind
-from proxy.policies.resolve import Policy
+from proxy.config.resolve import Policy
 from proxy.runtime import Route, Runtime, RuntimeRef
-from proxy.sse import SSEParser
-from proxy.transport import AnswerTo
+from proxy.mcp.sse import SSEParser
+from proxy.upstream.transport import AnswerTo
 
 __all__ = ["McpHandler"]
 
@@ -438,7 +438,7 @@ class McpHandler:
         """Relay a message that is not a request (notification, client response, batch, GET, DELETE).
 
         It spends a rate-limit token first (unless `tokens` is off: a batch spent its entries' already),
-        then holds one of the client's slots (`proxy.fairness`) until its answer is complete: a legacy GET
+        then holds one of the client's slots (`proxy.policies.fairness`) until its answer is complete: a legacy GET
         stream holds one for its whole life. Who the client is comes from the forwarded `headers`."""
         if tokens:
             kind = (message.method or "") if message is not None else ""
@@ -559,7 +559,7 @@ def _settle_stream(route: Route, call: Call, verdict: Verdict) -> None:
 def _learn_annotations(route: Route, call: Call, message: Any) -> None:
     """A tools/list answer teaches the upstream's catalog (the retry policy believes it only when the
     upstream is trusted for its annotations). The request's cursor goes along: a page counts only as part
-    of a walk the catalog saw start without one (`proxy.tool_catalog`)."""
+    of a walk the catalog saw start without one (`proxy.mcp.tool_catalog`)."""
     annotations = route.annotations
     if annotations is not None and call.method == "tools/list":
         annotations.learn(message, call.message.params.get("cursor"))  # an error answer has no tools: nothing learned

@@ -78,7 +78,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from proxy.jsonrpc import response_error
+from proxy.mcp.jsonrpc import response_error
 from proxy.policies.base import Call, Handler, Reply
 
 __all__ = [
@@ -146,7 +146,7 @@ class Verdict:
     message: str = ""
     excused: bool = False
     """A timeout that is no evidence against the upstream: a call whose arguments decide its length
-    (`proxy.jsonrpc.CLIENT_PACED_METHODS`), an attempt that spent part of its time queued for a pooled
+    (`proxy.mcp.jsonrpc.CLIENT_PACED_METHODS`), an attempt that spent part of its time queued for a pooled
     connection, or a stream silent past `stream_idle` (a long run without progress looks the same)."""
 
     @property
@@ -315,7 +315,7 @@ async def judged(call: Call, next: Handler, record: Callable[[Verdict], None]) -
     The stages that count attempts (breaker, passive health) share this: a cancelled attempt is
     recorded as `CANCELLED` (it counts as nothing), an error by its kind, an answer by its verdict, and
     a streamed answer that started well as `STREAMING`: how it ends is its verdict, which the handler
-    reports once the stream is over (`proxy.handler`, `_settle_stream`).
+    reports once the stream is over (`proxy.server.handler`, `_settle_stream`).
     """
     verdict = CANCELLED
     try:

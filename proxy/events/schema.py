@@ -2,7 +2,7 @@
 
 Consumers other than the bundled analyzer (a SIEM, a notebook, another team's tooling) validate
 against this file; a test checks that the proxy's own events do, and that every type is described.
-The bounds every event keeps (`proxy.events`: strings cut with a marker, params omitted past a size,
+The bounds every event keeps (`proxy.events.recorder`: strings cut with a marker, params omitted past a size,
 the overflow name of folded summaries) are stated in the descriptions, where a consumer reads them.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.events import EVENT_TYPES, MAX_FIELD_CHARS, MAX_LIST_ITEMS, MAX_PARAMS_BYTES, OVERFLOW, SCHEMA_VERSION
+from proxy.events.recorder import EVENT_TYPES, MAX_FIELD_CHARS, MAX_LIST_ITEMS, MAX_PARAMS_BYTES, OVERFLOW, SCHEMA_VERSION
 
 __all__ = ["event_schema"]
 

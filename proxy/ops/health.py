@@ -3,7 +3,7 @@
 Active probes find an upstream that is down before a client pays for it, and find its recovery
 while no traffic flows. They are MCP requests over POST, never a GET (many MCP servers accept only
 POST): `server/discover` on the stateless 2026-07-28 wire, or `ping` on a dedicated health session
-on the legacy wire. Passive outlier detection finds, from real calls judged by `proxy.failures`, an
+on the legacy wire. Passive outlier detection finds, from real calls judged by `proxy.policies.failures`, an
 upstream that answers probes but cannot be talked to for real work. `UpstreamHealth` decides every
 transition::
 
@@ -44,12 +44,12 @@ import orjson
 import structlog
 
 from proxy import __version__
-from proxy.classify import LEGACY_VERSION, MODERN_VERSION
-from proxy.config import HealthConfig
+from proxy.server.classify import LEGACY_VERSION, MODERN_VERSION
+from proxy.config.model import HealthConfig
 from proxy.errors import ProxyError, ProxyOverloaded
-from proxy.failures import Failure, Verdict, classify_error, classify_reply, judged
+from proxy.policies.failures import Failure, Verdict, classify_error, classify_reply, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, MonotonicClock, Observer, Reply
-from proxy.transport import HttpUpstream
+from proxy.upstream.transport import HttpUpstream
 
 __all__ = ["HealthProber", "PassiveHealthStage", "UpstreamHealth"]
 

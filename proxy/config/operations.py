@@ -1,7 +1,7 @@
 """Config sections for operations: health checks, readiness, hot reload, events and the analyzer.
 
-Split from `proxy.config` (which holds the listeners, the upstreams and loading) to keep each module
-small; `proxy.config` re-exports every name, so callers import from there.
+Split from `proxy.config.model` (which holds the listeners, the upstreams and loading) to keep each module
+small; `proxy.config.model` re-exports every name, so callers import from there.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from proxy.config_types import ByteSize, ConfigModel, Duration
+from proxy.config.units import ByteSize, ConfigModel, Duration
 
 __all__ = [
     "ActiveHealthConfig",

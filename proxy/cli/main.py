@@ -24,8 +24,8 @@ import orjson
 
 from proxy import __version__
 from proxy.redact import redact_text
-from proxy.config import ADDRESS_CLASH, ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
-from proxy.logs import configure_logging
+from proxy.config.model import ADDRESS_CLASH, ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
+from proxy.ops.logs import configure_logging
 
 if TYPE_CHECKING:
     from proxy.app import BindError
@@ -128,7 +128,7 @@ def _seconds(value: str) -> float:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from proxy.fixtures import replay_directory
+    from proxy.ops.fixtures import replay_directory
 
     directory = Path(args.dir)
     if not directory.is_dir():
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        from proxy.event_schema import event_schema
+        from proxy.events.schema import event_schema
 
         document = event_schema() if args.events else ProxyConfig.model_json_schema()
         _out(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args)
     if args.command == "analyze":
-        from proxy.analyze_command import run_analyze
+        from proxy.cli.analyze import run_analyze
 
         configure_logging("warning", "console")
         return asyncio.run(run_analyze(args, _out, _err))

@@ -1,0 +1,1 @@
+"""The command line: serve, validate, schema, analyze, replay, demo."""

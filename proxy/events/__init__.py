@@ -1,0 +1,1 @@
+"""Failure events: the recorder and bus, sinks, and the JSON Schema of what the analyzer reads."""

@@ -1,0 +1,1 @@
+"""Operations: health checks, hot reload, metrics, status, logs and failure fixtures."""
