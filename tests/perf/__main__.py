@@ -44,21 +44,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.perf.procs import Child, Processes, cpu_seconds, machine_busy_seconds
+from tests.perf.events_compare import _events_compare
+from tests.perf.harness import (
+    BODY,
+    _check_answer,
+    _listening,
+    _loaded,
+    _move,
+    _placement,
+    _proxy_config,
+    _start_proxy,
+    _start_upstream,
+)
+from tests.perf.procs import Child, Processes
 from tests.perf.wrk import WRK_HEADERS, find_wrk, run_wrk, write_script
 
 TARGETS = ("direct", "proxy", "naive", "floor")
-BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}'
 GOAL_THROUGHPUT_VS_NAIVE = 1.0
 GOAL_ADDED_P50_US = 150.0
 
@@ -144,102 +153,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _placement(pin: str) -> dict[str, str | None]:
-    cpus = os.sched_getaffinity(0)
-    if pin == "none" or len(cpus) < 2:
-        return {"wrk": None, "upstream": None, "forwarder": None}
-    first, second = sorted(cpus)[:2]
-    return {"wrk": str(first), "upstream": str(first), "forwarder": str(second)}
-
-
-def _move(pid: int, cpus: set[int]) -> set[int]:
-    """Put every thread of `pid` on `cpus`; return the CPUs it had (its main thread's)."""
-    before = os.sched_getaffinity(pid)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), cpus)
-    return before
-
-
-def _listening(line: str) -> str | None:
-    return line.split()[1] if line.startswith("LISTENING ") else None
-
-
-def _proxy_started(line: str) -> str | None:
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return None
-    return (
-        event["listen"]
-        if isinstance(event, dict) and event.get("event") == "proxy_started"
-        else None
-    )
-
-
-def _proxy_config(
-    upstream_url: str, connections: int, top: str = "", upstream_extra: str = ""
-) -> str:
-    """The proxy with its defaults in front of the benchmark upstream; `top` and `upstream_extra` are
-    extra YAML lines at the top level and inside the upstream (already indented)."""
-    return f"""\
-# Written by tests.perf: the proxy with its defaults, in front of the benchmark upstream.
-listen: {{host: 127.0.0.1, port: 0}}
-admin: {{host: 127.0.0.1, port: 0}}
-logging: {{level: info, format: json, access_log: false}}
-{top}upstreams:
-  - name: bench
-    url: {upstream_url}
-    path: /mcp
-    pool: {{max_connections: {max(256, connections)}}}
-{upstream_extra}"""
-
-
-def _start_proxy(
-    procs: Processes,
-    workdir: Path,
-    name: str,
-    config_text: str,
-    cpus: str | None,
-    args: argparse.Namespace,
-) -> tuple[str, Child]:
-    """Start ``python -m proxy serve`` on a generated config; return its MCP URL and the process.
-
-    Its stdout and stderr go to regular files in the work directory (`Processes.start`), never a pipe,
-    so a proxy that logs a lot (events as log lines) can never block on a full pipe."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if args.proxy_src:
-        src = str(Path(args.proxy_src).resolve())
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (src, env.get("PYTHONPATH"))))
-    config = workdir / f"{name}.yaml"
-    config.write_text(config_text)
-    argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
-    # With --proxy-src the proxy runs from the work directory, so `python -m` does not put this checkout first.
-    cwd = workdir if args.proxy_src else None
-    proxy = procs.start(name, argv, cpus, env, cwd)
-    return proxy.wait_for_line("stderr", _proxy_started).rstrip("/") + "/mcp", proxy
-
-
-def _start_upstream(
-    procs: Processes,
-    name: str,
-    mode: str,
-    cpus: str | None,
-    fail_every: int = 0,
-) -> tuple[str, Child]:
-    argv = [
-        sys.executable,
-        "-m",
-        "tests.perf.upstream",
-        "--port",
-        "0",
-        *(["--sse"] if mode == "sse" else []),
-        *(["--fail-every", str(fail_every)] if fail_every else []),
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    upstream = procs.start(name, argv, cpus, env)
-    return f"http://127.0.0.1:{upstream.wait_for_line('stdout', _listening)}/mcp", upstream
-
-
 def _start_targets(
     procs: Processes,
     workdir: Path,
@@ -283,100 +196,6 @@ def _start_targets(
         "floor": (floor_url, floor),
     }
 
-
-def _check_answer(name: str, url: str, mode: str) -> None:
-    """One request by hand: the target must answer 200 with the echoed id and the tool result."""
-    request = urllib.request.Request(url, data=BODY, headers=WRK_HEADERS, method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        status, content_type, raw = (
-            response.status,
-            response.headers.get("Content-Type", ""),
-            response.read(),
-        )
-    if mode == "sse":
-        data = [
-            line[5:].strip()
-            for line in raw.decode().splitlines()
-            if line.startswith("data:")
-        ]
-        raw = data[-1].encode() if data else b""
-    wanted = "text/event-stream" if mode == "sse" else "application/json"
-    answer = json.loads(raw) if raw else {}
-    if (
-        status != 200
-        or not content_type.startswith(wanted)
-        or answer.get("id") != 1
-        or "result" not in answer
-    ):
-        raise RuntimeError(
-            f"{name} at {url} answered {status} {content_type!r}: {raw[:200]!r}"
-        )
-
-
-def _ours(children: list[Child]) -> float:
-    """CPU time of our children: the servers (still running) and every finished wrk."""
-    waited = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (
-        sum(cpu_seconds(child.pid) for child in children)
-        + waited.ru_utime
-        + waited.ru_stime
-    )
-
-
-def _loaded(
-    wrk: str,
-    url: str,
-    script: Path,
-    args: argparse.Namespace,
-    pin: list[str],
-    under_test: Child,
-    procs: Processes,
-) -> dict[str, Any]:
-    """A warm-up, then requests/s at ``--connections`` with the CPU the process under test used."""
-    warm = run_wrk(
-        wrk,
-        url,
-        script,
-        connections=args.connections,
-        duration=args.warmup,
-        threads=args.threads,
-        pin=pin,
-    )
-    before, ours_before, busy_before = (
-        cpu_seconds(under_test.pid),
-        _ours(procs.children),
-        machine_busy_seconds(),
-    )
-    loaded = run_wrk(
-        wrk,
-        url,
-        script,
-        connections=args.connections,
-        duration=args.duration,
-        threads=args.threads,
-        pin=pin,
-    )
-    cpu = cpu_seconds(under_test.pid) - before
-    background = (machine_busy_seconds() - busy_before) - (
-        _ours(procs.children) - ours_before
-    )
-    seconds = loaded["duration_us"] / 1e6
-    return {
-        "rps": loaded["rps"],
-        "requests": loaded["requests"],
-        "errors": loaded["error_count"],
-        "status_errors": loaded["errors"]["status"],
-        "warmup_requests": warm["requests"],
-        "warmup_status_errors": warm["errors"]["status"],
-        "latency_loaded_us": loaded["latency_us"],
-        "cpu_percent": 100.0 * cpu / seconds,
-        "cpu_us_per_request": 1e6 * cpu / loaded["requests"]
-        if loaded["requests"]
-        else None,
-        # CPU used by processes that are not part of the benchmark (other workloads on the machine):
-        # more than a few percent means the figures of this run are disturbed.
-        "background_cpu_percent": max(0.0, 100.0 * background / seconds),
-    }
 
 
 def _measure(
@@ -603,220 +422,6 @@ def _run(
         _print_mode(mode, results, ratios, args)
         for _, child in targets.values():
             procs.stop(child)
-    return report
-
-
-# --- --events-compare -----------------------------------------------------------------------------
-
-GOAL_EVENTS_MAX_COST = 0.05
-"""Events on may cost at most this share of the throughput of events off (the issue's requirement)."""
-EVENTS_VARIANTS = ("on", "off")
-EVENTS_TOP = {"on": "", "off": "events: {enabled: false}\n"}
-EVENTS_WORKLOADS = ("success", "failing")
-# Failing workload, in both variants: no retry and no breaker, so each upstream 503 is exactly one failed
-# call (one `call_failed` event with events on; the handler's own `call_failed` warning line with events
-# off), and no health checking, so the upstream is never taken out of rotation by the failures.
-FAILING_UPSTREAM_EXTRA = """\
-    retry: {max_attempts: 1}
-    breaker: {enabled: false}
-    health: {active: {enabled: false}, passive: {enabled: false}}
-"""
-
-
-def _stderr_size(child: Child) -> int:
-    return child.stderr.stat().st_size
-
-
-def _stderr_since(child: Child, offset: int) -> bytes:
-    with child.stderr.open("rb") as f:
-        f.seek(offset)
-        return f.read()
-
-
-def _measure_events(
-    wrk: str,
-    url: str,
-    script: Path,
-    args: argparse.Namespace,
-    pin: list[str],
-    proxy: Child,
-    procs: Processes,
-) -> dict[str, Any]:
-    offset = _stderr_size(proxy)
-    result = _loaded(wrk, url, script, args, pin, proxy, procs)
-    written = _stderr_since(proxy, offset)
-    requests = result["warmup_requests"] + result["requests"]
-    failures = result["warmup_status_errors"] + result["status_errors"]
-    result["failed_share"] = result["status_errors"] / result["requests"] if result["requests"] else 0.0
-    result["stderr_bytes_per_request"] = len(written) / requests if requests else 0.0
-    result["call_failed_lines_per_failure"] = (
-        written.count(b'"call_failed"') / failures if failures else None
-    )
-    return result
-
-
-def _events_median(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    def med(key: str) -> float:
-        return statistics.median(r[key] or 0.0 for r in rounds)
-
-    return {
-        "rps": med("rps"),
-        "cpu_us_per_request": med("cpu_us_per_request"),
-        "cpu_percent": med("cpu_percent"),
-        "p50_loaded_us": statistics.median(r["latency_loaded_us"]["p50"] for r in rounds),
-        "p99_loaded_us": statistics.median(r["latency_loaded_us"]["p99"] for r in rounds),
-        "failed_share": med("failed_share"),
-        "other_errors": sum(r["errors"] - r["status_errors"] for r in rounds),
-        "stderr_bytes_per_request": med("stderr_bytes_per_request"),
-        "call_failed_lines_per_failure": statistics.median(
-            r["call_failed_lines_per_failure"] for r in rounds
-        )
-        if all(r["call_failed_lines_per_failure"] is not None for r in rounds)
-        else None,
-        "background_cpu_percent": max(r["background_cpu_percent"] for r in rounds),
-        "rounds": rounds,
-    }
-
-
-def _events_compare(
-    args: argparse.Namespace, workdir: Path, procs: Processes, wrk: str
-) -> dict[str, Any]:
-    """Events on (the default config) vs. events off, for an all-success and a failure-heavy workload.
-
-    All four proxies run at once (on the forwarder CPU; the idle ones cost nothing measurable), so the
-    rounds can interleave workloads and variants: round r runs the workloads in turn, and within each,
-    "on" and "off" back to back, the one that goes first alternating between rounds and workloads."""
-    place = _placement(args.pin)
-    pin = procs.pinned([], place["wrk"])
-    script = write_script(workdir / "post.lua", BODY, WRK_HEADERS)
-    rounds_n = args.rounds
-    fail_every = args.fail_every
-    sys.stdout.write(
-        "events on vs off: pinning "
-        + (
-            f"wrk -> CPU {place['wrk']}, upstreams -> CPU {place['upstream']}, proxies -> CPU {place['forwarder']}\n"
-            if place["forwarder"] is not None
-            else "none (scheduler decides)\n"
-        )
-    )
-    sys.stdout.write(
-        f"workloads: success = every call answered 200, default config; failing = upstream answers 1 call in "
-        f"{fail_every} with a bare HTTP 503, retry.max_attempts 1, breaker and health checks off (both variants)\n"
-        f"variants: on = default events config (enabled, log: true, one JSON log line per event); off = "
-        f"events: {{enabled: false}}\n"
-        f"proxy stderr (where log lines go) -> a regular file in {workdir}, not a pipe\n"
-        f"{rounds_n} rounds x {args.warmup:g}s warm-up + {args.duration:g}s at {args.connections} connections, medians\n"
-    )
-    upstreams = {
-        "success": _start_upstream(procs, "upstream-success", "json", place["upstream"]),
-        "failing": _start_upstream(
-            procs, "upstream-failing", "json", place["upstream"], fail_every=fail_every
-        ),
-    }
-    proxies: dict[tuple[str, str], tuple[str, Child]] = {}
-    for workload in EVENTS_WORKLOADS:
-        upstream_url = upstreams[workload][0]
-        extra = FAILING_UPSTREAM_EXTRA if workload == "failing" else ""
-        for variant in EVENTS_VARIANTS:
-            name = f"proxy-{workload}-events-{variant}"
-            config = _proxy_config(upstream_url, args.connections, EVENTS_TOP[variant], extra)
-            proxies[workload, variant] = _start_proxy(
-                procs, workdir, name, config, place["forwarder"], args
-            )
-    for (workload, variant), (url, _) in proxies.items():
-        _check_answer(f"proxy {workload} events {variant}", url, "json")
-
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in proxies}
-    for round_no in range(rounds_n):
-        workloads = EVENTS_WORKLOADS if round_no % 2 == 0 else EVENTS_WORKLOADS[::-1]
-        for w_no, workload in enumerate(workloads):
-            variants = EVENTS_VARIANTS if (round_no + w_no) % 2 == 0 else EVENTS_VARIANTS[::-1]
-            for variant in variants:
-                url, child = proxies[workload, variant]
-                sys.stdout.write(
-                    f"  [round {round_no + 1}/{rounds_n}] {workload:<7} events {variant:<3} {url}\n"
-                )
-                sys.stdout.flush()
-                runs[workload, variant].append(
-                    _measure_events(wrk, url, script, args, pin, child, procs)
-                )
-
-    report: dict[str, Any] = {
-        "settings": {
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "connections": args.connections,
-            "wrk_threads": args.threads,
-            "rounds": rounds_n,
-            "fail_every": fail_every,
-            "cpus_available": sorted(os.sched_getaffinity(0)),
-            "placement": place,
-            "proxy_stderr": "regular file in the temporary work directory",
-            "python": sys.version.split()[0],
-            "proxy_src": str(Path(args.proxy_src).resolve()) if args.proxy_src else None,
-        },
-        "workloads": {},
-    }
-    out = sys.stdout.write
-    out(
-        f"\n== events on vs off ({rounds_n} rounds, medians) ==\n"
-        f"{'workload':<8} {'events':<6} {f'req/s@{args.connections}':>11} {'CPU us/req':>10} {'CPU%':>5} "
-        f"{f'p50@{args.connections} us':>11} {f'p99@{args.connections} us':>11} {'failed':>7} "
-        f"{'log B/req':>9} {'lines/fail':>10} {'other%':>6}\n"
-    )
-    all_pass = True
-    for workload in EVENTS_WORKLOADS:
-        results = {v: _events_median(runs[workload, v]) for v in EVENTS_VARIANTS}
-        for variant in EVENTS_VARIANTS:
-            r = results[variant]
-            lines = r["call_failed_lines_per_failure"]
-            out(
-                f"{workload:<8} {variant:<6} {r['rps']:>11,.0f} {r['cpu_us_per_request']:>10.1f} {r['cpu_percent']:>5.0f} "
-                f"{r['p50_loaded_us']:>11,.0f} {r['p99_loaded_us']:>11,.0f} {100 * r['failed_share']:>6.1f}% "
-                f"{r['stderr_bytes_per_request']:>9.1f} {'-' if lines is None else f'{lines:.2f}':>10} "
-                f"{r['background_cpu_percent']:>6.0f}\n"
-            )
-        on, off = results["on"], results["off"]
-        paired = [
-            a["rps"] / b["rps"] for a, b in zip(runs[workload, "on"], runs[workload, "off"], strict=True)
-        ]
-        ratio = on["rps"] / off["rps"]
-        cpu_ratio = on["cpu_us_per_request"] / off["cpu_us_per_request"]
-        passed = ratio >= 1.0 - GOAL_EVENTS_MAX_COST
-        all_pass &= passed
-        report["workloads"][workload] = {
-            "results": results,
-            "throughput_on_vs_off": ratio,
-            "throughput_on_vs_off_per_round": paired,
-            "cpu_per_request_on_vs_off": cpu_ratio,
-            "pass": passed,
-        }
-        out(
-            f"  {workload}: on/off throughput {ratio:.3f}x (cost {100 * (1 - ratio):+.1f}%; per round "
-            + ", ".join(f"{p:.3f}" for p in paired)
-            + f"), CPU us/req on/off {cpu_ratio:.3f}x (cost {100 * (cpu_ratio - 1):+.1f}%) -> "
-            f"{'PASS' if passed else 'FAIL'} (goal: cost <= {100 * GOAL_EVENTS_MAX_COST:.0f}%)\n"
-        )
-    report["pass"] = all_pass
-    out(f"events on vs off: {'PASS' if all_pass else 'FAIL'}\n")
-    noisy = max(
-        report["workloads"][w]["results"][v]["background_cpu_percent"]
-        for w in EVENTS_WORKLOADS
-        for v in EVENTS_VARIANTS
-    )
-    if noisy > 10:
-        out(
-            f"WARNING: other processes used up to {noisy:.0f}% of a CPU during the runs; figures are disturbed "
-            "(CPU us/req is the least affected)\n"
-        )
-    out(
-        "columns: failed = share of calls the client got non-2xx (expected 1/fail-every in the failing workload); "
-        "log B/req = proxy stderr bytes per request; lines/fail = call_failed log lines per failed call; "
-        "other% = CPU used meanwhile by processes outside the benchmark\n"
-    )
-    sys.stdout.flush()
-    for _, child in [*proxies.values(), *upstreams.values()]:
-        procs.stop(child)
     return report
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.perf.__main__ import _listening, _proxy_started
+from tests.perf.harness import _listening, _proxy_started
 from tests.perf.procs import Processes
 
 _MIB = 1024 * 1024
