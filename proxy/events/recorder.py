@@ -1,23 +1,10 @@
-"""Failure events: the contract between the proxy and the analyzer (schema v1).
+"""The recorder: policy reports and finished calls become events on the bus (schema v1).
 
-Every failure-relevant moment becomes one JSON object with the same envelope::
-
-    v, id, ts, type, upstream, method, tool, call_id, attempt, latency_ms, policy,
-    error {kind, http_status, jsonrpc_code, message}, signature, ...per-type fields
-
-`id` grows by one per event (the `/events` resume cursor); `ts` is Unix time in seconds; `policy`
-names the rule whose policy applied (``default`` or ``rules[2] (tool=search)``); `call_id` ties the
-events of one client call together; `signature` is a stable hash of upstream, method, tool, error
-kind and the error message with numbers and ids normalized, so the same failure groups together.
-No secrets and no raw params: a call's params appear as `params_hash` unless `events.include_params`
-is on, and then with credential-like keys redacted.
-
-The `EventBus` keeps the last `buffer` events in a ring and fans them out to subscribers through
-bounded queues: a slow or absent consumer never blocks or slows the proxy; its oldest events are
-dropped and counted. `EventRecorder` is the `Observer` the policy stages report to, and turns their
-reports into events; it also aggregates every finished call into periodic `call_ok` summaries
-(counts, outcomes, attempts and a latency histogram per upstream/method/tool), so the analyzer sees
-successes, not only failures.
+`EventRecorder` is the `Observer` the policy stages report to, and turns their reports into events
+(`proxy.events.build` makes each record: envelope, bounds, signature); it also aggregates every
+finished call into periodic `call_ok` summaries (counts, outcomes, attempts and a latency histogram
+per upstream/method/tool), so the analyzer sees successes, not only failures. The bus is
+`proxy.events.bus`'s; the names those modules export are re-exported here, where callers found them first.
 
 Names come from clients, sizes from clients and upstreams; neither can crowd out or blow up evidence:
 
@@ -31,30 +18,31 @@ Names come from clients, sizes from clients and upstreams; neither can crowd out
 - **summaries**: names not listed fold into one summary per upstream under `OVERFLOW` (``_other``:
   the tool for tools/call, else the method), and a window holds at most `MAX_SUMMARIES` distinct
   (upstream, method, tool) keys; later ones fold into (`OVERFLOW`, `OVERFLOW`) of their upstream.
-- **size**: every string field (the error message, `last_failure`, `cause`, names) is cut at
-  `MAX_FIELD_CHARS` with a ``…[N more characters]`` marker, lists at `MAX_LIST_ITEMS`, and `params`
-  (with `include_params`) are replaced by ``{"_omitted": ...}`` beyond `MAX_PARAMS_BYTES`: no event
-  exceeds `MAX_EVENT_BYTES`. The signature is taken over the cut message.
+- **size**: see `proxy.events.build`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import functools
-import hashlib
-import heapq
-import re
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
 import structlog
 
-from proxy.ops.logs import redact
+from proxy.events.build import (
+    EVENT_TYPES,
+    MAX_EVENT_BYTES,
+    MAX_FIELD_CHARS,
+    MAX_LIST_ITEMS,
+    MAX_PARAMS_BYTES,
+    SCHEMA_VERSION,
+    _bounded,
+    make_event,
+    signature,
+)
+from proxy.events.bus import MAX_UNLISTED_EVENTS, EventBus, Subscription, _safely
 from proxy.policies.base import Call, Observer
 from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog, listed
 
@@ -79,245 +67,16 @@ __all__ = [
 
 _log = structlog.get_logger("proxy.events.recorder")
 
-SCHEMA_VERSION: Final = 1
-EVENT_TYPES: Final = (
-    "call_failed",
-    "call_ok",
-    "retry",
-    "retry_exhausted",
-    "retry_budget_exhausted",
-    "timeout",
-    "timeout_observed",
-    "breaker_state",
-    "circuit_open",
-    "rate_limited",
-    "fallback_served",
-    "health_changed",
-    "session_lost",
-    "config_reloaded",
-    "config_rejected",
-    "proposal_applied",
-    "proposal_kept",
-    "proposal_rolled_back",
-)
 LATENCY_BUCKETS_MS: Final = (
     1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500,
     10000, 15000, 20000, 30000, 60000, 120000,
 )  # fmt: skip
 """Upper bounds of the call_ok latency histogram (ms); the last bucket is everything above."""
 
-MAX_FIELD_CHARS: Final = 1000
-"""Longest string kept in an event field (error messages, `last_failure`, names); the rest is cut with a marker."""
-MAX_LIST_ITEMS: Final = 10
-"""Most items kept of a list field (a rejected config's errors); a last item says how many were left out."""
-MAX_PARAMS_BYTES: Final = 4096
-"""Largest `params` (serialized) an event carries with `include_params`; bigger ones are omitted (the hash stays)."""
-MAX_EVENT_BYTES: Final = 64 * 1024
-"""What the bounds above hold any event to, serialized, even when every character kept is one JSON
-escapes in six bytes (checked by the tests, not at run time: it follows from the bounds above)."""
-MAX_UNLISTED_EVENTS: Final = 1000
-"""Events kept about names the upstream does not have, apart from the main ring."""
 MAX_SUMMARIES: Final = 1000
 """Distinct (upstream, method, tool) summaries per window; later keys fold into the overflow summary."""
 OVERFLOW: Final = "_other"
 """The name summaries of unlisted (or too many) names fold into; the same as metrics' overflow label."""
-
-_NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,}\b|\b[0-9a-fA-F]{16,}\b|\d+(\.\d+)?")
-_ENVELOPE: Final = frozenset(
-    {"v", "id", "ts", "type", "upstream", "method", "tool", "call_id", "attempt", "latency_ms", "policy", "error", "signature"}
-)
-
-
-@functools.lru_cache(maxsize=4096)
-def signature(upstream: str | None, method: str | None, tool: str | None, kind: str, message: str) -> str:
-    """A stable 12-hex-digit name for a kind of failure: numbers, hex ids and UUIDs are normalized away."""
-    normalized = _NUMBERS.sub("#", message.strip().lower())
-    raw = "\x1f".join((upstream or "", method or "", tool or "", kind, normalized))
-    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-
-
-def _cut(text: str) -> str:
-    """`text` no longer than `MAX_FIELD_CHARS`, with a marker saying how much was cut."""
-    if len(text) <= MAX_FIELD_CHARS:
-        return text
-    return f"{text[:MAX_FIELD_CHARS]}…[{len(text) - MAX_FIELD_CHARS} more characters]"
-
-
-def _bounded(value: Any) -> Any:
-    """A per-type field bounded: strings cut, lists of strings shortened (one level: the proxy's own
-    fields are flat; its lists of numbers, the latency histogram, have a fixed length)."""
-    if isinstance(value, str):
-        return _cut(value)
-    if isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
-        items = [_cut(v) if isinstance(v, str) else v for v in value[:MAX_LIST_ITEMS]]
-        if len(value) > MAX_LIST_ITEMS:
-            items.append(f"…[{len(value) - MAX_LIST_ITEMS} more]")
-        return items
-    return value
-
-
-def _params(call: Call, include: bool) -> dict[str, Any]:
-    if not include:
-        return {"params_hash": hashlib.blake2b(call.message.canonical_arguments(), digest_size=8).hexdigest()}
-    arguments = call.message.arguments
-    try:
-        size = len(orjson.dumps(arguments))
-    except (orjson.JSONEncodeError, RecursionError):  # too deep, an integer beyond 64 bits
-        return {"params": {"_omitted": "params orjson cannot write (too deep, or a number too big)"}}
-    if size > MAX_PARAMS_BYTES:
-        return {"params": {"_omitted": f"params of {size} bytes (over {MAX_PARAMS_BYTES})"}}
-    try:
-        return {"params": redact(arguments)}
-    except RecursionError:
-        return {"params": {"_omitted": "params too deep to redact"}}
-
-
-def make_event(
-    type: str,
-    call: Call | None = None,
-    *,
-    error: dict[str, Any] | None = None,
-    latency_ms: float | None = None,
-    include_params: bool = False,
-    **fields: Any,
-) -> dict[str, Any]:
-    """An event dict (without `id` and `ts`, which the bus assigns). `fields` are the per-type fields.
-
-    Bounded whatever its inputs (`MAX_EVENT_BYTES`): strings are cut, lists shortened, params omitted."""
-    upstream = fields.pop("upstream", None) if call is None else call.upstream
-    event: dict[str, Any] = {
-        "v": SCHEMA_VERSION,
-        "type": type,
-        "upstream": upstream if upstream is None else _cut(str(upstream)),
-        "method": None if call is None else _cut(call.method),
-        "tool": None if call is None or call.tool is None else _cut(call.tool),
-        "call_id": None if call is None else call.call_id,
-        "attempt": None if call is None else call.attempt,
-        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
-        "policy": None if call is None else call.policy.rule,
-        "error": error,
-        "signature": None,
-    }
-    if error is not None:
-        error = {key: _cut(value) if isinstance(value, str) else value for key, value in error.items()}
-        event["error"] = error
-        event["signature"] = signature(
-            event["upstream"], event["method"], event["tool"], str(error.get("kind", "")), str(error.get("message", ""))
-        )
-    if call is not None:
-        fields["idempotent"] = call.idempotent
-        fields.update(_params(call, include_params))
-    for name, value in fields.items():
-        event[name if name not in _ENVELOPE else f"x_{name}"] = _bounded(value)
-    return event
-
-
-def _safely(listener: Callable[..., None], *args: Any) -> None:
-    """Run a sink; a sink that fails (a full disk, a bug) must never fail the call being reported."""
-    try:
-        listener(*args)
-    except Exception as exc:
-        _log.error("event_sink_failed", sink=getattr(listener, "__qualname__", repr(listener)), error=repr(exc))
-
-
-class Subscription:
-    """One consumer's view of the bus: the backlog since its cursor, then live events, bounded."""
-
-    def __init__(self, bus: EventBus, backlog: list[dict[str, Any]], capacity: int) -> None:
-        self._bus = bus
-        self._queue: deque[dict[str, Any]] = deque(backlog[-capacity:], maxlen=capacity)
-        self._ready = asyncio.Event()
-        self.dropped = max(0, len(backlog) - capacity)
-        if self._queue:
-            self._ready.set()
-
-    def offer(self, event: dict[str, Any]) -> None:
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1  # the oldest goes: a slow consumer never holds the proxy back
-            self._bus.dropped += 1
-        self._queue.append(event)
-        self._ready.set()
-
-    async def get(self) -> dict[str, Any]:
-        while not self._queue:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._queue.popleft()
-
-    def close(self) -> None:
-        self._bus._subscribers.discard(self)
-
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        try:
-            while True:
-                yield await self.get()
-        finally:
-            self.close()
-
-
-class EventBus:
-    """The in-process event stream: a ring of recent events (and one for events about names the upstream
-    does not have) plus bounded per-subscriber queues."""
-
-    def __init__(
-        self,
-        capacity: int = 10_000,
-        subscriber_queue: int = 1000,
-        wall: Callable[[], float] = time.time,
-        unlisted_capacity: int = MAX_UNLISTED_EVENTS,
-    ) -> None:
-        self._ring: deque[dict[str, Any]] = deque(maxlen=capacity)
-        self._unlisted: deque[dict[str, Any]] = deque(maxlen=unlisted_capacity)
-        self._subscribers: set[Subscription] = set()
-        self._subscriber_queue = subscriber_queue
-        self._wall = wall
-        self._next_id = 1
-        self.published = 0
-        self.dropped = 0
-        """Events subscribers lost because they fell behind."""
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
-        """Synchronous sinks (the structlog line, the JSONL file): called for every event, must be cheap."""
-
-    def publish(self, event: dict[str, Any], unlisted: bool = False) -> dict[str, Any]:
-        """Stamp `event` with its id and time, keep it (in the unlisted ring when it is about a name the
-        upstream does not have), and hand it to every subscriber and listener."""
-        event["id"] = self._next_id
-        event["ts"] = round(self._wall(), 6)
-        self._next_id += 1
-        self.published += 1
-        (self._unlisted if unlisted else self._ring).append(event)
-        for subscriber in self._subscribers:
-            subscriber.offer(event)
-        for listener in self.listeners:
-            _safely(listener, event)
-        return event
-
-    def recent(self, since: int = 0) -> list[dict[str, Any]]:
-        """Events kept (in both rings) with an id above `since`, in id order."""
-        if not self._unlisted:
-            return [event for event in self._ring if event["id"] > since]
-        both = heapq.merge(self._ring, self._unlisted, key=_event_id)
-        return [event for event in both if event["id"] > since]
-
-    def subscribe(self, since: int | None = None) -> Subscription:
-        """A subscription starting after event `since` (None: only new events)."""
-        backlog = self.recent(since) if since is not None else []
-        subscription = Subscription(self, backlog, self._subscriber_queue)
-        self._subscribers.add(subscription)
-        return subscription
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "published": self.published,
-            "buffered": len(self._ring) + len(self._unlisted),
-            "buffered_unlisted": len(self._unlisted),
-            "subscribers": len(self._subscribers),
-            "dropped": self.dropped,
-        }
-
-
-def _event_id(event: dict[str, Any]) -> int:
-    return int(event["id"])
 
 
 @dataclass
