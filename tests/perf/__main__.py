@@ -20,6 +20,21 @@ under test (proxy or naive) has CPU 1 to itself, so proxy and naive compete for 
 CPU and the upstream is never the bottleneck (the "direct" row shows what CPU 0 alone can do).
 ``--pin none`` leaves placement to the scheduler.
 
+``--policies all`` adds a target ``all``: the proxy with every policy on (retry, breaker, a rate limit
+per client that never refuses, the fallback cache, the application breaker, events; `ALL_POLICIES`)
+beside the default config, and prints its throughput and CPU per request against the naive
+forwarder's and the default config's, same run. Every request then carries its own text argument,
+for every target, so the cache stores an answer per call (single flight would otherwise merge the
+identical concurrent calls and flatter it). About 1.5 minutes per round.
+
+Modes instead of the above (each under 1.5 minutes with its defaults):
+
+- ``--config-size``: the proxy with 1 policy rule vs. 500 rules and an upstream listing ``--tools``
+  tools; throughput and CPU per call within 5% (`tests.perf.config_size`);
+- ``--memory``: idle RSS of ``serve``, RSS per cached answer, per open SSE stream, and the peak with
+  ``--entries`` cached answers and ``--streams`` open streams (`tests.perf.memory`);
+- ``--events-compare``, below.
+
 ``--events-compare`` (instead of the above): the cost of failure events, "events on must cost <= 5%
 throughput versus events off, in the same run". Four proxies run side by side on the forwarder CPU:
 events on (the default config: ``events.enabled`` and ``events.log`` true) and events off
@@ -52,6 +67,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.perf.config_size import config_size
 from tests.perf.events_compare import _events_compare
 from tests.perf.harness import (
     BODY,
@@ -64,10 +80,29 @@ from tests.perf.harness import (
     _start_proxy,
     _start_upstream,
 )
+from tests.perf.memory import memory
 from tests.perf.procs import Child, Processes
 from tests.perf.wrk import WRK_HEADERS, find_wrk, run_wrk, write_script
 
 TARGETS = ("direct", "proxy", "naive", "floor")
+ALL_TARGETS = ("direct", "proxy", "all", "naive", "floor")
+"""With ``--policies all``: the proxy with every policy on runs beside the default config."""
+ALL_POLICIES = """\
+    rate_limit: {rate: 1000000000, per: 1s, burst: 1000000000, key: client}
+    cache: {mode: fallback, max_entries: 1000}
+    app_breaker: {errors: [is_error, timeout]}
+    rules:
+      - match: {method: tools/call, tool: echo}
+        idempotent: true
+"""
+"""Every policy on (``--policies all``), inside the upstream: retry and the breaker (on by default), a rate
+limit per client far above any rate reached here (it never refuses, but every call takes a token), the
+cache in fallback mode (every answer is stored; a failure would be answered from it), the application
+breaker, and the benchmark's tool declared idempotent so that retry and cache apply to it. Events are on
+by default (a log line per event, the ring buffer for /events)."""
+VARY = b'"hello"'
+"""With ``--policies all`` every request's text argument differs (``hello-1``, ``hello-2``, ...) for every
+target: the cache stores (and evicts) an answer per call instead of single-flighting identical calls."""
 GOAL_THROUGHPUT_VS_NAIVE = 1.0
 GOAL_ADDED_P50_US = 150.0
 
@@ -122,12 +157,47 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=None,
-        help="measure every target this many times; report medians (default 1; 3 with --events-compare)",
+        help="measure every target this many times; report medians (default 1; 3 with --events-compare or --config-size)",
     )
     parser.add_argument(
+        "--policies",
+        choices=("default", "all"),
+        default="default",
+        help="all: also run the proxy with every policy on (retry, breaker, rate limit, cache, app breaker, "
+        "events) beside the default config; every request then has its own arguments (see above)",
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
         "--events-compare",
         action="store_true",
         help="instead of direct/proxy/naive/floor: the proxy with events on vs. off, same run (see above)",
+    )
+    what.add_argument(
+        "--config-size",
+        action="store_true",
+        help="instead: the proxy with 1 policy rule vs. 500 rules and a catalog of --tools tools, same run (see above)",
+    )
+    what.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead: the proxy's memory idle, with --entries cached answers and --streams open SSE streams (see above)",
+    )
+    parser.add_argument(
+        "--tools", type=int, default=1000, metavar="N", help="with --config-size: tools the large configs' upstream lists (default 1000)"
+    )
+    parser.add_argument(
+        "--entries", type=int, default=10_000, metavar="N", help="with --memory: answers to cache (default 10000)"
+    )
+    parser.add_argument(
+        "--streams", type=int, default=1000, metavar="N", help="with --memory: SSE streams to hold open (default 1000)"
+    )
+    parser.add_argument(
+        "--payload", type=int, default=390, metavar="BYTES",
+        help="with --memory: the text of each cached answer (default 390: a result of about 530 bytes)",
+    )
+    parser.add_argument(
+        "--settle", type=float, default=1.0, metavar="SECONDS",
+        help="with --memory: the wait before each reading of the proxy's memory (default 1)",
     )
     parser.add_argument(
         "--fail-every",
@@ -147,7 +217,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.rounds is None:
-        args.rounds = 3 if args.events_compare else 1
+        args.rounds = 3 if args.events_compare or args.config_size else 1
     if args.rounds < 1 or args.fail_every < 1:
         parser.error("--rounds and --fail-every must be at least 1")
     return args
@@ -160,7 +230,8 @@ def _start_targets(
     place: dict[str, str | None],
     args: argparse.Namespace,
 ) -> dict[str, tuple[str, Child]]:
-    """Start upstream, proxy, naive and floor forwarders; return each target's URL and the process under test."""
+    """Start upstream, proxy (and with ``--policies all`` the proxy with every policy on), naive and floor
+    forwarders; return each target's URL and the process under test."""
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     upstream_url, upstream = _start_upstream(
@@ -173,6 +244,20 @@ def _start_targets(
         _proxy_config(upstream_url, args.connections),
         place["forwarder"],
         args,
+    )
+    every_policy = (
+        {
+            "all": _start_proxy(
+                procs,
+                workdir,
+                f"proxy-all-{mode}",
+                _proxy_config(upstream_url, args.connections, upstream_extra=ALL_POLICIES),
+                place["forwarder"],
+                args,
+            )
+        }
+        if args.policies == "all"
+        else {}
     )
 
     naive_argv = [
@@ -192,6 +277,7 @@ def _start_targets(
     return {
         "direct": (upstream_url, upstream),
         "proxy": (proxy_url, proxy),
+        **every_policy,
         "naive": (naive_url, naive),
         "floor": (floor_url, floor),
     }
@@ -270,7 +356,7 @@ def _median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     direct, proxy, naive = results["direct"], results["proxy"], results["naive"]
-    lat = {name: results[name]["latency_1conn_us"] for name in TARGETS}
+    lat = {name: r["latency_1conn_us"] for name, r in results.items()}
     ratios = {
         "proxy_vs_naive_throughput": proxy["rps"] / naive["rps"],
         "proxy_vs_direct_throughput": proxy["rps"] / direct["rps"],
@@ -288,12 +374,19 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ratios["proxy_vs_naive_throughput"] >= GOAL_THROUGHPUT_VS_NAIVE
     )
     ratios["goal_added_p50_met"] = ratios["proxy_added_p50_us"] <= GOAL_ADDED_P50_US
-    one = {name: results[name]["latency_1conn_one_cpu_us"] for name in TARGETS}
+    one = {name: r["latency_1conn_one_cpu_us"] for name, r in results.items()}
     ratios["proxy_added_p50_one_cpu_us"] = one["proxy"]["p50"] - one["direct"]["p50"]
     ratios["proxy_added_p99_one_cpu_us"] = one["proxy"]["p99"] - one["direct"]["p99"]
     ratios["naive_added_p50_one_cpu_us"] = one["naive"]["p50"] - one["direct"]["p50"]
     ratios["floor_added_p50_one_cpu_us"] = one["floor"]["p50"] - one["direct"]["p50"]
     ratios["goal_added_p50_one_cpu_met"] = ratios["proxy_added_p50_one_cpu_us"] <= GOAL_ADDED_P50_US
+    if "all" in results:
+        every = results["all"]
+        ratios["all_vs_naive_throughput"] = every["rps"] / naive["rps"]
+        ratios["all_vs_naive_cpu_per_request"] = (every["cpu_us_per_request"] or 0) / (naive["cpu_us_per_request"] or 1)
+        ratios["all_vs_proxy_throughput"] = every["rps"] / proxy["rps"]
+        ratios["all_vs_proxy_cpu_per_request"] = (every["cpu_us_per_request"] or 0) / (proxy["cpu_us_per_request"] or 1)
+        ratios["all_added_p50_one_cpu_us"] = one["all"]["p50"] - one["direct"]["p50"]
     return ratios
 
 
@@ -311,8 +404,7 @@ def _print_mode(
         f"{f'p50@{args.connections} us':>11} {f'p99@{args.connections} us':>11} {'CPU%':>6} {'CPU us/req':>10} {'errors':>6} "
         f"{'other%':>6}\n"
     )
-    for name in TARGETS:
-        r = results[name]
+    for name, r in results.items():
         single, loaded = r["latency_1conn_us"], r["latency_loaded_us"]
         one = r["latency_1conn_one_cpu_us"]
         cpu_note = "(CPU: upstream)" if name == "direct" else ""
@@ -349,7 +441,15 @@ def _print_mode(
         f"floor (no aiohttp, no per-call work): {ratios['floor_cpu_us_per_request'] or 0:.1f} us per request, "
         f"added p50 {ratios['floor_added_p50_us']:+.0f} us\n"
     )
-    noisy = max(results[name]["background_cpu_percent"] for name in TARGETS)
+    if "all" in results:
+        out(
+            f"every policy on (all): throughput {ratios['all_vs_naive_throughput']:.3f}x the naive forwarder's "
+            f"({ratios['all_vs_proxy_throughput']:.3f}x the default config's), CPU per request "
+            f"{ratios['all_vs_naive_cpu_per_request']:.2f}x the naive forwarder's "
+            f"({ratios['all_vs_proxy_cpu_per_request']:.2f}x the default config's); on one CPU added p50 "
+            f"{ratios['all_added_p50_one_cpu_us']:+.0f} us\n"
+        )
+    noisy = max(r["background_cpu_percent"] for r in results.values())
     if noisy > 10:
         out(
             f"WARNING: other processes used up to {noisy:.0f}% of a CPU during the runs; figures are disturbed "
@@ -363,7 +463,9 @@ def _run(
 ) -> dict[str, Any]:
     place = _placement(args.pin)
     pin = procs.pinned([], place["wrk"])
-    script = write_script(workdir / "post.lua", BODY, WRK_HEADERS)
+    every_policy = args.policies == "all"
+    script = write_script(workdir / "post.lua", BODY, WRK_HEADERS, vary=VARY if every_policy else None)
+    names = ALL_TARGETS if every_policy else TARGETS
     modes = ("json", "sse") if args.mode == "both" else (args.mode,)
     report: dict[str, Any] = {
         "settings": {
@@ -380,6 +482,8 @@ def _run(
             "proxy_src": str(Path(args.proxy_src).resolve())
             if args.proxy_src
             else None,
+            "policies": args.policies,
+            "request_arguments": "a new text argument per request" if every_policy else "the same request every time",
         },
         "modes": {},
     }
@@ -395,15 +499,18 @@ def _run(
         "(no cross-CPU wake-ups); CPU% and CPU us/req of the forwarder under load (direct: of the upstream); "
         "other% = CPU used meanwhile by processes outside the benchmark\n"
     )
+    if every_policy:
+        sys.stdout.write(
+            "all = the proxy with every policy on (retry, breaker, rate limit that never refuses, fallback cache, "
+            "app breaker, events); every target gets a new text argument per request\n"
+        )
     for mode in modes:
         targets = _start_targets(procs, workdir, mode, place, args)
         for name, (url, _) in targets.items():
             _check_answer(name, url, mode)
-        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in TARGETS}
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for round_no in range(args.rounds):
-            order = (
-                TARGETS[round_no % len(TARGETS) :] + TARGETS[: round_no % len(TARGETS)]
-            )  # rotate, so no target always goes first
+            order = names[round_no % len(names) :] + names[: round_no % len(names)]  # no target always goes first
             for name in order:
                 url, child = targets[name]
                 sys.stdout.write(
@@ -412,7 +519,7 @@ def _run(
                 sys.stdout.flush()
                 share = int(place["wrk"]) if place["forwarder"] is not None and name != "direct" else None
                 rounds[name].append(_measure(wrk, url, script, args, pin, child, procs, share))
-        results = {name: _median_of(rounds[name]) for name in TARGETS}
+        results = {name: _median_of(rounds[name]) for name in names}
         ratios = _ratios(results)
         report["modes"][mode] = {
             "urls": {n: u for n, (u, _) in targets.items()},
@@ -440,11 +547,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mcp-perf-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            report = (
-                _events_compare(args, Path(tmp), procs, wrk)
-                if args.events_compare
-                else _run(args, Path(tmp), procs, wrk)
-            )
+            if args.events_compare:
+                report = _events_compare(args, Path(tmp), procs, wrk)
+            elif args.config_size:
+                report = config_size(args, Path(tmp), procs, wrk)
+            elif args.memory:
+                report = memory(args, Path(tmp), procs)
+            else:
+                report = _run(args, Path(tmp), procs, wrk)
         except BaseException:
             for child in procs.children:
                 sys.stderr.write(

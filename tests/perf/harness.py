@@ -9,6 +9,7 @@ import os
 import resource
 import sys
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,12 @@ def _proxy_started(line: str) -> str | None:
 
 
 def _proxy_config(
-    upstream_url: str, connections: int, top: str = "", upstream_extra: str = ""
+    upstream_url: str, connections: int, top: str = "", upstream_extra: str = "", pool: str | None = None
 ) -> str:
     """The proxy with its defaults in front of the benchmark upstream; `top` and `upstream_extra` are
-    extra YAML lines at the top level and inside the upstream (already indented)."""
+    extra YAML lines at the top level and inside the upstream (already indented); `pool` the upstream's
+    pool section (default: room for `connections`, at least 256)."""
+    pool = pool or f"{{max_connections: {max(256, connections)}}}"
     return f"""\
 # Written by tests.perf: the proxy with its defaults, in front of the benchmark upstream.
 listen: {{host: 127.0.0.1, port: 0}}
@@ -64,7 +67,7 @@ logging: {{level: info, format: json, access_log: false}}
   - name: bench
     url: {upstream_url}
     path: /mcp
-    pool: {{max_connections: {max(256, connections)}}}
+    pool: {pool}
 {upstream_extra}"""
 
 
@@ -99,7 +102,9 @@ def _start_upstream(
     mode: str,
     cpus: str | None,
     fail_every: int = 0,
+    options: Sequence[str] = (),
 ) -> tuple[str, Child]:
+    """Start `tests.perf.upstream` (with more of its command-line `options`); return its MCP URL and the process."""
     argv = [
         sys.executable,
         "-m",
@@ -108,10 +113,41 @@ def _start_upstream(
         "0",
         *(["--sse"] if mode == "sse" else []),
         *(["--fail-every", str(fail_every)] if fail_every else []),
+        *options,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     upstream = procs.start(name, argv, cpus, env)
     return f"http://127.0.0.1:{upstream.wait_for_line('stdout', _listening)}/mcp", upstream
+
+
+def admin_url(proxy: Child) -> str:
+    """The admin URL a started proxy announced in its ``proxy_started`` line."""
+
+    def admin(line: str) -> str | None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return None
+        return event["admin"] if isinstance(event, dict) and event.get("event") == "proxy_started" else None
+
+    return proxy.wait_for_line("stderr", admin).rstrip("/")
+
+
+def post_json(url: str, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """POST one JSON-RPC message as an MCP client would; return the JSON answer (an SSE answer's last event)."""
+    request = urllib.request.Request(url, data=json.dumps(message).encode(), headers=WRK_HEADERS, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read()
+        if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            raw = [line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:")][-1]
+    answer: dict[str, Any] = json.loads(raw)
+    return answer
+
+
+def get_json(url: str, timeout: float = 10.0) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        document: dict[str, Any] = json.loads(response.read())
+    return document
 
 def _check_answer(name: str, url: str, mode: str) -> None:
     """One request by hand: the target must answer 200 with the echoed id and the tool result."""

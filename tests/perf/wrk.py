@@ -44,11 +44,29 @@ def find_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def write_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
+_VARYING = """
+local counter = 0
+local head, tail = [==[{head}]==], [==[{tail}]==]
+function request()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, head .. counter .. tail)
+end
+"""
+
+
+def write_script(path: Path, body: bytes, headers: dict[str, str], vary: bytes | None = None) -> Path:
+    """A wrk script POSTing `body` with `headers`. With `vary`, a JSON string in `body` (e.g. ``b'"hello"'``),
+    each request has that string with a counter appended instead (``"hello-1"``, ``"hello-2"``, ...)."""
     lines = "\n".join(
         f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()
     )
-    path.write_text(_SCRIPT.format(body=body.decode(), headers=lines))
+    script = _SCRIPT.format(body=body.decode(), headers=lines)
+    if vary is not None:
+        head, _, tail = body.partition(vary)
+        if not _:
+            raise ValueError(f"{vary!r} is not in the body")
+        script += _VARYING.format(head=(head + vary[:-1] + b"-").decode(), tail=(vary[-1:] + tail).decode())
+    path.write_text(script)
     return path
 
 
