@@ -22,8 +22,8 @@ import pytest
 import uvloop
 
 from proxy.upstream.http11 import client as http_client
+from proxy.upstream.http11 import protocol
 from proxy.upstream.http11.client import (
-    _PAUSE_AT,
     MAX_HEAD_BYTES,
     MAX_INTERIM_RESPONSES,
     MAX_RESPONSE_HEADERS,
@@ -38,6 +38,7 @@ from proxy.upstream.http11.client import (
     PoolExhausted,
     ResponseTooLarge,
 )
+from proxy.upstream.http11.protocol import _PAUSE_AT
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -965,7 +966,7 @@ async def test_exactly_the_header_cap_is_accepted() -> None:
 async def test_empty_headers_count_their_line_against_the_head_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """`A:` is four bytes on the wire, not one: 20,000 of them (80 kB) exceed MAX_HEAD_BYTES even
     where the header cap would let them through."""
-    monkeypatch.setattr(http_client, "MAX_RESPONSE_HEADERS", 100_000)
+    monkeypatch.setattr(protocol, "MAX_RESPONSE_HEADERS", 100_000)
     answer = b"HTTP/1.1 200 OK\r\n" + b"A:\r\n" * 20_000 + b"Content-Length: 2\r\n\r\n{}"
     async with RawServer(answering(answer)) as server, pool_for(server) as pool:
         with pytest.raises(BadResponse, match="headers exceed 65536 bytes"):

@@ -25,8 +25,8 @@ from proxy.upstream.http11.client import (
     BadResponse,
     ConnectionBroken,
     ResponseTooLarge,
-    _Connection,
 )
+from proxy.upstream.http11.protocol import _Connection
 
 BODY_LIMIT = 1000
 FAILURES = (BadResponse, ResponseTooLarge, ConnectionBroken)

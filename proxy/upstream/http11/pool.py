@@ -1,0 +1,326 @@
+"""A keep-alive pool of connections to one origin, with connection affinity per downstream client."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import time
+from collections.abc import Callable, Iterable
+
+from proxy.upstream.http11.errors import ConnectFailed, InvalidHeader, LocalExhaustion, PoolExhausted
+from proxy.upstream.http11.protocol import WRITE_PIECE, _Connection
+from proxy.upstream.http11.request import Origin
+from proxy.upstream.http11.response import Response
+
+__all__ = ["ConnectionPool"]
+
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
+"""Connect failures that are this machine running out (file descriptors, buffers, memory, local ports)."""
+
+
+class ConnectionPool:
+    """Keep-alive connections to one origin: at most `limit` open, idle ones kept `keepalive` seconds.
+
+    Connections have affinity (module docstring): a connection opened for a request of `owner` (a
+    downstream client connection; None for requests without one) serves only requests of that owner.
+    Of an owner's idle connections the most recently used is reused first (it is the least likely to have
+    been closed by the server). A request whose owner has none opens one; at the limit, the least recently
+    used idle connection of another owner is closed to make room: a request never queues while a
+    connection sits idle. Waiting for a free slot and connecting each get `connect_timeout`, and fail
+    apart: a wait that runs out is the pool's limit (`PoolExhausted`), a connect that runs out the
+    upstream's (`ConnectFailed`); either way nothing has been sent.
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        limit: int,
+        keepalive: float,
+        connect_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.origin = origin
+        self._clock = clock
+        self._limit = limit
+        self._keepalive = keepalive
+        self._connect_timeout = connect_timeout
+        self._idle: dict[int | None, list[_Connection]] = {}
+        """Each owner's idle connections, the most recently used last."""
+        self._idle_order: dict[_Connection, None] = {}
+        """Every idle connection, the least recently used first (what expires, or makes room, first)."""
+        self._open: set[_Connection] = set()
+        self._waiters: collections.deque[tuple[asyncio.Future[_Connection | None], int | None]] = collections.deque()
+        """Requests queued for a connection or a slot, in arrival order, with their owners."""
+        self._connecting = 0
+        self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+
+    @property
+    def size(self) -> int:
+        """Connections open or being opened."""
+        return len(self._open) + self._connecting
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle_order)
+
+    def head(
+        self, method: str, headers: Iterable[tuple[str, str]], body: bytes | None, lend_credentials: bool = True
+    ) -> bytes:
+        """The request line and headers, with Host and (for a body) Content-Length set here.
+
+        The URL's credentials (`Origin.authorization`) go on a request without an Authorization of its
+        own only when `lend_credentials`: a caller says False when its client did send one that was
+        removed on the way (a ``Connection: Authorization``), as the proxy must not speak for a client
+        in its own name."""
+        origin = self.origin
+        lines = [f"{method} {origin.target} HTTP/1.1", f"Host: {origin.host_header}"]
+        has_auth = False
+        for name, value in headers:
+            lines.append(f"{name}: {value}")
+            has_auth = has_auth or name.lower() == "authorization"
+        if origin.authorization is not None and not has_auth and lend_credentials:
+            lines.append(f"Authorization: {origin.authorization}")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        text = "\r\n".join(lines)
+        # Headers came from a parsed request or the config, but a CR or LF smuggled into a value would
+        # split it into a second request on our connection: refuse rather than send.
+        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+            raise InvalidHeader("a header name or value contains a line break")
+        return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+    async def request(
+        self,
+        method: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+        on_write: Callable[[], None] | None = None,
+        on_queue: Callable[[bool], None] | None = None,
+        *,
+        lend_credentials: bool = True,
+        owner: int | None = None,
+    ) -> Response:
+        """Send one request; return once the answer's head has arrived, its body still to be read.
+
+        `on_write` is called just before the request is handed to a socket: until then, whatever
+        happens (an error, a timeout, a cancellation), nothing was sent. `on_queue(True)` is called when
+        the request has to queue for a connection (the pool is at its limit), `on_queue(False)` when it
+        leaves the queue: a caller's own timeout that ends while queued is the pool's limit speaking.
+        The caller's timeout or cancellation also covers writing the request, and closes the connection.
+        `lend_credentials`: see `head`. `owner`: the downstream client connection the request came on; only
+        a connection of that owner (or a new one) carries it (the module docstring: affinity).
+        """
+        head = self.head(method, headers, body, lend_credentials)
+        # A small request goes out in one write, as one segment; a large body is written from the
+        # caller's bytes, piece by piece, never copied.
+        parts = (head + body,) if body and len(head) + len(body) <= WRITE_PIECE else (head, body or b"")
+        conn = await self._acquire(owner, on_queue)
+        try:
+            await conn.send(parts, on_write)
+        except BaseException:
+            conn.abort()
+            raise
+        return Response(conn)
+
+    # -- connections: who gets one, in arrival order -----------------------------------------------------
+    #
+    # Invariants: `size` (open + connecting) never exceeds `limit`; a connection only ever carries
+    # requests of the owner it was opened for; a waiter is handed either a connection of its owner or a
+    # reserved slot (counted in `_connecting`) to connect with, in FIFO order; a connection freed while
+    # the longest waiter is another owner's is closed and its slot handed to that waiter; a waiter that
+    # leaves (cancelled, timed out) after being handed one passes it on, so no free connection or slot is
+    # ever stranded while someone waits; and nobody waits while a connection is idle (idle connections
+    # exist only while the queue is empty, and an arrival at the limit closes one to make room).
+
+    async def _acquire(self, owner: int | None, on_queue: Callable[[bool], None] | None = None) -> _Connection:
+        if self._closed:
+            raise ConnectFailed("the connection pool is closed")
+        if not self._waiters:
+            conn = self._reuse(owner)
+            if conn is not None:
+                return conn
+            if self.size >= self._limit and self._idle_order:
+                self._make_room()
+        reserved = False
+        if self._waiters or self.size >= self._limit:
+            if on_queue is not None:
+                on_queue(True)
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    handed = await self._wait_turn(owner)
+            except TimeoutError:
+                raise PoolExhausted(
+                    f"all {self._limit} pooled connections stayed busy for {self._connect_timeout:g}s"
+                ) from None
+            if on_queue is not None:
+                on_queue(False)
+            if handed is not None:
+                return handed
+            reserved = True
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await self._connect(reserved, owner)
+        except TimeoutError:
+            raise ConnectFailed(f"no connection within {self._connect_timeout:g}s") from None
+
+    async def _wait_turn(self, owner: int | None) -> _Connection | None:
+        """Queue for a connection of `owner` (returned) or a reserved slot to open one in (None)."""
+        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+        entry = (waiter, owner)
+        self._waiters.append(entry)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._pass_on(waiter.result())
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+            raise
+
+    def _pass_on(self, handed: _Connection | None) -> None:
+        """What a departing waiter was handed goes to the next one (or back to the pool)."""
+        if handed is not None:
+            self.release(handed)
+        else:
+            self._connecting -= 1
+            self._free_slot()
+
+    def _reuse(self, owner: int | None) -> _Connection | None:
+        """`owner`'s most recently used live idle connection; stale ones found on the way are closed."""
+        stack = self._idle.get(owner)
+        now = self._clock()
+        while stack:
+            conn = stack[-1]
+            self._drop_idle(conn)
+            if not conn.closed and now - conn.idle_since < self._keepalive:
+                return conn
+            conn.abort()
+        return None
+
+    def _make_room(self) -> None:
+        """At the limit, with no idle connection of the arriving request's owner: close the least recently
+        used idle connection (another owner's), so the request opens its own rather than queueing behind
+        connections nobody is using. Its owner pays a connect on its next request (as after a keep-alive
+        expiry)."""
+        conn = next(iter(self._idle_order))
+        self._drop_idle(conn)
+        conn.abort()
+
+    def _drop_idle(self, conn: _Connection) -> None:
+        """Take `conn` out of the idle connections, if it is one."""
+        if conn not in self._idle_order:
+            return
+        del self._idle_order[conn]
+        stack = self._idle[conn.owner]
+        if stack[-1] is conn:
+            stack.pop()
+        else:
+            stack.remove(conn)
+        if not stack:
+            del self._idle[conn.owner]
+
+    async def _connect(self, reserved: bool, owner: int | None) -> _Connection:
+        """Open a connection for `owner` in a free slot (`reserved`: one a waiter was handed, already counted)."""
+        origin = self.origin
+        if not reserved:
+            self._connecting += 1
+        opened = False
+        try:
+            _, conn = await self.loop.create_connection(
+                lambda: _Connection(self, owner),
+                origin.host,
+                origin.port,
+                ssl=origin.ssl,
+                server_hostname=origin.host if origin.ssl is not None else None,
+            )
+            if self._closed:
+                conn.abort()
+                raise ConnectFailed("the connection pool is closed")
+            if conn.closed:  # uvloop may run connection_lost before create_connection returns
+                raise ConnectFailed("upstream closed the connection as it was opened")
+            self._open.add(conn)
+            opened = True
+            return conn
+        except OSError as exc:
+            failure = LocalExhaustion if exc.errno in _LOCAL_ERRNOS else ConnectFailed
+            raise failure(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        except UnicodeError:  # a host name IDNA cannot encode: nothing could be sent
+            raise ConnectFailed("the upstream host name cannot be encoded (IDNA)") from None
+        finally:
+            self._connecting -= 1
+            if not opened:
+                self._free_slot()
+
+    def release(self, conn: _Connection) -> None:
+        """A connection whose exchange is complete: to the longest waiter if that is of its owner; closed,
+        its slot going to the longest waiter, if that is another owner's; else kept idle."""
+        if self._closed or conn.closed:
+            conn.abort()
+            return
+        waiters = self._waiters
+        while waiters:
+            waiter, owner = waiters[0]
+            if waiter.done():
+                waiters.popleft()
+            elif owner == conn.owner:
+                waiters.popleft()
+                waiter.set_result(conn)
+                return
+            else:
+                conn.abort()  # `forget` hands its slot to that waiter (`_free_slot`)
+                return
+        conn.idle_since = self._clock()
+        self._idle.setdefault(conn.owner, []).append(conn)
+        self._idle_order[conn] = None
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._keepalive, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close idle connections past `keepalive` (oldest first), so quiet pools do not hold sockets."""
+        self._sweeper = None
+        now = self._clock()
+        order = self._idle_order
+        while order:
+            oldest = next(iter(order))
+            if now - oldest.idle_since < self._keepalive:
+                self._sweeper = self.loop.call_later(oldest.idle_since + self._keepalive - now, self._sweep)
+                return
+            self._drop_idle(oldest)
+            oldest.abort()
+
+    def forget(self, conn: _Connection) -> None:
+        """A connection has closed: its slot is free."""
+        self._drop_idle(conn)
+        if conn in self._open:
+            self._open.discard(conn)
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A slot opened up: reserve it for the longest waiter, who will connect in it."""
+        if self._closed or self.size >= self._limit:
+            return
+        while self._waiters:
+            waiter, _ = self._waiters.popleft()
+            if not waiter.done():
+                self._connecting += 1
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        """Close every connection, idle or busy; waiting and later requests fail as never sent."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        waiters, self._waiters = self._waiters, collections.deque()
+        for waiter, _ in waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed("the connection pool is closed"))
+        for conn in list(self._open):
+            conn.abort()
+        self._idle.clear()
+        self._idle_order.clear()
+

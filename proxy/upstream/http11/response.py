@@ -1,0 +1,142 @@
+"""One upstream answer: its status and headers, and its body still to be read (or abandoned)."""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict
+
+from proxy.upstream.http11.errors import ResponseTooLarge
+from proxy.upstream.http11.protocol import _Connection
+
+__all__ = ["MAX_REASON", "Response"]
+
+MAX_REASON = 256
+"""Longest reason phrase passed on to the client (it is a courtesy text, never needed)."""
+
+
+class Response:
+    """The status and headers of one upstream answer, and its body still to be read (or abandoned)."""
+
+    __slots__ = ("_conn", "_done", "content_length", "content_type", "header_items", "reason", "status")
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._done = False
+        self.status = conn.status
+        reason = conn.reason.decode("latin-1")
+        self.reason = reason if len(reason) <= MAX_REASON and reason.isprintable() else ""
+        """The reason phrase as the server sent it ("" when it had none, or one unfit to repeat)."""
+        self.content_type = ""
+        """The media type alone, lower case (``application/json``), or "" without a Content-Type."""
+        self.content_length: int | None = None
+        items: list[tuple[str, str]] = []
+        for raw_name, raw_value in conn.headers:
+            name = raw_name.decode("utf-8", "surrogateescape")
+            value = raw_value.decode("utf-8", "surrogateescape")
+            items.append((name, value))
+            key = name.lower()
+            if key == "content-type" and not self.content_type:  # the first one decides, as in aiohttp
+                self.content_type = value.split(";", 1)[0].strip().lower()
+            elif key == "content-length" and value.isdigit():
+                self.content_length = int(value)
+        self.header_items = items
+        """The headers as sent, in order, repeats kept."""
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        return CIMultiDict(self.header_items)
+
+    async def read(self, limit: int | None = None, *, hold: bool = False) -> bytes:
+        """The whole body, then the connection is released. Over `limit` bytes: `ResponseTooLarge`.
+
+        `hold`: the connection stays this response's until `release()` (or `close()`), so the caller can
+        judge the body (is it the answer to *this* request?) before the connection serves anyone else."""
+        if self._done:
+            raise RuntimeError("this response's body was already read or abandoned")
+        conn = self._conn
+        if limit is not None and conn.received > limit:
+            self.close()
+            raise ResponseTooLarge(f"upstream answer exceeds {limit} bytes")
+        conn.limit = limit
+        body: bytes | bytearray = b""  # one buffer, whatever the number of pieces (each is a read's worth)
+        try:
+            while True:
+                piece = conn.take()
+                if not body:
+                    body = piece
+                elif piece:
+                    if isinstance(body, bytes):
+                        body = bytearray(body)
+                    body += piece
+                if conn.complete:
+                    break
+                self._check(conn)
+                await conn.wait()
+        except BaseException:
+            self.close()
+            raise
+        if not hold:
+            self._release()
+        return bytes(body) if isinstance(body, bytearray) else body
+
+    def release(self) -> None:
+        """Give back the connection of a body read whole with `hold` (to the pool, if it may be reused)."""
+        self._release()
+
+    async def next_chunk(self) -> bytes:
+        """The body that has arrived since the last call, as one piece (waiting for some if none has);
+        ``b""`` once it is complete (the connection released). One piece for everything buffered, however
+        many HTTP chunks it came in: what the caller does per piece (a timeout, a parse, a write to its
+        client) then costs per network read, and a million 2-byte chunks are not a million iterations."""
+        conn = self._conn
+        while True:
+            if self._done:
+                return b""
+            chunk = conn.take()
+            if chunk:
+                return chunk
+            if conn.complete:
+                self._release()
+                return b""
+            self._check(conn)
+            try:
+                await conn.wait()
+            except BaseException:
+                self.close()
+                raise
+
+    def discard_rest(self, max_bytes: int = 64 * 1024, within: float = 1.0) -> None:
+        """Done with this body, but the connection is worth keeping: the rest (an SSE stream's end, say)
+        is dropped as it arrives and the connection goes back to the pool; it is closed instead if more
+        than `max_bytes` arrive or the end does not come `within` seconds. Never waits."""
+        if not self._done:
+            self._done = True
+            self._conn.discard_rest(max_bytes, within)
+
+    def close(self) -> None:
+        """Abandon the rest of the body: the connection is closed, never returned half-read."""
+        if not self._done:
+            self._done = True
+            self._conn.abort()
+
+    def __del__(self) -> None:
+        # A response dropped unread (by a bug, or an error path that forgot it) must not hold its pool
+        # slot forever; closing is all that can be done here, and it must not raise.
+        if not self._done:
+            self._done = True
+            try:
+                self._conn.abort()
+            except Exception:  # noqa: BLE001, S110 - a finalizer: the loop may already be closed
+                pass
+
+    def _check(self, conn: _Connection) -> None:
+        if conn.error is not None:
+            self._done = True
+            conn.abort()
+            raise conn.error
+
+    def _release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._conn.finish()
+
+
