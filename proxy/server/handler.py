@@ -55,14 +55,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.server.classify import classify, client_of, era_for, lends_credentials, protocol_of
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
-from proxy.policies.failures import OK, Failure, Verdict, classify_error, verdict_of
+from proxy.policies.failures import OK, Failure, classify_error, verdict_of
 from proxy.mcp.headers import forwarded, upstream_headers
 from proxy.mcp.jsonrpc import (
     INVALID_REQUEST,
@@ -74,12 +73,20 @@ from proxy.mcp.jsonrpc import (
     final_response,
     parse_message,
     response_error,
-    too_many_containers,
 )
 from proxy.policies.base import Call, Reply, ReplyStream
-from proxy.policies.fallback import list_changed_kind
 from proxy.config.resolve import Policy
 from proxy.runtime import Route, Runtime, RuntimeRef
+from proxy.server.relay import (
+    _end_quietly,
+    _learn_annotations,
+    _notice,
+    _settle_stream,
+    _sse_error,
+    _start_stream,
+    _with_extra,
+    _write_quietly,
+)
 from proxy.mcp.sse import SSEParser
 from proxy.upstream.transport import AnswerTo
 
@@ -545,26 +552,6 @@ class McpHandler:
 BATCHING_REMOVED_IN = "2025-06-18"
 
 
-def _settle_stream(route: Route, call: Call, verdict: Verdict) -> None:
-    """A streamed answer is over: the breaker and passive health saw only its headers (`STREAMING`), so
-    its end is their verdict. Its response passed (or the stream ended cleanly: the server's choice):
-    a success; it broke before the response: the transport failure that is (a stream silent past
-    `stream_idle` excepted: a long run without progress looks the same)."""
-    breaker = route.state.breaker.breaker_for(call)
-    if breaker is not None:
-        breaker.record(None, verdict, call.client)
-    route.state.health.record_call(verdict)
-
-
-def _learn_annotations(route: Route, call: Call, message: Any) -> None:
-    """A tools/list answer teaches the upstream's catalog (the retry policy believes it only when the
-    upstream is trusted for its annotations). The request's cursor goes along: a page counts only as part
-    of a walk the catalog saw start without one (`proxy.mcp.tool_catalog`)."""
-    annotations = route.annotations
-    if annotations is not None and call.method == "tools/list":
-        annotations.learn(message, call.message.params.get("cursor"))  # an error answer has no tools: nothing learned
-
-
 async def _admitted(call: Call) -> Reply:
     """The end of a rate-limit check that sends nothing (a token for a message relayed outside the pipeline)."""
     return Reply(202, CIMultiDict())
@@ -649,49 +636,3 @@ def _head_size(request: web.BaseRequest) -> int:
     line = len(request.method) + len(request.raw_path) + 12  # "M PATH HTTP/1.1\r\n"
     raw = request.raw_headers
     return line + sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw) + 2
-
-
-def _with_extra(reply: Reply) -> Any:
-    if not reply.extra:
-        return reply.headers
-    headers = reply.headers.copy()
-    headers.update(reply.extra)
-    return headers
-
-
-async def _start_stream(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
-    response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=_with_extra(reply))
-    response.headers["X-Accel-Buffering"] = "no"
-    await response.prepare(request)
-    return response
-
-
-async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        await response.write(data)
-    except ConnectionResetError:
-        pass  # the client is gone: nobody to tell
-
-
-async def _end_quietly(response: web.StreamResponse) -> None:
-    try:
-        await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client closed first, as SDK clients do once they have their response
-
-
-def _notice(runtime: Runtime, upstream: str, data: str) -> None:
-    """React to server notifications passing by: `notifications/<kind>/list_changed` invalidates cached lists."""
-    if "list_changed" not in data or too_many_containers(data):
-        return
-    try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return
-    kind = list_changed_kind(message.get("method", "")) if isinstance(message, dict) else None
-    if kind is not None:
-        runtime.shared.cache.invalidate_lists(upstream, kind)
-
-
-def _sse_error(request_id: str | int | None, error: ProxyError) -> bytes:
-    return b"event: message\ndata: " + error_body(request_id, error.code, error.message, error.error_data()) + b"\n\n"
