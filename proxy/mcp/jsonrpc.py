@@ -51,6 +51,7 @@ __all__ = [
     "READ_METHODS",
     "error_body",
     "is_read_method",
+    "list_changed_kind",
     "parse_message",
     "MAX_PARSED_CONTAINERS",
     "too_many_containers",
@@ -442,3 +443,11 @@ def final_response(data: str, request_id: str | int | None) -> dict[str, Any] | 
     if not isinstance(message, dict) or "method" in message or message.get("id") != request_id:
         return None
     return message if "result" in message or "error" in message else None
+
+
+def list_changed_kind(method: str) -> str | None:
+    """``tools`` for ``notifications/tools/list_changed`` (``prompts``, ``resources``...); None for any other
+    method: what a cached list a notification passing by makes stale."""
+    if method.startswith("notifications/") and method.endswith("/list_changed"):
+        return method[len("notifications/") : -len("/list_changed")] or None
+    return None

@@ -1,9 +1,13 @@
-"""An incremental Server-Sent Events parser: bytes in, as they arrive; whole events out.
+"""Server-Sent Events, pure (no I/O): an incremental parser, and the watcher the proxy reads SSE answers with.
 
-The proxy forwards each upstream chunk to the client untouched and *also* feeds it here, so it knows
-which JSON-RPC messages passed, when the final response of a request went by and whether it was an
-error, without ever holding more than one unfinished event in memory. Line endings follow the SSE
-specification (CRLF, LF or CR); comments (``:`` lines) are skipped; ``retry`` is ignored.
+`SSEParser`: bytes in, as they arrive; whole events out. `SSEWatcher`: the same bytes in; out, only what
+the proxy acts on (`Seen`): the final response to the request, a server->client request, a
+``list_changed`` notification, an event too large or too nested to read. Each event's ``data`` is
+parsed as JSON at most once, and only when its text can hold one of those (the rest, progress
+notifications and the like, is never parsed). The proxy passes each upstream chunk to the client
+untouched and *also* feeds it here: nothing is ever re-serialized, and no more than one unfinished
+event is held in memory. Line endings follow the SSE specification (CRLF, LF or CR); comments (``:``
+lines) are skipped; ``retry`` is ignored.
 
 Memory is bounded by `max_event`: an event larger than that is still passed through by the caller,
 but the parser stops keeping it and hands out an `oversized` event with no data in its place (a
@@ -23,8 +27,13 @@ upstream cut them (a 2-byte piece kept as an object of its own costs ~40 bytes).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Final
 
-__all__ = ["SSEEvent", "SSEParser"]
+import orjson
+
+from proxy.mcp.jsonrpc import list_changed_kind, too_many_containers
+
+__all__ = ["NO_REQUEST", "NoRequest", "SSEEvent", "SSEParser", "SSEWatcher", "Seen"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,3 +146,117 @@ class SSEParser:
             event = None
         self._data, self._event_size, self._oversized, self._event, self._id = [], 0, False, "", None
         return event
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What one event of a watched stream says to the proxy (`SSEWatcher.feed`); events that say nothing
+    it acts on (progress, logs, plain data) give no `Seen` at all.
+
+    - `final`: the parsed JSON-RPC response to the watched request (a ``result`` or an ``error``): the
+      call's outcome, and for ``tools/list`` the page the tool catalog learns from;
+    - `asks`: a server->client request (``method`` and ``id``: sampling, elicitation, roots): the server
+      waits for the client's answer, so a buffered read must hand the stream on at once;
+    - `list_changed`: ``tools``, ``prompts``, ``resources``... for ``notifications/<kind>/list_changed``;
+    - `unparsed`: more than `proxy.mcp.jsonrpc.MAX_PARSED_CONTAINERS` objects and arrays: not read;
+    - `oversized`: over the watcher's `max_event`: its data was not kept (`SSEParser`).
+    """
+
+    final: dict[str, Any] | None = None
+    asks: bool = False
+    list_changed: str | None = None
+    unparsed: bool = False
+    oversized: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """The final response is a JSON-RPC error."""
+        return self.final is not None and "error" in self.final
+
+
+_OVERSIZED: Final = Seen(oversized=True)
+_UNPARSED: Final = Seen(unparsed=True)
+_ASKS: Final = Seen(asks=True)
+
+
+class NoRequest:
+    """The request id of a stream that answers no request (a legacy GET stream, a relayed message)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_REQUEST"
+
+
+NO_REQUEST: Final = NoRequest()
+"""`SSEWatcher`'s request id for a stream that owes no final response: none is ever reported."""
+
+
+class SSEWatcher:
+    """Watches one SSE answer: `feed` it the chunks as they pass; it returns what they said (`Seen`).
+
+    `request_id` is the request the stream answers (`NO_REQUEST`: none); `max_event` bounds the event
+    kept in memory (`SSEParser`). Once the final response went by the watcher is done: later chunks are
+    not even parsed for events (`answered`). The event ``data`` is parsed with orjson only when it can
+    hold what is watched: ``"id"`` (a response, or a request to the client) or ``list_changed``; the
+    checks are the same string tests the proxy always made, so what is seen does not change with them.
+    """
+
+    __slots__ = ("_parser", "_request_id", "answered")
+
+    def __init__(self, request_id: str | int | None | NoRequest = NO_REQUEST, max_event: int | None = None) -> None:
+        self._parser = SSEParser(max_event)
+        self._request_id = request_id
+        self.answered = False
+        """The final response went by: nothing more is watched."""
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The last event id seen: with one, a stream that ends unanswered can be resumed (Last-Event-ID)."""
+        return self._parser.last_event_id
+
+    def feed(self, chunk: bytes) -> list[Seen]:
+        """Consume `chunk`; return what its complete events said, in order, up to the final response."""
+        if self.answered:
+            return []
+        seen: list[Seen] = []
+        for event in self._parser.feed(chunk):
+            sighting = self._look(event)
+            if sighting is not None:
+                seen.append(sighting)
+                if sighting.final is not None:
+                    self.answered = True
+                    break
+        return seen
+
+    def _look(self, event: SSEEvent) -> Seen | None:
+        if event.oversized:
+            return _OVERSIZED
+        data = event.data
+        if too_many_containers(data):
+            return _UNPARSED  # parsing would build a Python object per container, uninterruptibly
+        has_id = '"id"' in data
+        changed = "list_changed" in data
+        if not has_id and not changed:
+            return None
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        kind = None
+        if changed:
+            method = message.get("method")
+            kind = list_changed_kind(method) if isinstance(method, str) else None
+        if has_id:
+            if "method" in message:
+                if "id" in message and '"method"' in data:
+                    return Seen(asks=True, list_changed=kind) if kind is not None else _ASKS
+            elif (
+                self._request_id is not NO_REQUEST
+                and message.get("id") == self._request_id
+                and ("result" in message or "error" in message)
+            ):
+                return Seen(final=message)
+        return Seen(list_changed=kind) if kind is not None else None

@@ -1,0 +1,130 @@
+"""The SSE watcher: what an SSE answer says to the proxy, each event's JSON parsed at most once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.mcp import sse
+from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind
+from proxy.mcp.sse import NO_REQUEST, Seen, SSEWatcher
+
+
+def event(data: bytes, event_id: bytes | None = None) -> bytes:
+    return (b"id: " + event_id + b"\n" if event_id is not None else b"") + b"event: message\ndata: " + data + b"\n\n"
+
+
+PROGRESS = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}'
+TOOLS_CHANGED = b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}'
+ASKS = b'{"jsonrpc":"2.0","id":"s1","method":"roots/list"}'
+FINAL = b'{"jsonrpc":"2.0","id":7,"result":{"tools":[]}}'
+ERROR = b'{"jsonrpc":"2.0","id":7,"error":{"code":-32601,"message":"no"}}'
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every JSON parse the watcher makes, recorded (the watcher's own reference to orjson is replaced)."""
+    parsed: list[Any] = []
+
+    class Recording:
+        JSONDecodeError = orjson.JSONDecodeError
+
+        @staticmethod
+        def loads(data: str) -> Any:
+            parsed.append(data)
+            return orjson.loads(data)
+
+    monkeypatch.setattr(sse, "orjson", Recording)
+    return parsed
+
+
+def test_the_final_response_is_seen_with_its_error_and_ends_the_watch() -> None:
+    for body, failed in ((FINAL, False), (ERROR, True)):
+        watcher = SSEWatcher(7)
+        seen = watcher.feed(event(PROGRESS) + event(body) + event(TOOLS_CHANGED))
+        assert seen == [Seen(final=orjson.loads(body))]
+        assert seen[0].failed is failed
+        assert watcher.answered
+        assert watcher.feed(event(TOOLS_CHANGED)) == []  # answered: nothing more is watched
+
+
+def test_a_response_to_another_request_or_without_a_result_is_not_final() -> None:
+    watcher = SSEWatcher(7)
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":8,"result":{}}')) == []
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":7}')) == []
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":"7","result":{}}')) == []
+    assert not watcher.answered
+
+
+def test_a_stream_that_answers_no_request_never_sees_a_final_response() -> None:
+    """NO_REQUEST (a legacy GET stream) is not the id null: a probe's request id may be None."""
+    null_answer = event(b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"bad"}}')
+    assert SSEWatcher(NO_REQUEST).feed(null_answer) == []
+    assert SSEWatcher(None).feed(null_answer) == [Seen(final=orjson.loads(null_answer[21:-2]))]
+    # No "id" in the text: not a response to anything, not even to id None.
+    assert SSEWatcher(None).feed(event(b'{"jsonrpc":"2.0","result":{"list_changed":1}}')) == []
+
+
+def test_a_server_request_asks_the_client_and_a_notification_does_not() -> None:
+    watcher = SSEWatcher(7)
+    assert watcher.feed(event(ASKS)) == [Seen(asks=True)]
+    assert watcher.feed(event(PROGRESS)) == []
+    assert not watcher.answered
+
+
+@pytest.mark.parametrize("kind", ["tools", "prompts", "resources"])
+def test_list_changed_notifications_name_their_kind(kind: str) -> None:
+    notice = b'{"jsonrpc":"2.0","method":"notifications/%s/list_changed"}' % kind.encode()
+    assert SSEWatcher(1).feed(event(notice)) == [Seen(list_changed=kind)]
+    assert SSEWatcher(NO_REQUEST).feed(event(notice)) == [Seen(list_changed=kind)]
+
+
+def test_text_that_only_mentions_list_changed_is_no_notice() -> None:
+    watcher = SSEWatcher(NO_REQUEST)
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","method":5,"params":{"x":"list_changed"}}')) == []
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","method":"notifications/message","params":{"x":"list_changed"}}')) == []
+    assert watcher.feed(event(b'["list_changed"]')) == []
+    assert watcher.feed(event(b"list_changed, not JSON")) == []
+    assert list_changed_kind("notifications//list_changed") is None
+
+
+def test_an_event_with_more_containers_than_the_bound_is_not_parsed_and_watching_goes_on(loads: list[Any]) -> None:
+    """60 MB of ``{},`` would take ~2 GB to parse: such an event is reported unparsed, never parsed."""
+    many = b'{"jsonrpc":"2.0","id":7,"result":{"a":[' + b",".join([b"{}"] * MAX_PARSED_CONTAINERS) + b"]}}"
+    watcher = SSEWatcher(7)
+    assert watcher.feed(event(many)) == [Seen(unparsed=True)]
+    assert loads == []
+    assert watcher.feed(event(FINAL)) == [Seen(final=orjson.loads(FINAL))]
+
+
+def test_an_event_over_max_event_is_oversized() -> None:
+    """Its data was not kept (an endless event would grow the proxy), so nothing in it is seen; the next one is."""
+    watcher = SSEWatcher(7, max_event=80)
+    assert watcher.feed(event(FINAL + b" " * 30) + event(FINAL)) == [Seen(oversized=True), Seen(final=orjson.loads(FINAL))]
+
+
+def test_each_event_is_parsed_at_most_once_and_only_when_it_can_matter(loads: list[Any]) -> None:
+    """Progress and log notifications (no ``"id"``, no ``list_changed``) are never parsed; the rest once; after
+    the final response nothing is."""
+    stream = event(PROGRESS) * 3 + event(TOOLS_CHANGED) + event(ASKS) + event(b"not json") + event(FINAL)
+    watcher = SSEWatcher(7)
+    seen = [item for start in range(0, len(stream), 7) for item in watcher.feed(stream[start : start + 7])]
+    assert seen == [Seen(list_changed="tools"), Seen(asks=True), Seen(final=orjson.loads(FINAL))]
+    assert loads == [TOOLS_CHANGED.decode(), ASKS.decode(), FINAL.decode()]
+    watcher.feed(event(TOOLS_CHANGED) + event(FINAL))
+    assert len(loads) == 3
+
+
+def test_what_is_seen_does_not_depend_on_how_the_stream_was_cut() -> None:
+    stream = event(PROGRESS, b"1") + event(TOOLS_CHANGED, b"2") + event(ASKS) + event(ERROR, b"3")
+    whole = SSEWatcher(7)
+    expected = whole.feed(stream)
+    assert expected == [Seen(list_changed="tools"), Seen(asks=True), Seen(final=orjson.loads(ERROR))]
+    for cut in range(1, len(stream)):
+        for second in (cut, (cut + len(stream)) // 2):
+            watcher = SSEWatcher(7)
+            got = watcher.feed(stream[:cut]) + watcher.feed(stream[cut:second]) + watcher.feed(stream[second:])
+            assert got == expected, cut
+            assert watcher.last_event_id == "3"
