@@ -419,7 +419,7 @@ with no way to interrupt the parse. A tools/list of 10,000 tools has ~100,000. O
 delivered as the opaque bytes it is (`Reply.message` None): judged by its HTTP status alone, never cached,
 its id not checked (connection affinity keeps it to its own client anyway); an SSE event of a buffered read
 hands the stream on to the client unparsed (committed, as a stream is); an event of a streamed answer is passed
-on and not watched (`final_response` says None), as an oversized one is."""
+on unread (`proxy.mcp.sse.SSEWatcher` reports it `unparsed`), and watching goes on with the next event."""
 
 
 def too_many_containers(raw: bytes | str) -> bool:
@@ -430,19 +430,6 @@ def too_many_containers(raw: bytes | str) -> bool:
     if isinstance(raw, str):
         return raw.count("{") + raw.count("[") > MAX_PARSED_CONTAINERS
     return raw.count(b"{") + raw.count(b"[") > MAX_PARSED_CONTAINERS
-
-
-def final_response(data: str, request_id: str | int | None) -> dict[str, Any] | None:
-    """The parsed message when SSE event `data` is the JSON-RPC response to `request_id`, else None."""
-    if '"id"' not in data or too_many_containers(data):
-        return None  # too many containers to parse: watched no further (see MAX_PARSED_CONTAINERS)
-    try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(message, dict) or "method" in message or message.get("id") != request_id:
-        return None
-    return message if "result" in message or "error" in message else None
 
 
 def list_changed_kind(method: str) -> str | None:

@@ -52,42 +52,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.server.classify import classify, client_of, era_for, lends_credentials, protocol_of
-from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
-from proxy.policies.failures import OK, Failure, classify_error, verdict_of
-from proxy.mcp.headers import forwarded, upstream_headers
-from proxy.mcp.jsonrpc import (
-    INVALID_REQUEST,
-    LONG_LIVED_METHODS,
-    Kind,
-    Message,
-    MessageError,
-    error_body,
-    final_response,
-    parse_message,
-    response_error,
-)
-from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.config.resolve import Policy
+from proxy.errors import ProxyError
+from proxy.mcp.headers import forwarded, upstream_headers
+from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
+from proxy.policies.base import Call, Reply
+from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
-from proxy.server.relay import (
-    _end_quietly,
-    _learn_annotations,
-    _notice,
-    _settle_stream,
-    _sse_error,
-    _start_stream,
-    _with_extra,
-    _write_quietly,
-)
-from proxy.mcp.sse import SSEParser
+from proxy.server.classify import classify, client_of, era_for, lends_credentials, protocol_of
+from proxy.server.relay import Relay, headers_for, learn_annotations
 from proxy.upstream.transport import AnswerTo
 
 __all__ = ["McpHandler"]
@@ -140,14 +119,11 @@ class McpHandler:
 
     def __init__(self, runtime: RuntimeRef) -> None:
         self._runtime = runtime
-        self._long_lived: set[ReplyStream] = set()
-        self._draining = False
+        self._relay = Relay()
 
     async def end_streams(self) -> None:
         """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
-        self._draining = True
-        for stream in list(self._long_lived):
-            await stream.close()
+        await self._relay.end_streams()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self._runtime.current
@@ -335,15 +311,19 @@ class McpHandler:
                 # The upstream's own answer, whatever its status and body, reaches the client as it was.
                 outcome = _outcome(reply)
                 if outcome == "ok":
-                    _learn_annotations(route, call, reply.message)
+                    learn_annotations(route, call, reply.message)
                 else:
                     self._answered_with_failure(runtime, call, reply, outcome)
-                return web.Response(status=reply.status, reason=reply.reason, body=reply.body, headers=_with_extra(reply))
+                return web.Response(status=reply.status, reason=reply.reason, body=reply.body, headers=headers_for(reply))
+
             def settle(value: str) -> None:
                 nonlocal outcome
                 outcome = value
 
-            return await self._stream(request, runtime, route, call, reply, settle)
+            def failed(error: ProxyError) -> None:
+                self._failed(runtime, call, error)
+
+            return await self._relay.answer(request, runtime, route, call, reply, settle, failed)
         finally:
             if held:
                 slots.release(call.client)
@@ -360,76 +340,6 @@ class McpHandler:
                     outcome=outcome,
                     latency_ms=round(elapsed * 1000, 3),
                 )
-
-    async def _stream(
-        self,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        route: Route,
-        call: Call,
-        reply: Reply,
-        settle: Callable[[str], None],
-    ) -> web.StreamResponse:
-        """Pass an SSE answer through as it arrives, watching for the request's final response.
-
-        `settle` hears the call's outcome as soon as it is known: an SDK client closes the stream
-        right after reading its response, and the outcome must not be lost when that cancels us.
-        If the upstream stream ends or breaks before that response and gave no event ids to resume
-        from, the client gets a last event carrying a JSON-RPC error for its request: an SDK client
-        whose stream simply ends loses its whole session, not just the call. With event ids, the
-        stream just ends so the client can resume with `Last-Event-ID` (2025-11-25 polling): that is
-        the ``resumable`` outcome, not a failure.
-        """
-        assert reply.stream is not None
-        try:
-            response = await _start_stream(request, reply)
-        except BaseException:
-            await reply.stream.close()  # the client is gone before the first byte: release the upstream
-            raise
-        parser = SSEParser(runtime.config.limits.max_response_bytes)
-        request_id = call.message.id
-        answered = False
-        broken: StreamBroken | StreamEndedEarly | None = None
-        long_lived = call.method in LONG_LIVED_METHODS
-        if long_lived:
-            self._long_lived.add(reply.stream)
-        try:
-            async for chunk in reply.stream:
-                await response.write(chunk)
-                if answered:
-                    continue
-                for event in parser.feed(chunk):
-                    if event.oversized:  # passed on whole, too big to read: stop watching, add nothing
-                        answered = True
-                        settle("oversized_event")
-                        break
-                    _notice(runtime, call.upstream, event.data)
-                    final = final_response(event.data, request_id)
-                    if final is not None:
-                        answered = True
-                        settle("jsonrpc_error" if "error" in final else "ok")
-                        _learn_annotations(route, call, final)
-                        break
-        except StreamBroken as exc:
-            broken = exc
-        except ConnectionResetError:
-            return response  # the client went away; `settle` already has whatever was known
-        finally:
-            self._long_lived.discard(reply.stream)
-            await reply.stream.close()
-        _settle_stream(route, call, OK if answered or broken is None else classify_error(broken))
-        if not answered:
-            if long_lived and self._draining:
-                settle("drained")  # the proxy is shutting down: end the subscription cleanly
-            elif parser.last_event_id is not None:
-                settle("resumable")
-            else:
-                broken = broken or StreamEndedEarly("upstream ended the stream before the response", upstream=call.upstream)
-                self._failed(runtime, call, broken)
-                settle(broken.reason)
-                await _write_quietly(response, _sse_error(request_id, broken))
-        await _end_quietly(response)
-        return response
 
     async def _forward(
         self,
@@ -461,11 +371,11 @@ class McpHandler:
             runtime.metrics.reject(exc.reason)
             return _error_response(exc, None)
         try:
-            return await self._relay(request, runtime, route, method, headers, body, message)
+            return await self._relay_message(request, runtime, route, method, headers, body, message)
         finally:
             slots.release(client)
 
-    async def _relay(
+    async def _relay_message(
         self,
         request: web.BaseRequest,
         runtime: Runtime,
@@ -492,28 +402,7 @@ class McpHandler:
             return _error_response(exc, None)
         if reply.stream is None:
             return web.Response(status=reply.status, reason=reply.reason, body=reply.body, headers=reply.headers)
-        try:
-            response = await _start_stream(request, reply)
-        except BaseException:
-            await reply.stream.close()
-            raise
-        parser = SSEParser(runtime.config.limits.max_response_bytes)
-        self._long_lived.add(reply.stream)
-        try:
-            async for chunk in reply.stream:
-                await response.write(chunk)
-                for event in parser.feed(chunk):
-                    _notice(runtime, upstream.name, event.data)
-        except StreamBroken:
-            if not self._draining:
-                return response  # no clean end: the client sees the break and resumes with Last-Event-ID
-        except ConnectionResetError:
-            return response
-        finally:
-            self._long_lived.discard(reply.stream)
-            await reply.stream.close()
-        await _end_quietly(response)
-        return response
+        return await self._relay.pass_on(request, runtime, upstream.name, reply)
 
     async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
         headers = self._upstream_headers(request, runtime)

@@ -1,23 +1,213 @@
-"""The streaming helpers of the MCP listener: starting an SSE answer, writing to a client that may be gone,
-settling a streamed call when its stream ends, and what passing messages teach (moved from the handler;
-the one streaming loop comes here next)."""
+"""The one streaming path: every SSE answer a client gets from an upstream passes here, watched as it goes.
+
+Three kinds of answer arrive as SSE, and all of them are read through one `proxy.mcp.sse.SSEWatcher`
+(each event's JSON parsed at most once, the bytes passed on exactly as the server sent them):
+
+- a call's streamed answer (`Relay.answer`: ``tools/call`` and every request not read whole): passed on
+  chunk by chunk, watched for the request's final response, which settles the call (``ok`` or
+  ``jsonrpc_error``) the moment it passes, teaches the tool catalog (a ``tools/list`` page) and ends the
+  watching (the rest is only passed on);
+- a read's answer (`proxy.upstream.transport.HttpUpstream.send`): read whole inside the pipeline, so it can
+  still be retried and cached; when the server asks the client something on the way, the transport hands
+  the stream on (`ReadAhead`) with its watcher, and it continues here like any streamed answer, the bytes
+  already read passed on without being read again;
+- the answer to a relayed message (`Relay.pass_on`: the legacy GET stream, a notification's): passed on as
+  long as it lasts, watched only for ``list_changed`` notifications.
+
+Along the way a ``notifications/<kind>/list_changed`` empties the cache's lists of that kind. When a
+call's stream ends (`_settled`): the breaker and passive health, which saw only the answer's head, get
+its verdict; a stream that ends or breaks before the final response and gave no event ids to resume
+from gets a last event carrying the JSON-RPC error (an SDK client whose stream just ends loses its whole
+session); with event ids it just ends (``resumable``: the client resumes with ``Last-Event-ID``).
+
+Writes to a client that went away never raise (`_write_quietly`, `_end_quietly`): the outcome is already
+settled, and nobody is left to tell. A client that reads nothing is cut by the listener's
+``limits.send_timeout``, which ends the relay and so closes the upstream stream.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
-from proxy.errors import ProxyError
-from proxy.mcp.jsonrpc import error_body, too_many_containers
-from proxy.policies.base import Call, Reply
-from proxy.policies.failures import Verdict
-from proxy.policies.fallback import list_changed_kind
+from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
+from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, error_body
+from proxy.mcp.sse import NO_REQUEST, NoRequest, Seen, SSEWatcher
+from proxy.policies.base import Call, Reply, ReplyStream
+from proxy.policies.failures import OK, Verdict, classify_error
 from proxy.runtime import Route, Runtime
+from proxy.upstream.transport import ReadAhead
+
+__all__ = ["Relay", "headers_for", "learn_annotations"]
+
+_GONE = object()
+"""`Relay._pump`'s outcome when the client went away: nothing more is written or settled."""
 
 
-def _settle_stream(route: Route, call: Call, verdict: Verdict) -> None:
+class Relay:
+    """Passes SSE answers on to clients, and ends the long-lived ones when the proxy drains."""
+
+    __slots__ = ("_draining", "_long_lived")
+
+    def __init__(self) -> None:
+        self._long_lived: set[ReplyStream] = set()
+        self._draining = False
+
+    async def end_streams(self) -> None:
+        """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
+        self._draining = True
+        for stream in list(self._long_lived):
+            await stream.close()
+
+    async def answer(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        call: Call,
+        reply: Reply,
+        settle: Callable[[str], None],
+        failed: Callable[[ProxyError], None],
+    ) -> web.StreamResponse:
+        """Pass a call's SSE answer on as it arrives, watching for the request's final response.
+
+        `settle` hears the call's outcome as soon as it is known: an SDK client closes the stream right
+        after reading its response, and the outcome must not be lost when that cancels us. `failed`
+        reports a stream that ended or broke unanswered (an event, a log line)."""
+        watched = _Watched(reply, runtime, call.message.id)
+        response = await _start(request, reply)
+        watch = _CallWatch(runtime, route, call, settle)
+        long_lived = call.method in LONG_LIVED_METHODS
+        ended = await self._pump(response, watched, watch, long_lived)
+        if ended is _GONE:
+            return response  # `settle` already has whatever was known
+        broken = ended if isinstance(ended, StreamBroken) else None
+        _settled(route, call, OK if watch.answered or broken is None else classify_error(broken))
+        if not watch.answered:
+            if long_lived and self._draining:
+                settle("drained")  # the proxy is shutting down: end the subscription cleanly
+            elif watched.watcher.last_event_id is not None:
+                settle("resumable")
+            else:
+                error = broken or StreamEndedEarly("upstream ended the stream before the response", upstream=call.upstream)
+                failed(error)
+                settle(error.reason)
+                await _write_quietly(response, _sse_error(call.message.id, error))
+        await _end_quietly(response)
+        return response
+
+    async def pass_on(self, request: web.BaseRequest, runtime: Runtime, upstream: str, reply: Reply) -> web.StreamResponse:
+        """Pass a relayed message's SSE answer on (the legacy GET stream) for as long as it lasts. A stream
+        that breaks is not ended cleanly (unless the proxy drains): the client sees the break and resumes
+        with Last-Event-ID."""
+        watched = _Watched(reply, runtime, NO_REQUEST)
+        response = await _start(request, reply)
+        ended = await self._pump(response, watched, _ListWatch(runtime, upstream), long_lived=True)
+        if ended is _GONE or (isinstance(ended, StreamBroken) and not self._draining):
+            return response
+        await _end_quietly(response)
+        return response
+
+    async def _pump(
+        self, response: web.StreamResponse, watched: _Watched, look: Callable[[Seen], bool], long_lived: bool
+    ) -> object:
+        """The loop: each chunk to the client as it came, then to the watcher, whose sightings go to `look`
+        until it says to stop watching. Bytes a buffered read took already go first, unwatched (their
+        sightings were kept). Returns None when the stream ended, the `StreamBroken` that broke it, or `_GONE`."""
+        stream, watcher = watched.stream, watched.watcher
+        watching = not watcher.answered
+        if long_lived:
+            self._long_lived.add(stream)
+        try:
+            if watched.read:
+                await response.write(watched.read)
+                for seen in watched.early:
+                    look(seen)
+            async for chunk in stream:
+                await response.write(chunk)
+                if watching:
+                    for seen in watcher.feed(chunk):
+                        if not look(seen):
+                            watching = False
+                            break
+        except StreamBroken as exc:
+            return exc
+        except ConnectionResetError:
+            return _GONE  # the client went away
+        finally:
+            self._long_lived.discard(stream)
+            await stream.close()
+        return None
+
+
+class _CallWatch:
+    """What a call's streamed answer has shown so far; `__call__` takes each sighting, False: stop watching."""
+
+    __slots__ = ("_call", "_route", "_runtime", "_settle", "answered")
+
+    def __init__(self, runtime: Runtime, route: Route, call: Call, settle: Callable[[str], None]) -> None:
+        self._runtime = runtime
+        self._route = route
+        self._call = call
+        self._settle = settle
+        self.answered = False
+        """The final response passed (or an event too large to watch: the rest is only passed on)."""
+
+    def __call__(self, seen: Seen) -> bool:
+        if seen.oversized:  # passed on whole, too big to read: stop watching, add nothing
+            self.answered = True
+            self._settle("oversized_event")
+            return False
+        if seen.list_changed is not None:
+            self._runtime.shared.cache.invalidate_lists(self._call.upstream, seen.list_changed)
+        if seen.final is not None:
+            self.answered = True
+            self._settle("jsonrpc_error" if seen.failed else "ok")
+            learn_annotations(self._route, self._call, seen.final)
+            return False
+        return True
+
+
+class _ListWatch:
+    """A relayed stream's watch: ``list_changed`` notifications empty the cache's lists of their kind."""
+
+    __slots__ = ("_runtime", "_upstream")
+
+    def __init__(self, runtime: Runtime, upstream: str) -> None:
+        self._runtime = runtime
+        self._upstream = upstream
+
+    def __call__(self, seen: Seen) -> bool:
+        if seen.list_changed is not None:
+            self._runtime.shared.cache.invalidate_lists(self._upstream, seen.list_changed)
+        return True
+
+
+class _Watched:
+    """What `Relay._pump` reads: the stream, the bytes a buffered read took from it already (`read`, passed
+    on first, unwatched) and what the watcher saw in them (`early`), and the watcher itself."""
+
+    __slots__ = ("early", "read", "stream", "watcher")
+
+    def __init__(self, reply: Reply, runtime: Runtime, request_id: str | int | None | NoRequest) -> None:
+        stream = reply.stream
+        assert stream is not None
+        if isinstance(stream, ReadAhead):  # handed on by a buffered read, with the watcher that read it
+            self.stream: ReplyStream = stream.rest
+            self.read = stream.read
+            self.watcher = stream.watcher
+            self.early = tuple(Seen(list_changed=kind) for kind in sorted(stream.list_changed))
+        else:
+            self.stream = stream
+            self.read = b""
+            self.watcher = SSEWatcher(request_id, runtime.config.limits.max_response_bytes)
+            self.early = ()
+
+
+def _settled(route: Route, call: Call, verdict: Verdict) -> None:
     """A streamed answer is over: the breaker and passive health saw only its headers (`STREAMING`), so
     its end is their verdict. Its response passed (or the stream ended cleanly: the server's choice):
     a success; it broke before the response: the transport failure that is (a stream silent past
@@ -28,7 +218,7 @@ def _settle_stream(route: Route, call: Call, verdict: Verdict) -> None:
     route.state.health.record_call(verdict)
 
 
-def _learn_annotations(route: Route, call: Call, message: Any) -> None:
+def learn_annotations(route: Route, call: Call, message: Any) -> None:
     """A tools/list answer teaches the upstream's catalog (the retry policy believes it only when the
     upstream is trusted for its annotations). The request's cursor goes along: a page counts only as part
     of a walk the catalog saw start without one (`proxy.mcp.tool_catalog`)."""
@@ -37,7 +227,8 @@ def _learn_annotations(route: Route, call: Call, message: Any) -> None:
         annotations.learn(message, call.message.params.get("cursor"))  # an error answer has no tools: nothing learned
 
 
-def _with_extra(reply: Reply) -> Any:
+def headers_for(reply: Reply) -> CIMultiDict[str]:
+    """The headers the client gets: the upstream's (already filtered), plus those a stage added (`Reply.extra`)."""
     if not reply.extra:
         return reply.headers
     headers = reply.headers.copy()
@@ -45,10 +236,16 @@ def _with_extra(reply: Reply) -> Any:
     return headers
 
 
-async def _start_stream(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
-    response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=_with_extra(reply))
+async def _start(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
+    """Send the answer's head; a client gone before it leaves the upstream stream closed, not leaked."""
+    response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers_for(reply))
     response.headers["X-Accel-Buffering"] = "no"
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except BaseException:
+        assert reply.stream is not None
+        await reply.stream.close()  # the client is gone before the first byte: release the upstream
+        raise
     return response
 
 
@@ -64,19 +261,6 @@ async def _end_quietly(response: web.StreamResponse) -> None:
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client closed first, as SDK clients do once they have their response
-
-
-def _notice(runtime: Runtime, upstream: str, data: str) -> None:
-    """React to server notifications passing by: `notifications/<kind>/list_changed` invalidates cached lists."""
-    if "list_changed" not in data or too_many_containers(data):
-        return
-    try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return
-    kind = list_changed_kind(message.get("method", "")) if isinstance(message, dict) else None
-    if kind is not None:
-        runtime.shared.cache.invalidate_lists(upstream, kind)
 
 
 def _sse_error(request_id: str | int | None, error: ProxyError) -> bytes:

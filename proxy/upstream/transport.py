@@ -21,13 +21,13 @@ passed through chunk by chunk. Errors map to `proxy.errors`:
   `UpstreamUnavailable` for a read being buffered, which can still be retried).
 
 Every request carries its downstream client connection (`Call.owner`), and an upstream connection serves
-one owner only (`proxy.upstream.http11.client`, connection affinity): an upstream's stray answer (a late duplicate, an
-answer to a request hidden in an earlier body) can then only reach the client whose exchange it garbled.
-Every JSON answer to a JSON-RPC request is also checked to be *its* answer (`AnswerTo`), as the SSE path
-does with `final_response`, so a client does not get (and the cache does not store) an answer with another
-id; the connection it came on is closed. The check cannot tell two requests with the same id apart, nor
-read what does not parse: affinity is what keeps clients apart, the check what keeps one client's
-exchanges in step.
+one owner only (`proxy.upstream.http11.client`, connection affinity): an upstream's stray answer (a late
+duplicate, an answer to a request hidden in an earlier body) can then only reach the client whose exchange
+it garbled. Every JSON answer to a JSON-RPC request is also checked to be *its* answer (`AnswerTo`), as the
+SSE path does with its watcher (`proxy.mcp.sse.SSEWatcher`), so a client does not get (and the cache does
+not store) an answer with another id; the connection it came on is closed. The check cannot tell two
+requests with the same id apart, nor read what does not parse: affinity is what keeps clients apart, the
+check what keeps one client's exchanges in step.
 
 What is parsed is bounded: a client's answer with more than `MAX_PARSED_CONTAINERS` objects and arrays is
 passed on unparsed, and a health probe reads at most `PROBE_MAX_RESPONSE_BYTES`.
@@ -57,6 +57,9 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.mcp.headers import client_headers
+from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, MAX_PARSED_CONTAINERS, Kind, Message, too_many_containers
+from proxy.mcp.sse import SSEWatcher
+from proxy.policies.base import Call, Reply
 from proxy.upstream.http11.client import (
     BadResponse,
     ConnectFailed,
@@ -68,11 +71,8 @@ from proxy.upstream.http11.client import (
     Response,
     ResponseTooLarge,
 )
-from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, too_many_containers, LONG_LIVED_METHODS, Kind, Message, final_response
-from proxy.policies.base import Call, Reply, ReplyStream
-from proxy.mcp.sse import SSEParser
 
-__all__ = ["AnswerTo", "HttpUpstream", "SSEBody"]
+__all__ = ["AnswerTo", "HttpUpstream", "ReadAhead", "SSEBody"]
 
 _EVENT_STREAM = "text/event-stream"
 
@@ -137,37 +137,33 @@ async def _chunks(response: Response, idle: float | None, upstream: str) -> Asyn
         raise
 
 
-def _asks_the_client(data: str) -> bool:
-    """True when SSE event data is a server->client JSON-RPC request (it has both `method` and `id`)."""
-    if '"method"' not in data or '"id"' not in data:
-        return False
-    try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(message, dict) and "method" in message and "id" in message
+class ReadAhead:
+    """An SSE answer a buffered read began, then handed on: `read`, the bytes it read, then `rest`.
 
+    A read is handed on when the server asks the client something on the way (it waits for that answer)
+    or sends an event too large to read. `watcher` has seen `read` already, and `list_changed` holds the
+    kinds of list it saw announced there: the relay passes `read` on as it is and goes on watching
+    `rest` with the same watcher, so no event is parsed twice. Iterating it gives `read`, then `rest`.
+    """
 
-class _Replay:
-    """A stream whose first chunks were already read: those again, then the rest of the original."""
+    __slots__ = ("list_changed", "read", "rest", "watcher")
 
-    __slots__ = ("_read", "_rest")
-
-    def __init__(self, read: list[bytes], rest: ReplyStream) -> None:
-        self._read = read
-        self._rest = rest
+    def __init__(self, read: bytes, rest: SSEBody, watcher: SSEWatcher, list_changed: frozenset[str]) -> None:
+        self.read = read
+        self.rest = rest
+        self.watcher = watcher
+        self.list_changed = list_changed
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self._read:
-            yield chunk
-        async for chunk in self._rest:
+        yield self.read
+        async for chunk in self.rest:
             yield chunk
 
     async def close(self) -> None:
-        await self._rest.close()
+        await self.rest.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +306,7 @@ class HttpUpstream:
         reply = await self.exchange(
             "POST", call.headers, call.body, None, idle, written, queued,
             answer_to=AnswerTo.of(call.message), lend_credentials=call.lend_credentials, owner=call.owner,
-        )
+        )  # fmt: skip
         if call.buffered and reply.stream is not None:
             return await self._buffer_stream(reply, call.message.id)
         return reply
@@ -341,36 +337,41 @@ class HttpUpstream:
         If the stream ends first but gave event ids, the bytes so far are returned as they are: the
         client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection.
         If the server sends the client a request on the way (sampling, elicitation, roots), buffering
-        stops at once: the server waits for that answer, so the stream is handed on (what was read,
-        then the rest) and the call is committed, as any streamed answer is. So it is, unparsed, when an
-        event has more than `MAX_PARSED_CONTAINERS` objects and arrays (a probe's answer then fails).
+        stops at once: the server waits for that answer, so the stream is handed on (`ReadAhead`: what
+        was read, then the rest) and the call is committed, as any streamed answer is. So it is, unread,
+        when an event has more than `MAX_PARSED_CONTAINERS` objects and arrays (a probe's answer then fails).
+
+        The watcher is bounded by `limits.max_response_bytes` as the relay's is: the read itself stops
+        there, and a stream handed on keeps the same watcher for the rest.
         """
         stream = reply.stream
         assert isinstance(stream, SSEBody)
-        parser = SSEParser()
+        watcher = SSEWatcher(request_id, self._max_response)
         read = bytearray()  # one buffer, however finely the stream was cut
         limit = self._limit(probe)
         final: Any = None
         handed_on = False
+        changed: set[str] = set()  # kinds of list announced changed in what was read (a handed-on stream's)
         try:
             async for chunk in stream:
                 if len(read) + len(chunk) > limit:
                     raise self._too_large(probe)
                 read += chunk
-                for event in parser.feed(chunk):
-                    unparsed = too_many_containers(event.data)
-                    if probe and unparsed:
+                for seen in watcher.feed(chunk):
+                    if seen.unparsed and probe:
                         raise UpstreamProtocolError(
                             f"the health probe's answer has more than {MAX_PARSED_CONTAINERS} objects and arrays",
                             upstream=self.name,
                         )
-                    final = None if unparsed else final_response(event.data, request_id)
-                    if final is not None:
+                    if seen.final is not None:
+                        final = seen.final
                         break
-                    if unparsed or _asks_the_client(event.data):
+                    if seen.list_changed is not None:
+                        changed.add(seen.list_changed)
+                    if seen.asks or seen.unparsed or seen.oversized:
                         handed_on = True
-                        replay = _Replay([bytes(read)], stream)
-                        return Reply(reply.status, reply.headers, stream=replay, reason=reply.reason)
+                        ahead = ReadAhead(bytes(read), stream, watcher, frozenset(changed))
+                        return Reply(reply.status, reply.headers, stream=ahead, reason=reply.reason)
                 if final is not None:
                     break
         except StreamBroken as exc:
@@ -380,7 +381,7 @@ class HttpUpstream:
                 stream.discard_rest()  # the server closes the stream next: keep the connection
             elif not handed_on:
                 await stream.close()
-        if final is None and parser.last_event_id is None:
+        if final is None and watcher.last_event_id is None:
             raise StreamEndedEarly("upstream ended the stream before the response", upstream=self.name)
         return Reply(reply.status, reply.headers, body=bytes(read), message=final, reason=reply.reason)
 
@@ -474,9 +475,6 @@ class HttpUpstream:
             response.close()
             raise self._too_large(probe, length)
         return await response.read(limit, hold=hold)
-
-
-
 
 
 def _parse_json(content_type: str, raw: bytes) -> Any:

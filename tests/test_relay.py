@@ -1,0 +1,139 @@
+"""The relay (`proxy.server.relay`): every SSE answer reaches the client byte for byte, and what passes is
+acted on once: a ``list_changed`` notice empties the cache's lists on a streamed answer, on a read handed on
+mid-buffering and on the legacy GET stream alike, each event parsed at most once on the way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from proxy.app import ProxyServer, running_proxy
+from proxy.mcp import sse
+from tests.conftest import proxy_config
+from tests.test_forwarding import JSON_HEADERS
+
+CHANGED = b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}'
+ASKS = b'{"jsonrpc":"2.0","id":"server-1","method":"roots/list"}'
+
+
+def answer_to(request_id: int) -> bytes:
+    return b'{"jsonrpc":"2.0","id":%d,"result":{"content":[]}}' % request_id
+
+
+def stream_for(request_id: int, *, asks: bool = False) -> bytes:
+    """An SSE answer as a server may write it: comments, CRLF and CR line ends, an id, odd spacing."""
+    return (
+        b": a comment\r\n"
+        b"event: message\r\ndata:" + CHANGED + b"\r\n\r\n"
+        + (b"data: " + ASKS + b"\n\n" if asks else b"")
+        + b"id: 5\rdata:  " + answer_to(request_id) + b"\r\r"
+    )
+
+
+class ScriptedUpstream:
+    """tools/list answers JSON (a cacheable list); tools/call, resources/read and GET answer `stream_for`."""
+
+    def __init__(self) -> None:
+        self.lists = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/mcp", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/mcp"  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            return await self._sse(request, stream_for(0))
+        body = await request.json()
+        if body["method"] == "tools/list":
+            self.lists += 1
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": []}})
+        return await self._sse(request, stream_for(body["id"], asks=body["method"] == "resources/read"))
+
+    @staticmethod
+    async def _sse(request: web.Request, raw: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for start in range(0, len(raw), 17):  # cut anywhere, as TCP may
+            await response.write(raw[start : start + 17])
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedUpstream]:
+    server = ScriptedUpstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The event data the watcher parses, in order (its reference to orjson is replaced)."""
+    seen: list[str] = []
+
+    class Recording:
+        JSONDecodeError = orjson.JSONDecodeError
+
+        @staticmethod
+        def loads(data: str) -> Any:
+            seen.append(data)
+            return orjson.loads(data)
+
+    monkeypatch.setattr(sse, "orjson", Recording)
+    return seen
+
+
+async def list_tools(session: aiohttp.ClientSession, proxy: ProxyServer) -> None:
+    async with session.post(proxy.url + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=JSON_HEADERS) as response:
+        assert response.status == 200 and json.loads(await response.read())["result"]["tools"] == []
+
+
+CACHED = {"cache": {"mode": "ttl", "ttl": "1h"}}
+
+
+@pytest.mark.parametrize(
+    ("http_method", "message"),
+    [
+        ("POST", {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x", "arguments": {}}}),
+        ("POST", {"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": "x://y"}}),
+        ("GET", None),
+    ],
+    ids=["streamed call", "read handed on", "GET stream"],
+)
+async def test_every_sse_path_passes_the_bytes_unchanged_and_acts_on_a_list_changed_once(
+    scripted: ScriptedUpstream, parsed: list[str], http_method: str, message: dict[str, Any] | None
+) -> None:
+    async with running_proxy(proxy_config(scripted.url, upstream=CACHED)) as proxy, aiohttp.ClientSession() as session:
+        await list_tools(session, proxy)
+        await list_tools(session, proxy)
+        assert scripted.lists == 1  # the second came from the cache
+        headers = JSON_HEADERS if message is not None else {"Accept": "text/event-stream"}
+        async with session.request(http_method, proxy.url + "/mcp", json=message, headers=headers) as response:
+            assert response.headers["Content-Type"] == "text/event-stream"
+            body = await response.read()
+        await list_tools(session, proxy)
+    request_id = 0 if message is None else 9
+    assert body == stream_for(request_id, asks=message is not None and message["method"] == "resources/read")
+    assert scripted.lists == 2  # the notice emptied the cached list
+    # Each event that can matter was parsed once, however many parts of the proxy read it; the legacy
+    # GET stream watches for no response, but a response-like event there is still read (once).
+    events = [CHANGED] + ([ASKS] if message is not None and message["method"] == "resources/read" else [])
+    assert parsed == [event.decode() for event in events] + [" " + answer_to(request_id).decode()]  # "data:  " keeps one
