@@ -13,11 +13,38 @@ import pytest
 
 from proxy.app import running_proxy
 from proxy.config.model import LimitsConfig, UpstreamConfig
-from proxy.errors import NeverSent, StreamEndedEarly, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import (
+    AnswerTooLarge,
+    NeverSent,
+    ProxyError,
+    ProxyOverloaded,
+    StreamBroken,
+    StreamEndedEarly,
+    StreamSilent,
+    UnsendableRequest,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.mcp.jsonrpc import Message, parse_message
 from proxy.policies.fallback import _storable
-from proxy.upstream.transport import MAX_PARSED_CONTAINERS, PROBE_MAX_RESPONSE_BYTES, AnswerTo, HttpUpstream
+from proxy.upstream.http11.client import (
+    BadResponse,
+    ConnectFailed,
+    ConnectionBroken,
+    InvalidHeader,
+    LocalExhaustion,
+    PoolExhausted,
+    ResponseTooLarge,
+)
+from proxy.upstream.transport import (
+    MAX_PARSED_CONTAINERS,
+    PROBE_MAX_RESPONSE_BYTES,
+    AnswerTo,
+    HttpUpstream,
+    upstream_errors,
+)
 from tests.conftest import proxy_config
 from tests.fakes import make_call
 from tests.fault_upstream import FaultUpstream
@@ -338,3 +365,53 @@ async def test_a_probe_reads_at_most_its_own_small_bound(form: str) -> None:
             await transport.request({"Content-Type": "application/json"}, LIST, 1, timeout=5.0)
         reply = await transport.send(make_call(LIST))  # a client's call may have as much as limits allow
         assert reply.status == 200 and len(reply.body) > PROBE_MAX_RESPONSE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("raised", "streaming", "expected", "message"),
+    [
+        (PoolExhausted("no free connection"), False, ProxyOverloaded,
+         "the proxy is out of resources: no free connection; the request was not sent"),
+        (LocalExhaustion("EMFILE"), False, ProxyOverloaded,
+         "the proxy is out of resources: EMFILE; the request was not sent"),
+        (ConnectFailed("refused"), False, NeverSent, "cannot connect to upstream: refused"),
+        (TimeoutError(), False, UpstreamTimeout, "upstream did not answer within 2.5s"),
+        (ResponseTooLarge("big"), False, AnswerTooLarge, "too large"),
+        (BadResponse("not HTTP"), False, UpstreamProtocolError, "upstream answer is not valid HTTP: not HTTP"),
+        (InvalidHeader("a line break"), False, UnsendableRequest, "request not sent: a line break"),
+        (ConnectionBroken("reset"), False, UpstreamUnavailable, "upstream connection failed: ConnectionBroken: reset"),
+        (ConnectionResetError(), False, UpstreamUnavailable, "upstream connection failed: ConnectionResetError"),
+        (TimeoutError(), True, StreamSilent, "upstream stream silent for more than 2.5s"),
+        (ConnectionBroken("reset"), True, StreamBroken, "upstream stream broke: ConnectionBroken: reset"),
+        (BadResponse("bad chunk"), True, StreamBroken, "upstream stream broke: BadResponse: bad chunk"),
+        (OSError("EPIPE"), True, StreamBroken, "upstream stream broke: OSError: EPIPE"),
+    ],
+)
+def test_the_boundary_raises_the_proxys_error_from_the_clients(
+    raised: BaseException, streaming: bool, expected: type[ProxyError], message: str
+) -> None:
+    """One place maps the HTTP client's exceptions (and asyncio's timeout, and the OS's): the most specific
+    of ours, raised from the original, so a traceback still shows what the socket said."""
+    with pytest.raises(expected) as caught:
+        with upstream_errors("up", 2.5, streaming=streaming, too_large=lambda: AnswerTooLarge("too large", upstream="up")):
+            raise raised
+    assert type(caught.value) is expected
+    assert (caught.value.message, caught.value.upstream) == (message, "up")
+    assert caught.value.__cause__ is raised
+
+
+@pytest.mark.parametrize("raised", [UpstreamTimeout("ours"), asyncio.CancelledError(), KeyError("a bug")])
+def test_the_boundary_lets_the_proxys_own_errors_cancellation_and_bugs_through_and_abandons_the_answer(
+    raised: BaseException,
+) -> None:
+    closed: list[bool] = []
+
+    class Answer:
+        def close(self) -> None:
+            closed.append(True)
+
+    with pytest.raises(type(raised)) as caught:
+        with upstream_errors("up", None) as boundary:
+            boundary.response = Answer()  # type: ignore[assignment]
+            raise raised
+    assert caught.value is raised and closed == [True]

@@ -3,7 +3,8 @@
 One `proxy.upstream.http11.client.ConnectionPool` per upstream is its keep-alive pool (why not aiohttp's client:
 that module's docstring). A JSON answer is read whole (bounded), so the pipeline can classify it before
 anything reaches the client; an SSE answer is handed back as a stream right after its headers, to be
-passed through chunk by chunk. Errors map to `proxy.errors`:
+passed through chunk by chunk. Errors map to `proxy.errors` in one place, `upstream_errors`, each raised
+``from`` the client's own (so a traceback still shows what the socket said):
 
 - connect refused, DNS failure, connect timeout: `NeverSent`, the request provably did not leave, so
   any call may be retried (a per-try timeout that ends before the request was written becomes
@@ -56,6 +57,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from proxy.errors import ProxyError
 from proxy.mcp.headers import client_headers
 from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, MAX_PARSED_CONTAINERS, Kind, Message, too_many_containers
 from proxy.mcp.sse import SSEWatcher
@@ -72,7 +74,7 @@ from proxy.upstream.http11.client import (
     ResponseTooLarge,
 )
 
-__all__ = ["AnswerTo", "HttpUpstream", "ReadAhead", "SSEBody"]
+__all__ = ["AnswerTo", "HttpUpstream", "ReadAhead", "SSEBody", "upstream_errors"]
 
 _EVENT_STREAM = "text/event-stream"
 
@@ -82,6 +84,77 @@ probe parses with no client waiting and no timeout able to interrupt a parse: a 
 probe (`upstream_bad_response`), not memory."""
 PROBE_CONNECTIONS = 2
 """Connections the health probes of one upstream may use: their own, never the clients'."""
+
+
+class _Boundary:
+    """Where the HTTP client's exceptions, asyncio's timeouts and the OS's errors become the proxy's own.
+
+    ``with upstream_errors(...) as boundary:`` around one exchange, or one stream's reading: an exception
+    leaving the block abandons the answer being read (`boundary.response`, set once there is one: its
+    connection is closed, never reused half-read) and, when it is a foreign one, leaves as the most specific
+    `proxy.errors` class, raised ``from`` the original (the table in the module docstring; httpx's
+    `map_httpcore_exceptions` is the model). The proxy's own errors, cancellation and anything unforeseen
+    pass unchanged. `streaming`: the answer's head was passed on already, so a failure is the stream's
+    (`StreamBroken`, `StreamSilent` past `timeout`), no longer the exchange's."""
+
+    __slots__ = ("_streaming", "_timeout", "_too_large", "_upstream", "response")
+
+    def __init__(
+        self,
+        upstream: str,
+        timeout: float | None,
+        *,
+        streaming: bool = False,
+        too_large: Callable[[], ProxyError] | None = None,
+    ) -> None:
+        self._upstream = upstream
+        self._timeout = timeout
+        self._streaming = streaming
+        self._too_large = too_large
+        self.response: Response | None = None
+
+    def __enter__(self) -> _Boundary:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: object) -> None:
+        if exc is None:
+            return
+        if self.response is not None:
+            self.response.close()
+        if isinstance(exc, ProxyError):
+            return
+        error = self._ours(exc)
+        if error is not None:
+            raise error from exc
+
+    def _ours(self, exc: BaseException) -> ProxyError | None:
+        """The proxy's error for foreign `exc`, most specific first (TimeoutError is an OSError), or None."""
+        upstream = self._upstream
+        if self._streaming:
+            if isinstance(exc, TimeoutError):
+                return StreamSilent(f"upstream stream silent for more than {self._timeout:g}s", upstream=upstream)
+            if isinstance(exc, ConnectionBroken | BadResponse | OSError):
+                return StreamBroken(f"upstream stream broke: {_describe(exc)}", upstream=upstream)
+            return None
+        if isinstance(exc, LocalExhaustion):
+            return ProxyOverloaded(f"the proxy is out of resources: {exc}; the request was not sent", upstream=upstream)
+        if isinstance(exc, ConnectFailed):
+            return NeverSent(f"cannot connect to upstream: {exc}", upstream=upstream)
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(f"upstream did not answer within {self._timeout:g}s", upstream=upstream)
+        if isinstance(exc, ResponseTooLarge) and self._too_large is not None:
+            return self._too_large()
+        if isinstance(exc, BadResponse):
+            return UpstreamProtocolError(f"upstream answer is not valid HTTP: {exc}", upstream=upstream)
+        if isinstance(exc, InvalidHeader):
+            return UnsendableRequest(f"request not sent: {exc}", upstream=upstream)
+        if isinstance(exc, ConnectionBroken | OSError):
+            return UpstreamUnavailable(f"upstream connection failed: {_describe(exc)}", upstream=upstream)
+        return None
+
+
+upstream_errors = _Boundary
+"""The error-mapping boundary (`_Boundary`): every call into the HTTP client runs inside one."""
 
 
 class SSEBody:
@@ -116,7 +189,8 @@ class SSEBody:
 async def _chunks(response: Response, idle: float | None, upstream: str) -> AsyncIterator[bytes]:
     """`response`'s body as it arrives. A function, not a method: a generator that held its `SSEBody`
     would form a cycle, and a dropped stream would keep its connection until a full garbage collection."""
-    try:
+    with upstream_errors(upstream, idle, streaming=True) as boundary:
+        boundary.response = response
         while True:
             if idle is None:
                 chunk = await response.next_chunk()
@@ -126,15 +200,6 @@ async def _chunks(response: Response, idle: float | None, upstream: str) -> Asyn
             if not chunk:
                 break
             yield chunk
-    except TimeoutError:
-        response.close()
-        raise StreamSilent(f"upstream stream silent for more than {idle:g}s", upstream=upstream) from None
-    except (ConnectionBroken, BadResponse, OSError) as exc:
-        response.close()
-        raise StreamBroken(f"upstream stream broke: {_describe(exc)}", upstream=upstream) from None
-    except BaseException:
-        response.close()
-        raise
 
 
 class ReadAhead:
@@ -316,7 +381,7 @@ class HttpUpstream:
     ) -> Reply:
         """One standalone JSON-RPC exchange (health probes, on their own pool): the answer read whole, JSON or
         SSE, within `timeout`."""
-        try:
+        with upstream_errors(self.name, timeout):
             async with asyncio.timeout(timeout):
                 answer_to = AnswerTo(frozenset(() if request_id is None else (request_id,)))
                 reply = await self.exchange("POST", headers, body, None, None, probe=True, answer_to=answer_to)
@@ -328,8 +393,6 @@ class HttpUpstream:
                             "upstream asked the client a question during a standalone request", upstream=self.name
                         )
                 return reply
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
 
     async def _buffer_stream(self, reply: Reply, request_id: str | int | None, probe: bool = False) -> Reply:
         """Read an SSE answer up to the final response to `request_id`; return it as a buffered reply.
@@ -375,7 +438,7 @@ class HttpUpstream:
                 if final is not None:
                     break
         except StreamBroken as exc:
-            raise UpstreamUnavailable(exc.message, upstream=self.name) from None
+            raise UpstreamUnavailable(exc.message, upstream=self.name) from exc
         finally:
             if final is not None:
                 stream.discard_rest()  # the server closes the stream next: keep the connection
@@ -423,11 +486,10 @@ class HttpUpstream:
         the way, so the URL's credentials are not sent in its place (`ConnectionPool.head`). `owner`: the
         downstream client connection the request came on (`Call.owner`): only its own upstream connections
         carry it (`proxy.upstream.http11.client`, affinity); None for requests of nobody's (they share their own)."""
-        response: Response | None = None
-        try:
+        with upstream_errors(self.name, timeout, too_large=lambda: self._too_large(probe)) as boundary:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
                 pool = self._pool_for(probe)
-                response = await pool.request(
+                response = boundary.response = await pool.request(
                     method, headers.items(), body, on_write, on_queue, lend_credentials=lend_credentials, owner=owner
                 )
                 out_headers = client_headers(response.header_items)
@@ -438,34 +500,12 @@ class HttpUpstream:
                 message = _parse_json(response.content_type, raw)
                 if answer_to is not None:
                     if answer_to.stray(message, response.status):
-                        response.close()  # the connection is out of step with its requests: never reused
+                        # The connection is out of step with its requests: never reused (the boundary closes it).
                         raise UpstreamProtocolError(
                             "upstream answered with another request's id (a stray answer); its connection is closed",
                             upstream=self.name,
                         )
                     response.release()
-        except LocalExhaustion as exc:
-            raise ProxyOverloaded(f"the proxy is out of resources: {exc}; the request was not sent", upstream=self.name) from None
-        except ConnectFailed as exc:
-            raise NeverSent(f"cannot connect to upstream: {exc}", upstream=self.name) from None
-        except TimeoutError:
-            if response is not None:
-                response.close()
-            raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s", upstream=self.name) from None
-        except ResponseTooLarge:
-            raise self._too_large(probe) from None
-        except BadResponse as exc:
-            raise UpstreamProtocolError(f"upstream answer is not valid HTTP: {exc}", upstream=self.name) from None
-        except InvalidHeader as exc:
-            raise UnsendableRequest(f"request not sent: {exc}", upstream=self.name) from None
-        except (ConnectionBroken, OSError) as exc:
-            if response is not None:
-                response.close()
-            raise UpstreamUnavailable(f"upstream connection failed: {_describe(exc)}", upstream=self.name) from None
-        except BaseException:
-            if response is not None:
-                response.close()
-            raise
         return Reply(response.status, out_headers, body=raw, message=message, reason=response.reason or None)
 
     async def _read_bounded(self, response: Response, probe: bool, hold: bool = False) -> bytes:
