@@ -22,7 +22,7 @@ import pytest
 import uvloop
 
 from proxy.upstream.http11 import client as http_client
-from proxy.upstream.http11 import protocol
+from proxy.upstream.http11 import connection
 from proxy.upstream.http11.client import (
     MAX_HEAD_BYTES,
     MAX_INTERIM_RESPONSES,
@@ -286,7 +286,7 @@ async def test_a_large_stream_read_slowly_arrives_whole_through_pause_and_resume
     async with RawServer(script) as server, pool_for(server) as pool:
         response = await pool.request("POST", [], b"{}")
         conn = response._conn  # noqa: SLF001 - the flow control under test
-        await until(lambda: conn._paused)  # nobody reads: the socket stops being read
+        await until(lambda: response._protocol._read_paused)  # noqa: SLF001 - nobody reads: the socket stops being read
         assert _PAUSE_AT < conn.buffered < _PAUSE_AT + len(piece) * 2
         received = bytearray()
         while chunk := await response.next_chunk():
@@ -613,7 +613,7 @@ async def test_a_read_cancelled_or_repeated_never_touches_a_reused_connection() 
     async with RawServer(script) as server, pool_for(server) as pool:
         response = await pool.request("POST", [], b"{}")
         reading = asyncio.create_task(response.read())
-        await until(lambda: response._conn._waiter is not None)  # noqa: SLF001 - read() waits for the rest
+        await until(lambda: response._protocol._waiter is not None)  # noqa: SLF001 - read() waits for the rest
         reading.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reading
@@ -966,7 +966,7 @@ async def test_exactly_the_header_cap_is_accepted() -> None:
 async def test_empty_headers_count_their_line_against_the_head_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """`A:` is four bytes on the wire, not one: 20,000 of them (80 kB) exceed MAX_HEAD_BYTES even
     where the header cap would let them through."""
-    monkeypatch.setattr(protocol, "MAX_RESPONSE_HEADERS", 100_000)
+    monkeypatch.setattr(connection, "MAX_RESPONSE_HEADERS", 100_000)
     answer = b"HTTP/1.1 200 OK\r\n" + b"A:\r\n" * 20_000 + b"Content-Length: 2\r\n\r\n{}"
     async with RawServer(answering(answer)) as server, pool_for(server) as pool:
         with pytest.raises(BadResponse, match="headers exceed 65536 bytes"):
@@ -998,7 +998,7 @@ async def test_a_request_to_an_upstream_that_never_reads_is_written_as_the_socke
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
                 await task
-        assert conn.closed and pool.size == 0
+        assert conn.is_closed() and pool.size == 0
 
 
 @pytest.mark.parametrize(

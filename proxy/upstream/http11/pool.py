@@ -1,4 +1,23 @@
-"""A keep-alive pool of connections to one origin, with connection affinity per downstream client."""
+"""A keep-alive pool of connections to one origin, with connection affinity per downstream client.
+
+Connection affinity. A connection is opened for one downstream client connection (its `owner`, a number
+the handler gives each client connection) and carries that owner's requests only, for its whole life;
+requests of no owner (None) share connections of no owner. This is what happens without a proxy: each
+client connection has its own connection to the server. It matters because HTTP/1.1 has no request ids:
+whatever arrives after a request is written is taken as its answer, so a broken server's duplicate or late
+answer on a kept-alive connection is read as the answer to the *next* request on it. Shared connections
+would hand that answer to whichever client came next, and no check on the answer can tell: SDK clients all
+number their JSON-RPC requests from 0 or 1, and bodies that are not parseable JSON, SSE streams (passed on
+before their ids are seen) and error answers cannot be checked at all. With affinity a server's stray
+bytes can only reach the client connection whose exchange they garbled, as without the proxy (Envoy's
+`connection_pool_per_downstream_connection`). The pool's limit still holds: an owner without an idle
+connection of its own opens one, closing the least recently used idle connection of another owner when
+the pool is full, so no request waits while connections sit idle (`ConnectionPool`).
+
+Whether a connection may carry another exchange is never decided here: the pool asks each connection's
+state machine (`is_closed`, `has_expired`; `connection.py` takes it back to idle only when that is safe)
+and decides only *who* gets it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from proxy.upstream.http11.errors import ConnectFailed, InvalidHeader, LocalExhaustion, PoolExhausted
-from proxy.upstream.http11.protocol import WRITE_PIECE, _Connection
+from proxy.upstream.http11.protocol import WRITE_PIECE, ConnectionProtocol
 from proxy.upstream.http11.request import Origin
 from proxy.upstream.http11.response import Response
 
@@ -41,16 +60,18 @@ class ConnectionPool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.origin = origin
-        self._clock = clock
+        self.clock = clock
+        """What `keepalive` is measured by (a test's fake clock, or `time.monotonic`)."""
         self._limit = limit
-        self._keepalive = keepalive
+        self.keepalive = keepalive
+        """Seconds a connection may sit idle and still be reused (each connection's `has_expired`)."""
         self._connect_timeout = connect_timeout
-        self._idle: dict[int | None, list[_Connection]] = {}
+        self._idle: dict[int | None, list[ConnectionProtocol]] = {}
         """Each owner's idle connections, the most recently used last."""
-        self._idle_order: dict[_Connection, None] = {}
+        self._idle_order: dict[ConnectionProtocol, None] = {}
         """Every idle connection, the least recently used first (what expires, or makes room, first)."""
-        self._open: set[_Connection] = set()
-        self._waiters: collections.deque[tuple[asyncio.Future[_Connection | None], int | None]] = collections.deque()
+        self._open: set[ConnectionProtocol] = set()
+        self._waiters: collections.deque[tuple[asyncio.Future[ConnectionProtocol | None], int | None]] = collections.deque()
         """Requests queued for a connection or a slot, in arrival order, with their owners."""
         self._connecting = 0
         self._closed = False
@@ -135,7 +156,7 @@ class ConnectionPool:
     # ever stranded while someone waits; and nobody waits while a connection is idle (idle connections
     # exist only while the queue is empty, and an arrival at the limit closes one to make room).
 
-    async def _acquire(self, owner: int | None, on_queue: Callable[[bool], None] | None = None) -> _Connection:
+    async def _acquire(self, owner: int | None, on_queue: Callable[[bool], None] | None = None) -> ConnectionProtocol:
         if self._closed:
             raise ConnectFailed("the connection pool is closed")
         if not self._waiters:
@@ -166,9 +187,9 @@ class ConnectionPool:
         except TimeoutError:
             raise ConnectFailed(f"no connection within {self._connect_timeout:g}s") from None
 
-    async def _wait_turn(self, owner: int | None) -> _Connection | None:
+    async def _wait_turn(self, owner: int | None) -> ConnectionProtocol | None:
         """Queue for a connection of `owner` (returned) or a reserved slot to open one in (None)."""
-        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+        waiter: asyncio.Future[ConnectionProtocol | None] = self.loop.create_future()
         entry = (waiter, owner)
         self._waiters.append(entry)
         try:
@@ -180,7 +201,7 @@ class ConnectionPool:
                 self._waiters.remove(entry)
             raise
 
-    def _pass_on(self, handed: _Connection | None) -> None:
+    def _pass_on(self, handed: ConnectionProtocol | None) -> None:
         """What a departing waiter was handed goes to the next one (or back to the pool)."""
         if handed is not None:
             self.release(handed)
@@ -188,14 +209,14 @@ class ConnectionPool:
             self._connecting -= 1
             self._free_slot()
 
-    def _reuse(self, owner: int | None) -> _Connection | None:
+    def _reuse(self, owner: int | None) -> ConnectionProtocol | None:
         """`owner`'s most recently used live idle connection; stale ones found on the way are closed."""
         stack = self._idle.get(owner)
-        now = self._clock()
+        now = self.clock()
         while stack:
             conn = stack[-1]
             self._drop_idle(conn)
-            if not conn.closed and now - conn.idle_since < self._keepalive:
+            if not conn.is_closed() and not conn.has_expired(now):
                 return conn
             conn.abort()
         return None
@@ -209,7 +230,7 @@ class ConnectionPool:
         self._drop_idle(conn)
         conn.abort()
 
-    def _drop_idle(self, conn: _Connection) -> None:
+    def _drop_idle(self, conn: ConnectionProtocol) -> None:
         """Take `conn` out of the idle connections, if it is one."""
         if conn not in self._idle_order:
             return
@@ -222,7 +243,7 @@ class ConnectionPool:
         if not stack:
             del self._idle[conn.owner]
 
-    async def _connect(self, reserved: bool, owner: int | None) -> _Connection:
+    async def _connect(self, reserved: bool, owner: int | None) -> ConnectionProtocol:
         """Open a connection for `owner` in a free slot (`reserved`: one a waiter was handed, already counted)."""
         origin = self.origin
         if not reserved:
@@ -230,7 +251,7 @@ class ConnectionPool:
         opened = False
         try:
             _, conn = await self.loop.create_connection(
-                lambda: _Connection(self, owner),
+                lambda: ConnectionProtocol(self, owner),
                 origin.host,
                 origin.port,
                 ssl=origin.ssl,
@@ -239,7 +260,7 @@ class ConnectionPool:
             if self._closed:
                 conn.abort()
                 raise ConnectFailed("the connection pool is closed")
-            if conn.closed:  # uvloop may run connection_lost before create_connection returns
+            if conn.is_closed():  # uvloop may run connection_lost before create_connection returns
                 raise ConnectFailed("upstream closed the connection as it was opened")
             self._open.add(conn)
             opened = True
@@ -254,10 +275,10 @@ class ConnectionPool:
             if not opened:
                 self._free_slot()
 
-    def release(self, conn: _Connection) -> None:
+    def release(self, conn: ConnectionProtocol) -> None:
         """A connection whose exchange is complete: to the longest waiter if that is of its owner; closed,
         its slot going to the longest waiter, if that is another owner's; else kept idle."""
-        if self._closed or conn.closed:
+        if self._closed or conn.is_closed():
             conn.abort()
             return
         waiters = self._waiters
@@ -272,26 +293,25 @@ class ConnectionPool:
             else:
                 conn.abort()  # `forget` hands its slot to that waiter (`_free_slot`)
                 return
-        conn.idle_since = self._clock()
         self._idle.setdefault(conn.owner, []).append(conn)
         self._idle_order[conn] = None
         if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self._keepalive, self._sweep)
+            self._sweeper = self.loop.call_later(self.keepalive, self._sweep)
 
     def _sweep(self) -> None:
         """Close idle connections past `keepalive` (oldest first), so quiet pools do not hold sockets."""
         self._sweeper = None
-        now = self._clock()
+        now = self.clock()
         order = self._idle_order
         while order:
             oldest = next(iter(order))
-            if now - oldest.idle_since < self._keepalive:
-                self._sweeper = self.loop.call_later(oldest.idle_since + self._keepalive - now, self._sweep)
+            if not oldest.has_expired(now):
+                self._sweeper = self.loop.call_later(oldest.idle_since + self.keepalive - now, self._sweep)
                 return
             self._drop_idle(oldest)
             oldest.abort()
 
-    def forget(self, conn: _Connection) -> None:
+    def forget(self, conn: ConnectionProtocol) -> None:
         """A connection has closed: its slot is free."""
         self._drop_idle(conn)
         if conn in self._open:

@@ -1,11 +1,17 @@
-"""One upstream answer: its status and headers, and its body still to be read (or abandoned)."""
+"""One upstream answer: its status and headers, and its body still to be read (or abandoned).
+
+One `Response` at a time owns its connection. Its body is read whole (`read`) or chunk by chunk
+(`next_chunk`); the connection goes back to the pool only once the body is complete and the state machine
+allows reuse. `close()` abandons a response half-read: its connection is closed, never reused; so does a
+read that is cancelled or times out. `discard_rest()` keeps the connection by draining the rest, bounded.
+"""
 
 from __future__ import annotations
 
 from multidict import CIMultiDict
 
 from proxy.upstream.http11.errors import ResponseTooLarge
-from proxy.upstream.http11.protocol import _Connection
+from proxy.upstream.http11.protocol import ConnectionProtocol
 
 __all__ = ["MAX_REASON", "Response"]
 
@@ -16,10 +22,11 @@ MAX_REASON = 256
 class Response:
     """The status and headers of one upstream answer, and its body still to be read (or abandoned)."""
 
-    __slots__ = ("_conn", "_done", "content_length", "content_type", "header_items", "reason", "status")
+    __slots__ = ("_conn", "_done", "_protocol", "content_length", "content_type", "header_items", "reason", "status")
 
-    def __init__(self, conn: _Connection) -> None:
-        self._conn = conn
+    def __init__(self, protocol: ConnectionProtocol) -> None:
+        self._protocol = protocol
+        self._conn = conn = protocol.conn
         self._done = False
         self.status = conn.status
         reason = conn.reason.decode("latin-1")
@@ -52,7 +59,7 @@ class Response:
         judge the body (is it the answer to *this* request?) before the connection serves anyone else."""
         if self._done:
             raise RuntimeError("this response's body was already read or abandoned")
-        conn = self._conn
+        conn, protocol = self._conn, self._protocol
         if limit is not None and conn.received > limit:
             self.close()
             raise ResponseTooLarge(f"upstream answer exceeds {limit} bytes")
@@ -60,7 +67,7 @@ class Response:
         body: bytes | bytearray = b""  # one buffer, whatever the number of pieces (each is a read's worth)
         try:
             while True:
-                piece = conn.take()
+                piece = protocol.take()
                 if not body:
                     body = piece
                 elif piece:
@@ -69,8 +76,8 @@ class Response:
                     body += piece
                 if conn.complete:
                     break
-                self._check(conn)
-                await conn.wait()
+                self._check()
+                await protocol.wait()
         except BaseException:
             self.close()
             raise
@@ -87,19 +94,19 @@ class Response:
         ``b""`` once it is complete (the connection released). One piece for everything buffered, however
         many HTTP chunks it came in: what the caller does per piece (a timeout, a parse, a write to its
         client) then costs per network read, and a million 2-byte chunks are not a million iterations."""
-        conn = self._conn
+        conn, protocol = self._conn, self._protocol
         while True:
             if self._done:
                 return b""
-            chunk = conn.take()
+            chunk = protocol.take()
             if chunk:
                 return chunk
             if conn.complete:
                 self._release()
                 return b""
-            self._check(conn)
+            self._check()
             try:
-                await conn.wait()
+                await protocol.wait()
             except BaseException:
                 self.close()
                 raise
@@ -110,13 +117,13 @@ class Response:
         than `max_bytes` arrive or the end does not come `within` seconds. Never waits."""
         if not self._done:
             self._done = True
-            self._conn.discard_rest(max_bytes, within)
+            self._protocol.discard_rest(max_bytes, within)
 
     def close(self) -> None:
         """Abandon the rest of the body: the connection is closed, never returned half-read."""
         if not self._done:
             self._done = True
-            self._conn.abort()
+            self._protocol.abort()
 
     def __del__(self) -> None:
         # A response dropped unread (by a bug, or an error path that forgot it) must not hold its pool
@@ -124,19 +131,18 @@ class Response:
         if not self._done:
             self._done = True
             try:
-                self._conn.abort()
+                self._protocol.abort()
             except Exception:  # noqa: BLE001, S110 - a finalizer: the loop may already be closed
                 pass
 
-    def _check(self, conn: _Connection) -> None:
-        if conn.error is not None:
+    def _check(self) -> None:
+        error = self._conn.error
+        if error is not None:
             self._done = True
-            conn.abort()
-            raise conn.error
+            self._protocol.abort()
+            raise error
 
     def _release(self) -> None:
         if not self._done:
             self._done = True
-            self._conn.finish()
-
-
+            self._protocol.finish()

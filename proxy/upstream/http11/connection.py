@@ -1,0 +1,370 @@
+"""One HTTP/1.1 client connection as a state machine: bytes in, events out, no I/O (h11's shape, llhttp's parser).
+
+Why sans-I/O: whether a connection may carry another exchange is decided by which bytes arrived in which
+state, and that is best tested with bytes alone, cut anywhere. `ClientConnection` never touches a socket,
+a future or a clock of its own: `protocol.py` feeds it what the socket reads and acts on the events it
+returns (wake the reader, pause reading, close the transport); `pool.py` asks it `is_idle`, `is_closed`
+and `has_expired`, nothing else. Parsing, the part that must be exactly right, is llhttp's (httptools).
+
+Rule (h11's): every change of `state` is a row of `TRANSITIONS` and goes through `_step`; an event the
+table does not list for the current state raises `IllegalTransition`. That is always the caller's bug:
+whatever the upstream sends, its bytes lead to a response or to CLOSED, never to an illegal step.
+
+A pooled connection must never carry one exchange's bytes into the next. Hence, here: a byte arriving
+while IDLE (a late duplicate, an unsolicited answer) closes the connection, as does a second response
+after a complete one; and `finish` takes the connection back to IDLE only when the server allowed
+keep-alive *and* the caller says the whole request has left (an upstream that answered early and kept the
+connection would read the rest of that body as the next request: a body ending in a request of its own
+gets it answered ahead of the next client's).
+
+Bounds on what an upstream can make the proxy hold; each is a `BadResponse` (or `ResponseTooLarge`) and
+closes the connection: `MAX_HEAD_BYTES`, `MAX_RESPONSE_HEADERS`, `MAX_UNPARSED_BYTES`,
+`MAX_INTERIM_RESPONSES`, a final status in 200-599, the caller's `limit` on the body, and `discard`'s
+budget for a body nobody reads any more. The body is held as one buffer, not as the pieces it came in
+(a body of 2-byte chunks costs its bytes, not ~40 per chunk), and handed on whole by `take`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import httptools
+
+from proxy.upstream.http11.errors import BadResponse, ConnectionBroken, ResponseTooLarge
+
+__all__ = [
+    "CLOSED_NOW",
+    "DRAINED",
+    "ENDED",
+    "HEAD_ARRIVED",
+    "MAX_HEAD_BYTES",
+    "MAX_INTERIM_RESPONSES",
+    "MAX_RESPONSE_HEADERS",
+    "MAX_UNPARSED_BYTES",
+    "TRANSITIONS",
+    "ClientConnection",
+    "Event",
+    "IllegalTransition",
+    "State",
+]
+
+MAX_HEAD_BYTES = 64 * 1024
+"""An upstream's status line and headers together may not exceed this (aiohttp's limits are similar).
+Each header line counts its name, value, ``:`` and CRLF: what it took on the wire, at least."""
+MAX_RESPONSE_HEADERS = 100
+"""Header lines one response may have (trailers included), as Envoy's default `max_headers_count`: MCP
+answers need a handful; thousands of tiny ones are only work and memory. More: `BadResponse`."""
+MAX_UNPARSED_BYTES = 2 * MAX_HEAD_BYTES
+"""Bytes that may arrive with neither a complete head nor a body byte among them. httptools hands a header
+or trailer line over only once it ends, keeping it until then; this bounds what it can keep (plus one
+read). Twice `MAX_HEAD_BYTES`, so a head within that bound never meets this one, however it is cut."""
+MAX_INTERIM_RESPONSES = 10
+"""1xx interim heads (100 Continue, 103 Early Hints) one answer may have before its final head; more is
+`BadResponse`. A real server sends one or two; an endless run of them would keep a request waiting on bytes
+that are never an answer."""
+
+
+class State(enum.StrEnum):
+    """Where the connection is in its exchange. One exchange at a time; CLOSED is final."""
+
+    IDLE = "idle"
+    """Kept alive between exchanges. A byte arriving now answers nobody: the connection closes."""
+    AWAIT_HEAD = "await_head"
+    """A request is out (or going out). Interim 1xx heads come and go; the final head moves on."""
+    BODY = "body"
+    """The final head arrived; body bytes are buffered for the reader (`take`)."""
+    DRAIN = "drain"
+    """The reader gave up on the body (`discard`): the rest is dropped as it comes, within a budget."""
+    DONE = "done"
+    """The whole response arrived (its body may still be buffered); `finish` decides what comes next."""
+    CLOSED = "closed"
+    """Never used again: a bad or over-bound answer, the peer's close, the caller's abort, no keep-alive."""
+
+
+class Event(enum.StrEnum):
+    """What moves the state: the caller's actions (SEND, DISCARD, REUSE, CLOSE) or the upstream's bytes."""
+
+    SEND = "send"
+    HEAD = "head"
+    END = "end"
+    DISCARD = "discard"
+    REUSE = "reuse"
+    CLOSE = "close"
+
+
+IDLE, AWAIT_HEAD, BODY, DRAIN, DONE, CLOSED = State  # module-level names: enum attribute access is slow
+SEND, HEAD, END, DISCARD, REUSE, CLOSE = Event
+
+TRANSITIONS: Final[dict[State, dict[Event, State]]] = {
+    IDLE: {SEND: AWAIT_HEAD, CLOSE: CLOSED},
+    AWAIT_HEAD: {HEAD: BODY, CLOSE: CLOSED},
+    BODY: {END: DONE, DISCARD: DRAIN, CLOSE: CLOSED},
+    DRAIN: {END: DONE, CLOSE: CLOSED},
+    DONE: {REUSE: IDLE, CLOSE: CLOSED},
+    CLOSED: {},
+}
+"""Every legal step, and nothing else. REUSE only from DONE: a response not yet whole, or a connection that
+closed, is never reused. CLOSED has no way out (and closing twice is not a step: `close` returns False)."""
+
+# What `feed` returns: bits of what happened during that call, for the I/O side to act on once per read.
+HEAD_ARRIVED: Final = 1
+"""The final head is in (`status`, `reason`, `headers`): the request's waiter can have its response."""
+ENDED: Final = 2
+"""The response is complete (`complete`): a reader waiting for more can take the rest."""
+DRAINED: Final = 4
+"""A `discard`ed body ended within its budget: the connection may be `finish`ed (and reused)."""
+CLOSED_NOW: Final = 8
+"""The connection closed during this call (`error` says why, unless the response was already complete)."""
+
+
+class IllegalTransition(RuntimeError):
+    """The caller asked for a step `TRANSITIONS` does not allow in the current state (a bug, never the upstream's)."""
+
+
+class ClientConnection:
+    """The state of one HTTP/1.1 connection and of its current exchange, fed with the bytes it receives.
+
+    The caller `start`s an exchange when it writes a request, `feed`s every read (``b""`` for the peer's
+    clean close), `take`s the body as it arrives, and then either `finish`es (back to IDLE, or not) or
+    `close`s. `keepalive`: seconds an IDLE connection stays fit for reuse (`has_expired`)."""
+
+    __slots__ = (
+        "_discard_left",
+        "_events",
+        "_head_bytes",
+        "_interim",
+        "_more",
+        "_parser",
+        "_piece",
+        "_until_close",
+        "_unparsed",
+        "buffered",
+        "complete",
+        "error",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "keepalive",
+        "limit",
+        "reason",
+        "received",
+        "state",
+        "status",
+    )
+
+    def __init__(self, keepalive: float) -> None:
+        self.keepalive = keepalive
+        self.state = IDLE
+        self._parser = httptools.HttpResponseParser(self)
+        self._events = 0
+        self.status = 0
+        self.reason = b""
+        """The reason phrase as received (llhttp may hand it over in pieces)."""
+        self.headers: list[tuple[bytes, bytes]] = []
+        """The final head's header lines as received, in order, repeats kept (trailers appended)."""
+        self.keep_alive = False
+        self.complete = False
+        """The response ended. It stays True if the connection then closes: what arrived is whole."""
+        self.error: BaseException | None = None
+        """Why the connection closed before its response was complete (None while open, or after)."""
+        self.limit: int | None = None
+        """The most body bytes the reader accepts (`ResponseTooLarge` beyond); None: no limit."""
+        self.received = 0
+        self.buffered = 0
+        self._piece = b""
+        self._more: bytearray | None = None
+        """The body received and not yet taken: `_piece` while it is one piece (kept as it came, no copy),
+        `_more` once a second piece joined it (one buffer, grown in place). Never a list of pieces: memory
+        follows the bytes, not how finely the upstream chunked them, and a reader takes everything that has
+        arrived at once, so per-piece work downstream is per network read, not per HTTP chunk."""
+        self.idle_since = 0.0
+        self._head_bytes = 0
+        self._unparsed = 0
+        """Bytes fed since the last complete head or body byte (`MAX_UNPARSED_BYTES`)."""
+        self._interim = 0
+        self._until_close = False
+        """The body has no length: it ends with the peer's clean close (RFC 9112 §6.3)."""
+        self._discard_left = 0
+
+    # -- what the pool asks -----------------------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        """Between exchanges, fit to carry the next request (unless `has_expired`)."""
+        return self.state is IDLE
+
+    def is_closed(self) -> bool:
+        return self.state is CLOSED
+
+    def has_expired(self, now: float) -> bool:
+        """Idle for `keepalive` seconds or more: the server may be closing it, so it is not reused."""
+        return now - self.idle_since >= self.keepalive
+
+    # -- the exchange -----------------------------------------------------------------------------------
+
+    def _step(self, event: Event) -> None:
+        try:
+            self.state = TRANSITIONS[self.state][event]
+        except KeyError:
+            raise IllegalTransition(f"{event} is not allowed in state {self.state}") from None
+
+    def start(self) -> None:
+        """A request is being written: the exchange starts with nothing of its response yet."""
+        self._step(SEND)
+        self.status = 0
+        self.headers = []
+        self.keep_alive = self.complete = self._until_close = False
+        self.limit = None
+        self.received = self.buffered = self._head_bytes = self._unparsed = self._interim = 0
+        self._piece, self._more = b"", None
+
+    def feed(self, data: bytes) -> int:
+        """Take what the socket read (``b""``: the peer closed cleanly); return what happened, as bits
+        (`HEAD_ARRIVED`, `ENDED`, `DRAINED`, `CLOSED_NOW`). Never raises for anything the upstream sends."""
+        state = self.state
+        if state is CLOSED:
+            return 0
+        if not data:
+            return self._eof()
+        if state is IDLE:
+            return self._fail(BadResponse("bytes arrived with no request waiting"))
+        self._events = 0
+        self._unparsed += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            return self._events | self._fail(exc.__context__ or BadResponse(str(exc)))
+        except httptools.HttpParserUpgrade:
+            return self._events | self._fail(BadResponse("upstream switched protocols (HTTP 101), which MCP never asks for"))
+        except httptools.HttpParserError as exc:
+            return self._events | self._fail(BadResponse(str(exc)))
+        if self._unparsed > MAX_UNPARSED_BYTES:
+            return self._events | self._fail(BadResponse(f"{self._unparsed} bytes with no complete head and no body (an endless header line)"))
+        return self._events
+
+    def _eof(self) -> int:
+        events = 0
+        if self._until_close and (self.state is BODY or self.state is DRAIN):
+            self.complete = True  # a body without length ends with a clean close (RFC 9112 §6.3), not a reset
+            self._step(END)
+            events = ENDED
+        return events | self._fail(ConnectionBroken("upstream closed the connection"))
+
+    def _fail(self, error: BaseException) -> int:
+        return CLOSED_NOW if self.close(error) else 0
+
+    def take(self) -> bytes:
+        """All the body received and not yet taken, as one piece (``b""`` if none)."""
+        more = self._more
+        if more is not None:
+            data = bytes(more)
+            self._more = None
+        else:
+            data = self._piece
+        self._piece = b""
+        self.buffered = 0
+        return data
+
+    def discard(self, max_bytes: int) -> None:
+        """The reader is done with the body: what is buffered is dropped, and so is the rest as it arrives
+        (up to `max_bytes` more, else `BadResponse`). A complete or closed response has nothing to drain."""
+        self._piece, self._more = b"", None
+        self.buffered = 0
+        if self.state is BODY:
+            self._discard_left = max_bytes
+            self._step(DISCARD)
+
+    def finish(self, request_left: bool, now: float) -> bool:
+        """The reader is done with a complete response. True: the connection is IDLE again (the server
+        allowed keep-alive and nothing of the request is still on its way out: `request_left`); False: it
+        must be closed."""
+        self.limit = None
+        if self.state is not DONE or not self.keep_alive or request_left:
+            return False
+        self._step(REUSE)
+        self.idle_since = now
+        return True
+
+    def close(self, error: BaseException) -> bool:
+        """Close for good; `error` is kept as the reason unless the response was already complete. False if
+        it was closed already."""
+        if self.state is CLOSED:
+            return False
+        if self.error is None and not self.complete:
+            self.error = error
+        self._step(CLOSE)
+        return True
+
+    # -- httptools callbacks (run inside `feed`) --------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.state is DONE:
+            raise BadResponse("a second response arrived for one request")
+        self.headers = []
+        self.reason = b""
+        self._head_bytes = 0
+
+    def on_status(self, status: bytes) -> None:
+        self._head_bytes += len(status)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise BadResponse(f"status line and headers exceed {MAX_HEAD_BYTES} bytes")
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        if len(headers) >= MAX_RESPONSE_HEADERS:
+            raise BadResponse(f"more than {MAX_RESPONSE_HEADERS} header lines")
+        self._head_bytes += len(name) + len(value) + 3  # and ":" and CRLF: an empty header is not free
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise BadResponse(f"status line and headers exceed {MAX_HEAD_BYTES} bytes")
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._unparsed = 0
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the real answer follows
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                raise BadResponse(f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses before the answer")
+            return
+        if not 200 <= status <= 599:
+            raise BadResponse(f"status {status} is not an HTTP status code (100-599)")
+        self.status = status
+        self._until_close = status not in (204, 304) and not self._parser.should_keep_alive() and not any(
+            key == b"content-length" or (key == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"))
+            for key, value in ((name.lower(), value) for name, value in self.headers)
+        )
+        self._step(HEAD)
+        self._events |= HEAD_ARRIVED
+
+    def on_body(self, body: bytes) -> None:
+        # Runs once per HTTP chunk (a million 2-byte chunks: a million calls), so it only keeps the bytes.
+        self._unparsed = 0
+        size = len(body)
+        if self.state is DRAIN:
+            self._discard_left -= size
+            if self._discard_left < 0:
+                raise BadResponse("the rest of an answer ran past what the proxy drains to reuse its connection")
+            return
+        self.received += size
+        if self.limit is not None and self.received > self.limit:
+            raise ResponseTooLarge(f"upstream answer exceeds {self.limit} bytes")
+        more = self._more
+        if more is not None:
+            more += body
+        elif self._piece:
+            self._more = more = bytearray(self._piece)
+            more += body
+            self._piece = b""
+        else:
+            self._piece = body
+        self.buffered += size
+
+    def on_message_complete(self) -> None:
+        self._unparsed = 0
+        if self.state is AWAIT_HEAD:  # the end of an interim head: the final one is still to come
+            return
+        self.keep_alive = self._parser.should_keep_alive()
+        self.complete = True
+        self._events |= DRAINED | ENDED if self.state is DRAIN else ENDED
+        self._step(END)
