@@ -24,8 +24,6 @@ PACKAGE = REPO / "proxy"
 SPAWN_SITES: dict[tuple[str, str], int] = {
     # TODO(issue 11): each becomes proxy.tasks.spawn(coro, name=..., owner=<the set of whoever stops it>).
     ("proxy/app.py", "asyncio.create_task"): 4,  # event-summaries, retire-pool, wait-for-stop, wait-for-sighup
-    ("proxy/ops/reload.py", "asyncio.create_task"): 2,  # config-poll, config-watch
-    ("proxy/ops/health.py", "asyncio.get_running_loop().create_task"): 1,  # health-probe
     ("proxy/policies/fallback.py", "asyncio.create_task"): 2,  # cache-flight (awaited), close-orphan
     ("proxy/policies/timeout.py", "asyncio.ensure_future"): 1,  # the observed attempt (awaited)
     ("proxy/policies/timeout.py", "asyncio.create_task"): 1,  # observe-timeout watcher
@@ -42,8 +40,6 @@ CANCEL_SITES: dict[tuple[str, str], int] = {
     ("proxy/app.py", "task"): 1,  # retiring pools: awaited by the gather that follows
     ("proxy/app.py", "hup"): 1,  # never awaited (a new one each SIGHUP)
     ("proxy/app.py", "waiter"): 1,  # never awaited
-    ("proxy/ops/reload.py", "task"): 1,  # awaited by the gather that follows
-    ("proxy/ops/health.py", "task"): 1,  # awaited by the asyncio.wait that follows
     ("proxy/analyzer/embedded.py", "self._task"): 1,  # awaited by the gather that follows
     ("proxy/policies/fallback.py", "flight.task"): 1,  # never awaited (the last waiter left)
     ("proxy/policies/timeout.py", "attempt"): 4,  # never awaited

@@ -47,6 +47,7 @@ from proxy import __version__
 from proxy.server.classify import LEGACY_VERSION, MODERN_VERSION
 from proxy.config.model import HealthConfig
 from proxy.errors import ProxyError, ProxyOverloaded
+from proxy.tasks import Owner, cancel_and_wait, spawn
 from proxy.policies.failures import Failure, Verdict, classify_error, classify_reply, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, MonotonicClock, Observer, Reply
 from proxy.upstream.transport import HttpUpstream
@@ -214,7 +215,7 @@ class _RateLimited(Exception):
 class HealthProber:
     """Active checks for one upstream: `start()` runs a probe now and then every jittered interval."""
 
-    __slots__ = ("_clock", "_config", "_ids", "_initialized", "_random", "_session", "_task", "_upstream", "_version", "health", "mode")
+    __slots__ = ("_clock", "_config", "_ids", "_initialized", "_random", "_session", "_tasks", "_upstream", "_version", "health", "mode")
 
     def __init__(
         self, upstream: HttpUpstream, health: UpstreamHealth, clock: Clock, rand: Callable[[], float] = random.random
@@ -228,22 +229,19 @@ class HealthProber:
         """"auto" until the upstream's answer decides, then "modern" or "legacy" for good."""
         health.protocol = None if self.mode == "auto" else self.mode
         self._ids = itertools.count(1)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: Owner = set()
         self._session: str | None = None
         self._initialized = False
         self._version = LEGACY_VERSION
 
     def start(self) -> None:
         """Start probing (a no-op when active checks are off or already running)."""
-        if self._task is None and self._config.enabled:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"health-probe:{self._upstream.name}")
+        if not self._tasks and self._config.enabled:
+            spawn(self._run(), name=f"health-probe:{self._upstream.name}", owner=self._tasks)
 
     async def stop(self) -> None:
         """Stop probing and end the legacy health session (best effort). Call before closing the pool."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        await cancel_and_wait(self._tasks)
         session, self._session, self._initialized = self._session, None, False
         if session is not None:
             headers = {"Mcp-Session-Id": session, "MCP-Protocol-Version": self._version}

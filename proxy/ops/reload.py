@@ -28,6 +28,7 @@ import structlog
 from proxy.config.model import ConfigError, ProxyConfig, load_config, read_config_bytes
 from proxy.policies.base import NULL_OBSERVER, Observer
 from proxy.redact import redact_text
+from proxy.tasks import Owner, cancel_and_wait, spawn
 
 __all__ = ["ConfigReloader", "ReloadResult"]
 
@@ -80,7 +81,7 @@ class ConfigReloader:
         self._observer = observer
         self._lock = asyncio.Lock()
         self._seen = _digest(self._read())
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: Owner = set()
         self.last: ReloadResult | None = None
         self.applied = 0
         self.rejected = 0
@@ -121,15 +122,13 @@ class ConfigReloader:
 
     def start(self) -> None:
         """Start polling (and watching, when enabled and watchfiles is installed)."""
-        self._tasks.append(asyncio.create_task(self._poll(), name=f"config-poll:{self.path}"))
+        spawn(self._poll(), name=f"config-poll:{self.path}", owner=self._tasks)
         if self._watch:
-            self._tasks.append(asyncio.create_task(self._watch_directory(), name=f"config-watch:{self.path.parent}"))
+            spawn(self._watch_directory(), name=f"config-watch:{self.path.parent}", owner=self._tasks)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        """Stop polling and watching; returns once both tasks have ended (a crash was logged by `spawn`)."""
+        await cancel_and_wait(self._tasks)
 
     async def _poll(self) -> None:
         while True:
