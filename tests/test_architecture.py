@@ -27,9 +27,6 @@ SPAWN_SITES: dict[tuple[str, str], int] = {
     ("proxy/policies/fallback.py", "asyncio.create_task"): 2,  # cache-flight (awaited), close-orphan
     ("proxy/policies/timeout.py", "asyncio.ensure_future"): 1,  # the observed attempt (awaited)
     ("proxy/policies/timeout.py", "asyncio.create_task"): 1,  # observe-timeout watcher
-    ("proxy/analyzer/embedded.py", "asyncio.create_task"): 1,  # embedded-analyzer
-    ("proxy/demo/run.py", "asyncio.ensure_future"): 1,  # the demo's workload (unnamed)
-    ("proxy/demo/server.py", "asyncio.create_task"): 2,  # demo-mcp-server, its ready wait
 }
 """Tasks started other than by `spawn`: at most this many per (file, call). Upper bounds, so moving a
 site to `spawn` passes at once; the entry goes when its count reaches 0."""
@@ -40,10 +37,8 @@ CANCEL_SITES: dict[tuple[str, str], int] = {
     ("proxy/app.py", "task"): 1,  # retiring pools: awaited by the gather that follows
     ("proxy/app.py", "hup"): 1,  # never awaited (a new one each SIGHUP)
     ("proxy/app.py", "waiter"): 1,  # never awaited
-    ("proxy/analyzer/embedded.py", "self._task"): 1,  # awaited by the gather that follows
     ("proxy/policies/fallback.py", "flight.task"): 1,  # never awaited (the last waiter left)
     ("proxy/policies/timeout.py", "attempt"): 4,  # never awaited
-    ("proxy/demo/server.py", "ready"): 1,  # never awaited
 }
 """`.cancel()` calls outside `proxy/tasks.py`: at most this many per (file, receiver). Cancelling a handle
 from `loop.call_later` / `call_at` / `call_soon` (a timer) is synchronous, nothing runs after it, so

@@ -30,6 +30,7 @@ from proxy.analyzer.apply import write_atomically
 from proxy.config.model import AnalyzerConfig, ConfigError, parse_duration
 from proxy.events.recorder import EventBus, EventRecorder
 from proxy.redact import Budget, redact
+from proxy.tasks import Owner, cancel_and_wait, spawn
 
 __all__ = ["EmbeddedAnalyzer", "within_bounds"]
 
@@ -88,16 +89,14 @@ class EmbeddedAnalyzer:
         self.proposals: list[Proposal] = []
         self.computed_at: float | None = None
         self._verifying: _Verification | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: Owner = set()
         self._applied: set[str] = set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="embedded-analyzer")
+        spawn(self._run(), name="embedded-analyzer", owner=self._tasks)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
 
     def document(self) -> dict[str, Any]:
         """The /proposals body, redacted."""

@@ -34,6 +34,7 @@ from proxy.app import ProxyServer, running_proxy
 from proxy.config.model import host_port, load_config
 from proxy.demo.server import DemoState, running_demo_server
 from proxy.demo.workload import WorkloadStats, run_workload
+from proxy.tasks import Owner, cancel_and_wait, spawn
 
 __all__ = ["run_demo"]
 
@@ -161,33 +162,37 @@ async def _walk(
     out(f"workload        : official MCP SDK client, modes legacy / 2026-07-28 / auto, {duration:g}s")
     out("")
     out(f"{'phase':<10} {'upstream':<32} {'calls':>6} {'failed':>7} {'reads failed':>13} {'retries':>8} {'stale':>6} {'fast-fail':>10}")
-    workload = asyncio.ensure_future(run_workload(client_url, duration, stats=stats, concurrency=2))
-    started = time.monotonic()
-    before = (0, 0, 0, _proxy_counts(""))
-    for index, phase in enumerate(PHASES):
-        state.http_error_rate = phase.http_error_rate
-        state.read_latency_s = phase.read_latency_s
-        if phase.name == "fixed":
-            reloads = proxy.reloader.applied if proxy.reloader is not None else 0
-            events = proxy.bus.recent()  # copied here, on the loop: see _learn
-            if await asyncio.to_thread(_learn, events, path, out) is not None and proxy.reloader is not None:
-                async with asyncio.timeout(10):
-                    while proxy.reloader.applied == reloads:
-                        await asyncio.sleep(0.05)
-        ends_at = PHASES[index + 1].starts_at * duration if index + 1 < len(PHASES) else None
-        while not workload.done() and (ends_at is None or time.monotonic() - started < ends_at):
-            await asyncio.wait({workload}, timeout=TICK_S)
-        counts = _proxy_counts(proxy.metrics.render().decode())
-        reads = stats.ops["resources/read"]
-        read_failures = reads.total - reads.ok
-        calls, failed = stats.total_calls - before[0], stats.failed_calls - before[1]
-        delta = {k: counts[k] - before[3][k] for k in counts}
-        out(
-            f"{phase.name:<10} {phase.what:<32} {calls:>6} {failed:>7} {read_failures - before[2]:>13}"
-            f" {delta['retries']:>8} {delta['stale']:>6} {delta['circuit_open']:>10}"
-        )
-        before = (stats.total_calls, stats.failed_calls, read_failures, counts)
-    final: WorkloadStats = await workload
+    tasks: Owner = set()
+    workload = spawn(run_workload(client_url, duration, stats=stats, concurrency=2), name="demo-workload", owner=tasks, awaited=True)
+    try:
+        started = time.monotonic()
+        before = (0, 0, 0, _proxy_counts(""))
+        for index, phase in enumerate(PHASES):
+            state.http_error_rate = phase.http_error_rate
+            state.read_latency_s = phase.read_latency_s
+            if phase.name == "fixed":
+                reloads = proxy.reloader.applied if proxy.reloader is not None else 0
+                events = proxy.bus.recent()  # copied here, on the loop: see _learn
+                if await asyncio.to_thread(_learn, events, path, out) is not None and proxy.reloader is not None:
+                    async with asyncio.timeout(10):
+                        while proxy.reloader.applied == reloads:
+                            await asyncio.sleep(0.05)
+            ends_at = PHASES[index + 1].starts_at * duration if index + 1 < len(PHASES) else None
+            while not workload.done() and (ends_at is None or time.monotonic() - started < ends_at):
+                await asyncio.wait({workload}, timeout=TICK_S)
+            counts = _proxy_counts(proxy.metrics.render().decode())
+            reads = stats.ops["resources/read"]
+            read_failures = reads.total - reads.ok
+            calls, failed = stats.total_calls - before[0], stats.failed_calls - before[1]
+            delta = {k: counts[k] - before[3][k] for k in counts}
+            out(
+                f"{phase.name:<10} {phase.what:<32} {calls:>6} {failed:>7} {read_failures - before[2]:>13}"
+                f" {delta['retries']:>8} {delta['stale']:>6} {delta['circuit_open']:>10}"
+            )
+            before = (stats.total_calls, stats.failed_calls, read_failures, counts)
+        final: WorkloadStats = await workload
+    finally:
+        await cancel_and_wait(tasks)  # the workload, should a phase have raised
     out("")
     out(f"=== demo finished after {time.monotonic() - started:.1f}s ===")
     out(final.render())

@@ -30,6 +30,8 @@ from typing import Any, Final
 
 import structlog
 import uvicorn
+
+from proxy.tasks import Owner, cancel_and_wait, spawn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
@@ -356,8 +358,9 @@ async def running_demo_server(
             # would stop the host's event loop, so it becomes an ordinary error here.
             raise RuntimeError(f"uvicorn exited with status {exc.code}") from exc
 
-    serving = asyncio.create_task(serve(), name=f"demo-mcp-server:{bound_port}")
-    ready = asyncio.create_task(server.ready.wait(), name=f"demo-mcp-server-ready:{bound_port}")
+    tasks: Owner = set()
+    serving = spawn(serve(), name=f"demo-mcp-server:{bound_port}", owner=tasks, awaited=True)
+    ready = spawn(server.ready.wait(), name=f"demo-mcp-server-ready:{bound_port}", owner=tasks, awaited=True)
     url = _url(host, bound_port)
     try:
         await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -367,7 +370,7 @@ async def running_demo_server(
         logger.info("demo.server_started", url=url)
         yield url
     finally:
-        ready.cancel()
+        await cancel_and_wait([ready])
         noise = _ShutdownNoiseFilter()
         uvicorn_logger = logging.getLogger("uvicorn.error")
         uvicorn_logger.addFilter(noise)
