@@ -26,20 +26,19 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import structlog
 from aiohttp import web
 
-from proxy.analyzer.embedded import EmbeddedAnalyzer
+from proxy.ops.logs import configure_logging  # the first of ours: it imports structlog, without rich (see there)
+
+import structlog
 from proxy.config.model import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, safe_url
 from proxy.events.sinks import JsonlFile, events_endpoint, log_event
 from proxy.events.recorder import EventBus, EventRecorder, FanOut
-from proxy.ops.fixtures import FixtureWriter
 from proxy.server.handler import McpHandler
 from proxy.ops.health import HealthProber
-from proxy.ops.logs import configure_logging
 from proxy.ops.metrics import ProxyMetrics
 from proxy.policies.base import Clock, MonotonicClock
 from proxy.ops.reload import ConfigReloader
@@ -47,6 +46,9 @@ from proxy.runtime import Runtime, RuntimeRef, build_runtime
 from proxy.server.listener import JsonRpcServer, ListenerLimits
 from proxy.ops.status import status_document
 from proxy.upstream.transport import HttpUpstream
+
+if TYPE_CHECKING:
+    from proxy.analyzer.embedded import EmbeddedAnalyzer
 
 __all__ = ["BindError", "ProxyServer", "running_proxy"]
 
@@ -103,6 +105,8 @@ class ProxyServer:
         if self._event_file is not None:
             self.bus.listeners.append(self._event_file)
         if events.fixtures.dir:
+            from proxy.ops.fixtures import FixtureWriter  # imported only when used: serving imports what it uses
+
             self.events.failure_listeners.append(FixtureWriter(events.fixtures.dir, events.fixtures.per_signature).on_failure)
         self._summaries: asyncio.Task[None] | None = None
         self.runtime = RuntimeRef(build_runtime(config, self.metrics, self.events, self.clock))
@@ -128,11 +132,13 @@ class ProxyServer:
             if config_path is not None
             else None
         )
-        self.analyzer = (
-            EmbeddedAnalyzer(config_path, config.analyzer, self.bus, self.events)
-            if config_path is not None and config.analyzer.enabled
-            else None
-        )
+        self.analyzer: EmbeddedAnalyzer | None = None
+        if config_path is not None and config.analyzer.enabled:
+            # Imported only when enabled: the analyzer (and the YAML editor it applies proposals with) is
+            # code a proxy that does not run it never needs in memory.
+            from proxy.analyzer.embedded import EmbeddedAnalyzer
+
+            self.analyzer = EmbeddedAnalyzer(config_path, config.analyzer, self.bus, self.events)
 
     @property
     def url(self) -> str:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from proxy.ops.logs import configure_logging  # the first of ours: it imports structlog, without rich (see there)
 from proxy import __version__
 from proxy.redact import redact_text
 from proxy.config.model import ADDRESS_CLASH, ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
-from proxy.ops.logs import configure_logging
 
 if TYPE_CHECKING:
     from proxy.app import BindError

@@ -9,16 +9,39 @@ clipped to `MAX_LOG_VALUE_CHARS` (tracebacks to `MAX_LOG_EXCEPTION_CHARS`), nest
 `MAX_LOG_DEPTH`, and the line's strings and values to `MAX_LOG_LINE_CHARS` and `MAX_LOG_ITEMS`, so
 a 1 MiB tool name or message never makes a 1 MiB line. Code should never log a secret in the first
 place; this is the net under it.
+
+structlog is imported here without rich: `structlog.dev` imports rich (and with it pygments and attrs,
+about 2 MiB resident) whenever it is installed, only to draw console tracebacks. This module is the
+first to import structlog in ``serve`` (`proxy.cli.main` imports it before anything that logs), so
+serving loads none of it; console tracebacks are then plain ones. A process that imported structlog
+before keeps it as it is.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Final
 
-import structlog
+
+def _import_structlog() -> None:
+    """Import structlog with rich hidden from it, unless it is imported already (see the module docstring)."""
+    if "structlog" in sys.modules:
+        return
+    hidden = "rich" not in sys.modules
+    if hidden:
+        sys.modules["rich"] = None  # type: ignore[assignment]  # meanwhile `import rich` raises ImportError
+    try:
+        importlib.import_module("structlog")
+    finally:
+        if hidden and sys.modules.get("rich", ...) is None:
+            del sys.modules["rich"]  # anything else may import rich as usual
+
+
+_import_structlog()
+import structlog  # noqa: E402  (imported just above: this only binds the name)
 
 from proxy.redact import (
     MAX_LOG_DEPTH,
