@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from proxy.ops.logs import configure_logging  # the first of ours: it imports structlog, without rich (see there)
+from proxy.ops.logs import admits, configure_logging  # the first of ours: it imports structlog, without rich (see there)
 
 import structlog
 from proxy.config.model import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, safe_url
@@ -98,9 +98,12 @@ class ProxyServer:
         self.clock = clock or MonotonicClock()
         events = config.events
         self.bus = EventBus(events.buffer, events.subscriber_queue)
-        self.events = EventRecorder(self.bus, events.include_params, events.enabled, events.log)
+        self._events_log = events.log  # event sinks change on restart only
+        self.events = EventRecorder(
+            self.bus, events.include_params, events.enabled, _events_as_lines(config.logging.level, events.log)
+        )
         if events.log:
-            self.bus.listeners.append(log_event)
+            self.bus.listeners.append(self._log_event)
         self._event_file = JsonlFile(events.file.path, events.file.max_bytes, events.file.backups) if events.file.path else None
         if self._event_file is not None:
             self.bus.listeners.append(self._event_file)
@@ -139,6 +142,11 @@ class ProxyServer:
             from proxy.analyzer.embedded import EmbeddedAnalyzer
 
             self.analyzer = EmbeddedAnalyzer(config_path, config.analyzer, self.bus, self.events)
+
+    def _log_event(self, event: dict[str, Any]) -> None:
+        """Bus listener: an event as a log line, while the logging level admits it (`_events_as_lines`)."""
+        if self.events.logged:
+            log_event(event)
 
     @property
     def url(self) -> str:
@@ -321,6 +329,7 @@ class ProxyServer:
         # Only once the new runtime is in place: a reload that fails above changes nothing.
         if config.logging != previous.config.logging:
             configure_logging(config.logging.level, config.logging.format)
+            self.events.logged = _events_as_lines(config.logging.level, self._events_log)
         if self.analyzer is not None:
             self.analyzer.config = config.analyzer
         self.events.enabled = config.events.enabled
@@ -419,6 +428,13 @@ async def _bind(runner: web.BaseRunner, address: tuple[str, int], listener: str)
             reason = "the port is already in use, by another process or by listen (two names for one address)"
         raise BindError(listener, address, reason) from None
     return [(str(sockname[0]), int(sockname[1])) for sockname in runner.addresses]
+
+
+def _events_as_lines(level: str, events_log: bool) -> bool:
+    """Are events written as log lines? With ``events.log``, while ``logging.level`` admits info, their level:
+    at ``warning`` a cache hit (an event) writes no line. Otherwise the recorder writes the moments that
+    must reach the log itself (`EventRecorder.logged` False), through structlog at their own level."""
+    return events_log and admits(level, "info")
 
 
 def _host_port(host: str, port: int) -> str:
