@@ -22,6 +22,11 @@ client that asked hears it. It never classifies on its own.
 - cachetools' TTLCache forgets expired entries, so it cannot serve stale ones. Entries carry their
   own fresh and stale deadlines instead, in an LRU bounded by entries and bytes. There is one LRU
   per (upstream, cache config), so each rule's limits hold on their own.
+- An entry costs little more than its answer: the ``result`` is kept once, as its JSON bytes (parsed
+  again on a hit, about a microsecond for a few kilobytes), in a slotted record with its deadlines and
+  size; the key is one ``bytes`` (`_keys`); the LRU is a plain dict in use order. Anything kept is an
+  exact-size copy: orjson returns every ``dumps`` in a buffer of 4 KiB or more, which, kept, would cost
+  that much per entry whatever the answer.
 - A served answer is a new JSON response with the current request's id and only Content-Type,
   marked in ``result._meta`` and by an ``X-Mcp-Proxy-Cache`` header. The upstream's headers are not
   replayed.
@@ -41,12 +46,11 @@ client that asked hears it. It never classifies on its own.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from cachetools import LRUCache
 from multidict import CIMultiDict
 
 from proxy.errors import ProxyError, RateLimited
@@ -60,12 +64,14 @@ CACHE_META: Final = "io.github.mcp-resilience-proxy/cache"
 """The `result._meta` key of a served stored answer: ``{"status": "hit"|"stale", "age_ms": N}``."""
 CACHE_HEADER: Final = "X-Mcp-Proxy-Cache"
 
-Key = tuple[str, str, str, bytes, str | None]
-"""(upstream, method, protocol version, canonical params, credential scope; None for an answer every client may share)."""
-FlightKey = Key
-"""A flight is keyed like a private entry, whatever the policy's scope: a call in flight was made with
-one set of credentials, and its answer is not yet known to be shareable. The credential scope counts
-``Mcp-Session-Id``, so a flight never spans two legacy sessions either."""
+Key = bytes
+"""An entry's key within its upstream's store: the JSON array ``[method, protocol version, credential
+scope]`` (the scope null for an answer every client may share), then the canonical params. The array
+delimits itself, so two keys are equal exactly when all four parts are."""
+FlightKey = tuple[str, Key]
+"""(upstream, private key). A flight is keyed like a private entry, whatever the policy's scope: a call in
+flight was made with one set of credentials, and its answer is not yet known to be shareable. The
+credential scope counts ``Mcp-Session-Id``, so a flight never spans two legacy sessions either."""
 
 NOT_STORED_HEADERS: Final = frozenset({"set-cookie", "set-cookie2"})
 """An answer carrying any of these (lower case) is its caller's own: never stored, never shared."""
@@ -75,58 +81,69 @@ The proxy is a shared cache (RFC 9111 §5.2.2.7): its ``private`` scope is keyed
 not by the user, so it honours ``private`` as a shared cache must."""
 
 
-@dataclass(frozen=True, slots=True)
 class Entry:
-    """A stored `result`: fresh until `fresh_until`, usable for a failure until `stale_until` (clock time)."""
+    """A stored answer: its ``result`` as JSON (exact-size bytes), fresh until `fresh_until` (clock time),
+    stale (usable for a failure) until its store's `max_stale` past that. `size` is what it counts against
+    ``max_bytes``: the answer, the params and the method."""
 
-    result: dict[str, Any]
-    stored_at: float
-    fresh_until: float
-    stale_until: float
-    size: int
+    __slots__ = ("fresh_until", "result", "size", "stored_at")
 
-
-def _entry_size(entry: Entry) -> int:
-    return entry.size
+    def __init__(self, result: bytes, stored_at: float, fresh_until: float, size: int) -> None:
+        self.result = result
+        self.stored_at = stored_at
+        self.fresh_until = fresh_until
+        self.size = size
 
 
 class ResponseCache:
-    """Entries by key, least recently used out first, bounded by count and by bytes."""
+    """Entries by key, least recently used out first, bounded by count and by bytes.
 
-    __slots__ = ("_entries", "_max_entries")
+    A plain dict in use order: a read moves its entry to the end, eviction takes from the front."""
 
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
+    __slots__ = ("_bytes", "_entries", "_max_bytes", "_max_entries", "max_stale")
+
+    def __init__(self, max_entries: int, max_bytes: int, max_stale: float = 0.0) -> None:
         self._max_entries = max_entries
-        self._entries: LRUCache[Key, Entry] = LRUCache(maxsize=max_bytes, getsizeof=_entry_size)
+        self._max_bytes = max_bytes
+        self.max_stale = max_stale
+        self._entries: dict[Key, Entry] = {}
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def bytes(self) -> int:
-        return int(self._entries.currsize)
+        return self._bytes
 
     def get(self, key: Key) -> Entry | None:
-        return self._entries.get(key)
+        """The entry under `key`, now the most recently used; None when there is none."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._entries[key] = entry
+        return entry
 
     def put(self, key: Key, entry: Entry) -> None:
         """Store `entry`, evicting the least recently used; an entry larger than the whole cache is not kept."""
-        if entry.size > self._entries.maxsize:
-            self._entries.pop(key, None)
+        self.pop(key)
+        if entry.size > self._max_bytes:
             return
-        if key not in self._entries:
-            while len(self._entries) >= self._max_entries:
-                self._entries.popitem()
-        self._entries[key] = entry
+        entries = self._entries
+        while entries and (len(entries) >= self._max_entries or self._bytes + entry.size > self._max_bytes):
+            self._bytes -= entries.pop(next(iter(entries))).size
+        entries[key] = entry
+        self._bytes += entry.size
 
     def pop(self, key: Key) -> None:
-        self._entries.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.size
 
-    def drop(self, upstream: str, method: Callable[[str], bool]) -> int:
-        """Remove `upstream`'s entries whose method matches; return how many."""
-        doomed = [key for key in self._entries if key[0] == upstream and method(key[1])]
+    def drop(self, method: Callable[[str], bool]) -> int:
+        """Remove the entries whose method matches; return how many."""
+        doomed = [key for key in self._entries if method(_method_of(key))]
         for key in doomed:
-            del self._entries[key]
+            self.pop(key)
         return len(doomed)
 
 
@@ -165,7 +182,7 @@ class CacheStage:
         """The store of `upstream` calls under `cfg`, created on first use."""
         store = self._stores.get((upstream, cfg))
         if store is None:
-            store = self._stores[(upstream, cfg)] = ResponseCache(cfg.max_entries, cfg.max_bytes)
+            store = self._stores[(upstream, cfg)] = ResponseCache(cfg.max_entries, cfg.max_bytes, cfg.max_stale)
         return store
 
     def retain(self, live: set[tuple[str, CacheConfig]]) -> None:
@@ -193,7 +210,7 @@ class CacheStage:
         def is_list(method: str) -> bool:
             return method.startswith(prefix) and method.endswith("/list")
 
-        return sum(store.drop(upstream, is_list) for (name, _), store in self._stores.items() if name == upstream)
+        return sum(store.drop(is_list) for (name, _), store in self._stores.items() if name == upstream)
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         cfg = call.policy.cache
@@ -202,6 +219,7 @@ class CacheStage:
         store = self.store(call.upstream, cfg)
         private, shared = pair = _keys(call)
         keys = (private,) if cfg.scope == "private" else (shared, private)
+        flight = (call.upstream, private)
         if cfg.mode == "ttl":
             entry = _lookup(store, keys)
             now = self._clock.monotonic()
@@ -209,7 +227,7 @@ class CacheStage:
                 self._observer.policy_event("fallback_served", call, status="hit")
                 return _served(entry, call, "hit", now)
         try:
-            reply, verdict = await self._join(private, pair, call, next, store)
+            reply, verdict = await self._join(flight, pair, call, next, store)
             if reply is None:  # a follower of an answer it may not share: its own, unless a failure has a stand-in
                 if verdict.server_failure or verdict.kind is Failure.HTTP_429:
                     stale = self._stale(store, keys, call)
@@ -232,7 +250,7 @@ class CacheStage:
     def _stale(self, store: ResponseCache, keys: tuple[Key, ...], call: Call) -> Reply | None:
         entry = _lookup(store, keys)
         now = self._clock.monotonic()
-        if entry is None or now > entry.stale_until:
+        if entry is None or now > entry.fresh_until + store.max_stale:
             return None
         self._observer.policy_event("fallback_served", call, status="stale", age=now - entry.stored_at)
         return _served(entry, call, "stale", now)
@@ -305,8 +323,9 @@ class CacheStage:
             if isinstance(ttl_ms, int | float) and not isinstance(ttl_ms, bool) and ttl_ms >= 0:
                 ttl = min(ttl, ttl_ms / 1000)
             now = self._clock.monotonic()
-            size = len(orjson.dumps(result)) + len(private[3]) + len(call.method)
-            store.put(private if is_private else shared, Entry(result, now, now + ttl, now + ttl + cfg.max_stale, size))
+            stored = memoryview(orjson.dumps(result)).tobytes()  # exact size (see the module docstring)
+            size = len(stored) + len(call.message.canonical_arguments()) + len(call.method)
+            store.put(private if is_private else shared, Entry(stored, now, now + ttl, size))
         return reply, verdict
 
 
@@ -318,9 +337,21 @@ def list_changed_kind(method: str) -> str | None:
 
 
 def _keys(call: Call) -> tuple[Key, Key]:
-    """(private key, shared key) of a call."""
-    base = (call.upstream, call.method, call.protocol, call.message.canonical_arguments())
-    return (*base, call.credential_scope), (*base, None)
+    """(private key, shared key) of a call within its upstream's store (`Key`). Concatenation makes each an
+    exact-size ``bytes``, whatever buffers orjson handed back."""
+    params = call.message.canonical_arguments()
+    private = orjson.dumps((call.method, call.protocol, call.credential_scope)) + params
+    return private, orjson.dumps((call.method, call.protocol, None)) + params
+
+
+_KEY_HEAD = json.JSONDecoder()
+
+
+def _method_of(key: Key) -> str:
+    """The method a `Key` is for (the first item of its leading JSON array)."""
+    head, _ = _KEY_HEAD.raw_decode(key.decode("utf-8", "replace"))
+    method: str = head[0]
+    return method
 
 
 def _lookup(store: ResponseCache, keys: tuple[Key, ...]) -> Entry | None:
@@ -362,7 +393,7 @@ def _json_headers() -> CIMultiDict[str]:
 
 def _served(entry: Entry, call: Call, status: str, now: float) -> Reply:
     """A stored answer as a new JSON-RPC response to `call`, marked with `status` and its age."""
-    result = dict(entry.result)
+    result: dict[str, Any] = orjson.loads(entry.result)
     meta = result.get("_meta")
     result["_meta"] = {**(meta if isinstance(meta, dict) else {}), CACHE_META: {
         "status": status, "age_ms": int((now - entry.stored_at) * 1000),
