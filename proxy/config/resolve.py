@@ -2,8 +2,15 @@
 
 Rules are ordered once, at build time, by specificity (exact tool > tool glob > any tool, then exact
 method > method glob > any method, then file order). A call's (method, tool) pair is resolved by the
-first rule in that order that matches, and the answer is memoized in a bounded LRU map: a busy proxy
-resolves each distinct pair once, and clients inventing tool names cannot grow memory.
+first rule in that order that matches, and the answer is memoized in a bounded map (the oldest answer
+goes first past `RESOLVED_CACHE_SIZE`): a busy proxy resolves each distinct pair once, with one dict
+lookup, and clients inventing tool names cannot grow memory. A resolver lives as long as its config: a
+reload builds new ones, so nothing memoized outlives the rules it came from.
+
+Resolving a pair the memo does not hold is not linear in the rules either: rules naming an exact tool
+are found by that tool in a dict, rules naming an exact method (and no tool) by that method; only
+globs are tried one by one, in their place in the order. "Exact" includes names written with escaped
+glob characters (``fetch_[*]``, as the analyzer writes a tool literally named ``fetch_*``).
 """
 
 from __future__ import annotations
@@ -11,8 +18,6 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
-
-from cachetools import LRUCache
 
 from proxy.config.model import UpstreamConfig
 from proxy.config.policies import (
@@ -64,6 +69,47 @@ def _matches(pattern: str | None, value: str | None) -> bool:
     return value is not None and fnmatch.fnmatchcase(value, pattern)
 
 
+def _literal(pattern: str) -> str | None:
+    """The one name an exact pattern (rank 2) matches, its escapes undone (``fetch_[*]`` -> ``fetch_*``);
+    None when fnmatch would not match exactly that (then `_index` gives up and rules are tried one by one)."""
+    name = _ESCAPED.sub(lambda found: found.group(0)[1], pattern)
+    return name if fnmatch.fnmatchcase(name, pattern) else None
+
+
+Candidate = tuple[MatchConfig, "Policy"]
+"""A rule's match and the policy it resolves to."""
+
+
+def _index(
+    ordered: list[Candidate],
+) -> tuple[dict[str, list[Candidate]] | None, list[Candidate], dict[str, list[Candidate]], list[Candidate]]:
+    """`ordered` (in specificity order) split so exact names are looked up rather than tried: the rules of
+    each exact tool; the tool globs; the rules of each exact method (and any tool); the rest (method globs
+    and match-alls, any tool). Each list keeps the order, and every rule of a list comes before every rule
+    of the next in it, so trying them in that order is trying `ordered` in order. None first when an exact
+    pattern has no literal name (never seen): then the rules are tried one by one, as they always may be."""
+    by_tool: dict[str, list[Candidate]] = {}
+    tool_globs: list[Candidate] = []
+    by_method: dict[str, list[Candidate]] = {}
+    untooled: list[Candidate] = []
+    for match, policy in ordered:
+        if _glob_rank(match.tool) == 2:
+            tool = _literal(match.tool)  # type: ignore[arg-type]
+            if tool is None:
+                return None, [], {}, []
+            by_tool.setdefault(tool, []).append((match, policy))
+        elif _glob_rank(match.tool) == 1:
+            tool_globs.append((match, policy))
+        elif _glob_rank(match.method) == 2:
+            method = _literal(match.method)
+            if method is None:
+                return None, [], {}, []
+            by_method.setdefault(method, []).append((match, policy))
+        else:
+            untooled.append((match, policy))
+    return by_tool, tool_globs, by_method, untooled
+
+
 def _rule_name(index: int, match: MatchConfig) -> str:
     parts = [f"method={match.method}"] if match.method != "*" else []
     if match.tool is not None:
@@ -74,7 +120,7 @@ def _rule_name(index: int, match: MatchConfig) -> str:
 class PolicyResolver:
     """Resolves and memoizes the `Policy` of (method, tool) pairs for one upstream."""
 
-    __slots__ = ("_default", "_memo", "_rules")
+    __slots__ = ("_by_method", "_by_tool", "_default", "_memo", "_rules", "_tool_globs", "_untooled")
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self._default = Policy(
@@ -84,7 +130,8 @@ class PolicyResolver:
         indexed = list(enumerate(upstream.rules))
         indexed.sort(key=lambda item: (-_glob_rank(item[1].match.tool), -_glob_rank(item[1].match.method), item[0]))
         self._rules = [(index, rule, self._apply(index, rule)) for index, rule in indexed]
-        self._memo: LRUCache[tuple[str, str | None], Policy] = LRUCache(maxsize=RESOLVED_CACHE_SIZE)
+        self._memo: dict[tuple[str, str | None], Policy] = {}
+        self._by_tool, self._tool_globs, self._by_method, self._untooled = _index([(r.match, p) for _, r, p in self._rules])
 
     def _apply(self, index: int, rule: RuleConfig) -> Policy:
         base = self._default
@@ -113,11 +160,30 @@ class PolicyResolver:
         key = (method, tool)
         policy = self._memo.get(key)
         if policy is None:
-            policy = self._memo[key] = self._search(method, tool)
+            memo = self._memo
+            if len(memo) >= RESOLVED_CACHE_SIZE:
+                del memo[next(iter(memo))]  # the oldest answer: resolving it again is cheap
+            policy = memo[key] = self._search(method, tool)
         return policy
 
     def _search(self, method: str, tool: str | None) -> Policy:
-        for _, rule, policy in self._rules:
-            if _matches(rule.match.method, method) and _matches(rule.match.tool, tool):
+        """The first rule in specificity order that matches, or the defaults (see the module docstring)."""
+        if self._by_tool is None:
+            for _, rule, policy in self._rules:
+                if _matches(rule.match.method, method) and _matches(rule.match.tool, tool):
+                    return policy
+            return self._default
+        if tool is not None:
+            for match, policy in self._by_tool.get(tool, ()):
+                if _matches(match.method, method):
+                    return policy
+            for match, policy in self._tool_globs:
+                if _matches(match.tool, tool) and _matches(match.method, method):
+                    return policy
+        for match, policy in self._by_method.get(method, ()):
+            if _matches(match.tool, tool):
+                return policy
+        for match, policy in self._untooled:
+            if _matches(match.tool, tool) and _matches(match.method, method):
                 return policy
         return self._default
