@@ -98,14 +98,14 @@ def test_without_rules_everything_takes_the_defaults() -> None:
     assert resolved([], "tools/call", "x") is None
 
 
-_NAMES = st.sampled_from(["a", "b", "ab", "a*", "*b", "a?", "[ab]", "a[*]", "[*]", "[?]b", "[[]a", "x", "*"])
+_NAMES = st.sampled_from(["a", "b", "ab", "a*", "*b", "a*b*", "*a*", "a?", "[ab]", "[!a]*", "a[*]", "[*]", "[?]b", "[[]a", "x", "*"])
 _METHODS = st.sampled_from(["tools/call", "tools/list", "tools/*", "resources/read", "resources/*", "*", "a", "a[*]"])
 _RULE = st.builds(
     lambda method, tool: {"match": {k: v for k, v in (("method", method), ("tool", tool)) if v is not None}},
     st.one_of(st.none(), _METHODS),
     st.one_of(st.none(), _NAMES),
 )
-_VALUES = st.sampled_from(["a", "b", "ab", "a*", "*b", "aa", "[ab]", "[*]", "*", "?b", "[a", "x", "tools/call", "a?"])
+_VALUES = st.sampled_from(["a", "b", "ab", "a*", "*b", "aa", "abab", "bab", "[ab]", "[*]", "*", "?b", "[a", "x", "tools/call", "a?"])
 
 
 @given(

@@ -8,9 +8,10 @@ lookup, and clients inventing tool names cannot grow memory. A resolver lives as
 reload builds new ones, so nothing memoized outlives the rules it came from.
 
 Resolving a pair the memo does not hold is not linear in the rules either: rules naming an exact tool
-are found by that tool in a dict, rules naming an exact method (and no tool) by that method; only
-globs are tried one by one, in their place in the order. "Exact" includes names written with escaped
-glob characters (``fetch_[*]``, as the analyzer writes a tool literally named ``fetch_*``).
+are found by that tool in a dict, rules naming an exact method (and no tool) by that method; globs
+are tried in their place in the order, from the first whose glob matches, found by one regex of them
+all (so an invented name costs one regex match, not one per rule). "Exact" includes names written with escaped glob
+characters (``fetch_[*]``, as the analyzer writes a tool literally named ``fetch_*``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.config.model import UpstreamConfig
 from proxy.config.policies import (
@@ -80,34 +82,71 @@ Candidate = tuple[MatchConfig, "Policy"]
 """A rule's match and the policy it resolves to."""
 
 
-def _index(
-    ordered: list[Candidate],
-) -> tuple[dict[str, list[Candidate]] | None, list[Candidate], dict[str, list[Candidate]], list[Candidate]]:
-    """`ordered` (in specificity order) split so exact names are looked up rather than tried: the rules of
-    each exact tool; the tool globs; the rules of each exact method (and any tool); the rest (method globs
-    and match-alls, any tool). Each list keeps the order, and every rule of a list comes before every rule
-    of the next in it, so trying them in that order is trying `ordered` in order. None first when an exact
-    pattern has no literal name (never seen): then the rules are tried one by one, as they always may be."""
+class _Globs:
+    """Rules with a glob on `field`, in order, and one regex of all those globs, each its own alternative:
+    regex alternatives are tried in order, so one match finds the first rule whose glob matches a name
+    (and a name none matches, an invented one mostly, costs that one match, not one per rule)."""
+
+    __slots__ = ("_first", "rules")
+
+    def __init__(self, field: str, rules: list[Candidate]) -> None:
+        self.rules = rules
+        patterns = [getattr(match, field) or "*" for match, _ in rules]
+        alternatives = "|".join(f"(?P<r{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))
+        try:
+            self._first = re.compile(alternatives).match if patterns else None
+        except re.error:  # pragma: no cover - fnmatch's regexes combine; if one day they do not, try each
+            self._first = None
+
+    def start(self, value: str) -> int:
+        """The position in `rules` of the first rule whose glob matches `value` (len(rules): none does)."""
+        if self._first is None:
+            return 0
+        found = self._first(value)
+        return len(self.rules) if found is None or found.lastgroup is None else int(found.lastgroup[1:])
+
+
+class _Index(NamedTuple):
+    """A resolver's rules (in specificity order) split so exact names are looked up rather than tried.
+
+    Trying `by_tool[tool]`, `tool_globs`, `by_method[method]`, `method_globs`, then `match_alls` is
+    trying every rule in order: each keeps the order, and every rule of one comes before every rule of
+    the next (exact tools, tool globs, then any tool: exact methods, method globs, any method)."""
+
+    by_tool: dict[str, list[Candidate]]
+    tool_globs: _Globs
+    by_method: dict[str, list[Candidate]]
+    method_globs: _Globs
+    match_alls: list[Candidate]
+
+
+def _index(ordered: list[Candidate]) -> _Index | None:
+    """The `_Index` of `ordered`; None when an exact pattern has no literal name (never seen): then the rules
+    are tried one by one, as they always may be."""
     by_tool: dict[str, list[Candidate]] = {}
     tool_globs: list[Candidate] = []
     by_method: dict[str, list[Candidate]] = {}
-    untooled: list[Candidate] = []
+    method_globs: list[Candidate] = []
+    match_alls: list[Candidate] = []
     for match, policy in ordered:
-        if _glob_rank(match.tool) == 2:
+        tool_rank, method_rank = _glob_rank(match.tool), _glob_rank(match.method)
+        if tool_rank == 2:
             tool = _literal(match.tool)  # type: ignore[arg-type]
             if tool is None:
-                return None, [], {}, []
+                return None
             by_tool.setdefault(tool, []).append((match, policy))
-        elif _glob_rank(match.tool) == 1:
+        elif tool_rank == 1:
             tool_globs.append((match, policy))
-        elif _glob_rank(match.method) == 2:
+        elif method_rank == 2:
             method = _literal(match.method)
             if method is None:
-                return None, [], {}, []
+                return None
             by_method.setdefault(method, []).append((match, policy))
+        elif method_rank == 1:
+            method_globs.append((match, policy))
         else:
-            untooled.append((match, policy))
-    return by_tool, tool_globs, by_method, untooled
+            match_alls.append((match, policy))
+    return _Index(by_tool, _Globs("tool", tool_globs), by_method, _Globs("method", method_globs), match_alls)
 
 
 def _rule_name(index: int, match: MatchConfig) -> str:
@@ -120,7 +159,7 @@ def _rule_name(index: int, match: MatchConfig) -> str:
 class PolicyResolver:
     """Resolves and memoizes the `Policy` of (method, tool) pairs for one upstream."""
 
-    __slots__ = ("_by_method", "_by_tool", "_default", "_memo", "_rules", "_tool_globs", "_untooled")
+    __slots__ = ("_default", "_index", "_memo", "_rules")
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self._default = Policy(
@@ -131,7 +170,7 @@ class PolicyResolver:
         indexed.sort(key=lambda item: (-_glob_rank(item[1].match.tool), -_glob_rank(item[1].match.method), item[0]))
         self._rules = [(index, rule, self._apply(index, rule)) for index, rule in indexed]
         self._memo: dict[tuple[str, str | None], Policy] = {}
-        self._by_tool, self._tool_globs, self._by_method, self._untooled = _index([(r.match, p) for _, r, p in self._rules])
+        self._index = _index([(rule.match, policy) for _, rule, policy in self._rules])
 
     def _apply(self, index: int, rule: RuleConfig) -> Policy:
         base = self._default
@@ -168,22 +207,30 @@ class PolicyResolver:
 
     def _search(self, method: str, tool: str | None) -> Policy:
         """The first rule in specificity order that matches, or the defaults (see the module docstring)."""
-        if self._by_tool is None:
+        index = self._index
+        if index is None:
             for _, rule, policy in self._rules:
                 if _matches(rule.match.method, method) and _matches(rule.match.tool, tool):
                     return policy
             return self._default
         if tool is not None:
-            for match, policy in self._by_tool.get(tool, ()):
+            for match, policy in index.by_tool.get(tool, ()):
                 if _matches(match.method, method):
                     return policy
-            for match, policy in self._tool_globs:
+            globs = index.tool_globs
+            for i in range(globs.start(tool), len(globs.rules)):
+                match, policy = globs.rules[i]
                 if _matches(match.tool, tool) and _matches(match.method, method):
                     return policy
-        for match, policy in self._by_method.get(method, ()):
+        for match, policy in index.by_method.get(method, ()):
             if _matches(match.tool, tool):
                 return policy
-        for match, policy in self._untooled:
+        globs = index.method_globs
+        for i in range(globs.start(method), len(globs.rules)):
+            match, policy = globs.rules[i]
             if _matches(match.tool, tool) and _matches(match.method, method):
+                return policy
+        for match, policy in index.match_alls:
+            if _matches(match.tool, tool):
                 return policy
         return self._default
