@@ -46,7 +46,6 @@ client that asked hears it. It never classifies on its own.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -65,9 +64,10 @@ CACHE_META: Final = "io.github.mcp-resilience-proxy/cache"
 CACHE_HEADER: Final = "X-Mcp-Proxy-Cache"
 
 Key = bytes
-"""An entry's key within its upstream's store: the JSON array ``[method, protocol version, credential
-scope]`` (the scope null for an answer every client may share), then the canonical params. The array
-delimits itself, so two keys are equal exactly when all four parts are."""
+"""An entry's key within its upstream's store: the method, the protocol version and the credential scope,
+each prefixed with its length (``10:tools/call10:2025-06-1816:<hash>``; the scope is ``-`` for an answer
+every client may share), then the canonical params. The prefixes delimit every part, so two keys are
+equal exactly when all four parts are, whatever characters the parts hold (a header may hold any)."""
 FlightKey = tuple[str, Key]
 """(upstream, private key). A flight is keyed like a private entry, whatever the policy's scope: a call in
 flight was made with one set of credentials, and its answer is not yet known to be shareable. The
@@ -338,20 +338,18 @@ def list_changed_kind(method: str) -> str | None:
 
 def _keys(call: Call) -> tuple[Key, Key]:
     """(private key, shared key) of a call within its upstream's store (`Key`). Concatenation makes each an
-    exact-size ``bytes``, whatever buffers orjson handed back."""
+    exact-size ``bytes``, whatever buffer orjson handed the params back in."""
     params = call.message.canonical_arguments()
-    private = orjson.dumps((call.method, call.protocol, call.credential_scope)) + params
-    return private, orjson.dumps((call.method, call.protocol, None)) + params
-
-
-_KEY_HEAD = json.JSONDecoder()
+    method, protocol, scope = call.method, call.protocol, call.credential_scope
+    head = f"{len(method)}:{method}{len(protocol)}:{protocol}"
+    private = f"{head}{len(scope)}:{scope}".encode("utf-8", "surrogatepass") + params
+    return private, f"{head}-".encode("utf-8", "surrogatepass") + params
 
 
 def _method_of(key: Key) -> str:
-    """The method a `Key` is for (the first item of its leading JSON array)."""
-    head, _ = _KEY_HEAD.raw_decode(key.decode("utf-8", "replace"))
-    method: str = head[0]
-    return method
+    """The method a `Key` is for (its first part)."""
+    length, _, rest = key.decode("utf-8", "surrogatepass").partition(":")
+    return rest[: int(length)]
 
 
 def _lookup(store: ResponseCache, keys: tuple[Key, ...]) -> Entry | None:
