@@ -59,3 +59,20 @@ async def test_failing_calls_become_redacted_fixtures_that_replay(upstream: Faul
     code, out = await replay(fixtures, upstream.url)
     assert code == 0 and out.strip().endswith("2 fixture(s): 2 pass, 0 still fail")
     assert upstream.attempts["tools/call:lookup"] == before + 2
+
+
+def test_a_fixture_directory_holds_a_bounded_number_of_signatures(tmp_path: Path) -> None:
+    """A client inventing a tool name per failing call cannot fill the disk: past `MAX_SIGNATURES`
+    distinct signatures nothing new is written, while signatures already kept still get their files."""
+    from proxy.ops import fixtures
+    from tests.fakes import make_call, tool_call
+
+    writer = fixtures.FixtureWriter(str(tmp_path), per_signature=2)
+    error = {"kind": "http_5xx", "status": 503}
+    for index in range(fixtures.MAX_SIGNATURES):
+        assert writer.save(make_call(tool_call(f"t{index}")), f"sig{index}", error) is not None
+    assert writer.save(make_call(tool_call("invented")), "sig-new", error) is None
+    assert writer.save(make_call(tool_call("t0")), "sig0", error) is not None  # a kept signature's second file
+    assert len(list(tmp_path.glob("*.json"))) == fixtures.MAX_SIGNATURES + 1
+    reopened = fixtures.FixtureWriter(str(tmp_path), per_signature=2)  # files on disk count after a restart
+    assert reopened.save(make_call(tool_call("invented")), "sig-other", error) is None

@@ -6,7 +6,9 @@ file: the request's MCP headers and JSON-RPC body, and the failure it met, all p
 was sent minus its credentials: params under credential-like keys, an ``Mcp-Param-*`` header whose
 param name is credential-like (``Mcp-Param-Password``, like the ``password`` param it mirrors, so the
 two still agree on replay), and credentials quoted inside any string. At most `per_signature` files
-are kept per failure signature, so an outage writes a handful of files, not one per call.
+are kept per failure signature, so an outage writes a handful of files, not one per call, and at most
+`MAX_SIGNATURES` signatures are kept at all: a client inventing a new tool name per call while the
+upstream fails cannot fill the disk (the signatures past the cap are not saved, and that is logged once).
 `Authorization`, cookies and session ids are never saved.
 
 ``mcp-resilience-proxy replay DIR --upstream URL`` sends each fixture again (legacy-era fixtures on a
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+import structlog
 
 from proxy.server.classify import LEGACY_VERSION
 from proxy.config.model import LimitsConfig, UpstreamConfig
@@ -34,7 +37,11 @@ from proxy.upstream.transport import HttpUpstream
 
 __all__ = ["FixtureWriter", "ReplayResult", "replay_directory"]
 
+log = structlog.get_logger("proxy.ops.fixtures")
+
 FIXTURE_VERSION: Final = 1
+MAX_SIGNATURES: Final = 1000
+"""Distinct failure signatures a fixture directory holds; files already there count."""
 _KEPT_HEADERS: Final = ("content-type", "accept", "mcp-protocol-version", "mcp-method", "mcp-name")
 
 
@@ -46,6 +53,7 @@ class FixtureWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._per_signature = per_signature
         self._counts: dict[str, int] = {}
+        self._full_logged = False
         for existing in self.directory.glob("*.json"):
             signature = existing.name.split("-", 1)[0]
             self._counts[signature] = self._counts.get(signature, 0) + 1
@@ -57,6 +65,11 @@ class FixtureWriter:
     def save(self, call: Call, signature: str, error: dict[str, Any]) -> Path | None:
         """Save `call` as a fixture unless its signature already has enough; return the file written."""
         if self._counts.get(signature, 0) >= self._per_signature:
+            return None
+        if signature not in self._counts and len(self._counts) >= MAX_SIGNATURES:
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning("fixtures_full", directory=str(self.directory), signatures=len(self._counts))
             return None
         self._counts[signature] = self._counts.get(signature, 0) + 1
         headers = {
