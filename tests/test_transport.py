@@ -415,3 +415,69 @@ def test_the_boundary_lets_the_proxys_own_errors_cancellation_and_bugs_through_a
             boundary.response = Answer()  # type: ignore[assignment]
             raise raised
     assert caught.value is raised and closed == [True]
+
+
+PROGRESS = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}'
+
+
+def event_of(data: bytes) -> bytes:
+    """The SSE event `sse_chunk` frames (what the client reads of it)."""
+    return b"event: message\ndata: " + data + b"\n\n"
+
+
+async def test_a_stream_silent_past_its_idle_limit_breaks_and_one_with_a_longer_limit_lives_on() -> None:
+    """One timer keeps every stream's silence limit (`stream_idle`): a stream whose limit is shorter than
+    one already waiting still breaks at its own, with its connection closed."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(PROGRESS))
+        await reader.read()  # then silence
+
+    async with RawServer(script) as server, upstream_for(server) as transport:
+        headers = {"Content-Type": "application/json"}
+        long_wait = await transport.exchange("POST", headers, LIST, None, 3600.0)
+        short_wait = await transport.exchange("POST", headers, LIST, None, 0.05)
+        assert long_wait.stream is not None and short_wait.stream is not None
+        long_chunks = aiter(long_wait.stream)
+        assert await anext(long_chunks) == event_of(PROGRESS)
+        waiting = asyncio.ensure_future(anext(long_chunks))  # waits, with an hour to go
+        chunks = aiter(short_wait.stream)
+        assert await anext(chunks) == event_of(PROGRESS)
+        with pytest.raises(StreamSilent, match="silent for more than 0.05s") as caught:
+            await anext(chunks)
+        assert isinstance(caught.value.__cause__, TimeoutError)
+        assert not waiting.done()
+        assert transport.pool.size == 1  # the silent one's connection is closed; the other still waits
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await long_wait.stream.close()
+
+
+async def test_time_spent_not_reading_is_not_silence() -> None:
+    """Only the wait for the upstream counts: a reader busy elsewhere (a slow client) for longer than the
+    limit finds the next chunk waiting, not a broken stream."""
+    sent = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(PROGRESS))
+        await writer.drain()
+        writer.write(sse_chunk(FINAL) + b"0\r\n\r\n")
+        await writer.drain()
+        sent.set()
+        await reader.read()
+
+    async with RawServer(script) as server, upstream_for(server) as transport:
+        reply = await transport.exchange("POST", {"Content-Type": "application/json"}, LIST, None, 0.05)
+        assert reply.stream is not None
+        chunks = [chunk async for chunk in _slowly(reply.stream, sent)]
+    assert b"".join(chunks) == event_of(PROGRESS) + event_of(FINAL)
+
+
+async def _slowly(stream: AsyncIterator[bytes], sent: asyncio.Event) -> AsyncIterator[bytes]:
+    async for chunk in stream:
+        yield chunk
+        await sent.wait()
+        await asyncio.sleep(0.2)  # four times the limit, not reading
