@@ -128,3 +128,4 @@ def test_what_is_seen_does_not_depend_on_how_the_stream_was_cut() -> None:
             got = watcher.feed(stream[:cut]) + watcher.feed(stream[cut:second]) + watcher.feed(stream[second:])
             assert got == expected, cut
             assert watcher.last_event_id == "3"
+
