@@ -4,6 +4,7 @@ mid-buffering and on the legacy GET stream alike, each event parsed at most once
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,8 +18,10 @@ from proxy.app import ProxyServer, running_proxy
 from proxy.mcp import sse
 from tests.conftest import proxy_config
 from tests.test_forwarding import JSON_HEADERS
+from tests.test_http_client import RawServer, read_request
 
 CHANGED = b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}'
+CALL = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x", "arguments": {}}}
 ASKS = b'{"jsonrpc":"2.0","id":"server-1","method":"roots/list"}'
 
 
@@ -137,3 +140,35 @@ async def test_every_sse_path_passes_the_bytes_unchanged_and_acts_on_a_list_chan
     # GET stream watches for no response, but a response-like event there is still read (once).
     events = [CHANGED] + ([ASKS] if message is not None and message["method"] == "resources/read" else [])
     assert parsed == [event.decode() for event in events] + [" " + answer_to(request_id).decode()]  # "data:  " keeps one
+
+
+FINAL = b'{"jsonrpc":"2.0","id":9,"result":{"content":[]}}'
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk_of(data: bytes) -> bytes:
+    event = b"event: message\ndata: " + data + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+async def test_a_call_answer_ends_with_its_final_response_and_its_upstream_connection_is_kept() -> None:
+    """The final response ends the client's answer at once, in one write with it (MCP: the server closes the
+    stream next), and the stream's end is drained so the upstream connection serves the next call."""
+    end = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk_of(FINAL))
+            await end.wait()  # the stream's end waits until the client has its whole answer
+            writer.write(b"0\r\n\r\n")
+            end.clear()
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url)) as proxy, aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.post(proxy.url + "/mcp", json=CALL, headers=JSON_HEADERS) as response:
+                body = await asyncio.wait_for(response.read(), 30)  # bounds a failure only: it would wait for `end`
+            end.set()
+            assert body == b"event: message\ndata: " + FINAL + b"\n\n"
+    assert server.connections == 1
+

@@ -129,3 +129,21 @@ def test_what_is_seen_does_not_depend_on_how_the_stream_was_cut() -> None:
             assert got == expected, cut
             assert watcher.last_event_id == "3"
 
+
+def test_a_final_response_that_ends_its_chunk_is_said_so() -> None:
+    """The relay ends a call's answer with the chunk whose last event is the final response: only when no
+    event, and no part of one, follows it in that chunk."""
+    for chunk, at_end in [
+        (event(PROGRESS) + event(FINAL), True),
+        (event(FINAL) + b": a comment\n\n", True),
+        (event(FINAL) + event(PROGRESS), False),
+        (event(FINAL) + b"data: half an ev", False),
+        (event(FINAL) + b"id: 4\n", False),
+    ]:
+        watcher = SSEWatcher(7)
+        assert watcher.feed(chunk)[-1] == Seen(final=orjson.loads(FINAL))
+        assert watcher.answered_at_end is at_end, chunk
+    watcher = SSEWatcher(7)
+    watcher.feed(event(FINAL)[:10])
+    watcher.feed(event(FINAL)[10:])
+    assert watcher.answered_at_end

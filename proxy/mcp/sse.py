@@ -70,6 +70,11 @@ class SSEParser:
         self.last_event_id: str | None = None
         """The last `id:` seen: what a client would send back as Last-Event-ID."""
 
+    @property
+    def between_events(self) -> bool:
+        """Nothing of an unfinished line or event is held: the bytes fed so far end where an event ended."""
+        return not (self._partial or self._dropping_line or self._event_size)  # every field line counts in the size
+
     def _keep_partial(self, piece: bytes) -> None:
         if self._dropping_line or not piece:
             return
@@ -201,13 +206,16 @@ class SSEWatcher:
     checks are the same string tests the proxy always made, so what is seen does not change with them.
     """
 
-    __slots__ = ("_parser", "_request_id", "answered")
+    __slots__ = ("_parser", "_request_id", "answered", "answered_at_end")
 
     def __init__(self, request_id: str | int | None | NoRequest = NO_REQUEST, max_event: int | None = None) -> None:
         self._parser = SSEParser(max_event)
         self._request_id = request_id
         self.answered = False
         """The final response went by: nothing more is watched."""
+        self.answered_at_end = False
+        """The final response was the last thing in the chunk that held it (no event, and no part of one,
+        after it): the relay may end the client's answer with that chunk (`proxy.server.relay`)."""
 
     @property
     def last_event_id(self) -> str | None:
@@ -219,12 +227,14 @@ class SSEWatcher:
         if self.answered:
             return []
         seen: list[Seen] = []
-        for event in self._parser.feed(chunk):
+        events = self._parser.feed(chunk)
+        for index, event in enumerate(events):
             sighting = self._look(event)
             if sighting is not None:
                 seen.append(sighting)
                 if sighting.final is not None:
                     self.answered = True
+                    self.answered_at_end = index == len(events) - 1 and self._parser.between_events
                     break
         return seen
 

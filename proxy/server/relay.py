@@ -6,7 +6,10 @@ Three kinds of answer arrive as SSE, and all of them are read through one `proxy
 - a call's streamed answer (`Relay.answer`: ``tools/call`` and every request not read whole): passed on
   chunk by chunk, watched for the request's final response, which settles the call (``ok`` or
   ``jsonrpc_error``) the moment it passes, teaches the tool catalog (a ``tools/list`` page) and ends the
-  watching (the rest is only passed on);
+  watching. When it ends the chunk it came in, it ends the client's answer too, in the same write: an MCP
+  server closes the stream after the response (the spec's SHOULD), so the stream's end is drained and
+  the upstream connection kept, as a read's is; anything a server sends after its response is dropped
+  there, as it is from a read's. Otherwise the rest is passed on to the stream's end;
 - a read's answer (`proxy.upstream.transport.HttpUpstream.send`): read whole inside the pipeline, so it can
   still be retried and cached; when the server asks the client something on the way, the transport hands
   the stream on (`ReadAhead`) with its watcher, and it continues here like any streamed answer, the bytes
@@ -39,12 +42,14 @@ from proxy.mcp.sse import NO_REQUEST, NoRequest, Seen, SSEWatcher
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.failures import OK, Verdict, classify_error
 from proxy.runtime import Route, Runtime
-from proxy.upstream.transport import ReadAhead
+from proxy.upstream.transport import ReadAhead, SSEBody
 
 __all__ = ["Relay", "headers_for", "learn_annotations"]
 
 _GONE = object()
 """`Relay._pump`'s outcome when the client went away: nothing more is written or settled."""
+_FINISHED = object()
+"""`Relay._pump`'s outcome when a call's answer ended with its final response (the stream's end is drained)."""
 
 
 class Relay:
@@ -114,11 +119,15 @@ class Relay:
     async def _pump(
         self, response: web.StreamResponse, watched: _Watched, look: Callable[[Seen], bool], long_lived: bool
     ) -> object:
-        """The loop: each chunk to the client as it came, then to the watcher, whose sightings go to `look`
-        until it says to stop watching. Bytes a buffered read took already go first, unwatched (their
-        sightings were kept). Returns None when the stream ended, the `StreamBroken` that broke it, or `_GONE`."""
+        """The loop: each chunk to the client as it came, then what the watcher saw in it to `look`, until
+        `look` says to stop watching. Bytes a buffered read took already go first, unwatched (their
+        sightings were kept). A call's final response that ends its chunk ends the answer with that chunk,
+        in one write (`_FINISHED`): the server closes the stream next (MCP: it SHOULD), so its end is
+        drained and the connection kept, as a buffered read's is. Returns None when the stream ended,
+        `_FINISHED`, the `StreamBroken` that broke it, or `_GONE`."""
         stream, watcher = watched.stream, watched.watcher
         watching = not watcher.answered
+        ends = not long_lived and isinstance(stream, SSEBody)
         if long_lived:
             self._long_lived.add(stream)
         try:
@@ -127,19 +136,30 @@ class Relay:
                 for seen in watched.early:
                     look(seen)
             async for chunk in stream:
-                await response.write(chunk)
-                if watching:
-                    for seen in watcher.feed(chunk):
-                        if not look(seen):
-                            watching = False
-                            break
+                if not watching:
+                    await response.write(chunk)
+                    continue
+                sightings = watcher.feed(chunk)
+                last = ends and watcher.answered_at_end
+                if last:
+                    await response.write_eof(chunk)
+                else:
+                    await response.write(chunk)
+                for seen in sightings:
+                    if not look(seen):
+                        watching = False
+                        break
+                if last:
+                    assert isinstance(stream, SSEBody)
+                    stream.discard_rest()
+                    return _FINISHED
         except StreamBroken as exc:
             return exc
         except ConnectionResetError:
             return _GONE  # the client went away
         finally:
             self._long_lived.discard(stream)
-            await stream.close()
+            await stream.close()  # after discard_rest, nothing: the connection is the pool's again
         return None
 
 
