@@ -16,6 +16,7 @@ from aiohttp import web
 
 from proxy.app import ProxyServer, running_proxy
 from proxy.mcp import sse
+from proxy.server.relay import _EventStream
 from tests.conftest import proxy_config
 from tests.test_forwarding import JSON_HEADERS
 from tests.test_http_client import RawServer, read_request
@@ -172,3 +173,48 @@ async def test_a_call_answer_ends_with_its_final_response_and_its_upstream_conne
             assert body == b"event: message\ndata: " + FINAL + b"\n\n"
     assert server.connections == 1
 
+
+async def test_the_head_of_an_answer_whose_first_event_is_late_leaves_at_once() -> None:
+    """The head waits for the first event only when that is there already: a client whose server thinks
+    for a while before its first event still has the head straight away."""
+    first = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD)
+        await first.wait()
+        writer.write(chunk_of(FINAL) + b"0\r\n\r\n")
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url)) as proxy, aiohttp.ClientSession() as session:
+        try:
+            async with asyncio.timeout(30):  # bounds a failure only: a head held back would wait for `first`
+                response = await session.post(proxy.url + "/mcp", json=CALL, headers=JSON_HEADERS)
+        finally:
+            first.set()
+        async with response:
+            assert (response.status, response.headers["Content-Type"]) == (200, "text/event-stream")
+            assert await response.read() == b"event: message\ndata: " + FINAL + b"\n\n"
+
+
+async def test_aiohttp_holds_a_stream_head_for_its_first_bytes(aiohttp_client: Any) -> None:
+    """Contract (aiohttp 3.14): a `StreamResponse` whose class sets `_send_headers_immediately = False`
+    writes nothing at `prepare`; its head goes with the first body bytes, or with `send_headers()`."""
+    written: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = _EventStream(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        written.append(request.writer.output_size)
+        if request.query.get("flush"):
+            request.writer.send_headers()
+            written.append(request.writer.output_size)
+        await response.write_eof(b"data: x\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    for query in ("", "?flush=1"):
+        async with client.get("/" + query) as response:
+            assert await response.read() == b"data: x\n\n"
+    assert written[0] == 0 and written[1] == 0 and written[2] > 0
