@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from proxy.config.model import LOOPBACK_NAMES
-from proxy.mcp.headers import REFUSALS_LOGGED, SHOWN_CHARS, HostPolicy, RefusalLog, client_headers, forwarded, upstream_headers
+from proxy.mcp.headers import (
+    REFUSALS_LOGGED,
+    SHOWN_CHARS,
+    VERDICTS_KEPT,
+    HostPolicy,
+    RefusalLog,
+    client_headers,
+    forwarded,
+    upstream_headers,
+)
 
 
 def test_upstream_headers_keep_end_to_end_and_drop_hop_by_hop() -> None:
@@ -136,6 +145,21 @@ def test_random_hosts_grow_neither_memory_nor_the_log_past_the_cap() -> None:
     assert events.count("host_refused") == 2 * REFUSALS_LOGGED
     assert events.count("host_refusals_not_logged") == 2
     assert len(refused) == REFUSALS_LOGGED
+
+
+def test_remembered_host_verdicts_are_the_same_verdicts_and_bounded() -> None:
+    """Each request's Host costs one lookup once seen; a client sending a new one every time is judged
+    afresh each time, and what is remembered stays under the cap."""
+    policy = HostPolicy(["localhost"], ())
+    for _ in range(2):
+        assert policy.host_allowed("localhost:8080") and policy.host_allowed("LOCALHOST")
+        assert not policy.host_allowed("evil.example") and not policy.host_allowed("localhost.evil.example")
+    for n in range(3 * VERDICTS_KEPT):
+        assert not policy.host_allowed(f"{n}.random.example")
+        assert policy.host_allowed(f"localhost:{n}")
+    long_name = "a" * (SHOWN_CHARS + 1)
+    assert not policy.host_allowed(long_name) and not policy.host_allowed(long_name)
+    assert len(policy._verdicts) == VERDICTS_KEPT  # noqa: SLF001 - the bound is the point
 
 
 # --- X-Forwarded-For / X-Forwarded-Proto / Forwarded (security.forwarded_headers) ----------------

@@ -31,6 +31,7 @@ from proxy.redact import REDACTED
 __all__ = [
     "REFUSALS_LOGGED",
     "SHOWN_CHARS",
+    "VERDICTS_KEPT",
     "HostPolicy",
     "RefusalLog",
     "client_headers",
@@ -44,6 +45,8 @@ REFUSALS_LOGGED: Final = 1000
 """Distinct refused values an allow-list logs per header; past that they are only counted in metrics."""
 SHOWN_CHARS: Final = 100
 """The most of a refused header value a log line echoes (a DNS name is at most 253 characters)."""
+VERDICTS_KEPT: Final = 64
+"""Distinct Host values whose verdict `HostPolicy` remembers (a proxy is reached by a handful of names)."""
 
 HOP_BY_HOP: frozenset[str] = frozenset(
     (
@@ -225,7 +228,8 @@ class HostPolicy:
     reload builds a new one, which logs afresh).
     """
 
-    __slots__ = ("_any_host", "_any_origin", "_hosts", "_origin_hosts", "_origins", "_refused_hosts", "_refused_origins")
+    __slots__ = ("_any_host", "_any_origin", "_hosts", "_origin_hosts", "_origins", "_refused_hosts", "_refused_origins",
+                 "_verdicts")  # fmt: skip
 
     def __init__(self, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]) -> None:
         hosts = {h.strip().lower() for h in allowed_hosts}
@@ -237,6 +241,10 @@ class HostPolicy:
         self._origin_hosts = _host_names(o for o in origins if "://" not in o)
         self._refused_hosts = RefusalLog("host", _host_fix)
         self._refused_origins = RefusalLog("origin", _origin_fix)
+        self._verdicts: dict[str, bool] = {}
+        """`host_allowed` of Host values seen, so a client's every request costs one lookup (at most
+        `VERDICTS_KEPT` values, each at most `SHOWN_CHARS` long: a client sending a new Host on every
+        request grows nothing, it is only judged afresh)."""
 
     def serves_only(self, names: Iterable[str]) -> bool:
         """True when every Host allowed is one of `names` (any port): no other name reaches this proxy."""
@@ -255,7 +263,14 @@ class HostPolicy:
         """True when the Host header names this proxy."""
         if self._any_host:
             return True
-        return host is not None and _hostname(host) in self._hosts
+        if host is None:
+            return False
+        allowed = self._verdicts.get(host)
+        if allowed is None:
+            allowed = _hostname(host) in self._hosts
+            if len(self._verdicts) < VERDICTS_KEPT and len(host) <= SHOWN_CHARS:
+                self._verdicts[host] = allowed
+        return allowed
 
     def origin_allowed(self, origin: str | None) -> bool:
         """True when there is no Origin, or it is one of ours."""

@@ -144,7 +144,8 @@ class McpHandler:
         hosts = runtime.hosts
         # Both the Host header and, for an absolute-form request line, its authority (which aiohttp's
         # `request.host` prefers) must be allowed: either could be what the upstream's checks read.
-        for host in {request.headers["Host"], request.host}:
+        header, authority = request.headers["Host"], request.host
+        for host in (header,) if authority == header else (header, authority):
             if not hosts.host_allowed(host):
                 runtime.metrics.reject("forbidden_host")
                 hosts.refused_host(host)
@@ -167,9 +168,14 @@ class McpHandler:
     async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes | None:
         """The whole body, or None when it is larger than `limit` (checked before and while reading)."""
         length = request.content_length
+        if length is not None and length > limit:
+            return None
+        if request.content.is_eof():  # the whole body is here already (the usual case): take it, no wait
+            body = request.content.read_nowait()
+            return body if len(body) <= limit else None
         if length is not None:
             # The parser never delivers more than Content-Length: one read, no size loop.
-            return await request.content.read() if length <= limit else None
+            return await request.content.read()
         chunks: list[bytes] = []
         total = 0
         async for chunk in request.content.iter_any():
