@@ -33,6 +33,7 @@ from proxy.upstream.http11.client import (
     ConnectFailed,
     ConnectionBroken,
     ConnectionPool,
+    InvalidHeader,
     LocalExhaustion,
     Origin,
     PoolExhausted,
@@ -198,10 +199,12 @@ def test_origin_default_port_ipv6_and_userinfo() -> None:
 
 async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent() -> None:
     async with RawServer(answering(OK)) as server, pool_for(server) as pool:
-        with pytest.raises(ValueError, match="line break"):
+        with pytest.raises(InvalidHeader, match="the value of header X-Evil contains a line break"):
             await pool.request("POST", [("X-Evil", "a\r\nX-Injected: 1")], b"{}")
-        with pytest.raises(ValueError, match="line break"):
+        with pytest.raises(InvalidHeader, match="is not a token"):
             await pool.request("POST", [("X-Evil\n", "a")], b"{}")
+        with pytest.raises(InvalidHeader, match="is not a token"):
+            await pool.request("POST", [("X-Evil: 1\r\nX-B", "a")], b"{}")
         assert server.connections == 0
 
 

@@ -27,9 +27,9 @@ import errno
 import time
 from collections.abc import Callable, Iterable
 
-from proxy.upstream.http11.errors import ConnectFailed, InvalidHeader, LocalExhaustion, PoolExhausted
+from proxy.upstream.http11.errors import ConnectFailed, LocalExhaustion, PoolExhausted
 from proxy.upstream.http11.protocol import WRITE_PIECE, ConnectionProtocol
-from proxy.upstream.http11.request import Origin
+from proxy.upstream.http11.request import Origin, encode_head
 from proxy.upstream.http11.response import Response
 
 __all__ = ["ConnectionPool"]
@@ -90,28 +90,8 @@ class ConnectionPool:
     def head(
         self, method: str, headers: Iterable[tuple[str, str]], body: bytes | None, lend_credentials: bool = True
     ) -> bytes:
-        """The request line and headers, with Host and (for a body) Content-Length set here.
-
-        The URL's credentials (`Origin.authorization`) go on a request without an Authorization of its
-        own only when `lend_credentials`: a caller says False when its client did send one that was
-        removed on the way (a ``Connection: Authorization``), as the proxy must not speak for a client
-        in its own name."""
-        origin = self.origin
-        lines = [f"{method} {origin.target} HTTP/1.1", f"Host: {origin.host_header}"]
-        has_auth = False
-        for name, value in headers:
-            lines.append(f"{name}: {value}")
-            has_auth = has_auth or name.lower() == "authorization"
-        if origin.authorization is not None and not has_auth and lend_credentials:
-            lines.append(f"Authorization: {origin.authorization}")
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        text = "\r\n".join(lines)
-        # Headers came from a parsed request or the config, but a CR or LF smuggled into a value would
-        # split it into a second request on our connection: refuse rather than send.
-        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
-            raise InvalidHeader("a header name or value contains a line break")
-        return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        """The request line and headers for this pool's origin (`request.encode_head`)."""
+        return encode_head(self.origin, method, headers, body, lend_credentials)
 
     async def request(
         self,
@@ -131,10 +111,10 @@ class ConnectionPool:
         the request has to queue for a connection (the pool is at its limit), `on_queue(False)` when it
         leaves the queue: a caller's own timeout that ends while queued is the pool's limit speaking.
         The caller's timeout or cancellation also covers writing the request, and closes the connection.
-        `lend_credentials`: see `head`. `owner`: the downstream client connection the request came on; only
+        `lend_credentials`: see `encode_head`. `owner`: the downstream client connection the request came on; only
         a connection of that owner (or a new one) carries it (the module docstring: affinity).
         """
-        head = self.head(method, headers, body, lend_credentials)
+        head = encode_head(self.origin, method, headers, body, lend_credentials)
         # A small request goes out in one write, as one segment; a large body is written from the
         # caller's bytes, piece by piece, never copied.
         parts = (head + body,) if body and len(head) + len(body) <= WRITE_PIECE else (head, body or b"")

@@ -1,0 +1,89 @@
+"""What the client writes: the request head (`proxy.upstream.http11.request.encode_head`), checked before sending.
+
+Header names must be RFC 9110 tokens and values free of CR, LF and NUL; anything else is `InvalidHeader`
+and nothing is written. Pure functions: no socket.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.upstream.http11 import request
+from proxy.upstream.http11.errors import InvalidHeader
+from proxy.upstream.http11.request import Origin, encode_head
+
+ORIGIN = Origin("http://127.0.0.1:8080/mcp")
+TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def test_the_head_is_exact() -> None:
+    head = encode_head(ORIGIN, "POST", [("Content-Type", "application/json"), ("X-Tab", "a\tb é")], b"{}")
+    assert head == (
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+        b"X-Tab: a\tb \xc3\xa9\r\nContent-Length: 2\r\n\r\n"
+    )
+    assert encode_head(ORIGIN, "GET", [], None) == b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "X A", "X:A", "X\tA", "X\x00A", "X\x7fA", "Ümlaut", "X-A\r\nX-B", "(comment)", "a/b", "a@b", 'a"b', "{a}", "a\\b"],
+)
+def test_a_header_name_that_is_not_a_token_is_refused(name: str) -> None:
+    with pytest.raises(InvalidHeader, match="is not a token"):
+        encode_head(ORIGIN, "POST", [(name, "v")], b"{}")
+
+
+@pytest.mark.parametrize("value", ["a\rb", "a\nb", "a\r\nX-Injected: 1", "a\x00b", "\n"])
+def test_a_value_with_cr_lf_or_nul_is_refused_naming_the_header_but_not_the_value(value: str) -> None:
+    with pytest.raises(InvalidHeader) as refused:
+        encode_head(ORIGIN, "POST", [("Accept", "x"), ("X-Secret", value)], b"{}")
+    assert str(refused.value) == "the value of header X-Secret contains a line break or NUL (CR, LF, NUL cannot be sent)"
+
+
+@pytest.mark.parametrize("method", ["", "GET POST", "GET\r\n", "G:T"])
+def test_a_method_that_is_not_a_token_is_refused(method: str) -> None:
+    with pytest.raises(InvalidHeader, match="method"):
+        encode_head(ORIGIN, method, [], None)
+
+
+@given(st.text(alphabet=TCHARS, min_size=1, max_size=30))
+def test_every_token_is_a_name(name: str) -> None:
+    assert f"\r\n{name}: v\r\n".encode() in encode_head(ORIGIN, "POST", [(name, "v")], None)
+
+
+@given(st.text(min_size=1, max_size=30).filter(lambda name: any(char not in TCHARS for char in name)))
+def test_no_other_name_is(name: str) -> None:
+    with pytest.raises(InvalidHeader):
+        encode_head(ORIGIN, "POST", [(name, "v")], None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "lend", "lent"),
+    [
+        ([], True, True),
+        ([("authorization", "Bearer t")], True, False),
+        ([("AUTHORIZATION", "Bearer t")], True, False),
+        ([("aUtHoRiZaTiOn", "Bearer t")], True, False),
+        ([], False, False),
+    ],
+)
+def test_the_urls_credentials_are_lent_only_to_a_request_without_its_own(
+    headers: list[tuple[str, str]], lend: bool, lent: bool
+) -> None:
+    origin = Origin("http://bot:s3cret@127.0.0.1/mcp")
+    head = encode_head(origin, "POST", headers, b"{}", lend_credentials=lend)
+    assert (b"Authorization: Basic Ym90OnMzY3JldA==\r\n" in head) is lent
+
+
+def test_remembered_names_stay_bounded_and_unremembered_ones_are_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(request, "_NAMES", {})
+    monkeypatch.setattr(request, "_MAX_NAMES", 3)
+    for index in range(10):
+        encode_head(ORIGIN, "POST", [(f"X-{index}", "v")], None)
+    assert list(request._NAMES) == ["X-0", "X-1", "X-2"]
+    with pytest.raises(InvalidHeader):
+        encode_head(ORIGIN, "POST", [("X 11", "v")], None)
+    assert len(request._NAMES) == 3
