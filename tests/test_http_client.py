@@ -289,7 +289,7 @@ async def test_a_large_stream_read_slowly_arrives_whole_through_pause_and_resume
     async with RawServer(script) as server, pool_for(server) as pool:
         response = await pool.request("POST", [], b"{}")
         conn = response._conn  # noqa: SLF001 - the flow control under test
-        await until(lambda: response._protocol._read_paused)  # noqa: SLF001 - nobody reads: the socket stops being read
+        await until(lambda: response._protocol.read_paused)  # noqa: SLF001 - nobody reads: the socket stops being read
         assert _PAUSE_AT < conn.buffered < _PAUSE_AT + len(piece) * 2
         received = bytearray()
         while chunk := await response.next_chunk():

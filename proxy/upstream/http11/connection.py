@@ -6,7 +6,8 @@ a future or a clock of its own: `protocol.py` feeds it what the socket reads and
 returns (wake the reader, pause reading, close the transport); `pool.py` asks it `is_idle`, `is_closed`
 and `has_expired`, nothing else. Parsing, the part that must be exactly right, is llhttp's (httptools).
 
-Rule (h11's): every change of `state` is a row of `TRANSITIONS` and goes through `_step`; an event the
+Rule (h11's): every change of `state` is a row of `TRANSITIONS`, looked up as ``TRANSITIONS[state][event]``
+(in `_step`, or inline on the per-exchange path, where a method call per step is measurable); an event the
 table does not list for the current state raises `IllegalTransition`. That is always the caller's bug:
 whatever the upstream sends, its bytes lead to a response or to CLOSED, never to an illegal step.
 
@@ -206,11 +207,17 @@ class ClientConnection:
         try:
             self.state = TRANSITIONS[self.state][event]
         except KeyError:
-            raise IllegalTransition(f"{event} is not allowed in state {self.state}") from None
+            raise self._illegal(event) from None
+
+    def _illegal(self, event: Event) -> IllegalTransition:
+        return IllegalTransition(f"{event} is not allowed in state {self.state}")
 
     def start(self) -> None:
         """A request is being written: the exchange starts with nothing of its response yet."""
-        self._step(SEND)
+        try:
+            self.state = TRANSITIONS[self.state][SEND]
+        except KeyError:
+            raise self._illegal(SEND) from None
         self.status = 0
         self.headers = []
         self.keep_alive = self.complete = self._until_close = False
@@ -281,7 +288,7 @@ class ClientConnection:
         self.limit = None
         if self.state is not DONE or not self.keep_alive or request_left:
             return False
-        self._step(REUSE)
+        self.state = TRANSITIONS[DONE][REUSE]  # the state was checked just above
         self.idle_since = now
         return True
 
@@ -334,7 +341,10 @@ class ClientConnection:
             key == b"content-length" or (key == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"))
             for key, value in ((name.lower(), value) for name, value in self.headers)
         )
-        self._step(HEAD)
+        try:
+            self.state = TRANSITIONS[self.state][HEAD]
+        except KeyError:
+            raise self._illegal(HEAD) from None
         self._events |= HEAD_ARRIVED
 
     def on_body(self, body: bytes) -> None:
@@ -367,4 +377,7 @@ class ClientConnection:
         self.keep_alive = self._parser.should_keep_alive()
         self.complete = True
         self._events |= DRAINED | ENDED if self.state is DRAIN else ENDED
-        self._step(END)
+        try:
+            self.state = TRANSITIONS[self.state][END]
+        except KeyError:
+            raise self._illegal(END) from None

@@ -118,7 +118,10 @@ class ConnectionPool:
         # A small request goes out in one write, as one segment; a large body is written from the
         # caller's bytes, piece by piece, never copied.
         parts = (head + body,) if body and len(head) + len(body) <= WRITE_PIECE else (head, body or b"")
-        conn = await self._acquire(owner, on_queue)
+        # The common case without a coroutine: an idle connection of this owner, nobody queued before it.
+        conn = None if self._closed or self._waiters else self._reuse(owner)
+        if conn is None:
+            conn = await self._acquire(owner, on_queue)
         try:
             await conn.send(parts, on_write)
         except BaseException:
@@ -137,14 +140,12 @@ class ConnectionPool:
     # exist only while the queue is empty, and an arrival at the limit closes one to make room).
 
     async def _acquire(self, owner: int | None, on_queue: Callable[[bool], None] | None = None) -> ConnectionProtocol:
+        """A connection for `owner` when none of its idle ones was at hand (`request` tried): make room,
+        queue, or connect."""
         if self._closed:
             raise ConnectFailed("the connection pool is closed")
-        if not self._waiters:
-            conn = self._reuse(owner)
-            if conn is not None:
-                return conn
-            if self.size >= self._limit and self._idle_order:
-                self._make_room()
+        if not self._waiters and self.size >= self._limit and self._idle_order:
+            self._make_room()
         reserved = False
         if self._waiters or self.size >= self._limit:
             if on_queue is not None:
@@ -273,7 +274,11 @@ class ConnectionPool:
             else:
                 conn.abort()  # `forget` hands its slot to that waiter (`_free_slot`)
                 return
-        self._idle.setdefault(conn.owner, []).append(conn)
+        stack = self._idle.get(conn.owner)
+        if stack is None:
+            self._idle[conn.owner] = [conn]
+        else:
+            stack.append(conn)
         self._idle_order[conn] = None
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.keepalive, self._sweep)

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
-from proxy.upstream.http11.connection import CLOSED_NOW, DRAINED, ENDED, HEAD_ARRIVED, ClientConnection
+from proxy.upstream.http11.connection import CLOSED, CLOSED_NOW, DRAINED, ENDED, HEAD_ARRIVED, ClientConnection
 from proxy.upstream.http11.errors import ConnectFailed, ConnectionBroken
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from proxy.upstream.http11.pool import ConnectionPool
 
 __all__ = ["WRITE_PIECE", "ConnectionProtocol"]
@@ -38,6 +36,8 @@ buffer is over the high-water mark the rest waits for `resume_writing`: the buff
 high-water + one piece, whatever the upstream reads."""
 _PAUSE_AT = 256 * 1024
 """Unread body bytes at which the socket stops being read; `take` resumes it."""
+_RARE = ~(HEAD_ARRIVED | ENDED)
+"""Events other than those of an ordinary read (`CLOSED_NOW`, `DRAINED`): `_react` handles them."""
 
 
 class ConnectionProtocol(asyncio.Protocol):
@@ -48,20 +48,27 @@ class ConnectionProtocol(asyncio.Protocol):
         "_head",
         "_outgoing",
         "_pool",
-        "_read_paused",
-        "_transport",
+                "_transport",
         "_waiter",
         "_write_paused",
         "conn",
+        "has_expired",
+        "is_closed",
+        "is_idle",
         "owner",
+        "read_paused",
     )
 
     def __init__(self, pool: ConnectionPool, owner: int | None = None) -> None:
         self._pool = pool
         self.owner = owner
         """The downstream client connection this connection serves, for its whole life (`ConnectionPool`)."""
-        self.conn = ClientConnection(pool.keepalive)
+        self.conn = conn = ClientConnection(pool.keepalive)
         """The state of the connection and of its exchange: everything but the I/O."""
+        # What the pool asks is answered by the state machine itself (bound here: no call in between).
+        self.is_idle: Callable[[], bool] = conn.is_idle
+        self.is_closed: Callable[[], bool] = conn.is_closed
+        self.has_expired: Callable[[float], bool] = conn.has_expired
         self._transport: asyncio.Transport | None = None
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -69,19 +76,9 @@ class ConnectionProtocol(asyncio.Protocol):
         """The part of the request not yet handed to the transport (slices of the caller's bytes)."""
         self._write_paused = False
         """The transport's buffer is over its high-water mark: nothing more is written until it drains."""
-        self._read_paused = False
+        self.read_paused = False
+        """Reading stopped at `_PAUSE_AT` unread bytes; whoever takes the body calls `resume_reading`."""
         self._discard_timer: asyncio.TimerHandle | None = None
-
-    # -- what the pool asks (the state machine answers) -------------------------------------------------
-
-    def is_idle(self) -> bool:
-        return self.conn.is_idle()
-
-    def is_closed(self) -> bool:
-        return self.conn.is_closed()
-
-    def has_expired(self, now: float) -> bool:
-        return self.conn.has_expired(now)
 
     @property
     def idle_since(self) -> float:
@@ -97,7 +94,7 @@ class ConnectionProtocol(asyncio.Protocol):
         A connection already closing (the server's FIN read, its close not yet processed) is refused
         before `on_write` is called: nothing is written, so the failure is `ConnectFailed`."""
         transport = self._transport
-        if self.conn.is_closed() or transport is None or transport.is_closing():
+        if self.conn.state is CLOSED or transport is None or transport.is_closing():
             raise ConnectFailed("the pooled connection closed before the request was written")
         self.conn.start()
         self._head = head = self._pool.loop.create_future()
@@ -116,7 +113,7 @@ class ConnectionProtocol(asyncio.Protocol):
         transport = self._transport
         outgoing = self._outgoing
         while outgoing and not self._write_paused:
-            if self.conn.is_closed() or transport is None or transport.is_closing():
+            if self.conn.state is CLOSED or transport is None or transport.is_closing():
                 outgoing.clear()
                 return
             view = outgoing[0]
@@ -126,18 +123,6 @@ class ConnectionProtocol(asyncio.Protocol):
             else:
                 outgoing.popleft()
             transport.write(view)
-
-    def _request_left(self) -> bool:
-        """Whether part of the request is still on its way out (queued here or in the transport's buffer)."""
-        return bool(self._outgoing) or (self._transport is not None and self._transport.get_write_buffer_size() > 0)
-
-    def take(self) -> bytes:
-        """All the body received and not yet taken, as one piece (``b""`` if none); reading resumes if it
-        had paused."""
-        data = self.conn.take()
-        if self._read_paused:
-            self._resume_reading()
-        return data
 
     async def wait(self) -> None:
         """Until more body arrives, the body completes, or the connection fails."""
@@ -155,8 +140,8 @@ class ConnectionProtocol(asyncio.Protocol):
         `max_bytes` come or the body is not complete `within` seconds."""
         conn = self.conn
         conn.discard(max_bytes)
-        if self._read_paused:
-            self._resume_reading()
+        if self.read_paused:
+            self.resume_reading()
         if conn.complete:
             self.finish()
         elif conn.is_closed():
@@ -172,7 +157,9 @@ class ConnectionProtocol(asyncio.Protocol):
         """The response is fully read: back to the pool if the state machine says it may be reused (the
         server allowed it and the whole request has left), else closed."""
         self._head = None
-        if self.conn.finish(self._request_left(), self._pool.clock()):
+        # Part of the request still on its way out (queued here or in the transport's buffer)?
+        request_left = bool(self._outgoing) or (self._transport is not None and self._transport.get_write_buffer_size() > 0)
+        if self.conn.finish(request_left, self._pool.clock()):
             self._pool.release(self)
         else:
             self.abort()
@@ -192,12 +179,14 @@ class ConnectionProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         events = conn.feed(data)
-        if events and self._react(events):
+        if events & HEAD_ARRIVED and self._head is not None and not self._head.done():
+            self._head.set_result(None)
+        if events & _RARE and self._react(events):
             return
-        if conn.buffered:
+        if conn.buffered or events & ENDED:
             # Once per read, not per HTTP chunk (`on_body` may run thousands of times in one read).
-            if conn.buffered > _PAUSE_AT and not self._read_paused and self._transport is not None:
-                self._read_paused = True
+            if conn.buffered > _PAUSE_AT and not self.read_paused and self._transport is not None:
+                self.read_paused = True
                 self._transport.pause_reading()
             self._wake()
 
@@ -224,16 +213,13 @@ class ConnectionProtocol(asyncio.Protocol):
     # -- internals --------------------------------------------------------------------------------------
 
     def _react(self, events: int) -> bool:
-        """Act on what one read did to the state machine; True if it closed the connection."""
-        if events & HEAD_ARRIVED and self._head is not None and not self._head.done():
-            self._head.set_result(None)
+        """Act on the rarer things one read did (the connection closed, a drained body ended); True if
+        it closed the connection."""
         if events & CLOSED_NOW:
             if self._transport is not None:
                 self._transport.abort()
             self._closed()
             return True
-        if events & ENDED:
-            self._wake()
         if events & DRAINED:
             self._stop_discarding()
             # One loop step later: a close that came with the stream's end is processed first,
@@ -241,8 +227,9 @@ class ConnectionProtocol(asyncio.Protocol):
             self._pool.loop.call_soon(self.finish)
         return False
 
-    def _resume_reading(self) -> None:
-        self._read_paused = False
+    def resume_reading(self) -> None:
+        """The reader took the body: the socket is read again."""
+        self.read_paused = False
         if self._transport is not None:
             self._transport.resume_reading()
 

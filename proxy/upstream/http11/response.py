@@ -40,10 +40,11 @@ class Response:
             name = raw_name.decode("utf-8", "surrogateescape")
             value = raw_value.decode("utf-8", "surrogateescape")
             items.append((name, value))
-            key = name.lower()
-            if key == "content-type" and not self.content_type:  # the first one decides, as in aiohttp
-                self.content_type = value.split(";", 1)[0].strip().lower()
-            elif key == "content-length" and value.isdigit():
+            size = len(name)  # lower-case only the names that could be one of the two read here
+            if size == 12:
+                if not self.content_type and name.lower() == "content-type":  # the first one decides, as in aiohttp
+                    self.content_type = value.split(";", 1)[0].strip().lower()
+            elif size == 14 and name.lower() == "content-length" and value.isdigit():
                 self.content_length = int(value)
         self.header_items = items
         """The headers as sent, in order, repeats kept."""
@@ -67,7 +68,9 @@ class Response:
         body: bytes | bytearray = b""  # one buffer, whatever the number of pieces (each is a read's worth)
         try:
             while True:
-                piece = protocol.take()
+                piece = conn.take()
+                if protocol.read_paused:
+                    protocol.resume_reading()
                 if not body:
                     body = piece
                 elif piece:
@@ -98,7 +101,9 @@ class Response:
         while True:
             if self._done:
                 return b""
-            chunk = protocol.take()
+            chunk = conn.take()
+            if protocol.read_paused:
+                protocol.resume_reading()
             if chunk:
                 return chunk
             if conn.complete:
