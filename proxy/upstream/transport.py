@@ -40,8 +40,7 @@ import asyncio
 import contextlib
 import heapq
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -290,8 +289,7 @@ class ReadAhead:
         await self.rest.close()
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerTo:
+class AnswerTo(NamedTuple):
     """What a JSON answer must answer: a request's id, or a batch's request ids (`batch`).
 
     A JSON-RPC response in the answer (an object with ``"jsonrpc": "2.0"`` and a result or an error) that
@@ -308,7 +306,8 @@ class AnswerTo:
       page): it is no other client's answer either.
 
     A batch answer (an array) to a request that is not a batch is a stray; an answer to a message that
-    asks for none (a notification, a client's response) may carry no id but null.
+    asks for none (a notification, a client's response) may carry no id but null. (A named tuple: one is
+    made per attempt.)
     """
 
     ids: frozenset[str | int]
