@@ -9,18 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 
 from proxy.app import running_proxy
 from proxy.events.sinks import JsonlFile
 from proxy.events.recorder import EventBus, EventRecorder, make_event, signature
-from tests.conftest import proxy_config
+from tests.conftest import REPO, proxy_config
 from tests.fakes import make_call, tool_call
 from tests.fault_upstream import FaultUpstream
 from tests.test_forwarding import JSON_HEADERS, call_tool
 
 QUIET = {"summary_interval": "1h"}
 """Events config for tests that expect an exact list: no periodic call_ok summary can join it."""
+
+SCHEMA = jsonschema.Draft202012Validator(json.loads((REPO / "config" / "events.schema.json").read_text()))
 
 ENVELOPE = ["v", "type", "upstream", "method", "tool", "call_id", "attempt", "latency_ms", "policy", "error", "signature"]
 
@@ -88,9 +91,13 @@ def test_call_ok_summary_counts_outcomes_attempts_and_latency() -> None:
 
 
 async def events_of(admin_url: str, since: int = 0) -> list[dict[str, Any]]:
+    """The events /events serves, each checked against the exported schema."""
     async with aiohttp.ClientSession() as session:
         async with session.get(admin_url + "/events", params={"format": "json", "since": str(since)}) as response:
-            return list(await response.json())
+            events = list(await response.json())
+    for event in events:
+        SCHEMA.validate(event)
+    return events
 
 
 async def post(url: str, payload: dict[str, Any], **headers: str) -> int:
@@ -197,10 +204,7 @@ def test_a_failing_sink_never_fails_the_publisher() -> None:
 
 
 def test_the_exported_event_schema_is_current_and_every_real_event_fits(tmp_path: Path) -> None:
-    import jsonschema
-
     from proxy.events.schema import event_schema
-    from tests.conftest import REPO
 
     schema = event_schema()
     assert json.loads((REPO / "config" / "events.schema.json").read_text()) == schema
@@ -208,8 +212,10 @@ def test_the_exported_event_schema_is_current_and_every_real_event_fits(tmp_path
     validator = jsonschema.Draft202012Validator(schema)
     bus = EventBus()
     recorder = EventRecorder(bus)
+    recorder.strict = True
     call = make_call(tool_call("lookup"))
-    recorder.policy_event("retry", call, failure="timeout", delay_ms=12.5, error={"kind": "timeout", "message": "late"})
+    late = {"kind": "timeout", "http_status": None, "jsonrpc_code": None, "message": "late"}
+    recorder.policy_event("retry", call, failure="timeout", delay_ms=12.5, error=late)
     recorder.policy_event("timeout", call, limit_ms=100.0, observing=True)
     recorder.policy_event("breaker_state", None, upstream="up", breaker="up", old="closed", new="open", cause="5 consecutive failures", last_failure="timeout: late")
     recorder.call_failed(call, {"kind": "timeout", "http_status": None, "jsonrpc_code": -32051, "message": "late"}, 3.0, reason="upstream_timeout", http_status=504, client="addr:x")

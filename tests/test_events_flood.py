@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.events.build import build
 from proxy.events.recorder import (
     MAX_EVENT_BYTES,
     MAX_FIELD_CHARS,
@@ -45,6 +46,7 @@ def catalog_of(*names: str) -> ToolCatalog:
 
 def recorder(*names: str, capacity: int = 10_000, include_params: bool = False) -> EventRecorder:
     events = EventRecorder(EventBus(capacity=capacity), include_params=include_params)
+    events.strict = True
     events.catalogs = {"up": catalog_of(*names)}
     return events
 
@@ -61,7 +63,8 @@ def junk_methods(count: int) -> list[Call]:
 
 
 def fail(events: EventRecorder, call: Call, message: str = "boom") -> None:
-    events.call_failed(call, {"kind": "tool_error", "http_status": 200, "jsonrpc_code": None, "message": message}, 1.0)
+    error = {"kind": "tool_error", "http_status": 200, "jsonrpc_code": None, "message": message}
+    events.call_failed(call, error, 1.0, reason="tool_error", http_status=200, client="addr:127.0.0.1")
 
 
 def test_a_flood_of_invented_tools_failing_never_pushes_out_a_listed_tools_failures() -> None:
@@ -132,6 +135,12 @@ def test_an_event_is_bounded_whatever_the_upstream_says_or_the_client_sends() ->
     assert event["signature"] == signature("up", "tools/call", "search", "tool_error", message)
     small = make_call(tool_call("search", 1, query="v"))
     assert make_event("call_failed", small, include_params=True)["params"] == {"name": "search", "arguments": {"query": "v"}}
+    error = {"kind": "tool_error", "http_status": 200, "jsonrpc_code": None, "message": huge}
+    typed = build("call_failed", call, {"error": error, "latency_ms": 1.0, "reason": huge, "http_status": 200, "client": huge}, True)
+    record = typed.as_record()
+    assert len(orjson.dumps(record)) <= MAX_EVENT_BYTES
+    assert record["error"]["message"] == record["reason"] == record["client"] == message
+    assert (record["params"], record["signature"]) == (event["params"], event["signature"])
 
 
 @pytest.mark.parametrize("character", ["q", "\x00"])  # "\x00" takes six bytes in JSON
@@ -140,7 +149,8 @@ def test_breaker_state_text_and_rejected_config_errors_are_bounded(character: st
     long = character * 100_000
     events.policy_event("breaker_state", None, upstream="up", breaker="up/search", old="closed", new="open", cause=long, last_failure=long)
     events.policy_event("config_rejected", None, trigger="file", errors=[long] * 10_000)
-    events.call_failed(make_call(tool_call("search")), {"kind": "tool_error", "message": long}, 1.0, reason=long)
+    error = {"kind": "tool_error", "http_status": 200, "jsonrpc_code": None, "message": long}
+    events.call_failed(make_call(tool_call("search")), error, 1.0, reason=long, http_status=200, client="addr:127.0.0.1")
     for event in events.bus.recent():
         assert len(orjson.dumps(event)) <= MAX_EVENT_BYTES
     state, rejected, failed = events.bus.recent()

@@ -31,18 +31,18 @@ from typing import Any, Final
 
 import structlog
 
-from proxy.events.build import (
-    EVENT_TYPES,
+from proxy.events.build import MalformedEvent, _bounded, _cut, build, checked_record, make_event, signature
+from proxy.events.bus import MAX_UNLISTED_EVENTS, EventBus, Subscription, _safely
+from proxy.events.envelope import (
+    LATENCY_BUCKETS_MS,
     MAX_EVENT_BYTES,
     MAX_FIELD_CHARS,
     MAX_LIST_ITEMS,
     MAX_PARAMS_BYTES,
+    OVERFLOW,
     SCHEMA_VERSION,
-    _bounded,
-    make_event,
-    signature,
 )
-from proxy.events.bus import MAX_UNLISTED_EVENTS, EventBus, Subscription, _safely
+from proxy.events.types import EVENT_TYPES, KINDS, CallOk
 from proxy.policies.base import Call, Observer
 from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog, listed
 
@@ -67,16 +67,8 @@ __all__ = [
 
 _log = structlog.get_logger("proxy.events.recorder")
 
-LATENCY_BUCKETS_MS: Final = (
-    1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500,
-    10000, 15000, 20000, 30000, 60000, 120000,
-)  # fmt: skip
-"""Upper bounds of the call_ok latency histogram (ms); the last bucket is everything above."""
-
 MAX_SUMMARIES: Final = 1000
 """Distinct (upstream, method, tool) summaries per window; later keys fold into the overflow summary."""
-OVERFLOW: Final = "_other"
-"""The name summaries of unlisted (or too many) names fold into; the same as metrics' overflow label."""
 
 
 @dataclass
@@ -106,11 +98,21 @@ def _log_plainly(kind: str, call: Call | None, fields: dict[str, Any]) -> None:
     getattr(_log, _LOGGED_WITHOUT_EVENTS[kind])(kind, **bounded)
 
 
-_CALL_KINDS: Final = {"retry", "retry_exhausted", "retry_budget_exhausted", "timeout", "timeout_observed", "rate_limited", "fallback_served"}
+MAX_MALFORMED_REPORTS: Final = 64
+"""Distinct malformed emissions (kind and problem) logged; later ones are counted only."""
 
 
 class EventRecorder:
-    """The `Observer` that turns policy reports and finished calls into events on the bus."""
+    """The `Observer` that turns policy reports and finished calls into events of the types in
+    `proxy.events.types`, published on the bus as their records (``policy_event(kind, call, **fields)``
+    names the kind and passes its fields)."""
+
+    strict = False
+    """True (tests set it): each record is its typed event's (`proxy.events.build.build`), and an emission
+    that does not fit its kind raises `MalformedEvent`. False (serving): each record is checked against
+    its type and written directly (`checked_record`); a malformed emission is logged once per kind and
+    problem (``event_malformed``, an error), counted in `malformed`, and published as `make_event` makes
+    it, untyped: a bug in a report never fails the call it reports on, nor loses its evidence."""
 
     def __init__(self, bus: EventBus, include_params: bool = False, enabled: bool = True, logged: bool = True) -> None:
         self.bus = bus
@@ -124,20 +126,37 @@ class EventRecorder:
         self.catalogs: dict[str, ToolCatalog] = {}
         """Each upstream's tool catalog (set by `proxy.runtime.build_runtime`): what counts as a real name."""
         self._window_started = time.time()
+        self.malformed = 0
+        """Emissions that did not fit their kind (published untyped)."""
+        self._reported: set[tuple[str, str]] = set()
 
     def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None:
         if not (self.enabled and self.logged) and kind in _LOGGED_WITHOUT_EVENTS:
             _log_plainly(kind, call, fields)
         if not self.enabled:
             return
-        error = fields.pop("error", None)
-        latency = fields.pop("latency_ms", None)
-        unlisted = self._unlisted(call, fields)
-        if kind in _CALL_KINDS and call is not None:
-            event = make_event(kind, call, error=error, latency_ms=latency, include_params=self.include_params, **fields)
-        else:
-            event = make_event(kind, call, error=error, latency_ms=latency, **fields)
-        self.bus.publish(event, unlisted)
+        self.bus.publish(self._record(kind, call, fields), self._unlisted(call, fields))
+
+    def _record(self, kind: str, call: Call | None, fields: dict[str, Any]) -> dict[str, Any]:
+        """The record of one emission: its typed event's, or (a malformed emission, when serving) the untyped one."""
+        try:
+            if self.strict:  # tests: every record is the typed event's own
+                return build(kind, call, fields, self.include_params).as_record()
+            return checked_record(kind, call, fields, self.include_params)
+        except MalformedEvent as exc:
+            if self.strict:
+                raise
+            self._malformed(kind, str(exc))
+        cls = KINDS.get(kind)
+        include = self.include_params and call is not None and cls is not None and cls.WITH_PARAMS
+        return make_event(kind, call, include_params=include, **fields)
+
+    def _malformed(self, kind: str, problem: str) -> None:
+        self.malformed += 1
+        key = (kind, problem)
+        if key not in self._reported and len(self._reported) < MAX_MALFORMED_REPORTS:
+            self._reported.add(key)
+            _log.error("event_malformed", kind=_cut(kind), problem=_cut(problem))
 
     def _unlisted(self, call: Call | None, fields: dict[str, Any]) -> bool:
         """True when the event is about a name its upstream's listing says it does not have."""
@@ -156,10 +175,8 @@ class EventRecorder:
             _log_plainly("call_failed", call, {"error": error, "latency_ms": latency_ms, **fields})
         if not self.enabled:
             return
-        event = self.bus.publish(
-            make_event("call_failed", call, error=error, latency_ms=latency_ms, include_params=self.include_params, **fields),
-            self._unlisted(call, fields),
-        )
+        record = self._record("call_failed", call, {"error": error, "latency_ms": latency_ms, **fields})
+        event = self.bus.publish(record, self._unlisted(call, fields))
         for listener in self.failure_listeners:
             _safely(listener, call, event)
 
@@ -201,10 +218,10 @@ class EventRecorder:
         started, self._window_started = self._window_started, now
         for (upstream, method, tool), summary in summaries.items():
             ok = summary.outcomes.get("ok", 0)
-            event = make_event(
-                "call_ok",
-                None,
-                upstream=upstream,
+            event = CallOk(
+                upstream=_cut(upstream),
+                method=method,
+                tool=tool,
                 window_s=round(now - started, 3),
                 window_end=round(now, 6),
                 calls=summary.calls,
@@ -216,8 +233,7 @@ class EventRecorder:
                 latency_mean_ms=round(summary.latency_sum_ms / ok, 3) if ok else None,
                 latency_max_ms=round(summary.latency_max_ms, 3) if ok else None,
             )
-            event["method"], event["tool"] = method, tool
-            self.bus.publish(event)
+            self.bus.publish(event.as_record())
         return len(summaries)
 
 

@@ -1,0 +1,336 @@
+"""The event types (schema v1): one frozen dataclass per kind, whose docstring says when it fires.
+
+Each kind adds its own fields to the envelope (`proxy.events.envelope`); kinds about one client call
+extend `CallEvent`, the rest (an upstream's breaker or health, the proxy's config, the analyzer's
+proposals, the periodic summaries) extend `Event`. `KINDS` maps each `type` to its class, in the order
+`EVENT_TYPES` has always listed them. Emission sites name a kind and pass its fields
+(``observer.policy_event("retry", call, failure=..., delay_ms=...)``); `proxy.events.build` makes the
+typed event and checks the fields against its class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal, TypeVar
+
+from proxy.events.envelope import ABSENT, SIGNATURE_PATTERN, Absent, CallEvent, ErrorDetail, Event, keywords
+
+__all__ = [
+    "EVENT_TYPES",
+    "KINDS",
+    "BreakerState",
+    "CallFailed",
+    "CallOk",
+    "CircuitOpen",
+    "ConfigRejected",
+    "ConfigReloaded",
+    "FallbackServed",
+    "HealthChanged",
+    "ProposalApplied",
+    "ProposalKept",
+    "ProposalRolledBack",
+    "RateLimited",
+    "Retry",
+    "RetryBudgetExhausted",
+    "RetryExhausted",
+    "SessionLost",
+    "Timeout",
+    "TimeoutObserved",
+]
+
+KINDS: dict[str, type[Event]] = {}
+"""Each event kind's class, by its `type`."""
+
+_E = TypeVar("_E", bound=Event)
+
+
+def _kind(cls: type[_E]) -> type[_E]:
+    """Register `cls` under its `type` (the default of its `type` field)."""
+    (kind,) = (f.default for f in fields(cls) if f.name == "type")
+    assert isinstance(kind, str) and kind not in KINDS
+    KINDS[kind] = cls
+    return cls
+
+
+def _signature() -> Any:
+    return field(metadata=keywords(pattern=SIGNATURE_PATTERN))
+
+
+Health = Literal["unknown", "healthy", "unhealthy"]
+Breaker = Literal["closed", "open", "half-open"]
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallFailed(CallEvent):
+    """A client heard a failure: the final one, after every retry and fallback (a proxy verdict, a
+    broken stream, or the upstream's own 5xx or 429 passed on). One per failed call; `latency_ms` is
+    the whole call's."""
+
+    type: Literal["call_failed"] = "call_failed"
+    latency_ms: float
+    error: ErrorDetail
+    signature: str = _signature()
+    reason: str
+    """Why, in the proxy's words: the `X-Mcp-Proxy-Error` reason and the metrics label."""
+    http_status: int
+    """The HTTP status the client got."""
+    client: str
+    """Who was calling: a hash of its strongest credential, else its address."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallOk(Event):
+    """Every `events.summary_interval` (and at shutdown): the calls one (upstream, method, tool) finished
+    in the window, successes included, so the analyzer sees what went well. Names the upstream did not
+    list fold into `OVERFLOW`."""
+
+    type: Literal["call_ok"] = "call_ok"
+    upstream: str
+    method: str
+    window_s: float
+    """How long the window was (s)."""
+    window_end: float
+    """When it ended, Unix time in seconds."""
+    calls: int
+    """Calls finished in the window."""
+    ok: int
+    """Of which ended well."""
+    outcomes: dict[str, int]
+    """Calls by outcome (``ok``, or the failure's reason)."""
+    ok_by_attempt: dict[str, int]
+    """Successful calls by the attempt that succeeded (``"1"``, ``"2"``, ...)."""
+    latency_buckets_ms: list[float]
+    """The histogram's upper bounds (`LATENCY_BUCKETS_MS`); the last count is everything above."""
+    latency_histogram: list[int]
+    """Successful calls per latency bucket (one more count than bounds)."""
+    latency_mean_ms: float | None
+    """Mean latency of the successful calls (null without any)."""
+    latency_max_ms: float | None
+    """Highest latency of a successful call (null without any)."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry(CallEvent):
+    """An attempt failed in a way the policy retries: fires before the backoff, once per retried attempt
+    (`error` is that attempt's failure)."""
+
+    type: Literal["retry"] = "retry"
+    error: ErrorDetail
+    signature: str = _signature()
+    failure: str
+    """The attempt's failure kind (the same as ``error.kind``)."""
+    delay_ms: float
+    """The backoff before the next attempt (ms)."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryExhausted(CallEvent):
+    """Retrying stopped after more than one attempt, for any reason but the retry budget; the last
+    attempt's failure (`error`) goes on to the client, or to the fallback."""
+
+    type: Literal["retry_exhausted"] = "retry_exhausted"
+    error: ErrorDetail
+    signature: str = _signature()
+    why: str
+    """Why retrying stopped: ``max_attempts``, ``not_retryable``, ``not_idempotent``, ``deadline``,
+    ``retry_after_too_long`` or ``same_answer``."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudgetExhausted(CallEvent):
+    """The upstream's retry budget refused a retry the policy allowed: the call fails now (only when the
+    attempt raised; a failing answer goes back as it is, with a log line)."""
+
+    type: Literal["retry_budget_exhausted"] = "retry_budget_exhausted"
+    error: ErrorDetail
+    signature: str = _signature()
+    failure: str
+    """The last attempt's failure kind."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeout(CallEvent):
+    """An attempt passed its per-try timeout after the request was sent (before it, the call fails
+    without this event: nothing reached the upstream)."""
+
+    type: Literal["timeout"] = "timeout"
+    limit_ms: float
+    """The limit it passed (ms): the per-try timeout, or what was left of the call's deadline."""
+    observing: bool
+    """Whether the attempt is left running to see when it would have answered (`timeout_observed`)."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeoutObserved(CallEvent):
+    """A timed-out attempt that was left running (`timeout` with ``observing``) ended: it answered, or
+    it failed, or `events.observe_timeouts` passed and it was cancelled. Its answer is thrown away."""
+
+    type: Literal["timeout_observed"] = "timeout_observed"
+    limit_ms: float
+    """The limit it had passed (ms)."""
+    observed_ms: float | None
+    """When the answer came, from the attempt's start (ms); null if none came."""
+    waited_ms: float | Absent = ABSENT
+    """How long it was watched for nothing (ms); only when no answer came."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerState(Event):
+    """A circuit breaker (an upstream's, or one tool's: `breaker` names it) changed state."""
+
+    type: Literal["breaker_state"] = "breaker_state"
+    upstream: str
+    breaker: str
+    """The breaker: the upstream's name, or ``upstream/tool`` for a per-tool breaker."""
+    old: Breaker
+    """The state before."""
+    new: Breaker
+    """The state now."""
+    cause: str | None
+    """What opened it (when it opened): the threshold that tripped."""
+    last_failure: str | None
+    """The failure that tripped it (when it opened)."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitOpen(Event):
+    """A call was refused, unsent, because its breaker is open (or half-open with its trials taken)."""
+
+    type: Literal["circuit_open"] = "circuit_open"
+    upstream: str
+    breaker: str
+    """The breaker that refused it."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimited(CallEvent):
+    """The proxy's own rate limit refused a call (it would have waited longer than allowed)."""
+
+    type: Literal["rate_limited"] = "rate_limited"
+    retry_after: float
+    """Seconds until the limit lets a call through."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackServed(CallEvent):
+    """The cache answered instead of the upstream: a fresh answer (``hit``, ttl mode, on the success
+    path), or a stale one standing in for a failure (``stale``)."""
+
+    type: Literal["fallback_served"] = "fallback_served"
+    status: Literal["hit", "stale"]
+    """``hit``: fresh; ``stale``: past its time, standing in for a failure."""
+    age: float | Absent = ABSENT
+    """How old the stale answer was (s); only with ``stale``."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthChanged(Event):
+    """An upstream's health changed (probes, or failures the proxy saw passing through)."""
+
+    type: Literal["health_changed"] = "health_changed"
+    upstream: str
+    old: Health
+    """The health before."""
+    new: Health
+    """The health now."""
+    cause: Literal["active", "passive"]
+    """``active``: a probe said so; ``passive``: calls passing through did."""
+    detail: str
+    """What the probe or the calls saw."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionLost(CallEvent):
+    """The upstream no longer knows the client's session (it answered 404 to a call with a session id),
+    and the client heard it: the client must initialize again."""
+
+    WITH_PARAMS = False
+    type: Literal["session_lost"] = "session_lost"
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigReloaded(Event):
+    """A changed config file was validated and is now in force."""
+
+    type: Literal["config_reloaded"] = "config_reloaded"
+    trigger: str
+    """What noticed the change: ``poll``, ``watch``, ``sighup`` or ``api``."""
+    file_hash: str
+    """The first 12 hex digits of the SHA-256 of the file now in force."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigRejected(Event):
+    """A changed config file failed validation: the config in force stays."""
+
+    type: Literal["config_rejected"] = "config_rejected"
+    trigger: str
+    """What noticed the change: ``poll``, ``watch``, ``sighup`` or ``api``."""
+    errors: list[str]
+    """What is wrong, each with its path in the file."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProposalApplied(Event):
+    """The embedded analyzer (``analyzer.auto_apply``) wrote one of its proposals into the config file."""
+
+    type: Literal["proposal_applied"] = "proposal_applied"
+    proposal: str
+    """The proposal's id."""
+    title: str
+    """What it changes, in a line."""
+    error_rate_before: float
+    """The error rate over the verification span before it."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProposalKept(Event):
+    """An applied proposal's verification span passed and it stays: the error rate did not get worse,
+    too few calls were seen to tell, or the file was edited since."""
+
+    type: Literal["proposal_kept"] = "proposal_kept"
+    proposal: str
+    """The proposal's id."""
+    error_rate_before: float
+    """The error rate before it was applied."""
+    error_rate_after: float
+    """The error rate since."""
+    verified: bool
+    """Whether enough calls were seen, before and after, to judge it."""
+    note: str | Absent = ABSENT
+    """Why it stays although the rate got worse."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProposalRolledBack(Event):
+    """An applied proposal made the error rate worse: the config file it changed was restored."""
+
+    type: Literal["proposal_rolled_back"] = "proposal_rolled_back"
+    proposal: str
+    """The proposal's id."""
+    error_rate_before: float
+    """The error rate before it was applied."""
+    error_rate_after: float
+    """The error rate since."""
+
+
+EVENT_TYPES: Final = tuple(KINDS)
+"""Every kind, in the order v1 has always listed them."""
