@@ -1,6 +1,6 @@
 """Typed events: every kind built from its emission, the record unchanged (wire format v1), malformed
-emissions (raised under `strict`, published untyped when serving), and every emission site in `proxy/`
-checked against its kind's fields."""
+emissions (raised under `strict`, published untyped when serving), the generated schema, and every
+emission site in `proxy/` checked against its kind's fields."""
 
 from __future__ import annotations
 
@@ -157,6 +157,33 @@ def test_a_malformed_emission_raises_under_strict_and_is_published_untyped_when_
     assert serving.malformed == 3
     (line,) = [entry for entry in logs if entry["event"] == "event_malformed"]  # once per kind and problem
     assert (line["log_level"], line["kind"]) == ("error", kind) and line["problem"].startswith(problem)
+
+
+def test_the_exported_schema_is_the_generated_one() -> None:
+    exported = json.loads((REPO / "config" / "events.schema.json").read_text())
+    assert exported == event_schema(), "run: .venv/bin/mcp-resilience-proxy schema --events > config/events.schema.json"
+
+
+def test_every_kind_and_every_field_it_adds_is_described(validator: jsonschema.Draft202012Validator) -> None:
+    schema = event_schema()
+    assert all("description" in prop for prop in schema["properties"].values())
+    assert [block["if"]["properties"]["type"]["const"] for block in schema["allOf"]] == list(EVENT_TYPES)
+    envelope = set(schema["properties"])
+    for block in schema["allOf"]:
+        then = block["then"]
+        assert then["description"]
+        added = {name: prop for name, prop in then["properties"].items() if name not in envelope}
+        assert all("description" in prop for prop in added.values()), block["if"]
+    first = {"v": 1, "id": 1, "ts": 1.0, "type": "retry", "upstream": "up", "method": "tools/list", "tool": None,
+             "call_id": 1, "attempt": 1, "latency_ms": None, "policy": "default", "error": ERROR,
+             "signature": "0123456789ab", "idempotent": True, "params_hash": "00", "failure": "x", "delay_ms": 1.0}  # fmt: skip
+    validator.validate(first)
+    for wrong in ({"signature": "not-hex"}, {"error": None}, {"call_id": None}, {"delay_ms": "soon"}, {"id": 0}):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate({**first, **wrong})
+    without = {k: v for k, v in first.items() if k != "idempotent"}
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(without)
 
 
 def _emissions(tree: ast.AST) -> list[tuple[int, str, set[str], bool]]:

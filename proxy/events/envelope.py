@@ -6,6 +6,9 @@ JSON object `Event.as_record` makes: the envelope's fields in a fixed order, the
 writes that record without making the instance: `proxy.events.build.checked_record`). The bus adds
 `id` and `ts` (`Stamp`).
 
+The JSON Schema (`proxy.events.schema`) is generated from these classes: field types become JSON
+types, and the docstrings under the fields become its descriptions, so write them for consumers.
+
 A field whose default is `ABSENT` is left out of the record when not given (``waited_ms`` only when a
 timed-out attempt never finished), unlike None, which is written as null: the record says exactly
 what the emitter said.
