@@ -22,7 +22,7 @@ from typing import IO, Any, Final
 import orjson
 from aiohttp import web
 
-from proxy.events.recorder import EventBus
+from proxy.events.bus import EventBus
 from proxy.redact import redact
 
 __all__ = ["JsonlFile", "events_endpoint", "log_event", "outgoing"]
