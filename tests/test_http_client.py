@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import os
 import socket
 import struct
@@ -626,17 +627,54 @@ async def test_a_read_cancelled_or_repeated_never_touches_a_reused_connection() 
         gate.set()
 
 
-async def test_a_response_dropped_unread_frees_its_slot() -> None:
+async def test_a_response_left_half_read_by_async_with_closes_its_connection() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
         await reader.read()
 
     async with RawServer(script) as server, pool_for(server) as pool:
-        response = await pool.request("POST", [], b"{}")
-        assert pool.size == 1
-        del response
+        async with await pool.request("POST", [], b"{}") as response:
+            assert await response.next_chunk() == b"ab"
+            assert pool.size == 1
+        assert (pool.size, pool.idle) == (0, 0)
+        assert await response.next_chunk() == b""
+
+
+async def test_a_response_read_whole_in_async_with_keeps_its_connection() -> None:
+    async with RawServer(answering(OK)) as server:
+        async with ConnectionPool(Origin(server.url), 4, 30.0, 5.0) as pool:
+            for _ in range(3):
+                async with await pool.request("POST", [], b"{}") as response:
+                    assert await response.read() == b"{}"
+                await response.aclose()  # again: nothing more to do
+            assert (pool.size, pool.idle) == (1, 1)
         assert pool.size == 0
+        with pytest.raises(ConnectFailed, match="closed"):
+            await pool.request("POST", [], b"{}")
+    assert server.connections == 1
+
+
+async def test_a_response_dropped_unread_keeps_its_slot_until_the_pool_is_closed() -> None:
+    """No finalizer: a response dropped without being read, released, drained or closed is a caller's bug,
+    and its connection stays out of the pool (never reused half-read) until the pool closes it."""
+    closed = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+        await reader.read()
+        closed.set()
+
+    async with RawServer(script) as server:
+        pool = ConnectionPool(Origin(server.url), 4, 30.0, 5.0)
+        response = await pool.request("POST", [], b"{}")
+        del response
+        gc.collect()
+        assert (pool.size, pool.idle) == (1, 0)
+        await pool.aclose()
+        assert pool.size == 0
+        await closed.wait()
 
 
 async def test_closing_a_pool_closes_busy_connections_fails_waiters_and_opens_nothing_more() -> None:

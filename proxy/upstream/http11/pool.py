@@ -314,6 +314,17 @@ class ConnectionPool:
                 waiter.set_result(None)
                 return
 
+    async def __aenter__(self) -> ConnectionPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or busy (a response still being read then fails with
+        `ConnectionBroken`); waiting and later requests fail as never sent (`ConnectFailed`)."""
+        await self.close()
+
     async def close(self) -> None:
         """Close every connection, idle or busy; waiting and later requests fail as never sent."""
         self._closed = True

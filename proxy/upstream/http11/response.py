@@ -4,6 +4,13 @@ One `Response` at a time owns its connection. Its body is read whole (`read`) or
 (`next_chunk`); the connection goes back to the pool only once the body is complete and the state machine
 allows reuse. `close()` abandons a response half-read: its connection is closed, never reused; so does a
 read that is cancelled or times out. `discard_rest()` keeps the connection by draining the rest, bounded.
+
+Every response must end in one of these: a body read to its end, `release()` after ``read(hold=True)``,
+`discard_rest()`, or `close()`/`aclose()` (``async with response:`` does the last on the way out, and is a
+no-op after any of the others). There is no finalizer to fall back on: a response dropped without one
+keeps its connection, and its slot in the pool, until the pool is closed. Relying on garbage collection
+would hide such a bug where it costs most (a slot held until some later collection, under load) and
+would run pool code from whatever frame the collector interrupts.
 """
 
 from __future__ import annotations
@@ -40,11 +47,10 @@ class Response:
             name = raw_name.decode("utf-8", "surrogateescape")
             value = raw_value.decode("utf-8", "surrogateescape")
             items.append((name, value))
-            size = len(name)  # lower-case only the names that could be one of the two read here
-            if size == 12:
-                if not self.content_type and name.lower() == "content-type":  # the first one decides, as in aiohttp
-                    self.content_type = value.split(";", 1)[0].strip().lower()
-            elif size == 14 and name.lower() == "content-length" and value.isdigit():
+            key = name.lower()
+            if key == "content-type" and not self.content_type:  # the first one decides, as in aiohttp
+                self.content_type = value.split(";", 1)[0].strip().lower()
+            elif key == "content-length" and value.isdigit():
                 self.content_length = int(value)
         self.header_items = items
         """The headers as sent, in order, repeats kept."""
@@ -130,15 +136,15 @@ class Response:
             self._done = True
             self._protocol.abort()
 
-    def __del__(self) -> None:
-        # A response dropped unread (by a bug, or an error path that forgot it) must not hold its pool
-        # slot forever; closing is all that can be done here, and it must not raise.
-        if not self._done:
-            self._done = True
-            try:
-                self._protocol.abort()
-            except Exception:  # noqa: BLE001, S110 - a finalizer: the loop may already be closed
-                pass
+    async def aclose(self) -> None:
+        """`close`, for ``async with`` and for callers that await their cleanup (httpx's shape)."""
+        self.close()
+
+    async def __aenter__(self) -> Response:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _check(self) -> None:
         error = self._conn.error
