@@ -16,6 +16,7 @@ from proxy.upstream.http11.connection import (
     ENDED,
     HEAD_ARRIVED,
     MAX_INTERIM_RESPONSES,
+    MAX_RESPONSE_HEADERS,
     TRANSITIONS,
     ClientConnection,
     Event,
@@ -252,3 +253,39 @@ def test_closing_twice_is_no_step() -> None:
     assert conn.close(ConnectionBroken("first")) is True
     assert conn.close(ConnectionBroken("second")) is False
     assert str(conn.error) == "first"
+
+
+# -- found by the differential test (tests/test_http11_differential.py) --------------------------------------
+
+
+def test_a_head_requests_answer_ends_at_its_head_and_its_connection_is_not_reused() -> None:
+    conn = ClientConnection(30.0)
+    conn.start(bodiless=True)
+    assert conn.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n") == HEAD_ARRIVED | ENDED
+    assert (conn.state, conn.complete, conn.take()) == (State.DONE, True, b"")
+    assert conn.finish(request_left=False, now=0.0) is False  # llhttp still expects ten bytes: closed after
+    assert conn.feed(b"0123456789") == CLOSED_NOW and conn.error is None
+
+
+def test_trailers_are_counted_but_are_not_the_heads_headers() -> None:
+    conn = exchange()
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert conn.feed(head + b"1;ext=1\r\na\r\n0\r\nX-Trailer: t\r\n\r\n") == HEAD_ARRIVED | ENDED
+    assert conn.headers == [(b"Transfer-Encoding", b"chunked")]
+    assert conn.trailers == [(b"X-Trailer", b"t")]
+
+    over = exchange()
+    trailers = b"T: 1\r\n" * (MAX_RESPONSE_HEADERS - 1)  # one line in the head, 99 trailers: 100 in all
+    assert over.feed(head + b"0\r\n" + trailers + b"\r\n") == HEAD_ARRIVED | ENDED
+    too_many = exchange()
+    assert too_many.feed(head + b"0\r\n" + trailers + b"T: 1\r\n\r\n") == HEAD_ARRIVED | CLOSED_NOW
+    assert "more than 100 header lines" in str(too_many.error)
+
+
+def test_whitespace_after_a_value_is_kept_as_it_came() -> None:
+    """llhttp drops the whitespace before a value, not after it. It is not part of the value (RFC 9110
+    §5.5) but it is optional whitespace a field line may carry, so passing it on is harmless, and stripping
+    every value would cost every call; the response reads the one value it needs without it."""
+    conn = exchange()
+    conn.feed(b"HTTP/1.1 200 OK\r\nX-A: \t a b \t\r\nX-B:\r\nContent-Length: 2 \r\n\r\n{}")
+    assert conn.headers == [(b"X-A", b"a b \t"), (b"X-B", b""), (b"Content-Length", b"2 ")]

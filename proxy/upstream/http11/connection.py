@@ -119,6 +119,10 @@ CLOSED_NOW: Final = 8
 """The connection closed during this call (`error` says why, unless the response was already complete)."""
 
 
+class _EndsAtHead(Exception):
+    """Raised in a parser callback to stop llhttp at the end of a HEAD answer's head (never leaves `feed`)."""
+
+
 class IllegalTransition(RuntimeError):
     """The caller asked for a step `TRANSITIONS` does not allow in the current state (a bug, never the upstream's)."""
 
@@ -131,10 +135,13 @@ class ClientConnection:
     `close`s. `keepalive`: seconds an IDLE connection stays fit for reuse (`has_expired`)."""
 
     __slots__ = (
+        "_bodiless",
         "_discard_left",
         "_events",
         "_head_bytes",
         "_interim",
+        "_lines",
+        "_lines_left",
         "_more",
         "_parser",
         "_piece",
@@ -152,6 +159,7 @@ class ClientConnection:
         "received",
         "state",
         "status",
+        "trailers",
     )
 
     def __init__(self, keepalive: float) -> None:
@@ -163,7 +171,12 @@ class ClientConnection:
         self.reason = b""
         """The reason phrase as received (llhttp may hand it over in pieces)."""
         self.headers: list[tuple[bytes, bytes]] = []
-        """The final head's header lines as received, in order, repeats kept (trailers appended)."""
+        """The final head's header lines as received, in order, repeats kept."""
+        self.trailers: list[tuple[bytes, bytes]] = []
+        """A chunked body's trailer lines (they count against the same bounds as the head's)."""
+        self._lines = self.headers
+        """Where `on_header` puts a line: the head's until it is complete, then the trailers."""
+        self._lines_left = MAX_RESPONSE_HEADERS
         self.keep_alive = False
         self.complete = False
         """The response ended. It stays True if the connection then closes: what arrived is whole."""
@@ -187,6 +200,7 @@ class ClientConnection:
         self._until_close = False
         """The body has no length: it ends with the peer's clean close (RFC 9112 §6.3)."""
         self._discard_left = 0
+        self._bodiless = False
 
     # -- what the pool asks -----------------------------------------------------------------------------
 
@@ -212,15 +226,19 @@ class ClientConnection:
     def _illegal(self, event: Event) -> IllegalTransition:
         return IllegalTransition(f"{event} is not allowed in state {self.state}")
 
-    def start(self) -> None:
-        """A request is being written: the exchange starts with nothing of its response yet."""
+    def start(self, bodiless: bool = False) -> None:
+        """A request is being written: the exchange starts with nothing of its response yet. `bodiless`:
+        its answer has no body whatever its head says (the request is a HEAD)."""
         try:
             self.state = TRANSITIONS[self.state][SEND]
         except KeyError:
             raise self._illegal(SEND) from None
         self.status = 0
-        self.headers = []
+        self.headers = self._lines = []
+        self.trailers = []
+        self._lines_left = MAX_RESPONSE_HEADERS
         self.keep_alive = self.complete = self._until_close = False
+        self._bodiless = bodiless
         self.limit = None
         self.received = self.buffered = self._head_bytes = self._unparsed = self._interim = 0
         self._piece, self._more = b"", None
@@ -240,6 +258,8 @@ class ClientConnection:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _EndsAtHead):
+                return self._events
             return self._events | self._fail(exc.__context__ or BadResponse(str(exc)))
         except httptools.HttpParserUpgrade:
             return self._events | self._fail(BadResponse("upstream switched protocols (HTTP 101), which MCP never asks for"))
@@ -307,7 +327,8 @@ class ClientConnection:
     def on_message_begin(self) -> None:
         if self.state is DONE:
             raise BadResponse("a second response arrived for one request")
-        self.headers = []
+        self.headers = self._lines = []
+        self._lines_left = MAX_RESPONSE_HEADERS
         self.reason = b""
         self._head_bytes = 0
 
@@ -318,13 +339,13 @@ class ClientConnection:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        if len(headers) >= MAX_RESPONSE_HEADERS:
+        self._lines_left -= 1
+        if self._lines_left < 0:
             raise BadResponse(f"more than {MAX_RESPONSE_HEADERS} header lines")
         self._head_bytes += len(name) + len(value) + 3  # and ":" and CRLF: an empty header is not free
         if self._head_bytes > MAX_HEAD_BYTES:
             raise BadResponse(f"status line and headers exceed {MAX_HEAD_BYTES} bytes")
-        headers.append((name, value))
+        self._lines.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._unparsed = 0
@@ -345,7 +366,15 @@ class ClientConnection:
             self.state = TRANSITIONS[self.state][HEAD]
         except KeyError:
             raise self._illegal(HEAD) from None
+        self._lines = self.trailers  # what follows a chunked body's last chunk is not the head's
         self._events |= HEAD_ARRIVED
+        if self._bodiless:  # the answer to a HEAD: its head is all of it (RFC 9110 §9.3.2)
+            self.complete = True
+            self.state = TRANSITIONS[self.state][END]
+            self._events |= ENDED
+            # llhttp cannot be told that this head has no body, so it is stopped here, and the connection,
+            # keep_alive False, is closed after it rather than trusted with what the parser did not read.
+            raise _EndsAtHead
 
     def on_body(self, body: bytes) -> None:
         # Runs once per HTTP chunk (a million 2-byte chunks: a million calls), so it only keeps the bytes.

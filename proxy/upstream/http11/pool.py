@@ -123,7 +123,7 @@ class ConnectionPool:
         if conn is None:
             conn = await self._acquire(owner, on_queue)
         try:
-            await conn.send(parts, on_write)
+            await conn.send(parts, on_write, method == "HEAD")
         except BaseException:
             conn.abort()
             raise

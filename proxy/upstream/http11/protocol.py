@@ -86,17 +86,20 @@ class ConnectionProtocol(asyncio.Protocol):
 
     # -- the exchange, driven by `ConnectionPool.request` and `Response` ---------------------------------
 
-    def send(self, parts: Sequence[bytes], on_write: Callable[[], None] | None = None) -> asyncio.Future[None]:
+    def send(
+        self, parts: Sequence[bytes], on_write: Callable[[], None] | None = None, bodiless: bool = False
+    ) -> asyncio.Future[None]:
         """Start writing one request (`parts`, in order); the returned future resolves when the response
         head has arrived. The request goes out as the socket takes it (`_write_more`); an answer may come
         before all of it has, and the rest is still written, but the connection is then never reused.
 
         A connection already closing (the server's FIN read, its close not yet processed) is refused
-        before `on_write` is called: nothing is written, so the failure is `ConnectFailed`."""
+        before `on_write` is called: nothing is written, so the failure is `ConnectFailed`. `bodiless`: the
+        answer has no body whatever its head says (a HEAD request's)."""
         transport = self._transport
         if self.conn.state is CLOSED or transport is None or transport.is_closing():
             raise ConnectFailed("the pooled connection closed before the request was written")
-        self.conn.start()
+        self.conn.start(bodiless)
         self._head = head = self._pool.loop.create_future()
         if on_write is not None:
             on_write()

@@ -50,7 +50,7 @@ class Response:
             key = name.lower()
             if key == "content-type" and not self.content_type:  # the first one decides, as in aiohttp
                 self.content_type = value.split(";", 1)[0].strip().lower()
-            elif key == "content-length" and value.isdigit():
+            elif key == "content-length" and value.rstrip(" \t").isdigit():  # llhttp keeps whitespace after a value
                 self.content_length = int(value)
         self.header_items = items
         """The headers as sent, in order, repeats kept."""
