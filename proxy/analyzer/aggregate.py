@@ -27,7 +27,7 @@ from proxy.analyzer.model import (
     Transition,
     UpstreamStats,
 )
-from proxy.events.recorder import SCHEMA_VERSION
+from proxy.events.envelope import SCHEMA_VERSION
 
 __all__ = ["DEFAULT_WINDOW_S", "Analysis", "Window", "read_events"]
 

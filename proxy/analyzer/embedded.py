@@ -21,18 +21,25 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from proxy.analyzer import ApplyError, Proposal, Window, apply_proposal, propose
 from proxy.analyzer.apply import write_atomically
 from proxy.config.model import AnalyzerConfig, ConfigError, parse_duration
-from proxy.events.recorder import EventBus, EventRecorder
+from proxy.events.bus import EventBus
 from proxy.redact import Budget, redact
 from proxy.tasks import Owner, cancel_and_wait, spawn
 
-__all__ = ["EmbeddedAnalyzer", "within_bounds"]
+__all__ = ["Announcer", "EmbeddedAnalyzer", "within_bounds"]
+
+
+class Announcer(Protocol):
+    """Where the analyzer reports what it did (the proxy's event recorder): a protocol, so the analyzer
+    reads events without importing the recorder, which adapts the request pipeline."""
+
+    def policy_event(self, kind: str, call: None, **fields: Any) -> None: ...
 
 log = structlog.get_logger("proxy.analyzer")
 
@@ -79,7 +86,7 @@ class _Verification:
 class EmbeddedAnalyzer:
     """Owns the analysis loop of a proxy started from a config file."""
 
-    def __init__(self, path: Path, config: AnalyzerConfig, bus: EventBus, recorder: EventRecorder) -> None:
+    def __init__(self, path: Path, config: AnalyzerConfig, bus: EventBus, recorder: Announcer) -> None:
         self.path = path
         self.config = config
         self._bus = bus

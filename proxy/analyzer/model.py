@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from proxy.analyzer.stats import Histogram
-from proxy.policies.failures import SERVER_SIDE as FAILURES_ON_THE_SERVER
+from proxy.failure_kinds import SERVER_SIDE as FAILURES_ON_THE_SERVER
 
 __all__ = [
     "SERVER_SIDE",

@@ -63,9 +63,9 @@ import email.utils
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
+from proxy.failure_kinds import SERVER_SIDE, TRANSPORT, Failure
 from proxy.errors import (
     AnswerTooLarge,
     NeverSent,
@@ -94,33 +94,6 @@ __all__ = [
 ]
 
 
-class Failure(StrEnum):
-    OK = "ok"
-    CONNECT_ERROR = "connect_error"
-    CONNECTION_LOST = "connection_lost"
-    TIMEOUT = "timeout"
-    HTTP_5XX = "http_5xx"
-    HTTP_429 = "http_429"
-    SESSION_EXPIRED = "session_expired"
-    SERVER_ERROR = "server_error"
-    BAD_RESPONSE = "bad_response"
-    STREAM_BROKEN = "stream_broken"
-    STREAM_ENDED = "stream_ended"
-    CLIENT_ERROR = "client_error"
-    TOOL_ERROR = "tool_error"
-    ANSWER_TOO_LARGE = "answer_too_large"
-    OVERLOADED = "overloaded"
-    CANCELLED = "cancelled"
-    STREAMING = "streaming"
-    """Not an outcome yet: a streamed answer's headers came, its end decides (the handler reports it)."""
-
-
-TRANSPORT: frozenset[Failure] = frozenset(
-    {Failure.CONNECT_ERROR, Failure.CONNECTION_LOST, Failure.BAD_RESPONSE, Failure.STREAM_BROKEN}
-)
-"""The upstream could not be talked to at all: these alone move passive health (and so readiness)."""
-SERVER_SIDE: frozenset[Failure] = TRANSPORT | {Failure.TIMEOUT, Failure.HTTP_5XX}
-"""The upstream failed as a server: these alone count against the upstream's breaker."""
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 """What a gateway answers when the server behind it is not there: a failure whatever the body says."""
 _RETRY_KEY = {

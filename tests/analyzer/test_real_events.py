@@ -12,7 +12,7 @@ def test_retried_calls_that_recovered_are_recognized_from_real_events() -> None:
     recorder = EventRecorder(bus)
     for n in range(3):
         call = make_call(b'{"jsonrpc":"2.0","id":%d,"method":"tools/list"}' % n)
-        recorder.policy_event("retry", call, failure="http_5xx", delay_ms=1.0, error={"kind": "http_5xx", "message": "503"})
+        recorder.policy_event("retry", call, failure="http_5xx", delay_ms=1.0, error={"kind": "http_5xx", "message": "503", "http_status": 503, "jsonrpc_code": None})
     assert all(isinstance(e["call_id"], int) for e in bus.recent())
     (stats,) = Analysis.from_events(bus.recent(), window_s=None).all_targets()
     assert (stats.retries, len(stats.retried_calls), stats.recovered_calls) == (3, 3, 3)
