@@ -1,4 +1,5 @@
-"""The HTTP/1.1 client connection's state machine (`proxy.upstream.http11.connection`), driven by bytes alone.
+"""The HTTP/1.1 client connection's state machine (`proxy.upstream.http11.connection` over the table in
+`proxy.upstream.http11.state`), driven by bytes alone.
 
 No socket, no loop, no clock: each test starts an exchange, feeds the upstream's bytes and asserts the
 events, the state and what the pool would ask (`is_idle`, `is_closed`, `has_expired`).
@@ -10,15 +11,13 @@ import itertools
 
 import pytest
 
-from proxy.upstream.http11.connection import (
+from proxy.upstream.http11.connection import MAX_INTERIM_RESPONSES, MAX_RESPONSE_HEADERS, ClientConnection
+from proxy.upstream.http11.state import (
     CLOSED_NOW,
     DRAINED,
     ENDED,
     HEAD_ARRIVED,
-    MAX_INTERIM_RESPONSES,
-    MAX_RESPONSE_HEADERS,
     TRANSITIONS,
-    ClientConnection,
     Event,
     IllegalTransition,
     State,

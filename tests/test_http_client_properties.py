@@ -26,7 +26,8 @@ from proxy.upstream.http11.client import (
     ConnectionBroken,
     ResponseTooLarge,
 )
-from proxy.upstream.http11.connection import ENDED, HEAD_ARRIVED, ClientConnection
+from proxy.upstream.http11.connection import ClientConnection
+from proxy.upstream.http11.state import ENDED, HEAD_ARRIVED
 
 BODY_LIMIT = 1000
 FAILURES = (BadResponse, ResponseTooLarge, ConnectionBroken)

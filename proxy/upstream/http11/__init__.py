@@ -17,11 +17,13 @@ The layers, each testable on its own (httpcore's shape: h11's state machine unde
 
 - `errors`: what each failure says about the request (sent or not);
 - `request`: the origin (`Origin`) and the request head, its header names checked as tokens;
+- `state`: the connection's states, events and every legal step, in one table;
 - `connection`: `ClientConnection`, the state machine: bytes in, events out, every bound and every
   reuse rule, no I/O;
 - `protocol`: `ConnectionProtocol`, the asyncio adapter: writes and reads with flow control, futures;
 - `response`: `Response`, one answer's head and its body to read, drain or abandon;
-- `pool`: `ConnectionPool`, connection affinity, limits and queueing, over `is_idle`/`is_closed`/
-  `has_expired`;
+- `idle`: a pool's idle connections, by owner (reuse) and by age (expiry, making room);
+- `pool`: `ConnectionPool`, connection affinity, limits and queueing; it asks connections only
+  `is_closed`/`has_expired`;
 - `client`: the names the rest of the proxy imports (nothing else needs to know the split).
 """

@@ -6,10 +6,9 @@ a future or a clock of its own: `protocol.py` feeds it what the socket reads and
 returns (wake the reader, pause reading, close the transport); `pool.py` asks it `is_idle`, `is_closed`
 and `has_expired`, nothing else. Parsing, the part that must be exactly right, is llhttp's (httptools).
 
-Rule (h11's): every change of `state` is a row of `TRANSITIONS`, looked up as ``TRANSITIONS[state][event]``
-(in `_step`, or inline on the per-exchange path, where a method call per step is measurable); an event the
-table does not list for the current state raises `IllegalTransition`. That is always the caller's bug:
-whatever the upstream sends, its bytes lead to a response or to CLOSED, never to an illegal step.
+Every change of `state` is a row of `state.TRANSITIONS` (the states, the events and every legal step, in
+one table), looked up in `_step`, or inline on the per-exchange path, where a method call per step is
+measurable; an illegal step raises `IllegalTransition`.
 
 A pooled connection must never carry one exchange's bytes into the next. Hence, here: a byte arriving
 while IDLE (a late duplicate, an unsolicited answer) closes the connection, as does a second response
@@ -27,28 +26,15 @@ budget for a body nobody reads any more. The body is held as one buffer, not as 
 
 from __future__ import annotations
 
-import enum
-from typing import Final
-
 import httptools
 
 from proxy.upstream.http11.errors import BadResponse, ConnectionBroken, ResponseTooLarge
+from proxy.upstream.http11.state import (  # fmt: skip
+    AWAIT_HEAD, BODY, CLOSE, CLOSED, CLOSED_NOW, DISCARD, DONE, DRAIN, DRAINED, END, ENDED, HEAD, HEAD_ARRIVED,
+    IDLE, REUSE, SEND, TRANSITIONS, Event, IllegalTransition,
+)
 
-__all__ = [
-    "CLOSED_NOW",
-    "DRAINED",
-    "ENDED",
-    "HEAD_ARRIVED",
-    "MAX_HEAD_BYTES",
-    "MAX_INTERIM_RESPONSES",
-    "MAX_RESPONSE_HEADERS",
-    "MAX_UNPARSED_BYTES",
-    "TRANSITIONS",
-    "ClientConnection",
-    "Event",
-    "IllegalTransition",
-    "State",
-]
+__all__ = ["MAX_HEAD_BYTES", "MAX_INTERIM_RESPONSES", "MAX_RESPONSE_HEADERS", "MAX_UNPARSED_BYTES", "ClientConnection"]
 
 MAX_HEAD_BYTES = 64 * 1024
 """An upstream's status line and headers together may not exceed this (aiohttp's limits are similar).
@@ -66,65 +52,8 @@ MAX_INTERIM_RESPONSES = 10
 that are never an answer."""
 
 
-class State(enum.StrEnum):
-    """Where the connection is in its exchange. One exchange at a time; CLOSED is final."""
-
-    IDLE = "idle"
-    """Kept alive between exchanges. A byte arriving now answers nobody: the connection closes."""
-    AWAIT_HEAD = "await_head"
-    """A request is out (or going out). Interim 1xx heads come and go; the final head moves on."""
-    BODY = "body"
-    """The final head arrived; body bytes are buffered for the reader (`take`)."""
-    DRAIN = "drain"
-    """The reader gave up on the body (`discard`): the rest is dropped as it comes, within a budget."""
-    DONE = "done"
-    """The whole response arrived (its body may still be buffered); `finish` decides what comes next."""
-    CLOSED = "closed"
-    """Never used again: a bad or over-bound answer, the peer's close, the caller's abort, no keep-alive."""
-
-
-class Event(enum.StrEnum):
-    """What moves the state: the caller's actions (SEND, DISCARD, REUSE, CLOSE) or the upstream's bytes."""
-
-    SEND = "send"
-    HEAD = "head"
-    END = "end"
-    DISCARD = "discard"
-    REUSE = "reuse"
-    CLOSE = "close"
-
-
-IDLE, AWAIT_HEAD, BODY, DRAIN, DONE, CLOSED = State  # module-level names: enum attribute access is slow
-SEND, HEAD, END, DISCARD, REUSE, CLOSE = Event
-
-TRANSITIONS: Final[dict[State, dict[Event, State]]] = {
-    IDLE: {SEND: AWAIT_HEAD, CLOSE: CLOSED},
-    AWAIT_HEAD: {HEAD: BODY, CLOSE: CLOSED},
-    BODY: {END: DONE, DISCARD: DRAIN, CLOSE: CLOSED},
-    DRAIN: {END: DONE, CLOSE: CLOSED},
-    DONE: {REUSE: IDLE, CLOSE: CLOSED},
-    CLOSED: {},
-}
-"""Every legal step, and nothing else. REUSE only from DONE: a response not yet whole, or a connection that
-closed, is never reused. CLOSED has no way out (and closing twice is not a step: `close` returns False)."""
-
-# What `feed` returns: bits of what happened during that call, for the I/O side to act on once per read.
-HEAD_ARRIVED: Final = 1
-"""The final head is in (`status`, `reason`, `headers`): the request's waiter can have its response."""
-ENDED: Final = 2
-"""The response is complete (`complete`): a reader waiting for more can take the rest."""
-DRAINED: Final = 4
-"""A `discard`ed body ended within its budget: the connection may be `finish`ed (and reused)."""
-CLOSED_NOW: Final = 8
-"""The connection closed during this call (`error` says why, unless the response was already complete)."""
-
-
 class _EndsAtHead(Exception):
     """Raised in a parser callback to stop llhttp at the end of a HEAD answer's head (never leaves `feed`)."""
-
-
-class IllegalTransition(RuntimeError):
-    """The caller asked for a step `TRANSITIONS` does not allow in the current state (a bug, never the upstream's)."""
 
 
 class ClientConnection:
@@ -135,32 +64,10 @@ class ClientConnection:
     `close`s. `keepalive`: seconds an IDLE connection stays fit for reuse (`has_expired`)."""
 
     __slots__ = (
-        "_bodiless",
-        "_discard_left",
-        "_events",
-        "_head_bytes",
-        "_interim",
-        "_lines",
-        "_lines_left",
-        "_more",
-        "_parser",
-        "_piece",
-        "_until_close",
-        "_unparsed",
-        "buffered",
-        "complete",
-        "error",
-        "headers",
-        "idle_since",
-        "keep_alive",
-        "keepalive",
-        "limit",
-        "reason",
-        "received",
-        "state",
-        "status",
-        "trailers",
-    )
+        "_bodiless", "_discard_left", "_events", "_head_bytes", "_interim", "_lines", "_lines_left", "_more",
+        "_parser", "_piece", "_until_close", "_unparsed", "buffered", "complete", "error", "headers",
+        "idle_since", "keep_alive", "keepalive", "limit", "reason", "received", "state", "status", "trailers",
+    )  # fmt: skip
 
     def __init__(self, keepalive: float) -> None:
         self.keepalive = keepalive

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from proxy.upstream.http11.errors import ConnectFailed, LocalExhaustion, PoolExhausted
+from proxy.upstream.http11.idle import IdleConnections
 from proxy.upstream.http11.protocol import WRITE_PIECE, ConnectionProtocol
 from proxy.upstream.http11.request import Origin, encode_head
 from proxy.upstream.http11.response import Response
@@ -66,10 +67,7 @@ class ConnectionPool:
         self.keepalive = keepalive
         """Seconds a connection may sit idle and still be reused (each connection's `has_expired`)."""
         self._connect_timeout = connect_timeout
-        self._idle: dict[int | None, list[ConnectionProtocol]] = {}
-        """Each owner's idle connections, the most recently used last."""
-        self._idle_order: dict[ConnectionProtocol, None] = {}
-        """Every idle connection, the least recently used first (what expires, or makes room, first)."""
+        self._idle = IdleConnections()
         self._open: set[ConnectionProtocol] = set()
         self._waiters: collections.deque[tuple[asyncio.Future[ConnectionProtocol | None], int | None]] = collections.deque()
         """Requests queued for a connection or a slot, in arrival order, with their owners."""
@@ -85,7 +83,8 @@ class ConnectionPool:
 
     @property
     def idle(self) -> int:
-        return len(self._idle_order)
+        """Connections open and waiting for their owner's next request."""
+        return len(self._idle)
 
     def head(
         self, method: str, headers: Iterable[tuple[str, str]], body: bytes | None, lend_credentials: bool = True
@@ -119,7 +118,7 @@ class ConnectionPool:
         # caller's bytes, piece by piece, never copied.
         parts = (head + body,) if body and len(head) + len(body) <= WRITE_PIECE else (head, body or b"")
         # The common case without a coroutine: an idle connection of this owner, nobody queued before it.
-        conn = None if self._closed or self._waiters else self._reuse(owner)
+        conn = None if self._closed or self._waiters else self._idle.take(owner, self.clock())
         if conn is None:
             conn = await self._acquire(owner, on_queue)
         try:
@@ -144,8 +143,11 @@ class ConnectionPool:
         queue, or connect."""
         if self._closed:
             raise ConnectFailed("the connection pool is closed")
-        if not self._waiters and self.size >= self._limit and self._idle_order:
-            self._make_room()
+        if not self._waiters and self.size >= self._limit and self._idle:
+            # No idle connection of this owner: the least recently used one of another owner is closed,
+            # so the request opens its own rather than queueing behind connections nobody is using (their
+            # owner pays a connect on its next request, as after a keep-alive expiry).
+            self._idle.close_oldest()
         reserved = False
         if self._waiters or self.size >= self._limit:
             if on_queue is not None:
@@ -189,40 +191,6 @@ class ConnectionPool:
         else:
             self._connecting -= 1
             self._free_slot()
-
-    def _reuse(self, owner: int | None) -> ConnectionProtocol | None:
-        """`owner`'s most recently used live idle connection; stale ones found on the way are closed."""
-        stack = self._idle.get(owner)
-        now = self.clock()
-        while stack:
-            conn = stack[-1]
-            self._drop_idle(conn)
-            if not conn.is_closed() and not conn.has_expired(now):
-                return conn
-            conn.abort()
-        return None
-
-    def _make_room(self) -> None:
-        """At the limit, with no idle connection of the arriving request's owner: close the least recently
-        used idle connection (another owner's), so the request opens its own rather than queueing behind
-        connections nobody is using. Its owner pays a connect on its next request (as after a keep-alive
-        expiry)."""
-        conn = next(iter(self._idle_order))
-        self._drop_idle(conn)
-        conn.abort()
-
-    def _drop_idle(self, conn: ConnectionProtocol) -> None:
-        """Take `conn` out of the idle connections, if it is one."""
-        if conn not in self._idle_order:
-            return
-        del self._idle_order[conn]
-        stack = self._idle[conn.owner]
-        if stack[-1] is conn:
-            stack.pop()
-        else:
-            stack.remove(conn)
-        if not stack:
-            del self._idle[conn.owner]
 
     async def _connect(self, reserved: bool, owner: int | None) -> ConnectionProtocol:
         """Open a connection for `owner` in a free slot (`reserved`: one a waiter was handed, already counted)."""
@@ -274,31 +242,19 @@ class ConnectionPool:
             else:
                 conn.abort()  # `forget` hands its slot to that waiter (`_free_slot`)
                 return
-        stack = self._idle.get(conn.owner)
-        if stack is None:
-            self._idle[conn.owner] = [conn]
-        else:
-            stack.append(conn)
-        self._idle_order[conn] = None
+        self._idle.add(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.keepalive, self._sweep)
 
     def _sweep(self) -> None:
         """Close idle connections past `keepalive` (oldest first), so quiet pools do not hold sockets."""
-        self._sweeper = None
         now = self.clock()
-        order = self._idle_order
-        while order:
-            oldest = next(iter(order))
-            if not oldest.has_expired(now):
-                self._sweeper = self.loop.call_later(oldest.idle_since + self.keepalive - now, self._sweep)
-                return
-            self._drop_idle(oldest)
-            oldest.abort()
+        next_expiry = self._idle.close_expired(now)
+        self._sweeper = None if next_expiry is None else self.loop.call_later(next_expiry - now, self._sweep)
 
     def forget(self, conn: ConnectionProtocol) -> None:
         """A connection has closed: its slot is free."""
-        self._drop_idle(conn)
+        self._idle.remove(conn)
         if conn in self._open:
             self._open.discard(conn)
             self._free_slot()
@@ -338,5 +294,4 @@ class ConnectionPool:
         for conn in list(self._open):
             conn.abort()
         self._idle.clear()
-        self._idle_order.clear()
 

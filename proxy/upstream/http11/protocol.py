@@ -22,7 +22,8 @@ import collections
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
-from proxy.upstream.http11.connection import CLOSED, CLOSED_NOW, DRAINED, ENDED, HEAD_ARRIVED, ClientConnection
+from proxy.upstream.http11.connection import ClientConnection
+from proxy.upstream.http11.state import CLOSED, CLOSED_NOW, DRAINED, ENDED, HEAD_ARRIVED
 from proxy.upstream.http11.errors import ConnectFailed, ConnectionBroken
 
 if TYPE_CHECKING:
@@ -81,8 +82,9 @@ class ConnectionProtocol(asyncio.Protocol):
         self._discard_timer: asyncio.TimerHandle | None = None
 
     @property
-    def idle_since(self) -> float:
-        return self.conn.idle_since
+    def expires_at(self) -> float:
+        """When an idle connection stops being fit for reuse (`has_expired` from then on)."""
+        return self.conn.idle_since + self.conn.keepalive
 
     # -- the exchange, driven by `ConnectionPool.request` and `Response` ---------------------------------
 
