@@ -46,6 +46,7 @@ from proxy.runtime import Runtime, RuntimeRef, build_runtime
 from proxy.server.listener import JsonRpcServer, ListenerLimits
 from proxy.ops.status import status_document
 from proxy.upstream.transport import HttpUpstream
+from proxy.tasks import Owner, cancel_and_wait, spawn
 
 if TYPE_CHECKING:
     from proxy.analyzer.embedded import EmbeddedAnalyzer
@@ -111,7 +112,7 @@ class ProxyServer:
             from proxy.ops.fixtures import FixtureWriter  # imported only when used: serving imports what it uses
 
             self.events.failure_listeners.append(FixtureWriter(events.fixtures.dir, events.fixtures.per_signature).on_failure)
-        self._summaries: asyncio.Task[None] | None = None
+        self._tasks: Owner = set()
         self.runtime = RuntimeRef(build_runtime(config, self.metrics, self.events, self.clock))
         self.handler = McpHandler(self.runtime)
         self._limits_of: ProxyConfig | None = None
@@ -121,7 +122,7 @@ class ProxyServer:
         self._started = False
         self._proxy_runner: web.BaseRunner | None = None
         self._admin_runner: web.BaseRunner | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: Owner = set()
         self.listen_address: tuple[str, int] = (config.listen.host, config.listen.port)
         self.admin_address: tuple[str, int] = (config.admin.host, config.admin.port)
         self.listen_bound: list[tuple[str, int]] = []  # every socket each listener bound (localhost: two)
@@ -268,7 +269,7 @@ class ProxyServer:
             raise
         if self.reloader is not None:
             self.reloader.start()
-        self._summaries = asyncio.create_task(self._summarize(), name="event-summaries")
+        spawn(self._summarize(), name="event-summaries", owner=self._tasks)
         if self.analyzer is not None:
             self.analyzer.start()
         self._started = True
@@ -357,9 +358,7 @@ class ProxyServer:
             finally:  # stopped early (the proxy shuts down): the pool still closes
                 await transport.close()
 
-        task = asyncio.create_task(close_later(), name=f"retire-pool:{transport.name}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        spawn(close_later(), name=f"retire-pool:{transport.name}", owner=self._retiring)
 
     async def stop(self) -> None:
         """Drain: not ready, end long-lived streams, stop accepting, let calls finish, then close everything."""
@@ -370,8 +369,7 @@ class ProxyServer:
             await self._proxy_runner.cleanup()
         if self.reloader is not None:
             await self.reloader.stop()
-        if self._summaries is not None:
-            self._summaries.cancel()
+        await cancel_and_wait(self._tasks)
         if self.analyzer is not None:
             await self.analyzer.stop()
         self.events.flush_summaries()
@@ -385,10 +383,7 @@ class ProxyServer:
                 await state.prober.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
-        retiring = list(self._retiring)
-        for task in retiring:
-            task.cancel()
-        await asyncio.gather(*retiring, return_exceptions=True)
+        await cancel_and_wait(self._retiring)  # each still closes its pool
         for state in runtime.states.values():
             await state.transport.close()
         if self._event_file is not None:
@@ -397,18 +392,19 @@ class ProxyServer:
     async def serve_forever(self, stop: asyncio.Event, reload: asyncio.Event) -> None:
         """Run until `stop` is set (SIGTERM/SIGINT); each time `reload` is set (SIGHUP), re-read the config."""
         await self.start()
-        waiter = asyncio.create_task(stop.wait(), name="wait-for-stop")
+        waits: Owner = set()
+        waiter = spawn(stop.wait(), name="wait-for-stop", owner=waits, awaited=True)
         try:
             while not stop.is_set():
-                hup = asyncio.create_task(reload.wait(), name="wait-for-sighup")
+                hup = spawn(reload.wait(), name="wait-for-sighup", owner=waits, awaited=True)
                 await asyncio.wait({waiter, hup}, return_when=asyncio.FIRST_COMPLETED)
                 if reload.is_set():
                     reload.clear()
                     if self.reloader is not None:
                         await self.reloader.check("sighup", force=True)
-                hup.cancel()
+                await cancel_and_wait([hup])
         finally:
-            waiter.cancel()
+            await cancel_and_wait(waits)
             await self.stop()
 
 

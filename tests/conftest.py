@@ -145,3 +145,12 @@ async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, Any
     yield start
     for process in started:
         await process.stop()
+
+
+@pytest.fixture(autouse=True)
+def _strict_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every in-process test raises on a malformed event emission (unknown kind, missing or unknown
+    field), where serving would log ``event_malformed`` and publish it untyped."""
+    from proxy.events.recorder import EventRecorder
+
+    monkeypatch.setattr(EventRecorder, "strict", True)

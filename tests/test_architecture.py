@@ -21,25 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "proxy"
 
-SPAWN_SITES: dict[tuple[str, str], int] = {
-    # TODO(issue 11): each becomes proxy.tasks.spawn(coro, name=..., owner=<the set of whoever stops it>).
-    ("proxy/app.py", "asyncio.create_task"): 4,  # event-summaries, retire-pool, wait-for-stop, wait-for-sighup
-    ("proxy/policies/fallback.py", "asyncio.create_task"): 2,  # cache-flight (awaited), close-orphan
-    ("proxy/policies/timeout.py", "asyncio.ensure_future"): 1,  # the observed attempt (awaited)
-    ("proxy/policies/timeout.py", "asyncio.create_task"): 1,  # observe-timeout watcher
-}
+SPAWN_SITES: dict[tuple[str, str], int] = {}  # none left: every task starts through proxy.tasks.spawn
 """Tasks started other than by `spawn`: at most this many per (file, call). Upper bounds, so moving a
 site to `spawn` passes at once; the entry goes when its count reaches 0."""
 
-CANCEL_SITES: dict[tuple[str, str], int] = {
-    # TODO(issue 11): tasks cancelled by hand; each becomes `await cancel_and_wait(...)` on its owner's set.
-    ("proxy/app.py", "self._summaries"): 1,  # never awaited
-    ("proxy/app.py", "task"): 1,  # retiring pools: awaited by the gather that follows
-    ("proxy/app.py", "hup"): 1,  # never awaited (a new one each SIGHUP)
-    ("proxy/app.py", "waiter"): 1,  # never awaited
-    ("proxy/policies/fallback.py", "flight.task"): 1,  # never awaited (the last waiter left)
-    ("proxy/policies/timeout.py", "attempt"): 4,  # never awaited
-}
+CANCEL_SITES: dict[tuple[str, str], int] = {}  # none left: tasks stop through proxy.tasks.cancel_and_wait
 """`.cancel()` calls outside `proxy/tasks.py`: at most this many per (file, receiver). Cancelling a handle
 from `loop.call_later` / `call_at` / `call_soon` (a timer) is synchronous, nothing runs after it, so
 those are not counted: the scan knows them by their assignment in the same module."""

@@ -52,6 +52,7 @@ from typing import Any, Final
 import orjson
 from multidict import CIMultiDict
 
+from proxy.tasks import Owner, cancel_and_wait, spawn
 from proxy.errors import ProxyError, RateLimited
 from proxy.policies.failures import Failure, Verdict, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
@@ -176,7 +177,7 @@ class CacheStage:
         self._stores: dict[tuple[str, CacheConfig], ResponseCache] = {}
         self._flights: dict[FlightKey, _Flight] = {}
         self._generation: dict[str, int] = {}  # per upstream, bumped by invalidation
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: Owner = set()
 
     def store(self, upstream: str, cfg: CacheConfig) -> ResponseCache:
         """The store of `upstream` calls under `cfg`, created on first use."""
@@ -272,7 +273,7 @@ class CacheStage:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
                 self._land(key, flight)
-                flight.task.cancel()
+                await cancel_and_wait([flight.task])  # its upstream answer released before we go
             elif call is flight.call:
                 flight.task.add_done_callback(self._close_orphan)
             raise
@@ -286,7 +287,7 @@ class CacheStage:
         return (None if result is None else _answer(call, dict(result))), verdict
 
     def _take_off(self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache) -> _Flight:
-        task = asyncio.create_task(self._fetch(pair, call, next, store), name=f"cache-flight:{call.method}")
+        task = spawn(self._fetch(pair, call, next, store), name=f"cache-flight:{call.method}", owner=self._background, awaited=True)
         flight = self._flights[key] = _Flight(call, task)
         task.add_done_callback(lambda _: self._land(key, flight))
         return flight
@@ -299,9 +300,7 @@ class CacheStage:
         """The leader left; a streamed answer has no other reader, so release its connection."""
         if task.cancelled() or task.exception() is not None or (stream := task.result()[0].stream) is None:
             return
-        closing = asyncio.create_task(stream.close(), name="cache-flight:close-orphan")
-        self._background.add(closing)
-        closing.add_done_callback(self._background.discard)
+        spawn(stream.close(), name="cache-flight:close-orphan", owner=self._background)
 
     async def _fetch(
         self, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache

@@ -25,11 +25,13 @@ from typing import Final
 from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
 from proxy.mcp.jsonrpc import CLIENT_PACED_METHODS
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
+from proxy.tasks import Owner, cancel_and_wait, spawn
 
 __all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
 
 MAX_OBSERVATIONS: Final = 64
-_observing: set[asyncio.Task[None]] = set()  # process-wide, so the bound holds across reloads
+_observing: Owner = set()  # process-wide, so the bound holds across reloads
+_attempts: Owner = set()  # attempts raced against their time (awaited by their call, or by a watcher)
 
 
 class TimeoutStage:
@@ -65,29 +67,25 @@ class TimeoutStage:
 
     async def _observed(self, call: Call, next: Handler, limit: float) -> Reply:
         started = time.monotonic()
-        attempt: asyncio.Future[Reply] = asyncio.ensure_future(next(call))
+        attempt = spawn(_attempt(next, call), name=f"attempt:{call.call_id}:{call.attempt}", owner=_attempts, awaited=True)
         try:
             done, _ = await asyncio.wait({attempt}, timeout=limit)
         except asyncio.CancelledError:
-            attempt.cancel()
+            await cancel_and_wait([attempt])
             raise
         if done:
             return attempt.result()
         if not call.written:
-            attempt.cancel()
+            await cancel_and_wait([attempt])
             raise _still_waiting(call, limit)
         observing = len(_observing) < MAX_OBSERVATIONS
         attempt.add_done_callback(_retrieve)  # however it ends, even after shutdown, nobody is left unheard
         self._timed_out(call, limit, observing)
         if observing:
             as_it_was = dataclasses.replace(call)  # retry moves `call.attempt` on; the event names this one
-            watcher = asyncio.create_task(
-                self._watch(attempt, as_it_was, limit, started), name=f"observe-timeout:{call.call_id}:{call.attempt}"
-            )
-            _observing.add(watcher)
-            watcher.add_done_callback(_observing.discard)
+            spawn(self._watch(attempt, as_it_was, limit, started), name=f"observe-timeout:{call.call_id}:{call.attempt}", owner=_observing)
         else:
-            attempt.cancel()
+            await cancel_and_wait([attempt])
         raise _timeout(call, limit)
 
     async def _watch(self, attempt: asyncio.Future[Reply], call: Call, limit: float, started: float) -> None:
@@ -100,11 +98,16 @@ class TimeoutStage:
             if reply.stream is not None:
                 await reply.stream.close()
         elif not done:
-            attempt.cancel()
+            await cancel_and_wait([attempt])
         fields: dict[str, object] = {"limit_ms": round(limit * 1000, 3), "observed_ms": observed_ms}
         if observed_ms is None:
             fields["waited_ms"] = round((time.monotonic() - started) * 1000, 3)
         self._observer.policy_event("timeout_observed", call, **fields)
+
+
+async def _attempt(next: Handler, call: Call) -> Reply:
+    """One attempt as a coroutine of its own, so it can run on as a task once its time is up."""
+    return await next(call)
 
 
 def _retrieve(attempt: asyncio.Future[Reply]) -> None:
