@@ -116,7 +116,12 @@ class ConnectionPool:
         head = encode_head(self.origin, method, headers, body, lend_credentials)
         # A small request goes out in one write, as one segment; a large body is written from the
         # caller's bytes, piece by piece, never copied.
-        parts = (head + body,) if body and len(head) + len(body) <= WRITE_PIECE else (head, body or b"")
+        if not body:
+            parts: tuple[bytes, ...] = (head,)
+        elif len(head) + len(body) <= WRITE_PIECE:
+            parts = (head + body,)
+        else:
+            parts = (head, body)
         # The common case without a coroutine: an idle connection of this owner, nobody queued before it.
         conn = None if self._closed or self._waiters else self._idle.take(owner, self.clock())
         if conn is None:

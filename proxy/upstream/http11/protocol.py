@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from proxy.upstream.http11.connection import ClientConnection
-from proxy.upstream.http11.state import CLOSED, CLOSED_NOW, DRAINED, ENDED, HEAD_ARRIVED
 from proxy.upstream.http11.errors import ConnectFailed, ConnectionBroken
+from proxy.upstream.http11.state import CLOSED, CLOSED_NOW, DRAINED, ENDED, HEAD_ARRIVED
 
 if TYPE_CHECKING:
     from proxy.upstream.http11.pool import ConnectionPool
@@ -36,7 +36,7 @@ WRITE_PIECE = 64 * 1024
 buffer is over the high-water mark the rest waits for `resume_writing`: the buffer stays under
 high-water + one piece, whatever the upstream reads."""
 _PAUSE_AT = 256 * 1024
-"""Unread body bytes at which the socket stops being read; `take` resumes it."""
+"""Unread body bytes at which the socket stops being read; the reader that takes them resumes it."""
 _RARE = ~(HEAD_ARRIVED | ENDED)
 """Events other than those of an ordinary read (`CLOSED_NOW`, `DRAINED`): `_react` handles them."""
 
@@ -49,7 +49,7 @@ class ConnectionProtocol(asyncio.Protocol):
         "_head",
         "_outgoing",
         "_pool",
-                "_transport",
+        "_transport",
         "_waiter",
         "_write_paused",
         "conn",
