@@ -58,6 +58,13 @@ def the_call() -> Call:
     return make_call(tool_call("lookup", 7, query="q", api_key="s3cret"))
 
 
+def serving_recorder(include_params: bool = False) -> EventRecorder:
+    """A recorder as serving runs it: not strict (the suite's conftest makes recorders strict by default)."""
+    recorder = EventRecorder(EventBus(), include_params=include_params)
+    recorder.strict = False
+    return recorder
+
+
 def strict_recorder(include_params: bool = False) -> EventRecorder:
     recorder = EventRecorder(EventBus(), include_params=include_params)
     recorder.strict = True
@@ -92,7 +99,7 @@ def test_each_emission_is_typed_and_its_record_is_the_untyped_v1_record(
 ) -> None:
     """The same keys, values and order as v1's untyped record (`make_event`): the wire format did not change."""
     call = the_call() if about_call else None
-    strict, serving = strict_recorder(include_params), EventRecorder(EventBus(), include_params=include_params)
+    strict, serving = strict_recorder(include_params), serving_recorder(include_params)
     for recorder in (strict, serving):
         if kind == "call_failed":
             rest = {k: v for k, v in fields.items() if k not in ("error", "latency_ms")}
@@ -149,7 +156,7 @@ def test_a_malformed_emission_raises_under_strict_and_is_published_untyped_when_
     call = the_call() if about_call else None
     with pytest.raises(MalformedEvent, match="^" + problem.replace("(", r"\(").replace(")", r"\)")):
         strict_recorder().policy_event(kind, call, **fields)
-    serving = EventRecorder(EventBus())
+    serving = serving_recorder()
     with structlog.testing.capture_logs() as logs:
         for _ in range(3):
             serving.policy_event(kind, call, **fields)
