@@ -44,7 +44,7 @@ from proxy.policies.base import Clock, MonotonicClock
 from proxy.ops.reload import ConfigReloader
 from proxy.runtime import Runtime, RuntimeRef, build_runtime
 from proxy.server.listener import JsonRpcServer, ListenerLimits
-from proxy.ops.status import status_document
+from proxy.server.status import status_document
 from proxy.upstream.transport import HttpUpstream
 from proxy.tasks import Owner, cancel_and_wait, spawn
 
@@ -236,7 +236,7 @@ class ProxyServer:
         return _json(200, self.status())
 
     def status(self) -> dict[str, Any]:
-        """Everything an operator asks first, as one JSON document (see `proxy.ops.status`)."""
+        """Everything an operator asks first, as one JSON document (see `proxy.server.status`)."""
         ready, why = self.ready()
         return status_document(self.runtime.current, self.reloader, ready, why, self.draining, self.started_at)
 
