@@ -30,9 +30,13 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from proxy.mcp.jsonrpc import list_changed_kind, too_many_containers
+from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind, too_many_containers
 
 __all__ = ["NO_REQUEST", "NoRequest", "SSEEvent", "SSEParser", "SSEWatcher", "Seen"]
+
+_new = tuple.__new__
+"""Makes a named tuple from a tuple of all its fields, in C: the generated ``__new__`` of `SSEEvent` and
+`Seen` is a Python call, and one of each is made per event."""
 
 
 class SSEEvent(NamedTuple):
@@ -47,8 +51,8 @@ class SSEEvent(NamedTuple):
     oversized: bool = False
 
 
-class SSEParser:
-    """Feed it chunks with `feed()`; it returns the events each chunk completed."""
+class _EventReader:
+    """The parsing both `SSEParser` and `SSEWatcher` are made of (`_events`): one object per stream."""
 
     __slots__ = ("_data", "_dropping_line", "_event", "_event_size", "_id", "_max", "_oversized", "_partial",
                  "_pending_cr", "last_event_id")  # fmt: skip
@@ -86,7 +90,7 @@ class SSEParser:
             self._partial, self._data = bytearray(), []
             self._dropping_line = self._oversized = True
 
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
+    def _events(self, chunk: bytes) -> list[SSEEvent]:
         """Consume `chunk`; return the events it completed (often none, sometimes several).
 
         One pass over the lines, fields compared as bytes: only an event's data (once, at dispatch), its
@@ -132,10 +136,11 @@ class SSEParser:
             if name == b"data":
                 self._data.append(value)
             elif name == b"event":
-                self._event = value.decode("utf-8", "replace")
+                self._event = "message" if value == b"message" else value.decode("utf-8", "replace")
             elif name == b"id" and b"\x00" not in value:
                 self._id = value.decode("utf-8", "replace")
-        self._keep_partial(rest)
+        if rest:
+            self._keep_partial(rest)
         return events
 
     def _dispatch(self) -> SSEEvent | None:
@@ -143,14 +148,24 @@ class SSEParser:
             self.last_event_id = self._id
         data = self._data
         if self._oversized:
-            event: SSEEvent | None = SSEEvent("", self._event or "message", self._id, True)
+            event: SSEEvent | None = _new(SSEEvent, ("", self._event or "message", self._id, True))
         elif data:
             text = (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace")
-            event = SSEEvent(text, self._event or "message", self._id)
+            event = _new(SSEEvent, (text, self._event or "message", self._id, False))
         else:
             event = None
         self._data, self._event_size, self._oversized, self._event, self._id = [], 0, False, "", None
         return event
+
+
+class SSEParser(_EventReader):
+    """Feed it chunks with `feed()`; it returns the events each chunk completed."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Consume `chunk`; return the events it completed (often none, sometimes several)."""
+        return self._events(chunk)
 
 
 class Seen(NamedTuple):
@@ -196,7 +211,7 @@ NO_REQUEST: Final = NoRequest()
 """`SSEWatcher`'s request id for a stream that owes no final response: none is ever reported."""
 
 
-class SSEWatcher:
+class SSEWatcher(_EventReader):
     """Watches one SSE answer: `feed` it the chunks as they pass; it returns what they said (`Seen`).
 
     `request_id` is the request the stream answers (`NO_REQUEST`: none); `max_event` bounds the event
@@ -206,10 +221,10 @@ class SSEWatcher:
     checks are the same string tests the proxy always made, so what is seen does not change with them.
     """
 
-    __slots__ = ("_parser", "_request_id", "answered", "answered_at_end")
+    __slots__ = ("_request_id", "answered", "answered_at_end")
 
     def __init__(self, request_id: str | int | None | NoRequest = NO_REQUEST, max_event: int | None = None) -> None:
-        self._parser = SSEParser(max_event)
+        super().__init__(max_event)
         self._request_id = request_id
         self.answered = False
         """The final response went by: nothing more is watched."""
@@ -217,24 +232,19 @@ class SSEWatcher:
         """The final response was the last thing in the chunk that held it (no event, and no part of one,
         after it): the relay may end the client's answer with that chunk (`proxy.server.relay`)."""
 
-    @property
-    def last_event_id(self) -> str | None:
-        """The last event id seen: with one, a stream that ends unanswered can be resumed (Last-Event-ID)."""
-        return self._parser.last_event_id
-
     def feed(self, chunk: bytes) -> list[Seen]:
         """Consume `chunk`; return what its complete events said, in order, up to the final response."""
         if self.answered:
             return []
         seen: list[Seen] = []
-        events = self._parser.feed(chunk)
+        events = self._events(chunk)
         for index, event in enumerate(events):
             sighting = self._look(event)
             if sighting is not None:
                 seen.append(sighting)
                 if sighting.final is not None:
                     self.answered = True
-                    self.answered_at_end = index == len(events) - 1 and self._parser.between_events
+                    self.answered_at_end = index == len(events) - 1 and self.between_events
                     break
         return seen
 
@@ -242,7 +252,7 @@ class SSEWatcher:
         if event.oversized:
             return _OVERSIZED
         data = event.data
-        if too_many_containers(data):
+        if len(data) > MAX_PARSED_CONTAINERS and too_many_containers(data):
             return _UNPARSED  # parsing would build a Python object per container, uninterruptibly
         has_id = '"id"' in data
         changed = "list_changed" in data
@@ -267,5 +277,5 @@ class SSEWatcher:
                 and message.get("id") == self._request_id
                 and ("result" in message or "error" in message)
             ):
-                return Seen(final=message)
+                return _new(Seen, (message, False, None, False, False))
         return Seen(list_changed=kind) if kind is not None else None
