@@ -88,6 +88,9 @@ class Relay:
         watch = _CallWatch(runtime, route, call, settle)
         long_lived = call.method in LONG_LIVED_METHODS
         ended = await self._pump(response, watched, watch, long_lived)
+        if ended is _FINISHED:
+            _settled(route, call, OK)
+            return response  # ended with its final response: nothing more to write
         if ended is _GONE:
             return response  # `settle` already has whatever was known
         broken = ended if isinstance(ended, StreamBroken) else None
@@ -129,6 +132,7 @@ class Relay:
         stream, watcher = watched.stream, watched.watcher
         watching = not watcher.answered
         ends = not long_lived and isinstance(stream, SSEBody)
+        finished = False
         if long_lived:
             self._long_lived.add(stream)
         try:
@@ -152,7 +156,8 @@ class Relay:
                         break
                 if last:
                     assert isinstance(stream, SSEBody)
-                    stream.discard_rest()
+                    stream.discard_rest()  # the connection is the pool's again once the end is in
+                    finished = True
                     return _FINISHED
         except StreamBroken as exc:
             return exc
@@ -160,7 +165,8 @@ class Relay:
             return _GONE  # the client went away
         finally:
             self._long_lived.discard(stream)
-            await stream.close()  # after discard_rest, nothing: the connection is the pool's again
+            if not finished:
+                await stream.close()
         return None
 
 
