@@ -71,12 +71,12 @@ class TimeoutStage:
         try:
             done, _ = await asyncio.wait({attempt}, timeout=limit)
         except asyncio.CancelledError:
-            await cancel_and_wait([attempt])
+            await _abandon(attempt)
             raise
         if done:
             return attempt.result()
         if not call.written:
-            await cancel_and_wait([attempt])
+            await _abandon(attempt)
             raise _still_waiting(call, limit)
         observing = len(_observing) < MAX_OBSERVATIONS
         attempt.add_done_callback(_retrieve)  # however it ends, even after shutdown, nobody is left unheard
@@ -85,7 +85,7 @@ class TimeoutStage:
             as_it_was = dataclasses.replace(call)  # retry moves `call.attempt` on; the event names this one
             spawn(self._watch(attempt, as_it_was, limit, started), name=f"observe-timeout:{call.call_id}:{call.attempt}", owner=_observing)
         else:
-            await cancel_and_wait([attempt])
+            await _abandon(attempt)
         raise _timeout(call, limit)
 
     async def _watch(self, attempt: asyncio.Future[Reply], call: Call, limit: float, started: float) -> None:
@@ -98,11 +98,19 @@ class TimeoutStage:
             if reply.stream is not None:
                 await reply.stream.close()
         elif not done:
-            await cancel_and_wait([attempt])
+            await _abandon(attempt)
         fields: dict[str, object] = {"limit_ms": round(limit * 1000, 3), "observed_ms": observed_ms}
         if observed_ms is None:
             fields["waited_ms"] = round((time.monotonic() - started) * 1000, 3)
         self._observer.policy_event("timeout_observed", call, **fields)
+
+
+async def _abandon(attempt: asyncio.Task[Reply]) -> None:
+    """Stop an attempt nobody will read. Cancelled in the very turn it finished, it may hold a streamed
+    answer: that stream is closed here, or its upstream connection would stay out of the pool."""
+    await cancel_and_wait([attempt])
+    if not attempt.cancelled() and attempt.exception() is None and (stream := attempt.result().stream) is not None:
+        await stream.close()
 
 
 async def _attempt(next: Handler, call: Call) -> Reply:
