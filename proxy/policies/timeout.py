@@ -105,7 +105,7 @@ class TimeoutStage:
         self._observer.policy_event("timeout_observed", call, **fields)
 
 
-async def _abandon(attempt: asyncio.Task[Reply]) -> None:
+async def _abandon(attempt: asyncio.Future[Reply]) -> None:
     """Stop an attempt nobody will read. Cancelled in the very turn it finished, it may hold a streamed
     answer: that stream is closed here, or its upstream connection would stay out of the pool."""
     await cancel_and_wait([attempt])
