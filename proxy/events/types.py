@@ -143,8 +143,9 @@ class RetryExhausted(CallEvent):
 @_kind
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryBudgetExhausted(CallEvent):
-    """The upstream's retry budget refused a retry the policy allowed: the call fails now (only when the
-    attempt raised; a failing answer goes back as it is, with a log line)."""
+    """The upstream's retry budget refused a retry the policy allowed, and retrying stops: the client gets
+    `retry_budget_exhausted` (-32054) when the attempt raised, the upstream's own failing answer as it is
+    otherwise. Either way the refusal is counted here (and in ``mcp_proxy_retry_budget_exhausted_total``)."""
 
     type: Literal["retry_budget_exhausted"] = "retry_budget_exhausted"
     error: ErrorDetail

@@ -30,7 +30,6 @@ import random
 import time
 from collections.abc import Callable
 
-import structlog
 
 from proxy.errors import CircuitOpen, ProxyError, ProxyOverloaded, RateLimited, RetryBudgetExhausted
 from proxy.policies.failures import Verdict, classify_error, verdict_of
@@ -40,7 +39,6 @@ from proxy.config.policies import BackoffConfig, BudgetConfig, RetryConfig
 
 __all__ = ["RetryStage", "backoff_ceiling"]
 
-log = structlog.get_logger("proxy.retry")
 
 _NEVER_RETRIED = (CircuitOpen, RateLimited, RetryBudgetExhausted, ProxyOverloaded)
 
@@ -137,17 +135,16 @@ class RetryStage:
     def _give_up(
         self, call: Call, stop: str, attempt: int, verdict: Verdict, reply: Reply | None, error: ProxyError | None
     ) -> Reply:
-        if stop == "budget" and error is None:  # the one stop no event reports
-            log.info("retry_stopped", upstream=call.upstream, method=call.method, tool=call.tool, attempts=attempt, why=stop)
-        if attempt > 1 and stop != "budget":
+        if stop == "budget":  # whether the client then gets the upstream's answer or an error: counted
+            self._observer.policy_event(
+                "retry_budget_exhausted", call, failure=verdict.kind.value, error=verdict.as_error()
+            )
+        elif attempt > 1:
             self._observer.policy_event("retry_exhausted", call, why=stop, error=verdict.as_error())
         if error is None:
             assert reply is not None
             return reply
         if stop == "budget":
-            self._observer.policy_event(
-                "retry_budget_exhausted", call, failure=verdict.kind.value, error=verdict.as_error()
-            )
             raise RetryBudgetExhausted(
                 f"retry budget exhausted after {attempt} attempt(s); last failure: {error.message}",
                 upstream=call.upstream,

@@ -165,3 +165,18 @@ async def test_budget_exhausted_error_names_the_last_failure() -> None:
 def test_backoff_ceiling_doubles_up_to_max() -> None:
     backoff = BackoffConfig(base=0.1, max=1.0)
     assert [backoff_ceiling(backoff, n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+async def test_a_budget_refusal_is_an_event_even_when_the_client_gets_the_upstreams_answer() -> None:
+    """A 503 passed back as it is (the attempt did not raise) still counts as a budget refusal: the
+    metric and the analyzer read it from this event."""
+    from proxy.events.bus import EventBus
+    from proxy.events.recorder import EventRecorder
+
+    bus = EventBus()
+    retry = RetryStage(FakeClock(), EventRecorder(bus), rng=lambda: 0.0)
+    config = upstream_config(retry={"budget": {"ratio": 0, "min_per_second": 0}})
+    upstream = FakeUpstream(reply_status(503))
+    reply = await retry(make_call(LIST, config), upstream)
+    assert (reply.status, upstream.attempts) == (503, 1)
+    assert [(e["type"], e["failure"]) for e in bus.recent()] == [("retry_budget_exhausted", "http_5xx")]
