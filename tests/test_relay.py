@@ -218,3 +218,34 @@ async def test_aiohttp_holds_a_stream_head_for_its_first_bytes(aiohttp_client: A
         async with client.get("/" + query) as response:
             assert await response.read() == b"data: x\n\n"
     assert written[0] == 0 and written[1] == 0 and written[2] > 0
+
+
+async def test_a_read_whose_server_asks_and_answers_in_one_write_gets_that_answer_alone() -> None:
+    """The buffered read hands the stream on at the question; the final response that came in the same
+    chunk must still count as the answer (not be followed by a proxy error for the same id)."""
+    raw = b"data: " + ASKS + b"\n\ndata: " + answer_to(9) + b"\n\n"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(raw)  # one write: the question and the answer in one chunk
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/mcp"  # type: ignore[union-attr]
+    read = {"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": "x://y"}}
+    try:
+        async with running_proxy(proxy_config(url)) as proxy, aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.post(proxy.url + "/mcp", json=read, headers=JSON_HEADERS) as response:
+                    assert (response.status, await response.read()) == (200, raw)
+            outcomes = [line for line in proxy.metrics.render().decode().splitlines() if line.startswith("mcp_proxy_requests_total{")]
+            assert [line.split('outcome="')[1].split('"')[0] for line in outcomes] == ["ok"]
+    finally:
+        await runner.cleanup()

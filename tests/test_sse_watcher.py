@@ -147,3 +147,21 @@ def test_a_final_response_that_ends_its_chunk_is_said_so() -> None:
     watcher.feed(event(FINAL)[:10])
     watcher.feed(event(FINAL)[10:])
     assert watcher.answered_at_end
+
+
+def test_a_response_under_another_event_type_is_not_the_final_response() -> None:
+    """Clients read only ``message`` events as JSON-RPC: a response under ``event: custom`` must not end
+    the client's answer (the real one may follow)."""
+    watcher = SSEWatcher(1)
+    response = b'{"jsonrpc":"2.0","id":1,"result":{}}'
+    assert watcher.feed(b"event: custom\ndata: " + response + b"\n\n") == []
+    (seen,) = watcher.feed(b"event: message\ndata: " + response + b"\n\n")
+    assert seen.final == {"jsonrpc": "2.0", "id": 1, "result": {}} and watcher.answered_at_end
+
+
+def test_a_final_response_whose_crlf_is_cut_after_the_cr_does_not_end_its_chunk() -> None:
+    """The LF of the last CRLF is still to come: ending the client's answer here would send it a bare CR
+    (which some SSE clients hold back, never dispatching the event)."""
+    watcher = SSEWatcher(1)
+    (seen,) = watcher.feed(b'data: {"jsonrpc":"2.0","id":1,"result":{}}\r\n\r')
+    assert seen.final is not None and watcher.answered and not watcher.answered_at_end

@@ -77,7 +77,8 @@ class _EventReader:
     @property
     def between_events(self) -> bool:
         """Nothing of an unfinished line or event is held: the bytes fed so far end where an event ended."""
-        return not (self._partial or self._dropping_line or self._event_size)  # every field line counts in the size
+        # every field line counts in the size; a CR last may be the first half of a CRLF still to come
+        return not (self._partial or self._dropping_line or self._event_size or self._pending_cr)
 
     def _keep_partial(self, piece: bytes) -> None:
         if self._dropping_line or not piece:
@@ -251,6 +252,8 @@ class SSEWatcher(_EventReader):
     def _look(self, event: SSEEvent) -> Seen | None:
         if event.oversized:
             return _OVERSIZED
+        if event.event != "message":  # the only events a client reads as JSON-RPC messages
+            return None
         data = event.data
         if len(data) > MAX_PARSED_CONTAINERS and too_many_containers(data):
             return _UNPARSED  # parsing would build a Python object per container, uninterruptibly

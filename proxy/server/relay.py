@@ -226,7 +226,7 @@ class _Watched:
             self.stream: ReplyStream = stream.rest
             self.read = stream.read
             self.watcher = stream.watcher
-            self.early = tuple(Seen(list_changed=kind) for kind in sorted(stream.list_changed))
+            self.early = stream.early
         else:
             self.stream = stream
             self.read = b""

@@ -60,7 +60,7 @@ from proxy.errors import (
 from proxy.errors import ProxyError
 from proxy.mcp.headers import client_headers
 from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, MAX_PARSED_CONTAINERS, Kind, Message, too_many_containers
-from proxy.mcp.sse import SSEWatcher
+from proxy.mcp.sse import Seen, SSEWatcher
 from proxy.policies.base import Call, Reply
 from proxy.upstream.http11.client import (
     BadResponse,
@@ -264,18 +264,20 @@ class ReadAhead:
     """An SSE answer a buffered read began, then handed on: `read`, the bytes it read, then `rest`.
 
     A read is handed on when the server asks the client something on the way (it waits for that answer)
-    or sends an event too large to read. `watcher` has seen `read` already, and `list_changed` holds the
-    kinds of list it saw announced there: the relay passes `read` on as it is and goes on watching
+    or sends an event too large to read. `watcher` has seen `read` already, and `early` holds what it saw
+    there that the relay must still act on: the kinds of list announced changed, and whatever came after
+    the event that handed the stream on in the same chunk (the final response among them: a server may ask
+    and answer in one write). The relay passes `read` on as it is, acts on `early`, and goes on watching
     `rest` with the same watcher, so no event is parsed twice. Iterating it gives `read`, then `rest`.
     """
 
-    __slots__ = ("list_changed", "read", "rest", "watcher")
+    __slots__ = ("early", "read", "rest", "watcher")
 
-    def __init__(self, read: bytes, rest: SSEBody, watcher: SSEWatcher, list_changed: frozenset[str]) -> None:
+    def __init__(self, read: bytes, rest: SSEBody, watcher: SSEWatcher, early: tuple[Seen, ...]) -> None:
         self.read = read
         self.rest = rest
         self.watcher = watcher
-        self.list_changed = list_changed
+        self.early = early
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
@@ -479,7 +481,8 @@ class HttpUpstream:
                 if len(read) + len(chunk) > limit:
                     raise self._too_large(probe)
                 read += chunk
-                for seen in watcher.feed(chunk):
+                sightings = watcher.feed(chunk)
+                for index, seen in enumerate(sightings):
                     if seen.unparsed and probe:
                         raise UpstreamProtocolError(
                             f"the health probe's answer has more than {MAX_PARSED_CONTAINERS} objects and arrays",
@@ -492,7 +495,8 @@ class HttpUpstream:
                         changed.add(seen.list_changed)
                     if seen.asks or seen.unparsed or seen.oversized:
                         handed_on = True
-                        ahead = ReadAhead(bytes(read), stream, watcher, frozenset(changed))
+                        early = (*(Seen(list_changed=kind) for kind in sorted(changed)), *sightings[index + 1 :])
+                        ahead = ReadAhead(bytes(read), stream, watcher, early)
                         return Reply(reply.status, reply.headers, stream=ahead, reason=reply.reason)
                 if final is not None:
                     break
