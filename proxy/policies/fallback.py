@@ -284,7 +284,12 @@ class CacheStage:
         if call is flight.call:
             return reply, verdict
         result = _storable(reply, verdict)
-        return (None if result is None else _answer(call, dict(result))), verdict
+        if result is None:
+            return None, verdict
+        try:
+            return _answer(call, dict(result)), verdict
+        except orjson.JSONEncodeError:  # too deep to write again: this follower makes its own call
+            return None, verdict
 
     def _take_off(self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache) -> _Flight:
         task = spawn(self._fetch(pair, call, next, store), name=f"cache-flight:{call.method}", owner=self._background, awaited=True)
@@ -322,7 +327,10 @@ class CacheStage:
             if isinstance(ttl_ms, int | float) and not isinstance(ttl_ms, bool) and ttl_ms >= 0:
                 ttl = min(ttl, ttl_ms / 1000)
             now = self._clock.monotonic()
-            stored = memoryview(orjson.dumps(result)).tobytes()  # exact size (see the module docstring)
+            try:
+                stored = memoryview(orjson.dumps(result)).tobytes()  # exact size (see the module docstring)
+            except orjson.JSONEncodeError:  # nested past orjson's 254 levels: the answer goes on, unstored
+                return reply, verdict
             size = len(stored) + len(call.message.canonical_arguments()) + len(call.method)
             store.put(private if is_private else shared, Entry(stored, now, now + ttl, size))
         return reply, verdict

@@ -514,3 +514,17 @@ async def test_concurrent_calls_of_two_legacy_sessions_never_share_a_flight() ->
     assert upstream.attempts == 2  # one flight per session
     assert [body_of(r)["id"] for r in replies] == [0, 1, 2, 3]
     assert all("Mcp-Session-Id" not in r.headers for r in replies)
+
+
+async def test_an_answer_too_deep_to_write_again_passes_on_unstored() -> None:
+    """A valid result nested deeper than orjson writes (254 levels; it reads 1024) reaches the client as the
+    server sent it, and is simply not stored: it used to crash the handler (500) with a cache configured."""
+    body = b'{"jsonrpc":"2.0","id":1,"result":{"tools":[],"deep":' + b"[" * 300 + b'"leaf"' + b"]" * 300 + b"}}"
+    message = orjson.loads(body)  # orjson reads it; it cannot write it back
+    deep = message["result"]["deep"]
+    upstream = FakeUpstream(Reply(200, CIMultiDict({"Content-Type": "application/json"}), body=body, message=message), reply_result(TOOLS))
+    stage = CacheStage(FakeClock())
+    first = await stage(call(1, mode="ttl", ttl=10), upstream)
+    assert first.status == 200 and first.message["result"]["deep"] == deep
+    second = await stage(call(2, mode="ttl", ttl=10), upstream)  # nothing stored: the upstream is asked again
+    assert upstream.attempts == 2 and second.message["result"] == TOOLS
