@@ -1,7 +1,8 @@
 """The proxy's own failures, and the stable JSON-RPC errors clients get for them.
 
-Foreign exceptions (the HTTP client's, asyncio's) are translated into this tree at the boundary (`transport.py`),
-so policies and the handler never catch a library's error type::
+Foreign exceptions (the HTTP client's, asyncio's, the OS's) are translated into this tree at one boundary
+(`proxy.upstream.transport.upstream_errors`), each raised ``from`` the original, so policies and the handler
+never catch a library's error type::
 
     ProxyError                      reason                  code    HTTP
     ├── UpstreamError
