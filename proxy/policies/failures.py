@@ -288,7 +288,7 @@ async def judged(call: Call, next: Handler, record: Callable[[Verdict], None]) -
     The stages that count attempts (breaker, passive health) share this: a cancelled attempt is
     recorded as `CANCELLED` (it counts as nothing), an error by its kind, an answer by its verdict, and
     a streamed answer that started well as `STREAMING`: how it ends is its verdict, which the handler
-    reports once the stream is over (`proxy.server.handler`, `_settle_stream`).
+    reports once the stream is over (`proxy.server.relay`, `_settled`).
     """
     verdict = CANCELLED
     try:

@@ -58,7 +58,7 @@ from proxy.policies.failures import Failure, Verdict, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
 from proxy.config.policies import CacheConfig
 
-__all__ = ["CACHE_HEADER", "CACHE_META", "CacheStage", "Entry", "ResponseCache", "list_changed_kind"]
+__all__ = ["CACHE_HEADER", "CACHE_META", "CacheStage", "Entry", "ResponseCache"]
 
 CACHE_META: Final = "io.github.mcp-resilience-proxy/cache"
 """The `result._meta` key of a served stored answer: ``{"status": "hit"|"stale", "age_ms": N}``."""
@@ -334,13 +334,6 @@ class CacheStage:
             size = len(stored) + len(call.message.canonical_arguments()) + len(call.method)
             store.put(private if is_private else shared, Entry(stored, now, now + ttl, size))
         return reply, verdict
-
-
-def list_changed_kind(method: str) -> str | None:
-    """``tools`` for ``notifications/tools/list_changed``; None for any other method."""
-    if method.startswith("notifications/") and method.endswith("/list_changed"):
-        return method[len("notifications/") : -len("/list_changed")] or None
-    return None
 
 
 def _keys(call: Call) -> tuple[Key, Key]:

@@ -25,7 +25,8 @@ from proxy.errors import (
 from proxy.mcp.headers import upstream_headers
 from proxy.mcp.jsonrpc import parse_message
 from proxy.policies.base import Call, Reply
-from proxy.policies.fallback import CACHE_HEADER, CACHE_META, CacheStage, list_changed_kind
+from proxy.mcp.jsonrpc import list_changed_kind
+from proxy.policies.fallback import CACHE_HEADER, CACHE_META, CacheStage
 from proxy.config.resolve import PolicyResolver
 from tests.fakes import echo, settle, FakeClock, FakeUpstream, reply_error, reply_result, reply_status, tool_call, upstream_config
 
