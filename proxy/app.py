@@ -164,8 +164,12 @@ class ProxyServer:
         """The MCP listener: aiohttp's low-level server, since the handler routes by path itself
         (a router and an Application add measurable work to every request and nothing else).
         Its connections keep the listener limits of the config in force (`proxy.server.listener`)."""
+        # auto_decompress off: aiohttp would inflate a compressed request body while parsing it, past
+        # limits.max_body_bytes (a 10 KB gzip body is 10 MiB), and the inflated bytes would then be
+        # forwarded under the client's Content-Encoding. The handler refuses encoded bodies instead.
         return JsonRpcServer(
-            self.handler.handle, self.listener_limits, self._reject, handler_cancellation=True, access_log=None
+            self.handler.handle, self.listener_limits, self._reject, handler_cancellation=True, access_log=None,
+            auto_decompress=False,
         )
 
     def listener_limits(self) -> ListenerLimits:

@@ -92,3 +92,21 @@ async def test_a_batch_of_82000_pings_is_refused_whole(upstream: FaultUpstream) 
     assert (status, error["id"], error["error"]["code"]) == (400, None, -32600)
     assert error["error"]["message"] == f"Invalid Request: batch of 82000 items exceeds {MAX_BATCH_ITEMS}"
     assert upstream.attempts["ping"] == 0
+
+
+async def test_a_compressed_body_is_refused_unread_and_never_inflated(upstream: FaultUpstream) -> None:
+    """A gzip body of 10 KB inflates to 10 MiB: the listener does not inflate request bodies (aiohttp would,
+    past `limits.max_body_bytes`, and forward the inflated bytes under the client's Content-Encoding), and the
+    handler refuses any encoded body with 415. A plain body on the same proxy passes as usual."""
+    import gzip
+
+    bomb = gzip.compress(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b" " * (10 << 20) + b'"}}')
+    assert len(bomb) < 64 * 1024
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        url = proxy.url + "/mcp"
+        status, headers, body = await post(url, bomb, **{"Content-Encoding": "gzip"})
+        plain = await post(url, b'{"jsonrpc":"2.0","id":2,"method":"ping"}')
+    error = json.loads(body)
+    assert (status, error["error"]["code"], error["error"]["data"]["reason"]) == (415, -32600, "unsupported_media_type")
+    assert headers["X-Mcp-Proxy-Error"] == "unsupported_media_type"
+    assert plain[0] == 200 and [r.method for r in upstream.received] == ["ping"]

@@ -193,6 +193,15 @@ class McpHandler:
                 415, INVALID_REQUEST, f"Unsupported Media Type: POST needs Content-Type: {_JSON}",
                 data={"reason": "unsupported_media_type"},
             )
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() != "identity":
+            # Read as JSON-RPC, the body must be plain: a compressed one is refused before a byte of it is
+            # read (the listener never inflates it: see proxy.app), so it can cost nothing and pass nowhere.
+            runtime.metrics.reject("unsupported_media_type")
+            return _json_error(
+                415, INVALID_REQUEST, "Unsupported Media Type: a POST body must not be Content-Encoded",
+                data={"reason": "unsupported_media_type"},
+            )
         limit = runtime.config.limits.max_body_bytes
         try:
             if request.content.is_eof():  # the whole body is here already (the usual case): no wait, no timer
