@@ -84,8 +84,8 @@ from tests.perf.memory import memory
 from tests.perf.procs import Child, Processes
 from tests.perf.wrk import WRK_HEADERS, find_wrk, run_wrk, write_script
 
-TARGETS = ("direct", "proxy", "naive", "floor")
-ALL_TARGETS = ("direct", "proxy", "all", "naive", "floor")
+TARGETS = ("direct", "proxy", "naive", "aiofloor", "floor")
+ALL_TARGETS = ("direct", "proxy", "all", "naive", "aiofloor", "floor")
 """With ``--policies all``: the proxy with every policy on runs beside the default config."""
 ALL_POLICIES = """\
     rate_limit: {rate: 1000000000, per: 1s, burst: 1000000000, key: client}
@@ -274,11 +274,15 @@ def _start_targets(
     floor_argv = [python, "-m", "tests.perf.floor_forwarder", "--port", "0", "--upstream", upstream_url]
     floor = procs.start(f"floor-{mode}", floor_argv, place["forwarder"], env)
     floor_url = f"http://127.0.0.1:{floor.wait_for_line('stdout', _listening)}/mcp"
+    aiofloor_argv = [python, "-m", "tests.perf.aiohttp_floor", "--port", "0", "--upstream", upstream_url]
+    aiofloor = procs.start(f"aiofloor-{mode}", aiofloor_argv, place["forwarder"], env)
+    aiofloor_url = f"http://127.0.0.1:{aiofloor.wait_for_line('stdout', _listening)}/mcp"
     return {
         "direct": (upstream_url, upstream),
         "proxy": (proxy_url, proxy),
         **every_policy,
         "naive": (naive_url, naive),
+        "aiofloor": (aiofloor_url, aiofloor),
         "floor": (floor_url, floor),
     }
 
@@ -369,6 +373,11 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         / (naive["cpu_us_per_request"] or 1),
         "floor_added_p50_us": lat["floor"]["p50"] - lat["direct"]["p50"],
         "floor_cpu_us_per_request": results["floor"]["cpu_us_per_request"],
+        "aiofloor_vs_naive_cpu_per_request": (results["aiofloor"]["cpu_us_per_request"] or 0)
+        / (naive["cpu_us_per_request"] or 1),
+        "aiofloor_vs_naive_throughput": results["aiofloor"]["rps"] / naive["rps"],
+        "proxy_vs_aiofloor_cpu_per_request": (proxy["cpu_us_per_request"] or 0)
+        / (results["aiofloor"]["cpu_us_per_request"] or 1),
     }
     ratios["goal_throughput_met"] = (
         ratios["proxy_vs_naive_throughput"] >= GOAL_THROUGHPUT_VS_NAIVE
@@ -379,6 +388,7 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ratios["proxy_added_p99_one_cpu_us"] = one["proxy"]["p99"] - one["direct"]["p99"]
     ratios["naive_added_p50_one_cpu_us"] = one["naive"]["p50"] - one["direct"]["p50"]
     ratios["floor_added_p50_one_cpu_us"] = one["floor"]["p50"] - one["direct"]["p50"]
+    ratios["aiofloor_added_p50_one_cpu_us"] = one["aiofloor"]["p50"] - one["direct"]["p50"]
     ratios["goal_added_p50_one_cpu_met"] = ratios["proxy_added_p50_one_cpu_us"] <= GOAL_ADDED_P50_US
     if "all" in results:
         every = results["all"]
@@ -440,6 +450,12 @@ def _print_mode(
         f"proxy CPU per request {ratios['proxy_vs_naive_cpu_per_request']:.2f}x the naive forwarder's; "
         f"floor (no aiohttp, no per-call work): {ratios['floor_cpu_us_per_request'] or 0:.1f} us per request, "
         f"added p50 {ratios['floor_added_p50_us']:+.0f} us\n"
+    )
+    out(
+        f"aiofloor (aiohttp's low-level server + the proxy's client, nothing per call): CPU per request "
+        f"{ratios['aiofloor_vs_naive_cpu_per_request']:.2f}x the naive forwarder's, throughput "
+        f"{ratios['aiofloor_vs_naive_throughput']:.3f}x; the proxy's CPU per request is "
+        f"{ratios['proxy_vs_aiofloor_cpu_per_request']:.2f}x the aiofloor's\n"
     )
     if "all" in results:
         out(
