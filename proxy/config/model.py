@@ -319,7 +319,8 @@ class ProxyConfig(ConfigModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> ProxyConfig:
         """What no single field can check, each error at the entry at fault (in file order): the two
-        listeners on one socket, an upstream name or path used twice."""
+        listeners on one socket, an upstream name or path used twice, a rule's `rate_limit` without a
+        `rate` under an upstream that has none to give it."""
         problems: list[tuple[tuple[int | str, ...], str]] = []
         overlap = _listener_overlap((self.listen.host, self.listen.port), (self.admin.host, self.admin.port))
         if overlap is not None:
@@ -330,6 +331,11 @@ class ProxyConfig(ConfigModel):
                 seen = first.setdefault((label, value), index)
                 if seen != index:
                     problems.append((("upstreams", index, label), f"duplicate {label} {value!r} (also upstreams[{seen}])"))
+            if upstream.rate_limit is None:
+                for number, rule in enumerate(upstream.rules):
+                    if rule.rate_limit is not None and rule.rate_limit.rate is None:
+                        where = ("upstreams", index, "rules", number, "rate_limit", "rate")
+                        problems.append((where, "required: the upstream has no rate_limit to take it from"))
         if problems:
             raise ValidationError.from_exception_data(
                 type(self).__name__,

@@ -28,6 +28,7 @@ from proxy.config.policies import (
     CacheConfig,
     MatchConfig,
     RateLimitConfig,
+    RateLimitOverride,
     RetryConfig,
     RuleConfig,
     TimeoutsConfig,
@@ -149,6 +150,13 @@ def _index(ordered: list[Candidate]) -> _Index | None:
     return _Index(by_tool, _Globs("tool", tool_globs), by_method, _Globs("method", method_globs), match_alls)
 
 
+def _rate_limit(base: RateLimitConfig | None, rule: RateLimitOverride | None, explicit: bool) -> RateLimitConfig | None:
+    """A rule's effective rate limit: the upstream's untouched (no key), off (`null`), or merged (`RateLimitOverride`)."""
+    if not explicit:
+        return base
+    return None if rule is None else rule.over(base)
+
+
 def _rule_name(index: int, match: MatchConfig) -> str:
     parts = [f"method={match.method}"] if match.method != "*" else []
     if match.tool is not None:
@@ -180,7 +188,7 @@ class PolicyResolver:
             timeouts=overlay(base.timeouts, rule.timeouts, "timeouts" in present) or base.timeouts,
             retry=overlay(base.retry, rule.retry, "retry" in present) or base.retry,
             breaker=overlay(base.breaker, rule.breaker, "breaker" in present) or base.breaker,
-            rate_limit=overlay(base.rate_limit, rule.rate_limit, "rate_limit" in present),
+            rate_limit=_rate_limit(base.rate_limit, rule.rate_limit, "rate_limit" in present),
             cache=overlay(base.cache, rule.cache, "cache" in present),
             idempotent=rule.idempotent,
             app_breaker=overlay(base.app_breaker, rule.app_breaker, "app_breaker" in present),
