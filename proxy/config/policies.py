@@ -41,16 +41,22 @@ server answered, usually about the request, and asking again mostly gets the sam
 
 
 class TimeoutsConfig(ConfigModel):
-    """How long the proxy waits on an upstream."""
+    """How long the proxy waits on an upstream.
+
+    The defaults never cut a call a client talking to the server directly would still be waiting for:
+    the official Python SDK reads an answer with a 300 s timeout (the TypeScript SDK gives up after 60 s),
+    so `per_try` is 5 minutes, and `total` twice that, room for one more attempt of a timed-out
+    idempotent call. Shorter limits, which fail hung calls sooner, are a choice per tool (`rules`).
+    """
 
     connect: Duration = Field(
         5.0, gt=0, description="The wait for a free pooled connection, and then the TCP connect: each gets this long."
     )
     per_try: Duration = Field(
-        30.0, gt=0, description="One attempt: until the response headers and, for a JSON answer, the whole body."
+        300.0, gt=0, description="One attempt: until the response headers and, for a JSON answer, the whole body."
     )
     total: Duration = Field(
-        60.0, gt=0, description="A call's deadline over every attempt and backoff, until its first byte reaches the client."
+        600.0, gt=0, description="A call's deadline over every attempt and backoff, until its first byte reaches the client."
     )
     stream_idle: Duration = Field(
         300.0, gt=0, description="Longest silence inside an SSE answer to a request before it counts as broken."

@@ -40,9 +40,9 @@ def test_overrides_merge_key_by_key_over_the_upstream_defaults() -> None:
     policy = resolver().resolve("tools/call", "search_fast")
     assert policy.retry.backoff.base == 0.01  # from the rule
     assert policy.retry.backoff.max == 5.0  # from the upstream default, same section
-    assert policy.timeouts.per_try == 30.0  # rules[1] does not apply: only one rule wins
+    assert policy.timeouts.per_try == 300.0  # rules[1] does not apply: only one rule wins
     slow = resolver().resolve("tools/call", "search_slow")
-    assert (slow.timeouts.per_try, slow.timeouts.total) == (5.0, 60.0)
+    assert (slow.timeouts.per_try, slow.timeouts.total) == (5.0, 600.0)
 
 
 def test_sections_off_by_default_and_switchable_per_rule() -> None:
