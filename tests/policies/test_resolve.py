@@ -139,3 +139,16 @@ def test_a_rules_rate_limit_takes_its_rate_from_the_upstream_or_states_it() -> N
     assert caught.value.errors == [
         "upstreams[0].rules[0].rate_limit: rate: must be a number > 0 (leave it out to keep the upstream's)"
     ]
+
+
+def test_the_memo_forgets_its_oldest_answer_first_and_a_hit_does_not_renew_it() -> None:
+    """First in, first out, as docs/operations.md says: a hit is one lookup and never reorders the map;
+    the pair pushed out is resolved again, to the same policy, when it comes back."""
+    r = resolver()
+    first = r.resolve("tools/call", "search_fast")
+    for n in range(RESOLVED_CACHE_SIZE - 1):
+        r.resolve("tools/call", f"random-{n}")
+    assert r.resolve("tools/call", "search_fast") is first  # a hit, with the memo full
+    r.resolve("tools/call", "one-more")
+    assert ("tools/call", "search_fast") not in r._memo and ("tools/call", "random-0") in r._memo
+    assert r.resolve("tools/call", "search_fast") is first  # rules resolve to the same Policy objects
