@@ -191,6 +191,30 @@ def test_non_idempotent_failures_never_get_a_cache() -> None:
     assert run(events) == []
 
 
+@pytest.mark.parametrize("kind", ["rate_limited", "overloaded", "unsendable_request", "cancelled"])
+def test_failures_of_the_clients_own_making_never_propose_a_cache(kind: str) -> None:
+    """25 idempotent calls refused by the proxy's own rate limit (or the per-client cap, or the pool, or
+    unsendable, or given up by the client) say nothing about the upstream: a stored answer standing in
+    for them would only undo the limit. Only upstream failures are evidence for a fallback."""
+    s = Stream()
+    s.call_ok(10.0, tool="lookup", ok=100)
+    for i in range(25):
+        s.call_failed(20.0 + i, kind, tool="lookup", params=f"p{i % 5}")
+    assert run(s.events) == []
+    for i in range(25):  # the same window with 25 upstream failures besides: those alone are counted
+        s.call_failed(50.0 + i, "http_5xx", tool="lookup", params=f"p{i % 5}")
+    [p] = run(s.events)
+    assert (p.rule, p.effect.numbers) == ("cache_fallback", {"failed": 25, "distinct_params": 5})
+
+
+def test_client_refusals_after_stale_answers_ran_out_do_not_extend_max_stale() -> None:
+    events = sc.stale_ran_out()
+    for event in events:
+        if event["type"] == "call_failed":
+            event["error"]["kind"] = "rate_limited"
+    assert run(events, sc.CACHED_CONFIG) == []
+
+
 def test_stale_answers_running_out_mid_outage_extend_max_stale() -> None:
     [p] = run(sc.stale_ran_out(), sc.CACHED_CONFIG)
     assert (p.id, p.title) == ("63a72d4caf", "Extend max_stale for api lookup from 1m to 2m")
