@@ -13,6 +13,7 @@ import pytest
 
 from proxy.analyzer import Analysis, Change, Match, Proposal, analyze, rules_upstream
 from proxy.analyzer.engine import unsafe_retries
+from proxy.analyzer.yamledit import edit_text
 from proxy.config.model import load_config
 from tests.analyzer import scenarios as sc
 from tests.analyzer.builders import T0, Stream
@@ -151,6 +152,22 @@ def test_upstream_429s_propose_a_rate_limit_at_the_accepted_rate() -> None:
     # inserted before `rules`, and the comment that introduces the rules stays with them
     assert diff_lines(p) == ["+    rate_limit:", "+      rate: 12", "+      key: upstream"]
     assert "+      key: upstream\n \n     # Overrides per tool.\n     rules:" in (p.diff or "")
+
+
+def test_a_proposed_rate_brings_its_own_burst_when_the_files_would_undo_it() -> None:
+    """Lowering the rate under a burst of 200 would still let 200 calls reach a throttling upstream at
+    once, against the proposal's own 'at most 12/s': the burst comes down to the new rate with it."""
+    config = sc.CONFIG.replace(
+        "    # Overrides per tool.", "    rate_limit: {rate: 100, burst: 200, key: client}\n\n    # Overrides per tool."
+    )
+    [p] = run(sc.throttled(), config)
+    assert p.changes == (
+        Change("api", None, "rate_limit.rate", 12, 100.0),
+        Change("api", None, "rate_limit.burst", 12, 200),
+        Change("api", None, "rate_limit.key", "upstream", "client"),
+    )
+    limit = load_config(edit_text(config, p.changes), ENV).upstreams[0].rate_limit
+    assert limit is not None and (limit.rate, limit.bucket_size, limit.key) == (12.0, 12, "upstream")
 
 
 def test_a_breaker_whose_trials_keep_failing_gets_a_longer_reset_timeout() -> None:
