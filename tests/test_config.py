@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,41 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert (config.admin.host, config.admin.port) == ("127.0.0.1", 9901)
     assert config.upstreams[0].path == "/mcp"
     assert config.limits.max_body_bytes == 4 * 1024 * 1024
-    assert config.upstreams[0].timeouts.per_try == 30.0
+    assert (config.upstreams[0].timeouts.per_try, config.upstreams[0].timeouts.total) == (300.0, 600.0)
     limits = config.limits
     assert (limits.header_timeout, limits.idle_timeout, limits.max_connections) == (10.0, 75.0, None)
     assert (limits.max_request_head_bytes, limits.max_request_headers) == (60 * 1024, 100)
     assert config.security.forwarded_headers == "append"
+
+
+TS_SDK_PROTOCOL = REPO / ".ci/cache/server-everything/node_modules/@modelcontextprotocol/sdk/dist/esm/shared/protocol.js"
+
+
+def sdk_waits() -> dict[str, float]:
+    """How long each official SDK client, as shipped, waits for a JSON answer before giving up (s): the
+    Python SDK's HTTP client reads with a 300 s timeout (headers and body alike); the TypeScript SDK
+    fails a request after DEFAULT_REQUEST_TIMEOUT_MSEC (read from the installed SDK when the cache has it)."""
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    read = create_mcp_http_client().timeout.read
+    assert read is not None
+    waits = {"python": read}
+    if TS_SDK_PROTOCOL.exists():
+        found = re.search(r"DEFAULT_REQUEST_TIMEOUT_MSEC = (\d+)", TS_SDK_PROTOCOL.read_text())
+        assert found is not None
+        waits["typescript"] = int(found.group(1)) / 1000
+    return waits
+
+
+def test_no_default_timeout_cuts_a_call_a_direct_client_would_still_wait_for() -> None:
+    """Do no harm: a JSON answer that comes after 45 s (past the old 30 s per_try) reaches a direct
+    Python client, so the proxy must still be waiting for it too; and the call's deadline leaves room
+    for one more attempt of that length (a timed-out idempotent call can still be retried)."""
+    timeouts = load_config("upstreams: [{name: a, url: 'http://127.0.0.1:3000/mcp'}]", {}).upstreams[0].timeouts
+    waits = sdk_waits()
+    assert waits["python"] == 300.0 and waits.get("typescript", 60.0) == 60.0
+    assert timeouts.per_try >= max(waits.values())
+    assert timeouts.total >= 2 * timeouts.per_try
 
 
 def test_listener_limits_and_forwarding_are_checked() -> None:

@@ -218,6 +218,73 @@ def test_the_error_table_has_every_code_and_reason_of_the_proxy() -> None:
     assert missing == []
 
 
+_REASON = re.compile(r"[a-z][a-z0-9_]*")
+REFUSERS = frozenset({"_refuse", "raw_error"})
+"""Functions of `proxy/server/listener.py` that answer with a reason given as their third argument."""
+
+
+def emitted_reasons() -> dict[str, str]:
+    """Every ``data.reason`` (and ``X-Mcp-Proxy-Error``) the proxy's own answers can carry, with where each is
+    written: found in ``proxy/`` with `ast` wherever a reason is spelled out, i.e. the value of a
+    ``{"reason": ...}`` dict, a string assigned to a variable named ``reason`` (also in a tuple assignment,
+    a conditional expression, or a ``.get(code, "default")`` of a module-level dict, whose values count
+    too), the third argument of `REFUSERS`, and the ``reason`` of every `ProxyError` class."""
+    found: dict[str, str] = {cls.reason: "proxy/errors.py" for cls in proxy_errors() if cls.reason}
+    for path in sorted((REPO / "proxy").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tables = {
+            target.id: node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Dict)
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(target, ast.Name)
+        }
+        where = str(path.relative_to(REPO))
+
+        def add(value: ast.expr | None, line: int) -> None:
+            if isinstance(value, ast.Constant) and isinstance(value.value, str) and _REASON.fullmatch(value.value):
+                found.setdefault(value.value, f"{where}:{line}")  # noqa: B023 - used at once, in this loop
+            elif isinstance(value, ast.IfExp):
+                add(value.body, line)
+                add(value.orelse, line)
+            elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "get":
+                for default in value.args[1:]:
+                    add(default, line)
+                table = tables.get(value.func.value.id) if isinstance(value.func.value, ast.Name) else None  # noqa: B023
+                for entry in table.values if table is not None else []:
+                    add(entry, line)
+
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == "reason":
+                        add(value, node.lineno)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id == "reason":
+                        add(node.value, node.lineno)
+                    elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                        for name, value in zip(target.elts, node.value.elts, strict=False):
+                            if isinstance(name, ast.Name) and name.id == "reason":
+                                add(value, node.lineno)
+            elif isinstance(node, ast.Call) and len(node.args) >= 3:
+                func = node.func
+                if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)) in REFUSERS:
+                    add(node.args[2], node.lineno)
+    return found
+
+
+def test_the_error_table_has_a_row_for_every_reason_the_proxy_answers_with() -> None:
+    """Not only the `ProxyError` classes: the listener's and the handler's own refusals (``bad_json``,
+    ``no_endpoint``, ``internal_error``...) each have a row naming their reason."""
+    emitted = emitted_reasons()
+    assert {"bad_json", "not_jsonrpc", "no_endpoint", "header_timeout", "internal_error", "rate_limited"} <= set(emitted)
+    documented = {
+        reason for row in table(DOCS / "failure-semantics.md", ERRORS_HEADER) for reason in re.findall(r"`(\w+)`", cells(row)[3])
+    }
+    assert {reason: where for reason, where in sorted(emitted.items()) if reason not in documented} == {}
+
+
 def test_the_events_table_has_every_type_of_the_schema() -> None:
     schema = json.loads((REPO / "config" / "events.schema.json").read_text(encoding="utf-8"))
     documented = {name for row in table(DOCS / "events.md", EVENT_TYPES_HEADER) for name in re.findall(r"`(\w+)`", cells(row)[0])}

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from proxy.app import running_proxy
-from proxy.events.sinks import JsonlFile
+from proxy.events.sinks import FLUSH_EVERY, JsonlFile
 from proxy.events.recorder import EventBus, EventRecorder, make_event, signature
 from tests.conftest import REPO, proxy_config
 from tests.fakes import make_call, tool_call
@@ -265,3 +265,58 @@ def test_params_hash_tells_array_params_apart_and_ignores_meta() -> None:
 
     assert hashed("[1,2]") != hashed("[3]")  # both hashed as {} before
     assert hashed('{"a":1,"_meta":{"progressToken":7}}') == hashed('{"a":1}')
+
+
+async def lines_within(path: Path, count: int, within: float = 10.0) -> list[dict[str, Any]]:
+    """The file's complete lines, polled (another writer is flushing it) until there are `count`, for at
+    most `within` s: a deadline on the content, never a sleep standing in for the writer."""
+    async with asyncio.timeout(within):
+        while True:
+            text = path.read_text() if path.exists() else ""
+            lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+            if len(lines) >= count:
+                return [json.loads(line) for line in lines]
+            await asyncio.sleep(0.01)
+
+
+async def test_one_event_reaches_the_file_without_any_event_after_it(tmp_path: Path) -> None:
+    """A quiet proxy's single event must reach a reader of the file (`tail -f`, an analyzer following it)
+    without waiting for 63 more: the writer flushes once it goes idle, not only every `FLUSH_EVERY` events."""
+    path = tmp_path / "events.jsonl"
+    sink = JsonlFile(str(path), max_bytes=1 << 20, backups=1)
+    try:
+        sink({"id": 1, "type": "breaker_state", "new": "open"})
+        assert [e["id"] for e in await lines_within(path, 1)] == [1]
+        sink({"id": 2, "type": "breaker_state", "new": "half-open"})
+        assert [e["id"] for e in await lines_within(path, 2)] == [1, 2]
+    finally:
+        sink.close()
+
+
+async def test_a_burst_is_written_in_batches_and_its_tail_once_the_writer_is_idle(tmp_path: Path) -> None:
+    """Under load the file is still written in batches: right after a synchronous burst of 2 x
+    `FLUSH_EVERY` + 5 events the file holds exactly the two full batches (the tail sits in the buffer,
+    well under its 8 KiB), and the tail follows once the writer goes idle."""
+    path = tmp_path / "events.jsonl"
+    sink = JsonlFile(str(path), max_bytes=1 << 20, backups=1)
+    try:
+        burst = 2 * FLUSH_EVERY + 5
+        for n in range(burst):
+            sink({"id": n, "type": "retry"})
+        assert len(path.read_text().splitlines()) == 2 * FLUSH_EVERY
+        assert [e["id"] for e in await lines_within(path, burst)] == list(range(burst))
+    finally:
+        sink.close()
+
+
+async def test_a_running_proxys_event_file_shows_its_first_event_at_once(upstream: FaultUpstream, tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    upstream.fault("tools/call", "lookup", status=503)
+    config = proxy_config(
+        upstream.url, upstream={"retry": {"max_attempts": 1}}, events={**QUIET, "file": {"path": str(path)}}
+    )
+    async with running_proxy(config) as proxy, aiohttp.ClientSession() as session:
+        async with session.post(proxy.url + "/mcp", json=call_tool("lookup", 1), headers=JSON_HEADERS) as response:
+            assert response.status == 503
+        (written,) = await lines_within(path, 1)
+        assert (written["type"], written["error"]["kind"], written["http_status"]) == ("call_failed", "http_5xx", 503)

@@ -64,9 +64,11 @@ def test_a_reload_keeps_each_clients_count() -> None:
         second.states["up"].clients.acquire("a", tighter.upstreams[0].pool.client_share)
 
 
-def test_the_default_share_is_half_the_pool() -> None:
+def test_the_default_share_is_a_quarter_of_the_pool() -> None:
     pool = proxy_config("http://h/mcp").upstreams[0].pool
-    assert (pool.max_connections, pool.client_share) == (256, 128)
+    assert (pool.max_connections, pool.client_share) == (256, 64)
+    assert proxy_config("http://h/mcp", upstream={"pool": {"max_connections": 8}}).upstreams[0].pool.client_share == 2
+    assert proxy_config("http://h/mcp", upstream={"pool": {"max_connections": 3}}).upstreams[0].pool.client_share == 1
     assert proxy_config("http://h/mcp", upstream={"pool": {"max_connections": 1}}).upstreams[0].pool.client_share == 1
     assert proxy_config("http://h/mcp", upstream={"pool": {"max_per_client": 7}}).upstreams[0].pool.client_share == 7
 
@@ -76,9 +78,40 @@ def upstream_state(proxy: ProxyServer) -> dict[str, Any]:
     return {"breakers": [b.state for b in state.breaker.breakers], "health": state.health.state}
 
 
+async def test_two_clients_at_their_default_cap_leave_room_for_a_third(upstream: FaultUpstream) -> None:
+    """One client cannot starve the rest, nor can two: each of two clients opens 4 calls that the upstream
+    holds open, in an 8-connection pool. With the default share (a quarter: 2), each gets 2 through and
+    2 refused at once (429 client_overloaded); half the pool stays free, so a third client's call and its
+    tools/list reach the upstream. (With half the pool each, as before, the two filled it and the third
+    waited `timeouts.connect` for a 503.)"""
+    upstream.fault("tools/call", "lookup", hang=True)
+    config = proxy_config(upstream.url, upstream={"pool": {"max_connections": 8}, "timeouts": {"connect": "300ms"}})
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        busy = {
+            name: [asyncio.create_task(post(url, call_tool("lookup", n), headers=bearer(name))) for n in range(4)]
+            for name in ("first", "second")
+        }
+        await eventually(lambda: upstream.attempts["tools/call:lookup"] == 4 and all(
+            sum(task.done() for task in tasks) == 2 for tasks in busy.values()
+        ))  # fmt: skip
+        for tasks in busy.values():
+            refused = [task.result() for task in tasks if task.done()]
+            assert [(status, headers["X-Mcp-Proxy-Error"]) for status, headers, _ in refused] == [(429, "client_overloaded")] * 2
+        assert proxy.runtime.current.states["up"].clients.clients == 2
+        third = asyncio.create_task(post(url, call_tool("lookup", 9), headers=bearer("third")))
+        await eventually(lambda: upstream.attempts["tools/call:lookup"] == 5)
+        assert (await post(url, LIST, headers=bearer("third")))[0] == 200
+        assert (upstream.attempts["tools/call:lookup"], upstream.attempts["tools/list"], third.done()) == (5, 1, False)
+        every = [*busy["first"], *busy["second"], third]
+        for task in every:
+            task.cancel()
+        await asyncio.gather(*every, return_exceptions=True)
+
+
 async def test_a_greedy_client_is_refused_alone_and_the_pool_limit_opens_nothing(upstream: FaultUpstream) -> None:
     """The issue's case, scaled down: one client opens far more stuck calls than its share (4 of an
-    8-connection pool), another fills the rest, and a third finds no free connection. The greedy
+    8-connection pool, set so), another fills the rest, and a third finds no free connection. The greedy
     client's excess is refused at once (429 client_overloaded) without reaching the upstream; the third
     waits `timeouts.connect` and gets 503 proxy_overloaded; nothing counts against the upstream, and
     once the stuck calls end everybody is served again."""
@@ -86,7 +119,7 @@ async def test_a_greedy_client_is_refused_alone_and_the_pool_limit_opens_nothing
     config = proxy_config(
         upstream.url,
         upstream={
-            "pool": {"max_connections": 8},
+            "pool": {"max_connections": 8, "max_per_client": 4},
             "timeouts": {"connect": "300ms"},
             "breaker": {"failure_threshold": 1},
             "health": {"active": {"enabled": False}, "passive": {"consecutive_failures": 1}},

@@ -202,3 +202,20 @@ async def test_batches_never_skip_the_limits(upstream: FaultUpstream) -> None:
             assert response.status == 429
             assert (await response.json())["error"]["data"]["reason"] == "rate_limited"
     assert upstream.attempts["ping"] == 2
+
+
+async def test_a_rules_rate_limit_is_its_own_rate_not_the_upstreams_burst(upstream: FaultUpstream) -> None:
+    """A rule that slows one tool to 1 call a minute under a generous upstream limit (100/s, bursts of
+    200) lets exactly one call through: the upstream's burst is not inherited by a rule's own rate."""
+    config = proxy_config(upstream.url, upstream={
+        "rate_limit": {"rate": 100, "burst": 200, "key": "tool"},
+        "rules": [{"match": {"tool": "export"}, "rate_limit": {"rate": 1, "per": "1m"}}],
+    })  # fmt: skip
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        first = await send(url, call_tool("export", 1))
+        second = await send(url, call_tool("export", 2))
+        other = await send(url, call_tool("lookup", 3))
+    assert (first[0], second[0], other[0]) == (200, 429, 200)
+    assert second[2]["error"]["data"]["reason"] == "rate_limited"
+    assert upstream.attempts["tools/call:export"] == 1

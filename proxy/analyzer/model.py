@@ -17,6 +17,7 @@ from proxy.failure_kinds import SERVER_SIDE as FAILURES_ON_THE_SERVER
 
 __all__ = [
     "SERVER_SIDE",
+    "UPSTREAM_FAILED",
     "BreakerStats",
     "FailedCall",
     "HealthStats",
@@ -29,6 +30,11 @@ __all__ = [
 
 SERVER_SIDE = frozenset(kind.value for kind in FAILURES_ON_THE_SERVER)  # the failure kinds breakers and health count
 """Failure kinds a breaker counts: the upstream's fault, not the client's nor the proxy's own verdict."""
+UPSTREAM_FAILED = SERVER_SIDE | {"http_429", "stream_ended", "circuit_open", "retry_budget_exhausted"}
+"""Failures a client heard because the upstream failed (or a breaker or the retry budget acted on its
+failures): what a stored answer is proposed to stand in for. Never the client's own (the proxy's rate
+limit, the per-client cap, a request that cannot be sent, a call the client gave up) nor the proxy's
+full pool (`overloaded`): a fallback would only undo a limit there, and they say nothing of the upstream."""
 EXAMPLES = 5
 
 
@@ -137,7 +143,8 @@ class TargetStats:
         return True if self.idempotent_true else None
 
     def idempotent_failures(self) -> list[FailedCall]:
-        return [f for f in self.failed if f.idempotent]
+        """Failed idempotent calls whose failure was the upstream's (`UPSTREAM_FAILED`)."""
+        return [f for f in self.failed if f.idempotent and f.kind in UPSTREAM_FAILED]
 
 
 class Transition(NamedTuple):

@@ -54,6 +54,9 @@ def rate_limit(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         changes = [Change(stats.name, None, "rate_limit.rate", rate, None if current is None else current.rate)]
         if (current.per if current is not None else 1.0) != per_s:
             changes.append(Change(stats.name, None, "rate_limit.per", format_duration(per_s), None if current is None else format_duration(current.per)))
+        if current is not None and current.burst is not None and current.burst > rate:
+            # A burst sized for the old rate would let that many through at once, past the rate proposed.
+            changes.append(Change(stats.name, None, "rate_limit.burst", max(1, rate), current.burst))
         changes.append(Change(stats.name, None, "rate_limit.key", "upstream", None if current is None else current.key))
         windows = stats.windows_with_429()
         seconds = sum(length for _, length, _ in windows)

@@ -17,7 +17,7 @@ import re
 import resource
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -220,6 +220,14 @@ class LoggingConfig(ConfigModel):
     access_log: bool = Field(False, description="One line per request (off: one line per failure only).")
 
 
+CLIENT_SHARE_DIVISOR: Final = 4
+"""The default per-client cap is the pool's size over this. With half the pool each, two busy clients
+filled it and a third waited for a 503; with a quarter, two leave half the pool to everybody else and it
+takes four clients stuck at their cap to fill it, while one client alone still has 64 of the default 256
+(direct MCP clients seldom have more than a few calls open; behind a gateway that hides the clients, set
+`client_identity.header`, or they share one cap)."""
+
+
 class PoolConfig(ConfigModel):
     """The keep-alive connection pool to one upstream (HTTP/1.1; the oldest idle connections close first)."""
 
@@ -233,14 +241,16 @@ class PoolConfig(ConfigModel):
     max_per_client: int | None = Field(
         None,
         ge=1,
-        description="Requests and streams one client may have open to this upstream at once (default: half of "
-        "max_connections, at least 1), so one client's stuck calls or long-lived streams never starve the rest.",
+        description="Requests and streams one client may have open to this upstream at once (default: a quarter "
+        "of max_connections, at least 1), so a few clients' stuck calls or long-lived streams never starve the rest.",
     )
 
     @property
     def client_share(self) -> int:
-        """The per-client cap in force."""
-        return self.max_per_client if self.max_per_client is not None else max(1, self.max_connections // 2)
+        """The per-client cap in force: by default a quarter of the pool (`CLIENT_SHARE_DIVISOR`)."""
+        if self.max_per_client is not None:
+            return self.max_per_client
+        return max(1, self.max_connections // CLIENT_SHARE_DIVISOR)
 
 
 class UpstreamConfig(ConfigModel):
@@ -319,7 +329,8 @@ class ProxyConfig(ConfigModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> ProxyConfig:
         """What no single field can check, each error at the entry at fault (in file order): the two
-        listeners on one socket, an upstream name or path used twice."""
+        listeners on one socket, an upstream name or path used twice, a rule's `rate_limit` without a
+        `rate` under an upstream that has none to give it."""
         problems: list[tuple[tuple[int | str, ...], str]] = []
         overlap = _listener_overlap((self.listen.host, self.listen.port), (self.admin.host, self.admin.port))
         if overlap is not None:
@@ -330,6 +341,11 @@ class ProxyConfig(ConfigModel):
                 seen = first.setdefault((label, value), index)
                 if seen != index:
                     problems.append((("upstreams", index, label), f"duplicate {label} {value!r} (also upstreams[{seen}])"))
+            if upstream.rate_limit is None:
+                for number, rule in enumerate(upstream.rules):
+                    if rule.rate_limit is not None and rule.rate_limit.rate is None:
+                        where = ("upstreams", index, "rules", number, "rate_limit", "rate")
+                        problems.append((where, "required: the upstream has no rate_limit to take it from"))
         if problems:
             raise ValidationError.from_exception_data(
                 type(self).__name__,

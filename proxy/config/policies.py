@@ -6,7 +6,8 @@ the keys it sets: ``{match: {tool: search}, retry: {max_attempts: 5}}`` keeps th
 and budget. The most specific matching rule wins (an exact tool beats a tool glob beats no tool; then
 the same for the method; then the earlier rule) and is resolved once per distinct (method, tool).
 ``rate_limit``, ``cache`` and ``app_breaker`` are off unless set; ``rate_limit: null`` (likewise the
-others) in a rule turns them off for the calls it matches.
+others) in a rule turns them off for the calls it matches. One key is not merged on its own: a rule's
+``rate_limit`` that sets ``rate`` and not ``burst`` gets its own rate's default burst (`RateLimitOverride`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "CacheConfig",
     "MatchConfig",
     "RateLimitConfig",
+    "RateLimitOverride",
     "RetryConfig",
     "RetryOn",
     "RuleConfig",
@@ -39,16 +41,22 @@ server answered, usually about the request, and asking again mostly gets the sam
 
 
 class TimeoutsConfig(ConfigModel):
-    """How long the proxy waits on an upstream."""
+    """How long the proxy waits on an upstream.
+
+    The defaults never cut a call a client talking to the server directly would still be waiting for:
+    the official Python SDK reads an answer with a 300 s timeout (the TypeScript SDK gives up after 60 s),
+    so `per_try` is 5 minutes, and `total` twice that, room for one more attempt of a timed-out
+    idempotent call. Shorter limits, which fail hung calls sooner, are a choice per tool (`rules`).
+    """
 
     connect: Duration = Field(
         5.0, gt=0, description="The wait for a free pooled connection, and then the TCP connect: each gets this long."
     )
     per_try: Duration = Field(
-        30.0, gt=0, description="One attempt: until the response headers and, for a JSON answer, the whole body."
+        300.0, gt=0, description="One attempt: until the response headers and, for a JSON answer, the whole body."
     )
     total: Duration = Field(
-        60.0, gt=0, description="A call's deadline over every attempt and backoff, until its first byte reaches the client."
+        600.0, gt=0, description="A call's deadline over every attempt and backoff, until its first byte reaches the client."
     )
     stream_idle: Duration = Field(
         300.0, gt=0, description="Longest silence inside an SSE answer to a request before it counts as broken."
@@ -196,10 +204,10 @@ class AppBreakerConfig(ConfigModel):
         return self.failure_rate if self.failure_rate is not None else 0.5
 
 
-class RateLimitConfig(ConfigModel):
-    """A token bucket per key: `burst` calls at once, refilled at `rate` per `per`."""
+class _RateLimitKeys(ConfigModel):
+    """The keys of a `rate_limit` section; `rate` is required where the section stands alone."""
 
-    rate: float = Field(..., gt=0, description="Calls allowed per `per`.")
+    rate: float | None = Field(None, gt=0, description="Calls allowed per `per`.")
     per: Duration = Field(1.0, gt=0, description="The period of `rate`.")
     burst: int | None = Field(None, ge=1, description="Bucket size: calls that may arrive at once (default: rate, at least 1).")
     key: Literal["client", "tool", "upstream", "global"] = Field(
@@ -208,9 +216,43 @@ class RateLimitConfig(ConfigModel):
     max_wait: Duration = Field(0.0, ge=0, description="How long a call may queue for a token before it is refused.")
     max_keys: int = Field(10_000, ge=1, description="Buckets kept; the least recently used go first.")
 
+
+class RateLimitConfig(_RateLimitKeys):
+    """A token bucket per key: `burst` calls at once, refilled at `rate` per `per`."""
+
+    rate: float = Field(..., gt=0, description="Calls allowed per `per`.")
+
     @property
     def bucket_size(self) -> int:
         return self.burst if self.burst is not None else max(1, int(self.rate))
+
+
+class RateLimitOverride(_RateLimitKeys):
+    """A rule's `rate_limit`: the upstream's with the keys set here replaced, like every rule section.
+
+    `rate` may be left out when the upstream has a `rate_limit` (a rule that only lets calls wait longer,
+    or only sets another `burst`). `burst` belongs with `rate`: a rule that sets `rate` and not `burst`
+    gets the default burst of its own rate, since an upstream's burst was sized for the upstream's rate
+    (a burst of 200 inherited by a rule of 2/s would let 200 through at once).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rate_left_out_not_null(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "rate" in data and data["rate"] is None:
+            raise ValueError("rate: must be a number > 0 (leave it out to keep the upstream's)")
+        return data
+
+    def over(self, base: RateLimitConfig | None) -> RateLimitConfig:
+        """The effective limit: `base` (the upstream's, or None) with this rule's keys applied."""
+        updates: dict[str, Any] = {name: getattr(self, name) for name in self.model_fields_set}
+        if "rate" in updates and "burst" not in updates:
+            updates["burst"] = None  # the default burst of the rule's own rate
+        if base is None:
+            if updates.get("rate") is None:  # `ProxyConfig` rejects this file; never reached from a loaded one
+                raise ValueError("rate_limit.rate: required: the upstream has no rate_limit to take it from")
+            return RateLimitConfig(**updates)
+        return base.model_copy(update=updates)
 
 
 class CacheConfig(ConfigModel):
@@ -243,7 +285,7 @@ class RuleConfig(ConfigModel):
     retry: RetryConfig | None = None
     breaker: BreakerConfig | None = None
     app_breaker: AppBreakerConfig | None = None
-    rate_limit: RateLimitConfig | None = None
+    rate_limit: RateLimitOverride | None = None
     cache: CacheConfig | None = None
     idempotent: bool | None = Field(
         None, description="Declare the matched tools idempotent (retry them) or not (never, whatever annotations say)."

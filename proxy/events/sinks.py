@@ -1,7 +1,9 @@
 """Where events go besides the in-memory bus: a structlog line, a rotated JSON-lines file, and /events.
 
-The log line and the file are synchronous bus listeners: a file write lands in the OS buffer and is
-flushed every `FLUSH_EVERY` events or on close, so the hot path never waits for a disk. `/events`
+The log line and the file are synchronous bus listeners: a file write lands in the process's buffer
+and reaches the file every `FLUSH_EVERY` events, or `FLUSH_AFTER` after the first event still held
+(a quiet proxy's single event shows in the file at once for `tail -f` or anything following it), or on
+close; the hot path never waits for a disk, and under load the file is still written in batches. `/events`
 serves the stream as Server-Sent Events with each event's `id`, so a consumer that reconnects with
 `Last-Event-ID` (or `?since=N`) resumes where it stopped, as far back as the bus's buffer reaches.
 
@@ -13,6 +15,7 @@ whatever the code that made it put in.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from datetime import UTC, datetime
@@ -28,6 +31,9 @@ from proxy.redact import redact
 __all__ = ["JsonlFile", "events_endpoint", "log_event", "outgoing"]
 
 FLUSH_EVERY: Final = 64
+"""Events held in the file's buffer at most: the 64th is written with the 63 before it."""
+FLUSH_AFTER: Final = 0.05
+"""Seconds an event may wait in the buffer when no more come (the writer is idle), at most."""
 
 
 def outgoing(event: dict[str, Any]) -> dict[str, Any]:
@@ -57,13 +63,20 @@ def log_event(event: dict[str, Any]) -> None:
 
 
 class JsonlFile:
-    """Bus listener: append each event as one JSON line; rotate to FILE.1 … FILE.N past `max_bytes`."""
+    """Bus listener: append each event as one JSON line; rotate to FILE.1 … FILE.N past `max_bytes`.
+
+    Events are buffered and written in batches: every `FLUSH_EVERY` events, and by a timer armed with the
+    first event held (`FLUSH_AFTER`), so the last events before a quiet spell never wait for more. A
+    timer handle rather than a task: the flush is one synchronous call, and `close` cancels it. Without a
+    running event loop (a command writing events itself) every event is written at once.
+    """
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
         self.path = Path(path)
         self._max_bytes = max_bytes
         self._backups = backups
         self._pending = 0
+        self._timer: asyncio.TimerHandle | None = None
         self._file: IO[bytes] = self._open()
 
     def _open(self) -> IO[bytes]:
@@ -75,14 +88,35 @@ class JsonlFile:
         self._pending += 1
         if self._pending >= FLUSH_EVERY:
             self.flush()
+        elif self._timer is None:
+            self._flush_soon()
         if self._file.tell() >= self._max_bytes:
             self._rotate()
 
+    def _flush_soon(self) -> None:
+        """Arm the idle flush; with no loop to run it, flush now."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._timer = loop.call_later(FLUSH_AFTER, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._timer = None
+        if not self._file.closed:
+            self.flush()
+
     def flush(self) -> None:
+        """Write what the buffer holds to the file now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._file.flush()
         self._pending = 0
 
     def _rotate(self) -> None:
+        self.flush()
         self._file.close()
         if self._backups == 0:
             self.path.unlink(missing_ok=True)

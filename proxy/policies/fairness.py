@@ -2,8 +2,8 @@
 
 Every request a client sends to an upstream (a call, a relayed notification, a legacy GET stream)
 holds one of that client's slots until its answer is complete. A client at `pool.max_per_client`
-(default: half of `pool.max_connections`) is refused at once with `ClientOverloaded` (429): its own
-stuck calls or long-lived streams then cost only itself, and the other half of the pool always stays
+(default: a quarter of `pool.max_connections`) is refused at once with `ClientOverloaded` (429): its own
+stuck calls or long-lived streams then cost only itself, and two such clients still leave half the pool
 for everybody else. The refusal is the proxy's condition: it counts against nothing upstream.
 
 Counts live only while a client has something open (an entry is dropped at zero), so the map is

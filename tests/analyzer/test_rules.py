@@ -13,6 +13,7 @@ import pytest
 
 from proxy.analyzer import Analysis, Change, Match, Proposal, analyze, rules_upstream
 from proxy.analyzer.engine import unsafe_retries
+from proxy.analyzer.yamledit import edit_text
 from proxy.config.model import load_config
 from tests.analyzer import scenarios as sc
 from tests.analyzer.builders import T0, Stream
@@ -153,6 +154,22 @@ def test_upstream_429s_propose_a_rate_limit_at_the_accepted_rate() -> None:
     assert "+      key: upstream\n \n     # Overrides per tool.\n     rules:" in (p.diff or "")
 
 
+def test_a_proposed_rate_brings_its_own_burst_when_the_files_would_undo_it() -> None:
+    """Lowering the rate under a burst of 200 would still let 200 calls reach a throttling upstream at
+    once, against the proposal's own 'at most 12/s': the burst comes down to the new rate with it."""
+    config = sc.CONFIG.replace(
+        "    # Overrides per tool.", "    rate_limit: {rate: 100, burst: 200, key: client}\n\n    # Overrides per tool."
+    )
+    [p] = run(sc.throttled(), config)
+    assert p.changes == (
+        Change("api", None, "rate_limit.rate", 12, 100.0),
+        Change("api", None, "rate_limit.burst", 12, 200),
+        Change("api", None, "rate_limit.key", "upstream", "client"),
+    )
+    limit = load_config(edit_text(config, p.changes), ENV).upstreams[0].rate_limit
+    assert limit is not None and (limit.rate, limit.bucket_size, limit.key) == (12.0, 12, "upstream")
+
+
 def test_a_breaker_whose_trials_keep_failing_gets_a_longer_reset_timeout() -> None:
     [p] = run(sc.flapping_breaker())
     assert (p.id, p.title) == ("9b7dcc84ec", "Breaker api flaps: reset_timeout 30s -> 1m")
@@ -189,6 +206,30 @@ def test_non_idempotent_failures_never_get_a_cache() -> None:
         if "idempotent" in event:
             event["idempotent"] = False
     assert run(events) == []
+
+
+@pytest.mark.parametrize("kind", ["rate_limited", "overloaded", "unsendable_request", "cancelled"])
+def test_failures_of_the_clients_own_making_never_propose_a_cache(kind: str) -> None:
+    """25 idempotent calls refused by the proxy's own rate limit (or the per-client cap, or the pool, or
+    unsendable, or given up by the client) say nothing about the upstream: a stored answer standing in
+    for them would only undo the limit. Only upstream failures are evidence for a fallback."""
+    s = Stream()
+    s.call_ok(10.0, tool="lookup", ok=100)
+    for i in range(25):
+        s.call_failed(20.0 + i, kind, tool="lookup", params=f"p{i % 5}")
+    assert run(s.events) == []
+    for i in range(25):  # the same window with 25 upstream failures besides: those alone are counted
+        s.call_failed(50.0 + i, "http_5xx", tool="lookup", params=f"p{i % 5}")
+    [p] = run(s.events)
+    assert (p.rule, p.effect.numbers) == ("cache_fallback", {"failed": 25, "distinct_params": 5})
+
+
+def test_client_refusals_after_stale_answers_ran_out_do_not_extend_max_stale() -> None:
+    events = sc.stale_ran_out()
+    for event in events:
+        if event["type"] == "call_failed":
+            event["error"]["kind"] = "rate_limited"
+    assert run(events, sc.CACHED_CONFIG) == []
 
 
 def test_stale_answers_running_out_mid_outage_extend_max_stale() -> None:

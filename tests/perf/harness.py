@@ -56,8 +56,11 @@ def _proxy_config(
 ) -> str:
     """The proxy with its defaults in front of the benchmark upstream; `top` and `upstream_extra` are
     extra YAML lines at the top level and inside the upstream (already indented); `pool` the upstream's
-    pool section (default: room for `connections`, at least 256)."""
-    pool = pool or f"{{max_connections: {max(256, connections)}}}"
+    pool section (default: room for `connections`, at least 256, all of it for one client: every wrk
+    connection comes from 127.0.0.1 without credentials, one client identity, and the default per-client
+    cap of a quarter of the pool would refuse past 64 of them)."""
+    room = max(256, connections)
+    pool = pool or f"{{max_connections: {room}, max_per_client: {room}}}"
     return f"""\
 # Written by tests.perf: the proxy with its defaults, in front of the benchmark upstream.
 listen: {{host: 127.0.0.1, port: 0}}
