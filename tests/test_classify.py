@@ -11,7 +11,8 @@ from multidict import CIMultiDict
 from proxy.server.classify import classify, client_identity, credential_scope
 from proxy.mcp.headers import upstream_headers
 from proxy.mcp.jsonrpc import parse_message
-from proxy.policies.base import Call, Era
+from proxy.mcp.eras import Era
+from proxy.policies.base import Call
 from proxy.config.resolve import PolicyResolver
 from tests.fakes import upstream_config
 

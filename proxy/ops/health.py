@@ -44,9 +44,9 @@ import orjson
 import structlog
 
 from proxy import __version__
-from proxy.server.classify import LEGACY_VERSION, MODERN_VERSION
 from proxy.config.model import HealthConfig
 from proxy.errors import ProxyError, ProxyOverloaded
+from proxy.mcp.eras import LEGACY_VERSION, MODERN_VERSION
 from proxy.tasks import Owner, cancel_and_wait, spawn
 from proxy.policies.failures import Failure, Verdict, classify_error, classify_reply, judged
 from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, MonotonicClock, Observer, Reply

@@ -11,22 +11,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
+from proxy.mcp.eras import Era
 from proxy.mcp.jsonrpc import Message
 from proxy.config.resolve import Policy
 
-__all__ = ["NULL_OBSERVER", "Call", "Clock", "Era", "Handler", "MonotonicClock", "NullObserver", "Observer", "Reply", "Stage"]
-
-
-class Era(Enum):
-    """Which MCP wire generation a request belongs to; the upstream decides from MCP-Protocol-Version."""
-
-    LEGACY = "legacy"  # 2024-11-05 … 2025-11-25: sessions, initialize, GET stream
-    MODERN = "modern"  # 2026-07-28 and later: stateless, routing headers, server/discover
+__all__ = ["NULL_OBSERVER", "Call", "Clock", "Handler", "MonotonicClock", "NullObserver", "Observer", "Reply", "Stage"]
 
 
 @dataclass(slots=True)

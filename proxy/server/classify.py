@@ -15,14 +15,13 @@ from typing import Final
 from multidict import CIMultiDict
 
 from proxy.mcp.annotations import ToolAnnotations
+from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import Message, is_read_method
-from proxy.policies.base import Call, Era
+from proxy.policies.base import Call
 from proxy.config.resolve import PolicyResolver
 
 __all__ = [
     "CREDENTIAL_HEADERS",
-    "LEGACY_VERSION",
-    "MODERN_VERSION",
     "NOT_CREDENTIALS",
     "NOT_CREDENTIAL_PREFIXES",
     "classify",
@@ -30,34 +29,11 @@ __all__ = [
     "client_of",
     "lends_credentials",
     "credential_scope",
-    "era_for",
     "identity_hash",
     "is_idempotent",
-    "protocol_of",
 ]
 
 _CALL_IDS = itertools.count(1)
-
-MODERN_VERSION = "2026-07-28"
-"""The first stateless protocol version; versions are dates, so later ones compare greater."""
-LEGACY_VERSION = "2025-11-25"
-"""The newest version of the legacy (session) era: what the proxy speaks when it initializes a session itself."""
-_META_VERSION = "io.modelcontextprotocol/protocolVersion"
-
-
-def protocol_of(headers: Mapping[str, str], message: Message | None) -> str:
-    """The protocol version a request speaks: MCP-Protocol-Version, else the modern `_meta` one, else ''."""
-    version = headers.get("MCP-Protocol-Version")
-    if version is None and message is not None:
-        meta = message.params.get("_meta")
-        if isinstance(meta, dict):
-            version = meta.get(_META_VERSION)
-    return version if isinstance(version, str) else ""
-
-
-def era_for(protocol: str) -> Era:
-    """The wire era of a protocol version: modern from 2026-07-28 on (versions are dates), else legacy."""
-    return Era.MODERN if protocol >= MODERN_VERSION else Era.LEGACY
 
 
 def identity_hash(secret: str) -> str:

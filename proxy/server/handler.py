@@ -61,11 +61,12 @@ from multidict import CIMultiDict
 from proxy.config.resolve import Policy
 from proxy.errors import ProxyError
 from proxy.mcp.headers import forwarded, upstream_headers
+from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
 from proxy.policies.base import Call, Reply
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
-from proxy.server.classify import classify, client_of, era_for, lends_credentials, protocol_of
+from proxy.server.classify import classify, client_of, lends_credentials
 from proxy.server.relay import Relay, headers_for, learn_annotations
 from proxy.upstream.transport import AnswerTo
 
