@@ -12,7 +12,7 @@ from proxy.mcp.annotations import ToolAnnotations
 from proxy.config.model import UpstreamConfig
 from proxy.config.resolve import PolicyResolver
 
-from proxy.server.classify import classify
+from proxy.server.classify import CallRoute, ClientRequest, classify
 from proxy.mcp.headers import upstream_headers
 from proxy.mcp.jsonrpc import parse_message
 from proxy.policies.base import Call, Handler, Reply
@@ -27,14 +27,16 @@ def make_call(
     body: bytes = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
     upstream: UpstreamConfig | None = None,
     annotations: ToolAnnotations | None = None,
+    owner: int | None = None,
     **headers: str,
 ) -> Call:
-    """Classify `body` as the handler would, against `upstream`'s policies (defaults when None)."""
-    message = parse_message(body)
+    """Classify `body` as the handler would, against `upstream`'s policies (defaults when None), as if it
+    came on client connection `owner`."""
     incoming = CIMultiDict(headers)
     resolver = PolicyResolver(upstream or upstream_config())
     forwarded = upstream_headers(incoming.items())
-    return classify("up", message, body, incoming, forwarded, "127.0.0.1", None, resolver, annotations)
+    request = ClientRequest(parse_message(body), body, incoming, forwarded, "127.0.0.1", owner, 0.0)
+    return classify(request, CallRoute("up", resolver, annotations))
 
 
 def tool_call(tool: str, request_id: int = 1, **arguments: Any) -> bytes:

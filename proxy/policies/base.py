@@ -64,6 +64,7 @@ class Call:
     buffered: bool = False
     """Read SSE answers whole before answering (read methods): they can then be retried and cached."""
     started: float = 0.0
+    """When the request was read (`time.perf_counter`): a failure's latency is counted from here."""
     attempt: int = 1
     """1 for the first try; the retry stage counts up."""
     deadline: float | None = None

@@ -66,7 +66,7 @@ from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, erro
 from proxy.policies.base import Call, Reply
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
-from proxy.server.classify import classify, client_of, lends_credentials
+from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
 from proxy.server.relay import Relay, headers_for, learn_annotations
 from proxy.upstream.transport import AnswerTo
 
@@ -121,6 +121,8 @@ class McpHandler:
     def __init__(self, runtime: RuntimeRef) -> None:
         self._runtime = runtime
         self._relay = Relay()
+        self._classifying: tuple[Runtime | None, dict[str, CallRoute]] = (None, {})
+        """(a runtime, each of its paths' `CallRoute`): made once per runtime, not per call."""
 
     async def end_streams(self) -> None:
         """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
@@ -232,19 +234,23 @@ class McpHandler:
             return await self._forward(request, runtime, route, "POST", headers, body, message, tokens=False)
         if message.kind is not Kind.REQUEST:
             return await self._forward(request, runtime, route, "POST", headers, body, message=message)
-        call = classify(
-            route.upstream.name,
-            message,
-            body,
-            request.headers,
-            headers,
-            request.remote,
-            runtime.config.client_identity.header,
-            route.resolver,
-            route.annotations,
-        )
-        call.owner = _owner_of(request)
-        return await self._call(request, runtime, route, call)
+        made_for, call_routes = self._classifying
+        if made_for is not runtime:
+            call_routes = self._call_routes(runtime)
+        owner, started = _owner_of(request), time.perf_counter()
+        sent = ClientRequest(message, body, request.headers, headers, request.remote, owner, started)
+        return await self._call(request, runtime, route, classify(sent, call_routes[request.path]))
+
+    def _call_routes(self, runtime: Runtime) -> dict[str, CallRoute]:
+        """What classifying needs of each of `runtime`'s routes, made once per runtime (a reload makes a
+        new one: its policies, catalog views and identity header may differ)."""
+        identity = runtime.config.client_identity.header
+        call_routes = {
+            path: CallRoute(route.upstream.name, route.resolver, route.annotations, identity)
+            for path, route in runtime.routes.items()
+        }
+        self._classifying = (runtime, call_routes)
+        return call_routes
 
     async def _batch_refusal(
         self, request: web.BaseRequest, runtime: Runtime, route: Route, message: Message, headers: CIMultiDict[str]
@@ -310,7 +316,7 @@ class McpHandler:
     async def _call(self, request: web.BaseRequest, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
         metrics = runtime.metrics
         metrics.enter(call.upstream)
-        call.started = started = time.perf_counter()
+        started = call.started
         outcome = "cancelled"
         slots = route.state.clients
         held = False

@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.mcp.annotations import ToolAnnotations
-from proxy.server.classify import classify
+from proxy.server.classify import CallRoute, ClientRequest, classify
 from proxy.config.model import UpstreamConfig
 from proxy.errors import (
     CircuitOpen,
@@ -43,7 +43,8 @@ def make_call(
     """Classify `body` as the handler does: identity and scope from the headers it forwards."""
     raw = CIMultiDict(headers)
     resolver = PolicyResolver(upstream or upstream_config())
-    return classify("up", parse_message(body), body, raw, upstream_headers(raw.items()), peer, None, resolver, annotations)
+    request = ClientRequest(parse_message(body), body, raw, upstream_headers(raw.items()), peer, None, 0.0)
+    return classify(request, CallRoute("up", resolver, annotations))
 
 
 class FakeStream:
