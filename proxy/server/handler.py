@@ -63,7 +63,7 @@ from proxy.errors import ProxyError
 from proxy.mcp.headers import forwarded, upstream_headers
 from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
-from proxy.policies.base import Call, Reply
+from proxy.policies.base import Attempt, Call, Reply, last_attempt
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
@@ -318,6 +318,7 @@ class McpHandler:
         metrics.enter(call.upstream)
         started = call.started
         outcome = "cancelled"
+        last: Attempt | None = None  # the try the outcome came from (events name it; None: the call's first)
         slots = route.state.clients
         held = False
         try:
@@ -327,8 +328,10 @@ class McpHandler:
                 reply = await route.pipeline(call)
             except ProxyError as exc:
                 outcome = exc.reason
-                self._failed(runtime, call, exc)
+                last = last_attempt(call, exc)
+                self._failed(runtime, call, last, exc)
                 return _error_response(exc, call.message.id)
+            last = reply.attempt
             if reply.stream is None:
                 # The upstream's own answer, whatever its status and body, reaches the client as it was.
                 outcome = _outcome(reply)
@@ -343,7 +346,7 @@ class McpHandler:
                 outcome = value
 
             def failed(error: ProxyError) -> None:
-                self._failed(runtime, call, error)
+                self._failed(runtime, call, last, error)
 
             return await self._relay.answer(request, runtime, route, call, reply, settle, failed)
         finally:
@@ -352,7 +355,7 @@ class McpHandler:
             metrics.leave(call.upstream)
             elapsed = time.perf_counter() - started
             metrics.observe(call.upstream, call.method, call.tool, outcome, elapsed)
-            runtime.events.call_finished(call, outcome, elapsed * 1000)
+            runtime.events.call_finished(last or call, outcome, elapsed * 1000)
             if runtime.config.logging.access_log:
                 log.info(
                     "access",
@@ -437,27 +440,29 @@ class McpHandler:
         forwarded(headers, request.remote, runtime.config.security.forwarded_headers)
         return headers
 
-    def _failed(self, runtime: Runtime, call: Call, error: ProxyError) -> None:
-        """A call ends in a proxy verdict or a broken stream: count it, and say it once (event or log line)."""
+    def _failed(self, runtime: Runtime, call: Call, last: Attempt | None, error: ProxyError) -> None:
+        """A call ends in a proxy verdict or a broken stream: count it, and say it once (event or log line).
+        `last`: the try it ended on, as the retry stage marked it (None: the call's first)."""
         runtime.metrics.upstream_error(call.upstream, error.reason)
         verdict = classify_error(error)
         kind = error.reason if verdict.kind is Failure.CLIENT_ERROR else verdict.kind.value
         detail = {"kind": kind, "http_status": None, "jsonrpc_code": error.code, "message": error.message}
-        self._report(runtime, call, detail, error.reason, error.status())
+        self._report(runtime, call, last, detail, error.reason, error.status())
 
     def _report(
-        self, runtime: Runtime, call: Call, error: dict[str, Any], reason: str, http_status: int
+        self, runtime: Runtime, call: Call, last: Attempt | None, error: dict[str, Any], reason: str, http_status: int
     ) -> None:
         latency_ms = round((time.perf_counter() - call.started) * 1000, 3)
-        runtime.events.call_failed(call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
+        events = runtime.events
+        events.call_failed(last or call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
 
     def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, reason: str) -> None:
         """The upstream's own failing answer reaches the client: report it like any failure a client heard."""
         verdict = verdict_of(reply, call.session_id is not None)
         if verdict.kind is Failure.SESSION_EXPIRED:
-            runtime.events.policy_event("session_lost", call)
+            runtime.events.policy_event("session_lost", reply.attempt or call)
         elif verdict.server_failure or verdict.kind is Failure.HTTP_429:
-            self._report(runtime, call, verdict.as_error(), reason, reply.status)
+            self._report(runtime, call, reply.attempt, verdict.as_error(), reason, reply.status)
 
 
 BATCHING_REMOVED_IN = "2025-06-18"
