@@ -63,6 +63,9 @@ class ProxyError(Exception):
     code: ClassVar[int] = -32050
     reason: ClassVar[str] = "upstream_unavailable"
     http_status: ClassVar[int] = 502
+    attempt: object = None
+    """The `proxy.policies.base.Attempt` that ended in this error, marked by the retry stage (typed
+    loosely: errors sit below policies); `proxy.policies.base.last_attempt` reads it."""
 
     def __init__(self, message: str, *, upstream: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)

@@ -3,6 +3,7 @@
 Every JSON-RPC request goes, outermost to innermost::
 
     classify -> fallback -> rate_limit -> retry -> breaker -> passive_health -> timeout -> transport -> upstream
+                `---------- per call ----------´    `------------------ per try (Attempt) ------------------´
 
 Why this order:
 
@@ -20,6 +21,17 @@ Why this order:
 - Retry and fallback act only before the first byte of the answer left for the client: once an SSE
   stream is being passed through, the call is committed.
 
+The retry position is also where a `Call` becomes its `Attempt`s (`proxy.policies.base`): the stages
+outside it are `CallStage`s, the ones inside `AttemptStage`s, and the transport's `send` is the last
+`AttemptHandler`. The retry stage makes one `Attempt` per try. Without a retry stage the pipeline makes
+the single one itself, with `_FirstAttempt`: a plain function, not a coroutine, that builds the
+`Attempt` and returns the inner stage's coroutine, so the only cost is that one object (the same one
+the retry stage would make); a retry stage that is always there would instead cost its budget's
+bookkeeping and a verdict per call. Its `Attempt` has no deadline (only `timeouts.per_try` bounds it,
+as the call's `timeouts.total` is the retry stage's), and it marks nothing on the outcome: a call's
+only try is its first, which is what the events about a call name when nothing says otherwise
+(`proxy.policies.base.last_attempt`).
+
 A stage that is not configured for an upstream is left out entirely rather than passed through, so
 an unconfigured policy costs nothing per call.
 """
@@ -27,32 +39,90 @@ an unconfigured policy costs nothing per call.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Awaitable
+from typing import Any, Final, TypedDict
 
-from proxy.policies.base import Handler, Stage
+from proxy.policies.base import (
+    Attempt,
+    AttemptHandler,
+    AttemptMaker,
+    AttemptStage,
+    Call,
+    CallHandler,
+    CallStage,
+    Reply,
+)
 
-__all__ = ["PIPELINE_ORDER", "build_pipeline"]
+__all__ = ["PIPELINE_ORDER", "Stages", "build_pipeline"]
 
 PIPELINE_ORDER: Final[tuple[str, ...]] = ("fallback", "rate_limit", "retry", "breaker", "passive_health", "timeout")
 """Stage names, outermost first. Tests assert this order; change it only with the docstring above."""
 
 
-def _bind(stage: Stage, next_handler: Handler) -> Handler:
-    # A partial, not a wrapper coroutine: one frame less per stage on every call.
-    handler = functools.partial(stage, next=next_handler)
+class Stages(TypedDict, total=False):
+    """The stages of one upstream's pipeline by position (any subset; None or absent: left out)."""
+
+    fallback: CallStage | None
+    rate_limit: CallStage | None
+    retry: AttemptMaker | None
+    breaker: AttemptStage | None
+    passive_health: AttemptStage | None
+    timeout: AttemptStage | None
+
+
+class _FirstAttempt:
+    """The pipeline's retry position when no retry stage is configured: each call's one and only try."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, next_handler: AttemptHandler) -> None:
+        self._next = next_handler
+
+    def __call__(self, call: Call) -> Awaitable[Reply]:
+        return self._next(Attempt(call, 1, None))
+
+    def __repr__(self) -> str:
+        return f"<first attempt -> {getattr(self._next, '__qualname__', 'next')}>"
+
+
+def _named(handler: functools.partial[Any], stage: object, next_handler: object) -> None:
+    """Name a bound stage after its chain (``BreakerStage->TimeoutStage->...``), for debugging. Stages are
+    bound with a partial, not a wrapper coroutine: one frame less per stage on every call."""
     handler.__qualname__ = f"{type(stage).__name__}->{getattr(next_handler, '__qualname__', 'next')}"  # type: ignore[attr-defined]
+
+
+def _bind_attempt(stage: AttemptStage, next_handler: AttemptHandler) -> AttemptHandler:
+    handler = functools.partial(stage, next=next_handler)
+    _named(handler, stage, next_handler)
     return handler
 
 
-def build_pipeline(terminal: Handler, stages: Mapping[str, Stage | None]) -> Handler:
-    """Compose `stages` (by name, any subset of `PIPELINE_ORDER`) around `terminal` in the fixed order."""
+def _bind_retry(stage: AttemptMaker, next_handler: AttemptHandler) -> CallHandler:
+    handler = functools.partial(stage, next=next_handler)
+    _named(handler, stage, next_handler)
+    return handler
+
+
+def _bind_call(stage: CallStage, next_handler: CallHandler) -> CallHandler:
+    handler = functools.partial(stage, next=next_handler)
+    _named(handler, stage, next_handler)
+    return handler
+
+
+def build_pipeline(terminal: AttemptHandler, stages: Stages) -> CallHandler:
+    """Compose `stages` (by name, any subset of `PIPELINE_ORDER`) around `terminal` in the fixed order:
+    the tries' stages innermost first, then the retry position (`_FirstAttempt` when there is no retry
+    stage), then the call's stages."""
     unknown = set(stages) - set(PIPELINE_ORDER)
     if unknown:
         raise ValueError(f"unknown pipeline stage(s): {', '.join(sorted(unknown))}; known: {', '.join(PIPELINE_ORDER)}")
-    handler = terminal
-    for name in reversed(PIPELINE_ORDER):
-        stage = stages.get(name)
+    inner = terminal
+    for stage in (stages.get("timeout"), stages.get("passive_health"), stages.get("breaker")):
         if stage is not None:
-            handler = _bind(stage, handler)
-    return handler
+            inner = _bind_attempt(stage, inner)
+    retry = stages.get("retry")
+    outer: CallHandler = _FirstAttempt(inner) if retry is None else _bind_retry(retry, inner)
+    for call_stage in (stages.get("rate_limit"), stages.get("fallback")):
+        if call_stage is not None:
+            outer = _bind_call(call_stage, outer)
+    return outer

@@ -28,9 +28,9 @@ from proxy.policies.fairness import ClientSlots
 from proxy.mcp.headers import HostPolicy
 from proxy.ops.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.ops.metrics import ProxyMetrics
-from proxy.pipeline import build_pipeline
+from proxy.pipeline import Stages, build_pipeline
 from proxy.events.recorder import EventRecorder, FanOut
-from proxy.policies.base import Clock, Handler, Observer, Stage
+from proxy.policies.base import CallHandler, Clock, Observer
 from proxy.policies.breaker import BreakerStage
 from proxy.policies.fallback import CacheStage
 from proxy.policies.ratelimit import RateLimitStage
@@ -71,7 +71,7 @@ class Route:
 
     state: UpstreamState
     config: UpstreamConfig
-    pipeline: Handler
+    pipeline: CallHandler
     resolver: PolicyResolver
     annotations: ToolAnnotations
     """The catalog as the retry policy sees it: learned from every `tools/list` answer, believed only
@@ -121,10 +121,10 @@ def _configures(upstream: UpstreamConfig, section: str) -> bool:
 
 def build_stages(
     upstream: UpstreamConfig, state: UpstreamState, shared: SharedStages, clock: Clock, observer: Observer, observe: float
-) -> dict[str, Stage]:
+) -> Stages:
     """The policy stages one upstream needs: retry, breaker and timeout always; rate limit and cache
     only when the upstream or one of its rules configures them (an unused stage costs nothing)."""
-    stages: dict[str, Stage] = {}
+    stages: Stages = {}
     if _configures(upstream, "cache"):
         stages["fallback"] = shared.cache
     if _configures(upstream, "rate_limit"):

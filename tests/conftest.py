@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from hypothesis import HealthCheck, settings
 
 from proxy.app import ProxyServer, running_proxy
 from proxy.config.model import ProxyConfig
+from proxy.mcp import sse
 from tests.fault_upstream import FaultUpstream
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,6 +147,24 @@ async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, Any
     yield start
     for process in started:
         await process.stop()
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every JSON text the SSE watcher parses, in order: its own reference to orjson is replaced by one
+    that records each `loads` (the relay and the watcher tests hold each event parsed at most once)."""
+    seen: list[str] = []
+
+    class Recording:
+        JSONDecodeError = orjson.JSONDecodeError
+
+        @staticmethod
+        def loads(data: str) -> Any:
+            seen.append(data)
+            return orjson.loads(data)
+
+    monkeypatch.setattr(sse, "orjson", Recording)
+    return seen
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -12,10 +13,10 @@ from proxy.mcp.annotations import ToolAnnotations
 from proxy.config.model import UpstreamConfig
 from proxy.config.resolve import PolicyResolver
 
-from proxy.server.classify import classify
+from proxy.server.classify import CallRoute, ClientRequest, classify
 from proxy.mcp.headers import upstream_headers
 from proxy.mcp.jsonrpc import parse_message
-from proxy.policies.base import Call, Handler, Reply
+from proxy.policies.base import Attempt, Call, Reply
 
 
 def upstream_config(**fields: Any) -> UpstreamConfig:
@@ -27,14 +28,22 @@ def make_call(
     body: bytes = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
     upstream: UpstreamConfig | None = None,
     annotations: ToolAnnotations | None = None,
+    owner: int | None = None,
     **headers: str,
 ) -> Call:
-    """Classify `body` as the handler would, against `upstream`'s policies (defaults when None)."""
-    message = parse_message(body)
+    """Classify `body` as the handler would, against `upstream`'s policies (defaults when None), as if it
+    came on client connection `owner`."""
     incoming = CIMultiDict(headers)
     resolver = PolicyResolver(upstream or upstream_config())
     forwarded = upstream_headers(incoming.items())
-    return classify("up", message, body, incoming, forwarded, "127.0.0.1", None, resolver, annotations)
+    request = ClientRequest(parse_message(body), body, incoming, forwarded, "127.0.0.1", owner, 0.0)
+    return classify(request, CallRoute("up", resolver, annotations))
+
+
+def first(call: Call, deadline: float | None = None) -> Attempt:
+    """`call`'s first attempt, as the pipeline makes it without a retry stage (what a stage inside the
+    attempts takes)."""
+    return Attempt(call, 1, deadline)
 
 
 def tool_call(tool: str, request_id: int = 1, **arguments: Any) -> bytes:
@@ -92,24 +101,32 @@ Outcome = Reply | BaseException
 
 
 class FakeUpstream:
-    """A terminal `Handler` that plays back scripted outcomes (the last one repeats) and counts attempts.
+    """A terminal handler that plays back scripted outcomes (the last one repeats) and counts attempts.
 
-    An outcome is a `Reply` to return or an exception to raise; `gate`, when set, is awaited before
-    answering, so a test can hold calls in flight.
+    It is the transport (an `AttemptHandler`: it marks each `Attempt` written, as the transport does once
+    the request reaches a socket) or, for a stage outside the attempts, the rest of the pipeline (a
+    `CallHandler`). `calls` holds the call of each, `tries` each `Attempt` it was given. An outcome is a
+    `Reply` to return or an exception to raise; `gate`, when set, is awaited before answering, so a
+    test can hold calls in flight.
     """
 
     def __init__(self, *outcomes: Outcome) -> None:
         self.outcomes: list[Outcome] = list(outcomes) or [reply_ok()]
         self.calls: list[Call] = []
+        self.tries: list[Attempt] = []
         self.gate: asyncio.Event | None = None
 
     @property
     def attempts(self) -> int:
         return len(self.calls)
 
-    async def __call__(self, call: Call) -> Reply:
-        self.calls.append(call)
-        call.written = True  # as the transport does once the request reaches a socket
+    async def __call__(self, asked: Call | Attempt) -> Reply:
+        if isinstance(asked, Attempt):
+            self.tries.append(asked)
+            asked.written = True
+            self.calls.append(asked.call)
+        else:
+            self.calls.append(asked)
         if self.gate is not None:
             await self.gate.wait()
         outcome = self.outcomes[min(len(self.calls), len(self.outcomes)) - 1]
@@ -118,13 +135,14 @@ class FakeUpstream:
         return outcome
 
 
-def echo(upstream: FakeUpstream) -> Handler:
+def echo(upstream: FakeUpstream) -> Callable[[Call | Attempt], Awaitable[Reply]]:
     """`upstream` answering with each call's own id, as a real server does (its headers kept)."""
 
-    async def handler(call: Call) -> Reply:
-        reply = await upstream(call)
+    async def handler(asked: Call | Attempt) -> Reply:
+        reply = await upstream(asked)
         if not isinstance(reply.message, dict):
             return reply
+        call = asked.call if isinstance(asked, Attempt) else asked
         message = {**reply.message, "id": call.message.id}
         return Reply(reply.status, reply.headers, body=orjson.dumps(message), message=message)
 

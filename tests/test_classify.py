@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, strategies as st
 from multidict import CIMultiDict
 
-from proxy.server.classify import classify, client_identity, credential_scope
+from proxy.server.classify import CallRoute, ClientRequest, classify, client_identity, credential_scope
 from proxy.mcp.headers import upstream_headers
 from proxy.mcp.jsonrpc import parse_message
-from proxy.policies.base import Call, Era
+from proxy.mcp.eras import Era
+from proxy.policies.base import Call
 from proxy.config.resolve import PolicyResolver
 from tests.fakes import upstream_config
 
@@ -24,7 +25,8 @@ def make_call(
     """Classify `body` as the handler does: the client's headers, and the filtered set it forwards."""
     raw = CIMultiDict(headers)
     resolver = PolicyResolver(upstream_config())
-    return classify("up", parse_message(body), body, raw, upstream_headers(raw.items()), "127.0.0.1", identity_header, resolver)
+    request = ClientRequest(parse_message(body), body, raw, upstream_headers(raw.items()), "127.0.0.1", None, 0.0)
+    return classify(request, CallRoute("up", resolver, identity_header=identity_header))
 
 
 def test_legacy_and_modern_eras() -> None:
@@ -56,7 +58,7 @@ def test_the_scope_is_computed_for_a_cached_call_only() -> None:
     raw = CIMultiDict(Authorization="Bearer a")
     forwarded = upstream_headers(raw.items())
     cached = PolicyResolver(upstream_config(rules=[{"match": {"method": "tools/list"}, "cache": {"mode": "ttl"}}]))
-    call = classify("up", parse_message(body), body, raw, forwarded, "127.0.0.1", None, cached)
+    call = classify(ClientRequest(parse_message(body), body, raw, forwarded, "127.0.0.1", None, 0.0), CallRoute("up", cached))
     assert call.credential_scope == credential_scope(forwarded) != ""
     assert make_call(CALL, **{"Mcp-Session-Id": "abc"}).session_id == "abc"
 

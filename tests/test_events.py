@@ -16,6 +16,7 @@ from proxy.app import running_proxy
 from proxy.events.sinks import FLUSH_EVERY, JsonlFile
 from proxy.events.recorder import EventBus, EventRecorder, make_event, signature
 from tests.conftest import REPO, proxy_config
+from proxy.policies.base import Attempt
 from tests.fakes import make_call, tool_call
 from tests.fault_upstream import FaultUpstream
 from tests.test_forwarding import JSON_HEADERS, call_tool
@@ -76,9 +77,9 @@ def test_call_ok_summary_counts_outcomes_attempts_and_latency() -> None:
     call = make_call(tool_call("lookup"))
     for latency in (3.0, 7.0, 40.0):
         recorder.call_finished(call, "ok", latency)
-    call.attempt = 2
-    recorder.call_finished(call, "ok", 120.0)
-    recorder.call_finished(call, "upstream_timeout", 2000.0)
+    second = Attempt(call, 2, None)
+    recorder.call_finished(second, "ok", 120.0)
+    recorder.call_finished(second, "upstream_timeout", 2000.0)
     assert recorder.flush_summaries() == 1
     (summary,) = bus.recent()
     assert summary["type"] == "call_ok" and summary["tool"] == "lookup"
@@ -124,6 +125,25 @@ async def test_retries_then_a_final_failure_make_these_events(upstream: FaultUps
     assert len({e["call_id"] for e in events}) == 1
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
     assert "s3cret" not in json.dumps(events)
+
+
+async def test_a_stale_answer_after_retries_names_the_last_attempt_in_its_events(upstream: FaultUpstream) -> None:
+    """The parts outside the attempts (the cache, the handler's summary) name the attempt the call's
+    outcome came from: here the failing third, whose stored stand-in the client got."""
+    retry = {"max_attempts": 3, "backoff": {"base": "1ms", "max": "1ms"}}
+    config = proxy_config(upstream.url, upstream={"retry": retry, "cache": {"max_stale": "1h"}}, events=QUIET)
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    async with running_proxy(config) as proxy:
+        assert await post(proxy.url + "/mcp", listing) == 200  # stored
+        upstream.fault("tools/list", status=503)
+        assert await post(proxy.url + "/mcp", listing) == 200  # the stored answer stands in
+        proxy.events.flush_summaries()
+        events = await events_of(proxy.admin_url)
+    kinds = [(e["type"], e["attempt"]) for e in events if e["call_id"] is not None]
+    assert kinds == [("retry", 1), ("retry", 2), ("retry_exhausted", 3), ("fallback_served", 3)]
+    (summary,) = [e for e in events if e["type"] == "call_ok"]
+    assert summary["ok_by_attempt"] == {"1": 1, "3": 1}
+    assert upstream.attempts["tools/list"] == 4
 
 
 async def test_a_timeout_of_an_idempotent_call_is_observed(upstream: FaultUpstream) -> None:

@@ -25,7 +25,7 @@ from proxy.policies.failures import CANCELLED, classify_error, classify_reply
 from proxy.ops.health import HealthProber, PassiveHealthStage, UpstreamHealth
 from proxy.policies.base import Call, Reply
 from proxy.upstream.transport import HttpUpstream
-from tests.fakes import FakeClock, FakeUpstream, make_call, reply_error, reply_ok, reply_result, reply_status, tool_call
+from tests.fakes import FakeClock, FakeUpstream, first, make_call, reply_error, reply_ok, reply_result, reply_status, tool_call
 from tests.fault_upstream import FaultUpstream
 from tests.servers.everything import build_app
 
@@ -281,19 +281,19 @@ async def test_passive_stage_feeds_every_attempt_and_passes_answers_and_errors_o
     stage = PassiveHealthStage(health)
     call = make_call()
     failing = FakeUpstream(reply_status(503))
-    assert (await stage(call, failing)).status == 503
+    assert (await stage(first(call), failing)).status == 503
     with pytest.raises(UpstreamTimeout):
-        await stage(call, FakeUpstream(UpstreamTimeout("slow")))
+        await stage(first(call), FakeUpstream(UpstreamTimeout("slow")))
     assert health.state == "unknown"  # neither a 503 nor a timeout says the upstream cannot be reached
     with pytest.raises(UpstreamUnavailable):
-        await stage(call, FakeUpstream(UpstreamUnavailable("reset")))
+        await stage(first(call), FakeUpstream(UpstreamUnavailable("reset")))
     with pytest.raises(NeverSent):
-        await stage(call, FakeUpstream(NeverSent("refused")))
+        await stage(first(call), FakeUpstream(NeverSent("refused")))
     assert health.state == "unhealthy"
-    await stage(call, FakeUpstream(reply_status(429)))
+    await stage(first(call), FakeUpstream(reply_status(429)))
     assert health.snapshot()["streaks"] == {"successes": 0, "probe_failures": 0, "call_failures": 2}
-    await stage(call, FakeUpstream(reply_ok()))
-    await stage(call, FakeUpstream(reply_ok()))
+    await stage(first(call), FakeUpstream(reply_ok()))
+    await stage(first(call), FakeUpstream(reply_ok()))
     assert health.state == "healthy"
 
 
@@ -713,7 +713,7 @@ async def test_a_pool_full_of_client_calls_never_fails_a_probe(upstream: FaultUp
     try:
         health = UpstreamHealth("up", config.health, Events(), FakeClock())
         prober = HealthProber(transport, health, FakeClock(), lambda: 0.5)
-        stuck = asyncio.create_task(transport.send(make_call(tool_call("lookup"))))
+        stuck = asyncio.create_task(transport.send(first(make_call(tool_call("lookup")))))
         await asyncio.wait_for(upstream.arrived.wait(), 10)
         assert transport.pool.size == 1
         for _ in range(3):

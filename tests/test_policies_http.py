@@ -18,7 +18,7 @@ from proxy.config.model import ConfigError, UpstreamConfig, load_config
 from proxy.errors import NeverSent
 from proxy.upstream.transport import HttpUpstream
 from tests.conftest import proxy_config
-from tests.fakes import make_call
+from tests.fakes import first, make_call
 from tests.fault_upstream import FaultUpstream
 from tests.test_forwarding import JSON_HEADERS, call_tool
 
@@ -74,7 +74,7 @@ async def test_connection_refused_is_never_sent(unused_tcp_port: int) -> None:
     await transport.start()
     try:
         with pytest.raises(NeverSent):
-            await transport.send(make_call(upstream=config))
+            await transport.send(first(make_call(upstream=config)))
     finally:
         await transport.close()
 

@@ -10,12 +10,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from aiohttp import web
 
 from proxy.app import ProxyServer, running_proxy
-from proxy.mcp import sse
 from proxy.server.relay import _EventStream
 from tests.conftest import proxy_config
 from tests.test_forwarding import JSON_HEADERS
@@ -86,23 +84,6 @@ async def scripted() -> AsyncIterator[ScriptedUpstream]:
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The event data the watcher parses, in order (its reference to orjson is replaced)."""
-    seen: list[str] = []
-
-    class Recording:
-        JSONDecodeError = orjson.JSONDecodeError
-
-        @staticmethod
-        def loads(data: str) -> Any:
-            seen.append(data)
-            return orjson.loads(data)
-
-    monkeypatch.setattr(sse, "orjson", Recording)
-    return seen
 
 
 async def list_tools(session: aiohttp.ClientSession, proxy: ProxyServer) -> None:

@@ -46,7 +46,7 @@ from proxy.upstream.transport import (
     upstream_errors,
 )
 from tests.conftest import proxy_config
-from tests.fakes import make_call
+from tests.fakes import first, make_call
 from tests.fault_upstream import FaultUpstream
 from tests.test_forwarding import JSON_HEADERS, call_tool, post
 from tests.test_http_client import SSE_HEAD, RawServer, Script, read_request, sse_chunk, until
@@ -79,7 +79,7 @@ async def test_a_buffered_sse_read_gives_its_connection_back_once_the_stream_end
     async with RawServer(script) as server:
         async with upstream_for(server) as transport:
             for _ in range(3):
-                reply = await transport.send(make_call(LIST))
+                reply = await transport.send(first(make_call(LIST)))
                 assert (reply.stream, reply.message) == (None, json.loads(FINAL))
                 await until(lambda: transport.pool.idle == 1)
     assert server.connections == 1
@@ -104,12 +104,12 @@ async def test_a_read_whose_stream_the_server_ends_cleanly_unanswered_is_not_a_b
 
     async with RawServer(ended) as server, upstream_for(server) as transport:
         with pytest.raises(StreamEndedEarly) as caught:
-            await transport.send(make_call(LIST))
+            await transport.send(first(make_call(LIST)))
     verdict = classify_error(caught.value)
     assert (verdict.kind, verdict.server_failure, verdict.transport_failure) == (Failure.STREAM_ENDED, False, False)
     async with RawServer(cut) as server, upstream_for(server) as transport:
         with pytest.raises(UpstreamUnavailable) as caught:
-            await transport.send(make_call(LIST))
+            await transport.send(first(make_call(LIST)))
     assert not isinstance(caught.value, StreamEndedEarly) and classify_error(caught.value).transport_failure
 
 
@@ -134,7 +134,7 @@ async def test_a_pool_retired_by_a_reload_answers_never_sent() -> None:
         await transport.start()
         await transport.close()
         with pytest.raises(NeverSent, match="pool is closed"):
-            await transport.send(make_call(LIST))
+            await transport.send(first(make_call(LIST)))
 
 
 async def test_a_try_that_times_out_waiting_for_a_pooled_connection_is_the_proxys_overload(upstream: FaultUpstream) -> None:
@@ -215,13 +215,13 @@ async def test_a_json_answer_with_another_requests_id_is_a_bad_response_and_its_
     stray = json_answer(b'{"jsonrpc":"2.0","id":99,"result":{"tools":[{"name":"secret"}]}}')
     async with RawServer(serving(stray, json_answer(FINAL))) as server, upstream_for(server) as transport:
         with pytest.raises(UpstreamProtocolError, match="another request's id") as caught:
-            await transport.send(make_call(LIST))
+            await transport.send(first(make_call(LIST)))
         verdict = classify_error(caught.value)
         assert (caught.value.reason, verdict.kind, verdict.transport_failure) == (
             "upstream_bad_response", Failure.BAD_RESPONSE, True
         )
         assert transport.pool.size == 0
-        reply = await transport.send(make_call(LIST))
+        reply = await transport.send(first(make_call(LIST)))
         assert reply.message == json.loads(FINAL)
     assert server.connections == 2
 
@@ -248,10 +248,10 @@ async def test_answers_that_are_no_other_requests_are_delivered_and_the_connecti
     """An unattributed error (id null or none), the HTTP layer's refusal whatever id the server wrote,
     non-JSON-RPC JSON: none of them belongs to another client."""
     async with RawServer(serving(json_answer(answer, status), json_answer(FINAL))) as server, upstream_for(server) as transport:
-        reply = await transport.send(make_call(LIST))
+        reply = await transport.send(first(make_call(LIST)))
         assert reply.body == answer
         await until(lambda: transport.pool.idle == 1)
-        await transport.send(make_call(LIST))
+        await transport.send(first(make_call(LIST)))
     assert server.connections == 1
 
 
@@ -330,9 +330,9 @@ async def test_an_answer_with_more_containers_than_the_bound_is_delivered_opaque
     at, over = with_containers(MAX_PARSED_CONTAINERS), with_containers(MAX_PARSED_CONTAINERS + 1)
     assert at.count(b"{") + at.count(b"[") == MAX_PARSED_CONTAINERS
     async with RawServer(serving(json_answer(at), json_answer(over))) as server, upstream_for(server) as transport:
-        parsed = await transport.send(make_call(LIST))
+        parsed = await transport.send(first(make_call(LIST)))
         assert isinstance(parsed.message, dict) and parsed.message["id"] == 1
-        opaque = await transport.send(make_call(LIST))
+        opaque = await transport.send(first(make_call(LIST)))
         assert (opaque.status, opaque.body, opaque.message, opaque.stream) == (200, over, None, None)
         assert verdict_of(opaque, had_session=False).ok
         assert _storable(opaque, verdict_of(opaque, had_session=False)) is None
@@ -343,7 +343,7 @@ async def test_a_buffered_sse_read_with_an_event_over_the_container_bound_is_han
     event = b"data: " + with_containers(MAX_PARSED_CONTAINERS + 1) + b"\n\n"
     stream = SSE_HEAD + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event)
     async with RawServer(serving(stream)) as server, upstream_for(server) as transport:
-        reply = await transport.send(make_call(LIST))
+        reply = await transport.send(first(make_call(LIST)))
         assert reply.stream is not None and reply.message is None
         received = b"".join([chunk async for chunk in reply.stream])
         assert received == event
@@ -363,7 +363,7 @@ async def test_a_probe_reads_at_most_its_own_small_bound(form: str) -> None:
     async with RawServer(serving(answer, answer)) as server, upstream_for(server) as transport:
         with pytest.raises(UpstreamProtocolError, match="health probe's answer.* exceeds"):
             await transport.request({"Content-Type": "application/json"}, LIST, 1, timeout=5.0)
-        reply = await transport.send(make_call(LIST))  # a client's call may have as much as limits allow
+        reply = await transport.send(first(make_call(LIST)))  # a client's call may have as much as limits allow
         assert reply.status == 200 and len(reply.body) > PROBE_MAX_RESPONSE_BYTES
 
 

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.upstream.http11.client import ConnectionPool, Origin
-from tests.fakes import make_call
+from tests.fakes import first, make_call
 from tests.test_http_client import OK, RawServer, answering, answering_after, pool_for, read_request, until
 from tests.test_transport import upstream_for
 
@@ -70,19 +70,16 @@ def _secret(body: bytes) -> bytes:
 async def test_two_clients_with_the_same_id_never_get_each_others_duplicate_answer(form: str) -> None:
     server, seen = answering_twice(form)
     async with server, upstream_for(server) as transport:
-        alice = make_call(LIST, Authorization="Bearer alice")
-        alice.owner = 1
-        bob = make_call(LIST, Authorization="Bearer bob")
-        bob.owner = 2
-        assert _secret((await transport.send(alice)).body) == b"alice"
-        assert _secret((await transport.send(bob)).body) == b"bob"  # not alice's copy, though the id is 1 too
+        alice = make_call(LIST, owner=1, Authorization="Bearer alice")
+        bob = make_call(LIST, owner=2, Authorization="Bearer bob")
+        assert _secret((await transport.send(first(alice))).body) == b"alice"
+        assert _secret((await transport.send(first(bob))).body) == b"bob"  # not alice's copy, though the id is 1 too
         assert server.connections == 2
         await until(lambda: transport.pool.idle == 2)  # a drained SSE stream goes back a loop step later
         # The same client again: its own connection, and so the server's duplicate of its own answer, as it
         # would get talking to that server directly (the server's bug, nobody else's secret).
-        again = make_call(LIST, Authorization="Bearer alice")
-        again.owner = 1
-        assert _secret((await transport.send(again)).body) == b"alice"
+        again = make_call(LIST, owner=1, Authorization="Bearer alice")
+        assert _secret((await transport.send(first(again))).body) == b"alice"
         assert server.connections == 2
     assert seen == [b"alice", b"bob", b"alice"]
 

@@ -39,7 +39,7 @@ class Announcer(Protocol):
     """Where the analyzer reports what it did (the proxy's event recorder): a protocol, so the analyzer
     reads events without importing the recorder, which adapts the request pipeline."""
 
-    def policy_event(self, kind: str, call: None, **fields: Any) -> None: ...
+    def policy_event(self, kind: str, about: None, **fields: Any) -> None: ...
 
 log = structlog.get_logger("proxy.analyzer")
 

@@ -1,10 +1,12 @@
 """How an emission becomes an event (schema v1): checked against its type, with envelope, bounds, params and signature.
 
-An emission site names a kind and passes its fields (``observer.policy_event("retry", call,
-failure=..., delay_ms=..., error=...)``). `build` makes the kind's frozen dataclass
+An emission site names a kind, what it is about and its fields (``observer.policy_event("retry",
+attempt, failure=..., delay_ms=..., error=...)``). `build` makes the kind's frozen dataclass
 (`proxy.events.types`) from them, the envelope taken from the call: upstream, method, tool,
 call_id, attempt, policy, and the call's `idempotent` and params; `error` and `latency_ms` are the
-envelope's too, as is `upstream` for events without a call. `checked_record` makes that event's
+envelope's too, as is `upstream` for events without a call. An event is about an `Attempt` (its
+`number` is the envelope's `attempt`), a `Call` (attempt 1: a call before its first try, or outside
+the tries), or nothing (attempt null). `checked_record` makes that event's
 record (`Event.as_record`) directly, after the same check: what the recorder publishes when serving,
 where nobody reads the instance and making it would double an event's cost (a cache hit's event is
 on the success path). Under `EventRecorder.strict` (tests) every record is the built event's own, and
@@ -41,10 +43,10 @@ import orjson
 
 from proxy.events.envelope import MAX_FIELD_CHARS, MAX_LIST_ITEMS, MAX_PARAMS_BYTES, SCHEMA_VERSION, CallEvent, ErrorDetail, Event
 from proxy.events.types import KINDS
-from proxy.policies.base import Call
+from proxy.policies.base import Attempt, Call
 from proxy.redact import redact
 
-__all__ = ["MalformedEvent", "build", "checked_record", "make_event", "signature"]
+__all__ = ["MalformedEvent", "Subject", "build", "checked_record", "make_event", "signature"]
 
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,}\b|\b[0-9a-fA-F]{16,}\b|\d+(\.\d+)?")
 _ENVELOPE: Final = frozenset(
@@ -96,9 +98,22 @@ def _params(call: Call, include: bool) -> dict[str, Any]:
         return {"params": {"_omitted": "params too deep to redact"}}
 
 
+Subject = Call | Attempt | None
+"""What an event is about: a try, a call (its first try), or nothing (a breaker's state, a reload)."""
+
+
+def _split(about: Subject) -> tuple[Call | None, int | None]:
+    """(the call an event is about, its envelope's `attempt`)."""
+    if about is None:
+        return None, None
+    if isinstance(about, Attempt):
+        return about.call, about.number
+    return about, 1
+
+
 def make_event(
     type: str,
-    call: Call | None = None,
+    about: Subject = None,
     *,
     error: dict[str, Any] | None = None,
     latency_ms: float | None = None,
@@ -111,8 +126,9 @@ def make_event(
     What the recorder publishes when an emission is malformed, and what tests and tools use to make
     partial or synthetic records; the proxy's own events are `build`'s, and equal this for the same
     emission. Bounded whatever its inputs (`MAX_EVENT_BYTES`): strings are cut, lists shortened, params omitted."""
+    call, attempt = _split(about)
     upstream = fields.pop("upstream", None) if call is None else call.upstream
-    event = _envelope(type, call, error, latency_ms, upstream)
+    event = _envelope(type, call, attempt, error, latency_ms, upstream)
     if call is not None:
         fields["idempotent"] = call.idempotent
         fields.update(_params(call, include_params))
@@ -121,8 +137,11 @@ def make_event(
     return event
 
 
-def _envelope(type: str, call: Call | None, error: Any, latency_ms: float | None, upstream: Any) -> dict[str, Any]:
-    """The envelope of an event (`proxy.events.envelope.Event`) as a record: from the call, if any."""
+def _envelope(
+    type: str, call: Call | None, attempt: int | None, error: Any, latency_ms: float | None, upstream: Any
+) -> dict[str, Any]:
+    """The envelope of an event (`proxy.events.envelope.Event`) as a record: from the call, if any, and
+    the number of the try it is about (`_split`)."""
     event: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "type": type,
@@ -130,7 +149,7 @@ def _envelope(type: str, call: Call | None, error: Any, latency_ms: float | None
         "method": None if call is None else _cut(call.method),
         "tool": None if call is None or call.tool is None else _cut(call.tool),
         "call_id": None if call is None else call.call_id,
-        "attempt": None if call is None else call.attempt,
+        "attempt": attempt,
         "latency_ms": None if latency_ms is None else round(latency_ms, 3),
         "policy": None if call is None else call.policy.rule,
         "error": error,
@@ -181,20 +200,20 @@ def _spec(cls: type[Event]) -> _Spec:
 _SPECS: Final = {kind: _spec(cls) for kind, cls in KINDS.items()}
 
 
-def build(kind: str, call: Call | None, fields: dict[str, Any], include_params: bool = False) -> Event:
-    """The typed event of one emission: `kind`, the call it is about (or None) and the fields its site
+def build(kind: str, about: Subject, fields: dict[str, Any], include_params: bool = False) -> Event:
+    """The typed event of one emission: `kind`, what it is about (a try, a call, or None) and the fields its site
     passed (`error`, `latency_ms` and, without a call, `upstream` among them). Bounded like every record;
     `include_params` puts the call's params in (redacted) for kinds whose evidence they are.
 
     Raises `MalformedEvent` when the emission does not fit the kind's class."""
-    values = checked_record(kind, call, fields, include_params)
+    values = checked_record(kind, about, fields, include_params)
     error = values["error"]
     if error is not None:
         values["error"] = ErrorDetail(**error)
     return KINDS[kind](**values)
 
 
-def checked_record(kind: str, call: Call | None, fields: dict[str, Any], include_params: bool = False) -> dict[str, Any]:
+def checked_record(kind: str, about: Subject, fields: dict[str, Any], include_params: bool = False) -> dict[str, Any]:
     """The record of `build`'s event (what `build(...).as_record()` gives) without building the event:
     what the recorder publishes when serving.
 
@@ -203,6 +222,7 @@ def checked_record(kind: str, call: Call | None, fields: dict[str, Any], include
     values' types are the schema's, held by the tests), so the instance, which nothing on the serving
     path reads, is not made: a frozen dataclass of 16 fields costs about as much again as its record
     (measured on a cache hit's event, on the success path). Raises `MalformedEvent`."""
+    call, attempt = _split(about)
     spec = _SPECS.get(kind)
     if spec is None:
         raise MalformedEvent(f"unknown event kind {kind!r}")
@@ -213,7 +233,8 @@ def checked_record(kind: str, call: Call | None, fields: dict[str, Any], include
     if error is not None and (not isinstance(error, dict) or error.keys() != _ERROR_KEYS):
         given = sorted(error) if isinstance(error, dict) else type(error).__name__
         raise MalformedEvent(f"{kind}: error must have exactly {', '.join(_ERROR_KEYS)} (got {given})")
-    record = _envelope(kind, call, error, fields.get("latency_ms"), call.upstream if call is not None else fields.get("upstream"))
+    upstream = call.upstream if call is not None else fields.get("upstream")
+    record = _envelope(kind, call, attempt, error, fields.get("latency_ms"), upstream)
     for name, value in fields.items():
         if name not in _EMISSION_ENVELOPE:
             record[name] = _bounded(value)

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import structlog
 
-from proxy.events.build import MalformedEvent, _bounded, _cut, build, checked_record, make_event, signature
+from proxy.events.build import MalformedEvent, Subject, _bounded, _cut, _split, build, checked_record, make_event, signature
 from proxy.events.bus import MAX_UNLISTED_EVENTS, EventBus, Subscription, _safely
 from proxy.events.envelope import (
     LATENCY_BUCKETS_MS,
@@ -43,7 +43,7 @@ from proxy.events.envelope import (
     SCHEMA_VERSION,
 )
 from proxy.events.types import EVENT_TYPES, KINDS, CallOk
-from proxy.policies.base import Call, Observer
+from proxy.policies.base import Attempt, Call, Observer
 from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog, listed
 
 __all__ = [
@@ -87,9 +87,10 @@ _LOGGED_WITHOUT_EVENTS: Final = {"retry": "info", "retry_exhausted": "info", "re
 """Moments that must reach the log even when events do not (off, or not written as log lines), and at what level."""
 
 
-def _log_plainly(kind: str, call: Call | None, fields: dict[str, Any]) -> None:
+def _log_plainly(kind: str, about: Subject, fields: dict[str, Any]) -> None:
     """One structlog line for `kind`: what the event would have said, with the error as its message only."""
-    line = {} if call is None else {"upstream": call.upstream, "method": call.method, "tool": call.tool, "attempt": call.attempt}
+    call, attempt = _split(about)
+    line = {} if call is None else {"upstream": call.upstream, "method": call.method, "tool": call.tool, "attempt": attempt}
     line.update(fields)
     error = line.get("error")
     if isinstance(error, dict):
@@ -104,8 +105,9 @@ MAX_MALFORMED_REPORTS: Final = 64
 
 class EventRecorder:
     """The `Observer` that turns policy reports and finished calls into events of the types in
-    `proxy.events.types`, published on the bus as their records (``policy_event(kind, call, **fields)``
-    names the kind and passes its fields)."""
+    `proxy.events.types`, published on the bus as their records (``policy_event(kind, about, **fields)``
+    names the kind, what it is about, a try, a call or nothing (`proxy.events.build.Subject`), and
+    passes its fields)."""
 
     strict = False
     """True (tests set it): each record is its typed event's (`proxy.events.build.build`), and an emission
@@ -130,26 +132,26 @@ class EventRecorder:
         """Emissions that did not fit their kind (published untyped)."""
         self._reported: set[tuple[str, str]] = set()
 
-    def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None:
+    def policy_event(self, kind: str, about: Call | Attempt | None, **fields: Any) -> None:
         if not (self.enabled and self.logged) and kind in _LOGGED_WITHOUT_EVENTS:
-            _log_plainly(kind, call, fields)
+            _log_plainly(kind, about, fields)
         if not self.enabled:
             return
-        self.bus.publish(self._record(kind, call, fields), self._unlisted(call, fields))
+        self.bus.publish(self._record(kind, about, fields), self._unlisted(about, fields))
 
-    def _record(self, kind: str, call: Call | None, fields: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, kind: str, about: Subject, fields: dict[str, Any]) -> dict[str, Any]:
         """The record of one emission: its typed event's, or (a malformed emission, when serving) the untyped one."""
         try:
             if self.strict:  # tests: every record is the typed event's own
-                return build(kind, call, fields, self.include_params).as_record()
-            return checked_record(kind, call, fields, self.include_params)
+                return build(kind, about, fields, self.include_params).as_record()
+            return checked_record(kind, about, fields, self.include_params)
         except MalformedEvent as exc:
             if self.strict:
                 raise
             self._malformed(kind, str(exc))
         cls = KINDS.get(kind)
-        include = self.include_params and call is not None and cls is not None and cls.WITH_PARAMS
-        return make_event(kind, call, include_params=include, **fields)
+        include = self.include_params and about is not None and cls is not None and cls.WITH_PARAMS
+        return make_event(kind, about, include_params=include, **fields)
 
     def _malformed(self, kind: str, problem: str) -> None:
         self.malformed += 1
@@ -158,8 +160,9 @@ class EventRecorder:
             self._reported.add(key)
             _log.error("event_malformed", kind=_cut(kind), problem=_cut(problem))
 
-    def _unlisted(self, call: Call | None, fields: dict[str, Any]) -> bool:
+    def _unlisted(self, about: Subject, fields: dict[str, Any]) -> bool:
         """True when the event is about a name its upstream's listing says it does not have."""
+        call = about.call if isinstance(about, Attempt) else about
         if call is not None:
             return listed(self.catalogs.get(call.upstream), call.method, call.tool) is False
         upstream, breaker = fields.get("upstream"), fields.get("breaker")
@@ -169,21 +172,28 @@ class EventRecorder:
         catalog = self.catalogs.get(upstream)
         return catalog is not None and catalog.known and name not in MCP_METHODS and not catalog.has(name)
 
-    def call_failed(self, call: Call, error: dict[str, Any], latency_ms: float, **fields: Any) -> None:
-        """The final failure a client heard (after every retry and fallback)."""
+    def call_failed(self, about: Call | Attempt, error: dict[str, Any], latency_ms: float, **fields: Any) -> None:
+        """The final failure a client heard (after every retry and fallback); `about` is the call's last
+        try (`proxy.policies.base.last_attempt`), or the call when it made none of its own but its first."""
         if not (self.enabled and self.logged):
-            _log_plainly("call_failed", call, {"error": error, "latency_ms": latency_ms, **fields})
+            _log_plainly("call_failed", about, {"error": error, "latency_ms": latency_ms, **fields})
         if not self.enabled:
             return
-        record = self._record("call_failed", call, {"error": error, "latency_ms": latency_ms, **fields})
-        event = self.bus.publish(record, self._unlisted(call, fields))
+        record = self._record("call_failed", about, {"error": error, "latency_ms": latency_ms, **fields})
+        event = self.bus.publish(record, self._unlisted(about, fields))
+        call = about.call if isinstance(about, Attempt) else about
         for listener in self.failure_listeners:
             _safely(listener, call, event)
 
-    def call_finished(self, call: Call, outcome: str, latency_ms: float) -> None:
-        """Count a finished call into the current window's summary (cheap: no event per call)."""
+    def call_finished(self, about: Call | Attempt, outcome: str, latency_ms: float) -> None:
+        """Count a finished call into the current window's summary (cheap: no event per call); `about` is
+        the try that answered (`Reply.attempt`), or the call when that was its first."""
         if not self.enabled:
             return
+        if isinstance(about, Attempt):
+            call, attempt = about.call, about.number
+        else:
+            call, attempt = about, 1
         key = self._summary_key(call)
         summary = self._summaries.get(key)
         if summary is None:
@@ -191,7 +201,7 @@ class EventRecorder:
         summary.calls += 1
         summary.outcomes[outcome] = summary.outcomes.get(outcome, 0) + 1
         if outcome == "ok":
-            summary.ok_by_attempt[call.attempt] = summary.ok_by_attempt.get(call.attempt, 0) + 1
+            summary.ok_by_attempt[attempt] = summary.ok_by_attempt.get(attempt, 0) + 1
             summary.histogram[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
             summary.latency_sum_ms += latency_ms
             summary.latency_max_ms = max(summary.latency_max_ms, latency_ms)
@@ -245,6 +255,6 @@ class FanOut:
     def __init__(self, *observers: Observer) -> None:
         self._observers = observers
 
-    def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None:
+    def policy_event(self, kind: str, about: Call | Attempt | None, **fields: Any) -> None:
         for observer in self._observers:
-            observer.policy_event(kind, call, **fields)
+            observer.policy_event(kind, about, **fields)

@@ -27,7 +27,7 @@ from typing import Any, Final
 import orjson
 import structlog
 
-from proxy.server.classify import LEGACY_VERSION
+from proxy.mcp.eras import LEGACY_VERSION
 from proxy.config.model import LimitsConfig, UpstreamConfig
 from proxy.errors import ProxyError
 from proxy.policies.failures import Verdict, classify_error, classify_reply

@@ -44,12 +44,12 @@ import orjson
 import structlog
 
 from proxy import __version__
-from proxy.server.classify import LEGACY_VERSION, MODERN_VERSION
 from proxy.config.model import HealthConfig
 from proxy.errors import ProxyError, ProxyOverloaded
+from proxy.mcp.eras import LEGACY_VERSION, MODERN_VERSION
 from proxy.tasks import Owner, cancel_and_wait, spawn
 from proxy.policies.failures import Failure, Verdict, classify_error, classify_reply, judged
-from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, MonotonicClock, Observer, Reply
+from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Clock, MonotonicClock, Observer, Reply
 from proxy.upstream.transport import HttpUpstream
 
 __all__ = ["HealthProber", "PassiveHealthStage", "UpstreamHealth"]
@@ -192,8 +192,8 @@ class PassiveHealthStage:
     def __init__(self, health: UpstreamHealth) -> None:
         self._health = health
 
-    async def __call__(self, call: Call, next: Handler) -> Reply:
-        return await judged(call, next, self._health.record_call)
+    async def __call__(self, attempt: Attempt, next: AttemptHandler) -> Reply:
+        return await judged(attempt, next, self._health.record_call)
 
 
 class _Failed(Exception):

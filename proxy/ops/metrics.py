@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
-from proxy.policies.base import Call
+from proxy.policies.base import Attempt, Call
 from proxy.redact import redact_text
 from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog
 
@@ -201,8 +201,9 @@ class ProxyMetrics:
     def reject(self, reason: str) -> None:
         self._child(self.rejected, reason).inc()  # type: ignore[attr-defined]
 
-    def policy_event(self, kind: str, call: Call | None, **fields: Any) -> None:
+    def policy_event(self, kind: str, about: Call | Attempt | None, **fields: Any) -> None:
         """`Observer` for the policy stages: each reported moment moves its metric."""
+        call = about.call if isinstance(about, Attempt) else about
         upstream = call.upstream if call is not None else str(fields.get("upstream", ""))
         if kind == "retry":
             self._child(self.retries, upstream, str(fields.get("failure", ""))).inc()  # type: ignore[attr-defined]

@@ -56,7 +56,7 @@ import pybreaker
 
 from proxy.errors import CircuitOpen
 from proxy.policies.failures import CANCELLED, STREAMING, Failure, Verdict, judged
-from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
+from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Call, Clock, Observer, Reply
 from proxy.policies.half_open import TrialPeriod
 from proxy.config.policies import AppBreakerConfig, BreakerConfig
 from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog, listed
@@ -462,11 +462,12 @@ class BreakerStage:
     def breakers(self) -> list[Breaker]:
         return self._breakers.values()
 
-    async def __call__(self, call: Call, next: Handler) -> Reply:
+    async def __call__(self, attempt: Attempt, next: AttemptHandler) -> Reply:
+        call = attempt.call
         breaker = self.breaker_for(call)
         app = self.app_breaker_for(call)
         if breaker is None and app is None:
-            return await next(call)
+            return await next(attempt)
         client = call.client
         app_trial = app.admit(client) if app is not None else None
         try:
@@ -482,4 +483,4 @@ class BreakerStage:
             if app is not None:
                 app.record(app_trial, verdict, client)
 
-        return await judged(call, next, record)
+        return await judged(attempt, next, record)

@@ -79,7 +79,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.mcp.jsonrpc import response_error
-from proxy.policies.base import Call, Handler, Reply
+from proxy.policies.base import Attempt, AttemptHandler, Reply
 
 __all__ = [
     "SERVER_SIDE",
@@ -282,7 +282,7 @@ def verdict_of(reply: Reply, had_session: bool, now: float | None = None) -> Ver
     return verdict  # type: ignore[no-any-return]
 
 
-async def judged(call: Call, next: Handler, record: Callable[[Verdict], None]) -> Reply:
+async def judged(attempt: Attempt, next: AttemptHandler, record: Callable[[Verdict], None]) -> Reply:
     """Run one attempt through `next` and hand its verdict to `record`, whatever happens.
 
     The stages that count attempts (breaker, passive health) share this: a cancelled attempt is
@@ -292,8 +292,8 @@ async def judged(call: Call, next: Handler, record: Callable[[Verdict], None]) -
     """
     verdict = CANCELLED
     try:
-        reply = await next(call)
-        verdict = verdict_of(reply, call.session_id is not None)
+        reply = await next(attempt)
+        verdict = verdict_of(reply, attempt.call.session_id is not None)
         if verdict.ok and reply.stream is not None:
             verdict = STREAMING
         return reply

@@ -55,7 +55,7 @@ from multidict import CIMultiDict
 from proxy.tasks import Owner, cancel_and_wait, spawn
 from proxy.errors import ProxyError, RateLimited
 from proxy.policies.failures import Failure, Verdict, verdict_of
-from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
+from proxy.policies.base import NULL_OBSERVER, Attempt, Call, CallHandler, Clock, Observer, Reply, last_attempt
 from proxy.config.policies import CacheConfig
 
 __all__ = ["CACHE_HEADER", "CACHE_META", "CacheStage", "Entry", "ResponseCache"]
@@ -213,7 +213,7 @@ class CacheStage:
 
         return sum(store.drop(is_list) for (name, _), store in self._stores.items() if name == upstream)
 
-    async def __call__(self, call: Call, next: Handler) -> Reply:
+    async def __call__(self, call: Call, next: CallHandler) -> Reply:
         cfg = call.policy.cache
         if cfg is None or not call.idempotent or call.message.id is None or call.method in NEVER_CACHED:
             return await next(call)
@@ -231,33 +231,37 @@ class CacheStage:
             reply, verdict = await self._join(flight, pair, call, next, store)
             if reply is None:  # a follower of an answer it may not share: its own, unless a failure has a stand-in
                 if verdict.server_failure or verdict.kind is Failure.HTTP_429:
-                    stale = self._stale(store, keys, call)
+                    stale = self._stale(store, keys, call, None)
                     if stale is not None:
                         return stale
                 reply, verdict = await self._fetch(pair, call, next, store)
-        except ProxyError:
-            stale = self._stale(store, keys, call)
+        except ProxyError as exc:
+            stale = self._stale(store, keys, call, last_attempt(call, exc))
             if stale is None:
                 raise
             return stale
         if verdict.server_failure or verdict.kind is Failure.HTTP_429:
-            stale = self._stale(store, keys, call)
+            stale = self._stale(store, keys, call, reply.attempt)
             if stale is not None:
                 if reply.stream is not None:
                     await reply.stream.close()
                 return stale
         return reply
 
-    def _stale(self, store: ResponseCache, keys: tuple[Key, ...], call: Call) -> Reply | None:
+    def _stale(self, store: ResponseCache, keys: tuple[Key, ...], call: Call, failed: Attempt | None) -> Reply | None:
+        """A stored answer standing in for a failure, if one is fresh enough; `failed` is the try that
+        failed (None: the call made no try of its own, or only its first), which its events name."""
         entry = _lookup(store, keys)
         now = self._clock.monotonic()
         if entry is None or now > entry.fresh_until + store.max_stale:
             return None
-        self._observer.policy_event("fallback_served", call, status="stale", age=now - entry.stored_at)
-        return _served(entry, call, "stale", now)
+        self._observer.policy_event("fallback_served", failed or call, status="stale", age=now - entry.stored_at)
+        reply = _served(entry, call, "stale", now)
+        reply.attempt = failed
+        return reply
 
     async def _join(
-        self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache
+        self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: CallHandler, store: ResponseCache
     ) -> tuple[Reply | None, Verdict]:
         """The outcome of the flight for `key`, taking off if there is none; `pair` is `call`'s own keys.
 
@@ -291,7 +295,7 @@ class CacheStage:
         except orjson.JSONEncodeError:  # too deep to write again: this follower makes its own call
             return None, verdict
 
-    def _take_off(self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache) -> _Flight:
+    def _take_off(self, key: FlightKey, pair: tuple[Key, Key], call: Call, next: CallHandler, store: ResponseCache) -> _Flight:
         task = spawn(self._fetch(pair, call, next, store), name=f"cache-flight:{call.method}", owner=self._background, awaited=True)
         flight = self._flights[key] = _Flight(call, task)
         task.add_done_callback(lambda _: self._land(key, flight))
@@ -308,7 +312,7 @@ class CacheStage:
         spawn(stream.close(), name="cache-flight:close-orphan", owner=self._background)
 
     async def _fetch(
-        self, pair: tuple[Key, Key], call: Call, next: Handler, store: ResponseCache
+        self, pair: tuple[Key, Key], call: Call, next: CallHandler, store: ResponseCache
     ) -> tuple[Reply, Verdict]:
         """One upstream call; its answer is stored if it may be, unless lists were invalidated meanwhile."""
         generation = self._generation.get(call.upstream, 0)

@@ -28,7 +28,7 @@ from aiolimiter import AsyncLimiter
 from cachetools import LRUCache
 
 from proxy.errors import RateLimited
-from proxy.policies.base import NULL_OBSERVER, Call, Handler, Observer, Reply
+from proxy.policies.base import NULL_OBSERVER, Call, CallHandler, Observer, Reply
 from proxy.config.policies import RateLimitConfig
 
 __all__ = ["RateLimitStage", "bucket_key"]
@@ -66,7 +66,7 @@ class RateLimitStage:
         self._rejected = 0
         self._waiting = 0
 
-    async def __call__(self, call: Call, next: Handler) -> Reply:
+    async def __call__(self, call: Call, next: CallHandler) -> Reply:
         cfg = call.policy.rate_limit
         if cfg is None:
             return await next(call)

@@ -1,5 +1,9 @@
 """Retry: exponential backoff with full jitter, Retry-After, an overall deadline and a retry budget.
 
+The retry stage is where a `Call` becomes its tries: one `Attempt` each, numbered from 1, all with the
+call's deadline; the stages inside it see only the try. What it returns or raises carries the try it
+came from (`Reply.attempt`, `ProxyError.attempt`), which the events about the call's end name.
+
 An attempt is retried only when all of these hold:
 
 - its verdict (`proxy.policies.failures`) has a `retry_on` key the policy lists;
@@ -33,7 +37,7 @@ from collections.abc import Callable
 
 from proxy.errors import CircuitOpen, ProxyError, ProxyOverloaded, RateLimited, RetryBudgetExhausted
 from proxy.policies.failures import Verdict, classify_error, verdict_of
-from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
+from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Call, Clock, Observer, Reply
 from proxy.policies.budget import RetryBudget
 from proxy.config.policies import BackoffConfig, BudgetConfig, RetryConfig
 
@@ -76,80 +80,87 @@ class RetryStage:
     def budgets(self) -> list[RetryBudget]:
         return list(self._budgets.values())
 
-    async def __call__(self, call: Call, next: Handler) -> Reply:
+    async def __call__(self, call: Call, next: AttemptHandler) -> Reply:
+        """Make `call`'s tries, one `Attempt` each, until one may stand; the outcome carries the last try
+        (`Reply.attempt`, `ProxyError.attempt`): the events about the call's outcome name it."""
         policy = call.policy.retry
         budget = self.budget(policy.budget)
         budget.record_request()
-        if call.deadline is None:
-            call.deadline = self._clock.monotonic() + call.policy.timeouts.total
-        attempt = 0
+        deadline = self._clock.monotonic() + call.policy.timeouts.total
+        number = 0
         previous: Verdict | None = None
         while True:
-            attempt += 1
-            call.attempt = attempt
+            number += 1
+            attempt = Attempt(call, number, deadline)
             reply: Reply | None = None
             error: ProxyError | None = None
             try:
-                reply = await next(call)
+                reply = await next(attempt)
                 verdict = verdict_of(reply, call.session_id is not None, self._wall())
-            except _NEVER_RETRIED:
+            except _NEVER_RETRIED as exc:
+                exc.attempt = attempt
                 raise
             except ProxyError as exc:
                 error, verdict = exc, classify_error(exc)
             if verdict.ok:
+                reply.attempt = attempt  # type: ignore[union-attr]
                 return reply  # type: ignore[return-value]
-            stop, delay = self._plan(call, verdict, attempt, policy)
+            stop, delay = self._plan(attempt, verdict, policy)
             if stop is None and _repeated(previous, verdict):
                 stop = "same_answer"
             previous = verdict
             if stop is None and not budget.try_spend():
                 stop = "budget"
             if stop is not None:
-                return self._give_up(call, stop, attempt, verdict, reply, error)
+                return self._give_up(attempt, stop, verdict, reply, error)
             if reply is not None and reply.stream is not None:
                 await reply.stream.close()
             self._observer.policy_event(
-                "retry", call, failure=verdict.kind.value, delay_ms=round(delay * 1000, 3), error=verdict.as_error()
+                "retry", attempt, failure=verdict.kind.value, delay_ms=round(delay * 1000, 3), error=verdict.as_error()
             )
             await self._clock.sleep(delay)
 
-    def _plan(self, call: Call, verdict: Verdict, attempt: int, policy: RetryConfig) -> tuple[str | None, float]:
+    def _plan(self, attempt: Attempt, verdict: Verdict, policy: RetryConfig) -> tuple[str | None, float]:
         """(why retrying stops, or None; the backoff before the next attempt)."""
         key = verdict.retry_key
         if key is None or key not in policy.retry_on:
             return "not_retryable", 0.0
-        if not (call.idempotent or verdict.never_sent):
+        if not (attempt.call.idempotent or verdict.never_sent):
             return "not_idempotent", 0.0
-        if attempt >= policy.max_attempts:
+        if attempt.number >= policy.max_attempts:
             return "max_attempts", 0.0
-        delay = self._random() * backoff_ceiling(policy.backoff, attempt)
+        delay = self._random() * backoff_ceiling(policy.backoff, attempt.number)
         if verdict.retry_after is not None:
             if verdict.retry_after > policy.backoff.max_retry_after:
                 return "retry_after_too_long", 0.0
             delay = max(delay, verdict.retry_after)
-        assert call.deadline is not None
-        if self._clock.monotonic() + delay >= call.deadline:
+        assert attempt.deadline is not None
+        if self._clock.monotonic() + delay >= attempt.deadline:
             return "deadline", 0.0
         return None, delay
 
     def _give_up(
-        self, call: Call, stop: str, attempt: int, verdict: Verdict, reply: Reply | None, error: ProxyError | None
+        self, attempt: Attempt, stop: str, verdict: Verdict, reply: Reply | None, error: ProxyError | None
     ) -> Reply:
         if stop == "budget":  # whether the client then gets the upstream's answer or an error: counted
             self._observer.policy_event(
-                "retry_budget_exhausted", call, failure=verdict.kind.value, error=verdict.as_error()
+                "retry_budget_exhausted", attempt, failure=verdict.kind.value, error=verdict.as_error()
             )
-        elif attempt > 1:
-            self._observer.policy_event("retry_exhausted", call, why=stop, error=verdict.as_error())
+        elif attempt.number > 1:
+            self._observer.policy_event("retry_exhausted", attempt, why=stop, error=verdict.as_error())
         if error is None:
             assert reply is not None
+            reply.attempt = attempt
             return reply
         if stop == "budget":
-            raise RetryBudgetExhausted(
-                f"retry budget exhausted after {attempt} attempt(s); last failure: {error.message}",
-                upstream=call.upstream,
+            exhausted = RetryBudgetExhausted(
+                f"retry budget exhausted after {attempt.number} attempt(s); last failure: {error.message}",
+                upstream=attempt.call.upstream,
                 retry_after=error.retry_after,
-            ) from error
+            )
+            exhausted.attempt = attempt
+            raise exhausted from error
+        error.attempt = attempt
         raise error
 
 

@@ -5,26 +5,27 @@ It is the innermost stage, so a timed-out attempt is seen by the breaker (as a f
 queued for a pooled connection it is `ProxyOverloaded` (the proxy's limit, counted nowhere), still
 connecting it is `NeverSent` (the upstream never saw it, so any call may retry). It bounds the attempt
 up to the answer's headers and, for JSON answers and buffered read methods, the whole body; a streamed
-answer is then paced by `stream_idle` instead.
+answer is then paced by `stream_idle` instead. What it reads of the try is the try's own `Attempt`: its
+deadline, and what the transport reported (`written`, `queued`, `waited`).
 
 **Timeout observation.** A timeout says only that an answer was late, not by how much, and that is
 what a better limit must be chosen from. So after a timeout of an *idempotent* call (a read, or a tool
 known to be safe to repeat) the attempt is not cancelled at once: it runs on in the background for up
 to `observe` seconds, its answer is never delivered, and a ``timeout_observed`` event records when it
-would have arrived. Non-idempotent attempts are cancelled at once, as are observations beyond
+would have arrived; it holds the timed-out `Attempt`, so the event names that try even once the retry
+stage has made the next one. Non-idempotent attempts are cancelled at once, as are observations beyond
 `MAX_OBSERVATIONS` at a time, so a failing upstream never piles up work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from typing import Final
 
 from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
 from proxy.mcp.jsonrpc import CLIENT_PACED_METHODS
-from proxy.policies.base import NULL_OBSERVER, Call, Clock, Handler, Observer, Reply
+from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Clock, Observer, Reply
 from proxy.tasks import Owner, cancel_and_wait, spawn
 
 __all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
@@ -44,65 +45,66 @@ class TimeoutStage:
         self._observer = observer
         self._observe = observe
 
-    async def __call__(self, call: Call, next: Handler) -> Reply:
+    async def __call__(self, attempt: Attempt, next: AttemptHandler) -> Reply:
+        call = attempt.call
         limit = call.policy.timeouts.per_try
-        if call.deadline is not None:
-            left = call.deadline - self._clock.monotonic()
+        if attempt.deadline is not None:
+            left = attempt.deadline - self._clock.monotonic()
             if left <= 0:
                 raise UpstreamTimeout("the call's deadline passed before this attempt", upstream=call.upstream)
             limit = min(limit, left)
         if self._observe > 0 and call.idempotent:
-            return await self._observed(call, next, limit)
+            return await self._observed(attempt, next, limit)
         try:
             async with asyncio.timeout(limit):
-                return await next(call)
+                return await next(attempt)
         except TimeoutError:
-            if not call.written:
-                raise _still_waiting(call, limit) from None
-            self._timed_out(call, limit, observing=False)
-            raise _timeout(call, limit) from None
+            if not attempt.written:
+                raise _still_waiting(attempt, limit) from None
+            self._timed_out(attempt, limit, observing=False)
+            raise _timeout(attempt, limit) from None
 
-    def _timed_out(self, call: Call, limit: float, observing: bool) -> None:
-        self._observer.policy_event("timeout", call, limit_ms=round(limit * 1000, 3), observing=observing)
+    def _timed_out(self, attempt: Attempt, limit: float, observing: bool) -> None:
+        self._observer.policy_event("timeout", attempt, limit_ms=round(limit * 1000, 3), observing=observing)
 
-    async def _observed(self, call: Call, next: Handler, limit: float) -> Reply:
+    async def _observed(self, attempt: Attempt, next: AttemptHandler, limit: float) -> Reply:
         started = time.monotonic()
-        attempt = spawn(_attempt(next, call), name=f"attempt:{call.call_id}:{call.attempt}", owner=_attempts, awaited=True)
+        call_id, number = attempt.call.call_id, attempt.number
+        running = spawn(_attempt(next, attempt), name=f"attempt:{call_id}:{number}", owner=_attempts, awaited=True)
         try:
-            done, _ = await asyncio.wait({attempt}, timeout=limit)
+            done, _ = await asyncio.wait({running}, timeout=limit)
         except asyncio.CancelledError:
-            await _abandon(attempt)
+            await _abandon(running)
             raise
         if done:
-            return attempt.result()
-        if not call.written:
-            await _abandon(attempt)
-            raise _still_waiting(call, limit)
+            return running.result()
+        if not attempt.written:
+            await _abandon(running)
+            raise _still_waiting(attempt, limit)
         observing = len(_observing) < MAX_OBSERVATIONS
-        attempt.add_done_callback(_retrieve)  # however it ends, even after shutdown, nobody is left unheard
-        self._timed_out(call, limit, observing)
-        if observing:
-            as_it_was = dataclasses.replace(call)  # retry moves `call.attempt` on; the event names this one
-            spawn(self._watch(attempt, as_it_was, limit, started), name=f"observe-timeout:{call.call_id}:{call.attempt}", owner=_observing)
+        running.add_done_callback(_retrieve)  # however it ends, even after shutdown, nobody is left unheard
+        self._timed_out(attempt, limit, observing)
+        if observing:  # the event names this try: the retry stage's next one is another `Attempt`
+            spawn(self._watch(running, attempt, limit, started), name=f"observe-timeout:{call_id}:{number}", owner=_observing)
         else:
-            await _abandon(attempt)
-        raise _timeout(call, limit)
+            await _abandon(running)
+        raise _timeout(attempt, limit)
 
-    async def _watch(self, attempt: asyncio.Future[Reply], call: Call, limit: float, started: float) -> None:
+    async def _watch(self, running: asyncio.Future[Reply], attempt: Attempt, limit: float, started: float) -> None:
         """Wait (bounded) for a timed-out attempt, record when it finished, and throw its answer away."""
-        done, _ = await asyncio.wait({attempt}, timeout=self._observe)
+        done, _ = await asyncio.wait({running}, timeout=self._observe)
         observed_ms: float | None = None
-        if done and not attempt.cancelled() and attempt.exception() is None:
+        if done and not running.cancelled() and running.exception() is None:
             observed_ms = round((time.monotonic() - started) * 1000, 3)
-            reply = attempt.result()
+            reply = running.result()
             if reply.stream is not None:
                 await reply.stream.close()
         elif not done:
-            await _abandon(attempt)
+            await _abandon(running)
         fields: dict[str, object] = {"limit_ms": round(limit * 1000, 3), "observed_ms": observed_ms}
         if observed_ms is None:
             fields["waited_ms"] = round((time.monotonic() - started) * 1000, 3)
-        self._observer.policy_event("timeout_observed", call, **fields)
+        self._observer.policy_event("timeout_observed", attempt, **fields)
 
 
 async def _abandon(attempt: asyncio.Future[Reply]) -> None:
@@ -113,9 +115,9 @@ async def _abandon(attempt: asyncio.Future[Reply]) -> None:
         await stream.close()
 
 
-async def _attempt(next: Handler, call: Call) -> Reply:
+async def _attempt(next: AttemptHandler, attempt: Attempt) -> Reply:
     """One attempt as a coroutine of its own, so it can run on as a task once its time is up."""
-    return await next(call)
+    return await next(attempt)
 
 
 def _retrieve(attempt: asyncio.Future[Reply]) -> None:
@@ -125,20 +127,22 @@ def _retrieve(attempt: asyncio.Future[Reply]) -> None:
         attempt.exception()
 
 
-def _timeout(call: Call, limit: float) -> UpstreamTimeout:
+def _timeout(attempt: Attempt, limit: float) -> UpstreamTimeout:
+    call = attempt.call
     return UpstreamTimeout(
         f"upstream did not answer within {limit:.3g}s",
         upstream=call.upstream,
-        excused=call.method in CLIENT_PACED_METHODS or call.waited,
+        excused=call.method in CLIENT_PACED_METHODS or attempt.waited,
     )
 
 
-def _still_waiting(call: Call, limit: float) -> NeverSent | ProxyOverloaded:
+def _still_waiting(attempt: Attempt, limit: float) -> NeverSent | ProxyOverloaded:
     """The attempt ran out of time before its request reached a socket: not an upstream timeout. Still
     queued for a pooled connection (all busy), it is the proxy's own overload; connecting, the upstream
     did not accept in time, which any call may retry since the upstream never saw the request."""
-    if call.queued:  # still in the queue when time ran out
+    upstream = attempt.call.upstream
+    if attempt.queued:  # still in the queue when time ran out
         return ProxyOverloaded(
-            f"no free upstream connection within {limit:.3g}s; the request was not sent", upstream=call.upstream
+            f"no free upstream connection within {limit:.3g}s; the request was not sent", upstream=upstream
         )
-    return NeverSent(f"no connection to the upstream within {limit:.3g}s; the request was not sent", upstream=call.upstream)
+    return NeverSent(f"no connection to the upstream within {limit:.3g}s; the request was not sent", upstream=upstream)

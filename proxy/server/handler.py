@@ -61,11 +61,12 @@ from multidict import CIMultiDict
 from proxy.config.resolve import Policy
 from proxy.errors import ProxyError
 from proxy.mcp.headers import forwarded, upstream_headers
+from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
-from proxy.policies.base import Call, Reply
+from proxy.policies.base import Attempt, Call, Reply, last_attempt
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
-from proxy.server.classify import classify, client_of, era_for, lends_credentials, protocol_of
+from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
 from proxy.server.relay import Relay, headers_for, learn_annotations
 from proxy.upstream.transport import AnswerTo
 
@@ -120,6 +121,8 @@ class McpHandler:
     def __init__(self, runtime: RuntimeRef) -> None:
         self._runtime = runtime
         self._relay = Relay()
+        self._classifying: tuple[Runtime | None, dict[str, CallRoute]] = (None, {})
+        """(a runtime, each of its paths' `CallRoute`): made once per runtime, not per call."""
 
     async def end_streams(self) -> None:
         """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
@@ -231,19 +234,23 @@ class McpHandler:
             return await self._forward(request, runtime, route, "POST", headers, body, message, tokens=False)
         if message.kind is not Kind.REQUEST:
             return await self._forward(request, runtime, route, "POST", headers, body, message=message)
-        call = classify(
-            route.upstream.name,
-            message,
-            body,
-            request.headers,
-            headers,
-            request.remote,
-            runtime.config.client_identity.header,
-            route.resolver,
-            route.annotations,
-        )
-        call.owner = _owner_of(request)
-        return await self._call(request, runtime, route, call)
+        made_for, call_routes = self._classifying
+        if made_for is not runtime:
+            call_routes = self._call_routes(runtime)
+        owner, started = _owner_of(request), time.perf_counter()
+        sent = ClientRequest(message, body, request.headers, headers, request.remote, owner, started)
+        return await self._call(request, runtime, route, classify(sent, call_routes[request.path]))
+
+    def _call_routes(self, runtime: Runtime) -> dict[str, CallRoute]:
+        """What classifying needs of each of `runtime`'s routes, made once per runtime (a reload makes a
+        new one: its policies, catalog views and identity header may differ)."""
+        identity = runtime.config.client_identity.header
+        call_routes = {
+            path: CallRoute(route.upstream.name, route.resolver, route.annotations, identity)
+            for path, route in runtime.routes.items()
+        }
+        self._classifying = (runtime, call_routes)
+        return call_routes
 
     async def _batch_refusal(
         self, request: web.BaseRequest, runtime: Runtime, route: Route, message: Message, headers: CIMultiDict[str]
@@ -309,8 +316,9 @@ class McpHandler:
     async def _call(self, request: web.BaseRequest, runtime: Runtime, route: Route, call: Call) -> web.StreamResponse:
         metrics = runtime.metrics
         metrics.enter(call.upstream)
-        call.started = started = time.perf_counter()
+        started = call.started
         outcome = "cancelled"
+        last: Attempt | None = None  # the try the outcome came from (events name it; None: the call's first)
         slots = route.state.clients
         held = False
         try:
@@ -320,8 +328,10 @@ class McpHandler:
                 reply = await route.pipeline(call)
             except ProxyError as exc:
                 outcome = exc.reason
-                self._failed(runtime, call, exc)
+                last = last_attempt(call, exc)
+                self._failed(runtime, call, last, exc)
                 return _error_response(exc, call.message.id)
+            last = reply.attempt
             if reply.stream is None:
                 # The upstream's own answer, whatever its status and body, reaches the client as it was.
                 outcome = _outcome(reply)
@@ -336,7 +346,7 @@ class McpHandler:
                 outcome = value
 
             def failed(error: ProxyError) -> None:
-                self._failed(runtime, call, error)
+                self._failed(runtime, call, last, error)
 
             return await self._relay.answer(request, runtime, route, call, reply, settle, failed)
         finally:
@@ -345,7 +355,7 @@ class McpHandler:
             metrics.leave(call.upstream)
             elapsed = time.perf_counter() - started
             metrics.observe(call.upstream, call.method, call.tool, outcome, elapsed)
-            runtime.events.call_finished(call, outcome, elapsed * 1000)
+            runtime.events.call_finished(last or call, outcome, elapsed * 1000)
             if runtime.config.logging.access_log:
                 log.info(
                     "access",
@@ -430,27 +440,29 @@ class McpHandler:
         forwarded(headers, request.remote, runtime.config.security.forwarded_headers)
         return headers
 
-    def _failed(self, runtime: Runtime, call: Call, error: ProxyError) -> None:
-        """A call ends in a proxy verdict or a broken stream: count it, and say it once (event or log line)."""
+    def _failed(self, runtime: Runtime, call: Call, last: Attempt | None, error: ProxyError) -> None:
+        """A call ends in a proxy verdict or a broken stream: count it, and say it once (event or log line).
+        `last`: the try it ended on, as the retry stage marked it (None: the call's first)."""
         runtime.metrics.upstream_error(call.upstream, error.reason)
         verdict = classify_error(error)
         kind = error.reason if verdict.kind is Failure.CLIENT_ERROR else verdict.kind.value
         detail = {"kind": kind, "http_status": None, "jsonrpc_code": error.code, "message": error.message}
-        self._report(runtime, call, detail, error.reason, error.status())
+        self._report(runtime, call, last, detail, error.reason, error.status())
 
     def _report(
-        self, runtime: Runtime, call: Call, error: dict[str, Any], reason: str, http_status: int
+        self, runtime: Runtime, call: Call, last: Attempt | None, error: dict[str, Any], reason: str, http_status: int
     ) -> None:
         latency_ms = round((time.perf_counter() - call.started) * 1000, 3)
-        runtime.events.call_failed(call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
+        events = runtime.events
+        events.call_failed(last or call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
 
     def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, reason: str) -> None:
         """The upstream's own failing answer reaches the client: report it like any failure a client heard."""
         verdict = verdict_of(reply, call.session_id is not None)
         if verdict.kind is Failure.SESSION_EXPIRED:
-            runtime.events.policy_event("session_lost", call)
+            runtime.events.policy_event("session_lost", reply.attempt or call)
         elif verdict.server_failure or verdict.kind is Failure.HTTP_429:
-            self._report(runtime, call, verdict.as_error(), reason, reply.status)
+            self._report(runtime, call, reply.attempt, verdict.as_error(), reason, reply.status)
 
 
 BATCHING_REMOVED_IN = "2025-06-18"

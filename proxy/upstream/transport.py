@@ -8,10 +8,10 @@ passed through chunk by chunk. Errors map to `proxy.errors` in one place, `upstr
 
 - connect refused, DNS failure, connect timeout: `NeverSent`, the request provably did not leave, so
   any call may be retried (a per-try timeout that ends before the request was written becomes
-  `NeverSent` too, in the timeout stage, from `Call.written`);
+  `NeverSent` too, in the timeout stage, from `Attempt.written`);
 - no free pooled connection in time (every connection busy), or this machine out of file descriptors,
   buffers or local ports: `ProxyOverloaded`, the proxy's own condition, which says nothing about the
-  upstream (`Call.queued` tells the timeout stage the same);
+  upstream (`Attempt.queued` tells the timeout stage the same);
 - an answer over `limits.max_response_bytes`: `AnswerTooLarge` (our limit, not a broken server);
 - a header the client sent that cannot be written (a line break in it): `UnsendableRequest`;
 - the per-try timeout after the request was written: `UpstreamTimeout` (the upstream may be executing);
@@ -61,7 +61,7 @@ from proxy.errors import ProxyError
 from proxy.mcp.headers import client_headers
 from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, MAX_PARSED_CONTAINERS, Kind, Message, too_many_containers
 from proxy.mcp.sse import Seen, SSEWatcher
-from proxy.policies.base import Call, Reply
+from proxy.policies.base import Attempt, Reply
 from proxy.upstream.http11.client import (
     BadResponse,
     ConnectFailed,
@@ -412,22 +412,23 @@ class HttpUpstream:
             raise RuntimeError(f"upstream {self.name} is not started")
         return self._pool
 
-    async def send(self, call: Call) -> Reply:
-        """One attempt of a JSON-RPC request. Its time limit is the timeout stage's (`policies/timeout.py`).
+    async def send(self, attempt: Attempt) -> Reply:
+        """One attempt of a JSON-RPC request. Its time limit is the timeout stage's (`policies/timeout.py`),
+        to which it reports on `attempt` whether the request was written and whether it queued.
 
         For `call.buffered` calls (read methods) an SSE answer is read whole, up to its final response,
         so it can still be retried or cached: nothing has reached the client yet.
         """
+        call = attempt.call
         timeouts = call.policy.timeouts
         idle = None if call.method in LONG_LIVED_METHODS else timeouts.stream_idle
-        call.written = call.queued = call.waited = False
 
         def written() -> None:
-            call.written = True
+            attempt.written = True
 
         def queued(waiting: bool) -> None:
-            call.queued = waiting
-            call.waited = call.waited or waiting
+            attempt.queued = waiting
+            attempt.waited = attempt.waited or waiting
 
         reply = await self.exchange(
             "POST", call.headers, call.body, None, idle, written, queued,

@@ -17,6 +17,7 @@ from proxy.policies.base import Call
 from proxy.policies.breaker import MAX_TOOL_BREAKERS, BreakerStage
 from tests.fakes import (
     FakeClock,
+    first,
     FakeUpstream,
     make_call,
     reply_error,
@@ -48,7 +49,7 @@ def breaker_config(**fields: Any) -> Any:
 async def fail(stage: BreakerStage, call: Call, upstream: FakeUpstream, times: int) -> None:
     for _ in range(times):
         with pytest.raises(UpstreamTimeout):
-            await stage(call, upstream)
+            await stage(first(call), upstream)
 
 
 async def test_opens_at_threshold_and_fails_fast_with_retry_after() -> None:
@@ -60,7 +61,7 @@ async def test_opens_at_threshold_and_fails_fast_with_retry_after() -> None:
     assert events.transitions() == [("up", "open")]
     clock.advance(4)
     with pytest.raises(CircuitOpen) as caught:
-        await stage(call, upstream)
+        await stage(first(call), upstream)
     assert upstream.attempts == 3
     assert caught.value.retry_after == pytest.approx(6.0)
     assert caught.value.error_data() == {
@@ -79,7 +80,7 @@ async def test_a_success_resets_the_consecutive_count() -> None:
     stage = BreakerStage("up", FakeClock())
     call = make_call(LIST, breaker_config())
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 2)
-    await stage(call, FakeUpstream(reply_ok()))
+    await stage(first(call), FakeUpstream(reply_ok()))
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 2)
     assert stage.breakers[0].state == "closed"
 
@@ -100,15 +101,15 @@ async def test_half_open_admits_k_trials_from_distinct_clients_and_the_first_suc
     clock.advance(10)
     upstream = FakeUpstream(reply_ok())
     upstream.gate = asyncio.Event()
-    trials = [asyncio.ensure_future(stage(client(name), upstream)) for name in ("a", "b")]
+    trials = [asyncio.ensure_future(stage(first(client(name)), upstream)) for name in ("a", "b")]
     await asyncio.sleep(0)
     with pytest.raises(CircuitOpen, match="trial calls are taken"):
-        await stage(client("c"), upstream)
+        await stage(first(client("c")), upstream)
     assert upstream.attempts == 2
     upstream.gate.set()
     await asyncio.gather(*trials)
     assert events.transitions() == [("up", "open"), ("up", "half-open"), ("up", "closed")]
-    await stage(client("c"), upstream)
+    await stage(first(client("c")), upstream)
     assert upstream.attempts == 3
 
 
@@ -119,10 +120,10 @@ async def test_one_client_cannot_take_two_trials() -> None:
     clock.advance(10)
     upstream = FakeUpstream(reply_ok())
     upstream.gate = asyncio.Event()
-    trial = asyncio.ensure_future(stage(client("a"), upstream))
+    trial = asyncio.ensure_future(stage(first(client("a")), upstream))
     await asyncio.sleep(0)
     with pytest.raises(CircuitOpen, match="this client already has its trial call"):
-        await stage(client("a"), upstream)
+        await stage(first(client("a")), upstream)
     upstream.gate.set()
     await trial
     assert stage.breakers[0].state == "closed" and upstream.attempts == 1
@@ -137,13 +138,13 @@ async def test_a_client_whose_trial_failed_waits_for_the_others_that_asked() -> 
     slow = FakeUpstream(UpstreamTimeout("slow"))
     await fail(stage, client("bad"), slow, 3)
     with pytest.raises(CircuitOpen, match="is open"):
-        await stage(client("good"), FakeUpstream())  # good is waiting now
+        await stage(first(client("good")), FakeUpstream())  # good is waiting now
     clock.advance(10)
     await fail(stage, client("bad"), slow, 1)  # 1 of 2 trial slots failed; good has not tried
     assert stage.breakers[0].state == "half-open"
     with pytest.raises(CircuitOpen, match="already has its trial"):
-        await stage(client("bad"), FakeUpstream())
-    await stage(client("good"), FakeUpstream(reply_ok()))
+        await stage(first(client("bad")), FakeUpstream())
+    await stage(first(client("good")), FakeUpstream(reply_ok()))
     assert events.transitions()[-1] == ("up", "closed")
 
     await fail(stage, client("bad"), slow, 3)  # nobody else asks while it is open
@@ -152,13 +153,13 @@ async def test_a_client_whose_trial_failed_waits_for_the_others_that_asked() -> 
     assert events.transitions()[-3:] == [("up", "open"), ("up", "half-open"), ("up", "open")]
 
     with pytest.raises(CircuitOpen, match="is open"):
-        await stage(client("good"), FakeUpstream())  # good waits, then never comes back
+        await stage(first(client("good")), FakeUpstream())  # good waits, then never comes back
     clock.advance(10)
     await fail(stage, client("bad"), slow, 1)
     assert stage.breakers[0].state == "half-open"
     clock.advance(10)  # the period ends with a failed trial and no success
     with pytest.raises(CircuitOpen, match="is open"):
-        await stage(client("bad"), FakeUpstream())
+        await stage(first(client("bad")), FakeUpstream())
     assert events.transitions()[-3:] == [("up", "open"), ("up", "half-open"), ("up", "open")]
 
 
@@ -181,7 +182,7 @@ async def test_what_the_server_answered_never_counts_against_it(outcome: Any) ->
     stage = BreakerStage("up", FakeClock())
     call = make_call(LIST, breaker_config(failure_threshold=1))
     for _ in range(5):
-        await stage(call, FakeUpstream(outcome))
+        await stage(first(call), FakeUpstream(outcome))
     assert stage.breakers[0].state == "closed" and stage.breakers[0].failures == 0
 
 
@@ -191,11 +192,11 @@ async def test_an_answer_proves_the_server_up_resets_the_count_and_closes_a_half
     stage = BreakerStage("up", clock)
     call = make_call(LIST, breaker_config())
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 2)
-    await stage(call, FakeUpstream(outcome))
+    await stage(first(call), FakeUpstream(outcome))
     assert stage.breakers[0].failures == 0
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 3)
     clock.advance(10)
-    await stage(call, FakeUpstream(outcome))  # the bad client's trial: the server answered it
+    await stage(first(call), FakeUpstream(outcome))  # the bad client's trial: the server answered it
     assert stage.breakers[0].state == "closed"
 
 
@@ -209,7 +210,7 @@ async def test_server_failures_count(outcome: Any) -> None:
     stage = BreakerStage("up", FakeClock())
     call = make_call(LIST, breaker_config(failure_threshold=1))
     try:
-        await stage(call, FakeUpstream(outcome))
+        await stage(first(call), FakeUpstream(outcome))
     except (UpstreamUnavailable, UpstreamTimeout):
         pass
     assert stage.breakers[0].state == "open"
@@ -221,7 +222,7 @@ async def test_cancelled_calls_count_as_nothing_and_free_their_trial_slot() -> N
     call = make_call(LIST, breaker_config(failure_threshold=1))
     hanging = FakeUpstream(reply_ok())
     hanging.gate = asyncio.Event()
-    task = asyncio.ensure_future(stage(call, hanging))
+    task = asyncio.ensure_future(stage(first(call), hanging))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -229,13 +230,13 @@ async def test_cancelled_calls_count_as_nothing_and_free_their_trial_slot() -> N
     assert stage.breakers[0].state == "closed" and stage.breakers[0].failures == 0
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)
     clock.advance(10)
-    task = asyncio.ensure_future(stage(call, hanging))
+    task = asyncio.ensure_future(stage(first(call), hanging))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert stage.breakers[0].state == "half-open"
-    await stage(call, FakeUpstream(reply_ok()))  # the cancelled trial gave its slot back
+    await stage(first(call), FakeUpstream(reply_ok()))  # the cancelled trial gave its slot back
     assert stage.breakers[0].state == "closed"
 
 
@@ -245,8 +246,8 @@ async def test_per_tool_breaker_isolates_one_bad_tool() -> None:
     bad, good = make_call(tool_call("bad"), config), make_call(tool_call("good"), config)
     await fail(stage, bad, FakeUpstream(UpstreamTimeout("slow")), 2)
     with pytest.raises(CircuitOpen, match="the circuit breaker of tool bad of upstream up is open"):
-        await stage(bad, FakeUpstream())
-    assert (await stage(good, FakeUpstream(reply_ok()))).status == 200
+        await stage(first(bad), FakeUpstream())
+    assert (await stage(first(good), FakeUpstream(reply_ok()))).status == 200
 
 
 async def test_failure_rate_mode_needs_min_calls() -> None:
@@ -256,7 +257,7 @@ async def test_failure_rate_mode_needs_min_calls() -> None:
     ok, bad = FakeUpstream(reply_ok()), FakeUpstream(UpstreamTimeout("slow"))
     await fail(stage, call, bad, 3)  # 3/3 failed, but fewer than min_calls
     assert stage.breakers[0].state == "closed"
-    await stage(call, ok)  # 3/4 = 75% >= 50%, but a success never trips it
+    await stage(first(call), ok)  # 3/4 = 75% >= 50%, but a success never trips it
     await fail(stage, call, bad, 1)  # 4/5 = 80%
     assert stage.breakers[0].state == "open"
 
@@ -267,8 +268,8 @@ async def test_failure_rate_window_forgets_old_calls() -> None:
     call = make_call(LIST, upstream_config(breaker={"failure_rate": 0.5, "min_calls": 2, "window": "10s"}))
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)
     clock.advance(11)
-    await stage(call, FakeUpstream(reply_ok()))
-    await stage(call, FakeUpstream(reply_ok()))
+    await stage(first(call), FakeUpstream(reply_ok()))
+    await stage(first(call), FakeUpstream(reply_ok()))
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)  # 1 of the last 3 in the window
     assert stage.breakers[0].state == "closed"
 
@@ -286,13 +287,13 @@ async def test_only_the_trials_decide_a_half_open_breaker() -> None:
     call = make_call(LIST, breaker_config(failure_threshold=1))
     straggler = FakeUpstream(reply_ok())
     straggler.gate = asyncio.Event()
-    early = asyncio.ensure_future(stage(call, straggler))  # admitted while closed, answers late
+    early = asyncio.ensure_future(stage(first(call), straggler))  # admitted while closed, answers late
     await asyncio.sleep(0)
     await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 1)
     clock.advance(10)
     trial_upstream = FakeUpstream(reply_ok())
     trial_upstream.gate = asyncio.Event()
-    trial = asyncio.ensure_future(stage(call, trial_upstream))
+    trial = asyncio.ensure_future(stage(first(call), trial_upstream))
     await asyncio.sleep(0)
     straggler.gate.set()
     await early
@@ -310,16 +311,16 @@ async def test_a_trial_from_an_earlier_half_open_period_does_not_count() -> None
     clock.advance(10)
     slow = FakeUpstream(reply_ok())
     slow.gate = asyncio.Event()
-    first_period_trial = asyncio.ensure_future(stage(client("a", config=config), slow))
+    first_period_trial = asyncio.ensure_future(stage(first(client("a", config=config)), slow))
     await asyncio.sleep(0)
     await fail(stage, client("b", config=config), FakeUpstream(UpstreamTimeout("slow")), 1)
     clock.advance(10)  # the period ends with a failed trial and no success: open again
     with pytest.raises(CircuitOpen):
-        await stage(client("c", config=config), FakeUpstream())
+        await stage(first(client("c", config=config)), FakeUpstream())
     clock.advance(10)
     waiting = FakeUpstream(reply_ok())
     waiting.gate = asyncio.Event()
-    second_period_trial = asyncio.ensure_future(stage(client("d", config=config), waiting))
+    second_period_trial = asyncio.ensure_future(stage(first(client("d", config=config)), waiting))
     await asyncio.sleep(0)
     slow.gate.set()
     await first_period_trial
@@ -348,7 +349,7 @@ async def test_no_application_breaker_unless_configured() -> None:
     stage = BreakerStage("up", FakeClock())
     call = make_call(tool_call("search"), upstream_config())
     for _ in range(50):
-        await stage(call, FakeUpstream(IS_ERROR))
+        await stage(first(call), FakeUpstream(IS_ERROR))
     assert [b.name for b in stage.breakers] == ["up"] and stage.breakers[0].state == "closed"
 
 
@@ -356,15 +357,15 @@ async def test_application_breaker_opens_on_the_failure_rate_of_one_tool_only() 
     clock, events = FakeClock(), Events()
     stage = BreakerStage("up", clock, events)
     for name in ("a", "b", "a"):
-        await stage(tool_from(name), FakeUpstream(IS_ERROR))  # 3 of 3: under min_calls
-    await stage(tool_from("a"), FakeUpstream(reply_ok()))  # 3 of 4 = 75%, a success never trips it
-    await stage(tool_from("b"), FakeUpstream(IS_ERROR))  # 4 of 5 >= 50%, from two clients
+        await stage(first(tool_from(name)), FakeUpstream(IS_ERROR))  # 3 of 3: under min_calls
+    await stage(first(tool_from("a")), FakeUpstream(reply_ok()))  # 3 of 4 = 75%, a success never trips it
+    await stage(first(tool_from("b")), FakeUpstream(IS_ERROR))  # 4 of 5 >= 50%, from two clients
     assert events.transitions() == [("up/search", "open")]
     with pytest.raises(CircuitOpen) as caught:
-        await stage(tool_from("b"), FakeUpstream())
+        await stage(first(tool_from("b")), FakeUpstream())
     assert caught.value.error_data()["cause"] == "4 of 5 calls failed within 10s"
     assert caught.value.error_data()["lastFailure"] == "tool_error, HTTP 200"
-    assert (await stage(tool_from("a", "other"), FakeUpstream(reply_ok()))).status == 200  # other tools pass
+    assert (await stage(first(tool_from("a", "other")), FakeUpstream(reply_ok()))).status == 200  # other tools pass
     upstream_breaker = next(b for b in stage.breakers if b.name == "up")
     assert upstream_breaker.state == "closed" and upstream_breaker.failures == 0
 
@@ -385,7 +386,7 @@ async def test_application_breaker_counts_only_what_it_names(errors: list[Any], 
     stage = BreakerStage("up", FakeClock())
     config = app_config(errors=errors, min_calls=1, min_clients=1)
     try:
-        await stage(tool_from("a", config=config), FakeUpstream(outcome))
+        await stage(first(tool_from("a", config=config)), FakeUpstream(outcome))
     except UpstreamTimeout:
         pass
     app = next(b for b in stage.breakers if b.name == "up/search")
@@ -398,9 +399,9 @@ async def test_one_clients_failures_alone_never_open_the_application_breaker(mod
     clock, events = FakeClock(), Events()
     stage = BreakerStage("up", clock, events)
     for _ in range(50):
-        await stage(tool_from("bad", config=app_config(**mode)), FakeUpstream(IS_ERROR))
+        await stage(first(tool_from("bad", config=app_config(**mode))), FakeUpstream(IS_ERROR))
     assert events.transitions() == []
-    await stage(tool_from("other", config=app_config(**mode)), FakeUpstream(IS_ERROR))  # a second client: it is the tool
+    await stage(first(tool_from("other", config=app_config(**mode))), FakeUpstream(IS_ERROR))  # a second client: it is the tool
     assert events.transitions() == [("up/search", "open")]
 
 
@@ -410,15 +411,15 @@ async def test_a_bad_client_cannot_keep_the_application_breaker_open() -> None:
     clock, events = FakeClock(), Events()
     stage = BreakerStage("up", clock, events)
     for name in ("bad", "other", "bad", "other"):
-        await stage(tool_from(name), FakeUpstream(IS_ERROR))
+        await stage(first(tool_from(name)), FakeUpstream(IS_ERROR))
     assert events.transitions() == [("up/search", "open")]
     with pytest.raises(CircuitOpen):
-        await stage(tool_from("good"), FakeUpstream(reply_ok()))  # the good client is refused while open
+        await stage(first(tool_from("good")), FakeUpstream(reply_ok()))  # the good client is refused while open
     clock.advance(10)
-    await stage(tool_from("bad"), FakeUpstream(IS_ERROR))  # its trial fails: 1 of 3 slots
+    await stage(first(tool_from("bad")), FakeUpstream(IS_ERROR))  # its trial fails: 1 of 3 slots
     with pytest.raises(CircuitOpen, match="already has its trial"):
-        await stage(tool_from("bad"), FakeUpstream(IS_ERROR))
-    await stage(tool_from("good"), FakeUpstream(reply_ok()))
+        await stage(first(tool_from("bad")), FakeUpstream(IS_ERROR))
+    await stage(first(tool_from("good")), FakeUpstream(reply_ok()))
     assert events.transitions()[-1] == ("up/search", "closed")
 
 
@@ -429,14 +430,14 @@ async def test_an_upstream_breaker_refusal_gives_the_application_trial_slot_back
         breaker={"failure_threshold": 1, "reset_timeout": "10s"},
         app_breaker={"min_calls": 1, "reset_timeout": "5s", "half_open_max_calls": 1},
     )
-    await stage(tool_from("a", config=config), FakeUpstream(IS_ERROR))  # app breaker opens
+    await stage(first(tool_from("a", config=config)), FakeUpstream(IS_ERROR))  # app breaker opens
     with pytest.raises(UpstreamTimeout):
-        await stage(tool_from("a", "other", config), FakeUpstream(UpstreamTimeout("slow")))  # upstream opens
+        await stage(first(tool_from("a", "other", config)), FakeUpstream(UpstreamTimeout("slow")))  # upstream opens
     clock.advance(5)  # the app breaker is due for a trial, the upstream one is still open
     with pytest.raises(CircuitOpen, match="the circuit breaker of upstream up is open"):
-        await stage(tool_from("a", config=config), FakeUpstream(reply_ok()))
+        await stage(first(tool_from("a", config=config)), FakeUpstream(reply_ok()))
     clock.advance(5)
-    await stage(tool_from("a", config=config), FakeUpstream(reply_ok()))  # the app trial slot was given back
+    await stage(first(tool_from("a", config=config)), FakeUpstream(reply_ok()))  # the app trial slot was given back
     assert {b.name: b.state for b in stage.breakers} == {"up/search": "closed", "up/other": "closed", "up": "closed"}
 
 
@@ -447,10 +448,10 @@ async def test_a_flood_of_invented_tool_names_never_evicts_an_open_breaker() -> 
     config = upstream_config(breaker={"scope": "tool", "failure_threshold": 1})
     await fail(stage, make_call(tool_call("bad"), config), FakeUpstream(UpstreamTimeout("slow")), 1)
     for n in range(MAX_TOOL_BREAKERS + 10):
-        await stage(make_call(tool_call(f"invented-{n}"), config), FakeUpstream(reply_ok()))
+        await stage(first(make_call(tool_call(f"invented-{n}"), config)), FakeUpstream(reply_ok()))
     assert len(stage.breakers) == MAX_TOOL_BREAKERS
     with pytest.raises(CircuitOpen, match="tool bad of upstream up is open"):
-        await stage(make_call(tool_call("bad"), config), FakeUpstream(reply_ok()))
+        await stage(first(make_call(tool_call("bad"), config)), FakeUpstream(reply_ok()))
 
 
 async def test_a_client_whose_trials_count_nothing_cannot_hold_the_only_slot() -> None:
@@ -462,14 +463,14 @@ async def test_a_client_whose_trials_count_nothing_cannot_hold_the_only_slot() -
     config = breaker_config()
     await fail(stage, client("bad", config=config), FakeUpstream(UpstreamTimeout("slow")), 3)
     with pytest.raises(CircuitOpen):
-        await stage(client("good", config=config), FakeUpstream(reply_ok()))  # good waits
+        await stage(first(client("good", config=config)), FakeUpstream(reply_ok()))  # good waits
     clock.advance(10)
     paced = UpstreamTimeout("a big job", excused=True)
     with pytest.raises(UpstreamTimeout):
-        await stage(client("bad", tool_call("slow"), config), FakeUpstream(paced))  # bad's trial: nothing learned
+        await stage(first(client("bad", tool_call("slow"), config)), FakeUpstream(paced))  # bad's trial: nothing learned
     with pytest.raises(CircuitOpen, match="had its trial call; others are waiting"):
-        await stage(client("bad", tool_call("slow"), config), FakeUpstream(paced))
-    await stage(client("good", config=config), FakeUpstream(reply_ok()))
+        await stage(first(client("bad", tool_call("slow"), config)), FakeUpstream(paced))
+    await stage(first(client("good", config=config)), FakeUpstream(reply_ok()))
     assert events.transitions()[-1] == ("up", "closed")
 
 
@@ -481,13 +482,13 @@ async def test_a_period_that_learns_nothing_starts_a_fresh_one() -> None:
     config = breaker_config()
     await fail(stage, client("a", config=config), FakeUpstream(UpstreamTimeout("slow")), 3)
     with pytest.raises(CircuitOpen):
-        await stage(client("gone", config=config), FakeUpstream())  # asks once, never again
+        await stage(first(client("gone", config=config)), FakeUpstream())  # asks once, never again
     clock.advance(10)
     paced = UpstreamTimeout("a big job", excused=True)
     with pytest.raises(UpstreamTimeout):
-        await stage(client("a", config=config), FakeUpstream(paced))
+        await stage(first(client("a", config=config)), FakeUpstream(paced))
     with pytest.raises(CircuitOpen, match="others are waiting"):
-        await stage(client("a", config=config), FakeUpstream(reply_ok()))
+        await stage(first(client("a", config=config)), FakeUpstream(reply_ok()))
     clock.advance(10)
-    await stage(client("a", config=config), FakeUpstream(reply_ok()))
+    await stage(first(client("a", config=config)), FakeUpstream(reply_ok()))
     assert stage.breakers[0].state == "closed"

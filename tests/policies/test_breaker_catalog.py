@@ -18,7 +18,7 @@ from proxy.policies.base import Call
 from proxy.policies.breaker import MAX_TOOL_BREAKERS, MAX_UNLISTED_BREAKERS, Breaker, BreakerStage
 from proxy.mcp.tool_catalog import MAX_TOOLS, ToolCatalog
 from tests.conftest import proxy_config
-from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, reply_result, tool_call, upstream_config
+from tests.fakes import FakeClock, FakeUpstream, first, make_call, reply_ok, reply_result, tool_call, upstream_config
 from tests.fault_upstream import FaultUpstream
 from tests.test_forwarding import call_tool, post
 
@@ -43,12 +43,12 @@ def call(tool: str, config: Any = TOOL_BREAKER) -> Call:
 async def fail(stage: BreakerStage, tool: str, times: int, config: Any = TOOL_BREAKER) -> None:
     for _ in range(times):
         with pytest.raises(UpstreamTimeout):
-            await stage(call(tool, config), FakeUpstream(UpstreamTimeout("slow")))
+            await stage(first(call(tool, config)), FakeUpstream(UpstreamTimeout("slow")))
 
 
 async def open_by_tool_errors(stage: BreakerStage, tool: str) -> None:
     """An application breaker (failure_threshold 1) opened by the upstream's 'Unknown tool' answer."""
-    await stage(call(tool, APP_BREAKER), FakeUpstream(TOOL_ERROR))
+    await stage(first(call(tool, APP_BREAKER)), FakeUpstream(TOOL_ERROR))
 
 
 def states(stage: BreakerStage) -> dict[str, str]:
@@ -67,8 +67,8 @@ async def test_before_any_listing_1001_open_junk_breakers_never_evict_an_open_on
     assert "up/junk-0999" not in states(stage) and "up/junk-1000" not in states(stage)  # no slot: no breaker
     upstream = FakeUpstream(reply_ok())
     with pytest.raises(CircuitOpen, match="tool search of upstream up is open"):
-        await stage(call("search", APP_BREAKER), upstream)
-    await stage(call("junk-1000", APP_BREAKER), upstream)  # unguarded, as an invented name costs nothing
+        await stage(first(call("search", APP_BREAKER)), upstream)
+    await stage(first(call("junk-1000", APP_BREAKER)), upstream)  # unguarded, as an invented name costs nothing
     assert upstream.attempts == 1
 
 
@@ -79,13 +79,13 @@ async def test_listed_tools_keep_their_breakers_whatever_names_clients_invent() 
     await fail(stage, "search", 3)  # open
     await fail(stage, "fetch", 2)  # closed, two failures counted
     for n in range(MAX_TOOL_BREAKERS + 1):
-        await stage(call(f"junk-{n:04d}"), FakeUpstream(reply_ok()))
+        await stage(first(call(f"junk-{n:04d}")), FakeUpstream(reply_ok()))
     breakers = {b.name: b for b in stage.breakers}
     assert breakers["up/search"].state == "open"
     assert breakers["up/fetch"].failures == 2
     assert len(breakers) == 2 + MAX_UNLISTED_BREAKERS
     with pytest.raises(CircuitOpen, match="tool search of upstream up is open"):
-        await stage(call("search"), FakeUpstream(reply_ok()))
+        await stage(first(call("search")), FakeUpstream(reply_ok()))
     await fail(stage, "fetch", 1)
     assert breakers["up/fetch"].state == "open"
 
@@ -99,7 +99,7 @@ async def test_open_junk_breakers_hold_their_slots_and_newcomers_get_none() -> N
     junk = {name: state for name, state in states(stage).items() if name.startswith("up/junk-")}
     assert len(junk) == MAX_UNLISTED_BREAKERS and set(junk.values()) == {"open"}
     with pytest.raises(CircuitOpen):
-        await stage(call("junk-0000", APP_BREAKER), FakeUpstream(reply_ok()))
+        await stage(first(call("junk-0000", APP_BREAKER)), FakeUpstream(reply_ok()))
     await open_by_tool_errors(stage, "search")  # a listed tool always has its own breaker
     assert states(stage)["up/search"] == "open"
 
@@ -120,7 +120,7 @@ async def test_a_newcomer_costs_no_scan_of_the_open_breakers(monkeypatch: pytest
 
     monkeypatch.setattr(Breaker, "state", property(counted))
     for n in range(10):
-        await stage(call(f"new-{n}", APP_BREAKER), FakeUpstream(reply_ok()))
+        await stage(first(call(f"new-{n}", APP_BREAKER)), FakeUpstream(reply_ok()))
     assert reads <= 10 * 4
 
 
@@ -136,14 +136,14 @@ async def test_a_tool_evicted_from_the_catalog_becomes_an_invented_name_and_back
     catalog.learn(listing(*(f"t{n}" for n in range(MAX_TOOLS))))
     assert not catalog.has("old")
     for n in range(MAX_UNLISTED_BREAKERS):
-        await stage(call(f"junk-{n:04d}"), FakeUpstream(reply_ok()))
+        await stage(first(call(f"junk-{n:04d}")), FakeUpstream(reply_ok()))
     assert states(stage)["up/old"] == "open"  # open: never evicted
     catalog.learn(listing("search", "old"))
     for n in range(MAX_UNLISTED_BREAKERS, 2 * MAX_UNLISTED_BREAKERS):
-        await stage(call(f"junk-{n:04d}"), FakeUpstream(reply_ok()))
+        await stage(first(call(f"junk-{n:04d}")), FakeUpstream(reply_ok()))
     assert states(stage)["up/old"] == "open"
     with pytest.raises(CircuitOpen, match="tool old of upstream up is open"):
-        await stage(call("old"), FakeUpstream(reply_ok()))
+        await stage(first(call("old")), FakeUpstream(reply_ok()))
 
 
 async def test_a_last_page_asked_for_alone_keeps_the_first_pages_breakers_listed() -> None:
@@ -156,7 +156,7 @@ async def test_a_last_page_asked_for_alone_keeps_the_first_pages_breakers_listed
     await fail(stage, "search", 1)  # closed, one failure counted
     catalog.learn(listing("other"), cursor="p2")  # hostile: the last page alone
     for n in range(MAX_UNLISTED_BREAKERS + 1):
-        await stage(call(f"junk-{n:04d}"), FakeUpstream(reply_ok()))
+        await stage(first(call(f"junk-{n:04d}")), FakeUpstream(reply_ok()))
     assert "up/search" in states(stage)  # still listed: junk never took its slot
     await fail(stage, "search", 2)
     assert states(stage)["up/search"] == "open"  # its count survived: 1 + 2 failures reached the threshold
@@ -166,7 +166,7 @@ async def test_retain_drops_breakers_of_configs_no_rule_uses() -> None:
     stage = BreakerStage("up", FakeClock(), catalog=ToolCatalog())
     await fail(stage, "search", 1)
     other = upstream_config(breaker={"scope": "tool", "failure_threshold": 5})
-    await stage(call("search", other), FakeUpstream(reply_ok()))
+    await stage(first(call("search", other)), FakeUpstream(reply_ok()))
     assert len(stage.breakers) == 2
     stage.retain({other.breaker})
     assert [b.config for b in stage.breakers] == [other.breaker]

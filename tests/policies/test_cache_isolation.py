@@ -17,7 +17,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from proxy.server.classify import classify
+from proxy.server.classify import CallRoute, ClientRequest, classify
 from proxy.config.model import UpstreamConfig
 from proxy.errors import UpstreamUnavailable
 from proxy.mcp.headers import upstream_headers
@@ -35,9 +35,8 @@ def classified(
 ) -> Call:
     """`body` with `headers` classified as the handler does it: identity from what is forwarded."""
     raw = CIMultiDict(headers or {})
-    return classify(
-        "up", parse_message(body), body, raw, upstream_headers(raw.items()), "127.0.0.1", identity_header, PolicyResolver(cfg)
-    )
+    request = ClientRequest(parse_message(body), body, raw, upstream_headers(raw.items()), "127.0.0.1", None, 0.0)
+    return classify(request, CallRoute("up", PolicyResolver(cfg), identity_header=identity_header))
 
 
 def tools_list(request_id: int | str = 1, headers: dict[str, str] | None = None, **cache: Any) -> Call:

@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.mcp.annotations import ToolAnnotations
-from proxy.server.classify import classify
+from proxy.server.classify import CallRoute, ClientRequest, classify
 from proxy.config.model import UpstreamConfig
 from proxy.errors import (
     CircuitOpen,
@@ -24,7 +24,9 @@ from proxy.errors import (
 )
 from proxy.mcp.headers import upstream_headers
 from proxy.mcp.jsonrpc import parse_message
-from proxy.policies.base import Call, Reply
+from proxy.pipeline import build_pipeline
+from proxy.policies.base import Call, Reply, last_attempt
+from proxy.policies.retry import RetryStage
 from proxy.mcp.jsonrpc import list_changed_kind
 from proxy.policies.fallback import CACHE_HEADER, CACHE_META, CacheStage
 from proxy.config.resolve import PolicyResolver
@@ -43,7 +45,8 @@ def make_call(
     """Classify `body` as the handler does: identity and scope from the headers it forwards."""
     raw = CIMultiDict(headers)
     resolver = PolicyResolver(upstream or upstream_config())
-    return classify("up", parse_message(body), body, raw, upstream_headers(raw.items()), peer, None, resolver, annotations)
+    request = ClientRequest(parse_message(body), body, raw, upstream_headers(raw.items()), peer, None, 0.0)
+    return classify(request, CallRoute("up", resolver, annotations))
 
 
 class FakeStream:
@@ -341,6 +344,27 @@ async def test_single_flight_leader_failure_reaches_followers_or_their_stale_ans
     for n, reply in enumerate(await asyncio.gather(*tasks), start=1):
         assert_served(reply, n, "stale", TOOLS, 0)
     assert upstream.attempts == 2
+
+
+async def test_a_followers_events_name_no_attempt_of_the_leaders() -> None:
+    """A single flight hands the leader's error to every follower. The leader's events name the attempt
+    that failed (the third); a follower made none of its own, so its events name its call (attempt 1)."""
+    clock = FakeClock()
+    stage = CacheStage(clock)
+    down = UpstreamUnavailable("down")
+    upstream = FakeUpstream(down)
+    upstream.gate = asyncio.Event()
+    pipeline = build_pipeline(upstream, {"fallback": stage, "retry": RetryStage(clock, rng=lambda: 0.0)})
+    calls = [call(n) for n in range(3)]
+    tasks = [asyncio.create_task(pipeline(c)) for c in calls]
+    await settle()
+    upstream.gate.set()
+    assert await asyncio.gather(*tasks, return_exceptions=True) == [down, down, down]
+    assert [attempt.number for attempt in upstream.tries] == [1, 2, 3]
+    leader, *followers = calls
+    assert {id(c) for c in upstream.calls} == {id(leader)}
+    assert last_attempt(leader, down) is upstream.tries[-1]
+    assert [last_attempt(follower, down) for follower in followers] == [None, None]
 
 
 async def test_cancelled_leader_does_not_strand_followers() -> None:

@@ -22,7 +22,9 @@ async def test_read_call_failing_twice_then_succeeding_makes_exactly_three_attem
     reply = await stage(clock)(make_call(LIST), upstream)
     assert reply.status == 200
     assert upstream.attempts == 3
-    assert [c.attempt for c in upstream.calls] == [3, 3, 3]  # the same Call object, counted up
+    assert [a.number for a in upstream.tries] == [1, 2, 3]  # one Attempt per try, numbered
+    assert len({id(a) for a in upstream.tries}) == 3 and {id(c) for c in upstream.calls} == {id(upstream.calls[0])}
+    assert reply.attempt is upstream.tries[-1]  # the answer names the try it came from
     assert clock.sleeps == [0.1, 0.2]  # full jitter with rng=1.0 hits the ceiling: base, 2*base
 
 
@@ -126,7 +128,7 @@ async def test_the_deadline_holds_whatever_the_attempts() -> None:
     await stage(clock)(call, upstream)
     assert upstream.attempts == 4  # sleeps at 0.3, 0.6, 0.9; a fourth sleep would end at 1.2 > 1.0
     assert sum(clock.sleeps) <= 1.0
-    assert call.deadline == 1001.0
+    assert {attempt.deadline for attempt in upstream.tries} == {1001.0}
 
 
 async def test_policy_verdicts_are_never_retried() -> None:

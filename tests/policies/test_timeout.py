@@ -10,7 +10,7 @@ from proxy.errors import UpstreamTimeout
 from proxy.policies.failures import Failure, classify_error
 from proxy.pipeline import build_pipeline
 from proxy.policies.breaker import BreakerStage
-from proxy.policies.base import Call, Reply
+from proxy.policies.base import Attempt, Reply
 from proxy.policies.timeout import TimeoutStage
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, tool_call, upstream_config
 
@@ -67,8 +67,8 @@ async def test_a_timeout_after_waiting_for_a_pooled_connection_is_excused() -> N
     breaker = BreakerStage("up", FakeClock())
     gate = asyncio.Event()
 
-    async def queued_then_slow(call: Call) -> Reply:
-        call.waited = call.written = True  # as the transport sets them: queued, then sent
+    async def queued_then_slow(attempt: Attempt) -> Reply:
+        attempt.waited = attempt.written = True  # as the transport sets them: queued, then sent
         await gate.wait()
         return reply_ok()
 
