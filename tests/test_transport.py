@@ -246,13 +246,15 @@ async def test_a_standalone_request_checks_the_answers_id_too() -> None:
 )
 async def test_answers_that_are_no_other_requests_are_delivered_and_the_connection_kept(answer: bytes, status: str) -> None:
     """An unattributed error (id null or none), the HTTP layer's refusal whatever id the server wrote,
-    non-JSON-RPC JSON: none of them belongs to another client."""
+    non-JSON-RPC JSON: none of them belongs to another client. (A non-2xx answer's connection is not
+    reused for another reason: the server may not have read the body, `proxy.upstream.http11.connection`.)"""
     async with RawServer(serving(json_answer(answer, status), json_answer(FINAL))) as server, upstream_for(server) as transport:
         reply = await transport.send(make_call(LIST))
         assert reply.body == answer
-        await until(lambda: transport.pool.idle == 1)
+        if status.startswith("2"):
+            await until(lambda: transport.pool.idle == 1)
         await transport.send(make_call(LIST))
-    assert server.connections == 1
+    assert server.connections == (1 if status.startswith("2") else 2)
 
 
 BATCH = parse_message(
