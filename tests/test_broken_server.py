@@ -84,6 +84,33 @@ def outcomes(proxy: ProxyServer) -> list[str]:
     return [line.split('outcome="')[1].split('"')[0] for line in metric(proxy, "mcp_proxy_requests_total{")]
 
 
+# -- a status with no body, whatever its content type -------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+async def test_an_sse_typed_answer_that_http_says_has_no_body_reaches_the_client_with_none(status: bytes) -> None:
+    """A 204 or 304 has no body (RFC 9110), whatever its Content-Type says: nothing may follow its head on
+    the client's connection, or the client reads it as the start of its next answer."""
+
+    empty = b"HTTP/1.1 " + status + b"\r\nContent-Type: text/event-stream\r\n\r\n"
+    async with RawServer(in_turn(empty, JSON_FINAL)) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = json.dumps(CALL).encode()
+        request = (
+            b"POST /mcp HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Accept: application/json, text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+        ) % (proxy.url.removeprefix("http://").encode(), len(body), body)
+        writer.write(request)  # the first answer's head, then the second request on the same connection
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(request.replace(b"Host:", b"Connection: close\r\nHost:"))
+        rest = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 " + status.split()[0])
+    assert b"chunked" not in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(FINAL)
+
+
 # -- an answer before the body was read, then a reused connection ---------------------------------------
 
 
@@ -111,3 +138,34 @@ async def test_a_connection_whose_server_answered_an_error_before_reading_the_bo
             assert (await post(proxy, large, session))[0::2] == (413, b"too much")
             assert (await post(proxy, CALL, session))[0::2] == (200, FINAL)
     assert server.connections == 2
+
+
+# -- silence in a buffered read is not the upstream failing ---------------------------------------------
+
+
+async def test_a_buffered_read_silent_past_stream_idle_never_opens_the_breaker() -> None:
+    """The failure table: an SSE answer silent past `stream_idle` counts against nothing (a long run
+    without progress looks the same), a read being buffered included."""
+    release = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(PROGRESS)))
+        await writer.drain()
+        await release.wait()
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(FINAL)) + END)
+
+    scripts = iter([script, answering])
+    server = RawServer(lambda reader, writer: next(scripts)(reader, writer))
+    upstream = {**ONE_TRY, "timeouts": {"stream_idle": "0.2s"}, "breaker": {"failure_threshold": 1}}
+    async with server, running_proxy(proxy_config(server.url, upstream=upstream)) as proxy:
+        try:
+            silent_status, _, silent = await post(proxy, READ)
+        finally:
+            release.set()
+        status, _, body = await post(proxy, READ)
+    assert json.loads(silent)["error"]["data"]["reason"] == "upstream_timeout" and silent_status == 504
+    assert (status, body) == (200, event(FINAL))

@@ -483,3 +483,21 @@ async def _slowly(stream: AsyncIterator[bytes], sent: asyncio.Event) -> AsyncIte
         yield chunk
         await sent.wait()
         await asyncio.sleep(0.2)  # four times the limit, not reading
+
+
+async def test_a_buffered_read_silent_past_stream_idle_is_an_excused_timeout() -> None:
+    """Silence is no evidence against the upstream (the failure table): the read can be retried as a
+    timeout, and counts against neither the breaker nor passive health."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(PROGRESS))
+        await reader.read()  # then silence
+
+    async with RawServer(script) as server, upstream_for(server) as transport:
+        config = UpstreamConfig.model_validate({"name": "up", "url": server.url, "timeouts": {"stream_idle": "0.05s"}})
+        call = make_call(LIST, upstream=config)
+        with pytest.raises(UpstreamTimeout) as caught:
+            await transport.send(call)
+    verdict = classify_error(caught.value)
+    assert (verdict.kind, verdict.retry_key, verdict.server_failure, verdict.transport_failure) == (Failure.TIMEOUT, "timeout", False, False)

@@ -18,8 +18,11 @@ passed through chunk by chunk. Errors map to `proxy.errors` in one place, `upstr
 - a connection that broke after sending: `UpstreamUnavailable`;
 - a status line and headers that are not valid HTTP: `UpstreamProtocolError`;
 - a JSON answer that is another request's (`AnswerTo`): `UpstreamProtocolError`, its connection closed;
-- an SSE stream that breaks or turns invalid: `StreamBroken`; silent past `stream_idle`: `StreamSilent` (and
-  `UpstreamUnavailable` for a read being buffered, which can still be retried).
+- an SSE stream that breaks or turns invalid: `StreamBroken` (`UpstreamUnavailable` for a read being
+  buffered, which can still be retried); silent past `stream_idle`: `StreamSilent` (for a read being
+  buffered, `UpstreamTimeout`, excused like a silent stream: retried as a timeout, counted against nothing).
+
+A 204 or 304 is read as what it is, an answer without a body, whatever its Content-Type.
 
 Every request carries its downstream client connection (`Call.owner`), and an upstream connection serves
 one owner only (`proxy.upstream.http11.client`, connection affinity): an upstream's stray answer (a late
@@ -77,6 +80,8 @@ from proxy.upstream.http11.client import (
 __all__ = ["AnswerTo", "HttpUpstream", "ReadAhead", "SSEBody", "upstream_errors"]
 
 _EVENT_STREAM = "text/event-stream"
+_NO_BODY = frozenset({204, 304})
+"""Statuses whose answer has no body whatever its headers say (RFC 9110 §15.3.5, §15.4.5): never a stream."""
 
 PROBE_MAX_RESPONSE_BYTES = 1024 * 1024
 """The most a health probe reads of an answer (ping, server/discover, initialize answers are small). A
@@ -459,7 +464,9 @@ class HttpUpstream:
         """Read an SSE answer up to the final response to `request_id`; return it as a buffered reply.
 
         If the stream ends first but gave event ids, the bytes so far are returned as they are: the
-        client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection.
+        client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection, or,
+        silent past `stream_idle`, a timeout excused from counting (`UpstreamTimeout`, as the failure
+        table says of a silent stream).
         If the server sends the client a request on the way (sampling, elicitation, roots), buffering
         stops at once: the server waits for that answer, so the stream is handed on (`ReadAhead`: what
         was read, then the rest) and the call is committed, as any streamed answer is. So it is, unread,
@@ -500,6 +507,8 @@ class HttpUpstream:
                         return Reply(reply.status, reply.headers, stream=ahead, reason=reply.reason)
                 if final is not None:
                     break
+        except StreamSilent as exc:
+            raise UpstreamTimeout(exc.message, upstream=self.name, excused=True) from exc
         except StreamBroken as exc:
             raise UpstreamUnavailable(exc.message, upstream=self.name) from exc
         finally:
@@ -556,7 +565,7 @@ class HttpUpstream:
                     method, headers.items(), body, on_write, on_queue, lend_credentials=lend_credentials, owner=owner
                 )
                 out_headers = client_headers(response.header_items)
-                if response.content_type == _EVENT_STREAM:
+                if response.content_type == _EVENT_STREAM and response.status not in _NO_BODY:
                     stream = SSEBody(response, stream_idle, self.name, self._idle_clock)
                     return Reply(response.status, out_headers, stream=stream, reason=response.reason or None)
                 raw = await self._read_bounded(response, probe, hold=answer_to is not None)
