@@ -6,6 +6,7 @@ the server may not have read to its end never carries the next request)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from typing import Any
 
@@ -13,7 +14,9 @@ import aiohttp
 import pytest
 
 from proxy.app import ProxyServer, running_proxy
+from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS
 from proxy.mcp.sse import SSEEvent, SSEParser
+from proxy.server.relay import MAX_HELD_EVENT
 from tests.conftest import proxy_config
 from tests.test_forwarding import JSON_HEADERS
 from tests.test_http_client import RawServer, Script, read_request
@@ -84,6 +87,103 @@ def outcomes(proxy: ProxyServer) -> list[str]:
     return [line.split('outcome="')[1].split('"')[0] for line in metric(proxy, "mcp_proxy_requests_total{")]
 
 
+# -- the proxy's error after a half-written event ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/pro',  # mid-line
+        b"event: message\ndata: " + PROGRESS + b"\n",  # whole lines, no blank line yet
+        b"event: message\r\ndata: " + PROGRESS + b"\r\n",  # the same, CRLF
+        b"data: " + PROGRESS + b"\r",  # a bare CR: the line ended, the event did not
+    ],
+    ids=["mid-line", "lines without their blank line", "crlf", "bare cr"],
+)
+async def test_a_stream_that_breaks_inside_an_event_ends_with_the_proxys_error_alone(tail: bytes) -> None:
+    """The unfinished event never reaches the client: the proxy's error event is one event of its own."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(PROGRESS)))
+        await writer.drain()
+        writer.write(chunk(tail))  # then the connection breaks
+        await writer.drain()
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        status, _, body = await post(proxy, CALL)
+    assert status == 200
+    assert body.startswith(event(PROGRESS))
+    progress, error = messages_of(body)
+    assert progress == json.loads(PROGRESS)
+    assert error["id"] == 9 and error["error"]["code"] == -32056
+    assert error["error"]["data"]["reason"] == "upstream_stream_broken"
+    assert outcomes(proxy) == ["upstream_stream_broken"]
+
+
+@pytest.mark.parametrize("line_end", [b"", b"\n", b"\r"], ids=["mid-line", "after a line", "after a cr"])
+async def test_an_event_too_large_to_hold_that_breaks_is_ended_as_one_mcp_clients_ignore(line_end: bytes) -> None:
+    """An event past `MAX_HELD_EVENT` passes as it comes; when the stream breaks inside it, the part sent is
+    ended as an event of another type before the proxy's error, so neither merges with the other."""
+    big = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/message","params":{"data":"'
+    big += b"x" * (2 * MAX_HELD_EVENT) + line_end
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(PROGRESS)))
+        for start in range(0, len(big), 64 * 1024):
+            writer.write(chunk(big[start : start + 64 * 1024]))
+            await writer.drain()
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        status, _, body = await post(proxy, CALL)
+    assert status == 200 and body.startswith(event(PROGRESS) + big[: MAX_HELD_EVENT // 2])
+    progress, error = messages_of(body)
+    assert error["id"] == 9 and error["error"]["data"]["reason"] == "upstream_stream_broken"
+    assert [e.event for e in events_of(body)] == ["message", "mcp-proxy-discarded", "message"]
+
+
+async def test_a_stray_too_large_to_hold_is_ended_as_an_event_mcp_clients_ignore() -> None:
+    stray = b'{"jsonrpc":"2.0","id":77,"result":{"someone":"' + b"x" * (2 * MAX_HELD_EVENT) + b'"}}'
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        raw = event(PROGRESS) + event(stray) + event(FINAL)
+        writer.write(SSE_HEAD)
+        for start in range(0, len(raw), 64 * 1024):
+            writer.write(chunk(raw[start : start + 64 * 1024]))
+            await writer.drain()
+        writer.write(END)
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        _, _, body = await post(proxy, CALL)
+    progress, error = messages_of(body)
+    assert error["id"] == 9 and error["error"]["data"]["reason"] == "upstream_bad_response"
+    assert [e.event for e in events_of(body)] == ["message", "mcp-proxy-discarded", "message"]
+
+
+async def test_a_stream_silent_inside_an_event_ends_with_the_proxys_error_alone() -> None:
+    release = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(PROGRESS) + b"event: message\ndata: {\"jsonrpc\""))
+        await writer.drain()
+        await release.wait()  # silent until the test ends
+
+    async with RawServer(script) as server:
+        upstream = {**ONE_TRY, "timeouts": {"stream_idle": "0.2s"}}
+        config = proxy_config(server.url, upstream=upstream)
+        try:
+            async with running_proxy(config) as proxy:
+                status, _, body = await post(proxy, CALL)
+        finally:
+            release.set()
+    assert status == 200 and body.startswith(event(PROGRESS))
+    progress, error = messages_of(body)
+    assert error["id"] == 9 and error["error"]["data"]["reason"] == "upstream_stream_broken"
+
+
 # -- a status with no body, whatever its content type -------------------------------------------------
 
 
@@ -109,6 +209,108 @@ async def test_an_sse_typed_answer_that_http_says_has_no_body_reaches_the_client
     assert head.startswith(b"HTTP/1.1 " + status.split()[0])
     assert b"chunked" not in head.lower()
     assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(FINAL)
+
+
+# -- another request's answer in a POST's SSE answer ----------------------------------------------------
+
+
+async def test_a_response_with_another_id_in_a_streamed_answer_never_reaches_the_client() -> None:
+    """As on the JSON path (`AnswerTo`): another request's answer is dropped, its connection closed, and
+    the client's answer ends with the proxy's error (upstream_bad_response, with the request's id)."""
+
+    stray = SSE_HEAD + chunk(event(PROGRESS) + event(STRAY)) + chunk(event(FINAL)) + END
+    async with RawServer(in_turn(stray, SSE_HEAD + chunk(event(FINAL)) + END)) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        async with aiohttp.ClientSession() as session:  # one client: the same upstream connections
+            status, _, body = await post(proxy, CALL, session)
+            assert (await post(proxy, CALL, session))[2] == event(FINAL)
+    assert status == 200 and b"someone" not in body
+    progress, error = messages_of(body)
+    assert body.startswith(event(PROGRESS)) and progress == json.loads(PROGRESS)
+    assert error["id"] == 9 and error["error"]["code"] == -32055
+    assert error["error"]["data"]["reason"] == "upstream_bad_response"
+    assert server.connections == 2
+    assert sorted(outcomes(proxy)) == ["ok", "upstream_bad_response"]
+
+
+async def test_a_response_with_another_id_cut_into_pieces_never_reaches_the_client() -> None:
+    raw = event(PROGRESS) + event(STRAY) + event(FINAL)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD)
+        for start in range(0, len(raw), 7):
+            writer.write(chunk(raw[start : start + 7]))
+            await writer.drain()
+        writer.write(END)
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        _, _, body = await post(proxy, CALL)
+    assert b"someone" not in body and body.startswith(event(PROGRESS))
+    assert [m.get("error", {}).get("code") for m in messages_of(body)] == [None, -32055]
+
+
+async def test_a_response_with_another_id_in_a_buffered_read_is_a_bad_response() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(STRAY) + event(FINAL)) + END)
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        status, content_type, body = await post(proxy, READ)
+    assert (status, content_type) == (502, "application/json") and b"someone" not in body
+    error = json.loads(body)
+    assert error["id"] == 9 and error["error"]["data"]["reason"] == "upstream_bad_response"
+
+
+async def test_after_its_final_response_nothing_more_of_a_streamed_answer_reaches_the_client() -> None:
+    """The client's answer ends with its final response, wherever in a chunk that comes: what a server
+    sends after it (another request's answer included) never passes."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(PROGRESS) + event(FINAL) + event(STRAY)) + END)
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        for message in (CALL, READ):
+            assert (await post(proxy, message))[2] == event(PROGRESS) + event(FINAL)
+
+
+async def test_an_error_without_an_id_in_a_streamed_answer_is_passed_on() -> None:
+    """JSON-RPC's answer to what the server could not attribute (id null) is no other client's: it passes,
+    as on the JSON path, and the stream goes on to the final response."""
+    unattributed = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}'
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(unattributed) + event(FINAL)) + END)
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        assert (await post(proxy, CALL))[2] == event(unattributed) + event(FINAL)
+
+
+# -- a final response the proxy cannot read -------------------------------------------------------------
+
+DEEP = b'{"jsonrpc":"2.0","id":9,"result":{"deep":' + b"[" * 2000 + b"]" * 2000 + b"}}"
+"""Valid JSON nested past orjson's 1024 levels: a JavaScript client reads it, the proxy cannot."""
+SURROGATE = b'{"jsonrpc":"2.0","id":9,"result":{"text":"\\ud800"}}'
+"""A lone surrogate escape: JSON.parse reads it, orjson refuses it."""
+MANY = b'{"jsonrpc":"2.0","id":9,"result":{"many":[' + b",".join([b"[]"] * MAX_PARSED_CONTAINERS) + b"]}}"
+"""More containers than the proxy parses."""
+
+
+@pytest.mark.parametrize("final", [DEEP, SURROGATE, MANY], ids=["too deep", "unparseable", "too many containers"])
+@pytest.mark.parametrize("message", [CALL, READ], ids=["streamed", "buffered"])
+async def test_a_final_response_the_proxy_cannot_read_is_the_clients_one_answer(final: bytes, message: dict[str, Any]) -> None:
+    """The server's answer passes as it is, and no proxy error follows it for the same id."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(PROGRESS)) + chunk(event(final)) + END)
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        status, content_type, body = await post(proxy, message)
+    assert (status, content_type) == (200, "text/event-stream")
+    assert body == event(PROGRESS) + event(final)
+    assert outcomes(proxy) == ["unread_event"]
 
 
 # -- an answer before the body was read, then a reused connection ---------------------------------------
@@ -138,6 +340,31 @@ async def test_a_connection_whose_server_answered_an_error_before_reading_the_bo
             assert (await post(proxy, large, session))[0::2] == (413, b"too much")
             assert (await post(proxy, CALL, session))[0::2] == (200, FINAL)
     assert server.connections == 2
+
+
+# -- an SSE answer in a content coding ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("message", [CALL, READ], ids=["streamed", "buffered"])
+async def test_an_encoded_sse_answer_passes_through_unwatched_and_unchanged(message: dict[str, Any]) -> None:
+    """The proxy never asks for a coding (Accept-Encoding is not forwarded); a server that encodes anyway
+    gets its answer through as it sent it: nothing is read from it, nothing is added to it."""
+    encoded = gzip.compress(event(PROGRESS) + event(FINAL))
+    received: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await read_request(reader))
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        writer.write(head + chunk(encoded[:20]) + chunk(encoded[20:]) + END)
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            headers = {**JSON_HEADERS, "Accept-Encoding": "gzip"}
+            async with session.post(proxy.url + "/mcp", json=message, headers=headers) as response:
+                status, coding, body = response.status, response.headers.get("Content-Encoding"), await response.read()
+    assert (status, coding, body) == (200, "gzip", encoded)
+    assert b"accept-encoding" not in received[0].lower()
+    assert outcomes(proxy) == ["unwatched"]
 
 
 # -- silence in a buffered read is not the upstream failing ---------------------------------------------

@@ -485,6 +485,43 @@ async def _slowly(stream: AsyncIterator[bytes], sent: asyncio.Event) -> AsyncIte
         await asyncio.sleep(0.2)  # four times the limit, not reading
 
 
+async def test_a_buffered_reads_final_response_cut_after_its_cr_keeps_the_lf_that_follows() -> None:
+    """The streaming path's rule for a final response whose last CRLF is cut after the CR holds for a read
+    being buffered: the LF that comes next is part of the answer (the client gets the server's bytes,
+    not a bare CR), and what follows it is not."""
+    event = b"event: message\r\ndata: " + FINAL + b"\r\n\r"
+    gate = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"5\r\n\ndata\r\n0\r\n\r\n")  # the LF, then something the answer does not carry
+
+    async with RawServer(script) as server, upstream_for(server) as transport:
+        sending = asyncio.ensure_future(transport.send(make_call(LIST)))
+        # until the read has the event and waits for more (or, wrongly, has answered without the LF)
+        await until(lambda: sending.done() or any(c._waiter is not None and c.conn.received >= len(event) for c in transport.pool._open))
+        gate.set()
+        reply = await sending
+        assert reply.body == event + b"\n"
+        assert reply.message == json.loads(FINAL)
+        await until(lambda: transport.pool.idle == 1)  # the stream's end was drained: the connection is kept
+
+
+async def test_a_buffered_reads_final_response_that_ends_the_stream_with_a_bare_cr_is_complete() -> None:
+    event = b"data: " + FINAL + b"\r\r"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+
+    async with RawServer(script) as server, upstream_for(server) as transport:
+        reply = await transport.send(make_call(LIST))
+    assert (reply.body, reply.message) == (event, json.loads(FINAL))
+
+
 async def test_a_buffered_read_silent_past_stream_idle_is_an_excused_timeout() -> None:
     """Silence is no evidence against the upstream (the failure table): the read can be retried as a
     timeout, and counts against neither the breaker nor passive health."""
