@@ -367,6 +367,41 @@ async def test_an_encoded_sse_answer_passes_through_unwatched_and_unchanged(mess
     assert outcomes(proxy) == ["unwatched"]
 
 
+async def test_an_encoded_sse_answer_that_breaks_reaches_the_client_broken() -> None:
+    """Nothing can be added to an encoded body, so the break itself is passed on: the client's answer is
+    cut, never ended as if complete."""
+    encoded = gzip.compress(event(PROGRESS) + event(FINAL))
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        writer.write(head + chunk(encoded[:20]))  # then the connection breaks
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.post(proxy.url + "/mcp", json=CALL, headers=JSON_HEADERS) as response:
+                assert response.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+
+
+async def test_a_get_stream_that_breaks_reaches_the_client_broken() -> None:
+    """The legacy GET stream gets no error event (it answers no request): the client sees the break, as
+    it would without the proxy, and resumes with Last-Event-ID."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(b"id: 1\n" + event(PROGRESS)))  # then the connection breaks
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url)) as proxy:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(proxy.url + "/mcp", headers={"Accept": "text/event-stream"}) as response:
+                assert response.status == 200
+                assert await response.content.readexactly(len(b"id: 1\n" + event(PROGRESS))) == b"id: 1\n" + event(PROGRESS)
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+
+
 # -- silence in a buffered read is not the upstream failing ---------------------------------------------
 
 

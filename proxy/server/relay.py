@@ -113,7 +113,8 @@ class Relay:
         _settled(route, call, classify_error(error) if error is not None and (stray or not answered) else OK)
         if unwatched:
             if error is not None and not self._draining:
-                return response  # nothing can be added to an encoded body: the client sees the break
+                _cut_off(request)  # nothing can be added to an encoded body: the client sees the break
+                return response
         elif stray:
             assert error is not None
             failed(error)
@@ -141,7 +142,10 @@ class Relay:
         response = await _start(request, reply)
         look = _ListWatch(runtime, upstream)
         ended = await self._pump(response, watched, look, long_lived=True, watching=not encoded(reply.headers))
-        if ended is _GONE or (isinstance(ended, StreamBroken) and not self._draining):
+        if ended is _GONE:
+            return response
+        if isinstance(ended, StreamBroken) and not self._draining:
+            _cut_off(request)
             return response
         await _end_quietly(response)
         return response
@@ -434,6 +438,15 @@ def _send_head(request: web.BaseRequest) -> None:
         request.writer.send_headers()
     except ConnectionResetError:
         pass  # the client is gone: the relay hears it on its next write
+
+
+def _cut_off(request: web.BaseRequest) -> None:
+    """End the client's answer as broken, as the upstream's was: its connection is closed once what was
+    written has gone, without the end of the chunked body (aiohttp would end the body cleanly after the
+    handler returns, and a client would take a cut stream for a complete one)."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
