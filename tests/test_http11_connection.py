@@ -113,6 +113,30 @@ def test_finish_reuses_only_a_kept_alive_answer_to_a_request_that_has_left(
     assert conn.state is (State.IDLE if reused else State.DONE)  # not reused: the caller closes it
 
 
+@pytest.mark.parametrize(
+    ("status", "with_body", "reused"),
+    [
+        (b"200 OK", True, True),
+        (b"202 Accepted", True, True),
+        (b"204 No Content", True, True),
+        (b"413 Payload Too Large", True, False),  # answered, maybe, before reading the body
+        (b"404 Not Found", True, False),
+        (b"503 Service Unavailable", True, False),
+        (b"304 Not Modified", True, False),
+        (b"404 Not Found", False, True),  # no body to leave unread
+    ],
+)
+def test_finish_reuses_a_connection_whose_request_had_a_body_only_after_a_2xx(
+    status: bytes, with_body: bool, reused: bool
+) -> None:
+    """A 2xx answer to an MCP request says the server read the body; any other may come from the head
+    alone, the body still unread in the server's socket: the next request would follow it."""
+    conn = ClientConnection(5.0)
+    conn.start(with_body=with_body)
+    conn.feed(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+    assert conn.finish(request_left=False, now=0.0) is reused
+
+
 def test_finish_before_the_response_is_complete_never_reuses() -> None:
     conn = exchange()
     conn.feed(OK[:-1])

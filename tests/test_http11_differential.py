@@ -126,11 +126,9 @@ SAME = {
     "100 continue": Script((b"HTTP/1.1 100 Continue\r\n\r\n" + OK, OK)),
     "103 early hints": Script((b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n" + OK, OK)),
     "204 no content": Script((b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", OK)),
-    "304 with a length and no body": Script((b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", OK)),
     "head with a length and no body": Script(
         (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n",), method="HEAD"
     ),
-    "error status with a body": Script((b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy", OK)),
     "empty reason": Script((b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\n{}", OK)),
     "no reason": Script((b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n{}", OK)),
     "repeated headers in order": Script((b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nx-a: 3\r\nContent-Length: 0\r\n\r\n",)),
@@ -177,6 +175,25 @@ async def test_both_clients_refuse(name: str) -> None:
 
 
 # -- where the two differ, on purpose ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=["304 with a length and no body", "error status with a body", "413"],
+)
+async def test_we_do_not_reuse_a_connection_after_a_non_2xx_answer_to_a_request_with_a_body(answer: bytes) -> None:
+    """Both read the same answer, but only aiohttp reuses its connection: the server may have answered
+    before reading the body, left in its socket, which the next request on the connection would follow
+    (`proxy.upstream.http11.connection`). Ours opens a new one (where the script starts over)."""
+    theirs, ours = await both(Script((answer, OK)))
+    assert not theirs.refused and not ours.refused
+    assert ours.answers[0] == theirs.answers[0] == ours.answers[1]
+    assert (theirs.connections, ours.connections) == (1, 2)
 
 
 @pytest.mark.parametrize(

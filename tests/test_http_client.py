@@ -958,6 +958,29 @@ async def test_an_answer_that_comes_before_the_whole_request_was_written_never_l
     assert server.connections == 2
 
 
+async def test_an_answer_whose_head_came_while_the_request_was_being_written_never_lets_its_connection_be_reused() -> None:
+    """nginx's rule: the head of the answer came before the whole request had left, so the server answered
+    without having it all. Whether it went on to read the rest cannot be told from here (the rest may sit
+    unread in its socket's buffers by the time the answer completes), so the connection is not reused,
+    even when, as here, the server did read it all before ending its answer."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")  # the head only, then the answer's head
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{")
+            await writer.drain()
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)  # then the whole body, then the answer's end
+            writer.write(b"}")
+            await writer.drain()
+
+    async with RawServer(script) as server, pool_for(server) as pool:
+        async with asyncio.timeout(30):
+            assert await call(pool, b"x" * (8 * 1024 * 1024)) == (200, b"{}")
+            assert await call(pool) == (200, b"{}")
+    assert server.connections == 2
+
+
 async def test_an_idle_connection_that_receives_bytes_is_closed_and_never_answers_the_next_request() -> None:
     """An unsolicited answer arriving on an idle pooled connection marks it dead at once."""
     late = asyncio.Event()

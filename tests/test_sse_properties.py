@@ -4,6 +4,8 @@ The parser sees an upstream's bytes as TCP happened to cut them, so nothing it h
 the cut: fed in any pieces, a stream gives exactly the events of a plain, whole-stream reading of the
 SSE specification (`reference`), with the `max_event` bound applied the same way (an event's size is
 the bytes of its lines). And an endless line costs at most `max_event` plus one chunk, however long.
+Where events end in the raw bytes (what the relay passes on: whole events only) agrees with the parser,
+however the stream is cut.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import tracemalloc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.mcp.sse import SSEEvent, SSEParser
+from proxy.mcp.sse import SSEEvent, SSEParser, SSEWatcher, blank_line_ends, last_blank_line_end
 
 _ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
 _TEXT = st.one_of(
@@ -129,3 +131,44 @@ def test_a_30_mib_line_without_newline_in_64_kib_pieces_holds_at_most_max_event_
     assert not parser._partial and parser._dropping_line
     assert parser.feed(b"\n\ndata: next\n\n") == [SSEEvent("", oversized=True), SSEEvent("next")]
     assert parser.feed(b"data: after\n\n") == [SSEEvent("after")]
+
+
+@given(STREAMS, st.lists(st.integers(min_value=0), max_size=12), MAX_EVENT)
+def test_passing_on_up_to_the_last_event_end_gives_a_client_exactly_the_events_so_far(
+    stream: bytes, points: list[int], max_event: int | None
+) -> None:
+    """The relay's framing (`proxy.server.relay.Relay._pump`) at every cut: what it has passed on, read by
+    a client from the start, holds exactly the events the watcher completed, and nothing of the one under
+    way; what it holds back never contains an event's end."""
+    watcher = SSEWatcher(max_event=max_event)
+    parser = SSEParser(max_event)
+    sent, held = b"", b""
+    completed: list[SSEEvent] = []
+    for piece in cut(stream, points):
+        completed += parser.feed(piece)
+        watcher.feed(piece)
+        assert watcher.blank_lines == len(blank_line_ends(piece, watcher.fed_at_line_start, _skip(sent + held, piece)))
+        if watcher.between_events:
+            sent, held = sent + held + piece, b""
+        elif watcher.blank_lines:
+            end = watcher.last_end(piece)
+            sent, held = sent + held + piece[:end], piece[end:]
+        else:
+            held += piece
+        assert SSEParser(max_event).feed(sent) == completed
+        client = SSEParser(max_event)
+        client.feed(sent)
+        assert client.feed(held) == []
+
+
+def _skip(before: bytes, piece: bytes) -> int:
+    return 1 if before.endswith(b"\r") and piece.startswith(b"\n") else 0
+
+
+@given(STREAMS, st.booleans())
+def test_the_last_blank_line_found_from_the_end_is_the_last_one_found_from_the_start(stream: bytes, at_start: bool) -> None:
+    ends = blank_line_ends(stream, at_start)
+    assert last_blank_line_end(stream, at_start) == (ends[-1] if ends else -1)
+    if stream.startswith(b"\n"):
+        ends = blank_line_ends(stream, True, 1)
+        assert last_blank_line_end(stream, True, 1) == (ends[-1] if ends else -1)

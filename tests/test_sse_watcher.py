@@ -31,12 +31,41 @@ def test_the_final_response_is_seen_with_its_error_and_ends_the_watch() -> None:
         assert watcher.feed(event(TOOLS_CHANGED)) == []  # answered: nothing more is watched
 
 
-def test_a_response_to_another_request_or_without_a_result_is_not_final() -> None:
+def test_a_response_to_another_request_is_a_stray_and_one_without_a_result_is_nothing() -> None:
     watcher = SSEWatcher(7)
-    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":8,"result":{}}')) == []
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":8,"result":{}}')) == [Seen(stray=True)]
     assert watcher.feed(event(b'{"jsonrpc":"2.0","id":7}')) == []
-    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":"7","result":{}}')) == []
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":"7","result":{}}')) == [Seen(stray=True)]
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":null,"result":{}}')) == [Seen(stray=True)]
     assert not watcher.answered
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "stray"),
+    [
+        (200, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}', False),  # unattributable
+        (200, b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"x"}}', False),
+        (200, b'{"jsonrpc":"2.0","id":8,"error":{"code":-32603,"message":"x"}}', True),
+        (400, b'{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"x"}}', False),  # the HTTP layer's
+        (400, b'{"jsonrpc":"2.0","id":8,"result":{}}', True),
+        (200, b'{"id":8,"result":{}}', False),  # not JSON-RPC: nobody's answer
+    ],
+)
+def test_which_responses_are_strays_follows_the_json_path(status: int, answer: bytes, stray: bool) -> None:
+    """The same reading as `AnswerTo` gives a JSON answer (`proxy.upstream.transport`)."""
+    assert (SSEWatcher(7, http_status=status).feed(event(answer)) == [Seen(stray=True)]) is stray
+
+
+def test_a_stray_ends_what_the_watcher_reads_of_its_chunk() -> None:
+    watcher = SSEWatcher(7)
+    chunk = event(TOOLS_CHANGED) + event(b'{"jsonrpc":"2.0","id":8,"result":{}}') + event(FINAL)
+    assert watcher.feed(chunk) == [Seen(list_changed="tools"), Seen(stray=True)]
+    assert watcher.start_of(chunk, 1) == len(event(TOOLS_CHANGED))
+    assert not watcher.answered
+
+
+def test_a_stream_that_answers_no_request_has_no_strays() -> None:
+    assert SSEWatcher(NO_REQUEST).feed(event(b'{"jsonrpc":"2.0","id":8,"result":{}}')) == []
 
 
 def test_a_stream_that_answers_no_request_never_sees_a_final_response() -> None:
@@ -111,23 +140,24 @@ def test_what_is_seen_does_not_depend_on_how_the_stream_was_cut() -> None:
             assert watcher.last_event_id == "3"
 
 
-def test_a_final_response_that_ends_its_chunk_is_said_so() -> None:
-    """The relay ends a call's answer with the chunk whose last event is the final response: only when no
-    event, and no part of one, follows it in that chunk."""
-    for chunk, at_end in [
-        (event(PROGRESS) + event(FINAL), True),
-        (event(FINAL) + b": a comment\n\n", True),
-        (event(FINAL) + event(PROGRESS), False),
-        (event(FINAL) + b"data: half an ev", False),
-        (event(FINAL) + b"id: 4\n", False),
+def test_where_the_final_responses_event_ends_in_its_chunk() -> None:
+    """The relay ends a call's answer right after the final response's event, wherever it is in its chunk."""
+    for chunk, end in [
+        (event(PROGRESS) + event(FINAL), len(event(PROGRESS) + event(FINAL))),
+        (event(FINAL) + b": a comment\n\n", len(event(FINAL))),
+        (event(FINAL) + event(PROGRESS), len(event(FINAL))),
+        (event(FINAL) + b"data: half an ev", len(event(FINAL))),
+        (b"data: " + FINAL + b"\r\n\r\nid: 4\n", len(b"data: " + FINAL + b"\r\n\r\n")),
+        (b"data: " + FINAL + b"\r\rdata: x", len(b"data: " + FINAL + b"\r\r")),
     ]:
         watcher = SSEWatcher(7)
         assert watcher.feed(chunk)[-1] == Seen(final=orjson.loads(FINAL))
-        assert watcher.answered_at_end is at_end, chunk
+        assert watcher.end_of(chunk, -1) == end, chunk
     watcher = SSEWatcher(7)
     watcher.feed(event(FINAL)[:10])
-    watcher.feed(event(FINAL)[10:])
-    assert watcher.answered_at_end
+    assert watcher.feed(event(FINAL)[10:]) == [Seen(final=orjson.loads(FINAL))]
+    assert watcher.end_of(event(FINAL)[10:], 0) == len(event(FINAL)) - 10
+    assert watcher.start_of(event(FINAL)[10:], 0) == 0  # it began in an earlier chunk
 
 
 def test_a_response_under_another_event_type_is_not_the_final_response() -> None:
@@ -137,12 +167,32 @@ def test_a_response_under_another_event_type_is_not_the_final_response() -> None
     response = b'{"jsonrpc":"2.0","id":1,"result":{}}'
     assert watcher.feed(b"event: custom\ndata: " + response + b"\n\n") == []
     (seen,) = watcher.feed(b"event: message\ndata: " + response + b"\n\n")
-    assert seen.final == {"jsonrpc": "2.0", "id": 1, "result": {}} and watcher.answered_at_end
+    assert seen.final == {"jsonrpc": "2.0", "id": 1, "result": {}}
 
 
-def test_a_final_response_whose_crlf_is_cut_after_the_cr_does_not_end_its_chunk() -> None:
-    """The LF of the last CRLF is still to come: ending the client's answer here would send it a bare CR
-    (which some SSE clients hold back, never dispatching the event)."""
+def test_a_final_response_whose_crlf_is_cut_after_the_cr_ends_at_its_chunks_end_with_the_cr() -> None:
+    """The LF of the last CRLF is still to come: the relay sees the event end with a CR at the chunk's end
+    and waits for the LF before it ends the client's answer (no bare CR for clients that hold one back)."""
     watcher = SSEWatcher(1)
-    (seen,) = watcher.feed(b'data: {"jsonrpc":"2.0","id":1,"result":{}}\r\n\r')
-    assert seen.final is not None and watcher.answered and not watcher.answered_at_end
+    chunk = b'data: {"jsonrpc":"2.0","id":1,"result":{}}\r\n\r'
+    (seen,) = watcher.feed(chunk)
+    assert seen.final is not None and watcher.answered and watcher.end_of(chunk, 0) == len(chunk)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"jsonrpc":"2.0","id":7,"result":{"deep":' + b"[" * 2000 + b"]" * 2000 + b"}}",  # past orjson's depth
+        b'{"jsonrpc":"2.0","id":7,"result":{"text":"\\ud800"}}',  # a lone surrogate: JSON.parse reads it
+        b'[{"jsonrpc":"2.0","id":7,"result":{}}]',  # a batch
+    ],
+    ids=["too deep", "lone surrogate", "not one object"],
+)
+def test_an_event_that_may_be_the_response_but_cannot_be_read_is_said_so(data: bytes) -> None:
+    watcher = SSEWatcher(7)
+    assert watcher.feed(event(data)) == [Seen(unparsed=True)]
+    assert not watcher.answered
+
+
+def test_unreadable_json_without_an_id_is_no_response() -> None:
+    assert SSEWatcher(7).feed(event(b'{"jsonrpc":"2.0","method":"x/list_changed", oops}')) == []

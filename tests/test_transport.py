@@ -246,13 +246,15 @@ async def test_a_standalone_request_checks_the_answers_id_too() -> None:
 )
 async def test_answers_that_are_no_other_requests_are_delivered_and_the_connection_kept(answer: bytes, status: str) -> None:
     """An unattributed error (id null or none), the HTTP layer's refusal whatever id the server wrote,
-    non-JSON-RPC JSON: none of them belongs to another client."""
+    non-JSON-RPC JSON: none of them belongs to another client. (A non-2xx answer's connection is not
+    reused for another reason: the server may not have read the body, `proxy.upstream.http11.connection`.)"""
     async with RawServer(serving(json_answer(answer, status), json_answer(FINAL))) as server, upstream_for(server) as transport:
         reply = await transport.send(first(make_call(LIST)))
         assert reply.body == answer
-        await until(lambda: transport.pool.idle == 1)
+        if status.startswith("2"):
+            await until(lambda: transport.pool.idle == 1)
         await transport.send(first(make_call(LIST)))
-    assert server.connections == 1
+    assert server.connections == (1 if status.startswith("2") else 2)
 
 
 BATCH = parse_message(
@@ -481,3 +483,58 @@ async def _slowly(stream: AsyncIterator[bytes], sent: asyncio.Event) -> AsyncIte
         yield chunk
         await sent.wait()
         await asyncio.sleep(0.2)  # four times the limit, not reading
+
+
+async def test_a_buffered_reads_final_response_cut_after_its_cr_keeps_the_lf_that_follows() -> None:
+    """The streaming path's rule for a final response whose last CRLF is cut after the CR holds for a read
+    being buffered: the LF that comes next is part of the answer (the client gets the server's bytes,
+    not a bare CR), and what follows it is not."""
+    event = b"event: message\r\ndata: " + FINAL + b"\r\n\r"
+    gate = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"5\r\n\ndata\r\n0\r\n\r\n")  # the LF, then something the answer does not carry
+
+    async with RawServer(script) as server, upstream_for(server) as transport:
+        sending = asyncio.ensure_future(transport.send(first(make_call(LIST))))
+        # until the read has the event and waits for more (or, wrongly, has answered without the LF)
+        await until(lambda: sending.done() or any(c._waiter is not None and c.conn.received >= len(event) for c in transport.pool._open))
+        gate.set()
+        reply = await sending
+        assert reply.body == event + b"\n"
+        assert reply.message == json.loads(FINAL)
+        await until(lambda: transport.pool.idle == 1)  # the stream's end was drained: the connection is kept
+
+
+async def test_a_buffered_reads_final_response_that_ends_the_stream_with_a_bare_cr_is_complete() -> None:
+    event = b"data: " + FINAL + b"\r\r"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+
+    async with RawServer(script) as server, upstream_for(server) as transport:
+        reply = await transport.send(first(make_call(LIST)))
+    assert (reply.body, reply.message) == (event, json.loads(FINAL))
+
+
+async def test_a_buffered_read_silent_past_stream_idle_is_an_excused_timeout() -> None:
+    """Silence is no evidence against the upstream (the failure table): the read can be retried as a
+    timeout, and counts against neither the breaker nor passive health."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + sse_chunk(PROGRESS))
+        await reader.read()  # then silence
+
+    async with RawServer(script) as server, upstream_for(server) as transport:
+        config = UpstreamConfig.model_validate({"name": "up", "url": server.url, "timeouts": {"stream_idle": "0.05s"}})
+        call = make_call(LIST, upstream=config)
+        with pytest.raises(UpstreamTimeout) as caught:
+            await transport.send(first(call))
+    verdict = classify_error(caught.value)
+    assert (verdict.kind, verdict.retry_key, verdict.server_failure, verdict.transport_failure) == (Failure.TIMEOUT, "timeout", False, False)

@@ -1,11 +1,12 @@
 """Server-Sent Events, pure (no I/O): an incremental parser, and the watcher the proxy reads SSE answers with.
 
 `SSEParser`: bytes in, as they arrive; whole events out. `SSEWatcher`: the same bytes in; out, only what
-the proxy acts on (`Seen`): the final response to the request, a server->client request, a
-``list_changed`` notification, an event too large or too nested to read. Each event's ``data`` is
-parsed as JSON at most once, and only when its text can hold one of those (the rest, progress
-notifications and the like, is never parsed). The proxy passes each upstream chunk to the client
-untouched and *also* feeds it here: nothing is ever re-serialized, and no more than one unfinished
+the proxy acts on (`Seen`): the final response to the request, another request's response (a stray), a
+server->client request, a ``list_changed`` notification, an event too large or too nested to read, and
+where in the bytes each of those events ends (so a relay can pass on whole events only). Each event's
+``data`` is parsed as JSON at most once, and only when its text can hold one of those (the rest, progress
+notifications and the like, is never parsed). The proxy passes the upstream's bytes to the client
+untouched and *also* feeds them here: nothing is ever re-serialized, and no more than one unfinished
 event is held in memory. Line endings follow the SSE specification (CRLF, LF or CR); comments (``:``
 lines) are skipped; ``retry`` is ignored.
 
@@ -22,17 +23,35 @@ Work is linear in the bytes fed: each chunk is scanned a constant number of time
 line is kept in one buffer that grows in place and is copied out once, when its end arrives (never, if it
 outgrows `max_event`). One buffer, not a list of the pieces: memory follows the bytes, not how finely an
 upstream cut them (a 2-byte piece kept as an object of its own costs ~40 bytes).
+
+Where events end in the raw bytes (`blank_line_ends`, `last_blank_line_end`, `SSEWatcher.end_of`) is found
+by a second reading of the bytes, done only when asked: the parser reads line endings normalised, and the
+common case (a chunk that ends where an event ends: `between_events`) needs no offsets at all. The two
+readings agree line for line: every CRLF, LF or CR ends one line in both, and a blank line is one where a
+line ending follows the previous one directly (tested against each other on arbitrary streams and cuts).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final, NamedTuple
 
 import orjson
 
 from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind, too_many_containers
 
-__all__ = ["NO_REQUEST", "NoRequest", "SSEEvent", "SSEParser", "SSEWatcher", "Seen"]
+__all__ = [
+    "NO_REQUEST",
+    "NoRequest",
+    "SSEEvent",
+    "SSEParser",
+    "SSEWatcher",
+    "Seen",
+    "blank_line_ends",
+    "last_blank_line_end",
+]
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 _new = tuple.__new__
 """Makes a named tuple from a tuple of all its fields, in C: the generated ``__new__`` of `SSEEvent` and
@@ -75,6 +94,11 @@ class _EventReader:
         """The last `id:` seen: what a client would send back as Last-Event-ID."""
 
     @property
+    def at_line_start(self) -> bool:
+        """The bytes fed so far end with a line ending (a CR that may still pair with an LF included)."""
+        return not (self._partial or self._dropping_line)
+
+    @property
     def between_events(self) -> bool:
         """Nothing of an unfinished line or event is held: the bytes fed so far end where an event ended."""
         # every field line counts in the size; a CR last may be the first half of a CRLF still to come
@@ -91,8 +115,10 @@ class _EventReader:
             self._partial, self._data = bytearray(), []
             self._dropping_line = self._oversized = True
 
-    def _events(self, chunk: bytes) -> list[SSEEvent]:
-        """Consume `chunk`; return the events it completed (often none, sometimes several).
+    def _events(self, chunk: bytes) -> list[SSEEvent | None]:
+        """Consume `chunk`; return what each of its blank lines dispatched, in order: an event, or None for
+        a blank line that ended no event with data (so the list has one entry per blank line: the n-th
+        entry's event ends at `blank_line_ends` of the chunk's n-th offset).
 
         One pass over the lines, fields compared as bytes: only an event's data (once, at dispatch), its
         type and its id are decoded (UTF-8, invalid bytes replaced; a line ending is ASCII, so no
@@ -117,13 +143,11 @@ class _EventReader:
             self._partial += lines[0]
             lines[0] = bytes(self._partial)
             self._partial = bytearray()
-        events: list[SSEEvent] = []
+        events: list[SSEEvent | None] = []
         limit = self._max
         for raw in lines:
             if not raw:
-                event = self._dispatch()
-                if event is not None:
-                    events.append(event)
+                events.append(self._dispatch())
                 continue
             size = self._event_size = self._event_size + len(raw)
             if limit is not None and size > limit:
@@ -166,7 +190,7 @@ class SSEParser(_EventReader):
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume `chunk`; return the events it completed (often none, sometimes several)."""
-        return self._events(chunk)
+        return [event for event in self._events(chunk) if event is not None]
 
 
 class Seen(NamedTuple):
@@ -178,8 +202,13 @@ class Seen(NamedTuple):
     - `asks`: a server->client request (``method`` and ``id``: sampling, elicitation, roots): the server
       waits for the client's answer, so a buffered read must hand the stream on at once;
     - `list_changed`: ``tools``, ``prompts``, ``resources``... for ``notifications/<kind>/list_changed``;
-    - `unparsed`: more than `proxy.mcp.jsonrpc.MAX_PARSED_CONTAINERS` objects and arrays: not read;
-    - `oversized`: over the watcher's `max_event`: its data was not kept (`SSEParser`).
+    - `unparsed`: an event that mentions ``"id"`` (it may be the response) but that the proxy cannot read:
+      more than `proxy.mcp.jsonrpc.MAX_PARSED_CONTAINERS` objects and arrays (not parsed), JSON orjson
+      refuses (nested past 1024 levels, a lone surrogate: a client's parser may still read it), or JSON
+      that is not one object (a batch);
+    - `oversized`: over the watcher's `max_event`: its data was not kept (`SSEParser`);
+    - `stray`: a JSON-RPC response with another id than the request's: another request's answer, which
+      must not reach this client (as on the JSON path: `proxy.upstream.transport.AnswerTo`).
     """
 
     final: dict[str, Any] | None = None
@@ -187,6 +216,7 @@ class Seen(NamedTuple):
     list_changed: str | None = None
     unparsed: bool = False
     oversized: bool = False
+    stray: bool = False
 
     @property
     def failed(self) -> bool:
@@ -197,6 +227,7 @@ class Seen(NamedTuple):
 _OVERSIZED: Final = Seen(oversized=True)
 _UNPARSED: Final = Seen(unparsed=True)
 _ASKS: Final = Seen(asks=True)
+_STRAY: Final = Seen(stray=True)
 
 
 class NoRequest:
@@ -215,39 +246,78 @@ NO_REQUEST: Final = NoRequest()
 class SSEWatcher(_EventReader):
     """Watches one SSE answer: `feed` it the chunks as they pass; it returns what they said (`Seen`).
 
-    `request_id` is the request the stream answers (`NO_REQUEST`: none); `max_event` bounds the event
-    kept in memory (`SSEParser`). Once the final response went by the watcher is done: later chunks are
-    not even parsed for events (`answered`). The event ``data`` is parsed with orjson only when it can
-    hold what is watched: ``"id"`` (a response, or a request to the client) or ``list_changed``; the
-    checks are the same string tests the proxy always made, so what is seen does not change with them.
+    `request_id` is the request the stream answers (`NO_REQUEST`: none, and nothing is a stray);
+    `max_event` bounds the event kept in memory (`SSEParser`); `http_status` is the answer's: on one other
+    than 2xx an error with any id is the HTTP layer's refusal of this request, never a stray (as
+    `AnswerTo` reads a JSON answer). Once the final response went by the watcher is done: later chunks are
+    not even parsed for events (`answered`). A stray ends a feed too: what follows it is not watched. The
+    event ``data`` is parsed with orjson only when it can hold what is watched: ``"id"`` (a response, or a
+    request to the client) or ``list_changed``; the checks are the same string tests the proxy always
+    made, so what is seen does not change with them.
+
+    `end_of`, `start_of` and `last_end` say where, in the chunk last fed, the event of a sighting ends or
+    begins and where the last event ended: a relay passes on whole events, and ends a call's answer with
+    its final response.
     """
 
-    __slots__ = ("_request_id", "answered", "answered_at_end")
+    __slots__ = ("_any_id_error", "_at", "_request_id", "_skip", "answered", "blank_lines", "fed_at_line_start")
 
-    def __init__(self, request_id: str | int | None | NoRequest = NO_REQUEST, max_event: int | None = None) -> None:
+    def __init__(
+        self, request_id: str | int | None | NoRequest = NO_REQUEST, max_event: int | None = None, http_status: int = 200
+    ) -> None:
         super().__init__(max_event)
         self._request_id = request_id
+        self._any_id_error = not 200 <= http_status < 300
         self.answered = False
         """The final response went by: nothing more is watched."""
-        self.answered_at_end = False
-        """The final response was the last thing in the chunk that held it (no event, and no part of one,
-        after it): the relay may end the client's answer with that chunk (`proxy.server.relay`)."""
+        self.blank_lines = 0
+        """Blank lines (event ends) in the chunk last fed: with none, no event ended in it."""
+        self.fed_at_line_start = True
+        """The bytes before the chunk last fed ended with a line ending (`at_line_start` before that feed)."""
+        self._skip = 0
+        self._at: list[int] = []
+        """For each sighting of the last feed, the blank line (its index in the chunk) that ended its event."""
 
     def feed(self, chunk: bytes) -> list[Seen]:
-        """Consume `chunk`; return what its complete events said, in order, up to the final response."""
+        """Consume `chunk`; return what its complete events said, in order, up to the final response (or
+        a stray: what follows it is not read)."""
         if self.answered:
             return []
-        seen: list[Seen] = []
+        self.fed_at_line_start = not (self._partial or self._dropping_line)
+        self._skip = 1 if self._pending_cr and chunk[:1] == b"\n" else 0
         events = self._events(chunk)
+        self.blank_lines = len(events)
+        seen: list[Seen] = []
         for index, event in enumerate(events):
+            if event is None:
+                continue
             sighting = self._look(event)
             if sighting is not None:
+                if not seen:
+                    self._at = []  # made only for a feed with sightings: the only one `end_of` is asked about
                 seen.append(sighting)
+                self._at.append(index)
                 if sighting.final is not None:
                     self.answered = True
-                    self.answered_at_end = index == len(events) - 1 and self.between_events
+                    break
+                if sighting.stray:
                     break
         return seen
+
+    def end_of(self, chunk: bytes, sighting: int) -> int:
+        """Where, in `chunk` (the one last fed), the event of the `sighting`-th sighting of that feed ends:
+        the offset just past its blank line (a CRLF's LF included when it is in the chunk)."""
+        return blank_line_ends(chunk, self.fed_at_line_start, self._skip)[self._at[sighting]]
+
+    def start_of(self, chunk: bytes, sighting: int) -> int:
+        """Where, in `chunk`, the event of the `sighting`-th sighting of the last feed begins: just past the
+        blank line before it, or 0 when it began before the chunk (or at its first byte)."""
+        index = self._at[sighting]
+        return blank_line_ends(chunk, self.fed_at_line_start, self._skip)[index - 1] if index else 0
+
+    def last_end(self, chunk: bytes) -> int:
+        """Where, in `chunk`, the last event that ended in it ends (-1: none did)."""
+        return last_blank_line_end(chunk, self.fed_at_line_start, self._skip) if self.blank_lines else -1
 
     def _look(self, event: SSEEvent) -> Seen | None:
         if event.oversized:
@@ -255,18 +325,19 @@ class SSEWatcher(_EventReader):
         if event.event != "message":  # the only events a client reads as JSON-RPC messages
             return None
         data = event.data
-        if len(data) > MAX_PARSED_CONTAINERS and too_many_containers(data):
-            return _UNPARSED  # parsing would build a Python object per container, uninterruptibly
         has_id = '"id"' in data
+        if len(data) > MAX_PARSED_CONTAINERS and too_many_containers(data):
+            # parsing would build a Python object per container, uninterruptibly; without an id it is no response
+            return _UNPARSED if has_id else None
         changed = "list_changed" in data
         if not has_id and not changed:
             return None
         try:
             message = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return None
+            return _UNPARSED if has_id else None  # it may be the response, in JSON a client's parser reads
         if not isinstance(message, dict):
-            return None
+            return _UNPARSED if has_id else None
         kind = None
         if changed:
             method = message.get("method")
@@ -275,10 +346,40 @@ class SSEWatcher(_EventReader):
             if "method" in message:
                 if "id" in message and '"method"' in data:
                     return Seen(asks=True, list_changed=kind) if kind is not None else _ASKS
-            elif (
-                self._request_id is not NO_REQUEST
-                and message.get("id") == self._request_id
-                and ("result" in message or "error" in message)
-            ):
-                return _new(Seen, (message, False, None, False, False))
+            elif self._request_id is not NO_REQUEST and ("result" in message or "error" in message):
+                answer_id = message.get("id")
+                if answer_id == self._request_id:
+                    return _new(Seen, (message, False, None, False, False, False))
+                if message.get("jsonrpc") == "2.0" and not (
+                    "error" in message and (answer_id is None or self._any_id_error)
+                ):
+                    return _STRAY  # another request's answer (an error with id null: unattributable, passed)
         return Seen(list_changed=kind) if kind is not None else None
+
+
+def blank_line_ends(data: bytes, line_start: bool = True, skip: int = 0) -> list[int]:
+    """The offsets just past each blank line of `data`, in order: where the events it completes end.
+
+    `line_start`: `data` begins a line (the bytes before it ended with a line ending); `skip`: 1 when its
+    first byte is the LF of a CRLF whose CR came before it (that LF ends no line of its own). A CRLF is
+    one line ending, as are a lone CR and a lone LF (the SSE specification)."""
+    ends: list[int] = []
+    line = skip if line_start else -1
+    for match in _LINE_END.finditer(data, skip):
+        start, end = match.span()
+        if start == line:
+            ends.append(end)
+        line = end
+    return ends
+
+
+def last_blank_line_end(data: bytes, line_start: bool = True, skip: int = 0) -> int:
+    """`blank_line_ends(data, ...)[-1]`, or -1 without a blank line; found from the end, in C, when `data`
+    holds no CR (the usual line ending is LF)."""
+    if b"\r" in data:
+        ends = blank_line_ends(data, line_start, skip)
+        return ends[-1] if ends else -1
+    at = data.rfind(b"\n\n", skip)
+    if at >= 0:
+        return at + 2
+    return skip + 1 if line_start and data[skip : skip + 1] == b"\n" else -1

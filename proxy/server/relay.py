@@ -4,12 +4,12 @@ Three kinds of answer arrive as SSE, and all of them are read through one `proxy
 (each event's JSON parsed at most once, the bytes passed on exactly as the server sent them):
 
 - a call's streamed answer (`Relay.answer`: ``tools/call`` and every request not read whole): passed on
-  chunk by chunk, watched for the request's final response, which settles the call (``ok`` or
-  ``jsonrpc_error``) the moment it passes, teaches the tool catalog (a ``tools/list`` page) and ends the
-  watching. When it ends the chunk it came in, it ends the client's answer too, in the same write: an MCP
-  server closes the stream after the response (the spec's SHOULD), so the stream's end is drained and
-  the upstream connection kept, as a read's is; anything a server sends after its response is dropped
-  there, as it is from a read's. Otherwise the rest is passed on to the stream's end;
+  event by event as each completes, watched for the request's final response, which settles the call
+  (``ok`` or ``jsonrpc_error``) the moment it passes, teaches the tool catalog (a ``tools/list`` page)
+  and ends the client's answer, in the write that carries it: an MCP server closes the stream after the
+  response (the spec's SHOULD), so the stream's end is drained and the upstream connection kept, as a
+  read's is, and anything a server sends after its response is dropped, as it is from a read's. Another
+  request's answer (a stray) is never passed on: the stream ends before it, with the proxy's error;
 - a read's answer (`proxy.upstream.transport.HttpUpstream.send`): read whole inside the pipeline, so it can
   still be retried and cached; when the server asks the client something on the way, the transport hands
   the stream on (`ReadAhead`) with its watcher, and it continues here like any streamed answer, the bytes
@@ -21,7 +21,11 @@ Along the way a ``notifications/<kind>/list_changed`` empties the cache's lists 
 call's stream ends (`_settled`): the breaker and passive health, which saw only the answer's head, get
 its verdict; a stream that ends or breaks before the final response and gave no event ids to resume
 from gets a last event carrying the JSON-RPC error (an SDK client whose stream just ends loses its whole
-session); with event ids it just ends (``resumable``: the client resumes with ``Last-Event-ID``).
+session); with event ids it just ends (``resumable``: the client resumes with ``Last-Event-ID``). That
+error is always an event of its own: the bytes of an event not yet complete are held back (`_pump`), so
+it never lands inside a half event, and none is added after an event that may have been the response
+but could not be read (``unread_event``: the client has its one answer, the server's). An answer in a
+content coding passes unwatched (``unwatched``): nothing can be read from it or added to it.
 
 Writes to a client that went away never raise (`_write_quietly`, `_end_quietly`): the outcome is already
 settled, and nobody is left to tell. A client that reads nothing is cut by the listener's
@@ -37,15 +41,21 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
+from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly, UpstreamProtocolError
 from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, error_body
-from proxy.mcp.sse import NO_REQUEST, NoRequest, Seen, SSEWatcher
+from proxy.mcp.sse import NO_REQUEST, NoRequest, Seen, SSEWatcher, last_blank_line_end
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.failures import OK, Verdict, classify_error
 from proxy.runtime import Route, Runtime
-from proxy.upstream.transport import ReadAhead, SSEBody
+from proxy.upstream.transport import ReadAhead, SSEBody, encoded, lf_of_crlf
 
-__all__ = ["Relay", "headers_for", "learn_annotations"]
+__all__ = ["DISCARDED_EVENT", "MAX_HELD_EVENT", "Relay", "headers_for", "learn_annotations"]
+
+MAX_HELD_EVENT = 1024 * 1024
+"""The most of an unfinished event the relay holds back (`Relay._pump`): past it the event passes as it
+comes, so a large result streams rather than waits whole in memory."""
+DISCARDED_EVENT = b"event: mcp-proxy-discarded\n\n"
+"""Ends an unfinished event that went out in part before the proxy adds an event of its own (`_cut`)."""
 
 _GONE = object()
 """`Relay._pump`'s outcome when the client went away: nothing more is written or settled."""
@@ -82,29 +92,45 @@ class Relay:
 
         `settle` hears the call's outcome as soon as it is known: an SDK client closes the stream right
         after reading its response, and the outcome must not be lost when that cancels us. `failed`
-        reports a stream that ended or broke unanswered (an event, a log line)."""
-        watched = _Watched(reply, runtime, call.message.id)
+        reports a stream that ended or broke unanswered, or carried another request's answer (an event,
+        a log line). An answer in a content coding is passed on unread (`unwatched`)."""
+        watched = _Watched(reply, runtime, call.message.id, call.upstream)
         response = await _start(request, reply)
         watch = _CallWatch(runtime, route, call, settle)
         long_lived = call.method in LONG_LIVED_METHODS
-        ended = await self._pump(response, watched, watch, long_lived)
+        unwatched = encoded(reply.headers)
+        if unwatched:
+            settle("unwatched")
+        ended = await self._pump(response, watched, watch, long_lived, watching=not unwatched)
         if ended is _FINISHED:
             _settled(route, call, OK)
             return response  # ended with its final response: nothing more to write
         if ended is _GONE:
             return response  # `settle` already has whatever was known
-        broken = ended if isinstance(ended, StreamBroken) else None
-        _settled(route, call, OK if watch.answered or broken is None else classify_error(broken))
-        if not watch.answered:
+        error = ended if isinstance(ended, ProxyError) else None
+        stray = isinstance(error, UpstreamProtocolError)
+        answered = watch.answered or watch.unread
+        _settled(route, call, classify_error(error) if error is not None and (stray or not answered) else OK)
+        if unwatched:
+            if error is not None and not self._draining:
+                _cut_off(request)  # nothing can be added to an encoded body: the client sees the break
+                return response
+        elif stray:
+            assert error is not None
+            failed(error)
+            settle(error.reason)
+            if not answered:  # after an answer it could not read, the proxy adds none of its own
+                await _write_quietly(response, watched.cut + _sse_error(call.message.id, error))
+        elif not answered:
             if long_lived and self._draining:
                 settle("drained")  # the proxy is shutting down: end the subscription cleanly
             elif watched.watcher.last_event_id is not None:
                 settle("resumable")
             else:
-                error = broken or StreamEndedEarly("upstream ended the stream before the response", upstream=call.upstream)
+                error = error or StreamEndedEarly("upstream ended the stream before the response", upstream=call.upstream)
                 failed(error)
                 settle(error.reason)
-                await _write_quietly(response, _sse_error(call.message.id, error))
+                await _write_quietly(response, watched.cut + _sse_error(call.message.id, error))
         await _end_quietly(response)
         return response
 
@@ -112,54 +138,90 @@ class Relay:
         """Pass a relayed message's SSE answer on (the legacy GET stream) for as long as it lasts. A stream
         that breaks is not ended cleanly (unless the proxy drains): the client sees the break and resumes
         with Last-Event-ID."""
-        watched = _Watched(reply, runtime, NO_REQUEST)
+        watched = _Watched(reply, runtime, NO_REQUEST, upstream)
         response = await _start(request, reply)
-        ended = await self._pump(response, watched, _ListWatch(runtime, upstream), long_lived=True)
-        if ended is _GONE or (isinstance(ended, StreamBroken) and not self._draining):
+        look = _ListWatch(runtime, upstream)
+        ended = await self._pump(response, watched, look, long_lived=True, watching=not encoded(reply.headers))
+        if ended is _GONE:
+            return response
+        if isinstance(ended, StreamBroken) and not self._draining:
+            _cut_off(request)
             return response
         await _end_quietly(response)
         return response
 
     async def _pump(
-        self, response: web.StreamResponse, watched: _Watched, look: Callable[[Seen], bool], long_lived: bool
+        self,
+        response: web.StreamResponse,
+        watched: _Watched,
+        look: Callable[[Seen], bool],
+        long_lived: bool,
+        watching: bool = True,
     ) -> object:
-        """The loop: each chunk to the client as it came, then what the watcher saw in it to `look`, until
-        `look` says to stop watching. Bytes a buffered read took already go first, unwatched (their
-        sightings were kept). A call's final response that ends its chunk ends the answer with that chunk,
-        in one write (`_FINISHED`): the server closes the stream next (MCP: it SHOULD), so its end is
-        drained and the connection kept, as a buffered read's is. Returns None when the stream ended,
-        `_FINISHED`, the `StreamBroken` that broke it, or `_GONE`."""
+        """The loop: the stream's whole events to the client as they complete, what the watcher saw in them
+        to `look` (first: the outcome is known before the write), until `look` says to stop watching; from
+        then on each chunk passes as it came. Bytes a buffered read took already go first (their
+        sightings were kept). A call's answer ends with its final response, in the write that carries it
+        (`_FINISHED`): the server closes the stream next (MCP: it SHOULD), so its end is drained and the
+        connection kept, as a buffered read's is, and nothing the server sends after it reaches the client.
+        Another request's answer (a stray) ends the pump before it: it is never passed on.
+
+        While watching, the bytes of an event not yet complete are held back (up to `MAX_HELD_EVENT`), so
+        that what the proxy may add when the stream breaks (`Relay.answer`) never lands inside a half event.
+        A client's SSE parser dispatches an event only at its blank line anyway, so holding costs no event
+        any time; an event that outgrows the bound passes as it comes (`_Watched.cut` then ends it, if need
+        be, as one that MCP clients ignore).
+
+        Returns None when the stream ended, `_FINISHED`, the `StreamBroken` that broke it, the
+        `UpstreamProtocolError` of a stray, or `_GONE`."""
         stream, watcher = watched.stream, watched.watcher
-        watching = not watcher.answered
+        watching = watching and not watcher.answered
         ends = not long_lived and isinstance(stream, SSEBody)
+        frame = _Frame()
         finished = False
         if long_lived:
             self._long_lived.add(stream)
         try:
             if watched.read:
-                await response.write(watched.read)
-                for seen in watched.early:
-                    look(seen)
+                for seen in watched.early:  # what the buffered read saw after handing on, its final included
+                    if not look(seen):
+                        watching = False
+                        if ends and seen.final is not None:  # the read ended with it (the transport cut it there)
+                            await _end_with(response, stream, watched.read)
+                            finished = True
+                            return _FINISHED
+                        break
+                out: bytes | bytearray = frame.first(watched.read, watcher) if watching else watched.read
+                if out:
+                    await response.write(out)
             async for chunk in stream:
                 if not watching:
                     await response.write(chunk)
                     continue
                 sightings = watcher.feed(chunk)
-                last = ends and watcher.answered_at_end
-                if last:
-                    await response.write_eof(chunk)
-                else:
-                    await response.write(chunk)
-                for seen in sightings:
+                for index, seen in enumerate(sightings):
+                    if seen.stray:
+                        out = frame.before(chunk, watcher.start_of(chunk, index), watcher)
+                        if out:
+                            await response.write(out)
+                        watched.cut = frame.cut
+                        return UpstreamProtocolError(
+                            "upstream sent another request's answer (a stray) in this call's SSE answer; "
+                            "it was dropped and its connection closed",
+                            upstream=watched.upstream,
+                        )
                     if not look(seen):
                         watching = False
+                        if ends and seen.final is not None:
+                            await _end_with(response, stream, frame.held + chunk[: watcher.end_of(chunk, index)])
+                            finished = True
+                            return _FINISHED
                         break
-                if last:
-                    assert isinstance(stream, SSEBody)
-                    stream.discard_rest()  # the connection is the pool's again once the end is in
-                    finished = True
-                    return _FINISHED
+                out = frame.whole(chunk, watcher) if watching else frame.rest(chunk)
+                if out:
+                    await response.write(out)
         except StreamBroken as exc:
+            watched.cut = frame.ended(watcher)
             return exc
         except ConnectionResetError:
             return _GONE  # the client went away
@@ -167,13 +229,81 @@ class Relay:
             self._long_lived.discard(stream)
             if not finished:
                 await stream.close()
+        watched.cut = frame.ended(watcher)
         return None
+
+
+class _Frame:
+    """What of a watched stream may go to the client now: whole events. The bytes of the event under way
+    are `held` until its blank line arrives, up to `MAX_HELD_EVENT`; past that the event passes as it
+    comes (`passing`), and `cut` says how to end the part sent if the proxy must add an event after it."""
+
+    __slots__ = ("cut", "held", "passing")
+
+    def __init__(self) -> None:
+        self.held = bytearray()
+        self.passing = False
+        self.cut = b""
+
+    def whole(self, chunk: bytes, watcher: SSEWatcher) -> bytes | bytearray:
+        """What may go on now, `chunk` just fed to `watcher`: every event it completed, the held start of
+        the first of them included; what follows the last is held."""
+        held = self.held
+        if watcher.between_events:  # the usual case: the chunk ends where an event ends
+            self.passing = False
+            if not held:
+                return chunk
+            self.held = bytearray()
+            return held + chunk
+        out: bytes | bytearray
+        if watcher.blank_lines:
+            end = watcher.last_end(chunk)
+            out, self.held, self.passing = held + chunk[:end], bytearray(chunk[end:]), False
+        elif self.passing:
+            return chunk
+        else:
+            out = b""
+            held += chunk
+        return self._bounded(out)
+
+    def first(self, read: bytes, watcher: SSEWatcher) -> bytes | bytearray:
+        """`whole` for the bytes a buffered read took already (the watcher has seen them all)."""
+        end = len(read) if watcher.between_events else max(last_blank_line_end(read), 0)
+        self.held = bytearray(read[end:])
+        return self._bounded(read[:end])
+
+    def rest(self, chunk: bytes) -> bytes | bytearray:
+        """Everything: watching has stopped, and the stream passes as it comes from here."""
+        if not self.held:
+            return chunk
+        out, self.held = self.held + chunk, bytearray()
+        return out
+
+    def before(self, chunk: bytes, start: int, watcher: SSEWatcher) -> bytes | bytearray:
+        """What may go on of a chunk whose event at `start` is dropped: the events before it. When that
+        event began in bytes already sent (an event passing), `cut` is set to end them."""
+        if start:
+            return self.held + chunk[:start]
+        if self.passing:
+            self.cut = _cut(watcher.fed_at_line_start)
+        return b""
+
+    def ended(self, watcher: SSEWatcher) -> bytes:
+        """The stream is over with the event under way unfinished: what ends the part of it already sent."""
+        return _cut(watcher.at_line_start) if self.passing else b""
+
+    def _bounded(self, out: bytes | bytearray) -> bytes | bytearray:
+        """Past `MAX_HELD_EVENT`, the held start of the event goes too, and the event passes as it comes."""
+        if len(self.held) <= MAX_HELD_EVENT:
+            return out
+        out, self.held, self.passing = out + self.held, bytearray(), True
+        return out
 
 
 class _CallWatch:
     """What a call's streamed answer has shown so far; `__call__` takes each sighting, False: stop watching."""
 
-    __slots__ = ("_call", "_route", "_runtime", "_settle", "answered")
+    __slots__ = ("_call", "_route", "_runtime", "_settle", "answered", "unread")
 
     def __init__(self, runtime: Runtime, route: Route, call: Call, settle: Callable[[str], None]) -> None:
         self._runtime = runtime
@@ -182,12 +312,19 @@ class _CallWatch:
         self._settle = settle
         self.answered = False
         """The final response passed (or an event too large to watch: the rest is only passed on)."""
+        self.unread = False
+        """An event that may be the response passed, unread (`Seen.unparsed`): if no readable response
+        follows, it was the client's one answer, and the proxy adds none of its own."""
 
     def __call__(self, seen: Seen) -> bool:
         if seen.oversized:  # passed on whole, too big to read: stop watching, add nothing
             self.answered = True
             self._settle("oversized_event")
             return False
+        if seen.unparsed:  # passed on as it is: a client's parser may read what the proxy could not
+            self.unread = True
+            self._settle("unread_event")
+            return True
         if seen.list_changed is not None:
             self._runtime.shared.cache.invalidate_lists(self._call.upstream, seen.list_changed)
         if seen.final is not None:
@@ -215,13 +352,17 @@ class _ListWatch:
 
 class _Watched:
     """What `Relay._pump` reads: the stream, the bytes a buffered read took from it already (`read`, passed
-    on first, unwatched) and what the watcher saw in them (`early`), and the watcher itself."""
+    on first, unwatched) and what the watcher saw in them (`early`), and the watcher itself. `cut`: what
+    must precede anything the proxy adds to the client's answer (`_cut`), set by the pump when part of an
+    unfinished event went out."""
 
-    __slots__ = ("early", "read", "stream", "watcher")
+    __slots__ = ("cut", "early", "read", "stream", "upstream", "watcher")
 
-    def __init__(self, reply: Reply, runtime: Runtime, request_id: str | int | None | NoRequest) -> None:
+    def __init__(self, reply: Reply, runtime: Runtime, request_id: str | int | None | NoRequest, upstream: str) -> None:
         stream = reply.stream
         assert stream is not None
+        self.upstream = upstream
+        self.cut = b""
         if isinstance(stream, ReadAhead):  # handed on by a buffered read, with the watcher that read it
             self.stream: ReplyStream = stream.rest
             self.read = stream.read
@@ -230,15 +371,16 @@ class _Watched:
         else:
             self.stream = stream
             self.read = b""
-            self.watcher = SSEWatcher(request_id, runtime.config.limits.max_response_bytes)
+            self.watcher = SSEWatcher(request_id, runtime.config.limits.max_response_bytes, reply.status)
             self.early = ()
 
 
 def _settled(route: Route, call: Call, verdict: Verdict) -> None:
     """A streamed answer is over: the breaker and passive health saw only its headers (`STREAMING`), so
-    its end is their verdict. Its response passed (or the stream ended cleanly: the server's choice):
-    a success; it broke before the response: the transport failure that is (a stream silent past
-    `stream_idle` excepted: a long run without progress looks the same)."""
+    its end is their verdict. Its response passed (or an event that may have been it, unread; or the
+    stream ended cleanly: the server's choice): a success; it broke before the response: the transport
+    failure that is (a stream silent past `stream_idle` excepted: a long run without progress looks the
+    same); it carried another request's answer: `bad_response`."""
     breaker = route.state.breaker.breaker_for(call)
     if breaker is not None:
         breaker.record(None, verdict, call.client)
@@ -298,6 +440,15 @@ def _send_head(request: web.BaseRequest) -> None:
         pass  # the client is gone: the relay hears it on its next write
 
 
+def _cut_off(request: web.BaseRequest) -> None:
+    """End the client's answer as broken, as the upstream's was: its connection is closed once what was
+    written has gone, without the end of the chunked body (aiohttp would end the body cleanly after the
+    handler returns, and a client would take a cut stream for a complete one)."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
     try:
         await response.write(data)
@@ -310,6 +461,25 @@ async def _end_quietly(response: web.StreamResponse) -> None:
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client closed first, as SDK clients do once they have their response
+
+
+async def _end_with(response: web.StreamResponse, stream: ReplyStream, last: bytes | bytearray) -> None:
+    """End the client's answer with `last` (the bytes up to its final response's end); the upstream stream's
+    rest is drained so its connection is kept. When `last` ends in a CR the LF of a CRLF may still come:
+    it is passed on first, so no client that holds a bare CR back misses the event."""
+    assert isinstance(stream, SSEBody)
+    if last.endswith(b"\r"):
+        await response.write(last)
+        last = await lf_of_crlf(stream)
+    await response.write_eof(bytes(last))
+    stream.discard_rest()  # the connection is the pool's again once the end is in
+
+
+def _cut(at_line_start: bool) -> bytes:
+    """What ends an unfinished event that went out in part: its line, then the event, typed so that MCP
+    clients (which read only ``message`` events) ignore it. A spec-following client drops an unfinished
+    event only at the stream's end, and the proxy is about to add an event of its own."""
+    return (b"" if at_line_start else b"\n") + DISCARDED_EVENT
 
 
 def _sse_error(request_id: str | int | None, error: ProxyError) -> bytes:

@@ -17,9 +17,14 @@ passed through chunk by chunk. Errors map to `proxy.errors` in one place, `upstr
 - the per-try timeout after the request was written: `UpstreamTimeout` (the upstream may be executing);
 - a connection that broke after sending: `UpstreamUnavailable`;
 - a status line and headers that are not valid HTTP: `UpstreamProtocolError`;
-- a JSON answer that is another request's (`AnswerTo`): `UpstreamProtocolError`, its connection closed;
-- an SSE stream that breaks or turns invalid: `StreamBroken`; silent past `stream_idle`: `StreamSilent` (and
-  `UpstreamUnavailable` for a read being buffered, which can still be retried).
+- an answer that is another request's (`AnswerTo`; in an SSE answer, the watcher's `Seen.stray`):
+  `UpstreamProtocolError`, its connection closed;
+- an SSE stream that breaks or turns invalid: `StreamBroken` (`UpstreamUnavailable` for a read being
+  buffered, which can still be retried); silent past `stream_idle`: `StreamSilent` (for a read being
+  buffered, `UpstreamTimeout`, excused like a silent stream: retried as a timeout, counted against nothing).
+
+A 204 or 304 is read as what it is, an answer without a body, whatever its Content-Type; an SSE answer in a
+content coding is never read (`encoded`): it passes on as the server sent it, unwatched.
 
 Every request carries its downstream client connection (`Call.owner`), and an upstream connection serves
 one owner only (`proxy.upstream.http11.client`, connection affinity): an upstream's stray answer (a late
@@ -74,9 +79,11 @@ from proxy.upstream.http11.client import (
     ResponseTooLarge,
 )
 
-__all__ = ["AnswerTo", "HttpUpstream", "ReadAhead", "SSEBody", "upstream_errors"]
+__all__ = ["AnswerTo", "HttpUpstream", "ReadAhead", "SSEBody", "encoded", "lf_of_crlf", "upstream_errors"]
 
 _EVENT_STREAM = "text/event-stream"
+_NO_BODY = frozenset({204, 304})
+"""Statuses whose answer has no body whatever its headers say (RFC 9110 §15.3.5, §15.4.5): never a stream."""
 
 PROBE_MAX_RESPONSE_BYTES = 1024 * 1024
 """The most a health probe reads of an answer (ping, server/discover, initialize answers are small). A
@@ -264,11 +271,12 @@ class ReadAhead:
     """An SSE answer a buffered read began, then handed on: `read`, the bytes it read, then `rest`.
 
     A read is handed on when the server asks the client something on the way (it waits for that answer)
-    or sends an event too large to read. `watcher` has seen `read` already, and `early` holds what it saw
-    there that the relay must still act on: the kinds of list announced changed, and whatever came after
-    the event that handed the stream on in the same chunk (the final response among them: a server may ask
-    and answer in one write). The relay passes `read` on as it is, acts on `early`, and goes on watching
-    `rest` with the same watcher, so no event is parsed twice. Iterating it gives `read`, then `rest`.
+    or sends an event too large, or impossible, to read. `watcher` has seen `read` already, and `early`
+    holds what it saw there that the relay must still act on: the kinds of list announced changed, the
+    event that handed the stream on, and whatever came after it in the same chunk (the final response
+    among them: a server may ask and answer in one write; `read` then ends with that response's event).
+    The relay passes `read` on, acts on `early`, and goes on watching `rest` with the same watcher, so no
+    event is parsed twice. Iterating it gives `read`, then `rest`.
     """
 
     __slots__ = ("early", "read", "rest", "watcher")
@@ -459,19 +467,32 @@ class HttpUpstream:
     async def _buffer_stream(self, reply: Reply, request_id: str | int | None, probe: bool = False) -> Reply:
         """Read an SSE answer up to the final response to `request_id`; return it as a buffered reply.
 
-        If the stream ends first but gave event ids, the bytes so far are returned as they are: the
-        client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection.
+        The body ends with the final response's event (what a server sends after it is drained, not
+        delivered, as the relay does for a streamed answer), including the LF of a CRLF that came cut after
+        its CR. If the stream ends first but gave event ids, the bytes so far are returned as they are: the
+        client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection, or,
+        silent past `stream_idle`, a timeout excused from counting (`UpstreamTimeout`, as the failure
+        table says of a silent stream). Another request's answer in it (a stray) is
+        `UpstreamProtocolError`, its connection closed, as on the JSON path (`AnswerTo`).
+
         If the server sends the client a request on the way (sampling, elicitation, roots), buffering
         stops at once: the server waits for that answer, so the stream is handed on (`ReadAhead`: what
         was read, then the rest) and the call is committed, as any streamed answer is. So it is, unread,
-        when an event has more than `MAX_PARSED_CONTAINERS` objects and arrays (a probe's answer then fails).
+        when an event that may be the response cannot be read (`Seen.unparsed`; a probe's answer then
+        fails), or is too large, and an answer in a content coding is handed on as it is, unread (the
+        proxy cannot see its events).
 
         The watcher is bounded by `limits.max_response_bytes` as the relay's is: the read itself stops
         there, and a stream handed on keeps the same watcher for the rest.
         """
         stream = reply.stream
         assert isinstance(stream, SSEBody)
-        watcher = SSEWatcher(request_id, self._max_response)
+        if encoded(reply.headers):
+            if not probe:
+                return reply  # unwatched: the relay passes it on as it is
+            await stream.close()
+            raise UpstreamProtocolError("the health probe's SSE answer is content-encoded", upstream=self.name)
+        watcher = SSEWatcher(request_id, self._max_response, reply.status)
         read = bytearray()  # one buffer, however finely the stream was cut
         limit = self._limit(probe)
         final: Any = None
@@ -481,26 +502,43 @@ class HttpUpstream:
             async for chunk in stream:
                 if len(read) + len(chunk) > limit:
                     raise self._too_large(probe)
-                read += chunk
                 sightings = watcher.feed(chunk)
+                if sightings and sightings[-1].stray:  # a stray ends what the watcher reads of a chunk
+                    raise UpstreamProtocolError(
+                        "upstream answered with another request's id (a stray answer) in its SSE stream; "
+                        "its connection is closed",
+                        upstream=self.name,
+                    )
+                end = len(chunk)
                 for index, seen in enumerate(sightings):
                     if seen.unparsed and probe:
                         raise UpstreamProtocolError(
-                            f"the health probe's answer has more than {MAX_PARSED_CONTAINERS} objects and arrays",
+                            "the health probe's answer has an event the proxy cannot read (more than "
+                            f"{MAX_PARSED_CONTAINERS} objects and arrays, or JSON it cannot parse)",
                             upstream=self.name,
                         )
                     if seen.final is not None:
                         final = seen.final
+                        end = watcher.end_of(chunk, index)
                         break
-                    if seen.list_changed is not None:
-                        changed.add(seen.list_changed)
                     if seen.asks or seen.unparsed or seen.oversized:
+                        rest = sightings[index:]
+                        if rest[-1].final is not None:  # asked and answered in one write: the read ends there
+                            end = watcher.end_of(chunk, len(sightings) - 1)
+                        read += chunk[:end]
                         handed_on = True
-                        early = (*(Seen(list_changed=kind) for kind in sorted(changed)), *sightings[index + 1 :])
+                        early = (*(Seen(list_changed=kind) for kind in sorted(changed)), *rest)
                         ahead = ReadAhead(bytes(read), stream, watcher, early)
                         return Reply(reply.status, reply.headers, stream=ahead, reason=reply.reason)
+                    if seen.list_changed is not None:
+                        changed.add(seen.list_changed)
+                read += chunk[:end]
                 if final is not None:
+                    if end == len(chunk) and chunk.endswith(b"\r"):
+                        read += await lf_of_crlf(stream)
                     break
+        except StreamSilent as exc:
+            raise UpstreamTimeout(exc.message, upstream=self.name, excused=True) from exc
         except StreamBroken as exc:
             raise UpstreamUnavailable(exc.message, upstream=self.name) from exc
         finally:
@@ -557,7 +595,7 @@ class HttpUpstream:
                     method, headers.items(), body, on_write, on_queue, lend_credentials=lend_credentials, owner=owner
                 )
                 out_headers = client_headers(response.header_items)
-                if response.content_type == _EVENT_STREAM:
+                if response.content_type == _EVENT_STREAM and response.status not in _NO_BODY:
                     stream = SSEBody(response, stream_idle, self.name, self._idle_clock)
                     return Reply(response.status, out_headers, stream=stream, reason=response.reason or None)
                 raw = await self._read_bounded(response, probe, hold=answer_to is not None)
@@ -579,6 +617,24 @@ class HttpUpstream:
             response.close()
             raise self._too_large(probe, length)
         return await response.read(limit, hold=hold)
+
+
+def encoded(headers: Mapping[str, str]) -> bool:
+    """The answer is in a content coding (gzip, br, ...): its bytes are not the events, so nothing can be
+    read from it or added to it. The proxy never asks for one (it does not forward Accept-Encoding); a
+    server that encodes anyway is passed on unread."""
+    coding = headers.get("Content-Encoding")
+    return coding is not None and coding.strip().lower() not in ("", "identity")
+
+
+async def lf_of_crlf(stream: SSEBody) -> bytes:
+    """After an event that ended a chunk with a CR: ``b"\\n"`` when the stream's next bytes begin with the LF
+    of that CRLF, else ``b""`` (another byte, the stream's end, or its break: the CR stood alone)."""
+    try:
+        chunk = await anext(stream)
+    except (StopAsyncIteration, StreamBroken):
+        return b""
+    return b"\n" if chunk.startswith(b"\n") else b""
 
 
 def _parse_json(content_type: str, raw: bytes) -> Any:

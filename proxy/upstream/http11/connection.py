@@ -13,9 +13,15 @@ measurable; an illegal step raises `IllegalTransition`.
 A pooled connection must never carry one exchange's bytes into the next. Hence, here: a byte arriving
 while IDLE (a late duplicate, an unsolicited answer) closes the connection, as does a second response
 after a complete one; and `finish` takes the connection back to IDLE only when the server allowed
-keep-alive *and* the caller says the whole request has left (an upstream that answered early and kept the
-connection would read the rest of that body as the next request: a body ending in a request of its own
-gets it answered ahead of the next client's).
+keep-alive *and* the caller says the whole request had left before the answer came (an upstream that
+answered early and kept the connection would read the rest of that body as the next request: a body
+ending in a request of its own gets it answered ahead of the next client's) *and* the answer to a request
+with a body is a 2xx. A server may answer an error (413, 401, 404, 400...) after the head alone, without
+reading the body; HTTP then asks it to read and discard the body or to close, and a broken one does
+neither. Whether it read the body cannot be seen from here: the bytes may all have left this side and sit
+unread in the server's socket buffers. A 2xx answer to an MCP request says the body was read (the server
+answered what it carried); any other status does not, so its connection is closed (one reconnect per
+such answer).
 
 Bounds on what an upstream can make the proxy hold; each is a `BadResponse` (or `ResponseTooLarge`) and
 closes the connection: `MAX_HEAD_BYTES`, `MAX_RESPONSE_HEADERS`, `MAX_UNPARSED_BYTES`,
@@ -65,7 +71,7 @@ class ClientConnection:
 
     __slots__ = (
         "_bodiless", "_discard_left", "_events", "_head_bytes", "_interim", "_lines", "_lines_left", "_more",
-        "_parser", "_piece", "_until_close", "_unparsed", "buffered", "complete", "error", "headers",
+        "_parser", "_piece", "_until_close", "_unparsed", "_with_body", "buffered", "complete", "error", "headers",
         "idle_since", "keep_alive", "keepalive", "limit", "reason", "received", "state", "status", "trailers",
     )  # fmt: skip
 
@@ -108,6 +114,8 @@ class ClientConnection:
         """The body has no length: it ends with the peer's clean close (RFC 9112 §6.3)."""
         self._discard_left = 0
         self._bodiless = False
+        self._with_body = False
+        """The request being answered carried a body (`finish`: only a 2xx answer says it was read)."""
 
     # -- what the pool asks -----------------------------------------------------------------------------
 
@@ -133,9 +141,10 @@ class ClientConnection:
     def _illegal(self, event: Event) -> IllegalTransition:
         return IllegalTransition(f"{event} is not allowed in state {self.state}")
 
-    def start(self, bodiless: bool = False) -> None:
+    def start(self, bodiless: bool = False, with_body: bool = False) -> None:
         """A request is being written: the exchange starts with nothing of its response yet. `bodiless`:
-        its answer has no body whatever its head says (the request is a HEAD)."""
+        its answer has no body whatever its head says (the request is a HEAD); `with_body`: the request
+        carries a body."""
         try:
             self.state = TRANSITIONS[self.state][SEND]
         except KeyError:
@@ -146,6 +155,7 @@ class ClientConnection:
         self._lines_left = MAX_RESPONSE_HEADERS
         self.keep_alive = self.complete = self._until_close = False
         self._bodiless = bodiless
+        self._with_body = with_body
         self.limit = None
         self.received = self.buffered = self._head_bytes = self._unparsed = self._interim = 0
         self._piece, self._more = b"", None
@@ -210,11 +220,13 @@ class ClientConnection:
 
     def finish(self, request_left: bool, now: float) -> bool:
         """The reader is done with a complete response. True: the connection is IDLE again (the server
-        allowed keep-alive and nothing of the request is still on its way out: `request_left`); False: it
-        must be closed."""
+        allowed keep-alive, the whole request had left before the answer came: not `request_left`, and a
+        request with a body got a 2xx: the module docstring); False: it must be closed."""
         self.limit = None
         if self.state is not DONE or not self.keep_alive or request_left:
             return False
+        if self._with_body and not 200 <= self.status < 300:
+            return False  # the server may have answered without reading the body, left in the socket
         self.state = TRANSITIONS[DONE][REUSE]  # the state was checked just above
         self.idle_since = now
         return True

@@ -127,7 +127,7 @@ class ConnectionPool:
         if conn is None:
             conn = await self._acquire(owner, on_queue)
         try:
-            await conn.send(parts, on_write, method == "HEAD")
+            await conn.send(parts, on_write, method == "HEAD", bool(body))
         except BaseException:
             conn.abort()
             raise

@@ -7,8 +7,10 @@ adapter owns only what needs the event loop:
 - writing, with flow control: the request is handed to the socket `WRITE_PIECE` bytes at a time, and only
   while the transport's buffer is under its high-water mark (`pause_writing`/`resume_writing`), as slices
   of the caller's bytes, never copies. An upstream that never reads costs at most high-water + one piece
-  of buffer per connection, not the whole body. What is still queued here or in the transport's buffer
-  when the answer completes is "request left": the connection is then closed, never reused;
+  of buffer per connection, not the whole body. A request still queued here or in the transport's buffer
+  when the answer's head arrives, or when the answer completes, is "request left": the server answered
+  before it had it all, and the connection is closed, never reused (nginx's rule; the state machine adds
+  the cases where the request left but may not have been read);
 - reading, with flow control: unread body past `_PAUSE_AT` bytes pauses the socket (a slow client slows
   the upstream, not memory); the reader is woken and reading paused once per read, not per HTTP chunk;
 - the futures a request waits on (its head, more body) and the timer that bounds a drained body;
@@ -46,6 +48,7 @@ class ConnectionProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_discard_timer",
+        "_early",
         "_head",
         "_outgoing",
         "_pool",
@@ -80,6 +83,8 @@ class ConnectionProtocol(asyncio.Protocol):
         self.read_paused = False
         """Reading stopped at `_PAUSE_AT` unread bytes; whoever takes the body calls `resume_reading`."""
         self._discard_timer: asyncio.TimerHandle | None = None
+        self._early = False
+        """The answer's head arrived while part of the request was still on its way out."""
 
     @property
     def expires_at(self) -> float:
@@ -89,7 +94,11 @@ class ConnectionProtocol(asyncio.Protocol):
     # -- the exchange, driven by `ConnectionPool.request` and `Response` ---------------------------------
 
     def send(
-        self, parts: Sequence[bytes], on_write: Callable[[], None] | None = None, bodiless: bool = False
+        self,
+        parts: Sequence[bytes],
+        on_write: Callable[[], None] | None = None,
+        bodiless: bool = False,
+        with_body: bool = False,
     ) -> asyncio.Future[None]:
         """Start writing one request (`parts`, in order); the returned future resolves when the response
         head has arrived. The request goes out as the socket takes it (`_write_more`); an answer may come
@@ -97,11 +106,12 @@ class ConnectionProtocol(asyncio.Protocol):
 
         A connection already closing (the server's FIN read, its close not yet processed) is refused
         before `on_write` is called: nothing is written, so the failure is `ConnectFailed`. `bodiless`: the
-        answer has no body whatever its head says (a HEAD request's)."""
+        answer has no body whatever its head says (a HEAD request's); `with_body`: the request has one."""
         transport = self._transport
         if self.conn.state is CLOSED or transport is None or transport.is_closing():
             raise ConnectFailed("the pooled connection closed before the request was written")
-        self.conn.start(bodiless)
+        self.conn.start(bodiless, with_body)
+        self._early = False
         self._head = head = self._pool.loop.create_future()
         if on_write is not None:
             on_write()
@@ -163,7 +173,11 @@ class ConnectionProtocol(asyncio.Protocol):
         server allowed it and the whole request has left), else closed."""
         self._head = None
         # Part of the request still on its way out (queued here or in the transport's buffer)?
-        request_left = bool(self._outgoing) or (self._transport is not None and self._transport.get_write_buffer_size() > 0)
+        request_left = (
+            self._early
+            or bool(self._outgoing)
+            or (self._transport is not None and self._transport.get_write_buffer_size() > 0)
+        )
         if self.conn.finish(request_left, self._pool.clock()):
             self._pool.release(self)
         else:
@@ -186,6 +200,8 @@ class ConnectionProtocol(asyncio.Protocol):
         events = conn.feed(data)
         if events & HEAD_ARRIVED and self._head is not None and not self._head.done():
             self._head.set_result(None)
+            if self._outgoing or (self._transport is not None and self._transport.get_write_buffer_size()):
+                self._early = True  # answered before it had the whole request
         if events & _RARE and self._react(events):
             return
         if conn.buffered or events & ENDED:
