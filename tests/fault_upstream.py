@@ -65,6 +65,8 @@ class FaultUpstream:
     faults: dict[str, Fault] = field(default_factory=dict)
     attempts: Counter[str] = field(default_factory=Counter)
     received: list[Received] = field(default_factory=list)
+    targets: list[tuple[str, str]] = field(default_factory=list)
+    """(HTTP method, request target as it arrived) of every request, whatever its method."""
     url: str = ""
     cancelled: int = 0
     """Requests whose handler was cancelled because the proxy closed the connection."""
@@ -98,6 +100,7 @@ class FaultUpstream:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.targets.append((request.method, request.raw_path))
         if request.method != "POST":
             return web.Response(status=405)
         raw = await request.read()

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from proxy.app import ProxyServer, running_proxy
 from tests.conftest import proxy_config
@@ -21,7 +22,7 @@ def call_tool(name: str, request_id: int | str = 9) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": name, "arguments": {}}}
 
 
-async def post(url: str, payload: Any = None, *, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def post(url: str | URL, payload: Any = None, *, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     async with aiohttp.ClientSession() as session:
         body = data if data is not None else json.dumps(payload).encode()
         async with session.post(url, data=body, headers={**JSON_HEADERS, **(headers or {})}) as response:
@@ -486,3 +487,60 @@ def test_a_refused_host_with_user_information_is_logged_without_it() -> None:
     with capture_logs() as logs:
         policy.refused_host("user:SEC51abc@evil.example")
     assert logs and "SEC51abc" not in json.dumps(logs) and "evil.example" in json.dumps(logs)
+
+
+# --- the query string ----------------------------------------------------------------------------------
+
+
+async def test_the_query_string_reaches_the_upstream_unchanged_after_the_urls_own(upstream: FaultUpstream) -> None:
+    """A client's ``?token=…`` (some servers authenticate by it) reaches the upstream as sent, on POST, GET
+    and DELETE alike, after the query the configured upstream URL carries; it never lands in a log line
+    or an event (the call below fails, so it makes both)."""
+    from structlog.testing import capture_logs
+
+    upstream.fault("tools/call", "lookup", status=503)
+    query = "token=SEC1qs%2Fx&foo=bar&e=%E2%82%AC&q=a=b?c"
+    events: list[dict[str, Any]] = []
+    async with running_proxy(proxy_config(upstream.url + "?key=abc", logging={"access_log": True})) as proxy:
+        proxy.bus.listeners.append(events.append)
+        url = URL(f"{mcp_url(proxy)}?{query}", encoded=True)  # sent as written
+        with capture_logs() as logs:
+            assert (await post(url, LIST))[0] == 200
+            assert (await post(url, call_tool("lookup")))[0] == 503
+            assert (await post(url, {"jsonrpc": "2.0", "method": "notifications/initialized"}))[0] == 202
+            async with aiohttp.ClientSession() as session:
+                for method in ("GET", "DELETE"):
+                    async with session.request(method, url, headers=JSON_HEADERS) as response:
+                        assert response.status == 405  # the upstream's own answer
+        assert (await post(mcp_url(proxy), LIST))[0] == 200  # no query: the URL's alone
+    assert upstream.targets == [
+        ("POST", f"/mcp?key=abc&{query}"),
+        ("POST", f"/mcp?key=abc&{query}"),
+        ("POST", f"/mcp?key=abc&{query}"),
+        ("GET", f"/mcp?key=abc&{query}"),
+        ("DELETE", f"/mcp?key=abc&{query}"),
+        ("POST", "/mcp?key=abc"),
+    ]
+    assert any(event["type"] == "call_failed" for event in events) and logs
+    assert "SEC1qs" not in json.dumps(events) + json.dumps(logs, default=str)
+
+
+async def test_the_query_string_without_one_in_the_upstream_url(upstream: FaultUpstream) -> None:
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        assert (await post(f"{mcp_url(proxy)}?token=x&foo=bar", LIST))[0] == 200
+        assert (await post(f"{mcp_url(proxy)}?", LIST))[0] == 200
+    assert upstream.targets == [("POST", "/mcp?token=x&foo=bar"), ("POST", "/mcp")]
+
+
+async def test_two_query_strings_are_two_cache_entries(upstream: FaultUpstream) -> None:
+    """A query may name who is asking (``?token=``) or what (``?tenant=``): a stored answer never serves
+    a call with another query, even under ``scope: shared``."""
+    read = {"jsonrpc": "2.0", "id": 3, "method": "resources/read", "params": {"uri": "demo://facts"}}
+    for scope in ("private", "shared"):
+        config = proxy_config(upstream.url, upstream={"cache": {"mode": "ttl", "ttl": "1m", "scope": scope}})
+        async with running_proxy(config) as proxy:
+            caches = []
+            for query in ("token=a", "token=b", "token=a", ""):
+                status, headers, _ = await post(f"{mcp_url(proxy)}?{query}", read)
+                caches.append((status, headers.get("X-Mcp-Proxy-Cache")))
+        assert caches == [(200, None), (200, None), (200, "hit"), (200, None)], scope

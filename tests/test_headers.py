@@ -18,6 +18,7 @@ from proxy.mcp.headers import (
     HostPolicy,
     RefusalLog,
     client_headers,
+    client_query,
     forwarded,
     upstream_headers,
 )
@@ -49,6 +50,19 @@ def test_client_headers_keep_session_id_and_drop_framing() -> None:
     assert list(client_headers(incoming.items()).items()) == [
         ("Content-Type", "text/event-stream"), ("Mcp-Session-Id", "s1"), ("Cache-Control", "no-cache"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent"),
+    [
+        ("token=x&foo=bar", "token=x&foo=bar"),
+        ("a=%41%2f&b=%zz&c=\"<>{}|\\^`?=", "a=%41%2f&b=%zz&c=\"<>{}|\\^`?="),  # as sent, escapes and oddities kept
+        ("e=\u00e9 x", "e=%C3%A9%20x"),  # what no request line may carry (aiohttp's Python parser lets it in)
+        ("n=a\x00b\x7f", "n=a%00b%7F"),
+    ],
+)
+def test_a_client_query_passes_as_sent_but_for_what_no_request_line_carries(raw: str, sent: str) -> None:
+    assert client_query(raw) == sent
 
 
 def test_client_headers_drop_what_the_upstream_connection_header_names() -> None:

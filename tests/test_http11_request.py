@@ -27,6 +27,13 @@ def test_the_head_is_exact() -> None:
     assert encode_head(ORIGIN, "GET", [], None) == b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 
 
+def test_a_client_query_follows_the_urls_own() -> None:
+    assert encode_head(ORIGIN, "GET", [], None, query="t=1&u=%2F").startswith(b"GET /mcp?t=1&u=%2F HTTP/1.1\r\n")
+    with_query = Origin("http://127.0.0.1:8080/mcp?key=a%20b")
+    assert encode_head(with_query, "GET", [], None, query="t=1").startswith(b"GET /mcp?key=a%20b&t=1 HTTP/1.1\r\n")
+    assert encode_head(with_query, "GET", [], None).startswith(b"GET /mcp?key=a%20b HTTP/1.1\r\n")
+
+
 @pytest.mark.parametrize(
     "name",
     ["", "X A", "X:A", "X\tA", "X\x00A", "X\x7fA", "Ümlaut", "X-A\r\nX-B", "(comment)", "a/b", "a@b", 'a"b', "{a}", "a\\b"],

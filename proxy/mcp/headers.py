@@ -7,6 +7,9 @@ any named in `Connection`) stop here. `Host` is set for the upstream by the HTTP
 `Accept-Encoding` is dropped so the upstream answers uncompressed: the proxy must read SSE events as
 they pass, and a same-host sidecar gains nothing from compression.
 
+The request target's query (``/mcp?token=…``) passes too, as the client sent it (`client_query`), after
+the one the upstream URL carries: some servers read a credential or a tenant there.
+
 `X-Forwarded-For`, `X-Forwarded-Proto` and RFC 7239 `Forwarded` are the one exception to "unchanged": a
 client could otherwise claim any address, and an upstream that trusts them from a loopback peer (uvicorn's
 ``--forwarded-allow-ips`` default is 127.0.0.1, exactly where a sidecar connects from) would believe it.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import structlog
 from multidict import CIMultiDict
@@ -35,6 +38,7 @@ __all__ = [
     "HostPolicy",
     "RefusalLog",
     "client_headers",
+    "client_query",
     "forwarded",
     "upstream_headers",
 ]
@@ -131,6 +135,20 @@ def forwarded(headers: CIMultiDict[str], peer: str | None, mode: str, proto: str
     headers["X-Forwarded-For"] = ", ".join([*sent_for, address])
     headers["X-Forwarded-Proto"] = sent_proto[0] if sent_proto else proto
     headers["Forwarded"] = ", ".join([*sent_forwarded, element])
+
+
+_QUERY_AS_IS: Final = frozenset(chr(code) for code in range(0x21, 0x7F)) - {"#"}
+"""What a query passes on as sent: visible ASCII (a fragment never reaches the upstream)."""
+
+
+def client_query(raw: str) -> str:
+    """The query a client sent (`raw`: as it came, percent escapes and all), fit for the upstream's request
+    line: unchanged, but for a character no request line may carry (a space, a control character,
+    non-ASCII: aiohttp's C parser refuses them, its Python one does not), which is percent-encoded as
+    UTF-8. A query may hold a credential (``?token=``): it is never logged."""
+    if _QUERY_AS_IS.issuperset(raw):
+        return raw
+    return "".join(c if c in _QUERY_AS_IS else quote(c.encode("utf-8", "surrogateescape"), safe="") for c in raw)
 
 
 def client_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:

@@ -90,6 +90,10 @@ class Call:
     """The downstream client connection this call came on (a number unique in this process): an upstream
     connection is reused only for calls of the connection that used it, so a server's stray bytes can
     only ever reach the client whose exchange they garbled, as without a proxy (`proxy.upstream.http11.client`)."""
+    query: str = ""
+    """The client's query string, as it sent it ('' without one): the upstream gets it after its URL's own
+    (`proxy.mcp.headers.client_query`), and it is part of a cache key (it may name who or what is asked).
+    Never logged: it may hold a credential."""
     lend_credentials: bool = True
     """May the upstream URL's user and password stand in for the client's own Authorization? Not when the
     client sent one that the proxy dropped (named in `Connection`): it asked as someone, and must never be

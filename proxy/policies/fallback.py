@@ -12,8 +12,8 @@ client that asked hears it. It never classifies on its own.
 - What is stored is the ``result`` of a 2xx JSON-RPC success. Errors, ``isError`` tool results,
   ``input_required`` results and streamed answers are never stored, nor is an answer that is its
   caller's own: one carrying ``Set-Cookie`` or ``Cache-Control: private`` / ``no-store``.
-- The key is the upstream, the method, the protocol version, the params minus ``_meta`` as canonical
-  JSON (exact: `Message.canonical_arguments`), and, unless the policy is ``shared``, the credential
+- The key is the upstream, the method, the protocol version, the client's query string, the params minus
+  ``_meta`` as canonical JSON (exact: `Message.canonical_arguments`), and, unless the policy is ``shared``, the credential
   scope: a hash over every credential-bearing header the upstream receives (`proxy.server.classify.
   credential_scope`: deny-by-default, so Authorization, Cookie, X-Api-Key, the configured identity
   header, Mcp-Session-Id and any header the proxy does not know all count; only headers that are
@@ -65,10 +65,12 @@ CACHE_META: Final = "io.github.mcp-resilience-proxy/cache"
 CACHE_HEADER: Final = "X-Mcp-Proxy-Cache"
 
 Key = bytes
-"""An entry's key within its upstream's store: the method, the protocol version and the credential scope,
-each prefixed with its length (``10:tools/call10:2025-06-1816:<hash>``; the scope is ``-`` for an answer
-every client may share), then the canonical params. The prefixes delimit every part, so two keys are
-equal exactly when all four parts are, whatever characters the parts hold (a header may hold any)."""
+"""An entry's key within its upstream's store: the method, the protocol version, the client's query string
+(`Call.query`: it may name who or what is asked, so even a shared answer is shared only with the same
+query) and the credential scope, each prefixed with its length (``10:tools/call10:2025-06-180:16:<hash>``;
+the scope is ``-`` for an answer every client may share), then the canonical params. The prefixes delimit
+every part, so two keys are equal exactly when all five parts are, whatever characters the parts hold (a
+header may hold any)."""
 FlightKey = tuple[str, Key]
 """(upstream, private key). A flight is keyed like a private entry, whatever the policy's scope: a call in
 flight was made with one set of credentials, and its answer is not yet known to be shareable. The
@@ -344,8 +346,8 @@ def _keys(call: Call) -> tuple[Key, Key]:
     """(private key, shared key) of a call within its upstream's store (`Key`). Concatenation makes each an
     exact-size ``bytes``, whatever buffer orjson handed the params back in."""
     params = call.message.canonical_arguments()
-    method, protocol, scope = call.method, call.protocol, call.credential_scope
-    head = f"{len(method)}:{method}{len(protocol)}:{protocol}"
+    method, protocol, query, scope = call.method, call.protocol, call.query, call.credential_scope
+    head = f"{len(method)}:{method}{len(protocol)}:{protocol}{len(query)}:{query}"
     private = f"{head}{len(scope)}:{scope}".encode("utf-8", "surrogatepass") + params
     return private, f"{head}-".encode("utf-8", "surrogatepass") + params
 

@@ -62,6 +62,8 @@ class ClientRequest:
     """The client connection it came on (`Call.owner`)."""
     started: float
     """When it was read (`time.perf_counter`)."""
+    query: str = ""
+    """The query string as sent (`Call.query`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,4 +260,5 @@ def classify(request: ClientRequest, route: CallRoute) -> Call:
         owner=request.owner,
         buffered=is_read_method(method),
         started=request.started,
+        query=request.query,
     )

@@ -60,7 +60,7 @@ from multidict import CIMultiDict
 
 from proxy.config.resolve import Policy
 from proxy.errors import ProxyError
-from proxy.mcp.headers import forwarded, upstream_headers
+from proxy.mcp.headers import client_query, forwarded, upstream_headers
 from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
 from proxy.policies.base import Attempt, Call, Reply, last_attempt
@@ -238,7 +238,7 @@ class McpHandler:
         if made_for is not runtime:
             call_routes = self._call_routes(runtime)
         owner, started = _owner_of(request), time.perf_counter()
-        sent = ClientRequest(message, body, request.headers, headers, request.remote, owner, started)
+        sent = ClientRequest(message, body, request.headers, headers, request.remote, owner, started, _query_of(request))
         return await self._call(request, runtime, route, classify(sent, call_routes[request.path]))
 
     def _call_routes(self, runtime: Runtime) -> dict[str, CallRoute]:
@@ -419,8 +419,8 @@ class McpHandler:
                 method, headers, body, timeouts.per_try, None,
                 lend_credentials=lends_credentials(request.headers, headers),
                 answer_to=None if message is None else AnswerTo.of(message),
-                owner=_owner_of(request),
-            )
+                owner=_owner_of(request), query=_query_of(request),
+            )  # fmt: skip
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
@@ -540,6 +540,12 @@ def _owner_of(request: web.BaseRequest) -> int:
         except AttributeError:  # a protocol without a __dict__ (not the proxy's listener): no affinity
             return owner
     return owner
+
+
+def _query_of(request: web.BaseRequest) -> str:
+    """The query string the client sent, as it sent it (`client_query`), for the upstream's request line."""
+    raw = request.rel_url.raw_query_string
+    return client_query(raw) if raw else ""
 
 
 _REJECTED_AS: dict[int, str] = {-32700: "bad_json", -32602: "bad_name"}

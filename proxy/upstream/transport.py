@@ -441,6 +441,7 @@ class HttpUpstream:
         reply = await self.exchange(
             "POST", call.headers, call.body, None, idle, written, queued,
             answer_to=AnswerTo.of(call.message), lend_credentials=call.lend_credentials, owner=call.owner,
+            query=call.query,
         )  # fmt: skip
         if call.buffered and reply.stream is not None:
             return await self._buffer_stream(reply, call.message.id)
@@ -578,6 +579,7 @@ class HttpUpstream:
         answer_to: AnswerTo | None = None,
         lend_credentials: bool = True,
         owner: int | None = None,
+        query: str = "",
     ) -> Reply:
         """Send one HTTP request upstream; return its answer with the body read or streamed.
 
@@ -587,13 +589,15 @@ class HttpUpstream:
         (a GET, a DELETE). `lend_credentials`: False when the client's own Authorization was removed on
         the way, so the URL's credentials are not sent in its place (`ConnectionPool.head`). `owner`: the
         downstream client connection the request came on (`Call.owner`): only its own upstream connections
-        carry it (`proxy.upstream.http11.client`, affinity); None for requests of nobody's (they share their own)."""
+        carry it (`proxy.upstream.http11.client`, affinity); None for requests of nobody's (they share their own).
+        `query`: the client's query string, after the upstream URL's own (`Call.query`)."""
         with upstream_errors(self.name, timeout, too_large=lambda: self._too_large(probe)) as boundary:
             async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
                 pool = self._pool_for(probe)
                 response = boundary.response = await pool.request(
-                    method, headers.items(), body, on_write, on_queue, lend_credentials=lend_credentials, owner=owner
-                )
+                    method, headers.items(), body, on_write, on_queue, lend_credentials=lend_credentials, owner=owner,
+                    query=query,
+                )  # fmt: skip
                 out_headers = client_headers(response.header_items)
                 if response.content_type == _EVENT_STREAM and response.status not in _NO_BODY:
                     stream = SSEBody(response, stream_idle, self.name, self._idle_clock)

@@ -102,6 +102,7 @@ class ConnectionPool:
         *,
         lend_credentials: bool = True,
         owner: int | None = None,
+        query: str = "",
     ) -> Response:
         """Send one request; return once the answer's head has arrived, its body still to be read.
 
@@ -110,10 +111,10 @@ class ConnectionPool:
         the request has to queue for a connection (the pool is at its limit), `on_queue(False)` when it
         leaves the queue: a caller's own timeout that ends while queued is the pool's limit speaking.
         The caller's timeout or cancellation also covers writing the request, and closes the connection.
-        `lend_credentials`: see `encode_head`. `owner`: the downstream client connection the request came on; only
+        `lend_credentials`, `query`: see `encode_head`. `owner`: the downstream client connection the request came on; only
         a connection of that owner (or a new one) carries it (the module docstring: affinity).
         """
-        head = encode_head(self.origin, method, headers, body, lend_credentials)
+        head = encode_head(self.origin, method, headers, body, lend_credentials, query)
         # A small request goes out in one write, as one segment; a large body is written from the
         # caller's bytes, piece by piece, never copied.
         if not body:

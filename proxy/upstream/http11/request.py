@@ -37,7 +37,7 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 class Origin:
     """Where a pool connects and what every request carries: parsed once from the upstream URL."""
 
-    __slots__ = ("authorization", "host", "host_header", "port", "ssl", "target")
+    __slots__ = ("authorization", "host", "host_header", "port", "query", "ssl", "target")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -52,6 +52,8 @@ class Origin:
         self.host_header = name if default_port else f"{name}:{self.port}"
         # What a config may spell raw (a space, non-ASCII) goes out percent-encoded; escapes already there stay.
         path = quote(parts.path or "/", safe=_PATH_SAFE)
+        self.query = bool(parts.query)
+        """The URL has a query of its own: a client's is joined on with ``&``."""
         self.target = path + (f"?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else "")
         self.authorization: str | None = None
         if parts.username is not None:
@@ -62,17 +64,27 @@ class Origin:
 
 
 def encode_head(
-    origin: Origin, method: str, headers: Iterable[tuple[str, str]], body: bytes | None, lend_credentials: bool = True
+    origin: Origin,
+    method: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes | None,
+    lend_credentials: bool = True,
+    query: str = "",
 ) -> bytes:
     """The request line and headers, with Host and (for a body) Content-Length set here.
 
     The URL's credentials (`Origin.authorization`) go on a request without an Authorization of its
     own only when `lend_credentials`: a caller says False when its client did send one that was
     removed on the way (a ``Connection: Authorization``), as the proxy must not speak for a client
-    in its own name. A name that is not a token, or a value with CR, LF or NUL: `InvalidHeader`."""
+    in its own name. `query` (the client's, as `proxy.mcp.headers.client_query` passed it) follows the
+    URL's own query, joined with ``&``. A name that is not a token, or a value with CR, LF or NUL:
+    `InvalidHeader`."""
     if method not in _METHODS and _TOKEN.fullmatch(method) is None:
         raise InvalidHeader(f"the method {method[:40]!r} is not a token")
-    lines = [f"{method} {origin.target} HTTP/1.1", f"Host: {origin.host_header}"]
+    target = origin.target
+    if query:
+        target = f"{target}{'&' if origin.query else '?'}{query}"
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}"]
     names = _NAMES
     has_auth = False
     for name, value in headers:
