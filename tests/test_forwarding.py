@@ -544,3 +544,79 @@ async def test_two_query_strings_are_two_cache_entries(upstream: FaultUpstream) 
                 status, headers, _ = await post(f"{mcp_url(proxy)}?{query}", read)
                 caches.append((status, headers.get("X-Mcp-Proxy-Cache")))
         assert caches == [(200, None), (200, None), (200, "hit"), (200, None)], scope
+
+
+# --- the upstream's Server and Date ---------------------------------------------------------------------
+
+
+class CannedUpstream:
+    """A raw upstream on 127.0.0.1 that answers every request with `answer` (bytes exactly as given):
+    aiohttp would add a Server header of its own, which is what the test must tell apart."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._serving: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def __aenter__(self) -> CannedUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/mcp"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._serving.values():
+            writer.close()
+        await asyncio.gather(*self._serving)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving[task] = writer
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+                )
+                await reader.readexactly(length)
+                writer.write(self.answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def canned(content_type: bytes, body: bytes, server: bytes | None) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\n"
+    if server is not None:
+        head += b"Server: " + server + b"\r\n"
+    if content_type == b"text/event-stream":
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.mark.parametrize("server", [b"upstream-server/1.0", None], ids=["its own", "none"])
+@pytest.mark.parametrize("kind", ["json", "sse", "read", "relayed"])
+async def test_the_upstreams_server_and_date_reach_the_client_unchanged(kind: str, server: bytes | None) -> None:
+    """The client hears the upstream's own Server and Date headers (or no Server, if it sent none), never
+    aiohttp's in their place, whether the answer was buffered, streamed, read whole, or relayed."""
+    answer = b'{"jsonrpc":"2.0","id":9,"result":{}}'
+    content_type = b"text/event-stream" if kind in ("sse", "read") else b"application/json"
+    body = b"event: message\ndata: " + answer + b"\n\n" if content_type == b"text/event-stream" else answer
+    message = {"json": call_tool("lookup"), "sse": call_tool("lookup"), "read": LIST, "relayed": {"jsonrpc": "2.0", "method": "x"}}
+    async with CannedUpstream(canned(content_type, body, server)) as upstream:
+        async with running_proxy(proxy_config(upstream.url)) as proxy:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(mcp_url(proxy), json={**message[kind], "id": 9}, headers=JSON_HEADERS) as response:
+                    assert response.status == 200
+                    got = response.headers
+                    await response.read()
+    assert got.getall("Date") == ["Mon, 01 Jan 2001 00:00:00 GMT"]
+    assert got.getall("Server", []) == ([] if server is None else [server.decode()])
+
+
+async def test_the_proxys_own_answers_still_say_who_made_them(proxy: ProxyServer) -> None:
+    status, headers, _ = await post(mcp_url(proxy), data=b"{not json")
+    assert status == 400 and headers["Server"].startswith("Python/") and "Date" in headers

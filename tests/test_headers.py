@@ -42,13 +42,14 @@ def test_upstream_headers_keep_end_to_end_and_drop_hop_by_hop() -> None:
     ]
 
 
-def test_client_headers_keep_session_id_and_drop_framing() -> None:
+def test_client_headers_keep_session_id_server_and_date_and_drop_framing() -> None:
     incoming = CIMultiDict(
         [("Content-Type", "text/event-stream"), ("Mcp-Session-Id", "s1"), ("Transfer-Encoding", "chunked"),
          ("Content-Length", "5"), ("Server", "upstream"), ("Date", "x"), ("Cache-Control", "no-cache")]
     )
     assert list(client_headers(incoming.items()).items()) == [
-        ("Content-Type", "text/event-stream"), ("Mcp-Session-Id", "s1"), ("Cache-Control", "no-cache"),
+        ("Content-Type", "text/event-stream"), ("Mcp-Session-Id", "s1"), ("Server", "upstream"), ("Date", "x"),
+        ("Cache-Control", "no-cache"),
     ]
 
 

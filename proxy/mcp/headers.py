@@ -7,6 +7,9 @@ any named in `Connection`) stop here. `Host` is set for the upstream by the HTTP
 `Accept-Encoding` is dropped so the upstream answers uncompressed: the proxy must read SSE events as
 they pass, and a same-host sidecar gains nothing from compression.
 
+The upstream's own ``Server`` and ``Date`` reach the client unchanged (and no ``Server`` when it sent
+none: `proxy.server.relay.Relayed`); only the proxy's own answers carry aiohttp's.
+
 The request target's query (``/mcp?token=…``) passes too, as the client sent it (`client_query`), after
 the one the upstream URL carries: some servers read a credential or a tenant there.
 
@@ -66,7 +69,7 @@ HOP_BY_HOP: frozenset[str] = frozenset(
     )
 )
 _NOT_TO_UPSTREAM: frozenset[str] = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
-_NOT_TO_CLIENT: frozenset[str] = HOP_BY_HOP | {"content-length", "date", "server"}
+_NOT_TO_CLIENT: frozenset[str] = HOP_BY_HOP | {"content-length"}
 
 
 def _filtered(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> CIMultiDict[str]:

@@ -67,7 +67,7 @@ from proxy.policies.base import Attempt, Call, Reply, last_attempt
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
-from proxy.server.relay import Relay, headers_for, learn_annotations
+from proxy.server.relay import Relay, Relayed, headers_for, learn_annotations
 from proxy.upstream.transport import AnswerTo
 
 __all__ = ["McpHandler"]
@@ -339,7 +339,7 @@ class McpHandler:
                     learn_annotations(route, call, reply.message)
                 else:
                     self._answered_with_failure(runtime, call, reply, outcome)
-                return web.Response(status=reply.status, reason=reply.reason, body=reply.body, headers=headers_for(reply))
+                return Relayed(status=reply.status, reason=reply.reason, body=reply.body, headers=headers_for(reply))
 
             def settle(value: str) -> None:
                 nonlocal outcome
@@ -426,7 +426,7 @@ class McpHandler:
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
             return _error_response(exc, None)
         if reply.stream is None:
-            return web.Response(status=reply.status, reason=reply.reason, body=reply.body, headers=reply.headers)
+            return Relayed(status=reply.status, reason=reply.reason, body=reply.body, headers=reply.headers)
         return await self._relay.pass_on(request, runtime, upstream.name, reply)
 
     async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:

@@ -38,7 +38,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly, UpstreamProtocolError
@@ -49,7 +49,7 @@ from proxy.policies.failures import OK, Verdict, classify_error
 from proxy.runtime import Route, Runtime
 from proxy.upstream.transport import ReadAhead, SSEBody, encoded, lf_of_crlf
 
-__all__ = ["DISCARDED_EVENT", "MAX_HELD_EVENT", "Relay", "headers_for", "learn_annotations"]
+__all__ = ["DISCARDED_EVENT", "MAX_HELD_EVENT", "Relay", "Relayed", "headers_for", "learn_annotations"]
 
 MAX_HELD_EVENT = 1024 * 1024
 """The most of an unfinished event the relay holds back (`Relay._pump`): past it the event passes as it
@@ -405,7 +405,26 @@ def headers_for(reply: Reply) -> CIMultiDict[str]:
     return headers
 
 
-class _EventStream(web.StreamResponse):
+class _TheirServer(web.StreamResponse):
+    """An answer of the upstream's: its ``Server`` header is the upstream's, or none when it sent none.
+
+    aiohttp gives every answer a ``Server: Python/… aiohttp/…`` of its own unless one is set: that would
+    name the proxy's stack in place of the server's (an Express server sends none). ``Date`` is the
+    upstream's too; aiohttp adds one only when it sent none, as RFC 9110 asks of a forwarder with a clock.
+    aiohttp has no public hook for it: `_prepare_headers` is where it adds them (tests pin it)."""
+
+    async def _prepare_headers(self) -> None:
+        theirs = hdrs.SERVER in self.headers
+        await super()._prepare_headers()
+        if not theirs:
+            self.headers.popall(hdrs.SERVER, None)
+
+
+class Relayed(_TheirServer, web.Response):
+    """A buffered answer of the upstream's (JSON, or a read's SSE read whole), as the client gets it."""
+
+
+class _EventStream(_TheirServer):
     """An SSE answer whose head leaves with its first bytes: one write to the client, not two (a write is a
     system call, about a twentieth of the proxy's CPU per streamed call, measured). aiohttp sends a
     `StreamResponse`'s head at once unless told (`_send_headers_immediately`, as its `web.Response` does);
