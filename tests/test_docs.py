@@ -228,7 +228,8 @@ def emitted_reasons() -> dict[str, str]:
     written: found in ``proxy/`` with `ast` wherever a reason is spelled out, i.e. the value of a
     ``{"reason": ...}`` dict, a string assigned to a variable named ``reason`` (also in a tuple assignment,
     a conditional expression, or a ``.get(code, "default")`` of a module-level dict, whose values count
-    too), the third argument of `REFUSERS`, and the ``reason`` of every `ProxyError` class."""
+    too), a ``reason=`` keyword argument, the third argument of `REFUSERS`, and the ``reason`` of every
+    `ProxyError` class."""
     found: dict[str, str] = {cls.reason: "proxy/errors.py" for cls in proxy_errors() if cls.reason}
     for path in sorted((REPO / "proxy").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -255,7 +256,9 @@ def emitted_reasons() -> dict[str, str]:
                     add(entry, line)
 
         for node in ast.walk(tree):
-            if isinstance(node, ast.Dict):
+            if isinstance(node, ast.keyword) and node.arg == "reason":  # MessageError(..., reason="too_many_values")
+                add(node.value, getattr(node, "lineno", 0))
+            elif isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values, strict=True):
                     if isinstance(key, ast.Constant) and key.value == "reason":
                         add(value, node.lineno)
@@ -279,6 +282,7 @@ def test_the_error_table_has_a_row_for_every_reason_the_proxy_answers_with() -> 
     ``no_endpoint``, ``internal_error``...) each have a row naming their reason."""
     emitted = emitted_reasons()
     assert {"bad_json", "not_jsonrpc", "no_endpoint", "header_timeout", "internal_error", "rate_limited"} <= set(emitted)
+    assert {"bad_http_request", "missing_host", "body_timeout"} <= set(emitted)
     documented = {
         reason for row in table(DOCS / "failure-semantics.md", ERRORS_HEADER) for reason in re.findall(r"`(\w+)`", cells(row)[3])
     }

@@ -329,15 +329,20 @@ async def test_options_preflights_reach_the_upstream(proxy: ProxyServer, upstrea
             assert response.content_type != "application/json"
 
 
-async def test_a_stalled_body_gets_408_and_the_proxy_keeps_serving(upstream: FaultUpstream) -> None:
+async def test_a_stalled_body_gets_408_the_connection_closes_and_the_proxy_keeps_serving(upstream: FaultUpstream) -> None:
+    """The rest of a stalled body may still come: the 408 says ``Connection: close`` and the proxy closes,
+    so those bytes can never be read as the next request."""
     async with running_proxy(proxy_config(upstream.url, limits={"body_timeout": "200ms"})) as proxy:
         host, port = proxy.listen_address
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"")
         await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        answer = await asyncio.wait_for(reader.read(), 20)  # up to the proxy's close (after LINGER)
         writer.close()
-        assert head.startswith(b"HTTP/1.1 408")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert b"\r\nConnection: close\r\n" in head + b"\r\n" and b"\r\nX-Mcp-Proxy-Error: body_timeout\r\n" in head
+        assert json.loads(body)["error"]["data"] == {"reason": "body_timeout"}
         status, _, body = await post(mcp_url(proxy), LIST)
         assert status == 200 and json.loads(body)["id"] == 1
 
@@ -365,6 +370,7 @@ async def test_requests_aiohttp_cannot_parse_still_get_jsonrpc_errors(
     writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0].endswith(b" " + status) and b"Content-Type: application/json" in head
+    assert b"\r\nX-Mcp-Proxy-Error: " + reason.encode() + b"\r\n" in head + b"\r\n"
     error = json.loads(body)
     assert (error["id"], error["error"]["code"], error["error"]["data"]) == (None, -32600, {"reason": reason})
     assert b"aaaa" not in answer
@@ -381,6 +387,7 @@ async def test_a_crash_in_the_proxy_is_a_jsonrpc_500_not_a_traceback_page(
     monkeypatch.setattr("proxy.server.handler.classify", broken)
     status, headers, body = await post(mcp_url(proxy), LIST, headers={"Accept": "text/html"})
     assert status == 500 and headers["Content-Type"] == "application/json"
+    assert headers["X-Mcp-Proxy-Error"] == "internal_error"
     assert json.loads(body)["error"] == {"code": -32603, "message": "500 Internal Server Error", "data": {"reason": "internal_error"}}
     assert b"a bug" not in body and b"Traceback" not in body
 

@@ -53,10 +53,22 @@ async def connection(proxy: ProxyServer) -> AsyncIterator[tuple[asyncio.StreamRe
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, Any]]:
     """One whole answer with a Content-Length: (status line, parsed JSON body)."""
+    line, _, body = await read_whole(reader)
+    return line, body
+
+
+async def read_whole(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], dict[str, Any]]:
+    """One whole answer with a Content-Length: (status line, headers, parsed JSON body)."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
-    body = await asyncio.wait_for(reader.readexactly(length), WAIT)
-    return head.split(b"\r\n")[0], json.loads(body)
+    line, headers = head_of(head)
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), WAIT)
+    return line, headers, json.loads(body)
+
+
+def head_of(head: bytes) -> tuple[bytes, dict[str, str]]:
+    """(status line, headers by lower-case name) of an answer's head."""
+    line, *fields = head.rstrip(b"\r\n").split(b"\r\n")
+    return line, {name.decode().lower(): value.decode().strip() for name, _, value in (f.partition(b":") for f in fields)}
 
 
 async def until_closed(reader: asyncio.StreamReader) -> bytes:
@@ -74,7 +86,11 @@ def rejected(proxy: ProxyServer, reason: str) -> float:
 
 def error_of(answer: bytes) -> tuple[bytes, dict[str, Any]]:
     head, _, body = answer.partition(b"\r\n\r\n")
-    return head.split(b"\r\n")[0], json.loads(body)
+    line, headers = head_of(head)
+    error = json.loads(body)
+    # Every refusal of the proxy's own says so, with its reason, and closes the connection.
+    assert (headers["x-mcp-proxy-error"], headers["connection"]) == (error["error"]["data"]["reason"], "close")
+    return line, error
 
 
 # --- header timeout ------------------------------------------------------------------------------
@@ -237,8 +253,9 @@ async def test_a_head_over_the_total_size_gets_431_and_is_never_forwarded(upstre
     """Ten 7 KB headers: each under aiohttp's 8190-byte line limit, 70 KB together (over 60 KiB)."""
     async with running_proxy(proxy_config(upstream.url)) as proxy, connection(proxy) as (reader, writer):
         writer.write(request(extra=b"".join(b"X-Big-%d: " % n + b"a" * 7000 + b"\r\n" for n in range(10))))
-        status, error = await read_answer(reader)
+        status, headers, error = await read_whole(reader)
         assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+        assert headers["x-mcp-proxy-error"] == "headers_too_large"
         assert error["error"]["code"] == -32600 and error["error"]["data"] == {"reason": "headers_too_large"}
         assert rejected(proxy, "headers_too_large") == 1
     assert upstream.attempts.total() == 0
@@ -263,10 +280,11 @@ async def test_more_headers_than_the_count_get_431(upstream: FaultUpstream, coun
     extra = b"".join(b"X-H-%d: 1\r\n" % n for n in range(count - 4))
     async with running_proxy(proxy_config(upstream.url)) as proxy, connection(proxy) as (reader, writer):
         writer.write(request(extra=extra))
-        line, body = await read_answer(reader)
+        line, headers, body = await read_whole(reader)
         assert int(line.split()[1]) == status
         if status == 431:
             assert body["error"]["data"] == {"reason": "headers_too_large"}
+            assert headers["x-mcp-proxy-error"] == "headers_too_large"
     assert upstream.attempts.total() == (1 if status == 200 else 0)
 
 
@@ -284,8 +302,9 @@ async def test_a_request_without_host_is_refused(upstream: FaultUpstream, host: 
     config = proxy_config(upstream.url, security={"allowed_hosts": ["*"]})
     async with running_proxy(config) as proxy, connection(proxy) as (reader, writer):
         writer.write(request(host=host).replace(b"HTTP/1.1", version, 1))
-        line, error = await read_answer(reader)
+        line, headers, error = await read_whole(reader)
         assert line.split(b" ", 1)[1] == b"400 Bad Request"
+        assert headers["x-mcp-proxy-error"] == "missing_host"
         assert error["error"]["code"] == -32600 and error["error"]["data"] == {"reason": "missing_host"}
         assert rejected(proxy, "missing_host") == 1
     assert upstream.attempts.total() == 0

@@ -19,6 +19,7 @@ Host or Origin not allowed                403     JSON-RPC error -32600, data.re
 not POST/GET/DELETE/OPTIONS               405     JSON-RPC error -32600, ``Allow`` header
 POST without application/json             415     JSON-RPC error -32600
 body over ``limits.max_body_bytes``       413     JSON-RPC error -32600
+body not within ``limits.body_timeout``   408     JSON-RPC error -32600; the connection closes
 malformed JSON                            400     JSON-RPC error -32700, id null
 JSON but not JSON-RPC, or over a bound    400     JSON-RPC error -32600 (-32602 for a tool or
 of ``proxy.mcp.jsonrpc`` (depth, names, batch)        prompt name), the id if readable
@@ -214,9 +215,11 @@ class McpHandler:
                     body = await self._read_body(request, limit)
         except TimeoutError:
             runtime.metrics.reject("body_timeout")
-            return _json_error(
+            timed_out = _json_error(
                 408, INVALID_REQUEST, "Request Timeout: the request body did not arrive in time", data={"reason": "body_timeout"}
             )
+            timed_out.force_close()  # the rest of the body may still come: never read it as the next request
+            return timed_out
         if body is None:
             runtime.metrics.reject("too_large")
             return _json_error(413, INVALID_REQUEST, f"Request body larger than {limit} bytes", data={"reason": "too_large"})

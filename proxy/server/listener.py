@@ -2,9 +2,9 @@
 
 aiohttp answers a request it cannot parse (a header line over 8190 bytes, a broken chunk size, not
 HTTP) or a handler that crashed before answering with a text or HTML page of its own. An MCP client
-cannot read those, so the MCP listener's request handler renders them as JSON-RPC errors instead, and
-logs them through structlog like every other failure (never the offending bytes: they may be a
-credential).
+cannot read those, so the MCP listener's request handler renders them as JSON-RPC errors instead, with
+the ``X-Mcp-Proxy-Error`` header every answer of the proxy's own carries (`PROXY_ERROR_HEADER`), and logs them
+through structlog like every other failure (never the offending bytes: they may be a credential).
 
 It also enforces what aiohttp's server leaves open (its keep-alive is 3,630 s, and a request head may
 trickle in for all that time), as nginx and Envoy do, with the values of `ListenerLimits`:
@@ -71,21 +71,25 @@ from aiohttp.web_protocol import RequestHandler
 from proxy.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error_body
 
 __all__ = [
-    "HEADER_COUNT_SLACK", "LINGER", "MAX_LINE_BYTES", "SEND_LOWAT", "SEND_TIMEOUT_LOG_EVERY", "JsonRpcServer",
-    "ListenerLimits", "raw_error",
+    "HEADER_COUNT_SLACK", "LINGER", "MAX_LINE_BYTES", "PROXY_ERROR_HEADER", "SEND_LOWAT",
+    "SEND_TIMEOUT_LOG_EVERY", "JsonRpcServer", "ListenerLimits", "raw_error",
 ]  # fmt: skip
 
 log = structlog.get_logger("proxy")
 
+PROXY_ERROR_HEADER: Final = "X-Mcp-Proxy-Error"
+"""The header every answer the proxy makes itself carries (its value: the reason), and no upstream answer does."""
 MAX_LINE_BYTES: Final = 8190
 """The longest request line or single header line (name and value) aiohttp's parser accepts (its default)."""
 HEADER_COUNT_SLACK: Final = 2
 """aiohttp's parser may hold this many headers over `ListenerLimits.max_headers`, so that its count (which
 differs between its C and Python parsers) never refuses first: the handler's exact check answers."""
 LINGER: Final = 2.0
-"""After a 408 or 431 sent mid-head, how long the proxy goes on reading (and discarding) what the client
-still sends before it closes: closing with unread bytes resets the connection, which can destroy the
-answer before the client reads it. Bounded: the connection closes after this however the client behaves."""
+"""After a 408 or 431 sent mid-head, or an answer given before its request's body was read (a 408 for a
+stalled body, a 413), how long the proxy goes on reading (and discarding) what the client still sends
+before it closes: closing with unread bytes resets the connection, which can destroy the answer before
+the client reads it. Bounded: the connection closes after this however the client behaves (aiohttp's own
+``lingering_time``, 10 s, is given this value)."""
 SEND_LOWAT: Final = 128 * 1024
 """Unsent bytes the kernel holds for one client connection (``TCP_NOTSENT_LOWAT``, where the platform has
 it; bytes in flight are not counted, so a fast reader's throughput is unchanged). Without it the kernel
@@ -110,11 +114,12 @@ class ListenerLimits:
 
 
 def raw_error(status: int, message: str, reason: str) -> bytes:
-    """A whole HTTP/1.1 error answer with a JSON-RPC error body, for a connection that has no request object."""
+    """A whole HTTP/1.1 error answer with a JSON-RPC error body, for a connection that has no request object.
+    Like every refusal of the proxy's own it carries ``X-Mcp-Proxy-Error: <reason>``."""
     body = error_body(None, INVALID_REQUEST, message, {"reason": reason})
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{PROXY_ERROR_HEADER}: {reason}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
 
@@ -363,7 +368,8 @@ class _Connection(RequestHandler):
             log.warning("bad_http_request", status=status, reason=reason, error=type(exc).__name__)
         code = INTERNAL_ERROR if status >= 500 else INVALID_REQUEST
         body = error_body(None, code, text, {"reason": reason})
-        response = web.Response(status=status, body=body, content_type="application/json")
+        headers = {PROXY_ERROR_HEADER: reason}
+        response = web.Response(status=status, body=body, content_type="application/json", headers=headers)
         response.force_close()
         return response
 
@@ -453,5 +459,6 @@ class JsonRpcServer(web.Server):
             "max_headers": limits.max_headers + HEADER_COUNT_SLACK,
             "max_field_size": MAX_LINE_BYTES,
             "max_line_size": MAX_LINE_BYTES,
+            "lingering_time": LINGER,
         }
         return _Connection(self, limits, loop=self._loop, **kwargs)
