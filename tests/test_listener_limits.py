@@ -344,6 +344,75 @@ async def test_a_reload_changes_the_limits_for_the_connections_that_follow(upstr
             assert (rejected(proxy, "connection_limit"), rejected(proxy, "header_timeout")) == (1, 1)
 
 
+# --- Expect: 100-continue ------------------------------------------------------------------------
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def expecting(body: bytes, length: int | None = None, content_type: bytes = b"application/json", version: bytes = b"1.1") -> bytes:
+    """The head curl sends for a body over 1 KiB: ``Expect: 100-continue``, and the body held back."""
+    return (
+        b"POST /mcp HTTP/" + version + b"\r\nHost: localhost\r\nContent-Type: " + content_type
+        + b"\r\nAccept: application/json\r\nExpect: 100-continue\r\nContent-Length: "
+        + str(len(body) if length is None else length).encode() + b"\r\n\r\n"
+    )  # fmt: skip
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(upstream: FaultUpstream) -> None:
+    """curl waits a whole second for the 100 before sending a body over 1 KiB anyway: the proxy answers it
+    at once when the request passed its cheap checks, and the upstream never sees the Expect (the proxy
+    has the body already)."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b"x" * 2000 + b'"}}'
+    async with running_proxy(proxy_config(upstream.url)) as proxy, connection(proxy) as (reader, writer):
+        writer.write(expecting(body))
+        assert await asyncio.wait_for(reader.readexactly(len(CONTINUE)), WAIT) == CONTINUE
+        writer.write(body)
+        line, headers, answer = await read_whole(reader)
+        assert (line, answer["id"]) == (b"HTTP/1.1 200 OK", 1)
+        assert headers.get("connection") != "close"
+        writer.write(request())  # the connection serves on
+        assert (await read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+    assert [r.body for r in upstream.received] == [body, PING]
+    assert "Expect" not in upstream.received[0].headers
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "reason"),
+    [
+        (expecting(b"", length=4 * 1024**2 + 1), b"413 Request Entity Too Large", "too_large"),
+        (expecting(b"", length=2000, content_type=b"text/plain"), b"415 Unsupported Media Type", "unsupported_media_type"),
+        (expecting(b"", length=2000).replace(b"POST /mcp ", b"POST /elsewhere "), b"404 Not Found", "no_endpoint"),
+    ],
+    ids=["declared length over max_body_bytes", "not JSON", "no endpoint"],
+)
+async def test_expect_100_continue_refused_by_a_cheap_check_gets_the_final_answer_at_once(
+    upstream: FaultUpstream, head: bytes, status: bytes, reason: str
+) -> None:
+    """No 100, no body read: the final error, and the connection closes (the client may or may not send
+    the body now, so nothing after it could be read as a request)."""
+    async with running_proxy(proxy_config(upstream.url)) as proxy, connection(proxy) as (reader, writer):
+        writer.write(head)
+        line, headers, error = await read_whole(reader)
+        assert line == b"HTTP/1.1 " + status
+        assert error["error"]["data"]["reason"] == headers["x-mcp-proxy-error"] == reason
+        assert headers["connection"] == "close"
+        writer.write_eof()  # as curl, told so, closes: the proxy reads nothing more from it
+        assert await until_closed(reader) == b""
+    assert upstream.received == []
+
+
+async def test_expect_100_continue_with_the_body_sent_anyway_or_over_http_1_0_gets_no_100(upstream: FaultUpstream) -> None:
+    """A client that did not wait has its answer only (RFC 9110: the 100 may be omitted once the body is
+    here); HTTP/1.0 has no 100 (RFC 9110 §10.1.1: ignore the expectation)."""
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        for version in (b"1.1", b"1.0"):
+            async with connection(proxy) as (reader, writer):
+                writer.write(expecting(PING, version=version) + PING)
+                line, _, answer = await read_whole(reader)
+                assert (line.split(b" ", 1)[1], answer["id"]) == (b"200 OK", 1)
+    assert len(upstream.received) == 2
+
+
 # --- send timeout --------------------------------------------------------------------------------
 
 BIG = 4 * 1024 * 1024

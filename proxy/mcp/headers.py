@@ -5,7 +5,8 @@ End-to-end headers pass unchanged: MCP's own (`Mcp-Session-Id`, `MCP-Protocol-Ve
 upstream only, never logged), `traceparent`/`tracestate`. Hop-by-hop headers (RFC 9110 §7.6.1, plus
 any named in `Connection`) stop here. `Host` is set for the upstream by the HTTP client.
 `Accept-Encoding` is dropped so the upstream answers uncompressed: the proxy must read SSE events as
-they pass, and a same-host sidecar gains nothing from compression.
+they pass, and a same-host sidecar gains nothing from compression. `Expect` is answered by the proxy
+(``100 Continue``) and never forwarded: the proxy has the whole body before it sends anything upstream.
 
 The upstream's own ``Server`` and ``Date`` reach the client unchanged (and no ``Server`` when it sent
 none: `proxy.server.relay.Relayed`); only the proxy's own answers carry aiohttp's.
@@ -68,7 +69,7 @@ HOP_BY_HOP: frozenset[str] = frozenset(
         "upgrade",
     )
 )
-_NOT_TO_UPSTREAM: frozenset[str] = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
+_NOT_TO_UPSTREAM: frozenset[str] = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
 _NOT_TO_CLIENT: frozenset[str] = HOP_BY_HOP | {"content-length"}
 
 

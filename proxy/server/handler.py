@@ -18,7 +18,8 @@ no Host, or an empty one                  400     JSON-RPC error -32600, data.re
 Host or Origin not allowed                403     JSON-RPC error -32600, data.reason forbidden_*
 not POST/GET/DELETE/OPTIONS               405     JSON-RPC error -32600, ``Allow`` header
 POST without application/json             415     JSON-RPC error -32600
-body over ``limits.max_body_bytes``       413     JSON-RPC error -32600
+body over ``limits.max_body_bytes``       413     JSON-RPC error -32600 (a declared length: before any
+                                                  ``100 Continue``, the connection then closes)
 body not within ``limits.body_timeout``   408     JSON-RPC error -32600; the connection closes
 malformed JSON                            400     JSON-RPC error -32700, id null
 JSON but not JSON-RPC, or over a bound    400     JSON-RPC error -32600 (-32602 for a tool or
@@ -130,6 +131,14 @@ class McpHandler:
         await self._relay.end_streams()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = await self._handle(request)
+        if _awaits_continue(request) and not request.content.is_eof():
+            # Refused before the body was asked for: the client may send it now or never, so nothing
+            # after this answer can be read as a request.
+            response.force_close()
+        return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self._runtime.current
         limits = runtime.config.limits
         if len(request.raw_headers) > limits.max_request_headers or _head_size(request) > limits.max_request_head_bytes:
@@ -207,6 +216,12 @@ class McpHandler:
                 data={"reason": "unsupported_media_type"},
             )
         limit = runtime.config.limits.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:  # refused unread, before any 100 Continue
+            runtime.metrics.reject("too_large")
+            return _json_error(413, INVALID_REQUEST, f"Request body larger than {limit} bytes", data={"reason": "too_large"})
+        if _awaits_continue(request):
+            await _continue(request)
         try:
             if request.content.is_eof():  # the whole body is here already (the usual case): no wait, no timer
                 body = await self._read_body(request, limit)
@@ -543,6 +558,32 @@ def _owner_of(request: web.BaseRequest) -> int:
         except AttributeError:  # a protocol without a __dict__ (not the proxy's listener): no affinity
             return owner
     return owner
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CONTINUED = web.RequestKey("mcp_continued", bool)
+"""Set on a request once its ``100 Continue`` went out."""
+
+
+def _awaits_continue(request: web.BaseRequest) -> bool:
+    """The client holds its body back until it hears ``100 Continue`` (``Expect: 100-continue``: curl
+    sends it for a body over 1 KiB, then waits a second), and none was sent yet. Not for HTTP/1.0, which
+    has no 100 (RFC 9110 §10.1.1), nor once the body is here anyway (the 100 may then be left out)."""
+    return (
+        request.version >= (1, 1)
+        and request.headers.get("Expect", "").strip().lower() == "100-continue"
+        and not request.get(_CONTINUED, False)
+        and not request.content.is_eof()
+    )
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Tell the client to send its body: what aiohttp's router does (its expect handler), which the low-level
+    server the listener is does not. Sent only once the request passed every check that needs no body
+    (path, Host, Origin, method, content type, declared length); a refusal before it is the final answer."""
+    await request.writer.write(_CONTINUE)
+    request.writer.output_size = 0  # the answer itself has not started (aiohttp's expect handler does the same)
+    request[_CONTINUED] = True
 
 
 def _query_of(request: web.BaseRequest) -> str:
