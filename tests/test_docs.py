@@ -227,8 +227,8 @@ def emitted_reasons() -> dict[str, str]:
     """Every ``data.reason`` (and ``X-Mcp-Proxy-Error``) the proxy's own answers can carry, with where each is
     written: found in ``proxy/`` with `ast` wherever a reason is spelled out, i.e. the value of a
     ``{"reason": ...}`` dict, a string assigned to a variable named ``reason`` (also in a tuple assignment,
-    a conditional expression, or a ``.get(code, "default")`` of a module-level dict, whose values count
-    too), a ``reason=`` keyword argument, the third argument of `REFUSERS`, and the ``reason`` of every
+    a conditional expression, an ``or``, or a ``.get(code, "default")`` of a module-level dict, whose values
+    count too), a ``reason=`` keyword argument, the third argument of `REFUSERS`, and the ``reason`` of every
     `ProxyError` class."""
     found: dict[str, str] = {cls.reason: "proxy/errors.py" for cls in proxy_errors() if cls.reason}
     for path in sorted((REPO / "proxy").rglob("*.py")):
@@ -248,6 +248,9 @@ def emitted_reasons() -> dict[str, str]:
             elif isinstance(value, ast.IfExp):
                 add(value.body, line)
                 add(value.orelse, line)
+            elif isinstance(value, ast.BoolOp):  # exc.reason or _REJECTED_AS.get(...)
+                for operand in value.values:
+                    add(operand, line)
             elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "get":
                 for default in value.args[1:]:
                     add(default, line)
@@ -282,7 +285,7 @@ def test_the_error_table_has_a_row_for_every_reason_the_proxy_answers_with() -> 
     ``no_endpoint``, ``internal_error``...) each have a row naming their reason."""
     emitted = emitted_reasons()
     assert {"bad_json", "not_jsonrpc", "no_endpoint", "header_timeout", "internal_error", "rate_limited"} <= set(emitted)
-    assert {"bad_http_request", "missing_host", "body_timeout"} <= set(emitted)
+    assert {"bad_http_request", "missing_host", "body_timeout", "too_many_values"} <= set(emitted)
     documented = {
         reason for row in table(DOCS / "failure-semantics.md", ERRORS_HEADER) for reason in re.findall(r"`(\w+)`", cells(row)[3])
     }

@@ -11,13 +11,16 @@ from proxy.mcp.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_BATCH_ITEMS,
+    MAX_BODY_VALUES,
     MAX_JSON_DEPTH,
     MAX_METHOD_CHARS,
     MAX_NAME_CHARS,
     Kind,
     Message,
     MessageError,
+    count_values,
     error_body,
+    too_many_values,
     is_read_method,
     parse_message,
 )
@@ -256,7 +259,7 @@ def test_batch_bound() -> None:
     assert MAX_BATCH_ITEMS == 100
     assert len(parse_message(_batch(MAX_BATCH_ITEMS)).items) == MAX_BATCH_ITEMS
     with pytest.raises(MessageError) as caught:
-        parse_message(_batch(82_000))
+        parse_message(_batch(82_000), max_values=10**7)  # (the value bound, by default, refuses it first)
     assert (caught.value.code, caught.value.request_id) == (INVALID_REQUEST, None)
     assert caught.value.message == f"Invalid Request: batch of 82000 items exceeds {MAX_BATCH_ITEMS}"
 
@@ -282,3 +285,135 @@ def test_a_batch_item_with_an_implausible_name_refuses_the_batch() -> None:
     with pytest.raises(MessageError) as caught:
         parse_message(b"[" + _named("tools/call", "z" * 300) + b"]")
     assert caught.value.code == INVALID_PARAMS
+
+
+# --- valid JSON orjson refuses, ids and methods as servers read them (adversarial review) ----------------
+
+LONE = b'"\\ud800"'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"jsonrpc":"2.0","id":2,"method":"ping","params":{"x":1e999}}',
+        b'{"jsonrpc":"2.0","id":2,"method":"ping","params":{"x":-1e999,"y":1' + b"0" * 5000 + b"}}",
+        b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"message":' + LONE + b"}}}",
+        b'\xef\xbb\xbf{"jsonrpc":"2.0","id":4,"method":"ping"}',
+    ],
+    ids=["1e999", "-1e999 and 5000 digits", "lone surrogate", "BOM"],
+)
+def test_valid_json_orjson_refuses_is_read(raw: bytes) -> None:
+    """Every server tested takes at least some of these (the module docstring): they are forwarded."""
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw)  # what made them 400s before
+    message = parse_message(raw)
+    assert message.kind is Kind.REQUEST and message.source is not None and message.source.lenient
+    assert message.canonical_arguments()  # never raises, and takes the exact path
+
+
+def test_an_infinity_is_never_the_same_cache_key_as_null() -> None:
+    """orjson writes an infinity as null: the exact path keeps the number as written."""
+    keys = [parse_message(_call('{"x":%s}' % number)).canonical_arguments() for number in ("1e999", "null", "1e500")]
+    assert keys == [b'{"arguments":{"x":%s},"name":"t"}' % number for number in (b"1e999", b"null", b"1e500")]
+    surrogate = parse_message(_call('{"x":"\\ud800"}')).canonical_arguments()
+    assert surrogate not in keys and surrogate == parse_message(_call('{ "x" : "\\ud800" }')).canonical_arguments()
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "request_id"),
+    [
+        (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":NaN}}', -32700, None),
+        (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":Infinity}}', -32700, None),
+        (b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"ping"', -32700, None),
+        (b'{"jsonrpc":"2.0","id":1,"method":' + LONE + b"}", -32600, 1),
+        (b'{"jsonrpc":"2.0","id":' + LONE + b',"method":"ping"}', -32600, None),
+        (b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', -32600, None),
+        (b'{"jsonrpc":"2.0","id":1e300,"method":"ping"}', -32600, None),
+    ],
+    ids=["NaN", "Infinity", "BOM, then broken", "surrogate method", "surrogate id", "fractional id", "huge id"],
+)
+def test_what_stays_refused(raw: bytes, code: int, request_id: object) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message(raw)
+    assert (caught.value.code, caught.value.request_id, caught.value.status) == (code, request_id, 400)
+
+
+def test_a_tool_name_with_a_lone_surrogate_is_invalid_params() -> None:
+    raw = b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"a\\udc00"}}'
+    with pytest.raises(MessageError) as caught:
+        parse_message(raw)
+    assert (caught.value.code, caught.value.request_id) == (INVALID_PARAMS, 9)
+
+
+@pytest.mark.parametrize("written", [b"1.0", b"1e0", b"10E-1", b"1"])
+def test_an_integral_number_id_is_the_integer_servers_echo(written: bytes) -> None:
+    message = parse_message(b'{"jsonrpc":"2.0","id":' + written + b',"method":"ping"}')
+    assert message.id == 1 and type(message.id) is int
+
+
+def test_an_empty_method_is_the_servers_to_answer() -> None:
+    assert parse_message(b'{"jsonrpc":"2.0","id":5,"method":""}').kind is Kind.REQUEST
+    assert parse_message(b'{"jsonrpc":"2.0","method":""}').kind is Kind.NOTIFICATION
+
+
+def test_a_lenient_body_keeps_the_depth_bound() -> None:
+    inner = b"1e999"
+    for _ in range(MAX_JSON_DEPTH - 2):
+        inner = b"[" + inner + b"]"
+    assert parse_message(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + inner + b"}}").kind is Kind.REQUEST
+    with pytest.raises(MessageError) as caught:
+        parse_message(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":[' + inner + b"]}}")
+    assert (caught.value.code, caught.value.request_id) == (INVALID_REQUEST, 1)
+    deep = b"[" * 5000 + LONE + b"]" * 5000  # past what Python's json reads: refused, not a crash
+    with pytest.raises(MessageError):
+        parse_message(deep)
+
+
+# --- the value bound ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("0", 1), ("[]", 1), ("[[],[]]", 3), ("[[[]]]", 3), ('{"a":[]}', 2), ("[1,2,3]", 4), ('{"a":1,"b":2}', 3),
+        ('{"a":"x,[{","b":["]",{}]}', 5), ('[ [ ] , { } ,"\\",[" ]', 4), ('["\\\\",["\\\\\\""]]', 4),
+    ],
+)
+def test_count_values_is_exact_for_valid_json(text: str, values: int) -> None:
+    raw = text.encode()
+    assert count_values(raw) == values
+    assert too_many_values(raw, values - 1) and not too_many_values(raw, values)
+    def walk(value: Any) -> int:
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        return 1 + sum(walk(child) for child in children)
+    assert walk(orjson.loads(raw)) == values
+
+
+def test_a_body_of_many_values_is_refused_before_it_is_parsed() -> None:
+    """4 MiB of ``[],``: 1.4 million lists (85 MiB parsed) under the 4 MiB body limit."""
+    raw = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"a":[' + b"[]," * 1_398_000 + b"[]]}}}"
+    assert len(raw) < 4 * 1024**2
+    with pytest.raises(MessageError) as caught:
+        parse_message(raw)
+    error = caught.value
+    assert (error.code, error.status, error.reason, error.request_id) == (INVALID_REQUEST, 413, "too_many_values", None)
+    assert error.message == f"Invalid Request: the body holds more than {MAX_BODY_VALUES} JSON values (limits.max_body_values)"
+
+
+def test_the_value_bound_is_exact_and_commas_in_strings_do_not_count() -> None:
+    def body(values: int, text: str = "") -> bytes:  # the object, "2.0", id, method, params, "x" and "s": 7
+        items = ",".join(["0"] * (values - 7))
+        return b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":[%s],"s":"%s"}}' % (items.encode(), text.encode())
+    assert count_values(body(MAX_BODY_VALUES)) == MAX_BODY_VALUES
+    assert not too_many_values(body(MAX_BODY_VALUES), MAX_BODY_VALUES)
+    assert too_many_values(body(MAX_BODY_VALUES + 1), MAX_BODY_VALUES)
+    parse_message(body(MAX_BODY_VALUES - 1, "," * 200_000))  # 200,000 commas in a string: one value
+    with pytest.raises(MessageError):
+        parse_message(body(MAX_BODY_VALUES + 1))
+    assert parse_message(body(MAX_BODY_VALUES + 1), max_values=MAX_BODY_VALUES + 1).kind is Kind.REQUEST
+
+
+def test_the_configs_default_is_the_modules() -> None:
+    from proxy.config.model import LimitsConfig
+
+    assert LimitsConfig().max_body_values == MAX_BODY_VALUES

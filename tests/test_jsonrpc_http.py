@@ -6,15 +6,23 @@ carrying the request's id; numbers orjson reads lossily never merge two requests
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import httpx2
+import pytest
+import uvicorn
 
 from proxy.app import running_proxy
 from proxy.mcp.jsonrpc import MAX_BATCH_ITEMS, MAX_JSON_DEPTH, MAX_NAME_CHARS
 from tests.conftest import proxy_config
 from tests.fault_upstream import FaultUpstream
+from tests.sdk_helpers import ACCEPT, MODERN_VERSION, legacy_handshake, legacy_headers, modern_meta
+from tests.servers.everything import build_app
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
@@ -86,7 +94,8 @@ async def test_a_tool_name_of_a_mebibyte_is_refused_in_a_short_answer(upstream: 
 
 async def test_a_batch_of_82000_pings_is_refused_whole(upstream: FaultUpstream) -> None:
     raw = b"[" + b",".join(b'{"jsonrpc":"2.0","id":%d,"method":"ping"}' % n for n in range(82_000)) + b"]"
-    async with running_proxy(proxy_config(upstream.url)) as proxy:
+    # 328,000 values: past the value bound too, which would refuse it first (413, too_many_values).
+    async with running_proxy(proxy_config(upstream.url, limits={"max_body_values": 1_000_000})) as proxy:
         status, _, body = await post(proxy.url + "/mcp", raw, **{"MCP-Protocol-Version": "2025-03-26"})
     error = json.loads(body)
     assert (status, error["id"], error["error"]["code"]) == (400, None, -32600)
@@ -110,3 +119,105 @@ async def test_a_compressed_body_is_refused_unread_and_never_inflated(upstream: 
     assert (status, error["error"]["code"], error["error"]["data"]["reason"]) == (415, -32600, "unsupported_media_type")
     assert headers["X-Mcp-Proxy-Error"] == "unsupported_media_type"
     assert plain[0] == 200 and [r.method for r in upstream.received] == ["ping"]
+
+
+async def test_a_body_of_a_million_empty_arrays_is_refused_unparsed(upstream: FaultUpstream) -> None:
+    """4 MiB of ``[],`` is 1.4 million lists: 85 MiB held for as long as the call ran. Now a 413 like any
+    body limit, before the parse; a configured bound lets it through."""
+    raw = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"lookup","arguments":{"a":['
+    raw += b"[]," * 1_390_000 + b"[]]}}}"
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        status, headers, body = await post(proxy.url + "/mcp", raw)
+        metrics = proxy.metrics.render().decode()
+    error = json.loads(body)
+    assert (status, headers["X-Mcp-Proxy-Error"], error["id"]) == (413, "too_many_values", None)
+    assert error["error"] == {
+        "code": -32600, "data": {"reason": "too_many_values"},
+        "message": "Invalid Request: the body holds more than 100000 JSON values (limits.max_body_values)",
+    }
+    assert 'mcp_proxy_rejected_requests_total{reason="too_many_values"} 1.0' in metrics
+    assert upstream.received == []
+
+    def call(values: int) -> bytes:  # the object, "2.0", id, method, params, name, arguments, "a": 8
+        items = b",".join([b"0"] * (values - 8))
+        return b'{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"lookup","arguments":{"a":[%s]}}}' % items
+
+    async with running_proxy(proxy_config(upstream.url, limits={"max_body_values": 1000})) as proxy:
+        assert (await post(proxy.url + "/mcp", call(1001)))[0] == 413
+        status, _, body = await post(proxy.url + "/mcp", call(1000))
+    assert (status, json.loads(body)["id"]) == (200, 8) and upstream.received[0].body == call(1000)
+
+
+# --- valid JSON orjson refuses, against the official Python SDK's server ----------------------------------
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a client heard: the status, the final JSON-RPC message (JSON body or its SSE event), the proxy's mark."""
+
+    status: int
+    message: Any
+    mark: str | None
+
+
+async def hear(http: httpx2.AsyncClient, url: str, raw: bytes, headers: dict[str, str]) -> Heard:
+    response = await http.post(url, content=raw, headers={"content-type": "application/json", **headers})
+    message: Any = None
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for block in response.text.replace("\r\n", "\n").split("\n\n"):
+            data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
+            if data:
+                message = json.loads(data)  # Python's json: reads what the server wrote, lone surrogates included
+    elif response.content:
+        message = json.loads(response.content)
+    return Heard(response.status_code, message, response.headers.get("x-mcp-proxy-error"))
+
+
+META = json.dumps(modern_meta()).encode()
+EDGES: dict[str, bytes] = {
+    "1e999": b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"lookup","arguments":{"key":"alpha","n":1e999}%s}}',
+    "lone surrogate": b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"lookup","arguments":{"key":"\\ud800"}%s}}',
+    "BOM": b'\xef\xbb\xbf{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"lookup","arguments":{"key":"alpha"}%s}}',
+    "id 1.0": b'{"jsonrpc":"2.0","id":1.0,"method":"tools/call","params":{"name":"lookup","arguments":{"key":"alpha"}%s}}',
+    "empty method": b'{"jsonrpc":"2.0","id":5,"method":"","params":{"name":"lookup"%s}}',
+}
+
+
+@pytest.fixture
+async def sdk_server() -> AsyncIterator[str]:
+    """The everything server (official Python SDK, ``mcp`` 2.3) in process, on 127.0.0.1."""
+    server = uvicorn.Server(uvicorn.Config(build_app("127.0.0.1"), host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    serving = asyncio.ensure_future(server.serve())
+    async with asyncio.timeout(30):
+        while not server.started:
+            assert not serving.done(), "the SDK server exited early"
+            await asyncio.sleep(0.01)  # polling for the bound port; bounded by the timeout
+    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/mcp"
+    server.should_exit = True
+    await asyncio.wait_for(serving, 30)
+
+
+@pytest.mark.parametrize("edge", list(EDGES))
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+async def test_valid_json_the_server_reads_reaches_it(sdk_server: str, era: str, edge: str) -> None:
+    """Each body, straight to the SDK server and through a default proxy: the client hears the same answer,
+    the server's own (whatever it makes of the body: in 2026-07-28 it reads them all; legacy refuses a lone
+    surrogate and a BOM itself, and takes ``id: 1.0`` for a notification), never a proxy refusal."""
+    async with running_proxy(proxy_config(sdk_server)) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        heard = []
+        for url in (sdk_server, proxy.url + "/mcp"):
+            if era == "modern":
+                headers = {"accept": ACCEPT, "mcp-protocol-version": MODERN_VERSION, "mcp-method": "tools/call"}
+                if edge == "empty method":
+                    headers["mcp-method"] = ""
+                else:
+                    headers["mcp-name"] = "lookup"
+                raw = EDGES[edge] % (b',"_meta":' + META)
+            else:
+                headers = legacy_headers(await legacy_handshake(http, url))
+                raw = EDGES[edge] % b""
+            heard.append(await hear(http, url, raw, headers))
+        direct, proxied = heard
+    assert proxied.mark is None and (proxied.status, proxied.message) == (direct.status, direct.message)
+    if era == "modern":  # what the SDK reads, in the era where it reads them all
+        assert direct.status == (404 if edge == "empty method" else 400 if edge == "id 1.0" else 200), direct

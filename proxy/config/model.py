@@ -142,6 +142,14 @@ class LimitsConfig(ConfigModel):
     holds (`proxy.server.listener`). A reload applies them to the connections and requests that follow."""
 
     max_body_bytes: ByteSize = Field(4 * 1024**2, description="Largest request body accepted; larger gets 413.")
+    max_body_values: int = Field(
+        100_000,  # proxy.mcp.jsonrpc.MAX_BODY_VALUES (tests hold them equal; config imports nothing of mcp)
+        ge=1000,
+        description="Most JSON values (objects, arrays, strings, numbers, literals) one request body may hold; more "
+        "gets 413 with a JSON-RPC error, before the body is parsed. Parsed, each value costs 8 to 130 bytes of "
+        "memory for as long as the call runs (a 4 MiB body of empty arrays took 85 MiB); real MCP requests "
+        "hold far fewer (a tool call with a hundred 768-number embeddings: 77,000).",
+    )
     max_response_bytes: ByteSize = Field(
         64 * 1024**2,
         description="Largest non-streamed (JSON) upstream answer the proxy buffers, and the largest single event "

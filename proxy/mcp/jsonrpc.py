@@ -4,6 +4,19 @@ A body is parsed once, with orjson, and the original bytes are what the upstream
 never re-serializes a client's message. Batches (JSON arrays) were removed from MCP in 2025-06-18 but
 older clients still send them; they are forwarded as they are and never retried or cached.
 
+orjson refuses some valid JSON that real servers take (measured against the official Python SDK server
+2.3, FastMCP and server-everything): a number beyond a double's range (``1e999``), a lone UTF-16
+surrogate escape (``"\ud800"``), a UTF-8 byte order mark before the text. On its refusal the body is read
+by Python's `json` instead (`_lenient`: same bounds, ``NaN`` and ``Infinity`` still refused, as they
+are not JSON), so what a server would answer reaches it unchanged. Such a body's cache key takes the exact
+path (orjson would write the infinity as ``null``). A lone surrogate where the proxy must write the
+string itself (``method``, a string ``id``, a tool or prompt name: metric labels, event fields, our own
+error answers) is refused: no UTF-8 can carry it.
+
+An ``id`` written as an integral number (``1.0``, ``1e0``) is the integer to the proxy, as servers echo it
+(server-everything answers ``"id":1``); one with a fraction (``1.5``) is refused (-32600): no server tested
+takes it as a request. An empty ``method`` is the server's to answer (-32601 from all three).
+
 Everything a client sends enters here, so the bounds on its shape are enforced here, once, before any
 name becomes a metric label, an event field, a log line or a cache key:
 
@@ -15,6 +28,10 @@ name becomes a metric label, an event field, a log line or a cache key:
   control characters are checked, not the spec's suggested character set, which real servers exceed.
 - `MAX_BATCH_ITEMS` (100): a longer batch is -32600, before any per-item work. An accepted batch's
   `Message.items` holds each item already checked, so nothing downstream parses an item again.
+- ``max_values`` (``limits.max_body_values``, `MAX_BODY_VALUES` by default): a body holding more JSON
+  values is refused before it is parsed (`too_many_values`: C-speed counts of its structural characters),
+  -32600 with HTTP 413, like a body over ``limits.max_body_bytes``. Parsed, each value is a Python object
+  of 8 to 130 bytes (measured): 4 MiB of ``[],`` took 85 MiB for as long as its call ran.
 
 A `params.name` that is not a string is forwarded: the proxy never uses it (the call's tool is None) and
 the server's own -32602 says more than ours would. Error messages give a length, never the text.
@@ -53,8 +70,11 @@ __all__ = [
     "is_read_method",
     "list_changed_kind",
     "parse_message",
+    "MAX_BODY_VALUES",
     "MAX_PARSED_CONTAINERS",
+    "count_values",
     "too_many_containers",
+    "too_many_values",
 ]
 
 PARSE_ERROR = -32700
@@ -103,6 +123,16 @@ MAX_BATCH_ITEMS: Final = 100
 request in a batch costs the handler a rate-limit admission, so 100 bounds that work per body (geth, where
 batching is the norm, allows 1,000). Longer: -32600, before any item is looked at."""
 
+MAX_BODY_VALUES: Final = 100_000
+"""`parse_message`'s default bound on the JSON values in one body (``limits.max_body_values`` is the one the
+listener uses). Real MCP requests hold tens to a few thousand: a tool call with a hundred 768-number
+embeddings is 77,000. Parsed, 100,000 values take at most about 12 MiB and their strings' text (the worst
+measured: one-member objects holding an empty object, 128 bytes a value), where a 4 MiB body of empty arrays
+took 85 MiB."""
+
+_MAX_EXACT_ID: Final = 2**53
+"""An integral number id (``1.0``) within this is read as the integer (every double-based server agrees)."""
+
 _NAMED_METHODS: Final = frozenset({"tools/call", "prompts/get"})
 """Methods whose `params.name` becomes a metric label, an event field and a policy key."""
 
@@ -133,10 +163,12 @@ class _Source:
     """The JSON text a message was parsed from, parsed again exactly on first need (and then only once,
     however many items of a batch ask): numbers stay as written, as `orjson.Fragment`s."""
 
-    __slots__ = ("raw", "_exact", "_parsed")
+    __slots__ = ("lenient", "raw", "_exact", "_parsed")
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, lenient: bool = False) -> None:
         self.raw = raw
+        self.lenient = lenient
+        """Read by Python's `json` (orjson refused it): its cache key always takes the exact path."""
         self._exact: Any = None
         self._parsed = False
 
@@ -155,6 +187,10 @@ class _Item:
     def __init__(self, batch: _Source, index: int) -> None:
         self.batch = batch
         self.index = index
+
+    @property
+    def lenient(self) -> bool:
+        return self.batch.lenient
 
     def exact(self) -> Any:
         return self.batch.exact()[self.index]
@@ -202,6 +238,8 @@ class Message:
         answer); integers by value. Without floats (the common case) this is orjson's sorted dump.
         """
         arguments = self.arguments
+        if self.source is not None and self.source.lenient:  # orjson would write an infinity as null
+            return _exact_arguments(self) or _canonical_any(arguments)
         try:
             fast = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:  # built by hand: too deep for orjson, an int beyond 64 bits, …
@@ -276,35 +314,59 @@ def _canonical_any(value: Any) -> bytes:
 
 class MessageError(Exception):
     """A body that is not JSON (-32700), not JSON-RPC (-32600), or names a tool or prompt no server has
-    (-32602); `request_id` is echoed when it could be read. `message` never quotes the body."""
+    (-32602); `request_id` is echoed when it could be read. `message` never quotes the body. `status` and
+    `reason` are set where the HTTP status and ``data.reason`` are not the usual 400 and the code's."""
 
-    def __init__(self, code: int, message: str, request_id: str | int | None = None) -> None:
+    def __init__(
+        self, code: int, message: str, request_id: str | int | None = None, *, status: int = 400, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.status = status
+        self.reason = reason
 
 
 def _valid_id(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    return (isinstance(value, str) and _writable(value)) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _id_of(value: Any) -> Any:
+    """`value` as the proxy compares and echoes an id: an integral number (``1.0``, ``1e0``) is the integer a
+    server echoes for it; anything else is itself (and may be no valid id)."""
+    if isinstance(value, float) and value.is_integer() and -_MAX_EXACT_ID <= value <= _MAX_EXACT_ID:
+        return int(value)
+    return value
+
+
+def _writable(text: str) -> bool:
+    """Whether UTF-8 can carry `text`: not when it holds a lone surrogate (``"\ud800"`` in the JSON)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _readable_id(item: Any) -> str | int | None:
-    raw_id = item.get("id") if isinstance(item, dict) else None
+    raw_id = _id_of(item.get("id")) if isinstance(item, dict) else None
     return raw_id if _valid_id(raw_id) else None
 
 
 def _check_one(item: Any, source: _Source | _Item) -> Message:
     if not isinstance(item, dict):
         raise MessageError(INVALID_REQUEST, "Invalid Request: a JSON-RPC message must be an object")
-    raw_id = item.get("id")
+    raw_id = _id_of(item.get("id"))
     request_id = raw_id if _valid_id(raw_id) else None
     if item.get("jsonrpc") != "2.0":
         raise MessageError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', request_id)
     if "method" in item:
         method = item["method"]
-        if not isinstance(method, str) or not method:
-            raise MessageError(INVALID_REQUEST, 'Invalid Request: "method" must be a non-empty string', request_id)
+        if not isinstance(method, str):
+            raise MessageError(INVALID_REQUEST, 'Invalid Request: "method" must be a string', request_id)
+        if not _writable(method):
+            raise MessageError(INVALID_REQUEST, 'Invalid Request: "method" holds a lone UTF-16 surrogate', request_id)
         if len(method) > MAX_METHOD_CHARS:
             too_long = f'Invalid Request: "method" is {len(method)} characters, more than {MAX_METHOD_CHARS}'
             raise MessageError(INVALID_REQUEST, too_long, request_id)
@@ -316,7 +378,7 @@ def _check_one(item: Any, source: _Source | _Item) -> Message:
         if "id" not in item:
             return Message(Kind.NOTIFICATION, item, None, method, (), source)
         if not _valid_id(raw_id):
-            raise MessageError(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+            raise MessageError(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer (UTF-8 text)')
         return Message(Kind.REQUEST, item, raw_id, method, (), source)
     if ("result" in item) != ("error" in item) and "id" in item:
         return Message(Kind.RESPONSE, item, request_id, None, (), source)
@@ -334,6 +396,8 @@ def _check_name(name: Any, request_id: str | int | None) -> None:
         raise MessageError(INVALID_PARAMS, too_long, request_id)
     if _CONTROL.search(name) is not None:
         raise MessageError(INVALID_PARAMS, 'Invalid params: "name" contains a control character', request_id)
+    if not _writable(name):
+        raise MessageError(INVALID_PARAMS, 'Invalid params: "name" holds a lone UTF-16 surrogate', request_id)
 
 
 _DEPTH_PROBE: Final = 254 - MAX_JSON_DEPTH
@@ -365,21 +429,110 @@ def _too_deep(raw: bytes, body: Any) -> bool:
     return False
 
 
-def parse_message(raw: bytes) -> Message:
+_STRING: Final = re.compile(rb'"[^"]*"')
+"""A JSON string once its escaped quotes are gone (`_unescaped`): what `_values_in` blanks before counting."""
+
+
+def _unescaped(raw: bytes) -> bytes:
+    """`raw` without its escaped backslashes and quotes (C speed), so every ``"`` left opens or closes a string
+    (escapes are a backslash and one character; pairs of backslashes go first, left to right)."""
+    return raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+
+
+def _values_in(plain: bytes) -> int:
+    """The JSON values in `plain` (`_unescaped` text), exact for valid JSON: each value but the outermost
+    follows a ``,`` or opens its container's list, so it is 1 plus the commas plus the non-empty arrays and
+    objects, outside strings (each string becomes ``0``, whitespace goes, and ``[]``/``{}`` are empty)."""
+    bare = _STRING.sub(b"0", plain).translate(None, b" \t\r\n")
+    containers = bare.count(b"[") + bare.count(b"{") - bare.count(b"[]") - bare.count(b"{}")
+    return 1 + bare.count(b",") + containers
+
+
+def count_values(raw: bytes) -> int:
+    """How many JSON values `raw` holds (objects, arrays, strings, numbers, literals; object keys are not
+    values), exactly for valid JSON, without parsing it. `too_many_values` is the bounded check."""
+    return _values_in(_unescaped(raw))
+
+
+def too_many_values(raw: bytes, limit: int) -> bool:
+    """Whether `raw` holds more than `limit` JSON values (`count_values`), at C speed before any parse.
+
+    Cheapest first: a body no longer than `limit` cannot hold more (a value takes a byte at least);
+    ``,``, ``[`` and ``{`` counted anywhere can only over-count (they may sit in strings, a container may be
+    empty); a body with more than twice `limit` strings holds more than `limit` values (each value has at
+    most one key). Only a body over `limit` by the rough count, with at most that many strings, is counted
+    exactly: a regex pass over at most ``2 * limit`` strings (about 45 ms for 4 MiB at the default)."""
+    if len(raw) <= limit or 1 + raw.count(b",") + raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    plain = _unescaped(raw)
+    if plain.count(b'"') > 4 * limit:
+        return True
+    return _values_in(plain) > limit
+
+
+_ORJSON_TOO_DEEP: Final = "depth limit"
+"""orjson's refusal of a body nested past 1,024 levels (``depth limit exceeded``; a test pins it)."""
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _lenient_int(text: str) -> Any:
+    # Beyond Python's 4,300-digit guard an integer is, to a double-based server, an infinity: so here.
+    return int(text) if len(text) <= 4300 else float(text)
+
+
+def _lenient(raw: bytes, refusal: orjson.JSONDecodeError) -> Any:
+    """`raw` read by Python's `json`, for valid JSON orjson refuses (see the module docstring); its bounds
+    are the caller's (size and value count before, depth after). Not JSON to it either: orjson's -32700."""
+    try:
+        return json.loads(raw, parse_constant=_not_json, parse_int=_lenient_int)
+    except RecursionError:  # nested past what its C scanner takes (about 1,000 levels): far past the bound
+        raise MessageError(INVALID_REQUEST, f"Invalid Request: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        raise MessageError(PARSE_ERROR, f"Parse error: {refusal.msg}") from None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests arrays and objects deeper than `limit` (the outermost is level 1): a walk
+    without recursion, over at most as many containers as the value count allowed in."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if level > limit:
+            return True
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_message(raw: bytes, max_values: int = MAX_BODY_VALUES) -> Message:
     """Parse a POST body into a `Message`, or raise `MessageError` with the JSON-RPC code to answer.
 
-    Raises nothing else, whatever `raw` holds. The bounds are in the module docstring.
+    Raises nothing else, whatever `raw` holds. The bounds are in the module docstring; `max_values` is
+    ``limits.max_body_values``.
     """
+    if too_many_values(raw, max_values):
+        raise MessageError(
+            INVALID_REQUEST, f"Invalid Request: the body holds more than {max_values} JSON values (limits.max_body_values)",
+            status=413, reason="too_many_values",
+        )  # fmt: skip
+    lenient = False
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise MessageError(PARSE_ERROR, f"Parse error: {exc.msg}") from None
+        if _ORJSON_TOO_DEEP in exc.msg:  # past 1,024 levels: far past the bound, not worth a second parse
+            raise MessageError(PARSE_ERROR, f"Parse error: {exc.msg}") from None
+        body, lenient = _lenient(raw, exc), True
     if isinstance(body, list) and len(body) > MAX_BATCH_ITEMS:
         raise MessageError(INVALID_REQUEST, f"Invalid Request: batch of {len(body)} items exceeds {MAX_BATCH_ITEMS}")
-    if _too_deep(raw, body):
+    if _deeper_than(body, MAX_JSON_DEPTH) if lenient else _too_deep(raw, body):
         too_deep = f"Invalid Request: nested deeper than {MAX_JSON_DEPTH} levels"
         raise MessageError(INVALID_REQUEST, too_deep, _readable_id(body))
-    source = _Source(raw)
+    source = _Source(raw, lenient)
     if isinstance(body, list):
         if not body:
             raise MessageError(INVALID_REQUEST, "Invalid Request: empty batch")

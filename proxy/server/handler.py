@@ -20,6 +20,8 @@ not POST/GET/DELETE/OPTIONS               405     JSON-RPC error -32600, ``Allow
 POST without application/json             415     JSON-RPC error -32600
 body over ``limits.max_body_bytes``       413     JSON-RPC error -32600 (a declared length: before any
                                                   ``100 Continue``, the connection then closes)
+more JSON values than                     413     JSON-RPC error -32600, data.reason too_many_values
+``limits.max_body_values``                        (counted before parsing)
 body not within ``limits.body_timeout``   408     JSON-RPC error -32600; the connection closes
 malformed JSON                            400     JSON-RPC error -32700, id null
 JSON but not JSON-RPC, or over a bound    400     JSON-RPC error -32600 (-32602 for a tool or
@@ -239,11 +241,11 @@ class McpHandler:
             runtime.metrics.reject("too_large")
             return _json_error(413, INVALID_REQUEST, f"Request body larger than {limit} bytes", data={"reason": "too_large"})
         try:
-            message = parse_message(body)
+            message = parse_message(body, runtime.config.limits.max_body_values)
         except MessageError as exc:
-            reason = _REJECTED_AS.get(exc.code, "not_jsonrpc")
+            reason = exc.reason or _REJECTED_AS.get(exc.code, "not_jsonrpc")
             runtime.metrics.reject(reason)
-            return _json_error(400, exc.code, exc.message, exc.request_id, data={"reason": reason})
+            return _json_error(exc.status, exc.code, exc.message, exc.request_id, data={"reason": reason})
         headers = self._upstream_headers(request, runtime)
         if message.kind is Kind.BATCH:
             refusal = await self._batch_refusal(request, runtime, route, message, headers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,17 +27,20 @@ from tests.e2e.upstreams import Era, SDK_MODE, SERVERS, SERVER_ERAS, ServerSpec
 from tests.e2e.wire import (
     REPEAT,
     WireLog,
+    assert_same_answer,
     era_request,
     good_call,
+    modern_request,
     open_sdk_pair,
     raw_burst,
     request,
     sdk_burst,
     sdk_client,
+    send,
     sessionless_headers,
     unknown_session_id,
 )
-from tests.sdk_helpers import legacy_handshake, legacy_headers
+from tests.sdk_helpers import legacy_handshake, legacy_headers, modern_meta
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
@@ -206,3 +210,40 @@ async def test_auto_clients_connecting_at_once(spec: ServerSpec, stack_for: Stac
             )
             assert negotiated == version, f"{spec} auto client {index}: negotiated {negotiated}, direct {version}"
         await after_burst(stack, good, spec, f"{spec}: {REPEAT} auto clients at once")
+
+
+UNUSUAL_JSON: dict[str, bytes] = {
+    "1e999": b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"%(tool)s","arguments":{"n":1e999}%(meta)s}}',
+    "lone surrogate": b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"%(tool)s","arguments":{"s":"\\ud800"}%(meta)s}}',
+    "BOM": b'\xef\xbb\xbf{"jsonrpc":"2.0","id":4,"method":"ping","params":{%(bare_meta)s}}',
+    "id 1.0": b'{"jsonrpc":"2.0","id":1.0,"method":"ping","params":{%(bare_meta)s}}',
+    "empty method": b'{"jsonrpc":"2.0","id":5,"method":"","params":{%(bare_meta)s}}',
+}
+"""Valid JSON that orjson refuses (or the proxy once refused): a server decides what it makes of it."""
+
+
+@pytest.mark.parametrize("edge", list(UNUSUAL_JSON))
+@pytest.mark.parametrize(("spec", "era"), SERVER_ERAS)
+async def test_unusual_valid_json(spec: ServerSpec, era: Era, edge: str, stack_for: StackFactory) -> None:
+    """A number past a double's range, a lone surrogate escape, a UTF-8 BOM, an id written ``1.0``, an
+    empty method: the client hears what the server answers to it, whatever that is (server-everything
+    reads them all and echoes ``"id":1`` for ``1.0``; the SDK servers refuse a surrogate and a BOM in the
+    legacy era and read them in 2026-07-28), and the proxy is none the worse."""
+    stack = await stack_for(spec)
+    what = f"{spec}/{era} {edge}"
+    async with contextlib.AsyncExitStack() as scope:
+        http = await scope.enter_async_context(httpx2.AsyncClient(timeout=30))
+        good = await scope.enter_async_context(Client(stack.url, mode=SDK_MODE[era]))
+        answers = []
+        for url in (stack.url, stack.direct_url):
+            method = b"" if edge == "empty method" else b"tools/call" if b"tools/call" in UNUSUAL_JSON[edge] else b"ping"
+            if era == "modern":
+                meta = json.dumps(modern_meta()).encode()
+                fill = {b"tool": spec.good_call.tool.encode(), b"meta": b',"_meta":' + meta, b"bare_meta": b'"_meta":' + meta}
+                _, headers = modern_request(method.decode(), {}, 0, spec.good_call.tool if method == b"tools/call" else None)
+            else:
+                fill = {b"tool": spec.good_call.tool.encode(), b"meta": b"", b"bare_meta": b""}
+                headers = legacy_headers(await legacy_handshake(http, url))
+            answers.append(await send(http, url, UNUSUAL_JSON[edge] % fill, headers))
+        assert_same_answer(*answers, what)
+        await after_burst(stack, good, spec, what)

@@ -63,9 +63,10 @@ class Answer:
         return f"HTTP {self.status}{mark} {self.body[:600]!r}"
 
 
-async def send(http: httpx2.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]) -> Answer:
-    """POST `body` to `url` and read the whole answer (JSON or SSE; for SSE the message carrying the id)."""
-    payload = json.dumps(body, separators=(",", ":"))
+async def send(http: httpx2.AsyncClient, url: str, body: dict[str, Any] | bytes, headers: dict[str, str]) -> Answer:
+    """POST `body` (bytes: sent as they are) to `url` and read the whole answer (JSON or SSE; for SSE the
+    message carrying the id)."""
+    payload = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":"))
     request_headers = {"content-type": "application/json", **headers}
     async with http.stream("POST", url, content=payload, headers=request_headers) as response:
         message: dict[str, Any] | None = None
