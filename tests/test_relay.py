@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import httpx2
 import pytest
 from aiohttp import web
 
@@ -230,3 +231,184 @@ async def test_a_read_whose_server_asks_and_answers_in_one_write_gets_that_answe
             assert [line.split('outcome="')[1].split('"')[0] for line in outcomes] == ["ok"]
     finally:
         await runner.cleanup()
+
+
+# --- a client's own DELETE ends its streams --------------------------------------------------------------
+
+
+class SessionUpstream:
+    """A legacy server whose DELETE ends the session's open streams: cleanly (an SDK server without an event
+    store does so) or by cutting their connections (``abort``). tools/call and resources/read answer with
+    one progress event and then wait for the end of their session; DELETE answers 200, or `delete_status`."""
+
+    def __init__(self, abort: bool, delete_status: int = 200) -> None:
+        self.abort = abort
+        self.delete_status = delete_status
+        self.url = ""
+        self.streaming = asyncio.Event()
+        self._open: list[tuple[web.Request, web.StreamResponse]] = []
+        self._ended = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> SessionUpstream:
+        app = web.Application()
+        app.router.add_route("*", "/mcp", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/mcp"  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._ended.set()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self._ended.is_set():
+            return web.Response(status=404)  # the session is gone, as a real server says
+        if request.method == "DELETE":
+            if self.delete_status == 200:
+                self._ended.set()
+                if self.abort:
+                    for held, _ in self._open:
+                        assert held.transport is not None
+                        held.transport.abort()
+            return web.Response(status=self.delete_status)
+        body = await request.json()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Mcp-Session-Id": "s-1"})
+        await response.prepare(request)
+        progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}}
+        await response.write(b"event: message\ndata: " + json.dumps(progress).encode() + b"\n\n")
+        self._open.append((request, response))
+        self.streaming.set()
+        await self._ended.wait()
+        if not self.abort:
+            await response.write_eof()
+        del body
+        return response
+
+
+@pytest.mark.parametrize(
+    ("method", "abort"),
+    [("tools/call", False), ("tools/call", True), ("resources/read", False)],
+    ids=["streamed call, the server ends it", "streamed call, the server cuts it", "buffered read, the server ends it"],
+)
+async def test_a_clients_own_delete_ending_its_stream_is_no_upstream_failure(abort: bool, method: str) -> None:
+    """The client ends its session while one of its calls streams: the server ends that stream, and the
+    call ends as the client's own doing: no failure event, no upstream error, no breaker count, and no
+    error event the server never sent (the client hears the stream end, as it would without the proxy).
+    A read is read whole before the client hears anything: its client gets an error answer still (there
+    is nothing else to give it), but nothing is counted against the upstream either."""
+    events: list[dict[str, Any]] = []
+    headers = {**JSON_HEADERS, "Mcp-Session-Id": "s-1", "MCP-Protocol-Version": "2025-11-25"}
+    call = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {"name": "held", "uri": "x://held"}}
+    async with SessionUpstream(abort) as upstream, running_proxy(proxy_config(upstream.url)) as proxy:
+        proxy.bus.listeners.append(events.append)
+        url = proxy.url + "/mcp"
+        async with aiohttp.ClientSession() as session:
+
+            async def ask() -> tuple[bytes, bool]:  # a read's answer starts only once it is read whole: asked aside
+                got = b""
+                async with session.post(url, json=call, headers=headers) as streaming:
+                    try:
+                        async for chunk in streaming.content.iter_any():
+                            got += chunk
+                    except aiohttp.ClientPayloadError:
+                        return got, True  # cut
+                return got, False
+
+            asking = asyncio.ensure_future(ask())
+            await upstream.streaming.wait()
+            async with session.delete(url, headers=headers) as deleted:
+                assert deleted.status == 200
+            rest, cut = await asking
+        breakers = proxy.status()["upstreams"]["up"]["breakers"]
+        proxy.events.flush_summaries()
+        metrics = proxy.metrics.render().decode()
+    if method == "tools/call":
+        assert cut is abort  # a stream the server cut reaches the client cut, as without the proxy
+        assert b"notifications/progress" in rest
+        assert b"error" not in rest and b"-3205" not in rest  # no error event of the proxy's making
+    assert [event["type"] for event in events if event["type"] not in ("call_ok", "health_changed")] == []
+    (summary,) = [event for event in events if event["type"] == "call_ok" and event["method"] == method]
+    assert summary["outcomes"] == {"session_deleted": 1}
+    assert "mcp_proxy_upstream_errors_total{" not in metrics
+    assert [breaker["consecutive_failures"] for breaker in breakers] == [0]
+
+
+async def test_a_delete_the_server_refuses_leaves_a_stream_that_then_breaks_a_failure() -> None:
+    """Only a DELETE the server accepted ends its session: after a refused one (405: this server does not
+    let clients end sessions), a stream that breaks is the upstream's failure as before."""
+    headers = {**JSON_HEADERS, "Mcp-Session-Id": "s-1", "MCP-Protocol-Version": "2025-11-25"}
+    async with SessionUpstream(abort=True, delete_status=405) as upstream, running_proxy(proxy_config(upstream.url)) as proxy:
+        url = proxy.url + "/mcp"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=CALL, headers=headers) as streaming:
+                await streaming.content.readuntil(b"\n\n")
+                async with session.delete(url, headers=headers) as deleted:
+                    assert deleted.status == 405
+                for held, _ in upstream._open:
+                    assert held.transport is not None
+                    held.transport.abort()
+                rest = await streaming.read()
+        metrics = proxy.metrics.render().decode()
+    assert b'"reason":"upstream_stream_broken"' in rest
+    assert 'mcp_proxy_upstream_errors_total{kind="upstream_stream_broken",upstream="up"} 1.0' in metrics
+
+
+async def test_the_sdk_servers_own_end_of_a_deleted_sessions_stream_is_no_failure() -> None:
+    """The same against the official Python SDK's server without an event store (its streams carry no
+    event ids, so an unanswered end used to get the proxy's error event): ``held`` streams one progress
+    notification, then the client deletes its session."""
+    import uvicorn
+
+    from tests.sdk_helpers import legacy_handshake, legacy_headers
+    from tests.servers.everything import build_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(build_app("127.0.0.1", resumable=False), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    serving = asyncio.ensure_future(server.serve())
+    async with asyncio.timeout(30):
+        while not server.started:
+            assert not serving.done(), "the SDK server exited early"
+            await asyncio.sleep(0.01)  # polling for the bound port; bounded by the timeout
+    events: list[dict[str, Any]] = []
+    try:
+        upstream = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/mcp"
+        async with running_proxy(proxy_config(upstream)) as proxy, httpx2.AsyncClient(timeout=30) as http:
+            proxy.bus.listeners.append(events.append)
+            url = proxy.url + "/mcp"
+            headers = legacy_headers(await legacy_handshake(http, url))
+            params = {"name": "held", "arguments": {"key": "d"}, "_meta": {"progressToken": "p"}}
+            call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
+            async with http.stream("POST", url, json=call, headers=headers) as streaming:
+                lines = streaming.aiter_lines()
+                async for line in lines:
+                    if "notifications/progress" in line:
+                        break
+                assert (await http.delete(url, headers=headers)).status_code == 200
+                rest = [line async for line in lines]
+            proxy.events.flush_summaries()
+            metrics = proxy.metrics.render().decode()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 30)
+    assert not any("error" in line for line in rest), rest
+    assert [event["type"] for event in events if event["type"] not in ("call_ok", "health_changed")] == []
+    assert 'outcome="session_deleted",tool="held"' in metrics and "mcp_proxy_upstream_errors_total{" not in metrics
+
+
+def test_the_sessions_clients_ended_are_bounded_oldest_out() -> None:
+    from proxy.server.relay import ENDED_SESSIONS_KEPT, Relay
+
+    relay = Relay()
+    for n in range(ENDED_SESSIONS_KEPT + 1):
+        relay.session_ending("up", f"s-{n}")
+    relay.session_ending("up", "s-1")  # again: now the newest
+    relay.session_kept("up", f"s-{ENDED_SESSIONS_KEPT}")  # refused by the server: the session lives on
+    kept = set(relay._ended)
+    assert len(kept) == ENDED_SESSIONS_KEPT - 1
+    assert ("up", "s-0") not in kept and ("up", "s-1") in kept and ("up", f"s-{ENDED_SESSIONS_KEPT}") not in kept

@@ -63,7 +63,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.config.resolve import Policy
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
 from proxy.mcp.headers import client_query, forwarded, upstream_headers
 from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
@@ -71,7 +71,7 @@ from proxy.policies.base import Attempt, Call, Reply, last_attempt
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
-from proxy.server.relay import Relay, Relayed, headers_for, learn_annotations
+from proxy.server.relay import SESSION_DELETED, Relay, Relayed, headers_for, learn_annotations
 from proxy.upstream.transport import AnswerTo
 
 __all__ = ["McpHandler"]
@@ -347,8 +347,11 @@ class McpHandler:
                 held = True
                 reply = await route.pipeline(call)
             except ProxyError as exc:
-                outcome = exc.reason
                 last = last_attempt(call, exc)
+                if isinstance(exc, StreamEndedEarly | StreamBroken) and self._relay.ended_by_client(call):
+                    outcome = SESSION_DELETED  # a read whose session its client deleted: no upstream failure
+                    return _error_response(exc, call.message.id)
+                outcome = exc.reason
                 self._failed(runtime, call, last, exc)
                 return _error_response(exc, call.message.id)
             last = reply.attempt
@@ -451,7 +454,16 @@ class McpHandler:
 
     async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
         headers = self._upstream_headers(request, runtime)
-        return await self._forward(request, runtime, route, request.method, headers, None)
+        session = headers.get("Mcp-Session-Id") if request.method == "DELETE" else None
+        if session is None:
+            return await self._forward(request, runtime, route, request.method, headers, None)
+        # The client ends its session: the streams the server then ends are its doing (`Relay.session_ending`).
+        upstream = route.upstream.name
+        self._relay.session_ending(upstream, session)
+        response = await self._forward(request, runtime, route, request.method, headers, None)
+        if not 200 <= response.status < 300:
+            self._relay.session_kept(upstream, session)
+        return response
 
     @staticmethod
     def _upstream_headers(request: web.BaseRequest, runtime: Runtime) -> CIMultiDict[str]:

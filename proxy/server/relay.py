@@ -27,6 +27,11 @@ it never lands inside a half event, and none is added after an event that may ha
 but could not be read (``unread_event``: the client has its one answer, the server's). An answer in a
 content coding passes unwatched (``unwatched``): nothing can be read from it or added to it.
 
+A stream that ends unanswered after its client sent a DELETE for its session (`Relay.session_ending`)
+ended by the client's own doing: the server ends a session's streams when the session ends. It is
+settled ``session_deleted``: no failure reported, nothing counted by the breaker or passive health, no
+error event added (the client hears the stream end, as it would without the proxy).
+
 Writes to a client that went away never raise (`_write_quietly`, `_end_quietly`): the outcome is already
 settled, and nobody is left to tell. A client that reads nothing is cut by the listener's
 ``limits.send_timeout``, which ends the relay and so closes the upstream stream.
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -45,11 +50,14 @@ from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly, UpstreamPro
 from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, error_body
 from proxy.mcp.sse import NO_REQUEST, NoRequest, Seen, SSEWatcher, last_blank_line_end
 from proxy.policies.base import Call, Reply, ReplyStream
-from proxy.policies.failures import OK, Verdict, classify_error
+from proxy.policies.failures import CANCELLED, OK, Verdict, classify_error
 from proxy.runtime import Route, Runtime
 from proxy.upstream.transport import ReadAhead, SSEBody, encoded, lf_of_crlf
 
-__all__ = ["DISCARDED_EVENT", "MAX_HELD_EVENT", "Relay", "Relayed", "headers_for", "learn_annotations"]
+__all__ = [
+    "DISCARDED_EVENT", "ENDED_SESSIONS_KEPT", "MAX_HELD_EVENT", "SESSION_DELETED", "Relay", "Relayed", "headers_for",
+    "learn_annotations",
+]  # fmt: skip
 
 MAX_HELD_EVENT = 1024 * 1024
 """The most of an unfinished event the relay holds back (`Relay._pump`): past it the event passes as it
@@ -62,15 +70,43 @@ _GONE = object()
 _FINISHED = object()
 """`Relay._pump`'s outcome when a call's answer ended with its final response (the stream's end is drained)."""
 
+SESSION_DELETED: Final = "session_deleted"
+"""The outcome of a call whose stream ended unanswered after its client deleted the session."""
+ENDED_SESSIONS_KEPT: Final = 1024
+"""Sessions a client's DELETE ended that `Relay` remembers (the oldest forgotten first): the streams of one
+end within moments of its DELETE, so a client sending DELETEs for made-up sessions only makes a real
+one's streams, ending later than that many DELETEs, look like the upstream's failure, as before."""
+
 
 class Relay:
-    """Passes SSE answers on to clients, and ends the long-lived ones when the proxy drains."""
+    """Passes SSE answers on to clients, ends the long-lived ones when the proxy drains, and knows the
+    sessions clients ended (`session_ending`)."""
 
-    __slots__ = ("_draining", "_long_lived")
+    __slots__ = ("_draining", "_ended", "_long_lived")
 
     def __init__(self) -> None:
         self._long_lived: set[ReplyStream] = set()
         self._draining = False
+        self._ended: dict[tuple[str, str], None] = {}
+        """(upstream, session id) of DELETEs sent, oldest first, at most `ENDED_SESSIONS_KEPT`."""
+
+    def session_ending(self, upstream: str, session: str) -> None:
+        """A client's DELETE of `session` goes to `upstream` now: a stream of that session that ends
+        unanswered from now on ended by the client's doing (marked before the DELETE is sent: the server
+        may end the streams before its answer to the DELETE is read)."""
+        key = (upstream, session)
+        self._ended.pop(key, None)
+        self._ended[key] = None
+        if len(self._ended) > ENDED_SESSIONS_KEPT:
+            del self._ended[next(iter(self._ended))]
+
+    def session_kept(self, upstream: str, session: str) -> None:
+        """The upstream refused that DELETE (or it never got there): the session lives on."""
+        self._ended.pop((upstream, session), None)
+
+    def ended_by_client(self, call: Call) -> bool:
+        """Whether `call`'s session is one its client deleted (`session_ending`)."""
+        return call.session_id is not None and (call.upstream, call.session_id) in self._ended
 
     async def end_streams(self) -> None:
         """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
@@ -110,6 +146,14 @@ class Relay:
         error = ended if isinstance(ended, ProxyError) else None
         stray = isinstance(error, UpstreamProtocolError)
         answered = watch.answered or watch.unread
+        if not answered and not stray and self.ended_by_client(call):
+            _settled(route, call, CANCELLED)  # the client ended it: nothing learned about the upstream
+            settle(SESSION_DELETED)
+            if error is None:
+                await _end_quietly(response)
+            else:
+                _cut_off(request)  # the server cut it: the client sees the break, as without the proxy
+            return response
         _settled(route, call, classify_error(error) if error is not None and (stray or not answered) else OK)
         if unwatched:
             if error is not None and not self._draining:
