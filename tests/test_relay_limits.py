@@ -98,7 +98,7 @@ async def test_every_entry_of_a_batch_spends_a_token_and_none_is_parsed_again(
     import proxy.server.handler as handler
 
     real_parse = handler.parse_message
-    monkeypatch.setattr(handler, "parse_message", lambda raw: parsed.append(raw) or real_parse(raw))
+    monkeypatch.setattr(handler, "parse_message", lambda raw, *bounds: parsed.append(raw) or real_parse(raw, *bounds))
     monkeypatch.setattr(handler, "classify", None)  # a batch must not need it
     batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, NOTIFICATION, NOTIFICATION]
     config = proxy_config(upstream.url, upstream={"rate_limit": {"rate": 4, "per": "1h", "burst": 4}})
