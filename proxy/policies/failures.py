@@ -7,7 +7,8 @@ everything: **an upstream failed as a server only when it did not answer as an a
     ok                 a 2xx answer that is not a JSON-RPC error    success  success -
     connect_error      NeverSent: refused, DNS, connect timeout     failure  failure connect_error (any call)
     connection_lost    the connection broke after sending           failure  failure connect_error
-    bad_response       an answer that is not HTTP                   failure  failure -
+    bad_response       an answer that is not HTTP, or one carrying  failure  failure -
+                       another request's id (a stray)
     stream_broken      an SSE answer broke before its response      failure  failure -
     timeout            `per_try` ran out after sending, on one of   failure  -       timeout
                        the protocol's own methods (initialize,
