@@ -9,7 +9,7 @@ they pass, and a same-host sidecar gains nothing from compression. `Expect` is a
 (``100 Continue``) and never forwarded: the proxy has the whole body before it sends anything upstream.
 
 The upstream's own ``Server`` and ``Date`` reach the client unchanged (and no ``Server`` when it sent
-none: `proxy.server.relay.Relayed`); only the proxy's own answers carry aiohttp's.
+none: `proxy.server.relay.relayed`); only the proxy's own answers carry aiohttp's.
 
 The request target's query (``/mcp?token=…``) passes too, as the client sent it (`client_query`), after
 the one the upstream URL carries: some servers read a credential or a tenant there.

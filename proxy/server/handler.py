@@ -54,12 +54,13 @@ replaced by a proxy-made error: the client that asked hears the server, whatever
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 import itertools
 import time
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from proxy.config.resolve import Policy
@@ -71,7 +72,7 @@ from proxy.policies.base import Attempt, Call, Reply, last_attempt
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
-from proxy.server.relay import SESSION_DELETED, Relay, Relayed, headers_for, learn_annotations
+from proxy.server.relay import SESSION_DELETED, Relay, headers_for, learn_annotations, relayed
 from proxy.upstream.transport import AnswerTo
 
 __all__ = ["McpHandler"]
@@ -132,7 +133,14 @@ class McpHandler:
         """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
         await self._relay.end_streams()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def handle(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        """Answer one request. A plain function handing back the coroutine: a request without ``Expect``
+        (nearly all) costs no coroutine frame of its own here (measured: the wrapper was ~1.5% of a call)."""
+        if hdrs.EXPECT not in request.headers:
+            return self._handle(request)
+        return self._handle_expecting(request)
+
+    async def _handle_expecting(self, request: web.BaseRequest) -> web.StreamResponse:
         response = await self._handle(request)
         if _awaits_continue(request) and not request.content.is_eof():
             # Refused before the body was asked for: the client may send it now or never, so nothing
@@ -362,7 +370,7 @@ class McpHandler:
                     learn_annotations(route, call, reply.message)
                 else:
                     self._answered_with_failure(runtime, call, reply, outcome)
-                return Relayed(status=reply.status, reason=reply.reason, body=reply.body, headers=headers_for(reply))
+                return relayed(reply.status, reply.reason, reply.body, headers_for(reply))
 
             def settle(value: str) -> None:
                 nonlocal outcome
@@ -449,7 +457,7 @@ class McpHandler:
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
             return _error_response(exc, None)
         if reply.stream is None:
-            return Relayed(status=reply.status, reason=reply.reason, body=reply.body, headers=reply.headers)
+            return relayed(reply.status, reply.reason, reply.body, reply.headers)
         return await self._relay.pass_on(request, runtime, upstream.name, reply)
 
     async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
@@ -584,8 +592,8 @@ def _awaits_continue(request: web.BaseRequest) -> bool:
     sends it for a body over 1 KiB, then waits a second), and none was sent yet. Not for HTTP/1.0, which
     has no 100 (RFC 9110 §10.1.1), nor once the body is here anyway (the 100 may then be left out)."""
     return (
-        request.version >= (1, 1)
-        and request.headers.get("Expect", "").strip().lower() == "100-continue"
+        request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
+        and request.version >= (1, 1)
         and not request.get(_CONTINUED, False)
         and not request.content.is_eof()
     )

@@ -56,7 +56,7 @@ from proxy.upstream.transport import ReadAhead, SSEBody, encoded, lf_of_crlf
 
 __all__ = [
     "DISCARDED_EVENT", "ENDED_SESSIONS_KEPT", "MAX_HELD_EVENT", "SESSION_DELETED", "Relay", "Relayed", "headers_for",
-    "learn_annotations",
+    "learn_annotations", "relayed",
 ]  # fmt: skip
 
 MAX_HELD_EVENT = 1024 * 1024
@@ -465,16 +465,32 @@ class _TheirServer(web.StreamResponse):
 
 
 class Relayed(_TheirServer, web.Response):
-    """A buffered answer of the upstream's (JSON, or a read's SSE read whole), as the client gets it."""
+    """A buffered answer of an upstream that sent no ``Server``, as the client gets it (`relayed`)."""
 
 
-class _EventStream(_TheirServer):
+def relayed(status: int, reason: str | None, body: bytes | None, headers: CIMultiDict[str]) -> web.Response:
+    """A buffered answer of the upstream's (JSON, or a read's SSE read whole), as the client gets it.
+
+    With the upstream's own ``Server`` (most servers send one) aiohttp keeps it and its ``Date``, so the
+    plain `web.Response` does: the `_TheirServer` override costs a coroutine per answer, paid only when
+    there is no ``Server`` to keep."""
+    kind = web.Response if hdrs.SERVER in headers else Relayed
+    return kind(status=status, reason=reason, body=body, headers=headers)
+
+
+class _EventStream(web.StreamResponse):
     """An SSE answer whose head leaves with its first bytes: one write to the client, not two (a write is a
     system call, about a twentieth of the proxy's CPU per streamed call, measured). aiohttp sends a
     `StreamResponse`'s head at once unless told (`_send_headers_immediately`, as its `web.Response` does);
-    `_start` makes sure the head never waits for an upstream that is slow to send the first event."""
+    `_start` makes sure the head never waits for an upstream that is slow to send the first event.
+    This one is for an upstream that sent its own ``Server`` (aiohttp keeps it); `_TheirEventStream`
+    for one that sent none."""
 
     _send_headers_immediately = False
+
+
+class _TheirEventStream(_TheirServer, _EventStream):
+    """An SSE answer of an upstream that sent no ``Server``: none reaches the client."""
 
 
 async def _start(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
@@ -483,7 +499,9 @@ async def _start(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
     The head is sent with the first bytes when they are there already (the usual case: an upstream's head
     and its first event come together); otherwise as soon as the relay waits for them, so a client sees
     the head as early as before (`_send_head`, one loop turn later)."""
-    response = _EventStream(status=reply.status, reason=reply.reason, headers=headers_for(reply))
+    headers = headers_for(reply)
+    kind = _EventStream if hdrs.SERVER in headers else _TheirEventStream
+    response = kind(status=reply.status, reason=reply.reason, headers=headers)
     response.headers["X-Accel-Buffering"] = "no"
     try:
         await response.prepare(request)
