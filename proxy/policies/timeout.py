@@ -23,10 +23,11 @@ import asyncio
 import time
 from typing import Final
 
+from proxy.deadlines import DeadlineClock
 from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
 from proxy.mcp.jsonrpc import CLIENT_PACED_METHODS
 from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Clock, Observer, Reply
-from proxy.tasks import Owner, cancel_and_wait, spawn
+from proxy.tasks import Owner, cancel_and_wait, interrupt, spawn
 
 __all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
 
@@ -38,12 +39,15 @@ _attempts: Owner = set()  # attempts raced against their time (awaited by their 
 class TimeoutStage:
     """Bounds one attempt; optionally observes how late a timed-out idempotent answer really was."""
 
-    __slots__ = ("_clock", "_observe", "_observer")
+    __slots__ = ("_clock", "_deadlines", "_observe", "_observer")
 
     def __init__(self, clock: Clock, observer: Observer = NULL_OBSERVER, observe: float = 0.0) -> None:
         self._clock = clock
         self._observer = observer
         self._observe = observe
+        self._deadlines = DeadlineClock()
+        """Every attempt's limit, kept by one timer (`proxy.deadlines`): an `asyncio.timeout` per attempt
+        made and cancelled a timer each time, for a limit that almost never fires."""
 
     async def __call__(self, attempt: Attempt, next: AttemptHandler) -> Reply:
         call = attempt.call
@@ -55,14 +59,23 @@ class TimeoutStage:
             limit = min(limit, left)
         if self._observe > 0 and call.idempotent:
             return await self._observed(attempt, next, limit)
+        task = asyncio.current_task()
+        assert task is not None
+        expiry = _Expiry(task)
+        deadlines = self._deadlines
+        deadlines.waiting(expiry, deadlines.now() + limit)
         try:
-            async with asyncio.timeout(limit):
-                return await next(attempt)
-        except TimeoutError:
+            return await next(attempt)
+        except asyncio.CancelledError:
+            # Ours only when it fired and no other cancellation is pending (as `asyncio.timeout` decides).
+            if not expiry.fired or task.uncancel() > expiry.cancelling:
+                raise
             if not attempt.written:
                 raise _still_waiting(attempt, limit) from None
             self._timed_out(attempt, limit, observing=False)
             raise _timeout(attempt, limit) from None
+        finally:
+            deadlines.done(expiry)
 
     def _timed_out(self, attempt: Attempt, limit: float, observing: bool) -> None:
         self._observer.policy_event("timeout", attempt, limit_ms=round(limit * 1000, 3), observing=observing)
@@ -105,6 +118,23 @@ class TimeoutStage:
         if observed_ms is None:
             fields["waited_ms"] = round((time.monotonic() - started) * 1000, 3)
         self._observer.policy_event("timeout_observed", attempt, **fields)
+
+
+class _Expiry:
+    """One attempt's limit in the stage's `DeadlineClock`: when it passes, the attempt's task is cancelled,
+    and the stage tells that cancellation (`fired`, and the task's count of pending cancellations when
+    the attempt began) from anyone else's."""
+
+    __slots__ = ("cancelling", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.fired = False
+
+    def expire(self) -> None:
+        self.fired = True
+        interrupt(self.task)
 
 
 async def _abandon(attempt: asyncio.Future[Reply]) -> None:

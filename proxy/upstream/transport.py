@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
 
 from proxy.config.model import LimitsConfig, UpstreamConfig
+from proxy.deadlines import DeadlineClock
 from proxy.errors import (
     AnswerTooLarge,
     NeverSent,
@@ -164,56 +164,6 @@ upstream_errors = _Boundary
 """The error-mapping boundary (`_Boundary`): every call into the HTTP client runs inside one."""
 
 
-class _IdleClock:
-    """The silence limit (`stream_idle`) of every SSE body of one upstream, kept by one timer.
-
-    A body waiting for its next chunk is registered with its deadline (the wait's start plus its `idle`),
-    and unregistered when the chunk comes. The timer fires at the earliest deadline: bodies past theirs are
-    expired (`SSEBody.expire`), and it is armed again for the next. Nothing is ever cancelled: a timer that
-    finds nothing due only arms the next one. Per read this costs a clock reading and a dict entry, where an
-    `asyncio.timeout` makes and cancels a timer (about 7-14 µs each on uvloop, measured: two per streamed
-    call, the upstream's event and its end, were a tenth of the proxy's CPU per SSE call)."""
-
-    __slots__ = ("_armed", "_loop", "_reading")
-
-    def __init__(self) -> None:
-        self._reading: dict[SSEBody, float] = {}
-        self._armed: list[float] = []
-        """When the timers armed and not yet fired will fire (a heap): one is armed only for a deadline
-        earlier than all of them, so with one `stream_idle` there is one timer at a time."""
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def now(self) -> float:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop.time()
-
-    def waiting(self, body: SSEBody, deadline: float) -> None:
-        self._reading[body] = deadline
-        if not self._armed or deadline < self._armed[0]:
-            self._arm(deadline)
-
-    def done(self, body: SSEBody) -> None:
-        self._reading.pop(body, None)
-
-    def _arm(self, at: float) -> None:
-        assert self._loop is not None
-        heapq.heappush(self._armed, at)
-        self._loop.call_at(at, self._tick)
-
-    def _tick(self) -> None:
-        heapq.heappop(self._armed)
-        now = self.now()
-        due = [body for body, deadline in self._reading.items() if deadline <= now]
-        for body in due:
-            del self._reading[body]
-            body.expire()
-        if self._reading:
-            earliest = min(self._reading.values())
-            if not self._armed or earliest < self._armed[0]:
-                self._arm(earliest)
-
-
 class SSEBody:
     """An upstream SSE body, passed on chunk by chunk; silence longer than `idle` breaks it (`StreamSilent`).
 
@@ -223,7 +173,7 @@ class SSEBody:
 
     __slots__ = ("_boundary", "_clock", "_idle", "_response", "_silent")
 
-    def __init__(self, response: Response, idle: float | None, upstream: str, clock: _IdleClock) -> None:
+    def __init__(self, response: Response, idle: float | None, upstream: str, clock: DeadlineClock) -> None:
         self._response = response
         self._idle = idle
         self._clock = clock
@@ -253,7 +203,7 @@ class SSEBody:
         return chunk
 
     def expire(self) -> None:
-        """Silent past `idle` (`_IdleClock`): the connection is closed, which ends the waiting read."""
+        """Silent past `idle` (`proxy.deadlines.DeadlineClock`): the connection is closed, which ends the waiting read."""
         self._silent = True
         self._response.close()
 
@@ -376,7 +326,7 @@ class HttpUpstream:
         self._pool: ConnectionPool | None = None
         self._probe_pool: ConnectionPool | None = None
         self._retired = False
-        self._idle_clock = _IdleClock()
+        self._idle_clock = DeadlineClock()
 
     async def start(self) -> None:
         """Open the pools. Called from the app's cleanup context, inside the running loop.
