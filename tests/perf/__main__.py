@@ -33,6 +33,11 @@ Modes instead of the above (each under 1.5 minutes with its defaults):
   tools; throughput and CPU per call within 5% (`tests.perf.config_size`);
 - ``--memory``: idle RSS of ``serve``, RSS per cached answer, per open SSE stream, and the peak with
   ``--entries`` cached answers and ``--streams`` open streams (`tests.perf.memory`);
+- ``--instructions``: user-space instructions per request of the proxy, the naive forwarder, the aiofloor
+  and the floor, counted by valgrind's callgrind over ``--requests`` calls on one keep-alive connection
+  after a warm-up, with ``PYTHONHASHSEED=0``: repeatable to about 0.2% where CPU time drifts by 10-20%;
+  proxy/naive, proxy/aiofloor and the per-call work, proxy minus aiofloor (`tests.perf.instructions`;
+  needs valgrind, otherwise it says so and measures nothing);
 - ``--events-compare``, below.
 
 ``--events-compare`` (instead of the above): the cost of failure events, "events on must cost <= 5%
@@ -80,6 +85,7 @@ from tests.perf.harness import (
     _start_proxy,
     _start_upstream,
 )
+from tests.perf.instructions import instructions, missing_tools
 from tests.perf.memory import memory
 from tests.perf.procs import Child, Processes
 from tests.perf.wrk import WRK_HEADERS, find_wrk, run_wrk, write_script
@@ -182,6 +188,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead: the proxy's memory idle, with --entries cached answers and --streams open SSE streams (see above)",
     )
+    what.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead: instructions per request of proxy, naive, aiofloor and floor under callgrind (see above)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=1000, metavar="N",
+        help="with --instructions: requests counted per target, after a 200-request warm-up (default 1000)",
+    )
     parser.add_argument(
         "--tools", type=int, default=1000, metavar="N", help="with --config-size: tools the large configs' upstream lists (default 1000)"
     )
@@ -218,8 +233,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.events_compare or args.config_size else 1
-    if args.rounds < 1 or args.fail_every < 1:
-        parser.error("--rounds and --fail-every must be at least 1")
+    if args.rounds < 1 or args.fail_every < 1 or args.requests < 1:
+        parser.error("--rounds, --fail-every and --requests must be at least 1")
     return args
 
 
@@ -554,10 +569,20 @@ def _terminate(signum: int, _: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    wrk = find_wrk()
-    if wrk is None:
-        sys.stderr.write("wrk not found: apt-get install -y wrk (Debian/Ubuntu)\n")
-        return 2
+    if args.instructions:
+        missing = missing_tools()
+        if missing:
+            sys.stderr.write(
+                f"--instructions skipped: {' and '.join(missing)} not found: apt-get install -y valgrind (Debian/Ubuntu)\n"
+            )
+            return 0
+        wrk = ""  # this mode runs no wrk
+    else:
+        found = find_wrk()
+        if found is None:
+            sys.stderr.write("wrk not found: apt-get install -y wrk (Debian/Ubuntu)\n")
+            return 2
+        wrk = found
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mcp-perf-") as tmp:
@@ -569,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = config_size(args, Path(tmp), procs, wrk)
             elif args.memory:
                 report = memory(args, Path(tmp), procs)
+            elif args.instructions:
+                report = instructions(args, Path(tmp), procs)
             else:
                 report = _run(args, Path(tmp), procs, wrk)
         except BaseException:
