@@ -74,6 +74,10 @@ class FaultUpstream:
     """Set whenever a request arrives; tests clear it and wait on it instead of sleeping."""
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a hanging request's connection went away."""
+    javascript_ids: bool = False
+    """Echo a number id as a JavaScript server does (``JSON.parse``, ``JSON.stringify``): read as a double,
+    written as an integer when integral (9007199254740993 comes back 9007199254740992, ``1.0`` as ``1``).
+    Otherwise ids are echoed as Python's `json` reads them (``1.0`` stays ``1.0``, ``-0.0`` too)."""
     _runner: web.AppRunner | None = None
 
     @staticmethod
@@ -156,6 +160,9 @@ class FaultUpstream:
 
     def _message(self, body: dict[str, Any], tool: str | None, fault: Fault | None) -> dict[str, Any]:
         request_id = body["id"]
+        if self.javascript_ids and isinstance(request_id, int | float) and not isinstance(request_id, bool):
+            double = float(request_id)
+            request_id = int(double) if double.is_integer() else double
         if fault is not None and fault.jsonrpc_error is not None:
             return {"jsonrpc": "2.0", "id": request_id, "error": {"code": fault.jsonrpc_error, "message": "injected"}}
         method = body["method"]

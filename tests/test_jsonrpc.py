@@ -23,6 +23,7 @@ from proxy.mcp.jsonrpc import (
     too_many_values,
     is_read_method,
     parse_message,
+    same_id,
 )
 
 
@@ -349,6 +350,37 @@ def test_a_tool_name_with_a_lone_surrogate_is_invalid_params() -> None:
 def test_an_integral_number_id_is_the_integer_servers_echo(written: bytes) -> None:
     message = parse_message(b'{"jsonrpc":"2.0","id":' + written + b',"method":"ping"}')
     assert message.id == 1 and type(message.id) is int
+
+
+@pytest.mark.parametrize(
+    ("answer_id", "request_id", "same"),
+    [
+        (1.0, 1, True),
+        (-0.0, 0, True),
+        (100.0, 100, True),
+        (9007199254740992, 9007199254740993, True),  # JSON.parse's double for 2^53+1
+        (9007199254740992.0, 9007199254740993, True),
+        (2**64, 2**64 + 1, True),
+        (float("inf"), 10**400, True),  # past the largest double: Infinity to JSON.parse
+        ("a", "a", True),
+        (None, None, True),
+        (2, 1, False),
+        (1.5, 1, False),
+        (9007199254740994, 9007199254740993, False),
+        ("1", 1, False),
+        (1, "1", False),
+        (True, 1, False),
+        (False, 0, False),
+        (None, 1, False),
+        (0, None, False),
+        ([1], 1, False),
+        ({"id": 1}, 1, False),
+    ],
+)
+def test_ids_are_the_same_when_equal_as_json_rpc_values(answer_id: Any, request_id: Any, same: bool) -> None:
+    """Numbers compare as IEEE doubles, as a server reading them into doubles echoes them; a string is no
+    number and a boolean no integer."""
+    assert same_id(answer_id, request_id) is same
 
 
 def test_an_empty_method_is_the_servers_to_answer() -> None:

@@ -41,6 +41,29 @@ def test_a_response_to_another_request_is_a_stray_and_one_without_a_result_is_no
 
 
 @pytest.mark.parametrize(
+    ("request_id", "answer_id", "stray"),
+    [
+        (7, b"7.0", False),
+        (7, b"7e0", False),
+        (0, b"-0.0", False),
+        (9007199254740993, b"9007199254740992", False),  # what JSON.parse makes of it
+        (7, b"8", True),
+        (7, b"true", True),
+        (1, b"true", True),
+        (7, b'"7"', True),
+        ("7", b"7", True),
+    ],
+)
+def test_the_final_response_is_the_one_whose_id_equals_the_requests_as_a_json_rpc_value(
+    request_id: str | int, answer_id: bytes, stray: bool
+) -> None:
+    """Numbers as doubles, as on the JSON path (`proxy.mcp.jsonrpc.same_id`)."""
+    answer = b'{"jsonrpc":"2.0","id":' + answer_id + b',"result":{}}'
+    expected = Seen(stray=True) if stray else Seen(final=orjson.loads(answer))
+    assert SSEWatcher(request_id).feed(event(answer)) == [expected]
+
+
+@pytest.mark.parametrize(
     ("status", "answer", "stray"),
     [
         (200, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}', False),  # unattributable

@@ -48,7 +48,7 @@ from proxy.upstream.transport import (
 from tests.conftest import proxy_config
 from tests.fakes import first, make_call
 from tests.fault_upstream import FaultUpstream
-from tests.test_forwarding import JSON_HEADERS, call_tool, post
+from tests.test_forwarding import JSON_HEADERS, call_tool, post, upstream_counts
 from tests.test_http_client import SSE_HEAD, RawServer, Script, read_request, sse_chunk, until
 
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
@@ -280,6 +280,71 @@ BATCH = parse_message(
 )
 def test_which_answers_are_strays(message: Message, answer: Any, stray: bool) -> None:
     assert AnswerTo.of(message).stray(answer, 200) is stray
+
+
+@pytest.mark.parametrize(
+    ("answer", "stray"),
+    [
+        ({"jsonrpc": "2.0", "id": 1.0, "result": {}}, False),  # Python's json echoes 1e0 or 1.0 so
+        ({"jsonrpc": "2.0", "id": 2, "result": {}}, True),
+        ({"jsonrpc": "2.0", "id": 1.5, "result": {}}, True),
+        ([{"jsonrpc": "2.0", "id": 1.0, "result": {}}, {"jsonrpc": "2.0", "id": "b", "result": {}}], False),
+    ],
+)
+def test_a_number_id_answers_when_equal_as_a_double(answer: Any, stray: bool) -> None:
+    message = parse_message(b'{"jsonrpc":"2.0","id":1e0,"method":"ping"}') if isinstance(answer, dict) else BATCH
+    assert AnswerTo.of(message).stray(answer, 200) is stray
+    big = parse_message(b'{"jsonrpc":"2.0","id":9007199254740993,"method":"ping"}')
+    assert not AnswerTo.of(big).stray({"jsonrpc": "2.0", "id": 9007199254740992, "result": {}}, 200)  # JSON.parse's
+    assert AnswerTo.of(big).stray({"jsonrpc": "2.0", "id": 9007199254740994, "result": {}}, 200)
+
+
+ECHOED_IDS = [  # (the id as the client writes it, as the server echoes it, a JavaScript server)
+    (b"1.0", b"1.0", False),
+    (b"1e0", b"1.0", False),
+    (b"-0.0", b"-0.0", False),
+    (b"1e2", b"100.0", False),
+    (b"9007199254740993", b"9007199254740992", True),  # JSON.parse rounds it to the nearest double
+]
+
+
+@pytest.mark.parametrize("answer", ["json", "streamed SSE", "buffered SSE"])
+@pytest.mark.parametrize(("written", "echoed", "javascript"), ECHOED_IDS, ids=[w.decode() for w, _, _ in ECHOED_IDS])
+async def test_an_id_the_server_echoes_in_another_number_form_is_the_answer_to_its_request(
+    upstream: FaultUpstream, answer: str, written: bytes, echoed: bytes, javascript: bool
+) -> None:
+    """The server echoes the id as it read it: ``1.0`` for ``1e0``, a JavaScript server the double nearest
+    2^53+1. That is the request's answer, delivered as the server wrote it, and nothing counts against the
+    upstream (adversarial review: these were strays, 502 upstream_bad_response, and five opened the breaker)."""
+    upstream.javascript_ids = javascript
+    streamed = answer == "streamed SSE"
+    method, params = ("tools/call", b',"params":{"name":"lookup","arguments":{}}') if streamed else ("tools/list", b"")
+    if answer != "json":
+        upstream.fault(method, sse=True)
+    raw = b'{"jsonrpc":"2.0","id":' + written + b',"method":"' + method.encode() + b'"' + params + b"}"
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        status, headers, body = await post(proxy.url + "/mcp", data=raw)
+        assert (status, headers.get("X-Mcp-Proxy-Error")) == (200, None)
+        final = body.rsplit(b"data: ", 1)[-1] if answer != "json" else body
+        assert final.startswith(b'{"jsonrpc": "2.0", "id": ' + echoed + b', "result": {')
+        assert b'"error"' not in body
+        assert sum(upstream.attempts.values()) == 1
+        assert upstream_counts(proxy) == ("closed", 0, "healthy", 0)
+
+
+async def test_five_calls_whose_ids_come_back_in_another_number_form_leave_the_upstream_ready(
+    upstream: FaultUpstream,
+) -> None:
+    """One client's ids written ``1.0`` must not open the breaker or fail /readyz for everyone (five
+    consecutive failures do both by default)."""
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        for _ in range(5):
+            status, _, body = await post(proxy.url + "/mcp", data=b'{"jsonrpc":"2.0","id":1.0,"method":"tools/list"}')
+            assert (status, json.loads(body)["id"]) == (200, 1.0)
+        assert upstream_counts(proxy) == ("closed", 0, "healthy", 0)
+        async with aiohttp.ClientSession() as session, session.get(proxy.admin_url + "/readyz") as response:
+            assert response.status == 200
+    assert upstream.attempts["tools/list"] == 5
 
 
 async def test_the_url_credentials_are_not_lent_when_the_caller_says_the_client_had_its_own() -> None:

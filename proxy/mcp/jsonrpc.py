@@ -15,7 +15,10 @@ error answers) is refused: no UTF-8 can carry it.
 
 An ``id`` written as an integral number (``1.0``, ``1e0``) is the integer to the proxy, as servers echo it
 (server-everything answers ``"id":1``); one with a fraction (``1.5``) is refused (-32600): no server tested
-takes it as a request. An empty ``method`` is the server's to answer (-32601 from all three).
+takes it as a request. Other servers echo ``1.0`` as they read it, and a JavaScript server rounds an id past
+2^53 to a double: an answer's id is compared with the request's as a JSON-RPC value (`same_id`, numbers as
+doubles), so neither is taken for another request's answer. An empty ``method`` is the server's to answer
+(-32601 from all three).
 
 Everything a client sends enters here, so the bounds on its shape are enforced here, once, before any
 name becomes a metric label, an event field, a log line or a cache key:
@@ -44,6 +47,7 @@ written (see `_exact_arguments`); all others take orjson's sorted dump unchanged
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -70,6 +74,7 @@ __all__ = [
     "is_read_method",
     "list_changed_kind",
     "parse_message",
+    "same_id",
     "MAX_BODY_VALUES",
     "MAX_PARSED_CONTAINERS",
     "count_values",
@@ -338,6 +343,35 @@ def _id_of(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and -_MAX_EXACT_ID <= value <= _MAX_EXACT_ID:
         return int(value)
     return value
+
+
+def same_id(answer_id: Any, request_id: str | int | None) -> bool:
+    """Whether a response's `answer_id` is `request_id` as JSON-RPC values: how the proxy tells a request's
+    own answer from a stray (another request's), on the JSON path (`proxy.upstream.transport.AnswerTo`) and
+    in an SSE answer (`proxy.mcp.sse.SSEWatcher`) alike.
+
+    Strings are equal as text, null only to null; numbers are equal as IEEE doubles, as every server that
+    parses JSON numbers into doubles (JavaScript's ``JSON.parse``, Python's `json` for ``1.0``) sees them:
+    ``1`` is ``1.0`` and ``1e0``, ``0`` is ``-0.0``, and 9007199254740993 is the 9007199254740992 a
+    JavaScript server echoes for it. A client chooses its id: the way a server writes it back must never
+    make its own answer a stray (a bad response counted against the upstream). A string is never a number
+    (``"1"`` is not ``1``), nor is a boolean (``true`` is not ``1``, though Python says so)."""
+    if isinstance(request_id, str):
+        return isinstance(answer_id, str) and answer_id == request_id
+    if request_id is None:
+        return answer_id is None
+    if isinstance(answer_id, bool) or not isinstance(answer_id, int | float):
+        return False
+    return answer_id == request_id or _double(answer_id) == _double(request_id)
+
+
+def _double(number: int | float) -> float:
+    """`number` as the IEEE double a double-based server reads it as (correctly rounded; beyond the
+    largest double, an infinity, as ``JSON.parse`` gives)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
 
 
 def _writable(text: str) -> bool:

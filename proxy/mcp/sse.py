@@ -38,7 +38,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind, too_many_containers
+from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind, same_id, too_many_containers
 
 __all__ = [
     "NO_REQUEST",
@@ -207,8 +207,9 @@ class Seen(NamedTuple):
       refuses (nested past 1024 levels, a lone surrogate: a client's parser may still read it), or JSON
       that is not one object (a batch);
     - `oversized`: over the watcher's `max_event`: its data was not kept (`SSEParser`);
-    - `stray`: a JSON-RPC response with another id than the request's: another request's answer, which
-      must not reach this client (as on the JSON path: `proxy.upstream.transport.AnswerTo`).
+    - `stray`: a JSON-RPC response with another id than the request's (compared as JSON-RPC values,
+      `proxy.mcp.jsonrpc.same_id`: ``1.0`` is ``1``): another request's answer, which must not reach this
+      client (as on the JSON path: `proxy.upstream.transport.AnswerTo`).
     """
 
     final: dict[str, Any] | None = None
@@ -346,9 +347,9 @@ class SSEWatcher(_EventReader):
             if "method" in message:
                 if "id" in message and '"method"' in data:
                     return Seen(asks=True, list_changed=kind) if kind is not None else _ASKS
-            elif self._request_id is not NO_REQUEST and ("result" in message or "error" in message):
+            elif not isinstance(self._request_id, NoRequest) and ("result" in message or "error" in message):
                 answer_id = message.get("id")
-                if answer_id == self._request_id:
+                if same_id(answer_id, self._request_id):
                     return _new(Seen, (message, False, None, False, False, False))
                 if message.get("jsonrpc") == "2.0" and not (
                     "error" in message and (answer_id is None or self._any_id_error)

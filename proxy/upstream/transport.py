@@ -64,7 +64,7 @@ from proxy.errors import (
 )
 from proxy.errors import ProxyError
 from proxy.mcp.headers import client_headers
-from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, MAX_PARSED_CONTAINERS, Kind, Message, too_many_containers
+from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, MAX_PARSED_CONTAINERS, Kind, Message, same_id, too_many_containers
 from proxy.mcp.sse import Seen, SSEWatcher
 from proxy.policies.base import Attempt, Reply
 from proxy.upstream.http11.client import (
@@ -253,7 +253,9 @@ class AnswerTo(NamedTuple):
     """What a JSON answer must answer: a request's id, or a batch's request ids (`batch`).
 
     A JSON-RPC response in the answer (an object with ``"jsonrpc": "2.0"`` and a result or an error) that
-    carries any other id is a stray: `upstream_bad_response`, and the connection is not reused. Not a
+    carries any other id is a stray: `upstream_bad_response`, and the connection is not reused. Ids are
+    compared as JSON-RPC values (`proxy.mcp.jsonrpc.same_id`, as the SSE watcher does): numbers as doubles,
+    so ``1.0`` echoed for ``1``, or a JavaScript server's rounding of an id past 2^53, is the answer. Not a
     stray, and so delivered:
 
     - an *error* with id null (or none): JSON-RPC's own way to answer what the server could not
@@ -292,11 +294,10 @@ class AnswerTo(NamedTuple):
         answer_id = response.get("id")
         if "error" in response and (answer_id is None or not 200 <= status < 300):
             return True
-        return _is_id(answer_id) and answer_id in self.ids
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        for request_id in self.ids:
+            if same_id(answer_id, request_id):
+                return True
+        return False
 
 
 def _is_response(item: Any) -> bool:
