@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.mcp import jsonrpc
 from proxy.mcp.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -312,6 +313,35 @@ def test_valid_json_orjson_refuses_is_read(raw: bytes) -> None:
     assert message.canonical_arguments()  # never raises, and takes the exact path
 
 
+UTF16_ARRAYS = (
+    '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":"\\"","b":['
+    + ",".join(["[]"] * 690_000)
+    + '],"c":"\\""}}}'
+)
+"""The hostile-client review's body: its escaped quotes, in UTF-16, hide 690,000 arrays from the value count."""
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-16", "utf-32-le", "utf-32"])
+def test_json_in_utf16_or_utf32_is_a_parse_error_and_never_parsed(
+    encoding: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's `json` reads UTF-16 and UTF-32 bytes, where the value count (which reads UTF-8) sees 8
+    values in 4 MiB of arrays; no server tested reads them. Refused as -32700, before any parse."""
+    for text, values in ((UTF16_ARRAYS, 690_010), ('{"jsonrpc":"2.0","id":1,"method":"ping"}', 4)):
+        assert count_values(text.encode()) == values  # in UTF-8 the count sees them all
+        raw = text.encode(encoding)
+        assert not too_many_values(raw, MAX_BODY_VALUES)  # the hole: in UTF-16 it does not
+        with monkeypatch.context() as patched:
+            patched.setattr(jsonrpc.json, "loads", _never_called)
+            with pytest.raises(MessageError) as caught:
+                parse_message(raw)
+        assert (caught.value.code, caught.value.request_id, caught.value.status) == (-32700, None, 400)
+
+
+def _never_called(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("parsed")
+
+
 def test_an_infinity_is_never_the_same_cache_key_as_null() -> None:
     """orjson writes an infinity as null: the exact path keeps the number as written."""
     keys = [parse_message(_call('{"x":%s}' % number)).canonical_arguments() for number in ("1e999", "null", "1e500")]
@@ -330,8 +360,11 @@ def test_an_infinity_is_never_the_same_cache_key_as_null() -> None:
         (b'{"jsonrpc":"2.0","id":' + LONE + b',"method":"ping"}', -32600, None),
         (b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', -32600, None),
         (b'{"jsonrpc":"2.0","id":1e300,"method":"ping"}', -32600, None),
+        (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\xed\xa0\x80"}}', -32700, None),
+        (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\xff"}}', -32700, None),
     ],
-    ids=["NaN", "Infinity", "BOM, then broken", "surrogate method", "surrogate id", "fractional id", "huge id"],
+    ids=["NaN", "Infinity", "BOM, then broken", "surrogate method", "surrogate id", "fractional id", "huge id",
+         "surrogate in UTF-8 bytes", "not UTF-8"],  # fmt: skip
 )
 def test_what_stays_refused(raw: bytes, code: int, request_id: object) -> None:
     with pytest.raises(MessageError) as caught:

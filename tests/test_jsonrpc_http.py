@@ -148,6 +148,29 @@ async def test_a_body_of_a_million_empty_arrays_is_refused_unparsed(upstream: Fa
     assert (status, json.loads(body)["id"]) == (200, 8) and upstream.received[0].body == call(1000)
 
 
+async def test_a_utf16_body_is_a_parse_error_never_parsed_and_a_utf8_bom_still_passes(upstream: FaultUpstream) -> None:
+    """4 MiB of UTF-16 hid 690,000 arrays from limits.max_body_values (the count reads UTF-8) and Python's
+    `json` parsed them all (0.75 s, ~50 MiB a body): now -32700 before any parse, as no server reads it."""
+    arrays = ",".join(["[]"] * 690_000)
+    text = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup","arguments":{"a":"\\"","b":['
+    raw = (text + arrays + '],"c":"\\""}}}').encode("utf-16-le")
+    bom = b'\xef\xbb\xbf{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+    async with running_proxy(proxy_config(upstream.url)) as proxy:
+        status, headers, body = await post(proxy.url + "/mcp", raw)
+        assert upstream.received == []
+        passed = await post(proxy.url + "/mcp", bom)
+        metrics = proxy.metrics.render().decode()
+    assert (status, headers["X-Mcp-Proxy-Error"]) == (400, "bad_json")
+    assert json.loads(body) == {
+        "jsonrpc": "2.0", "id": None,
+        "error": {"code": -32700, "message": "Parse error: JSON must be UTF-8 (the body holds a NUL byte)",
+                  "data": {"reason": "bad_json"}},
+    }  # fmt: skip
+    assert 'mcp_proxy_rejected_requests_total{reason="bad_json"} 1.0' in metrics
+    assert (passed[0], json.loads(passed[2])["id"]) == (200, 2)
+    assert [r.body for r in upstream.received] == [bom]
+
+
 # --- valid JSON orjson refuses, against the official Python SDK's server ----------------------------------
 
 

@@ -8,10 +8,10 @@ orjson refuses some valid JSON that real servers take (measured against the offi
 2.3, FastMCP and server-everything): a number beyond a double's range (``1e999``), a lone UTF-16
 surrogate escape (``"\ud800"``), a UTF-8 byte order mark before the text. On its refusal the body is read
 by Python's `json` instead (`_lenient`: same bounds, ``NaN`` and ``Infinity`` still refused, as they
-are not JSON), so what a server would answer reaches it unchanged. Such a body's cache key takes the exact
-path (orjson would write the infinity as ``null``). A lone surrogate where the proxy must write the
-string itself (``method``, a string ``id``, a tool or prompt name: metric labels, event fields, our own
-error answers) is refused: no UTF-8 can carry it.
+are not JSON, and UTF-8 only: no server tested reads UTF-16 or UTF-32), so what a server would answer
+reaches it unchanged. Such a body's cache key takes the exact path (orjson would write the infinity as
+``null``). A lone surrogate where the proxy must write the string itself (``method``, a string ``id``, a
+tool or prompt name: metric labels, event fields, our own error answers) is refused: no UTF-8 can carry it.
 
 An ``id`` written as an integral number (``1.0``, ``1e0``) is the integer to the proxy, as servers echo it
 (server-everything answers ``"id":1``); one with a fraction (``1.5``) is refused (-32600): no server tested
@@ -519,12 +519,27 @@ def _lenient_int(text: str) -> Any:
 
 def _lenient(raw: bytes, refusal: orjson.JSONDecodeError) -> Any:
     """`raw` read by Python's `json`, for valid JSON orjson refuses (see the module docstring); its bounds
-    are the caller's (size and value count before, depth after). Not JSON to it either: orjson's -32700."""
+    are the caller's (size and value count before, depth after). Not JSON to it either: orjson's -32700.
+
+    UTF-8 only (a byte order mark allowed): given bytes, `json.loads` would also read UTF-16 and UTF-32,
+    which the value count (`too_many_values`, run on the bytes as UTF-8) cannot see into, so a 4 MiB UTF-16
+    body of 690,000 arrays counted as 8 values and was parsed. No server tested reads them either
+    (server-everything and the Python SDK server answer 400). UTF-16 or UTF-32 JSON always holds a NUL byte
+    (in its ASCII punctuation), which UTF-8 JSON never does (a NUL in a string is written ``\\u0000``): such a
+    body is refused at C speed, unparsed. Decoding is strict: a surrogate encoded in UTF-8 bytes is refused
+    too (orjson refuses it; `json` took it). A lone surrogate *escape* (``"\\ud800"``) is ASCII text, and
+    stays valid."""
+    if b"\x00" in raw:
+        raise MessageError(PARSE_ERROR, "Parse error: JSON must be UTF-8 (the body holds a NUL byte)")
     try:
-        return json.loads(raw, parse_constant=_not_json, parse_int=_lenient_int)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise MessageError(PARSE_ERROR, "Parse error: JSON must be UTF-8 (the body is not)") from None
+    try:
+        return json.loads(text, parse_constant=_not_json, parse_int=_lenient_int)
     except RecursionError:  # nested past what its C scanner takes (about 1,000 levels): far past the bound
         raise MessageError(INVALID_REQUEST, f"Invalid Request: nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+    except ValueError:  # JSONDecodeError, NaN/Infinity
         raise MessageError(PARSE_ERROR, f"Parse error: {refusal.msg}") from None
 
 
