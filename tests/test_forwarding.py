@@ -532,6 +532,20 @@ async def test_the_query_string_reaches_the_upstream_unchanged_after_the_urls_ow
     assert "SEC1qs" not in json.dumps(events) + json.dumps(logs, default=str)
 
 
+async def test_a_client_cannot_override_a_parameter_of_the_upstream_urls_query(upstream: FaultUpstream) -> None:
+    """Starlette reads the last of repeated parameters: ``?tenant=operator&key=opsecret`` in the config
+    followed by a client's ``tenant=attacker&key=x`` made the server act for the attacker's tenant. A
+    client's parameter the URL sets (its name compared decoded, ``+`` as a space) is dropped; the rest of
+    its query passes as sent (hostile-client review item 4)."""
+    async with running_proxy(proxy_config(upstream.url + "?tenant=operator&key=opsecret")) as proxy:
+        for query in ("tenant=attacker&key=x&other=1", "%74enant=attacker&other=1&k%65y", "other=1&tenant"):
+            assert (await post(URL(f"{mcp_url(proxy)}?{query}", encoded=True), LIST))[0] == 200
+        assert (await post(URL(f"{mcp_url(proxy)}?ten+ant=1&tenant_=2&Key=3&tenant", encoded=True), LIST))[0] == 200
+    assert upstream.targets == [("POST", "/mcp?tenant=operator&key=opsecret&other=1")] * 3 + [
+        ("POST", "/mcp?tenant=operator&key=opsecret&ten+ant=1&tenant_=2&Key=3")
+    ]
+
+
 async def test_the_query_string_without_one_in_the_upstream_url(upstream: FaultUpstream) -> None:
     async with running_proxy(proxy_config(upstream.url)) as proxy:
         assert (await post(f"{mcp_url(proxy)}?token=x&foo=bar", LIST))[0] == 200

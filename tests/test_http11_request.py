@@ -35,6 +35,26 @@ def test_a_client_query_follows_the_urls_own() -> None:
 
 
 @pytest.mark.parametrize(
+    ("query", "sent"),
+    [
+        ("tenant=attacker&key=x&other=1", "other=1"),
+        ("other=1&tenant=attacker", "other=1"),
+        ("t%65nant=a&k%65y&b=%74enant", "b=%74enant"),  # names compared decoded; values never matter
+        ("tenant%3D=a&Tenant=b&tenant2=c&ten+ant=d", "tenant%3D=a&Tenant=b&tenant2=c&ten+ant=d"),
+        ("tenant=a", ""),
+        ("a=%E2%82%AC&&b", "a=%E2%82%AC&&b"),  # nothing dropped: byte for byte
+    ],
+)
+def test_a_client_query_never_sets_a_parameter_the_urls_own_sets(query: str, sent: str) -> None:
+    """The operator's parameters win, as the URL's credentials never yield to a client's."""
+    origin = Origin("http://127.0.0.1:8080/mcp?tenant=operator&k%65y=ops+secret")
+    target = b"/mcp?tenant=operator&k%65y=ops+secret" + (b"&" + sent.encode() if sent else b"")
+    assert encode_head(origin, "GET", [], None, query=query).startswith(b"GET " + target + b" HTTP/1.1\r\n")
+    spaced = Origin("http://127.0.0.1:8080/mcp?my+name=x")
+    assert encode_head(spaced, "GET", [], None, query="my%20name=y&z=1").startswith(b"GET /mcp?my+name=x&z=1 HTTP")
+
+
+@pytest.mark.parametrize(
     "name",
     ["", "X A", "X:A", "X\tA", "X\x00A", "X\x7fA", "Ümlaut", "X-A\r\nX-B", "(comment)", "a/b", "a@b", 'a"b', "{a}", "a\\b"],
 )

@@ -12,7 +12,9 @@ The upstream's own ``Server`` and ``Date`` reach the client unchanged (and no ``
 none: `proxy.server.relay.relayed`); only the proxy's own answers carry aiohttp's.
 
 The request target's query (``/mcp?token=…``) passes too, as the client sent it (`client_query`), after
-the one the upstream URL carries: some servers read a credential or a tenant there.
+the one the upstream URL carries: some servers read a credential or a tenant there. A parameter the URL's
+query sets is the operator's: the client's of the same name is dropped on the way out
+(`proxy.upstream.http11.request.encode_head`).
 
 `X-Forwarded-For`, `X-Forwarded-Proto` and RFC 7239 `Forwarded` are the one exception to "unchanged": a
 client could otherwise claim any address, and an upstream that trusts them from a loopback peer (uvicorn's

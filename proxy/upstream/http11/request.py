@@ -15,7 +15,7 @@ import base64
 import re
 import ssl
 from collections.abc import Iterable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from proxy.upstream.http11.errors import InvalidHeader
 
@@ -37,7 +37,7 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 class Origin:
     """Where a pool connects and what every request carries: parsed once from the upstream URL."""
 
-    __slots__ = ("authorization", "host", "host_header", "port", "query", "ssl", "target")
+    __slots__ = ("authorization", "host", "host_header", "port", "query", "query_names", "ssl", "target")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -54,6 +54,8 @@ class Origin:
         path = quote(parts.path or "/", safe=_PATH_SAFE)
         self.query = bool(parts.query)
         """The URL has a query of its own: a client's is joined on with ``&``."""
+        self.query_names = frozenset(_parameter_name(part) for part in parts.query.split("&") if part)
+        """The names the URL's query sets (decoded): a client's parameter of the same name is dropped."""
         self.target = path + (f"?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else "")
         self.authorization: str | None = None
         if parts.username is not None:
@@ -77,11 +79,13 @@ def encode_head(
     own only when `lend_credentials`: a caller says False when its client did send one that was
     removed on the way (a ``Connection: Authorization``), as the proxy must not speak for a client
     in its own name. `query` (the client's, as `proxy.mcp.headers.client_query` passed it) follows the
-    URL's own query, joined with ``&``. A name that is not a token, or a value with CR, LF or NUL:
-    `InvalidHeader`."""
+    URL's own query, joined with ``&``, less any parameter the URL's query sets itself (`_unset_by`). A
+    name that is not a token, or a value with CR, LF or NUL: `InvalidHeader`."""
     if method not in _METHODS and _TOKEN.fullmatch(method) is None:
         raise InvalidHeader(f"the method {method[:40]!r} is not a token")
     target = origin.target
+    if query and origin.query_names:
+        query = _unset_by(origin.query_names, query)
     if query:
         target = f"{target}{'&' if origin.query else '?'}{query}"
     lines = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}"]
@@ -102,6 +106,24 @@ def encode_head(
     if text.count("\n") != breaks or text.count("\r") != breaks or "\0" in text:
         raise _unsendable_value(lines[2:])
     return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def _parameter_name(part: str) -> str:
+    """The name of one ``name=value`` part of a query, as a server reads it: percent-decoded, ``+`` a space
+    (what Starlette's and aiohttp's query parsers do)."""
+    return unquote_plus(part.split("=", 1)[0])
+
+
+def _unset_by(names: frozenset[str], query: str) -> str:
+    """The client's `query` less each parameter whose name (decoded) is in `names`, the upstream URL's own;
+    the rest unchanged, byte for byte, in order.
+
+    The operator's parameters win, as the URL's credentials never yield to a client's: servers read the
+    last of repeated parameters (Starlette) or the first (others), so with both sent a client's
+    ``?tenant=attacker`` after the URL's ``?tenant=operator`` would win on many servers."""
+    parts = query.split("&")
+    kept = [part for part in parts if _parameter_name(part) not in names]
+    return query if len(kept) == len(parts) else "&".join(kept)
 
 
 def _check_name(name: str) -> bool:
