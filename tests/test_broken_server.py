@@ -431,3 +431,42 @@ async def test_a_buffered_read_silent_past_stream_idle_never_opens_the_breaker()
         status, _, body = await post(proxy, READ)
     assert json.loads(silent)["error"]["data"]["reason"] == "upstream_timeout" and silent_status == 504
     assert (status, body) == (200, event(FINAL))
+
+
+async def test_an_error_status_streamed_as_sse_opens_the_breaker_as_the_same_json_answer_does() -> None:
+    """A 503 whose JSON-RPC error comes as an SSE event is the failure its head says, counted once: its
+    end recorded no success on top (which reset every streak, so such a server never opened a breaker),
+    and it is reported as the JSON answer is."""
+    error = b'{"jsonrpc":"2.0","id":9,"error":{"code":-32000,"message":"overloaded"}}'
+    head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    upstream = {**ONE_TRY, "breaker": {"failure_threshold": 3}}
+    async with RawServer(in_turn(head + chunk(event(error)) + END)) as server:
+        async with running_proxy(proxy_config(server.url, upstream=upstream)) as proxy:
+            answers = [await post(proxy, CALL) for _ in range(4)]
+            breakers = proxy.runtime.current.routes["/mcp"].state.breaker.breakers
+    assert [status for status, _, _ in answers[:3]] == [503, 503, 503]
+    assert [messages_of(body) for _, _, body in answers[:3]] == [[json.loads(error)]] * 3  # the server's own answer
+    assert answers[3][0] == 503 and json.loads(answers[3][2])["error"]["data"]["reason"] == "circuit_open"
+    assert [b.state for b in breakers] == ["open"]
+
+
+async def test_a_delete_excuses_only_the_streams_begun_before_it() -> None:
+    """A server that keeps one session id for every client (or keeps a deleted session): a stream begun
+    after some client's DELETE of that id, which then breaks, is the upstream's failure again."""
+    session = {"Mcp-Session-Id": "shared"}
+    broken = SSE_HEAD + chunk(event(PROGRESS))  # then the connection closes: a broken stream
+    deleted = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_request(reader)
+        writer.write(deleted if head.startswith(b"DELETE") else broken)
+        await writer.drain()
+        writer.close()
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        async with aiohttp.ClientSession() as client:
+            async with client.delete(proxy.url + "/mcp", headers=session) as response:
+                assert response.status == 200
+            async with client.post(proxy.url + "/mcp", json=CALL, headers={**JSON_HEADERS, **session}) as response:
+                body = await response.read()
+    assert messages_of(body)[-1]["error"]["data"]["reason"] == "upstream_stream_broken"  # not excused

@@ -372,9 +372,16 @@ class McpHandler:
                     self._answered_with_failure(runtime, call, reply, outcome)
                 return relayed(reply.status, reply.reason, reply.body, headers_for(reply))
 
+            pinned = None
+            if reply.status >= 400:
+                # An error status streamed as SSE: reported, and its outcome kept, as the JSON path does.
+                outcome = pinned = _outcome(reply)
+                self._answered_with_failure(runtime, call, reply, pinned)
+
             def settle(value: str) -> None:
                 nonlocal outcome
-                outcome = value
+                if pinned is None:
+                    outcome = value
 
             def failed(error: ProxyError) -> None:
                 self._failed(runtime, call, last, error)

@@ -40,6 +40,7 @@ settled, and nobody is left to tell. A client that reads nothing is cut by the l
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -87,8 +88,9 @@ class Relay:
     def __init__(self) -> None:
         self._long_lived: set[ReplyStream] = set()
         self._draining = False
-        self._ended: dict[tuple[str, str], None] = {}
-        """(upstream, session id) of DELETEs sent, oldest first, at most `ENDED_SESSIONS_KEPT`."""
+        self._ended: dict[tuple[str, str], float] = {}
+        """(upstream, session id) of DELETEs sent, oldest first, at most `ENDED_SESSIONS_KEPT`: when each
+        was sent (`time.perf_counter`, the clock of `Call.started`)."""
 
     def session_ending(self, upstream: str, session: str) -> None:
         """A client's DELETE of `session` goes to `upstream` now: a stream of that session that ends
@@ -96,7 +98,7 @@ class Relay:
         may end the streams before its answer to the DELETE is read)."""
         key = (upstream, session)
         self._ended.pop(key, None)
-        self._ended[key] = None
+        self._ended[key] = time.perf_counter()
         if len(self._ended) > ENDED_SESSIONS_KEPT:
             del self._ended[next(iter(self._ended))]
 
@@ -105,8 +107,13 @@ class Relay:
         self._ended.pop((upstream, session), None)
 
     def ended_by_client(self, call: Call) -> bool:
-        """Whether `call`'s session is one its client deleted (`session_ending`)."""
-        return call.session_id is not None and (call.upstream, call.session_id) in self._ended
+        """Whether `call`'s session is one its client deleted (`session_ending`) after the call began: a
+        call made after the DELETE (a server that hands every client one session id, or keeps a deleted
+        session) is not excused by it."""
+        if call.session_id is None:
+            return False
+        deleted = self._ended.get((call.upstream, call.session_id))
+        return deleted is not None and call.started <= deleted
 
     async def end_streams(self) -> None:
         """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
@@ -132,6 +139,10 @@ class Relay:
         a log line). An answer in a content coding is passed on unread (`unwatched`)."""
         watched = _Watched(reply, runtime, call.message.id, call.upstream)
         response = await _start(request, reply)
+        # An error status streamed as SSE (a 503 with its JSON-RPC error as an event): the breaker and passive
+        # health counted that head as the failure it is; its end must count nothing more (a success recorded
+        # at the end reset every failure streak, so such a server never opened a breaker).
+        settled = _settled if reply.verdict is None or reply.verdict.ok else _counted_already
         watch = _CallWatch(runtime, route, call, settle)
         long_lived = call.method in LONG_LIVED_METHODS
         unwatched = encoded(reply.headers)
@@ -139,7 +150,7 @@ class Relay:
             settle("unwatched")
         ended = await self._pump(response, watched, watch, long_lived, watching=not unwatched)
         if ended is _FINISHED:
-            _settled(route, call, OK)
+            settled(route, call, OK)
             return response  # ended with its final response: nothing more to write
         if ended is _GONE:
             return response  # `settle` already has whatever was known
@@ -147,14 +158,14 @@ class Relay:
         stray = isinstance(error, UpstreamProtocolError)
         answered = watch.answered or watch.unread
         if not answered and not stray and self.ended_by_client(call):
-            _settled(route, call, CANCELLED)  # the client ended it: nothing learned about the upstream
+            settled(route, call, CANCELLED)  # the client ended it: nothing learned about the upstream
             settle(SESSION_DELETED)
             if error is None:
                 await _end_quietly(response)
             else:
                 _cut_off(request)  # the server cut it: the client sees the break, as without the proxy
             return response
-        _settled(route, call, classify_error(error) if error is not None and (stray or not answered) else OK)
+        settled(route, call, classify_error(error) if error is not None and (stray or not answered) else OK)
         if unwatched:
             if error is not None and not self._draining:
                 _cut_off(request)  # nothing can be added to an encoded body: the client sees the break
@@ -429,6 +440,10 @@ def _settled(route: Route, call: Call, verdict: Verdict) -> None:
     if breaker is not None:
         breaker.record(None, verdict, call.client)
     route.state.health.record_call(verdict)
+
+
+def _counted_already(route: Route, call: Call, verdict: Verdict) -> None:
+    """`_settled` for a streamed answer whose head was a failure: counted then, so nothing now."""
 
 
 def learn_annotations(route: Route, call: Call, message: Any) -> None:
