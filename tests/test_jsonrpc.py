@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -326,20 +327,29 @@ def test_json_in_utf16_or_utf32_is_a_parse_error_and_never_parsed(
     encoding: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Python's `json` reads UTF-16 and UTF-32 bytes, where the value count (which reads UTF-8) sees 8
-    values in 4 MiB of arrays; no server tested reads them. Refused as -32700, before any parse."""
+    values in 4 MiB of arrays; no server tested reads them. Refused as -32700 (its NUL bytes), neither
+    counted nor parsed."""
     for text, values in ((UTF16_ARRAYS, 690_010), ('{"jsonrpc":"2.0","id":1,"method":"ping"}', 4)):
         assert count_values(text.encode()) == values  # in UTF-8 the count sees them all
         raw = text.encode(encoding)
         assert not too_many_values(raw, MAX_BODY_VALUES)  # the hole: in UTF-16 it does not
         with monkeypatch.context() as patched:
+            patched.setattr(jsonrpc, "too_many_values", _never_called)
+            patched.setattr(jsonrpc, "orjson", SimpleNamespace(loads=_never_called))
             patched.setattr(jsonrpc.json, "loads", _never_called)
             with pytest.raises(MessageError) as caught:
                 parse_message(raw)
         assert (caught.value.code, caught.value.request_id, caught.value.status) == (-32700, None, 400)
+        assert caught.value.message == "Parse error: JSON must be UTF-8 (the body holds a NUL byte)"
+
+
+def test_a_body_in_utf8_with_a_bom_is_still_read() -> None:
+    message = parse_message(b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"ping","params":{"s":"\xc3\xa9\\ud800"}}')
+    assert message.source is not None and message.source.lenient and message.params == {"s": "\u00e9\ud800"}
 
 
 def _never_called(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("parsed")
+    raise AssertionError("counted or parsed")
 
 
 def test_an_infinity_is_never_the_same_cache_key_as_null() -> None:

@@ -524,13 +524,9 @@ def _lenient(raw: bytes, refusal: orjson.JSONDecodeError) -> Any:
     UTF-8 only (a byte order mark allowed): given bytes, `json.loads` would also read UTF-16 and UTF-32,
     which the value count (`too_many_values`, run on the bytes as UTF-8) cannot see into, so a 4 MiB UTF-16
     body of 690,000 arrays counted as 8 values and was parsed. No server tested reads them either
-    (server-everything and the Python SDK server answer 400). UTF-16 or UTF-32 JSON always holds a NUL byte
-    (in its ASCII punctuation), which UTF-8 JSON never does (a NUL in a string is written ``\\u0000``): such a
-    body is refused at C speed, unparsed. Decoding is strict: a surrogate encoded in UTF-8 bytes is refused
-    too (orjson refuses it; `json` took it). A lone surrogate *escape* (``"\\ud800"``) is ASCII text, and
-    stays valid."""
-    if b"\x00" in raw:
-        raise MessageError(PARSE_ERROR, "Parse error: JSON must be UTF-8 (the body holds a NUL byte)")
+    (server-everything and the Python SDK server answer 400); `parse_message` refuses the ones with a NUL
+    byte before counting. Decoding is strict: a surrogate encoded in UTF-8 bytes is refused too (orjson
+    refuses it; `json` took it). A lone surrogate *escape* (``"\\ud800"``) is ASCII text, and stays valid."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -558,12 +554,21 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+_NUL: Final = b"\x00"
+
+
 def parse_message(raw: bytes, max_values: int = MAX_BODY_VALUES) -> Message:
     """Parse a POST body into a `Message`, or raise `MessageError` with the JSON-RPC code to answer.
 
     Raises nothing else, whatever `raw` holds. The bounds are in the module docstring; `max_values` is
     ``limits.max_body_values``.
+
+    A body with a NUL byte is -32700 at once, neither counted nor parsed: no JSON text holds one (a NUL in
+    a string is written ``\\u0000``), and UTF-16 or UTF-32 JSON always does (in its ASCII punctuation),
+    where the value count, which reads UTF-8, would see almost nothing (`_lenient` reads UTF-8 only).
     """
+    if _NUL in raw:  # memchr: next to nothing for the bodies that pass
+        raise MessageError(PARSE_ERROR, "Parse error: JSON must be UTF-8 (the body holds a NUL byte)")
     if too_many_values(raw, max_values):
         raise MessageError(
             INVALID_REQUEST, f"Invalid Request: the body holds more than {max_values} JSON values (limits.max_body_values)",
