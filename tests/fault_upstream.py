@@ -120,7 +120,7 @@ class FaultUpstream:
         key = self.key(method, tool)
         self.attempts[key] += 1
         self.arrived.set()
-        if "id" not in body:
+        if "id" not in body or "method" not in body:  # a notification, or the client's answer to the server
             return web.Response(status=202)
         fault = self.faults.get(key) or self.faults.get(method)
         if fault is None or not fault.active():

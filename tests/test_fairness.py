@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
 from proxy.app import ProxyServer, running_proxy
@@ -149,3 +150,49 @@ async def test_a_greedy_client_is_refused_alone_and_the_pool_limit_opens_nothing
         await eventually(lambda: proxy.runtime.current.states["up"].clients.clients == 0)
         assert (await post(url, LIST, headers=bearer("greedy")))[0] == 200
         assert (await post(url, LIST, headers=bearer("third")))[0] == 200
+
+
+async def test_clients_known_only_by_a_loopback_address_are_counted_never_refused(upstream: FaultUpstream) -> None:
+    """Behind a local mesh proxy, and in the quick start, every client comes from 127.0.0.1: a cap per
+    address would be one cap for all of them. Past the cap (2 here) every call still reaches the upstream."""
+    upstream.fault("tools/call", "lookup", hang=True)
+    config = proxy_config(upstream.url, upstream={"pool": {"max_connections": 8, "max_per_client": 2}})
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        held = [asyncio.create_task(post(url, call_tool("lookup", n))) for n in range(5)]
+        await eventually(lambda: upstream.attempts["tools/call:lookup"] == 5)
+        assert not any(task.done() for task in held)
+        assert proxy.runtime.current.states["up"].clients.open_for("addr:127.0.0.1") == 5
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"jsonrpc": "2.0", "id": "s1", "result": {"content": {"type": "text", "text": "sampled"}}},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ],
+    ids=["answer-to-the-server", "cancelled", "initialized"],
+)
+async def test_a_client_at_its_cap_still_answers_the_server_and_cancels(upstream: FaultUpstream, message: dict[str, Any]) -> None:
+    """A client whose calls wait on the server (a tool that asked it for a sampling) is at its cap: its
+    answer to the server, a cancellation and `initialized` still reach the upstream (refused, the server's
+    call hangs), and so does its DELETE (refused, the session leaks)."""
+    upstream.fault("tools/call", "lookup", hang=True)
+    config = proxy_config(upstream.url, upstream={"pool": {"max_connections": 8, "max_per_client": 2}})
+    async with running_proxy(config) as proxy:
+        url = proxy.url + "/mcp"
+        held = [asyncio.create_task(post(url, call_tool("lookup", n), headers=bearer("a"))) for n in range(2)]
+        await eventually(lambda: upstream.attempts["tools/call:lookup"] == 2)
+        assert (await post(url, LIST, headers=bearer("a")))[0] == 429  # at its cap for a request
+        status, headers, _ = await post(url, message, headers=bearer("a"))
+        assert status == 202 and "X-Mcp-Proxy-Error" not in headers
+        async with aiohttp.ClientSession() as session:
+            async with session.delete(url, headers={**bearer("a"), "Mcp-Session-Id": "s"}) as response:
+                assert response.status != 429
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)

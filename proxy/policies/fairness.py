@@ -6,15 +6,37 @@ holds one of that client's slots until its answer is complete. A client at `pool
 stuck calls or long-lived streams then cost only itself, and two such clients still leave half the pool
 for everybody else. The refusal is the proxy's condition: it counts against nothing upstream.
 
+Two exceptions, both because a refusal there would do the harm the cap exists to prevent: what answers or
+ends the server's own work (`NO_CAP`: a client's answer to a sampling request, a cancellation, a DELETE)
+is never refused, and a client known only by a loopback address (`identifies`) is never refused: that
+address is shared by every client behind a local proxy, so it names no one client.
+
 Counts live only while a client has something open (an entry is dropped at zero), so the map is
 bounded by the requests in flight, not by how many client identities were ever seen.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import Final
+
 from proxy.errors import ClientOverloaded
 
-__all__ = ["ClientSlots"]
+__all__ = ["NO_CAP", "ClientSlots", "identifies"]
+
+NO_CAP: Final = sys.maxsize
+"""The cap of what is counted but never refused (a client's answer to the server, a cancellation, a DELETE)."""
+
+_LOOPBACK: Final = ("addr:127.", "addr:::1", "addr:::ffff:127.", "addr:unknown")
+
+
+def identifies(client: str) -> bool:
+    """Whether `client` (`proxy.server.classify.client_of`) tells one client from another. A loopback peer
+    address does not: behind a local mesh proxy or ingress, and in the quick start, every client comes
+    from it, so a cap per address would be one cap shared by all of them (64 idle SDK sessions of
+    different users would lock out the next). Such clients are counted, never refused; a credential, the
+    identity header or a remote address identifies."""
+    return not client.startswith(_LOOPBACK)
 
 
 class ClientSlots:
@@ -38,7 +60,7 @@ class ClientSlots:
         """Take one of `client`'s slots, or raise `ClientOverloaded` when it already has `cap` open.
         Every successful `acquire` must be paired with one `release`."""
         held = self._open.get(client, 0)
-        if held >= cap:
+        if held >= cap and identifies(client):
             raise ClientOverloaded(
                 f"this client already has {held} requests open to upstream {self.upstream} "
                 f"(pool.max_per_client = {cap}); wait for one to finish",

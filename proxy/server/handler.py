@@ -69,6 +69,7 @@ from proxy.mcp.headers import client_query, forwarded, upstream_headers
 from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
 from proxy.policies.base import Attempt, Call, Reply, last_attempt
+from proxy.policies.fairness import NO_CAP
 from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
@@ -428,8 +429,12 @@ class McpHandler:
                 return refusal
         client = client_of(headers, request.remote, runtime.config.client_identity.header)
         slots = route.state.clients
+        # What answers or ends the server's own work (a client's answer to its sampling or elicitation
+        # request, a cancellation, `initialized`, a DELETE) is counted but never refused, as by the rate
+        # limit: refused, the server's tool call hangs, or its session leaks.
+        cap = NO_CAP if _never_refused(method, message) else route.config.pool.client_share
         try:
-            slots.acquire(client, route.config.pool.client_share)
+            slots.acquire(client, cap)
         except ProxyError as exc:
             runtime.metrics.reject(exc.reason)
             return _error_response(exc, None)
