@@ -470,3 +470,21 @@ async def test_a_delete_excuses_only_the_streams_begun_before_it() -> None:
             async with client.post(proxy.url + "/mcp", json=CALL, headers={**JSON_HEADERS, **session}) as response:
                 body = await response.read()
     assert messages_of(body)[-1]["error"]["data"]["reason"] == "upstream_stream_broken"  # not excused
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+async def test_a_number_id_echoed_as_text_is_the_answer_as_the_sdks_correlate_it(sse: bool) -> None:
+    """Both SDKs correlate ``"9"`` with ``9`` on purpose (Python's coerce_request_id, "matches the TS
+    SDK"): such a server's answer reaches the client, and five of them leave the breaker closed."""
+    answer = b'{"jsonrpc":"2.0","id":"9","result":{"content":[]}}'
+    if sse:
+        reply = SSE_HEAD + chunk(event(answer)) + END
+    else:
+        reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+    upstream = {**ONE_TRY, "breaker": {"failure_threshold": 2}}
+    async with RawServer(in_turn(reply)) as server, running_proxy(proxy_config(server.url, upstream=upstream)) as proxy:
+        answers = [await post(proxy, CALL) for _ in range(5)]
+        breakers = proxy.runtime.current.routes["/mcp"].state.breaker.breakers
+    assert [status for status, _, _ in answers] == [200] * 5
+    assert all((messages_of(body) if sse else [json.loads(body)]) == [json.loads(answer)] for _, _, body in answers)
+    assert [b.state for b in breakers] == ["closed"]

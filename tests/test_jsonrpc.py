@@ -410,8 +410,12 @@ def test_an_integral_number_id_is_the_integer_servers_echo(written: bytes) -> No
         (2, 1, False),
         (1.5, 1, False),
         (9007199254740994, 9007199254740993, False),
-        ("1", 1, False),
-        (1, "1", False),
+        ("1", 1, True),  # the SDKs' coerce_request_id: "7" and 7 are one id
+        (1, "1", True),
+        ("07", "7", True),
+        ("1.0", 1, False),  # not a decimal integer: text
+        ("x1", 1, False),
+        ("2", 1, False),
         (True, 1, False),
         (False, 0, False),
         (None, 1, False),
@@ -421,8 +425,8 @@ def test_an_integral_number_id_is_the_integer_servers_echo(written: bytes) -> No
     ],
 )
 def test_ids_are_the_same_when_equal_as_json_rpc_values(answer_id: Any, request_id: Any, same: bool) -> None:
-    """Numbers compare as IEEE doubles, as a server reading them into doubles echoes them; a string is no
-    number and a boolean no integer."""
+    """Numbers compare as IEEE doubles, as a server reading them into doubles echoes them; a string holding
+    a decimal integer is that integer, as both SDKs correlate it; a boolean is no integer."""
     assert same_id(answer_id, request_id) is same
 
 

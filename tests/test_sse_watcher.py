@@ -35,7 +35,7 @@ def test_a_response_to_another_request_is_a_stray_and_one_without_a_result_is_no
     watcher = SSEWatcher(7)
     assert watcher.feed(event(b'{"jsonrpc":"2.0","id":8,"result":{}}')) == [Seen(stray=True)]
     assert watcher.feed(event(b'{"jsonrpc":"2.0","id":7}')) == []
-    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":"7","result":{}}')) == [Seen(stray=True)]
+    assert watcher.feed(event(b'{"jsonrpc":"2.0","id":"8","result":{}}')) == [Seen(stray=True)]
     assert watcher.feed(event(b'{"jsonrpc":"2.0","id":null,"result":{}}')) == [Seen(stray=True)]
     assert not watcher.answered
 
@@ -50,8 +50,10 @@ def test_a_response_to_another_request_is_a_stray_and_one_without_a_result_is_no
         (7, b"8", True),
         (7, b"true", True),
         (1, b"true", True),
-        (7, b'"7"', True),
-        ("7", b"7", True),
+        (7, b'"8"', True),
+        (7, b'"7"', False),  # the SDKs correlate "7" with 7
+        ("7", b"7", False),
+        ("x", b"7", True),
     ],
 )
 def test_the_final_response_is_the_one_whose_id_equals_the_requests_as_a_json_rpc_value(

@@ -270,7 +270,7 @@ BATCH = parse_message(
         (BATCH, [{"jsonrpc": "2.0", "id": 1, "result": {}}, {"jsonrpc": "2.0", "id": 3, "result": {}}], True),
         (BATCH, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no batches"}}, False),
         (parse_message(LIST), [{"jsonrpc": "2.0", "id": 1, "result": {}}], True),
-        (parse_message(LIST), {"jsonrpc": "2.0", "id": "1", "result": {}}, True),
+        (parse_message(LIST), {"jsonrpc": "2.0", "id": "2", "result": {}}, True),  # "1" would be 1 (the SDKs correlate so)
         (parse_message(LIST), {"jsonrpc": "2.0", "id": True, "result": {}}, True),
         (parse_message(LIST), {"jsonrpc": "2.0", "id": None, "result": {}}, True),
         (parse_message(LIST), {"jsonrpc": "2.0", "id": 7, "error": {"code": -32603, "message": "x"}}, True),

@@ -346,23 +346,40 @@ def _id_of(value: Any) -> Any:
 
 
 def same_id(answer_id: Any, request_id: str | int | None) -> bool:
-    """Whether a response's `answer_id` is `request_id` as JSON-RPC values: how the proxy tells a request's
-    own answer from a stray (another request's), on the JSON path (`proxy.upstream.transport.AnswerTo`) and
-    in an SSE answer (`proxy.mcp.sse.SSEWatcher`) alike.
+    """Whether a response's `answer_id` is `request_id` as the MCP SDKs correlate them: how the proxy tells
+    a request's own answer from a stray (another request's), on the JSON path
+    (`proxy.upstream.transport.AnswerTo`) and in an SSE answer (`proxy.mcp.sse.SSEWatcher`) alike.
 
-    Strings are equal as text, null only to null; numbers are equal as IEEE doubles, as every server that
-    parses JSON numbers into doubles (JavaScript's ``JSON.parse``, Python's `json` for ``1.0``) sees them:
-    ``1`` is ``1.0`` and ``1e0``, ``0`` is ``-0.0``, and 9007199254740993 is the 9007199254740992 a
-    JavaScript server echoes for it. A client chooses its id: the way a server writes it back must never
-    make its own answer a stray (a bad response counted against the upstream). A string is never a number
-    (``"1"`` is not ``1``), nor is a boolean (``true`` is not ``1``, though Python says so)."""
-    if isinstance(request_id, str):
-        return isinstance(answer_id, str) and answer_id == request_id
-    if request_id is None:
-        return answer_id is None
-    if isinstance(answer_id, bool) or not isinstance(answer_id, int | float):
+    Null is only null. A string holding a decimal integer is that integer (``"7"`` is ``7``): both official
+    SDKs correlate so on purpose (Python's ``coerce_request_id``, "matches the TS SDK"), so a server that
+    echoes an id as text is answered, not refused. Other strings are equal as text. Numbers are equal as
+    IEEE doubles, as every server that parses JSON numbers into doubles (JavaScript's ``JSON.parse``,
+    Python's `json` for ``1.0``) sees them: ``1`` is ``1.0`` and ``1e0``, ``0`` is ``-0.0``, and
+    9007199254740993 is the 9007199254740992 a JavaScript server echoes for it. A client chooses its id:
+    the way a server writes it back must never make its own answer a stray (a bad response counted against
+    the upstream). A boolean is never a number (``true`` is not ``1``, though Python says so)."""
+    if answer_id is None or request_id is None:
+        return answer_id is None and request_id is None
+    if isinstance(answer_id, bool):
         return False
-    return answer_id == request_id or _double(answer_id) == _double(request_id)
+    answer, request = _correlated(answer_id), _correlated(request_id)
+    if isinstance(answer, str) or isinstance(request, str):
+        return bool(answer == request)
+    if not isinstance(answer, int | float):
+        return False
+    return answer == request or _double(answer) == _double(request)
+
+
+_INTEGER_TEXT: Final = re.compile(r"\s*[+-]?\d+(?:_\d+)*\s*")
+"""What Python's ``int(text)`` reads as a decimal integer: the SDK's ``coerce_request_id`` rule."""
+
+
+def _correlated(request_id: Any) -> Any:
+    """`request_id` as the SDKs correlate it: a string that is a decimal integer (at most 64 characters,
+    so a hostile id costs nothing) is that integer."""
+    if isinstance(request_id, str) and len(request_id) <= 64 and _INTEGER_TEXT.fullmatch(request_id):
+        return int(request_id)
+    return request_id
 
 
 def _double(number: int | float) -> float:
