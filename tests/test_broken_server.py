@@ -274,17 +274,24 @@ async def test_after_its_final_response_nothing_more_of_a_streamed_answer_reache
             assert (await post(proxy, message))[2] == event(PROGRESS) + event(FINAL)
 
 
-async def test_an_error_without_an_id_in_a_streamed_answer_is_passed_on() -> None:
-    """JSON-RPC's answer to what the server could not attribute (id null) is no other client's: it passes,
-    as on the JSON path, and the stream goes on to the final response."""
-    unattributed = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}'
+@pytest.mark.parametrize("status", [b"200 OK", b"503 Service Unavailable"])
+@pytest.mark.parametrize("message", [CALL, READ], ids=["streamed", "buffered"])
+async def test_an_error_without_an_id_in_an_sse_answer_is_the_calls_answer(status: bytes, message: dict[str, Any]) -> None:
+    """JSON-RPC's answer to what the server could not attribute (id null) answers the request, as on the
+    JSON path (`AnswerTo`): it ends the client's answer as its final response. It passed on but was not
+    taken for the answer: a streamed call got two answers (the server's, then the proxy's -32050) and a
+    false upstream_unavailable, a buffered read a 502."""
+    unattributed = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"busy"}}'
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(SSE_HEAD + chunk(event(unattributed) + event(FINAL)) + END)
+        head = SSE_HEAD.replace(b"200 OK", status)
+        writer.write(head + chunk(event(unattributed) + event(FINAL)) + END)
 
     async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
-        assert (await post(proxy, CALL))[2] == event(unattributed) + event(FINAL)
+        code, _, body = await post(proxy, message)
+        assert (code, body) == (int(status[:3]), event(unattributed))
+        assert outcomes(proxy) == ["jsonrpc_error" if status.startswith(b"200") else "http_5xx"]
 
 
 # -- a final response the proxy cannot read -------------------------------------------------------------

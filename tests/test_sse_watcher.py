@@ -8,6 +8,7 @@ import pytest
 
 from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind
 from proxy.mcp.sse import NO_REQUEST, Seen, SSEWatcher
+from proxy.upstream.transport import AnswerTo
 
 
 def event(data: bytes, event_id: bytes | None = None) -> bytes:
@@ -66,19 +67,27 @@ def test_the_final_response_is_the_one_whose_id_equals_the_requests_as_a_json_rp
 
 
 @pytest.mark.parametrize(
-    ("status", "answer", "stray"),
+    ("status", "answer", "reading"),
     [
-        (200, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}', False),  # unattributable
-        (200, b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"x"}}', False),
-        (200, b'{"jsonrpc":"2.0","id":8,"error":{"code":-32603,"message":"x"}}', True),
-        (400, b'{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"x"}}', False),  # the HTTP layer's
-        (400, b'{"jsonrpc":"2.0","id":8,"result":{}}', True),
-        (200, b'{"id":8,"result":{}}', False),  # not JSON-RPC: nobody's answer
+        (200, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}', "final"),  # unattributable
+        (503, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"busy"}}', "final"),
+        (200, b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"x"}}', "final"),
+        (200, b'{"jsonrpc":"2.0","id":8,"error":{"code":-32603,"message":"x"}}', "stray"),
+        (400, b'{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"x"}}', "final"),  # HTTP layer's
+        (503, b'{"jsonrpc":"2.0","id":8,"error":{"code":-32000,"message":"busy"}}', "final"),
+        (400, b'{"jsonrpc":"2.0","id":8,"result":{}}', "stray"),
+        (200, b'{"id":8,"result":{}}', "none"),  # not JSON-RPC: nobody's answer
+        (200, b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"error"}}', "none"),
     ],
 )
-def test_which_responses_are_strays_follows_the_json_path(status: int, answer: bytes, stray: bool) -> None:
-    """The same reading as `AnswerTo` gives a JSON answer (`proxy.upstream.transport`)."""
-    assert (SSEWatcher(7, http_status=status).feed(event(answer)) == [Seen(stray=True)]) is stray
+def test_which_responses_answer_the_request_follows_the_json_path(status: int, answer: bytes, reading: str) -> None:
+    """The same reading as `AnswerTo` gives a JSON answer (`proxy.upstream.transport`): an error with id null
+    (or none), or any error on a non-2xx status, is the request's answer, its final response (it was passed
+    on but not taken for the answer: a client got the server's error and then the proxy's -32050)."""
+    expected = {"final": [Seen(final=orjson.loads(answer))], "stray": [Seen(stray=True)], "none": []}[reading]
+    assert SSEWatcher(7, http_status=status).feed(event(answer)) == expected
+    if reading != "none":  # and so does the JSON path
+        assert AnswerTo(frozenset((7,))).stray(orjson.loads(answer), status) is (reading == "stray")
 
 
 def test_a_stray_ends_what_the_watcher_reads_of_its_chunk() -> None:

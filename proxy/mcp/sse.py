@@ -198,7 +198,11 @@ class Seen(NamedTuple):
     it acts on (progress, logs, plain data) give no `Seen` at all.
 
     - `final`: the parsed JSON-RPC response to the watched request (a ``result`` or an ``error``): the
-      call's outcome, and for ``tools/list`` the page the tool catalog learns from;
+      call's outcome, and for ``tools/list`` the page the tool catalog learns from. As on the JSON path
+      (`proxy.upstream.transport.AnswerTo`, whose rule is mirrored exactly), an *error* with id null, and
+      on a status other than 2xx an error with any id, is the server's answer to the request too: the
+      server could not attribute it, or the HTTP layer refused the request (a client then got two
+      answers, the server's and the proxy's "ended before the response");
     - `asks`: a server->client request (``method`` and ``id``: sampling, elicitation, roots): the server
       waits for the client's answer, so a buffered read must hand the stream on at once;
     - `list_changed`: ``tools``, ``prompts``, ``resources``... for ``notifications/<kind>/list_changed``;
@@ -249,8 +253,8 @@ class SSEWatcher(_EventReader):
 
     `request_id` is the request the stream answers (`NO_REQUEST`: none, and nothing is a stray);
     `max_event` bounds the event kept in memory (`SSEParser`); `http_status` is the answer's: on one other
-    than 2xx an error with any id is the HTTP layer's refusal of this request, never a stray (as
-    `AnswerTo` reads a JSON answer). Once the final response went by the watcher is done: later chunks are
+    than 2xx an error with any id is the HTTP layer's refusal of this request, its final response, never a
+    stray (as `AnswerTo` reads a JSON answer); so is an error with id null on any status. Once the final response went by the watcher is done: later chunks are
     not even parsed for events (`answered`). A stray ends a feed too: what follows it is not watched. The
     event ``data`` is parsed with orjson only when it can hold what is watched: ``"id"`` (a response, or a
     request to the client) or ``list_changed``; the checks are the same string tests the proxy always
@@ -327,11 +331,12 @@ class SSEWatcher(_EventReader):
             return None
         data = event.data
         has_id = '"id"' in data
+        idless_error = not has_id and '"error"' in data  # an error without an id answers the request too
         if len(data) > MAX_PARSED_CONTAINERS and too_many_containers(data):
             # parsing would build a Python object per container, uninterruptibly; without an id it is no response
             return _UNPARSED if has_id else None
         changed = "list_changed" in data
-        if not has_id and not changed:
+        if not has_id and not changed and not idless_error:
             return None
         try:
             message = orjson.loads(data)
@@ -343,18 +348,18 @@ class SSEWatcher(_EventReader):
         if changed:
             method = message.get("method")
             kind = list_changed_kind(method) if isinstance(method, str) else None
-        if has_id:
+        if has_id or idless_error:
             if "method" in message:
                 if "id" in message and '"method"' in data:
                     return Seen(asks=True, list_changed=kind) if kind is not None else _ASKS
             elif not isinstance(self._request_id, NoRequest) and ("result" in message or "error" in message):
                 answer_id = message.get("id")
-                if same_id(answer_id, self._request_id):
-                    return _new(Seen, (message, False, None, False, False, False))
-                if message.get("jsonrpc") == "2.0" and not (
+                if same_id(answer_id, self._request_id) or (
                     "error" in message and (answer_id is None or self._any_id_error)
-                ):
-                    return _STRAY  # another request's answer (an error with id null: unattributable, passed)
+                ):  # `AnswerTo._answers`' rule: an error with id null, or on a non-2xx status, answers it too
+                    return _new(Seen, (message, False, None, False, False, False))
+                if message.get("jsonrpc") == "2.0":
+                    return _STRAY  # another request's answer
         return Seen(list_changed=kind) if kind is not None else None
 
 
