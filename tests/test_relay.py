@@ -13,9 +13,13 @@ import aiohttp
 import httpx2
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.app import ProxyServer, running_proxy
-from proxy.server.relay import _EventStream
+from proxy.mcp.sse import Seen, SSEWatcher
+from proxy.server.relay import _FINISHED, DISCARDED_EVENT, MAX_HELD_EVENT, Relay, _EventStream, _Watched
+from proxy.upstream.transport import SSEBody
 from tests.conftest import proxy_config
 from tests.test_forwarding import JSON_HEADERS
 from tests.test_http_client import RawServer, read_request
@@ -412,3 +416,104 @@ def test_the_sessions_clients_ended_are_bounded_oldest_out() -> None:
     kept = set(relay._ended)
     assert len(kept) == ENDED_SESSIONS_KEPT - 1
     assert ("up", "s-0") not in kept and ("up", "s-1") in kept and ("up", f"s-{ENDED_SESSIONS_KEPT}") not in kept
+
+
+# -- another request's answer (a stray) inside a call's answer: dropped, the call's own answer still passes --
+
+STRAY = b'{"jsonrpc":"2.0","id":77,"result":{"someone":"else"}}'
+PROGRESS = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}'
+FINAL_9 = answer_to(9)
+
+
+class _ChunkedBody(SSEBody):
+    """An upstream SSE body that yields the chunks given, as they were cut (the relay's only source)."""
+
+    __slots__ = ("chunks", "closed", "discarded")
+
+    def __init__(self, chunks: list[bytes]) -> None:  # no connection behind it
+        self.chunks = list(chunks)
+        self.closed = self.discarded = False
+
+    def __aiter__(self) -> _ChunkedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def discard_rest(self) -> None:
+        self.discarded = True
+
+
+class _Client:
+    """What the client's answer received: every write, the last one (`write_eof`) included."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.body += data
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        self.body += data
+
+
+def _pump_through(chunks: list[bytes], request_id: int = 9) -> tuple[bytes, object, list[Seen]]:
+    """Run `Relay._pump` over the chunks as a call's answer; what the client got, how it ended, what was seen."""
+    watched = object.__new__(_Watched)
+    watched.stream, watched.read, watched.early, watched.upstream, watched.cut = _ChunkedBody(chunks), b"", (), "up", b""
+    watched.watcher = SSEWatcher(request_id, 64 * 1024 * 1024)
+    seen: list[Seen] = []
+
+    def look(sighting: Seen) -> bool:
+        seen.append(sighting)
+        return sighting.final is None
+
+    client = _Client()
+    ended = asyncio.run(Relay()._pump(client, watched, look, long_lived=False))  # type: ignore[arg-type]
+    return bytes(client.body), ended, seen
+
+
+def _events(*datas: bytes, end: bytes = b"\n") -> bytes:
+    return b"".join(b"event: message" + end + b"data: " + data + end + end for data in datas)
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+def test_a_stray_is_dropped_at_every_split_and_the_calls_own_answer_passes_byte_for_byte(end: bytes) -> None:
+    """[progress, stray, final] cut in two at every byte, and in three at every pair of points 7 bytes
+    apart: the client gets exactly the progress and the final event, as the server wrote them (the stray
+    ended the answer with -32055, throwing the client's own answer away; an SDK client ignores it)."""
+    stream = _events(PROGRESS, STRAY, FINAL_9, end=end)
+    expected = _events(PROGRESS, FINAL_9, end=end)
+    cuts = [[i] for i in range(1, len(stream))]
+    cuts += [[i, j] for i in range(1, len(stream), 7) for j in range(i + 1, len(stream), 7)]
+    for points in cuts:
+        bounds = [0, *points, len(stream)]
+        body, ended, seen = _pump_through([stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+        assert (body, ended) == (expected, _FINISHED), points
+        assert [s for s in seen if s.final is not None] == [Seen(final=json.loads(FINAL_9))]
+
+
+@given(st.lists(st.sampled_from([PROGRESS, STRAY, STRAY + b" ", CHANGED]), max_size=6), st.data())
+@settings(max_examples=300, deadline=None)
+def test_strays_anywhere_any_cut_are_all_dropped_and_the_rest_passes_unchanged(
+    before: list[bytes], data: st.DataObject
+) -> None:
+    stream = _events(*before, FINAL_9)
+    points = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=8))))
+    bounds = [0, *points, len(stream)]
+    body, ended, _ = _pump_through([stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+    assert (body, ended) == (_events(*(d for d in before if not d.startswith(STRAY)), FINAL_9), _FINISHED)
+
+
+def test_a_stray_whose_start_went_out_already_is_ended_as_an_event_mcp_clients_ignore() -> None:
+    big = b'{"jsonrpc":"2.0","id":77,"result":{"someone":"' + b"x" * (MAX_HELD_EVENT + 10) + b'"}}'
+    stream = _events(PROGRESS, big, FINAL_9)
+    cut = len(_events(PROGRESS)) + MAX_HELD_EVENT + 20
+    body, ended, _ = _pump_through([stream[:cut], stream[cut:]])
+    assert ended is _FINISHED
+    assert body == _events(PROGRESS) + stream[len(_events(PROGRESS)) : cut] + b"\n" + DISCARDED_EVENT + _events(FINAL_9)

@@ -90,12 +90,24 @@ def test_which_responses_answer_the_request_follows_the_json_path(status: int, a
         assert AnswerTo(frozenset((7,))).stray(orjson.loads(answer), status) is (reading == "stray")
 
 
-def test_a_stray_ends_what_the_watcher_reads_of_its_chunk() -> None:
+def test_a_stray_does_not_end_the_watch_and_its_event_is_located() -> None:
+    """The relay drops a stray's event and goes on to the request's own response (as an SDK client does)."""
     watcher = SSEWatcher(7)
-    chunk = event(TOOLS_CHANGED) + event(b'{"jsonrpc":"2.0","id":8,"result":{}}') + event(FINAL)
-    assert watcher.feed(chunk) == [Seen(list_changed="tools"), Seen(stray=True)]
-    assert watcher.start_of(chunk, 1) == len(event(TOOLS_CHANGED))
-    assert not watcher.answered
+    stray = event(b'{"jsonrpc":"2.0","id":8,"result":{}}')
+    chunk = event(TOOLS_CHANGED) + stray + event(FINAL)
+    assert watcher.feed(chunk) == [Seen(list_changed="tools"), Seen(stray=True), Seen(final=orjson.loads(FINAL))]
+    assert (watcher.start_of(chunk, 1), watcher.end_of(chunk, 1)) == (len(event(TOOLS_CHANGED)), len(event(TOOLS_CHANGED) + stray))
+    assert not watcher.began_before(1)
+
+
+def test_a_stray_begun_in_an_earlier_chunk_is_said_so() -> None:
+    watcher = SSEWatcher(7)
+    stray = event(b'{"jsonrpc":"2.0","id":8,"result":{}}')
+    assert watcher.feed(stray[:10]) == []
+    assert watcher.feed(stray[10:]) == [Seen(stray=True)]
+    assert (watcher.began_before(0), watcher.start_of(stray[10:], 0)) == (True, 0)
+    assert watcher.feed(stray) == [Seen(stray=True)]
+    assert not watcher.began_before(0)
 
 
 def test_a_stream_that_answers_no_request_has_no_strays() -> None:

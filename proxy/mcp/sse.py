@@ -213,7 +213,8 @@ class Seen(NamedTuple):
     - `oversized`: over the watcher's `max_event`: its data was not kept (`SSEParser`);
     - `stray`: a JSON-RPC response with another id than the request's (compared as JSON-RPC values,
       `proxy.mcp.jsonrpc.same_id`: ``1.0`` is ``1``): another request's answer, which must not reach this
-      client (as on the JSON path: `proxy.upstream.transport.AnswerTo`).
+      client (as on the JSON path: `proxy.upstream.transport.AnswerTo`); its event is dropped and the
+      request's own response still awaited, as an SDK client ignores a response with an unknown id.
     """
 
     final: dict[str, Any] | None = None
@@ -255,7 +256,8 @@ class SSEWatcher(_EventReader):
     `max_event` bounds the event kept in memory (`SSEParser`); `http_status` is the answer's: on one other
     than 2xx an error with any id is the HTTP layer's refusal of this request, its final response, never a
     stray (as `AnswerTo` reads a JSON answer); so is an error with id null on any status. Once the final response went by the watcher is done: later chunks are
-    not even parsed for events (`answered`). A stray ends a feed too: what follows it is not watched. The
+    not even parsed for events (`answered`). A stray does not end the feed: the relay drops its event and
+    goes on watching for the request's own response (`began_before` says where a stray's event began). The
     event ``data`` is parsed with orjson only when it can hold what is watched: ``"id"`` (a response, or a
     request to the client) or ``list_changed``; the checks are the same string tests the proxy always
     made, so what is seen does not change with them.
@@ -265,7 +267,8 @@ class SSEWatcher(_EventReader):
     its final response.
     """
 
-    __slots__ = ("_any_id_error", "_at", "_request_id", "_skip", "answered", "blank_lines", "fed_at_line_start")
+    __slots__ = ("_any_id_error", "_at", "_request_id", "_skip", "answered", "blank_lines", "fed_at_line_start",
+                 "fed_between_events")  # fmt: skip
 
     def __init__(
         self, request_id: str | int | None | NoRequest = NO_REQUEST, max_event: int | None = None, http_status: int = 200
@@ -279,16 +282,18 @@ class SSEWatcher(_EventReader):
         """Blank lines (event ends) in the chunk last fed: with none, no event ended in it."""
         self.fed_at_line_start = True
         """The bytes before the chunk last fed ended with a line ending (`at_line_start` before that feed)."""
+        self.fed_between_events = True
+        """No event was under way when the chunk last fed began (`began_before`)."""
         self._skip = 0
         self._at: list[int] = []
         """For each sighting of the last feed, the blank line (its index in the chunk) that ended its event."""
 
     def feed(self, chunk: bytes) -> list[Seen]:
-        """Consume `chunk`; return what its complete events said, in order, up to the final response (or
-        a stray: what follows it is not read)."""
+        """Consume `chunk`; return what its complete events said, in order, up to the final response."""
         if self.answered:
             return []
         self.fed_at_line_start = not (self._partial or self._dropping_line)
+        self.fed_between_events = self.fed_at_line_start and not self._event_size
         self._skip = 1 if self._pending_cr and chunk[:1] == b"\n" else 0
         events = self._events(chunk)
         self.blank_lines = len(events)
@@ -305,8 +310,6 @@ class SSEWatcher(_EventReader):
                 if sighting.final is not None:
                     self.answered = True
                     break
-                if sighting.stray:
-                    break
         return seen
 
     def end_of(self, chunk: bytes, sighting: int) -> int:
@@ -316,9 +319,15 @@ class SSEWatcher(_EventReader):
 
     def start_of(self, chunk: bytes, sighting: int) -> int:
         """Where, in `chunk`, the event of the `sighting`-th sighting of the last feed begins: just past the
-        blank line before it, or 0 when it began before the chunk (or at its first byte)."""
+        blank line before it, or the chunk's start when it began before the chunk (`began_before`) or at its
+        first byte (past the LF of a CRLF whose CR ended the chunk before: that LF ends the event before)."""
         index = self._at[sighting]
-        return blank_line_ends(chunk, self.fed_at_line_start, self._skip)[index - 1] if index else 0
+        return blank_line_ends(chunk, self.fed_at_line_start, self._skip)[index - 1] if index else self._skip
+
+    def began_before(self, sighting: int) -> bool:
+        """Whether the event of the `sighting`-th sighting of the last feed began in bytes fed before that
+        chunk (`start_of` is then 0, as for an event that begins at the chunk's first byte)."""
+        return self._at[sighting] == 0 and not self.fed_between_events
 
     def last_end(self, chunk: bytes) -> int:
         """Where, in `chunk`, the last event that ended in it ends (-1: none did)."""

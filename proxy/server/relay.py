@@ -9,7 +9,8 @@ Three kinds of answer arrive as SSE, and all of them are read through one `proxy
   and ends the client's answer, in the write that carries it: an MCP server closes the stream after the
   response (the spec's SHOULD), so the stream's end is drained and the upstream connection kept, as a
   read's is, and anything a server sends after its response is dropped, as it is from a read's. Another
-  request's answer (a stray) is never passed on: the stream ends before it, with the proxy's error;
+  request's answer (a stray) is never passed on: its event is dropped, a warning logged (once per stream),
+  and the stream goes on to the call's own response (as an SDK client ignores an unknown id);
 - a read's answer (`proxy.upstream.transport.HttpUpstream.send`): read whole inside the pipeline, so it can
   still be retried and cached; when the server asks the client something on the way, the transport hands
   the stream on (`ReadAhead`) with its watcher, and it continues here like any streamed answer, the bytes
@@ -44,10 +45,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+import structlog
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly, UpstreamProtocolError
+from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
 from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, error_body
 from proxy.mcp.sse import NO_REQUEST, NoRequest, Seen, SSEWatcher, last_blank_line_end
 from proxy.policies.base import Call, Reply, ReplyStream
@@ -59,6 +61,8 @@ __all__ = [
     "DISCARDED_EVENT", "ENDED_SESSIONS_KEPT", "MAX_HELD_EVENT", "SESSION_DELETED", "Relay", "Relayed", "headers_for",
     "learn_annotations", "relayed",
 ]  # fmt: skip
+
+log = structlog.get_logger("proxy")
 
 MAX_HELD_EVENT = 1024 * 1024
 """The most of an unfinished event the relay holds back (`Relay._pump`): past it the event passes as it
@@ -135,8 +139,8 @@ class Relay:
 
         `settle` hears the call's outcome as soon as it is known: an SDK client closes the stream right
         after reading its response, and the outcome must not be lost when that cancels us. `failed`
-        reports a stream that ended or broke unanswered, or carried another request's answer (an event,
-        a log line). An answer in a content coding is passed on unread (`unwatched`)."""
+        reports a stream that ended or broke unanswered (an event, a log line). An answer in a content
+        coding is passed on unread (`unwatched`)."""
         watched = _Watched(reply, runtime, call.message.id, call.upstream)
         response = await _start(request, reply)
         # An error status streamed as SSE (a 503 with its JSON-RPC error as an event): the breaker and passive
@@ -155,9 +159,8 @@ class Relay:
         if ended is _GONE:
             return response  # `settle` already has whatever was known
         error = ended if isinstance(ended, ProxyError) else None
-        stray = isinstance(error, UpstreamProtocolError)
         answered = watch.answered or watch.unread
-        if not answered and not stray and self.ended_by_client(call):
+        if not answered and self.ended_by_client(call):
             settled(route, call, CANCELLED)  # the client ended it: nothing learned about the upstream
             settle(SESSION_DELETED)
             if error is None:
@@ -165,17 +168,11 @@ class Relay:
             else:
                 _cut_off(request)  # the server cut it: the client sees the break, as without the proxy
             return response
-        settled(route, call, classify_error(error) if error is not None and (stray or not answered) else OK)
+        settled(route, call, classify_error(error) if error is not None and not answered else OK)
         if unwatched:
             if error is not None and not self._draining:
                 _cut_off(request)  # nothing can be added to an encoded body: the client sees the break
                 return response
-        elif stray:
-            assert error is not None
-            failed(error)
-            settle(error.reason)
-            if not answered:  # after an answer it could not read, the proxy adds none of its own
-                await _write_quietly(response, watched.cut + _sse_error(call.message.id, error))
         elif not answered:
             if long_lived and self._draining:
                 settle("drained")  # the proxy is shutting down: end the subscription cleanly
@@ -219,7 +216,8 @@ class Relay:
         sightings were kept). A call's answer ends with its final response, in the write that carries it
         (`_FINISHED`): the server closes the stream next (MCP: it SHOULD), so its end is drained and the
         connection kept, as a buffered read's is, and nothing the server sends after it reaches the client.
-        Another request's answer (a stray) ends the pump before it: it is never passed on.
+        Another request's answer (a stray) is dropped, never passed on, and the pump goes on (`_Frame.before`);
+        a warning is logged once per stream, and nothing is counted against the upstream for it.
 
         While watching, the bytes of an event not yet complete are held back (up to `MAX_HELD_EVENT`), so
         that what the proxy may add when the stream breaks (`Relay.answer`) never lands inside a half event.
@@ -227,13 +225,12 @@ class Relay:
         any time; an event that outgrows the bound passes as it comes (`_Watched.cut` then ends it, if need
         be, as one that MCP clients ignore).
 
-        Returns None when the stream ended, `_FINISHED`, the `StreamBroken` that broke it, the
-        `UpstreamProtocolError` of a stray, or `_GONE`."""
+        Returns None when the stream ended, `_FINISHED`, the `StreamBroken` that broke it, or `_GONE`."""
         stream, watcher = watched.stream, watched.watcher
         watching = watching and not watcher.answered
         ends = not long_lived and isinstance(stream, SSEBody)
         frame = _Frame()
-        finished = False
+        finished = warned = after_stray_cr = False
         if long_lived:
             self._long_lived.add(stream)
         try:
@@ -254,25 +251,29 @@ class Relay:
                     await response.write(chunk)
                     continue
                 sightings = watcher.feed(chunk)
+                # the bytes of `chunk` before `at` are dealt with: a stray's event, dropped, or the LF of the
+                # CRLF that ended one, cut after its CR
+                at = 1 if after_stray_cr and chunk[:1] == b"\n" else 0
+                after_stray_cr = False
                 for index, seen in enumerate(sightings):
                     if seen.stray:
-                        out = frame.before(chunk, watcher.start_of(chunk, index), watcher)
+                        out = frame.before(chunk, at, watcher.start_of(chunk, index), watcher.began_before(index), watcher)
                         if out:
                             await response.write(out)
-                        watched.cut = frame.cut
-                        return UpstreamProtocolError(
-                            "upstream sent another request's answer (a stray) in this call's SSE answer; "
-                            "it was dropped and its connection closed",
-                            upstream=watched.upstream,
-                        )
+                        at = watcher.end_of(chunk, index)
+                        after_stray_cr = at == len(chunk) and chunk.endswith(b"\r")
+                        if not warned:
+                            warned = True
+                            log.warning("stray_answer_dropped", upstream=watched.upstream)
+                        continue
                     if not look(seen):
                         watching = False
                         if ends and seen.final is not None:
-                            await _end_with(response, stream, frame.held + chunk[: watcher.end_of(chunk, index)])
+                            await _end_with(response, stream, frame.held + chunk[at : watcher.end_of(chunk, index)])
                             finished = True
                             return _FINISHED
                         break
-                out = frame.whole(chunk, watcher) if watching else frame.rest(chunk)
+                out = frame.whole(chunk, watcher, at) if watching else frame.rest(chunk, at)
                 if out:
                     await response.write(out)
         except StreamBroken as exc:
@@ -289,36 +290,37 @@ class Relay:
 
 
 class _Frame:
-    """What of a watched stream may go to the client now: whole events. The bytes of the event under way
-    are `held` until its blank line arrives, up to `MAX_HELD_EVENT`; past that the event passes as it
-    comes (`passing`), and `cut` says how to end the part sent if the proxy must add an event after it."""
+    """What of a watched stream may go to the client now: whole events, a stray's dropped (`before`). The
+    bytes of the event under way are `held` until its blank line arrives, up to `MAX_HELD_EVENT`; past
+    that the event passes as it comes (`passing`), and `ended` says how to end the part sent if the proxy
+    must add an event after it."""
 
-    __slots__ = ("cut", "held", "passing")
+    __slots__ = ("held", "passing")
 
     def __init__(self) -> None:
         self.held = bytearray()
         self.passing = False
-        self.cut = b""
 
-    def whole(self, chunk: bytes, watcher: SSEWatcher) -> bytes | bytearray:
-        """What may go on now, `chunk` just fed to `watcher`: every event it completed, the held start of
-        the first of them included; what follows the last is held."""
+    def whole(self, chunk: bytes, watcher: SSEWatcher, at: int = 0) -> bytes | bytearray:
+        """What may go on now, `chunk` just fed to `watcher`, from `at` on (what precedes it was dealt with:
+        `before`): every event it completed, the held start of the first of them included; what follows
+        the last is held."""
         held = self.held
         if watcher.between_events:  # the usual case: the chunk ends where an event ends
             self.passing = False
             if not held:
-                return chunk
+                return chunk[at:] if at else chunk
             self.held = bytearray()
-            return held + chunk
+            return held + chunk[at:]
         out: bytes | bytearray
         if watcher.blank_lines:
-            end = watcher.last_end(chunk)
-            out, self.held, self.passing = held + chunk[:end], bytearray(chunk[end:]), False
+            end = watcher.last_end(chunk)  # never before `at`: that is a blank line's end too
+            out, self.held, self.passing = held + chunk[at:end], bytearray(chunk[end:]), False
         elif self.passing:
-            return chunk
+            return chunk[at:] if at else chunk
         else:
             out = b""
-            held += chunk
+            held += chunk[at:] if at else chunk
         return self._bounded(out)
 
     def first(self, read: bytes, watcher: SSEWatcher) -> bytes | bytearray:
@@ -327,21 +329,25 @@ class _Frame:
         self.held = bytearray(read[end:])
         return self._bounded(read[:end])
 
-    def rest(self, chunk: bytes) -> bytes | bytearray:
-        """Everything: watching has stopped, and the stream passes as it comes from here."""
+    def rest(self, chunk: bytes, at: int = 0) -> bytes | bytearray:
+        """Everything from `at` on: watching has stopped, and the stream passes as it comes from here."""
         if not self.held:
-            return chunk
-        out, self.held = self.held + chunk, bytearray()
+            return chunk[at:] if at else chunk
+        out, self.held = self.held + chunk[at:], bytearray()
         return out
 
-    def before(self, chunk: bytes, start: int, watcher: SSEWatcher) -> bytes | bytearray:
-        """What may go on of a chunk whose event at `start` is dropped: the events before it. When that
-        event began in bytes already sent (an event passing), `cut` is set to end them."""
-        if start:
-            return self.held + chunk[:start]
-        if self.passing:
-            self.cut = _cut(watcher.fed_at_line_start)
-        return b""
+    def before(self, chunk: bytes, at: int, start: int, began_before: bool, watcher: SSEWatcher) -> bytes | bytearray:
+        """What may go on of `chunk` from `at` when its event at `start` (a stray) is dropped: the events
+        before it. An event begun in earlier bytes (`began_before`) is dropped with what is held of it;
+        when its start went out already (an event passing), what goes on is the `_cut` that ends it, as
+        an event MCP clients ignore. The caller goes on from the dropped event's end."""
+        out: bytes | bytearray
+        if began_before:
+            out = _cut(watcher.fed_at_line_start) if self.passing else b""
+        else:
+            out = self.held + chunk[at:start] if self.held else chunk[at:start]
+        self.held, self.passing = bytearray(), False
+        return out
 
     def ended(self, watcher: SSEWatcher) -> bytes:
         """The stream is over with the event under way unfinished: what ends the part of it already sent."""
@@ -435,7 +441,7 @@ def _settled(route: Route, call: Call, verdict: Verdict) -> None:
     its end is their verdict. Its response passed (or an event that may have been it, unread; or the
     stream ended cleanly: the server's choice): a success; it broke before the response: the transport
     failure that is (a stream silent past `stream_idle` excepted: a long run without progress looks the
-    same); it carried another request's answer: `bad_response`."""
+    same). Another request's answer in it counts nothing: it was dropped."""
     breaker = route.state.breaker.breaker_for(call)
     if breaker is not None:
         breaker.record(None, verdict, call.client)

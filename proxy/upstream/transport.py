@@ -47,6 +47,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
+import structlog
 
 from proxy.config.model import LimitsConfig, UpstreamConfig
 from proxy.deadlines import DeadlineClock
@@ -80,6 +81,8 @@ from proxy.upstream.http11.client import (
 )
 
 __all__ = ["AnswerTo", "HttpUpstream", "ReadAhead", "SSEBody", "encoded", "lf_of_crlf", "upstream_errors"]
+
+log = structlog.get_logger("proxy")
 
 _EVENT_STREAM = "text/event-stream"
 _NO_BODY = frozenset({204, 304})
@@ -424,8 +427,9 @@ class HttpUpstream:
         its CR. If the stream ends first but gave event ids, the bytes so far are returned as they are: the
         client resumes with Last-Event-ID (2025-11-25 polling). Without ids it is a lost connection, or,
         silent past `stream_idle`, a timeout excused from counting (`UpstreamTimeout`, as the failure
-        table says of a silent stream). Another request's answer in it (a stray) is
-        `UpstreamProtocolError`, its connection closed, as on the JSON path (`AnswerTo`).
+        table says of a silent stream). Another request's answer in it (a stray) is dropped, never read
+        into the body, and the read goes on to its own response (a warning logged once per stream), as an
+        SDK client ignores an unknown id; if none comes, the stream ended unanswered.
 
         If the server sends the client a request on the way (sampling, elicitation, roots), buffering
         stops at once: the server waits for that answer, so the stream is handed on (`ReadAhead`: what
@@ -450,19 +454,29 @@ class HttpUpstream:
         final: Any = None
         handed_on = False
         changed: set[str] = set()  # kinds of list announced changed in what was read (a handed-on stream's)
+        event_start = 0  # where in `read` the event under way began (a stray's is cut from there)
+        hand_on_at: int | None = None  # the sighting that hands the stream on
+        warned = after_stray_cr = False
         try:
             async for chunk in stream:
                 if len(read) + len(chunk) > limit:
                     raise self._too_large(probe)
                 sightings = watcher.feed(chunk)
-                if sightings and sightings[-1].stray:  # a stray ends what the watcher reads of a chunk
-                    raise UpstreamProtocolError(
-                        "upstream answered with another request's id (a stray answer) in its SSE stream; "
-                        "its connection is closed",
-                        upstream=self.name,
-                    )
-                end = len(chunk)
+                # `chunk[at:end]` is still to be read into the body (not the LF of a dropped stray's last CRLF)
+                at, end = 1 if after_stray_cr and chunk[:1] == b"\n" else 0, len(chunk)
+                after_stray_cr = False
                 for index, seen in enumerate(sightings):
+                    if seen.stray:  # dropped: never part of the body, whatever comes next
+                        if watcher.began_before(index):
+                            del read[event_start:]
+                        else:
+                            read += chunk[at : watcher.start_of(chunk, index)]
+                        at = watcher.end_of(chunk, index)
+                        after_stray_cr = at == len(chunk) and chunk.endswith(b"\r")
+                        if not warned:
+                            warned = True
+                            log.warning("stray_answer_dropped", upstream=self.name)
+                        continue
                     if seen.unparsed and probe:
                         raise UpstreamProtocolError(
                             "the health probe's answer has an event the proxy cannot read (more than "
@@ -473,18 +487,21 @@ class HttpUpstream:
                         final = seen.final
                         end = watcher.end_of(chunk, index)
                         break
-                    if seen.asks or seen.unparsed or seen.oversized:
-                        rest = sightings[index:]
-                        if rest[-1].final is not None:  # asked and answered in one write: the read ends there
-                            end = watcher.end_of(chunk, len(sightings) - 1)
-                        read += chunk[:end]
-                        handed_on = True
-                        early = (*(Seen(list_changed=kind) for kind in sorted(changed)), *rest)
-                        ahead = ReadAhead(bytes(read), stream, watcher, early)
-                        return Reply(reply.status, reply.headers, stream=ahead, reason=reply.reason)
-                    if seen.list_changed is not None:
+                    if hand_on_at is None and (seen.asks or seen.unparsed or seen.oversized):
+                        hand_on_at = index  # what follows in the chunk is read on (a final ends it), then handed on
+                    elif hand_on_at is None and seen.list_changed is not None:
                         changed.add(seen.list_changed)
-                read += chunk[:end]
+                read += chunk[at:end]
+                if hand_on_at is not None:
+                    handed_on = True
+                    final = None  # asked and answered in one write: the read ends there, and the relay ends it
+                    early = (*(Seen(list_changed=kind) for kind in sorted(changed)), *sightings[hand_on_at:])
+                    ahead = ReadAhead(bytes(read), stream, watcher, early)
+                    return Reply(reply.status, reply.headers, stream=ahead, reason=reply.reason)
+                if watcher.between_events:
+                    event_start = len(read)
+                elif watcher.blank_lines:
+                    event_start = len(read) - (len(chunk) - watcher.last_end(chunk))
                 if final is not None:
                     if end == len(chunk) and chunk.endswith(b"\r"):
                         read += await lf_of_crlf(stream)
