@@ -25,6 +25,7 @@ CALL = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x
 READ = {"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": "x://y"}}
 FINAL = b'{"jsonrpc":"2.0","id":9,"result":{"content":[]}}'
 PROGRESS = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}'
+LOG = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"working"}}'
 STRAY = b'{"jsonrpc":"2.0","id":77,"result":{"someone":"else"}}'
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 END = b"0\r\n\r\n"
@@ -430,7 +431,7 @@ async def test_a_buffered_read_silent_past_stream_idle_never_opens_the_breaker()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(SSE_HEAD + chunk(event(PROGRESS)))
+        writer.write(SSE_HEAD + chunk(event(LOG)))  # a log line (a progress notification hands the read on)
         await writer.drain()
         await release.wait()
 
@@ -506,3 +507,37 @@ async def test_a_number_id_echoed_as_text_is_the_answer_as_the_sdks_correlate_it
     assert [status for status, _, _ in answers] == [200] * 5
     assert all((messages_of(body) if sse else [json.loads(body)]) == [json.loads(answer)] for _, _, body in answers)
     assert [b.state for b in breakers] == ["closed"]
+
+
+# -- progress during a buffered read ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["resources/read", "tools/list"])
+async def test_a_buffered_reads_progress_reaches_the_client_while_the_server_works(method: str) -> None:
+    """A read is buffered (to be retried, cached), but a progress notification hands its stream on at once,
+    as a server's question does: a client that resets its timeout on progress (the TypeScript SDK's
+    resetTimeoutOnProgress) timed out through the proxy, as the read was held until it ended. The server
+    here answers only once the client has the progress event."""
+    release = asyncio.Event()
+    requests = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        await read_request(reader)
+        requests += 1
+        writer.write(SSE_HEAD + chunk(event(PROGRESS)))
+        await writer.drain()
+        await release.wait()
+        writer.write(chunk(event(FINAL)) + END)
+
+    message = {"jsonrpc": "2.0", "id": 9, "method": method, "params": {}}
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url)) as proxy:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(proxy.url + "/mcp", json=message, headers=JSON_HEADERS) as response:
+                try:
+                    first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 30)
+                finally:
+                    release.set()
+                rest = await response.read()
+        assert (response.status, first, rest) == (200, event(PROGRESS), event(FINAL))
+        assert requests == 1 and outcomes(proxy) == ["ok"]

@@ -242,3 +242,13 @@ def test_an_event_that_may_be_the_response_but_cannot_be_read_is_said_so(data: b
 
 def test_unreadable_json_without_an_id_is_no_response() -> None:
     assert SSEWatcher(7).feed(event(b'{"jsonrpc":"2.0","method":"x/list_changed", oops}')) == []
+
+
+def test_progress_is_reported_only_to_a_watcher_that_asks() -> None:
+    """A buffered read's watcher hands its stream on at a progress notification; others never parse one."""
+    progress = event(b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}')
+    mention = event(b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"notifications/progress"}}')
+    assert SSEWatcher(7).feed(progress) == []
+    watcher = SSEWatcher(7)
+    watcher.progress = True
+    assert watcher.feed(progress + mention) == [Seen(progress=True)]

@@ -89,7 +89,7 @@ async def test_a_read_whose_stream_the_server_ends_cleanly_unanswered_is_not_a_b
     """A server that ends a session (a client's DELETE) ends that session's open streams cleanly, with
     no response: the server's choice, not a transport failure that could open the breaker or pull
     /readyz. A stream cut mid-way (no terminating chunk) still is one."""
-    progress = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}'
+    progress = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"working"}}'
 
     async def ended(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
@@ -485,6 +485,7 @@ def test_the_boundary_lets_the_proxys_own_errors_cancellation_and_bugs_through_a
 
 
 PROGRESS = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}'
+LOG = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"working"}}'
 
 
 def event_of(data: bytes) -> bytes:
@@ -593,7 +594,7 @@ async def test_a_buffered_read_silent_past_stream_idle_is_an_excused_timeout() -
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(SSE_HEAD + sse_chunk(PROGRESS))
+        writer.write(SSE_HEAD + sse_chunk(LOG))  # a log line (a progress notification hands the read on)
         await reader.read()  # then silence
 
     async with RawServer(script) as server, upstream_for(server) as transport:

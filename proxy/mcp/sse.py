@@ -211,6 +211,8 @@ class Seen(NamedTuple):
       refuses (nested past 1024 levels, a lone surrogate: a client's parser may still read it), or JSON
       that is not one object (a batch);
     - `oversized`: over the watcher's `max_event`: its data was not kept (`SSEParser`);
+    - `progress`: a ``notifications/progress`` (reported only by a watcher asked to, `SSEWatcher.progress`:
+      a buffered read hands its stream on at one, so a client that resets its timeout on progress sees it);
     - `stray`: a JSON-RPC response with another id than the request's (compared as JSON-RPC values,
       `proxy.mcp.jsonrpc.same_id`: ``1.0`` is ``1``): another request's answer, which must not reach this
       client (as on the JSON path: `proxy.upstream.transport.AnswerTo`); its event is dropped and the
@@ -223,6 +225,7 @@ class Seen(NamedTuple):
     unparsed: bool = False
     oversized: bool = False
     stray: bool = False
+    progress: bool = False
 
     @property
     def failed(self) -> bool:
@@ -234,6 +237,7 @@ _OVERSIZED: Final = Seen(oversized=True)
 _UNPARSED: Final = Seen(unparsed=True)
 _ASKS: Final = Seen(asks=True)
 _STRAY: Final = Seen(stray=True)
+_PROGRESS: Final = Seen(progress=True)
 
 
 class NoRequest:
@@ -268,7 +272,7 @@ class SSEWatcher(_EventReader):
     """
 
     __slots__ = ("_any_id_error", "_at", "_request_id", "_skip", "answered", "blank_lines", "fed_at_line_start",
-                 "fed_between_events")  # fmt: skip
+                 "fed_between_events", "progress")  # fmt: skip
 
     def __init__(
         self, request_id: str | int | None | NoRequest = NO_REQUEST, max_event: int | None = None, http_status: int = 200
@@ -278,6 +282,9 @@ class SSEWatcher(_EventReader):
         self._any_id_error = not 200 <= http_status < 300
         self.answered = False
         """The final response went by: nothing more is watched."""
+        self.progress = False
+        """Report ``notifications/progress`` events (`Seen.progress`): a buffered read's watcher does, until
+        it hands the stream on; others never parse them."""
         self.blank_lines = 0
         """Blank lines (event ends) in the chunk last fed: with none, no event ended in it."""
         self.fed_at_line_start = True
@@ -341,11 +348,12 @@ class SSEWatcher(_EventReader):
         data = event.data
         has_id = '"id"' in data
         idless_error = not has_id and '"error"' in data  # an error without an id answers the request too
+        progress = self.progress and not has_id and "notifications/progress" in data
         if len(data) > MAX_PARSED_CONTAINERS and too_many_containers(data):
             # parsing would build a Python object per container, uninterruptibly; without an id it is no response
             return _UNPARSED if has_id else None
         changed = "list_changed" in data
-        if not has_id and not changed and not idless_error:
+        if not has_id and not changed and not idless_error and not progress:
             return None
         try:
             message = orjson.loads(data)
@@ -366,9 +374,11 @@ class SSEWatcher(_EventReader):
                 if same_id(answer_id, self._request_id) or (
                     "error" in message and (answer_id is None or self._any_id_error)
                 ):  # `AnswerTo._answers`' rule: an error with id null, or on a non-2xx status, answers it too
-                    return _new(Seen, (message, False, None, False, False, False))
+                    return _new(Seen, (message, False, None, False, False, False, False))
                 if message.get("jsonrpc") == "2.0":
                     return _STRAY  # another request's answer
+        if progress and message.get("method") == "notifications/progress":
+            return _PROGRESS
         return Seen(list_changed=kind) if kind is not None else None
 
 

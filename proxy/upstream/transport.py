@@ -223,8 +223,11 @@ class SSEBody:
 class ReadAhead:
     """An SSE answer a buffered read began, then handed on: `read`, the bytes it read, then `rest`.
 
-    A read is handed on when the server asks the client something on the way (it waits for that answer)
-    or sends an event too large, or impossible, to read. `watcher` has seen `read` already, and `early`
+    A read is handed on when the server asks the client something on the way (it waits for that answer),
+    sends a progress notification (a client may reset its timeout on one: the TypeScript SDK's
+    ``resetTimeoutOnProgress``; held until the read ended, it timed out through the proxy, and `per_try`
+    cut a read visibly progressing and retried it, the server doing the work twice), or sends an event
+    too large, or impossible, to read. Handed on, the read is committed: not retried, not cached. `watcher` has seen `read` already, and `early`
     holds what it saw there that the relay must still act on: the kinds of list announced changed, the
     event that handed the stream on, and whatever came after it in the same chunk (the final response
     among them: a server may ask and answer in one write; `read` then ends with that response's event).
@@ -433,7 +436,9 @@ class HttpUpstream:
 
         If the server sends the client a request on the way (sampling, elicitation, roots), buffering
         stops at once: the server waits for that answer, so the stream is handed on (`ReadAhead`: what
-        was read, then the rest) and the call is committed, as any streamed answer is. So it is, unread,
+        was read, then the rest) and the call is committed, as any streamed answer is. So it is at a
+        progress notification (not for a probe): a client that resets its timeout on progress must see it
+        as it comes. So it is, unread,
         when an event that may be the response cannot be read (`Seen.unparsed`; a probe's answer then
         fails), or is too large, and an answer in a content coding is handed on as it is, unread (the
         proxy cannot see its events).
@@ -449,6 +454,7 @@ class HttpUpstream:
             await stream.close()
             raise UpstreamProtocolError("the health probe's SSE answer is content-encoded", upstream=self.name)
         watcher = SSEWatcher(request_id, self._max_response, reply.status)
+        watcher.progress = not probe
         read = bytearray()  # one buffer, however finely the stream was cut
         limit = self._limit(probe)
         final: Any = None
@@ -487,13 +493,14 @@ class HttpUpstream:
                         final = seen.final
                         end = watcher.end_of(chunk, index)
                         break
-                    if hand_on_at is None and (seen.asks or seen.unparsed or seen.oversized):
+                    if hand_on_at is None and (seen.asks or seen.unparsed or seen.oversized or seen.progress):
                         hand_on_at = index  # what follows in the chunk is read on (a final ends it), then handed on
                     elif hand_on_at is None and seen.list_changed is not None:
                         changed.add(seen.list_changed)
                 read += chunk[at:end]
                 if hand_on_at is not None:
                     handed_on = True
+                    watcher.progress = False  # the relay has no use for them
                     final = None  # asked and answered in one write: the read ends there, and the relay ends it
                     early = (*(Seen(list_changed=kind) for kind in sorted(changed)), *sightings[hand_on_at:])
                     ahead = ReadAhead(bytes(read), stream, watcher, early)
