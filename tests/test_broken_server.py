@@ -541,3 +541,18 @@ async def test_a_buffered_reads_progress_reaches_the_client_while_the_server_wor
                 rest = await response.read()
         assert (response.status, first, rest) == (200, event(PROGRESS), event(FINAL))
         assert requests == 1 and outcomes(proxy) == ["ok"]
+
+
+@pytest.mark.parametrize("message", [CALL, READ], ids=["streamed", "buffered"])
+async def test_a_byte_order_mark_at_the_streams_start_hides_no_response(message: dict[str, Any]) -> None:
+    """The SSE spec has a client strip a UTF-8 BOM at a stream's start; the watcher reads past it too (the
+    response was hidden: a streamed call got the proxy's -32050 after it, a buffered read a 502). The
+    bytes pass unchanged."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(b"\xef\xbb\xbf" + event(FINAL)) + END)
+
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        assert (await post(proxy, message))[::2] == (200, b"\xef\xbb\xbf" + event(FINAL))
+        assert outcomes(proxy) == ["ok"]

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind
-from proxy.mcp.sse import NO_REQUEST, Seen, SSEWatcher
+from proxy.mcp.sse import NO_REQUEST, Seen, SSEEvent, SSEParser, SSEWatcher
 from proxy.upstream.transport import AnswerTo
 
 
@@ -252,3 +252,19 @@ def test_progress_is_reported_only_to_a_watcher_that_asks() -> None:
     watcher = SSEWatcher(7)
     watcher.progress = True
     assert watcher.feed(progress + mention) == [Seen(progress=True)]
+
+
+def test_a_byte_order_mark_at_the_streams_start_is_read_past_at_any_cut() -> None:
+    """A client's SSE parser strips a UTF-8 BOM at the stream's start (the spec): the watcher reads past it
+    too (it hid the response, and the client got the proxy's -32050 after it), wherever the stream is cut;
+    the positions it gives are in the bytes as they came."""
+    stream = b"\xef\xbb\xbf" + event(FINAL)
+    for cut in range(len(stream) + 1):
+        watcher = SSEWatcher(7)
+        pieces = [piece for piece in (stream[:cut], stream[cut:]) if piece]
+        seen = [(piece, watcher.feed(piece)) for piece in pieces]
+        piece, last = seen[-1]
+        assert last == [Seen(final=orjson.loads(FINAL))], cut
+        assert watcher.end_of(piece, 0) == len(piece)
+    parser = SSEParser()
+    assert parser.feed(b"\xef\xbb") + parser.feed(b"\xbf" + event(b"x")) == [SSEEvent("x")]

@@ -53,6 +53,9 @@ __all__ = [
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
+_BOM: Final = b"\xef\xbb\xbf"
+"""A UTF-8 byte order mark: at the very start of a stream a client's SSE parser strips it (the spec)."""
+
 _new = tuple.__new__
 """Makes a named tuple from a tuple of all its fields, in C: the generated ``__new__`` of `SSEEvent` and
 `Seen` is a Python call, and one of each is made per event."""
@@ -73,8 +76,8 @@ class SSEEvent(NamedTuple):
 class _EventReader:
     """The parsing both `SSEParser` and `SSEWatcher` are made of (`_events`): one object per stream."""
 
-    __slots__ = ("_data", "_dropping_line", "_event", "_event_size", "_id", "_max", "_oversized", "_partial",
-                 "_pending_cr", "last_event_id")  # fmt: skip
+    __slots__ = ("_bom", "_data", "_dropping_line", "_event", "_event_size", "_id", "_max", "_oversized", "_partial",
+                 "_pending_cr", "bom_stripped", "last_event_id")  # fmt: skip
 
     def __init__(self, max_event: int | None = None) -> None:
         self._max = max_event
@@ -90,6 +93,11 @@ class _EventReader:
         self._event = ""
         self._id: str | None = None
         self._pending_cr = False
+        self._bom: bytes | None = b""
+        """The stream's first bytes while they may still be a byte order mark (None once decided)."""
+        self.bom_stripped = 0
+        """Bytes of a byte order mark left out of the chunk last fed (read, not passed: the caller's
+        bytes are unchanged)."""
         self.last_event_id: str | None = None
         """The last `id:` seen: what a client would send back as Last-Event-ID."""
 
@@ -102,7 +110,7 @@ class _EventReader:
     def between_events(self) -> bool:
         """Nothing of an unfinished line or event is held: the bytes fed so far end where an event ended."""
         # every field line counts in the size; a CR last may be the first half of a CRLF still to come
-        return not (self._partial or self._dropping_line or self._event_size or self._pending_cr)
+        return not (self._partial or self._dropping_line or self._event_size or self._pending_cr or self._bom)
 
     def _keep_partial(self, piece: bytes) -> None:
         if self._dropping_line or not piece:
@@ -123,8 +131,22 @@ class _EventReader:
         One pass over the lines, fields compared as bytes: only an event's data (once, at dispatch), its
         type and its id are decoded (UTF-8, invalid bytes replaced; a line ending is ASCII, so no
         character spans two lines and decoding line by line or joined gives the same text)."""
+        self.bom_stripped = 0
         if not chunk:
             return []  # nothing to do, and a CR that ended the last chunk may still pair with the next
+        if self._bom is not None:  # the stream's start: a byte order mark there is no part of its text
+            head = self._bom + chunk
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                self._bom = head
+                return []
+            self._bom = None
+            if head.startswith(_BOM):
+                self.bom_stripped = len(_BOM) - (len(head) - len(chunk))
+                chunk = chunk[self.bom_stripped :]
+            elif len(head) > len(chunk):
+                chunk = head  # the bytes held were no byte order mark after all
+            if not chunk:
+                return []
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False
@@ -303,6 +325,8 @@ class SSEWatcher(_EventReader):
         self.fed_between_events = self.fed_at_line_start and not self._event_size
         self._skip = 1 if self._pending_cr and chunk[:1] == b"\n" else 0
         events = self._events(chunk)
+        if self.bom_stripped:  # the stream's first bytes: read as if the chunk began past the mark
+            self._skip = self.bom_stripped
         self.blank_lines = len(events)
         seen: list[Seen] = []
         for index, event in enumerate(events):
