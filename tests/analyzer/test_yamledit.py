@@ -34,8 +34,8 @@ def test_the_documented_config_keeps_every_comment_and_only_the_changed_lines_ch
     edited = edit_text(PROXY_YAML, changes)
     assert comments(edited) == comments(PROXY_YAML)
     assert changed(PROXY_YAML, edited) == [
-        "-      per_try: 5m                       # one attempt: until the headers (and a JSON answer's whole body)",
-        "+      per_try: 4s                       # one attempt: until the headers (and a JSON answer's whole body)",
+        "-      per_try: 5m                       # one attempt: until the headers (and a JSON answer's, or a read's, whole body)",
+        "+      per_try: 4s                       # one attempt: until the headers (and a JSON answer's, or a read's, whole body)",
         "-    rate_limit: null",
         "+    rate_limit:",
         "+      rate: 12",
