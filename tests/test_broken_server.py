@@ -556,3 +556,22 @@ async def test_a_byte_order_mark_at_the_streams_start_hides_no_response(message:
     async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
         assert (await post(proxy, message))[::2] == (200, b"\xef\xbb\xbf" + event(FINAL))
         assert outcomes(proxy) == ["ok"]
+
+
+async def test_an_error_status_streamed_as_sse_that_then_breaks_is_reported_once() -> None:
+    """A 503 streamed as SSE is reported at its head; the stream then breaking before any response adds
+    no second `call_failed` for the same call."""
+    head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(head + chunk(event(PROGRESS)))
+        await writer.drain()
+        writer.close()  # broken: no response, no last chunk
+
+    events: list[dict[str, Any]] = []
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        proxy.bus.listeners.append(events.append)
+        status, _, _ = await post(proxy, CALL)
+    assert status == 503
+    assert [event["type"] for event in events if event["type"] == "call_failed"] == ["call_failed"]

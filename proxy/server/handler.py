@@ -385,7 +385,8 @@ class McpHandler:
                     outcome = value
 
             def failed(error: ProxyError) -> None:
-                self._failed(runtime, call, last, error)
+                if pinned is None:  # an error status was reported at its head: one report per call
+                    self._failed(runtime, call, last, error)
 
             return await self._relay.answer(request, runtime, route, call, reply, settle, failed)
         finally:
