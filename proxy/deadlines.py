@@ -62,8 +62,9 @@ class DeadlineClock:
     def _tick(self) -> None:
         heapq.heappop(self._armed)
         now = self.now()
-        due = [item for item, deadline in self._waiting.items() if deadline <= now]
-        for item in due:
+        # In deadline order, however late the tick (a busy loop may find several due at once).
+        due = sorted((deadline, n, item) for n, (item, deadline) in enumerate(self._waiting.items()) if deadline <= now)
+        for _, _, item in due:
             del self._waiting[item]
             item.expire()
         if self._waiting:
