@@ -189,11 +189,9 @@ class McpHandler:
             headers={"Allow": _ALLOWED_METHODS},
         )
 
-    async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes | None:
-        """The whole body, or None when it is larger than `limit` (checked before and while reading)."""
-        length = request.content_length
-        if length is not None and length > limit:
-            return None
+    async def _read_body(self, request: web.BaseRequest, limit: int, length: int | None) -> bytes | None:
+        """The whole body, or None when it is larger than `limit` (checked while reading). `length` is the
+        declared Content-Length, already checked against `limit` by the caller (before any 100 Continue)."""
         if request.content.is_eof():  # the whole body is here already (the usual case): take it, no wait
             body = request.content.read_nowait()
             return body if len(body) <= limit else None
@@ -235,10 +233,10 @@ class McpHandler:
             await _continue(request)
         try:
             if request.content.is_eof():  # the whole body is here already (the usual case): no wait, no timer
-                body = await self._read_body(request, limit)
+                body = await self._read_body(request, limit, length)
             else:
                 async with asyncio.timeout(runtime.config.limits.body_timeout):
-                    body = await self._read_body(request, limit)
+                    body = await self._read_body(request, limit, length)
         except TimeoutError:
             runtime.metrics.reject("body_timeout")
             timed_out = _json_error(
@@ -605,10 +603,10 @@ def _awaits_continue(request: web.BaseRequest) -> bool:
     sends it for a body over 1 KiB, then waits a second), and none was sent yet. Not for HTTP/1.0, which
     has no 100 (RFC 9110 §10.1.1), nor once the body is here anyway (the 100 may then be left out)."""
     return (
-        request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
+        not request.content.is_eof()  # first: the usual POST's body is here, and nothing else is asked
+        and request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
         and request.version >= (1, 1)
         and not request.get(_CONTINUED, False)
-        and not request.content.is_eof()
     )
 
 

@@ -300,10 +300,9 @@ class AnswerTo(NamedTuple):
         answer_id = response.get("id")
         if "error" in response and (answer_id is None or not 200 <= status < 300):
             return True
-        for request_id in self.ids:
-            if same_id(answer_id, request_id):
-                return True
-        return False
+        if type(answer_id) in (int, str) and answer_id in self.ids:  # the usual answer: echoed as sent (a bool is no id)
+            return True
+        return any(same_id(answer_id, request_id) for request_id in self.ids)
 
 
 def _is_response(item: Any) -> bool:
