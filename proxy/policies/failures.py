@@ -133,6 +133,12 @@ class Verdict:
         return self.kind in SERVER_SIDE and not self.excused
 
     @property
+    def upstream_failed(self) -> bool:
+        """The upstream failed to serve this answer: a server failure, or its own backpressure (429). What a
+        cached answer may stand in for, and what a client hearing it is reported as a failure."""
+        return self.server_failure or self.kind is Failure.HTTP_429
+
+    @property
     def transport_failure(self) -> bool:
         """The upstream could not be reached or does not speak HTTP: counts against its health."""
         return self.kind in TRANSPORT and not self.excused

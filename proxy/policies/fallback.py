@@ -54,7 +54,7 @@ from multidict import CIMultiDict
 
 from proxy.tasks import Owner, cancel_and_wait, spawn
 from proxy.errors import ProxyError, RateLimited
-from proxy.policies.failures import Failure, Verdict, verdict_of
+from proxy.policies.failures import Verdict, verdict_of
 from proxy.policies.base import NULL_OBSERVER, Attempt, Call, CallHandler, Clock, Observer, Reply, last_attempt
 from proxy.config.policies import CacheConfig
 
@@ -232,7 +232,7 @@ class CacheStage:
         try:
             reply, verdict = await self._join(flight, pair, call, next, store)
             if reply is None:  # a follower of an answer it may not share: its own, unless a failure has a stand-in
-                if verdict.server_failure or verdict.kind is Failure.HTTP_429:
+                if verdict.upstream_failed:
                     stale = self._stale(store, keys, call, None)
                     if stale is not None:
                         return stale
@@ -242,7 +242,7 @@ class CacheStage:
             if stale is None:
                 raise
             return stale
-        if verdict.server_failure or verdict.kind is Failure.HTTP_429:
+        if verdict.upstream_failed:
             stale = self._stale(store, keys, call, reply.attempt)
             if stale is not None:
                 if reply.stream is not None:

@@ -512,7 +512,7 @@ class McpHandler:
         verdict = verdict_of(reply, call.session_id is not None)
         if verdict.kind is Failure.SESSION_EXPIRED:
             runtime.events.policy_event("session_lost", reply.attempt or call)
-        elif verdict.server_failure or verdict.kind is Failure.HTTP_429:
+        elif verdict.upstream_failed:
             self._report(runtime, call, reply.attempt, verdict.as_error(), reason, reply.status)
 
 
