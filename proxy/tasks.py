@@ -24,7 +24,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import structlog
 
-__all__ = ["Owner", "cancel_and_wait", "interrupt", "spawn"]
+__all__ = ["Owner", "cancel_and_wait", "spawn"]
 
 log = structlog.get_logger("proxy.tasks")
 
@@ -90,10 +90,3 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     if interrupted:
         raise asyncio.CancelledError
 
-
-def interrupt(task: asyncio.Task[Any]) -> None:
-    """Cancel `task` from a timer, for the task's own code to catch: a deadline passing, as
-    `asyncio.timeout` does it (`proxy.policies.timeout`). Nothing waits here, and needs to: the task
-    itself is what runs next, in its own ``except CancelledError``, and it tells this cancellation from
-    anyone else's by `asyncio.Task.uncancel`. Every other stop goes through `cancel_and_wait`."""
-    task.cancel()

@@ -27,7 +27,7 @@ from proxy.deadlines import DeadlineClock
 from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
 from proxy.mcp.jsonrpc import CLIENT_PACED_METHODS
 from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Clock, Observer, Reply
-from proxy.tasks import Owner, cancel_and_wait, interrupt, spawn
+from proxy.tasks import Owner, cancel_and_wait, spawn
 
 __all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
 
@@ -134,7 +134,9 @@ class _Expiry:
 
     def expire(self) -> None:
         self.fired = True
-        interrupt(self.task)
+        # Not `cancel_and_wait`: the task cancelled is the one that will catch it, in the stage's own
+        # ``except CancelledError`` (as `asyncio.timeout` does); nothing is left to wait for.
+        self.task.cancel()
 
 
 async def _abandon(attempt: asyncio.Future[Reply]) -> None:
