@@ -39,8 +39,8 @@ an unconfigured policy costs nothing per call.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
-from typing import Any, Final, TypedDict
+from collections.abc import Awaitable, Callable
+from typing import Final, TypedDict
 
 from proxy.policies.base import (
     Attempt,
@@ -85,27 +85,11 @@ class _FirstAttempt:
         return f"<first attempt -> {getattr(self._next, '__qualname__', 'next')}>"
 
 
-def _named(handler: functools.partial[Any], stage: object, next_handler: object) -> None:
-    """Name a bound stage after its chain (``BreakerStage->TimeoutStage->...``), for debugging. Stages are
-    bound with a partial, not a wrapper coroutine: one frame less per stage on every call."""
+def _bind(stage: Callable[..., Awaitable[Reply]], next_handler: object) -> Callable[..., Awaitable[Reply]]:
+    """`stage` with its `next` bound, named after its chain (``BreakerStage->TimeoutStage->...``) for
+    debugging. A partial, not a wrapper coroutine: one frame less per stage on every call."""
+    handler = functools.partial(stage, next=next_handler)
     handler.__qualname__ = f"{type(stage).__name__}->{getattr(next_handler, '__qualname__', 'next')}"  # type: ignore[attr-defined]
-
-
-def _bind_attempt(stage: AttemptStage, next_handler: AttemptHandler) -> AttemptHandler:
-    handler = functools.partial(stage, next=next_handler)
-    _named(handler, stage, next_handler)
-    return handler
-
-
-def _bind_retry(stage: AttemptMaker, next_handler: AttemptHandler) -> CallHandler:
-    handler = functools.partial(stage, next=next_handler)
-    _named(handler, stage, next_handler)
-    return handler
-
-
-def _bind_call(stage: CallStage, next_handler: CallHandler) -> CallHandler:
-    handler = functools.partial(stage, next=next_handler)
-    _named(handler, stage, next_handler)
     return handler
 
 
@@ -116,13 +100,14 @@ def build_pipeline(terminal: AttemptHandler, stages: Stages) -> CallHandler:
     unknown = set(stages) - set(PIPELINE_ORDER)
     if unknown:
         raise ValueError(f"unknown pipeline stage(s): {', '.join(sorted(unknown))}; known: {', '.join(PIPELINE_ORDER)}")
-    inner = terminal
-    for stage in (stages.get("timeout"), stages.get("passive_health"), stages.get("breaker")):
-        if stage is not None:
-            inner = _bind_attempt(stage, inner)
+    at = PIPELINE_ORDER.index("retry")
+    inner: AttemptHandler = terminal
+    for name in reversed(PIPELINE_ORDER[at + 1 :]):
+        if (stage := stages.get(name)) is not None:
+            inner = _bind(stage, inner)  # type: ignore[arg-type]
     retry = stages.get("retry")
-    outer: CallHandler = _FirstAttempt(inner) if retry is None else _bind_retry(retry, inner)
-    for call_stage in (stages.get("rate_limit"), stages.get("fallback")):
-        if call_stage is not None:
-            outer = _bind_call(call_stage, outer)
+    outer: CallHandler = _FirstAttempt(inner) if retry is None else _bind(retry, inner)
+    for name in reversed(PIPELINE_ORDER[:at]):
+        if (stage := stages.get(name)) is not None:
+            outer = _bind(stage, outer)  # type: ignore[arg-type]
     return outer
