@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -75,6 +76,7 @@ __all__ = [
     "list_changed_kind",
     "parse_message",
     "same_id",
+    "answers",
     "MAX_BODY_VALUES",
     "MAX_PARSED_CONTAINERS",
     "count_values",
@@ -368,6 +370,21 @@ def same_id(answer_id: Any, request_id: str | int | None) -> bool:
     if not isinstance(answer, int | float):
         return False
     return answer == request or _double(answer) == _double(request)
+
+
+def answers(response: dict[str, Any], request_ids: Collection[str | int | None], any_id_error: bool) -> bool:
+    """Whether the JSON-RPC `response` answers one of `request_ids`: the one rule for a JSON answer
+    (`proxy.upstream.transport.AnswerTo`) and an SSE answer (`proxy.mcp.sse.SSEWatcher`) alike.
+
+    Its id is one of them (`same_id`, tried first as sent); or it is an error that names no request (id
+    null or none), or comes with a non-2xx HTTP status (`any_id_error`: the HTTP layer's refusal, whatever
+    id the server wrote), which can only be about the request it came back on."""
+    answer_id = response.get("id")
+    if "error" in response and (answer_id is None or any_id_error):
+        return True
+    if type(answer_id) in (int, str) and answer_id in request_ids:  # the usual answer: echoed as sent (a bool is no id)
+        return True
+    return any(same_id(answer_id, request_id) for request_id in request_ids)
 
 
 _INTEGER_TEXT: Final = re.compile(r"\s*[+-]?\d+(?:_\d+)*\s*")

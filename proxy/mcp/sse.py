@@ -38,7 +38,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind, same_id, too_many_containers
+from proxy.mcp.jsonrpc import MAX_PARSED_CONTAINERS, list_changed_kind, answers, too_many_containers
 
 __all__ = [
     "NO_REQUEST",
@@ -293,7 +293,7 @@ class SSEWatcher(_EventReader):
     its final response.
     """
 
-    __slots__ = ("_any_id_error", "_at", "_request_id", "_skip", "answered", "blank_lines", "fed_at_line_start",
+    __slots__ = ("_any_id_error", "_at", "_request_id", "_request_ids", "_skip", "answered", "blank_lines", "fed_at_line_start",
                  "fed_between_events", "progress")  # fmt: skip
 
     def __init__(
@@ -301,6 +301,7 @@ class SSEWatcher(_EventReader):
     ) -> None:
         super().__init__(max_event)
         self._request_id = request_id
+        self._request_ids = () if isinstance(request_id, NoRequest) else (request_id,)
         self._any_id_error = not 200 <= http_status < 300
         self.answered = False
         """The final response went by: nothing more is watched."""
@@ -394,10 +395,7 @@ class SSEWatcher(_EventReader):
                 if "id" in message and '"method"' in data:
                     return Seen(asks=True, list_changed=kind) if kind is not None else _ASKS
             elif not isinstance(self._request_id, NoRequest) and ("result" in message or "error" in message):
-                answer_id = message.get("id")
-                if same_id(answer_id, self._request_id) or (
-                    "error" in message and (answer_id is None or self._any_id_error)
-                ):  # `AnswerTo._answers`' rule: an error with id null, or on a non-2xx status, answers it too
+                if answers(message, self._request_ids, self._any_id_error):  # the JSON path's rule too
                     return _new(Seen, (message, False, None, False, False, False, False))
                 if message.get("jsonrpc") == "2.0":
                     return _STRAY  # another request's answer

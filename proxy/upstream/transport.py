@@ -65,7 +65,7 @@ from proxy.errors import (
 )
 from proxy.errors import ProxyError
 from proxy.mcp.headers import client_headers
-from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, MAX_PARSED_CONTAINERS, Kind, Message, same_id, too_many_containers
+from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, MAX_PARSED_CONTAINERS, Kind, Message, answers, too_many_containers
 from proxy.mcp.sse import Seen, SSEWatcher
 from proxy.policies.base import Attempt, Reply
 from proxy.upstream.http11.client import (
@@ -297,12 +297,7 @@ class AnswerTo(NamedTuple):
         return _is_response(answer) and not self._answers(answer, status)
 
     def _answers(self, response: dict[str, Any], status: int) -> bool:
-        answer_id = response.get("id")
-        if "error" in response and (answer_id is None or not 200 <= status < 300):
-            return True
-        if type(answer_id) in (int, str) and answer_id in self.ids:  # the usual answer: echoed as sent (a bool is no id)
-            return True
-        return any(same_id(answer_id, request_id) for request_id in self.ids)
+        return answers(response, self.ids, not 200 <= status < 300)
 
 
 def _is_response(item: Any) -> bool:
