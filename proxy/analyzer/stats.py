@@ -1,4 +1,5 @@
-"""Small numeric helpers: percentiles from `call_ok` histograms and from exact samples, readable durations.
+"""Small numeric helpers: percentiles from `call_ok` histograms and from exact samples, readable durations,
+and the confidence bounds the rules decide with (Wilson score bounds of a proportion, `Share`).
 
 Kept apart from the aggregation so the rules and the report format numbers the same way, and so the
 arithmetic that decides a proposal's value is tested on its own.
@@ -8,8 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
 
-__all__ = ["Histogram", "format_duration", "nice_duration", "percentile"]
+__all__ = [
+    "Z_95", "Histogram", "Share", "format_duration", "nice_duration", "percentile", "wilson_bounds", "wilson_lower",
+    "wilson_upper",
+]  # fmt: skip
 
 _NICE_SECONDS = (
     0.01, 0.02, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0,
@@ -93,3 +99,90 @@ def format_duration(seconds: float) -> str:
     if seconds >= 60.0 and seconds % 60.0 == 0:
         return f"{int(seconds // 60)}m"
     return f"{seconds:g}s"
+
+
+Z_95: Final = 1.645
+"""One-sided 95%: the confidence every rule decides at."""
+Z_975: Final = 1.96
+Z_995: Final = 2.576
+LEVELS: Final = ((Z_995, "high"), (Z_975, "medium"), (Z_95, "low"))
+"""A decision that still holds at a stricter z earns a higher confidence level (one-sided 99.5% / 97.5% / 95%)."""
+
+
+def wilson_bounds(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of the proportion ``k/n``: each end a one-sided bound at `z`.
+
+    ``(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)`` with ``p = k/n``. Unlike the normal
+    approximation it stays inside [0, 1] and is honest for small n and for p at 0 or 1 (8 of 8 gives a
+    lower bound of n/(n+z²) = 0.747 at z = 1.645, not 1), which is what lets a rule decide on a handful
+    of events when they all agree and stay quiet on many that do not. (0, 1) without data.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    k = min(max(k, 0), n)
+    p, z2 = k / n, z * z
+    denominator = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def wilson_lower(k: int, n: int, z: float = Z_95) -> float:
+    """The share is at least this, with one-sided confidence given by `z` (0 without data)."""
+    return wilson_bounds(k, n, z)[0]
+
+
+def wilson_upper(k: int, n: int, z: float = Z_95) -> float:
+    """The share is at most this, with one-sided confidence given by `z` (1 without data)."""
+    return wilson_bounds(k, n, z)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A proportion ``k/n`` a rule decides on, and its claim: the Wilson bound on one `side` against `threshold`.
+
+    ``side="lower"`` claims the true share is at least `threshold` (the lower bound must reach it);
+    ``"upper"`` claims it is at most `threshold`. The claim is made at one-sided 95% (`Z_95`); `level`
+    says how much stricter a confidence it survives.
+    """
+
+    what: str
+    """What is counted, in words: "timed-out attempts that would complete"."""
+    k: int
+    n: int
+    side: Literal["lower", "upper"]
+    threshold: float
+
+    @property
+    def proportion(self) -> float:
+        return self.k / self.n if self.n else 0.0
+
+    def bound(self, z: float = Z_95) -> float:
+        low, high = wilson_bounds(self.k, self.n, z)
+        return low if self.side == "lower" else high
+
+    def holds(self, z: float = Z_95) -> bool:
+        if self.n <= 0:
+            return False
+        bound = self.bound(z)
+        return bound >= self.threshold if self.side == "lower" else bound <= self.threshold
+
+    @property
+    def level(self) -> str:
+        """high / medium / low: the strictest of one-sided 99.5%, 97.5%, 95% at which the claim holds."""
+        return next((name for z, name in LEVELS if self.holds(z)), "none")
+
+    def describe(self) -> str:
+        sign = ">=" if self.side == "lower" else "<="
+        return (
+            f"{self.what}: {self.k}/{self.n} ({self.proportion:.1%}), 95% {self.side} bound "
+            f"{self.bound():.1%} {sign} {self.threshold:.0%}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the counts, the proportion, the bound and what it was held against."""
+        return {
+            "what": self.what, "k": self.k, "n": self.n, "proportion": round(self.proportion, 4),
+            "side": self.side, "bound": round(self.bound(), 4), "threshold": self.threshold,
+            "confidence": 0.95, "method": "wilson", "holds": self.holds(), "level": self.level,
+        }  # fmt: skip
