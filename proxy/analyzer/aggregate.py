@@ -18,9 +18,11 @@ import orjson
 from proxy.analyzer.model import (
     EXAMPLES,
     SERVER_SIDE,
+    TOOL_BREAKER_KINDS,
     BreakerStats,
     FailedCall,
     HealthStats,
+    Opening,
     SignatureGroup,
     Target,
     TargetStats,
@@ -29,10 +31,16 @@ from proxy.analyzer.model import (
 )
 from proxy.events.envelope import SCHEMA_VERSION
 
-__all__ = ["DEFAULT_WINDOW_S", "Analysis", "Window", "read_events"]
+__all__ = ["DEFAULT_WINDOW_S", "RUN_UP_S", "Analysis", "Window", "read_events"]
 
 log = logging.getLogger(__name__)
 DEFAULT_WINDOW_S = 300.0
+RUN_UP_S = 60.0
+"""How far back before a breaker opened its failures are looked for, at most (and never before the
+breaker's previous transition): a breaker trips on a streak or a rate over a short window, so failures
+older than a minute did not open it."""
+_TIMEOUT_REASONS = {"upstream_timeout": "timeout", "upstream_unavailable": "connect_error"}
+"""`breaker_state.last_failure_kind` may name a client-facing reason: the failure kind it stands for."""
 
 Event = dict[str, Any]
 
@@ -74,6 +82,14 @@ class Analysis:
     upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
     config_changes: list[int] = field(default_factory=list)
     """Ids of config_reloaded events: evidence before one was gathered under another policy."""
+    attempt_failures: list[tuple[float, Target, str]] = field(default_factory=list)
+    """Failed attempts (ts, target, kind) a breaker may count, one per attempt (its `timeout` and its
+    `retry` or `call_failed` are one failure): the run-up evidence of each opening."""
+    refusals: list[tuple[float, Target, FailedCall]] = field(default_factory=list)
+    """Calls a breaker refused (`call_failed` with `circuit_open`)."""
+    refused_attempts: list[tuple[float, str, str]] = field(default_factory=list)
+    """(ts, upstream, breaker) of each `circuit_open` event."""
+    _failed_attempts: set[tuple[str, int]] = field(default_factory=set)
 
     @classmethod
     def from_events(cls, events: Iterable[Event], window_s: float | None = DEFAULT_WINDOW_S) -> Analysis:
@@ -99,7 +115,39 @@ class Analysis:
             except (TypeError, ValueError, AttributeError, KeyError) as exc:  # one odd event never sinks the analysis
                 analysis.skipped += 1
                 log.info("analyzer skipped a malformed %s event %s: %r", event.get("type"), event.get("id"), exc)
+        analysis.attribute()
         return analysis
+
+    def attribute(self) -> None:
+        """Give each breaker its openings: the failures that led to each, and the calls each refused.
+
+        A refusal belongs to the opening of its breaker in force at the time (from the opening until the
+        breaker closed or opened again); a `call_failed` refusal names no breaker, so its tool's (or
+        method's) own breaker is tried first, then its upstream's. Refusals with no opening in the window
+        (the breaker opened before it) stay unattributed.
+        """
+        for stats in self.breakers.values():
+            stats.openings = _openings(stats, self.attempt_failures)
+        for ts, target, failed in self.refusals:
+            own = self.breakers.get((target.upstream, f"{target.upstream}/{target.tool or target.method}"))
+            for breaker in (own, self.breakers.get((target.upstream, target.upstream))):
+                opening = None if breaker is None else _in_force(breaker, ts)
+                if opening is not None:
+                    opening.refused.append((target, failed))
+                    break
+        for ts, upstream, name in self.refused_attempts:
+            named = self.breakers.get((upstream, name))
+            opening = None if named is None else _in_force(named, ts)
+            if opening is not None:
+                opening.refused_attempts += 1
+
+    def openings(self) -> list[Opening]:
+        """Every breaker opening in the window, oldest first."""
+        return sorted((o for b in self.breakers.values() for o in b.openings), key=lambda o: (o.ts, o.id))
+
+    def refusals_caused_by(self, target: Target, kinds: frozenset[str] | set[str]) -> list[tuple[Target, FailedCall]]:
+        """Calls (of any target) refused by breakers that `target`'s failures of `kinds` opened."""
+        return [refusal for opening in self.openings() if opening.caused_by(target, kinds) for refusal in opening.refused]
 
     def all_targets(self) -> list[TargetStats]:
         """Every target, in a stable order (upstream, method, tool)."""
@@ -139,10 +187,14 @@ class Analysis:
         if kind == "breaker_state" and isinstance(upstream, str):
             name = str(event.get("breaker") or upstream)
             breaker = self.breakers.setdefault((upstream, name), BreakerStats(upstream, name))
-            breaker.transitions.append(Transition(event_id, ts, str(event.get("old")), str(event.get("new"))))
+            cause, last_kind = event.get("cause"), event.get("last_failure_kind")
+            last_kind = _TIMEOUT_REASONS.get(last_kind, last_kind) if isinstance(last_kind, str) else None
+            transition = Transition(event_id, ts, str(event.get("old")), str(event.get("new")), cause if isinstance(cause, str) else None, last_kind)
+            breaker.transitions.append(transition)
         elif kind == "circuit_open" and isinstance(upstream, str):
             name = str(event.get("breaker") or upstream)
             self.breakers.setdefault((upstream, name), BreakerStats(upstream, name)).refused += 1
+            self.refused_attempts.append((ts, upstream, name))
         elif kind == "health_changed" and isinstance(upstream, str):
             health = self.health.setdefault(upstream, HealthStats(upstream))
             transition = Transition(event_id, ts, str(event.get("old")), str(event.get("new")), event.get("cause"))
@@ -179,15 +231,26 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
     raw_call_id = event.get("call_id")  # an int from the proxy; strings are accepted too
     call_id = str(raw_call_id) if isinstance(raw_call_id, int | str) and not isinstance(raw_call_id, bool) else None
     idempotent = event.get("idempotent")
-    if kind != "call_ok" and isinstance(idempotent, bool):
-        stats.idempotent_true += idempotent
-        stats.idempotent_false += not idempotent
+    if kind != "call_ok":
+        if isinstance(idempotent, bool):
+            stats.idempotent_true += idempotent
+            stats.idempotent_false += not idempotent
+        for name, counter in (("read_only_hint", stats.read_only_hint), ("idempotent_hint", stats.idempotent_hint), ("destructive_hint", stats.destructive_hint)):
+            hint = event.get(name)
+            if isinstance(hint, bool):
+                counter[hint] += 1
     upstream = analysis.upstream(stats.target.upstream)
     if error_kind == "http_429" and kind in ("retry", "call_failed"):
         upstream.http_429_ts.append(ts)
         upstream.http_429_ids.append(event_id)
     if error_kind in SERVER_SIDE and kind in ("retry", "call_failed"):
         stats.attempt_failures += 1
+    if error_kind in TOOL_BREAKER_KINDS and kind in ("timeout", "retry", "call_failed"):
+        attempt = None if call_id is None else (call_id, _attempt(event))
+        if attempt is None or attempt not in analysis._failed_attempts:  # an attempt's timeout and its retry: one failure
+            if attempt is not None:
+                analysis._failed_attempts.add(attempt)
+            analysis.attempt_failures.append((ts, stats.target, error_kind))
     if kind == "call_ok":
         # Parse everything first: an event that fails half-way must leave no half-counted trace.
         calls, ok = int(_num(event.get("calls"))), int(_num(event.get("ok")))
@@ -204,6 +267,12 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
         # One flush stamps one `window_end` on all its summaries; older events only have their own ts.
         key = (_num(event.get("window_end"), round(ts, 1)), _num(event.get("window_s")))
         upstream.windows[key] = upstream.windows.get(key, 0) + ok
+        timeline, slot = event.get("ok_timeline"), _num(event.get("timeline_slot_s"))
+        if isinstance(timeline, list) and slot > 0 and all(isinstance(x, int) and not isinstance(x, bool) for x in timeline):
+            line = upstream.timelines.setdefault((*key, slot), [])
+            line.extend([0] * (len(timeline) - len(line)))
+            for index, count in enumerate(timeline):
+                line[index] += count
     elif kind == "call_failed":
         params = event.get("params_hash")
         stats.failed.append(
@@ -212,13 +281,18 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
         )  # fmt: skip
         if isinstance(call_id, str):
             stats.failed_calls.add(call_id)
+        if error_kind == "circuit_open":
+            analysis.refusals.append((ts, stats.target, stats.failed[-1]))
     elif kind == "retry":
         stats.retries += 1
         stats.retry_ids.append(event_id)
         if isinstance(call_id, str):
             stats.retried_calls.add(call_id)
     elif kind == "retry_exhausted":
-        stats.exhausted[str(event.get("why"))] += 1
+        why = str(event.get("why"))
+        stats.exhausted[why] += 1
+        if why == "max_attempts":
+            stats.exhausted_by_kind[error_kind] += 1
         stats.exhausted_attempts.append(_attempt(event))
         stats.exhausted_ids.append(event_id)
         if isinstance(call_id, str):
@@ -226,6 +300,9 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
     elif kind == "retry_budget_exhausted":
         stats.budget_exhausted += 1
         upstream.budget_exhausted += 1
+        failure = event.get("failure")
+        if call_id is not None:
+            stats.budget_failures[call_id] = str(failure) if isinstance(failure, str) else error_kind
     elif kind == "timeout":
         stats.timeouts += 1
         stats.timeout_ids.append(event_id)
@@ -243,6 +320,36 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
             stats.stale_max_age = max(stats.stale_max_age, _num(event.get("age")))
         else:
             stats.fallback_hit += 1
+
+
+def _openings(breaker: BreakerStats, failures: list[tuple[float, Target, str]]) -> list[Opening]:
+    """Each opening of `breaker` with its run-up failures: those of its scope (its upstream's server-side
+    failures; for a per-tool breaker ``upstream/tool``, that tool's, application errors included) after the
+    breaker's previous transition and at most `RUN_UP_S` before the opening."""
+    transitions = sorted(breaker.transitions, key=lambda t: (t.ts, t.id))
+    scope = breaker.tool
+    kinds = SERVER_SIDE if scope is None else TOOL_BREAKER_KINDS
+    mine = [
+        (ts, target, kind) for ts, target, kind in failures
+        if target.upstream == breaker.upstream and kind in kinds and (scope is None or scope in (target.tool, target.method))
+    ]  # fmt: skip
+    openings = []
+    for index, transition in enumerate(transitions):
+        if transition.new != "open":
+            continue
+        since = max(transition.ts - RUN_UP_S, transitions[index - 1].ts if index else float("-inf"))
+        until = next((t.ts for t in transitions[index + 1 :] if t.new in ("closed", "open")), float("inf"))
+        opening = Opening(breaker.upstream, breaker.name, transition.id, transition.ts, until, transition.last_failure_kind)
+        for ts, target, kind in mine:
+            if since < ts <= transition.ts or (index == 0 and ts == since):
+                opening.causes[(target, kind)] += 1
+        openings.append(opening)
+    return openings
+
+
+def _in_force(breaker: BreakerStats, ts: float) -> Opening | None:
+    """The opening of `breaker` whose refusals include one at `ts`, if any."""
+    return next((o for o in reversed(breaker.openings) if o.ts <= ts < o.until), None)
 
 
 class Window:

@@ -4,7 +4,10 @@ Each rule's proposals are turned into edits of the user's own file; a proposal s
 edited file still validates (`load_config`, exactly as a reload would) and if it does not make the
 proxy retry more any call the events do not show to be idempotent. That guard compares the effective
 retry policy of every observed call before and after the edit, so it holds whichever rule, rule entry
-or glob the change lands on.
+or glob the change lands on. One exception, exactly one: a call the proxy treated as not idempotent
+may be declared ``idempotent: true`` when its own events show the server declaring it safe to retry
+(readOnlyHint or idempotentHint, never contradicted: `TargetStats.declared_safe`); even then no more
+attempts, nor more failure kinds retried, may come with it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ RULES: tuple[Rule, ...] = (
     rules_upstream.breaker_per_tool,
     rules.cache_fallback,
     rules.cache_max_stale,
+    rules.declared_idempotent,
     rules_upstream.health_flaps,
     rules_upstream.session_lost,
 )
@@ -41,14 +45,24 @@ RULES: tuple[Rule, ...] = (
 
 
 def unsafe_retries(analysis: Analysis, before: ProxyConfig, after: ProxyConfig) -> list[str]:
-    """Observed calls that `after` retries more than `before` without the events calling them idempotent."""
+    """Observed calls that `after` retries more than `before` without the events calling them idempotent.
+
+    More is more attempts, more failure kinds retried, or being declared idempotent (a call treated as
+    not idempotent is retried only when never sent; declared idempotent, after any retryable failure).
+    A declaration is safe when the events call the target idempotent, or show its server declaring it
+    safe to retry (`declared_safe`) and the attempts and kinds stay as they were.
+    """
     unsafe = []
     for stats in analysis.all_targets():
         old, new = policy_of(before, stats.target), policy_of(after, stats.target)
         if old is None or new is None:
             continue
         more = new.retry.max_attempts > old.retry.max_attempts or bool(set(new.retry.retry_on) - set(old.retry.retry_on))
-        if more and (stats.idempotent is not True or new.idempotent is False):
+        declared = new.idempotent is True and old.idempotent is not True
+        known = stats.idempotent is True
+        if more and (not known or new.idempotent is False):
+            unsafe.append(stats.target.label)
+        elif declared and not known and not stats.declared_safe:
             unsafe.append(stats.target.label)
     return unsafe
 

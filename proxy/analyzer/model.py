@@ -13,14 +13,21 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from proxy.analyzer.stats import Histogram
+from proxy.errors import CircuitOpen, RetryBudgetExhausted, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from proxy.failure_kinds import SERVER_SIDE as FAILURES_ON_THE_SERVER
 
 __all__ = [
+    "CLIENTS_OWN",
+    "NOT_ABOUT_THE_UPSTREAM",
+    "RETRYABLE",
     "SERVER_SIDE",
     "UPSTREAM_FAILED",
+    "UPSTREAM_FAILED_OUTCOMES",
     "BreakerStats",
     "FailedCall",
     "HealthStats",
+    "Opening",
+    "TOOL_BREAKER_KINDS",
     "SignatureGroup",
     "Target",
     "TargetStats",
@@ -35,6 +42,39 @@ UPSTREAM_FAILED = SERVER_SIDE | {"http_429", "stream_ended", "circuit_open", "re
 failures): what a stored answer is proposed to stand in for. Never the client's own (the proxy's rate
 limit, the per-client cap, a request that cannot be sent, a call the client gave up) nor the proxy's
 full pool (`overloaded`): a fallback would only undo a limit there, and they say nothing of the upstream."""
+RETRYABLE = SERVER_SIDE | {"stream_ended"}
+"""Failures a retry of the same call can fix: the upstream failed as a server (timeouts, 5xx, connection
+errors). Never an application answer (a JSON-RPC error, a 4xx, isError: the same request gets the same
+answer), nor a refusal by the proxy (breaker, budget, its own limit): retrying those only repeats them."""
+CLIENTS_OWN = frozenset({"client_error", "rate_limited", "overloaded", "client_overloaded", "unsendable_request", "cancelled"})
+"""Failure kinds of the client's or the proxy's own making: a request the upstream called wrong (a JSON-RPC
+request error, a 4xx), the proxy's own limits, a request it cannot send, a call its client gave up.
+No rule counts them against the upstream, nor proposes retrying or caching them."""
+TOOL_BREAKER_KINDS = SERVER_SIDE | {"server_error", "tool_error", "client_error"}
+"""What a per-tool breaker may count: the server-side failures, and the application errors an operator
+can name for it (opt-in, per tool). An upstream breaker counts `SERVER_SIDE` alone."""
+
+UPSTREAM_FAILED_OUTCOMES = frozenset({
+    UpstreamUnavailable.reason, UpstreamTimeout.reason, UpstreamProtocolError.reason, StreamBroken.reason,
+    CircuitOpen.reason, RetryBudgetExhausted.reason, "http_5xx", "http_429",
+})  # fmt: skip
+"""`call_ok` outcomes that are the upstream's failure: what a change's error rate counts (auto-apply).
+
+A call's outcome is the ``data.reason`` of the proxy's verdict (`proxy.errors`), or what the
+upstream's own answer was (`proxy.server.handler._outcome`: ``ok``, ``jsonrpc_error``, ``http_4xx``,
+``http_5xx``, ``http_429``), or how a relayed stream ended (`proxy.server.relay`). The upstream failed
+when it could not be reached, timed out, broke its answer or answered 5xx/429, and when the breaker
+or the retry budget refused a call because of such failures. Everything else is not its failure:
+application answers (``jsonrpc_error``, ``http_4xx``: the upstream answered, per tool and opt-in) and
+the outcomes in `NOT_ABOUT_THE_UPSTREAM`."""
+NOT_ABOUT_THE_UPSTREAM = frozenset({
+    "cancelled", "session_deleted", "drained", "rate_limited", "client_overloaded", "proxy_overloaded",
+    "unsendable_request",
+})  # fmt: skip
+"""`call_ok` outcomes that say nothing about the upstream: the client gave up or deleted its session,
+the proxy drained, or the proxy refused before asking the upstream (its own rate limit, the
+per-client cap, its full pool, a request it cannot send). A change's error rate leaves these calls
+out entirely, so a client's burst of its own mistakes makes a change look neither worse nor better."""
 EXAMPLES = 5
 
 
@@ -102,12 +142,20 @@ class TargetStats:
     retry_ids: list[int] = field(default_factory=list)
     retried_calls: set[str] = field(default_factory=set)
     exhausted: Counter[str] = field(default_factory=Counter)
+    exhausted_by_kind: Counter[str] = field(default_factory=Counter)
+    """Calls that used every attempt (why ``max_attempts``), by the last attempt's failure kind."""
     exhausted_attempts: list[int] = field(default_factory=list)
     exhausted_ids: list[int] = field(default_factory=list)
     failed_calls: set[str] = field(default_factory=set)
     budget_exhausted: int = 0
     idempotent_true: int = 0
     idempotent_false: int = 0
+    read_only_hint: Counter[bool] = field(default_factory=Counter)
+    """How many call events carried the server's readOnlyHint, by its value (absent when not declared)."""
+    idempotent_hint: Counter[bool] = field(default_factory=Counter)
+    destructive_hint: Counter[bool] = field(default_factory=Counter)
+    budget_failures: dict[str, str] = field(default_factory=dict)
+    """call id -> the failure kind the retry budget refused to retry (`retry_budget_exhausted.failure`)."""
     fallback_hit: int = 0
     stale_ts: list[float] = field(default_factory=list)
     stale_ids: list[int] = field(default_factory=list)
@@ -142,6 +190,28 @@ class TargetStats:
             return False
         return True if self.idempotent_true else None
 
+    @property
+    def declared_safe(self) -> bool:
+        """The server declared the tool safe to retry (readOnlyHint or idempotentHint true), no event said
+        otherwise (idempotentHint false, destructiveHint true) and no hint contradicted itself."""
+        hints = (self.read_only_hint, self.idempotent_hint, self.destructive_hint)
+        if any(hint[True] and hint[False] for hint in hints):
+            return False
+        if self.idempotent_hint[False] or self.destructive_hint[True]:
+            return False
+        return bool(self.read_only_hint[True] or self.idempotent_hint[True])
+
+    @property
+    def hints(self) -> dict[str, dict[str, int]]:
+        """The declarations seen, for evidence: hint -> {"true": events, "false": events}."""
+        named = {"read_only_hint": self.read_only_hint, "idempotent_hint": self.idempotent_hint, "destructive_hint": self.destructive_hint}
+        return {name: {str(v).lower(): n for v, n in sorted(c.items())} for name, c in named.items() if c}
+
+    @property
+    def total_calls(self) -> int:
+        """Calls in the window: the summaries' count, never less than the successes and failures seen."""
+        return max(self.calls, self.ok + len(self.failed))
+
     def idempotent_failures(self) -> list[FailedCall]:
         """Failed idempotent calls whose failure was the upstream's (`UPSTREAM_FAILED`)."""
         return [f for f in self.failed if f.idempotent and f.kind in UPSTREAM_FAILED]
@@ -153,6 +223,45 @@ class Transition(NamedTuple):
     old: str
     new: str
     cause: str | None = None
+    last_failure_kind: str | None = None
+
+
+@dataclass(slots=True)
+class Opening:
+    """One opening of a breaker, what led to it and what it refused while it lasted.
+
+    `causes` are the server-side failures on the breaker's scope in the run-up: since the breaker's
+    previous transition (at most `aggregate.RUN_UP_S` back), deduplicated per attempt. `refused` are the
+    calls (`call_failed` with `circuit_open`) and `refused_attempts` the attempts (`circuit_open` events)
+    it refused from its opening until it closed or opened again.
+    """
+
+    upstream: str
+    breaker: str
+    id: int
+    ts: float
+    until: float
+    last_failure_kind: str | None = None
+    causes: Counter[tuple[Target, str]] = field(default_factory=Counter)
+    refused: list[tuple[Target, FailedCall]] = field(default_factory=list)
+    refused_attempts: int = 0
+
+    @property
+    def cause(self) -> tuple[Target | None, str | None]:
+        """(the target, its failure kind) that opened it: the target with the most run-up failures and its
+        most frequent kind; without run-up failures in the window, the breaker's own `last_failure_kind`."""
+        if not self.causes:
+            return None, self.last_failure_kind
+        by_target: Counter[Target] = Counter()
+        for (target, _), count in self.causes.items():
+            by_target[target] += count
+        target = min(by_target, key=lambda t: (-by_target[t], t.upstream, t.method, t.tool or ""))
+        kinds = {kind: count for (t, kind), count in self.causes.items() if t == target}
+        return target, min(kinds, key=lambda k: (-kinds[k], k))
+
+    def caused_by(self, target: Target, kinds: frozenset[str] | set[str]) -> bool:
+        cause_target, cause_kind = self.cause
+        return cause_target == target and cause_kind in kinds
 
 
 @dataclass(slots=True)
@@ -163,6 +272,8 @@ class BreakerStats:
     name: str
     transitions: list[Transition] = field(default_factory=list)
     refused: int = 0
+    openings: list[Opening] = field(default_factory=list)
+    """Filled by `Analysis` once the window is read: each opening with its run-up and its refusals."""
 
     @property
     def tool(self) -> str | None:
@@ -206,6 +317,9 @@ class UpstreamStats:
     """ok calls per call_ok summary window, keyed by (end ts, length s), summed over the upstream's tools."""
     session_lost_ids: list[int] = field(default_factory=list)
     budget_exhausted: int = 0
+    timelines: dict[tuple[float, float, float], list[int]] = field(default_factory=dict)
+    """ok calls per slot, keyed by (window end, window length, slot length), summed over the upstream's
+    targets: from `call_ok.ok_timeline` (recordings before it have none)."""
 
     def windows_with_429(self) -> list[tuple[float, float, int]]:
         return [
@@ -214,8 +328,39 @@ class UpstreamStats:
             if length > 0 and any(end - length <= ts <= end for ts in self.http_429_ts)
         ]
 
+    def accepted(self) -> tuple[float, float, str] | None:
+        """(ok calls per second, the seconds they were counted over, the basis) while the upstream limited.
+
+        Where a summary window carries a timeline, only its slots from the first to the last 429 count
+        (basis ``timeline``): traffic before the 429s began, a burst or a lull, says nothing of what the
+        upstream accepts while limiting. Windows without one (older recordings) count whole (basis
+        ``whole_windows``); ``mixed`` when both were used. None without any window holding a 429.
+        """
+        if not self.http_429_ts:
+            return None
+        first, last = min(self.http_429_ts), max(self.http_429_ts)
+        lines = {(end, length): (slot, line) for (end, length, slot), line in self.timelines.items() if slot > 0}
+        ok = seconds = 0.0
+        used: set[str] = set()
+        for (end, length), window_ok in sorted(self.windows.items()):
+            if length <= 0:
+                continue
+            start = end - length
+            if (end, length) in lines:
+                slot, line = lines[(end, length)]
+                for index, count in enumerate(line):
+                    low = start + index * slot
+                    if low <= last and low + slot > first:  # slot [low, low + slot) overlaps [first, last]
+                        ok, seconds = ok + count, seconds + slot
+                        used.add("timeline")
+            elif any(start <= ts <= end for ts in self.http_429_ts):
+                ok, seconds = ok + window_ok, seconds + length
+                used.add("whole_windows")
+        if not seconds:
+            return None
+        return ok / seconds, seconds, used.pop() if len(used) == 1 else "mixed"
+
     def accepted_rate(self) -> float | None:
-        """ok calls per second over the summary windows in which the upstream answered 429."""
-        windows = self.windows_with_429()
-        seconds = sum(length for _, length, _ in windows)
-        return sum(ok for _, _, ok in windows) / seconds if seconds else None
+        """ok calls per second while the upstream answered 429 (`accepted`)."""
+        accepted = self.accepted()
+        return None if accepted is None else accepted[0]

@@ -23,9 +23,12 @@ from typing import Any, Literal
 
 import orjson
 
+from proxy.analyzer.stats import Share
 from proxy.config.policies import MatchConfig
 
-__all__ = ["Change", "Confidence", "Effect", "Match", "Proposal", "confidence", "literal_glob", "yaml_literal"]
+__all__ = [
+    "Change", "Confidence", "Effect", "Match", "Proposal", "confidence", "decided", "literal_glob", "yaml_literal",
+]  # fmt: skip
 
 Confidence = Literal["low", "medium", "high"]
 
@@ -148,10 +151,14 @@ class Proposal:
     changes: tuple[Change, ...] = ()
     advisory: bool = False
     diff: str | None = None
+    statistics: tuple[Share, ...] = ()
+    """The proportions the rule decided on, each with its 95% Wilson bound and the threshold it passed
+    (empty for the rules that decide on a count: breaker and health flaps, lost sessions)."""
 
     @property
     def id(self) -> str:
-        """Stable across runs: the rule, the target and the change (keys and new values), hashed."""
+        """Stable across runs: the rule, the target and the change (keys and new values), hashed; never the
+        statistics, which move with every event while the advice stays the same."""
         what = [self.rule, self.target, [[c.upstream, c.match and c.match.to_yaml(), c.key, c.value] for c in self.changes]]
         return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()[:10]
 
@@ -168,15 +175,31 @@ class Proposal:
             "rationale": self.rationale,
             "evidence": self.evidence,
             "effect": {"text": self.effect.text, "numbers": dict(self.effect.numbers)},
-            "confidence": {"level": self.confidence, "reason": self.confidence_reason},
+            "confidence": {
+                "level": self.confidence, "reason": self.confidence_reason,
+                "statistics": [share.to_dict() for share in self.statistics],
+            },  # fmt: skip
             "changes": [change.to_dict() for change in self.changes],
             "advisory": self.advisory,
             "diff": self.diff,
         }
 
 
+_RANK: dict[str, int] = {"none": 0, "low": 1, "medium": 2, "high": 3}
+
+
+def decided(*shares: Share) -> tuple[Confidence, str]:
+    """The level and reason of a decision made on `shares` (each holding at one-sided 95%): the level is
+    the weakest share's (`Share.level`: high when it still holds at 99.5%, medium at 97.5%)."""
+    weakest = min((share.level for share in shares), key=_RANK.__getitem__, default="low")
+    level: Confidence = "high" if weakest == "high" else "medium" if weakest == "medium" else "low"
+    strictest = {"high": "99.5%", "medium": "97.5%"}.get(level, "95%")
+    return level, "; ".join(share.describe() for share in shares) + f" (holds at one-sided {strictest})"
+
+
 def confidence(evidence: int, minimum: int, what: str) -> tuple[Confidence, str]:
-    """high from 5x the minimum evidence, medium from 2x, else low; with the reason in words."""
+    """For the rules that decide on a count (no proportion to bound): high from 5x the minimum evidence,
+    medium from 2x, else low; with the reason in words."""
     if evidence >= 5 * minimum:
         return "high", f"{evidence} {what}, at least {5 * minimum} needed for high confidence"
     if evidence >= 2 * minimum:

@@ -1,143 +1,238 @@
-"""The call-level rules: per-try timeouts, retry attempts, cached fallback. One small function each.
+"""The call-level rules: per-try timeouts, retry attempts, cached fallback, declared-safe tools. One small function each.
 
-Every rule has the signature ``(analysis, config) -> list[Proposal]``, needs an explicit minimum of
-evidence (the module constants), and stays silent on healthy traffic. A rule only proposes; the engine
-then edits the file, validates the result and drops anything that would retry a call the events do not
-call idempotent. Upstream-wide rules are in `rules_upstream.py`; `engine.RULES` lists them all.
+Every rule has the signature ``(analysis, config) -> list[Proposal]`` and decides with a stated
+confidence instead of a minimum count: the proportion that matters to it (timed-out attempts that would
+complete, retried calls that recovered, calls that failed) must pass its threshold as a one-sided 95%
+Wilson bound (`stats.Share`), and the problem must be material: the share of the target's calls it hurt
+must be at least `MATERIAL` by its 95% lower bound, so a few failures among thousands of healthy calls
+never trigger. Both statistics go into the proposal (`Proposal.statistics`). A rule only proposes; the
+engine then edits the file, validates the result and drops anything that would retry a call the events
+do not show as safe to retry. Upstream-wide rules are in `rules_upstream.py`; `engine.RULES` lists them all.
+
+Failures are read in one vocabulary (`model`): `SERVER_SIDE` and `RETRYABLE` are the upstream's failures
+as a server, `UPSTREAM_FAILED` adds what clients heard because of them (429, a breaker or the budget
+refusing), and `CLIENTS_OWN` never counts against the upstream. When the proxy's own protection hides
+evidence (a breaker opened by timeouts refuses the calls that would have timed out too), the refusals are
+attributed to the failures that opened it (`Analysis.refusals_caused_by`) and the rule for the cause
+acts: `timeouts` counts them, and `cache_fallback` leaves them to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from proxy.analyzer.aggregate import Analysis
-from proxy.analyzer.proposal import Change, Effect, Proposal, confidence
-from proxy.analyzer.scope import scope_for, window_evidence
-from proxy.analyzer.stats import format_duration, nice_duration, percentile
+from proxy.analyzer.model import CLIENTS_OWN, RETRYABLE, FailedCall, Opening, Target, TargetStats
+from proxy.analyzer.proposal import Change, Effect, Match, Proposal, decided
+from proxy.analyzer.scope import scope_for, upstream_config, window_evidence
+from proxy.analyzer.stats import Share, format_duration, nice_duration, percentile
 from proxy.config.model import ProxyConfig
+from proxy.config.resolve import Policy
 
-__all__ = ["Rule", "cache_fallback", "cache_max_stale", "retries_fewer", "retries_more", "timeouts"]
+__all__ = [
+    "MATERIAL", "Rule", "TimeoutFix", "cache_fallback", "cache_max_stale", "declared_idempotent", "retries_fewer",
+    "retries_more", "timeout_fix", "timeout_fixes", "timeouts",
+]  # fmt: skip
 
 Rule = Callable[[Analysis, ProxyConfig], list[Proposal]]
 
-MIN_TIMEOUTS = 20
-"""Timed-out attempts of one target before a per-try change is considered."""
-MIN_OBSERVED_SHARE = 0.5
-"""At least this share of them must have been observed finishing (else raising the limit is a guess)."""
+MATERIAL = 0.01
+"""The share of a target's calls a problem must hurt, by its 95% lower bound, before a change is worth
+proposing: 1 in 100. 2 timeouts among 2,000 healthy calls (lower bound 0.03%) never qualify."""
+COMPLETE_SHARE = 0.5
+"""Timed-out attempts that would complete under the proposed per_try: more likely than not, at 95%
+(8 of 8 observed gives 74.7%; 10 of 20, the rest never answering, gives 32.7%: ambiguous, no change)."""
 SHORTLY_PAST = 3.0
 """The observed p95 must be within this many times the current limit: slow, not stuck."""
 HEADROOM = 1.2
 HARD_CAP_S = 300.0
-MIN_EXHAUSTED = 20
-"""Calls that ran out of attempts with no retry ever succeeding, before fewer attempts are proposed."""
-MIN_LAST_ATTEMPT_OK = 20
-"""Successes on the last allowed attempt before more attempts are proposed."""
-MIN_EXHAUSTED_FOR_MORE = 10
+RECOVERY_CEILING = 0.15
+"""retries_fewer: retried calls that recovered, at most this share by the 95% upper bound (none of 16+)."""
+LAST_ATTEMPT_SUCCESS = 0.25
+"""retries_more: calls reaching the last attempt that succeeded on it, at least this share (95% lower bound):
+one more attempt would rescue at least 1 in 4 of the calls that run out."""
 MAX_ATTEMPTS_CAP = 6
-MIN_FAILED_IDEMPOTENT = 20
-"""Failed idempotent calls with no stored answer before cached fallback is proposed."""
-MIN_STALE_SERVES = 5
-MIN_FAILED_AFTER_STALE = 20
 MAX_STALE_CAP_S = 3600.0
 
 
-def timeouts(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
-    """Attempts time out, yet finish shortly past the limit: raise per_try to p95 x 1.2 of when they finished.
+def _material(what: str, hurt: int, calls: int) -> Share:
+    return Share(what, min(hurt, calls), calls, "lower", MATERIAL)
 
-    The basis is the would-be latencies of the timed-out attempts (`timeout_observed`), and never less
-    than the p99 of successful calls: successes are below the current limit by construction, so they
-    only bound the value from below. Timed-out attempts nobody observed count as not completing.
+
+@dataclass(frozen=True, slots=True)
+class TimeoutFix:
+    """What the timeouts rule would change for one target, and the evidence it decided on."""
+
+    stats: TargetStats
+    match: Match
+    policy: Policy
+    new_s: float
+    completed: int
+    p95: float
+    refused: list[tuple[Target, FailedCall]]
+    openings: list[Opening]
+    completes: Share
+    material: Share
+
+
+def timeout_fix(analysis: Analysis, config: ProxyConfig, stats: TargetStats) -> TimeoutFix | None:
+    """The per-try change `stats`'s timeouts call for, or None (no evidence, ambiguous, or immaterial).
+
+    The new value is p95 x 1.2 of when the timed-out attempts were observed answering, never less than
+    the p99 of successful calls (successes are below the current limit by construction, so they only
+    bound it from below). It is proposed when the share of timed-out attempts that would complete under
+    it passes `COMPLETE_SHARE` (95% lower bound; attempts nobody saw answer count as not completing)
+    and the calls hurt, timed out or refused by a breaker these timeouts opened, are `MATERIAL`.
+    """
+    n, observed = stats.timeouts, stats.observed_ms
+    if n == 0 or not observed:
+        return None
+    scoped = scope_for(config, stats.target)
+    if scoped is None:
+        return None
+    match, policy = scoped
+    limit_s, p95 = policy.timeouts.per_try, percentile(observed, 0.95) or 0.0
+    if p95 > SHORTLY_PAST * limit_s * 1000:
+        return None
+    new_s = nice_duration(max(p95, stats.latency(0.99) or 0.0) * HEADROOM / 1000, cap=HARD_CAP_S)
+    if new_s <= limit_s:
+        return None
+    completed = sum(1 for ms in observed if ms <= new_s * 1000)
+    completes = Share("timed-out attempts that would complete", completed, n, "lower", COMPLETE_SHARE)
+    openings = [o for o in analysis.openings() if o.caused_by(stats.target, {"timeout"})]
+    refused = [refusal for o in openings for refusal in o.refused]
+    own = sum(1 for target, _ in refused if target == stats.target)
+    calls = max(stats.total_calls, stats.ok + n + own) + len(refused) - own
+    material = _material("calls hurt (timed out, or refused by the breaker the timeouts opened)", n + len(refused), calls)
+    if not (completes.holds() and material.holds()):
+        return None
+    return TimeoutFix(stats, match, policy, new_s, completed, p95, refused, openings, completes, material)
+
+
+def timeout_fixes(analysis: Analysis, config: ProxyConfig) -> list[TimeoutFix]:
+    return [fix for stats in analysis.all_targets() if (fix := timeout_fix(analysis, config, stats)) is not None]
+
+
+def timeouts(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+    """Attempts time out, yet finish shortly past the limit: raise per_try to when they finished (`timeout_fix`).
+
+    Idempotent or not: a non-idempotent call that timed out was executed by the upstream all the same
+    (it was observed answering); its client heard a timeout and the proxy never retries it, so a longer
+    per_try is the one change that gets it its answer. This rule never touches retries.
     """
     proposals = []
-    for stats in analysis.all_targets():
-        observed, n = stats.observed_ms, stats.timeouts
-        if n < MIN_TIMEOUTS or len(observed) < MIN_OBSERVED_SHARE * n:
-            continue
-        scoped = scope_for(config, stats.target)
-        if scoped is None:
-            continue
-        match, policy = scoped
-        limit_s, p95 = policy.timeouts.per_try, percentile(observed, 0.95) or 0.0
-        if p95 > SHORTLY_PAST * limit_s * 1000:
-            continue
-        new_s = nice_duration(max(p95, stats.latency(0.99) or 0.0) * HEADROOM / 1000, cap=HARD_CAP_S)
-        if new_s <= limit_s:
-            continue
-        new = format_duration(new_s)
-        changes = [Change(stats.target.upstream, match, "timeouts.per_try", new, format_duration(limit_s))]
+    for fix in timeout_fixes(analysis, config):
+        stats, policy, n, observed = fix.stats, fix.policy, fix.stats.timeouts, fix.stats.observed_ms
+        label, limit_s, new_s, new = stats.target.label, policy.timeouts.per_try, fix.new_s, format_duration(fix.new_s)
+        changes = [Change(stats.target.upstream, fix.match, "timeouts.per_try", new, format_duration(limit_s))]
         if new_s > policy.timeouts.total:
             total = max(new_s, nice_duration(2 * new_s, cap=HARD_CAP_S))
-            changes.append(Change(stats.target.upstream, match, "timeouts.total", format_duration(total), format_duration(policy.timeouts.total)))
-        completed = sum(1 for ms in observed if ms <= new_s * 1000)
-        percent = round(100 * completed / n)
-        level, why = confidence(n, MIN_TIMEOUTS, "timed-out attempts")
+            changes.append(Change(stats.target.upstream, fix.match, "timeouts.total", format_duration(total), format_duration(policy.timeouts.total)))
+        percent = round(100 * fix.completed / n)
+        refused = len(fix.refused)
+        rationale = (
+            f"{n} attempts of {label} hit the {format_duration(limit_s)} per-try timeout, and "
+            f"{len(observed)} of them were seen answering shortly after (p95 {fix.p95:.0f} ms). They were slow, not "
+            f"stuck: the proxy gave up on answers that were about to arrive, and retried or failed them."
+        )
+        if stats.idempotent is False:
+            rationale += (
+                f" These calls are not idempotent: the upstream executed them ({len(observed)} were observed answering) "
+                f"while their clients were told they timed out, and a retry would run them twice. A longer per_try "
+                f"lets the client get the answer the upstream produced."
+            )
+        if refused:
+            breakers = sorted({o.breaker for o in fix.openings})
+            rationale += (
+                f" These timeouts opened the breaker {', '.join(breakers)} {len(fix.openings)} time(s), and it refused "
+                f"{refused} more calls: the refusals hid how many calls were slow, they are the same problem."
+            )
+        effect = f"with per_try {new}, {percent}% of the {n} timed-out attempts would have completed ({fix.completed} of {n}; the others took longer or were not observed)"
+        if refused:
+            effect += f"; the {refused} calls refused by the breaker these timeouts opened would have been served"
+        level, why = decided(fix.completes, fix.material)
         proposals.append(Proposal(
-            rule="timeouts", target=stats.target.label,
-            title=f"Raise per_try for {stats.target.label} from {format_duration(limit_s)} to {new}",
-            rationale=(
-                f"{n} attempts of {stats.target.label} hit the {format_duration(limit_s)} per-try timeout, and "
-                f"{len(observed)} of them were seen answering shortly after (p95 {p95:.0f} ms). They were slow, not "
-                f"stuck: the proxy gave up on answers that were about to arrive, and retried or failed them."
-            ),
+            rule="timeouts", target=label, title=f"Raise per_try for {label} from {format_duration(limit_s)} to {new}",
+            rationale=rationale,
             evidence=window_evidence(
                 analysis, stats.timeout_ids[:3] + stats.observed_ids[:2], timeouts=n, observed=len(observed),
                 unobserved=n - len(observed), observed_p50_ms=round(percentile(observed, 0.5) or 0.0, 1),
-                observed_p95_ms=round(p95, 1), ok=stats.ok, ok_p99_ms=_round(stats.latency(0.99)), policy=policy.rule,
+                observed_p95_ms=round(fix.p95, 1), ok=stats.ok, ok_p99_ms=_round(stats.latency(0.99)),
+                idempotent=stats.idempotent, refused_by_breaker=refused, breaker_openings=len(fix.openings),
+                policy=policy.rule,
             ),
-            effect=Effect(
-                f"with per_try {new}, {percent}% of the {n} timed-out attempts would have completed "
-                f"({completed} of {n}; the others took longer or were not observed)",
-                {"timed_out": n, "would_complete": completed, "percent": percent, "new_per_try_s": new_s},
-            ),
-            confidence=level, confidence_reason=why, changes=tuple(changes),
+            effect=Effect(effect, {
+                "timed_out": n, "would_complete": fix.completed, "percent": percent, "new_per_try_s": new_s,
+                "refused_by_breaker": refused,
+            }),
+            confidence=level, confidence_reason=why, changes=tuple(changes), statistics=(fix.completes, fix.material),
         ))  # fmt: skip
     return proposals
 
 
+def _exhausted(stats: TargetStats) -> int:
+    """Calls that used every attempt and failed, on anything but the client's own doing (`CLIENTS_OWN`):
+    upstream failures, and the application errors an operator chose to retry (``retry_on``)."""
+    return sum(count for kind, count in stats.exhausted_by_kind.items() if kind not in CLIENTS_OWN)
+
+
 def retries_fewer(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
-    """Retries that never succeed only add load to a failing upstream: fewer attempts, same answers."""
+    """Retries that (almost) never succeed only add load to a failing upstream: fewer attempts.
+
+    Decided on the retried calls that recovered: at most `RECOVERY_CEILING` of them by the 95% upper
+    bound, while the calls that used every attempt and failed anyway are `MATERIAL`.
+    """
     proposals = []
     for stats in analysis.all_targets():
-        n = stats.exhausted["max_attempts"]
-        late_ok = stats.ok_after_retry
-        if n < MIN_EXHAUSTED or stats.recovered_calls or late_ok:
+        n = _exhausted(stats)
+        if n == 0:
             continue
         scoped = scope_for(config, stats.target)
         if scoped is None or scoped[1].retry.max_attempts <= 1:
             continue
         match, policy = scoped
+        recovered = max(stats.recovered_calls, stats.ok_after_retry)
+        helps = Share("retried calls that recovered", recovered, n + recovered, "upper", RECOVERY_CEILING)
+        material = _material("calls that used every attempt and failed", n, stats.total_calls)
+        if not (helps.holds() and material.holds()):
+            continue
         old = policy.retry.max_attempts
         new = 1 if old == 2 else max(2, old // 2)  # keep one retry for blips, unless that is all there was
         made = sum(attempts - 1 for attempts in stats.exhausted_attempts)
         saved = sum(attempts - min(attempts, new) for attempts in stats.exhausted_attempts)
-        level, why = confidence(n, MIN_EXHAUSTED, "calls that ran out of attempts with no retry ever succeeding")
+        lost = sum(count for attempt, count in stats.ok_by_attempt.items() if attempt > new)
+        answers = "with the same answers to clients" if lost == 0 else f"and {lost} calls that succeeded on a later attempt would have failed"
+        level, why = decided(helps, material)
         proposals.append(Proposal(
             rule="retries_fewer", target=stats.target.label,
             title=f"Lower max_attempts for {stats.target.label} from {old} to {new}",
             rationale=(
-                f"{n} calls of {stats.target.label} used all {old} attempts and failed anyway, and not one retried "
-                f"call succeeded in the window. These retries only add load to an upstream that is already failing."
+                f"{n} calls of {stats.target.label} used all {old} attempts and failed anyway, and {recovered} retried "
+                f"call(s) succeeded in the window. These retries mostly add load to an upstream that is already failing."
             ),
             evidence=window_evidence(
                 analysis, stats.exhausted_ids, exhausted=n, retries=stats.retries, retried_calls=len(stats.retried_calls),
-                recovered_calls=0, ok_after_retry=0, policy=policy.rule,
+                recovered_calls=stats.recovered_calls, ok_after_retry=stats.ok_after_retry, policy=policy.rule,
             ),
             effect=Effect(
-                f"the {n} exhausted calls made {made} retries, none successful; with max_attempts {new}, "
-                f"{saved} of those attempts would not have been sent, with the same answers to clients",
-                {"exhausted": n, "retries_made": made, "attempts_saved": saved},
+                f"the {n} exhausted calls made {made} retries{', none successful' if not recovered else ''}; with max_attempts {new}, "
+                f"{saved} of those attempts would not have been sent, {answers}",
+                {"exhausted": n, "retries_made": made, "attempts_saved": saved, "lost_recoveries": lost},
             ),
-            confidence=level, confidence_reason=why,
+            confidence=level, confidence_reason=why, statistics=(helps, material),
             changes=(Change(stats.target.upstream, match, "retry.max_attempts", new, old),),
         ))  # fmt: skip
     return proposals
 
 
 def retries_more(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
-    """Successes pile up on the last allowed attempt while other calls run out: one or two more attempts.
+    """Calls that reach the last allowed attempt often succeed on it, while others run out: more attempts.
 
-    +2 when successes do not thin out from one attempt to the next, else +1; never past 6, and never
-    while the retry budget refused retries in the window (more attempts would only hit the budget).
+    Decided on the calls that reached the last attempt: those that succeeded on it must be at least
+    `LAST_ATTEMPT_SUCCESS` of them (95% lower bound), and those that ran out `MATERIAL`. +2 when successes
+    do not thin out from one attempt to the next, else +1; never past 6, and never while the retry
+    budget refused retries in the window (more attempts would only hit the budget).
     """
     proposals = []
     for stats in analysis.all_targets():
@@ -146,17 +241,19 @@ def retries_more(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
             continue
         match, policy = scoped
         old = policy.retry.max_attempts
-        last, exhausted = stats.ok_by_attempt[old], stats.exhausted["max_attempts"]
+        last, exhausted = stats.ok_by_attempt[old], _exhausted(stats)
+        if old < 2 or old >= MAX_ATTEMPTS_CAP or not exhausted or analysis.upstream(stats.target.upstream).budget_exhausted:
+            continue
+        succeeds = Share(f"calls reaching attempt {old} that succeeded on it", last, last + exhausted, "lower", LAST_ATTEMPT_SUCCESS)
+        material = _material("calls that ran out of attempts", exhausted, stats.total_calls)
+        if not (succeeds.holds() and material.holds()):
+            continue
         late_ok = stats.ok_after_retry
-        if old < 2 or old >= MAX_ATTEMPTS_CAP or last < MIN_LAST_ATTEMPT_OK or last < 0.5 * late_ok:
-            continue
-        if exhausted < MIN_EXHAUSTED_FOR_MORE or analysis.upstream(stats.target.upstream).budget_exhausted:
-            continue
         new = min(MAX_ATTEMPTS_CAP, old + (2 if last >= stats.ok_by_attempt[old - 1] else 1))
         p_last = last / (last + exhausted)
         rescued = round(exhausted * (1 - (1 - p_last) ** (new - old)))
         budget = policy.retry.budget
-        level, why = confidence(last, MIN_LAST_ATTEMPT_OK, "successes on the last allowed attempt")
+        level, why = decided(succeeds, material)
         proposals.append(Proposal(
             rule="retries_more", target=stats.target.label,
             title=f"Raise max_attempts for {stats.target.label} from {old} to {new}",
@@ -176,27 +273,54 @@ def retries_more(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
                 f"{exhausted} exhausted calls would have succeeded with max_attempts {new}",
                 {"exhausted": exhausted, "would_succeed": rescued, "last_attempt_success": round(p_last, 3)},
             ),
-            confidence=level, confidence_reason=why,
+            confidence=level, confidence_reason=why, statistics=(succeeds, material),
             changes=(Change(stats.target.upstream, match, "retry.max_attempts", new, old),),
         ))  # fmt: skip
     return proposals
 
 
+def _left_to_timeouts(analysis: Analysis, fixed: set[Target]) -> Callable[[TargetStats, FailedCall], bool]:
+    """Whether a failure's cause is a timeout the timeouts rule fixes: the target's own timeout, its
+    retry budget refusing to retry one, or a refusal by a breaker such timeouts opened."""
+    cause = {failed.id: opening for opening in analysis.openings() for _, failed in opening.refused}
+
+    def fixed_elsewhere(stats: TargetStats, failed: FailedCall) -> bool:
+        if failed.kind == "timeout" or (failed.kind == "retry_budget_exhausted" and stats.budget_failures.get(failed.call_id or "") == "timeout"):
+            return stats.target in fixed
+        opening = cause.get(failed.id)
+        if opening is None:
+            return False
+        target, kind = opening.cause
+        return target in fixed and kind == "timeout"
+
+    return fixed_elsewhere
+
+
 def cache_fallback(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
-    """Idempotent calls failed with no stored answer to stand in: enable cache mode fallback for them."""
+    """Idempotent calls failed on the upstream with no stored answer to stand in: cache mode fallback for them.
+
+    Only the upstream's failures count (`UPSTREAM_FAILED`), and not those whose cause another rule
+    fixes: timeouts the timeouts rule raises the limit for, and the refusals of a breaker or retry budget
+    those timeouts set off (a fallback would hide the cause behind stale answers). The rest must be
+    `MATERIAL`, and the same calls must have succeeded in the window (answers existed to store).
+    """
+    fixed = {fix.stats.target for fix in timeout_fixes(analysis, config)}
+    fixed_elsewhere = _left_to_timeouts(analysis, fixed)
     proposals = []
     for stats in analysis.all_targets():
-        failed = stats.idempotent_failures()
-        if stats.target.method in ("initialize", "ping") or stats.idempotent is not True:
+        if stats.target.method in ("initialize", "ping") or stats.idempotent is not True or stats.ok == 0:
             continue
-        if len(failed) < MIN_FAILED_IDEMPOTENT or stats.ok == 0:
+        upstream_failed = stats.idempotent_failures()
+        failed = [f for f in upstream_failed if not fixed_elsewhere(stats, f)]
+        material = _material("calls that failed on the upstream with no stored answer", len(failed), stats.total_calls)
+        if not failed or not material.holds():
             continue
         scoped = scope_for(config, stats.target)
         if scoped is None or scoped[1].cache is not None:
             continue
         match, policy = scoped
         distinct = len({f.params_hash for f in failed})
-        level, why = confidence(len(failed), MIN_FAILED_IDEMPOTENT, "failed idempotent calls with no fallback")
+        level, why = decided(material)
         proposals.append(Proposal(
             rule="cache_fallback", target=stats.target.label,
             title=f"Enable cached fallback for {stats.target.label}",
@@ -206,14 +330,15 @@ def cache_fallback(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
             ),
             evidence=window_evidence(
                 analysis, [f.id for f in failed], failed=len(failed), distinct_params=distinct, ok=stats.ok,
-                failure_kinds=dict(sorted(stats.failures.items())), policy=policy.rule,
+                failure_kinds=dict(sorted(stats.failures.items())), left_to_other_rules=len(upstream_failed) - len(failed),
+                policy=policy.rule,
             ),
             effect=Effect(
                 f"{len(failed)} failed calls ({distinct} distinct params) would have been answered from a stored "
                 f"answer (marked stale) wherever the same params had succeeded within the previous 5m",
                 {"failed": len(failed), "distinct_params": distinct},
             ),
-            confidence=level, confidence_reason=why,
+            confidence=level, confidence_reason=why, statistics=(material,),
             changes=(Change(stats.target.upstream, match, "cache.mode", "fallback", None),),
         ))  # fmt: skip
     return proposals
@@ -222,12 +347,13 @@ def cache_fallback(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
 def cache_max_stale(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
     """Stale answers ran out (max_stale) mid-outage and failures followed: double max_stale.
 
-    Only when the extension would have covered some of those failures: failures within the extra time
-    after the last stale serve.
+    Stale answers ran out when the oldest served was near max_stale (80%); the upstream failures after
+    the last one must be `MATERIAL` among the target's calls, and the extension must have covered some
+    of them (failures within the extra time after the last stale serve).
     """
     proposals = []
     for stats in analysis.all_targets():
-        if len(stats.stale_ts) < MIN_STALE_SERVES:
+        if not stats.stale_ts:
             continue
         scoped = scope_for(config, stats.target)
         if scoped is None or scoped[1].cache is None:
@@ -237,12 +363,13 @@ def cache_max_stale(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         old, stopped = policy.cache.max_stale, max(stats.stale_ts)
         after = [f for f in stats.idempotent_failures() if f.ts > stopped]
         new = nice_duration(2 * old, cap=MAX_STALE_CAP_S)
-        if len(after) < MIN_FAILED_AFTER_STALE or stats.stale_max_age < 0.8 * old or new <= old:
+        material = _material("calls that failed after stale answers ran out", len(after), stats.total_calls + len(stats.stale_ts))
+        if not after or not material.holds() or stats.stale_max_age < 0.8 * old or new <= old:
             continue
         covered = sum(1 for f in after if f.ts <= stopped + (new - old))
         if covered == 0:
             continue
-        level, why = confidence(len(after), MIN_FAILED_AFTER_STALE, "failures after stale answers ran out")
+        level, why = decided(material)
         proposals.append(Proposal(
             rule="cache_max_stale", target=stats.target.label,
             title=f"Extend max_stale for {stats.target.label} from {format_duration(old)} to {format_duration(new)}",
@@ -260,8 +387,93 @@ def cache_max_stale(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
                 f"{format_duration(new - old)} and could have been answered stale",
                 {"failed_after": len(after), "would_be_served": covered},
             ),
-            confidence=level, confidence_reason=why,
+            confidence=level, confidence_reason=why, statistics=(material,),
             changes=(Change(stats.target.upstream, match, "cache.max_stale", format_duration(new), format_duration(old)),),
+        ))  # fmt: skip
+    return proposals
+
+
+def _retry_success(analysis: Analysis, stats: TargetStats) -> tuple[float, str]:
+    """(the chance one retry succeeds, where that figure comes from): the target's own retries, else those
+    of its upstream's retried calls, else an assumption (failures independent at the target's own rate)."""
+    recovered, exhausted = max(stats.recovered_calls, stats.ok_after_retry), _exhausted(stats)
+    if recovered + exhausted:
+        return recovered / (recovered + exhausted), f"{stats.target.label}'s own retries ({recovered} of {recovered + exhausted} retried calls recovered)"
+    others = [t for t in analysis.targets_of(stats.target.upstream) if t is not stats]
+    recovered = sum(max(t.recovered_calls, t.ok_after_retry) for t in others)
+    exhausted = sum(_exhausted(t) for t in others)
+    if recovered + exhausted:
+        return recovered / (recovered + exhausted), (
+            f"the retries of {stats.target.upstream}'s other calls ({recovered} of {recovered + exhausted} retried calls recovered)"
+        )
+    calls = stats.total_calls
+    failing = sum(1 for f in stats.failed if f.kind in RETRYABLE) / calls if calls else 1.0
+    return 1 - failing, f"an assumption: no retry data; failures independent, each retry failing as often as calls did ({failing:.0%})"
+
+
+_DECLARATIONS = (("read_only_hint", "read-only"), ("idempotent_hint", "idempotent"))
+_MCP_NAMES = {"read_only_hint": "readOnlyHint", "idempotent_hint": "idempotentHint"}
+
+
+def declared_idempotent(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+    """A tool the server declares safe to retry fails in ways a retry fixes, and the proxy never retries it.
+
+    With ``trust_annotations: false`` (the quick-start default) the proxy treats every tool as not
+    idempotent whatever the server says, so a flaky read-only tool's failures reach its clients. When
+    the events show the server declaring it (readOnlyHint or idempotentHint true, never idempotentHint
+    false nor destructiveHint true), the proxy treating it as not idempotent, and retryable upstream
+    failures (`RETRYABLE`) that are `MATERIAL`, this proposes ``idempotent: true`` in a rule for exactly
+    that tool. Not ``trust_annotations: true`` for the upstream, even when several tools qualify: the
+    operator chose not to trust this server's annotations as a whole, and trusting them would also cover
+    tools never observed and tools the server adds later; one exact rule per tool, each with its own
+    evidence, trusts exactly what the events showed. A rule or policy saying ``idempotent: false`` is
+    an operator's decision and is never overridden.
+    """
+    proposals = []
+    for stats in analysis.all_targets():
+        tool = stats.target.tool
+        if tool is None or stats.target.method != "tools/call" or not stats.idempotent_false or stats.idempotent_true:
+            continue
+        upstream = upstream_config(config, stats.target.upstream)
+        if upstream is None or upstream.trust_annotations or not stats.declared_safe:
+            continue
+        failed = [f for f in stats.failed if f.kind in RETRYABLE]
+        material = _material("calls that failed in a way a retry can fix", len(failed), stats.total_calls)
+        if not failed or not material.holds():
+            continue
+        scoped = scope_for(config, stats.target)
+        if scoped is None or scoped[1].idempotent is not None or scoped[1].retry.max_attempts < 2:
+            continue
+        match, policy = scoped
+        attempts = policy.retry.max_attempts
+        p_retry, basis = _retry_success(analysis, stats)
+        rescued = round(len(failed) * (1 - (1 - p_retry) ** (attempts - 1)))
+        hints = stats.hints
+        said = [(name, word) for name, word in _DECLARATIONS if hints.get(name, {}).get("true")]
+        declared = " and ".join(f"{_MCP_NAMES[name]} true" for name, _ in said)
+        carried = max(sum(c.values()) for c in (stats.read_only_hint, stats.idempotent_hint))
+        level, why = decided(material)
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted({f.kind: sum(1 for g in failed if g.kind == f.kind) for f in failed}.items()))
+        proposals.append(Proposal(
+            rule="declared_idempotent", target=stats.target.label,
+            title=f"Retry {stats.target.label}: its server declares it {' and '.join(word for _, word in said)}",
+            rationale=(
+                f"{stats.target.upstream} declares {tool} {declared} ({carried} call events carried the declaration), "
+                f"but trust_annotations is off, so the proxy treats it as not idempotent and never retries it. "
+                f"{len(failed)} of its {stats.total_calls} calls failed in ways a retry can fix ({kinds}), and every one "
+                f"reached its client."
+            ),
+            evidence=window_evidence(
+                analysis, [f.id for f in failed], failed=len(failed), calls=stats.total_calls, failure_kinds=dict(sorted(stats.failures.items())),
+                hints=hints, trust_annotations=False, policy=policy.rule,
+            ),
+            effect=Effect(
+                f"with idempotent: true and max_attempts {attempts}, about {rescued} of the {len(failed)} failed calls "
+                f"would have succeeded on a retry (one retry succeeding {p_retry:.0%} of the time, from {basis})",
+                {"failed": len(failed), "would_succeed": rescued, "retry_success": round(p_retry, 3), "max_attempts": attempts},
+            ),
+            confidence=level, confidence_reason=why, statistics=(material,),
+            changes=(Change(stats.target.upstream, match, "idempotent", True, None),),
         ))  # fmt: skip
     return proposals
 

@@ -1,7 +1,10 @@
 """The upstream-wide rules: upstream 429s, breakers, health, lost sessions. One small function each.
 
-Same contract as `rules.py`: ``(analysis, config) -> list[Proposal]``, explicit minimum evidence,
-nothing for healthy traffic.
+Same contract as `rules.py`: ``(analysis, config) -> list[Proposal]``, a decision with a stated
+confidence (a Wilson bound of the proportion that matters, `stats.Share`), nothing for healthy traffic.
+Breaker and health flaps and lost sessions are counts of episodes with no denominator (an opening is
+itself the outcome of the breaker's threshold test; a flip of health, of its thresholds): they keep a
+small absolute floor, `MIN_BREAKER_OPENS`, `MIN_HEALTH_FLAPS`, `MIN_SESSION_LOST`.
 
 Session recovery has no config key yet, so repeated `session_lost` yields an *advisory* proposal: no
 change and no diff, only the advice and its evidence (apply refuses it). It is reported rather than
@@ -16,35 +19,46 @@ from collections import Counter
 
 from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.model import Target
-from proxy.analyzer.proposal import Change, Effect, Proposal, confidence
+from proxy.analyzer.proposal import Change, Effect, Proposal, confidence, decided
+from proxy.analyzer.rules import timeout_fixes
 from proxy.analyzer.scope import scope_for, upstream_config, window_evidence
-from proxy.analyzer.stats import format_duration, nice_duration
+from proxy.analyzer.stats import Share, format_duration, nice_duration
 from proxy.config.model import ProxyConfig
 from proxy.config.resolve import PolicyResolver
 
 __all__ = ["breaker_flaps", "breaker_per_tool", "health_flaps", "rate_limit", "session_lost"]
 
-MIN_429 = 20
-"""Upstream 429 answers in the window before a proxy-side rate limit is proposed."""
+THROTTLED_SHARE = 0.05
+"""Attempts the upstream answered 429 while it was limiting, at least this share (95% lower bound) before a
+proxy-side limit is proposed: below 1 in 20 the upstream's limiter is doing its job and a retry after its
+Retry-After absorbs it; a limit at the proxy would refuse calls the upstream would have taken."""
 MIN_BREAKER_OPENS = 3
+"""Openings of one breaker in the window (not explained by timeouts the timeouts rule fixes). Three:
+one opening is the breaker working; a second may be the same outage's failed trial; a third within the
+window is a pattern. A proportion means nothing here (openings per what?)."""
 MAX_RESET_S = 300.0
 MAX_FAILURE_THRESHOLD = 50
-MIN_BREAKER_FAILURES = 20
-"""Breaker-counted failures before a per-tool breaker is proposed."""
 ONE_TOOL_SHARE = 0.8
+"""The share of the shared breaker's failures one tool caused, at least (95% lower bound)."""
 HEALTHY_FAILURE_RATE = 0.05
-"""The other tools' failed attempts per call at most: they were healthy, the shared breaker was not."""
+"""The other tools' failed attempts per call, at most (95% upper bound): they were healthy, the shared breaker was not."""
 MIN_HEALTH_FLAPS = 3
+"""healthy <-> unhealthy flips in the window: three, as for breaker openings (a count, no denominator)."""
 MAX_HEALTH_THRESHOLD = 20
 MIN_SESSION_LOST = 3
+"""Lost legacy sessions before the advice: one or two are restarts; the advice costs nothing to ignore."""
 
 
 def rate_limit(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
     """The upstream answered 429: limit calls at the proxy to the rate it accepted meanwhile (key upstream)."""
     proposals = []
     for stats in sorted(analysis.upstreams.values(), key=lambda s: s.name):
-        n, accepted, upstream = len(stats.http_429_ts), stats.accepted_rate(), upstream_config(config, stats.name)
-        if n < MIN_429 or not accepted or upstream is None:
+        n, estimate, upstream = len(stats.http_429_ts), stats.accepted(), upstream_config(config, stats.name)
+        if not n or estimate is None or not estimate[0] or upstream is None:
+            continue
+        accepted, seconds, basis = estimate
+        throttled = Share("attempts answered 429 while the upstream limited", n, n + round(accepted * seconds), "lower", THROTTLED_SHARE)
+        if not throttled.holds():
             continue
         current = upstream.rate_limit
         if current is not None and current.key in ("upstream", "global") and current.rate / current.per <= accepted:
@@ -59,19 +73,23 @@ def rate_limit(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
             changes.append(Change(stats.name, None, "rate_limit.burst", max(1, rate), current.burst))
         changes.append(Change(stats.name, None, "rate_limit.key", "upstream", None if current is None else current.key))
         windows = stats.windows_with_429()
-        seconds = sum(length for _, length, _ in windows)
         unit = "s" if per_s == 1.0 else "min"
-        level, why = confidence(n, MIN_429, "upstream 429 answers")
+        level, why = decided(throttled)
+        how = {
+            "timeline": "counted over the summary slots from its first 429 to its last",
+            "whole_windows": "counted over whole summary windows holding a 429 (this recording has no per-slot timeline)",
+            "mixed": "counted over the slots from its first 429 to its last where summaries had a timeline, whole windows elsewhere",
+        }[basis]
         proposals.append(Proposal(
             rule="rate_limit", target=stats.name,
             title=f"Rate-limit calls to {stats.name} at {rate}/{unit}",
             rationale=(
                 f"{stats.name} answered 429 (too many requests) {n} times. While it did, it accepted {accepted:.2f} "
-                f"calls/s. Limiting at the proxy keeps the excess from reaching it at all, and clients get an "
+                f"calls/s ({how}). Limiting at the proxy keeps the excess from reaching it at all, and clients get an "
                 f"exact retryAfter instead of an upstream error."
             ),
             evidence=window_evidence(
-                analysis, stats.http_429_ids, http_429=n, accepted_per_s=round(accepted, 3),
+                analysis, stats.http_429_ids, http_429=n, accepted_per_s=round(accepted, 3), rate_basis=basis,
                 windows=len(windows), window_seconds=round(seconds, 3),
             ),
             effect=Effect(
@@ -79,16 +97,23 @@ def rate_limit(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
                 f"the excess behind the {n} upstream 429s would have been refused at the proxy with an exact retryAfter",
                 {"http_429": n, "accepted_per_s": round(accepted, 3), "rate": rate, "per_s": per_s},
             ),
-            confidence=level, confidence_reason=why, changes=tuple(changes),
+            confidence=level, confidence_reason=why, changes=tuple(changes), statistics=(throttled,),
         ))  # fmt: skip
     return proposals
 
 
 def breaker_flaps(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
-    """A breaker opened 3+ times in the window. Failed trials -> longer reset_timeout; fresh bursts -> higher threshold."""
+    """A breaker opened 3+ times in the window. Failed trials -> longer reset_timeout; fresh bursts -> higher threshold.
+
+    Openings caused by timeouts the timeouts rule fixes (`rules.timeout_fixes`) do not count: the breaker
+    did its job on a symptom whose cause gets its own proposal, and a slower breaker would only let more
+    calls wait out the same timeouts.
+    """
     proposals = []
+    fixed = {fix.stats.target for fix in timeout_fixes(analysis, config)}
     for breaker in sorted(analysis.breakers.values(), key=lambda b: b.name):
-        opens, tool, upstream = breaker.opens, breaker.tool, upstream_config(config, breaker.upstream)
+        explained = sum(1 for o in breaker.openings if o.cause[0] in fixed and o.cause[1] == "timeout")
+        opens, tool, upstream = breaker.opens - explained, breaker.tool, upstream_config(config, breaker.upstream)
         if opens < MIN_BREAKER_OPENS or upstream is None:
             continue
         # An upstream-wide breaker runs on the upstream's defaults; a tool's on its policy (own rule if new).
@@ -137,19 +162,21 @@ def breaker_per_tool(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         targets = analysis.targets_of(breaker.upstream)
         total = sum(t.attempt_failures for t in targets)
         worst = max(targets, key=lambda t: t.attempt_failures, default=None)
-        if worst is None or worst.target.tool is None or total < MIN_BREAKER_FAILURES:
+        if worst is None or worst.target.tool is None or not total:
             continue
         others = [t for t in targets if t is not worst and t.calls]
         other_calls, other_failures = sum(t.calls for t in others), sum(t.attempt_failures for t in others)
         share = worst.attempt_failures / total
-        if share < ONE_TOOL_SHARE or not other_calls or other_failures > HEALTHY_FAILURE_RATE * other_calls:
+        one_tool = Share(f"breaker-counted failures caused by {worst.target.tool}", worst.attempt_failures, total, "lower", ONE_TOOL_SHARE)
+        healthy = Share("failed attempts per call of the other calls", other_failures, max(other_calls, other_failures), "upper", HEALTHY_FAILURE_RATE)
+        if not (one_tool.holds() and healthy.holds()):
             continue
         scoped = scope_for(config, worst.target)
         if scoped is None or scoped[1].breaker.scope == "tool" or not scoped[1].breaker.enabled:
             continue
         match, policy = scoped
         tool = worst.target.tool
-        level, reason = confidence(total, MIN_BREAKER_FAILURES, "breaker-counted failures")
+        level, reason = decided(one_tool, healthy)
         proposals.append(Proposal(
             rule="breaker_per_tool", target=f"{breaker.upstream} {tool}",
             title=f"Give {tool} its own breaker on {breaker.upstream}",
@@ -168,7 +195,7 @@ def breaker_per_tool(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
                 f"(the shared breaker refused {breaker.refused} calls in the window)",
                 {"share": round(share, 3), "refused": breaker.refused, "other_calls": other_calls},
             ),
-            confidence=level, confidence_reason=reason,
+            confidence=level, confidence_reason=reason, statistics=(one_tool, healthy),
             changes=(Change(breaker.upstream, match, "breaker.scope", "tool", policy.breaker.scope),),
         ))  # fmt: skip
     return proposals

@@ -79,9 +79,11 @@ class Stream:
     def call_ok(
         self, at: float, *, tool: str | None = "search", method: str = "tools/call", ok: int, calls: int | None = None,
         ok_by_attempt: dict[int, int] | None = None, latencies_ms: list[float] | None = None, window_s: float = 10.0,
-        outcomes: dict[str, int] | None = None, upstream: str | None = None,
+        outcomes: dict[str, int] | None = None, upstream: str | None = None, ok_timeline: list[int] | None = None,
+        timeline_slot_s: float | None = None,
     ) -> dict[str, Any]:
-        """A summary; `latencies_ms` (default: `ok` calls of 100 ms) fill the histogram like the recorder does."""
+        """A summary; `latencies_ms` (default: `ok` calls of 100 ms) fill the histogram like the recorder does.
+        Its window ends at `at` (`window_end`); `ok_timeline` gives successes per `timeline_slot_s` slot."""
         latencies = latencies_ms if latencies_ms is not None else [100.0] * ok
         histogram = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         for latency in latencies:
@@ -96,13 +98,16 @@ class Stream:
             latency_max_ms=max(latencies) if latencies else None,
         )  # fmt: skip
         event["method"], event["tool"] = method, tool if method == "tools/call" else None
+        if ok_timeline is not None:
+            event["window_end"], event["ok_timeline"], event["timeline_slot_s"] = T0 + at, ok_timeline, timeline_slot_s
         return self._publish(event, at)
 
     def _upstream_event(self, type: str, at: float, **fields: Any) -> dict[str, Any]:
         return self._publish(make_event(type, None, upstream=fields.pop("upstream", self.upstream), **fields), at)
 
-    def breaker_state(self, at: float, old: str, new: str, breaker: str | None = None) -> dict[str, Any]:
-        return self._upstream_event("breaker_state", at, breaker=breaker or self.upstream, old=old, new=new)
+    def breaker_state(self, at: float, old: str, new: str, breaker: str | None = None, last_failure_kind: str | None = None) -> dict[str, Any]:
+        extra = {} if last_failure_kind is None else {"last_failure_kind": last_failure_kind}
+        return self._upstream_event("breaker_state", at, breaker=breaker or self.upstream, old=old, new=new, **extra)
 
     def circuit_open(self, at: float, breaker: str | None = None) -> dict[str, Any]:
         return self._upstream_event("circuit_open", at, breaker=breaker or self.upstream)

@@ -186,3 +186,68 @@ def lost_sessions() -> Events:
     for i in range(4):
         s.session_lost(10.0 * i)
     return s.events
+
+
+def slow_behind_breaker(observed: bool = True) -> Events:
+    """`search` turns slow past its 2s per_try (answers at 2.4-2.8s) and the shared breaker hides it.
+
+    In 40 s only 7 attempts time out: 5 open the breaker (at 5 s), and each later opening is a half-open
+    trial that times out too (at 21 s and 37 s). Meanwhile the breaker refuses 100 calls of `search` and
+    20 of the healthy `lookup`. Without `observed`, nobody saw the timed-out attempts answer.
+    """
+    s = Stream()
+    s.call_ok(40.0, tool="search", ok=60, calls=167, outcomes={"ok": 60, "upstream_timeout": 7, "circuit_open": 100})
+    s.call_ok(40.0, tool="lookup", ok=80, calls=100, outcomes={"ok": 80, "circuit_open": 20})
+    def slow(at: float) -> None:
+        call = s.call_id()
+        s.timeout(at, 2000.0, call_id=call)
+        s.timeout_observed(at + 0.5, 2000.0, 2400.0 + 400 * (at % 2) if observed else None, call_id=call)
+        s.call_failed(at, "timeout", call_id=call)
+
+    for i in range(5):
+        slow(0.5 + i)
+    s.breaker_state(5.0, "closed", "open", last_failure_kind="upstream_timeout")
+    s.breaker_state(20.0, "open", "half-open")
+    slow(20.5)
+    s.breaker_state(21.0, "half-open", "open", last_failure_kind="upstream_timeout")
+    s.breaker_state(36.0, "open", "half-open")
+    slow(36.5)
+    s.breaker_state(37.0, "half-open", "open", last_failure_kind="upstream_timeout")
+    for i in range(100):
+        at = 5.1 + i * 0.3
+        if not 20.0 <= at < 21.0 and not 36.0 <= at < 37.0:
+            s.call_failed(at, "circuit_open", tool="search", params=f"p{i % 7}")
+            s.circuit_open(at)
+    for i in range(20):
+        s.call_failed(6.05 + i * 1.5, "circuit_open", tool="lookup", params=f"q{i % 3}")
+    return s.events
+
+
+WRITES_CONFIG = CONFIG + """\
+      - match: {tool: create_issue}
+        timeouts: {per_try: 1s}
+"""
+
+
+def slow_writes(count: int = 8) -> Events:
+    """`create_issue` (not idempotent) always takes 2s against its 1s per_try: each call times out,
+    is never retried, and the proxy watches the upstream finish it."""
+    s = Stream()
+    s.call_ok(60.0, tool="create_issue", ok=0, calls=count, outcomes={"upstream_timeout": count}, latencies_ms=[])
+    for i in range(count):
+        call = s.call_id()
+        s.timeout(1.0 + i, 1000.0, tool="create_issue", call_id=call, idempotent=False)
+        s.timeout_observed(2.0 + i, 1000.0, 2000.0, tool="create_issue", call_id=call, idempotent=False)
+        s.call_failed(1.0 + i, "timeout", tool="create_issue", call_id=call, idempotent=False)
+    return s.events
+
+
+def declared_read_only(failures: int = 30, calls_ok: int = 200, kind: str = "http_5xx", **hints: bool) -> Events:
+    """`get_weather` fails `failures` times among `calls_ok` successes; the server declares it read-only
+    (or as `hints` say), the proxy does not trust annotations, so every call is `idempotent: false`."""
+    declared = hints or {"read_only_hint": True}
+    s = Stream()
+    s.call_ok(100.0, tool="get_weather", ok=calls_ok, calls=calls_ok + failures)
+    for i in range(failures):
+        s.call_failed(1.0 + i * 0.5, kind, tool="get_weather", idempotent=False, params=f"city{i % 4}", **declared)
+    return s.events
