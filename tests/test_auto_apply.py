@@ -13,7 +13,7 @@ import yaml
 
 from proxy.analyzer import Change, Match, Proposal
 from proxy.analyzer.proposal import Effect
-from proxy.analyzer.embedded import within_bounds
+from proxy.analyzer.embedded import error_rate, within_bounds
 from proxy.app import ProxyServer, running_proxy
 from proxy.config.model import AnalyzerConfig, load_config
 from tests.fault_upstream import FaultUpstream
@@ -45,6 +45,33 @@ def proposal(key: str, value: Any) -> Proposal:
 def test_auto_apply_only_inside_declared_bounds(key: str, value: Any, allowed: bool) -> None:
     config = AnalyzerConfig.model_validate({"auto_apply": {"enabled": True, "bounds": {"timeouts.per_try": {"min": "100ms", "max": "2s"}}}})
     assert within_bounds(proposal(key, value), config) is allowed
+
+
+def summary(ts: float, **outcomes: int) -> dict[str, Any]:
+    return {"type": "call_ok", "ts": ts, "calls": sum(outcomes.values()), "ok": outcomes.get("ok", 0), "outcomes": outcomes}
+
+
+def test_the_error_rate_counts_only_the_upstreams_failures() -> None:
+    """Failures of the upstream (a verdict's reason or its own 5xx/429) over themselves plus successes;
+    application answers and the client's or the proxy's own outcomes are neither."""
+    events = [summary(
+        1.0, ok=50, upstream_timeout=4, upstream_unavailable=1, upstream_bad_response=1, upstream_stream_broken=1,
+        circuit_open=1, retry_budget_exhausted=1, http_5xx=1, http_429=0, jsonrpc_error=30, http_4xx=5, rate_limited=20,
+        client_overloaded=3, proxy_overloaded=2, unsendable_request=1, cancelled=4, session_deleted=2, drained=1,
+        unwatched=3, unread_event=1, oversized_event=1, resumable=1,
+    )]  # fmt: skip
+    assert error_rate(events, 0.0, 2.0) == (10 / 60, 60)
+    assert error_rate(events, 1.5, 2.0) == (0.0, 0)  # outside the span
+
+
+def test_a_burst_of_client_mistakes_makes_a_change_look_neither_worse_nor_better() -> None:
+    before = [summary(1.0, ok=90, upstream_timeout=10)]
+    worse_clients = [summary(1.0, ok=90, upstream_timeout=10, jsonrpc_error=500, rate_limited=300, session_deleted=50, client_overloaded=40)]
+    assert error_rate(before, 0.0, 2.0) == error_rate(worse_clients, 0.0, 2.0) == (0.1, 100)
+
+
+def test_an_old_summary_without_outcomes_counts_every_call_not_ok() -> None:
+    assert error_rate([{"type": "call_ok", "ts": 1.0, "calls": 40, "ok": 4}], 0.0, 2.0) == (0.9, 40)
 
 
 def file_config(upstream_url: str) -> dict[str, Any]:
@@ -145,7 +172,7 @@ async def test_auto_apply_rolls_back_a_change_that_hurts(upstream: FaultUpstream
         now = await learn(proxy, session)
         proxy.analyzer.step(now)
         assert f"per_try: {PROPOSED_PER_TRY}" in path.read_text()
-        proxy.bus.publish({"v": 1, "type": "call_ok", "upstream": "docs", "method": "tools/list", "tool": None, "calls": 40, "ok": 4})
+        proxy.bus.publish({"v": 1, "type": "call_ok", "upstream": "docs", "method": "tools/list", "tool": None, "calls": 40, "ok": 4, "outcomes": {"ok": 4, "upstream_timeout": 36}})
         proxy.analyzer.step(now + 31)
     (rolled,) = [e for e in proxy.bus.recent() if e["type"] == "proposal_rolled_back"]
     assert (rolled["error_rate_before"], rolled["error_rate_after"]) == (0.5, 0.9)
@@ -172,7 +199,7 @@ async def test_a_rollback_never_overwrites_an_operators_later_edit(upstream: Fau
         proxy.analyzer.step(now)
         edited = path.read_text() + "# the operator was here\n"
         path.write_text(edited)
-        proxy.bus.publish({"v": 1, "type": "call_ok", "upstream": "docs", "method": "tools/list", "tool": None, "calls": 40, "ok": 4})
+        proxy.bus.publish({"v": 1, "type": "call_ok", "upstream": "docs", "method": "tools/list", "tool": None, "calls": 40, "ok": 4, "outcomes": {"ok": 4, "upstream_timeout": 36}})
         proxy.analyzer.step(now + 31)
     (kept,) = [e for e in proxy.bus.recent() if e["type"] == "proposal_kept"]
     assert kept["verified"] is False and "edited since" in kept["note"]

@@ -27,6 +27,7 @@ import structlog
 
 from proxy.analyzer import ApplyError, Proposal, Window, apply_proposal, propose
 from proxy.analyzer.apply import write_atomically
+from proxy.analyzer.model import UPSTREAM_FAILED_OUTCOMES
 from proxy.config.model import AnalyzerConfig, ConfigError, parse_duration
 from proxy.events.bus import EventBus
 from proxy.redact import Budget, redact
@@ -63,12 +64,27 @@ def within_bounds(proposal: Proposal, config: AnalyzerConfig) -> bool:
 
 
 def error_rate(events: list[dict[str, Any]], since: float, until: float) -> tuple[float, int]:
-    """(failed share, calls) of the `call_ok` summaries published between `since` and `until`."""
-    calls = failed = 0
+    """(the upstream's failure share, calls counted) of the `call_ok` summaries published between `since` and `until`.
+
+    The share is failed / (ok + failed), where failed are the outcomes that are the upstream's failure
+    (`model.UPSTREAM_FAILED_OUTCOMES`: unreachable, timed out, a broken answer, 5xx, 429, the breaker or
+    the retry budget refusing because of such failures). Every other outcome, an application answer
+    (``jsonrpc_error``, ``http_4xx``), the proxy's own limits, a client that gave up or deleted its
+    session, leaves both sides: a burst of clients' own mistakes makes a change look neither worse nor
+    better. A summary without `outcomes` (an old recording) counts every call that was not ok as failed.
+    """
+    ok = failed = 0
     for event in events:
-        if event.get("type") == "call_ok" and since <= event["ts"] <= until:
-            calls += int(event["calls"])
+        if event.get("type") != "call_ok" or not since <= event["ts"] <= until:
+            continue
+        outcomes = event.get("outcomes")
+        if isinstance(outcomes, dict):
+            ok += int(outcomes.get("ok", 0))
+            failed += sum(int(n) for kind, n in outcomes.items() if kind in UPSTREAM_FAILED_OUTCOMES)
+        else:
+            ok += int(event["ok"])
             failed += int(event["calls"]) - int(event["ok"])
+    calls = ok + failed
     return (failed / calls if calls else 0.0), calls
 
 

@@ -18,7 +18,6 @@ from proxy.failure_kinds import SERVER_SIDE as FAILURES_ON_THE_SERVER
 
 __all__ = [
     "CLIENTS_OWN",
-    "NOT_ABOUT_THE_UPSTREAM",
     "RETRYABLE",
     "SERVER_SIDE",
     "UPSTREAM_FAILED",
@@ -66,15 +65,10 @@ upstream's own answer was (`proxy.server.handler._outcome`: ``ok``, ``jsonrpc_er
 when it could not be reached, timed out, broke its answer or answered 5xx/429, and when the breaker
 or the retry budget refused a call because of such failures. Everything else is not its failure:
 application answers (``jsonrpc_error``, ``http_4xx``: the upstream answered, per tool and opt-in) and
-the outcomes in `NOT_ABOUT_THE_UPSTREAM`."""
-NOT_ABOUT_THE_UPSTREAM = frozenset({
-    "cancelled", "session_deleted", "drained", "rate_limited", "client_overloaded", "proxy_overloaded",
-    "unsendable_request",
-})  # fmt: skip
-"""`call_ok` outcomes that say nothing about the upstream: the client gave up or deleted its session,
-the proxy drained, or the proxy refused before asking the upstream (its own rate limit, the
-per-client cap, its full pool, a request it cannot send). A change's error rate leaves these calls
-out entirely, so a client's burst of its own mistakes makes a change look neither worse nor better."""
+the client's or the proxy's own (``rate_limited``, ``client_overloaded``, ``proxy_overloaded``,
+``unsendable_request``, ``cancelled``, ``session_deleted``, ``drained``) and stream endings that are
+no failure (``unwatched``, ``unread_event``, ``oversized_event``, ``resumable``). The error rate
+(`embedded.error_rate`) is these over themselves plus ``ok``: every other outcome is left out."""
 EXAMPLES = 5
 
 

@@ -84,6 +84,15 @@ def _tool_rows(analysis: Analysis) -> list[tuple[str, ...]]:
     return rows
 
 
+def _confidence(proposal: Proposal) -> str:
+    """Why the level: for a decision on proportions, the method and the strictest confidence it survives
+    (the proportions follow, one line each); for a decision on a count, the rule's own reason."""
+    if not proposal.statistics:
+        return proposal.confidence_reason
+    strictest = {"high": "99.5%", "medium": "97.5%"}.get(proposal.confidence, "95%")
+    return f"one-sided Wilson score bounds, decided at 95%, holding at {strictest}"
+
+
 def _evidence(evidence: dict[str, Any]) -> str:
     shown = {k: v for k, v in evidence.items() if k not in ("window_start", "window_end")}
     return ", ".join(f"{k}={v}" for k, v in shown.items())
@@ -108,8 +117,9 @@ def render_text(analysis: Analysis, proposals: list[Proposal]) -> str:
         lines += [
             "", f"[{p.id}] {one_line(p.title)}" + (" (advice only)" if p.advisory else ""),
             f"  why: {one_line(p.rationale)}", f"  evidence: {one_line(_evidence(p.evidence))}",
-            f"  effect: {one_line(p.effect.text)}", f"  confidence: {p.confidence} ({one_line(p.confidence_reason)})",
+            f"  effect: {one_line(p.effect.text)}", f"  confidence: {p.confidence} ({one_line(_confidence(p))})",
         ]  # fmt: skip
+        lines += [f"    decided on: {one_line(share.describe())}" for share in p.statistics]
         lines += [f"  change: {one_line(c.describe())}" for c in p.changes]
         if p.diff:
             lines += ["  " + one_line(line) for line in p.diff.rstrip("\n").split("\n")]
@@ -138,8 +148,9 @@ def render_markdown(analysis: Analysis, proposals: list[Proposal]) -> str:
         lines += [
             f"#### `{p.id}` {_md(p.title)}" + (" (advice only)" if p.advisory else ""), "", _md(p.rationale), "",
             f"- **Evidence:** {_md(_evidence(p.evidence))}", f"- **Estimated effect:** {_md(p.effect.text)}",
-            f"- **Confidence:** {p.confidence} ({_md(p.confidence_reason)})",
+            f"- **Confidence:** {p.confidence} ({_md(_confidence(p))})",
         ]  # fmt: skip
+        lines += [f"  - decided on: {_md(share.describe())}" for share in p.statistics]
         for c in p.changes:
             change = one_line(c.describe())
             fence = _fence(change, 1)

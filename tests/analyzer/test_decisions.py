@@ -132,3 +132,14 @@ def test_healthy_traffic_with_a_little_of_everything_is_quiet() -> None:
     s.breaker_state(81.0, "half-open", "closed")
     assert run(s.events) == []
     assert run(sc.healthy()) == []
+
+
+def test_calls_that_ran_out_on_the_clients_own_mistakes_never_drive_retry_changes() -> None:
+    """A request the upstream called wrong (client_error) or the proxy's own limit fails every attempt the
+    same way: not the upstream's failure, never evidence for more or fewer attempts."""
+    for kind in ("client_error", "rate_limited"):
+        events = exhausted(30, 30, last_attempt=30)
+        for event in events:
+            if event["type"] in ("retry_exhausted", "call_failed"):
+                event["error"]["kind"] = kind
+        assert run(events) == []

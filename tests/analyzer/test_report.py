@@ -19,6 +19,10 @@ def test_text_report() -> None:
     assert "[183f50df40] Raise per_try for api search from 2s to 4s" in text
     assert "  effect: with per_try 4s, 90% of the 40 timed-out attempts would have completed" in text
     assert "  change: upstream api, rule (tool=search): timeouts.per_try: 2s -> 4s" in text
+    assert "  confidence: high (one-sided Wilson score bounds, decided at 95%, holding at 99.5%)\n" in text
+    assert "    decided on: timed-out attempts that would complete: 36/40 (90.0%), 95% lower bound 79.5% >= 50%\n" in text
+    assert "] api lost 4 legacy sessions: consider session recovery (advice only)" in text
+    assert "  confidence: low (advice only: no change to estimate)\n" in text
     assert "  +          per_try: 4s" in text
     assert "] api lost 4 legacy sessions: consider session recovery (advice only)" in text
 
@@ -30,6 +34,8 @@ def test_markdown_report() -> None:
     assert "| signature | count | kind | where | message | examples |" in md
     assert "#### `95b7143180` Rate-limit calls to api at 12/s" in md
     assert "- **Estimated effect:** at most 12 calls/s would reach api" in md
+    assert "- **Confidence:** medium (one-sided Wilson score bounds, decided at 95%, holding at 97.5%)\n" in md
+    assert "  - decided on: attempts answered 429 while the upstream limited: 30/390 (7.7%), 95% lower bound 5.8% \\>= 5%\n" in md  # ">" escaped for Markdown
     assert "```diff\n--- a/proxy.yaml\n+++ b/proxy.yaml\n" in md and md.rstrip().endswith("```")
 
 
