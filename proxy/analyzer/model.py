@@ -268,6 +268,7 @@ class BreakerStats:
     refused: int = 0
     openings: list[Opening] = field(default_factory=list)
     """Filled by `Analysis` once the window is read: each opening with its run-up and its refusals."""
+    opening_times: list[float] = field(default_factory=list)
 
     @property
     def tool(self) -> str | None:
