@@ -32,7 +32,7 @@ from proxy.config.resolve import Policy
 
 __all__ = [
     "MATERIAL", "Rule", "TimeoutFix", "cache_fallback", "cache_max_stale", "declared_idempotent", "retries_fewer",
-    "retries_more", "timeout_fix", "timeout_fixes", "timeouts",
+    "per_try_decision", "retries_more", "timeout_fix", "timeout_fixes", "timeouts",
 ]  # fmt: skip
 
 Rule = Callable[[Analysis, ProxyConfig], list[Proposal]]
@@ -76,6 +76,22 @@ class TimeoutFix:
     material: Share
 
 
+def per_try_decision(observed: list[float], timeouts: int, limit_s: float, ok_p99_ms: float | None = None) -> tuple[float, Share] | None:
+    """(the per_try to propose, the share of the `timeouts` timed-out attempts that would complete under
+    it) when that share passes `COMPLETE_SHARE`, from the would-be latencies `observed` (ms) against the
+    current `limit_s`; None when the attempts look stuck (observed p95 past `SHORTLY_PAST` x the limit),
+    the new value would be no higher, or the share is not conclusive. Materiality is the caller's."""
+    p95 = percentile(observed, 0.95)
+    if not timeouts or p95 is None or p95 > SHORTLY_PAST * limit_s * 1000:
+        return None
+    new_s = nice_duration(max(p95, ok_p99_ms or 0.0) * HEADROOM / 1000, cap=HARD_CAP_S)
+    if new_s <= limit_s:
+        return None
+    completed = sum(1 for ms in observed if ms <= new_s * 1000)
+    completes = Share("timed-out attempts that would complete", completed, timeouts, "lower", COMPLETE_SHARE)
+    return (new_s, completes) if completes.holds() else None
+
+
 def timeout_fix(analysis: Analysis, config: ProxyConfig, stats: TargetStats) -> TimeoutFix | None:
     """The per-try change `stats`'s timeouts call for, or None (no evidence, ambiguous, or immaterial).
 
@@ -86,26 +102,21 @@ def timeout_fix(analysis: Analysis, config: ProxyConfig, stats: TargetStats) -> 
     and the calls hurt, timed out or refused by a breaker these timeouts opened, are `MATERIAL`.
     """
     n, observed = stats.timeouts, stats.observed_ms
-    if n == 0 or not observed:
-        return None
-    scoped = scope_for(config, stats.target)
+    scoped = scope_for(config, stats.target) if n and observed else None
     if scoped is None:
         return None
     match, policy = scoped
-    limit_s, p95 = policy.timeouts.per_try, percentile(observed, 0.95) or 0.0
-    if p95 > SHORTLY_PAST * limit_s * 1000:
+    decision = per_try_decision(observed, n, policy.timeouts.per_try, stats.latency(0.99))
+    if decision is None:
         return None
-    new_s = nice_duration(max(p95, stats.latency(0.99) or 0.0) * HEADROOM / 1000, cap=HARD_CAP_S)
-    if new_s <= limit_s:
-        return None
-    completed = sum(1 for ms in observed if ms <= new_s * 1000)
-    completes = Share("timed-out attempts that would complete", completed, n, "lower", COMPLETE_SHARE)
+    new_s, completes = decision
+    completed, p95 = completes.k, percentile(observed, 0.95) or 0.0
     openings = [o for o in analysis.openings() if o.caused_by(stats.target, {"timeout"})]
     refused = [refusal for o in openings for refusal in o.refused]
     own = sum(1 for target, _ in refused if target == stats.target)
     calls = max(stats.total_calls, stats.ok + n + own) + len(refused) - own
     material = _material("calls hurt (timed out, or refused by the breaker the timeouts opened)", n + len(refused), calls)
-    if not (completes.holds() and material.holds()):
+    if not material.holds():
         return None
     return TimeoutFix(stats, match, policy, new_s, completed, p95, refused, openings, completes, material)
 
