@@ -7,6 +7,11 @@ once with ``--once``). Either way it prints the terminal report, can write a Mar
 the proposals as JSON, and apply one (``--apply ID``): validated, backed up, written atomically; a
 proxy running on that file hot-reloads it by itself.
 
+``--what-if PROPOSAL_ID`` (one of this analysis's proposals) or ``--what-if OTHER.yaml`` (with
+``--events``) replays the recorded window through the policy logic on simulated time
+(`proxy.trials`) and prints before/after figures instead of the report, with the proposal's own
+estimate beside the replayed one and whether the replay reproduces it (`proxy.trials.compare`).
+
 This module is the analyzer's only contact with the network: a client of the proxy's own admin API.
 """
 
@@ -22,10 +27,13 @@ import aiohttp
 import orjson
 
 from proxy.analyzer import Analysis, ApplyError, Proposal, Window, analyze, apply_proposal, propose, read_events
-from proxy.analyzer import render_markdown, render_text
+from proxy.analyzer import edit_text, render_markdown, render_text
 from proxy.analyzer.report import one_line
-from proxy.config.model import ConfigError
+from proxy.config.model import ConfigError, ProxyConfig, load_config, load_config_file
 from proxy.mcp.sse import SSEParser
+from proxy.trials import FIGURES, Figures, records_from_events, replay
+from proxy.trials.compare import Comparison, compare
+from proxy.trials.simulate import CallKind
 
 __all__ = ["run_analyze"]
 
@@ -91,7 +99,14 @@ async def run_analyze(args: Any, out: Callable[[str], None], err: Callable[[str]
     except OSError as exc:
         err(f"analyze: cannot read {config_path}: {exc.strerror or exc}")
         return 1
+    if getattr(args, "what_if", None) and not args.events:
+        err("analyze: --what-if replays a recorded file: give it --events FILE")
+        return 1
     try:
+        if args.events and getattr(args, "what_if", None):
+            events = list(read_events(args.events))
+            analysis, proposals = analyze(events, config_text, window_s=args.window)
+            return _what_if(args, events, config_text, proposals, out, err)
         if args.events:
             analysis, proposals = analyze(read_events(args.events), config_text, window_s=args.window)
         else:
@@ -133,3 +148,97 @@ async def run_analyze(args: Any, out: Callable[[str], None], err: Callable[[str]
             return 1
         err(f"analyze: applied {args.apply} to {config_path} (backup: {backup}); a proxy watching it reloads by itself")
     return 0
+
+
+def _label(kind: CallKind) -> str:
+    """A call kind as the analyzer names its targets: ``upstream tool`` or ``upstream method``."""
+    upstream, method, tool = kind
+    return f"{upstream} {tool or method}"
+
+
+def _scope(figures: Figures, proposal: Proposal | None) -> tuple[str, Figures]:
+    """The part of the window a proposal is about: its call kind, else its upstream, else everything."""
+    if proposal is not None:
+        exact = figures.select(lambda kind: _label(kind) == proposal.target)
+        if exact.kinds:
+            return proposal.target, exact
+        upstream = figures.select(lambda kind: kind[0] == proposal.target)
+        if upstream.kinds:
+            return f"upstream {proposal.target}", upstream
+    return "the whole window", figures
+
+
+def _what_if(
+    args: Any, events: list[dict[str, Any]], config_text: str, proposals: list[Proposal],
+    out: Callable[[str], None], err: Callable[[str], None],
+) -> int:
+    """Replay the window under the config as it is and as `--what-if` would make it; print the figures."""
+    before = load_config(config_text)
+    proposal: Proposal | None = None
+    chosen = [p for p in proposals if p.id == args.what_if]
+    if chosen:
+        proposal = chosen[0]
+        if proposal.advisory:
+            err(f"analyze: proposal {proposal.id} is advice only: it changes nothing to replay")
+            return 1
+        after: ProxyConfig = load_config(edit_text(config_text, proposal.changes))
+        what = f"proposal {proposal.id} ({proposal.rule}): {one_line(proposal.title)}"
+    elif Path(args.what_if).is_file():
+        after = load_config_file(args.what_if)
+        what = f"config {args.what_if}"
+    else:
+        known = ", ".join(p.id for p in proposals if not p.advisory) or "none"
+        err(f"analyze: --what-if {args.what_if}: neither a proposal of this analysis ({known}) nor a config file")
+        return 1
+    records = records_from_events(events, args.window)
+    whole = replay(records, before, after)
+    scope, figures = _scope(whole, proposal)
+    comparison = compare(proposal.effect.numbers, figures) if proposal is not None else None
+    if args.json:
+        document = {
+            "what_if": {"proposal": proposal.id if proposal else None, "config": None if proposal else args.what_if, "title": what},
+            "scope": scope,
+            "records": len(records),
+            "figures": figures.to_dict(),
+            "window": whole.to_dict(),
+            "estimate": proposal.effect.numbers if proposal else None,
+            "verdict": comparison.to_dict() if comparison else None,
+        }
+        out(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    else:
+        out(_render(what, scope, len(records), figures, whole, proposal, comparison))
+    return 0
+
+
+def _render(
+    what: str, scope: str, records: int, figures: Figures, whole: Figures, proposal: Proposal | None,
+    comparison: Comparison | None,
+) -> str:
+    lines = [
+        f"What if: {what}",
+        f"Replayed {figures.before.calls} calls of {scope} ({records} in the window) through the policy logic, on simulated time.",
+        "",
+        f"{'figure':<30}{'before':>10}{'after':>10}{'change':>10}",
+    ]
+    change = figures.change()
+    for name, label in FIGURES:
+        lines.append(f"{label:<30}{getattr(figures.before, name):>10}{getattr(figures.after, name):>10}{change[name]:>+10}")
+        if name == "errors":
+            kinds = sorted(set(figures.before.errors_by_kind) | set(figures.after.errors_by_kind))
+            for kind in kinds:
+                b, a = figures.before.errors_by_kind.get(kind, 0), figures.after.errors_by_kind.get(kind, 0)
+                lines.append(f"{'  ' + kind:<30}{b:>10}{a:>10}{a - b:>+10}")
+    if whole is not figures and whole.before.calls != figures.before.calls:
+        lines.append(f"(whole window: client-visible errors {whole.before.errors} -> {whole.after.errors})")
+    if figures.after.estimated:
+        lines.append(f"{figures.after.estimated} outcome(s) after are estimates: attempts the recording never sent (see docs/analyzer.md)")
+    if proposal is not None and comparison is not None:
+        lines.append("")
+        lines.append(f"the proposal's estimate: {one_line(proposal.effect.text)}")
+        for estimate in comparison.estimates:
+            lines.append(f"  {estimate.key} ({estimate.meaning}): estimated {estimate.estimated:g}, replayed {estimate.replayed}")
+        others = {k: v for k, v in proposal.effect.numbers.items() if k not in {e.key for e in comparison.estimates}}
+        if others:
+            lines.append("  its other numbers: " + ", ".join(f"{k} {v}" for k, v in others.items()))
+        lines.append(f"verdict: {comparison.text}")
+    return "\n".join(lines)

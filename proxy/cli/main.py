@@ -107,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print the proposals as JSON instead of the report")
     analyze.add_argument("--report", metavar="FILE", help="also write a Markdown report here")
     analyze.add_argument("--apply", metavar="ID", help="apply this proposal to --config (validated, backed up, atomic)")
+    analyze.add_argument(
+        "--what-if",
+        metavar="ID|FILE",
+        help="with --events: replay the recorded window under this proposal (its id) or this other config file, "
+        "on simulated time, and print before/after figures (errors by kind, successes, attempts, retries, timeouts, "
+        "breaker and rate-limit refusals, stale answers) with the proposal's own estimate and whether the replay "
+        "reproduces it; with --json, as JSON",
+    )
 
     replay = commands.add_parser(
         "replay",
