@@ -107,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print the proposals as JSON instead of the report")
     analyze.add_argument("--report", metavar="FILE", help="also write a Markdown report here")
     analyze.add_argument("--apply", metavar="ID", help="apply this proposal to --config (validated, backed up, atomic)")
+    analyze.add_argument(
+        "--shadow", nargs="?", const=0.0, type=_seconds, metavar="DURATION",
+        help="with --apply and --follow: run the proposal as a shadow trial in that proxy first (for DURATION, default "
+        "its analyzer.shadow.duration); the proxy writes the file only if the trial promotes it",
+    )  # fmt: skip
 
     replay = commands.add_parser(
         "replay",

@@ -289,7 +289,7 @@ class TrialManager:
         self._bus = bus
         self._announcer = announcer
         self._factory = factory
-        self._clock = clock
+        self.clock = clock
         self._flush = flush
         self._env = env
         self._poll = poll
@@ -337,7 +337,7 @@ class TrialManager:
         except Unsupported as exc:
             raise TrialRefused(f"this change cannot be tried in shadow: {exc}", 422) from exc
         self._flush()  # the calls finished before the trial are summarized before it, not in it
-        now = self._clock()
+        now = self.clock()
         trial = Trial(
             id=secrets.token_hex(5), proposal=checked, candidate=candidate, base_hash=base_hash.lower(), origin=origin,
             started_at=now, ends_at=now + length, evaluator=evaluator, last_id=self._bus.published,
@@ -390,7 +390,7 @@ class TrialManager:
 
     async def _run(self, trial: Trial) -> None:
         while self.running is trial:
-            await asyncio.sleep(max(0.01, min(self._poll, trial.ends_at - self._clock())))
+            await asyncio.sleep(max(0.01, min(self._poll, trial.ends_at - self.clock())))
             try:
                 self.step()
             except Exception as exc:  # a trial must never take the proxy down
@@ -404,7 +404,7 @@ class TrialManager:
             return
         if self._drain(trial) or trial.verdict is not None:
             return
-        now = self._clock() if now is None else now
+        now = self.clock() if now is None else now
         if now < trial.ends_at:
             return
         self._flush()
@@ -464,7 +464,7 @@ class TrialManager:
     def _finish(self, trial: Trial, verdict: Verdict, reason: str) -> None:
         if trial.verdict is not None:
             return
-        trial.verdict, trial.reason, trial.finished_at = verdict, redact_text(reason), self._clock()
+        trial.verdict, trial.reason, trial.finished_at = verdict, redact_text(reason), self.clock()
         if self.running is trial:
             self.running = None
         self.finished.appendleft(trial)
