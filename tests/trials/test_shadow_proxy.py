@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,10 @@ from proxy.analyzer import Change, Match, Proposal, edit_text
 from proxy.analyzer.proposal import Effect
 from proxy.analyzer.yamledit import unified_diff
 from proxy.app import ProxyServer, running_proxy
-from proxy.cli.main import main
 from proxy.cli.shadow import start_trial
 from proxy.config.model import load_config
 from proxy.trials.shadow import MAX_TRIAL_BODY_BYTES
-from tests.conftest import proxy_config
+from tests.conftest import REPO, proxy_config
 from tests.fault_upstream import FaultUpstream
 
 READ = {"jsonrpc": "2.0", "method": "resources/read", "params": {"uri": "demo://facts"}}
@@ -182,11 +183,17 @@ async def test_a_trial_still_running_when_the_proxy_stops_is_aborted_and_writes_
     assert path.read_text() == original and [e["reason"] for e in of_type(proxy, "trial_finished")] == ["the proxy stopped"]
 
 
-def test_shadow_needs_apply_and_follow(capsys: Any, tmp_path: Path) -> None:
+def test_shadow_needs_apply_and_follow(tmp_path: Path) -> None:
     events, config = tmp_path / "events.jsonl", tmp_path / "proxy.yaml"
     events.write_text("")
     config.write_text("upstreams: []\n")
-    assert main(["analyze", "--events", str(events), "--config", str(config), "--apply", "abc", "--shadow"]) == 1
-    assert "--shadow needs --follow ADMIN_URL" in capsys.readouterr().err
-    assert main(["analyze", "--events", str(events), "--config", str(config), "--shadow", "5m"]) == 1
-    assert "--shadow goes with --apply ID" in capsys.readouterr().err
+
+    def analyze(*args: str) -> tuple[int, str]:
+        argv = [sys.executable, "-m", "proxy", "analyze", "--events", str(events), "--config", str(config), *args]
+        result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        return result.returncode, result.stderr
+
+    code, err = analyze("--apply", "abc", "--shadow")
+    assert code == 1 and "--shadow needs --follow ADMIN_URL" in err
+    code, err = analyze("--shadow", "5m")
+    assert code == 1 and "--shadow goes with --apply ID" in err
