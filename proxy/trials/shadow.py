@@ -3,7 +3,7 @@
 A trial starts from a proposal (``POST /trials`` from ``analyze --apply ID --shadow``, or the embedded
 analyzer's auto-apply with ``auto_apply.shadow``): the candidate file text must be valid exactly as a
 reload would find it, edit the very file the proxy runs on (its SHA-256 is the request's `base_hash`),
-and change what the proposal's diff changes. The live config keeps enforcing; an evaluator made by the
+and be the proposal's own edit of it. The live config keeps enforcing; an evaluator made by the
 factory from (live config, candidate config) is fed the proxy's own events from the trial's start, read
 from the bus's ring on each `step` (no subscriber queue: the proxy never waits for a trial; events the
 ring pushed out before a step read them are counted, and any makes the trial inconclusive).
@@ -14,20 +14,21 @@ At the end of the duration, `judge` compares what the evaluator measured with th
   calls were seen, or the proposal estimates a cut in errors and there were none to cut;
 - ``rejected``: the candidate would have made client-visible errors worse, or cut them by less than its
   estimate (`estimated_cut`) minus `tolerance` (both shares of the errors seen under the live policy);
-- ``promoted``: otherwise. Only then is anything written: the trialled candidate itself, validated
-  again, the old file backed up to ``FILE.bak-<time>``, replaced atomically (`proxy.analyzer.apply`),
-  and only onto the file it was derived from (same hash; else the verdict is ``stale`` and nothing is
-  written). The hot reload then picks it up.
+- ``promoted``: otherwise. Only then is anything written, by `proxy.analyzer.apply.apply_proposal`
+  (validated again, the old file backed up to ``FILE.bak-<time>``, replaced atomically), and only onto
+  the file the trial started from (same hash; else the verdict is ``stale`` and nothing is written), so
+  what is written is exactly what was trialled. The hot reload then picks it up.
 
 A reload of another file during the trial (a `config_reloaded` with another hash) ends it as ``stale``:
 the live policy it was compared with is gone. ``DELETE /trials/ID`` and the proxy stopping end it as
 ``aborted``. Each start and end is an event (`trial_started`, `trial_finished`); free text in them and
 in `document` goes through `proxy.redact` (a title or a reason may quote the file).
 
-Why the candidate text is written rather than re-derived from the proposal (as `apply_proposal` does):
-a proposal posted as JSON (`Proposal.to_dict`) loses the rule a carved-out exact rule copies its
-settings from (`Match.inherit_from`), so the proxy cannot always derive the same edit again; writing
-what was trialled, onto the unchanged file, is stricter and never writes what was not measured.
+The candidate a request posts is checked, not trusted: it must be exactly the proposal's changes applied
+to the file by the analyzer's own editor (`_changes_of` rebuilds them from their JSON, finding again the
+rule a new exact rule copies, which JSON drops), and a change may touch policy keys only
+(`POLICY_SECTIONS`): never where calls go. The admin port can make the proxy write its file through a
+trial, but only what a proposal could have written.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import os
+import re
 import secrets
 import time
 from collections import deque
@@ -46,10 +47,11 @@ from typing import Any, Final, Literal, Protocol
 
 import structlog
 
-from proxy.analyzer.apply import ApplyError, write_atomically
-from proxy.analyzer.proposal import Proposal
+from proxy.analyzer.apply import ApplyError, apply_proposal
+from proxy.analyzer.proposal import Change, Effect, Match, Proposal
 from proxy.analyzer.yamledit import EditError, edit_text, unified_diff
 from proxy.config.model import ConfigError, ProxyConfig, load_config
+from proxy.config.resolve import PolicyResolver
 from proxy.config.operations import MAX_TRIAL_S, ShadowConfig
 from proxy.events.bus import EventBus
 from proxy.policies.base import Observer
@@ -70,7 +72,6 @@ __all__ = [
     "Unsupported",
     "Verdict",
     "estimated_cut",
-    "file_hash",
     "judge",
 ]
 
@@ -86,6 +87,9 @@ MAX_ESTIMATE_NUMBERS: Final = 16
 """Numbers of a proposal's estimate a trial keeps (its events carry them)."""
 MAX_PROPOSAL_ID_CHARS: Final = 64
 MAX_TRIAL_BODY_BYTES: Final = 1024 * 1024
+POLICY_SECTIONS: Final = frozenset({"timeouts", "retry", "breaker", "app_breaker", "rate_limit", "cache", "health", "idempotent"})
+"""What a trial may change: policy, never where calls go (``url``, ``path``, ``pool``, headers)."""
+_ESCAPED_GLOB = re.compile(r"\[([*?\[])\]")
 """Largest ``POST /trials`` body: a proposal and the full text of an edited config file."""
 
 
@@ -181,6 +185,7 @@ class Trial:
     started_at: float
     ends_at: float
     evaluator: Evaluator = field(repr=False)
+    changes: tuple[Change, ...]
     last_id: int
     estimate: dict[str, float]
     dropped: int = 0
@@ -222,9 +227,40 @@ def _describe_changes(proposal: dict[str, Any]) -> list[str]:
     return described
 
 
-def _changed_lines(diff: str) -> list[str]:
-    """The removed and added lines of a unified diff, in order (no headers, hunk lines or context)."""
-    return [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("--- ", "+++ "))]
+def _changes_of(proposal: dict[str, Any], config: ProxyConfig) -> tuple[Change, ...]:
+    """The proposal's changes as the analyzer made them, from their JSON (`Change.to_dict`); `TrialRefused` (422)
+    for a change that is not one. JSON drops what a new exact rule copies (`Match.inherit_from`): it is found
+    again as `proxy.analyzer.scope` found it, the rule that decides that call in `config` today."""
+    changes = []
+    for raw in proposal["changes"]:
+        upstream, key, match = raw.get("upstream"), raw.get("key"), raw.get("match")
+        if not isinstance(upstream, str) or not isinstance(key, str) or not (match is None or isinstance(match, dict)):
+            raise TrialRefused("each change needs upstream and key (strings) and match (an object or null)", 422)
+        if key.split(".")[0] not in POLICY_SECTIONS:
+            raise TrialRefused(f"a trial changes policy keys only ({', '.join(sorted(POLICY_SECTIONS))}), not {key}", 422)
+        target = None if match is None else _match_of(match, upstream, config)
+        changes.append(Change(upstream, target, key, raw.get("value"), raw.get("old")))
+    return tuple(changes)
+
+
+def _match_of(written: dict[str, Any], upstream: str, config: ProxyConfig) -> Match:
+    method, tool = written.get("method", "*"), written.get("tool")
+    if not isinstance(method, str) or not (tool is None or isinstance(tool, str)):
+        raise TrialRefused("a change's match holds method and tool as strings", 422)
+    match = Match(method.replace("$${", "${"), None if tool is None else tool.replace("$${", "${"))
+    try:
+        rules = config.upstream(upstream).rules
+    except KeyError:
+        return match  # the edit itself refuses an upstream the file does not have
+    if any(Match.from_config(rule.match) == match for rule in rules):
+        return match
+    name = _ESCAPED_GLOB.sub(r"\1", match.tool if match.tool is not None else match.method)
+    method_name = "tools/call" if match.tool is not None else name
+    policy = PolicyResolver(config.upstream(upstream)).resolve(method_name, name if match.tool is not None else None)
+    if policy.rule == "default":
+        return match
+    index = int(policy.rule[len("rules[") : policy.rule.index("]")])
+    return Match(match.method, match.tool, inherit_from=Match.from_config(rules[index].match))
 
 
 def _numbers(numbers: Any) -> dict[str, float]:
@@ -248,21 +284,13 @@ def _checked_proposal(proposal: Any) -> dict[str, Any]:
         raise TrialRefused("proposal.title must be a string", 422)
     if proposal.get("advisory") or not isinstance(changes, list) or not changes or not all(isinstance(c, dict) for c in changes):
         raise TrialRefused(f"proposal {pid} is advice only: it has no change to try", 422)
-    diff = proposal.get("diff")
-    if diff is not None and not isinstance(diff, str):
-        raise TrialRefused("proposal.diff must be a string or null", 422)
     effect = proposal.get("effect")
     numbers = effect.get("numbers") if isinstance(effect, dict) else None
-    return {"id": pid, "title": title, "changes": changes, "diff": diff, "effect": {"numbers": _numbers(numbers)}}
-
-
-def _backup_path(path: Path, now: float) -> Path:
-    """``FILE.bak-<local time>`` (``-N`` added while taken): the name `apply_proposal` gives its backups."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
-    candidate, n = path.with_name(f"{path.name}.bak-{stamp}"), 1
-    while candidate.exists():
-        candidate, n = path.with_name(f"{path.name}.bak-{stamp}-{n}"), n + 1
-    return candidate
+    rule, target = proposal.get("rule"), proposal.get("target")
+    return {
+        "id": pid, "rule": rule if isinstance(rule, str) else "", "target": target if isinstance(target, str) else "",
+        "title": title, "changes": changes, "effect": {"numbers": _numbers(numbers)},
+    }  # fmt: skip
 
 
 class TrialManager:
@@ -329,9 +357,14 @@ class TrialManager:
             )
         if candidate == base:
             raise TrialRefused("the candidate is the file as it is: nothing to try", 422)
-        if checked["diff"] is not None and _changed_lines(unified_diff(base, candidate)) != _changed_lines(checked["diff"]):
-            raise TrialRefused(f"the candidate is not the edit of proposal {checked['id']}: its diff differs", 422)
         before, after = self._load(base, "the file in force"), self._load(candidate, "the candidate")
+        changes = _changes_of(checked, before)
+        try:
+            derived = edit_text(base, changes)
+        except EditError as exc:
+            raise TrialRefused(f"proposal {checked['id']} does not apply to {self.path}: {exc}", 422) from exc
+        if derived != candidate:
+            raise TrialRefused(f"the candidate is not proposal {checked['id']}'s edit of {self.path}", 422)
         try:
             evaluator = self._factory(before, after)
         except Unsupported as exc:
@@ -340,7 +373,7 @@ class TrialManager:
         now = self.clock()
         trial = Trial(
             id=secrets.token_hex(5), proposal=checked, candidate=candidate, base_hash=base_hash.lower(), origin=origin,
-            started_at=now, ends_at=now + length, evaluator=evaluator, last_id=self._bus.published,
+            started_at=now, ends_at=now + length, evaluator=evaluator, changes=changes, last_id=self._bus.published,
             estimate=checked["effect"]["numbers"],
         )  # fmt: skip
         self.running = trial
@@ -439,27 +472,24 @@ class TrialManager:
         return False
 
     def _promote(self, trial: Trial, reason: str, now: float) -> tuple[Verdict, str]:
-        """Write the trialled candidate over the file it was derived from: (promoted, why) or (stale, why not)."""
-        target = self.path.resolve()  # through a symlink: replace the file, keep the link
+        """Apply the trialled proposal to the file it started from: (promoted, why) or (stale, why not)."""
         try:
-            raw = target.read_bytes()
+            raw = self.path.read_bytes()
         except OSError as exc:
             return "stale", f"{reason}; but {self.path} cannot be read now ({exc.strerror or exc}): nothing written"
         if hashlib.sha256(raw).hexdigest() != trial.base_hash:
             return "stale", f"{reason}; but {self.path} changed during the trial: nothing written, run the analyzer again"
+        proposal = Proposal(
+            rule=trial.proposal["rule"], target=trial.proposal["target"],
+            title=str(trial.proposal["title"]), rationale="", evidence={}, effect=Effect("", trial.estimate),
+            confidence="low", confidence_reason="", changes=trial.changes,
+            diff=unified_diff(raw.decode("utf-8"), trial.candidate),
+        )  # fmt: skip
         try:
-            load_config(trial.candidate, self._env)
-        except ConfigError as exc:
-            return "stale", f"{reason}; but the candidate no longer validates ({'; '.join(exc.errors)}): nothing written"
-        mode = target.stat().st_mode & 0o7777
-        backup = _backup_path(target, now)
-        try:
-            write_atomically(backup, raw, mode)
-            write_atomically(target, trial.candidate.encode("utf-8"), mode)
-        except OSError as exc:
-            return "stale", f"{reason}; but writing {self.path} failed ({exc.strerror or exc}): the file is unchanged"
-        trial.backup = backup
-        return "promoted", f"{reason}; written to {self.path} (backup: {backup.name})"
+            trial.backup = apply_proposal(self.path, proposal, env=self._env, now=now)
+        except (ApplyError, OSError) as exc:
+            return "stale", f"{reason}; but {exc}: nothing written"
+        return "promoted", f"{reason}; written to {self.path} (backup: {trial.backup.name})"
 
     def _finish(self, trial: Trial, verdict: Verdict, reason: str) -> None:
         if trial.verdict is not None:
@@ -503,8 +533,3 @@ class TrialManager:
 
 def _clock_time(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
-
-
-def file_hash(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 (hex) of a config file's bytes: what a trial's `base_hash` must be."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

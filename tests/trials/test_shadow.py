@@ -222,7 +222,8 @@ def test_what_cannot_be_tried_is_refused_before_it_starts(setup: Any) -> None:
     other = edit_text(original, proposal_for(original, value="1s").changes)
     cases = [
         ({**proposal.to_dict(), "advisory": True}, edit_text(original, proposal.changes), 30.0, "advice only"),
-        (proposal.to_dict(), other, 30.0, "its diff differs"),
+        (proposal.to_dict(), other, 30.0, "is not proposal"),
+        (proposal_for(original, key="url", value="http://127.0.0.1:2/mcp").to_dict(), other, 30.0, "policy keys only"),
         (proposal.to_dict(), original, 30.0, "nothing to try"),
         ({**proposal.to_dict(), "diff": None}, original.replace("max_attempts: 1", "max_attempts: 0"), 30.0, "not a valid config"),
         (proposal.to_dict(), edit_text(original, proposal.changes), 25 * 3600.0, "at most 86400s"),
@@ -233,6 +234,24 @@ def test_what_cannot_be_tried_is_refused_before_it_starts(setup: Any) -> None:
             manager.start(posted, candidate, good_hash, duration)
         assert (refused.value.status, why in str(refused.value)) == (422, True), (why, str(refused.value))
     assert manager.running is None and [e for e in bus.recent() if e["type"] == "trial_started"] == []
+
+
+def test_a_change_carved_out_of_a_glob_rule_is_derived_again_from_its_json(setup: Any) -> None:
+    """`Proposal.to_dict` drops the glob rule a new exact rule copies; the trial finds it again, so the
+    candidate it accepts (and would write) is exactly the analyzer's edit, settings copied included."""
+    manager, _, path, _ = setup
+    raw = yaml.safe_load(config_text())
+    raw["upstreams"][0]["rules"] = [{"match": {"tool": "look*"}, "timeouts": {"per_try": "1s"}, "cache": {"mode": "fallback"}}]
+    path.write_text(yaml.safe_dump(raw))
+    glob = Match(tool="look*")
+    carved = Proposal(
+        rule="timeouts", target="docs tools/call lookup", title="t", rationale="r", evidence={}, effect=Effect("e", {}),
+        confidence="low", confidence_reason="", changes=(Change("docs", Match(tool="lookup", inherit_from=glob), "timeouts.per_try", "2s", "1s"),),
+    )  # fmt: skip
+    manager.trial(carved)
+    assert manager.running is not None
+    (rule,) = [r for r in yaml.safe_load(manager.running.candidate)["upstreams"][0]["rules"] if r["match"] == {"tool": "lookup"}]
+    assert rule["cache"] == {"mode": "fallback"} and rule["timeouts"]["per_try"] == "2s"
 
 
 def test_a_change_the_fallback_evaluator_cannot_model_is_inconclusive(setup: Any) -> None:
