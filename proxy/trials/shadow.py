@@ -62,6 +62,7 @@ from proxy.trials.observed import ObservedEvaluator
 __all__ = [
     "FINISHED_KEPT",
     "MAX_ESTIMATE_NUMBERS",
+    "MAX_FIGURES",
     "MAX_TRIAL_BODY_BYTES",
     "POLL_S",
     "Evaluator",
@@ -85,6 +86,10 @@ FINISHED_KEPT: Final = 10
 """Finished trials kept for ``GET /trials`` and for `TrialManager.outcome`."""
 MAX_ESTIMATE_NUMBERS: Final = 16
 """Numbers of a proposal's estimate a trial keeps (its events carry them)."""
+MAX_FIGURES: Final = 32
+"""Figures of an evaluator a trial keeps (the first ones; ``dropped_events`` always)."""
+MAX_NAME_CHARS: Final = 64
+"""Longest name of an estimate's number or an evaluator's figure kept (cut past it)."""
 MAX_PROPOSAL_ID_CHARS: Final = 64
 MAX_TRIAL_BODY_BYTES: Final = 1024 * 1024
 POLICY_SECTIONS: Final = frozenset({"timeouts", "retry", "breaker", "app_breaker", "rate_limit", "cache", "health", "idempotent"})
@@ -263,14 +268,17 @@ def _match_of(written: dict[str, Any], upstream: str, config: ProxyConfig) -> Ma
     return Match(match.method, match.tool, inherit_from=Match.from_config(rules[index].match))
 
 
-def _numbers(numbers: Any) -> dict[str, float]:
+def _numbers(numbers: Any, most: int = MAX_ESTIMATE_NUMBERS) -> dict[str, float]:
+    """The finite numbers of `numbers` (a foreign dict: a posted estimate, an evaluator's figures), bounded."""
     if not isinstance(numbers, dict):
         return {}
-    kept = {
-        str(k)[:64]: float(v) for k, v in numbers.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    }  # fmt: skip
-    return dict(list(kept.items())[:MAX_ESTIMATE_NUMBERS])
+    kept: dict[str, float] = {}
+    for name, value in numbers.items():
+        if len(kept) >= most:
+            break
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            kept[str(name)[:MAX_NAME_CHARS]] = float(value)
+    return kept
 
 
 def _checked_proposal(proposal: Any) -> dict[str, Any]:
@@ -444,7 +452,7 @@ class TrialManager:
         if self._drain(trial):
             return
         try:
-            measured = dict(trial.evaluator.figures())
+            measured: dict[str, int | float] = dict(_numbers(trial.evaluator.figures(), MAX_FIGURES - 1))
         except Exception as exc:
             self._finish(trial, "inconclusive", f"the evaluator failed: {exc!r}")
             return

@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
@@ -20,7 +21,8 @@ from proxy.analyzer.proposal import Effect
 from proxy.analyzer.yamledit import unified_diff
 from proxy.config.operations import ShadowConfig
 from proxy.events.recorder import EventBus, EventRecorder
-from proxy.trials.shadow import TrialManager, TrialRefused, estimated_cut, judge
+from proxy.events.envelope import MAX_EVENT_BYTES
+from proxy.trials.shadow import MAX_ESTIMATE_NUMBERS, MAX_FIGURES, MAX_NAME_CHARS, TrialManager, TrialRefused, estimated_cut, judge
 
 START = 1_000.0
 DURATION = 60.0
@@ -326,3 +328,29 @@ def test_the_estimated_cut_is_read_from_each_rules_numbers(numbers: dict[str, An
 )
 def test_judge(measured: dict[str, int | float], estimate: dict[str, Any], verdict: str) -> None:
     assert judge(measured, estimate, 0.2, 20)[0] == verdict
+
+
+def test_what_a_trial_reports_is_bounded_whatever_the_proposal_or_the_evaluator_says(tmp_path: Path) -> None:
+    class Chatty:
+        def feed(self, event: dict[str, Any]) -> None:
+            pass
+
+        def figures(self) -> dict[str, int | float]:
+            return {"calls": 100, "errors_before": 0, "errors_after": 0, **{str(n) + "k" * 500: n for n in range(5000)}}
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config_text())
+    bus = EventBus(1000, 10)
+    clock = Clock()
+    manager = TrialManager(
+        path, ShadowConfig(duration=DURATION), bus, EventRecorder(bus, False, True, False), lambda before, after: Chatty(),
+        clock=clock, poll=0,
+    )  # fmt: skip
+    numbers = {str(n) + "n" * 500: n for n in range(5000)}
+    manager.trial(proposal_for(path.read_text(), numbers=numbers))
+    clock.now = START + DURATION
+    manager.step()
+    event = finished(bus)
+    assert (len(event["estimate"]), len(event["measured"]), event["measured"]["dropped_events"]) == (MAX_ESTIMATE_NUMBERS, MAX_FIGURES, 0.0)
+    assert event["verdict"] == "promoted" and max(len(name) for name in event["measured"]) == MAX_NAME_CHARS
+    assert all(len(orjson.dumps(e)) <= MAX_EVENT_BYTES for e in bus.recent())
