@@ -34,7 +34,7 @@ from aiohttp import web
 from proxy.ops.logs import admits, configure_logging  # the first of ours: it imports structlog, without rich (see there)
 
 import structlog
-from proxy.config.model import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, safe_url
+from proxy.config.model import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, parse_duration, safe_url
 from proxy.events.sinks import JsonlFile, events_endpoint, log_event
 from proxy.events.recorder import EventBus, EventRecorder, FanOut
 from proxy.server.handler import McpHandler
@@ -43,6 +43,7 @@ from proxy.ops.metrics import ProxyMetrics
 from proxy.policies.base import Clock, MonotonicClock
 from proxy.ops.reload import ConfigReloader
 from proxy.runtime import Runtime, RuntimeRef, build_runtime
+from proxy.redact import redact_text
 from proxy.server.listener import JsonRpcServer, ListenerLimits
 from proxy.server.status import status_document
 from proxy.upstream.transport import HttpUpstream
@@ -50,6 +51,7 @@ from proxy.tasks import Owner, cancel_and_wait, spawn
 
 if TYPE_CHECKING:
     from proxy.analyzer.embedded import EmbeddedAnalyzer
+    from proxy.trials.shadow import TrialManager
 
 __all__ = ["BindError", "ProxyServer", "running_proxy"]
 
@@ -136,6 +138,9 @@ class ProxyServer:
             if config_path is not None
             else None
         )
+        self.config_path = config_path
+        self.trials: TrialManager | None = None
+        """Shadow trials (``/trials``), made on first use: a proxy that never runs one never imports them."""
         self.analyzer: EmbeddedAnalyzer | None = None
         if config_path is not None and config.analyzer.enabled:
             # Imported only when enabled: the analyzer (and the YAML editor it applies proposals with) is
@@ -201,12 +206,76 @@ class ProxyServer:
         app.router.add_post("/reload", self._reload)
         app.router.add_get("/events", events_endpoint(self.bus))
         app.router.add_get("/proposals", self._proposals)
+        app.router.add_post("/trials", self._start_trial)
+        app.router.add_get("/trials", self._trials)
+        app.router.add_delete("/trials/{trial}", self._abort_trial)
         return app
 
     async def _proposals(self, _: web.Request) -> web.Response:
         if self.analyzer is None:
             return _json(404, {"error": "the embedded analyzer is off: set analyzer.enabled and serve --config FILE"})
-        return _json(200, self.analyzer.document())
+        document = self.analyzer.document()
+        trials = self.trials.document() if self.trials is not None else None
+        document["trial"] = None if trials is None else trials["running"] or next(iter(trials["finished"]), None)
+        return _json(200, document)
+
+    # --- shadow trials (proxy.trials.shadow) -------------------------------------------------------
+
+    def trial_manager(self) -> TrialManager | None:
+        """The proxy's `TrialManager` (made on first use); None without ``serve --config FILE``."""
+        if self.trials is None and self.config_path is not None:
+            from proxy.trials.shadow import TrialManager
+
+            self.trials = TrialManager(
+                self.config_path, self.runtime.current.config.analyzer.shadow, self.bus, self.events,
+                flush=self.events.flush_summaries,
+            )  # fmt: skip
+        return self.trials
+
+    async def _start_trial(self, request: web.Request) -> web.Response:
+        from proxy.trials.shadow import MAX_TRIAL_BODY_BYTES, TrialRefused
+
+        trials = self.trial_manager()
+        if trials is None:
+            return _json(409, {"error": "shadow trials need a proxy started with serve --config FILE (they end by writing it)"})
+        if self.reloader is not None and self.reloader.last is not None and self.reloader.last.outcome == "rejected":
+            return _json(409, {"error": "the config file's last reload was rejected: the file is not the config in force"})
+        body = await _read_bounded(request, MAX_TRIAL_BODY_BYTES)
+        if body is None:
+            return _json(413, {"error": f"a trial request is at most {MAX_TRIAL_BODY_BYTES} bytes"})
+        try:
+            spec = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _json(400, {"error": "the body must be JSON: {proposal, candidate, base_hash, duration?}"})
+        if not isinstance(spec, dict):
+            return _json(400, {"error": "the body must be a JSON object: {proposal, candidate, base_hash, duration?}"})
+        try:
+            duration = None if spec.get("duration") is None else parse_duration(spec["duration"])
+        except (ValueError, TypeError) as exc:
+            return _json(422, {"error": f"duration: {exc}"})
+        try:
+            trial = trials.start(spec.get("proposal"), spec.get("candidate"), spec.get("base_hash"), duration)
+        except TrialRefused as exc:
+            return _json(exc.status, {"error": redact_text(str(exc))})
+        return _json(201, {"trial": trials.document()["running"], "watch": "GET /trials", "abort": f"DELETE /trials/{trial.id}"})
+
+    async def _trials(self, _: web.Request) -> web.Response:
+        trials = self.trial_manager()
+        if trials is None:
+            return _json(409, {"error": "shadow trials need a proxy started with serve --config FILE"})
+        return _json(200, trials.document())
+
+    async def _abort_trial(self, request: web.Request) -> web.Response:
+        from proxy.trials.shadow import TrialRefused
+
+        trials = self.trial_manager()
+        if trials is None:
+            return _json(409, {"error": "shadow trials need a proxy started with serve --config FILE"})
+        try:
+            trials.abort(request.match_info["trial"])
+        except TrialRefused as exc:
+            return _json(exc.status, {"error": redact_text(str(exc))})
+        return _json(200, trials.document()["finished"][0])
 
     # --- admin endpoints -------------------------------------------------------------------------
 
@@ -337,6 +406,8 @@ class ProxyServer:
             self.events.logged = _events_as_lines(config.logging.level, self._events_log)
         if self.analyzer is not None:
             self.analyzer.config = config.analyzer
+        if self.trials is not None:
+            self.trials.config = config.analyzer.shadow
         self.events.enabled = config.events.enabled
         self.events.include_params = config.events.include_params
         probers, transports = _left_behind(previous, runtime)
@@ -376,6 +447,8 @@ class ProxyServer:
         await cancel_and_wait(self._tasks)
         if self.analyzer is not None:
             await self.analyzer.stop()
+        if self.trials is not None:
+            await self.trials.stop()
         self.events.flush_summaries()
         await self._close(self.runtime.current)
         log.info("proxy_stopped")
@@ -410,6 +483,18 @@ class ProxyServer:
         finally:
             await cancel_and_wait(waits)
             await self.stop()
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The request's body, or None when it is (or says it is) longer than `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = bytearray()
+    while chunk := await request.content.read(65536):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 async def _bind(runner: web.BaseRunner, address: tuple[str, int], listener: str) -> list[tuple[str, int]]:

@@ -48,6 +48,8 @@ EMISSIONS: dict[str, list[tuple[bool, dict[str, Any]]]] = {
         (False, {"proposal": "p", "error_rate_before": 0.1, "error_rate_after": 0.3, "verified": False, "note": "the file was edited since"}),
     ],
     "proposal_rolled_back": [(False, {"proposal": "p", "error_rate_before": 0.1, "error_rate_after": 0.3})],
+    "trial_started": [(False, {"trial": "0a1b2c3d4e", "proposal": "p", "title": "Raise per_try", "changes": ["up defaults: timeouts.per_try: 2s -> 4s"], "duration_s": 300.0, "estimate": {"timed_out": 25.0, "would_complete": 20.0}})],
+    "trial_finished": [(False, {"trial": "0a1b2c3d4e", "proposal": "p", "verdict": "promoted", "reason": "it would have cut 20 of 25 errors", "measured": {"calls": 50.0, "errors_before": 25.0, "errors_after": 5.0}, "estimate": {"timed_out": 25.0}})],
 }
 """Each kind as its emission sites report it (`call_ok` is the recorder's own, from its summaries)."""
 
@@ -83,7 +85,7 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_every_kind_has_a_type_and_an_emission_here() -> None:
-    assert tuple(KINDS) == EVENT_TYPES and len(EVENT_TYPES) == 18
+    assert tuple(KINDS) == EVENT_TYPES and len(EVENT_TYPES) == 20
     assert set(EMISSIONS) == set(EVENT_TYPES) - {"call_ok"}
     for cls in KINDS.values():
         frozen = cls.__dataclass_params__.frozen  # type: ignore[attr-defined]

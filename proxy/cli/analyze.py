@@ -94,6 +94,11 @@ async def _follow(
 async def run_analyze(args: Any, out: Callable[[str], None], err: Callable[[str], None]) -> int:
     """The `analyze` subcommand; returns the exit code (0 ok, 1 bad input or failed apply)."""
     config_path = Path(args.config)
+    from proxy.cli.shadow import shadow_usage_error, start_trial
+
+    if problem := shadow_usage_error(args):
+        err(f"analyze: {problem}")
+        return 1
     try:
         config_text = config_path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -141,6 +146,8 @@ async def run_analyze(args: Any, out: Callable[[str], None], err: Callable[[str]
         if not chosen:
             err(f"analyze: no proposal {args.apply} in this analysis ({', '.join(p.id for p in proposals) or 'none'})")
             return 1
+        if getattr(args, "shadow", None) is not None:
+            return await start_trial(args.follow, config_path, chosen[0], args.shadow, out, err)
         try:
             backup = apply_proposal(config_path, chosen[0])
         except ApplyError as exc:

@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
         "breaker and rate-limit refusals, stale answers) with the proposal's own estimate and whether the replay "
         "reproduces it; with --json, as JSON",
     )
+    analyze.add_argument(
+        "--shadow", nargs="?", const=0.0, type=_seconds, metavar="DURATION",
+        help="with --apply and --follow: run the proposal as a shadow trial in that proxy first (for DURATION, default "
+        "its analyzer.shadow.duration); the proxy writes the file only if the trial promotes it",
+    )  # fmt: skip
 
     replay = commands.add_parser(
         "replay",

@@ -24,6 +24,7 @@ __all__ = [
     "PassiveHealthConfig",
     "ReadinessConfig",
     "ReloadConfig",
+    "ShadowConfig",
 ]
 
 
@@ -136,6 +137,29 @@ class AutoApplyConfig(ConfigModel):
         60.0, gt=0, description="After applying, compare the error rate of this long with the one before; worse rolls back."
     )
     min_calls: int = Field(20, ge=1, description="Calls needed in each window for the comparison to count.")
+    shadow: bool = Field(
+        False,
+        description="Run a proposal within bounds as a shadow trial (analyzer.shadow) first, and apply it only when "
+        "the trial promotes it; then verify_after still applies. Off: applied at once, as before.",
+    )
+
+
+MAX_TRIAL_S = 24 * 3600.0
+"""The longest shadow trial: its evidence is the proxy's event ring, which a day of traffic outgrows anyway."""
+
+
+class ShadowConfig(ConfigModel):
+    """Shadow trials: a candidate policy counted next to the live one before it is enforced."""
+
+    duration: Duration = Field(
+        300.0, gt=0, le=MAX_TRIAL_S, description="How long a trial runs when its request names no duration (at most 24h)."
+    )
+    tolerance: float = Field(
+        0.2, ge=0, le=1,
+        description="How far (a share of the errors) the measured cut in client-visible errors may fall short of the "
+        "proposal's estimate and still promote it.",
+    )
+    min_calls: int = Field(20, ge=1, description="Calls a trial must see to reach a verdict; fewer: inconclusive.")
 
 
 class AnalyzerConfig(ConfigModel):
@@ -145,3 +169,4 @@ class AnalyzerConfig(ConfigModel):
     window: Duration = Field(300.0, gt=0, description="Events considered: the last this long.")
     interval: Duration = Field(30.0, gt=0, description="How often the proposals are recomputed.")
     auto_apply: AutoApplyConfig = Field(default_factory=AutoApplyConfig)  # type: ignore[arg-type]
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)  # type: ignore[arg-type]

@@ -333,5 +333,48 @@ class ProposalRolledBack(Event):
     """The error rate since."""
 
 
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialStarted(Event):
+    """A shadow trial began: the proposal's candidate policy is counted next to the live one, never
+    enforced, until `duration_s` passes (``POST /trials``, or auto-apply with ``auto_apply.shadow``)."""
+
+    type: Literal["trial_started"] = "trial_started"
+    trial: str
+    """The trial's id (``GET /trials``, ``DELETE /trials/ID``)."""
+    proposal: str
+    """The proposal's id."""
+    title: str
+    """What it changes, in a line."""
+    changes: list[str]
+    """Each change: where, the key, its value before and after."""
+    duration_s: float
+    """How long the trial runs (s)."""
+    estimate: dict[str, float]
+    """The proposal's own estimate of its effect (its ``effect.numbers``)."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialFinished(Event):
+    """A shadow trial ended with a verdict: ``promoted`` (the change was written to the config file, which
+    the proxy then reloads), ``rejected``, ``inconclusive``, ``stale`` (the file changed meanwhile) or
+    ``aborted`` (``DELETE /trials/ID``, or the proxy stopped); only a promotion writes anything."""
+
+    type: Literal["trial_finished"] = "trial_finished"
+    trial: str
+    """The trial's id."""
+    proposal: str
+    """The proposal's id."""
+    verdict: Literal["promoted", "rejected", "inconclusive", "stale", "aborted"]
+    """What the trial decided."""
+    reason: str
+    """Why, in words, with the figures it compared."""
+    measured: dict[str, float]
+    """What the evaluator counted over the trial (``calls``, ``errors_before``, ``errors_after``, ...)."""
+    estimate: dict[str, float]
+    """The proposal's own estimate of its effect."""
+
+
 EVENT_TYPES: Final = tuple(KINDS)
 """Every kind, in the order v1 has always listed them."""
