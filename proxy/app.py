@@ -147,7 +147,7 @@ class ProxyServer:
             # code a proxy that does not run it never needs in memory.
             from proxy.analyzer.embedded import EmbeddedAnalyzer
 
-            self.analyzer = EmbeddedAnalyzer(config_path, config.analyzer, self.bus, self.events)
+            self.analyzer = EmbeddedAnalyzer(config_path, config.analyzer, self.bus, self.events, self.trial_manager())
 
     def _log_event(self, event: dict[str, Any]) -> None:
         """Bus listener: an event as a log line, while the logging level admits it (`_events_as_lines`)."""

@@ -33,7 +33,7 @@ from proxy.events.bus import EventBus
 from proxy.redact import Budget, redact
 from proxy.tasks import Owner, cancel_and_wait, spawn
 
-__all__ = ["Announcer", "EmbeddedAnalyzer", "within_bounds"]
+__all__ = ["Announcer", "EmbeddedAnalyzer", "Trials", "within_bounds"]
 
 
 class Announcer(Protocol):
@@ -41,6 +41,19 @@ class Announcer(Protocol):
     reads events without importing the recorder, which adapts the request pipeline."""
 
     def policy_event(self, kind: str, about: None, **fields: Any) -> None: ...
+
+
+class Trials(Protocol):
+    """Shadow trials (`proxy.trials.shadow.TrialManager`), handed in by the app: the analyzer never imports them.
+    `trial` raises `ApplyError` when the proposal cannot be tried; `outcome` is None while the trial runs."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def trial(self, proposal: Proposal) -> str: ...
+
+    def outcome(self, trial_id: str) -> tuple[str, Path | None] | None: ...
+
 
 log = structlog.get_logger("proxy.analyzer")
 
@@ -102,7 +115,9 @@ class _Verification:
 class EmbeddedAnalyzer:
     """Owns the analysis loop of a proxy started from a config file."""
 
-    def __init__(self, path: Path, config: AnalyzerConfig, bus: EventBus, recorder: Announcer) -> None:
+    def __init__(
+        self, path: Path, config: AnalyzerConfig, bus: EventBus, recorder: Announcer, trials: Trials | None = None
+    ) -> None:
         self.path = path
         self.config = config
         self._bus = bus
@@ -114,6 +129,8 @@ class EmbeddedAnalyzer:
         self._verifying: _Verification | None = None
         self._tasks: Owner = set()
         self._applied: set[str] = set()
+        self.trials = trials
+        self._trial: tuple[str, Proposal] | None = None
 
     def start(self) -> None:
         spawn(self._run(), name="embedded-analyzer", owner=self._tasks)
@@ -168,14 +185,40 @@ class EmbeddedAnalyzer:
         if self._verifying is not None:
             self._verify(now)
             return
+        if self._trial is not None:
+            self._await_trial(now)
+            return
         for proposal in self.proposals:
             if proposal.id not in self._applied and within_bounds(proposal, self.config):
-                self._auto_apply(proposal, now)
+                if self.config.auto_apply.shadow and self.trials is not None:
+                    self._start_trial(proposal)
+                else:
+                    self._auto_apply(proposal, now)
                 return
 
+    def _start_trial(self, proposal: Proposal) -> None:
+        """Try `proposal` in shadow first (``auto_apply.shadow``); a promotion writes it, then it is verified."""
+        assert self.trials is not None
+        if self.trials.busy:
+            return  # an operator's trial runs: this one waits for a later step
+        self._applied.add(proposal.id)
+        try:
+            self._trial = (self.trials.trial(proposal), proposal)
+        except ApplyError as exc:
+            log.warning("auto_apply_refused", proposal=proposal.id, reason=str(exc))
+
+    def _await_trial(self, now: float) -> None:
+        assert self._trial is not None and self.trials is not None
+        trial_id, proposal = self._trial
+        result = self.trials.outcome(trial_id)
+        if result is None:
+            return
+        self._trial = None
+        verdict, backup = result
+        if verdict == "promoted" and backup is not None:
+            self._verify_from(proposal, backup, now)
+
     def _auto_apply(self, proposal: Proposal, now: float) -> None:
-        span = self.config.auto_apply.verify_after
-        rate, calls = error_rate(list(self._bus.recent()), now - span, now)
         try:
             backup = apply_proposal(self.path, proposal)
         except ApplyError as exc:
@@ -183,6 +226,12 @@ class EmbeddedAnalyzer:
             self._applied.add(proposal.id)
             return
         self._applied.add(proposal.id)
+        self._verify_from(proposal, backup, now)
+
+    def _verify_from(self, proposal: Proposal, backup: Path, now: float) -> None:
+        """`proposal` was just written (`backup` holds the file before): verify it over the next `verify_after`."""
+        span = self.config.auto_apply.verify_after
+        rate, calls = error_rate(list(self._bus.recent()), now - span, now)
         self._verifying = _Verification(proposal, backup, now, rate, calls, _digest(self.path))
         self._recorder.policy_event("proposal_applied", None, proposal=proposal.id, title=proposal.title, error_rate_before=round(rate, 4))
 

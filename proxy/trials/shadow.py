@@ -57,7 +57,7 @@ from proxy.events.bus import EventBus
 from proxy.policies.base import Observer
 from proxy.redact import Budget, redact, redact_text
 from proxy.tasks import Owner, cancel_and_wait, spawn
-from proxy.trials.observed import ObservedEvaluator
+from proxy.trials.replayed import ReplayEvaluator
 
 __all__ = [
     "FINISHED_KEPT",
@@ -310,7 +310,7 @@ class TrialManager:
         config: ShadowConfig,
         bus: EventBus,
         announcer: Observer,
-        factory: EvaluatorFactory = ObservedEvaluator,
+        factory: EvaluatorFactory = ReplayEvaluator,
         *,
         clock: Callable[[], float] = time.time,
         flush: Callable[[], object] = lambda: None,

@@ -105,10 +105,11 @@ def test_a_change_whose_measured_effect_matches_its_estimate_is_promoted_and_wri
     manager.step()
     event = finished(bus)
     assert (event["verdict"], event["trial"]) == ("promoted", trial_id)
-    assert event["measured"] == {
-        "calls": 50.0, "errors_before": 25.0, "errors_after": 0.0, "rescued": 25.0, "broken": 0.0, "unmodelled": 0.0,
-        "timeouts_observed": 25.0, "dropped_events": 0.0,
+    measured = event["measured"]
+    assert {k: measured[k] for k in ("calls", "errors_before", "errors_after", "unmodelled", "dropped_events")} == {
+        "calls": 50.0, "errors_before": 25.0, "errors_after": 0.0, "unmodelled": 0.0, "dropped_events": 0.0,
     }  # fmt: skip
+    assert (measured["timeouts_before"], measured["timeouts_after"], measured["succeeded_after"]) == (25.0, 0.0, 50.0)
     assert "cut 25 of 25 errors (100%); estimated 100%" in event["reason"]
     assert path.read_text() == edit_text(original, proposal.changes)
     verdict, backup = manager.outcome(trial_id)  # type: ignore[misc]
@@ -145,7 +146,7 @@ def test_a_change_that_would_have_made_errors_worse_is_rejected(setup: Any, tmp_
     manager.step()
     event = finished(bus)
     # 20 reads took over 50 ms (the buckets above 50 and 100): under the candidate they would have failed.
-    assert (event["verdict"], event["measured"]["broken"], event["measured"]["errors_after"]) == ("rejected", 20.0, 20.0)
+    assert (event["verdict"], event["measured"]["succeeded_after"], event["measured"]["errors_after"]) == ("rejected", 10.0, 20.0)
     assert event["reason"] == "it would have made client-visible errors worse: 0 -> 20 of 30 calls"
     assert path.read_text() == original
 
@@ -256,10 +257,10 @@ def test_a_change_carved_out_of_a_glob_rule_is_derived_again_from_its_json(setup
     assert rule["cache"] == {"mode": "fallback"} and rule["timeouts"]["per_try"] == "2s"
 
 
-def test_a_change_the_fallback_evaluator_cannot_model_is_inconclusive(setup: Any) -> None:
+def test_a_change_the_simulator_cannot_model_is_inconclusive(setup: Any) -> None:
+    """An application breaker is not simulated (`proxy.trials.replayed.unmodelled`): no verdict is guessed."""
     manager, bus, path, clock = setup
-    path.write_text(config_text(max_attempts=2))
-    manager.trial(proposal_for(path.read_text(), key="retry.max_attempts", value=3, numbers={"exhausted": 20, "would_succeed": 10}))
+    manager.trial(proposal_for(path.read_text(), key="app_breaker.failure_threshold", value=5, numbers={"errors_before": 25, "errors_after": 0}))
     reads(bus, failed=25, observed_ms=None, ok=25)
     clock.now = START + DURATION
     manager.step()

@@ -2,7 +2,7 @@
 it), traffic through the fault upstream, the verdict, the promoted file, and the hot reload of it.
 
 The upstream answers reads in 300 ms; the file allows 200 ms, the candidate 2 s. The proxy watches the
-timed-out reads (``events.observe_timeouts``) and records when they answered, so the fallback evaluator
+timed-out reads (``events.observe_timeouts``) and records when they answered, so the trial's replay
 finds every one of them rescued: an observation past 2 s would take a machine 1.7 s slower than the delay.
 The trial's clock is frozen at its start until the test has its traffic in (a trial counts what happens
 in its span, and how much a loaded machine fits in one second is not what this test is about); then it
