@@ -1,6 +1,6 @@
 """The scenario suite's fixture: a `Stage` factory (fault upstream, proxy process, HTTP client), and its marker.
 
-Every test here is marked ``scenario`` (``-m "not scenario"`` leaves the suite out, ``-m scenario`` runs
+Every test here is marked ``scenario`` (the test modules' ``pytestmark``) (``-m "not scenario"`` leaves the suite out, ``-m scenario`` runs
 it alone); the README's ``python -m pytest -q`` runs it with everything else.
 """
 
@@ -19,13 +19,6 @@ from tests.scenarios.harness import Stage
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scenario: a live fault scenario (tests/scenarios): proxy process, analyzer CLI, apply")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.scenario)
 
 
 @pytest.fixture

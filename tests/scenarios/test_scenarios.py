@@ -15,20 +15,20 @@ about 2x away from the limits they are compared with, so machine speed decides n
 
 | scenario | fault | expected proposal (keys: values) | client errors before -> after |
 |---|---|---|---|
-| slow (tool, listing) | `lookup` / `resources/list` answers in 420 ms, per_try 200ms, breaker on (reset 2s; it counts the listing's timeouts, not the tool's) | `timeouts` only (never `cache_fallback`): rule {tool: lookup} / {method: resources/list} `timeouts.per_try: 200ms -> 750ms`; every timeout observed, all would complete | 10 -> 0 |
-| flaky | every 4th read fails its first 2 tries (503), every 4th+1 its first; max_attempts 2 | `retries_more` only: `retry.max_attempts: 2 -> 3`; evidence 20 exhausted | 20 -> 0 |
-| rate-limited | upstream token bucket 5/s, burst 10, 429 + Retry-After beyond; 60 reads at 20/s, no retries | `rate_limit` only: `rate_limit.rate` / `per` in [2.5, 5]/s, `key: upstream` | >= 20 upstream 429s -> 0 upstream 429s (the excess refused by the proxy itself, `rate_limited` with retryAfter) |
-| flapping | 4 bursts of exactly 5 upstream 503s, each followed by healthy calls | `breaker_flaps` only: `breaker.failure_threshold: 5 -> 10`; evidence 4 opens, 0 failed trials | 24 -> 4 |
-| outage, cache | reads cached (fallback, ttl 1s, max_stale 2s), outage of 4 s at 20 reads/s | `cache_max_stale` only: `cache.max_stale: 2s -> 4s` | >= 20 -> 0 |
-| outage, no cache | 5 params read fine, then every read fails (503) | `cache_fallback` only: rule {method: resources/read} `cache.mode: fallback`; evidence 25 failed, 5 distinct params | 25 -> 0 |
-| non-idempotent timeouts | `create_ticket` answers in 420 ms, per_try 200ms, breaker off | `timeouts` only, no `retry.*` key: rule {tool: create_ticket} `timeouts.per_try: 200ms -> 750ms` | 20 -> 0, exactly 1 upstream execution per call |
-| one tool fails (server) | `create_ticket` answers 503, `lookup` and reads healthy; shared breaker (reset 1s) | `breaker_per_tool` only (nothing upstream-wide): rule {tool: create_ticket} `breaker.scope: upstream -> tool` | healthy calls 16 -> 0 (create_ticket 20 -> 20) |
-| one tool fails (application) | `create_ticket` answers JSON-RPC -32603, `lookup` isError | nothing (DESIGN §3: the application's own answers) | 15 -> (nothing to apply) |
-| healthy, noisy | 0-20 ms jitter, 1 lookup in 17 isError, 1 read in 23 fails its first try | nothing | 0 |
-| untrusted annotations | `lookup` (readOnlyHint in tools/list) fails 1 try in 4, trust_annotations false | rule {tool: lookup} `idempotent: true`, the declaration as evidence | 10 -> 0 |
+| slow (tool, listing) | `lookup` / `resources/list` answers in 420 ms, per_try 200ms, default breaker (reset 2s; it counts the listing's timeouts, not the tool's) | `timeouts` only, never `cache_fallback`: `timeouts.per_try: 200ms -> 750ms` for that call; every timeout observed and would complete | 10 -> 0 |
+| flaky | every 4th read fails its first 2 tries (503), the next its first; max_attempts 2 | `retries_more` only: `retry.max_attempts: 2 -> 3`; 20 exhausted | 20 -> 0 |
+| rate-limited | upstream bucket 5/s (burst 10), 429 + Retry-After beyond; 60 reads at 20/s, no retries | `rate_limit` only: 2.5/s <= rate <= 5/s, `key: upstream` | >= 20 upstream 429s -> none (the excess refused by the proxy, `rate_limited` with retryAfter) |
+| flapping | 4 bursts of exactly 5 upstream 503s between healthy calls | `breaker_flaps` only: `breaker.failure_threshold: 5 -> 10`; 4 opens, 0 failed trials | 24 -> 4 |
+| outage with a cache | fallback cache (ttl 1s, max_stale 2s), 4 s outage at 20 reads/s | `cache_max_stale` only: `cache.max_stale: 2s -> 4s` | >= 20 -> 0 |
+| outage without a cache | 5 params read fine, then every read fails (503) | `cache_fallback` only: `cache.mode: fallback` for `resources/read`; 25 failed, 5 distinct params | 25 -> 0 |
+| non-idempotent timeouts | `create_ticket` answers in 420 ms, per_try 200ms, breaker off | `timeouts` only, no `retry.*`: `timeouts.per_try: 200ms -> 750ms` for that tool | 20 -> 0, one upstream execution per call |
+| one tool fails (server) | `create_ticket` answers 503, the rest healthy, shared breaker | `breaker_per_tool` only (nothing upstream-wide): `breaker.scope: upstream -> tool` for that tool | healthy calls 16 -> 0 |
+| one tool fails (application) | JSON-RPC -32603 from one tool, `isError` from another | nothing (their own answers, DESIGN §3) | 15 (nothing to apply) |
+| healthy, noisy | 0-20 ms jitter, 1 lookup in 17 `isError`, 1 read in 23 fails its first try | nothing | 0 |
+| untrusted annotations | `lookup` (readOnlyHint in tools/list) fails 1 try in 4, `trust_annotations: false` | `idempotent: true` for that tool, the declaration as evidence | 10 -> 0 |
 
-Several of these fail against the analyzer of their day: they state what the analyzer must decide,
-not what it did (docs/testing.md lists which, and why).
+Several of these failed against the analyzer of their day: they state what the analyzer must decide,
+not what it did (docs/testing.md, "The fault scenarios", says which).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from tests.scenarios.harness import (
     rules_of,
     ticket,
 )
+
+pytestmark = pytest.mark.scenario
 
 StageFactory = Callable[[dict[str, Any]], Awaitable[Stage]]
 LIST_TOOLS = Call("tools/list")
