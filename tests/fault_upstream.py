@@ -5,13 +5,28 @@ answer `tools/list`, `tools/call` and any read method, and it can be told, per m
 to misbehave: delay, fail N times then succeed, answer any status (429 with Retry-After), drop the
 connection before or after the headers, break an SSE stream midway, hang, hold its answer until the
 test opens a gate, answer a JSON-RPC error or an `isError` tool result. Every request it receives is counted and recorded (method, tool, headers).
+
+For the live scenarios (`tests/scenarios/`) a fault can also be decided per request rather than per
+count, always deterministically:
+
+* ``failing_tries``: a function of the JSON-RPC id giving how many first tries of *that* request
+  misbehave (the proxy resends a retried request with the same id), so "every fourth call fails its
+  first two tries" is exact whatever the timing;
+* ``rate`` / ``burst``: a token bucket (``burst`` tokens, refilled at ``rate`` per second, full at
+  start); a request finding it empty is answered 429 with ``Retry-After`` (the seconds until the next
+  token, rounded up) and counted in ``limited``, the others pass the bucket and get the rest of the fault;
+* ``jitter`` with ``seed``: an extra delay drawn uniformly from [0, jitter] by a seeded generator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +53,54 @@ class Fault:
     sse_end_after: int | None = None  # with sse: events sent before the stream ends cleanly, unanswered
     asks_client: bool = False  # with sse: first send the client a request (roots/list), then wait for good
     gate: asyncio.Event | None = None  # held until the test sets it: before answering, or with asks_client before the response
+    failing_tries: Callable[[Any], int] | None = None  # JSON-RPC id -> how many first tries of that request misbehave
+    rate: float | None = None  # token bucket: tokens per second (None: no bucket)
+    burst: int = 1  # with rate: the bucket's size (full at start)
+    jitter: float = 0.0  # extra delay, uniform in [0, jitter] seconds, from a generator seeded with `seed`
+    seed: int = 0
     seen: int = 0
+    limited: int = 0
+    """With rate: requests the bucket refused (answered 429)."""
+    passed: int = 0
+    """With rate: requests the bucket let through."""
+    tries: Counter[str] = field(default_factory=Counter)
+    """With failing_tries: requests seen per JSON-RPC id (as JSON)."""
+    _tokens: float | None = None
+    _refilled: float = 0.0
+    _rng: random.Random | None = None
 
     def active(self) -> bool:
         return self.times is None or self.seen < self.times
+
+    def applies_to(self, request_id: Any) -> bool:
+        """Whether this request misbehaves: by count (`times`), or by its own try number (`failing_tries`)."""
+        if self.failing_tries is None:
+            return self.active()
+        key = json.dumps(request_id)
+        self.tries[key] += 1
+        return self.tries[key] <= self.failing_tries(request_id)
+
+    def take_token(self) -> float | None:
+        """With a bucket: None when a token was taken, else the seconds until the next one."""
+        assert self.rate is not None
+        now = time.monotonic()
+        if self._tokens is None:
+            self._tokens, self._refilled = float(self.burst), now
+        self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self.passed += 1
+            return None
+        self.limited += 1
+        return (1.0 - self._tokens) / self.rate
+
+    def extra_delay(self) -> float:
+        if not self.jitter:
+            return 0.0
+        if self._rng is None:
+            self._rng = random.Random(self.seed)
+        return self._rng.uniform(0.0, self.jitter)
 
 
 @dataclass(frozen=True)
@@ -123,7 +182,14 @@ class FaultUpstream:
         if "id" not in body or "method" not in body:  # a notification, or the client's answer to the server
             return web.Response(status=202)
         fault = self.faults.get(key) or self.faults.get(method)
-        if fault is None or not fault.active():
+        if fault is not None and fault.rate is not None:
+            wait = fault.take_token()
+            if wait is not None:
+                headers = {"Retry-After": fault.retry_after or str(max(1, math.ceil(wait)))}
+                return web.Response(status=429, text="upstream says slow down", headers=headers)
+        if fault is not None and fault.jitter:
+            await asyncio.sleep(fault.extra_delay())
+        if fault is None or not fault.applies_to(body["id"]):
             return await self._answer(request, body, tool, None)
         fault.seen += 1
         return await self._answer(request, body, tool, fault)
