@@ -9,12 +9,21 @@ answer is then paced by `stream_idle` instead. What it reads of the try is the t
 deadline, and what the transport reported (`written`, `queued`, `waited`).
 
 **Timeout observation.** A timeout says only that an answer was late, not by how much, and that is
-what a better limit must be chosen from. So after a timeout of an *idempotent* call (a read, or a tool
-known to be safe to repeat) the attempt is not cancelled at once: it runs on in the background for up
-to `observe` seconds, its answer is never delivered, and a ``timeout_observed`` event records when it
-would have arrived; it holds the timed-out `Attempt`, so the event names that try even once the retry
-stage has made the next one. Non-idempotent attempts are cancelled at once, as are observations beyond
-`MAX_OBSERVATIONS` at a time, so a failing upstream never piles up work.
+what a better limit must be chosen from. So after a timeout of an attempt whose request was written
+the attempt is not cancelled at once: it runs on in the background for up to `observe` seconds, its
+answer is never delivered, and a ``timeout_observed`` event records when it would have arrived; it
+holds the timed-out `Attempt`, so the event names that try even once the retry stage has made the next
+one. This holds whatever the call's idempotency. A write (a tool not known to be safe to repeat) that
+timed out is executing upstream anyway: letting it finish costs the upstream nothing more, and it is the
+only way to learn how long the write really takes, which is what a better limit for it is chosen from;
+cancelling it mid-flight may even leave it half done. Its answer is thrown away all the same, and the
+call is not retried because of it (the retry stage never retries a timeout of a non-idempotent call):
+the client gets the timeout, and the upstream executed the write exactly once. Observations beyond
+`MAX_OBSERVATIONS` at a time are cancelled at once, so a failing upstream never piles up work.
+
+With observation on, every attempt therefore runs as a task of its own (only a task can go on running
+once its caller has been answered); with it off (`observe` 0) the attempt runs in the call's task and
+its limit cancels it there.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ _attempts: Owner = set()  # attempts raced against their time (awaited by their 
 
 
 class TimeoutStage:
-    """Bounds one attempt; optionally observes how late a timed-out idempotent answer really was."""
+    """Bounds one attempt; optionally observes how late a timed-out answer really was."""
 
     __slots__ = ("_clock", "_deadlines", "_observe", "_observer")
 
@@ -57,7 +66,7 @@ class TimeoutStage:
             if left <= 0:
                 raise UpstreamTimeout("the call's deadline passed before this attempt", upstream=call.upstream)
             limit = min(limit, left)
-        if self._observe > 0 and call.idempotent:
+        if self._observe > 0:
             return await self._observed(attempt, next, limit)
         task = asyncio.current_task()
         assert task is not None

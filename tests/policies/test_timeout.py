@@ -7,10 +7,14 @@ import asyncio
 import pytest
 
 from proxy.errors import UpstreamTimeout
+from proxy.events.bus import EventBus
+from proxy.events.recorder import EventRecorder
 from proxy.policies.failures import Failure, classify_error
 from proxy.pipeline import build_pipeline
 from proxy.policies.breaker import BreakerStage
 from proxy.policies.base import Attempt, Reply
+from proxy.policies import timeout as timeout_module
+from proxy.policies.retry import RetryStage
 from proxy.policies.timeout import TimeoutStage
 from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, tool_call, upstream_config
 
@@ -78,3 +82,42 @@ async def test_a_timeout_after_waiting_for_a_pooled_connection_is_excused() -> N
             await pipeline(make_call(LIST, CONFIG))
         assert classify_error(timed_out.value).excused
     assert [b.state for b in breaker.breakers] == ["closed"]
+
+
+async def test_a_timed_out_write_is_observed_but_executed_once_and_never_delivered() -> None:
+    """A non-idempotent attempt that timed out after it was written runs on in the background, as a read
+    does: the client hears the timeout at once, the call is not retried, and the write's real length is
+    recorded when it ends upstream."""
+    bus = EventBus()
+    recorder = EventRecorder(bus)
+    upstream = hanging()
+    config = upstream_config(timeouts={"per_try": "10ms"}, retry={"max_attempts": 3})
+    stages = {"retry": RetryStage(FakeClock(), recorder), "timeout": TimeoutStage(FakeClock(), recorder, observe=3600.0)}
+    call = make_call(tool_call("create_ticket"), config)
+    assert not call.idempotent
+    with pytest.raises(UpstreamTimeout):
+        await build_pipeline(upstream, stages)(call)
+    assert upstream.attempts == 1
+    assert [(e["type"], e["observing"], e["idempotent"]) for e in bus.recent()] == [("timeout", True, False)]
+    watchers = list(timeout_module._observing)
+    assert len(watchers) == 1
+    assert upstream.gate is not None
+    upstream.gate.set()  # the write finishes upstream, long after the client heard the timeout
+    await asyncio.gather(*watchers)
+    timed_out, observed = bus.recent()
+    assert (observed["type"], observed["call_id"], observed["attempt"], observed["idempotent"]) == ("timeout_observed", call.call_id, 1, False)
+    assert observed["limit_ms"] == timed_out["limit_ms"] == 10.0
+    assert observed["observed_ms"] >= 10.0 and "waited_ms" not in observed  # it answered, after its limit
+    assert upstream.attempts == 1
+
+
+async def test_without_observation_a_timed_out_write_is_cancelled_at_once() -> None:
+    bus = EventBus()
+    recorder = EventRecorder(bus)
+    upstream = hanging()
+    config = upstream_config(timeouts={"per_try": "10ms"}, retry={"max_attempts": 3})
+    stages = {"retry": RetryStage(FakeClock(), recorder), "timeout": TimeoutStage(FakeClock(), recorder, observe=0.0)}
+    with pytest.raises(UpstreamTimeout):
+        await build_pipeline(upstream, stages)(make_call(tool_call("create_ticket"), config))
+    assert upstream.attempts == 1 and not timeout_module._observing
+    assert [(e["type"], e["observing"]) for e in bus.recent()] == [("timeout", False)]
