@@ -2,7 +2,8 @@
 
 An event is a frozen dataclass (`proxy.events.types` has one per kind) and leaves the proxy as the
 JSON object `Event.as_record` makes: the envelope's fields in a fixed order, then the kind's own, then
-(for events about a call) `idempotent` and `params_hash` or `params` (when serving, the recorder
+(for events about a call) `idempotent`, the tool's declared `read_only_hint` and `idempotent_hint`
+(each only when declared) and `params_hash` or `params` (when serving, the recorder
 writes that record without making the instance: `proxy.events.build.checked_record`). The bus adds
 `id` and `ts` (`Stamp`).
 
@@ -163,7 +164,15 @@ class CallEvent(Event):
     attempt: int
     policy: str
     idempotent: bool
-    """Whether the call may be sent twice (its method, or the tool's annotations, say so)."""
+    """Whether the proxy believes the call may be sent twice (the policy, its method, or the tool's
+    annotations of an upstream trusted for them, say so)."""
+    read_only_hint: bool | Absent = ABSENT
+    """A tools/call's ``readOnlyHint`` as the upstream declared it in its latest listing of the tool
+    (whether or not `trust_annotations` lets the proxy believe it: independent of `idempotent`); only
+    when it declared one."""
+    idempotent_hint: bool | Absent = ABSENT
+    """A tools/call's ``idempotentHint`` as the upstream declared it, like `read_only_hint`; only when it
+    declared one."""
     params_hash: str | Absent = ABSENT
     """A hash of the call's params (without `_meta`): calls with the same params share it. Present
     unless `params` is."""
@@ -178,7 +187,7 @@ _READERS: dict[type[Event], tuple[tuple[str, ...], operator.attrgetter[tuple[Any
 def _reader(cls: type[Event]) -> tuple[tuple[str, ...], operator.attrgetter[tuple[Any, ...]], tuple[str, ...]]:
     """(the record's keys in order, a reader of their values, the keys that may be `ABSENT`) for `cls`.
 
-    The order is v1's: the envelope, the kind's own fields, then the call's `idempotent` and params."""
+    The order is v1's: the envelope, the kind's own fields, then the call's `idempotent`, hints and params."""
     reader = _READERS.get(cls)
     if reader is None:
         every = dataclasses.fields(cls)
