@@ -251,7 +251,7 @@ def test_the_exported_event_schema_is_current_and_every_real_event_fits(tmp_path
     late = {"kind": "timeout", "http_status": None, "jsonrpc_code": None, "message": "late"}
     recorder.policy_event("retry", call, failure="timeout", delay_ms=12.5, error=late)
     recorder.policy_event("timeout", call, limit_ms=100.0, observing=True)
-    recorder.policy_event("breaker_state", None, upstream="up", breaker="up", old="closed", new="open", cause="5 consecutive failures", last_failure="timeout: late")
+    recorder.policy_event("breaker_state", None, upstream="up", breaker="up", old="closed", new="open", cause="5 consecutive failures", last_failure="timeout: late", last_failure_kind="timeout")
     recorder.call_failed(call, {"kind": "timeout", "http_status": None, "jsonrpc_code": -32051, "message": "late"}, 3.0, reason="upstream_timeout", http_status=504, client="addr:x")
     recorder.call_finished(call, "ok", 4.0)
     recorder.flush_summaries()

@@ -199,6 +199,10 @@ class BreakerState(Event):
     """What opened it (when it opened): the threshold that tripped."""
     last_failure: str | None
     """The failure that tripped it (when it opened)."""
+    last_failure_kind: str | None | Absent = ABSENT
+    """The kind of the last failure it counted (the `error.kind` vocabulary: ``timeout``, ``http_5xx``,
+    ``connect_error``, ...) when it opened; null otherwise. Always written by this proxy; absent from
+    recordings made before it was added."""
 
 
 @_kind
