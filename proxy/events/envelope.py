@@ -14,6 +14,12 @@ A field whose default is `ABSENT` is left out of the record when not given (``wa
 timed-out attempt never finished), unlike None, which is written as null: the record says exactly
 what the emitter said.
 
+**Growing v1.** Consumers ignore fields they do not know, so v1 grows by adding fields, never by
+removing, renaming or retyping one, nor by changing what a field means (that would be a v2). A field
+added after v1's first release has the default `ABSENT`: the schema then does not require it, so
+recordings made before it still validate, and readers must treat it as optional, even where today's
+proxy always writes it (a breaker's `last_failure_kind`, a summary's `ok_timeline`).
+
 This module imports nothing of ours: consumers (the analyzer, the schema) read events without the proxy.
 """
 
@@ -35,6 +41,7 @@ __all__ = [
     "OVERFLOW",
     "SCHEMA_VERSION",
     "SIGNATURE_PATTERN",
+    "TIMELINE_SLOTS",
     "Absent",
     "CallEvent",
     "ErrorDetail",
@@ -59,6 +66,8 @@ LATENCY_BUCKETS_MS: Final = (
     10000, 15000, 20000, 30000, 60000, 120000,
 )  # fmt: skip
 """Upper bounds of the call_ok latency histogram (ms); the last bucket is everything above."""
+TIMELINE_SLOTS: Final = 60
+"""Most slots of a call_ok summary's `ok_timeline`: a window longer than this many seconds has longer slots."""
 OVERFLOW: Final = "_other"
 """The name summaries of unlisted (or too many) names fold into; the same as metrics' overflow label."""
 
