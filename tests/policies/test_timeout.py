@@ -16,7 +16,7 @@ from proxy.policies.base import Attempt, Reply
 from proxy.policies import timeout as timeout_module
 from proxy.policies.retry import RetryStage
 from proxy.policies.timeout import TimeoutStage
-from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, tool_call, upstream_config
+from tests.fakes import FakeClock, FakeUpstream, first, make_call, reply_ok, tool_call, upstream_config
 
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
 READ = b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"big://file"}}'
@@ -121,3 +121,30 @@ async def test_without_observation_a_timed_out_write_is_cancelled_at_once() -> N
         await build_pipeline(upstream, stages)(make_call(tool_call("create_ticket"), config))
     assert upstream.attempts == 1 and not timeout_module._observing
     assert [(e["type"], e["observing"]) for e in bus.recent()] == [("timeout", False)]
+
+
+async def test_an_attempt_handler_returning_a_plain_awaitable_is_raced_too() -> None:
+    """The stages and the transport return coroutines, which the attempt's task runs as they are; any
+    other awaitable is wrapped into one."""
+    answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def handler(attempt: Attempt) -> asyncio.Future[Reply]:
+        attempt.written = True
+        answered.get_loop().call_soon(answered.set_result, reply_ok())
+        return answered
+
+    stage = TimeoutStage(FakeClock(), observe=3600.0)
+    reply = await stage(first(make_call(LIST, CONFIG)), handler)
+    assert reply.status == 200 and not timeout_module._observing
+
+    never: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def hangs(attempt: Attempt) -> asyncio.Future[Reply]:
+        attempt.written = True
+        return never
+
+    with pytest.raises(UpstreamTimeout):
+        await stage(first(make_call(LIST, CONFIG)), hangs)
+    (watcher,) = timeout_module._observing
+    never.set_result(reply_ok())
+    await watcher
