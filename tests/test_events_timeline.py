@@ -8,10 +8,14 @@ from typing import Any
 import jsonschema
 import pytest
 
+from proxy.app import running_proxy
 from proxy.events.bus import EventBus
 from proxy.events.recorder import TIMELINE_SLOTS, EventRecorder, timeline_slot
 from proxy.events.schema import event_schema
+from tests.conftest import proxy_config
 from tests.fakes import make_call, tool_call
+from tests.fault_upstream import FaultUpstream
+from tests.test_events import post
 
 START = 1_700_000_000.0
 SCHEMA = jsonschema.Draft202012Validator(event_schema())
@@ -146,3 +150,15 @@ def test_a_clock_set_back_counts_in_the_first_slot() -> None:
     wall.now = START + 10.0
     (summary,) = summaries(events, 10.0)
     assert summary["ok_timeline"] == [2] + [0] * 9
+
+
+@pytest.mark.xfail(
+    strict=True, reason="proxy/app.py does not hand events.summary_interval to the recorder yet (a 2-line patch, asked for)"
+)
+async def test_the_proxy_tells_the_recorder_its_summary_interval(upstream: FaultUpstream) -> None:
+    """Slots follow the configured interval: a 2-minute window has 2-second slots."""
+    async with running_proxy(proxy_config(upstream.url, events={"summary_interval": "2m"})) as proxy:
+        assert await post(proxy.url + "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}) == 200
+        proxy.events.flush_summaries()  # a window cut short: one slot, of the configured length
+        (summary,) = [e for e in proxy.bus.recent() if e["type"] == "call_ok"]
+    assert (summary["timeline_slot_s"], summary["ok_timeline"]) == (2.0, [1])
