@@ -24,15 +24,15 @@ the client gets the timeout, and the upstream executed the write exactly once. O
 With observation on, every attempt therefore runs as a task of its own (only a task can go on running
 once its caller has been answered), raced against its limit in the stage's `DeadlineClock` (`_Race`);
 with it off (`observe` 0) the attempt runs in the call's task and its limit cancels it there. The task
-is the price of the evidence: about 45k instructions of a JSON tools/call's 668k through the proxy
-(measured with ``python -m tests.perf --instructions``; the `asyncio.wait` it replaced cost 66k).
+is the price of the evidence: about 37k instructions of a JSON tools/call's 660k through the proxy
+(``python -m tests.perf --instructions``; with `asyncio.wait` as the race it cost 66k). Creating a task
+is most of it; the race itself is a future the attempt's task settles directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import types
 from collections.abc import Awaitable
 from typing import Final
 
@@ -94,27 +94,25 @@ class TimeoutStage:
         self._observer.policy_event("timeout", attempt, limit_ms=round(limit * 1000, 3), observing=observing)
 
     async def _observed(self, attempt: Attempt, next: AttemptHandler, limit: float) -> Reply:
-        """The attempt as a task of its own, raced against its limit by a `_Race` in the stage's deadlines
-        (no timer per attempt, as `asyncio.wait` with a timeout made); once timed out after its request
-        was written, it runs on under a watcher (`_watch`) and the caller gets the timeout."""
+        """The attempt as a task of its own, raced against its limit (a `_Race` in the stage's deadlines: no
+        timer per attempt, as `asyncio.wait` with a timeout made); once timed out after its request was
+        written, it runs on under a watcher (`_watch`) and the caller gets the timeout."""
         started = time.monotonic()
-        work = next(attempt)  # a coroutine (every stage's and the transport's is): the task runs it as it is
-        running: asyncio.Task[Reply] = spawn(
-            work if isinstance(work, types.CoroutineType) else _awaited(work), name="attempt", owner=_attempts, awaited=True
-        )
-        race = _Race(running)
+        race = _Race(asyncio.get_running_loop().create_future())
+        running = spawn(_raced(next(attempt), race.over), name="attempt", owner=_attempts, awaited=True)
         deadlines = self._deadlines
         deadlines.waiting(race, deadlines.now() + limit)
         try:
-            await race.over
+            reply = await race.over
         except asyncio.CancelledError:
             await _abandon(running)
             raise
         finally:
             deadlines.done(race)
-        if running.done():
-            return running.result()
-        running.remove_done_callback(race.finished)
+        if reply is not None:
+            return reply
+        if running.done():  # it ended in the very turn its time ran out: its own outcome stands
+            return _outcome(running)
         if not attempt.written:
             await _abandon(running)
             raise _still_waiting(attempt, limit)
@@ -129,14 +127,14 @@ class TimeoutStage:
             await _abandon(running)
         raise _timeout(attempt, limit)
 
-    async def _watch(self, running: asyncio.Future[Reply], attempt: Attempt, limit: float, started: float) -> None:
+    async def _watch(self, running: asyncio.Future[Reply | None], attempt: Attempt, limit: float, started: float) -> None:
         """Wait (bounded) for a timed-out attempt, record when it finished, and throw its answer away."""
         done, _ = await asyncio.wait({running}, timeout=self._observe)
         observed_ms: float | None = None
         if done and not running.cancelled() and running.exception() is None:
             observed_ms = round((time.monotonic() - started) * 1000, 3)
             reply = running.result()
-            if reply.stream is not None:
+            if reply is not None and reply.stream is not None:
                 await reply.stream.close()
         elif not done:
             await _abandon(running)
@@ -166,38 +164,58 @@ class _Expiry:
 
 
 class _Race:
-    """An attempt running as a task (`running`) against its limit: `over` is done when the attempt ends
-    (`finished`) or its limit passes (`expire`, from the stage's `DeadlineClock`), whichever comes first.
-    Its caller awaits `over`, not the task, so that neither its limit nor its own cancellation cancels
-    the attempt behind its back."""
+    """An attempt's task against its limit: `over` gets the attempt's outcome from the task itself
+    (`_raced`), or None from `expire` (the stage's `DeadlineClock`) when the limit passes first. Its
+    caller awaits `over`, not the task, so that neither the limit nor the caller's own cancellation
+    cancels the attempt behind its back."""
 
     __slots__ = ("over",)
 
-    def __init__(self, running: asyncio.Task[Reply]) -> None:
-        self.over: asyncio.Future[None] = running.get_loop().create_future()
-        running.add_done_callback(self.finished)
+    def __init__(self, over: asyncio.Future[Reply | None]) -> None:
+        self.over = over
 
-    def finished(self, _: object = None) -> None:
+    def expire(self) -> None:
         if not self.over.done():
             self.over.set_result(None)
 
-    expire = finished
+
+async def _raced(work: Awaitable[Reply], over: asyncio.Future[Reply | None]) -> Reply | None:
+    """Run one attempt in its own task and hand its outcome straight to its caller's `over` (a done
+    callback would cost one more turn of the loop per call). Once `over` is settled (the limit passed,
+    or the caller went away), the outcome is the task's own, for the watcher or for `_abandon`."""
+    try:
+        reply = await work
+    except BaseException as exc:
+        if over.done():
+            raise  # timed out or abandoned already: the outcome is the task's own
+        over.set_exception(exc)  # the caller raises it, a cancellation too (the loop closing under it)
+        if isinstance(exc, Exception):
+            return None  # raised by the caller alone: nothing is left unretrieved in the task
+        raise
+    if not over.done():
+        over.set_result(reply)
+    return reply
 
 
-async def _abandon(attempt: asyncio.Future[Reply]) -> None:
+def _outcome(running: asyncio.Task[Reply | None]) -> Reply:
+    """The outcome of an attempt's task that settled its `over` after the limit did: its answer, or its error."""
+    reply = running.result()
+    assert reply is not None  # a task returns None only when it handed its error to a waiting caller
+    return reply
+
+
+async def _abandon(attempt: asyncio.Future[Reply | None]) -> None:
     """Stop an attempt nobody will read. Cancelled in the very turn it finished, it may hold a streamed
     answer: that stream is closed here, or its upstream connection would stay out of the pool."""
     await cancel_and_wait([attempt])
-    if not attempt.cancelled() and attempt.exception() is None and (stream := attempt.result().stream) is not None:
-        await stream.close()
+    if attempt.cancelled() or attempt.exception() is not None:
+        return
+    reply = attempt.result()
+    if reply is not None and reply.stream is not None:
+        await reply.stream.close()
 
 
-async def _awaited(work: Awaitable[Reply]) -> Reply:
-    """An attempt that is an awaitable but no coroutine, as a coroutine a task can run."""
-    return await work
-
-
-def _retrieve(attempt: asyncio.Future[Reply]) -> None:
+def _retrieve(attempt: asyncio.Future[Reply | None]) -> None:
     """Take an abandoned attempt's exception, so asyncio never logs it as "never retrieved" (a traceback
     inside the JSON log) when the pool closes under an observation at shutdown."""
     if not attempt.cancelled():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any
 
 import pytest
 
-from proxy.errors import UpstreamTimeout
+from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.events.bus import EventBus
 from proxy.events.recorder import EventRecorder
 from proxy.policies.failures import Failure, classify_error
@@ -20,6 +22,16 @@ from tests.fakes import FakeClock, FakeUpstream, first, make_call, reply_ok, too
 
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
 READ = b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"big://file"}}'
+
+
+class Events:
+    """The stage's reports, as (kind, fields)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def policy_event(self, kind: str, about: object, **fields: Any) -> None:
+        self.seen.append((kind, fields))
 
 
 def hanging() -> FakeUpstream:
@@ -148,3 +160,37 @@ async def test_an_attempt_handler_returning_a_plain_awaitable_is_raced_too() -> 
     (watcher,) = timeout_module._observing
     never.set_result(reply_ok())
     await watcher
+
+
+async def test_an_observed_attempts_error_reaches_its_caller_and_nothing_is_left_unretrieved() -> None:
+    reported: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+    stage = TimeoutStage(FakeClock(), observe=3600.0)
+    with pytest.raises(UpstreamUnavailable, match="reset"):
+        await stage(first(make_call(LIST, CONFIG)), FakeUpstream(UpstreamUnavailable("reset")))
+    while timeout_module._attempts:  # the attempt's task lets go of its owner a turn later
+        await asyncio.sleep(0)
+    gc.collect()
+    assert reported == [] and not timeout_module._observing
+
+
+@pytest.mark.parametrize("outcome", [reply_ok(), UpstreamUnavailable("reset")], ids=["answer", "error"])
+async def test_an_attempt_that_ends_in_the_turn_its_time_runs_out_keeps_its_outcome(outcome: Reply | Exception) -> None:
+    """The limit and the end in the same turn of the loop: the outcome stands, as it came (no timeout)."""
+    events = Events()
+    stage = TimeoutStage(FakeClock(), events, observe=3600.0)
+
+    async def ends_as_time_runs_out(attempt: Attempt) -> Reply:
+        attempt.written = True
+        (race,) = list(stage._deadlines._waiting)  # this attempt's limit, the stage's only one
+        race.expire()  # type: ignore[attr-defined]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    if isinstance(outcome, Exception):
+        with pytest.raises(UpstreamUnavailable):
+            await stage(first(make_call(LIST, CONFIG)), ends_as_time_runs_out)
+    else:
+        assert (await stage(first(make_call(LIST, CONFIG)), ends_as_time_runs_out)) is outcome
+    assert events.seen == [] and not timeout_module._observing
