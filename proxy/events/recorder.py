@@ -3,8 +3,9 @@
 `EventRecorder` is the `Observer` the policy stages report to, and turns their reports into events
 (`proxy.events.build` makes each record: envelope, bounds, signature); it also aggregates every
 finished call into periodic `call_ok` summaries (counts, outcomes, attempts, a latency histogram and
-a timeline of the successes per upstream/method/tool), so the analyzer sees successes, not only failures. The bus is
-`proxy.events.bus`'s; the names those modules export are re-exported here, where callers found them first.
+a timeline of the successes per upstream/method/tool), so the analyzer sees successes, not only
+failures. The bus is `proxy.events.bus`'s; the names those modules export are re-exported here, where
+callers found them first.
 
 Names come from clients, sizes from clients and upstreams; neither can crowd out or blow up evidence:
 
