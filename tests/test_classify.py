@@ -9,7 +9,9 @@ from hypothesis import given, strategies as st
 from multidict import CIMultiDict
 
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_identity, credential_scope
+from proxy.mcp.annotations import ToolAnnotations
 from proxy.mcp.headers import upstream_headers
+from proxy.mcp.tool_catalog import ToolCatalog, ToolHints
 from proxy.mcp.jsonrpc import parse_message
 from proxy.mcp.eras import Era
 from proxy.policies.base import Call
@@ -143,3 +145,37 @@ def test_the_strongest_credential_alone_names_the_client() -> None:
     assert client_identity({"Authorization": "Bearer b"}, "10.0.0.1", None)[0] != me
     keyed = client_identity({"X-Api-Key": "k", "Cookie": "junk=2"}, "10.0.0.1", None)[0]
     assert keyed == client_identity({"X-Api-Key": "k"}, "10.0.0.1", None)[0] != me
+
+
+class CountingCatalog(ToolCatalog):
+    """A catalog that counts how often classification asks it about a tool."""
+
+    __slots__ = ("asked",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def hints(self, tool: str) -> ToolHints | None:
+        self.asked += 1
+        return super().hints(tool)
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_tools_call_asks_the_catalog_once_and_other_methods_never(trusted: bool) -> None:
+    """The declared hints are looked up once per tools/call, for its idempotency and its events alike."""
+    catalog = CountingCatalog()
+    listing = {"tools": [{"name": "lookup", "annotations": {"readOnlyHint": True}}, {"name": "put"}]}
+    catalog.learn({"jsonrpc": "2.0", "id": 1, "result": listing})
+    route = CallRoute("up", PolicyResolver(upstream_config()), ToolAnnotations(catalog, trusted=trusted))
+
+    def classified(body: bytes) -> Call:
+        return classify(ClientRequest(parse_message(body), body, CIMultiDict(), CIMultiDict(), "127.0.0.1", None, 0.0), route)
+
+    lookup, put = classified(CALL), classified(CALL.replace(b"lookup", b"put"))
+    assert catalog.asked == 2
+    assert (lookup.hints, lookup.idempotent) == (ToolHints(read_only=True), trusted)
+    assert (put.hints, put.idempotent) == (ToolHints(), False)  # listed, nothing declared
+    for body in (b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"x"}}'):
+        assert classified(body).hints is None
+    assert catalog.asked == 2

@@ -32,8 +32,9 @@ EMISSIONS: dict[str, list[tuple[bool, dict[str, Any]]]] = {
     "timeout": [(True, {"limit_ms": 100.0, "observing": True})],
     "timeout_observed": [(True, {"limit_ms": 100.0, "observed_ms": 350.5}), (True, {"limit_ms": 100.0, "observed_ms": None, "waited_ms": 1000.0})],
     "breaker_state": [
-        (False, {"upstream": "up", "breaker": "up/lookup", "old": "closed", "new": "open", "cause": "5 consecutive failures", "last_failure": "timeout: late"}),
-        (False, {"upstream": "up", "breaker": "up", "old": "open", "new": "half-open", "cause": None, "last_failure": None}),
+        (False, {"upstream": "up", "breaker": "up/lookup", "old": "closed", "new": "open", "cause": "5 consecutive failures", "last_failure": "timeout: late", "last_failure_kind": "timeout"}),
+        (False, {"upstream": "up", "breaker": "up", "old": "open", "new": "half-open", "cause": None, "last_failure": None, "last_failure_kind": None}),
+        (False, {"upstream": "up", "breaker": "up", "old": "closed", "new": "open", "cause": "3 consecutive failures", "last_failure": "http_5xx, HTTP 503"}),  # as v1 first wrote it
     ],
     "circuit_open": [(False, {"upstream": "up", "breaker": "up"})],
     "rate_limited": [(True, {"retry_after": 0.25})],

@@ -170,14 +170,28 @@ async def test_a_timeout_of_an_idempotent_call_is_observed(upstream: FaultUpstre
     assert upstream.attempts["resources/read"] == 1
 
 
-async def test_a_non_idempotent_timeout_is_cancelled_not_observed(upstream: FaultUpstream) -> None:
-    upstream.fault("tools/call", "create_ticket", hang=True)
-    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "100ms"}}, events=QUIET)
+async def test_a_timeout_of_a_write_is_observed_and_the_write_runs_once(upstream: FaultUpstream) -> None:
+    """A non-idempotent call that timed out: the client gets the timeout error, the call is not retried
+    (exactly one execution upstream), and the write's real length is observed all the same."""
+    upstream.fault("tools/call", "create_ticket", delay=0.3)
+    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "100ms"}}, events={**QUIET, "observe_timeouts": "1h"})
     async with running_proxy(config) as proxy:
+        assert proxy.runtime.current.config.upstreams[0].retry.max_attempts > 1  # retries are on: none is made
+        started = time.monotonic()
         assert await post(proxy.url + "/mcp", call_tool("create_ticket")) == 504
-        await asyncio.wait_for(upstream.gone.wait(), 5)
+        async with asyncio.timeout(30):
+            while not any(e["type"] == "timeout_observed" for e in await events_of(proxy.admin_url)):
+                await asyncio.sleep(0.02)
+        elapsed_ms = (time.monotonic() - started) * 1000
         events = await events_of(proxy.admin_url)
-    assert [(e["type"], e.get("observing")) for e in events] == [("timeout", False), ("call_failed", None)]
+    assert [(e["type"], e.get("observing"), e["idempotent"]) for e in events] == [
+        ("timeout", True, False), ("call_failed", None, False), ("timeout_observed", None, False)
+    ]
+    failed, observed = events[1], events[2]
+    assert (failed["error"]["kind"], failed["reason"], failed["http_status"]) == ("timeout", "upstream_timeout", 504)
+    assert observed["attempt"] == 1 and observed["limit_ms"] == 100.0
+    assert 300 <= observed["observed_ms"] <= elapsed_ms  # the upstream's 0.3 s, and then some
+    assert upstream.attempts[FaultUpstream.key("tools/call", "create_ticket")] == 1
 
 
 async def test_breaker_events_and_the_sse_stream_resumes(upstream: FaultUpstream) -> None:
@@ -237,7 +251,7 @@ def test_the_exported_event_schema_is_current_and_every_real_event_fits(tmp_path
     late = {"kind": "timeout", "http_status": None, "jsonrpc_code": None, "message": "late"}
     recorder.policy_event("retry", call, failure="timeout", delay_ms=12.5, error=late)
     recorder.policy_event("timeout", call, limit_ms=100.0, observing=True)
-    recorder.policy_event("breaker_state", None, upstream="up", breaker="up", old="closed", new="open", cause="5 consecutive failures", last_failure="timeout: late")
+    recorder.policy_event("breaker_state", None, upstream="up", breaker="up", old="closed", new="open", cause="5 consecutive failures", last_failure="timeout: late", last_failure_kind="timeout")
     recorder.call_failed(call, {"kind": "timeout", "http_status": None, "jsonrpc_code": -32051, "message": "late"}, 3.0, reason="upstream_timeout", http_status=504, client="addr:x")
     recorder.call_finished(call, "ok", 4.0)
     recorder.flush_summaries()

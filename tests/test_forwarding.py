@@ -167,7 +167,8 @@ async def test_upstream_unreachable_is_a_jsonrpc_error_with_the_id(unused_tcp_po
 
 async def test_upstream_timeout_answers_within_per_try(upstream: FaultUpstream) -> None:
     upstream.fault("tools/call", "lookup", hang=True)
-    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "200ms"}})
+    # Without timeout observation (on, the timed-out attempt would run on upstream for `observe_timeouts`).
+    config = proxy_config(upstream.url, upstream={"timeouts": {"per_try": "200ms"}}, events={"observe_timeouts": "0s"})
     async with running_proxy(config) as proxy:
         status, _, body = await post(mcp_url(proxy), call_tool("lookup", 4))
         error = json.loads(body)

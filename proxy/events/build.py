@@ -3,8 +3,9 @@
 An emission site names a kind, what it is about and its fields (``observer.policy_event("retry",
 attempt, failure=..., delay_ms=..., error=...)``). `build` makes the kind's frozen dataclass
 (`proxy.events.types`) from them, the envelope taken from the call: upstream, method, tool,
-call_id, attempt, policy, and the call's `idempotent` and params; `error` and `latency_ms` are the
-envelope's too, as is `upstream` for events without a call. An event is about an `Attempt` (its
+call_id, attempt, policy, and the call's `idempotent`, declared hints (`Call.hints`) and params;
+`error` and `latency_ms` are the envelope's too, as is `upstream` for events without a call. An
+event is about an `Attempt` (its
 `number` is the envelope's `attempt`), a `Call` (attempt 1: a call before its first try, or outside
 the tries), or nothing (attempt null). `checked_record` makes that event's
 record (`Event.as_record`) directly, after the same check: what the recorder publishes when serving,
@@ -43,6 +44,7 @@ import orjson
 
 from proxy.events.envelope import MAX_FIELD_CHARS, MAX_LIST_ITEMS, MAX_PARAMS_BYTES, SCHEMA_VERSION, CallEvent, ErrorDetail, Event
 from proxy.events.types import KINDS
+from proxy.mcp.tool_catalog import ToolHints
 from proxy.policies.base import Attempt, Call
 from proxy.redact import redact
 
@@ -131,6 +133,8 @@ def make_event(
     event = _envelope(type, call, attempt, error, latency_ms, upstream)
     if call is not None:
         fields["idempotent"] = call.idempotent
+        if call.hints is not None:
+            _add_hints(fields, call.hints)
         fields.update(_params(call, include_params))
     for name, value in fields.items():
         event[name if name not in _ENVELOPE else f"x_{name}"] = _bounded(value)
@@ -240,8 +244,18 @@ def checked_record(kind: str, about: Subject, fields: dict[str, Any], include_pa
             record[name] = _bounded(value)
     if call is not None:
         record["idempotent"] = call.idempotent
+        if call.hints is not None:
+            _add_hints(record, call.hints)
         record.update(_params(call, include_params and spec.cls.WITH_PARAMS))
     return record
+
+
+def _add_hints(record: dict[str, Any], hints: ToolHints) -> None:
+    """The tool's declared hints (`CallEvent.read_only_hint`, `idempotent_hint`): each only when declared."""
+    if hints.read_only is not None:
+        record["read_only_hint"] = hints.read_only
+    if hints.idempotent is not None:
+        record["idempotent_hint"] = hints.idempotent
 
 
 _ERROR_KEYS: Final = {f.name: None for f in dataclasses.fields(ErrorDetail)}.keys()

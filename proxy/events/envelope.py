@@ -2,7 +2,8 @@
 
 An event is a frozen dataclass (`proxy.events.types` has one per kind) and leaves the proxy as the
 JSON object `Event.as_record` makes: the envelope's fields in a fixed order, then the kind's own, then
-(for events about a call) `idempotent` and `params_hash` or `params` (when serving, the recorder
+(for events about a call) `idempotent`, the tool's declared `read_only_hint` and `idempotent_hint`
+(each only when declared) and `params_hash` or `params` (when serving, the recorder
 writes that record without making the instance: `proxy.events.build.checked_record`). The bus adds
 `id` and `ts` (`Stamp`).
 
@@ -12,6 +13,12 @@ types, and the docstrings under the fields become its descriptions, so write the
 A field whose default is `ABSENT` is left out of the record when not given (``waited_ms`` only when a
 timed-out attempt never finished), unlike None, which is written as null: the record says exactly
 what the emitter said.
+
+**Growing v1.** Consumers ignore fields they do not know, so v1 grows by adding fields, never by
+removing, renaming or retyping one, nor by changing what a field means (that would be a v2). A field
+added after v1's first release has the default `ABSENT`: the schema then does not require it, so
+recordings made before it still validate, and readers must treat it as optional, even where today's
+proxy always writes it (a breaker's `last_failure_kind`, a summary's `ok_timeline`).
 
 This module imports nothing of ours: consumers (the analyzer, the schema) read events without the proxy.
 """
@@ -34,6 +41,7 @@ __all__ = [
     "OVERFLOW",
     "SCHEMA_VERSION",
     "SIGNATURE_PATTERN",
+    "TIMELINE_SLOTS",
     "Absent",
     "CallEvent",
     "ErrorDetail",
@@ -58,6 +66,8 @@ LATENCY_BUCKETS_MS: Final = (
     10000, 15000, 20000, 30000, 60000, 120000,
 )  # fmt: skip
 """Upper bounds of the call_ok latency histogram (ms); the last bucket is everything above."""
+TIMELINE_SLOTS: Final = 60
+"""Most slots of a call_ok summary's `ok_timeline`: a window longer than this many seconds has longer slots."""
 OVERFLOW: Final = "_other"
 """The name summaries of unlisted (or too many) names fold into; the same as metrics' overflow label."""
 
@@ -163,7 +173,15 @@ class CallEvent(Event):
     attempt: int
     policy: str
     idempotent: bool
-    """Whether the call may be sent twice (its method, or the tool's annotations, say so)."""
+    """Whether the proxy believes the call may be sent twice (the policy, its method, or the tool's
+    annotations of an upstream trusted for them, say so)."""
+    read_only_hint: bool | Absent = ABSENT
+    """A tools/call's ``readOnlyHint`` as the upstream declared it in its latest listing of the tool
+    (whether or not `trust_annotations` lets the proxy believe it: independent of `idempotent`); only
+    when it declared one."""
+    idempotent_hint: bool | Absent = ABSENT
+    """A tools/call's ``idempotentHint`` as the upstream declared it, like `read_only_hint`; only when it
+    declared one."""
     params_hash: str | Absent = ABSENT
     """A hash of the call's params (without `_meta`): calls with the same params share it. Present
     unless `params` is."""
@@ -178,7 +196,7 @@ _READERS: dict[type[Event], tuple[tuple[str, ...], operator.attrgetter[tuple[Any
 def _reader(cls: type[Event]) -> tuple[tuple[str, ...], operator.attrgetter[tuple[Any, ...]], tuple[str, ...]]:
     """(the record's keys in order, a reader of their values, the keys that may be `ABSENT`) for `cls`.
 
-    The order is v1's: the envelope, the kind's own fields, then the call's `idempotent` and params."""
+    The order is v1's: the envelope, the kind's own fields, then the call's `idempotent`, hints and params."""
     reader = _READERS.get(cls)
     if reader is None:
         every = dataclasses.fields(cls)

@@ -2,9 +2,10 @@
 
 `EventRecorder` is the `Observer` the policy stages report to, and turns their reports into events
 (`proxy.events.build` makes each record: envelope, bounds, signature); it also aggregates every
-finished call into periodic `call_ok` summaries (counts, outcomes, attempts and a latency histogram
-per upstream/method/tool), so the analyzer sees successes, not only failures. The bus is
-`proxy.events.bus`'s; the names those modules export are re-exported here, where callers found them first.
+finished call into periodic `call_ok` summaries (counts, outcomes, attempts, a latency histogram and
+a timeline of the successes per upstream/method/tool), so the analyzer sees successes, not only
+failures. The bus is `proxy.events.bus`'s; the names those modules export are re-exported here, where
+callers found them first.
 
 Names come from clients, sizes from clients and upstreams; neither can crowd out or blow up evidence:
 
@@ -19,11 +20,21 @@ Names come from clients, sizes from clients and upstreams; neither can crowd out
   the tool for tools/call, else the method), and a window holds at most `MAX_SUMMARIES` distinct
   (upstream, method, tool) keys; later ones fold into (`OVERFLOW`, `OVERFLOW`) of their upstream.
 - **size**: see `proxy.events.build`.
+
+**Timelines.** Each summary counts its successes per slot of the window as well (`ok_timeline`): a
+slot is `timeline_slot` of the configured `events.summary_interval` (1 s, or a 60th of a window longer
+than a minute), so a timeline has at most `TIMELINE_SLOTS` slots. A whole window is as long as its
+interval: the analyzer can then tell the seconds an upstream was answering 429 from the seconds
+before, and estimate the rate it accepted while it was limiting, which a whole window's count mixes
+with the traffic from before the limiting began. Each success costs a clock read, a subtraction, a
+division and an index increment; a window that runs over its interval (the timer fired late) counts
+its last moments in its last slot, and a shorter one (the last, at shutdown) has fewer slots.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +52,9 @@ from proxy.events.envelope import (
     MAX_PARAMS_BYTES,
     OVERFLOW,
     SCHEMA_VERSION,
+    TIMELINE_SLOTS,
 )
+from proxy.config.operations import EventsConfig
 from proxy.events.types import EVENT_TYPES, KINDS, CallOk
 from proxy.policies.base import Attempt, Call, Observer
 from proxy.mcp.tool_catalog import MCP_METHODS, ToolCatalog, listed
@@ -57,12 +70,14 @@ __all__ = [
     "MAX_UNLISTED_EVENTS",
     "OVERFLOW",
     "SCHEMA_VERSION",
+    "TIMELINE_SLOTS",
     "EventBus",
     "EventRecorder",
     "FanOut",
     "Subscription",
     "make_event",
     "signature",
+    "timeline_slot",
 ]
 
 _log = structlog.get_logger("proxy.events.recorder")
@@ -70,11 +85,26 @@ _log = structlog.get_logger("proxy.events.recorder")
 MAX_SUMMARIES: Final = 1000
 """Distinct (upstream, method, tool) summaries per window; later keys fold into the overflow summary."""
 
+_DEFAULT_INTERVAL: Final[float] = EventsConfig.model_fields["summary_interval"].default
+
+
+def timeline_slot(interval: float) -> float:
+    """How long one slot of `ok_timeline` is (s) for summaries every `interval` seconds: 1 s, or longer so
+    that a window has at most `TIMELINE_SLOTS` slots."""
+    return max(1.0, interval / TIMELINE_SLOTS)
+
+
+def _slots(window_s: float, slot: float) -> int:
+    """Slots that cover `window_s` (at least one); a float's last bit never adds an empty slot."""
+    return max(1, math.ceil(window_s / slot - 1e-9))
+
 
 @dataclass
 class _Summary:
     """One (upstream, method, tool)'s finished calls within the current summary window."""
 
+    ok_timeline: list[int]
+    """Successes per slot of the window (`EventRecorder.call_finished`)."""
     calls: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     ok_by_attempt: dict[int, int] = field(default_factory=dict)
@@ -116,7 +146,16 @@ class EventRecorder:
     problem (``event_malformed``, an error), counted in `malformed`, and published as `make_event` makes
     it, untyped: a bug in a report never fails the call it reports on, nor loses its evidence."""
 
-    def __init__(self, bus: EventBus, include_params: bool = False, enabled: bool = True, logged: bool = True) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        include_params: bool = False,
+        enabled: bool = True,
+        logged: bool = True,
+        *,
+        summary_interval: float = _DEFAULT_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.bus = bus
         self.include_params = include_params
         self.enabled = enabled
@@ -127,7 +166,15 @@ class EventRecorder:
         self._summaries: dict[tuple[str, str, str | None], _Summary] = {}
         self.catalogs: dict[str, ToolCatalog] = {}
         """Each upstream's tool catalog (set by `proxy.runtime.build_runtime`): what counts as a real name."""
-        self._window_started = time.time()
+        self.summary_interval = summary_interval
+        """`events.summary_interval`: how long a summary window is meant to be, which sets the length of its
+        timeline's slots; read when a window starts (the owner sets it anew on reload)."""
+        self._clock = clock
+        """Unix time (`time.time`; tests pass a fake): the windows' ends and the successes' slots."""
+        self._window_started = 0.0
+        self._slot = 1.0
+        self._timeline_slots = 1
+        self._start_window(clock())
         self.malformed = 0
         """Emissions that did not fit their kind (published untyped)."""
         self._reported: set[tuple[str, str]] = set()
@@ -197,7 +244,7 @@ class EventRecorder:
         key = self._summary_key(call)
         summary = self._summaries.get(key)
         if summary is None:
-            summary = self._summaries[key] = _Summary()
+            summary = self._summaries[key] = _Summary([0] * self._timeline_slots)
         summary.calls += 1
         summary.outcomes[outcome] = summary.outcomes.get(outcome, 0) + 1
         if outcome == "ok":
@@ -205,6 +252,11 @@ class EventRecorder:
             summary.histogram[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
             summary.latency_sum_ms += latency_ms
             summary.latency_max_ms = max(summary.latency_max_ms, latency_ms)
+            slot = int((self._clock() - self._window_started) / self._slot)
+            if 0 <= slot < self._timeline_slots:
+                summary.ok_timeline[slot] += 1
+            else:  # past the window's interval (a late flush), or a clock set back: the nearest slot
+                summary.ok_timeline[0 if slot < 0 else -1] += 1
 
     def _summary_key(self, call: Call) -> tuple[str, str, str | None]:
         """(upstream, method, tool), with names the upstream does not have, and keys past
@@ -220,19 +272,32 @@ class EventRecorder:
             return (upstream, OVERFLOW, OVERFLOW)
         return key
 
+    def _start_window(self, now: float) -> None:
+        """A summary window starts at `now`: its timeline's slots are set by the interval in force."""
+        self._window_started = now
+        self._slot = timeline_slot(self.summary_interval)
+        self._timeline_slots = _slots(self.summary_interval, self._slot)
+
     def flush_summaries(self) -> int:
         """Publish one `call_ok` event per (upstream, method, tool) seen since the last flush (names
-        folded as `_summary_key` says)."""
-        now = time.time()
+        folded as `_summary_key` says), and start the next window."""
+        now = self._clock()
         summaries, self._summaries = self._summaries, {}
-        started, self._window_started = self._window_started, now
+        started, slot, slots = self._window_started, self._slot, self._timeline_slots
+        self._start_window(now)
+        window_s = round(now - started, 3)
+        kept = min(slots, _slots(window_s, slot))  # a window cut short (at shutdown) has fewer slots
         for (upstream, method, tool), summary in summaries.items():
             ok = summary.outcomes.get("ok", 0)
+            timeline = summary.ok_timeline
+            if kept < slots:
+                timeline = timeline[:kept]
+                timeline[-1] += sum(summary.ok_timeline[kept:])  # a success at its very end, or a clock set back
             event = CallOk(
                 upstream=_cut(upstream),
                 method=method,
                 tool=tool,
-                window_s=round(now - started, 3),
+                window_s=window_s,
                 window_end=round(now, 6),
                 calls=summary.calls,
                 ok=ok,
@@ -242,6 +307,8 @@ class EventRecorder:
                 latency_histogram=summary.histogram,
                 latency_mean_ms=round(summary.latency_sum_ms / ok, 3) if ok else None,
                 latency_max_ms=round(summary.latency_max_ms, 3) if ok else None,
+                ok_timeline=timeline,
+                timeline_slot_s=slot,
             )
             self.bus.publish(event.as_record())
         return len(summaries)

@@ -29,6 +29,7 @@ from proxy.events.envelope import (
     MAX_LIST_ITEMS,
     MAX_PARAMS_BYTES,
     OVERFLOW,
+    TIMELINE_SLOTS,
     Absent,
     CallEvent,
     ErrorDetail,
@@ -45,6 +46,7 @@ _CONSTANTS = {
     "MAX_PARAMS_BYTES": str(MAX_PARAMS_BYTES),
     "OVERFLOW": f"'{OVERFLOW}'",
     "LATENCY_BUCKETS_MS": ", ".join(map(str, LATENCY_BUCKETS_MS)),
+    "TIMELINE_SLOTS": str(TIMELINE_SLOTS),
 }
 _DEFS: tuple[type, ...] = (ErrorDetail,)
 """The objects inside events, described once under ``$defs`` and referred to by name."""

@@ -109,6 +109,15 @@ class CallOk(Event):
     """Mean latency of the successful calls (null without any)."""
     latency_max_ms: float | None
     """Highest latency of a successful call (null without any)."""
+    ok_timeline: list[int] | Absent = ABSENT
+    """Successful calls per time slot of the window, oldest first: slot i counts those that ended in
+    [window_end - window_s + i * timeline_slot_s, the same + timeline_slot_s); the last slot also counts
+    those of a window that ran a little over its interval. At most `TIMELINE_SLOTS` slots (a whole
+    window of the default 10 s has 10); the last window, cut short at shutdown, has fewer. Its sum is
+    `ok`. Always written by this proxy; absent from recordings made before it was added."""
+    timeline_slot_s: float | Absent = ABSENT
+    """How long one slot of `ok_timeline` is (s): the `events.summary_interval` divided by
+    `TIMELINE_SLOTS`, and at least 1. Written with `ok_timeline`."""
 
 
 @_kind
@@ -199,6 +208,10 @@ class BreakerState(Event):
     """What opened it (when it opened): the threshold that tripped."""
     last_failure: str | None
     """The failure that tripped it (when it opened)."""
+    last_failure_kind: str | None | Absent = ABSENT
+    """The kind of the last failure it counted (the `error.kind` vocabulary: ``timeout``, ``http_5xx``,
+    ``connect_error``, ...) when it opened; null otherwise. Always written by this proxy; absent from
+    recordings made before it was added."""
 
 
 @_kind

@@ -34,6 +34,7 @@ from proxy.config.resolve import Policy
 from proxy.errors import ProxyError
 from proxy.mcp.eras import Era
 from proxy.mcp.jsonrpc import Message
+from proxy.mcp.tool_catalog import ToolHints
 
 __all__ = [
     "NULL_OBSERVER",
@@ -102,6 +103,10 @@ class Call:
     """Read SSE answers whole before answering (read methods): they can then be retried and cached."""
     started: float = 0.0
     """When the request was read (`time.perf_counter`): a failure's latency is counted from here."""
+    hints: ToolHints | None = None
+    """What the upstream declared about the tool of a `tools/call` (its catalog's `ToolHints`, trusted or
+    not) when the call was classified; None for other methods and for tools it did not list. Evidence
+    only, for the events (``read_only_hint``, ``idempotent_hint``): what the proxy believes is `idempotent`."""
 
 
 @dataclass(slots=True, eq=False)

@@ -188,9 +188,12 @@ class Breaker:
             self._trials.reset()
         self._outcomes.clear()
         self._streak_clients.clear()
+        opened = new == OPEN
+        last = self._last_failure if opened else None
         self._observer.policy_event(
             "breaker_state", None, upstream=self.upstream, breaker=self.name, old=old, new=new,
-            cause=self._cause if new == OPEN else None, last_failure=self.last_failure if new == OPEN else None,
+            cause=self._cause if opened else None, last_failure=None if last is None else last.describe(),
+            last_failure_kind=None if last is None else last.kind.value,
         )  # fmt: skip
         if self.on_state is not None:
             self.on_state(self, new)

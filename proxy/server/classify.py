@@ -23,6 +23,7 @@ from proxy.config.resolve import PolicyResolver
 from proxy.mcp.annotations import ToolAnnotations
 from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import Message, is_read_method
+from proxy.mcp.tool_catalog import ToolHints
 from proxy.policies.base import Call
 
 __all__ = [
@@ -219,13 +220,14 @@ def _values_of(headers: Mapping[str, str], name: str) -> list[str]:
     return [value for key, value in headers.items() if key.lower() == name]
 
 
-def is_idempotent(method: str, tool: str | None, declared: bool | None, annotations: ToolAnnotations | None) -> bool:
-    """Safe to send twice? The policy's word first, then the method, then trusted tool annotations."""
+def is_idempotent(method: str, declared: bool | None, hints: ToolHints | None, trusted: bool) -> bool:
+    """Safe to send twice? The policy's word first, then the method, then the tool's declared `hints`
+    (a `tools/call`'s, looked up once by `classify`) if the upstream is `trusted` for its annotations."""
     if declared is not None:
         return declared
     if is_read_method(method):
         return True
-    return method == "tools/call" and tool is not None and annotations is not None and annotations.safe_to_retry(tool)
+    return trusted and hints is not None and hints.safe_to_retry
 
 
 def classify(request: ClientRequest, route: CallRoute) -> Call:
@@ -236,6 +238,13 @@ def classify(request: ClientRequest, route: CallRoute) -> Call:
     params = message.params
     name = params.get("name") if method == "tools/call" else None
     tool = name if isinstance(name, str) else None
+    annotations = route.annotations
+    hints: ToolHints | None = None
+    trusted = False
+    if tool is not None and annotations is not None:
+        # One lookup, for a tools/call only: what the upstream declared feeds both idempotency (when it
+        # is trusted) and the events (whatever the trust).
+        hints, trusted = annotations.catalog.hints(tool), annotations.trusted
     policy = route.resolver.resolve(method, tool)
     client = client_of(forwarded, request.peer, route.identity_header)
     # The scope hashes every forwarded header: only a cache reads it (keys, single flights).
@@ -246,7 +255,7 @@ def classify(request: ClientRequest, route: CallRoute) -> Call:
         era=era_for(protocol),
         method=method,
         tool=tool,
-        idempotent=is_idempotent(method, tool, policy.idempotent, route.annotations),
+        idempotent=is_idempotent(method, policy.idempotent, hints, trusted),
         client=client,
         credential_scope=scope,
         session_id=forwarded.get("Mcp-Session-Id"),
@@ -261,4 +270,5 @@ def classify(request: ClientRequest, route: CallRoute) -> Call:
         buffered=is_read_method(method),
         started=request.started,
         query=request.query,
+        hints=hints,
     )

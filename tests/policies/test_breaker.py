@@ -492,3 +492,31 @@ async def test_a_period_that_learns_nothing_starts_a_fresh_one() -> None:
     clock.advance(10)
     await stage(first(client("a", config=config)), FakeUpstream(reply_ok()))
     assert stage.breakers[0].state == "closed"
+
+
+async def test_a_breaker_state_event_names_the_kind_of_the_failure_that_opened_it() -> None:
+    """`last_failure_kind` is the last counted failure's kind (the `error.kind` vocabulary) when the breaker
+    opens, null on every other transition; half-open trials that fail reopen it with their own kind."""
+    from proxy.events.bus import EventBus
+    from proxy.events.recorder import EventRecorder
+
+    clock, bus = FakeClock(), EventBus()
+    recorder = EventRecorder(bus)
+    recorder.strict = True
+    stage = BreakerStage("up", clock, recorder)
+    call = make_call(LIST, breaker_config(half_open_max_calls=1))
+    await fail(stage, call, FakeUpstream(UpstreamTimeout("slow")), 2)
+    await stage(first(call), FakeUpstream(reply_status(503)))  # the third failure, and the last: a 503
+    clock.advance(10)
+    with pytest.raises(UpstreamUnavailable):
+        await stage(first(call), FakeUpstream(UpstreamUnavailable("refused")))  # the trial fails: open again
+    clock.advance(10)
+    await stage(first(call), FakeUpstream(reply_ok()))  # a trial that closes it
+    seen = [(e["old"], e["new"], e["last_failure_kind"], e["last_failure"]) for e in bus.recent() if e["type"] == "breaker_state"]
+    assert seen == [
+        ("closed", "open", "http_5xx", "http_5xx, HTTP 503"),
+        ("open", "half-open", None, None),
+        ("half-open", "open", "connection_lost", "connection_lost: refused"),
+        ("open", "half-open", None, None),
+        ("half-open", "closed", None, None),
+    ]

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any
 
 import pytest
 
-from proxy.errors import UpstreamTimeout
+from proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.events.bus import EventBus
+from proxy.events.recorder import EventRecorder
 from proxy.policies.failures import Failure, classify_error
 from proxy.pipeline import build_pipeline
 from proxy.policies.breaker import BreakerStage
 from proxy.policies.base import Attempt, Reply
+from proxy.policies import timeout as timeout_module
+from proxy.policies.retry import RetryStage
 from proxy.policies.timeout import TimeoutStage
-from tests.fakes import FakeClock, FakeUpstream, make_call, reply_ok, tool_call, upstream_config
+from tests.fakes import FakeClock, FakeUpstream, first, make_call, reply_ok, tool_call, upstream_config
 
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
 READ = b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"big://file"}}'
+
+
+class Events:
+    """The stage's reports, as (kind, fields)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def policy_event(self, kind: str, about: object, **fields: Any) -> None:
+        self.seen.append((kind, fields))
 
 
 def hanging() -> FakeUpstream:
@@ -78,3 +94,103 @@ async def test_a_timeout_after_waiting_for_a_pooled_connection_is_excused() -> N
             await pipeline(make_call(LIST, CONFIG))
         assert classify_error(timed_out.value).excused
     assert [b.state for b in breaker.breakers] == ["closed"]
+
+
+async def test_a_timed_out_write_is_observed_but_executed_once_and_never_delivered() -> None:
+    """A non-idempotent attempt that timed out after it was written runs on in the background, as a read
+    does: the client hears the timeout at once, the call is not retried, and the write's real length is
+    recorded when it ends upstream."""
+    bus = EventBus()
+    recorder = EventRecorder(bus)
+    upstream = hanging()
+    config = upstream_config(timeouts={"per_try": "10ms"}, retry={"max_attempts": 3})
+    stages = {"retry": RetryStage(FakeClock(), recorder), "timeout": TimeoutStage(FakeClock(), recorder, observe=3600.0)}
+    call = make_call(tool_call("create_ticket"), config)
+    assert not call.idempotent
+    with pytest.raises(UpstreamTimeout):
+        await build_pipeline(upstream, stages)(call)
+    assert upstream.attempts == 1
+    assert [(e["type"], e["observing"], e["idempotent"]) for e in bus.recent()] == [("timeout", True, False)]
+    watchers = list(timeout_module._observing)
+    assert len(watchers) == 1
+    assert upstream.gate is not None
+    upstream.gate.set()  # the write finishes upstream, long after the client heard the timeout
+    await asyncio.gather(*watchers)
+    timed_out, observed = bus.recent()
+    assert (observed["type"], observed["call_id"], observed["attempt"], observed["idempotent"]) == ("timeout_observed", call.call_id, 1, False)
+    assert observed["limit_ms"] == timed_out["limit_ms"] == 10.0
+    assert observed["observed_ms"] >= 10.0 and "waited_ms" not in observed  # it answered, after its limit
+    assert upstream.attempts == 1
+
+
+async def test_without_observation_a_timed_out_write_is_cancelled_at_once() -> None:
+    bus = EventBus()
+    recorder = EventRecorder(bus)
+    upstream = hanging()
+    config = upstream_config(timeouts={"per_try": "10ms"}, retry={"max_attempts": 3})
+    stages = {"retry": RetryStage(FakeClock(), recorder), "timeout": TimeoutStage(FakeClock(), recorder, observe=0.0)}
+    with pytest.raises(UpstreamTimeout):
+        await build_pipeline(upstream, stages)(make_call(tool_call("create_ticket"), config))
+    assert upstream.attempts == 1 and not timeout_module._observing
+    assert [(e["type"], e["observing"]) for e in bus.recent()] == [("timeout", False)]
+
+
+async def test_an_attempt_handler_returning_a_plain_awaitable_is_raced_too() -> None:
+    """The stages and the transport return coroutines, which the attempt's task runs as they are; any
+    other awaitable is wrapped into one."""
+    answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def handler(attempt: Attempt) -> asyncio.Future[Reply]:
+        attempt.written = True
+        answered.get_loop().call_soon(answered.set_result, reply_ok())
+        return answered
+
+    stage = TimeoutStage(FakeClock(), observe=3600.0)
+    reply = await stage(first(make_call(LIST, CONFIG)), handler)
+    assert reply.status == 200 and not timeout_module._observing
+
+    never: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def hangs(attempt: Attempt) -> asyncio.Future[Reply]:
+        attempt.written = True
+        return never
+
+    with pytest.raises(UpstreamTimeout):
+        await stage(first(make_call(LIST, CONFIG)), hangs)
+    (watcher,) = timeout_module._observing
+    never.set_result(reply_ok())
+    await watcher
+
+
+async def test_an_observed_attempts_error_reaches_its_caller_and_nothing_is_left_unretrieved() -> None:
+    reported: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+    stage = TimeoutStage(FakeClock(), observe=3600.0)
+    with pytest.raises(UpstreamUnavailable, match="reset"):
+        await stage(first(make_call(LIST, CONFIG)), FakeUpstream(UpstreamUnavailable("reset")))
+    while timeout_module._attempts:  # the attempt's task lets go of its owner a turn later
+        await asyncio.sleep(0)
+    gc.collect()
+    assert reported == [] and not timeout_module._observing
+
+
+@pytest.mark.parametrize("outcome", [reply_ok(), UpstreamUnavailable("reset")], ids=["answer", "error"])
+async def test_an_attempt_that_ends_in_the_turn_its_time_runs_out_keeps_its_outcome(outcome: Reply | Exception) -> None:
+    """The limit and the end in the same turn of the loop: the outcome stands, as it came (no timeout)."""
+    events = Events()
+    stage = TimeoutStage(FakeClock(), events, observe=3600.0)
+
+    async def ends_as_time_runs_out(attempt: Attempt) -> Reply:
+        attempt.written = True
+        (race,) = list(stage._deadlines._waiting)  # this attempt's limit, the stage's only one
+        race.expire()  # type: ignore[attr-defined]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    if isinstance(outcome, Exception):
+        with pytest.raises(UpstreamUnavailable):
+            await stage(first(make_call(LIST, CONFIG)), ends_as_time_runs_out)
+    else:
+        assert (await stage(first(make_call(LIST, CONFIG)), ends_as_time_runs_out)) is outcome
+    assert events.seen == [] and not timeout_module._observing
