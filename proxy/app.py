@@ -103,7 +103,11 @@ class ProxyServer:
         self.bus = EventBus(events.buffer, events.subscriber_queue)
         self._events_log = events.log  # event sinks change on restart only
         self.events = EventRecorder(
-            self.bus, events.include_params, events.enabled, _events_as_lines(config.logging.level, events.log)
+            self.bus,
+            events.include_params,
+            events.enabled,
+            _events_as_lines(config.logging.level, events.log),
+            summary_interval=events.summary_interval,
         )
         if events.log:
             self.bus.listeners.append(self._log_event)
@@ -410,6 +414,7 @@ class ProxyServer:
             self.trials.config = config.analyzer.shadow
         self.events.enabled = config.events.enabled
         self.events.include_params = config.events.include_params
+        self.events.summary_interval = config.events.summary_interval  # the timeline's slots, from the next window
         probers, transports = _left_behind(previous, runtime)
         for prober in probers:
             await prober.stop()
