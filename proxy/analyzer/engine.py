@@ -8,6 +8,18 @@ or glob the change lands on. One exception, exactly one: a call the proxy treate
 may be declared ``idempotent: true`` when its own events show the server declaring it safe to retry
 (readOnlyHint or idempotentHint, never contradicted: `TargetStats.declared_safe`); even then no more
 attempts, nor more failure kinds retried, may come with it.
+
+Cause before symptom. The rules run in one order, `RULES` = `CAUSES` then `SYMPTOMS`, and each is handed
+what the proposals kept so far address (`Addressed`: the client-visible failures and the breaker
+openings their changes are expected to remove; kept means it survived validation and the guard in
+`_finish`). The cause rules fix why calls fail (a per_try too short, too few attempts, an upstream
+over its rate, a tool that shares a breaker, a breaker that trips on short bursts, a safe tool never
+retried); the symptom rules (a cached fallback, a longer max_stale) put stale answers in place of
+failures, and speak only on the failures no kept cause proposal addresses, so a stale answer never
+hides a cause that has its own fix. Within `CAUSES`, `breaker_flaps` comes after the rules whose
+changes prevent openings (timeouts, rate_limit, breaker_per_tool): an opening whose cause is fixed is
+not the breaker's threshold's doing. A kept proposal's `addresses` count is in its JSON
+(``addresses.failures``, ``addresses.openings``).
 """
 
 from __future__ import annotations
@@ -18,30 +30,37 @@ from typing import Any
 
 from proxy.analyzer import rules, rules_upstream
 from proxy.analyzer.aggregate import DEFAULT_WINDOW_S, Analysis
-from proxy.analyzer.proposal import Proposal
+from proxy.analyzer.proposal import NOTHING, Proposal
 from proxy.analyzer.rules import Rule
 from proxy.analyzer.yamledit import EditError, edit_text, unified_diff
 from proxy.config.model import ConfigError, ProxyConfig, load_config
 from proxy.analyzer.scope import policy_of
 
-__all__ = ["RULES", "analyze", "propose", "unsafe_retries"]
+__all__ = ["CAUSES", "RULES", "SYMPTOMS", "analyze", "propose", "unsafe_retries"]
 
 log = logging.getLogger(__name__)
 
-RULES: tuple[Rule, ...] = (
+CAUSES: tuple[Rule, ...] = (
     rules.timeouts,
     rules.retries_fewer,
     rules.retries_more,
     rules_upstream.rate_limit,
-    rules_upstream.breaker_flaps,
-    rules_upstream.breaker_per_tool,
-    rules.cache_fallback,
-    rules.cache_max_stale,
     rules.declared_idempotent,
+    rules_upstream.breaker_per_tool,
+    rules_upstream.breaker_flaps,
     rules_upstream.health_flaps,
     rules_upstream.session_lost,
 )
-"""Every rule, in the order its proposals are reported."""
+"""The rules that fix why calls fail, in the order they run: `breaker_flaps` after every rule whose change
+prevents breaker openings (it does not count those)."""
+SYMPTOMS: tuple[Rule, ...] = (
+    rules.cache_fallback,
+    rules.cache_max_stale,
+)
+"""The rules that stand stale answers in for failures: after the causes, on the failures no kept cause
+proposal addresses."""
+RULES: tuple[Rule, ...] = CAUSES + SYMPTOMS
+"""Every rule, in the order it runs and its proposals are reported: causes, then symptoms."""
 
 
 def unsafe_retries(analysis: Analysis, before: ProxyConfig, after: ProxyConfig) -> list[str]:
@@ -93,14 +112,17 @@ def propose(
     analysis: Analysis, config_text: str, *, env: dict[str, str] | None = None, name: str = "proxy.yaml",
     rules: Sequence[Rule] = RULES,
 ) -> list[Proposal]:
-    """Run `rules` over `analysis`; keep the proposals whose edit of `config_text` validates and is safe."""
+    """Run `rules` over `analysis` in order; keep the proposals whose edit of `config_text` validates and is
+    safe. Each rule is handed what the proposals kept before it address (`Addressed`)."""
     config = load_config(config_text, env)
     kept: dict[str, Proposal] = {}
+    addressed = NOTHING
     for rule in rules:
-        for proposal in rule(analysis, config):
+        for proposal in rule(analysis, config, addressed):
             finished = _finish(proposal, analysis, config_text, config, env, name)
             if finished is not None and finished.id not in kept:
                 kept[finished.id] = finished
+                addressed = addressed.adding(finished)
     return list(kept.values())
 
 

@@ -27,7 +27,8 @@ from proxy.analyzer.stats import Share
 from proxy.config.policies import MatchConfig
 
 __all__ = [
-    "Change", "Confidence", "Effect", "Match", "Proposal", "confidence", "decided", "literal_glob", "yaml_literal",
+    "NOTHING", "Addressed", "Change", "Confidence", "Effect", "Match", "Proposal", "confidence", "decided",
+    "literal_glob", "yaml_literal",
 ]  # fmt: skip
 
 Confidence = Literal["low", "medium", "high"]
@@ -154,6 +155,14 @@ class Proposal:
     statistics: tuple[Share, ...] = ()
     """The proportions the rule decided on, each with its 95% Wilson bound and the threshold it passed
     (empty for the rules that decide on a count: breaker and health flaps, lost sessions)."""
+    addresses: frozenset[int] = frozenset()
+    """The client-visible failures (ids of `call_failed` events) this change is expected to remove: those
+    whose cause it fixes. Rules run later in `engine.RULES` (the symptom rules: a cached fallback, a longer
+    max_stale) leave them out once this proposal is kept, so a stale answer never stands in for a failure
+    whose cause has its own proposal. Not part of the id: it moves with the window, the advice does not."""
+    addresses_openings: frozenset[int] = frozenset()
+    """The breaker openings (ids of their `breaker_state` events) this change is expected to prevent:
+    `breaker_flaps` does not count them (the breaker did its job on a cause that has its own proposal)."""
 
     @property
     def id(self) -> str:
@@ -180,9 +189,33 @@ class Proposal:
                 "statistics": [share.to_dict() for share in self.statistics],
             },  # fmt: skip
             "changes": [change.to_dict() for change in self.changes],
+            "addresses": {"failures": len(self.addresses), "openings": len(self.addresses_openings)},
             "advisory": self.advisory,
             "diff": self.diff,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Addressed:
+    """What the proposals kept so far address (`Proposal.addresses`, `Proposal.addresses_openings`), together.
+
+    The engine hands it to each rule in turn, grown by the proposals of the rules before it that survived
+    validation and the safety guard (`engine.propose`): a symptom rule leaves out the failures in
+    `failures`, and `breaker_flaps` the openings in `openings`.
+    """
+
+    failures: frozenset[int] = frozenset()
+    openings: frozenset[int] = frozenset()
+
+    def adding(self, proposal: Proposal) -> Addressed:
+        """This and what `proposal` addresses."""
+        if not (proposal.addresses or proposal.addresses_openings):
+            return self
+        return Addressed(self.failures | proposal.addresses, self.openings | proposal.addresses_openings)
+
+
+NOTHING = Addressed()
+"""Nothing addressed yet: what the first rule sees, and the default of a rule called on its own."""
 
 
 _RANK: dict[str, int] = {"none": 0, "low": 1, "medium": 2, "high": 3}

@@ -93,6 +93,16 @@ def _confidence(proposal: Proposal) -> str:
     return f"one-sided Wilson score bounds, decided at 95%, holding at {strictest}"
 
 
+def _addresses(proposal: Proposal) -> str | None:
+    """What the change is expected to remove (`Proposal.addresses`), when anything: the failures a cached
+    fallback is then not proposed for."""
+    failures, openings = len(proposal.addresses), len(proposal.addresses_openings)
+    if not (failures or openings):
+        return None
+    parts = [f"{failures} failed call(s)"] + ([f"{openings} breaker opening(s)"] if openings else [])
+    return " and ".join(parts) + " whose cause this fixes (no cached fallback is proposed for them)"
+
+
 def _evidence(evidence: dict[str, Any]) -> str:
     shown = {k: v for k, v in evidence.items() if k not in ("window_start", "window_end")}
     return ", ".join(f"{k}={v}" for k, v in shown.items())
@@ -120,6 +130,8 @@ def render_text(analysis: Analysis, proposals: list[Proposal]) -> str:
             f"  effect: {one_line(p.effect.text)}", f"  confidence: {p.confidence} ({one_line(_confidence(p))})",
         ]  # fmt: skip
         lines += [f"    decided on: {one_line(share.describe())}" for share in p.statistics]
+        addresses = _addresses(p)
+        lines += [f"  addresses: {addresses}"] if addresses else []
         lines += [f"  change: {one_line(c.describe())}" for c in p.changes]
         if p.diff:
             lines += ["  " + one_line(line) for line in p.diff.rstrip("\n").split("\n")]
@@ -151,6 +163,8 @@ def render_markdown(analysis: Analysis, proposals: list[Proposal]) -> str:
             f"- **Confidence:** {p.confidence} ({_md(_confidence(p))})",
         ]  # fmt: skip
         lines += [f"  - decided on: {_md(share.describe())}" for share in p.statistics]
+        addresses = _addresses(p)
+        lines += [f"- **Addresses:** {_md(addresses)}"] if addresses else []
         for c in p.changes:
             change = one_line(c.describe())
             fence = _fence(change, 1)

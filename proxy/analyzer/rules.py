@@ -13,29 +13,40 @@ Failures are read in one vocabulary (`model`): `SERVER_SIDE` and `RETRYABLE` are
 as a server, `UPSTREAM_FAILED` adds what clients heard because of them (429, a breaker or the budget
 refusing), and `CLIENTS_OWN` never counts against the upstream. When the proxy's own protection hides
 evidence (a breaker opened by timeouts refuses the calls that would have timed out too), the refusals are
-attributed to the failures that opened it (`Analysis.refusals_caused_by`) and the rule for the cause
-acts: `timeouts` counts them, and `cache_fallback` leaves them to it.
+attributed to the failures that opened it (`caused_by`, from the breakers' openings) and the rule for
+the cause acts: `timeouts` counts them.
+
+Cause before symptom. A rule that fixes a cause states which client-visible failures its change is
+expected to remove (`Proposal.addresses`, ids of `call_failed` events) and which breaker openings it
+prevents (`Proposal.addresses_openings`). The engine runs the rules in `engine.RULES` order and hands
+each the union of what the proposals kept so far address (`Addressed`): the symptom rules
+(`cache_fallback`, `cache_max_stale`), which run last, leave those failures out, so a stale answer never
+stands in for failures one more attempt, a longer timeout, a proxy-side rate limit or a breaker of the
+tool's own would remove; they speak on what remains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.model import CLIENTS_OWN, RETRYABLE, FailedCall, Opening, Target, TargetStats
-from proxy.analyzer.proposal import Change, Effect, Match, Proposal, decided
+from proxy.analyzer.proposal import NOTHING, Addressed, Change, Effect, Match, Proposal, decided
 from proxy.analyzer.scope import scope_for, upstream_config, window_evidence
 from proxy.analyzer.stats import Share, format_duration, nice_duration, percentile
 from proxy.config.model import ProxyConfig
 from proxy.config.resolve import Policy
 
 __all__ = [
-    "MATERIAL", "Rule", "TimeoutFix", "cache_fallback", "cache_max_stale", "declared_idempotent", "retries_fewer",
-    "per_try_decision", "retries_more", "timeout_fix", "timeout_fixes", "timeouts",
+    "MATERIAL", "Rule", "TimeoutFix", "cache_fallback", "cache_max_stale", "caused_by", "declared_idempotent",
+    "retries_fewer", "per_try_decision", "retries_more", "timeout_fix", "timeout_fixes", "timeouts",
 ]  # fmt: skip
 
-Rule = Callable[[Analysis, ProxyConfig], list[Proposal]]
+Rule = Callable[[Analysis, ProxyConfig, Addressed], list[Proposal]]
+"""A rule: the window, the config, and what the proposals kept before it address (`Addressed`) -> its
+proposals. Every rule takes the third argument (``= NOTHING`` when called on its own); the cause rules
+that need none ignore it."""
 
 MATERIAL = 0.01
 """The share of a target's calls a problem must hurt, by its 95% lower bound, before a change is worth
@@ -74,6 +85,27 @@ class TimeoutFix:
     openings: list[Opening]
     completes: Share
     material: Share
+    addresses: frozenset[int]
+    """The failures a longer per_try removes (`caused_by` the target's timeouts)."""
+
+
+def caused_by(analysis: Analysis, targets: Iterable[TargetStats], kinds: frozenset[str] | set[str]) -> tuple[frozenset[int], list[Opening]]:
+    """(the ids of the client-visible failures, the breaker openings) that the failures of `kinds` of
+    `targets` account for: those failures themselves, the calls whose retry the retry budget refused
+    after one of them, and every call (of any target) refused by a breaker such failures opened (an
+    opening's cause, `Opening.cause`: its run-up's most frequent target and that target's most frequent
+    kind). What a proposal fixing those failures addresses (`Proposal.addresses`)."""
+    listed = list(targets)
+    mine = {stats.target for stats in listed}
+    ids: set[int] = set()
+    for stats in listed:
+        for failed in stats.failed:
+            refused_retry = failed.kind == "retry_budget_exhausted" and stats.budget_failures.get(failed.call_id or "") in kinds
+            if failed.kind in kinds or refused_retry:
+                ids.add(failed.id)
+    openings = [o for o in analysis.openings() if o.cause[0] in mine and o.cause[1] in kinds]
+    ids.update(failed.id for opening in openings for _, failed in opening.refused)
+    return frozenset(ids), openings
 
 
 def per_try_decision(observed: list[float], timeouts: int, limit_s: float, ok_p99_ms: float | None = None) -> tuple[float, Share] | None:
@@ -111,26 +143,28 @@ def timeout_fix(analysis: Analysis, config: ProxyConfig, stats: TargetStats) -> 
         return None
     new_s, completes = decision
     completed, p95 = completes.k, percentile(observed, 0.95) or 0.0
-    openings = [o for o in analysis.openings() if o.caused_by(stats.target, {"timeout"})]
+    addresses, openings = caused_by(analysis, [stats], {"timeout"})
     refused = [refusal for o in openings for refusal in o.refused]
     own = sum(1 for target, _ in refused if target == stats.target)
     calls = max(stats.total_calls, stats.ok + n + own) + len(refused) - own
     material = _material("calls hurt (timed out, or refused by the breaker the timeouts opened)", n + len(refused), calls)
     if not material.holds():
         return None
-    return TimeoutFix(stats, match, policy, new_s, completed, p95, refused, openings, completes, material)
+    return TimeoutFix(stats, match, policy, new_s, completed, p95, refused, openings, completes, material, addresses)
 
 
 def timeout_fixes(analysis: Analysis, config: ProxyConfig) -> list[TimeoutFix]:
     return [fix for stats in analysis.all_targets() if (fix := timeout_fix(analysis, config, stats)) is not None]
 
 
-def timeouts(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def timeouts(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """Attempts time out, yet finish shortly past the limit: raise per_try to when they finished (`timeout_fix`).
 
     Idempotent or not: a non-idempotent call that timed out was executed by the upstream all the same
     (it was observed answering); its client heard a timeout and the proxy never retries it, so a longer
-    per_try is the one change that gets it its answer. This rule never touches retries.
+    per_try is the one change that gets it its answer. This rule never touches retries. It addresses
+    the target's timeouts, the retries the budget refused after one, and the refusals of the breakers
+    they opened (and those openings): `caused_by`.
     """
     proposals = []
     for fix in timeout_fixes(analysis, config):
@@ -178,6 +212,7 @@ def timeouts(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
                 "refused_by_breaker": refused,
             }),
             confidence=level, confidence_reason=why, changes=tuple(changes), statistics=(fix.completes, fix.material),
+            addresses=fix.addresses, addresses_openings=frozenset(o.id for o in fix.openings),
         ))  # fmt: skip
     return proposals
 
@@ -188,11 +223,12 @@ def _exhausted(stats: TargetStats) -> int:
     return sum(count for kind, count in stats.exhausted_by_kind.items() if kind not in CLIENTS_OWN)
 
 
-def retries_fewer(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def retries_fewer(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """Retries that (almost) never succeed only add load to a failing upstream: fewer attempts.
 
     Decided on the retried calls that recovered: at most `RECOVERY_CEILING` of them by the 95% upper
-    bound, while the calls that used every attempt and failed anyway are `MATERIAL`.
+    bound, while the calls that used every attempt and failed anyway are `MATERIAL`. It addresses no
+    failure: the same calls fail, with fewer attempts sent (a cached fallback may still stand in).
     """
     proposals = []
     for stats in analysis.all_targets():
@@ -237,13 +273,28 @@ def retries_fewer(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
     return proposals
 
 
-def retries_more(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def _ran_out(stats: TargetStats) -> frozenset[int]:
+    """The client-visible failures of `stats`'s calls that used every attempt (`_exhausted`): per failure
+    kind, as many of its failed calls as ran out of attempts on that kind, retried calls first (a call's
+    `retry_exhausted` and its `call_failed` share the call id, which the window keeps only as retried)."""
+    ids: set[int] = set()
+    for kind, count in stats.exhausted_by_kind.items():
+        if kind in CLIENTS_OWN or count <= 0:
+            continue
+        same = sorted((f for f in stats.failed if f.kind == kind), key=lambda f: (f.call_id not in stats.retried_calls, f.id))
+        ids.update(f.id for f in same[:count])
+    return frozenset(ids)
+
+
+def retries_more(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """Calls that reach the last allowed attempt often succeed on it, while others run out: more attempts.
 
     Decided on the calls that reached the last attempt: those that succeeded on it must be at least
     `LAST_ATTEMPT_SUCCESS` of them (95% lower bound), and those that ran out `MATERIAL`. +2 when successes
     do not thin out from one attempt to the next, else +1; never past 6, and never while the retry
-    budget refused retries in the window (more attempts would only hit the budget).
+    budget refused retries in the window (more attempts would only hit the budget). It addresses the
+    calls that ran out of attempts (`_ran_out`): the next window shows any that more attempts did not
+    rescue, and the symptom rules speak on those then.
     """
     proposals = []
     for stats in analysis.all_targets():
@@ -285,44 +336,26 @@ def retries_more(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
                 {"exhausted": exhausted, "would_succeed": rescued, "last_attempt_success": round(p_last, 3)},
             ),
             confidence=level, confidence_reason=why, statistics=(succeeds, material),
-            changes=(Change(stats.target.upstream, match, "retry.max_attempts", new, old),),
+            changes=(Change(stats.target.upstream, match, "retry.max_attempts", new, old),), addresses=_ran_out(stats),
         ))  # fmt: skip
     return proposals
 
 
-def _left_to_timeouts(analysis: Analysis, fixed: set[Target]) -> Callable[[TargetStats, FailedCall], bool]:
-    """Whether a failure's cause is a timeout the timeouts rule fixes: the target's own timeout, its
-    retry budget refusing to retry one, or a refusal by a breaker such timeouts opened."""
-    cause = {failed.id: opening for opening in analysis.openings() for _, failed in opening.refused}
-
-    def fixed_elsewhere(stats: TargetStats, failed: FailedCall) -> bool:
-        if failed.kind == "timeout" or (failed.kind == "retry_budget_exhausted" and stats.budget_failures.get(failed.call_id or "") == "timeout"):
-            return stats.target in fixed
-        opening = cause.get(failed.id)
-        if opening is None:
-            return False
-        target, kind = opening.cause
-        return target in fixed and kind == "timeout"
-
-    return fixed_elsewhere
-
-
-def cache_fallback(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def cache_fallback(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """Idempotent calls failed on the upstream with no stored answer to stand in: cache mode fallback for them.
 
-    Only the upstream's failures count (`UPSTREAM_FAILED`), and not those whose cause another rule
-    fixes: timeouts the timeouts rule raises the limit for, and the refusals of a breaker or retry budget
-    those timeouts set off (a fallback would hide the cause behind stale answers). The rest must be
-    `MATERIAL`, and the same calls must have succeeded in the window (answers existed to store).
+    A symptom rule. Only the upstream's failures count (`UPSTREAM_FAILED`), and not those a kept proposal
+    for their cause addresses (`addressed.failures`: timeouts a longer per_try removes, calls one more
+    attempt rescues, 429s a proxy-side limit removes, refusals of a breaker that should not have opened
+    or should have been the tool's own): a fallback would hide the cause behind stale answers. The rest
+    must be `MATERIAL`, and the same calls must have succeeded in the window (answers existed to store).
     """
-    fixed = {fix.stats.target for fix in timeout_fixes(analysis, config)}
-    fixed_elsewhere = _left_to_timeouts(analysis, fixed)
     proposals = []
     for stats in analysis.all_targets():
         if stats.target.method in ("initialize", "ping") or stats.idempotent is not True or stats.ok == 0:
             continue
         upstream_failed = stats.idempotent_failures()
-        failed = [f for f in upstream_failed if not fixed_elsewhere(stats, f)]
+        failed = [f for f in upstream_failed if f.id not in addressed.failures]
         material = _material("calls that failed on the upstream with no stored answer", len(failed), stats.total_calls)
         if not failed or not material.holds():
             continue
@@ -355,12 +388,13 @@ def cache_fallback(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
     return proposals
 
 
-def cache_max_stale(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def cache_max_stale(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """Stale answers ran out (max_stale) mid-outage and failures followed: double max_stale.
 
-    Stale answers ran out when the oldest served was near max_stale (80%); the upstream failures after
-    the last one must be `MATERIAL` among the target's calls, and the extension must have covered some
-    of them (failures within the extra time after the last stale serve).
+    A symptom rule. Stale answers ran out when the oldest served was near max_stale (80%); the upstream
+    failures after the last one, but those a kept proposal for their cause addresses
+    (`addressed.failures`), must be `MATERIAL` among the target's calls, and the extension must have
+    covered some of them (failures within the extra time after the last stale serve).
     """
     proposals = []
     for stats in analysis.all_targets():
@@ -372,7 +406,7 @@ def cache_max_stale(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         match, policy = scoped
         assert policy.cache is not None
         old, stopped = policy.cache.max_stale, max(stats.stale_ts)
-        after = [f for f in stats.idempotent_failures() if f.ts > stopped]
+        after = [f for f in stats.idempotent_failures() if f.ts > stopped and f.id not in addressed.failures]
         new = nice_duration(2 * old, cap=MAX_STALE_CAP_S)
         material = _material("calls that failed after stale answers ran out", len(after), stats.total_calls + len(stats.stale_ts))
         if not after or not material.holds() or stats.stale_max_age < 0.8 * old or new <= old:
@@ -426,7 +460,7 @@ _DECLARATIONS = (("read_only_hint", "read-only"), ("idempotent_hint", "idempoten
 _MCP_NAMES = {"read_only_hint": "readOnlyHint", "idempotent_hint": "idempotentHint"}
 
 
-def declared_idempotent(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def declared_idempotent(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """A tool the server declares safe to retry fails in ways a retry fixes, and the proxy never retries it.
 
     With ``trust_annotations: false`` (the quick-start default) the proxy treats every tool as not
@@ -438,7 +472,7 @@ def declared_idempotent(analysis: Analysis, config: ProxyConfig) -> list[Proposa
     operator chose not to trust this server's annotations as a whole, and trusting them would also cover
     tools never observed and tools the server adds later; one exact rule per tool, each with its own
     evidence, trusts exactly what the events showed. A rule or policy saying ``idempotent: false`` is
-    an operator's decision and is never overridden.
+    an operator's decision and is never overridden. It addresses the tool's retryable failures.
     """
     proposals = []
     for stats in analysis.all_targets():
@@ -484,7 +518,7 @@ def declared_idempotent(analysis: Analysis, config: ProxyConfig) -> list[Proposa
                 {"failed": len(failed), "would_succeed": rescued, "retry_success": round(p_retry, 3), "max_attempts": attempts},
             ),
             confidence=level, confidence_reason=why, statistics=(material,),
-            changes=(Change(stats.target.upstream, match, "idempotent", True, None),),
+            changes=(Change(stats.target.upstream, match, "idempotent", True, None),), addresses=frozenset(f.id for f in failed),
         ))  # fmt: skip
     return proposals
 

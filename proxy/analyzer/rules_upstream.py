@@ -19,10 +19,10 @@ from collections import Counter
 
 from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.model import Target
-from proxy.analyzer.proposal import Change, Effect, Proposal, confidence, decided
-from proxy.analyzer.rules import timeout_fixes
+from proxy.analyzer.proposal import NOTHING, Addressed, Change, Effect, Proposal, confidence, decided
+from proxy.analyzer.rules import caused_by
 from proxy.analyzer.scope import scope_for, upstream_config, window_evidence
-from proxy.analyzer.stats import Share, format_duration, nice_duration
+from proxy.analyzer.stats import Share, format_duration, nice_duration, wilson_lower
 from proxy.config.model import ProxyConfig
 from proxy.config.resolve import PolicyResolver
 
@@ -33,7 +33,7 @@ THROTTLED_SHARE = 0.05
 proxy-side limit is proposed: below 1 in 20 the upstream's limiter is doing its job and a retry after its
 Retry-After absorbs it; a limit at the proxy would refuse calls the upstream would have taken."""
 MIN_BREAKER_OPENS = 3
-"""Openings of one breaker in the window (not explained by timeouts the timeouts rule fixes). Three:
+"""Openings of one breaker in the window (not prevented by a kept proposal for their cause). Three:
 one opening is the breaker working; a second may be the same outage's failed trial; a third within the
 window is a pattern. A proportion means nothing here (openings per what?)."""
 MAX_RESET_S = 300.0
@@ -42,6 +42,10 @@ ONE_TOOL_SHARE = 0.8
 """The share of the shared breaker's failures one tool caused, at least (95% lower bound)."""
 HEALTHY_FAILURE_RATE = 0.05
 """The other tools' failed attempts per call, at most (95% upper bound): they were healthy, the shared breaker was not."""
+WELL_BELOW = 0.5
+"""...or at most this fraction of the failing tool's own failed attempts per call (its 95% lower bound):
+with few calls the upper bound cannot reach 5% (0 failures in 30 calls: 8.3%), yet 0 of 30 beside 20 of
+20 failing is conclusive; 5% beside 6% is not."""
 MIN_HEALTH_FLAPS = 3
 """healthy <-> unhealthy flips in the window: three, as for breaker openings (a count, no denominator)."""
 MAX_HEALTH_THRESHOLD = 20
@@ -49,8 +53,13 @@ MIN_SESSION_LOST = 3
 """Lost legacy sessions before the advice: one or two are restarts; the advice costs nothing to ignore."""
 
 
-def rate_limit(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
-    """The upstream answered 429: limit calls at the proxy to the rate it accepted meanwhile (key upstream)."""
+def rate_limit(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
+    """The upstream answered 429: limit calls at the proxy to the rate it accepted meanwhile (key upstream).
+
+    It addresses the upstream's 429s that reached clients, the retries the budget refused after one,
+    and the refusals of any breaker they opened (`rules.caused_by`): the excess is refused at the proxy
+    instead, with an exact retryAfter, a refusal of the client's own pace no cache stands in for.
+    """
     proposals = []
     for stats in sorted(analysis.upstreams.values(), key=lambda s: s.name):
         n, estimate, upstream = len(stats.http_429_ts), stats.accepted(), upstream_config(config, stats.name)
@@ -74,6 +83,7 @@ def rate_limit(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         changes.append(Change(stats.name, None, "rate_limit.key", "upstream", None if current is None else current.key))
         windows = stats.windows_with_429()
         unit = "s" if per_s == 1.0 else "min"
+        addresses, openings = caused_by(analysis, analysis.targets_of(stats.name), {"http_429"})
         level, why = decided(throttled)
         how = {
             "timeline": "counted over the summary slots from its first 429 to its last",
@@ -98,21 +108,27 @@ def rate_limit(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
                 {"http_429": n, "accepted_per_s": round(accepted, 3), "rate": rate, "per_s": per_s},
             ),
             confidence=level, confidence_reason=why, changes=tuple(changes), statistics=(throttled,),
+            addresses=addresses, addresses_openings=frozenset(o.id for o in openings),
         ))  # fmt: skip
     return proposals
 
 
-def breaker_flaps(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def breaker_flaps(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """A breaker opened 3+ times in the window. Failed trials -> longer reset_timeout; fresh bursts -> higher threshold.
 
-    Openings caused by timeouts the timeouts rule fixes (`rules.timeout_fixes`) do not count: the breaker
-    did its job on a symptom whose cause gets its own proposal, and a slower breaker would only let more
-    calls wait out the same timeouts.
+    Openings a kept proposal for their cause prevents (`addressed.openings`: timeouts a longer per_try
+    removes, one tool's failures that get a breaker of its own, 429s a proxy-side limit removes) do not
+    count: the breaker did its job on a symptom whose cause has its own proposal, and a slower breaker
+    would only let more calls meet the same failures. A higher threshold addresses the refusals of the
+    openings it counts (the upstream would have answered them) and prevents those openings; a longer
+    reset_timeout addresses nothing (the upstream was still down: its refusals stand, a cached fallback
+    may still stand in for them).
     """
     proposals = []
-    fixed = {fix.stats.target for fix in timeout_fixes(analysis, config)}
     for breaker in sorted(analysis.breakers.values(), key=lambda b: b.name):
-        explained = sum(1 for o in breaker.openings if o.cause[0] in fixed and o.cause[1] == "timeout")
+        counted = [o for o in analysis.openings() if (o.upstream, o.breaker) == (breaker.upstream, breaker.name) and o.id not in addressed.openings]
+        trials = {t.id for t in breaker.transitions if t.old == "half-open" and t.new == "open"}
+        explained = sum(1 for t in breaker.transitions if t.new == "open" and t.id in addressed.openings)
         opens, tool, upstream = breaker.opens - explained, breaker.tool, upstream_config(config, breaker.upstream)
         if opens < MIN_BREAKER_OPENS or upstream is None:
             continue
@@ -121,8 +137,10 @@ def breaker_flaps(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         if scoped is None:
             continue
         match, policy = scoped
-        settings, failed_trials = policy.breaker, breaker.reopened_from_half_open
+        settings, failed_trials = policy.breaker, len(trials - addressed.openings)
         threshold = settings.consecutive_threshold
+        addresses: frozenset[int] = frozenset()
+        prevents: frozenset[int] = frozenset()
         if threshold is None or 2 * failed_trials >= opens:
             key, old_s = "breaker.reset_timeout", settings.reset_timeout
             new_s = nice_duration(2 * old_s, cap=MAX_RESET_S)
@@ -136,6 +154,8 @@ def breaker_flaps(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
             old, new = str(old_i), str(new_i)
             why = f"{opens - failed_trials} of its {opens} openings came after it had closed again: short bursts of failures trip it"
             effect = f"with failure_threshold {new_i} a burst must be {new_i} consecutive failures long to open it (today {old_i})"
+            addresses = frozenset(failed.id for opening in counted for _, failed in opening.refused)
+            prevents = frozenset(opening.id for opening in counted)
         level, reason = confidence(opens, MIN_BREAKER_OPENS, "breaker openings")
         value: str | int = int(new) if key.endswith("threshold") else new
         proposals.append(Proposal(
@@ -149,12 +169,20 @@ def breaker_flaps(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
             effect=Effect(effect, {"opens": opens, "failed_trials": failed_trials, "refused": breaker.refused}),
             confidence=level, confidence_reason=reason,
             changes=(Change(breaker.upstream, match, key, value, int(old) if key.endswith("threshold") else old),),
+            addresses=addresses, addresses_openings=prevents,
         ))  # fmt: skip
     return proposals
 
 
-def breaker_per_tool(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
-    """One tool causes 80%+ of an upstream breaker's failures while the others are healthy: give it its own."""
+def breaker_per_tool(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
+    """One tool causes 80%+ of an upstream breaker's failures while the others are healthy: give it its own.
+
+    The others are healthy when their failed attempts per call are at most `HEALTHY_FAILURE_RATE`, or at
+    most `WELL_BELOW` of the tool's own, both by 95% bounds (the others' upper, the tool's lower): few
+    calls cannot show 5% (0 of 30: up to 8.3%), but they can show a rate far below a tool failing every
+    call. It addresses the refusals the shared breaker made to the other calls in the openings that
+    tool caused, and prevents those openings (its own calls meet its own breaker instead).
+    """
     proposals = []
     for breaker in sorted(analysis.breakers.values(), key=lambda b: b.name):
         if breaker.tool is not None or breaker.opens == 0:
@@ -168,7 +196,9 @@ def breaker_per_tool(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         other_calls, other_failures = sum(t.calls for t in others), sum(t.attempt_failures for t in others)
         share = worst.attempt_failures / total
         one_tool = Share(f"breaker-counted failures caused by {worst.target.tool}", worst.attempt_failures, total, "lower", ONE_TOOL_SHARE)
-        healthy = Share("failed attempts per call of the other calls", other_failures, max(other_calls, other_failures), "upper", HEALTHY_FAILURE_RATE)
+        own_rate = wilson_lower(worst.attempt_failures, max(worst.calls, worst.attempt_failures))
+        ceiling = max(HEALTHY_FAILURE_RATE, round(WELL_BELOW * own_rate, 4))
+        healthy = Share("failed attempts per call of the other calls", other_failures, max(other_calls, other_failures), "upper", ceiling)
         if not (one_tool.holds() and healthy.holds()):
             continue
         scoped = scope_for(config, worst.target)
@@ -177,6 +207,8 @@ def breaker_per_tool(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
         match, policy = scoped
         tool = worst.target.tool
         level, reason = decided(one_tool, healthy)
+        caused = [o for o in analysis.openings() if (o.upstream, o.breaker) == (breaker.upstream, breaker.name) and o.cause[0] == worst.target]
+        addresses = frozenset(failed.id for o in caused for target, failed in o.refused if target != worst.target)
         proposals.append(Proposal(
             rule="breaker_per_tool", target=f"{breaker.upstream} {tool}",
             title=f"Give {tool} its own breaker on {breaker.upstream}",
@@ -197,11 +229,12 @@ def breaker_per_tool(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
             ),
             confidence=level, confidence_reason=reason, statistics=(one_tool, healthy),
             changes=(Change(breaker.upstream, match, "breaker.scope", "tool", policy.breaker.scope),),
+            addresses=addresses, addresses_openings=frozenset(o.id for o in caused),
         ))  # fmt: skip
     return proposals
 
 
-def health_flaps(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def health_flaps(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """Health flips healthy <-> unhealthy 3+ times: double the thresholds of the checks that flip it."""
     proposals = []
     for health in sorted(analysis.health.values(), key=lambda h: h.upstream):
@@ -239,7 +272,7 @@ def health_flaps(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
     return proposals
 
 
-def session_lost(analysis: Analysis, config: ProxyConfig) -> list[Proposal]:
+def session_lost(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """Repeated lost legacy sessions: advice only (no config key exists for session recovery yet)."""
     proposals = []
     for stats in sorted(analysis.upstreams.values(), key=lambda s: s.name):

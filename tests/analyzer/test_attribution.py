@@ -141,7 +141,7 @@ def test_no_rule_may_retry_a_slow_write_more(caplog: pytest.LogCaptureFixture) -
     assert unsafe_retries(analysis, before, after) == ["api create_issue"]
     assert unsafe_retries(analysis, before, declared) == ["api create_issue"]  # no hint says it is safe
 
-    def more_retries(a: Analysis, config: Any) -> list[Proposal]:
+    def more_retries(a: Analysis, config: Any, addressed: Any) -> list[Proposal]:
         [p] = rules.timeouts(a, config)
         return [Proposal(**{**{f: getattr(p, f) for f in p.__dataclass_fields__},
                             "changes": (Change("api", Match(tool="create_issue"), "retry.max_attempts", 5, 3),)})]  # fmt: skip

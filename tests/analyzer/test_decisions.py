@@ -96,22 +96,39 @@ def test_a_fallback_needs_material_upstream_failures() -> None:
     assert [p.rule for p in run(failures(40, 2000))] == ["cache_fallback"]  # 2%: lower bound 1.5%
 
 
-def test_a_per_tool_breaker_needs_one_tool_to_dominate_and_the_others_to_be_healthy() -> None:
-    def shared(scrape: int, other: int, other_calls: int = 200) -> list[dict[str, Any]]:
-        s = Stream()
-        s.call_ok(100.0, tool="scrape", ok=10, calls=10 + scrape)
-        s.call_ok(100.0, tool="search", ok=other_calls - other, calls=other_calls)
-        for i in range(scrape):
-            s.call_failed(1.0 + i * 0.1, "http_5xx", tool="scrape", idempotent=False)
-        for i in range(other):
-            s.call_failed(1.05 + i * 0.1, "http_5xx", tool="search", idempotent=False)
-        s.breaker_state(20.0, "closed", "open")
-        return s.events
+def shared(scrape: int, other: int, other_calls: int = 200, scrape_ok: int = 10) -> list[dict[str, Any]]:
+    """The shared breaker opened once; `scrape` failed `scrape` calls (beside `scrape_ok` successes) and
+    `search` `other` of its `other_calls`."""
+    s = Stream()
+    s.call_ok(100.0, tool="scrape", ok=scrape_ok, calls=scrape_ok + scrape)
+    s.call_ok(100.0, tool="search", ok=other_calls - other, calls=other_calls)
+    for i in range(scrape):
+        s.call_failed(1.0 + i * 0.01, "http_5xx", tool="scrape", idempotent=False)
+    for i in range(other):
+        s.call_failed(1.005 + i * 0.01, "http_5xx", tool="search", idempotent=False)
+    s.breaker_state(20.0, "closed", "open")
+    return s.events
 
+
+def test_a_per_tool_breaker_needs_one_tool_to_dominate_and_the_others_to_be_healthy() -> None:
     assert [p.rule for p in run(shared(30, 0))] == ["breaker_per_tool"]
     assert run(shared(12, 8)) == []  # 60/40: not one tool's doing
     assert run(shared(8, 0)) == []  # 8 of 8 from one tool: could be as low as 75%
-    assert run(shared(60, 12, other_calls=200)) == []  # others failing 6%: the upstream is sick, not one tool
+    assert run(shared(60, 12, other_calls=200)) == []  # 60 of 72 from one tool: could be as low as 74.9%
+
+
+def test_the_others_are_healthy_at_5_percent_or_far_below_the_failing_tool() -> None:
+    """Few calls cannot show 5% (0 of 30: up to 8.3%), but beside a tool failing 20 of 20 they are
+    conclusively healthy. A tool failing 6% beside others failing 5% is not one tool's doing."""
+    [p] = run(shared(20, 0, other_calls=30, scrape_ok=0))
+    _, healthy = p.statistics
+    assert (healthy.k, healthy.n, round(healthy.bound(), 3), healthy.threshold) == (0, 30, 0.083, 0.4404)
+    # 120 of scrape's 2,000 calls fail (at least 5.2%), 5 of search's 100 (up to 9.9%): 96% of the
+    # failures are scrape's, yet search is not shown healthier than 5%, nor than half of scrape's rate
+    assert run(shared(120, 5, other_calls=100, scrape_ok=1880)) == []
+    # the same scrape beside a search with none of 100 failing (up to 2.6%): healthy by the 5% alone
+    [q] = run(shared(120, 0, other_calls=100, scrape_ok=1880))
+    assert (q.rule, q.statistics[1].threshold) == ("breaker_per_tool", 0.05)
 
 
 def test_healthy_traffic_with_a_little_of_everything_is_quiet() -> None:

@@ -24,6 +24,7 @@ def test_text_report() -> None:
     assert "] api lost 4 legacy sessions: consider session recovery (advice only)" in text
     assert "  confidence: low (advice only: no change to estimate)\n" in text
     assert "  +          per_try: 4s" in text
+    assert "addresses:" not in text  # no timeout failed a call here: the attempts were retried
     assert "] api lost 4 legacy sessions: consider session recovery (advice only)" in text
 
 
@@ -36,6 +37,7 @@ def test_markdown_report() -> None:
     assert "- **Estimated effect:** at most 12 calls/s would reach api" in md
     assert "- **Confidence:** medium (one-sided Wilson score bounds, decided at 95%, holding at 97.5%)\n" in md
     assert "  - decided on: attempts answered 429 while the upstream limited: 30/390 (7.7%), 95% lower bound 5.8% \\>= 5%\n" in md  # ">" escaped for Markdown
+    assert "- **Addresses:** 30 failed call(s) whose cause this fixes (no cached fallback is proposed for them)\n" in md
     assert "```diff\n--- a/proxy.yaml\n+++ b/proxy.yaml\n" in md and md.rstrip().endswith("```")
 
 

@@ -275,7 +275,7 @@ def test_a_change_whose_result_does_not_validate_is_dropped(caplog: pytest.LogCa
     """failure_rate mode cannot take a failure_threshold; the file would be invalid, so no proposal."""
     config = sc.CONFIG.replace("failure_threshold: 5", "failure_threshold: 5\n      failure_rate: null")
     load_config(config, ENV)
-    def bad_rule(analysis: Analysis, cfg: Any) -> list[Proposal]:
+    def bad_rule(analysis: Analysis, cfg: Any, addressed: Any) -> list[Proposal]:
         [p] = rules_upstream.breaker_flaps(analysis, cfg)
         return [Proposal(**{**{f: getattr(p, f) for f in p.__dataclass_fields__}, "changes": (Change("api", None, "breaker.failure_rate", 0.5),)})]
 
@@ -318,6 +318,7 @@ def test_proposal_to_dict_is_json_ready() -> None:
     [p] = run(sc.throttled())
     data = orjson.loads(orjson.dumps(p.to_dict()))
     assert data["id"] == p.id
+    assert data["addresses"] == {"failures": 30, "openings": 0}  # the 429s: a proxy-side limit removes them
     assert data["changes"][0] == {"upstream": "api", "match": None, "key": "rate_limit.rate", "value": 12, "old": None}
     assert data["confidence"] == {
         "level": "medium",
