@@ -35,6 +35,8 @@ and `data` for any status when the body is a JSON-RPC error, and keep the sessio
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, ClassVar
 
 __all__ = [
@@ -83,7 +85,10 @@ class ProxyError(Exception):
         if self.upstream is not None:
             data["upstream"] = self.upstream
         if self.retry_after is not None:
-            data["retryAfter"] = round(self.retry_after, 3)
+            # Rounded up to the millisecond: a client must never be told to come back before it may (a
+            # refusal after a bounded wait can be a fraction of a millisecond early, and rounding it to
+            # the nearest gave ``retryAfter: 0``).
+            data["retryAfter"] = math.ceil(round(self.retry_after * 1000, 6)) / 1000
         return data
 
 
