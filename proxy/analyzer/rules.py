@@ -457,7 +457,7 @@ def _retry_success(analysis: Analysis, stats: TargetStats) -> tuple[float, str]:
 
 
 _DECLARATIONS = (("read_only_hint", "read-only"), ("idempotent_hint", "idempotent"))
-_MCP_NAMES = {"read_only_hint": "readOnlyHint", "idempotent_hint": "idempotentHint"}
+_MCP_NAMES = {"read_only_hint": "readOnlyHint", "idempotent_hint": "idempotentHint", "destructive_hint": "destructiveHint"}
 
 
 def declared_idempotent(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
@@ -510,7 +510,8 @@ def declared_idempotent(analysis: Analysis, config: ProxyConfig, addressed: Addr
             ),
             evidence=window_evidence(
                 analysis, [f.id for f in failed], failed=len(failed), calls=stats.total_calls, failure_kinds=dict(sorted(stats.failures.items())),
-                hints=hints, trust_annotations=False, policy=policy.rule,
+                declared={_MCP_NAMES.get(name, name): dict(values) for name, values in sorted(hints.items())},
+                trust_annotations=False, policy=policy.rule,
             ),
             effect=Effect(
                 f"with idempotent: true and max_attempts {attempts}, about {rescued} of the {len(failed)} failed calls "

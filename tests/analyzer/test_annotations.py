@@ -26,7 +26,7 @@ def test_a_flaky_read_only_tool_is_declared_idempotent_in_a_rule_of_its_own() ->
         "api declares get_weather readOnlyHint true (30 call events carried the declaration), but trust_annotations "
         "is off, so the proxy treats it as not idempotent and never retries it. 30 of its 230 calls failed"
     )
-    assert p.evidence["hints"] == {"read_only_hint": {"true": 30}}
+    assert p.evidence["declared"] == {"readOnlyHint": {"true": 30}}  # in the names tools/list uses
     # no retry data for this tool or its upstream: the estimate says what it assumed
     assert p.effect.numbers == {"failed": 30, "would_succeed": 29, "retry_success": 0.87, "max_attempts": 3}
     assert "from an assumption: no retry data; failures independent" in p.effect.text
