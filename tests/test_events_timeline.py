@@ -93,9 +93,9 @@ def test_a_success_at_the_very_end_of_a_short_window_is_in_its_last_slot() -> No
 
 @pytest.mark.parametrize(
     ("interval", "slot", "slots"),
-    [(1.0, 1.0, 1), (10.0, 1.0, 10), (60.0, 1.0, 60), (120.0, 2.0, 60), (100.0, 100 / 60, 60), (3600.0, 60.0, 60)],
+    [(0.2, 0.2, 1), (1.0, 1.0, 1), (10.0, 1.0, 10), (60.0, 1.0, 60), (120.0, 2.0, 60), (100.0, 100 / 60, 60), (3600.0, 60.0, 60)],
 )
-def test_a_window_has_at_most_sixty_slots_of_at_least_a_second(interval: float, slot: float, slots: int) -> None:
+def test_a_window_has_at_most_sixty_slots_of_at_least_a_second_or_the_whole_window(interval: float, slot: float, slots: int) -> None:
     assert timeline_slot(interval) == slot and TIMELINE_SLOTS == 60
     events, wall = recorder(interval)
     finish_at(events, wall, 0.0, interval - 0.001, interval * 0.5)

@@ -345,8 +345,9 @@ class UpstreamStats:
                 slot, line = lines[(end, length)]
                 for index, count in enumerate(line):
                     low = start + index * slot
-                    if low <= last and low + slot > first:  # slot [low, low + slot) overlaps [first, last]
-                        ok, seconds = ok + count, seconds + slot
+                    high = min(low + slot, end)  # a window's last slot (or a window shorter than a slot) ends with it
+                    if low <= last and high > first and high > low:  # slot [low, high) overlaps [first, last]
+                        ok, seconds = ok + count, seconds + (high - low)
                         used.add("timeline")
             elif any(start <= ts <= end for ts in self.http_429_ts):
                 ok, seconds = ok + window_ok, seconds + length

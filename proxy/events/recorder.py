@@ -23,7 +23,7 @@ Names come from clients, sizes from clients and upstreams; neither can crowd out
 
 **Timelines.** Each summary counts its successes per slot of the window as well (`ok_timeline`): a
 slot is `timeline_slot` of the configured `events.summary_interval` (1 s, or a 60th of a window longer
-than a minute), so a timeline has at most `TIMELINE_SLOTS` slots. A whole window is as long as its
+than a minute, or the whole of one shorter than a second), so a timeline has at most `TIMELINE_SLOTS` slots. A whole window is as long as its
 interval: the analyzer can then tell the seconds an upstream was answering 429 from the seconds
 before, and estimate the rate it accepted while it was limiting, which a whole window's count mixes
 with the traffic from before the limiting began. Each success costs a clock read, a subtraction, a
@@ -90,8 +90,9 @@ _DEFAULT_INTERVAL: Final[float] = EventsConfig.model_fields["summary_interval"].
 
 def timeline_slot(interval: float) -> float:
     """How long one slot of `ok_timeline` is (s) for summaries every `interval` seconds: 1 s, or longer so
-    that a window has at most `TIMELINE_SLOTS` slots."""
-    return max(1.0, interval / TIMELINE_SLOTS)
+    that a window has at most `TIMELINE_SLOTS` slots, and never longer than the window itself (summaries
+    every 200 ms have one slot of 200 ms, not a second that a rate would be divided by)."""
+    return min(interval, max(1.0, interval / TIMELINE_SLOTS))
 
 
 def _slots(window_s: float, slot: float) -> int:

@@ -117,7 +117,7 @@ class CallOk(Event):
     `ok`. Always written by this proxy; absent from recordings made before it was added."""
     timeline_slot_s: float | Absent = ABSENT
     """How long one slot of `ok_timeline` is (s): the `events.summary_interval` divided by
-    `TIMELINE_SLOTS`, and at least 1. Written with `ok_timeline`."""
+    `TIMELINE_SLOTS`, and at least 1, but never more than the interval itself. Written with `ok_timeline`."""
 
 
 @_kind

@@ -70,3 +70,16 @@ def test_a_few_429s_among_many_accepted_calls_are_the_upstream_doing_its_job() -
     for i in range(20):
         s.call_failed(1.0 + i, "http_429", tool="search", idempotent=False)  # 20 of 2,520: under 5%
     assert run(s.events) == []
+
+
+def test_a_slot_longer_than_its_window_counts_only_the_window() -> None:
+    """Summaries every 200 ms (one slot each): the seconds counted are the windows' own, not a whole slot's.
+    A recording from before slots were capped at the window says `timeline_slot_s` 1.0 for a 0.2 s window:
+    the rate must still be the 5 calls per 200 ms the upstream accepted (25/s), not 5/s."""
+    s = Stream()
+    for n in range(1, 11):  # 2 s of 200 ms windows, 5 ok each, and a 429 in every one
+        at = 0.2 * n
+        s.retry(at - 0.1, "http_429", tool="search")
+        s.call_ok(at, tool="search", ok=5, window_s=0.2, ok_timeline=[5], timeline_slot_s=1.0)
+    rate, seconds, basis = Analysis.from_events(s.events, window_s=None).upstreams["api"].accepted() or (0, 0, "")
+    assert (round(rate, 3), round(seconds, 3), basis) == (25.0, 2.0, "timeline")  # absolute timestamps: float dust
