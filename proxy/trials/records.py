@@ -21,7 +21,8 @@ How a recorded stream becomes records, and where that is exact or approximate:
   ``circuit_open`` of its upstream within `CIRCUIT_OPEN_MATCH_S`, else its last attempt is ``unknown``.
 - **Successful calls come from the ``call_ok`` summaries**, which count every call of a window by outcome
   and by the attempt that succeeded. The calls rebuilt from events are taken out of their summary (the
-  one whose window holds the call's last event: a success by its attempt, a failure by the reason
+  one whose window holds the call's last event but its observations, which come up to
+  ``events.observe_timeouts`` after the client had its answer: a success by its attempt, a failure by the reason
   ``call_failed`` gave, which is the summary's outcome name); what remains becomes records of their own:
   - times: spread evenly over the summary's window (record ``i`` of ``n`` at ``start + (i + 0.5) *
     length / n``), or, when the summary carries ``ok_timeline`` and ``timeline_slot_s``, over each slot by
@@ -269,7 +270,9 @@ def _rebuild(events: list[Event], circuit_opens: dict[str, list[float]]) -> _Reb
             else:
                 outcome, stale_age = "stale", _num(event.get("age"))
                 last = max(last, number)
-    end_ts = float(events[-1]["ts"])
+    # When the client had its answer: the call's last event but its observations, which may come up to
+    # `events.observe_timeouts` later (the summary that counted the call is the one of this moment).
+    end_ts = max((float(e["ts"]) for e in events if e.get("type") != "timeout_observed"), default=float(events[-1]["ts"]))
     if rate_limited or outcome == "hit":
         built: tuple[AttemptRecord, ...] = ()
         last = 0
@@ -423,7 +426,7 @@ def records_from_events(events: Iterable[Event], window_s: float | None = None) 
         if one is not None:
             rebuilt.append(one)
     records = [r.record for r in rebuilt]
-    # Each rebuilt call belongs to the summary whose window holds its last event (the earliest such).
+    # Each rebuilt call belongs to the summary whose window holds its end (`end_ts`; the earliest such).
     windows: dict[tuple[str, str, str | None], list[tuple[float, float, int]]] = defaultdict(list)
     for index, event in enumerate(summaries):
         target = _target(event)

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.config.model import ProxyConfig, load_config
 from proxy.trials import AttemptRates, AttemptRecord, CallRecord, Simulator, Tally, records_from_events, replay
-from tests.analyzer.builders import T0
+from tests.analyzer.builders import T0, Stream
 from tests.trials.builders import Recording
 
 
@@ -302,3 +302,18 @@ def test_the_simulator_is_incremental_and_learns_rates_when_none_are_given(learn
     for record in records:
         simulator.feed(record)
     assert (simulator.figures().before.errors, simulator.figures().after.errors) == (10, 5)
+
+
+def test_a_call_belongs_to_the_summary_of_its_answer_not_of_its_late_observation() -> None:
+    """A timed-out call is answered (call_failed) in one 200 ms summary window; its `timeout_observed`
+    comes in the next. It is the first window's failure: rebuilt once, never again from the summary."""
+    s = Stream()
+    call = s.call_id()
+    s.timeout(0.10, 200.0, call_id=call, idempotent=False)
+    s.call_failed(0.11, "timeout", call_id=call, idempotent=False)  # reason: its kind, here
+    s.call_ok(0.2, ok=0, calls=1, window_s=0.2, outcomes={"timeout": 1})
+    s.timeout_observed(0.33, 200.0, 420.0, call_id=call, idempotent=False)
+    s.call_ok(0.4, ok=0, calls=0, window_s=0.2, outcomes={})
+    records = records_from_events(s.events)
+    assert [(r.outcome, r.call_id, r.from_summary) for r in records] == [("failed", call, False)]
+    assert records[0].attempts[0].latency_ms == 420.0
