@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import bisect
 import gc
+import heapq
 import logging
-from collections import Counter, deque
+import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from proxy.analyzer.model import (
 )
 from proxy.events.envelope import SCHEMA_VERSION
 
-__all__ = ["DEFAULT_WINDOW_S", "RUN_UP_S", "Analysis", "Window", "read_events"]
+__all__ = ["DEFAULT_WINDOW_S", "REORDER_S", "RUN_UP_S", "SLICES", "Analysis", "Window", "read_events"]
 
 log = logging.getLogger(__name__)
 DEFAULT_WINDOW_S = 300.0
@@ -92,6 +95,9 @@ class Analysis:
     refused_attempts: list[tuple[float, str, str]] = field(default_factory=list)
     """(ts, upstream, breaker) of each `circuit_open` event."""
     _failed_attempts: set[tuple[str, int]] = field(default_factory=set)
+    _attempt_keys: list[tuple[str, int] | None] = field(default_factory=list)
+    """The attempt of each `attempt_failures` entry (None without a call id): what merging time slices
+    deduplicates on, as the fold does with `_failed_attempts`."""
     _openings: list[Opening] = field(default_factory=list)
 
     @classmethod
@@ -112,23 +118,59 @@ class Analysis:
             start = valid[-1]["ts"] - window_s
             valid = [e for e in valid if e["ts"] >= start]
         analysis = cls(window_s=window_s, skipped=skipped)
-        # The fold allocates one small object per failure and keeps them all: the cyclic collector would
-        # rescan the growing heap again and again (measured: more than half the time of 1.5 M events).
-        # Nothing here makes cycles, and the fold never yields to the event loop, so it runs with it paused.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with _collector_paused():
             for event in valid:
-                try:
-                    analysis._add(event)
-                except (TypeError, ValueError, AttributeError, KeyError) as exc:  # one odd event never sinks the analysis
-                    analysis.skipped += 1
-                    log.info("analyzer skipped a malformed %s event %s: %r", event.get("type"), event.get("id"), exc)
+                _fold(analysis, event)
             analysis.attribute()
-        finally:
-            if collecting:
-                gc.enable()
         return analysis
+
+    @classmethod
+    def merged(cls, parts: Iterable[Analysis], window_s: float | None) -> Analysis:
+        """One analysis of consecutive time slices (`parts`, oldest first, each folded but not attributed):
+        the slices merged, then the work that needs the whole window (`attribute`) done once."""
+        analysis = cls(window_s=window_s)
+        with _collector_paused():
+            for part in parts:
+                analysis.merge(part)
+            analysis.attribute()
+        return analysis
+
+    def merge(self, later: Analysis) -> None:
+        """Add the partial analysis of a later time slice (folded by `_add`, not attributed): counters add,
+        lists concatenate (both sides are in time order, so the result is), records merge per key, and a
+        failed attempt already counted here (its timeout here, its retry there) is not counted again.
+        `later` is left untouched and nothing mutable of it is shared, so a slice can be merged again."""
+        self.events += later.events
+        self.skipped += later.skipped
+        self.by_type.update(later.by_type)
+        for ts in (later.window_start, later.window_end):
+            if ts is not None:
+                self.window_start = ts if self.window_start is None else min(self.window_start, ts)
+                self.window_end = ts if self.window_end is None else max(self.window_end, ts)
+        for signature, group in later.signatures.items():
+            mine = self.signatures.get(signature)
+            if mine is None:
+                self.signatures[signature] = group.copy()
+            else:
+                mine.merge(group)
+        for target, stats in later.targets.items():
+            self._target_stats(target).merge(stats)
+        for key, breaker in later.breakers.items():
+            self.breakers.setdefault(key, BreakerStats(breaker.upstream, breaker.name)).merge(breaker)
+        for name, health in later.health.items():
+            self.health.setdefault(name, HealthStats(name)).merge(health)
+        for name, upstream in later.upstreams.items():
+            self.upstream(name).merge(upstream)
+        self.config_changes.extend(later.config_changes)
+        for failure, attempt in zip(later.attempt_failures, later._attempt_keys, strict=True):
+            if attempt is not None:
+                if attempt in self._failed_attempts:
+                    continue
+                self._failed_attempts.add(attempt)
+            self.attempt_failures.append(failure)
+            self._attempt_keys.append(attempt)
+        self.refusals.extend(later.refusals)
+        self.refused_attempts.extend(later.refused_attempts)
 
     def attribute(self) -> None:
         """Give each breaker its openings: the failures that led to each, and the calls each refused.
@@ -138,8 +180,11 @@ class Analysis:
         method's) own breaker is tried first, then its upstream's. Refusals with no opening in the window
         (the breaker opened before it) stay unattributed.
         """
+        by_upstream: dict[str, list[tuple[float, Target, str]]] = {}
+        for failure in self.attempt_failures:  # once, not once per breaker: a window holds many failures
+            by_upstream.setdefault(failure[1].upstream, []).append(failure)
         for stats in self.breakers.values():
-            stats.openings = _openings(stats, self.attempt_failures)
+            stats.openings = _openings(stats, by_upstream.get(stats.upstream, []))
             stats.opening_times = [o.ts for o in stats.openings]
         self._openings = sorted((o for b in self.breakers.values() for o in b.openings), key=lambda o: (o.ts, o.id))
         for ts, target, failed in self.refusals:
@@ -184,7 +229,9 @@ class Analysis:
         if not isinstance(upstream, str) or not isinstance(method, str):
             return None
         tool = event.get("tool")
-        target = Target(upstream, method, tool if isinstance(tool, str) else None)
+        return self._target_stats(Target(upstream, method, tool if isinstance(tool, str) else None))
+
+    def _target_stats(self, target: Target) -> TargetStats:
         stats = self.targets.get(target)
         if stats is None:
             stats = self.targets[target] = TargetStats(target)
@@ -265,6 +312,7 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
             if attempt is not None:
                 analysis._failed_attempts.add(attempt)
             analysis.attempt_failures.append((ts, stats.target, error_kind))
+            analysis._attempt_keys.append(attempt)
     if kind == "call_ok":
         # Parse everything first: an event that fails half-way must leave no half-counted trace.
         calls, ok = int(_num(event.get("calls"))), int(_num(event.get("ok")))
@@ -369,28 +417,155 @@ def _in_force(breaker: BreakerStats, ts: float) -> Opening | None:
     return opening if opening is not None and ts < opening.until else None
 
 
-class Window:
-    """The live analyzer's memory: events of the last `window_s` seconds (by event ts), oldest dropped."""
+SLICES = 30
+"""Time slices per window (`Window`): the window slides, and its old end is cut, a slice at a time."""
+REORDER_S = 1.0
+"""How long (event time) a `Window` holds an event back before folding it, so that events arriving out of
+`ts` order by up to this much are folded in order, exactly as `Analysis.from_events` sorts them."""
 
-    def __init__(self, window_s: float = DEFAULT_WINDOW_S) -> None:
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a fold or a merge.
+
+    A fold allocates one small object per failure and keeps them all: the collector would rescan the
+    growing heap again and again (measured: more than half the time of 1.5 M events). Nothing here makes
+    cycles, and the work never yields to the event loop, so it runs with the collector paused.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _fold(analysis: Analysis, event: Event) -> None:
+    """Add one schema-v1 event; a malformed one is counted as skipped, never sinks the analysis."""
+    try:
+        analysis._add(event)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        analysis.skipped += 1
+        log.info("analyzer skipped a malformed %s event %s: %r", event.get("type"), event.get("id"), exc)
+
+
+class Window:
+    """The live analyzer's memory: the last `window_s` seconds of events (by event ts), kept as aggregates.
+
+    The window is cut into `slices` time slices of ``window_s / slices`` seconds (slice ``i`` holds the
+    events with ``floor(ts / slice_s) == i``). Each event is folded once, into its slice's partial
+    `Analysis`, and dropped; `analysis()` merges the slices (`Analysis.merge`) and attributes the breaker
+    openings once, on the merged result. Memory is the slices' aggregates, not the events: per target and
+    breaker counters, plus the per-failure lists the rules read (`Analysis.attempt_failures`,
+    `TargetStats.failed` and the id lists), which grow with the failures in the window.
+
+    The window is slice-granular: it holds the slice of the latest event and the `slices` slices before
+    it, so it reaches back between `window_s` and ``window_s + slice_s`` seconds; older slices are dropped
+    as it slides, and an event older than the oldest slice is ignored (counted in `ignored`). Its analysis
+    equals ``Analysis.from_events`` of the same events (those `covers` says are in the window, without a
+    further cut), field by field, when the events arrive at most `reorder_s` out of ts order: events are
+    held back that long and folded in (ts, id) order. An event later than that is folded when it comes
+    (counted in `late`): its counts are exact, only its place in the per-failure lists may differ.
+    """
+
+    def __init__(self, window_s: float = DEFAULT_WINDOW_S, slices: int = SLICES, reorder_s: float = REORDER_S) -> None:
+        if window_s <= 0 or slices < 1:
+            raise ValueError("a window needs a positive length and at least one slice")
         self.window_s = window_s
-        self._events: deque[Event] = deque()
+        self.slices = slices
+        self.slice_s = window_s / slices
+        self.reorder_s = reorder_s
+        self.late = 0
+        """Events folded after events later than them (out of ts order by more than `reorder_s`)."""
+        self.ignored = 0
+        """Events older than the window when they came."""
+        self._parts: dict[int, Analysis] = {}
+        self._sizes: dict[int, int] = {}
+        self._pending: list[tuple[float, float, int, Event]] = []
+        self._arrivals = 0
+        self._folded_to = (float("-inf"), float("-inf"))
         self._latest = float("-inf")
+        self._first: int | float = float("-inf")
+
+    def slice_of(self, ts: float) -> int:
+        return math.floor(ts / self.slice_s)
+
+    @property
+    def start(self) -> float | None:
+        """The start of the oldest slice the window holds (None while empty)."""
+        return None if self._latest == float("-inf") else self._first * self.slice_s
+
+    def covers(self, ts: float) -> bool:
+        """Whether an event at `ts` is inside the window as it stands."""
+        return self.slice_of(ts) >= self._first
 
     def add(self, event: Event) -> None:
-        ts = event.get("ts")
+        ts = event.get("ts") if isinstance(event, dict) else None
         if not isinstance(ts, int | float):
             return
-        self._events.append(event)
-        self._latest = max(self._latest, float(ts))
-        while self._events[0]["ts"] < self._latest - self.window_s:
-            self._events.popleft()
+        ts = float(ts)
+        if ts > self._latest:
+            self._latest = ts
+            self._slide()
+        index = self.slice_of(ts)
+        if index < self._first:
+            self.ignored += 1
+            return
+        self._sizes[index] = self._sizes.get(index, 0) + 1
+        version = event.get("v")
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            self._part(index).skipped += 1
+            return
+        order = (ts, _num(event.get("id")))
+        if order < self._folded_to:
+            self.late += 1
+            with _collector_paused():
+                _fold(self._part(index), event)
+            return
+        self._arrivals += 1
+        heapq.heappush(self._pending, (*order, self._arrivals, event))
+        if self._pending[0][0] < self._latest - self.reorder_s:
+            self._settle(self._latest - self.reorder_s)
 
     def __len__(self) -> int:
-        return len(self._events)
+        """Events in the window (every event with a ts in it, skipped ones included)."""
+        return sum(self._sizes.values())
 
     def analysis(self) -> Analysis:
-        return Analysis.from_events(list(self._events), window_s=self.window_s)
+        """The window's analysis: its slices merged, and the events still held back folded on a copy."""
+        with _collector_paused():
+            tail = Analysis()
+            for _, _, _, event in sorted(self._pending):
+                if self.covers(float(event["ts"])):
+                    _fold(tail, event)
+        parts = [self._parts[index] for index in sorted(self._parts)]
+        return Analysis.merged([*parts, tail], window_s=self.window_s)
+
+    def _part(self, index: int) -> Analysis:
+        part = self._parts.get(index)
+        if part is None:
+            part = self._parts[index] = Analysis()
+        return part
+
+    def _slide(self) -> None:
+        first = self.slice_of(self._latest) - self.slices
+        if first <= self._first:
+            return
+        self._first = first
+        for index in [i for i in self._sizes if i < first]:
+            del self._sizes[index]
+            self._parts.pop(index, None)
+
+    def _settle(self, until: float) -> None:
+        """Fold, in (ts, id) order, the held-back events older than `until`."""
+        with _collector_paused():
+            while self._pending and self._pending[0][0] < until:
+                ts, number, _, event = heapq.heappop(self._pending)
+                self._folded_to = (ts, number)
+                index = self.slice_of(ts)
+                if index >= self._first:
+                    _fold(self._part(index), event)
 
 
 def read_events(path: str | Path) -> Iterator[Event]:

@@ -1,8 +1,9 @@
 """The analyzer inside the proxy: proposals at /proposals, and the opt-in, bounded auto-apply.
 
 With ``analyzer: {enabled: true}`` (and ``serve --config FILE``), the proxy feeds its own events into
-an analyzer window and recomputes the proposals every `interval`; the admin endpoint ``/proposals``
-serves them, and ``analyze --apply ID`` (or an operator's edit) applies one. The /proposals document
+an analyzer window every `FEED_S` (read from the bus's ring, in chunks that give the event loop back
+in between) and recomputes the proposals every `interval`; the admin endpoint ``/proposals`` serves
+them with the events the window took in and the ones it missed (the ring had moved past them), and ``analyze --apply ID`` (or an operator's edit) applies one. The /proposals document
 passes through `proxy.redact.redact` (a diff's context lines are lines of the operator's file, which
 may hold an upstream URL with credentials).
 
@@ -56,6 +57,12 @@ class Trials(Protocol):
 
 
 log = structlog.get_logger("proxy.analyzer")
+FEED_S = 1.0
+"""How often the window takes in the bus's new events, whatever the proposal `interval`: the ring holds
+`events.buffer` events (10,000 by default, 2 s at 5,000 events/s), so reading it only every `interval`
+(30 s) would miss most of a busy proxy's events."""
+FEED_CHUNK = 1000
+"""Events folded before the event loop is given back: about 10 ms of work, so calls are never held longer."""
 
 
 def within_bounds(proposal: Proposal, config: AnalyzerConfig) -> bool:
@@ -124,6 +131,10 @@ class EmbeddedAnalyzer:
         self._recorder = recorder
         self._window = Window(config.window)
         self._last_id = 0
+        self.events_seen = 0
+        """Events the window took in (config reloads, which restart it, included)."""
+        self.events_missed = 0
+        """Events the bus published that the window never saw: ids skipped because the ring had moved on."""
         self.proposals: list[Proposal] = []
         self.computed_at: float | None = None
         self._verifying: _Verification | None = None
@@ -145,23 +156,48 @@ class EmbeddedAnalyzer:
             "window_s": self.config.window,
             "auto_apply": self.config.auto_apply.enabled,
             "verifying": None if self._verifying is None else self._verifying.proposal.id,
+            "events_seen": self.events_seen,
+            "events_missed": self.events_missed,
             "proposals": [p.to_dict() for p in self.proposals],
         }
         redacted: dict[str, Any] = redact(document, max_chars=None, max_depth=64, budget=Budget(chars=None, items=None))
         return redacted
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_step = loop.time() + self.config.interval
         while True:
-            await asyncio.sleep(self.config.interval)
+            await asyncio.sleep(min(FEED_S, max(0.0, next_step - loop.time())))
             try:
-                self.step()
+                await self._feed()
+                if loop.time() >= next_step:
+                    next_step = loop.time() + self.config.interval
+                    self.step()
             except Exception as exc:  # the analyzer must never take the proxy down
                 log.error("analyzer_failed", error=repr(exc))
 
+    async def _feed(self) -> None:
+        """Take in the bus's new events, `FEED_CHUNK` at a time, yielding to the event loop in between."""
+        while True:
+            events = self._bus.recent(self._last_id)
+            for start in range(0, len(events), FEED_CHUNK):
+                self._take(events[start : start + FEED_CHUNK])
+                await asyncio.sleep(0)
+            if len(events) < FEED_CHUNK:
+                return
+
     def _drain(self) -> None:
-        """Take in what the bus published since the last step (read from its ring: no subscriber queue to overflow)."""
-        for event in self._bus.recent(self._last_id):
-            self._last_id = event["id"]
+        """Take in what the bus published since the last read (from its ring: no subscriber queue to overflow)."""
+        self._take(self._bus.recent(self._last_id))
+
+    def _take(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            event_id = event["id"]
+            if event_id <= self._last_id:
+                continue  # read twice (a chunk of an older read): taken already
+            self.events_missed += event_id - self._last_id - 1
+            self.events_seen += 1
+            self._last_id = event_id
             if event.get("type") == "config_reloaded":
                 # What happened under the old config is no evidence against the new one: without
                 # this, a kept change would be proposed again, one step further, from the same events.

@@ -100,6 +100,21 @@ class SignatureGroup:
     by_type: Counter[str] = field(default_factory=Counter)
     example_ids: list[int] = field(default_factory=list)
 
+    def merge(self, later: SignatureGroup) -> None:
+        """Add the same signature's events of a later time slice: what the first event said stays (the kind,
+        message and call of the group are the earliest event's), the examples are the first `EXAMPLES`."""
+        self.count += later.count
+        self.by_type.update(later.by_type)
+        self.first_ts, self.last_ts = min(self.first_ts, later.first_ts), max(self.last_ts, later.last_ts)
+        self.example_ids.extend(later.example_ids[: max(0, EXAMPLES - len(self.example_ids))])
+
+    def copy(self) -> SignatureGroup:
+        """A group sharing nothing mutable with this one (a slice's group is merged, never handed out)."""
+        return SignatureGroup(
+            self.signature, self.kind, self.message, self.upstream, self.method, self.tool, self.first_ts,
+            self.last_ts, self.count, Counter(self.by_type), list(self.example_ids),
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class FailedCall:
@@ -154,6 +169,42 @@ class TargetStats:
     stale_ts: list[float] = field(default_factory=list)
     stale_ids: list[int] = field(default_factory=list)
     stale_max_age: float = 0.0
+
+    def merge(self, later: TargetStats) -> None:
+        """Add the same target's events of a later time slice (`aggregate.Window`): counters add, the
+        per-event lists concatenate (so they stay in time order), call-id sets union, a budget refusal's
+        kind is the latest one, the stale age its maximum. Nothing of `later` is shared afterwards."""
+        self.calls += later.calls
+        self.ok += later.ok
+        self.outcomes.update(later.outcomes)
+        self.ok_by_attempt.update(later.ok_by_attempt)
+        self.histogram.merge(later.histogram)
+        self.failed.extend(later.failed)  # FailedCall is frozen: sharing the records is safe
+        self.attempt_failures += later.attempt_failures
+        self.timeouts += later.timeouts
+        self.timeout_ids.extend(later.timeout_ids)
+        self.observed_ms.extend(later.observed_ms)
+        self.observed_ids.extend(later.observed_ids)
+        self.unobserved += later.unobserved
+        self.retries += later.retries
+        self.retry_ids.extend(later.retry_ids)
+        self.retried_calls |= later.retried_calls
+        self.exhausted.update(later.exhausted)
+        self.exhausted_by_kind.update(later.exhausted_by_kind)
+        self.exhausted_attempts.extend(later.exhausted_attempts)
+        self.exhausted_ids.extend(later.exhausted_ids)
+        self.failed_calls |= later.failed_calls
+        self.budget_exhausted += later.budget_exhausted
+        self.idempotent_true += later.idempotent_true
+        self.idempotent_false += later.idempotent_false
+        self.read_only_hint.update(later.read_only_hint)
+        self.idempotent_hint.update(later.idempotent_hint)
+        self.destructive_hint.update(later.destructive_hint)
+        self.budget_failures.update(later.budget_failures)
+        self.fallback_hit += later.fallback_hit
+        self.stale_ts.extend(later.stale_ts)
+        self.stale_ids.extend(later.stale_ids)
+        self.stale_max_age = max(self.stale_max_age, later.stale_max_age)
 
     @property
     def failures(self) -> Counter[str]:
@@ -270,6 +321,12 @@ class BreakerStats:
     """Filled by `Analysis` once the window is read: each opening with its run-up and its refusals."""
     opening_times: list[float] = field(default_factory=list)
 
+    def merge(self, later: BreakerStats) -> None:
+        """Add the same breaker's events of a later time slice. The openings are not merged: they need the
+        whole window (`Analysis.attribute` computes them once, on the merged result)."""
+        self.transitions.extend(later.transitions)
+        self.refused += later.refused
+
     @property
     def tool(self) -> str | None:
         prefix = f"{self.upstream}/"
@@ -295,6 +352,10 @@ class HealthStats:
     upstream: str
     transitions: list[Transition] = field(default_factory=list)
 
+    def merge(self, later: HealthStats) -> None:
+        """Add the same upstream's health changes of a later time slice."""
+        self.transitions.extend(later.transitions)
+
     @property
     def flaps(self) -> list[Transition]:
         """Transitions between healthy and unhealthy (from or to `unknown` does not count)."""
@@ -315,6 +376,22 @@ class UpstreamStats:
     timelines: dict[tuple[float, float, float], list[int]] = field(default_factory=dict)
     """ok calls per slot, keyed by (window end, window length, slot length), summed over the upstream's
     targets: from `call_ok.ok_timeline` (recordings before it have none)."""
+
+    def merge(self, later: UpstreamStats) -> None:
+        """Add the same upstream's events of a later time slice: lists concatenate, the ok counts of one
+        summary window add up (its summaries may fall on both sides of a slice boundary), timelines add
+        slot by slot."""
+        self.http_429_ts.extend(later.http_429_ts)
+        self.http_429_ids.extend(later.http_429_ids)
+        for key, ok in later.windows.items():
+            self.windows[key] = self.windows.get(key, 0) + ok
+        self.session_lost_ids.extend(later.session_lost_ids)
+        self.budget_exhausted += later.budget_exhausted
+        for slot_key, timeline in later.timelines.items():
+            line = self.timelines.setdefault(slot_key, [])
+            line.extend([0] * (len(timeline) - len(line)))
+            for index, count in enumerate(timeline):
+                line[index] += count
 
     def windows_with_429(self) -> list[tuple[float, float, int]]:
         return [

@@ -64,6 +64,12 @@ class Histogram:
             self.max_ms = max(self.max_ms, float(max_ms))
         return True
 
+    def merge(self, other: Histogram) -> None:
+        """Add another histogram's counts (a later time slice of the same target): the same as having
+        added its summaries here, since it kept only those matching its own first bounds."""
+        if other.counts:
+            self.add(other.bounds, other.counts, other.max_ms)
+
     @property
     def total(self) -> int:
         return sum(self.counts)

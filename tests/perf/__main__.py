@@ -38,7 +38,17 @@ Modes instead of the above (each under 1.5 minutes with its defaults):
   after a warm-up, with ``PYTHONHASHSEED=0``: repeatable to about 0.2% where CPU time drifts by 10-20%;
   proxy/naive, proxy/aiofloor and the per-call work, proxy minus aiofloor (`tests.perf.instructions`;
   needs valgrind, otherwise it says so and measures nothing);
-- ``--events-compare``, below.
+- ``--events-compare``, below;
+- ``--analyzer``: can the analyzer keep up with 5,000 events/s on one core (`tests.perf.analyzer_rate`)?
+  First the analyzer alone: a seeded realistic event mix at ``--event-rate`` events/s of event time
+  (default 5000) for ``--span`` seconds (default 300) into a ``--window`` s window (default 300), the
+  analysis and the rules recomputed every ``--analysis-every`` s of event time (default 30): CPU seconds
+  per second of events (the share of one core), the events/s one core could sustain, peak RSS growth;
+  ``--refold`` adds the old way's cost, re-folding the whole window's raw events at once. Then live: two
+  proxies pinned to the forwarder CPU, the embedded analyzer on and off, in front of an upstream that
+  answers every ``--analyzer-fail-every`` th call (default 2) with a 503, retried twice: events
+  published/s, the events the analyzer saw and missed (/proposals), req/s on vs off, ``--rounds``
+  rounds (default 3) alternating which goes first. About 2.5 minutes with the defaults.
 
 ``--events-compare`` (instead of the above): the cost of failure events, "events on must cost <= 5%
 throughput versus events off, in the same run". Four proxies run side by side on the forwarder CPU:
@@ -72,6 +82,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.perf.analyzer_rate import analyzer
 from tests.perf.config_size import config_size
 from tests.perf.events_compare import _events_compare
 from tests.perf.harness import (
@@ -189,6 +200,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="instead: the proxy's memory idle, with --entries cached answers and --streams open SSE streams (see above)",
     )
     what.add_argument(
+        "--analyzer",
+        action="store_true",
+        help="instead: the analyzer's capacity at --event-rate events/s, then live with a proxy on one CPU (see above)",
+    )
+    what.add_argument(
         "--instructions",
         action="store_true",
         help="instead: instructions per request of proxy, naive, aiofloor and floor under callgrind (see above)",
@@ -214,6 +230,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--settle", type=float, default=1.0, metavar="SECONDS",
         help="with --memory: the wait before each reading of the proxy's memory (default 1)",
     )
+    parser.add_argument("--event-rate", type=float, default=5000.0, help="with --analyzer: events/s of event time (default 5000)")
+    parser.add_argument("--span", type=float, default=300.0, help="with --analyzer: seconds of event time fed (default 300)")
+    parser.add_argument("--window", type=float, default=300.0, help="with --analyzer: the window, seconds (default 300)")
+    parser.add_argument(
+        "--analysis-every", type=float, default=30.0, help="with --analyzer: seconds of event time between analyses (default 30)"
+    )
+    parser.add_argument("--refold", action="store_true", help="with --analyzer: also time re-folding the whole window at once")
+    parser.add_argument(
+        "--analyzer-fail-every", type=int, default=2, metavar="N",
+        help="with --analyzer: the live upstream answers every Nth call 503 (default 2)",
+    )
     parser.add_argument(
         "--fail-every",
         type=int,
@@ -232,7 +259,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.rounds is None:
-        args.rounds = 3 if args.events_compare or args.config_size else 1
+        args.rounds = 3 if args.events_compare or args.config_size or args.analyzer else 1
     if args.rounds < 1 or args.fail_every < 1 or args.requests < 1:
         parser.error("--rounds, --fail-every and --requests must be at least 1")
     return args
@@ -594,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = config_size(args, Path(tmp), procs, wrk)
             elif args.memory:
                 report = memory(args, Path(tmp), procs)
+            elif args.analyzer:
+                report = analyzer(args, Path(tmp), procs, wrk)
             elif args.instructions:
                 report = instructions(args, Path(tmp), procs)
             else:
