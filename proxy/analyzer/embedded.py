@@ -2,8 +2,11 @@
 
 With ``analyzer: {enabled: true}`` (and ``serve --config FILE``), the proxy feeds its own events into
 an analyzer window every `FEED_S` (read from the bus's ring, in chunks that give the event loop back
-in between) and recomputes the proposals every `interval`; the admin endpoint ``/proposals`` serves
-them with the events the window took in and the ones it missed (the ring had moved past them), and ``analyze --apply ID`` (or an operator's edit) applies one. The /proposals document
+in between) and recomputes the proposals every `interval`, in a worker thread: a full window at thousands
+of events a second takes seconds of CPU to analyze, which in the event loop would stall every call for
+as long. The admin endpoint ``/proposals`` serves them with the events the window took in and the ones
+it missed (the ring had moved past them), and ``analyze --apply ID`` (or an operator's edit) applies
+one. The /proposals document
 passes through `proxy.redact.redact` (a diff's context lines are lines of the operator's file, which
 may hold an upstream URL with credentials).
 
@@ -142,6 +145,9 @@ class EmbeddedAnalyzer:
         self._applied: set[str] = set()
         self.trials = trials
         self._trial: tuple[str, Proposal] | None = None
+        self._analyzing = False
+        self._backlog: list[dict[str, Any]] = []
+        """Events read while a worker thread analyzes the window, taken in once it is done."""
 
     def start(self) -> None:
         spawn(self._run(), name="embedded-analyzer", owner=self._tasks)
@@ -164,17 +170,44 @@ class EmbeddedAnalyzer:
         return redacted
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_step = loop.time() + self.config.interval
+        spawn(self._feeding(), name="embedded-analyzer-feed", owner=self._tasks)
         while True:
-            await asyncio.sleep(min(FEED_S, max(0.0, next_step - loop.time())))
+            await asyncio.sleep(self.config.interval)
             try:
-                await self._feed()
-                if loop.time() >= next_step:
-                    next_step = loop.time() + self.config.interval
-                    self.step()
+                await self._step_off_loop()
             except Exception as exc:  # the analyzer must never take the proxy down
                 log.error("analyzer_failed", error=repr(exc))
+
+    async def _feeding(self) -> None:
+        """Read the bus every `FEED_S`, whatever `interval` says, so the ring never moves on unread."""
+        while True:
+            await asyncio.sleep(FEED_S)
+            try:
+                await self._feed()
+            except Exception as exc:  # the analyzer must never take the proxy down
+                log.error("analyzer_failed", error=repr(exc))
+
+    async def _step_off_loop(self) -> None:
+        """`step`, with the analysis (the window's slices merged, attributed, every rule run: seconds of
+        CPU for a full window at thousands of events a second) in a worker thread, so the proxy goes on
+        answering meanwhile instead of stalling for it. The window is left alone while the thread reads
+        it: what the feed reads in the meantime waits in `_backlog` and is taken in afterwards."""
+        now = time.time()
+        await self._feed()
+        try:
+            text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
+        except OSError as exc:
+            log.warning("analyzer_skipped", reason=str(exc))
+            return
+        self._analyzing = True
+        try:
+            proposals = await asyncio.to_thread(self._propose, text)
+        finally:
+            self._analyzing = False
+            backlog, self._backlog = self._backlog, []
+            self._fold(backlog)
+        if proposals is not None:
+            self._act(now, proposals)
 
     async def _feed(self) -> None:
         """Take in the bus's new events, `FEED_CHUNK` at a time, yielding to the event loop in between."""
@@ -191,6 +224,9 @@ class EmbeddedAnalyzer:
         self._take(self._bus.recent(self._last_id))
 
     def _take(self, events: list[dict[str, Any]]) -> None:
+        """Count `events` read (ids skipped are missed), then fold them into the window, or hold them in
+        `_backlog` while a worker thread reads the window (it changes only once that is done)."""
+        fresh = []
         for event in events:
             event_id = event["id"]
             if event_id <= self._last_id:
@@ -198,6 +234,14 @@ class EmbeddedAnalyzer:
             self.events_missed += event_id - self._last_id - 1
             self.events_seen += 1
             self._last_id = event_id
+            fresh.append(event)
+        if self._analyzing:
+            self._backlog.extend(fresh)
+            return
+        self._fold(fresh)
+
+    def _fold(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
             if event.get("type") == "config_reloaded":
                 # What happened under the old config is no evidence against the new one: without
                 # this, a kept change would be proposed again, one step further, from the same events.
@@ -206,15 +250,30 @@ class EmbeddedAnalyzer:
             self._window.add(event)
 
     def step(self, now: float | None = None) -> None:
-        """One round: take in new events, recompute proposals, verify or auto-apply."""
+        """One round, all in the caller's thread: take in new events, recompute proposals, verify or auto-apply."""
         now = time.time() if now is None else now
         self._drain()
         try:
             text = self.path.read_text(encoding="utf-8")
-            self.proposals = propose(self._window.analysis(), text)
-        except (OSError, ConfigError) as exc:
+        except OSError as exc:
             log.warning("analyzer_skipped", reason=str(exc))
             return
+        proposals = self._propose(text)
+        if proposals is not None:
+            self._act(now, proposals)
+
+    def _propose(self, text: str) -> list[Proposal] | None:
+        """The proposals of the window as it stands against the file's `text` (None: the file does not
+        validate). Reads the window and changes nothing: it may run in a worker thread."""
+        try:
+            return propose(self._window.analysis(), text)
+        except ConfigError as exc:
+            log.warning("analyzer_skipped", reason=str(exc))
+            return None
+
+    def _act(self, now: float, proposals: list[Proposal]) -> None:
+        """Publish a round's proposals, then verify, wait for a trial, or auto-apply (in the event loop)."""
+        self.proposals = proposals
         self.computed_at = now
         if not self.config.auto_apply.enabled:
             return

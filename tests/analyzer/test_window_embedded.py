@@ -59,3 +59,39 @@ async def test_the_feed_takes_everything_in_chunks_and_gives_the_loop_back(tmp_p
     assert turns >= 10  # the loop ran between the 11 chunks
     await analyzer._feed()  # nothing new: nothing taken twice
     assert analyzer.events_seen == 1050
+
+
+async def test_the_analysis_runs_off_the_event_loop_and_what_comes_meanwhile_is_taken_in_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round's analysis waits, in its worker thread, for the event loop to publish 7 more events and
+    feed them: were it run in the loop, the loop could do neither (the wait would time out). What the feed
+    read meanwhile is held back, then taken in once, after the analysis: the window never changes under it."""
+    import threading
+
+    bus = EventBus(capacity=1000)
+    analyzer = _analyzer(tmp_path, bus)
+    _publish(bus, 3)
+    analyzing, fed = threading.Event(), threading.Event()
+    seen_by_analysis: list[int] = []
+    real = embedded.propose
+
+    def slow_propose(analysis: object, text: str) -> object:
+        seen_by_analysis.append(len(analyzer._window))
+        analyzing.set()
+        assert fed.wait(30), "the event loop did not run while the analysis did"
+        seen_by_analysis.append(len(analyzer._window))
+        return real(analysis, text)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(embedded, "propose", slow_propose)
+    step = asyncio.ensure_future(analyzer._step_off_loop())
+    while not analyzing.is_set():
+        await asyncio.sleep(0.01)
+    _publish(bus, 7)
+    await analyzer._feed()
+    assert (len(analyzer._window), len(analyzer._backlog)) == (3, 7)
+    fed.set()
+    await step
+    assert seen_by_analysis == [3, 3]
+    assert (len(analyzer._window), analyzer._backlog, analyzer.events_seen, analyzer.events_missed) == (10, [], 10, 0)
+    assert analyzer.computed_at is not None
