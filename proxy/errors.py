@@ -88,7 +88,8 @@ class ProxyError(Exception):
             # Rounded up to the millisecond: a client must never be told to come back before it may (a
             # refusal after a bounded wait can be a fraction of a millisecond early, and rounding it to
             # the nearest gave ``retryAfter: 0``).
-            data["retryAfter"] = math.ceil(round(self.retry_after * 1000, 6)) / 1000
+            ms = math.ceil(round(self.retry_after * 1000, 6))  # float dust never adds a millisecond
+            data["retryAfter"] = max(ms, 1) / 1000 if self.retry_after > 0 else 0.0
         return data
 
 

@@ -307,7 +307,7 @@ async def test_retain_drops_the_buckets_of_configs_no_longer_in_use() -> None:
     await refused(stage, kept, upstream)  # an unchanged config keeps its state
 
 
-@pytest.mark.parametrize(("seconds", "shown"), [(0.0003, 0.001), (1e-9, 0.001), (2.5, 2.5), (2.5001, 2.501), (0.0, 0.0)])
+@pytest.mark.parametrize(("seconds", "shown"), [(0.0003, 0.001), (1e-9, 0.001), (1e-15, 0.001), (2.5, 2.5), (2.5001, 2.501), (0.0, 0.0)])
 def test_retry_after_is_rounded_up_to_the_millisecond_never_to_zero(seconds: float, shown: float) -> None:
     """A refusal after a bounded wait can come a fraction of a millisecond before the token frees: the
     client is told the next millisecond, never ``retryAfter: 0`` (come back now, to be refused again)."""

@@ -186,13 +186,14 @@ async def test_rate_limited_upstream_gets_a_proxy_side_limit_at_its_rate(upstrea
     assert UPSTREAM_RATE / 2 <= rate <= UPSTREAM_RATE, proposal
     assert changes.get("rate_limit.burst", (None, None))[1] in (None, *range(1, UPSTREAM_BURST + 1))
     assert proposal["evidence"]["http_429"] == limited_before
+    assert proposal["evidence"]["rate_basis"] == "timeline"  # the seconds it was limiting, not whole summary windows
 
     await proxy.apply(proposal["id"])
     passed = bucket.passed
     after = await proxy.paced([read()] * 60, per_second=20)
     assert (limited_before, bucket.limited - limited_before) == (limited_before, 0)
     assert set(after.reasons()) <= {"rate_limited"}
-    assert all(o.retry_after for o in after.outcomes if not o.ok)
+    assert all(o.retry_after for o in after.outcomes if not o.ok), [o for o in after.outcomes if not o.ok]
     assert after.ok == bucket.passed - passed
 
 
