@@ -133,7 +133,7 @@ def build_stages(
     stages["breaker"] = state.breaker
     if upstream.health.passive.enabled:
         stages["passive_health"] = PassiveHealthStage(state.health)
-    stages["timeout"] = TimeoutStage(clock, observer, observe)
+    stages["timeout"] = TimeoutStage(clock, observer, observe, max_observed=upstream.pool.client_share)
     return stages
 
 

@@ -106,7 +106,8 @@ class EventsConfig(ConfigModel):
         ge=0,
         description="After a per-try timeout of an attempt that reached the upstream (any call, writes included: "
         "they run upstream anyway), keep waiting this long in the background (the answer is never delivered, "
-        "the call never retried for it) to record when it would have arrived; 0 turns it off.",
+        "the call never retried for it) to record when it would have arrived; at most a quarter of the upstream's "
+        "pool and one per client watched at once; 0 turns it off.",
     )
     file: EventFileConfig = Field(default_factory=EventFileConfig)  # type: ignore[arg-type]
     fixtures: FixturesConfig = Field(default_factory=FixturesConfig)  # type: ignore[arg-type]

@@ -21,6 +21,14 @@ call is not retried because of it (the retry stage never retries a timeout of a 
 the client gets the timeout, and the upstream executed the write exactly once. Observations beyond
 `MAX_OBSERVATIONS` at a time are cancelled at once, so a failing upstream never piles up work.
 
+A watched attempt keeps its upstream connection while its client, answered, may call again: unbounded,
+one client calling a slow tool could hold the whole pool that way, past its per-client cap (which counts
+only calls still waiting for their answer). So the attempts watched at once are bounded per upstream
+(`max_observed`, a quarter of its pool as the per-client cap is, at most `MAX_OBSERVATIONS`) and per
+client (`OBSERVED_PER_CLIENT`, for clients the proxy can tell apart: `proxy.policies.fairness.identifies`);
+a timed-out attempt beyond either is cancelled at once, as before observation existed. Both bounds are
+process-wide, keyed by the upstream's name, so they hold across reloads.
+
 With observation on, every attempt therefore runs as a task of its own (only a task can go on running
 once its caller has been answered), raced against its limit in the stage's `DeadlineClock` (`_Race`);
 with it off (`observe` 0) the attempt runs in the call's task and its limit cancels it there. The task
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable
 from typing import Final
 
@@ -40,24 +49,34 @@ from proxy.deadlines import DeadlineClock
 from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
 from proxy.mcp.jsonrpc import CLIENT_PACED_METHODS
 from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Clock, Observer, Reply
+from proxy.policies.fairness import identifies
 from proxy.tasks import Owner, cancel_and_wait, spawn
 
-__all__ = ["MAX_OBSERVATIONS", "TimeoutStage"]
+__all__ = ["MAX_OBSERVATIONS", "OBSERVED_PER_CLIENT", "TimeoutStage"]
 
 MAX_OBSERVATIONS: Final = 64
-_observing: Owner = set()  # process-wide, so the bound holds across reloads
+"""Timed-out attempts watched at once, per upstream, whatever its pool."""
+OBSERVED_PER_CLIENT: Final = 1
+"""Timed-out attempts of one client (one that `identifies`) watched at once, per upstream."""
+_observing: Owner = set()  # process-wide, so the bounds hold across reloads
+_watched: Counter[str] = Counter()
+"""Attempts watched now, per upstream and per (upstream, client) key (`_keys`)."""
 _attempts: Owner = set()  # attempts raced against their time (awaited by their call, or by a watcher)
 
 
 class TimeoutStage:
     """Bounds one attempt; optionally observes how late a timed-out answer really was."""
 
-    __slots__ = ("_clock", "_deadlines", "_observe", "_observer")
+    __slots__ = ("_clock", "_deadlines", "_max_observed", "_observe", "_observer")
 
-    def __init__(self, clock: Clock, observer: Observer = NULL_OBSERVER, observe: float = 0.0) -> None:
+    def __init__(
+        self, clock: Clock, observer: Observer = NULL_OBSERVER, observe: float = 0.0, max_observed: int = MAX_OBSERVATIONS
+    ) -> None:
         self._clock = clock
         self._observer = observer
         self._observe = observe
+        self._max_observed = min(max_observed, MAX_OBSERVATIONS)
+        """Attempts of this stage's upstream watched at once: a quarter of its pool (`build_stages`)."""
         self._deadlines = DeadlineClock()
         """Every attempt's limit, kept by one timer (`proxy.deadlines`): an `asyncio.timeout` per attempt
         made and cancelled a timer each time, for a limit that almost never fires."""
@@ -116,16 +135,25 @@ class TimeoutStage:
         if not attempt.written:
             await _abandon(running)
             raise _still_waiting(attempt, limit)
-        observing = len(_observing) < MAX_OBSERVATIONS
+        keys = _keys(attempt)
+        observing = self._may_watch(keys)
         running.add_done_callback(_retrieve)  # however it ends, even after shutdown, nobody is left unheard
         self._timed_out(attempt, limit, observing)
         if observing:  # the event names this try: the retry stage's next one is another `Attempt`
             call_id, number = attempt.call.call_id, attempt.number
             running.set_name(f"observed-attempt:{call_id}:{number}")  # named only now: most attempts never are
-            spawn(self._watch(running, attempt, limit, started), name=f"observe-timeout:{call_id}:{number}", owner=_observing)
+            _watched.update(keys)
+            watcher = spawn(self._watch(running, attempt, limit, started), name=f"observe-timeout:{call_id}:{number}", owner=_observing)
+            watcher.add_done_callback(lambda _: _unwatch(keys))
         else:
             await _abandon(running)
         raise _timeout(attempt, limit)
+
+    def _may_watch(self, keys: tuple[str, ...]) -> bool:
+        """Whether one more attempt of this upstream (and this client, when it `identifies`) may be watched."""
+        if _watched[keys[0]] >= self._max_observed:
+            return False
+        return len(keys) == 1 or _watched[keys[1]] < OBSERVED_PER_CLIENT
 
     async def _watch(self, running: asyncio.Future[Reply | None], attempt: Attempt, limit: float, started: float) -> None:
         """Wait (bounded) for a timed-out attempt, record when it finished, and throw its answer away."""
@@ -213,6 +241,19 @@ async def _abandon(attempt: asyncio.Future[Reply | None]) -> None:
     reply = attempt.result()
     if reply is not None and reply.stream is not None:
         await reply.stream.close()
+
+
+def _keys(attempt: Attempt) -> tuple[str, ...]:
+    """What a watched attempt counts against: its upstream, and its client where the client `identifies`."""
+    call = attempt.call
+    return (call.upstream, f"{call.upstream}\0{call.client}") if identifies(call.client) else (call.upstream,)
+
+
+def _unwatch(keys: tuple[str, ...]) -> None:
+    _watched.subtract(keys)
+    for key in keys:
+        if _watched[key] <= 0:
+            del _watched[key]
 
 
 def _retrieve(attempt: asyncio.Future[Reply | None]) -> None:

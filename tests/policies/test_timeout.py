@@ -194,3 +194,43 @@ async def test_an_attempt_that_ends_in_the_turn_its_time_runs_out_keeps_its_outc
     else:
         assert (await stage(first(make_call(LIST, CONFIG)), ends_as_time_runs_out)) is outcome
     assert events.seen == [] and not timeout_module._observing
+
+
+async def test_watched_attempts_are_bounded_per_upstream_and_per_client() -> None:
+    """A watched attempt keeps its upstream connection after its client had the timeout and may call again:
+    one client may have one watched at a time, an upstream its quarter of the pool (here 2); beyond, a
+    timed-out attempt is cancelled at once. A loopback address is no identity: only the upstream's bound holds."""
+    events = Events()
+    stage = TimeoutStage(FakeClock(), events, observe=3600.0, max_observed=2)
+    pending: list[asyncio.Future[Reply]] = []
+
+    def hangs(attempt: Attempt) -> asyncio.Future[Reply]:
+        attempt.written = True
+        pending.append(asyncio.get_running_loop().create_future())
+        return pending[-1]
+
+    async def times_out(**headers: str) -> bool:
+        before = len(events.seen)
+        with pytest.raises(UpstreamTimeout):
+            await stage(first(make_call(LIST, CONFIG, **headers)), hangs)
+        ((kind, fields),) = events.seen[before:]
+        return bool(kind == "timeout" and fields["observing"])
+
+    a, b, c = ({"Authorization": f"Bearer {who}"} for who in "abc")
+    assert [await times_out(**a), await times_out(**a), await times_out(**b), await times_out(**c), await times_out()] == [
+        True, False, True, False, False,
+    ]  # fmt: skip
+    assert len(timeout_module._observing) == 2
+    for future in pending:
+        if not future.done():
+            future.set_result(reply_ok())
+    await asyncio.gather(*list(timeout_module._observing))
+    while timeout_module._watched:  # the watchers' done callbacks let go of their keys
+        await asyncio.sleep(0)
+    assert [await times_out(), await times_out(), await times_out()] == [True, True, False]  # loopback: the upstream's 2
+    for future in pending:
+        if not future.done():
+            future.set_result(reply_ok())
+    await asyncio.gather(*list(timeout_module._observing))
+    while timeout_module._watched:  # the watchers' done callbacks run a turn after them
+        await asyncio.sleep(0)
