@@ -227,8 +227,10 @@ def retries_fewer(analysis: Analysis, config: ProxyConfig, addressed: Addressed 
     """Retries that (almost) never succeed only add load to a failing upstream: fewer attempts.
 
     Decided on the retried calls that recovered: at most `RECOVERY_CEILING` of them by the 95% upper
-    bound, while the calls that used every attempt and failed anyway are `MATERIAL`. It addresses no
-    failure: the same calls fail, with fewer attempts sent (a cached fallback may still stand in).
+    bound, while the calls that used every attempt and failed anyway are `MATERIAL`; and never when a
+    call in the window succeeded on an attempt the new count would not send (one client's requests that
+    always fail must not take away the retries that answer everyone else). It addresses no failure: the
+    same calls fail, with fewer attempts sent (a cached fallback may still stand in).
     """
     proposals = []
     for stats in analysis.all_targets():
@@ -249,7 +251,9 @@ def retries_fewer(analysis: Analysis, config: ProxyConfig, addressed: Addressed 
         made = sum(attempts - 1 for attempts in stats.exhausted_attempts)
         saved = sum(attempts - min(attempts, new) for attempts in stats.exhausted_attempts)
         lost = sum(count for attempt, count in stats.ok_by_attempt.items() if attempt > new)
-        answers = "with the same answers to clients" if lost == 0 else f"and {lost} calls that succeeded on a later attempt would have failed"
+        if lost:
+            continue  # it would turn calls that succeeded into failures: fewer attempts must cost no client an answer
+        answers = "with the same answers to clients"
         level, why = decided(helps, material)
         proposals.append(Proposal(
             rule="retries_fewer", target=stats.target.label,
