@@ -18,7 +18,9 @@ timed out is executing upstream anyway: letting it finish costs the upstream not
 only way to learn how long the write really takes, which is what a better limit for it is chosen from;
 cancelling it mid-flight may even leave it half done. Its answer is thrown away all the same, and the
 call is not retried because of it (the retry stage never retries a timeout of a non-idempotent call):
-the client gets the timeout, and the upstream executed the write exactly once. Observations beyond
+the client gets the timeout, and the upstream executed the write exactly once. A streamed answer (SSE)
+is read to its end and thrown away (`_drain`), within the same `observe` seconds: closed at its head,
+the upstream would be cut off mid-answer. Observations beyond
 `MAX_OBSERVATIONS` at a time are cancelled at once, so a failing upstream never piles up work.
 
 A watched attempt keeps its upstream connection while its client, answered, may call again: unbounded,
@@ -46,9 +48,9 @@ from collections.abc import Awaitable
 from typing import Final
 
 from proxy.deadlines import DeadlineClock
-from proxy.errors import NeverSent, ProxyOverloaded, UpstreamTimeout
+from proxy.errors import NeverSent, ProxyError, ProxyOverloaded, UpstreamTimeout
 from proxy.mcp.jsonrpc import CLIENT_PACED_METHODS
-from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Clock, Observer, Reply
+from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Clock, Observer, Reply, ReplyStream
 from proxy.policies.fairness import identifies
 from proxy.tasks import Owner, cancel_and_wait, spawn
 
@@ -159,17 +161,18 @@ class TimeoutStage:
         """Wait (bounded) for a timed-out attempt, record when it finished, and throw its answer away."""
         done, _ = await asyncio.wait({running}, timeout=self._observe)
         observed_ms: float | None = None
+        reply: Reply | None = None
         if done and not running.cancelled() and running.exception() is None:
             observed_ms = round((time.monotonic() - started) * 1000, 3)
             reply = running.result()
-            if reply is not None and reply.stream is not None:
-                await reply.stream.close()
         elif not done:
             await _abandon(running)
         fields: dict[str, object] = {"limit_ms": round(limit * 1000, 3), "observed_ms": observed_ms}
         if observed_ms is None:
             fields["waited_ms"] = round((time.monotonic() - started) * 1000, 3)
         self._observer.policy_event("timeout_observed", attempt, **fields)
+        if reply is not None and reply.stream is not None:
+            await _drain(reply.stream, self._observe - (time.monotonic() - started))
 
 
 class _Expiry:
@@ -241,6 +244,21 @@ async def _abandon(attempt: asyncio.Future[Reply | None]) -> None:
     reply = attempt.result()
     if reply is not None and reply.stream is not None:
         await reply.stream.close()
+
+
+async def _drain(stream: ReplyStream, seconds: float) -> None:
+    """Read a watched attempt's streamed answer to its end (for at most `seconds`), throwing it away, then
+    close it. Closing it at its head would cut the upstream off mid-answer: a streamed write (progress
+    events, then its result) would be cancelled half done, which watching it was meant never to do. The
+    figure (`observed_ms`, when its head came) is what `per_try` bounds for a streamed answer."""
+    try:
+        async with asyncio.timeout(max(0.0, seconds)):
+            async for _ in stream:
+                pass
+    except (TimeoutError, ProxyError):
+        pass  # out of time, or the stream broke or went idle: nobody reads it anyway
+    finally:
+        await stream.close()
 
 
 def _keys(attempt: Attempt) -> tuple[str, ...]:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from multidict import CIMultiDict
+
 from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.events.bus import EventBus
 from proxy.events.recorder import EventRecorder
@@ -234,3 +236,40 @@ async def test_watched_attempts_are_bounded_per_upstream_and_per_client() -> Non
     await asyncio.gather(*list(timeout_module._observing))
     while timeout_module._watched:  # the watchers' done callbacks run a turn after them
         await asyncio.sleep(0)
+
+
+async def test_a_watched_streamed_answer_is_read_to_its_end_before_it_is_closed() -> None:
+    """A streamed write (progress events, then its result) that timed out at its head is read through and
+    thrown away: closed at once, the upstream would be cut off mid-answer, the write left half done."""
+    events = Events()
+    stage = TimeoutStage(FakeClock(), events, observe=3600.0)
+    head = asyncio.get_running_loop().create_future()
+    rest = asyncio.Event()
+    read: list[bytes] = []
+
+    class Stream:
+        closed_after: list[bytes] | None = None
+
+        async def __aiter__(self) -> Any:
+            for chunk in (b"event: progress\n\n", b"event: result\n\n"):
+                await rest.wait()
+                read.append(chunk)
+                yield chunk
+
+        async def close(self) -> None:
+            Stream.closed_after = list(read)
+
+    def streams(attempt: Attempt) -> asyncio.Future[Reply]:
+        attempt.written = True
+        return head
+
+    with pytest.raises(UpstreamTimeout):
+        await stage(first(make_call(tool_call("create_ticket"), CONFIG)), streams)
+    (watcher,) = timeout_module._observing
+    head.set_result(Reply(200, CIMultiDict(), stream=Stream()))  # the head, late: the body still to come
+    while len(events.seen) < 2:
+        await asyncio.sleep(0)
+    assert [kind for kind, _ in events.seen] == ["timeout", "timeout_observed"] and Stream.closed_after is None
+    rest.set()
+    await watcher
+    assert Stream.closed_after == [b"event: progress\n\n", b"event: result\n\n"]
