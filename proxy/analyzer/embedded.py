@@ -13,7 +13,8 @@ may hold an upstream URL with credentials).
 ``auto_apply`` is off by default. When on, a proposal is applied by itself only if every value it
 changes is a key the operator listed in ``bounds`` and its new value lies in that range; anything else
 waits for a person. After applying, the error rate over ``verify_after`` is compared with the one over
-the same span before; if it got worse (with at least ``min_calls`` calls on each side), the file is
+the same span before; if it got worse (on any number of calls: a thin sample that looks worse is
+rolled back too, and ``verified`` says whether each side had ``min_calls``), the file is
 restored from the backup that applying wrote, and the proxy reloads it. One change is verified at a
 time; each step is an event (``proposal_applied``, ``proposal_kept``, ``proposal_rolled_back``).
 """
@@ -340,7 +341,10 @@ class EmbeddedAnalyzer:
         self._verifying = None
         enough = min(calls, checking.calls_before) >= self.config.auto_apply.min_calls
         fields = {"proposal": checking.proposal.id, "error_rate_before": round(checking.rate_before, 4), "error_rate_after": round(rate, 4)}
-        if enough and rate > checking.rate_before:
+        # Worse is rolled back even on too few calls to verify: the operator's own file is the safe side of
+        # doubt (keeping a change that looked worse on a thin sample could cost every client; undoing a
+        # good one costs only the improvement, which the analyzer can propose again).
+        if calls and rate > checking.rate_before:
             if _digest(self.path) != checking.written:
                 log.warning("auto_apply_rollback_skipped", proposal=checking.proposal.id, reason="the file was edited since")
                 self._recorder.policy_event("proposal_kept", None, **fields, verified=False, note="worse, but the file was edited since: not rolled back")

@@ -138,7 +138,10 @@ class AutoApplyConfig(ConfigModel):
     verify_after: Duration = Field(
         60.0, gt=0, description="After applying, compare the error rate of this long with the one before; worse rolls back."
     )
-    min_calls: int = Field(20, ge=1, description="Calls needed in each window for the comparison to count.")
+    min_calls: int = Field(
+        20, ge=1, description="Calls needed in each window for a kept change to count as verified (a change that "
+        "looks worse is rolled back on any number of calls)."
+    )
     shadow: bool = Field(
         False,
         description="Run a proposal within bounds as a shadow trial (analyzer.shadow) first, and apply it only when "
