@@ -304,6 +304,9 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
     if error_kind == "http_429" and kind in ("retry", "call_failed"):
         upstream.http_429_ts.append(ts)
         upstream.http_429_ids.append(event_id)
+        client = event.get("client")
+        if kind == "call_failed" and isinstance(client, str):
+            upstream.http_429_clients[client] += 1
     if error_kind in SERVER_SIDE and kind in ("retry", "call_failed"):
         stats.attempt_failures += 1
     if error_kind in TOOL_BREAKER_KINDS and kind in ("timeout", "retry", "call_failed"):

@@ -376,6 +376,8 @@ class UpstreamStats:
     timelines: dict[tuple[float, float, float], list[int]] = field(default_factory=dict)
     """ok calls per slot, keyed by (window end, window length, slot length), summed over the upstream's
     targets: from `call_ok.ok_timeline` (recordings before it have none)."""
+    http_429_clients: Counter[str] = field(default_factory=Counter)
+    """Whose calls failed on the upstream's 429 (`call_failed.client`): one client's own limit is not everyone's."""
 
     def merge(self, later: UpstreamStats) -> None:
         """Add the same upstream's events of a later time slice: lists concatenate, the ok counts of one
@@ -387,6 +389,7 @@ class UpstreamStats:
             self.windows[key] = self.windows.get(key, 0) + ok
         self.session_lost_ids.extend(later.session_lost_ids)
         self.budget_exhausted += later.budget_exhausted
+        self.http_429_clients.update(later.http_429_clients)
         for slot_key, timeline in later.timelines.items():
             line = self.timelines.setdefault(slot_key, [])
             line.extend([0] * (len(timeline) - len(line)))

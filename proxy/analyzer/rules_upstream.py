@@ -18,13 +18,14 @@ import math
 from collections import Counter
 
 from proxy.analyzer.aggregate import Analysis
-from proxy.analyzer.model import Target
+from proxy.analyzer.model import Target, UpstreamStats
 from proxy.analyzer.proposal import NOTHING, Addressed, Change, Effect, Proposal, confidence, decided
 from proxy.analyzer.rules import caused_by
 from proxy.analyzer.scope import scope_for, upstream_config, window_evidence
 from proxy.analyzer.stats import Share, format_duration, nice_duration, wilson_lower
 from proxy.config.model import ProxyConfig
 from proxy.config.resolve import PolicyResolver
+from proxy.identity import identifies
 
 __all__ = ["breaker_flaps", "breaker_per_tool", "health_flaps", "rate_limit", "session_lost"]
 
@@ -32,6 +33,10 @@ THROTTLED_SHARE = 0.05
 """Attempts the upstream answered 429 while it was limiting, at least this share (95% lower bound) before a
 proxy-side limit is proposed: below 1 in 20 the upstream's limiter is doing its job and a retry after its
 Retry-After absorbs it; a limit at the proxy would refuse calls the upstream would have taken."""
+ONE_CLIENT_429S = 0.5
+"""The share (lower bound) of the calls failed on 429s that one client must have had for a per-client limit:
+most of them. A per-client limit at the accepted rate leaves the others their own pace, so it is the safer
+key as soon as one client surely dominates; spread over many clients, the limit is the upstream's own."""
 MIN_BREAKER_OPENS = 3
 """Openings of one breaker in the window (not prevented by a kept proposal for their cause). Three:
 one opening is the breaker working; a second may be the same outage's failed trial; a third within the
@@ -54,7 +59,8 @@ MIN_SESSION_LOST = 3
 
 
 def rate_limit(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
-    """The upstream answered 429: limit calls at the proxy to the rate it accepted meanwhile (key upstream).
+    """The upstream answered 429: limit calls at the proxy to the rate it accepted meanwhile, keyed by upstream,
+    or by client when one identified client had the calls that failed on them (`_whose`).
 
     It addresses the upstream's 429s that reached clients, the retries the budget refused after one,
     and the refusals of any breaker they opened (`rules.caused_by`): the excess is refused at the proxy
@@ -80,7 +86,10 @@ def rate_limit(analysis: Analysis, config: ProxyConfig, addressed: Addressed = N
         if current is not None and current.burst is not None and current.burst > rate:
             # A burst sized for the old rate would let that many through at once, past the rate proposed.
             changes.append(Change(stats.name, None, "rate_limit.burst", max(1, rate), current.burst))
-        changes.append(Change(stats.name, None, "rate_limit.key", "upstream", None if current is None else current.key))
+        key, one_client = _whose(stats)
+        if current is not None and current.key == key and current.rate / current.per <= accepted:
+            continue
+        changes.append(Change(stats.name, None, "rate_limit.key", key, None if current is None else current.key))
         windows = stats.windows_with_429()
         unit = "s" if per_s == 1.0 else "min"
         addresses, openings = caused_by(analysis, analysis.targets_of(stats.name), {"http_429"})
@@ -97,6 +106,8 @@ def rate_limit(analysis: Analysis, config: ProxyConfig, addressed: Addressed = N
                 f"{stats.name} answered 429 (too many requests) {n} times. While it did, it accepted {accepted:.2f} "
                 f"calls/s ({how}). Limiting at the proxy keeps the excess from reaching it at all, and clients get an "
                 f"exact retryAfter instead of an upstream error."
+                + (f" One client had {one_client.k} of the {one_client.n} calls that failed on a 429: the limit is per "
+                   f"client, so its pace costs no other client." if one_client is not None else "")
             ),
             evidence=window_evidence(
                 analysis, stats.http_429_ids, http_429=n, accepted_per_s=round(accepted, 3), rate_basis=basis,
@@ -107,10 +118,23 @@ def rate_limit(analysis: Analysis, config: ProxyConfig, addressed: Addressed = N
                 f"the excess behind the {n} upstream 429s would have been refused at the proxy with an exact retryAfter",
                 {"http_429": n, "accepted_per_s": round(accepted, 3), "rate": rate, "per_s": per_s},
             ),
-            confidence=level, confidence_reason=why, changes=tuple(changes), statistics=(throttled,),
+            confidence=level, confidence_reason=why, changes=tuple(changes),
+            statistics=(throttled,) if one_client is None else (throttled, one_client),
             addresses=addresses, addresses_openings=frozenset(o.id for o in openings),
         ))  # fmt: skip
     return proposals
+
+
+def _whose(stats: UpstreamStats) -> tuple[str, Share | None]:
+    """The key a proxy-side limit should have: ``client`` when the calls that failed on the upstream's
+    429s were one identified client's (`ONE_CLIENT_429S` of them by the lower bound), else ``upstream``.
+    Keyed upstream-wide, a flooding client would spend the shared bucket and starve the polite ones; keyed
+    per client it keeps its own pace. A loopback address names no one client (`proxy.identity`)."""
+    if not stats.http_429_clients:
+        return "upstream", None
+    (client, count), total = stats.http_429_clients.most_common(1)[0], sum(stats.http_429_clients.values())
+    one = Share("calls failed on a 429 that were one client's", count, total, "lower", ONE_CLIENT_429S)
+    return ("client", one) if identifies(client) and one.holds() else ("upstream", None)
 
 
 def breaker_flaps(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:

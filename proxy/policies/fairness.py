@@ -21,22 +21,19 @@ import sys
 from typing import Final
 
 from proxy.errors import ClientOverloaded
+from proxy.identity import identifies as _identifies
 
 __all__ = ["NO_CAP", "ClientSlots", "identifies"]
 
 NO_CAP: Final = sys.maxsize
 """The cap of what is counted but never refused (a client's answer to the server, a cancellation, a DELETE)."""
 
-_LOOPBACK: Final = ("addr:127.", "addr:::1", "addr:::ffff:127.", "addr:unknown")
-
-
 def identifies(client: str) -> bool:
-    """Whether `client` (`proxy.server.classify.client_of`) tells one client from another. A loopback peer
-    address does not: behind a local mesh proxy or ingress, and in the quick start, every client comes
-    from it, so a cap per address would be one cap shared by all of them (64 idle SDK sessions of
-    different users would lock out the next). Such clients are counted, never refused; a credential, the
-    identity header or a remote address identifies."""
-    return not client.startswith(_LOOPBACK)
+    """Whether `client` (`proxy.server.classify.client_of`) tells one client from another
+    (`proxy.identity.identifies`). A loopback peer address does not: every client behind a local mesh
+    proxy or ingress comes from it, so a cap per address would be one cap shared by all of them (64 idle
+    SDK sessions of different users would lock out the next). Such clients are counted, never refused."""
+    return _identifies(client)
 
 
 class ClientSlots:

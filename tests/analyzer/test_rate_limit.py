@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from proxy.analyzer import Analysis, Change, Proposal, analyze
 from tests.analyzer import scenarios as sc
 from tests.analyzer.builders import Stream
@@ -83,3 +85,24 @@ def test_a_slot_longer_than_its_window_counts_only_the_window() -> None:
         s.call_ok(at, tool="search", ok=5, window_s=0.2, ok_timeline=[5], timeline_slot_s=1.0)
     rate, seconds, basis = Analysis.from_events(s.events, window_s=None).upstreams["api"].accepted() or (0, 0, "")
     assert (round(rate, 3), round(seconds, 3), basis) == (25.0, 2.0, "timeline")  # absolute timestamps: float dust
+
+
+@pytest.mark.parametrize(
+    ("clients", "key"),
+    [
+        (["sha:flooder"] * 30, "client"),  # one identified client's calls met the 429s: its own pace
+        (["sha:flooder"] * 27 + ["sha:polite"] * 3, "client"),  # 27 of 30: lower bound 81%
+        (["sha:a", "sha:b", "sha:c"] * 10, "upstream"),  # everyone's: the upstream's own limit
+        (["addr:127.0.0.1"] * 30, "upstream"),  # a loopback address names no one client
+    ],
+    ids=["one-client", "mostly-one", "spread", "loopback"],
+)
+def test_a_limit_is_per_client_when_one_client_met_the_429s(clients: list[str], key: str) -> None:
+    events = limited(before=5)
+    failed = [e for e in events if e["type"] == "call_failed"]
+    assert len(failed) == len(clients)
+    for event, client in zip(failed, clients, strict=True):
+        event["client"] = client
+    [p] = run(events)
+    assert {c.key: c.value for c in p.changes}["rate_limit.key"] == key
+    assert ("One client had" in p.rationale) == (key == "client")
