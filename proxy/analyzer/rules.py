@@ -476,7 +476,10 @@ def declared_idempotent(analysis: Analysis, config: ProxyConfig, addressed: Addr
     operator chose not to trust this server's annotations as a whole, and trusting them would also cover
     tools never observed and tools the server adds later; one exact rule per tool, each with its own
     evidence, trusts exactly what the events showed. A rule or policy saying ``idempotent: false`` is
-    an operator's decision and is never overridden. It addresses the tool's retryable failures.
+    an operator's decision and is never overridden. It addresses the tool's retryable failures, but for
+    those a kept proposal for their cause already addresses (`addressed`: a slow tool's timeouts are the
+    timeouts rule's, which a retry under the same limit would only repeat). Its confidence is low when how
+    many a retry rescues rests on an assumption rather than on retries the window saw.
     """
     proposals = []
     for stats in analysis.all_targets():
@@ -486,7 +489,9 @@ def declared_idempotent(analysis: Analysis, config: ProxyConfig, addressed: Addr
         upstream = upstream_config(config, stats.target.upstream)
         if upstream is None or upstream.trust_annotations or not stats.declared_safe:
             continue
-        failed = [f for f in stats.failed if f.kind in RETRYABLE]
+        # Failures a kept proposal for their cause fixes are not a retry's to fix: a timeout the timeouts
+        # rule raises the limit for would only time out again on a retry with the same per_try.
+        failed = [f for f in stats.failed if f.kind in RETRYABLE and f.id not in addressed.failures]
         material = _material("calls that failed in a way a retry can fix", len(failed), stats.total_calls)
         if not failed or not material.holds():
             continue
@@ -502,6 +507,8 @@ def declared_idempotent(analysis: Analysis, config: ProxyConfig, addressed: Addr
         declared = " and ".join(f"{_MCP_NAMES[name]} true" for name, _ in said)
         carried = max(sum(c.values()) for c in (stats.read_only_hint, stats.idempotent_hint))
         level, why = decided(material)
+        if basis.startswith("an assumption"):  # how many a retry rescues is assumed, not measured
+            level, why = "low", f"{why}; the rescue estimate rests on {basis}"
         kinds = ", ".join(f"{k} {v}" for k, v in sorted({f.kind: sum(1 for g in failed if g.kind == f.kind) for f in failed}.items()))
         proposals.append(Proposal(
             rule="declared_idempotent", target=stats.target.label,

@@ -11,7 +11,9 @@ ring pushed out before a step read them are counted, and any makes the trial inc
 At the end of the duration, `judge` compares what the evaluator measured with the proposal's estimate:
 
 - ``inconclusive``: events were lost, the evaluator could not model some calls, fewer than `min_calls`
-  calls were seen, or the proposal estimates a cut in errors and there were none to cut;
+  calls were seen, the cut rests on outcomes the replay had to assume (attempts the live policy never
+  sent: a trial cannot measure what an added retry would have got), or the proposal estimates a cut in
+  errors and there were none to cut;
 - ``rejected``: the candidate would have made client-visible errors worse, or cut them by less than its
   estimate (`estimated_cut`) minus `tolerance` (both shares of the errors seen under the live policy);
 - ``promoted``: otherwise. Only then is anything written, by `proxy.analyzer.apply.apply_proposal`
@@ -131,8 +133,9 @@ def estimated_cut(numbers: dict[str, Any]) -> float | None:
     in those terms. Read from the numbers the rules write (`proxy.analyzer.rules`):
 
     ``errors_before``/``errors_after`` (any rule may state them), ``timed_out``/``would_complete`` (the
-    timeouts rule), ``exhausted``/``would_succeed`` (retries_more), ``failed_after``/``would_be_served``
-    (cache_max_stale); ``attempts_saved`` (retries_fewer: same answers, fewer attempts) is a cut of 0.
+    timeouts rule), ``exhausted``/``would_succeed`` (retries_more), ``failed``/``would_succeed``
+    (declared_idempotent), ``failed_after``/``would_be_served`` (cache_max_stale); ``attempts_saved``
+    (retries_fewer: same answers, fewer attempts) is a cut of 0.
     """
 
     def share(part: str, whole: str) -> float | None:
@@ -146,7 +149,9 @@ def estimated_cut(numbers: dict[str, Any]) -> float | None:
         if isinstance(before, int | float) and isinstance(after, int | float) and before > 0:
             return max(0.0, min(1.0, (before - after) / before))
         return None
-    for part, whole in (("would_complete", "timed_out"), ("would_succeed", "exhausted"), ("would_be_served", "failed_after")):
+    for part, whole in (
+        ("would_complete", "timed_out"), ("would_succeed", "exhausted"), ("would_succeed", "failed"), ("would_be_served", "failed_after"),
+    ):  # fmt: skip
         if whole in numbers:
             return share(part, whole)
     if "attempts_saved" in numbers:
@@ -165,6 +170,14 @@ def judge(measured: dict[str, int | float], estimate: dict[str, Any], tolerance:
         return "inconclusive", f"{calls} calls during the trial, {min_calls} needed for a verdict"
     if after > before:
         return "rejected", f"it would have made client-visible errors worse: {before:g} -> {after:g} of {calls} calls"
+    estimated = measured.get("estimated_after", 0)
+    if estimated and before - after > 0:
+        # Outcomes the replay had to assume (an attempt the live policy never sent: an added retry) are
+        # no measurement: a cut resting on them is the estimate checking itself.
+        return "inconclusive", (
+            f"{estimated:g} of the candidate's outcomes are estimates (attempts the live policy never sent), "
+            f"not measurements: the cut of {before - after:g} errors cannot be checked in shadow"
+        )
     cut = estimated_cut(estimate)
     if cut is None or cut <= 0:
         what = "no estimated cut in errors to check" if cut is None else "it estimates no cut in errors"

@@ -109,3 +109,16 @@ def test_the_guard_allows_exactly_the_declared_case() -> None:
     assert unsafe_retries(declared, before, more) == ["api get_weather"]  # declared safe, yet no more attempts
     assert unsafe_retries(declared, before, wider) == ["api get_weather"]
     assert unsafe_retries(undeclared, before, idempotent) == ["api get_weather"]
+
+
+def test_timeouts_the_timeouts_rule_fixes_are_not_a_retrys_to_fix() -> None:
+    """A declared read-only tool that is slow (every call answers at 1.4 s under a 1 s per_try, as seen):
+    the fix is the longer timeout; a retry under the same limit would only time out again."""
+    s = Stream()
+    s.call_ok(100.0, tool="get_weather", ok=200, calls=230, latencies_ms=[300.0] * 200)
+    for i in range(30):
+        call = s.call_id()
+        s.timeout(1.0 + i, 2000.0, tool="get_weather", idempotent=False, call_id=call, read_only_hint=True)
+        s.call_failed(1.01 + i, "timeout", tool="get_weather", idempotent=False, call_id=call, read_only_hint=True)
+        s.timeout_observed(2.5 + i, 2000.0, 2800.0, tool="get_weather", idempotent=False, call_id=call, read_only_hint=True)
+    assert [p.rule for p in run(s.events)] == ["timeouts"]

@@ -304,6 +304,7 @@ def test_an_evaluator_that_fails_ends_the_trial_inconclusive_and_the_proxy_goes_
     [
         ({"timed_out": 25, "would_complete": 20, "percent": 80}, 0.8),
         ({"exhausted": 20, "would_succeed": 5}, 0.25),
+        ({"failed": 30, "would_succeed": 27}, 0.9),  # declared_idempotent
         ({"failed_after": 10, "would_be_served": 10}, 1.0),
         ({"errors_before": 40, "errors_after": 10}, 0.75),
         ({"attempts_saved": 12}, 0.0),
@@ -325,6 +326,10 @@ def test_the_estimated_cut_is_read_from_each_rules_numbers(numbers: dict[str, An
         ({"calls": 50, "errors_before": 3, "errors_after": 3}, {"attempts_saved": 9}, "promoted"),
         ({"calls": 50, "errors_before": 3, "errors_after": 4}, {"attempts_saved": 9}, "rejected"),
         ({"calls": 19, "errors_before": 3, "errors_after": 0}, {}, "inconclusive"),
+        # A cut resting on assumed outcomes (added retries the live policy never sent) is not measured...
+        ({"calls": 50, "errors_before": 20, "errors_after": 2, "estimated_after": 18}, {"failed": 20, "would_succeed": 18}, "inconclusive"),
+        # ...but a candidate worse even so is rejected.
+        ({"calls": 50, "errors_before": 2, "errors_after": 5, "estimated_after": 9}, {"failed": 20, "would_succeed": 18}, "rejected"),
     ],
 )
 def test_judge(measured: dict[str, int | float], estimate: dict[str, Any], verdict: str) -> None:
