@@ -119,7 +119,7 @@ def per_try_decision(observed: list[float], timeouts: int, limit_s: float, ok_p9
     new_s = nice_duration(max(p95, ok_p99_ms or 0.0) * HEADROOM / 1000, cap=HARD_CAP_S)
     if new_s <= limit_s:
         return None
-    completed = sum(1 for ms in observed if ms <= new_s * 1000)
+    completed = min(timeouts, sum(1 for ms in observed if ms <= new_s * 1000))  # observations of timeouts before the window
     completes = Share("timed-out attempts that would complete", completed, timeouts, "lower", COMPLETE_SHARE)
     return (new_s, completes) if completes.holds() else None
 
@@ -133,11 +133,17 @@ def timeout_fix(analysis: Analysis, config: ProxyConfig, stats: TargetStats) -> 
     it passes `COMPLETE_SHARE` (95% lower bound; attempts nobody saw answer count as not completing)
     and the calls hurt, timed out or refused by a breaker these timeouts opened, are `MATERIAL`.
     """
-    n, observed = stats.timeouts, stats.observed_ms
-    scoped = scope_for(config, stats.target) if n and observed else None
+    scoped = scope_for(config, stats.target) if stats.timeouts and stats.observed_ms else None
     if scoped is None:
         return None
     match, policy = scoped
+    # An attempt seen answering within today's limit would not time out today: it timed out under an
+    # older, shorter one (a recording, or late observations, spanning a change). It is no evidence for
+    # raising today's limit, and counting it would put more completions than timeouts in the share.
+    observed = [ms for ms in stats.observed_ms if ms > policy.timeouts.per_try * 1000]
+    n = max(0, stats.timeouts - (len(stats.observed_ms) - len(observed)))
+    if not n or not observed:
+        return None
     decision = per_try_decision(observed, n, policy.timeouts.per_try, stats.latency(0.99))
     if decision is None:
         return None

@@ -160,3 +160,16 @@ def test_calls_that_ran_out_on_the_clients_own_mistakes_never_drive_retry_change
             if event["type"] in ("retry_exhausted", "call_failed"):
                 event["error"]["kind"] = kind
         assert run(events) == []
+
+
+def test_observations_within_todays_limit_are_evidence_of_an_older_one() -> None:
+    """After per_try went from 1s to 2s, late observations of attempts that timed out under 1s arrive
+    (answers at 1.7-1.9 s, within today's 2s) beside 3 timeouts at 2s that nobody saw answer: nothing says
+    today's limit is short, and never more completions than timeouts (the reviewer saw 5 of 3, "167%")."""
+    s = Stream()
+    s.call_ok(100.0, tool="search", ok=20, latencies_ms=[300.0] * 20)
+    for i in range(3):
+        s.timeout(10.0 + i, 2000.0, tool="search")
+    for i in range(5):
+        s.timeout_observed(5.0 + i, 1000.0, 1700.0 + 50 * i, tool="search")
+    assert [p.rule for p in run(s.events) if p.rule == "timeouts"] == []
