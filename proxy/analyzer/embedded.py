@@ -147,6 +147,11 @@ class EmbeddedAnalyzer:
         self.trials = trials
         self._trial: tuple[str, Proposal] | None = None
         self._analyzing = False
+        self._last_call = 0
+        self._fence = 0
+        """Calls numbered up to this began before the last reload: their late events (an observed timeout's
+        answer, seconds later) are the old config's evidence and stay out of the new window. Call ids
+        only grow within a process, which is the embedded analyzer's (`proxy.policies.base.Call.call_id`)."""
         self._backlog: list[dict[str, Any]] = []
         """Events read while a worker thread analyzes the window, taken in once it is done."""
 
@@ -243,11 +248,17 @@ class EmbeddedAnalyzer:
 
     def _fold(self, events: list[dict[str, Any]]) -> None:
         for event in events:
+            call_id = event.get("call_id")
             if event.get("type") == "config_reloaded":
                 # What happened under the old config is no evidence against the new one: without
                 # this, a kept change would be proposed again, one step further, from the same events.
                 self._window = Window(self.config.window)
+                self._fence = self._last_call
                 continue
+            if isinstance(call_id, int) and not isinstance(call_id, bool):
+                if call_id <= self._fence:
+                    continue  # a call begun under the old config, heard from late (its timeout's observation)
+                self._last_call = max(self._last_call, call_id)
             self._window.add(event)
 
     def step(self, now: float | None = None) -> None:

@@ -95,3 +95,23 @@ async def test_the_analysis_runs_off_the_event_loop_and_what_comes_meanwhile_is_
     assert seen_by_analysis == [3, 3]
     assert (len(analyzer._window), analyzer._backlog, analyzer.events_seen, analyzer.events_missed) == (10, [], 10, 0)
     assert analyzer.computed_at is not None
+
+
+def test_late_events_of_calls_begun_before_a_reload_stay_out_of_the_new_window(tmp_path: Path) -> None:
+    """A call timed out under the old config is observed answering seconds after the reload: that is the old
+    config's evidence (it would propose the next step of a change just made). Calls after it count."""
+    bus = EventBus(capacity=100)
+    analyzer = _analyzer(tmp_path, bus)
+
+    def call_event(kind: str, call_id: int, **fields: object) -> None:
+        event = make_event(kind, None, upstream="api", **fields)
+        event.update(method="tools/call", tool="search", call_id=call_id, attempt=1)
+        bus.publish(event)
+
+    call_event("timeout", 7, limit_ms=1000.0, observing=True)
+    bus.publish(make_event("config_reloaded", None, trigger="api", file_hash="abc"))
+    call_event("timeout_observed", 7, limit_ms=1000.0, observed_ms=1400.0)  # late: call 7 began before
+    call_event("timeout", 8, limit_ms=2000.0, observing=True)  # a call under the new config
+    analyzer.step(0.0)
+    (stats,) = analyzer._window.analysis().all_targets()
+    assert (stats.timeouts, stats.observed_ms, analyzer.events_seen) == (1, [], 4)
