@@ -119,7 +119,7 @@ class Change:
         return {
             "upstream": self.upstream,
             "match": None if self.match is None else self.match.to_yaml(),
-            "key": self.key,
+            "setting": self.key,  # not "key": a field of that name reads as a secret to `proxy.redact`
             "value": self.value,
             "old": self.old,
         }

@@ -13,6 +13,8 @@ proxy running on that file hot-reloads it by itself.
 estimate beside the replayed one and whether the replay reproduces it (`proxy.trials.compare`).
 
 This module is the analyzer's only contact with the network: a client of the proxy's own admin API.
+Everything it prints or writes passes through `proxy.redact.redact_text`: a diff's context lines are
+lines of the operator's file, which may hold an upstream URL with its credentials.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import orjson
 
 from proxy.analyzer import Analysis, ApplyError, Proposal, Window, analyze, apply_proposal, propose, read_events
 from proxy.analyzer import edit_text, render_markdown, render_text
+from proxy.redact import redact_text
 from proxy.analyzer.report import one_line
 from proxy.config.model import ConfigError, ProxyConfig, load_config, load_config_file
 from proxy.mcp.sse import SSEParser
@@ -135,11 +138,11 @@ async def run_analyze(args: Any, out: Callable[[str], None], err: Callable[[str]
         err(f"analyze: cannot read events from {args.follow}: {exc}")
         return 1
     if args.json:
-        out(orjson.dumps([p.to_dict() for p in proposals], option=orjson.OPT_INDENT_2).decode())
+        out(redact_text(orjson.dumps([p.to_dict() for p in proposals], option=orjson.OPT_INDENT_2).decode()))
     else:
-        out(render_text(analysis, proposals))
+        out(redact_text(render_text(analysis, proposals)))
     if args.report:
-        Path(args.report).write_text(render_markdown(analysis, proposals), encoding="utf-8")
+        Path(args.report).write_text(redact_text(render_markdown(analysis, proposals)), encoding="utf-8")
         err(f"analyze: Markdown report written to {args.report}")
     if args.apply:
         chosen = [p for p in proposals if p.id == args.apply]
@@ -211,9 +214,9 @@ def _what_if(
             "estimate": proposal.effect.numbers if proposal else None,
             "verdict": comparison.to_dict() if comparison else None,
         }
-        out(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        out(redact_text(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()))
     else:
-        out(_render(what, scope, len(records), figures, whole, proposal, comparison))
+        out(redact_text(_render(what, scope, len(records), figures, whole, proposal, comparison)))
     return 0
 
 

@@ -74,7 +74,7 @@ class Comparison:
             "status": self.status,
             "text": self.text,
             "estimates": [
-                {"key": e.key, "meaning": e.meaning, "estimated": e.estimated, "replayed": e.replayed, "within_tolerance": e.within}
+                {"figure": e.key, "meaning": e.meaning, "estimated": e.estimated, "replayed": e.replayed, "within_tolerance": e.within}
                 for e in self.estimates
             ],
         }

@@ -241,7 +241,7 @@ def _describe_changes(proposal: dict[str, Any]) -> list[str]:
     for change in proposal.get("changes") or []:
         match = change.get("match")
         scope = "defaults" if not match else "rule " + ", ".join(f"{k}={v}" for k, v in match.items())
-        described.append(f"{change.get('upstream')} {scope}: {change.get('key')}: {change.get('old')} -> {change.get('value')}")
+        described.append(f"{change.get('upstream')} {scope}: {change.get('setting')}: {change.get('old')} -> {change.get('value')}")
     return described
 
 
@@ -251,9 +251,9 @@ def _changes_of(proposal: dict[str, Any], config: ProxyConfig) -> tuple[Change, 
     again as `proxy.analyzer.scope` found it, the rule that decides that call in `config` today."""
     changes = []
     for raw in proposal["changes"]:
-        upstream, key, match = raw.get("upstream"), raw.get("key"), raw.get("match")
+        upstream, key, match = raw.get("upstream"), raw.get("setting"), raw.get("match")
         if not isinstance(upstream, str) or not isinstance(key, str) or not (match is None or isinstance(match, dict)):
-            raise TrialRefused("each change needs upstream and key (strings) and match (an object or null)", 422)
+            raise TrialRefused("each change needs upstream and setting (strings) and match (an object or null)", 422)
         if key.split(".")[0] not in POLICY_SECTIONS:
             raise TrialRefused(f"a trial changes policy keys only ({', '.join(sorted(POLICY_SECTIONS))}), not {key}", 422)
         target = None if match is None else _match_of(match, upstream, config)

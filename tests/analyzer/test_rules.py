@@ -319,7 +319,7 @@ def test_proposal_to_dict_is_json_ready() -> None:
     data = orjson.loads(orjson.dumps(p.to_dict()))
     assert data["id"] == p.id
     assert data["addresses"] == {"failures": 30, "openings": 0}  # the 429s: a proxy-side limit removes them
-    assert data["changes"][0] == {"upstream": "api", "match": None, "key": "rate_limit.rate", "value": 12, "old": None}
+    assert data["changes"][0] == {"upstream": "api", "match": None, "setting": "rate_limit.rate", "value": 12, "old": None}
     assert data["confidence"] == {
         "level": "medium",
         "reason": "attempts answered 429 while the upstream limited: 30/390 (7.7%), 95% lower bound 5.8% >= 5% (holds at one-sided 97.5%)",

@@ -345,7 +345,7 @@ def only(proposals: list[dict[str, Any]], rule: str) -> dict[str, Any]:
 
 def changes_of(proposal: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key: (old, value)} of a proposal's changes."""
-    return {c["key"]: (c["old"], c["value"]) for c in proposal["changes"]}
+    return {c["setting"]: (c["old"], c["value"]) for c in proposal["changes"]}
 
 
 def rules_of(proposals: list[dict[str, Any]]) -> list[str]:

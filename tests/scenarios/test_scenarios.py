@@ -106,7 +106,7 @@ async def test_slow_call_gets_a_longer_timeout_not_a_cache(
     assert rules_of(proposals) == ["timeouts"], proposals
     proposal = only(proposals, "timeouts")
     (change,) = proposal["changes"]
-    assert (change["match"], change["key"], change["old"], change["value"]) == (match, "timeouts.per_try", "200ms", "750ms")
+    assert (change["match"], change["setting"], change["old"], change["value"]) == (match, "timeouts.per_try", "200ms", "750ms")
     assert (proposal["evidence"]["timeouts"], proposal["evidence"]["observed"]) == (timeouts, timeouts)
     assert (proposal["effect"]["numbers"]["timed_out"], proposal["effect"]["numbers"]["would_complete"]) == (timeouts, timeouts)
 
@@ -319,7 +319,7 @@ async def test_outage_without_cache_proposes_cached_fallback(upstream: FaultUpst
     assert rules_of(proposals) == ["cache_fallback"], proposals
     proposal = only(proposals, "cache_fallback")
     (change,) = proposal["changes"]
-    assert (change["match"], change["key"], change["value"]) == ({"method": READ}, "cache.mode", "fallback")
+    assert (change["match"], change["setting"], change["value"]) == ({"method": READ}, "cache.mode", "fallback")
     assert (proposal["evidence"]["failed"], proposal["evidence"]["distinct_params"]) == (25, 5)
     assert proposal["effect"]["numbers"]["failed"] == 25
 
@@ -353,9 +353,9 @@ async def test_non_idempotent_timeouts_get_a_longer_timeout_never_retries(upstre
     proposals = await proxy.analyze()
     assert rules_of(proposals) == ["timeouts"], proposals
     proposal = only(proposals, "timeouts")
-    assert not any(c["key"].startswith("retry.") or c["key"] == "idempotent" for c in proposal["changes"])
+    assert not any(c["setting"].startswith("retry.") or c["setting"] == "idempotent" for c in proposal["changes"])
     (change,) = proposal["changes"]
-    assert (change["match"], change["key"], change["old"], change["value"]) == ({"tool": "create_ticket"}, "timeouts.per_try", "200ms", "750ms")
+    assert (change["match"], change["setting"], change["old"], change["value"]) == ({"tool": "create_ticket"}, "timeouts.per_try", "200ms", "750ms")
     assert proposal["evidence"]["timeouts"] == 20
     assert proposal["effect"]["numbers"]["timed_out"] == 20
 
@@ -398,7 +398,7 @@ async def test_one_tool_failing_as_a_server_gets_its_own_breaker(upstream: Fault
     assert rules_of(proposals) == ["breaker_per_tool"], proposals
     proposal = only(proposals, "breaker_per_tool")
     (change,) = proposal["changes"]
-    assert (change["match"], change["key"], change["old"], change["value"]) == ({"tool": "create_ticket"}, "breaker.scope", "upstream", "tool")
+    assert (change["match"], change["setting"], change["old"], change["value"]) == ({"tool": "create_ticket"}, "breaker.scope", "upstream", "tool")
     assert (proposal["evidence"]["tool_failures"], proposal["evidence"]["share"], proposal["evidence"]["other_failures"]) == (20, 1.0, 0)
     assert proposal["effect"]["numbers"]["refused"] == 16
 
@@ -478,7 +478,7 @@ async def test_read_only_tool_under_untrusted_annotations_is_declared_idempotent
     assert len(proposals) == 1, proposals
     (proposal,) = proposals
     (change,) = proposal["changes"]
-    assert (change["match"], change["key"], change["value"]) == ({"tool": "lookup"}, "idempotent", True)
+    assert (change["match"], change["setting"], change["value"]) == ({"tool": "lookup"}, "idempotent", True)
     assert "readOnlyHint" in json.dumps(proposal["evidence"])
 
     await proxy.apply(proposal["id"])

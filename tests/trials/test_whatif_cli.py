@@ -87,7 +87,7 @@ def test_what_if_json_and_another_config_file(tmp_path: Path) -> None:
     assert document["figures"]["change"]["errors"] == -25
     assert document["verdict"]["status"] == "reproduced"
     assert document["verdict"]["estimates"] == [
-        {"key": "would_complete", "meaning": "timed-out attempts avoided", "estimated": 25.0, "replayed": 25, "within_tolerance": True}
+        {"figure": "would_complete", "meaning": "timed-out attempts avoided", "estimated": 25.0, "replayed": 25, "within_tolerance": True}
     ]
     other = tmp_path / "other.yaml"
     other.write_text(CONFIG.replace("per_try: 200ms", "per_try: 420ms"))  # only the faster reads complete
@@ -151,3 +151,26 @@ async def test_a_real_recording_of_25_timed_out_reads_replays_to_no_errors(
     assert (figures["before"]["errors"], figures["after"]["errors"]) == (25, 0)
     assert (figures["before"]["errors_by_kind"], figures["after"]["succeeded"]) == ({"timeout": 25}, 25)
     assert document["verdict"]["status"] == "reproduced"
+
+
+def test_what_the_cli_prints_and_writes_never_holds_the_files_credentials(tmp_path: Path) -> None:
+    """The diff's context lines are lines of the operator's file: its upstream URL's user, password and
+    key parameters are redacted in the report, the JSON, the Markdown file and the what-if."""
+    events, config = recorded(tmp_path)
+    secret_url = "http://alice:hunter2pw@127.0.0.1:1/mcp?api_key=SEKRET1&sig=SEKRET2"
+    # In the url, and in a comment right where the change goes, so that it is a context line of every diff.
+    config.write_text(CONFIG.replace("http://127.0.0.1:1/mcp", secret_url) + f"    # mirror: {secret_url}\n")
+    report = tmp_path / "report.md"
+    outputs = [
+        analyze("--events", str(events), "--config", str(config)).stdout,
+        analyze("--events", str(events), "--config", str(config), "--report", str(report)).stdout,
+        analyze("--events", str(events), "--config", str(config), "--json").stdout,
+    ]
+    proposal = json.loads(outputs[-1])[0]
+    assert proposal["changes"][0]["setting"] == "timeouts.per_try"  # the setting a change touches is no secret
+    outputs.append(analyze("--events", str(events), "--config", str(config), "--what-if", proposal["id"], "--json").stdout)
+    outputs.append(report.read_text())
+    assert all("mirror: http://" in text for text in (outputs[0], outputs[2], outputs[4]))  # the diffs, with their context
+    for text in outputs:
+        assert not {"hunter2pw", "SEKRET1", "SEKRET2", "alice"} & set(text.replace("@", " ").replace("&", " ").replace("=", " ").replace(":", " ").replace("/", " ").split())
+        assert "hunter2pw" not in text and "SEKRET" not in text
