@@ -174,8 +174,9 @@ def timeouts(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOT
     """
     proposals = []
     for fix in timeout_fixes(analysis, config):
-        stats, policy, n, observed = fix.stats, fix.policy, fix.stats.timeouts, fix.stats.observed_ms
+        stats, policy, n = fix.stats, fix.policy, fix.completes.n  # the timeouts under today's limit (`timeout_fix`)
         label, limit_s, new_s, new = stats.target.label, policy.timeouts.per_try, fix.new_s, format_duration(fix.new_s)
+        observed = [ms for ms in stats.observed_ms if ms > limit_s * 1000]
         changes = [Change(stats.target.upstream, fix.match, "timeouts.per_try", new, format_duration(limit_s))]
         if new_s > policy.timeouts.total:
             total = max(new_s, nice_duration(2 * new_s, cap=HARD_CAP_S))
@@ -185,7 +186,8 @@ def timeouts(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOT
         rationale = (
             f"{n} attempts of {label} hit the {format_duration(limit_s)} per-try timeout, and "
             f"{len(observed)} of them were seen answering shortly after (p95 {fix.p95:.0f} ms). They were slow, not "
-            f"stuck: the proxy gave up on answers that were about to arrive, and retried or failed them."
+            f"stuck: the proxy gave up on answers that were about to arrive"
+            + (", and retried or failed them." if stats.idempotent is not False else ", and failed them.")
         )
         if stats.idempotent is False:
             rationale += (

@@ -305,7 +305,7 @@ def session_lost(analysis: Analysis, config: ProxyConfig, addressed: Addressed =
             continue
         proposals.append(Proposal(
             rule="session_lost", target=stats.name,
-            title=f"{stats.name} lost {n} legacy sessions: consider session recovery",
+            title=f"{stats.name} forgot the legacy sessions of {n} requests: consider session recovery",
             rationale=(
                 f"{stats.name} answered 404 to {n} requests carrying a legacy session id: it forgot the sessions "
                 f"(a restart, or a session timeout). Each client had to notice and initialize again. No config "

@@ -111,12 +111,12 @@ async def run_analyze(args: Any, out: Callable[[str], None], err: Callable[[str]
         err("analyze: --what-if replays a recorded file: give it --events FILE")
         return 1
     try:
-        if args.events and getattr(args, "what_if", None):
-            events = list(read_events(args.events))
-            analysis, proposals = analyze(events, config_text, window_s=args.window)
-            return _what_if(args, events, config_text, proposals, out, err)
         if args.events:
-            analysis, proposals = analyze(read_events(args.events), config_text, window_s=args.window)
+            events = list(read_events(args.events))
+            _warn_of_reloads(events, args.window, err)
+            analysis, proposals = analyze(events, config_text, window_s=args.window)
+            if getattr(args, "what_if", None):
+                return _what_if(args, events, config_text, proposals, out, err)
         else:
             window = Window(args.window)
             if args.once:
@@ -176,6 +176,22 @@ def _scope(figures: Figures, proposal: Proposal | None) -> tuple[str, Figures]:
         if upstream.kinds:
             return f"upstream {proposal.target}", upstream
     return "the whole window", figures
+
+
+def _warn_of_reloads(events: list[dict[str, Any]], window_s: float | None, err: Callable[[str], None]) -> None:
+    """Say so when the recorded window spans a config change: the events before it were made under another
+    policy than --config's, which both the analysis and a replay take for the recorded one."""
+    times = [e["ts"] for e in events if isinstance(e.get("ts"), int | float)]
+    if not times:
+        return
+    start = max(times) - window_s if window_s is not None else float("-inf")
+    reloads = [e for e in events if e.get("type") == "config_reloaded" and isinstance(e.get("ts"), int | float) and e["ts"] >= start]
+    if reloads:
+        err(
+            f"analyze: the window spans {len(reloads)} config reload(s), the last at {time.strftime('%H:%M:%S', time.gmtime(reloads[-1]['ts']))}Z: "
+            f"events before it were made under another config than --config; to read only what came after, "
+            f"use --window shorter than the time since"
+        )
 
 
 def _what_if(

@@ -21,11 +21,11 @@ def test_text_report() -> None:
     assert "  change: upstream api, rule (tool=search): timeouts.per_try: 2s -> 4s" in text
     assert "  confidence: high (one-sided Wilson score bounds, decided at 95%, holding at 99.5%)\n" in text
     assert "    decided on: timed-out attempts that would complete: 36/40 (90.0%), 95% lower bound 79.5% >= 50%\n" in text
-    assert "] api lost 4 legacy sessions: consider session recovery (advice only)" in text
+    assert "] api forgot the legacy sessions of 4 requests: consider session recovery (advice only)" in text
     assert "  confidence: low (advice only: no change to estimate)\n" in text
     assert "  +          per_try: 4s" in text
     assert "addresses:" not in text  # no timeout failed a call here: the attempts were retried
-    assert "] api lost 4 legacy sessions: consider session recovery (advice only)" in text
+    assert "] api forgot the legacy sessions of 4 requests: consider session recovery (advice only)" in text
 
 
 def test_markdown_report() -> None:

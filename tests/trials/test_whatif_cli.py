@@ -174,3 +174,13 @@ def test_what_the_cli_prints_and_writes_never_holds_the_files_credentials(tmp_pa
     for text in outputs:
         assert not {"hunter2pw", "SEKRET1", "SEKRET2", "alice"} & set(text.replace("@", " ").replace("&", " ").replace("=", " ").replace(":", " ").replace("/", " ").split())
         assert "hunter2pw" not in text and "SEKRET" not in text
+
+
+def test_a_window_spanning_a_reload_is_said_to(tmp_path: Path) -> None:
+    events, config = recorded(tmp_path)
+    reload = {"v": 1, "id": 10_000, "ts": 1_700_000_030.0, "type": "config_reloaded", "trigger": "api", "file_hash": "abc"}
+    events.write_bytes(events.read_bytes() + orjson.dumps(reload) + b"\n")
+    run = analyze("--events", str(events), "--config", str(config))
+    assert run.returncode == 0 and "the window spans 1 config reload(s)" in run.stderr
+    quiet = analyze("--events", str(events), "--config", str(config), "--window", "1s")
+    assert "config reload" not in quiet.stderr
