@@ -1,0 +1,61 @@
+"""What-if fidelity against real proxy runs: the before column is what clients saw, and a change replays only
+what it can change (exact figures, on streams shaped like the ones the proxy wrote)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.config.model import ProxyConfig, load_config
+from proxy.trials import records_from_events, replay
+from tests.analyzer.builders import Stream
+
+
+def config(**upstream: Any) -> ProxyConfig:
+    """One upstream `api`, breaker off and one attempt unless `upstream` says otherwise."""
+    import yaml
+
+    body = {"name": "api", "url": "http://127.0.0.1:1/mcp", "breaker": {"enabled": False}, "retry": {"max_attempts": 1}}
+    body.update(upstream)
+    return load_config(yaml.safe_dump({"upstreams": [body]}))
+
+
+def straddling() -> Stream:
+    """200 ms summaries, as the proxy writes them, with retried successes whose backoff and answer cross into a
+    later window. A `retry` event is written before its 100 ms backoff: call A's last event (0.15) lies in the
+    first window, its answer (after 0.25) was counted by the second; C's (0.31) in the second, counted by the third.
+    B retried and was answered inside the first window; D failed in the second."""
+    s = Stream()
+    a, b, c, d = (s.call_id() for _ in range(4))
+    kw: dict[str, Any] = {"method": "resources/read", "tool": None}
+    s.retry(0.05, "http_429", attempt=1, call_id=b, **kw)
+    s.retry(0.15, "http_429", attempt=1, call_id=a, **kw)
+    s.call_ok(0.2, ok=3, calls=3, ok_by_attempt={1: 2, 2: 1}, window_s=0.2, **kw)  # two without events, and B
+    s.retry(0.30, "http_429", attempt=1, call_id=c, **kw)
+    s.retry(0.31, "http_429", attempt=2, call_id=c, **kw)
+    s.retry(0.32, "http_429", attempt=1, call_id=d, **kw)
+    s.retry_exhausted(0.38, "http_429", attempt=2, call_id=d, **kw)
+    s.call_failed(0.38, "http_429", attempt=2, call_id=d, **kw)
+    s.call_ok(0.4, ok=2, calls=3, ok_by_attempt={1: 1, 2: 1}, window_s=0.2, outcomes={"ok": 2, "http_429": 1}, **kw)
+    s.call_ok(0.6, ok=1, calls=1, ok_by_attempt={3: 1}, window_s=0.2, **kw)  # C
+    return s
+
+
+def test_a_retried_success_is_counted_once_when_its_answer_crosses_a_summary_boundary() -> None:
+    s = straddling()
+    records = records_from_events(s.events)
+    rebuilt = sorted((r.call_id, tuple(a.outcome for a in r.attempts), r.outcome) for r in records if not r.from_summary)
+    assert rebuilt == [
+        ("c1", ("http_429", "ok"), "ok"),
+        ("c2", ("http_429", "ok"), "ok"),
+        ("c3", ("http_429", "http_429", "ok"), "ok"),
+        ("c4", ("http_429", "http_429"), "failed"),
+    ]
+    # The summaries' other successes: exactly the three without events, all on their first attempt.
+    assert sorted(tuple(a.outcome for a in r.attempts) for r in records if r.from_summary) == [("ok",)] * 3
+    # The invariant: replayed under its own policy, the before column is what clients saw.
+    before = config(retry={"max_attempts": 3})
+    figures = replay(records, before, before)
+    tally = figures.before
+    assert (tally.calls, tally.succeeded, tally.errors, dict(tally.errors_by_kind)) == (7, 6, 1, {"http_429": 1})
+    assert (tally.attempts, tally.retries) == (12, 5)
+    assert figures.after == figures.before
