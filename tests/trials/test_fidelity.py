@@ -8,6 +8,7 @@ from typing import Any
 from proxy.config.model import ProxyConfig, load_config
 from proxy.trials import records_from_events, replay
 from tests.analyzer.builders import Stream
+from tests.trials.builders import Recording
 
 
 def config(**upstream: Any) -> ProxyConfig:
@@ -59,3 +60,25 @@ def test_a_retried_success_is_counted_once_when_its_answer_crosses_a_summary_bou
     assert (tally.calls, tally.succeeded, tally.errors, dict(tally.errors_by_kind)) == (7, 6, 1, {"http_429": 1})
     assert (tally.attempts, tally.retries) == (12, 5)
     assert figures.after == figures.before
+
+
+def test_a_cache_only_rule_leaves_attempts_and_breaker_refusals_as_recorded() -> None:
+    """The breaker refused 4 calls after 3 failures (as it may live: another client's failures counted too),
+    which a breaker at 5 failures replayed alone would not. A candidate that only adds a rule with a cache
+    for these calls cannot change that: attempts and refusals stay as recorded; only the stale answers change."""
+    r = Recording()
+    r.ok(1.0, method="tools/list", tool=None)
+    r.flush(1.5)  # its success is placed at 0.75 s
+    for i in range(3):
+        r.call(2.0 + i * 0.1, ["http_5xx"], method="tools/list", tool=None)
+    for i in range(4):
+        r.call(2.5 + i * 0.1, ["circuit_open"], method="tools/list", tool=None)
+    r.flush(5.0)
+    breaker = {"failure_threshold": 5, "reset_timeout": "1s"}
+    before = config(breaker=breaker)
+    cached = config(breaker=breaker, rules=[{"match": {"method": "tools/list"}, "cache": {"mode": "fallback"}}])
+    figures = replay(records_from_events(r.events), before, cached)
+    b, a = figures.before, figures.after
+    assert (b.attempts, b.breaker_refused, b.errors, b.served_stale) == (4, 4, 7, 0)
+    assert (a.attempts, a.breaker_refused, a.retries, a.estimated) == (4, 4, 0, 0)
+    assert (a.errors, a.served_stale) == (0, 7)
