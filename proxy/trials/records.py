@@ -139,6 +139,9 @@ class CallRecord:
     stale_age: float | None = None
     """For ``stale``: how old the stored answer was (s)."""
     call_id: str | None = None
+    streamed: bool = False
+    """For ``failed``: its answer was already being relayed when it failed (``call_failed.streamed``, or a
+    ``stream_broken``, which only a relayed answer fails with): committed, beyond any fallback."""
     from_summary: bool = False
     """Rebuilt from a ``call_ok`` summary (times, latencies spread; params and client unknown)."""
 
@@ -232,7 +235,7 @@ def _rebuild(events: list[Event], circuit_opens: dict[str, list[float]]) -> _Reb
     idempotent: bool | None = None
     outcome: Outcome | None = None
     error = stop = reason = None
-    rate_limited = False
+    rate_limited = streamed = False
     stale_age: float | None = None
     last = 0
     for event in events:
@@ -264,6 +267,7 @@ def _rebuild(events: list[Event], circuit_opens: dict[str, list[float]]) -> _Reb
             rate_limited = True
         elif kind == "call_failed":
             outcome, error, reason = "failed", failure or UNKNOWN, str(event.get("reason") or failure)
+            streamed = event.get("streamed") is True or failure == Failure.STREAM_BROKEN.value
             last = max(last, number)
             if failure in _FAILURE_KINDS or failure == REFUSED:
                 attempts[number].outcome = attempts[number].outcome or failure
@@ -304,7 +308,7 @@ def _rebuild(events: list[Event], circuit_opens: dict[str, list[float]]) -> _Reb
     record = CallRecord(
         ts=float(events[0]["ts"]), upstream=upstream, method=method, tool=tool, client=client, params_hash=params,
         idempotent=idempotent, attempts=built, outcome=outcome or "ok", error=error, stop=stop,
-        rate_limited=rate_limited, stale_age=stale_age, call_id=_call_id(events[0]),
+        rate_limited=rate_limited, stale_age=stale_age, call_id=_call_id(events[0]), streamed=streamed,
     )  # fmt: skip
     counted_ok = record.outcome in ("ok", "stale", "hit")
     return _Rebuilt(record, end_ts, reason if record.outcome == "failed" else None, max(1, len(built)) if counted_ok else None)

@@ -46,7 +46,8 @@ the `after` lane differs from it only through the changed keys. Per aspect, in p
   refusals are as recorded.
   Application breakers (`app_breaker`) are not modelled.
 - **cache fallback** (`cache.mode`, `max_stale`, `ttl`): unchanged, a failure is answered stale exactly
-  when it was; changed, a failed idempotent call is answered stale when a success of the same call
+  when it was; changed, a failed idempotent call (but one that failed as recorded on an answer already
+  being relayed, `CallRecord.streamed`: committed) is answered stale when a success of the same call
   kind and params hash (or any success whose params are unknown, a summary's: an optimistic match)
   was stored within ``ttl + max_stale`` before it. A recorded stale answer proves an entry stored
   ``age`` seconds before it. Fresh hits (`ttl` mode) are kept as recorded, and become one estimated
@@ -465,13 +466,20 @@ class _Lane:
             if record.outcome == "stale":
                 run.outcome, run.error = "stale", None
             return run
-        if cache is None or not idempotent or record.method in NEVER_CACHED:
+        if cache is None or not idempotent or record.method in NEVER_CACHED or self._committed(record, run):
             return run
         stored = max(self._stored.get((record.target, record.params_hash), float("-inf")),
                      self._stored.get((record.target, None), float("-inf")))  # fmt: skip
         if self._clock.now - stored <= cache.ttl + cache.max_stale:
             run.outcome, run.error = "stale", None
         return run
+
+    @staticmethod
+    def _committed(record: CallRecord, run: _Run) -> bool:
+        """The call failed as recorded on an answer already being relayed (`CallRecord.streamed`): the
+        fallback stage had let it through, so no stored answer stands in."""
+        made, recorded = run.made, record.attempts
+        return record.streamed and len(made) == len(recorded) and bool(made) and made[-1].outcome == recorded[-1].outcome
 
     def _admit(self, config: RateLimitConfig, record: CallRecord) -> bool:
         """The rate limit's decision for `record` (bucket keys as `proxy.policies.ratelimit.bucket_key`)."""

@@ -82,3 +82,44 @@ def test_a_cache_only_rule_leaves_attempts_and_breaker_refusals_as_recorded() ->
     assert (b.attempts, b.breaker_refused, b.errors, b.served_stale) == (4, 4, 7, 0)
     assert (a.attempts, a.breaker_refused, a.retries, a.estimated) == (4, 4, 0, 0)
     assert (a.errors, a.served_stale) == (0, 7)
+
+
+def sse_failures(buffered: int) -> list[dict[str, Any]]:
+    """Reads answered 100 times; 10 answers broke while being relayed (``stream_broken``, as
+    recorded before ``streamed`` existed), 10 ended unanswered while being relayed (``stream_ended``,
+    ``streamed``), and `buffered` buffered reads ended unanswered before anything was sent (``stream_ended``)."""
+    s = Stream()
+    s.call_ok(40.0, method="resources/read", ok=100, calls=120 + buffered, window_s=40.0)
+    for i in range(20 + buffered):
+        kind = "stream_broken" if i < 10 else "stream_ended"
+        event = s.call_failed(1.0 + i, kind, method="resources/read", params=f"p{i % 4}")
+        event["reason"] = "upstream_stream_broken" if i < 10 else "upstream_unavailable"
+        if 10 <= i < 20:
+            event["streamed"] = True
+    return s.events
+
+
+def test_cache_fallback_leaves_out_failures_of_answers_already_being_relayed() -> None:
+    from proxy.analyzer import analyze
+    from proxy.analyzer.engine import SYMPTOMS
+    from tests.analyzer import scenarios as sc
+
+    [proposal] = analyze(sse_failures(buffered=12), sc.CONFIG, env={}, rules=SYMPTOMS)[1]
+    assert (proposal.rule, proposal.evidence["failed"], proposal.effect.numbers["failed"]) == ("cache_fallback", 12, 12)
+    assert analyze(sse_failures(buffered=0), sc.CONFIG, env={}, rules=SYMPTOMS)[1] == []
+
+
+def test_the_simulator_serves_no_stale_answer_for_an_answer_already_being_relayed() -> None:
+    events = sse_failures(buffered=12)
+    records = records_from_events(events)
+    failed = sorted((r.error, r.streamed) for r in records if r.outcome == "failed")
+    assert failed == [("stream_broken", True)] * 10 + [("stream_ended", False)] * 12 + [("stream_ended", True)] * 10
+    before = config()
+    after = config(rules=[{"match": {"method": "resources/read"}, "cache": {"mode": "fallback"}}])
+    figures = replay(records, before, after)
+    assert (figures.before.errors, figures.before.served_stale) == (32, 0)
+    # The summary's successes (params unknown) are spread over its window: the 12 buffered failures come after
+    # stored answers, the relayed ones stay failures.
+    assert (figures.after.errors, figures.after.served_stale, dict(figures.after.errors_by_kind)) == (
+        20, 12, {"stream_broken": 10, "stream_ended": 10}
+    )
