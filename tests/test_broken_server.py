@@ -575,3 +575,31 @@ async def test_an_error_status_streamed_as_sse_that_then_breaks_is_reported_once
         status, _, _ = await post(proxy, CALL)
     assert status == 503
     assert [event["type"] for event in events if event["type"] == "call_failed"] == ["call_failed"]
+
+
+@pytest.mark.parametrize(
+    ("message", "ending", "kind", "streamed"),
+    [(CALL, b"", "stream_broken", True), (READ, b"", "connection_lost", None),
+     (CALL, END, "stream_ended", True), (READ, END, "stream_ended", None)],
+    ids=["streamed, broken", "buffered, broken", "streamed, ended", "buffered, ended"],
+)  # fmt: skip
+async def test_call_failed_says_when_the_answer_was_already_being_relayed(
+    message: dict[str, Any], ending: bytes, kind: str, streamed: bool | None
+) -> None:
+    """The same stream (a log event, then a break or a clean end without the response) fails a streamed call
+    after its head went out (`streamed`: no retry or stored answer could act) and a buffered read before
+    anything did (no field): a stream that ended unanswered is `stream_ended` either way, so only the field
+    tells the analyzer whether a cached fallback could have stood in."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(event(LOG)) + ending)
+        await writer.drain()
+        writer.close()
+
+    events: list[dict[str, Any]] = []
+    async with RawServer(script) as server, running_proxy(proxy_config(server.url, upstream=ONE_TRY)) as proxy:
+        proxy.bus.listeners.append(events.append)
+        status, _, _ = await post(proxy, message)
+    failed = [(e["error"]["kind"], e.get("streamed")) for e in events if e["type"] == "call_failed"]
+    assert (status, failed) == (200 if streamed else 502, [(kind, streamed)])

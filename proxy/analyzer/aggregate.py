@@ -33,6 +33,7 @@ from proxy.analyzer.model import (
     TargetStats,
     Transition,
     UpstreamStats,
+    streamed_failure,
 )
 from proxy.events.envelope import SCHEMA_VERSION
 
@@ -342,7 +343,8 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
         params = event.get("params_hash")
         stats.failed.append(
             FailedCall(event_id, ts, call_id if isinstance(call_id, str) else None, error_kind,
-                       idempotent if isinstance(idempotent, bool) else None, params if isinstance(params, str) else None)
+                       idempotent if isinstance(idempotent, bool) else None, params if isinstance(params, str) else None,
+                       streamed_failure(event))
         )  # fmt: skip
         if isinstance(call_id, str):
             stats.failed_calls.add(call_id)

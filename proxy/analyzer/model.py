@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from proxy.analyzer.stats import Histogram
 from proxy.errors import CircuitOpen, RetryBudgetExhausted, StreamBroken, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
@@ -32,6 +32,7 @@ __all__ = [
     "TargetStats",
     "Transition",
     "UpstreamStats",
+    "streamed_failure",
 ]
 
 SERVER_SIDE = frozenset(kind.value for kind in FAILURES_ON_THE_SERVER)  # the failure kinds breakers and health count
@@ -126,6 +127,16 @@ class FailedCall:
     kind: str
     idempotent: bool | None
     params_hash: str | None
+    streamed: bool = False
+    """The answer was already being relayed when it failed (see `streamed_failure`): no fallback could act."""
+
+
+def streamed_failure(event: dict[str, Any]) -> bool:
+    """Whether a ``call_failed`` came after its answer began reaching the client: the event says so
+    (``streamed``), or its kind is ``stream_broken``, which only a relayed answer fails with (a buffered read
+    that breaks fails ``connection_lost``), so recordings from before the field are read right too."""
+    error = event.get("error")
+    return event.get("streamed") is True or (isinstance(error, dict) and error.get("kind") == "stream_broken")
 
 
 @dataclass(slots=True)
@@ -258,8 +269,10 @@ class TargetStats:
         return max(self.calls, self.ok + len(self.failed))
 
     def idempotent_failures(self) -> list[FailedCall]:
-        """Failed idempotent calls whose failure was the upstream's (`UPSTREAM_FAILED`)."""
-        return [f for f in self.failed if f.idempotent and f.kind in UPSTREAM_FAILED]
+        """Failed idempotent calls whose failure was the upstream's (`UPSTREAM_FAILED`) and came before their
+        answer began reaching the client: the failures a stored answer could have stood in for (a streamed
+        answer that broke is committed, beyond any fallback)."""
+        return [f for f in self.failed if f.idempotent and f.kind in UPSTREAM_FAILED and not f.streamed]
 
 
 class Transition(NamedTuple):

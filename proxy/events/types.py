@@ -77,6 +77,10 @@ class CallFailed(CallEvent):
     """The HTTP status the client got."""
     client: str
     """Who was calling: a hash of its strongest credential, else its address."""
+    streamed: bool | Absent = ABSENT
+    """True when the answer was already being relayed to the client (an SSE stream that broke, went silent or
+    ended without the response after its head went out): the call was committed, so no retry or stored answer
+    could have acted on it. Absent for failures before that (`http_status` was then really sent)."""
 
 
 @_kind

@@ -384,7 +384,7 @@ class McpHandler:
 
             def failed(error: ProxyError) -> None:
                 if pinned is None:  # an error status was reported at its head: one report per call
-                    self._failed(runtime, call, last, error)
+                    self._failed(runtime, call, last, error, streamed=True)
 
             return await self._relay.answer(request, runtime, route, call, reply, settle, failed)
         finally:
@@ -491,21 +491,26 @@ class McpHandler:
         forwarded(headers, request.remote, runtime.config.security.forwarded_headers)
         return headers
 
-    def _failed(self, runtime: Runtime, call: Call, last: Attempt | None, error: ProxyError) -> None:
+    def _failed(self, runtime: Runtime, call: Call, last: Attempt | None, error: ProxyError, streamed: bool = False) -> None:
         """A call ends in a proxy verdict or a broken stream: count it, and say it once (event or log line).
-        `last`: the try it ended on, as the retry stage marked it (None: the call's first)."""
+        `last`: the try it ended on, as the retry stage marked it (None: the call's first). `streamed`: the
+        answer was being relayed already (the event says so: no retry or fallback could have acted)."""
         runtime.metrics.upstream_error(call.upstream, error.reason)
         verdict = classify_error(error)
         kind = error.reason if verdict.kind is Failure.CLIENT_ERROR else verdict.kind.value
         detail = {"kind": kind, "http_status": None, "jsonrpc_code": error.code, "message": error.message}
-        self._report(runtime, call, last, detail, error.reason, error.status())
+        self._report(runtime, call, last, detail, error.reason, error.status(), streamed)
 
     def _report(
-        self, runtime: Runtime, call: Call, last: Attempt | None, error: dict[str, Any], reason: str, http_status: int
+        self, runtime: Runtime, call: Call, last: Attempt | None, error: dict[str, Any], reason: str, http_status: int,
+        streamed: bool = False,
     ) -> None:
         latency_ms = round((time.perf_counter() - call.started) * 1000, 3)
         events = runtime.events
-        events.call_failed(last or call, error, latency_ms, reason=reason, http_status=http_status, client=call.client)
+        extra = {"streamed": True} if streamed else {}
+        events.call_failed(
+            last or call, error, latency_ms, reason=reason, http_status=http_status, client=call.client, **extra
+        )
 
     def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, reason: str) -> None:
         """The upstream's own failing answer reaches the client: report it like any failure a client heard."""

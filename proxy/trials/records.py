@@ -20,10 +20,13 @@ How a recorded stream becomes records, and where that is exact or approximate:
   ``call_failed``; a stale answer standing in for a refused attempt is matched to an unclaimed
   ``circuit_open`` of its upstream within `CIRCUIT_OPEN_MATCH_S`, else its last attempt is ``unknown``.
 - **Successful calls come from the ``call_ok`` summaries**, which count every call of a window by outcome
-  and by the attempt that succeeded. The calls rebuilt from events are taken out of their summary (the
-  one whose window holds the call's last event but its observations, which come up to
-  ``events.observe_timeouts`` after the client had its answer: a success by its attempt, a failure by the reason
-  ``call_failed`` gave, which is the summary's outcome name); what remains becomes records of their own:
+  and by the attempt that succeeded. The calls rebuilt from events are taken out of their summary: a
+  failure out of the one whose window holds its last event but its observations (which come up to
+  ``events.observe_timeouts`` after the client had its answer), by the reason ``call_failed`` gave, which is
+  the summary's outcome name; a success (or stored answer) out of the first summary at or after its end
+  that still counts one on its attempt. A retried success's end is estimated as its last ``retry`` plus that
+  retry's backoff (the ``retry`` event precedes both the backoff and the attempt that answered, which may
+  land in a later window). What remains becomes records of their own:
   - times: spread evenly over the summary's window (record ``i`` of ``n`` at ``start + (i + 0.5) *
     length / n``), or, when the summary carries ``ok_timeline`` and ``timeline_slot_s``, over each slot by
     its own count (slot ``i`` covers ``[window_end - window_s + i * slot, + slot)``);
@@ -136,6 +139,9 @@ class CallRecord:
     stale_age: float | None = None
     """For ``stale``: how old the stored answer was (s)."""
     call_id: str | None = None
+    streamed: bool = False
+    """For ``failed``: its answer was already being relayed when it failed (``call_failed.streamed``, or a
+    ``stream_broken``, which only a relayed answer fails with): committed, beyond any fallback."""
     from_summary: bool = False
     """Rebuilt from a ``call_ok`` summary (times, latencies spread; params and client unknown)."""
 
@@ -229,7 +235,7 @@ def _rebuild(events: list[Event], circuit_opens: dict[str, list[float]]) -> _Reb
     idempotent: bool | None = None
     outcome: Outcome | None = None
     error = stop = reason = None
-    rate_limited = False
+    rate_limited = streamed = False
     stale_age: float | None = None
     last = 0
     for event in events:
@@ -261,6 +267,7 @@ def _rebuild(events: list[Event], circuit_opens: dict[str, list[float]]) -> _Reb
             rate_limited = True
         elif kind == "call_failed":
             outcome, error, reason = "failed", failure or UNKNOWN, str(event.get("reason") or failure)
+            streamed = event.get("streamed") is True or failure == Failure.STREAM_BROKEN.value
             last = max(last, number)
             if failure in _FAILURE_KINDS or failure == REFUSED:
                 attempts[number].outcome = attempts[number].outcome or failure
@@ -281,6 +288,11 @@ def _rebuild(events: list[Event], circuit_opens: dict[str, list[float]]) -> _Reb
             if last and attempts[last].outcome is None and attempts[last - 1].retried:
                 outcome = "ok"  # retried, and no failure after: the attempt after the last failed one answered
                 attempts[last].outcome = "ok"
+                # Its last event is the last `retry`, sent before the backoff: the answer came after that
+                # backoff at the earliest (and the summary that counted it may be a later one).
+                end_ts = max(
+                    [end_ts] + [float(e["ts"]) + _num(e.get("delay_ms")) / 1000 for e in events if e.get("type") == "retry"]
+                )
             else:
                 failed = attempts[last] if last else _Attempt(UNKNOWN)
                 outcome, error = "failed", failed.outcome or UNKNOWN
@@ -296,7 +308,7 @@ def _rebuild(events: list[Event], circuit_opens: dict[str, list[float]]) -> _Reb
     record = CallRecord(
         ts=float(events[0]["ts"]), upstream=upstream, method=method, tool=tool, client=client, params_hash=params,
         idempotent=idempotent, attempts=built, outcome=outcome or "ok", error=error, stop=stop,
-        rate_limited=rate_limited, stale_age=stale_age, call_id=_call_id(events[0]),
+        rate_limited=rate_limited, stale_age=stale_age, call_id=_call_id(events[0]), streamed=streamed,
     )  # fmt: skip
     counted_ok = record.outcome in ("ok", "stale", "hit")
     return _Rebuilt(record, end_ts, reason if record.outcome == "failed" else None, max(1, len(built)) if counted_ok else None)
@@ -353,6 +365,11 @@ def _times(event: Event, start: float, length: float, count: int, taken: Sequenc
             return times[:count]
         return times + _spread(start, length, count - len(times))
     return _spread(start, length, count) if count else []
+
+
+def _ok_by_attempt(event: Event) -> dict[int, int]:
+    """A summary's successes by the attempt that succeeded."""
+    return {int(k): int(_num(v)) for k, v in (event.get("ok_by_attempt") or {}).items() if str(k).isdigit()}
 
 
 def _from_summary(event: Event, rebuilt: list[_Rebuilt]) -> list[CallRecord]:
@@ -433,11 +450,24 @@ def records_from_events(events: Iterable[Event], window_s: float | None = None) 
         if target is not None:
             end = _num(event.get("window_end"), float(event["ts"]))
             windows[target].append((end, end - max(0.0, _num(event.get("window_s"))), index))
+    # A call counted ok (a success, a stored answer) belongs to the first summary at or after its end that still
+    # counts one on its attempt: a retried success's end is only estimated (its last retry and backoff; the
+    # answer came later, maybe in a later window), so the summary's own count decides, and a success never
+    # takes a count another summary holds for it (which would rebuild it twice). Calls are matched in the
+    # order they ended, so the earlier ones take the earlier counts.
     members: dict[int, list[_Rebuilt]] = defaultdict(list)
-    for call in rebuilt:
+    held: dict[int, dict[int, int]] = {}
+    for call in sorted(rebuilt, key=lambda c: c.end_ts):
         spans = sorted(windows.get(call.record.target, ()))
         at = bisect.bisect_left([end for end, _, _ in spans], call.end_ts)
-        if at < len(spans) and spans[at][1] <= call.end_ts:
+        if call.ok_attempt is not None:
+            for _, _, index in spans[at:]:
+                left = held.setdefault(index, _ok_by_attempt(summaries[index]))
+                if left.get(call.ok_attempt, 0) > 0:
+                    left[call.ok_attempt] -= 1
+                    members[index].append(call)
+                    break
+        elif at < len(spans) and spans[at][1] <= call.end_ts:
             members[spans[at][2]].append(call)
     for index, event in enumerate(summaries):
         records.extend(_from_summary(event, members.get(index, [])))

@@ -33,17 +33,21 @@ the `after` lane differs from it only through the changed keys. Per aspect, in p
   diffusion: deterministic, and the total is the expected one rounded down), and
   otherwise fails as the attempt before it did. Added retries must also pass the upstream's retry
   budget (the real `RetryBudget`, on simulated time, counting the lane's calls and retries).
-- **breaker**: on an upstream where `after` changes anything that shapes attempts or the breaker
-  (`timeouts`, `retry`, `breaker`, `rate_limit`, `rules` other than `cache`), the lane runs the real
+- **breaker**: on an upstream where `after` changes, for a call kind replayed, anything of its resolved
+  policy that shapes attempts or the breaker (`timeouts`, `retry`, `breaker`, `rate_limit`, `idempotent`,
+  `app_breaker`; not the cache, so a rule added only for a cache changes nothing here), the lane runs the real
   `proxy.policies.breaker.Breaker` (pybreaker's state machine with the proxy's half-open rules) on
   an injected simulated clock, one per breaker config and name as the `BreakerStage` keys them, fed
   every attempt the lane sends with its verdict (`proxy.policies.failures.Verdict`: a timeout of a
   client-paced method is excused, as live). It decides every attempt, including the recorded ones. A
   recorded refusal it admits is an **estimate**: the upstream is taken to answer as it last did to the
-  same call kind in this lane (``ok`` before anything was seen). Elsewhere refusals are as recorded.
+  same call kind in this lane (``ok`` before anything was seen). It runs from the first call of such a
+  kind on (closed then: replayed in order, the simulator cannot know a later kind will differ). Elsewhere
+  refusals are as recorded.
   Application breakers (`app_breaker`) are not modelled.
 - **cache fallback** (`cache.mode`, `max_stale`, `ttl`): unchanged, a failure is answered stale exactly
-  when it was; changed, a failed idempotent call is answered stale when a success of the same call
+  when it was; changed, a failed idempotent call (but one that failed as recorded on an answer already
+  being relayed, `CallRecord.streamed`: committed) is answered stale when a success of the same call
   kind and params hash (or any success whose params are unknown, a summary's: an optimistic match)
   was stored within ``ttl + max_stale`` before it. A recorded stale answer proves an entry stored
   ``age`` seconds before it. Fresh hits (`ttl` mode) are kept as recorded, and become one estimated
@@ -260,16 +264,11 @@ class _Counts:
         )  # fmt: skip
 
 
-def _shaping(config: ProxyConfig, upstream: str) -> Any:
-    """What of an upstream's config shapes its attempts and its breaker (everything but the cache)."""
-    try:
-        found = config.upstream(upstream)
-    except KeyError:
-        return None
-    dumped = found.model_dump(include={"timeouts", "retry", "breaker", "rate_limit", "rules"})
-    for rule in dumped.get("rules") or ():
-        rule.pop("cache", None)
-    return dumped
+def _shaping(policy: Policy) -> tuple[Any, ...]:
+    """What of a call kind's resolved policy shapes its attempts and its breaker: everything but the cache
+    (and the rule's name). Compared on resolved policies, not on the config's text: a rule added only to
+    set a cache resolves to the same timeouts, retry and breaker as before."""
+    return (policy.timeouts, policy.retry, policy.breaker, policy.rate_limit, policy.idempotent, policy.app_breaker)
 
 
 def _verdict(outcome: str, method: str) -> Verdict:
@@ -333,11 +332,13 @@ class _Lane:
         pair = self._resolvers.get(record.upstream)
         if pair is None:
             pair = self._resolvers[record.upstream] = (_resolver(self._recorded, record.upstream), _resolver(self._config, record.upstream))
-            self._affected[record.upstream] = _shaping(self._recorded, record.upstream) != _shaping(self._config, record.upstream)
         before, after = pair
         if before is None or after is None:
             return None
-        return before.resolve(record.method, record.tool), after.resolve(record.method, record.tool)
+        pb, pa = before.resolve(record.method, record.tool), after.resolve(record.method, record.tool)
+        if not self._affected.get(record.upstream) and _shaping(pb) != _shaping(pa):
+            self._affected[record.upstream] = True  # from this call on: its breaker runs (see the module docstring)
+        return pb, pa
 
     def run(self, record: CallRecord) -> None:
         self._clock.advance_to(record.ts)
@@ -363,7 +364,7 @@ class _Lane:
             run.estimated = True
         self._budget(pa, record.upstream).record_request()
         same_timeouts = pa.timeouts == pb.timeouts
-        affected = self._affected[record.upstream]
+        affected = self._affected.get(record.upstream, False)
         elapsed_a = elapsed_b = 0.0
         number = 0
         while True:
@@ -465,13 +466,20 @@ class _Lane:
             if record.outcome == "stale":
                 run.outcome, run.error = "stale", None
             return run
-        if cache is None or not idempotent or record.method in NEVER_CACHED:
+        if cache is None or not idempotent or record.method in NEVER_CACHED or self._committed(record, run):
             return run
         stored = max(self._stored.get((record.target, record.params_hash), float("-inf")),
                      self._stored.get((record.target, None), float("-inf")))  # fmt: skip
         if self._clock.now - stored <= cache.ttl + cache.max_stale:
             run.outcome, run.error = "stale", None
         return run
+
+    @staticmethod
+    def _committed(record: CallRecord, run: _Run) -> bool:
+        """The call failed as recorded on an answer already being relayed (`CallRecord.streamed`): the
+        fallback stage had let it through, so no stored answer stands in."""
+        made, recorded = run.made, record.attempts
+        return record.streamed and len(made) == len(recorded) and bool(made) and made[-1].outcome == recorded[-1].outcome
 
     def _admit(self, config: RateLimitConfig, record: CallRecord) -> bool:
         """The rate limit's decision for `record` (bucket keys as `proxy.policies.ratelimit.bucket_key`)."""
