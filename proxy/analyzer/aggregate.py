@@ -325,11 +325,21 @@ def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: fl
         buckets, counts = list(event.get("latency_buckets_ms") or ()), list(event.get("latency_histogram") or ())
         if not all(isinstance(x, int | float) for x in (*buckets, *counts)):
             raise TypeError("latency histogram holds non-numbers")
+        named = event.get("ok_params")  # absent: the successes' params are unknown (an older recording)
+        if named is not None and not (isinstance(named, list) and all(isinstance(x, str) for x in named)):
+            raise TypeError("ok_params is not a list of hashes")
+        overflow = max(0, int(_num(event.get("ok_params_overflow"))))
         stats.calls += calls
         stats.ok += ok
         stats.outcomes.update(outcomes)
         stats.ok_by_attempt.update(by_attempt)
         stats.histogram.add(buckets, counts, event.get("latency_max_ms"))
+        if named is None:
+            stats.ok_params_unknown += ok
+        else:
+            stats.ok_params_unknown += overflow
+            # A summary does not say when in its window each success came: from its start, as far as it can tell.
+            stats.saw_params(named, _num(event.get("window_end"), ts) - _num(event.get("window_s")))
         # One flush stamps one `window_end` on all its summaries; older events only have their own ts.
         key = (_num(event.get("window_end"), round(ts, 1)), _num(event.get("window_s")))
         upstream.windows[key] = upstream.windows.get(key, 0) + ok

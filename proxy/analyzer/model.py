@@ -25,6 +25,7 @@ __all__ = [
     "BreakerStats",
     "FailedCall",
     "HealthStats",
+    "MAX_SEEN_PARAMS",
     "Opening",
     "TOOL_BREAKER_KINDS",
     "SignatureGroup",
@@ -71,6 +72,9 @@ the client's or the proxy's own (``rate_limited``, ``client_overloaded``, ``prox
 no failure (``unwatched``, ``unread_event``, ``oversized_event``, ``resumable``). The error rate
 (`embedded.error_rate`) is these over themselves plus ``ok``: every other outcome is left out."""
 EXAMPLES = 5
+MAX_SEEN_PARAMS = 4096
+"""Params hashes a target remembers as having succeeded (`TargetStats.ok_params_since`) per window, or per
+slice of one: past it the target's successes count as of unknown params (`TargetStats.ok_params_full`)."""
 
 
 class Target(NamedTuple):
@@ -180,6 +184,31 @@ class TargetStats:
     stale_ts: list[float] = field(default_factory=list)
     stale_ids: list[int] = field(default_factory=list)
     stale_max_age: float = 0.0
+    ok_params_since: dict[str, float] = field(default_factory=dict)
+    """Params hash -> the start of the window of the first `call_ok` summary that named it among its successes
+    (`ok_params`), in that order; at most `MAX_SEEN_PARAMS`. A summary does not say when in its window (10 s
+    by default) each success came, so a failure in the same window counts as after it."""
+    ok_params_unknown: int = 0
+    """Successes whose params no summary named: counted by a summary without `ok_params` (a recording made
+    before it, or no idempotent success in it), or past its `MAX_OK_PARAMS` (`ok_params_overflow`)."""
+    ok_params_full: bool = False
+    """Some params hash that succeeded was not kept: more than `MAX_SEEN_PARAMS` distinct ones."""
+
+    def saw_params(self, hashes: list[str], ts: float) -> None:
+        """A summary at `ts` named `hashes` among its successes: each remembered with the first time it was named."""
+        since = self.ok_params_since
+        for hashed in hashes:
+            if hashed in since:
+                continue
+            if len(since) < MAX_SEEN_PARAMS:
+                since[hashed] = ts
+            else:
+                self.ok_params_full = True
+
+    @property
+    def params_known(self) -> bool:
+        """Whether every success in the window is known by its params (`ok_params_since` is complete)."""
+        return not (self.ok_params_unknown or self.ok_params_full)
 
     def merge(self, later: TargetStats) -> None:
         """Add the same target's events of a later time slice (`aggregate.Window`): counters add, the
@@ -216,6 +245,17 @@ class TargetStats:
         self.stale_ts.extend(later.stale_ts)
         self.stale_ids.extend(later.stale_ids)
         self.stale_max_age = max(self.stale_max_age, later.stale_max_age)
+        # The earlier slice's first time stands; the later's new hashes follow in their order, up to the bound
+        # (exactly as folding both slices' events in order would: a slice keeps a prefix of its hashes).
+        since = self.ok_params_since
+        for hashed, ts in later.ok_params_since.items():
+            if hashed not in since:
+                if len(since) < MAX_SEEN_PARAMS:
+                    since[hashed] = ts
+                else:
+                    self.ok_params_full = True
+        self.ok_params_unknown += later.ok_params_unknown
+        self.ok_params_full = self.ok_params_full or later.ok_params_full
 
     @property
     def failures(self) -> Counter[str]:

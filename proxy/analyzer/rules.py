@@ -36,6 +36,7 @@ from proxy.analyzer.proposal import NOTHING, Addressed, Change, Effect, Match, P
 from proxy.analyzer.scope import scope_for, upstream_config, window_evidence
 from proxy.analyzer.stats import Share, format_duration, nice_duration, percentile
 from proxy.config.model import ProxyConfig
+from proxy.config.policies import CacheConfig
 from proxy.config.resolve import Policy
 
 __all__ = [
@@ -353,21 +354,41 @@ def retries_more(analysis: Analysis, config: ProxyConfig, addressed: Addressed =
     return proposals
 
 
+def _seen_succeeding(stats: TargetStats, failed: list[FailedCall]) -> tuple[str, list[FailedCall]]:
+    """(the basis, the failures a stored answer could have stood in for): with every success's params known
+    (`TargetStats.params_known`) and every failure's hash, ``seen_succeeding`` and those whose params a
+    `call_ok` summary named among its successes in a window that began before the failure (a summary does
+    not say when in its window a success came); otherwise ``unknown`` and all of them (a recording without
+    `ok_params`, a summary past its bound, or failures recorded with their params instead of a hash)."""
+    if not stats.params_known or any(f.params_hash is None for f in failed):
+        return "unknown", failed
+    since = stats.ok_params_since
+    return "seen_succeeding", [f for f in failed if f.params_hash is not None and since.get(f.params_hash, f.ts) < f.ts]
+
+
+_STANDS_IN_S: float = CacheConfig.model_fields["ttl"].default + CacheConfig.model_fields["max_stale"].default
+"""How long a stored answer may stand in for a failure with ``cache.mode: fallback`` alone (ttl + max_stale)."""
+
+
 def cache_fallback(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
     """Idempotent calls failed on the upstream with no stored answer to stand in: cache mode fallback for them.
 
     A symptom rule. Only the upstream's failures count (`UPSTREAM_FAILED`), and not those a kept proposal
     for their cause addresses (`addressed.failures`: timeouts a longer per_try removes, calls one more
     attempt rescues, 429s a proxy-side limit removes, refusals of a breaker that should not have opened
-    or should have been the tool's own): a fallback would hide the cause behind stale answers. The rest
-    must be `MATERIAL`, and the same calls must have succeeded in the window (answers existed to store).
+    or should have been the tool's own): a fallback would hide the cause behind stale answers. Of the
+    rest, only failures whose params had succeeded before them in the window count (`_seen_succeeding`: a
+    cache stores answers per params, so a read that never succeeded has none to fall back on); when the
+    window does not say which params succeeded, all of them, and the evidence says so (``params_basis``).
+    Those must be `MATERIAL`.
     """
     proposals = []
     for stats in analysis.all_targets():
         if stats.target.method in ("initialize", "ping") or stats.idempotent is not True or stats.ok == 0:
             continue
         upstream_failed = stats.idempotent_failures()
-        failed = [f for f in upstream_failed if f.id not in addressed.failures]
+        unaddressed = [f for f in upstream_failed if f.id not in addressed.failures]
+        basis, failed = _seen_succeeding(stats, unaddressed)
         material = _material("calls that failed on the upstream with no stored answer", len(failed), stats.total_calls)
         if not failed or not material.holds():
             continue
@@ -376,24 +397,44 @@ def cache_fallback(analysis: Analysis, config: ProxyConfig, addressed: Addressed
             continue
         match, policy = scoped
         distinct = len({f.params_hash for f in failed})
+        never = len(unaddressed) - len(failed)
+        kept = format_duration(_STANDS_IN_S)
         level, why = decided(material)
+        if basis == "seen_succeeding":
+            rationale = (
+                f"{len(failed)} idempotent calls of {stats.target.label} failed on the upstream with params that had "
+                f"succeeded earlier in the window, and the cache is off, so no stored answer could stand in."
+                + (f" {never} other failures had params that never succeeded before them: no cache would have "
+                   f"answered those, and they are left out." if never else "")
+            )  # fmt: skip
+            effect = (
+                f"{len(failed)} failed calls ({distinct} distinct params), each with params that had succeeded before "
+                f"it in the window (or in the same summary window), would have been answered from a stored answer "
+                f"(marked stale) while it was at most ttl + max_stale ({kept}) old"
+            )
+        else:
+            rationale = (
+                f"{len(failed)} idempotent calls of {stats.target.label} failed and the cache is off, so no stored "
+                f"answer could stand in. The same calls succeeded {stats.ok} times in the window, but the window "
+                f"does not say with which params (summaries without ok_params, or past their bound): every failure "
+                f"is counted, as if its params had succeeded."
+            )
+            effect = (
+                f"at most {len(failed)} failed calls ({distinct} distinct params) would have been answered from a "
+                f"stored answer (marked stale): those whose params had succeeded within ttl + max_stale ({kept}) "
+                f"before, which the window cannot tell"
+            )
+        extra = {"not_succeeded_before": never} if basis == "seen_succeeding" else {}
         proposals.append(Proposal(
             rule="cache_fallback", target=stats.target.label,
             title=f"Enable cached fallback for {stats.target.label}",
-            rationale=(
-                f"{len(failed)} idempotent calls of {stats.target.label} failed and the cache is off, so no stored "
-                f"answer could stand in. The same calls succeeded {stats.ok} times in the window: answers existed."
-            ),
+            rationale=rationale,
             evidence=window_evidence(
                 analysis, [f.id for f in failed], failed=len(failed), distinct_params=distinct, ok=stats.ok,
-                failure_kinds=dict(sorted(stats.failures.items())), left_to_other_rules=len(upstream_failed) - len(failed),
-                policy=policy.rule,
+                params_basis=basis, **extra, failure_kinds=dict(sorted(stats.failures.items())),
+                left_to_other_rules=len(upstream_failed) - len(unaddressed), policy=policy.rule,
             ),
-            effect=Effect(
-                f"{len(failed)} failed calls ({distinct} distinct params) would have been answered from a stored "
-                f"answer (marked stale) wherever the same params had succeeded within the previous 5m",
-                {"failed": len(failed), "distinct_params": distinct},
-            ),
+            effect=Effect(effect, {"failed": len(failed), "distinct_params": distinct}),
             confidence=level, confidence_reason=why, statistics=(material,),
             changes=(Change(stats.target.upstream, match, "cache.mode", "fallback", None),),
         ))  # fmt: skip

@@ -257,7 +257,7 @@ def _render(
     if whole is not figures and whole.before.calls != figures.before.calls:
         lines.append(f"(whole window: client-visible errors {whole.before.errors} -> {whole.after.errors})")
     if figures.after.estimated:
-        lines.append(f"{figures.after.estimated} outcome(s) after are estimates: attempts the recording never sent (see docs/analyzer.md)")
+        lines.append(f"{figures.after.estimated} outcome(s) after are estimates: attempts the recording never sent, or stale answers for params not known to have succeeded (see docs/analyzer.md)")
     if proposal is not None and comparison is not None:
         lines.append("")
         lines.append(f"the proposal's estimate: {one_line(proposal.effect.text)}")

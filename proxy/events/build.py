@@ -48,7 +48,7 @@ from proxy.mcp.tool_catalog import ToolHints
 from proxy.policies.base import Attempt, Call
 from proxy.redact import redact
 
-__all__ = ["MalformedEvent", "Subject", "build", "checked_record", "make_event", "signature"]
+__all__ = ["MalformedEvent", "Subject", "build", "checked_record", "make_event", "params_hash", "signature"]
 
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,}\b|\b[0-9a-fA-F]{16,}\b|\d+(\.\d+)?")
 _ENVELOPE: Final = frozenset(
@@ -84,9 +84,15 @@ def _bounded(value: Any) -> Any:
     return value
 
 
+def params_hash(call: Call) -> str:
+    """The hash events name a call's params by (`params_hash`, a summary's `ok_params`): 16 hex digits of
+    the BLAKE2b of its canonical arguments, so calls with the same params share it whatever their key order."""
+    return hashlib.blake2b(call.message.canonical_arguments(), digest_size=8).hexdigest()
+
+
 def _params(call: Call, include: bool) -> dict[str, Any]:
     if not include:
-        return {"params_hash": hashlib.blake2b(call.message.canonical_arguments(), digest_size=8).hexdigest()}
+        return {"params_hash": params_hash(call)}
     arguments = call.message.arguments
     try:
         size = len(orjson.dumps(arguments))

@@ -37,6 +37,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_FIELD_CHARS",
     "MAX_LIST_ITEMS",
+    "MAX_OK_PARAMS",
     "MAX_PARAMS_BYTES",
     "OVERFLOW",
     "SCHEMA_VERSION",
@@ -68,6 +69,10 @@ LATENCY_BUCKETS_MS: Final = (
 """Upper bounds of the call_ok latency histogram (ms); the last bucket is everything above."""
 TIMELINE_SLOTS: Final = 60
 """Most slots of a call_ok summary's `ok_timeline`: a window longer than this many seconds has longer slots."""
+MAX_OK_PARAMS: Final = 256
+"""Most distinct params hashes a call_ok summary names in `ok_params` (16 hex digits each: about 5 KiB at
+most); the successes of further params are only counted (`ok_params_overflow`). The one list field not
+cut at `MAX_LIST_ITEMS`: its items are fixed-size hashes the proxy makes, never foreign text."""
 OVERFLOW: Final = "_other"
 """The name summaries of unlisted (or too many) names fold into; the same as metrics' overflow label."""
 
@@ -119,7 +124,7 @@ class Stamp:
 class Event:
     """One failure-relevant moment (schema v1; docs/events.md). Every string field is at most
     `MAX_FIELD_CHARS` characters and then ends with a '…[N more characters]' marker; list fields keep
-    `MAX_LIST_ITEMS` items, then one '…[N more]' item. Consumers ignore fields they do not know."""
+    `MAX_LIST_ITEMS` items, then one '…[N more]' item (but call_ok's `ok_params`: `MAX_OK_PARAMS` hashes). Consumers ignore fields they do not know."""
 
     WITH_PARAMS: ClassVar[bool] = False
     """Whether the call's params (with `events.include_params`) are evidence for this kind."""

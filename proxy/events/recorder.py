@@ -29,6 +29,13 @@ before, and estimate the rate it accepted while it was limiting, which a whole w
 with the traffic from before the limiting began. Each success costs a clock read, a subtraction, a
 division and an index increment; a window that runs over its interval (the timer fired late) counts
 its last moments in its last slot, and a shorter one (the last, at shutdown) has fewer slots.
+
+**Params of the successes.** A summary names the distinct params hashes of its successful idempotent calls
+(`ok_params`, the same `params_hash` their call events carry), so the analyzer can tell failures whose
+params had succeeded before (a cache would have held an answer for them) from failures of params that
+never did (no cache would have helped). At most `MAX_OK_PARAMS` per summary; the successes of further
+params are counted in `ok_params_overflow`. Each successful idempotent call costs one hash of its
+canonical arguments and a dict lookup; other calls, nothing.
 """
 
 from __future__ import annotations
@@ -42,13 +49,15 @@ from typing import Any, Final
 
 import structlog
 
-from proxy.events.build import MalformedEvent, Subject, _bounded, _cut, _split, build, checked_record, make_event, signature
+from proxy.events.build import MalformedEvent, Subject, _bounded, _cut, _split, build, checked_record, make_event, params_hash, signature
 from proxy.events.bus import MAX_UNLISTED_EVENTS, EventBus, Subscription, _safely
 from proxy.events.envelope import (
+    ABSENT,
     LATENCY_BUCKETS_MS,
     MAX_EVENT_BYTES,
     MAX_FIELD_CHARS,
     MAX_LIST_ITEMS,
+    MAX_OK_PARAMS,
     MAX_PARAMS_BYTES,
     OVERFLOW,
     SCHEMA_VERSION,
@@ -65,6 +74,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_FIELD_CHARS",
     "MAX_LIST_ITEMS",
+    "MAX_OK_PARAMS",
     "MAX_PARAMS_BYTES",
     "MAX_SUMMARIES",
     "MAX_UNLISTED_EVENTS",
@@ -112,6 +122,10 @@ class _Summary:
     histogram: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
     latency_sum_ms: float = 0.0
     latency_max_ms: float = 0.0
+    ok_params: dict[str, None] | None = None
+    """The params hashes of the idempotent calls that succeeded, in first-success order (a dict: ordered,
+    deduplicated), at most `MAX_OK_PARAMS`; None until one did."""
+    ok_params_overflow: int = 0
 
 
 _LOGGED_WITHOUT_EVENTS: Final = {"retry": "info", "retry_exhausted": "info", "retry_budget_exhausted": "warning", "breaker_state": "warning", "call_failed": "warning"}
@@ -258,6 +272,21 @@ class EventRecorder:
                 summary.ok_timeline[slot] += 1
             else:  # past the window's interval (a late flush), or a clock set back: the nearest slot
                 summary.ok_timeline[0 if slot < 0 else -1] += 1
+            if call.idempotent:  # only these may be answered from a cache: the analyzer matches their params
+                self._ok_params(summary, params_hash(call))
+
+    @staticmethod
+    def _ok_params(summary: _Summary, hashed: str) -> None:
+        """Name `hashed` among the summary's successful params, or count it past `MAX_OK_PARAMS`."""
+        seen = summary.ok_params
+        if seen is None:
+            seen = summary.ok_params = {}
+        if hashed in seen:
+            return
+        if len(seen) < MAX_OK_PARAMS:
+            seen[hashed] = None
+        else:
+            summary.ok_params_overflow += 1
 
     def _summary_key(self, call: Call) -> tuple[str, str, str | None]:
         """(upstream, method, tool), with names the upstream does not have, and keys past
@@ -310,6 +339,8 @@ class EventRecorder:
                 latency_max_ms=round(summary.latency_max_ms, 3) if ok else None,
                 ok_timeline=timeline,
                 timeline_slot_s=slot,
+                ok_params=ABSENT if summary.ok_params is None else list(summary.ok_params),
+                ok_params_overflow=ABSENT if summary.ok_params is None else summary.ok_params_overflow,
             )
             self.bus.publish(event.as_record())
         return len(summaries)

@@ -122,6 +122,14 @@ class CallOk(Event):
     timeline_slot_s: float | Absent = ABSENT
     """How long one slot of `ok_timeline` is (s): the `events.summary_interval` divided by
     `TIMELINE_SLOTS`, and at least 1, but never more than the interval itself. Written with `ok_timeline`."""
+    ok_params: list[str] | Absent = ABSENT
+    """The distinct `params_hash` values of the calls that succeeded in the window among those the proxy
+    held idempotent (the only ones a cache may answer), in the order each first succeeded; at most
+    `MAX_OK_PARAMS`. Present when at least one idempotent call succeeded in the window; absent otherwise,
+    and from recordings made before it was added (the successes' params are then unknown)."""
+    ok_params_overflow: int | Absent = ABSENT
+    """Successful idempotent calls whose params hash is not in `ok_params` because it was full. Written
+    with `ok_params`."""
 
 
 @_kind

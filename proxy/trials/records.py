@@ -33,8 +33,15 @@ How a recorded stream becomes records, and where that is exact or approximate:
   - latencies: the histogram's calls, each placed evenly inside its bucket (the overflow bucket reaches
     ``latency_max_ms``), as many as remain picked evenly from the sorted list, and handed out in a
     fixed low-discrepancy order, so slow and fast calls interleave in time;
-  - params, client: unknown (None). The cache model counts such a success as one of every params of
-    its call kind (see `proxy.trials.simulate`);
+  - params: when the summary names them (``ok_params``, the distinct hashes of its idempotent successes in
+    first-success order), handed out in that order to its successes in time order, cycling when they are
+    fewer (each success was of one of them; which, the summary does not say); the last
+    ``ok_params_overflow`` successes (params past the summary's bound) get None, unknown. These successes
+    are held idempotent (the recorder names and counts only those). Every success of a summary without
+    ``ok_params`` (a recording made before it) has params and idempotence unknown (None). The cache
+    model counts a success of unknown params as one of every params of its call kind, as an estimate
+    (see `proxy.trials.simulate`);
+  - client: unknown (None);
   - a success on attempt ``k > 1`` without events (none should exist: every retry has one) gets
     ``k - 1`` ``unknown`` attempts before its ``ok``;
   - outcomes a summary counts without any ``call_failed`` for them are application answers
@@ -122,7 +129,8 @@ class CallRecord:
     client: str | None = None
     """Who called (the events' hash of its identity), when known."""
     params_hash: str | None = None
-    """The hash of its params; None when unknown (a success known only from a summary)."""
+    """The hash of its params; None when unknown (a success known only from a summary without ``ok_params``
+    or past its bound, or a call recorded with ``include_params``)."""
     idempotent: bool | None = None
     """Whether the proxy held it safe to repeat; None when unknown (a summary's call)."""
     attempts: tuple[AttemptRecord, ...] = ()
@@ -143,7 +151,7 @@ class CallRecord:
     """For ``failed``: its answer was already being relayed when it failed (``call_failed.streamed``, or a
     ``stream_broken``, which only a relayed answer fails with): committed, beyond any fallback."""
     from_summary: bool = False
-    """Rebuilt from a ``call_ok`` summary (times, latencies spread; params and client unknown)."""
+    """Rebuilt from a ``call_ok`` summary (times, latencies spread; params as its ``ok_params`` say, client unknown)."""
 
     @property
     def target(self) -> tuple[str, str, str | None]:
@@ -372,6 +380,16 @@ def _ok_by_attempt(event: Event) -> dict[int, int]:
     return {int(k): int(_num(v)) for k, v in (event.get("ok_by_attempt") or {}).items() if str(k).isdigit()}
 
 
+def _summary_params(event: Event, count: int) -> list[str | None]:
+    """The params hashes of a summary's `count` successes in time order (see the module docstring): its
+    ``ok_params`` in order, cycling, and None for the last ``ok_params_overflow`` and without ``ok_params``."""
+    named = event.get("ok_params")
+    if not isinstance(named, list) or not named or not all(isinstance(h, str) for h in named):
+        return [None] * count
+    unknown = min(count, max(0, int(_num(event.get("ok_params_overflow")))))
+    return [named[i % len(named)] for i in range(count - unknown)] + [None] * unknown
+
+
 def _from_summary(event: Event, rebuilt: list[_Rebuilt]) -> list[CallRecord]:
     target = _target(event)
     if target is None:
@@ -390,13 +408,16 @@ def _from_summary(event: Event, rebuilt: list[_Rebuilt]) -> list[CallRecord]:
     ok_count = sum(n for _, n in remaining)
     times = _times(event, start, length, ok_count, [c.end_ts for c in rebuilt if c.ok_attempt is not None])
     latencies = _latencies(event, ok_count)
+    params = _summary_params(event, ok_count)  # handed out in the order of `times`
+    named = True if isinstance(event.get("ok_params"), list) else None  # it names (or counts) idempotent successes only
     upstream, method, tool = target
     records: list[CallRecord] = []
     index = 0
     for number, n in remaining:
         for _ in range(n):
             attempts = (*(AttemptRecord(UNKNOWN) for _ in range(number - 1)), AttemptRecord("ok", latencies[index]))
-            records.append(CallRecord(times[index], upstream, method, tool, attempts=attempts, from_summary=True))
+            records.append(CallRecord(times[index], upstream, method, tool, params_hash=params[index],
+                                      idempotent=named, attempts=attempts, from_summary=True))  # fmt: skip
             index += 1
     others = [(name, n) for name, n in sorted(outcomes.items()) if name != "ok" and n > 0]
     others_times = _spread(start, length, sum(n for _, n in others))

@@ -48,8 +48,11 @@ the `after` lane differs from it only through the changed keys. Per aspect, in p
 - **cache fallback** (`cache.mode`, `max_stale`, `ttl`): unchanged, a failure is answered stale exactly
   when it was; changed, a failed idempotent call (but one that failed as recorded on an answer already
   being relayed, `CallRecord.streamed`: committed) is answered stale when a success of the same call
-  kind and params hash (or any success whose params are unknown, a summary's: an optimistic match)
-  was stored within ``ttl + max_stale`` before it. A recorded stale answer proves an entry stored
+  kind and params hash was stored within ``ttl + max_stale`` before it. Where params are unknown (a
+  summary's success without ``ok_params`` or past its bound, or a failure recorded with its params
+  instead of their hash) the match is optimistic: any such success of the call kind (for a failure of
+  unknown params, any success of it) stands in, and the outcome counts as **estimated**. A params hash
+  that never succeeded before the failure is never answered. A recorded stale answer proves an entry stored
   ``age`` seconds before it. Fresh hits (`ttl` mode) are kept as recorded, and become one estimated
   upstream attempt when the cache no longer answers them; new fresh hits are not simulated.
 """
@@ -133,7 +136,8 @@ class Tally:
     """Calls the upstream answered with an application error (passed on as they were)."""
     cancelled: int = 0
     estimated: int = 0
-    """Calls whose outcome here rests on an estimate (an attempt the recording never sent)."""
+    """Calls whose outcome here rests on an estimate (an attempt the recording never sent, or a stale answer
+    matched to a success of unknown params)."""
 
     def __add__(self, other: Tally) -> Tally:
         values: dict[str, Any] = {}
@@ -324,6 +328,8 @@ class _Lane:
         self._buckets: OrderedDict[tuple[RateLimitConfig, str, str], _Bucket] = OrderedDict()
         self._budgets: dict[tuple[str, BudgetConfig], RetryBudget] = {}
         self._stored: dict[tuple[CallKind, str | None], float] = {}
+        self._stored_any: dict[CallKind, float] = {}
+        """The latest store of any params per call kind: what a failure of unknown params is matched against."""
         self._last: dict[CallKind, str] = {}
         self._carry: dict[tuple[CallKind, int], float] = {}
         self.counts: dict[CallKind, _Counts] = {}
@@ -450,7 +456,7 @@ class _Lane:
         else:
             run.outcome, run.error = "failed", record.error if identical else last
         if run.outcome == "ok" and run.made and pa.cache is not None and idempotent and record.method not in NEVER_CACHED:
-            self._stored[(record.target, record.params_hash)] = self._clock.now
+            self._stored[(record.target, record.params_hash)] = self._stored_any[record.target] = self._clock.now
         if run.outcome != "failed" and not (identical and record.outcome == "stale"):
             return run
         return self._fallback(record, pb, pa, idempotent, run, "failed", run.error or last, identical)
@@ -461,6 +467,7 @@ class _Lane:
         if record.stale_age is not None:  # the recording proves an entry stored then
             key = (record.target, record.params_hash)
             self._stored[key] = max(self._stored.get(key, float("-inf")), record.ts - record.stale_age)
+            self._stored_any[record.target] = max(self._stored_any.get(record.target, float("-inf")), self._stored[key])
         cache = pa.cache
         if identical and cache == pb.cache:
             if record.outcome == "stale":
@@ -468,10 +475,16 @@ class _Lane:
             return run
         if cache is None or not idempotent or record.method in NEVER_CACHED or self._committed(record, run):
             return run
-        stored = max(self._stored.get((record.target, record.params_hash), float("-inf")),
-                     self._stored.get((record.target, None), float("-inf")))  # fmt: skip
-        if self._clock.now - stored <= cache.ttl + cache.max_stale:
+        keeps = cache.ttl + cache.max_stale
+        if record.params_hash is not None and self._clock.now - self._stored.get((record.target, record.params_hash), float("-inf")) <= keeps:
             run.outcome, run.error = "stale", None
+            return run
+        # Unknown params, of the success (a summary's without `ok_params`) or of the failure: optimistic, and an estimate.
+        guess = self._stored.get((record.target, None), float("-inf"))
+        if record.params_hash is None:
+            guess = max(guess, self._stored_any.get(record.target, float("-inf")))
+        if self._clock.now - guess <= keeps:
+            run.outcome, run.error, run.estimated = "stale", None, True
         return run
 
     @staticmethod

@@ -17,6 +17,11 @@ T0 = 1_700_000_000.0
 """Where every stream's clock starts (its `at` arguments are seconds after this)."""
 
 
+def hashed(params: str) -> str:
+    """The `params_hash` a call built with ``params=params`` carries (and a summary's `ok_params` names it by)."""
+    return hashlib.sha256(params.encode()).hexdigest()[:16]
+
+
 class Stream:
     """A list of events being built, with increasing ids; `at` is seconds after T0."""
 
@@ -44,7 +49,7 @@ class Stream:
         error = None if kind is None else {"kind": kind, "http_status": None, "jsonrpc_code": None, "message": message or kind}
         event = make_event(type, None, error=error, latency_ms=latency_ms, upstream=upstream, **fields)
         event.update(method=method, tool=tool if method == "tools/call" else None, call_id=call_id or self.call_id(),
-                     attempt=attempt, policy="default", params_hash=hashlib.sha256(params.encode()).hexdigest()[:16])  # fmt: skip
+                     attempt=attempt, policy="default", params_hash=hashed(params))  # fmt: skip
         if idempotent is not None:
             event["idempotent"] = idempotent
         if error is not None:
@@ -80,10 +85,11 @@ class Stream:
         self, at: float, *, tool: str | None = "search", method: str = "tools/call", ok: int, calls: int | None = None,
         ok_by_attempt: dict[int, int] | None = None, latencies_ms: list[float] | None = None, window_s: float = 10.0,
         outcomes: dict[str, int] | None = None, upstream: str | None = None, ok_timeline: list[int] | None = None,
-        timeline_slot_s: float | None = None,
+        timeline_slot_s: float | None = None, ok_params: list[str] | None = None, ok_params_overflow: int = 0,
     ) -> dict[str, Any]:
         """A summary; `latencies_ms` (default: `ok` calls of 100 ms) fill the histogram like the recorder does.
-        Its window ends at `at` (`window_end`); `ok_timeline` gives successes per `timeline_slot_s` slot."""
+        Its window ends at `at` (`window_end`); `ok_timeline` gives successes per `timeline_slot_s` slot;
+        `ok_params` names the params (as the calls' ``params=``) that succeeded, hashed as the proxy does."""
         latencies = latencies_ms if latencies_ms is not None else [100.0] * ok
         histogram = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         for latency in latencies:
@@ -100,6 +106,8 @@ class Stream:
         event["method"], event["tool"] = method, tool if method == "tools/call" else None
         if ok_timeline is not None:
             event["window_end"], event["ok_timeline"], event["timeline_slot_s"] = T0 + at, ok_timeline, timeline_slot_s
+        if ok_params is not None:
+            event["ok_params"], event["ok_params_overflow"] = [hashed(p) for p in ok_params], ok_params_overflow
         return self._publish(event, at)
 
     def _upstream_event(self, type: str, at: float, **fields: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Used by the window's merge-invariant tests (`test_window.py`) and by the analyze
 (`tests.perf.analyzer_rate`). Calls of several tools on two upstreams fail in the ways the proxy reports:
 5xx, connection errors, tool and client errors, 429s, per-try timeouts (observed or not) followed by a
 retry of the same attempt, retries that end exhausted, the retry budget, breaker refusals, stale
-fallbacks. Every target sends a `call_ok` summary (latency histogram, ok timeline) every 10 s; the
+fallbacks. Every target sends a `call_ok` summary (latency histogram, ok timeline, the params that
+succeeded) every 10 s; the
 breakers (per upstream and per tool) open, half-open and close; health flaps; sessions get lost.
 """
 
@@ -21,6 +22,7 @@ __all__ = ["T0", "EventMix"]
 UPSTREAMS = ("api", "db")
 TOOLS = ("search", "fetch", "write")
 SUMMARY_S = 10.0
+PARAMS = [f"p{n}" for n in range(50)]
 _PLAIN = ("http_5xx", "http_5xx", "connect_error", "tool_error", "client_error", "http_429", "protocol_error")
 
 
@@ -72,7 +74,7 @@ class EventMix:
         tool = rng.choice(TOOLS)
         call = s.call_id()
         idempotent = tool != "write"
-        kw: dict[str, Any] = {"tool": tool, "call_id": call, "idempotent": idempotent, "params": f"p{rng.randrange(50)}"}
+        kw: dict[str, Any] = {"tool": tool, "call_id": call, "idempotent": idempotent, "params": PARAMS[rng.randrange(50)]}
         if tool == "search":
             kw["read_only_hint"] = True
         before = len(s.events)
@@ -120,6 +122,10 @@ class EventMix:
             for tool in TOOLS:
                 ok = rng.randrange(200, 2000)
                 failed = rng.randrange(0, 200)
+                # The params that succeeded, for idempotent tools (what the calls' params are drawn from);
+                # now and then past the summary's bound, or from an older proxy that did not name them.
+                named = None if tool == "write" or rng.random() < 0.1 else rng.sample(PARAMS, rng.randrange(1, 20))
+                overflow = rng.choice((0, 0, 0, 0, 0, 0, 0, 0, 0, 3)) if named is not None else 0
                 latencies = [rng.lognormvariate(4.5, 0.8) for _ in range(20)]
                 scale = ok // 20
                 s.call_ok(
@@ -127,6 +133,7 @@ class EventMix:
                     latencies_ms=[x for x in latencies for _ in range(scale)] + [100.0] * (ok - 20 * scale),
                     window_s=SUMMARY_S, ok_timeline=[ok // 10] * 10, timeline_slot_s=1.0,
                     outcomes={"ok": ok, "http_5xx": failed // 2, "upstream_timeout": failed - failed // 2},
+                    ok_params=named, ok_params_overflow=overflow,
                 )  # fmt: skip
             batch.extend(s.events)
             s.events.clear()

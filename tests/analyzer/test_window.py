@@ -13,12 +13,13 @@ import random
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.analyzer import Analysis, Window
+from proxy.analyzer import Analysis, Window, model
 from proxy.analyzer.stats import Histogram
-from tests.analyzer.builders import T0, Stream
+from tests.analyzer.builders import T0, Stream, hashed
 from tests.analyzer.event_mix import EventMix
 
 
@@ -121,6 +122,25 @@ def test_an_event_later_than_the_reorder_delay_is_counted_exactly() -> None:
     # latest minus the reorder delay), before the ones still held back then
     order = [*events[:3], *events[4:8], events[3], *events[8:]]
     assert [f.id for f in stats.failed] == [e["id"] for e in order]
+
+
+@pytest.mark.parametrize("bound", [2, 3, 4, 5, 100])
+def test_the_params_that_succeeded_merge_across_slices_as_the_fold_keeps_them(bound: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per target, each params hash keeps the first time a summary named it, in that order, up to the bound:
+    past it the target is marked full, whichever slices the hashes came in."""
+    monkeypatch.setattr(model, "MAX_SEEN_PARAMS", bound)
+    s = Stream()
+    for at, named in ((1.0, ["a", "b"]), (3.0, ["b", "c"]), (5.0, ["a", "d", "e"]), (7.0, ["c"])):
+        s.call_ok(at, tool="lookup", ok=len(named), ok_params=named)
+    window = Window(60.0, slices=30)  # 2 s slices: one summary each
+    for event in s.events:
+        window.add(event)
+    got = window.analysis()
+    assert plain(got) == plain(expected(window, s.events))
+    stats = got.all_targets()[0]
+    kept = ["a", "b", "c", "d", "e"][:bound]
+    assert list(stats.ok_params_since) == [hashed(p) for p in kept]
+    assert stats.ok_params_full is (bound < 5)
 
 
 def test_memory_is_the_slices_not_the_events() -> None:

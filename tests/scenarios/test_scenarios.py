@@ -18,7 +18,7 @@ about 2x away from the limits they are compared with, so machine speed decides n
 | slow (tool, listing) | `lookup` / `resources/list` answers in 420 ms, per_try 200ms, default breaker (reset 2s; it counts the listing's timeouts, not the tool's) | `timeouts` only, never `cache_fallback`: `timeouts.per_try: 200ms -> 750ms` for that call; every timeout observed and would complete | 10 -> 0 |
 | flaky | every 4th read fails its first 2 tries (503), the next its first; max_attempts 2 | `retries_more` only: `retry.max_attempts: 2 -> 3`; 20 exhausted | 20 -> 0 |
 | rate-limited | upstream bucket 5/s (burst 10), 429 + Retry-After beyond; 60 reads at 20/s, no retries | `rate_limit` only: 2.5/s <= rate <= 5/s, `key: upstream` | >= 20 upstream 429s -> none (the excess refused by the proxy, `rate_limited` with retryAfter) |
-| flapping | 4 bursts of exactly 5 upstream 503s between healthy calls | `breaker_flaps`: `breaker.failure_threshold: 5 -> 10`; 4 opens, 0 failed trials; beside it `cache_fallback` for the 4 genuine 503s only (the 20 refusals are the threshold's) | 24 -> 4 |
+| flapping | 4 bursts of exactly 5 upstream 503s between healthy calls | `breaker_flaps`: `breaker.failure_threshold: 5 -> 10`; 4 opens, 0 failed trials; beside it `cache_fallback` for 3 of the 4 genuine 503s (the first came before its read had ever succeeded; the 20 refusals are the threshold's) | 24 -> 4 |
 | outage with a cache | fallback cache (ttl 1s, max_stale 2s), 4 s outage at 20 reads/s | `cache_max_stale` only: `cache.max_stale: 2s -> 4s` | >= 20 -> 0 |
 | outage without a cache | 5 params read fine, then every read fails (503) | `cache_fallback` only: `cache.mode: fallback` for `resources/read`; 25 failed, 5 distinct params | 25 -> 0 |
 | non-idempotent timeouts | `create_ticket` answers in 420 ms, per_try 200ms, breaker off | `timeouts` only, no `retry.*`: `timeouts.per_try: 200ms -> 750ms` for that tool | 20 -> 0, one upstream execution per call |
@@ -221,8 +221,8 @@ async def test_flapping_upstream_gets_a_higher_breaker_threshold(upstream: Fault
     The threshold fix addresses the 20 refusals (the upstream would have answered those calls), so no
     stale answer is proposed for them. The 4 genuine 503s it leaves (one call per burst, 4 of the 28
     reads: material) are an upstream failing for real, where a cached fallback may legitimately stand
-    in: it is proposed beside the fix, counting those 4 only and leaving the 20 refusals to
-    `breaker_flaps`.
+    in: it is proposed beside the fix, leaving the 20 refusals to `breaker_flaps`, and counting 3 of those
+    4: the first burst's came before the read had ever succeeded, when no cache would have held an answer.
     """
     config = base_config(upstream.url, breaker={"reset_timeout": "1s"})
     proxy = await stage(config)
@@ -238,7 +238,8 @@ async def test_flapping_upstream_gets_a_higher_breaker_threshold(upstream: Fault
     assert (proposal["evidence"]["opens"], proposal["evidence"]["failed_trials"]) == (4, 0)
     assert proposal["addresses"] == {"failures": 20, "openings": 4}
     fallback = only(proposals, "cache_fallback")
-    assert (fallback["evidence"]["failed"], fallback["evidence"]["left_to_other_rules"]) == (4, 20)
+    assert (fallback["evidence"]["failed"], fallback["evidence"]["left_to_other_rules"]) == (3, 20)
+    assert (fallback["evidence"]["params_basis"], fallback["evidence"]["not_succeeded_before"]) == ("seen_succeeding", 1)
     assert fallback["evidence"]["failure_kinds"] == {"http_5xx": 4, "circuit_open": 20}
 
     await proxy.apply(proposal["id"])
@@ -321,6 +322,7 @@ async def test_outage_without_cache_proposes_cached_fallback(upstream: FaultUpst
     (change,) = proposal["changes"]
     assert (change["match"], change["setting"], change["value"]) == ({"method": READ}, "cache.mode", "fallback")
     assert (proposal["evidence"]["failed"], proposal["evidence"]["distinct_params"]) == (25, 5)
+    assert (proposal["evidence"]["params_basis"], proposal["evidence"]["not_succeeded_before"]) == ("seen_succeeding", 0)
     assert proposal["effect"]["numbers"]["failed"] == 25
 
     await proxy.apply(proposal["id"])

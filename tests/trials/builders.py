@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.analyzer.builders import T0, Stream
+from tests.analyzer.builders import T0, Stream, hashed
 
 REASONS = {"timeout": "upstream_timeout", "connect_error": "upstream_unavailable"}
 
@@ -23,6 +23,8 @@ class _Window:
     ok_by_attempt: Counter[int] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     ok_at: list[float] = field(default_factory=list)
+    ok_params: list[str] = field(default_factory=list)
+    """The params of each idempotent success, in order (the recorder's `ok_params`, before deduplication)."""
 
 
 class Recording:
@@ -37,9 +39,13 @@ class Recording:
     def events(self) -> list[dict[str, Any]]:
         return self.stream.events
 
-    def ok(self, at: float, *, method: str = "tools/call", tool: str | None = "search", attempt: int = 1, latency_ms: float = 100.0) -> None:
+    def ok(
+        self, at: float, *, method: str = "tools/call", tool: str | None = "search", attempt: int = 1, latency_ms: float = 100.0,
+        params: str = "p",
+    ) -> None:
         """A call that succeeded without events (on attempt 1; a later attempt needs `call` with retries)."""
         window = self._windows[(method, tool)]
+        window.ok_params.append(params)
         window.outcomes["ok"] += 1
         window.ok_by_attempt[attempt] += 1
         window.latencies.append(latency_ms)
@@ -75,6 +81,8 @@ class Recording:
                 s.retry_exhausted(t, kind, why=why, attempt=number, **kw)
             t += step
         window = self._windows[(method, tool)]
+        if (succeeded or stale_age is not None) and idempotent:
+            window.ok_params.append(params)
         if succeeded:
             window.outcomes["ok"] += 1
             window.ok_by_attempt[len(attempts)] += 1
@@ -96,8 +104,10 @@ class Recording:
         event["reason"] = reason
         window.outcomes[reason] += 1
 
-    def flush(self, at: float, slot_s: float | None = None) -> None:
-        """Publish this window's summaries at `at` (and start the next); with `slot_s`, an ``ok_timeline``."""
+    def flush(self, at: float, slot_s: float | None = None, *, named: bool = False, bound: int = 256) -> None:
+        """Publish this window's summaries at `at` (and start the next); with `slot_s`, an ``ok_timeline``;
+        `named`: with ``ok_params`` (at most `bound`, the rest of the successes counted in the overflow),
+        for summaries with an idempotent success, as the recorder writes them."""
         for (method, tool), window in sorted(self._windows.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
             calls, ok = sum(window.outcomes.values()), window.outcomes["ok"]
             event = self.stream.call_ok(
@@ -110,5 +120,9 @@ class Recording:
                 for ok_at in window.ok_at:
                     timeline[min(len(timeline) - 1, int((ok_at - self._started) // slot_s))] += 1
                 event["ok_timeline"], event["timeline_slot_s"] = timeline, slot_s
+            if named and window.ok_params:
+                kept = list(dict.fromkeys(window.ok_params))[:bound]
+                event["ok_params"] = [hashed(p) for p in kept]
+                event["ok_params_overflow"] = sum(1 for p in window.ok_params if p not in kept)
         self._windows.clear()
         self._started = at
