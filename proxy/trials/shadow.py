@@ -134,7 +134,8 @@ def estimated_cut(numbers: dict[str, Any]) -> float | None:
 
     ``errors_before``/``errors_after`` (any rule may state them), ``timed_out``/``would_complete`` (the
     timeouts rule), ``exhausted``/``would_succeed`` (retries_more), ``failed``/``would_succeed``
-    (declared_idempotent), ``failed_after``/``would_be_served`` (cache_max_stale); ``attempts_saved``
+    (declared_idempotent), ``failed_after``/``would_be_served`` (cache_max_stale), ``failed`` with
+    ``distinct_params`` (cache_fallback: every one of them); ``attempts_saved``
     (retries_fewer: same answers, fewer attempts) is a cut of 0.
     """
 
@@ -150,10 +151,13 @@ def estimated_cut(numbers: dict[str, Any]) -> float | None:
             return max(0.0, min(1.0, (before - after) / before))
         return None
     for part, whole in (
-        ("would_complete", "timed_out"), ("would_succeed", "exhausted"), ("would_succeed", "failed"), ("would_be_served", "failed_after"),
+        ("would_complete", "timed_out"), ("would_succeed", "exhausted"), ("would_succeed", "failed"),
+        ("would_be_served", "failed_after"),
     ):  # fmt: skip
-        if whole in numbers:
+        if whole in numbers and part in numbers:
             return share(part, whole)
+    if "distinct_params" in numbers and isinstance(numbers.get("failed"), int | float) and numbers["failed"] > 0:
+        return 1.0  # cache_fallback: each of its `failed` calls would have been answered from a stored answer
     if "attempts_saved" in numbers:
         return 0.0
     return None
