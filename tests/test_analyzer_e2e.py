@@ -99,7 +99,7 @@ async def test_a_timeout_proposal_appears_applies_and_the_errors_drop(
     assert len(timeouts) == 1, proposals
     proposal = timeouts[0]
     (change,) = proposal["changes"]
-    assert (change["upstream"], change["key"], change["old"], change["value"]) == ("docs", "timeouts.per_try", "200ms", "750ms")
+    assert (change["upstream"], change["setting"], change["old"], change["value"]) == ("docs", "timeouts.per_try", "200ms", "750ms")
     assert change["match"] == {"method": "resources/read"}
     assert proposal["effect"]["numbers"]["timed_out"] == 25
     assert "would have completed" in proposal["effect"]["text"]
