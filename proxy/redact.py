@@ -100,6 +100,9 @@ _HINTS: Final = (
 )  # fmt: skip
 """Every rule below needs one of these in the text (lower-cased): substring tests spare the full scan of
 almost every string (a case-insensitive regex alternation measured 6x slower than these tests)."""
+_KEY_WORDS: Final = frozenset({"upstream", "client", "tool", "global"})
+"""The values of a rate limit's ``key`` (`proxy.config.policies.RateLimitConfig`): a bare ``key`` with one of
+these is the config's own word, shown in diffs and proposals, never a credential."""
 _QUOTED = re.compile(r"\"(?:[^\"\\]|\\.)*\"?|'(?:[^'\\]|\\.)*'?")
 _TO_EOL = re.compile(r"[^\r\n'\"\\]*")
 _TOKEN = re.compile(r"[^\s,;&'\"<>(){}\[\]\\]*")
@@ -136,6 +139,10 @@ def _scan_pairs(text: str) -> str:
         start = match.end()
         value = _QUOTED.match(text, start) or (_TO_EOL if _LINE_VALUED.search(_normalize(name)) else _TOKEN).match(text, start)
         end = start if value is None else value.end()
+        if _normalize(name).rsplit(".", 1)[-1] == "key" and text[start:end].strip("\"'") in _KEY_WORDS:
+            out.append(text[pos:end])  # a rate limit's `key: client`: a word of the config, no secret
+            pos = end
+            continue
         quote = text[start] if end > start and text[start] in "\"'" else ""
         out.append(text[pos:start])
         out.append(f"{quote}{REDACTED}{quote}" if end > start else "")

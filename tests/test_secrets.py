@@ -162,3 +162,18 @@ async def test_a_rejected_reload_never_echoes_the_urls_credentials(tmp_path: Pat
     assert "config_rejected" in logged.getvalue() and reported[0]["kind"] == "config_rejected"
     shown = orjson.dumps([result.as_dict(), reported]).decode() + logged.getvalue()
     assert SECRET not in shown and "upstreams[0].url" in shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("rate_limit.key: upstream -> client", "rate_limit.key: upstream -> client"),
+        ("+    key: client", "+    key: client"),
+        ("key: sk-live-1234", "key: [redacted]"),  # a bare key with anything else: a secret, as before
+        ("api_key: client", "api_key: [redacted]"),  # a credential's name: whatever its value
+    ],
+)
+def test_a_rate_limits_key_word_is_shown_other_keys_are_not(text: str, shown: str) -> None:
+    """A proposal's change and diff name a rate limit's `key: client`: the config's own word, which
+    redaction hid ("[redacted] -> client"); any other bare key value stays hidden."""
+    assert redact_text(text) == shown

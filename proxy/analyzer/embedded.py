@@ -255,7 +255,7 @@ class EmbeddedAnalyzer:
                 self._window = Window(self.config.window)
                 self._fence = self._last_call
                 continue
-            if isinstance(call_id, int) and not isinstance(call_id, bool):
+            if isinstance(call_id, int) and not isinstance(call_id, bool) and call_id > 0:  # 0: no call of its own
                 if call_id <= self._fence:
                     continue  # a call begun under the old config, heard from late (its timeout's observation)
                 self._last_call = max(self._last_call, call_id)
@@ -354,7 +354,7 @@ class EmbeddedAnalyzer:
         fields = {"proposal": checking.proposal.id, "error_rate_before": round(checking.rate_before, 4), "error_rate_after": round(rate, 4)}
         # Worse is rolled back even on too few calls to verify: the operator's own file is the safe side of
         # doubt (keeping a change that looked worse on a thin sample could cost every client; undoing a
-        # good one costs only the improvement, which the analyzer can propose again).
+        # good one costs only the improvement, which an operator can still apply from /proposals).
         if calls and rate > checking.rate_before:
             if _digest(self.path) != checking.written:
                 log.warning("auto_apply_rollback_skipped", proposal=checking.proposal.id, reason="the file was edited since")

@@ -177,7 +177,7 @@ def timeouts(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOT
     for fix in timeout_fixes(analysis, config):
         stats, policy, n = fix.stats, fix.policy, fix.completes.n  # the timeouts under today's limit (`timeout_fix`)
         label, limit_s, new_s, new = stats.target.label, policy.timeouts.per_try, fix.new_s, format_duration(fix.new_s)
-        observed = [ms for ms in stats.observed_ms if ms > limit_s * 1000]
+        observed = [ms for ms in stats.observed_ms if ms > limit_s * 1000][:n]  # never more than the timeouts
         changes = [Change(stats.target.upstream, fix.match, "timeouts.per_try", new, format_duration(limit_s))]
         if new_s > policy.timeouts.total:
             total = max(new_s, nice_duration(2 * new_s, cap=HARD_CAP_S))

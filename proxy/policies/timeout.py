@@ -20,8 +20,8 @@ cancelling it mid-flight may even leave it half done. Its answer is thrown away 
 call is not retried because of it (the retry stage never retries a timeout of a non-idempotent call):
 the client gets the timeout, and the upstream executed the write exactly once. A streamed answer (SSE)
 is read to its end and thrown away (`_drain`), within the same `observe` seconds: closed at its head,
-the upstream would be cut off mid-answer. Observations beyond
-`MAX_OBSERVATIONS` at a time are cancelled at once, so a failing upstream never piles up work.
+the upstream would be cut off mid-answer. Observations beyond the bounds below are cancelled at once,
+so a failing upstream never piles up work.
 
 A watched attempt keeps its upstream connection while its client, answered, may call again: unbounded,
 one client calling a slow tool could hold the whole pool that way, past its per-client cap (which counts

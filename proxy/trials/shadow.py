@@ -134,9 +134,10 @@ def estimated_cut(numbers: dict[str, Any]) -> float | None:
 
     ``errors_before``/``errors_after`` (any rule may state them), ``timed_out``/``would_complete`` (the
     timeouts rule), ``exhausted``/``would_succeed`` (retries_more), ``failed``/``would_succeed``
-    (declared_idempotent), ``failed_after``/``would_be_served`` (cache_max_stale), ``failed`` with
-    ``distinct_params`` (cache_fallback: every one of them); ``attempts_saved``
-    (retries_fewer: same answers, fewer attempts) is a cut of 0.
+    (declared_idempotent), ``failed_after``/``would_be_served`` (cache_max_stale); ``attempts_saved``
+    (retries_fewer: same answers, fewer attempts) is a cut of 0. ``cache_fallback`` states no share: its
+    trial is promoted when it makes nothing worse (the trial's figures are of every call, and only the
+    failures of params that had succeeded before can be served, which its estimate is not a share of).
     """
 
     def share(part: str, whole: str) -> float | None:
@@ -156,8 +157,6 @@ def estimated_cut(numbers: dict[str, Any]) -> float | None:
     ):  # fmt: skip
         if whole in numbers and part in numbers:
             return share(part, whole)
-    if "distinct_params" in numbers and isinstance(numbers.get("failed"), int | float) and numbers["failed"] > 0:
-        return 1.0  # cache_fallback: each of its `failed` calls would have been answered from a stored answer
     if "attempts_saved" in numbers:
         return 0.0
     return None

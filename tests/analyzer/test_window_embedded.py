@@ -115,3 +115,14 @@ def test_late_events_of_calls_begun_before_a_reload_stay_out_of_the_new_window(t
     analyzer.step(0.0)
     (stats,) = analyzer._window.analysis().all_targets()
     assert (stats.timeouts, stats.observed_ms, analyzer.events_seen) == (1, [], 4)
+
+
+def test_an_event_of_no_call_of_its_own_is_never_fenced_out(tmp_path: Path) -> None:
+    """A refusal the proxy makes for a message that is no call (call_id 0: a rate-limited notification)."""
+    bus = EventBus(capacity=100)
+    analyzer = _analyzer(tmp_path, bus)
+    event = make_event("rate_limited", None, upstream="api", retry_after=1.0)
+    event.update(method="tools/call", tool="search", call_id=0, attempt=1)
+    bus.publish(event)
+    analyzer.step(0.0)
+    assert analyzer._window.analysis().by_type["rate_limited"] == 1

@@ -305,7 +305,7 @@ def test_an_evaluator_that_fails_ends_the_trial_inconclusive_and_the_proxy_goes_
         ({"timed_out": 25, "would_complete": 20, "percent": 80}, 0.8),
         ({"exhausted": 20, "would_succeed": 5}, 0.25),
         ({"failed": 30, "would_succeed": 27}, 0.9),  # declared_idempotent
-        ({"failed": 12, "distinct_params": 5}, 1.0),  # cache_fallback: each would have been served
+        ({"failed": 12, "distinct_params": 5}, None),  # cache_fallback: no share of the trial's errors
         ({"failed_after": 10, "would_be_served": 10}, 1.0),
         ({"errors_before": 40, "errors_after": 10}, 0.75),
         ({"attempts_saved": 12}, 0.0),
