@@ -37,7 +37,7 @@ from proxy.analyzer.model import (
 )
 from proxy.events.envelope import SCHEMA_VERSION
 
-__all__ = ["DEFAULT_WINDOW_S", "REORDER_S", "RUN_UP_S", "SLICES", "Analysis", "Window", "read_events"]
+__all__ = ["DEFAULT_WINDOW_S", "REORDER_S", "RUN_UP_S", "SLICES", "Analysis", "Window", "number", "read_events", "select_window"]
 
 log = logging.getLogger(__name__)
 DEFAULT_WINDOW_S = 300.0
@@ -67,8 +67,31 @@ def _attempt(event: Event) -> int:
     return int(_num(event.get("x_attempt", event.get("attempt")), 1))
 
 
-def _num(value: Any, default: float = 0.0) -> float:
+def number(value: Any, default: float = 0.0) -> float:
+    """A JSON number of an event as a float (`default` for anything else, a bool included)."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+_num = number
+
+
+def select_window(events: Iterable[Event], window_s: float | None) -> tuple[list[Event], int]:
+    """(the schema v1 events with a numeric `ts`, in (ts, id) order, those within `window_s` of the latest
+    when given; how many were skipped as not v1). The one selection of a recorded window: the analysis
+    and the what-if replay of it (`proxy.trials.records`) cover exactly the same events."""
+    valid: list[Event] = []
+    skipped = 0
+    for event in events:
+        version, ts = (event.get("v"), event.get("ts")) if isinstance(event, dict) else (None, None)
+        if version == SCHEMA_VERSION and not isinstance(version, bool) and isinstance(ts, int | float) and not isinstance(ts, bool):
+            valid.append(event)
+        else:
+            skipped += 1
+    valid.sort(key=lambda e: (e["ts"], number(e.get("id"))))
+    if window_s is not None and valid:
+        start = valid[-1]["ts"] - window_s
+        valid = [e for e in valid if e["ts"] >= start]
+    return valid, skipped
 
 
 @dataclass(slots=True)
@@ -104,20 +127,9 @@ class Analysis:
     @classmethod
     def from_events(cls, events: Iterable[Event], window_s: float | None = DEFAULT_WINDOW_S) -> Analysis:
         """Aggregate `events`; with `window_s`, only those within `window_s` of the latest one count."""
-        valid: list[Event] = []
-        skipped = 0
-        for event in events:
-            version, ts = (event.get("v"), event.get("ts")) if isinstance(event, dict) else (None, None)
-            if version == SCHEMA_VERSION and not isinstance(version, bool) and isinstance(ts, int | float):
-                valid.append(event)
-            else:
-                skipped += 1
+        valid, skipped = select_window(events, window_s)
         if skipped:
             log.info("analyzer skipped %d events that are not schema v%d", skipped, SCHEMA_VERSION)
-        valid.sort(key=lambda e: (e["ts"], _num(e.get("id"))))
-        if window_s is not None and valid:
-            start = valid[-1]["ts"] - window_s
-            valid = [e for e in valid if e["ts"] >= start]
         analysis = cls(window_s=window_s, skipped=skipped)
         with _collector_paused():
             for event in valid:

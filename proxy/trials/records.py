@@ -64,7 +64,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from proxy.events.envelope import SCHEMA_VERSION
+from proxy.analyzer.aggregate import number as _num
+from proxy.analyzer.aggregate import select_window
 from proxy.failure_kinds import Failure
 
 __all__ = [
@@ -170,10 +171,6 @@ class CallRecord:
 Event = dict[str, Any]
 
 
-def _num(value: Any, default: float = 0.0) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
-
-
 def _attempt_of(event: Event) -> int:
     return max(1, int(_num(event.get("x_attempt", event.get("attempt")), 1)))
 
@@ -198,18 +195,8 @@ def _target(event: Event) -> tuple[str, str, str | None] | None:
 
 
 def _valid(events: Iterable[Event], window_s: float | None) -> list[Event]:
-    """Schema v1 events with a numeric ts, in (ts, id) order; with `window_s`, those within it of the latest
-    (the analyzer's own selection, so a replay covers exactly the window its proposals came from)."""
-    valid = [
-        e for e in events
-        if isinstance(e, dict) and e.get("v") == SCHEMA_VERSION and not isinstance(e.get("v"), bool)
-        and isinstance(e.get("ts"), int | float) and not isinstance(e.get("ts"), bool)
-    ]  # fmt: skip
-    valid.sort(key=lambda e: (e["ts"], _num(e.get("id"))))
-    if window_s is not None and valid:
-        start = valid[-1]["ts"] - window_s
-        valid = [e for e in valid if e["ts"] >= start]
-    return valid
+    """The analyzer's own selection (`select_window`), so a replay covers exactly the window its proposals came from."""
+    return select_window(events, window_s)[0]
 
 
 @dataclass(slots=True)
