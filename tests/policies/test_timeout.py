@@ -222,20 +222,19 @@ async def test_watched_attempts_are_bounded_per_upstream_and_per_client() -> Non
     assert [await times_out(**a), await times_out(**a), await times_out(**b), await times_out(**c), await times_out()] == [
         True, False, True, False, False,
     ]  # fmt: skip
+    async def answer_all() -> None:
+        """The watched attempts answer; their watchers end and let go of their keys (a turn after them)."""
+        for future in pending:
+            if not future.done():
+                future.set_result(reply_ok())
+        await asyncio.gather(*list(timeout_module._observing))
+        while timeout_module._watched:
+            await asyncio.sleep(0)
+
     assert len(timeout_module._observing) == 2
-    for future in pending:
-        if not future.done():
-            future.set_result(reply_ok())
-    await asyncio.gather(*list(timeout_module._observing))
-    while timeout_module._watched:  # the watchers' done callbacks let go of their keys
-        await asyncio.sleep(0)
+    await answer_all()
     assert [await times_out(), await times_out(), await times_out()] == [True, True, False]  # loopback: the upstream's 2
-    for future in pending:
-        if not future.done():
-            future.set_result(reply_ok())
-    await asyncio.gather(*list(timeout_module._observing))
-    while timeout_module._watched:  # the watchers' done callbacks run a turn after them
-        await asyncio.sleep(0)
+    await answer_all()
 
 
 async def test_a_watched_streamed_answer_is_read_to_its_end_before_it_is_closed() -> None:

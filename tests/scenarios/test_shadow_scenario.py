@@ -1,7 +1,7 @@
 """A shadow trial, live: a proposal tried by the running proxy before it is enforced, as an operator runs it.
 
 The slow-tool story of `test_scenarios` (``lookup`` answers in 420 ms under a 200 ms per-try timeout),
-but instead of ``--apply ID`` the operator types ``--apply ID --shadow 6s``: the proxy (a subprocess,
+but instead of ``--apply ID`` the operator types ``--apply ID --shadow 20s``: the proxy (a subprocess,
 started on the file) keeps enforcing 200 ms, so the trial's own traffic still fails, while it counts
 what 750ms would have done to the same calls (every timed-out attempt observed answering at ~420 ms
 would have completed). At the end of the trial it compares that with the proposal's estimate,
@@ -10,8 +10,8 @@ promotes it, writes the file itself and hot-reloads it; the same traffic then su
 Exact where the mechanism decides: every call in the trial fails live (the upstream cannot beat the
 limit), every one of them would have succeeded under 750ms (an observation past 750 ms would take a
 machine 330 ms slower than the delay), and the verdict needs at least `min_calls` (5) of the 10. The
-trial's 6 s hold the 10 calls (about 2 s at 5 at a time: 3 tries of 200 ms and two backoffs each), and the
-test waits for the verdict by polling ``GET /trials``, never by sleeping.
+trial's 20 s hold the 10 calls (about 2 s at 5 at a time: 3 tries of 200 ms and two backoffs each; ten
+times that on a slow machine, their observations included), and the test waits for the verdict by polling ``GET /trials``, never by sleeping.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.scenarios.harness import Call, Stage, base_config, cli, lookup, only,
 pytestmark = pytest.mark.scenario
 
 StageFactory = Callable[[dict[str, Any]], Awaitable[Stage]]
-TRIAL_S = 6
+TRIAL_S = 20
 
 
 async def trials(proxy: Stage) -> dict[str, Any]:
