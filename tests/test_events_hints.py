@@ -21,7 +21,7 @@ from tests.fault_upstream import FaultUpstream
 from tests.test_events import QUIET, events_of, post
 from tests.test_forwarding import call_tool
 
-HINTS = ("read_only_hint", "idempotent_hint")
+HINTS = ("read_only_hint", "idempotent_hint", "destructive_hint")
 LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
 SCHEMA = jsonschema.Draft202012Validator(event_schema())
 
@@ -66,7 +66,7 @@ def test_a_trusted_read_only_tool_is_believed_and_says_so() -> None:
 @pytest.mark.parametrize("trusted", [False, True])
 def test_declared_false_is_carried_as_false(trusted: bool) -> None:
     record = records(tool_call("put"), listed(trusted))[0]
-    assert {name: record[name] for name in HINTS} == {"read_only_hint": False, "idempotent_hint": True}
+    assert {name: record[name] for name in HINTS} == {"read_only_hint": False, "idempotent_hint": True, "destructive_hint": True}
     assert record["idempotent"] is trusted
 
 

@@ -257,11 +257,13 @@ def checked_record(kind: str, about: Subject, fields: dict[str, Any], include_pa
 
 
 def _add_hints(record: dict[str, Any], hints: ToolHints) -> None:
-    """The tool's declared hints (`CallEvent.read_only_hint`, `idempotent_hint`): each only when declared."""
+    """The tool's declared hints (`CallEvent.read_only_hint`, `idempotent_hint`, `destructive_hint`): each only when declared."""
     if hints.read_only is not None:
         record["read_only_hint"] = hints.read_only
     if hints.idempotent is not None:
         record["idempotent_hint"] = hints.idempotent
+    if hints.destructive is not None:
+        record["destructive_hint"] = hints.destructive
 
 
 _ERROR_KEYS: Final = {f.name: None for f in dataclasses.fields(ErrorDetail)}.keys()

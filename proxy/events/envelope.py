@@ -2,7 +2,7 @@
 
 An event is a frozen dataclass (`proxy.events.types` has one per kind) and leaves the proxy as the
 JSON object `Event.as_record` makes: the envelope's fields in a fixed order, then the kind's own, then
-(for events about a call) `idempotent`, the tool's declared `read_only_hint` and `idempotent_hint`
+(for events about a call) `idempotent`, the tool's declared `read_only_hint`, `idempotent_hint` and `destructive_hint`
 (each only when declared) and `params_hash` or `params` (when serving, the recorder
 writes that record without making the instance: `proxy.events.build.checked_record`). The bus adds
 `id` and `ts` (`Stamp`).
@@ -187,6 +187,9 @@ class CallEvent(Event):
     idempotent_hint: bool | Absent = ABSENT
     """A tools/call's ``idempotentHint`` as the upstream declared it, like `read_only_hint`; only when it
     declared one."""
+    destructive_hint: bool | Absent = ABSENT
+    """A tools/call's ``destructiveHint`` as the upstream declared it, like `read_only_hint`; only when it
+    declared one. The analyzer never proposes retrying a tool declared destructive."""
     params_hash: str | Absent = ABSENT
     """A hash of the call's params (without `_meta`): calls with the same params share it. Present
     unless `params` is."""
