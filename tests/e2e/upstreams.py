@@ -10,6 +10,12 @@ None of them was written here, so what they answer to a client's mistake is thei
   a venv of its own under ``.ci/cache`` so FastMCP's dependencies never change the project's venv.
   Both eras.
 * ``sdk``: ``tests/servers/everything.py`` on the official Python SDK (``mcp`` 2.3). Both eras.
+* ``fastmcp-restart``: the same FastMCP, running ``servers/restart_fastmcp_app.py``: the app above
+  plus the tools the restart tests drive (``announce``, ``record``); only those tests use it.
+
+Every server is started with ``$MCP_TEST_EXECUTIONS_FILE`` naming a file of its own
+(:attr:`UpstreamProcess.executions_path`): the servers that have a ``record`` tool append a line per
+execution there, so a test counts executions across a restart.
 
 ``python -m tests.e2e.install`` installs the first two (``.ci/run`` calls it); :meth:`ServerSpec.missing`
 says why one cannot start here.
@@ -30,6 +36,7 @@ import pytest
 
 from tests.conformance.runner import ConformanceError, find_node
 from tests.sdk_helpers import LEGACY_VERSION, MODERN_VERSION, ServerProcess, wait_for_port
+from tests.servers.everything import EXECUTIONS_ENV
 
 REPO: Final = Path(__file__).resolve().parents[2]
 CACHE: Final = REPO / ".ci" / "cache"
@@ -137,6 +144,12 @@ def _fastmcp_launch(port: int) -> Launch:
     )
 
 
+def _fastmcp_restart_launch(port: int) -> Launch:
+    return Launch(
+        [str(FASTMCP_PYTHON), str(SERVERS_DIR / "restart_fastmcp_app.py"), "--host", "127.0.0.1", "--port", str(port)]
+    )
+
+
 def _sdk_launch(port: int) -> Launch:
     return Launch([sys.executable, "-m", "tests.servers.everything", "--host", "127.0.0.1", "--port", str(port)])
 
@@ -162,6 +175,13 @@ SDK: Final = ServerSpec(
     missing=lambda: None,
     launch=_sdk_launch,
 )
+FASTMCP_RESTART: Final = ServerSpec(
+    name="fastmcp-restart",
+    eras=("legacy", "modern"),
+    good_call=FASTMCP.good_call,
+    missing=_fastmcp_missing,
+    launch=_fastmcp_restart_launch,
+)
 SERVERS: Final = (NPM_EVERYTHING, FASTMCP, SDK)
 SERVER_ERAS: Final = [pytest.param(spec, era, id=f"{spec.name}-{era}") for spec in SERVERS for era in spec.eras]
 """Every server in every era it speaks: the parameters of the tests that run per era."""
@@ -179,8 +199,16 @@ class UpstreamProcess:
         self.port = port
         self.log_path = log_path
         self.url = f"http://127.0.0.1:{port}/mcp"
+        self.executions_path = log_path.with_name(f"{log_path.stem}-executions.jsonl")
+        """Given to every start as ``$MCP_TEST_EXECUTIONS_FILE`` (the ``record`` tools append there)."""
         self._server: ServerProcess | None = None
         self.starts = 0
+
+    @property
+    def pid(self) -> int:
+        """The process id of the running server (a restart changes it)."""
+        assert self._server is not None, "not started"
+        return self._server.process.pid
 
     async def start(self) -> None:
         """Start the server and return once its port accepts connections (bounded)."""
@@ -191,7 +219,7 @@ class UpstreamProcess:
             process = await asyncio.create_subprocess_exec(
                 *launch.argv,
                 cwd=REPO,
-                env={**os.environ, **launch.env},
+                env={**os.environ, EXECUTIONS_ENV: str(self.executions_path), **launch.env},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

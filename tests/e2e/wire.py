@@ -57,6 +57,8 @@ class Answer:
     proxy_error: str | None
     body: str
     """The raw body (SSE as received), for failure messages."""
+    session_id: str | None = None
+    """The answer's ``Mcp-Session-Id`` header, if any."""
 
     def describe(self) -> str:
         mark = f" {PROXY_ERROR_HEADER}: {self.proxy_error}" if self.proxy_error else ""
@@ -90,7 +92,13 @@ async def send(http: httpx2.AsyncClient, url: str, body: dict[str, Any] | bytes,
                 except ValueError:
                     parsed = None
                 message = parsed if isinstance(parsed, dict) else None
-        return Answer(response.status_code, message, response.headers.get(PROXY_ERROR_HEADER), text)
+        return Answer(
+            response.status_code,
+            message,
+            response.headers.get(PROXY_ERROR_HEADER),
+            text,
+            response.headers.get("mcp-session-id"),
+        )
 
 
 RequestBuilder = Callable[[int, bool], tuple[dict[str, Any], dict[str, str]]]
@@ -222,9 +230,10 @@ class SdkPair:
     direct_log: WireLog
 
 
-def sdk_client(url: str, mode: str, log: WireLog) -> Client:
-    """An official SDK client whose HTTP exchanges (and the proxy's error marks) land in `log`."""
-    return Client(recorded_transport(url, log), mode=mode)
+def sdk_client(url: str, mode: str, log: WireLog, **options: Any) -> Client:
+    """An official SDK client whose HTTP exchanges (and the proxy's error marks) land in `log`;
+    `options` go to ``Client`` (``message_handler=``...)."""
+    return Client(recorded_transport(url, log), mode=mode, **options)
 
 
 async def open_sdk_pair(scope: contextlib.AsyncExitStack, proxy_url: str, direct_url: str, mode: str) -> SdkPair:

@@ -28,7 +28,15 @@ What is exposed:
   - ``ask_llm``: a ``sampling/createMessage`` round trip to the client;
   - ``confirm_action``: an ``elicitation/create`` round trip to the client;
   - ``emit_log``: sends a ``notifications/message`` log record;
-  - ``call_counts`` (read-only): how often each tool ran on this server instance.
+  - ``call_counts`` (read-only): how often each tool ran on this server instance;
+  - ``record`` (``key``; not idempotent): appends one line per execution to the file named by
+    ``$MCP_TEST_EXECUTIONS_FILE``, so a test counts executions across a restart of the server;
+  - ``touch_resource`` (``uri``): sends ``notifications/resources/updated`` to every legacy
+    session that subscribed to ``uri`` (on each session's GET stream);
+  - ``announce`` (``text``): sends a log record to the calling session outside the request
+    (on its GET stream);
+  - ``session_state`` (read-only): the calling legacy session's ``logging/setLevel`` level and
+    subscribed URIs, as this server recorded them.
 
   ``ask_llm``/``confirm_action`` use the SDK's ``Resolve`` markers, so on the legacy wire
   they send a real server→client request mid-call, and on the 2026-07-28 wire they answer
@@ -47,6 +55,7 @@ import base64
 import collections
 import json
 import logging
+import os
 import struct
 import warnings
 import zlib
@@ -55,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from mcp.server import ServerRequestContext
+from mcp.server.session import ServerSession
 from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import (
     Context,
@@ -100,9 +110,11 @@ from mcp.types import (
 )
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
+from starlette.requests import Request
 
 __all__ = [
     "DEFAULT_PATH",
+    "EXECUTIONS_ENV",
     "SERVER_NAME",
     "build_app",
     "build_server",
@@ -122,6 +134,13 @@ LOOKUP_TABLE: dict[str, str] = {"alpha": "1", "beta": "2", "gamma": "3"}
 
 SLOW_STEPS = 4
 """Number of progress notifications the ``slow`` tool sends."""
+
+EXECUTIONS_ENV = "MCP_TEST_EXECUTIONS_FILE"
+"""The environment variable naming the file ``record`` appends to: one JSON line per execution,
+``{"key": ..., "pid": ...}``. A file, not memory, so the count survives a restart of the server."""
+
+ANNOUNCE_LOGGER = "announce"
+"""The ``logger`` of the log record ``announce`` sends."""
 
 # A fixed key keeps requestState tokens valid across restarts of the fixture (the SDK
 # requires >= 32 bytes); a real deployment would load a secret.
@@ -198,6 +217,17 @@ class MemoryEventStore(EventStore):
 
 
 @dataclass
+class _SessionState:
+    """What one legacy session set on this server: its log level and its subscriptions."""
+
+    session: ServerSession
+    """The session object of the session's latest such request: its standalone channel reaches the
+    session's GET stream, which is where ``touch_resource`` sends the updates."""
+    log_level: str | None = None
+    subscriptions: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _State:
     """Mutable per-server state (one instance per :func:`build_server` call)."""
 
@@ -207,9 +237,28 @@ class _State:
     log_level: str = "debug"
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     """Keyed gates for ``held``/``release``: created by whichever of the two comes first."""
+    sessions: dict[str, _SessionState] = field(default_factory=dict)
+    """Per legacy session (by its ``Mcp-Session-Id``), what it set; only sessions that set something."""
 
     def gate(self, key: str) -> asyncio.Event:
         return self.gates.setdefault(key, asyncio.Event())
+
+    def session_state(self, ctx: ServerRequestContext) -> _SessionState | None:
+        """The calling legacy session's entry (made on first use, holding its latest session object);
+        None for a request outside a legacy session (2026-07-28, in-process)."""
+        session_id = _session_id(ctx.request)
+        if session_id is None:
+            return None
+        entry = self.sessions.get(session_id)
+        if entry is None:
+            entry = self.sessions[session_id] = _SessionState(ctx.session)
+        entry.session = ctx.session
+        return entry
+
+
+def _session_id(request: object) -> str | None:
+    """The ``Mcp-Session-Id`` a request over HTTP carried, if any."""
+    return request.headers.get("mcp-session-id") if isinstance(request, Request) else None
 
 
 async def _log(ctx: Context, level: Literal["debug", "info", "warning", "error"], message: str) -> None:
@@ -744,6 +793,62 @@ def _add_proxy_test_tools(server: MCPServer, state: _State) -> None:
         """How many times each proxy-test tool ran on this server instance."""
         return dict(state.calls)
 
+    @server.tool(
+        title="Record",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    def record(key: str) -> str:
+        """Record one execution under ``key`` (a line in ``$MCP_TEST_EXECUTIONS_FILE``); NOT idempotent."""
+        count("record")
+        path = os.environ.get(EXECUTIONS_ENV)
+        if path:
+            with open(path, "a", encoding="utf-8") as executions:
+                executions.write(json.dumps({"key": key, "pid": os.getpid()}) + "\n")
+        return f"recorded {key}"
+
+    @server.tool(
+        title="Touch resource",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    async def touch_resource(uri: str) -> str:
+        """Tell every legacy session subscribed to ``uri`` that it changed (``notifications/resources/updated``
+        on the session's GET stream); answers how many sessions were told."""
+        count("touch_resource")
+        told = 0
+        for entry in list(state.sessions.values()):
+            if uri in entry.subscriptions:
+                await entry.session.send_resource_updated(uri)
+                told += 1
+        return f"notified {told} session(s)"
+
+    @server.tool(
+        title="Announce",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    async def announce(text: str, ctx: Context) -> str:
+        """Send ``text`` as an info log record (logger ``announce``) to the calling session, outside
+        this request: on the legacy wire it rides the session's GET stream."""
+        count("announce")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await ctx.session.send_log_message(level="info", data=text, logger=ANNOUNCE_LOGGER)  # pyright: ignore[reportDeprecated]
+        return f"announced {text}"
+
+    @server.tool(title="Session state", annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True))
+    def session_state(ctx: Context) -> dict[str, Any]:
+        """The calling legacy session's log level (None: never set) and subscribed URIs, as recorded here."""
+        count("session_state")
+        entry = state.sessions.get(_session_id(ctx.request_context.request) or "")
+        if entry is None:
+            return {"log_level": None, "subscriptions": []}
+        return {"log_level": entry.log_level, "subscriptions": sorted(entry.subscriptions)}
+
     @server.tool(title="Ask LLM", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True))
     def ask_llm(question: str, answer: Annotated[CreateMessageResult, Resolve(_sample_answer)]) -> str:
         """Sample the client's LLM with ``question`` and return its text (needs client ``sampling``)."""
@@ -852,14 +957,20 @@ def _add_handlers(server: MCPServer, state: _State) -> None:
 
     async def set_level(ctx: ServerRequestContext, params: SetLevelRequestParams) -> EmptyResult:
         state.log_level = params.level
+        if (entry := state.session_state(ctx)) is not None:
+            entry.log_level = params.level
         return EmptyResult()
 
     async def subscribe(ctx: ServerRequestContext, params: SubscribeRequestParams) -> EmptyResult:
         state.subscriptions.add(str(params.uri))
+        if (entry := state.session_state(ctx)) is not None:
+            entry.subscriptions.add(str(params.uri))
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext, params: UnsubscribeRequestParams) -> EmptyResult:
         state.subscriptions.discard(str(params.uri))
+        if (entry := state.session_state(ctx)) is not None:
+            entry.subscriptions.discard(str(params.uri))
         return EmptyResult()
 
     # MCPServer has no public hooks for these three yet; register on the low-level server.
