@@ -85,7 +85,7 @@ class SessionStage:
         reply = await next(call)
         if reply.stream is None and session_lost_answer(reply.status, reply.message):
             recovery = "unknown_session" if self._sessions.config.recovery else "off"
-            self._observer.policy_event("session_lost", _about(call, reply), recovery=recovery, reason=None)
+            self._observer.policy_event("session_lost", _about(call, reply), recovery=recovery, why=None)
         return reply
 
     async def _within(self, call: Call, next: CallHandler, session: LegacySession) -> Reply:
@@ -101,14 +101,14 @@ class SessionStage:
         refused = self._sessions.may_rebuild(session)
         if refused is not None:
             recovery = "off" if refused == "off" else "failed"
-            self._observer.policy_event("session_lost", about, recovery=recovery, reason=None if recovery == "off" else refused)
+            self._observer.policy_event("session_lost", about, recovery=recovery, why=None if recovery == "off" else refused)
             return lost_reply(call.message.id, call.upstream, refused) if session.lost is not None else reply
-        self._observer.policy_event("session_lost", about, recovery="recovering", reason=None)
+        self._observer.policy_event("session_lost", about, recovery="recovering", why=None)
         started = time.perf_counter()
         try:
             restored = await self._sessions.rebuild(session, seen, call.headers, self._transport)
         except RebuildFailed as exc:
-            self._observer.policy_event("session_lost", about, recovery="failed", reason=exc.reason)
+            self._observer.policy_event("session_lost", about, recovery="failed", why=exc.reason)
             if exc.permanent:
                 return lost_reply(call.message.id, call.upstream, exc.reason)
             raise exc.error or UpstreamUnavailable(
@@ -121,7 +121,7 @@ class SessionStage:
         call.headers[SESSION_HEADER] = session.upstream_id
         replayed = await next(call)
         if replayed.stream is None and session_lost_answer(replayed.status, replayed.message):
-            self._observer.policy_event("session_lost", _about(call, replayed), recovery="failed", reason="lost_again")
+            self._observer.policy_event("session_lost", _about(call, replayed), recovery="failed", why="lost_again")
         else:
             self._sessions.record(session, call.method, call.message, call.body, replayed)
         return replayed
