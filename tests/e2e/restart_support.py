@@ -272,7 +272,8 @@ def session_refused(answer: Answer, what: str) -> None:
 
 @dataclass
 class Notifications:
-    """Every notification (as wire JSON) an SDK client's ``message_handler`` received, in order."""
+    """Every notification an SDK client's ``message_handler`` received, in order, as wire JSON (the
+    ``jsonrpc`` member put back), so the same expected messages serve raw HTTP and the SDK client."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -281,7 +282,7 @@ class Notifications:
         """The client's ``message_handler``: keeps notifications (exceptions are the transport's and dropped)."""
         if isinstance(message, Exception):
             return
-        self.messages.append(message.model_dump(by_alias=True, mode="json", exclude_none=True))
+        self.messages.append({"jsonrpc": "2.0", **message.model_dump(by_alias=True, mode="json", exclude_none=True)})
         self._changed.set()
         self._changed = asyncio.Event()
 
