@@ -163,3 +163,31 @@ async def test_sdk_client_survives_restart(spec: ServerSpec, mode: str, stack_fo
         seen = await events.wait_for(mark, lambda e: bool(of_type(e, "session_recovered")), f"{what}: session_recovered")
         assert {e.get("generation") for e in of_type(seen, "session_recovered")} == {1}, brief(seen)
         assert {e.get("recovery") for e in of_type(seen, "session_lost")} <= {"recovering"}, brief(seen)
+
+
+@pytest.mark.parametrize("spec", LEGACY_SERVERS)
+async def test_session_survives_two_restarts(spec: ServerSpec, stack_for: StackFactory) -> None:
+    """Two restarts, one session: rebuilt twice (generation 1, then 2), and the client's id never changes.
+
+    The client here takes the session id of any answer that names one, as the TypeScript SDK's
+    client does (it reads ``Mcp-Session-Id`` on every POST answer, not only initialize's): if the
+    proxy let the rebuilt upstream session's id out, the client would switch to an id the proxy does
+    not keep, and the second restart would reach it as a plain loss.
+    """
+    stack = await stack_for(spec, own_server=True)
+    events = ProxyEvents(stack.admin_url)
+    call = spec.good_call
+    async with httpx2.AsyncClient(timeout=30) as http:
+        proxied = await RawSession.open(http, stack.url)
+        original = proxied.session_id
+        for restart in (1, 2):
+            what = f"{spec} after restart #{restart}"
+            mark = await events.mark()
+            await stack.upstream.restart()
+            answer = await proxied.tool(call.tool, call.arguments)
+            assert tool_text(answer, f"the session's first call {what}") == call.text
+            proxied.session_id = answer.session_id or proxied.session_id
+            seen = await events.since(mark)
+            generations = [e.get("generation") for e in of_type(seen, "session_recovered")]
+            assert generations == [restart], f"{what}: session_recovered events {brief(seen)}"
+        assert proxied.session_id == original, f"{spec}: the client was handed another session id"
