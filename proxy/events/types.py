@@ -299,9 +299,10 @@ class SessionLost(CallEvent):
     was tried and did not work (`why`), the client heard a session loss."""
     why: str | None
     """Why recovery failed: ``version_changed``, ``capabilities_changed``, ``no_session_id``,
-    ``initialize_refused``, ``upstream_failed``, ``too_frequent``, ``lost_again``, ``not_restorable``
-    (a recorded request was over its bound), ``answers_a_lost_request`` (a client's answer to a request of
-    the lost session: dropped), ``not_replayable`` (a batch); None otherwise."""
+    ``initialize_refused``, ``upstream_failed``, ``deadline`` (the call's ``timeouts.total`` passed during
+    the rebuild), ``too_frequent``, ``lost_again``, ``not_restorable`` (a recorded request was over its
+    bound), ``answers_a_lost_request`` (a client's answer to a request of the lost session: dropped),
+    ``not_replayable`` (a batch); None otherwise."""
 
 
 @_kind
