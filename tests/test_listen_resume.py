@@ -288,9 +288,11 @@ async def test_a_listen_survives_an_upstream_restart_and_hears_each_event_once(s
     assert again == first == LISTEN  # the same body, so the same JSON-RPC id: the subscription id the client knows
     assert (headers["X-Tenant"], headers["MCP-Protocol-Version"]) == ("t-7", "2026-07-28")
     assert 'mcp_proxy_requests_total{method="subscriptions/listen",outcome="ok",tool="",upstream="up"} 1.0' in metrics
-    resumed = events_of(proxy, events, "stream_resumed")
-    if resumed:  # the event type is the lead's (proxy.events); until it lands, a log line says it
-        assert [(e["upstream"], e["stream"], e["from_event_id"], e["generation"]) for e in resumed] == [("up", "listen", False, 1)]
+    (resumed,) = events_of(proxy, events, "stream_resumed")
+    assert {key: resumed[key] for key in ("upstream", "stream", "from_event_id", "generation", "gap_ms")} == {
+        "upstream": "up", "stream": "listen", "from_event_id": False, "generation": 0, "gap_ms": 700.0,
+    }  # fmt: skip
+    assert 'mcp_proxy_streams_resumed_total{stream="listen",upstream="up"} 1.0' in metrics
 
 
 async def test_a_stream_ended_cleanly_without_its_response_is_resumed_and_a_second_restart_counts_a_generation(

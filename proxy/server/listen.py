@@ -202,8 +202,8 @@ class ListenResume:
     acknowledgement honoured (`honoured`), the current outage's start and re-issue count, and how many
     times it was resumed (`generation`). Time is `clock`'s; `rng` draws the jitter (tests fix both)."""
 
-    __slots__ = ("_acked_at", "_clock", "_rng", "_since", "backoff", "generation", "honoured", "per_try",
-                 "reissues", "total", "window_reissues")  # fmt: skip
+    __slots__ = ("_acked_at", "_broke_at", "_clock", "_rng", "_since", "backoff", "gap_ms", "generation", "honoured",
+                 "per_try", "reissues", "total", "window_reissues")  # fmt: skip
 
     def __init__(self, call: Call, clock: Clock, rng: Callable[[], float] = random.random) -> None:
         policy = call.policy
@@ -220,22 +220,26 @@ class ListenResume:
         """Re-issues sent in all (every outage of this listen)."""
         self.window_reissues = 0
         """Re-issues in the current outage: the backoff's exponent."""
-        self._acked_at = clock.monotonic()
+        self.gap_ms = 0.0
+        """From the last break to the acknowledgement that ended it (ms)."""
+        self._acked_at = self._broke_at = clock.monotonic()
         self._since: float | None = None
 
     def broke(self) -> None:
         """The upstream stream ended unanswered: a new outage begins, unless the stream was (re-)acknowledged
         less than `STABLE_AFTER` ago (then the outage it ended goes on, window and backoff included)."""
-        now = self._clock.monotonic()
+        now = self._broke_at = self._clock.monotonic()
         if self._since is None or now - self._acked_at >= STABLE_AFTER:
             self._since = now
             self.window_reissues = 0
 
     def acknowledged(self, resumed: bool) -> None:
-        """A stream of this listen was acknowledged (`resumed`: a re-issue's, which counts a generation)."""
+        """A stream of this listen was acknowledged (`resumed`: a re-issue's, which counts a generation and
+        sets `gap_ms`)."""
         self._acked_at = self._clock.monotonic()
         if resumed:
             self.generation += 1
+            self.gap_ms = round((self._acked_at - self._broke_at) * 1000, 3)
 
     def left(self) -> float:
         """Seconds left of the current outage's window (<= 0: it is over)."""

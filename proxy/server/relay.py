@@ -70,7 +70,6 @@ from multidict import CIMultiDict
 import orjson
 
 from proxy.errors import CircuitOpen, ProxyError, StreamBroken, StreamEndedEarly, UpstreamTimeout, UpstreamUnavailable
-from proxy.events.types import KINDS
 from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, error_body
 from proxy.mcp.sse import NO_REQUEST, NoRequest, Seen, SSEWatcher, last_blank_line_end
 from proxy.policies.base import Call, Clock, MonotonicClock, Reply, ReplyStream
@@ -794,12 +793,11 @@ def _gave_up(call: Call, resume: ListenResume, last: ProxyError) -> StreamBroken
 
 
 def _report_resumed(runtime: Runtime, call: Call, resume: ListenResume) -> None:
-    """The ``stream_resumed`` event of a resumed listen (no event ids: a listen has no replay)."""
-    fields = {"upstream": call.upstream, "stream": "listen", "from_event_id": False, "generation": resume.generation}
-    if "stream_resumed" in KINDS:  # TODO(lead): drop this guard once proxy.events.types has StreamResumed
-        runtime.events.policy_event("stream_resumed", None, **fields)
-    else:
-        log.info("stream_resumed", **fields)
+    """The ``stream_resumed`` event (and metric) of a resumed listen: no event ids (a listen has no replay),
+    no session (generation 0: the 2026-07-28 era has none), the gap from the break to the acknowledgement."""
+    fields = {"upstream": call.upstream, "stream": "listen", "from_event_id": False, "generation": 0, "gap_ms": resume.gap_ms}
+    runtime.metrics.policy_event("stream_resumed", None, **fields)
+    runtime.events.policy_event("stream_resumed", None, **fields)
 
 
 def _settled(route: Route, call: Call, verdict: Verdict) -> None:
