@@ -86,7 +86,7 @@ class ListenServer:
     ``ack`` when empty): ``ack`` answers SSE with the acknowledgement of the requested filter (or of
     `honoured`, when set) and keeps the stream open, writing what `push` sends, until `end_streams`;
     ``no-ack`` the same without the acknowledgement; ``503`` and ``400`` answer a JSON-RPC error with that
-    status (400: with id null, as servers do); ``stall`` answers nothing until the request is cancelled
+    status (400: with id null, as servers do); ``404`` a page that is no JSON-RPC; ``stall`` answers nothing until the request is cancelled
     (`stalled` is set meanwhile). `cancelled` counts the listens whose connection the proxy closed."""
 
     def __init__(self) -> None:
@@ -162,6 +162,8 @@ class ListenServer:
                 error = {"code": -32603 if status == 503 else -32602, "message": f"scripted {status}"}
                 answer = {"jsonrpc": "2.0", "id": body["id"] if status == 503 else None, "error": error}
                 return web.json_response(answer, status=status)
+            if step == "404":
+                return web.Response(status=404, text="Not Found")
             if step == "stall":
                 self.stalled.set()
                 await self._until_cancelled(asyncio.Event())
@@ -316,6 +318,23 @@ async def test_a_stream_ended_cleanly_without_its_response_is_resumed_and_a_seco
     assert clock.sleeps == [0.1, 0.2]  # the second break came before the first resumption was stable: one outage
 
 
+async def test_an_event_cut_in_half_by_the_crash_never_reaches_the_client(server: ListenServer) -> None:
+    """The bytes of an event the upstream had only begun are held back until its end, which never comes:
+    the client's stream goes on with the notices, no half event before them (no client would parse it)."""
+    clock = ScriptedClock()
+    async with running_proxy(proxy_config(server.url)) as proxy:
+        session, response = await listening(proxy, clock)
+        async with session, response:
+            await server.listens(1)
+            await server.push(updated("test://a")[:30])
+            server.reset_streams()
+            await server.listens(2)
+            await server.push(updated("test://b"))
+            expected = ack(FILTER) + NOTICES + updated("test://b")
+            assert await read(response, len(expected)) == expected
+    assert clock.sleeps == [0.1]
+
+
 async def test_a_graceful_end_is_passed_on_and_never_re_issued(server: ListenServer) -> None:
     final = b'event: message\ndata: {"jsonrpc":"2.0","id":"listen-1","result":{"_meta":{}}}\n\n'
     clock = ScriptedClock()
@@ -384,6 +403,21 @@ async def test_a_503_is_tried_again_and_a_4xx_json_rpc_error_is_the_clients_last
     assert body == ack(FILTER) + b"event: message\ndata: " + json.dumps(error, separators=(",", ":")).encode() + b"\n\n"
     assert (len(server.received), clock.sleeps) == (3, [0.1, 0.2])
     assert 'outcome="http_4xx",tool="",upstream="up"} 1.0' in metrics
+
+
+async def test_a_re_issue_answered_with_no_json_rpc_at_all_ends_the_stream_with_the_proxys_error(server: ListenServer) -> None:
+    clock = ScriptedClock()
+    server.plan = ["ack", "404"]
+    async with running_proxy(proxy_config(server.url)) as proxy:
+        session, response = await listening(proxy, clock)
+        async with session, response:
+            await server.listens(1)
+            await server.end_streams()
+            body = await rest(response)
+    error = json.loads(body[len(ack(FILTER)) :].removeprefix(b"event: message\ndata: "))
+    assert (error["id"], error["error"]["code"]) == (LISTEN_ID, -32056)
+    assert error["error"]["message"] == "upstream answered the re-issued subscriptions/listen with HTTP 404 and no JSON-RPC response"
+    assert (len(server.received), clock.sleeps) == (2, [0.1])
 
 
 async def test_an_open_breaker_is_not_hammered(server: ListenServer) -> None:
@@ -471,6 +505,36 @@ async def test_a_client_gone_during_a_re_issue_stops_it_and_leaves_nothing_open(
             await server.until(lambda: server.cancelled == 1)
         assert not relay_of(proxy)._long_lived
     assert len(server.received) == 2 and clock.sleeps == [0.1]
+
+
+@pytest.mark.parametrize("current", [True, False], ids=["the path's route now", "the call's route"])
+async def test_a_listen_whose_pool_a_reload_retired_is_re_issued_on_the_paths_route_now(
+    server: ListenServer, current: bool
+) -> None:
+    """A reload that needs another pool retires the one the listen began on, which cuts its stream. Told
+    the runtime (`Relay(current=...)`, as the handler makes it), the relay re-issues on the new pool and the
+    listen goes on; without, on the closed pool, which fails every try until the window is past."""
+    rule = {"rules": [{"match": {"method": "subscriptions/listen"}, "timeouts": {"total": "1s"}}]}
+    config = proxy_config(server.url, upstream=rule)
+    clock = ScriptedClock()
+    async with running_proxy(config) as proxy:
+        session, response = await listening(proxy, clock)
+        relay_of(proxy)._current = proxy.runtime if current else None
+        async with session, response:
+            await server.listens(1)
+            old = proxy.runtime.current.routes["/mcp"].upstream
+            await proxy.apply(proxy_config(server.url, upstream={**rule, "pool": {"max_connections": 7}}))
+            assert proxy.runtime.current.routes["/mcp"].upstream is not old
+            await old.close()  # what the reload does once the old runtime's calls had their time
+            if current:
+                await server.listens(2)
+                await server.push(updated("test://a"))
+                expected = ack(FILTER) + NOTICES + updated("test://a")
+                assert await read(response, len(expected)) == expected
+            else:
+                body = await rest(response)
+                assert b"(3 tries; the last: the upstream's connection pool is closed)" in body
+    assert len(server.received) == (2 if current else 1)
 
 
 # --- the parts (`proxy.server.listen`), without a network --------------------------------------------------

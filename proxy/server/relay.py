@@ -74,7 +74,7 @@ from proxy.mcp.jsonrpc import LONG_LIVED_METHODS, error_body
 from proxy.mcp.sse import NO_REQUEST, NoRequest, Seen, SSEWatcher, last_blank_line_end
 from proxy.policies.base import Call, Clock, MonotonicClock, Reply, ReplyStream
 from proxy.policies.failures import CANCELLED, OK, Verdict, classify_error
-from proxy.runtime import Route, Runtime
+from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.listen import Head, ListenResume, narrowed, read_head, refetch_notices, reissue
 from proxy.upstream.transport import ReadAhead, SSEBody, encoded, lf_of_crlf
 
@@ -113,13 +113,18 @@ class _Closable(Protocol):
 class Relay:
     """Passes SSE answers on to clients, ends the long-lived ones when the proxy drains, and knows the
     sessions clients ended (`session_ending`). `clock` and `rng` time and jitter the re-issues of a
-    ``subscriptions/listen`` whose upstream stream broke (`proxy.server.listen`; tests fix both)."""
+    ``subscriptions/listen`` whose upstream stream broke (`proxy.server.listen`; tests fix both), sent on
+    the route its path has then in `current` (a reload may have retired the pool the listen began on);
+    without `current`, on the call's own route."""
 
-    __slots__ = ("_draining", "_ended", "_long_lived", "clock", "rng")
+    __slots__ = ("_current", "_draining", "_ended", "_long_lived", "clock", "rng")
 
-    def __init__(self, clock: Clock | None = None, rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self, clock: Clock | None = None, rng: Callable[[], float] = random.random, current: RuntimeRef | None = None
+    ) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.rng = rng
+        self._current = current
         self._long_lived: set[_Closable] = set()
         self._draining = False
         self._ended: dict[tuple[str, str], float] = {}
@@ -276,32 +281,13 @@ class Relay:
                 else error or StreamEndedEarly("upstream ended the listen stream before its response", upstream=call.upstream)
             )
             if isinstance(outcome, _Reissued):
-                upstream, head, watcher = outcome.stream, outcome.head, outcome.watcher
-                again = head.ack
-                if again is None and any(seen.final is not None for seen in head.early):
-                    passed = watched.cut + head.read  # the upstream's final answer to the re-issue: it ends the stream
+                upstream, head, watcher = outcome
+                taken = _taken_up(runtime, call, resume, head, notices)
+                if isinstance(taken, bytes):
+                    passed = watched.cut + taken
                     continue
-                if resume.honoured is not None and again is not None:
-                    lost = narrowed(resume.honoured, again)
-                    if lost:
-                        await upstream.close()
-                        outcome = StreamBroken(
-                            "upstream acknowledged the re-issued subscriptions/listen with a narrower filter (no "
-                            f"longer: {', '.join(lost)[:200]}); listen again", upstream=call.upstream,
-                        )  # fmt: skip
-                    else:
-                        assert notices is not None
-                        body, kinds = notices
-                        for kind in kinds:  # what the notices say may have changed is not served from the cache
-                            runtime.shared.cache.invalidate_lists(call.upstream, kind)
-                        passed = watched.cut + body + head.read[head.end :]
-                else:
-                    resume.honoured = resume.honoured or again  # the client sees its first acknowledgement now
-                    passed = watched.cut + head.read
-                if not isinstance(outcome, ProxyError):
-                    resume.acknowledged(resumed=True)
-                    _report_resumed(runtime, call, resume)
-                    continue
+                await upstream.close()
+                outcome = taken
             if outcome is _GONE:
                 return response
             if outcome is _DRAINED:
@@ -355,6 +341,8 @@ class Relay:
         at_least = 0.0
         try:
             while True:
+                if self._draining:
+                    return _DRAINED
                 delay = resume.delay(at_least)
                 if delay is None:
                     return _gave_up(call, resume, last)
@@ -372,7 +360,7 @@ class Relay:
                 number = resume.sent()
                 try:
                     async with waiting.bounded(timeout):
-                        reply = await reissue(route, call, number)
+                        reply = await reissue(self._route_now(request, route), call, number)
                         outcome = await self._reopened(runtime, call, reply)
                 except TimeoutError:
                     if self._draining:
@@ -394,6 +382,12 @@ class Relay:
                 return outcome
         finally:
             self._long_lived.discard(waiting)
+
+    def _route_now(self, request: web.BaseRequest, route: Route) -> Route:
+        """Where a re-issue goes: the route of the request's path now (`current`), else the call's own."""
+        if self._current is None:
+            return route
+        return self._current.current.routes.get(request.path, route)
 
     async def _reopened(self, runtime: Runtime, call: Call, reply: Reply) -> object:
         """What a re-issue's answer is: a stream whose head is read (`_Reissued`), the upstream's own final
@@ -769,19 +763,53 @@ def _client_gone(request: web.BaseRequest) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _answer_of(call: Call, reply: Reply) -> _Answered | ProxyError:
-    """A JSON answer to a re-issued listen: its JSON-RPC response as an event with the listen's id (a
-    server may write null in an error), or, when it holds none (a 404 page), the error the stream ends with."""
+def _answer_of(call: Call, reply: Reply) -> _Answered:
+    """A JSON answer to a re-issued listen (not a 5xx or 429): the upstream's final word, the client's last
+    event. Its JSON-RPC response is passed with the listen's id (a server may write null in an error); an
+    answer holding none (a 404 page) ends the stream with the proxy's error saying what came instead."""
     message = reply.message
+    status = reply.status
+    outcome = f"http_{status // 100}xx" if status >= 400 else "ok"
     if isinstance(message, dict) and ("error" in message or "result" in message) and "method" not in message:
-        status = reply.status
-        outcome = f"http_{status // 100}xx" if status >= 400 else "jsonrpc_error" if "error" in message else "ok"
-        event = b"event: message\ndata: " + orjson.dumps({**message, "id": call.message.id}) + b"\n\n"
-        return _Answered(event, outcome)
-    return StreamBroken(
-        f"upstream answered the re-issued subscriptions/listen with HTTP {reply.status} and no JSON-RPC response",
+        outcome = outcome if status >= 400 or "error" not in message else "jsonrpc_error"
+        return _Answered(b"event: message\ndata: " + orjson.dumps({**message, "id": call.message.id}) + b"\n\n", outcome)
+    error = StreamBroken(
+        f"upstream answered the re-issued subscriptions/listen with HTTP {status} and no JSON-RPC response",
         upstream=call.upstream,
     )
+    return _Answered(_sse_error(call.message.id, error), outcome)
+
+
+def _taken_up(
+    runtime: Runtime, call: Call, resume: ListenResume, head: Head, notices: tuple[bytes, list[str]] | None
+) -> bytes | StreamBroken:
+    """What the client hears of a re-issued listen's `head` (its stream goes on after it), or the error its
+    stream ends with instead. The acknowledgement of a listen whose client has one already is swallowed and
+    the refetch `notices` take its place (the lists they announce are forgotten by the cache: the client
+    will ask again); one honouring less than the first is that error. Without a first one (the first
+    stream broke before it), it is the client's first, passed on. A head holding the upstream's final
+    answer (an error: the re-issue was refused) is passed on as it is, and resumes nothing."""
+    again = head.ack
+    if again is None and any(seen.final is not None for seen in head.early):
+        return head.read
+    if resume.honoured is not None and again is not None:
+        lost = narrowed(resume.honoured, again)
+        if lost:
+            return StreamBroken(
+                "upstream acknowledged the re-issued subscriptions/listen with a narrower filter (no longer: "
+                f"{', '.join(lost)[:200]}); listen again", upstream=call.upstream,
+            )  # fmt: skip
+        assert notices is not None, "a listen whose notices would be too many is not re-issued"
+        body, kinds = notices
+        for kind in kinds:
+            runtime.shared.cache.invalidate_lists(call.upstream, kind)
+        taken = body + head.read[head.end :]
+    else:
+        resume.honoured = resume.honoured or again
+        taken = head.read
+    resume.acknowledged(resumed=True)
+    _report_resumed(runtime, call, resume)
+    return taken
 
 
 def _gave_up(call: Call, resume: ListenResume, last: ProxyError) -> StreamBroken:
