@@ -824,8 +824,7 @@ def _report_resumed(runtime: Runtime, call: Call, resume: ListenResume) -> None:
     """The ``stream_resumed`` event (and metric) of a resumed listen: no event ids (a listen has no replay),
     no session (generation 0: the 2026-07-28 era has none), the gap from the break to the acknowledgement."""
     fields = {"upstream": call.upstream, "stream": "listen", "from_event_id": False, "generation": 0, "gap_ms": resume.gap_ms}
-    runtime.metrics.policy_event("stream_resumed", None, **fields)
-    runtime.events.policy_event("stream_resumed", None, **fields)
+    runtime.observer.policy_event("stream_resumed", None, **fields)
 
 
 def _settled(route: Route, call: Call, verdict: Verdict) -> None:
