@@ -20,9 +20,14 @@ Three kinds of answer arrive as SSE, and all of them are read through one `proxy
 
 Along the way a ``notifications/<kind>/list_changed`` empties the cache's lists of that kind. When a
 call's stream ends (`_settled`): the breaker and passive health, which saw only the answer's head, get
-its verdict; a stream that ends or breaks before the final response and gave no event ids to resume
-from gets a last event carrying the JSON-RPC error (an SDK client whose stream just ends loses its whole
-session); with event ids it just ends (``resumable``: the client resumes with ``Last-Event-ID``). That
+its verdict. A stream that ends or breaks before the final response, its client still there, is carried
+on under the client's open stream when the upstream can (`Relay._continue`): with event ids and a legacy
+session it is resumed as the spec says, a GET with ``Last-Event-ID`` on the session (the server replays
+what was missed; a ``stream_resumed`` event, ``stream: answer``); when that cannot be (a restarted server
+has neither the session nor the events), a call that is idempotent and none of whose content (an event
+with data) reached the client is sent again through the pipeline, where a lost session is rebuilt, and
+its answer continues the stream. Otherwise the stream gets a last event carrying the JSON-RPC error with
+the request's id (an SDK client whose stream just ends loses its whole session). That
 error is always an event of its own: the bytes of an event not yet complete are held back (`_pump`), so
 it never lands inside a half event, and none is added after an event that may have been the response
 but could not be read (``unread_event``: the client has its one answer, the server's). An answer in a
@@ -215,15 +220,75 @@ class Relay:
         elif not answered:
             if long_lived and self._draining:
                 settle("drained")  # the proxy is shutting down: end the subscription cleanly
-            elif watched.watcher.last_event_id is not None:
-                settle("resumable")
             else:
+                continued = None
+                if not long_lived and not self._draining and not _client_gone(request):
+                    continued = await self._continue(request, runtime, route, call, response, watched, watch)
+                if continued is _GONE or continued is _FINISHED:
+                    return response
                 error = error or StreamEndedEarly("upstream ended the stream before the response", upstream=call.upstream)
                 failed(error)
                 settle(error.reason)
                 await _write_quietly(response, watched.cut + _sse_error(call.message.id, error))
         await _end_quietly(response)
         return response
+
+    async def _continue(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        call: Call,
+        response: web.StreamResponse,
+        watched: _Watched,
+        watch: _CallWatch,
+    ) -> object:
+        """A call's answer broke (or ended) before its final response, the client still there: carry on
+        under the client's open stream if the upstream can (see the module docstring). Returns `_FINISHED`
+        once the final response passed, `_GONE` when the client left, else None (the caller adds the error).
+
+        1. With event ids and a legacy session, the stream is resumed as the spec says: a GET with
+           ``Last-Event-ID`` on the session (up to `ANSWER_RESUMES` times, while each resumed stream
+           breaks in turn); the server replays what the client missed, then the rest.
+        2. Else, or when the server cannot resume it (it restarted: its events are gone), a call that is
+           idempotent and none of whose answer's content reached the client (an event with data) is sent
+           again through the pipeline (a lost session is rebuilt there), and its answer continues the stream.
+        """
+        if watched.cut:
+            if not await _written(response, watched.cut):
+                return _GONE
+            watched.cut = b""
+        last_id = watched.watcher.last_event_id
+        content = watched.watcher.messages
+        if last_id is not None and call.session_id is not None:
+            for _ in range(ANSWER_RESUMES):
+                broke_at = time.monotonic()
+                reopened = await _reopen_answer(route, call, last_id)
+                if reopened is None:
+                    break
+                _report_answer_resumed(runtime, call, broke_at)
+                resumed = _Watched(reopened, runtime, call.message.id, call.upstream)
+                ended = await self._pump(response, resumed, watch, long_lived=False)
+                if ended is _FINISHED or ended is _GONE:
+                    return ended
+                content += resumed.watcher.messages
+                if resumed.cut and not await _written(response, resumed.cut):
+                    return _GONE
+                last_id = resumed.watcher.last_event_id or last_id
+        if not call.idempotent or content or _client_gone(request):
+            return None
+        try:
+            reply = await route.pipeline(call)
+        except ProxyError:
+            return None
+        if reply.stream is None:
+            if not _answers(call, reply.message):
+                return None
+            watch(Seen(final=reply.message))
+            return _FINISHED if await _written(response, _as_event(reply.body or b"")) else _GONE
+        again = _Watched(reply, runtime, call.message.id, call.upstream)
+        ended = await self._pump(response, again, watch, long_lived=False)
+        return ended if ended is _FINISHED or ended is _GONE else None
 
     async def _listen(
         self,
@@ -827,6 +892,53 @@ def _report_resumed(runtime: Runtime, call: Call, resume: ListenResume) -> None:
     runtime.observer.policy_event("stream_resumed", None, **fields)
 
 
+ANSWER_RESUMES: Final = 3
+"""Times a broken call answer is resumed with ``Last-Event-ID`` (each resumed stream may break in turn)."""
+_NOT_FOR_A_GET: Final = ("Content-Type", "Content-Length", "Mcp-Method", "Mcp-Name", "Last-Event-ID")
+
+
+async def _reopen_answer(route: Route, call: Call, last_id: str) -> Reply | None:
+    """The GET that resumes `call`'s answer after event `last_id`, on its session (`Call.headers` carry the
+    session id the upstream knows); None when the upstream does not give a stream (a server that
+    restarted no longer knows the session, or has no such events)."""
+    headers = call.headers.copy()
+    for name in _NOT_FOR_A_GET:
+        headers.popall(name, None)
+    headers["Accept"] = "text/event-stream"
+    headers["Last-Event-ID"] = last_id
+    timeouts = call.policy.timeouts
+    try:
+        reply = await route.upstream.exchange(
+            "GET", headers, None, timeouts.per_try, timeouts.stream_idle, owner=call.owner, query=call.query
+        )
+    except ProxyError:
+        return None
+    if reply.stream is None or not 200 <= reply.status < 300:
+        if reply.stream is not None:
+            await reply.stream.close()
+        return None
+    return reply
+
+
+def _answers(call: Call, message: Any) -> bool:
+    """`message` is a JSON-RPC response to `call` (a result, or an error: with its id, or id null)."""
+    if not isinstance(message, dict) or not ("result" in message or isinstance(message.get("error"), dict)):
+        return False
+    return message.get("id") == call.message.id or (message.get("id") is None and "error" in message)
+
+
+def _as_event(body: bytes) -> bytes:
+    """A JSON answer as the SSE event that carries it (each of its lines a ``data:`` line)."""
+    return b"event: message\n" + b"".join(b"data: " + line + b"\n" for line in body.splitlines()) + b"\n"
+
+
+def _report_answer_resumed(runtime: Runtime, call: Call, broke_at: float) -> None:
+    runtime.observer.policy_event(
+        "stream_resumed", None, upstream=call.upstream, stream="answer", from_event_id=True,
+        generation=0, gap_ms=round((time.monotonic() - broke_at) * 1000, 3),
+    )  # fmt: skip
+
+
 def _settled(route: Route, call: Call, verdict: Verdict) -> None:
     """A streamed answer is over: the breaker and passive health saw only its headers (`STREAMING`), so
     its end is their verdict. Its response passed (or an event that may have been it, unread; or the
@@ -940,6 +1052,15 @@ def _cut_off(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
+
+
+async def _written(response: web.StreamResponse, data: bytes) -> bool:
+    """Write `data`; False when the client is gone."""
+    try:
+        await response.write(data)
+    except ConnectionResetError:
+        return False
+    return True
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
