@@ -299,9 +299,10 @@ class SessionLost(CallEvent):
     was tried and did not work (`why`), the client heard a session loss."""
     why: str | None
     """Why recovery failed: ``version_changed``, ``capabilities_changed``, ``no_session_id``,
-    ``initialize_refused``, ``upstream_failed``, ``too_frequent``, ``lost_again``, ``not_restorable``
-    (a recorded request was over its bound), ``answers_a_lost_request`` (a client's answer to a request of
-    the lost session: dropped), ``not_replayable`` (a batch); None otherwise."""
+    ``initialize_refused``, ``upstream_failed``, ``deadline`` (the call's ``timeouts.total`` passed during
+    the rebuild), ``too_frequent``, ``lost_again``, ``not_restorable`` (a recorded request was over its
+    bound), ``answers_a_lost_request`` (a client's answer to a request of the lost session: dropped),
+    ``not_replayable`` (a batch); None otherwise."""
 
 
 @_kind
@@ -450,9 +451,10 @@ class StreamResumed(Event):
     """Reopened with ``Last-Event-ID`` (the server replays what the stream missed); False: reopened from
     now on (a restarted server has nothing to replay)."""
     generation: int
-    """The session's generation when it reopened (0: the session was never rebuilt)."""
+    """The session's generation when it reopened (0: the session was never rebuilt; always 0 for
+    ``listen``: the 2026-07-28 era has no session)."""
     gap_ms: float
-    """From the upstream stream's end to its reopening."""
+    """From the upstream stream's end to its reopening (for ``listen``: to the re-issue's acknowledgement)."""
 
 
 EVENT_TYPES: Final = tuple(KINDS)
