@@ -313,10 +313,10 @@ def _add_session_event(sessions: SessionStats, event: Event, ts: float, kind: st
     """Count one `SESSION_EVENTS` event into its upstream's sessions. A `session_lost` without a textual
     `recovery` is one of a recording from before the proxy recovered sessions (`SessionLoss.recovery` None)."""
     if kind == "session_lost":
-        recovery, reason = event.get("recovery"), event.get("reason")
+        recovery = event.get("recovery")
+        why = event.get("why", event.get("reason"))  # named `reason` in the proxy's first recovering build
         sessions.losses.append(SessionLoss(
-            event_id, ts, _call_id(event), recovery if isinstance(recovery, str) else None,
-            reason if isinstance(reason, str) else None,
+            event_id, ts, _call_id(event), recovery if isinstance(recovery, str) else None, why if isinstance(why, str) else None,
         ))  # fmt: skip
     elif kind == "session_recovered":
         sessions.recovered_ids.append(event_id)

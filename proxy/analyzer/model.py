@@ -433,8 +433,8 @@ class SessionLoss:
     """What became of it (`proxy.events.types.SessionLost.recovery`: ``recovering``, ``off``,
     ``unknown_session``, ``failed``); None in a recording from before the proxy recovered sessions,
     whose events do not say."""
-    reason: str | None
-    """Why recovery failed (with ``failed``), else None."""
+    why: str | None
+    """Why recovery failed (with ``failed``: `proxy.events.types.SessionLost.why`), else None."""
 
 
 @dataclass(slots=True)

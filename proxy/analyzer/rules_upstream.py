@@ -90,13 +90,15 @@ _REASONS = {
     "too_frequent": "the session had been rebuilt 3 times within the minute already",
     "lost_again": "the rebuilt session was lost again at once, on the replay",
     "upstream_failed": "the upstream failed the rebuild (no connection, 5xx or 429, or no answer in time)",
+    "deadline": "the call's deadline (timeouts.total) passed while its session was rebuilt; the rebuild went on for "
+    "the requests after it",
     "initialize_refused": "the upstream refused the client's initialize when it was sent again",
     "not_restorable": "the session recorded more than the proxy keeps (a request over 64 KiB, or over 1,024 "
     "subscriptions), so a rebuild would have lost state and none was tried",
     "answers_a_lost_request": "a client's answer to a request of the lost session, which died with it, was dropped",
     "not_replayable": "a message the proxy does not replay (a JSON-RPC batch) met the loss and was passed on",
 }
-"""What each `session_lost.reason` means, in the advice's words."""
+"""What each `session_lost.why` means, in the advice's words."""
 
 
 def rate_limit(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
@@ -354,7 +356,7 @@ def session_lost(analysis: Analysis, config: ProxyConfig, addressed: Addressed =
         off = _recovery_off(analysis, stats.name, sessions, upstream)
         longer = _longer_recovery_timeout(analysis, stats.name, sessions, upstream)
         covered = frozenset() if longer is None else longer[1]
-        advice = _advice(analysis, stats, upstream, covered)
+        advice = _advice(analysis, stats, upstream, covered, carried=config.sessions_file is not None)
         proposals += [p for p in (off, None if longer is None else longer[0], advice) if p is not None]
     return proposals
 
@@ -395,7 +397,7 @@ def _ran_out(sessions: SessionStats, limit_s: float) -> list[SessionLoss]:
     seconds = sessions.rebuild_seconds()
     return [
         loss for loss in sessions.with_recovery("failed")
-        if loss.reason == "upstream_failed" and seconds.get(loss.id, 0.0) >= RAN_OUT * limit_s
+        if loss.why == "upstream_failed" and seconds.get(loss.id, 0.0) >= RAN_OUT * limit_s
     ]  # fmt: skip
 
 
@@ -443,7 +445,7 @@ def _longer_recovery_timeout(
     return proposal, frozenset(loss.id for loss in ran_out)
 
 
-def _advice(analysis: Analysis, stats: UpstreamStats, upstream: UpstreamConfig, covered: frozenset[int]) -> Proposal | None:
+def _advice(analysis: Analysis, stats: UpstreamStats, upstream: UpstreamConfig, covered: frozenset[int], carried: bool) -> Proposal | None:
     """One advisory for what no config change is shown to mend: recovery failing (`_failures`), sessions the
     proxy had no record of (`_unknown`), losses of a recording that does not say (`_unstated`); each part
     only past `MIN_SESSION_LOST`, the failures but those a longer `recovery_timeout` covers (`covered`)."""
@@ -452,7 +454,7 @@ def _advice(analysis: Analysis, stats: UpstreamStats, upstream: UpstreamConfig, 
     parts = [
         part for part in (
             _failures(name, sessions, upstream, covered) if recovery else None,
-            _unknown(sessions, upstream) if recovery else None,
+            _unknown(sessions, upstream, carried) if recovery else None,
             _unstated(name, sessions, recovery),
         ) if part is not None
     ]  # fmt: skip
@@ -490,10 +492,10 @@ class _Part:
 def _failures(name: str, sessions: SessionStats, upstream: UpstreamConfig, covered: frozenset[int]) -> _Part | None:
     """Recovery was tried or refused and failed for `MIN_SESSION_LOST` requests a client heard: why, by reason."""
     failed = [loss for loss in sessions.with_recovery("failed") if loss.id not in covered]
-    heard = [loss for loss in failed if loss.reason not in _UNHEARD]
+    heard = [loss for loss in failed if loss.why not in _UNHEARD]
     if len(heard) < MIN_SESSION_LOST:
         return None
-    reasons = Counter(loss.reason or "unstated" for loss in failed)
+    reasons = Counter(loss.why or "unstated" for loss in failed)
     listed = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
     said = [f"Session recovery on {name} failed for {len(failed)} requests ({listed})."]
     changed = sum(reasons[r] for r in _CHANGED)
@@ -561,9 +563,10 @@ def _upstream_failed(sessions: SessionStats, upstream: UpstreamConfig, n: int, c
     )
 
 
-def _unknown(sessions: SessionStats, upstream: UpstreamConfig) -> _Part | None:
+def _unknown(sessions: SessionStats, upstream: UpstreamConfig, carried: bool) -> _Part | None:
     """Losses of sessions the proxy had no record of: `MIN_SESSION_LOST`, and `UNKNOWN_SHARE` of the losses
-    met with recovery on (the others' sessions it knew: ``recovering``, or ``failed`` at once)."""
+    met with recovery on (the others' sessions it knew: ``recovering``, or ``failed`` at once). `carried`:
+    the proxy carries its sessions over its own restart (`sessions_file`)."""
     unknown = sessions.with_recovery("unknown_session")
     known = [loss for loss in sessions.met() if loss.recovery in ("recovering", "failed")]
     u = len(unknown)
@@ -572,16 +575,17 @@ def _unknown(sessions: SessionStats, upstream: UpstreamConfig) -> _Part | None:
         return None
     settings = upstream.sessions
     idle, most = format_duration(settings.idle_timeout), settings.max_sessions
+    before = "unless carried over in sessions_file" if carried else "(set sessions_file to carry them over the proxy's own restart)"
     return _Part(
         title=f"{u} lost sessions unknown to the proxy: raise sessions.max_sessions or idle_timeout",
         rationale=(
             f"{u} of the {u + len(known)} requests that met a lost session came from sessions the proxy had no record "
             f"of, so no rebuild was tried and each client heard the loss. The proxy forgets a session unused for "
             f"sessions.idle_timeout ({idle}) when new ones open, and the least recently used past sessions.max_sessions "
-            f"({most}): a session forgotten so loses its protection. Sessions opened before the proxy started (or while "
-            f"recovery was off), and those whose initialize is over 64 KiB, are never recorded: if the proxy started "
-            f"shortly before these losses, that is the likelier cause. Otherwise raise sessions.max_sessions (each "
-            f"session keeps its initialize request and subscriptions) or idle_timeout."
+            f"({most}): a session forgotten so loses its protection. Sessions opened before the proxy started are "
+            f"unknown to it {before}, and so are those opened while recovery was off or whose initialize is over 64 KiB: "
+            f"if the proxy started shortly before these losses, that is the likelier cause. Otherwise raise "
+            f"sessions.max_sessions (each session keeps its initialize request and subscriptions) or idle_timeout."
         ),
         effect=f"{u} requests of sessions the proxy did not keep heard the upstream's loss, with no rebuild tried",
         numbers={"unknown_session": u},

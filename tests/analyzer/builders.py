@@ -123,12 +123,12 @@ class Stream:
     def health_changed(self, at: float, old: str, new: str, cause: str = "active") -> dict[str, Any]:
         return self._upstream_event("health_changed", at, old=old, new=new, cause=cause, detail="probe")
 
-    def session_lost(self, at: float, recovery: str | None = None, reason: str | None = None, **kw: Any) -> dict[str, Any]:
+    def session_lost(self, at: float, recovery: str | None = None, why: str | None = None, **kw: Any) -> dict[str, Any]:
         """A lost legacy session. Without `recovery`: as a proxy recorded it before it recovered sessions (an
         upstream event, no call, no `recovery`); with it: the call event the proxy publishes now."""
         if recovery is None:
             return self._upstream_event("session_lost", at, error={"kind": "session_expired", "http_status": 404, "jsonrpc_code": None, "message": "session not found"})
-        return self._call("session_lost", at, recovery=recovery, reason=reason, **kw)
+        return self._call("session_lost", at, recovery=recovery, why=why, **kw)
 
     def session_recovered(self, at: float, recovery_ms: float, generation: int = 1, restored: list[str] | None = None, **kw: Any) -> dict[str, Any]:
         return self._call("session_recovered", at, generation=generation, recovery_ms=recovery_ms, restored=restored or ["initialized"], **kw)

@@ -155,7 +155,7 @@ class EventMix:
             if outcome == "recovered":
                 s.session_recovered(at + 0.001, recovery_ms=rng.uniform(20.0, 9000.0), call_id=call)
             else:
-                s.session_lost(at + 0.001, recovery="failed", reason="upstream_failed" if outcome == "ran_out" else "version_changed", call_id=call)
+                s.session_lost(at + 0.001, recovery="failed", why="upstream_failed" if outcome == "ran_out" else "version_changed", call_id=call)
         if rng.random() < 0.3:
             s.stream_resumed(at + 0.002, stream=rng.choice(("get", "answer", "listen")))
 

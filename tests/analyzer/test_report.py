@@ -44,7 +44,7 @@ def test_the_sessions_table_counts_what_became_of_each_loss() -> None:
         s.session_lost(10.0 * i, recovery="recovering", call_id=call)
         s.session_recovered(10.0 * i + 1, recovery_ms=ms, call_id=call)
     s.session_lost(40.0, recovery="recovering", call_id="c-changed")
-    s.session_lost(40.5, recovery="failed", reason="version_changed", call_id="c-changed")
+    s.session_lost(40.5, recovery="failed", why="version_changed", call_id="c-changed")
     s.session_lost(50.0, recovery="unknown_session")
     s.stream_resumed(51.0)
     s.stream_resumed(52.0, stream="answer", from_event_id=True)

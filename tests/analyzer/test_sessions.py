@@ -41,13 +41,13 @@ def recovered(s: Stream, at: float, recovery_ms: float = 80.0) -> None:
     s.session_recovered(at + recovery_ms / 1000, recovery_ms=recovery_ms, call_id=call)
 
 
-def failed(s: Stream, at: float, reason: str, after_s: float = 0.05, rebuilt: bool = True) -> str:
-    """A request meets a loss and recovery fails with `reason`: after a rebuild of `after_s` (`rebuilt`),
+def failed(s: Stream, at: float, why: str, after_s: float = 0.05, rebuilt: bool = True) -> str:
+    """A request meets a loss and recovery fails (`why`): after a rebuild of `after_s` (`rebuilt`),
     or refused at once (``too_frequent``, ``not_restorable``...). Returns the call id."""
     call = s.call_id()
     if rebuilt:
         s.session_lost(at, recovery="recovering", call_id=call)
-    s.session_lost(at + (after_s if rebuilt else 0.0), recovery="failed", reason=reason, call_id=call)
+    s.session_lost(at + (after_s if rebuilt else 0.0), recovery="failed", why=why, call_id=call)
     return call
 
 
@@ -147,7 +147,7 @@ def test_sessions_forgotten_all_the_time_point_at_replicas_without_affinity() ->
     call = s.call_id()  # rebuilt, replayed, and lost again on the replay
     s.session_lost(40.0, recovery="recovering", call_id=call)
     s.session_recovered(40.1, recovery_ms=100.0, call_id=call)
-    s.session_lost(40.2, recovery="failed", reason="lost_again", call_id=call)
+    s.session_lost(40.2, recovery="failed", why="lost_again", call_id=call)
     [p] = run(s.events)
     assert p.title == "Legacy sessions of api: recovery failed for 4 requests (too_frequent 3, lost_again 1)"
     assert "4 were lost again and again (3 the session had been rebuilt 3 times within the minute already; 1 the rebuilt session was lost again at once, on the replay)" in p.rationale
@@ -260,6 +260,29 @@ def test_failures_no_client_hears_do_not_count_towards_the_floor() -> None:
     assert "5: a client's answer to a request of the lost session, which died with it, was dropped." in p.rationale
 
 
+def test_calls_whose_deadline_passed_during_the_rebuild_are_named() -> None:
+    s = Stream()
+    for i in range(3):
+        failed(s, 10.0 * i, "deadline", after_s=2.0)
+    [p] = run(s.events)
+    assert p.rationale == (
+        "Session recovery on api failed for 3 requests (deadline 3). 3: the call's deadline (timeouts.total) passed "
+        "while its session was rebuilt; the rebuild went on for the requests after it."
+    )
+
+
+def test_a_recording_that_named_the_failure_reason_is_read_too() -> None:
+    """The proxy's first recovering build published `reason`, not `why`: the same failures."""
+    s = Stream()
+    for i in range(3):
+        failed(s, 10.0 * i, "version_changed")
+    for event in s.events:
+        if "why" in event:
+            event["reason"] = event.pop("why")
+    [p] = run(s.events)
+    assert p.evidence["failed"] == {"version_changed": 3}
+
+
 def test_too_few_failures_propose_nothing() -> None:
     s = Stream()
     for i in range(MIN_SESSION_LOST - 1):
@@ -282,6 +305,9 @@ def test_many_losses_of_sessions_the_proxy_did_not_keep_advise_a_larger_table() 
     assert p.evidence["unknown_session"] == 5 and (p.evidence["max_sessions"], p.evidence["idle_timeout"]) == (10000, "30m")
     [share] = p.statistics
     assert (share.k, share.n, round(share.bound(), 3), share.threshold) == (5, 10, 0.269, 0.1)
+    assert "Sessions opened before the proxy started are unknown to it (set sessions_file to carry them over the proxy's own restart)" in p.rationale
+    [p] = run(s.events, "sessions_file: /var/lib/proxy/sessions.json\n" + sc.CONFIG)
+    assert "Sessions opened before the proxy started are unknown to it unless carried over in sessions_file, and so are" in p.rationale
 
 
 def test_a_few_unknown_sessions_among_many_kept_ones_are_not_material() -> None:
