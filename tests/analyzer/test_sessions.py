@@ -15,8 +15,10 @@ import pytest
 from proxy.analyzer import Analysis, Change, Proposal, Window, analyze, rules_upstream
 from proxy.analyzer.rules_upstream import MIN_SESSION_LOST
 from proxy.config.model import load_config
+from proxy.events.recorder import EventBus, EventRecorder
 from tests.analyzer import scenarios as sc
 from tests.analyzer.builders import T0, Stream
+from tests.fakes import make_call
 
 Events = list[dict[str, Any]]
 
@@ -371,3 +373,28 @@ def test_a_rebuild_and_its_failure_pair_up_across_window_slices(boundary: float)
     whole = Analysis.from_events(s.events, None).upstreams["api"].sessions
     assert merged == whole
     assert (len(merged.met()), sorted(merged.rebuild_seconds().values())) == (4, [pytest.approx(10.0)] * 3)
+
+
+# -- events as the proxy publishes them -------------------------------------------------------------
+
+
+def test_session_events_as_the_proxy_publishes_them() -> None:
+    """Typed events (`EventRecorder.strict`: a field the schema does not have fails): int call ids pair a
+    rebuild's start with its failure; the recovery's time is read."""
+    bus = EventBus()
+    recorder = EventRecorder(bus)
+    recorder.strict = True
+    calls = [make_call(b'{"jsonrpc":"2.0","id":%d,"method":"tools/list"}' % n) for n in range(4)]
+    for call in calls[:3]:
+        recorder.policy_event("session_lost", call, recovery="recovering", why=None)
+        recorder.policy_event("session_lost", call, recovery="failed", why="capabilities_changed")
+    recorder.policy_event("session_lost", calls[3], recovery="recovering", why=None)
+    recorder.policy_event("session_recovered", calls[3], generation=1, recovery_ms=12.5, restored=["initialized", "log_level"])
+    recorder.policy_event("stream_resumed", None, upstream=calls[0].upstream, stream="get", from_event_id=False, generation=1, gap_ms=3.0)
+    events = bus.recent()
+    assert all(isinstance(e["call_id"], int) for e in events if e["type"] != "stream_resumed")
+    analysis = Analysis.from_events(events, window_s=None)
+    sessions = analysis.upstreams[calls[0].upstream].sessions
+    assert [(loss.recovery, loss.why) for loss in sessions.met()] == [("recovering", None)] * 4
+    assert (len(sessions.rebuild_seconds()), sessions.recovery_ms, dict(sessions.resumed)) == (3, [12.5], {"get": 1})
+    assert analysis.targets == {}
