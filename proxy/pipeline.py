@@ -2,8 +2,8 @@
 
 Every JSON-RPC request goes, outermost to innermost::
 
-    classify -> fallback -> rate_limit -> retry -> breaker -> passive_health -> timeout -> transport -> upstream
-                `---------- per call ----------´    `------------------ per try (Attempt) ------------------´
+    classify -> fallback -> rate_limit -> session -> retry -> breaker -> passive_health -> timeout -> transport
+                `-------------- per call --------------´    `-------------- per try (Attempt) --------------´
 
 Why this order:
 
@@ -12,6 +12,9 @@ Why this order:
 - **fallback** is outermost so a cached answer can stand in for *any* failure below it, a
   rate-limit rejection and an open breaker included.
 - **rate_limit** spends one token per client call, before any upstream work, and never per retry.
+- **session** (legacy sessions, `proxy.sessions.stage`) sits inside both: the request it replays on a
+  rebuilt session after the upstream lost it is the same client call (one token; a stored answer can
+  still stand in if the rebuild fails), and outside the retry, so each pass gets the whole retry policy.
 - **retry** wraps the breaker, so every attempt is counted by the breaker, and an open breaker fails
   the remaining attempts fast (`CircuitOpen` is never retried).
 - **breaker** wraps the timeout, so a timed-out attempt counts as a breaker failure.
@@ -55,7 +58,7 @@ from proxy.policies.base import (
 
 __all__ = ["PIPELINE_ORDER", "Stages", "build_pipeline"]
 
-PIPELINE_ORDER: Final[tuple[str, ...]] = ("fallback", "rate_limit", "retry", "breaker", "passive_health", "timeout")
+PIPELINE_ORDER: Final[tuple[str, ...]] = ("fallback", "rate_limit", "session", "retry", "breaker", "passive_health", "timeout")
 """Stage names, outermost first. Tests assert this order; change it only with the docstring above."""
 
 
@@ -64,6 +67,9 @@ class Stages(TypedDict, total=False):
 
     fallback: CallStage | None
     rate_limit: CallStage | None
+    session: Callable[[Call, CallHandler], Awaitable[Reply]] | None
+    """A plain function handing back the coroutine (`proxy.sessions.stage.SessionStage`): no frame of its
+    own for a call without a session."""
     retry: AttemptMaker | None
     breaker: AttemptStage | None
     passive_health: AttemptStage | None

@@ -37,6 +37,8 @@ from proxy.policies.ratelimit import RateLimitStage
 from proxy.config.resolve import PolicyResolver
 from proxy.policies.retry import RetryStage
 from proxy.policies.timeout import TimeoutStage
+from proxy.sessions.keeper import UpstreamSessions
+from proxy.sessions.stage import SessionStage
 from proxy.upstream.transport import HttpUpstream
 
 __all__ = ["Route", "Runtime", "RuntimeRef", "SharedStages", "UpstreamState", "build_runtime", "config_hash"]
@@ -62,6 +64,8 @@ class UpstreamState:
     health: UpstreamHealth
     clients: ClientSlots
     """Requests open per client: kept across reloads, so a reload never resets a client's count."""
+    sessions: UpstreamSessions
+    """The legacy sessions kept for recovery (`proxy.sessions`): kept across reloads, like the clients'."""
     prober: HealthProber | None = None
 
 
@@ -122,13 +126,14 @@ def _configures(upstream: UpstreamConfig, section: str) -> bool:
 def build_stages(
     upstream: UpstreamConfig, state: UpstreamState, shared: SharedStages, clock: Clock, observer: Observer, observe: float
 ) -> Stages:
-    """The policy stages one upstream needs: retry, breaker and timeout always; rate limit and cache
+    """The policy stages one upstream needs: session, retry, breaker and timeout always; rate limit and cache
     only when the upstream or one of its rules configures them (an unused stage costs nothing)."""
     stages: Stages = {}
     if _configures(upstream, "cache"):
         stages["fallback"] = shared.cache
     if _configures(upstream, "rate_limit"):
         stages["rate_limit"] = shared.rate_limit
+    stages["session"] = SessionStage(state.sessions, state.transport, observer)
     stages["retry"] = state.retry
     stages["breaker"] = state.breaker
     if upstream.health.passive.enabled:
@@ -159,6 +164,7 @@ def _state_for(
             catalog=catalog,
             health=_new_health(upstream, clock, metrics, observer),
             clients=ClientSlots(upstream.name),
+            sessions=UpstreamSessions(upstream.name, upstream.sessions, on_count=metrics.set_sessions),
         )
     if previous.transport.config.url != upstream.url:
         # Another server now: nothing learned about the old one (breakers, budgets, its tool
@@ -172,7 +178,10 @@ def _state_for(
     health = previous.health
     if health.config != upstream.health:
         health = _new_health(upstream, clock, metrics, observer)
-    return UpstreamState(transport, previous.retry, previous.breaker, previous.catalog, health, previous.clients)
+    previous.sessions.reconfigure(upstream.sessions)
+    return UpstreamState(
+        transport, previous.retry, previous.breaker, previous.catalog, health, previous.clients, previous.sessions
+    )
 
 
 def build_runtime(

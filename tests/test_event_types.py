@@ -40,7 +40,9 @@ EMISSIONS: dict[str, list[tuple[bool, dict[str, Any]]]] = {
     "rate_limited": [(True, {"retry_after": 0.25})],
     "fallback_served": [(True, {"status": "hit"}), (True, {"status": "stale", "age": 40.5})],
     "health_changed": [(False, {"upstream": "up", "old": "unknown", "new": "unhealthy", "cause": "passive", "detail": "connect_error"})],
-    "session_lost": [(True, {})],
+    "session_lost": [(True, {"recovery": "recovering", "why": None}), (True, {"recovery": "failed", "why": "version_changed"})],
+    "session_recovered": [(True, {"generation": 1, "recovery_ms": 3.25, "restored": ["initialized", "subscriptions:2"]})],
+    "stream_resumed": [(False, {"upstream": "up", "stream": "get", "from_event_id": True, "generation": 0, "gap_ms": 120.5})],
     "config_reloaded": [(False, {"trigger": "watch", "file_hash": "ab" * 32})],
     "config_rejected": [(False, {"trigger": "api", "errors": ["upstreams[0].retry.max_attempts: must be >= 1 (got 0)"]})],
     "proposal_applied": [(False, {"proposal": "retry-more-up", "title": "retry more", "error_rate_before": 0.25})],
@@ -86,7 +88,7 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_every_kind_has_a_type_and_an_emission_here() -> None:
-    assert tuple(KINDS) == EVENT_TYPES and len(EVENT_TYPES) == 20
+    assert tuple(KINDS) == EVENT_TYPES and len(EVENT_TYPES) == 22
     assert set(EMISSIONS) == set(EVENT_TYPES) - {"call_ok"}
     for cls in KINDS.values():
         frozen = cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
@@ -114,7 +116,7 @@ def test_each_emission_is_typed_and_its_record_is_the_untyped_v1_record(
     assert type(event) is KINDS[kind] and isinstance(event, CallEvent) == about_call
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.upstream = "other"  # type: ignore[misc]
-    include = include_params and about_call and kind != "session_lost"
+    include = include_params and about_call and kind not in ("session_lost", "session_recovered")
     untyped = make_event(kind, call, include_params=include, **fields)
     checked = checked_record(kind, call, fields, include_params)
     assert list(record.items()) == list(event.as_record().items()) == list(untyped.items())

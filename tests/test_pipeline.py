@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
 
 
 def test_order_is_the_documented_one() -> None:
-    assert PIPELINE_ORDER == ("fallback", "rate_limit", "retry", "breaker", "passive_health", "timeout")
+    assert PIPELINE_ORDER == ("fallback", "rate_limit", "session", "retry", "breaker", "passive_health", "timeout")
 
 
 async def test_stages_run_outermost_first_and_the_retry_position_turns_the_call_into_attempts() -> None:
@@ -50,13 +50,13 @@ async def test_stages_run_outermost_first_and_the_retry_position_turns_the_call_
         seen.append(("upstream", type(attempt).__name__))
         return reply_ok()
 
-    made = {"fallback": CallRecorder, "rate_limit": CallRecorder, "breaker": AttemptRecorder,
+    made = {"fallback": CallRecorder, "rate_limit": CallRecorder, "session": CallRecorder, "breaker": AttemptRecorder,
             "passive_health": AttemptRecorder, "timeout": AttemptRecorder}  # fmt: skip
     stages = {name: made[name](name) if name in made else Retry() for name in reversed(PIPELINE_ORDER)}
     handler = build_pipeline(terminal, stages)  # type: ignore[arg-type]
     await handler(make_call())
     assert seen == [
-        ("fallback", "Call"), ("rate_limit", "Call"), ("retry", "Call"),
+        ("fallback", "Call"), ("rate_limit", "Call"), ("session", "Call"), ("retry", "Call"),
         ("breaker", "Attempt"), ("passive_health", "Attempt"), ("timeout", "Attempt"), ("upstream", "Attempt"),
     ]  # fmt: skip
 

@@ -59,6 +59,7 @@ __all__ = [
     "LoggingConfig",
     "PassiveHealthConfig",
     "PoolConfig",
+    "SessionsConfig",
     "ProxyConfig",
     "ReadinessConfig",
     "ReloadConfig",
@@ -261,6 +262,33 @@ class PoolConfig(ConfigModel):
         return max(1, self.max_connections // CLIENT_SHARE_DIVISOR)
 
 
+class SessionsConfig(ConfigModel):
+    """Legacy-era sessions (MCP 2024-11-05 to 2025-11-25) the proxy keeps so that an upstream restart is
+    invisible to their clients (`proxy.sessions`): it re-initializes the lost session upstream, restores
+    what the client set, and replays the request that met the loss."""
+
+    recovery: bool = Field(
+        True,
+        description="Recover a legacy session the upstream lost (a restart): re-initialize it, restore its "
+        "log level and subscriptions, and replay the request. Off: the client hears the server's 404 and must "
+        "initialize again itself.",
+    )
+    max_sessions: int = Field(
+        10_000,
+        ge=1,
+        description="Sessions remembered for recovery; past it the least recently used is forgotten (its client "
+        "keeps its session, without recovery; a session already recovered is ended upstream).",
+    )
+    idle_timeout: Duration = Field(
+        1800.0,
+        gt=0,
+        description="A session unused this long is forgotten when room is needed (as at max_sessions).",
+    )
+    recovery_timeout: Duration = Field(
+        10.0, gt=0, description="Time for one recovery: initialize, initialized and the restored state."
+    )
+
+
 class UpstreamConfig(ConfigModel):
     """One MCP server behind the proxy, and where clients reach it."""
 
@@ -281,6 +309,7 @@ class UpstreamConfig(ConfigModel):
     rate_limit: RateLimitConfig | None = Field(None, description="Off unless set.")
     cache: CacheConfig | None = Field(None, description="Off unless set.")
     rules: tuple[RuleConfig, ...] = Field((), description="Overrides per method/tool; the most specific match wins.")
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)  # type: ignore[arg-type]
 
     @field_validator("url")
     @classmethod
@@ -328,6 +357,13 @@ class ProxyConfig(ConfigModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     client_identity: ClientIdentityConfig = Field(default_factory=ClientIdentityConfig)  # type: ignore[arg-type]
     drain_timeout: Duration = Field(20.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
+    sessions_file: str | None = Field(
+        None,
+        description="Where a stopping proxy saves the legacy sessions it keeps and the next one reads them back, so a "
+        "restarted proxy (a sidecar update) carries them over, recovery included. Put it on a volume that outlives the "
+        "container (an emptyDir). Unset: on SIGTERM the sessions only the proxy can route (rebuilt ones) are ended "
+        "upstream, so their clients initialize again.",
+    )
     readiness: ReadinessConfig = Field(default_factory=ReadinessConfig)  # type: ignore[arg-type]
     reload: ReloadConfig = Field(default_factory=ReloadConfig)  # type: ignore[arg-type]
     events: EventsConfig = Field(default_factory=EventsConfig)  # type: ignore[arg-type]

@@ -34,6 +34,8 @@ __all__ = [
     "RetryBudgetExhausted",
     "RetryExhausted",
     "SessionLost",
+    "SessionRecovered",
+    "StreamResumed",
     "Timeout",
     "TimeoutObserved",
 ]
@@ -277,14 +279,30 @@ class HealthChanged(Event):
     """What the probe or the calls saw."""
 
 
+SessionRecovery = Literal["recovering", "off", "unknown_session", "failed"]
+
+
 @_kind
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionLost(CallEvent):
-    """The upstream no longer knows the client's session (it answered 404 to a call with a session id),
-    and the client heard it: the client must initialize again."""
+    """The upstream no longer knows a legacy session (it answered 404, or server-everything's 400 "No
+    valid session ID") to a request of it (`method`: the request's, or ``GET``/``DELETE``/a notification's).
+    `recovery` says what became of it (`proxy.sessions`)."""
 
     WITH_PARAMS = False
     type: Literal["session_lost"] = "session_lost"
+    recovery: SessionRecovery
+    """``recovering``: the proxy re-initializes it and replays the request (a `session_recovered`
+    follows, or a second `session_lost` with ``failed``); ``off``: `sessions.recovery` is off, the client
+    heard the loss; ``unknown_session``: the proxy has no record of the session (made before the proxy
+    started, or forgotten at `sessions.max_sessions`), the client heard the loss; ``failed``: recovery
+    was tried and did not work (`why`), the client heard a session loss."""
+    why: str | None
+    """Why recovery failed: ``version_changed``, ``capabilities_changed``, ``no_session_id``,
+    ``initialize_refused``, ``upstream_failed``, ``deadline`` (the call's ``timeouts.total`` passed during
+    the rebuild), ``too_frequent``, ``lost_again``, ``not_restorable`` (a recorded request was over its
+    bound), ``answers_a_lost_request`` (a client's answer to a request of the lost session: dropped),
+    ``not_replayable`` (a batch); None otherwise."""
 
 
 @_kind
@@ -399,6 +417,43 @@ class TrialFinished(Event):
     """What the evaluator counted over the trial (``calls``, ``errors_before``, ``errors_after``, ...)."""
     estimate: dict[str, float]
     """The proposal's own estimate of its effect."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRecovered(CallEvent):
+    """The proxy rebuilt a lost legacy session upstream (initialize, initialized, the client's log level
+    and subscriptions) and replays `method`, the request that met the loss: its client sees the replay's
+    answer. A recovery serves every request that met the same loss; each one replayed has its event."""
+
+    WITH_PARAMS = False
+    type: Literal["session_recovered"] = "session_recovered"
+    generation: int
+    """How many times this session was rebuilt (1 after the first recovery)."""
+    recovery_ms: float
+    """How long the rebuild took (the upstream's initialize and what followed)."""
+    restored: list[str]
+    """What was restored beyond initialize: ``initialized``, ``log_level``, ``subscriptions:N``."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamResumed(Event):
+    """An upstream stream broke or ended early and the proxy reopened it while its client's stream stayed
+    open: ``get`` (a legacy session's GET stream), ``answer`` (an SSE answer, resumed with Last-Event-ID)
+    or ``listen`` (a 2026-07-28 ``subscriptions/listen``, issued again)."""
+
+    type: Literal["stream_resumed"] = "stream_resumed"
+    upstream: str
+    stream: Literal["get", "answer", "listen"]
+    """Which kind of stream was reopened."""
+    from_event_id: bool
+    """Reopened with ``Last-Event-ID`` (the server replays what the stream missed); False: reopened from
+    now on (a restarted server has nothing to replay)."""
+    generation: int
+    """The session's generation when it reopened (0: the session was never rebuilt)."""
+    gap_ms: float
+    """From the upstream stream's end to its reopening."""
 
 
 EVENT_TYPES: Final = tuple(KINDS)

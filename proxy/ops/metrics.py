@@ -139,6 +139,19 @@ class ProxyMetrics:
             "mcp_proxy_upstream_health", "Upstream health: 1 healthy, 0 unhealthy, -1 not known yet.", ("upstream",),
             registry=self.registry,
         )
+        self.sessions = Gauge(
+            "mcp_proxy_sessions", "Legacy sessions the proxy keeps for recovery, by upstream.", ("upstream",),
+            registry=self.registry,
+        )
+        self.session_recoveries = Counter(
+            "mcp_proxy_session_recoveries",
+            "Lost legacy sessions, by upstream and what became of them (recovered, failed, off, unknown_session).",
+            ("upstream", "outcome"), registry=self.registry,
+        )
+        self.streams_resumed = Counter(
+            "mcp_proxy_streams_resumed", "Upstream streams reopened under an open client stream, by upstream and stream.",
+            ("upstream", "stream"), registry=self.registry,
+        )
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
         self.catalogs: dict[str, ToolCatalog] = {}
         """Each upstream's tool catalog (set by `proxy.runtime.build_runtime`): listed names keep their labels."""
@@ -222,12 +235,22 @@ class ProxyMetrics:
             self._child(self.reloads, "rejected").inc()  # type: ignore[attr-defined]
         elif kind == "health_changed":
             self.set_health(upstream, str(fields.get("new")))
+        elif kind == "session_recovered":
+            self._child(self.session_recoveries, upstream, "recovered").inc()  # type: ignore[attr-defined]
+        elif kind == "session_lost" and fields.get("recovery") != "recovering":
+            self._child(self.session_recoveries, upstream, str(fields.get("recovery"))).inc()  # type: ignore[attr-defined]
+        elif kind == "stream_resumed":
+            self._child(self.streams_resumed, upstream, str(fields.get("stream"))).inc()  # type: ignore[attr-defined]
         elif kind == "fallback_served":
             self._child(self.cache_served, upstream, str(fields.get("status", "stale"))).inc()  # type: ignore[attr-defined]
 
     def set_health(self, upstream: str, state: str) -> None:
         """Export an upstream's health state (also called when its health starts, as unknown)."""
         self._child(self.health, upstream).set(_HEALTH_LEVELS.get(state, -1))  # type: ignore[attr-defined]
+
+    def set_sessions(self, upstream: str, count: int) -> None:
+        """Export how many legacy sessions the proxy keeps for `upstream`."""
+        self._child(self.sessions, upstream).set(count)  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
         """The text exposition format, for /metrics."""

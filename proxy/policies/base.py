@@ -77,12 +77,15 @@ class Call:
     a private cache entry and a single flight never cross (`proxy.server.classify.credential_scope`). Computed
     only for calls whose policy has a cache (the only reader); '' otherwise."""
     session_id: str | None
-    """The legacy session (``Mcp-Session-Id``) as forwarded; None without one."""
+    """The legacy session (``Mcp-Session-Id``) as the client sent it; None without one."""
     protocol: str
     """The MCP-Protocol-Version the client sent ('' without one): answers of one version never serve another."""
     message: Message
     body: bytes
     headers: CIMultiDict[str]
+    """What the upstream receives. The one thing changed after classification: the session stage routes a
+    legacy session's id to the upstream's current one (`proxy.sessions.stage`); `session_id` stays the
+    client's."""
     policy: Policy
     """The effective policy (upstream defaults + the most specific rule), resolved once."""
     call_id: int = 0

@@ -248,9 +248,22 @@ def _is_tool_error(message: Any) -> bool:
 
 
 def _session_lost(status: int, code: int | None, text: str) -> bool:
-    """An ended or unknown session: 404 per the spec; some servers (server-everything) answer 400 with
-    -32000 "No valid session ID provided" instead."""
-    return status == 404 or (status == 400 and code == -32000 and "session" in text.lower())
+    """An ended or unknown session: 404 per the spec (the SDK servers: -32600 "Session not found", the
+    TypeScript SDK's transport -32001); server-everything answers 400 with -32000 "Bad Request: No valid
+    session ID provided" instead (and no ``id``). A 400 that does not name the session ("Server not
+    initialized", "Missing session ID") is a client mistake, never a loss."""
+    if status == 404:
+        return True
+    return status == 400 and code in (-32000, -32001) and "session" in text.lower()
+
+
+def session_lost_answer(status: int, message: Any) -> bool:
+    """Whether an answer to a request that carried a session id says the upstream lost that session."""
+    if status < 400:
+        return False
+    error = response_error(message)
+    code, text = error if error is not None else (None, "")
+    return _session_lost(status, code, text)
 
 
 def classify_reply(reply: Reply, had_session: bool, now: float | None = None) -> Verdict:

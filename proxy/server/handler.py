@@ -70,10 +70,14 @@ from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
 from proxy.policies.base import Attempt, Call, Reply, last_attempt
 from proxy.policies.fairness import NO_CAP
-from proxy.policies.failures import Failure, classify_error, verdict_of
+from proxy.policies.failures import Failure, classify_error, session_lost_answer, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
 from proxy.server.relay import SESSION_DELETED, Relay, headers_for, learn_annotations, relayed
+from proxy.server.session_stream import SessionStreams
+from proxy.sessions.keeper import SESSION_HEADER, RebuildFailed
+from proxy.sessions.stage import lost_reply
+from proxy.sessions.table import LegacySession
 from proxy.upstream.transport import AnswerTo
 
 __all__ = ["McpHandler"]
@@ -127,11 +131,13 @@ class McpHandler:
     def __init__(self, runtime: RuntimeRef) -> None:
         self._runtime = runtime
         self._relay = Relay()
+        self._streams = SessionStreams()
         self._classifying: tuple[Runtime | None, dict[str, CallRoute]] = (None, {})
         """(a runtime, each of its paths' `CallRoute`): made once per runtime, not per call."""
 
     async def end_streams(self) -> None:
         """Drain: end every long-lived stream (legacy GET stream, subscriptions/listen) cleanly, now."""
+        await self._streams.end()
         await self._relay.end_streams()
 
     def handle(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
@@ -455,14 +461,25 @@ class McpHandler:
         """Send a relayed message and pass its answer on. A POSTed message's JSON answer is checked to be
         its own (`AnswerTo`: a batch's ids, or none for a notification); a GET or DELETE has no ids."""
         upstream = route.upstream
-        timeouts = upstream.config.timeouts
+        client_id = headers.get(SESSION_HEADER)
+        session = route.state.sessions.table.get(client_id) if client_id is not None else None
         try:
-            reply = await upstream.exchange(
-                method, headers, body, timeouts.per_try, None,
-                lend_credentials=lends_credentials(request.headers, headers),
-                answer_to=None if message is None else AnswerTo.of(message),
-                owner=_owner_of(request), query=_query_of(request),
-            )  # fmt: skip
+            if session is not None:
+                if session.lost is not None:
+                    lost = lost_reply(None, upstream.name, session.lost)
+                    return relayed(lost.status, None, lost.body, lost.headers)
+                if method == "GET":
+                    about = _session_call(request, runtime, route, "GET", headers, None)
+                    owner, query = _owner_of(request), _query_of(request)
+                    return await self._streams.serve(request, runtime, route, session, headers, owner, query, about)
+                seen = session.generation
+                headers[SESSION_HEADER] = session.upstream_id
+            reply = await self._exchange(request, route, method, headers, body, message)
+            if session is not None and reply.stream is None:
+                if session_lost_answer(reply.status, reply.message):
+                    reply = await self._relayed_after_loss(request, runtime, route, session, seen, method, headers, body, message, reply)
+                elif method == "DELETE" and 200 <= reply.status < 300:
+                    route.state.sessions.forget(session.client_id)
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
@@ -470,6 +487,67 @@ class McpHandler:
         if reply.stream is None:
             return relayed(reply.status, reply.reason, reply.body, reply.headers)
         return await self._relay.pass_on(request, runtime, upstream.name, reply)
+
+    @staticmethod
+    async def _exchange(
+        request: web.BaseRequest, route: Route, method: str, headers: Any, body: bytes | None, message: Message | None
+    ) -> Reply:
+        return await route.upstream.exchange(
+            method, headers, body, route.upstream.config.timeouts.per_try, None,
+            lend_credentials=lends_credentials(request.headers, headers),
+            answer_to=None if message is None else AnswerTo.of(message),
+            owner=_owner_of(request), query=_query_of(request),
+        )  # fmt: skip
+
+    async def _relayed_after_loss(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        session: LegacySession,
+        seen: int,
+        method: str,
+        headers: Any,
+        body: bytes | None,
+        message: Message | None,
+        reply: Reply,
+    ) -> Reply:
+        """A relayed message met its session's loss upstream. A DELETE ended it anyway (forgotten); a
+        client's answer to a request of the lost session answers nothing any more (202, dropped); a
+        notification is sent again on the rebuilt session; anything else (a batch) passes as it was."""
+        keeper = route.state.sessions
+        kind = message.method if message is not None and message.method else method
+        about = _session_call(request, runtime, route, kind, headers, message)
+        events = runtime.events
+        if method == "DELETE":
+            keeper.forget(session.client_id)
+            return reply
+        refused = keeper.may_rebuild(session)
+        if refused is not None:
+            recovery = "off" if refused == "off" else "failed"
+            events.policy_event("session_lost", about, recovery=recovery, why=None if recovery == "off" else refused)
+            return reply
+        if message is not None and message.kind is Kind.RESPONSE:
+            events.policy_event("session_lost", about, recovery="failed", why="answers_a_lost_request")
+            return Reply(202, CIMultiDict())
+        if message is None or message.kind is not Kind.NOTIFICATION:
+            events.policy_event("session_lost", about, recovery="failed", why="not_replayable")
+            return reply
+        events.policy_event("session_lost", about, recovery="recovering", why=None)
+        started = time.perf_counter()
+        try:
+            restored = await keeper.rebuild(session, seen, headers, route.upstream)
+        except RebuildFailed as exc:
+            events.policy_event("session_lost", about, recovery="failed", why=exc.reason)
+            if exc.permanent:
+                return lost_reply(None, route.upstream.name, exc.reason)
+            return reply
+        events.policy_event(
+            "session_recovered", about, generation=session.generation,
+            recovery_ms=round((time.perf_counter() - started) * 1000, 3), restored=restored or [],
+        )  # fmt: skip
+        headers[SESSION_HEADER] = session.upstream_id
+        return await self._exchange(request, route, method, headers, body, message)
 
     async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
         headers = self._upstream_headers(request, runtime)
@@ -515,9 +593,7 @@ class McpHandler:
     def _answered_with_failure(self, runtime: Runtime, call: Call, reply: Reply, reason: str) -> None:
         """The upstream's own failing answer reaches the client: report it like any failure a client heard."""
         verdict = verdict_of(reply, call.session_id is not None)
-        if verdict.kind is Failure.SESSION_EXPIRED:
-            runtime.events.policy_event("session_lost", reply.attempt or call)
-        elif verdict.upstream_failed:
+        if verdict.upstream_failed:  # a lost session is the session stage's to report (`proxy.sessions.stage`)
             self._report(runtime, call, reply.attempt, verdict.as_error(), reason, reply.status)
 
 
@@ -578,6 +654,14 @@ def _never_refused(http_method: str, message: Message | None) -> bool:
     if message is None:
         return False
     return message.kind is Kind.RESPONSE or message.method in NEVER_REFUSED_NOTIFICATIONS
+
+
+def _session_call(
+    request: web.BaseRequest, runtime: Runtime, route: Route, method: str, headers: CIMultiDict[str], message: Message | None
+) -> Call:
+    """The `Call` the session events of a relayed message name (a GET, a notification, a client's answer)."""
+    who = (client_of(headers, request.remote, runtime.config.client_identity.header), "")
+    return _token_call(route, route.resolver.resolve(method, None), method, None, headers, who, message)
 
 
 _OWNERS = itertools.count(1)

@@ -399,16 +399,16 @@ class HttpUpstream:
         return reply
 
     async def request(
-        self, headers: Mapping[str, str], body: bytes, request_id: str | int | None, timeout: float
+        self, headers: Mapping[str, str], body: bytes, request_id: str | int | None, timeout: float, *, probe: bool = True
     ) -> Reply:
-        """One standalone JSON-RPC exchange (health probes, on their own pool): the answer read whole, JSON or
-        SSE, within `timeout`."""
+        """One standalone JSON-RPC exchange (health probes, on their own pool; a session's rebuild, on the
+        main one: `proxy.sessions.keeper`): the answer read whole, JSON or SSE, within `timeout`."""
         with upstream_errors(self.name, timeout):
             async with asyncio.timeout(timeout):
                 answer_to = AnswerTo(frozenset(() if request_id is None else (request_id,)))
-                reply = await self.exchange("POST", headers, body, None, None, probe=True, answer_to=answer_to)
+                reply = await self.exchange("POST", headers, body, None, None, probe=probe, answer_to=answer_to)
                 if reply.stream is not None:
-                    reply = await self._buffer_stream(reply, request_id, probe=True)
+                    reply = await self._buffer_stream(reply, request_id, probe=probe)
                     if reply.stream is not None:  # the server asked a question nobody here can answer
                         await reply.stream.close()
                         raise UpstreamProtocolError(

@@ -1,0 +1,286 @@
+"""A kept legacy session's GET stream, which outlives its upstream's: reopened when the upstream's breaks.
+
+A legacy client opens one GET stream per session, for what the server sends unasked (list changes,
+resource updates, requests such as ``roots/list``). When the upstream restarts, that stream breaks; the
+official SDK clients then try to reopen it twice and give up (and after a restart they would meet a
+404). Here the client's stream stays open: the proxy reopens the upstream's under it, with
+``Last-Event-ID`` when the server gave event ids and the session is the same one (a restarted server has
+nothing to replay, and the session is rebuilt first: `proxy.sessions.keeper`), and passes on what comes.
+
+- Only whole events reach the client (each held until its blank line, up to `MAX_HELD_EVENT`; a larger
+  one passes as it comes): a break never leaves half an event in front of the next stream's first.
+- A server resuming with ``Last-Event-ID`` replays what the stream missed; a JSON-RPC response or an
+  event that is no JSON-RPC message (server-everything replays other streams' answers and a bare ``{}``
+  onto a resumed GET) is dropped: a GET stream carries neither (the spec), so none reaches the client.
+- Reopening waits `RESUME_BACKOFF` (doubling up to `RESUME_BACKOFF_MAX`) between tries, for at most
+  `RESUME_WINDOW` from the break: past it the client's stream ends as it would have without the proxy
+  (cut: the client sees the break and may reopen it itself).
+- A client gone, a proxy draining (SIGTERM), a session lost for good or ended by its client: the
+  stream ends (cleanly when draining), and the upstream's is closed.
+
+Each reopening is a `stream_resumed` event (``stream: get``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Final
+
+import orjson
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.errors import ProxyError
+from proxy.mcp.sse import SSEParser, blank_line_ends
+from proxy.policies.base import Call, Reply, ReplyStream
+from proxy.policies.failures import session_lost_answer
+from proxy.runtime import Route, Runtime
+from proxy.sessions.keeper import SESSION_HEADER, RebuildFailed
+from proxy.sessions.table import LegacySession
+from proxy.server.relay import MAX_HELD_EVENT, _start, relayed
+
+__all__ = ["RESUME_BACKOFF", "RESUME_BACKOFF_MAX", "RESUME_WINDOW", "SessionStreams"]
+
+log = structlog.get_logger("proxy")
+
+RESUME_WINDOW: Final = 60.0
+"""Seconds from a break within which the upstream's stream is reopened (a restarted server's start-up)."""
+RESUME_BACKOFF: Final = 0.05
+"""The first wait between reopening tries (s); it doubles up to `RESUME_BACKOFF_MAX`."""
+RESUME_BACKOFF_MAX: Final = 2.0
+
+
+class SessionStreams:
+    """The GET streams of kept sessions being relayed, so a drain can end them all."""
+
+    __slots__ = ("_draining", "_upstream_streams")
+
+    def __init__(self) -> None:
+        self._draining = False
+        self._upstream_streams: set[ReplyStream] = set()
+
+    async def end(self) -> None:
+        """Drain: end every one now (each ends its client's stream cleanly)."""
+        self._draining = True
+        for stream in list(self._upstream_streams):
+            await stream.close()
+
+    async def serve(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        session: LegacySession,
+        headers: CIMultiDict[str],
+        owner: int,
+        query: str,
+        about: Call,
+    ) -> web.StreamResponse:
+        """Relay `session`'s GET stream for as long as its client keeps it (see the module docstring).
+        Raises the `ProxyError` of a first opening that failed (nothing was sent to the client yet)."""
+        relay = _Resuming(self, request, runtime, route, session, headers, owner, query, about)
+        return await relay.run()
+
+
+class _Resuming:
+    """One client's GET stream across the upstream streams under it."""
+
+    def __init__(
+        self,
+        streams: SessionStreams,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        session: LegacySession,
+        headers: CIMultiDict[str],
+        owner: int,
+        query: str,
+        about: Call,
+    ) -> None:
+        self.streams = streams
+        self.about = about
+        self.request = request
+        self.runtime = runtime
+        self.route = route
+        self.session = session
+        self.headers = headers
+        self.owner = owner
+        self.query = query
+        self.response: web.StreamResponse | None = None
+        self.last_event_id: str | None = headers.get("Last-Event-ID")
+        """The last event id the upstream gave (the client's own at first: it may be resuming itself)."""
+        self.generation = session.generation
+        """The session generation `last_event_id` belongs to."""
+
+    async def run(self) -> web.StreamResponse:
+        broke_at: float | None = None
+        backoff = RESUME_BACKOFF
+        while True:
+            if broke_at is not None:
+                if not self._may_go_on() or time.monotonic() - broke_at > RESUME_WINDOW:
+                    return self._cut()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RESUME_BACKOFF_MAX)
+                if not self._may_go_on():
+                    return self._cut()
+            resumed_from_id = self.last_event_id is not None and self.generation == self.session.generation
+            try:
+                reply = await self._open(resumed_from_id)
+            except ProxyError:
+                if self.response is None:
+                    raise  # nothing started: the handler answers it as any relayed GET's failure
+                broke_at = broke_at if broke_at is not None else time.monotonic()
+                continue
+            if reply.stream is None:
+                answer = await self._answered(reply)
+                if answer is not None:
+                    return answer
+                broke_at = broke_at if broke_at is not None else time.monotonic()
+                continue
+            if self.response is None:
+                self.response = await _start(self.request, reply)
+            elif broke_at is not None:
+                self.runtime.events.policy_event(
+                    "stream_resumed", None, upstream=self.route.upstream.name, stream="get",
+                    from_event_id=resumed_from_id, generation=self.session.generation,
+                    gap_ms=round((time.monotonic() - broke_at) * 1000, 3),
+                )  # fmt: skip
+            gone = await self._pump(reply.stream, filtering=resumed_from_id and broke_at is not None)
+            if gone or self.streams._draining:
+                return await self._end(clean=not gone)
+            broke_at, backoff = time.monotonic(), RESUME_BACKOFF
+
+    def _may_go_on(self) -> bool:
+        transport = self.request.transport
+        return (
+            not self.streams._draining
+            and transport is not None
+            and not transport.is_closing()
+            and self.session.lost is None
+            and self.route.state.sessions.table.get(self.session.client_id) is self.session
+        )
+
+    async def _open(self, from_event_id: bool) -> Reply:
+        headers = self.headers.copy()
+        headers[SESSION_HEADER] = self.session.upstream_id
+        if from_event_id:
+            assert self.last_event_id is not None
+            headers["Last-Event-ID"] = self.last_event_id
+        else:
+            headers.popall("Last-Event-ID", None)
+            self.last_event_id = None
+        self.generation = self.session.generation
+        upstream = self.route.upstream
+        return await upstream.exchange(
+            "GET", headers, None, upstream.config.timeouts.per_try, None, owner=self.owner, query=self.query
+        )
+
+    async def _answered(self, reply: Reply) -> web.StreamResponse | None:
+        """A GET answered without a stream: the loss of a kept session is rebuilt (None: open again);
+        anything else is the client's answer while its stream has not started, else the stream ends."""
+        keeper = self.route.state.sessions
+        events = self.runtime.events
+        if session_lost_answer(reply.status, reply.message):
+            refused = keeper.may_rebuild(self.session)
+            if refused is not None:
+                recovery = "off" if refused == "off" else "failed"
+                events.policy_event("session_lost", self.about, recovery=recovery, why=None if recovery == "off" else refused)
+            else:
+                events.policy_event("session_lost", self.about, recovery="recovering", why=None)
+                started = time.perf_counter()
+                try:
+                    restored = await keeper.rebuild(self.session, self.generation, self.headers, self.route.upstream)
+                except RebuildFailed as exc:
+                    events.policy_event("session_lost", self.about, recovery="failed", why=exc.reason)
+                    if not exc.permanent and self.response is not None:
+                        return None  # the upstream is still coming back: try again within the window
+                else:
+                    events.policy_event(
+                        "session_recovered", self.about, generation=self.session.generation,
+                        recovery_ms=round((time.perf_counter() - started) * 1000, 3), restored=restored or [],
+                    )  # fmt: skip
+                    return None
+        if self.response is None:
+            return relayed(reply.status, reply.reason, reply.body, reply.headers)
+        if reply.status == 409:  # the server still holds the broken stream: it lets go soon
+            return None
+        return self._cut()
+
+    async def _pump(self, stream: ReplyStream, filtering: bool) -> bool:
+        """Pass `stream`'s whole events on until it ends; True when the client went away."""
+        assert self.response is not None
+        self.streams._upstream_streams.add(stream)
+        held = bytearray()
+        try:
+            async for chunk in stream:
+                held += chunk
+                ends = blank_line_ends(bytes(held))
+                if not ends and len(held) <= MAX_HELD_EVENT:
+                    continue
+                cut = ends[-1] if ends else len(held)
+                out = self._passed(bytes(held[:cut]), ends, filtering) if ends else bytes(held)
+                del held[:cut]
+                if out and not await _write(self.response, out):
+                    return True
+        except ProxyError:
+            pass  # broken: reopened by the caller
+        finally:
+            self.streams._upstream_streams.discard(stream)
+            await stream.close()
+        return False
+
+    def _passed(self, data: bytes, ends: list[int], filtering: bool) -> bytes:
+        """The events of `data` that go to the client, noting the last event id."""
+        out = bytearray()
+        start = 0
+        for end in ends:
+            raw = data[start:end]
+            start = end
+            events = SSEParser().feed(raw)
+            for event in events:
+                if event.id is not None:
+                    self.last_event_id = event.id
+            if filtering and any(_not_for_a_get_stream(event.data) for event in events):
+                continue
+            out += raw
+        return bytes(out)
+
+    def _cut(self) -> web.StreamResponse:
+        """End the client's stream as a broken one (it may reopen it itself)."""
+        assert self.response is not None
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
+        return self.response
+
+    async def _end(self, clean: bool) -> web.StreamResponse:
+        assert self.response is not None
+        if clean:
+            try:
+                await self.response.write_eof()
+            except (ConnectionResetError, RuntimeError):
+                pass
+        return self.response
+
+
+def _not_for_a_get_stream(data: str) -> bool:
+    """A JSON-RPC response, or data that is no JSON-RPC message at all (a resumed GET's stray replays)."""
+    if not data:
+        return False
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return True
+    if not isinstance(message, dict):
+        return True
+    return "method" not in message
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> bool:
+    try:
+        await response.write(data)
+    except (ConnectionResetError, RuntimeError):
+        return False
+    return True

@@ -1,0 +1,337 @@
+"""Rebuilding a legacy session the upstream lost: the one place that speaks to an upstream for a session.
+
+When an upstream restarts, every legacy session it had is gone: it answers 404 (the SDK servers), or 400
+-32000 "No valid session ID" (server-everything), to the next request of each. A request refused so was
+never executed, so it is safe to send again whatever it is, ``tools/call`` included. `UpstreamSessions`
+rebuilds the session from what it recorded and the caller replays the request on it:
+
+1. the client's own ``initialize`` request, sent as it sent it, without a session id;
+2. the answer must name the same protocol version and the same capabilities the first one did, and
+   give a session id: otherwise the new session is not the one its client knows (the server changed),
+   it is ended, and the session is *lost* for good (`RebuildFailed`, ``permanent``): its client hears a
+   session loss, a 404 whose JSON-RPC error has ``data.reason`` ``session_lost``, and initializes again;
+3. ``notifications/initialized``; then the client's last ``logging/setLevel`` and each
+   ``resources/subscribe`` it made, as it sent them (a refused one is left out of ``restored`` and
+   logged: the session still serves its client);
+4. the client's id is routed to the new upstream id from then on (`LegacySession.upstream_id`).
+
+One rebuild at a time per session: every request that met the same loss waits for it
+(`LegacySession.rebuilding`), then replays. An upstream that fails or is not there yet (connect error,
+5xx, time out after `recovery_timeout`) is a passing failure (`RebuildFailed`, not ``permanent``): the
+session stays, the request fails with the upstream's error, the next one tries again. At most
+`MAX_REBUILDS_PER_MINUTE` rebuilds per session: a server that forgets sessions all the time (a pool of
+replicas without affinity) is reported, not hidden behind a rebuild per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
+
+import orjson
+import structlog
+from multidict import CIMultiDict
+
+from proxy.config.model import SessionsConfig
+from proxy.errors import ProxyError
+from proxy.mcp.jsonrpc import response_error
+from proxy.policies.base import Reply
+from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SUBSCRIPTIONS, LegacySession, SessionTable
+from proxy.tasks import Owner, spawn
+from proxy.upstream.transport import AnswerTo
+
+__all__ = [
+    "MAX_REBUILDS_PER_MINUTE",
+    "SESSION_HEADER",
+    "RebuildFailed",
+    "SessionUpstream",
+    "UpstreamSessions",
+]
+
+log = structlog.get_logger("proxy")
+
+SESSION_HEADER: Final = "Mcp-Session-Id"
+MAX_REBUILDS_PER_MINUTE: Final = 3
+"""Rebuilds of one session within a minute past which a loss is passed to its client instead."""
+_NOT_FOR_REBUILD: Final = ("Mcp-Session-Id", "MCP-Protocol-Version", "Last-Event-ID", "Mcp-Method", "Mcp-Name", "Content-Length")
+"""Headers of the request that met the loss that the rebuild's requests must not carry (the rest, the
+client's credentials included, go as they are: the session is rebuilt as the client, not as the proxy)."""
+_INITIALIZED: Final = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+
+
+class SessionUpstream(Protocol):
+    """What a rebuild needs of the upstream's transport (`proxy.upstream.transport.HttpUpstream`)."""
+
+    name: str
+
+    async def request(
+        self, headers: Mapping[str, str], body: bytes, request_id: str | int | None, timeout: float, *, probe: bool = True
+    ) -> Reply: ...
+
+    async def exchange(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float | None,
+        stream_idle: float | None,
+        *,
+        answer_to: AnswerTo | None = None,
+    ) -> Reply: ...
+
+
+class RebuildFailed(Exception):
+    """A lost session could not be rebuilt. `permanent`: never will be (its client must initialize)."""
+
+    def __init__(self, reason: str, detail: str, *, permanent: bool, error: ProxyError | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.permanent = permanent
+        self.error = error
+        """The upstream failure that stopped it, when one did."""
+
+
+class UpstreamSessions:
+    """One upstream's legacy sessions: recorded from the calls that pass, rebuilt when it loses them."""
+
+    __slots__ = ("_clock", "_tasks", "config", "name", "on_count", "table")
+
+    def __init__(
+        self,
+        name: str,
+        config: SessionsConfig,
+        clock: Callable[[], float] = time.monotonic,
+        on_count: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.table = SessionTable(config, clock)
+        self._clock = clock
+        self._tasks: Owner = set()
+        self.on_count = on_count
+        """Told the number of sessions whenever it changes (the `mcp_proxy_sessions` gauge)."""
+
+    def reconfigure(self, config: SessionsConfig) -> None:
+        self.config = self.table.config = config
+
+    # -- recording --------------------------------------------------------------------------------
+
+    def opened(self, initialize: bytes, reply: Reply, transport: SessionUpstream, headers: Mapping[str, str]) -> None:
+        """An initialize without a session id was answered: record the session it opened, if it did.
+
+        The client keeps the upstream's id unless it collides with one here (then the answer carries the
+        proxy's). Sessions forgotten to make room that only the proxy could route are ended upstream."""
+        upstream_id = reply.headers.get(SESSION_HEADER)
+        if not self.config.recovery or upstream_id is None or not 200 <= reply.status < 300:
+            return
+        result = reply.message.get("result") if isinstance(reply.message, dict) else None
+        if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
+            return
+        if len(initialize) > MAX_RECORDED_BODY:
+            return
+        session, forgotten = self.table.open(upstream_id, initialize, result["protocolVersion"], result.get("capabilities"))
+        if session.remapped:
+            reply.headers[SESSION_HEADER] = session.client_id
+        for old in forgotten:
+            if old.remapped:
+                self._end_later(old, transport, headers)
+        self._counted()
+
+    def record(self, session: LegacySession, method: str, message: Any, body: bytes, reply: Reply) -> None:
+        """Keep what a successful request set in its session, to restore it after a rebuild."""
+        if method not in ("logging/setLevel", "resources/subscribe", "resources/unsubscribe"):
+            return
+        if not 200 <= reply.status < 300 or (reply.stream is None and response_error(reply.message) is not None):
+            return
+        if len(body) > MAX_RECORDED_BODY:
+            session.restorable = False
+            return
+        if method == "logging/setLevel":
+            session.log_level = body
+            return
+        params = message.params if hasattr(message, "params") else {}
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if not isinstance(uri, str):
+            return
+        if method == "resources/unsubscribe":
+            session.subscriptions.pop(uri, None)
+        elif uri in session.subscriptions or len(session.subscriptions) < MAX_SUBSCRIPTIONS:
+            session.subscriptions[uri] = body
+        else:
+            session.restorable = False
+
+    def adopt(self, session: LegacySession) -> bool:
+        """Keep a session carried over from a previous proxy (`proxy.sessions.carry`)."""
+        adopted = self.table.adopt(session)
+        if adopted:
+            self._counted()
+        return adopted
+
+    def forget(self, client_id: str) -> LegacySession | None:
+        """The client ended its session (DELETE): nothing of it is kept."""
+        session = self.table.forget(client_id)
+        if session is not None:
+            self._counted()
+        return session
+
+    def _counted(self) -> None:
+        if self.on_count is not None:
+            self.on_count(self.name, len(self.table))
+
+    # -- rebuilding -------------------------------------------------------------------------------
+
+    def may_rebuild(self, session: LegacySession) -> str | None:
+        """None when a rebuild may be tried now; else why not (the `session_lost` event's ``reason``)."""
+        if not self.config.recovery:
+            return "off"
+        if session.lost is not None:
+            return session.lost
+        if not session.restorable:
+            return "not_restorable"
+        rebuilds = session.rebuilds
+        if len(rebuilds) == rebuilds.maxlen and self._clock() - rebuilds[0] < 60.0 and session.rebuilding is None:
+            return "too_frequent"
+        return None
+
+    async def rebuild(
+        self, session: LegacySession, seen: int, headers: Mapping[str, str], transport: SessionUpstream
+    ) -> list[str] | None:
+        """Rebuild `session`, lost at generation `seen`, or wait for the rebuild in flight. Returns what was
+        restored; None when another request rebuilt it already. Raises `RebuildFailed`."""
+        if session.generation != seen and session.rebuilding is None:
+            return None
+        flight = session.rebuilding
+        if flight is None:
+            session.rebuilds.append(self._clock())
+            flight = session.rebuilding = spawn(
+                self._rebuild(session, _rebuild_headers(headers), transport),
+                name=f"session-rebuild-{self.name}", owner=self._tasks, awaited=True,
+            )  # fmt: skip
+            flight.add_done_callback(lambda _: setattr(session, "rebuilding", None))
+        # Shielded: a waiter cancelled (its client went away, its deadline passed) leaves the rebuild to
+        # the others; the rebuild is bounded by `recovery_timeout` on its own.
+        return await asyncio.shield(flight)
+
+    async def _rebuild(self, session: LegacySession, headers: CIMultiDict[str], transport: SessionUpstream) -> list[str]:
+        try:
+            async with asyncio.timeout(self.config.recovery_timeout):
+                return await self._steps(session, headers, transport)
+        except TimeoutError:
+            raise RebuildFailed("upstream_failed", "the upstream did not rebuild the session in time", permanent=False) from None
+        except ProxyError as exc:
+            raise RebuildFailed("upstream_failed", exc.message, permanent=False, error=exc) from None
+        except RebuildFailed as exc:
+            if exc.permanent:
+                session.lost = exc.reason
+            raise
+
+    async def _steps(self, session: LegacySession, headers: CIMultiDict[str], transport: SessionUpstream) -> list[str]:
+        timeout = self.config.recovery_timeout
+        reply = await transport.request(headers, session.initialize, _id_of(session.initialize), timeout, probe=False)
+        new_id = reply.headers.get(SESSION_HEADER)
+        result = reply.message.get("result") if isinstance(reply.message, dict) else None
+        if reply.status >= 500 or reply.status == 429:
+            raise RebuildFailed("upstream_failed", f"initialize answered HTTP {reply.status}", permanent=False)
+        if not 200 <= reply.status < 300 or not isinstance(result, dict):
+            raise RebuildFailed("initialize_refused", f"initialize answered HTTP {reply.status}", permanent=True)
+        if new_id is None:
+            raise RebuildFailed("no_session_id", "the upstream's new initialize gave no session id", permanent=True)
+        headers[SESSION_HEADER] = new_id
+        if result.get("protocolVersion") != session.protocol or result.get("capabilities") != session.capabilities:
+            self._end_later_id(new_id, transport, headers)
+            if result.get("protocolVersion") != session.protocol:
+                raise RebuildFailed(
+                    "version_changed",
+                    f"the upstream now speaks {result.get('protocolVersion')!r}, not {session.protocol!r}",
+                    permanent=True,
+                )
+            raise RebuildFailed("capabilities_changed", "the upstream's capabilities changed", permanent=True)
+        headers["MCP-Protocol-Version"] = session.protocol
+        restored = []
+        sent = await transport.exchange("POST", headers, _INITIALIZED, timeout, None, answer_to=AnswerTo(frozenset()))
+        if sent.stream is not None:
+            await sent.stream.close()
+        if not 200 <= sent.status < 300:
+            raise RebuildFailed("upstream_failed", f"initialized answered HTTP {sent.status}", permanent=False)
+        restored.append("initialized")
+        if session.log_level is not None and await self._restore(session.log_level, headers, transport):
+            restored.append("log_level")
+        subscribed = 0
+        for body in list(session.subscriptions.values()):
+            subscribed += await self._restore(body, headers, transport)
+        if subscribed:
+            restored.append(f"subscriptions:{subscribed}")
+        session.upstream_id = new_id
+        session.generation += 1
+        return restored
+
+    async def _restore(self, body: bytes, headers: CIMultiDict[str], transport: SessionUpstream) -> bool:
+        """Send one recorded request again; True when the upstream accepted it."""
+        reply = await transport.request(headers, body, _id_of(body), self.config.recovery_timeout, probe=False)
+        if 200 <= reply.status < 300 and response_error(reply.message) is None:
+            return True
+        log.warning("session_state_not_restored", upstream=self.name, status=reply.status, method=_method_of(body))
+        return False
+
+    # -- ending -----------------------------------------------------------------------------------
+
+    def _end_later(self, session: LegacySession, transport: SessionUpstream, headers: Mapping[str, str]) -> None:
+        self._end_later_id(session.upstream_id, transport, headers)
+
+    def _end_later_id(self, upstream_id: str, transport: SessionUpstream, headers: Mapping[str, str]) -> None:
+        """End an upstream session nobody can reach any more (in the background: nobody waits for it)."""
+        ending = CIMultiDict(headers)
+        ending[SESSION_HEADER] = upstream_id
+        spawn(self._end(ending, transport), name=f"session-end-{self.name}", owner=self._tasks)
+
+    async def _end(self, headers: CIMultiDict[str], transport: SessionUpstream) -> None:
+        try:
+            reply = await transport.exchange("DELETE", headers, None, self.config.recovery_timeout, None)
+            if reply.stream is not None:
+                await reply.stream.close()
+        except ProxyError as exc:
+            log.info("session_end_failed", upstream=self.name, error=exc.message)
+
+    async def end_remapped(self, transport: SessionUpstream, headers: Mapping[str, str]) -> int:
+        """End upstream every session only the proxy can route (the proxy is stopping: nobody else will
+        route them); returns how many. Each is forgotten, so its client hears a session loss next."""
+        ended = self.table.remapped()
+        endings = []
+        for session in ended:
+            self.table.forget(session.client_id)
+            ending = CIMultiDict(headers)
+            ending[SESSION_HEADER] = session.upstream_id
+            endings.append(self._end(ending, transport))
+        self._counted()
+        await asyncio.gather(*endings)  # the pool bounds how many are sent at once
+        return len(ended)
+
+
+def _rebuild_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    rebuilt = CIMultiDict(headers)
+    for name in _NOT_FOR_REBUILD:
+        rebuilt.popall(name, None)
+    rebuilt["Accept"] = "application/json, text/event-stream"
+    rebuilt["Content-Type"] = "application/json"
+    return rebuilt
+
+
+def _id_of(body: bytes) -> str | int | None:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    request_id = value.get("id") if isinstance(value, dict) else None
+    return request_id if isinstance(request_id, str | int) else None
+
+
+def _method_of(body: bytes) -> str:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    method = value.get("method") if isinstance(value, dict) else None
+    return method if isinstance(method, str) else ""
