@@ -17,6 +17,7 @@ import pytest
 
 from tests.perf.procs import Processes
 from tests.perf.restart import Settings, run_scenario
+from tests.perf.restart_clients import Answer, _judged
 from tests.perf.restart_report import (
     CallRecord,
     RestartWindow,
@@ -78,6 +79,39 @@ def test_classify(record: CallRecord, kinds: list[str], expected: str) -> None:
     assert classify(record, kinds) == expected
 
 
+def answer(message: dict[str, Any] | None, status: int = 200, detail: str = "") -> Answer:
+    return Answer(status, message, None, detail)
+
+
+@pytest.mark.parametrize(
+    ("era", "got", "outcome", "rejected"),
+    [
+        ("modern", answer({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "wrote w"}]}}), "ok", False),
+        ("modern", answer({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "wrote x"}]}}), "unclear", False),
+        ("modern", answer({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "wrote w"}], "isError": True}}), "unclear", False),
+        ("modern", answer({"jsonrpc": "2.0", "id": 6, "result": {"content": [{"type": "text", "text": "wrote w"}]}}), "unclear", False),
+        ("modern", answer({"jsonrpc": "2.0", "id": "5", "result": {"content": [{"type": "text", "text": "wrote w"}]}}), "unclear", False),
+        (
+            "modern",
+            answer({"jsonrpc": "2.0", "id": 5, "error": {"code": -32050, "message": "down", "data": {"reason": "upstream_unavailable"}}}, 502),
+            "error",
+            False,
+        ),
+        ("modern", answer({"jsonrpc": "2.0", "id": 5, "error": {"code": "x", "message": "down"}}, 502), "unclear", False),
+        ("modern", answer({"id": 5, "error": {"code": -32050, "message": "down"}}, 502), "unclear", False),
+        ("modern", answer(None, 502, "HTTP 502: b'<html>'"), "unclear", False),
+        ("legacy", answer({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}}, 404), "unclear", True),
+        ("legacy", answer({"jsonrpc": "2.0", "id": 5, "error": {"code": -32600, "message": "gone", "data": {"reason": "session_lost"}}}, 404), "error", True),
+        ("modern", answer({"jsonrpc": "2.0", "id": 5, "error": {"code": -32600, "message": "Session not found"}}, 404), "error", False),
+    ],
+)
+def test_raw_answers_judged(era: str, got: Answer, outcome: str, rejected: bool) -> None:
+    """A raw call is ok only with the expected text under its own id; a clear error needs jsonrpc, its own
+    id, an integer code and a message; a legacy answer naming the session marks the call rejected."""
+    record = _judged(era, 0, "write", "w", 1.0, 2.0, got, request_id=5)
+    assert (record.outcome, record.session_rejected) == (outcome, rejected)
+
+
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 0.5) == 50.0
@@ -130,11 +164,16 @@ def test_summary_passes_a_clean_run() -> None:
         call("w1"),
         call("w2", outcome="error", started=10.1, ended=10.2, status=502, code=-32050, reason="upstream_unavailable"),
     ]
-    events = [event("call_failed", 2, "w2", "connection_lost"), {"type": "session_recovered", "call_id": 3}]
+    events = [
+        event("call_failed", 2, "w2", "connection_lost"),
+        {"type": "session_lost", "call_id": 3, "method": "tools/call", "recovery": "recovering", "why": None},
+        {"type": "session_recovered", "call_id": 3},
+        {"type": "session_lost", "call_id": 0, "method": "GET", "recovery": "failed", "why": "too_frequent"},
+    ]
     summary = summarize(records, [RestartWindow(10.0, 11.0)], collections.Counter({"w1": 1}), events, DEADLINE, 1.0)
     assert all(summary["targets"].values())
-    assert summary["events"]["session_recovered"] == 1
-    assert summary["events"]["session_lost"] == 0
+    assert (summary["events"]["session_lost"], summary["events"]["session_recovered"]) == (2, 1)
+    assert summary["events"]["session_lost_by_recovery"] == {"failed (too_frequent) on GET": 1, "recovering on tools/call": 1}
 
 
 def test_records_read_from_files(tmp_path: Path) -> None:
@@ -178,3 +217,4 @@ async def test_a_tiny_run_counts_agree_with_the_server_and_the_proxy(tmp_path: P
         assert summary["events"][name] == sum(1 for e in events if e.get("type") == name)
     legacy = report["legacy_sessions"]
     assert 1 <= legacy["opened"] <= 1 + legacy["reinitialized"]
+    assert legacy["get_streams_opened"] >= legacy["opened"]  # each session's GET stream, reopened when it ended

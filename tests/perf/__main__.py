@@ -225,6 +225,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--legacy", type=int, default=8, metavar="N", help="with --restart: legacy-session clients (default 8)")
     parser.add_argument("--modern", type=int, default=8, metavar="N", help="with --restart: 2026-07-28 clients (default 8)")
+    parser.add_argument(
+        "--sdk", type=int, default=1, metavar="N", help="with --restart: official SDK clients (mcp.Client) per era besides (default 1)"
+    )
     parser.add_argument("--restarts", type=int, default=3, metavar="N", help="with --restart: SIGKILL restarts (default 3)")
     parser.add_argument(
         "--calls-between", type=int, default=400, metavar="N",
@@ -236,11 +239,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--total", type=float, default=30.0, help="with --restart: the upstream's timeouts.total, every call's deadline, s (default 30)"
     )
     parser.add_argument(
-        "--retry-attempts", type=int, default=10, metavar="N", help="with --restart: the upstream's retry.max_attempts (default 10)"
+        "--retry-attempts", type=int, default=20, metavar="N", help="with --restart: the upstream's retry.max_attempts (default 20, the most it takes)"
     )
     parser.add_argument(
         "--breaker-threshold", type=int, default=None, metavar="N",
         help="with --restart: the upstream breaker's failure_threshold (default: the proxy's default, 5; 0: breaker off)",
+    )
+    parser.add_argument(
+        "--budget-ratio", type=float, default=None, metavar="R",
+        help="with --restart: the upstream retry budget's ratio (default: the proxy's default, 0.2)",
     )
     parser.add_argument(
         "--json-answers", action="store_true", help="with --restart: the server answers JSON instead of SSE (the SDK's default)"

@@ -273,9 +273,16 @@ def summarize(
         },
         "events": {
             **{name: type_counts.get(name, 0) for name in SESSION_EVENTS},
+            "session_lost_by_recovery": dict(sorted(collections.Counter(
+                f"{e.get('recovery')}" + (f" ({e.get('why')})" if e.get("why") else "") + f" on {e.get('method')}"
+                for e in events if e.get("type") == "session_lost"
+            ).items())),
             "by_type": dict(sorted(type_counts.items())),
         },
-        "failure_examples": [asdict(r) for r in failures[:12]],
+        "failure_examples": [
+            {**asdict(r), "kind": kind_of[id(r)], "failed_attempts": per_ref.get(r.ref, [])}
+            for r in sorted(failures, key=lambda r: (r.reason != "circuit_open", r.started), reverse=True)[:20]
+        ],
         "targets": targets,
     }
 
@@ -284,7 +291,7 @@ def print_report(report: dict[str, Any], out: Any) -> None:
     """The table and verdicts, in the style of the other modes."""
     s = report["summary"]
     w = out.write
-    w(f"\nproxy config: the defaults plus {'; '.join(report['user_settings'])}\n")
+    w(f"\nproxy: {report['proxy_src'] or 'this checkout'}; its config: the defaults plus, for the upstream, {'; '.join(report['user_settings'])}\n")
     w(f"measurement only: {'; '.join(report['measurement_settings'])}\n")
     for i, r in enumerate(s["restarts"], 1):
         w(f"restart {i}: SIGKILL at {r['killed_at_s']:.2f} s, serving again at {r['ready_at_s']:.2f} s ({r['down_s']:.2f} s down)\n")
@@ -303,6 +310,12 @@ def print_report(report: dict[str, Any], out: Any) -> None:
         reasons = s["kinds"][kind]["reasons"]
         if reasons:
             w(f"  {kind} failures by reason: {reasons}\n")
+    missed = [f for f in s["failure_examples"] if f["kind"] in ("idempotent", "never_sent")][:6]
+    for f in missed:
+        w(
+            f"  e.g. {f['era']} {f['tool']} {f['ref']} at {f['started']:.2f} s: {f['reason'] or f['detail'][:80]}; "
+            f"the proxy's failed attempts: {f['failed_attempts'] or 'none recorded'}\n"
+        )
     e = s["executions"]
     w(
         f"\nwrite executions: {e['executions']} for {e['write_calls']} calls; refs executed more than once: "
@@ -319,11 +332,18 @@ def print_report(report: dict[str, Any], out: Any) -> None:
     w(
         f"proxy events: session_lost {ev['session_lost']}, session_recovered {ev['session_recovered']}, "
         f"stream_resumed {ev['stream_resumed']}; all: {ev['by_type']}\n"
+        f"  session_lost by recovery: {ev['session_lost_by_recovery']}\n"
     )
     legacy = report["legacy_sessions"]
     w(
-        f"legacy sessions: {legacy['opened']} opened, {legacy['reinitialized']} re-initialized by their client after a "
-        f"failure that named the session (target 0), {legacy['init_failures']} initialize attempts failed\n"
+        f"raw legacy sessions: {legacy['opened']} opened, {legacy['reinitialized']} re-initialized by their client after "
+        f"a failure that named the session (target 0), {legacy['init_failures']} initialize attempts failed; GET streams: "
+        f"{legacy['get_streams_opened']} opened, {legacy['get_streams_ended']} ended under their client (target 0)\n"
+    )
+    sdk = report["sdk_clients"]
+    w(
+        f"SDK clients: {sdk['opened']} opened, {sdk['replaced']} replaced after a failure that spent them (target 0), "
+        f"{sdk['errors']} raised outside a call{': ' + '; '.join(sdk['error_examples']) if sdk['errors'] else ''}\n"
     )
     w("\n")
     for name, ok in s["targets"].items():
