@@ -214,6 +214,8 @@ class UpstreamSessions:
         in flight, within `time_left` seconds (None: `recovery_timeout` only), telling `observer` what
         became of it (`session_lost`, then `session_recovered` or a `session_lost` with ``failed``), about
         the request (`about`). Returns None when the request may be replayed now, else why not."""
+        if session.generation != seen and session.rebuilding is None and session.lost is None:
+            return None  # rebuilt since the request was sent (by another request, or the GET stream): replay
         refused = self.may_rebuild(session)
         if refused is not None:
             recovery = "off" if refused == "off" else "failed"
