@@ -390,7 +390,8 @@ class ProxyServer:
             if before is not None and before.health is state.health and before.transport is state.transport:
                 state.prober = before.prober
             elif state.health.config.active.enabled:
-                state.prober = HealthProber(state.transport, state.health, self.clock)
+                state.prober = HealthProber(state.transport, state.health, self.clock, breaker=state.breaker)
+                state.breaker.on_open(state.prober.wake)
                 state.prober.start()
 
     async def apply(self, config: ProxyConfig) -> None:
