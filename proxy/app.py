@@ -47,6 +47,7 @@ from proxy.redact import redact_text
 from proxy.server.listener import JsonRpcServer, ListenerLimits
 from proxy.server.status import status_document
 from proxy.upstream.transport import HttpUpstream
+from proxy.sessions import carry
 from proxy.tasks import Owner, cancel_and_wait, spawn
 
 if TYPE_CHECKING:
@@ -331,6 +332,9 @@ class ProxyServer:
         A listener that cannot bind raises `BindError`, after closing what this call opened."""
         runtime = self.runtime.current
         await self._open(runtime, previous=None)
+        if runtime.config.sessions_file is not None:
+            carried = carry.load(runtime.config.sessions_file, {n: s.sessions for n, s in runtime.states.items()})
+            log.info("sessions_carried_over", sessions=carried, path=runtime.config.sessions_file)
         drain = runtime.config.drain_timeout
         proxy_runner = web.ServerRunner(self.proxy_server(), shutdown_timeout=drain)
         admin_runner = web.AppRunner(self.admin_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
@@ -447,6 +451,7 @@ class ProxyServer:
         await self.handler.end_streams()
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()
+        await self._hand_over_sessions(self.runtime.current)
         if self.reloader is not None:
             await self.reloader.stop()
         await cancel_and_wait(self._tasks)
@@ -457,6 +462,26 @@ class ProxyServer:
         self.events.flush_summaries()
         await self._close(self.runtime.current)
         log.info("proxy_stopped")
+
+    async def _hand_over_sessions(self, runtime: Runtime) -> None:
+        """The legacy sessions the proxy keeps, once no call is left: saved for the next proxy when
+        `sessions_file` is set, else the ones only this proxy can route are ended upstream (`proxy.sessions.carry`)."""
+        keepers = {name: state.sessions for name, state in runtime.states.items()}
+        path = runtime.config.sessions_file
+        if path is not None:
+            try:
+                log.info("sessions_saved", sessions=carry.save(path, keepers), path=path)
+                return
+            except OSError as exc:
+                log.error("sessions_not_saved", path=path, error=str(exc))
+        ending = [state.sessions.end_remapped(state.transport, {}) for state in runtime.states.values()]
+        try:
+            async with asyncio.timeout(max(1.0, min(5.0, runtime.config.drain_timeout))):
+                ended = sum(await asyncio.gather(*ending))
+        except TimeoutError:
+            ended = -1
+        if ended:
+            log.info("sessions_ended", sessions=ended, note="rebuilt sessions nobody else can route; their clients initialize again")
 
     async def _close(self, runtime: Runtime) -> None:
         """The end of `stop`, and all a failed `start` has to undo: probes, admin listener, pools, event file."""

@@ -40,7 +40,7 @@ EMISSIONS: dict[str, list[tuple[bool, dict[str, Any]]]] = {
     "rate_limited": [(True, {"retry_after": 0.25})],
     "fallback_served": [(True, {"status": "hit"}), (True, {"status": "stale", "age": 40.5})],
     "health_changed": [(False, {"upstream": "up", "old": "unknown", "new": "unhealthy", "cause": "passive", "detail": "connect_error"})],
-    "session_lost": [(True, {"recovery": "recovering", "reason": None}), (True, {"recovery": "failed", "reason": "version_changed"})],
+    "session_lost": [(True, {"recovery": "recovering", "why": None}), (True, {"recovery": "failed", "why": "version_changed"})],
     "session_recovered": [(True, {"generation": 1, "recovery_ms": 3.25, "restored": ["initialized", "subscriptions:2"]})],
     "stream_resumed": [(False, {"upstream": "up", "stream": "get", "from_event_id": True, "generation": 0, "gap_ms": 120.5})],
     "config_reloaded": [(False, {"trigger": "watch", "file_hash": "ab" * 32})],

@@ -357,6 +357,13 @@ class ProxyConfig(ConfigModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     client_identity: ClientIdentityConfig = Field(default_factory=ClientIdentityConfig)  # type: ignore[arg-type]
     drain_timeout: Duration = Field(20.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
+    sessions_file: str | None = Field(
+        None,
+        description="Where a stopping proxy saves the legacy sessions it keeps and the next one reads them back, so a "
+        "restarted proxy (a sidecar update) carries them over, recovery included. Put it on a volume that outlives the "
+        "container (an emptyDir). Unset: on SIGTERM the sessions only the proxy can route (rebuilt ones) are ended "
+        "upstream, so their clients initialize again.",
+    )
     readiness: ReadinessConfig = Field(default_factory=ReadinessConfig)  # type: ignore[arg-type]
     reload: ReloadConfig = Field(default_factory=ReloadConfig)  # type: ignore[arg-type]
     events: EventsConfig = Field(default_factory=EventsConfig)  # type: ignore[arg-type]

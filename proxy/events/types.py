@@ -296,10 +296,13 @@ class SessionLost(CallEvent):
     follows, or a second `session_lost` with ``failed``); ``off``: `sessions.recovery` is off, the client
     heard the loss; ``unknown_session``: the proxy has no record of the session (made before the proxy
     started, or forgotten at `sessions.max_sessions`), the client heard the loss; ``failed``: recovery
-    was tried and did not work (`reason`), the client heard a session loss."""
-    reason: str | None
+    was tried and did not work (`why`), the client heard a session loss."""
+    why: str | None
     """Why recovery failed: ``version_changed``, ``capabilities_changed``, ``no_session_id``,
-    ``initialize_refused``, ``upstream_failed``, ``too_frequent``, ``lost_again``; None otherwise."""
+    ``initialize_refused``, ``upstream_failed``, ``deadline`` (the call's ``timeouts.total`` passed during
+    the rebuild), ``too_frequent``, ``lost_again``, ``not_restorable`` (a recorded request was over its
+    bound), ``answers_a_lost_request`` (a client's answer to a request of the lost session: dropped),
+    ``not_replayable`` (a batch); None otherwise."""
 
 
 @_kind

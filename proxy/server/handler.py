@@ -525,20 +525,20 @@ class McpHandler:
         refused = keeper.may_rebuild(session)
         if refused is not None:
             recovery = "off" if refused == "off" else "failed"
-            events.policy_event("session_lost", about, recovery=recovery, reason=None if recovery == "off" else refused)
+            events.policy_event("session_lost", about, recovery=recovery, why=None if recovery == "off" else refused)
             return reply
         if message is not None and message.kind is Kind.RESPONSE:
-            events.policy_event("session_lost", about, recovery="failed", reason="answers_a_lost_request")
+            events.policy_event("session_lost", about, recovery="failed", why="answers_a_lost_request")
             return Reply(202, CIMultiDict())
         if message is None or message.kind is not Kind.NOTIFICATION:
-            events.policy_event("session_lost", about, recovery="failed", reason="not_replayable")
+            events.policy_event("session_lost", about, recovery="failed", why="not_replayable")
             return reply
-        events.policy_event("session_lost", about, recovery="recovering", reason=None)
+        events.policy_event("session_lost", about, recovery="recovering", why=None)
         started = time.perf_counter()
         try:
             restored = await keeper.rebuild(session, seen, headers, route.upstream)
         except RebuildFailed as exc:
-            events.policy_event("session_lost", about, recovery="failed", reason=exc.reason)
+            events.policy_event("session_lost", about, recovery="failed", why=exc.reason)
             if exc.permanent:
                 return lost_reply(None, route.upstream.name, exc.reason)
             return reply

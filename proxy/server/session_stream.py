@@ -186,14 +186,14 @@ class _Resuming:
             refused = keeper.may_rebuild(self.session)
             if refused is not None:
                 recovery = "off" if refused == "off" else "failed"
-                events.policy_event("session_lost", self.about, recovery=recovery, reason=None if recovery == "off" else refused)
+                events.policy_event("session_lost", self.about, recovery=recovery, why=None if recovery == "off" else refused)
             else:
-                events.policy_event("session_lost", self.about, recovery="recovering", reason=None)
+                events.policy_event("session_lost", self.about, recovery="recovering", why=None)
                 started = time.perf_counter()
                 try:
                     restored = await keeper.rebuild(self.session, self.generation, self.headers, self.route.upstream)
                 except RebuildFailed as exc:
-                    events.policy_event("session_lost", self.about, recovery="failed", reason=exc.reason)
+                    events.policy_event("session_lost", self.about, recovery="failed", why=exc.reason)
                     if not exc.permanent and self.response is not None:
                         return None  # the upstream is still coming back: try again within the window
                 else:

@@ -163,6 +163,13 @@ class UpstreamSessions:
         else:
             session.restorable = False
 
+    def adopt(self, session: LegacySession) -> bool:
+        """Keep a session carried over from a previous proxy (`proxy.sessions.carry`)."""
+        adopted = self.table.adopt(session)
+        if adopted:
+            self._counted()
+        return adopted
+
     def forget(self, client_id: str) -> LegacySession | None:
         """The client ended its session (DELETE): nothing of it is kept."""
         session = self.table.forget(client_id)

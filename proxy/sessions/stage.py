@@ -18,18 +18,21 @@ For each request:
   as it is; a loss reaches its client as the upstream said it.
 
 Every loss is a `session_lost` event saying what became of it; every replay a `session_recovered` one.
+The rebuild and the replay fit in what is left of the call's `timeouts.total` (from when its request was
+read): past it the call ends in ``upstream_timeout``, as any other call past its deadline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Final
 
 import orjson
 from multidict import CIMultiDict
 
-from proxy.errors import UpstreamUnavailable
+from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.mcp.jsonrpc import INVALID_REQUEST, error_body
 from proxy.policies.base import Attempt, Call, CallHandler, Observer, Reply
 from proxy.policies.failures import session_lost_answer
@@ -85,7 +88,7 @@ class SessionStage:
         reply = await next(call)
         if reply.stream is None and session_lost_answer(reply.status, reply.message):
             recovery = "unknown_session" if self._sessions.config.recovery else "off"
-            self._observer.policy_event("session_lost", _about(call, reply), recovery=recovery, reason=None)
+            self._observer.policy_event("session_lost", _about(call, reply), recovery=recovery, why=None)
         return reply
 
     async def _within(self, call: Call, next: CallHandler, session: LegacySession) -> Reply:
@@ -101,14 +104,20 @@ class SessionStage:
         refused = self._sessions.may_rebuild(session)
         if refused is not None:
             recovery = "off" if refused == "off" else "failed"
-            self._observer.policy_event("session_lost", about, recovery=recovery, reason=None if recovery == "off" else refused)
+            self._observer.policy_event("session_lost", about, recovery=recovery, why=None if recovery == "off" else refused)
             return lost_reply(call.message.id, call.upstream, refused) if session.lost is not None else reply
-        self._observer.policy_event("session_lost", about, recovery="recovering", reason=None)
+        self._observer.policy_event("session_lost", about, recovery="recovering", why=None)
         started = time.perf_counter()
         try:
-            restored = await self._sessions.rebuild(session, seen, call.headers, self._transport)
+            async with asyncio.timeout(_time_left(call)):  # the wait: the rebuild itself goes on for the others
+                restored = await self._sessions.rebuild(session, seen, call.headers, self._transport)
+        except TimeoutError:
+            self._observer.policy_event("session_lost", about, recovery="failed", why="deadline")
+            raise UpstreamTimeout(
+                "the call's deadline (timeouts.total) passed while its lost session was rebuilt", upstream=call.upstream
+            ) from None
         except RebuildFailed as exc:
-            self._observer.policy_event("session_lost", about, recovery="failed", reason=exc.reason)
+            self._observer.policy_event("session_lost", about, recovery="failed", why=exc.reason)
             if exc.permanent:
                 return lost_reply(call.message.id, call.upstream, exc.reason)
             raise exc.error or UpstreamUnavailable(
@@ -119,12 +128,25 @@ class SessionStage:
             recovery_ms=round((time.perf_counter() - started) * 1000, 3), restored=restored or [],
         )  # fmt: skip
         call.headers[SESSION_HEADER] = session.upstream_id
-        replayed = await next(call)
+        try:
+            async with asyncio.timeout(_time_left(call)):
+                replayed = await next(call)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                "the call's deadline (timeouts.total) passed before the replay on its rebuilt session was answered",
+                upstream=call.upstream,
+            ) from None
         if replayed.stream is None and session_lost_answer(replayed.status, replayed.message):
-            self._observer.policy_event("session_lost", _about(call, replayed), recovery="failed", reason="lost_again")
+            self._observer.policy_event("session_lost", _about(call, replayed), recovery="failed", why="lost_again")
         else:
             self._sessions.record(session, call.method, call.message, call.body, replayed)
         return replayed
+
+
+def _time_left(call: Call) -> float:
+    """What is left of the call's deadline (`timeouts.total`, from when its request was read): the rebuild
+    and the replay fit in it, so a call that met a loss ends within the same deadline as any other."""
+    return max(0.0, call.policy.timeouts.total - (time.perf_counter() - call.started))
 
 
 def _about(call: Call, reply: Reply) -> Call | Attempt:

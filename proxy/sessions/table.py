@@ -111,6 +111,19 @@ class SessionTable:
     def forget(self, client_id: str) -> LegacySession | None:
         return self._sessions.pop(client_id, None)
 
+    def adopt(self, session: LegacySession) -> bool:
+        """Take a session carried over from a previous proxy (`proxy.sessions.carry`), marked used now;
+        False when its id is taken here or the table is full."""
+        if session.client_id in self._sessions or len(self._sessions) >= self.config.max_sessions:
+            return False
+        session.last_used = self._clock()
+        self._sessions[session.client_id] = session
+        return True
+
+    def sessions(self) -> list[LegacySession]:
+        """Every kept session, least recently used first."""
+        return list(self._sessions.values())
+
     def remapped(self) -> list[LegacySession]:
         """The sessions only the proxy can route (each rebuilt at least once)."""
         return [session for session in self._sessions.values() if session.remapped]

@@ -1,0 +1,143 @@
+"""Carrying legacy sessions over the proxy's own restart (a sidecar updated while its server runs on).
+
+A client's session id is the upstream's until a rebuild (`proxy.sessions.table`), so a proxy restarted
+in front of a live server passes those ids through and they go on working, without recovery until the
+client initializes again. A session already rebuilt is routable only through the proxy's record.
+
+- With ``sessions_file`` set (on a volume that outlives the container, e.g. an ``emptyDir``), a stopping
+  proxy writes every kept session there (`save`) and the next one reads them back (`load`): nothing
+  changes for any client, recovery included. The file holds what the clients sent to initialize and
+  subscribe (never a header, so no credential), is written atomically with mode 0600, and is read with
+  the same bounds as live traffic (`max_sessions`, `MAX_RECORDED_BODY`, `MAX_SUBSCRIPTIONS`, the file's
+  size); an unreadable file is logged and ignored (the proxy starts without records: passthrough).
+- Without it, the stopping proxy ends upstream the sessions only it could route
+  (`UpstreamSessions.end_remapped`): their clients hear a 404 next and initialize again, as the spec
+  says, rather than leave the server holding sessions nobody can reach.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import structlog
+
+from proxy.sessions.keeper import UpstreamSessions
+from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SUBSCRIPTIONS, LegacySession
+
+__all__ = ["FORMAT", "MAX_FILE_BYTES", "load", "save"]
+
+log = structlog.get_logger("proxy")
+
+FORMAT: Final = 1
+"""The file's format version: a file of another version is ignored."""
+MAX_FILE_BYTES: Final = 256 * 1024 * 1024
+"""The largest sessions file read back (larger: ignored, logged)."""
+
+
+def save(path: str, keepers: Mapping[str, UpstreamSessions]) -> int:
+    """Write every kept session of every upstream to `path` (atomically, mode 0600); returns how many."""
+    upstreams = {name: [_record(s) for s in keeper.table.sessions() if s.lost is None] for name, keeper in keepers.items()}
+    data = orjson.dumps({"format": FORMAT, "upstreams": upstreams})
+    target = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return sum(len(records) for records in upstreams.values())
+
+
+def load(path: str, keepers: Mapping[str, UpstreamSessions]) -> int:
+    """Read sessions saved by `save` into the keepers of the same upstream names; returns how many. The
+    file is removed once read: records are valid for the one restart they were written for."""
+    target = Path(path)
+    try:
+        if target.stat().st_size > MAX_FILE_BYTES:
+            log.warning("sessions_file_ignored", path=path, why=f"larger than {MAX_FILE_BYTES} bytes")
+            return 0
+        document = orjson.loads(target.read_bytes())
+    except FileNotFoundError:
+        return 0
+    except (OSError, orjson.JSONDecodeError) as exc:
+        log.warning("sessions_file_ignored", path=path, why=str(exc))
+        return 0
+    finally:
+        target.unlink(missing_ok=True)
+    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("upstreams"), dict):
+        log.warning("sessions_file_ignored", path=path, why="not a sessions file of this version")
+        return 0
+    loaded = 0
+    for name, records in document["upstreams"].items():
+        keeper = keepers.get(name)
+        if keeper is None or not isinstance(records, list):
+            continue
+        for record in records[-keeper.config.max_sessions :]:
+            session = _session(record)
+            if session is not None and keeper.adopt(session):
+                loaded += 1
+    return loaded
+
+
+def _record(session: LegacySession) -> dict[str, Any]:
+    return {
+        "client_id": session.client_id,
+        "upstream_id": session.upstream_id,
+        "initialize": _text(session.initialize),
+        "protocol": session.protocol,
+        "capabilities": session.capabilities,
+        "generation": session.generation,
+        "log_level": None if session.log_level is None else _text(session.log_level),
+        "subscriptions": [_text(body) for body in session.subscriptions.values()],
+        "subscribed": list(session.subscriptions),
+        "restorable": session.restorable,
+    }
+
+
+def _session(record: Any) -> LegacySession | None:
+    """A record read back, checked as live traffic is; None when anything is off."""
+    if not isinstance(record, dict):
+        return None
+    try:
+        client_id, upstream_id, protocol = record["client_id"], record["upstream_id"], record["protocol"]
+        if not all(isinstance(v, str) and 0 < len(v) <= 256 for v in (client_id, upstream_id, protocol)):
+            return None
+        initialize = _bytes(record["initialize"])
+        log_level = None if record.get("log_level") is None else _bytes(record["log_level"])
+        bodies, uris = record.get("subscriptions", []), record.get("subscribed", [])
+        if not (isinstance(bodies, list) and isinstance(uris, list) and len(bodies) == len(uris) <= MAX_SUBSCRIPTIONS):
+            return None
+        subscriptions = {uri: _bytes(body) for uri, body in zip(uris, bodies, strict=True) if isinstance(uri, str)}
+        generation = record.get("generation", 0)
+        if not isinstance(generation, int) or generation < 0:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    session = LegacySession(client_id, upstream_id, initialize, protocol, record.get("capabilities"), 0.0, generation)
+    session.log_level = log_level
+    session.subscriptions = subscriptions
+    session.restorable = record.get("restorable") is not False
+    return session
+
+
+def _text(body: bytes) -> str:
+    return base64.b64encode(body).decode("ascii")
+
+
+def _bytes(text: Any) -> bytes:
+    if not isinstance(text, str) or len(text) > MAX_RECORDED_BODY * 2:
+        raise ValueError("not a recorded body")
+    body = base64.b64decode(text, validate=True)
+    if len(body) > MAX_RECORDED_BODY:
+        raise ValueError("recorded body over its bound")
+    return body
