@@ -9,7 +9,8 @@ part of MCP the proxy's session handling touches:
 - ``initialize`` opens a session (``Mcp-Session-Id``: a uuid4 hex, or ``s1``, ``s2``, ... numbered
   from 1 again after each restart, as a server that counts in memory does: `ids`), answering
   `protocol` and `capabilities` (both changeable, to make a restarted server answer differently);
-  `fail_initialize` answers the next N ``initialize`` requests 503 (a server still starting);
+  `fail_initialize` answers the next N ``initialize`` requests 503 (a server still starting), and
+  `initialize_gate` holds them until the test opens it (a slow one);
 - a request on a session the server does not know is answered the way `loss` says: ``sdk`` (the
   official SDKs: 404, JSON-RPC -32600 "Session not found", ``id`` null) or ``everything``
   (``@modelcontextprotocol/server-everything``: 400, -32000 "Bad Request: No valid session ID
@@ -150,6 +151,8 @@ class SessionUpstream:
         self.capabilities: dict[str, Any] = json.loads(json.dumps(CAPABILITIES))
         self.fail_initialize = 0
         """Answer the next this many ``initialize`` requests 503."""
+        self.initialize_gate: asyncio.Event | None = None
+        """When set to an event, each ``initialize`` waits for it before it is answered (a slow start)."""
         self.hold_losses = 0
         """Hold each "session lost" answer until this many are waiting (0: answer at once)."""
         self.on_request: Callable[[Seen], None] | None = None
@@ -333,6 +336,8 @@ class SessionUpstream:
 
     async def _initialize(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         self.initialize_requests += 1
+        if self.initialize_gate is not None:
+            await self.initialize_gate.wait()
         if self.fail_initialize > 0:
             self.fail_initialize -= 1
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32603, "message": "starting"}}, status=503)
@@ -532,11 +537,11 @@ class LegacyClient:
             assert await self.notify("notifications/initialized") == 202
         return self.session_id
 
-    async def request(self, method: str, params: dict[str, Any] | None = None) -> Answer:
+    async def request(self, method: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Answer:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id(), "method": method}
         if params is not None:
             message["params"] = params
-        return await self.post(message)
+        return await self.post(message, headers)
 
     async def call(self, tool: str, **arguments: Any) -> Answer:
         return await self.request("tools/call", {"name": tool, "arguments": arguments})
@@ -566,7 +571,7 @@ def brief(event: dict[str, Any]) -> tuple[Any, ...]:
     """An event's identifying fields: what the tests compare exactly (timings left out)."""
     kind = event["type"]
     if kind == "session_lost":
-        return (kind, event["method"], event["recovery"], event["reason"])
+        return (kind, event["method"], event["recovery"], event["why"])
     if kind == "session_recovered":
         return (kind, event["method"], event["generation"], event["restored"])
     return (kind, event["stream"], event["from_event_id"], event["generation"])

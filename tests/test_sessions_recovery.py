@@ -563,11 +563,6 @@ async def test_a_forgotten_rebuilt_session_is_ended_upstream(servers: Servers, h
         assert server.tool_runs["add"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISSING: ProxyServer.stop never calls UpstreamSessions.end_remapped: a draining proxy leaves the "
-    "sessions only it could route open upstream",
-)
 async def test_a_draining_proxy_ends_the_sessions_only_it_could_route(servers: Servers, http: aiohttp.ClientSession) -> None:
     server = await servers()
     async with proxied(server) as proxy:
@@ -576,7 +571,9 @@ async def test_a_draining_proxy_ends_the_sessions_only_it_could_route(servers: S
         server.restart()
         await b.initialize()
         assert (await a.call("add")).status == 200
-    assert server.deleted == [server.opened[1]]  # a's rebuilt one; b's the upstream knows by its client's id
+    a_rebuilt = server.opened[2]
+    assert server.deleted == [a_rebuilt]  # b's the upstream knows by its client's own id: it stays
+    assert [seen.session for seen in server.seen if seen.http == "DELETE"] == [a_rebuilt]
 
 
 # -- metrics -----------------------------------------------------------------------------------------
@@ -809,3 +806,74 @@ async def test_losses_at_a_restart_neither_open_the_breaker_nor_mark_the_upstrea
         assert "breaker_state" not in kinds and "circuit_open" not in kinds
         assert proxy.runtime.current.states["up"].health.serving
         assert server.tool_runs["add"] == 4
+
+
+async def test_a_rebuild_slower_than_the_calls_deadline_ends_the_call_in_time_and_goes_on_for_the_next(
+    servers: Servers, http: aiohttp.ClientSession
+) -> None:
+    server = await servers()
+    async with proxied(server, timeouts={"per_try": "1s", "total": "1s"}) as proxy:
+        a = client(http, proxy)
+        await a.initialize()
+        server.restart()
+        server.initialize_gate = asyncio.Event()
+        failed = await a.call("add")
+        assert failed.status == 504 and failed.headers["X-Mcp-Proxy-Error"] == "upstream_timeout"
+        assert failed.message["id"] == 2
+        assert [brief(event) for event in session_events(proxy.bus)] == [
+            ("session_lost", "tools/call", "recovering", None),
+            ("session_lost", "tools/call", "failed", "deadline"),
+        ]
+        server.initialize_gate.set()  # the rebuild was not the call's to cancel: it goes on
+        await server.until(lambda: len(server.opened) == 2 and server.sessions[server.opened[1]].initialized)
+        assert (await a.call("add")).text == f"add #1 on {server.opened[1]} for a"
+        assert server.initialize_requests == 2 and server.tool_runs["add"] == 1
+
+
+# -- the proxy's own restart ---------------------------------------------------------------------------
+
+
+async def test_a_sessions_file_carries_every_session_over_the_proxys_restart(
+    servers: Servers, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    server = await servers()
+    path = tmp_path / "sessions.json"
+    settings = proxy_config(server.url, sessions_file=str(path), events={"summary_interval": "1h"})
+    async with running_proxy(settings) as first:
+        a, b = client(http, first, "a"), client(http, first, "b")
+        await a.initialize()
+        assert (await a.request("logging/setLevel", {"level": "error"}, {"Authorization": "Bearer secret-a"})).status == 200
+        assert (await a.request("resources/subscribe", {"uri": "file:///one"})).status == 200
+        server.restart()
+        assert (await a.call("add")).status == 200
+        a_rebuilt = server.opened[1]
+        await b.initialize()  # after the restart: the upstream knows b's session by b's own id
+    assert server.deleted == []  # nothing ended: the next proxy routes them
+    saved = path.read_bytes()
+    assert path.stat().st_mode & 0o777 == 0o600 and b"secret-a" not in saved
+
+    async with running_proxy(settings) as second:
+        assert not path.exists()  # read once
+        assert kept(second) == 2
+        a.url = b.url = second.url + "/mcp"
+        assert (await a.call("add")).text == f"add #2 on {a_rebuilt} for a"
+        assert (await b.call("add")).text == f"add #1 on {b.session_id} for b"
+        assert server.initialize_requests == 3
+        server.restart()
+        assert (await a.call("add")).status == 200
+        assert [brief(event) for event in session_events(second.bus)] == [
+            ("session_lost", "tools/call", "recovering", None),
+            ("session_recovered", "tools/call", 2, ["initialized", "log_level", "subscriptions:1"]),
+        ]
+        assert server.sessions[server.opened[-1]].log_level == "error"
+
+
+async def test_an_unreadable_sessions_file_is_ignored_and_removed(servers: Servers, http: aiohttp.ClientSession, tmp_path: Any) -> None:
+    server = await servers()
+    path = tmp_path / "sessions.json"
+    path.write_bytes(b'{"format": 1, "upstreams": {"up": [{"client_id": 5}, "x"]}}')
+    async with running_proxy(proxy_config(server.url, sessions_file=str(path))) as proxy:
+        assert kept(proxy) == 0 and not path.exists()
+        a = client(http, proxy)
+        await a.initialize()
+        assert (await a.call("add")).status == 200

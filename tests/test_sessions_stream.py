@@ -408,3 +408,28 @@ async def test_a_stream_and_a_call_meeting_one_loss_share_one_rebuild(servers: S
             ("stream_resumed", "get", False, 1),
         ]
         await reader.close()
+
+
+async def test_after_the_proxys_own_restart_the_client_reopens_its_stream_on_the_session_carried_over(
+    servers: Servers, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    server = await servers()
+    settings = proxy_config(server.url, sessions_file=str(tmp_path / "sessions.json"), events={"summary_interval": "1h"})
+    async with running_proxy(settings) as first:
+        a = LegacyClient(http, first.url + "/mcp", "a")
+        await a.initialize()
+        server.restart()
+        assert (await a.call("add")).status == 200  # rebuilt: only the proxy routes a's id now
+        rebuilt_id = server.opened[1]
+        reader = await open_stream(http, a)
+        await opened(server, rebuilt_id, 1)
+    await reader.until(lambda: reader.ended is not None)
+    assert reader.ended == "eof"  # ended cleanly by the draining proxy: an SDK client reopens it
+    async with running_proxy(settings) as second:
+        a.url = second.url + "/mcp"
+        reader = await open_stream(http, a)
+        await opened(server, rebuilt_id, 2)
+        sent = event(server, rebuilt_id, UPDATED)
+        await reader.read(sent)
+        assert server.initialize_requests == 2 and session_events(second.bus) == []
+        await reader.close()
