@@ -158,6 +158,8 @@ class SessionUpstream:
         self.on_request: Callable[[Seen], None] | None = None
         """Called with each POSTed message as it arrives, before it is acted on (a test's own step)."""
         self.lingering: set[str] = set()
+        self.end_streams_at_once = False
+        """Answer a GET with a stream that ends as soon as it opened (what replayed, if anything, then nothing)."""
         """Sessions whose broken GET stream the server still holds: a new GET of one is answered 409."""
         self.sessions: dict[str, ServerSession] = {}
         self.ended: list[ServerSession] = []
@@ -240,6 +242,21 @@ class SessionUpstream:
     def event_bytes(event_id: str | None, message: dict[str, Any]) -> bytes:
         head = f"id: {event_id}\n" if event_id is not None else ""
         return f"{head}event: message\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
+
+    def update_resource(self, uri: str) -> list[str]:
+        """The resource at `uri` changed: ``notifications/resources/updated`` to every session subscribed to it
+        (on its GET stream); returns those sessions' ids."""
+        message = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
+        told = [session.id for session in self.sessions.values() if uri in session.subscriptions]
+        for session_id in told:
+            self.notify(session_id, message)
+        return told
+
+    def send_raw(self, session_id: str, data: bytes) -> None:
+        """Write `data` as it is on the session's open GET stream (half an event, a comment...); not kept."""
+        stream = self.sessions[session_id].stream
+        assert stream is not None
+        stream.queue.put_nowait(data)
 
     def drop_stream(self, session_id: str, *, abort: bool = True, linger: bool = False) -> None:
         """End `session_id`'s GET stream (`abort`: break the connection; else end it cleanly); the session stays.
@@ -437,7 +454,7 @@ class SessionUpstream:
                     await response.write(data)
         self._touch()
         try:
-            while True:
+            while not self.end_streams_at_once:
                 data = await stream.queue.get()
                 if data is None:
                     await response.write_eof()
@@ -447,6 +464,8 @@ class SessionUpstream:
                     request.transport.abort()
                     return response
                 await response.write(data)
+            await response.write_eof()
+            return response
         finally:
             if session.stream is stream:
                 session.stream = None

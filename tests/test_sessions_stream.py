@@ -433,3 +433,79 @@ async def test_after_the_proxys_own_restart_the_client_reopens_its_stream_on_the
         await reader.read(sent)
         assert server.initialize_requests == 2 and session_events(second.bus) == []
         await reader.close()
+
+
+async def test_half_an_event_cut_by_a_break_never_reaches_the_client(servers: Servers, http: aiohttp.ClientSession) -> None:
+    server = await servers(event_ids=True)
+    async with running_proxy(config(server)) as proxy:
+        a = LegacyClient(http, proxy.url + "/mcp", "a")
+        session_id = await a.initialize()
+        reader = await open_stream(http, a)
+        await opened(server, session_id, 1)
+        first = event(server, session_id, LIST_CHANGED)
+        whole = SessionUpstream.event_bytes(f"{session_id}-2", UPDATED)
+        server.send_raw(session_id, whole[: len(whole) // 2])  # the server dies halfway through an event
+        await reader.read(first)
+        server.drop_stream(session_id)
+        again = event(server, session_id, UPDATED)  # what the server replays from the last whole event
+        await opened(server, session_id, 2)
+        await reader.read(first + again)
+        assert again == whole
+        await reader.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _Resuming.run resets its backoff after every opening that succeeded, even one that ended at once "
+    "having passed nothing: a server that ends the GET stream at once is asked again every RESUME_BACKOFF "
+    "(50 ms) for as long as the client stays, and never past RESUME_WINDOW",
+)
+async def test_a_stream_that_ends_as_soon_as_it_opens_is_reopened_ever_more_slowly(
+    servers: Servers, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from proxy.server import session_stream
+
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        waits.append(delay)
+        await sleep(0)
+
+    monkeypatch.setattr(session_stream, "asyncio", SimpleNamespace(sleep=recorded))
+    server = await servers()
+    async with running_proxy(config(server)) as proxy:
+        a = LegacyClient(http, proxy.url + "/mcp", "a")
+        session_id = await a.initialize()
+        reader = await open_stream(http, a)
+        await opened(server, session_id, 1)
+        server.end_streams_at_once = True
+        server.drop_stream(session_id)
+        await server.until(lambda: server.sessions[session_id].streams_opened >= 6)
+        await reader.close()
+    assert waits[:5] == [0.05, 0.1, 0.2, 0.4, 0.8]
+
+
+@pytest.mark.parametrize("answer", ["json", "sse"])
+async def test_a_subscription_made_before_a_restart_still_delivers_its_updates_after_it(
+    servers: Servers, http: aiohttp.ClientSession, answer: str
+) -> None:
+    server = await servers(answer=answer)
+    async with running_proxy(config(server)) as proxy:
+        a = LegacyClient(http, proxy.url + "/mcp", "a")
+        first_id = await a.initialize()
+        assert (await a.request("resources/subscribe", {"uri": "file:///one"})).status == 200
+        reader = await open_stream(http, a)
+        await opened(server, first_id, 1)
+        server.restart()
+        await server.until(lambda: len(server.opened) == 2)
+        rebuilt_id = server.opened[1]
+        await opened(server, rebuilt_id, 1)
+        assert server.update_resource("file:///one") == [rebuilt_id]
+        await reader.read(server.sessions[rebuilt_id].events[0][1])
+        assert b"notifications/resources/updated" in reader.data
+        recovered = [e for e in session_events(proxy.bus) if e["type"] == "session_recovered"]
+        assert [e["restored"] for e in recovered] == [["initialized", "subscriptions:1"]]
+        await reader.close()
