@@ -877,3 +877,16 @@ async def test_an_unreadable_sessions_file_is_ignored_and_removed(servers: Serve
         a = client(http, proxy)
         await a.initialize()
         assert (await a.call("add")).status == 200
+
+
+async def test_a_replayed_call_spends_one_rate_limit_token_and_the_rebuild_none(
+    servers: Servers, http: aiohttp.ClientSession
+) -> None:
+    server = await servers()
+    async with proxied(server, rate_limit={"rate": 1, "per": "1h", "burst": 3}) as proxy:
+        a = client(http, proxy)
+        await a.initialize()  # initialize and initialized: two tokens
+        server.restart()
+        assert (await a.call("add")).status == 200  # the third: the rebuild and the replay take none
+        assert (await a.call("add")).status == 429
+        assert server.tool_runs["add"] == 1 and server.initialize_requests == 2
