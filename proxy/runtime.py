@@ -98,6 +98,9 @@ class Runtime:
     shared: SharedStages
     states: dict[str, UpstreamState]
     events: EventRecorder
+    observer: Observer
+    """Metrics and events together (`FanOut`): what the stages report to, and what the listener reports
+    a moment of its own to (a relayed message's lost session, a resumed stream), so both hear it."""
 
     @property
     def upstreams(self) -> list[HttpUpstream]:
@@ -218,5 +221,5 @@ def build_runtime(
     shared.rate_limit.retain([policy.rate_limit for _, policy in live if policy.rate_limit is not None])
     shared.cache.retain({(name, policy.cache) for name, policy in live if policy.cache is not None})
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)
-    return Runtime(config, routes, hosts, metrics, config_hash(config), shared, states, events)
+    return Runtime(config, routes, hosts, metrics, config_hash(config), shared, states, events, observer)
 

@@ -451,9 +451,10 @@ class StreamResumed(Event):
     """Reopened with ``Last-Event-ID`` (the server replays what the stream missed); False: reopened from
     now on (a restarted server has nothing to replay)."""
     generation: int
-    """The session's generation when it reopened (0: the session was never rebuilt)."""
+    """The session's generation when it reopened (0: the session was never rebuilt; always 0 for
+    ``listen``: the 2026-07-28 era has no session)."""
     gap_ms: float
-    """From the upstream stream's end to its reopening."""
+    """From the upstream stream's end to its reopening (for ``listen``: to the re-issue's acknowledgement)."""
 
 
 EVENT_TYPES: Final = tuple(KINDS)

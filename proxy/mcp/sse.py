@@ -77,7 +77,7 @@ class _EventReader:
     """The parsing both `SSEParser` and `SSEWatcher` are made of (`_events`): one object per stream."""
 
     __slots__ = ("_bom", "_data", "_dropping_line", "_event", "_event_size", "_id", "_max", "_oversized", "_partial",
-                 "_pending_cr", "bom_stripped", "last_event_id")  # fmt: skip
+                 "_pending_cr", "bom_stripped", "last_event_id", "messages")  # fmt: skip
 
     def __init__(self, max_event: int | None = None) -> None:
         self._max = max_event
@@ -100,6 +100,9 @@ class _EventReader:
         bytes are unchanged)."""
         self.last_event_id: str | None = None
         """The last `id:` seen: what a client would send back as Last-Event-ID."""
+        self.messages = 0
+        """Events with data dispatched so far (a priming event, an id with no data, is none): whether any of
+        a stream's content went by (`proxy.server.relay`: a broken answer may be tried again only before)."""
 
     @property
     def at_line_start(self) -> bool:
@@ -195,8 +198,11 @@ class _EventReader:
             self.last_event_id = self._id
         data = self._data
         if self._oversized:
+            self.messages += 1
             event: SSEEvent | None = _new(SSEEvent, ("", self._event or "message", self._id, True))
         elif data:
+            if len(data) > 1 or data[0]:  # a priming event's empty data line is no content
+                self.messages += 1
             text = (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace")
             event = _new(SSEEvent, (text, self._event or "message", self._id, False))
         else:

@@ -130,7 +130,7 @@ class McpHandler:
 
     def __init__(self, runtime: RuntimeRef) -> None:
         self._runtime = runtime
-        self._relay = Relay()
+        self._relay = Relay(current=self._runtime)
         self._streams = SessionStreams()
         self._classifying: tuple[Runtime | None, dict[str, CallRoute]] = (None, {})
         """(a runtime, each of its paths' `CallRoute`): made once per runtime, not per call."""
@@ -518,7 +518,7 @@ class McpHandler:
         keeper = route.state.sessions
         kind = message.method if message is not None and message.method else method
         about = _session_call(request, runtime, route, kind, headers, message)
-        events = runtime.events
+        events = runtime.observer
         if method == "DELETE":
             keeper.forget(session.client_id)
             return reply

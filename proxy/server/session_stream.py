@@ -142,7 +142,7 @@ class _Resuming:
             if self.response is None:
                 self.response = await _start(self.request, reply)
             elif broke_at is not None:
-                self.runtime.events.policy_event(
+                self.runtime.observer.policy_event(
                     "stream_resumed", None, upstream=self.route.upstream.name, stream="get",
                     from_event_id=resumed_from_id, generation=self.session.generation,
                     gap_ms=round((time.monotonic() - broke_at) * 1000, 3),
@@ -181,7 +181,7 @@ class _Resuming:
         """A GET answered without a stream: the loss of a kept session is rebuilt (None: open again);
         anything else is the client's answer while its stream has not started, else the stream ends."""
         keeper = self.route.state.sessions
-        events = self.runtime.events
+        events = self.runtime.observer
         if session_lost_answer(reply.status, reply.message):
             refused = keeper.may_rebuild(self.session)
             if refused is not None:
