@@ -600,11 +600,6 @@ async def test_the_session_metrics_count_what_became_of_each_loss(servers: Serve
         assert await metric(http, admin, "mcp_proxy_session_recoveries_total", upstream="up", outcome="unknown_session") == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: McpHandler._relayed_after_loss emits through runtime.events (the recorder alone), not the observer "
-    "the metrics hear: a recovery a notification made is not in mcp_proxy_session_recoveries_total",
-)
 async def test_a_recovery_made_by_a_notification_is_counted(servers: Servers, http: aiohttp.ClientSession) -> None:
     server = await servers()
     async with proxied(server) as proxy:

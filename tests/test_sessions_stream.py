@@ -188,11 +188,6 @@ async def test_a_dropped_stream_resumes_from_the_last_event_id_without_a_duplica
         await reader.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: session_stream emits through runtime.events (the recorder alone), not the observer the metrics "
-    "hear (FanOut(metrics, events)): mcp_proxy_streams_resumed_total never counts a GET stream",
-)
 async def test_a_resumed_stream_is_counted(servers: Servers, http: aiohttp.ClientSession) -> None:
     server = await servers(event_ids=True)
     async with running_proxy(config(server)) as proxy:
