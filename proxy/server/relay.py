@@ -20,7 +20,10 @@ Three kinds of answer arrive as SSE, and all of them are read through one `proxy
 
 Along the way a ``notifications/<kind>/list_changed`` empties the cache's lists of that kind. When a
 call's stream ends (`_settled`): the breaker and passive health, which saw only the answer's head, get
-its verdict. A stream that ends or breaks before the final response, its client still there, is carried
+its verdict. A stream the server ends cleanly before the final response after giving event ids was
+closed on purpose, to be polled (2025-11-25): it just ends (``resumable``), and the client reconnects
+with ``Last-Event-ID`` as the server asked. A stream that breaks (or ends with no ids) before the final
+response, its client still there, is carried
 on under the client's open stream when the upstream can (`Relay._continue`): with event ids and a legacy
 session it is resumed as the spec says, a GET with ``Last-Event-ID`` on the session (the server replays
 what was missed; a ``stream_resumed`` event, ``stream: answer``); when that cannot be (a restarted server
@@ -220,6 +223,10 @@ class Relay:
         elif not answered:
             if long_lived and self._draining:
                 settle("drained")  # the proxy is shutting down: end the subscription cleanly
+            elif error is None and watched.watcher.last_event_id is not None:
+                # The server closed it on purpose, to be polled (2025-11-25: the client reconnects with
+                # Last-Event-ID after `retry`): the client does as the server asked, as without the proxy.
+                settle("resumable")
             else:
                 continued = None
                 if not long_lived and not self._draining and not _client_gone(request):
