@@ -475,7 +475,7 @@ class ProxyServer:
                 return
             except OSError as exc:
                 log.error("sessions_not_saved", path=path, error=str(exc))
-        ending = [state.sessions.end_remapped(state.transport, {}) for state in runtime.states.values()]
+        ending = [state.sessions.end_remapped(state.transport) for state in runtime.states.values()]
         try:
             async with asyncio.timeout(max(1.0, min(5.0, runtime.config.drain_timeout))):
                 ended = sum(await asyncio.gather(*ending))

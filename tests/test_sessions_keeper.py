@@ -142,7 +142,11 @@ def test_a_session_keeps_the_upstreams_id_and_a_colliding_one_gets_the_proxys_ow
     assert second.client_id != "s1" and second.upstream_id == "s1" and second.remapped
     assert len(second.client_id) >= 32  # unguessable, as a server's own ids are
     assert table.get("s1") is first and table.get(second.client_id) is second
-    assert table.remapped() == [second]
+    # The upstream gave "s1" again: the first client's own "s1" session is gone with the server's memory
+    # of it. It now routes to no session at all (its next request meets the loss and is rebuilt), never
+    # into the second client's.
+    assert first.upstream_id.startswith("lost-") and first.remapped
+    assert table.remapped() == [first, second]
 
 
 def test_past_max_sessions_the_least_recently_used_go_first() -> None:
@@ -227,7 +231,9 @@ async def test_a_forgotten_session_only_the_proxy_could_route_is_ended_upstream_
     open_session(sessions, "third", transport)  # forgets plain: the upstream knows it by its client's id
     open_session(sessions, "fourth", transport)  # forgets moved
     await transport.until(lambda: len(transport.sent) == 1)
-    assert [(http, headers["Mcp-Session-Id"]) for http, _, headers in transport.sent] == [("DELETE", "moved-2")]
+    assert [(http, headers["Mcp-Session-Id"], headers["Authorization"]) for http, _, headers in transport.sent] == [
+        ("DELETE", "moved-2", "Bearer x")  # with its own client's credentials
+    ]
     assert counts == [1, 2, 2, 2]
 
 
@@ -423,8 +429,9 @@ async def test_ending_the_remapped_sessions_deletes_each_and_forgets_it() -> Non
     transport = Transport()
     plain, _ = open_session(sessions, "plain", transport)
     moved, _ = open_session(sessions, "moved", transport)
-    moved.upstream_id = "moved-2"
-    assert await sessions.end_remapped(transport, CIMultiDict({"Authorization": "Bearer x"})) == 1
+    sessions.table.route(moved, "moved-2")
+    moved.headers = CIMultiDict({"Authorization": "Bearer x"})
+    assert await sessions.end_remapped(transport) == 1
     assert [(http, headers["Mcp-Session-Id"]) for http, _, headers in transport.sent] == [("DELETE", "moved-2")]
     assert sessions.table.get("moved") is None and sessions.table.get("plain") is plain
     assert counts[-1] == 1

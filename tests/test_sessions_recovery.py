@@ -181,14 +181,7 @@ async def test_the_log_level_and_the_subscriptions_are_restored_but_not_an_unsub
     "answer",
     [
         "json",
-        pytest.param(
-            "sse",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: UpstreamSessions.record keeps a setLevel whose SSE answer is a JSON-RPC error "
-                "(it reads the error only from a JSON answer): the refused level replaces the good one",
-            ),
-        ),
+        "sse",
     ],
 )
 async def test_a_refused_set_level_does_not_replace_the_level_restored(
@@ -398,11 +391,6 @@ async def test_a_new_client_given_an_id_an_old_client_still_uses_gets_another_an
         assert kept(proxy) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a new upstream session whose id equals an older kept session's upstream_id (a server numbering "
-    "from 1 again) does not mark the older one lost: its requests are routed into the new client's session",
-)
 async def test_an_old_client_whose_id_the_restarted_server_gave_to_a_new_client_never_runs_in_its_session(
     servers: Servers, http: aiohttp.ClientSession
 ) -> None:
@@ -419,11 +407,6 @@ async def test_an_old_client_whose_id_the_restarted_server_gave_to_a_new_client_
         assert [(run.arguments["who"], run.client) for run in server.executed] == [("old", "old")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a rebuilt session given the upstream id another kept session still routes to (a server numbering "
-    "from 1 again) does not mark that one lost: its client's requests run in the rebuilt client's session",
-)
 async def test_a_rebuild_given_the_id_another_client_still_routes_to_never_mixes_the_two(
     servers: Servers, http: aiohttp.ClientSession
 ) -> None:
@@ -610,14 +593,7 @@ async def test_a_recovery_made_by_a_notification_is_counted(servers: Servers, ht
         assert await metric(http, proxy.admin_url, "mcp_proxy_session_recoveries_total", upstream="up", outcome="recovered") == 1.0
 
 
-_NO_EVENT = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: McpHandler._relay_message passes an unknown session's GET or notification on without the "
-    "session_lost(unknown_session) event a request of it gets (SessionStage._unknown)",
-)
-
-
-@pytest.mark.parametrize("what", [pytest.param("notification", marks=_NO_EVENT), pytest.param("GET", marks=_NO_EVENT)])
+@pytest.mark.parametrize("what", ["notification", "GET"])
 async def test_an_unknown_sessions_loss_on_a_message_that_is_no_request_passes_through_and_is_reported(
     servers: Servers, http: aiohttp.ClientSession, what: str
 ) -> None:
@@ -701,11 +677,6 @@ async def test_a_batch_that_meets_a_loss_is_not_replayed_and_its_client_hears_th
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UpstreamSessions.opened ends a forgotten rebuilt session with the headers of the initialize that "
-    "made room: another client's credentials, not the session's own",
-)
 async def test_a_forgotten_rebuilt_session_is_ended_with_its_own_clients_credentials(
     servers: Servers, http: aiohttp.ClientSession
 ) -> None:
@@ -723,11 +694,6 @@ async def test_a_forgotten_rebuilt_session_is_ended_with_its_own_clients_credent
         assert ending.headers.get("Authorization") == "Bearer a"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: McpHandler._relay_message answers a DELETE of a session lost for good with the lost reply and "
-    "keeps the entry: the client ended it, yet it stays in the table (and the gauge) until LRU or idle expiry",
-)
 async def test_a_delete_of_a_session_lost_for_good_forgets_it(servers: Servers, http: aiohttp.ClientSession) -> None:
     server = await servers()
     async with proxied(server) as proxy:
@@ -762,12 +728,6 @@ async def test_a_reload_keeps_the_sessions_and_can_turn_recovery_off(
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UpstreamSessions.rebuild counts every rebuild it starts against MAX_REBUILDS_PER_MINUTE, failed "
-    "ones too: three calls while the restarted server is still starting spend the minute's budget, so the first "
-    "call once it is up hears the raw 404 (too_frequent) although the session was lost once",
-)
 async def test_calls_while_the_server_is_still_starting_do_not_spend_the_rebuild_budget(
     servers: Servers, http: aiohttp.ClientSession
 ) -> None:

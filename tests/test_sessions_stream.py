@@ -449,12 +449,6 @@ async def test_half_an_event_cut_by_a_break_never_reaches_the_client(servers: Se
         await reader.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _Resuming.run resets its backoff after every opening that succeeded, even one that ended at once "
-    "having passed nothing: a server that ends the GET stream at once is asked again every RESUME_BACKOFF "
-    "(50 ms) for as long as the client stays, and never past RESUME_WINDOW",
-)
 async def test_a_stream_that_ends_as_soon_as_it_opens_is_reopened_ever_more_slowly(
     servers: Servers, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
