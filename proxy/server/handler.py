@@ -75,7 +75,7 @@ from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
 from proxy.server.relay import SESSION_DELETED, Relay, headers_for, learn_annotations, relayed
 from proxy.server.session_stream import SessionStreams
-from proxy.sessions.keeper import SESSION_HEADER
+from proxy.sessions.keeper import SESSION_HEADER, as_client_knows
 from proxy.sessions.stage import lost_reply
 from proxy.sessions.table import LegacySession
 from proxy.upstream.transport import AnswerTo
@@ -491,6 +491,8 @@ class McpHandler:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
             return _error_response(exc, None)
+        if session is not None:
+            as_client_knows(session, reply)
         if reply.stream is None:
             return relayed(reply.status, reply.reason, reply.body, reply.headers)
         return await self._relay.pass_on(request, runtime, upstream.name, reply)

@@ -37,7 +37,7 @@ from proxy.mcp.sse import SSEParser, blank_line_ends
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.failures import session_lost_answer
 from proxy.runtime import Route, Runtime
-from proxy.sessions.keeper import SESSION_HEADER
+from proxy.sessions.keeper import SESSION_HEADER, as_client_knows
 from proxy.sessions.table import LegacySession
 from proxy.server.relay import MAX_HELD_EVENT, _start, relayed
 
@@ -140,7 +140,7 @@ class _Resuming:
                 broke_at = broke_at if broke_at is not None else time.monotonic()
                 continue
             if self.response is None:
-                self.response = await _start(self.request, reply)
+                self.response = await _start(self.request, as_client_knows(self.session, reply))
             elif broke_at is not None:
                 self.runtime.observer.policy_event(
                     "stream_resumed", None, upstream=self.route.upstream.name, stream="get",
@@ -191,6 +191,7 @@ class _Resuming:
             if failure is None or (not failure.permanent and not failure.refused and self.response is not None):
                 return None  # rebuilt, or the upstream is still coming back: open again (within the window)
         if self.response is None:
+            as_client_knows(self.session, reply)
             return relayed(reply.status, reply.reason, reply.body, reply.headers)
         if reply.status == 409:  # the server still holds the broken stream: it lets go soon
             return None

@@ -49,6 +49,7 @@ __all__ = [
     "RebuildFailed",
     "SessionUpstream",
     "UpstreamSessions",
+    "as_client_knows",
 ]
 
 log = structlog.get_logger("proxy")
@@ -358,6 +359,15 @@ class UpstreamSessions:
         self._counted()
         await asyncio.gather(*endings)  # the pool bounds how many are sent at once
         return len(ended)
+
+
+def as_client_knows(session: LegacySession, reply: Reply) -> Reply:
+    """`reply` with the session id its client knows: an answer of a rebuilt session names the upstream's
+    new id (some clients take the id from every answer: the TypeScript SDK does), which the client must
+    never see, or it would leave the session the proxy keeps for it."""
+    if session.remapped and SESSION_HEADER in reply.headers:
+        reply.headers[SESSION_HEADER] = session.client_id
+    return reply
 
 
 def _rebuild_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:

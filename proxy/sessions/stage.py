@@ -36,7 +36,7 @@ from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.mcp.jsonrpc import INVALID_REQUEST, error_body
 from proxy.policies.base import Attempt, Call, CallHandler, Observer, Reply
 from proxy.policies.failures import session_lost_answer
-from proxy.sessions.keeper import SESSION_HEADER, SessionUpstream, UpstreamSessions
+from proxy.sessions.keeper import SESSION_HEADER, SessionUpstream, UpstreamSessions, as_client_knows
 from proxy.sessions.table import LegacySession
 
 __all__ = ["SESSION_LOST", "SessionStage", "lost_reply"]
@@ -99,7 +99,7 @@ class SessionStage:
         reply = await next(call)
         if reply.stream is not None or not session_lost_answer(reply.status, reply.message):
             self._sessions.record(session, call.method, call.message, call.body, reply)
-            return reply
+            return as_client_knows(session, reply)
         failure = await self._sessions.recover(
             session, seen, call.headers, self._transport, self._observer, _about(call, reply), _time_left(call)
         )
@@ -128,7 +128,7 @@ class SessionStage:
             self._observer.policy_event("session_lost", _about(call, replayed), recovery="failed", why="lost_again")
         else:
             self._sessions.record(session, call.method, call.message, call.body, replayed)
-        return replayed
+        return as_client_knows(session, replayed)
 
 
 def _time_left(call: Call) -> float:
