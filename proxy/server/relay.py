@@ -14,21 +14,15 @@ Three kinds of answer arrive as SSE, and all of them are read through one `proxy
 - the answer to a relayed message (`Relay.pass_on`: the legacy GET stream, a notification's): passed on as
   long as it lasts, watched only for ``list_changed`` notifications.
 
-Along the way a ``notifications/<kind>/list_changed`` empties the cache's lists of that kind. When a
-call's stream ends (`proxy.server.pump.settled`): the breaker and passive health, which saw only the
-answer's head, get its verdict. A stream that ends or breaks before the final response, its client still
-there, is carried on under the client's open stream when the upstream can (`Relay._continue`): with event
-ids and a legacy session it is resumed as the spec says, a GET with ``Last-Event-ID`` on the session (the
-server replays what was missed; a ``stream_resumed`` event, ``stream: answer``); when that cannot be (a
-restarted server has neither the session nor the events), a call that is idempotent and none of whose
-content (an event with data) reached the client is sent again through the pipeline, where a lost session
-is rebuilt, and its answer continues the stream. Otherwise the stream gets a last event carrying the
-JSON-RPC error with the request's id (an SDK client whose stream just ends loses its whole session). That
-error is always an event of its own: the bytes of an event not yet complete are held back
-(`proxy.server.frame`), so it never lands inside a half event, and none is added after an event that may
-have been the response but could not be read (``unread_event``: the client has its one answer, the
-server's). An answer in a content coding passes unwatched (``unwatched``): nothing can be read from it or
-added to it.
+Only whole events go out while a stream is watched (`proxy.server.frame`), so an event the proxy adds
+never lands inside a half one. When a call's stream is over, the breaker and passive health, which saw
+only the answer's head, get its verdict. A call's stream that ends or breaks before the final response,
+its client still there, is carried on under the client's open stream when the upstream can
+(`proxy.server.continuation`: resumed with ``Last-Event-ID`` on its legacy session, or an idempotent call
+sent again). Otherwise the stream gets a last event carrying the JSON-RPC error with the request's id (an
+SDK client whose stream just ends loses its whole session); none is added after an event that may have
+been the response but could not be read (``unread_event``: the client has its one answer, the server's).
+An answer in a content coding passes unwatched (``unwatched``): nothing can be read from it or added to it.
 
 A ``subscriptions/listen`` (MCP 2026-07-28: the answer is the subscription, its first event the
 acknowledgement, its graceful end the final response, and nothing is ever replayed) survives its
@@ -63,17 +57,18 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 import orjson
 from aiohttp import web
 
 from proxy.errors import CircuitOpen, ProxyError, StreamBroken, StreamEndedEarly, UpstreamTimeout, UpstreamUnavailable
 from proxy.mcp.jsonrpc import LONG_LIVED_METHODS
-from proxy.mcp.sse import NO_REQUEST, Seen, SSEWatcher
+from proxy.mcp.sse import NO_REQUEST, SSEWatcher
 from proxy.policies.base import Call, Clock, MonotonicClock, Reply, ReplyStream
 from proxy.policies.failures import CANCELLED, OK, classify_error
 from proxy.runtime import Route, Runtime, RuntimeRef
+from proxy.server.continuation import continue_answer
 from proxy.server.frame import DISCARDED_EVENT, MAX_HELD_EVENT
 from proxy.server.listen import Head, ListenResume, narrowed, read_head, refetch_notices, reissue
 from proxy.server.pump import (
@@ -81,7 +76,7 @@ from proxy.server.pump import (
     settled,
 )  # fmt: skip
 from proxy.server.responses import (
-    Relayed, client_gone, cut_off, end_quietly, headers_for, relayed, sse_error, start_stream, write_quietly, written,
+    Relayed, client_gone, cut_off, end_quietly, headers_for, relayed, sse_error, start_stream, write_quietly,
 )  # fmt: skip
 from proxy.upstream.transport import SSEBody, encoded
 
@@ -203,7 +198,7 @@ class Relay:
             else:
                 continued = None
                 if not long_lived and not self._long_lived.draining and not client_gone(request):
-                    continued = await self._continue(request, runtime, route, call, response, watched, watch)
+                    continued = await continue_answer(request, runtime, route, call, response, watched, watch)
                 if continued is GONE or continued is FINISHED:
                     return response
                 error = error or StreamEndedEarly("upstream ended the stream before the response", upstream=call.upstream)
@@ -212,63 +207,6 @@ class Relay:
                 await write_quietly(response, watched.cut + sse_error(call.message.id, error))
         await end_quietly(response)
         return response
-
-    async def _continue(
-        self,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        route: Route,
-        call: Call,
-        response: web.StreamResponse,
-        watched: Watched,
-        watch: CallWatch,
-    ) -> object:
-        """A call's answer broke (or ended) before its final response, the client still there: carry on
-        under the client's open stream if the upstream can (see the module docstring). Returns `FINISHED`
-        once the final response passed, `GONE` when the client left, else None (the caller adds the error).
-
-        1. With event ids and a legacy session, the stream is resumed as the spec says: a GET with
-           ``Last-Event-ID`` on the session (up to `ANSWER_RESUMES` times, while each resumed stream
-           breaks in turn); the server replays what the client missed, then the rest.
-        2. Else, or when the server cannot resume it (it restarted: its events are gone), a call that is
-           idempotent and none of whose answer's content reached the client (an event with data) is sent
-           again through the pipeline (a lost session is rebuilt there), and its answer continues the stream.
-        """
-        if watched.cut:
-            if not await written(response, watched.cut):
-                return GONE
-            watched.cut = b""
-        last_id = watched.watcher.last_event_id
-        content = watched.watcher.messages
-        if last_id is not None and call.session_id is not None:
-            for _ in range(ANSWER_RESUMES):
-                broke_at = time.monotonic()
-                reopened = await _reopen_answer(route, call, last_id)
-                if reopened is None:
-                    break
-                _report_answer_resumed(runtime, call, broke_at)
-                resumed = Watched(reopened, runtime, call.message.id, call.upstream)
-                ended = await pump(response, resumed, watch, long_lived=None)
-                if ended is FINISHED or ended is GONE:
-                    return ended
-                content += resumed.watcher.messages
-                if resumed.cut and not await written(response, resumed.cut):
-                    return GONE
-                last_id = resumed.watcher.last_event_id or last_id
-        if not call.idempotent or content or client_gone(request):
-            return None
-        try:
-            reply = await route.pipeline(call)
-        except ProxyError:
-            return None
-        if reply.stream is None:
-            if not _answers(call, reply.message):
-                return None
-            watch(Seen(final=reply.message))
-            return FINISHED if await written(response, _as_event(reply.body or b"")) else GONE
-        again = Watched(reply, runtime, call.message.id, call.upstream)
-        ended = await pump(response, again, watch, long_lived=None)
-        return ended if ended is FINISHED or ended is GONE else None
 
     async def _listen(
         self,
@@ -637,51 +575,14 @@ def _report_resumed(runtime: Runtime, call: Call, resume: ListenResume) -> None:
     runtime.observer.policy_event("stream_resumed", None, **fields)
 
 
-ANSWER_RESUMES: Final = 3
-"""Times a broken call answer is resumed with ``Last-Event-ID`` (each resumed stream may break in turn)."""
-_NOT_FOR_A_GET: Final = ("Content-Type", "Content-Length", "Mcp-Method", "Mcp-Name", "Last-Event-ID")
 
 
-async def _reopen_answer(route: Route, call: Call, last_id: str) -> Reply | None:
-    """The GET that resumes `call`'s answer after event `last_id`, on its session (`Call.headers` carry the
-    session id the upstream knows); None when the upstream does not give a stream (a server that
-    restarted no longer knows the session, or has no such events)."""
-    headers = call.headers.copy()
-    for name in _NOT_FOR_A_GET:
-        headers.popall(name, None)
-    headers["Accept"] = "text/event-stream"
-    headers["Last-Event-ID"] = last_id
-    timeouts = call.policy.timeouts
-    try:
-        reply = await route.upstream.exchange(
-            "GET", headers, None, timeouts.per_try, timeouts.stream_idle, owner=call.owner, query=call.query
-        )
-    except ProxyError:
-        return None
-    if reply.stream is None or not 200 <= reply.status < 300:
-        if reply.stream is not None:
-            await reply.stream.close()
-        return None
-    return reply
 
 
-def _answers(call: Call, message: Any) -> bool:
-    """`message` is a JSON-RPC response to `call` (a result, or an error: with its id, or id null)."""
-    if not isinstance(message, dict) or not ("result" in message or isinstance(message.get("error"), dict)):
-        return False
-    return message.get("id") == call.message.id or (message.get("id") is None and "error" in message)
 
 
-def _as_event(body: bytes) -> bytes:
-    """A JSON answer as the SSE event that carries it (each of its lines a ``data:`` line)."""
-    return b"event: message\n" + b"".join(b"data: " + line + b"\n" for line in body.splitlines()) + b"\n"
 
 
-def _report_answer_resumed(runtime: Runtime, call: Call, broke_at: float) -> None:
-    runtime.observer.policy_event(
-        "stream_resumed", None, upstream=call.upstream, stream="answer", from_event_id=True,
-        generation=0, gap_ms=round((time.monotonic() - broke_at) * 1000, 3),
-    )  # fmt: skip
 
 
 
