@@ -37,10 +37,12 @@ def json_answer(status: int, body: bytes) -> bytes:
 class Script:
     """Answers each request by its method and counts them: POSTs of the call, GETs (and their heads)."""
 
-    def __init__(self, *, get_answers: bool, repost: bytes | None = None, first: bytes = PRIMING) -> None:
+    def __init__(self, *, get_answers: bool, repost: bytes | None = None, first: bytes = PRIMING, clean: bool = False) -> None:
         self.get_answers = get_answers
         self.repost = repost
         self.first = first
+        self.clean = clean
+        """End the first answer cleanly (its chunked end) instead of breaking the connection."""
         self.posts = 0
         self.gets: list[bytes] = []
 
@@ -57,9 +59,11 @@ class Script:
                 continue
             self.posts += 1
             if self.posts == 1:
-                writer.write(SSE_HEAD + chunk(self.first))  # then the connection breaks
+                writer.write(SSE_HEAD + chunk(self.first) + (END if self.clean else b""))
                 await writer.drain()
-                return
+                if self.clean:
+                    continue
+                return  # the connection breaks
             assert self.repost is not None, "no second POST expected"
             writer.write(self.repost)
             await writer.drain()
@@ -114,3 +118,15 @@ async def test_an_idempotent_call_whose_content_reached_the_client_is_not_sent_a
     datas = [e.data for e in events_of(body) if e.data]
     assert datas[0] == PROGRESS.decode() and '"upstream_stream_broken"' in datas[1] and len(datas) == 2
     assert (len(script.gets), script.posts) == (1, 1)
+
+
+async def test_a_stream_the_server_ends_cleanly_after_event_ids_is_left_to_the_client_to_poll() -> None:
+    """2025-11-25 polling: the server closes the stream on purpose after an event id and expects the client
+    to reconnect with Last-Event-ID (the conformance suite's server-sse-disconnect-resume): the proxy ends
+    the client's stream cleanly, adds nothing, and does not reconnect in its place."""
+    script = Script(get_answers=True, first=PRIMING + b"id: 2\n" + event(PROGRESS), clean=True)
+    status, body, events = await call_through(script)
+    assert status == 200
+    assert [e.data for e in events_of(body) if e.data] == [PROGRESS.decode()]
+    assert (script.gets, script.posts) == ([], 1)
+    assert not [e for e in events if e["type"] in ("stream_resumed", "call_failed")]

@@ -23,11 +23,14 @@ import orjson
 from proxy.analyzer.model import (
     EXAMPLES,
     SERVER_SIDE,
+    SESSION_EVENTS,
     TOOL_BREAKER_KINDS,
     BreakerStats,
     FailedCall,
     HealthStats,
     Opening,
+    SessionLoss,
+    SessionStats,
     SignatureGroup,
     Target,
     TargetStats,
@@ -273,8 +276,10 @@ class Analysis:
             health = self.health.setdefault(upstream, HealthStats(upstream))
             transition = Transition(event_id, ts, str(event.get("old")), str(event.get("new")), event.get("cause"))
             health.transitions.append(transition)
-        elif kind == "session_lost" and isinstance(upstream, str):
-            self.upstream(upstream).session_lost_ids.append(event_id)
+        elif kind in SESSION_EVENTS:
+            if isinstance(upstream, str):
+                _add_session_event(self.upstream(upstream).sessions, event, ts, kind, event_id)
+            return  # an upstream fact, not a call of a target (`SESSION_EVENTS`)
         elif kind == "config_reloaded":
             self.config_changes.append(event_id)
         stats = self._target(event)
@@ -299,11 +304,34 @@ class Analysis:
             group.example_ids.append(event_id)
 
 
+def _call_id(event: Event) -> str | None:
+    raw = event.get("call_id")  # an int from the proxy; strings are accepted too
+    return str(raw) if isinstance(raw, int | str) and not isinstance(raw, bool) else None
+
+
+def _add_session_event(sessions: SessionStats, event: Event, ts: float, kind: str, event_id: int) -> None:
+    """Count one `SESSION_EVENTS` event into its upstream's sessions. A `session_lost` without a textual
+    `recovery` is one of a recording from before the proxy recovered sessions (`SessionLoss.recovery` None)."""
+    if kind == "session_lost":
+        recovery = event.get("recovery")
+        why = event.get("why", event.get("reason"))  # named `reason` in the proxy's first recovering build
+        sessions.losses.append(SessionLoss(
+            event_id, ts, _call_id(event), recovery if isinstance(recovery, str) else None, why if isinstance(why, str) else None,
+        ))  # fmt: skip
+    elif kind == "session_recovered":
+        sessions.recovered_ids.append(event_id)
+        took = event.get("recovery_ms")
+        if isinstance(took, int | float) and not isinstance(took, bool) and math.isfinite(took) and took >= 0:
+            sessions.recovery_ms.append(float(took))
+    elif kind == "stream_resumed":
+        stream = event.get("stream")
+        sessions.resumed[stream if isinstance(stream, str) else "unknown"] += 1
+
+
 def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: float, kind: str, event_id: int) -> None:
     """Count one event of a kind of call into its target (and its upstream)."""
     error_kind = _kind(event)
-    raw_call_id = event.get("call_id")  # an int from the proxy; strings are accepted too
-    call_id = str(raw_call_id) if isinstance(raw_call_id, int | str) and not isinstance(raw_call_id, bool) else None
+    call_id = _call_id(event)
     idempotent = event.get("idempotent")
     if kind != "call_ok":
         if isinstance(idempotent, bool):

@@ -27,6 +27,9 @@ __all__ = [
     "HealthStats",
     "MAX_SEEN_PARAMS",
     "Opening",
+    "SESSION_EVENTS",
+    "SessionLoss",
+    "SessionStats",
     "TOOL_BREAKER_KINDS",
     "SignatureGroup",
     "Target",
@@ -71,6 +74,9 @@ the client's or the proxy's own (``rate_limited``, ``client_overloaded``, ``prox
 ``unsendable_request``, ``cancelled``, ``session_deleted``, ``drained``) and stream endings that are
 no failure (``unwatched``, ``unread_event``, ``oversized_event``, ``resumable``). The error rate
 (`embedded.error_rate`) is these over themselves plus ``ok``: every other outcome is left out."""
+SESSION_EVENTS = frozenset({"session_lost", "session_recovered", "stream_resumed"})
+"""Events about an upstream's legacy sessions (`SessionStats`): upstream facts, never a target's calls (a
+loss met by a GET or a notification is no call of a tool; the request replayed is counted by its summary)."""
 EXAMPLES = 5
 MAX_SEEN_PARAMS = 4096
 """Params hashes a target remembers as having succeeded (`TargetStats.ok_params_since`) per window, or per
@@ -415,6 +421,75 @@ class HealthStats:
         return [t for t in self.transitions if {t.old, t.new} == {"healthy", "unhealthy"}]
 
 
+@dataclass(frozen=True, slots=True)
+class SessionLoss:
+    """One `session_lost`: a request (or GET, notification, client's answer) of a legacy session met the
+    upstream no longer knowing the session."""
+
+    id: int
+    ts: float
+    call_id: str | None
+    recovery: str | None
+    """What became of it (`proxy.events.types.SessionLost.recovery`: ``recovering``, ``off``,
+    ``unknown_session``, ``failed``); None in a recording from before the proxy recovered sessions,
+    whose events do not say."""
+    why: str | None
+    """Why recovery failed (with ``failed``: `proxy.events.types.SessionLost.why`), else None."""
+
+
+@dataclass(slots=True)
+class SessionStats:
+    """One upstream's legacy sessions in the window: each loss and what became of it, the rebuilds that
+    worked and how long they took, the upstream streams the proxy reopened."""
+
+    losses: list[SessionLoss] = field(default_factory=list)
+    recovered_ids: list[int] = field(default_factory=list)
+    """Ids of `session_recovered` events: one per request replayed on a rebuilt session."""
+    recovery_ms: list[float] = field(default_factory=list)
+    """How long each of those requests waited for its rebuild (`session_recovered.recovery_ms`): the whole
+    rebuild for the request that started it, less for one that joined it in flight."""
+    resumed: Counter[str] = field(default_factory=Counter)
+    """`stream_resumed` events by stream (``get``, ``answer``, ``listen``)."""
+
+    def merge(self, later: SessionStats) -> None:
+        """Add the same upstream's session events of a later time slice (lists concatenate in time order)."""
+        self.losses.extend(later.losses)
+        self.recovered_ids.extend(later.recovered_ids)
+        self.recovery_ms.extend(later.recovery_ms)
+        self.resumed.update(later.resumed)
+
+    def __bool__(self) -> bool:
+        return bool(self.losses or self.recovered_ids or self.resumed)
+
+    def with_recovery(self, recovery: str | None) -> list[SessionLoss]:
+        """The losses whose `recovery` is `recovery` (None: those of a recording that does not say)."""
+        return [loss for loss in self.losses if loss.recovery == recovery]
+
+    def rebuild_seconds(self) -> dict[int, float]:
+        """For each ``failed`` loss of a call whose loss was ``recovering`` before it: the seconds between the
+        two (its id -> seconds). The ``recovering`` event is published as the rebuild starts and the
+        ``failed`` one as it fails, so for the request that started a rebuild this is how long it ran; a
+        request that joined a rebuild in flight shows less, and a ``lost_again`` the rebuild and the replay.
+        Events of one call pair up by `call_id`."""
+        started: dict[str, list[float]] = {}
+        for loss in self.losses:
+            if loss.recovery == "recovering" and loss.call_id is not None:
+                started.setdefault(loss.call_id, []).append(loss.ts)
+        seconds: dict[int, float] = {}
+        for loss in self.losses:
+            if loss.recovery == "failed" and loss.call_id is not None:
+                earlier = [ts for ts in started.get(loss.call_id, ()) if ts <= loss.ts]
+                if earlier:
+                    seconds[loss.id] = loss.ts - max(earlier)
+        return seconds
+
+    def met(self) -> list[SessionLoss]:
+        """One loss per request that met one: every loss but a ``failed`` one that ends a rebuild the same
+        call's ``recovering`` loss began (that request was counted once, when it met the loss)."""
+        ended = self.rebuild_seconds()
+        return [loss for loss in self.losses if loss.id not in ended]
+
+
 @dataclass(slots=True)
 class UpstreamStats:
     """Upstream-wide facts: 429s against the accepted rate, lost sessions, the retry budget."""
@@ -424,7 +499,8 @@ class UpstreamStats:
     http_429_ids: list[int] = field(default_factory=list)
     windows: dict[tuple[float, float], int] = field(default_factory=dict)
     """ok calls per call_ok summary window, keyed by (end ts, length s), summed over the upstream's tools."""
-    session_lost_ids: list[int] = field(default_factory=list)
+    sessions: SessionStats = field(default_factory=SessionStats)
+    """Its legacy sessions: losses, recoveries, reopened streams."""
     budget_exhausted: int = 0
     timelines: dict[tuple[float, float, float], list[int]] = field(default_factory=dict)
     """ok calls per slot, keyed by (window end, window length, slot length), summed over the upstream's
@@ -440,7 +516,7 @@ class UpstreamStats:
         self.http_429_ids.extend(later.http_429_ids)
         for key, ok in later.windows.items():
             self.windows[key] = self.windows.get(key, 0) + ok
-        self.session_lost_ids.extend(later.session_lost_ids)
+        self.sessions.merge(later.sessions)
         self.budget_exhausted += later.budget_exhausted
         self.http_429_clients.update(later.http_429_clients)
         for slot_key, timeline in later.timelines.items():

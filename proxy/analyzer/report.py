@@ -1,8 +1,8 @@
 """Render an analysis and its proposals for a terminal (`render_text`) or an issue (`render_markdown`).
 
 Both show the same things in the same order: the window, the top failure signatures with counts and
-example event ids, a health table per called tool, then each proposal with its evidence, estimated
-effect, confidence and diff. One builder produces the rows; the two renderers only format them.
+example event ids, a health table per called tool, the legacy sessions each upstream lost and what became
+of them (when any were), then each proposal with its evidence, estimated effect, confidence and diff. One builder produces the rows; the two renderers only format them.
 
 Names in a report (tools, methods, error messages) come from clients and servers. Neither renderer
 lets one act as anything but text: control characters, line breaks and bidi overrides are shown
@@ -19,6 +19,7 @@ from typing import Any
 
 from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.proposal import Proposal
+from proxy.analyzer.stats import percentile
 
 __all__ = ["one_line", "render_markdown", "render_text"]
 
@@ -42,6 +43,7 @@ def _fence(text: str, least: int) -> str:
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     return "`" * max(least, longest + 1)
 _TOOL_HEADER = ("upstream", "method/tool", "calls", "ok", "success", "p50 ms", "p90 ms", "p99 ms", "failures", "timeouts", "retries")
+_SESSION_HEADER = ("upstream", "lost", "recovered", "failed", "unknown", "recovery off", "unrecorded", "rebuild p50 ms", "rebuild max ms", "streams resumed")
 _SIGNATURE_HEADER = ("signature", "count", "kind", "where", "message", "examples")
 
 
@@ -84,6 +86,23 @@ def _tool_rows(analysis: Analysis) -> list[tuple[str, ...]]:
     return rows
 
 
+def _session_rows(analysis: Analysis) -> list[tuple[str, ...]]:
+    """Per upstream with session events: the requests that met a lost session (`SessionStats.met`), those
+    replayed on a rebuilt one, what became of the rest (`session_lost.recovery`; ``unrecorded``: a
+    recording that does not say), how long the rebuilds that worked took, the upstream streams reopened."""
+    rows: list[tuple[str, ...]] = []
+    for upstream in sorted(analysis.upstreams.values(), key=lambda u: u.name):
+        s = upstream.sessions
+        if not s:
+            continue
+        rows.append((
+            upstream.name, str(len(s.met())), str(len(s.recovered_ids)),
+            *(str(len(s.with_recovery(r))) for r in ("failed", "unknown_session", "off", None)),
+            _ms(percentile(s.recovery_ms, 0.5)), _ms(max(s.recovery_ms, default=None)), str(sum(s.resumed.values())),
+        ))  # fmt: skip
+    return rows
+
+
 def _confidence(proposal: Proposal) -> str:
     """Why the level: for a decision on proportions, the method and the strictest confidence it survives
     (the proportions follow, one line each); for a decision on a count, the rule's own reason."""
@@ -122,6 +141,8 @@ def render_text(analysis: Analysis, proposals: list[Proposal]) -> str:
     lines += ["", "Calls per tool:"]
     rows = _tool_rows(analysis)
     lines += ["  " + line for line in _table(_TOOL_HEADER, rows)] if rows else ["  none"]
+    rows = _session_rows(analysis)
+    lines += ["", "Legacy sessions lost:", *("  " + line for line in _table(_SESSION_HEADER, rows))] if rows else []
     lines += ["", f"Proposals: {len(proposals) or 'none'}"]
     for p in proposals:
         lines += [
@@ -153,6 +174,8 @@ def render_markdown(analysis: Analysis, proposals: list[Proposal]) -> str:
     lines += ["", "### Calls per tool", ""]
     rows = _tool_rows(analysis)
     lines += _md_table(_TOOL_HEADER, rows) if rows else ["None."]
+    rows = _session_rows(analysis)
+    lines += ["", "### Legacy sessions lost", "", *_md_table(_SESSION_HEADER, rows)] if rows else []
     lines += ["", "### Proposals", ""]
     if not proposals:
         lines.append("None: nothing in this window calls for a change.")

@@ -6,9 +6,13 @@ Breaker and health flaps and lost sessions are counts of episodes with no denomi
 itself the outcome of the breaker's threshold test; a flip of health, of its thresholds): they keep a
 small absolute floor, `MIN_BREAKER_OPENS`, `MIN_HEALTH_FLAPS`, `MIN_SESSION_LOST`.
 
-Session recovery has no config key yet, so repeated `session_lost` yields an *advisory* proposal: no
-change and no diff, only the advice and its evidence (apply refuses it). It is reported rather than
-skipped because a client that loses its legacy session sees errors no policy key can fix today.
+Lost legacy sessions (`session_lost`): the proxy rebuilds a session its upstream lost and replays the
+request (`proxy.sessions`), and each loss says what became of it (`recovery`). The rule checks that
+recovery is on and working: it proposes ``sessions.recovery: true`` when clients heard losses with it
+off, and a longer ``sessions.recovery_timeout`` only when rebuilds ran it out while the rebuilds that
+worked needed most of it; everything else it sees (recovery failing, sessions the proxy had no record
+of, a recording that does not say) is *advice*: no change and no diff (apply refuses it). Every loss
+recovered is nothing to report.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 from proxy.analyzer.aggregate import Analysis
-from proxy.analyzer.model import Target, UpstreamStats
+from proxy.analyzer.model import SessionLoss, SessionStats, Target, UpstreamStats
 from proxy.analyzer.proposal import NOTHING, Addressed, Change, Effect, Proposal, confidence, decided
 from proxy.analyzer.rules import caused_by
 from proxy.analyzer.scope import scope_for, upstream_config, window_evidence
-from proxy.analyzer.stats import Share, format_duration, nice_duration, wilson_lower
-from proxy.config.model import ProxyConfig
+from proxy.analyzer.stats import Share, format_duration, nice_duration, percentile, wilson_lower
+from proxy.config.model import ProxyConfig, UpstreamConfig
 from proxy.config.resolve import PolicyResolver
 from proxy.identity import identifies
 
@@ -55,7 +60,45 @@ MIN_HEALTH_FLAPS = 3
 """healthy <-> unhealthy flips in the window: three, as for breaker openings (a count, no denominator)."""
 MAX_HEALTH_THRESHOLD = 20
 MIN_SESSION_LOST = 3
-"""Lost legacy sessions before the advice: one or two are restarts; the advice costs nothing to ignore."""
+"""Requests of one kind of loss before the rule speaks (heard with recovery off, failed recoveries, sessions
+the proxy had no record of, rebuilds that ran out the limit, losses of a recording that does not say). A
+count with no denominator: a restart loses each open session once however many calls the upstream serves,
+so losses per call would say nothing; one or two are a restart's ordinary cost."""
+UNKNOWN_SHARE = 0.1
+"""Losses of sessions the proxy had no record of, at least this share (95% lower bound) of the losses met
+with recovery on, before advising a larger session table: below it they are the few sessions opened
+before the proxy started, not protection the table's bounds took away."""
+RAN_OUT = 0.95
+"""A failed rebuild that lasted this share of `recovery_timeout` or more ran it out (it is cut exactly there;
+the events' times carry the publishing's jitter)."""
+SLOW_REBUILD = 0.5
+"""The slowest rebuild that worked must have needed this share of `recovery_timeout` for a longer one to be
+proposed: then the upstream rebuilds slowly and the limit cut off rebuilds on their way; when every rebuild
+that worked was quick, those that ran out were stuck, and more time is not shown to help."""
+MAX_RECOVERY_TIMEOUT_S = 60.0
+"""The longest `recovery_timeout` proposed: every request that met the loss waits for the rebuild."""
+_CHANGED = ("version_changed", "capabilities_changed", "no_session_id")
+"""Failure reasons of a server that came back different: its sessions cannot be the ones clients know."""
+_FORGETS = ("too_frequent", "lost_again")
+"""Failure reasons of a server that forgets sessions all the time, not only when it restarts."""
+_UNHEARD = ("answers_a_lost_request",)
+"""Failure reasons no client hears as an error: its answer to a request of the dead session is dropped (202)."""
+_REASONS = {
+    "version_changed": "the server came back speaking another protocol version",
+    "capabilities_changed": "the server came back with other capabilities",
+    "no_session_id": "the server came back without sessions (its initialize gave no session id)",
+    "too_frequent": "the session had been rebuilt 3 times within the minute already",
+    "lost_again": "the rebuilt session was lost again at once, on the replay",
+    "upstream_failed": "the upstream failed the rebuild (no connection, 5xx or 429, or no answer in time)",
+    "deadline": "the call's deadline (timeouts.total) passed while its session was rebuilt; the rebuild went on for "
+    "the requests after it",
+    "initialize_refused": "the upstream refused the client's initialize when it was sent again",
+    "not_restorable": "the session recorded more than the proxy keeps (a request over 64 KiB, or over 1,024 "
+    "subscriptions), so a rebuild would have lost state and none was tried",
+    "answers_a_lost_request": "a client's answer to a request of the lost session, which died with it, was dropped",
+    "not_replayable": "a message the proxy does not replay (a JSON-RPC batch) met the loss and was passed on",
+}
+"""What each `session_lost.why` means, in the advice's words."""
 
 
 def rate_limit(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
@@ -297,22 +340,277 @@ def health_flaps(analysis: Analysis, config: ProxyConfig, addressed: Addressed =
 
 
 def session_lost(analysis: Analysis, config: ProxyConfig, addressed: Addressed = NOTHING) -> list[Proposal]:
-    """Repeated lost legacy sessions: advice only (no config key exists for session recovery yet)."""
+    """Check that session recovery is on and working, from what became of each lost legacy session.
+
+    Per upstream in the file: ``sessions.recovery: true`` when losses were heard with it off
+    (`_recovery_off`); a longer ``sessions.recovery_timeout`` when rebuilds ran it out and the rebuilds
+    that worked needed most of it (`_longer_recovery_timeout`); one advisory for the rest
+    (`_advice`): recovery failing (by reason), sessions the proxy had no record of, losses of a recording
+    from before the proxy said what became of them. Losses that were all recovered yield nothing.
+    """
     proposals = []
     for stats in sorted(analysis.upstreams.values(), key=lambda s: s.name):
-        n = len(stats.session_lost_ids)
-        if n < MIN_SESSION_LOST:
+        upstream, sessions = upstream_config(config, stats.name), stats.sessions
+        if upstream is None or not sessions.losses:
             continue
-        proposals.append(Proposal(
-            rule="session_lost", target=stats.name,
-            title=f"{stats.name} forgot the legacy sessions of {n} requests: consider session recovery",
-            rationale=(
-                f"{stats.name} answered 404 to {n} requests carrying a legacy session id: it forgot the sessions "
-                f"(a restart, or a session timeout). Each client had to notice and initialize again. No config "
-                f"key recovers sessions yet, so this is advice: check the server's session lifetime and restarts."
-            ),
-            evidence=window_evidence(analysis, stats.session_lost_ids, session_lost=n),
-            effect=Effect(f"{n} requests failed on a lost session in the window", {"session_lost": n}),
-            confidence="low", confidence_reason="advice only: no change to estimate", advisory=True,
-        ))  # fmt: skip
+        off = _recovery_off(analysis, stats.name, sessions, upstream)
+        longer = _longer_recovery_timeout(analysis, stats.name, sessions, upstream)
+        covered = frozenset() if longer is None else longer[1]
+        advice = _advice(analysis, stats, upstream, covered, carried=config.sessions_file is not None)
+        proposals += [p for p in (off, None if longer is None else longer[0], advice) if p is not None]
     return proposals
+
+
+def _recovery_off(analysis: Analysis, name: str, sessions: SessionStats, upstream: UpstreamConfig) -> Proposal | None:
+    """Clients heard `MIN_SESSION_LOST` or more losses because recovery is off: turn it on."""
+    heard = sessions.with_recovery("off")
+    n = len(heard)
+    if n < MIN_SESSION_LOST or upstream.sessions.recovery:
+        return None
+    level, why = confidence(n, MIN_SESSION_LOST, "requests that heard their session was lost")
+    return Proposal(
+        rule="session_lost", target=name,
+        title=f"Turn session recovery on for {name}: {n} requests heard their session was lost",
+        rationale=(
+            f"{name} lost the legacy sessions of {n} requests in the window (it answered 404, or 400 \"No valid session "
+            f"ID\": it restarted, or timed the sessions out), and sessions.recovery is off, so each client heard the loss "
+            f"and had to initialize again (the official SDK client often just fails). With recovery on, the default, the "
+            f"proxy keeps each session's initialize, log level and subscriptions, rebuilds a lost session upstream and "
+            f"replays the request that met the loss, which the server had refused unexecuted: the client gets the "
+            f"replay's answer. A server that comes back with another protocol version or other capabilities is still "
+            f"reported to its clients as a lost session. State a server keeps per session beyond what its client told "
+            f"it starts afresh on a rebuilt session: if this server keeps such state, recovery may be off on purpose."
+        ),
+        evidence=window_evidence(analysis, [loss.id for loss in heard], session_lost=n, recovery="off"),
+        effect=Effect(
+            f"the {n} requests that heard a lost session would have been replayed on a rebuilt one (unless the server "
+            f"came back changed); sessions opened before the change are not recorded, so only later ones are protected",
+            {"heard": n},
+        ),
+        confidence=level, confidence_reason=why,
+        changes=(Change(name, None, "sessions.recovery", True, False),),
+    )  # fmt: skip
+
+
+def _ran_out(sessions: SessionStats, limit_s: float) -> list[SessionLoss]:
+    """The rebuilds that failed on the upstream after running the whole `limit_s` (`SessionStats.rebuild_seconds`)."""
+    seconds = sessions.rebuild_seconds()
+    return [
+        loss for loss in sessions.with_recovery("failed")
+        if loss.why == "upstream_failed" and seconds.get(loss.id, 0.0) >= RAN_OUT * limit_s
+    ]  # fmt: skip
+
+
+def _longer_recovery_timeout(
+    analysis: Analysis, name: str, sessions: SessionStats, upstream: UpstreamConfig
+) -> tuple[Proposal, frozenset[int]] | None:
+    """(twice the `recovery_timeout`, the failed losses it covers) when `MIN_SESSION_LOST` rebuilds ran it
+    out and the slowest rebuild that worked needed `SLOW_REBUILD` of it (`session_recovered.recovery_ms`):
+    the upstream rebuilds slowly, and the limit cut off rebuilds on their way. It addresses the failed
+    calls of those requests (they met the upstream's error instead of their replay)."""
+    limit = upstream.sessions.recovery_timeout
+    ran_out = _ran_out(sessions, limit) if upstream.sessions.recovery else []
+    if len(ran_out) < MIN_SESSION_LOST or not sessions.recovery_ms:
+        return None
+    slowest = max(sessions.recovery_ms)
+    new = nice_duration(2 * limit, cap=MAX_RECOVERY_TIMEOUT_S)
+    if slowest < SLOW_REBUILD * limit * 1000 or new <= limit:
+        return None
+    k, old, longer = len(ran_out), format_duration(limit), format_duration(new)
+    calls = {loss.call_id for loss in ran_out if loss.call_id is not None}
+    addresses = frozenset(f.id for t in analysis.targets_of(name) for f in t.failed if f.call_id in calls)
+    level, why = confidence(k, MIN_SESSION_LOST, "rebuilds that ran out recovery_timeout")
+    proposal = Proposal(
+        rule="session_lost", target=name,
+        title=f"Raise sessions.recovery_timeout for {name} from {old} to {longer}",
+        rationale=(
+            f"{k} rebuilds of lost sessions on {name} ran the whole recovery_timeout ({old}) and failed, while the "
+            f"slowest rebuild that worked (of {len(sessions.recovery_ms)}) took {slowest:.0f} ms, "
+            f"{slowest / (limit * 10):.0f}% of it: the upstream rebuilds sessions slowly (a server slow to start), and "
+            f"the limit cut off rebuilds on their way. Each of those requests failed with the upstream's error instead "
+            f"of being replayed."
+        ),
+        evidence=window_evidence(
+            analysis, [loss.id for loss in ran_out], ran_out=k, recovery_timeout_s=limit, recovered=len(sessions.recovered_ids),
+            slowest_recovery_ms=round(slowest, 1), recovery_p50_ms=round(percentile(sessions.recovery_ms, 0.5) or 0.0, 1),
+        ),
+        effect=Effect(
+            f"rebuilds get {longer} instead of {old}: each of the {k} that ran out is replayed if its rebuild needs "
+            f"at most {longer} (the slowest that worked needed {format_duration(slowest / 1000)})",
+            {"ran_out": k, "slowest_recovery_ms": round(slowest, 1), "new_recovery_timeout_s": new},
+        ),
+        confidence=level, confidence_reason=why, addresses=addresses,
+        changes=(Change(name, None, "sessions.recovery_timeout", longer, old),),
+    )  # fmt: skip
+    return proposal, frozenset(loss.id for loss in ran_out)
+
+
+def _advice(analysis: Analysis, stats: UpstreamStats, upstream: UpstreamConfig, covered: frozenset[int], carried: bool) -> Proposal | None:
+    """One advisory for what no config change is shown to mend: recovery failing (`_failures`), sessions the
+    proxy had no record of (`_unknown`), losses of a recording that does not say (`_unstated`); each part
+    only past `MIN_SESSION_LOST`, the failures but those a longer `recovery_timeout` covers (`covered`)."""
+    name, sessions = stats.name, stats.sessions
+    recovery = upstream.sessions.recovery
+    parts = [
+        part for part in (
+            _failures(name, sessions, upstream, covered) if recovery else None,
+            _unknown(sessions, upstream, carried) if recovery else None,
+            _unstated(name, sessions, recovery),
+        ) if part is not None
+    ]  # fmt: skip
+    if not parts:
+        return None
+    numbers: dict[str, float | int] = {"recovered": len(sessions.recovered_ids)}
+    counts: dict[str, object] = {"session_lost": len(sessions.met()), "recovered": len(sessions.recovered_ids)}
+    for part in parts:
+        numbers.update(part.numbers)
+        counts.update(part.evidence)
+    return Proposal(
+        rule="session_lost", target=name,
+        title=f"Legacy sessions of {name}: " + "; ".join(part.title for part in parts),
+        rationale=" ".join(part.rationale for part in parts),
+        evidence=window_evidence(analysis, [i for part in parts for i in part.ids[:2]], **counts),
+        effect=Effect("; ".join(part.effect for part in parts), numbers),
+        confidence="low", confidence_reason="advice only: no change to estimate", advisory=True,
+        statistics=tuple(share for part in parts if (share := part.share) is not None),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One finding of the advisory: its words, its numbers, its example event ids."""
+
+    title: str
+    rationale: str
+    effect: str
+    numbers: dict[str, float | int]
+    evidence: dict[str, object]
+    ids: list[int]
+    share: Share | None = None
+
+
+def _failures(name: str, sessions: SessionStats, upstream: UpstreamConfig, covered: frozenset[int]) -> _Part | None:
+    """Recovery was tried or refused and failed for `MIN_SESSION_LOST` requests a client heard: why, by reason."""
+    failed = [loss for loss in sessions.with_recovery("failed") if loss.id not in covered]
+    heard = [loss for loss in failed if loss.why not in _UNHEARD]
+    if len(heard) < MIN_SESSION_LOST:
+        return None
+    reasons = Counter(loss.why or "unstated" for loss in failed)
+    listed = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
+    said = [f"Session recovery on {name} failed for {len(failed)} requests ({listed})."]
+    changed = sum(reasons[r] for r in _CHANGED)
+    if changed:
+        said.append(
+            f"{changed} met a server that came back different ({_which(reasons, _CHANGED)}): expected when a deploy "
+            f"changes the server; the proxy told each client its session was lost (404, data.reason session_lost), "
+            f"so it initializes again. Nothing to configure."
+        )
+    forgets = sum(reasons[r] for r in _FORGETS)
+    if forgets:
+        said.append(
+            f"{forgets} were lost again and again ({_which(reasons, _FORGETS)}): {name} forgets sessions all the time, "
+            f"not only when it restarts, typically replicas behind a load balancer without session affinity, each "
+            f"request reaching a replica that never saw the session. Route each Mcp-Session-Id to one replica (sticky "
+            f"sessions), or run one."
+        )
+    if reasons["upstream_failed"]:
+        said.append(_upstream_failed(sessions, upstream, reasons["upstream_failed"], covered))
+    rest = [reason for reason in reasons if reason not in (*_CHANGED, *_FORGETS, "upstream_failed")]
+    said += [f"{reasons[reason]}: {_REASONS.get(reason, f'reason {reason}')}." for reason in rest]
+    return _Part(
+        title=f"recovery failed for {len(failed)} requests ({listed})",
+        rationale=" ".join(said),
+        effect=f"{len(heard)} requests whose session recovery failed heard a session loss or the upstream's error",
+        numbers={"failed": len(failed)},
+        evidence={"failed": dict(reasons)},
+        ids=[loss.id for loss in heard],
+    )
+
+
+def _which(reasons: Counter[str], among: tuple[str, ...]) -> str:
+    return "; ".join(f"{reasons[r]} {_REASONS[r]}" for r in among if reasons[r])
+
+
+def _upstream_failed(sessions: SessionStats, upstream: UpstreamConfig, n: int, covered: frozenset[int]) -> str:
+    """What the rebuilds that failed on the upstream say, and why no longer `recovery_timeout` is proposed
+    (`_longer_recovery_timeout` proposes one when they say it would help)."""
+    limit = upstream.sessions.recovery_timeout
+    ran_out = len([loss for loss in _ran_out(sessions, limit) if loss.id not in covered])
+    said = (
+        f"{n} rebuilds failed on the upstream ({_REASONS['upstream_failed']}): each such request failed with the "
+        f"upstream's error, and the next one tried again."
+    )
+    if not ran_out:
+        return said + f" None ran out the {format_duration(limit)} recovery_timeout: the upstream was not back yet when they came."
+    said += f" {ran_out} ran the whole recovery_timeout ({format_duration(limit)})"
+    if not sessions.recovery_ms:
+        return said + (
+            ", and no rebuild worked in the window, so nothing shows how long one needs: the upstream was stuck or "
+            "still starting (check how long it takes to answer initialize after a restart)."
+        )
+    slowest = max(sessions.recovery_ms)
+    took = f"the slowest rebuild that worked (of {len(sessions.recovery_ms)}) took {slowest:.0f} ms"
+    if slowest < SLOW_REBUILD * limit * 1000:
+        return said + (
+            f", but {took}, so nothing shows a longer limit would let them finish: the upstream was stuck or still "
+            f"starting (check how long it takes to answer initialize after a restart)."
+        )
+    if ran_out < MIN_SESSION_LOST:
+        return said + f" and {took}: too few yet (fewer than {MIN_SESSION_LOST}) to propose a longer limit."
+    return said + (
+        f" and {took}, but the limit is already the longest proposed ({format_duration(MAX_RECOVERY_TIMEOUT_S)}): a "
+        f"server this slow to rebuild a session keeps every request that met the loss waiting; look at its start-up."
+    )
+
+
+def _unknown(sessions: SessionStats, upstream: UpstreamConfig, carried: bool) -> _Part | None:
+    """Losses of sessions the proxy had no record of: `MIN_SESSION_LOST`, and `UNKNOWN_SHARE` of the losses
+    met with recovery on (the others' sessions it knew: ``recovering``, or ``failed`` at once). `carried`:
+    the proxy carries its sessions over its own restart (`sessions_file`)."""
+    unknown = sessions.with_recovery("unknown_session")
+    known = [loss for loss in sessions.met() if loss.recovery in ("recovering", "failed")]
+    u = len(unknown)
+    share = Share("losses of sessions the proxy had no record of", u, u + len(known), "lower", UNKNOWN_SHARE)
+    if u < MIN_SESSION_LOST or not share.holds():
+        return None
+    settings = upstream.sessions
+    idle, most = format_duration(settings.idle_timeout), settings.max_sessions
+    before = "unless carried over in sessions_file" if carried else "(set sessions_file to carry them over the proxy's own restart)"
+    return _Part(
+        title=f"{u} lost sessions unknown to the proxy: raise sessions.max_sessions or idle_timeout",
+        rationale=(
+            f"{u} of the {u + len(known)} requests that met a lost session came from sessions the proxy had no record "
+            f"of, so no rebuild was tried and each client heard the loss. The proxy forgets a session unused for "
+            f"sessions.idle_timeout ({idle}) when new ones open, and the least recently used past sessions.max_sessions "
+            f"({most}): a session forgotten so loses its protection. Sessions opened before the proxy started are "
+            f"unknown to it {before}, and so are those opened while recovery was off or whose initialize is over 64 KiB: "
+            f"if the proxy started shortly before these losses, that is the likelier cause. Otherwise raise "
+            f"sessions.max_sessions (each session keeps its initialize request and subscriptions) or idle_timeout."
+        ),
+        effect=f"{u} requests of sessions the proxy did not keep heard the upstream's loss, with no rebuild tried",
+        numbers={"unknown_session": u},
+        evidence={"unknown_session": u, "max_sessions": most, "idle_timeout": idle},
+        ids=[loss.id for loss in unknown], share=share,
+    )  # fmt: skip
+
+
+def _unstated(name: str, sessions: SessionStats, recovery: bool) -> _Part | None:
+    """Losses from a recording made before `session_lost` said what became of them: advice, as then."""
+    unstated = sessions.with_recovery(None)
+    n = len(unstated)
+    if n < MIN_SESSION_LOST:
+        return None
+    now = "on for this upstream" if recovery else "off for this upstream: turn it on"
+    return _Part(
+        title=f"{n} requests met a lost session (recorded without what became of it)",
+        rationale=(
+            f"{name} answered 404 to {n} requests carrying a legacy session id (a restart, or a session timeout), "
+            f"recorded by a proxy that did not say what became of a loss: each client had to notice and initialize "
+            f"again. The proxy now rebuilds a lost session and replays the request (sessions.recovery, on by default; "
+            f"{now}); a recording of it says whether it worked."
+        ),
+        effect=f"{n} requests failed on a lost session in the window",
+        numbers={"unstated": n},
+        evidence={"unstated": n},
+        ids=[loss.id for loss in unstated],
+    )  # fmt: skip

@@ -75,7 +75,7 @@ from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
 from proxy.server.relay import SESSION_DELETED, Relay, headers_for, learn_annotations, relayed
 from proxy.server.session_stream import SessionStreams
-from proxy.sessions.keeper import SESSION_HEADER, RebuildFailed
+from proxy.sessions.keeper import SESSION_HEADER
 from proxy.sessions.stage import lost_reply
 from proxy.sessions.table import LegacySession
 from proxy.upstream.transport import AnswerTo
@@ -522,30 +522,15 @@ class McpHandler:
         if method == "DELETE":
             keeper.forget(session.client_id)
             return reply
-        refused = keeper.may_rebuild(session)
-        if refused is not None:
-            recovery = "off" if refused == "off" else "failed"
-            events.policy_event("session_lost", about, recovery=recovery, why=None if recovery == "off" else refused)
-            return reply
-        if message is not None and message.kind is Kind.RESPONSE:
+        if message is not None and message.kind is Kind.RESPONSE and keeper.may_rebuild(session) is None:
             events.policy_event("session_lost", about, recovery="failed", why="answers_a_lost_request")
             return Reply(202, CIMultiDict())
-        if message is None or message.kind is not Kind.NOTIFICATION:
+        if (message is None or message.kind is not Kind.NOTIFICATION) and keeper.may_rebuild(session) is None:
             events.policy_event("session_lost", about, recovery="failed", why="not_replayable")
             return reply
-        events.policy_event("session_lost", about, recovery="recovering", why=None)
-        started = time.perf_counter()
-        try:
-            restored = await keeper.rebuild(session, seen, headers, route.upstream)
-        except RebuildFailed as exc:
-            events.policy_event("session_lost", about, recovery="failed", why=exc.reason)
-            if exc.permanent:
-                return lost_reply(None, route.upstream.name, exc.reason)
-            return reply
-        events.policy_event(
-            "session_recovered", about, generation=session.generation,
-            recovery_ms=round((time.perf_counter() - started) * 1000, 3), restored=restored or [],
-        )  # fmt: skip
+        failure = await keeper.recover(session, seen, headers, route.upstream, events, about)
+        if failure is not None:
+            return lost_reply(None, route.upstream.name, failure.reason) if failure.permanent else reply
         headers[SESSION_HEADER] = session.upstream_id
         return await self._exchange(request, route, method, headers, body, message)
 

@@ -45,10 +45,10 @@ from proxy.server.pump import GONE, SESSION_DELETED, CallWatch, LongLived, Watch
 from proxy.server.responses import client_gone, cut_off, end_quietly, sse_error, write_quietly
 from proxy.upstream.transport import SSEBody, encoded
 
-__all__ = ["ListenRelay", "resumable"]
+__all__ = ["ListenRelay", "resumable_listen"]
 
 
-def resumable(call: Call, reply: Reply) -> bool:
+def resumable_listen(call: Call, reply: Reply) -> bool:
     """A listen whose stream the relay can read and re-issue: a 2xx SSE answer in no content coding, read
     by nobody before (a listen is never buffered)."""
     return (
@@ -60,12 +60,12 @@ def resumable(call: Call, reply: Reply) -> bool:
 
 
 class ListenRelay:
-    """Passes a `resumable` listen's answer on, re-issuing it when its upstream stream breaks (the module
-    docstring). `long_lived` holds its streams (and its wait between two) while they are open, and says
-    whether the proxy drains; `ended_by_client` says whether a call's session was deleted by its client
-    after the call began; `route_now` is the route a re-issue goes on, asked at each (a reload may have
-    retired the pool the listen began on); `clock` and `rng` time and jitter the re-issues (tests fix
-    both)."""
+    """Passes on a listen's answer (one `resumable_listen` accepts), re-issuing it when its upstream
+    stream breaks (the module docstring). `long_lived` holds its streams (and its wait between two) while
+    they are open, and says whether the proxy drains; `ended_by_client` says whether a call's session was
+    deleted by its client after the call began; `route_now` is the route a re-issue goes on, asked at each
+    (a reload may have retired the pool the listen began on); `clock` and `rng` time and jitter the
+    re-issues (tests fix both)."""
 
     __slots__ = ("_clock", "_ended_by_client", "_long_lived", "_rng", "_route_now")
 

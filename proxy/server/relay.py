@@ -16,13 +16,16 @@ Three kinds of answer arrive as SSE, and all of them are read through one `proxy
 
 Only whole events go out while a stream is watched (`proxy.server.frame`), so an event the proxy adds
 never lands inside a half one. When a call's stream is over, the breaker and passive health, which saw
-only the answer's head, get its verdict. A call's stream that ends or breaks before the final response,
-its client still there, is carried on under the client's open stream when the upstream can
-(`proxy.server.continuation`: resumed with ``Last-Event-ID`` on its legacy session, or an idempotent call
-sent again). Otherwise the stream gets a last event carrying the JSON-RPC error with the request's id (an
-SDK client whose stream just ends loses its whole session); none is added after an event that may have
-been the response but could not be read (``unread_event``: the client has its one answer, the server's).
-An answer in a content coding passes unwatched (``unwatched``): nothing can be read from it or added to it.
+only the answer's head, get its verdict. A stream the server ends cleanly before the final response after
+giving event ids was closed on purpose, to be polled (2025-11-25): it just ends (``resumable``), and the
+client reconnects with ``Last-Event-ID`` as the server asked. A call's stream that breaks (or ends with no
+ids) before the final response, its client still there, is carried on under the client's open stream
+when the upstream can (`proxy.server.continuation`: resumed with ``Last-Event-ID`` on its legacy session,
+or an idempotent call sent again). Otherwise the stream gets a last event carrying the JSON-RPC error
+with the request's id (an SDK client whose stream just ends loses its whole session); none is added after
+an event that may have been the response but could not be read (``unread_event``: the client has its one
+answer, the server's). An answer in a content coding passes unwatched (``unwatched``): nothing can be
+read from it or added to it.
 
 A ``subscriptions/listen`` survives its upstream stream: when that ends or breaks without the final
 response, the same request is re-issued under the client's open stream (`proxy.server.listen_relay`, its
@@ -55,7 +58,7 @@ from proxy.policies.failures import CANCELLED, OK, classify_error
 from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.server.continuation import continue_answer
 from proxy.server.frame import DISCARDED_EVENT, MAX_HELD_EVENT
-from proxy.server.listen_relay import ListenRelay, resumable
+from proxy.server.listen_relay import ListenRelay, resumable_listen
 from proxy.server.pump import (
     FINISHED, GONE, SESSION_DELETED, CallWatch, ListWatch, LongLived, Watched, counted_already, learn_annotations, pump,
     settled,
@@ -149,7 +152,7 @@ class Relay:
         coding is passed on unread (`unwatched`). A ``subscriptions/listen`` whose stream may break is
         passed on by a `ListenRelay`, which re-issues it."""
         response = await start_stream(request, reply)
-        if resumable(call, reply):
+        if resumable_listen(call, reply):
             listen = ListenRelay(self._long_lived, self.ended_by_client, self.route_now, self.clock, self.rng)
             return await listen.answer(request, runtime, route, call, reply, response, settle, failed)
         watched = Watched(reply, runtime, call.message.id, call.upstream)
@@ -186,6 +189,10 @@ class Relay:
         elif not answered:
             if long_lived and self._long_lived.draining:
                 settle("drained")  # the proxy is shutting down: end the subscription cleanly
+            elif error is None and watched.watcher.last_event_id is not None:
+                # The server closed it on purpose, to be polled (2025-11-25: the client reconnects with
+                # Last-Event-ID after `retry`): the client does as the server asked, as without the proxy.
+                settle("resumable")
             else:
                 continued = None
                 if not long_lived and not self._long_lived.draining and not client_gone(request):

@@ -37,7 +37,7 @@ from proxy.mcp.sse import SSEParser, blank_line_ends
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.failures import session_lost_answer
 from proxy.runtime import Route, Runtime
-from proxy.sessions.keeper import SESSION_HEADER, RebuildFailed
+from proxy.sessions.keeper import SESSION_HEADER
 from proxy.sessions.table import LegacySession
 from proxy.server.relay import MAX_HELD_EVENT, relayed, start_stream
 
@@ -180,28 +180,13 @@ class _Resuming:
     async def _answered(self, reply: Reply) -> web.StreamResponse | None:
         """A GET answered without a stream: the loss of a kept session is rebuilt (None: open again);
         anything else is the client's answer while its stream has not started, else the stream ends."""
-        keeper = self.route.state.sessions
-        events = self.runtime.observer
         if session_lost_answer(reply.status, reply.message):
-            refused = keeper.may_rebuild(self.session)
-            if refused is not None:
-                recovery = "off" if refused == "off" else "failed"
-                events.policy_event("session_lost", self.about, recovery=recovery, why=None if recovery == "off" else refused)
-            else:
-                events.policy_event("session_lost", self.about, recovery="recovering", why=None)
-                started = time.perf_counter()
-                try:
-                    restored = await keeper.rebuild(self.session, self.generation, self.headers, self.route.upstream)
-                except RebuildFailed as exc:
-                    events.policy_event("session_lost", self.about, recovery="failed", why=exc.reason)
-                    if not exc.permanent and self.response is not None:
-                        return None  # the upstream is still coming back: try again within the window
-                else:
-                    events.policy_event(
-                        "session_recovered", self.about, generation=self.session.generation,
-                        recovery_ms=round((time.perf_counter() - started) * 1000, 3), restored=restored or [],
-                    )  # fmt: skip
-                    return None
+            keeper = self.route.state.sessions
+            failure = await keeper.recover(
+                self.session, self.generation, self.headers, self.route.upstream, self.runtime.observer, self.about
+            )
+            if failure is None or (not failure.permanent and not failure.refused and self.response is not None):
+                return None  # rebuilt, or the upstream is still coming back: open again (within the window)
         if self.response is None:
             return relayed(reply.status, reply.reason, reply.body, reply.headers)
         if reply.status == 409:  # the server still holds the broken stream: it lets go soon

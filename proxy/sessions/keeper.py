@@ -37,7 +37,7 @@ from multidict import CIMultiDict
 from proxy.config.model import SessionsConfig
 from proxy.errors import ProxyError
 from proxy.mcp.jsonrpc import response_error
-from proxy.policies.base import Reply
+from proxy.policies.base import Attempt, Call, Observer, Reply
 from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SUBSCRIPTIONS, LegacySession, SessionTable
 from proxy.tasks import Owner, spawn
 from proxy.upstream.transport import AnswerTo
@@ -83,15 +83,19 @@ class SessionUpstream(Protocol):
 
 
 class RebuildFailed(Exception):
-    """A lost session could not be rebuilt. `permanent`: never will be (its client must initialize)."""
+    """A lost session could not be rebuilt. `permanent`: never will be (its client must initialize);
+    `refused`: no rebuild was tried (recovery off, too frequent, not restorable: `may_rebuild`)."""
 
-    def __init__(self, reason: str, detail: str, *, permanent: bool, error: ProxyError | None = None) -> None:
+    def __init__(
+        self, reason: str, detail: str, *, permanent: bool, error: ProxyError | None = None, refused: bool = False
+    ) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
         self.permanent = permanent
         self.error = error
         """The upstream failure that stopped it, when one did."""
+        self.refused = refused
 
 
 class UpstreamSessions:
@@ -195,6 +199,45 @@ class UpstreamSessions:
         if len(rebuilds) == rebuilds.maxlen and self._clock() - rebuilds[0] < 60.0 and session.rebuilding is None:
             return "too_frequent"
         return None
+
+    async def recover(
+        self,
+        session: LegacySession,
+        seen: int,
+        headers: Mapping[str, str],
+        transport: SessionUpstream,
+        observer: Observer,
+        about: Call | Attempt,
+        time_left: float | None = None,
+    ) -> RebuildFailed | None:
+        """A request of `session` (sent at generation `seen`) met its loss: rebuild it, or wait for the rebuild
+        in flight, within `time_left` seconds (None: `recovery_timeout` only), telling `observer` what
+        became of it (`session_lost`, then `session_recovered` or a `session_lost` with ``failed``), about
+        the request (`about`). Returns None when the request may be replayed now, else why not."""
+        if session.generation != seen and session.rebuilding is None and session.lost is None:
+            return None  # rebuilt since the request was sent (by another request, or the GET stream): replay
+        refused = self.may_rebuild(session)
+        if refused is not None:
+            recovery = "off" if refused == "off" else "failed"
+            observer.policy_event("session_lost", about, recovery=recovery, why=None if recovery == "off" else refused)
+            return RebuildFailed(refused, refused, permanent=session.lost is not None, refused=True)
+        observer.policy_event("session_lost", about, recovery="recovering", why=None)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(time_left):  # the wait: the rebuild itself goes on for the others
+                restored = await self.rebuild(session, seen, headers, transport)
+        except TimeoutError:
+            failure = RebuildFailed("deadline", "the call's deadline passed while its session was rebuilt", permanent=False)
+        except RebuildFailed as exc:
+            failure = exc
+        else:
+            observer.policy_event(
+                "session_recovered", about, generation=session.generation,
+                recovery_ms=round((time.perf_counter() - started) * 1000, 3), restored=restored or [],
+            )  # fmt: skip
+            return None
+        observer.policy_event("session_lost", about, recovery="failed", why=failure.reason)
+        return failure
 
     async def rebuild(
         self, session: LegacySession, seen: int, headers: Mapping[str, str], transport: SessionUpstream

@@ -36,7 +36,7 @@ from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.mcp.jsonrpc import INVALID_REQUEST, error_body
 from proxy.policies.base import Attempt, Call, CallHandler, Observer, Reply
 from proxy.policies.failures import session_lost_answer
-from proxy.sessions.keeper import SESSION_HEADER, RebuildFailed, SessionUpstream, UpstreamSessions
+from proxy.sessions.keeper import SESSION_HEADER, SessionUpstream, UpstreamSessions
 from proxy.sessions.table import LegacySession
 
 __all__ = ["SESSION_LOST", "SessionStage", "lost_reply"]
@@ -100,33 +100,21 @@ class SessionStage:
         if reply.stream is not None or not session_lost_answer(reply.status, reply.message):
             self._sessions.record(session, call.method, call.message, call.body, reply)
             return reply
-        about = _about(call, reply)
-        refused = self._sessions.may_rebuild(session)
-        if refused is not None:
-            recovery = "off" if refused == "off" else "failed"
-            self._observer.policy_event("session_lost", about, recovery=recovery, why=None if recovery == "off" else refused)
-            return lost_reply(call.message.id, call.upstream, refused) if session.lost is not None else reply
-        self._observer.policy_event("session_lost", about, recovery="recovering", why=None)
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(_time_left(call)):  # the wait: the rebuild itself goes on for the others
-                restored = await self._sessions.rebuild(session, seen, call.headers, self._transport)
-        except TimeoutError:
-            self._observer.policy_event("session_lost", about, recovery="failed", why="deadline")
-            raise UpstreamTimeout(
-                "the call's deadline (timeouts.total) passed while its lost session was rebuilt", upstream=call.upstream
-            ) from None
-        except RebuildFailed as exc:
-            self._observer.policy_event("session_lost", about, recovery="failed", why=exc.reason)
-            if exc.permanent:
-                return lost_reply(call.message.id, call.upstream, exc.reason)
-            raise exc.error or UpstreamUnavailable(
-                f"the upstream lost the session and did not rebuild it: {exc.detail}", upstream=call.upstream
-            ) from None
-        self._observer.policy_event(
-            "session_recovered", about, generation=session.generation,
-            recovery_ms=round((time.perf_counter() - started) * 1000, 3), restored=restored or [],
-        )  # fmt: skip
+        failure = await self._sessions.recover(
+            session, seen, call.headers, self._transport, self._observer, _about(call, reply), _time_left(call)
+        )
+        if failure is not None:
+            if failure.permanent:
+                return lost_reply(call.message.id, call.upstream, failure.reason)
+            if failure.refused:
+                return reply  # the server's own answer: its client initializes again
+            if failure.reason == "deadline":
+                raise UpstreamTimeout(
+                    "the call's deadline (timeouts.total) passed while its lost session was rebuilt", upstream=call.upstream
+                )
+            raise failure.error or UpstreamUnavailable(
+                f"the upstream lost the session and did not rebuild it: {failure.detail}", upstream=call.upstream
+            )
         call.headers[SESSION_HEADER] = session.upstream_id
         try:
             async with asyncio.timeout(_time_left(call)):

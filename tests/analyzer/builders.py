@@ -123,8 +123,18 @@ class Stream:
     def health_changed(self, at: float, old: str, new: str, cause: str = "active") -> dict[str, Any]:
         return self._upstream_event("health_changed", at, old=old, new=new, cause=cause, detail="probe")
 
-    def session_lost(self, at: float) -> dict[str, Any]:
-        return self._upstream_event("session_lost", at, error={"kind": "session_expired", "http_status": 404, "jsonrpc_code": None, "message": "session not found"})
+    def session_lost(self, at: float, recovery: str | None = None, why: str | None = None, **kw: Any) -> dict[str, Any]:
+        """A lost legacy session. Without `recovery`: as a proxy recorded it before it recovered sessions (an
+        upstream event, no call, no `recovery`); with it: the call event the proxy publishes now."""
+        if recovery is None:
+            return self._upstream_event("session_lost", at, error={"kind": "session_expired", "http_status": 404, "jsonrpc_code": None, "message": "session not found"})
+        return self._call("session_lost", at, recovery=recovery, why=why, **kw)
+
+    def session_recovered(self, at: float, recovery_ms: float, generation: int = 1, restored: list[str] | None = None, **kw: Any) -> dict[str, Any]:
+        return self._call("session_recovered", at, generation=generation, recovery_ms=recovery_ms, restored=restored or ["initialized"], **kw)
+
+    def stream_resumed(self, at: float, stream: str = "get", from_event_id: bool = False, generation: int = 1) -> dict[str, Any]:
+        return self._upstream_event("stream_resumed", at, stream=stream, from_event_id=from_event_id, generation=generation, gap_ms=120.0)
 
     def config_reloaded(self, at: float) -> dict[str, Any]:
         return self._publish(make_event("config_reloaded", None, trigger="watch", file_hash="abc"), at)

@@ -139,6 +139,26 @@ class EventMix:
             s.events.clear()
         yield from self._stamp(batch)
 
+    def _session(self, s: Stream, at: float) -> None:
+        """A lost legacy session, and what became of it: recovered, failed (a rebuild that ran out its
+        limit, or a server that came back changed), unknown to the proxy, or a recording that does not say;
+        sometimes a reopened stream."""
+        rng = self.random
+        call = s.call_id()
+        outcome = rng.choice(("recovered", "recovered", "ran_out", "changed", "unknown", "unstated"))
+        if outcome == "unstated":
+            s.session_lost(at)
+        elif outcome == "unknown":
+            s.session_lost(at, recovery="unknown_session", call_id=call)
+        else:
+            s.session_lost(at, recovery="recovering", call_id=call)
+            if outcome == "recovered":
+                s.session_recovered(at + 0.001, recovery_ms=rng.uniform(20.0, 9000.0), call_id=call)
+            else:
+                s.session_lost(at + 0.001, recovery="failed", why="upstream_failed" if outcome == "ran_out" else "version_changed", call_id=call)
+        if rng.random() < 0.3:
+            s.stream_resumed(at + 0.002, stream=rng.choice(("get", "answer", "listen")))
+
     def _breaker(self, at: float) -> Iterator[dict[str, Any]]:
         rng = self.random
         upstream = rng.choice(UPSTREAMS)
@@ -152,7 +172,7 @@ class EventMix:
         if roll < 0.2:
             s.health_changed(at, rng.choice(("healthy", "unknown")), rng.choice(("unhealthy", "healthy")))
         elif roll < 0.3:
-            s.session_lost(at)
+            self._session(s, at)
         batch = list(s.events)
         s.events.clear()
         yield from self._stamp(batch)

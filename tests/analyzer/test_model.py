@@ -94,7 +94,9 @@ def test_breakers_health_429_windows_and_sessions() -> None:
     upstream = a.upstreams["api"]
     assert upstream.accepted_rate() == 12.0 and len(upstream.http_429_ts) == 30
     assert [w[:2] for w in upstream.windows_with_429()] == [(T0 + 20, 10.0), (T0 + 30, 10.0), (T0 + 40, 10.0)]
-    assert len(upstream.session_lost_ids) == 4
+    losses = upstream.sessions.losses
+    assert [(loss.recovery, loss.why, loss.call_id) for loss in losses] == [(None, None, None)] * 4  # a recording that does not say
+    assert [loss.ts for loss in losses] == [T0, T0 + 10, T0 + 20, T0 + 30]
 
 
 def test_tool_breakers_name_their_tool() -> None:

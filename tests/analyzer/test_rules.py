@@ -258,12 +258,6 @@ def test_flapping_health_raises_the_active_thresholds() -> None:
     assert p.effect.numbers == {"transitions": 4, "shortest_state_s": 15.0}
 
 
-def test_lost_sessions_are_advice_without_a_diff() -> None:
-    [p] = run(sc.lost_sessions())
-    assert (p.id, p.rule, p.advisory, p.changes, p.diff) == ("4e2cf6fc9c", "session_lost", True, (), None)
-    assert p.evidence["session_lost"] == 4
-
-
 def test_a_change_to_a_value_from_the_environment_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
     config = sc.CONFIG.replace("reset_timeout: 30s", "reset_timeout: ${RESET:-30s}")
     with caplog.at_level(logging.WARNING, logger="proxy.analyzer.engine"):

@@ -50,6 +50,14 @@ Modes instead of the above (each under 1.5 minutes with its defaults):
   published/s, the events the analyzer saw and missed (/proposals), req/s on vs off, ``--rounds``
   rounds (default 3) alternating which goes first. About 2.5 minutes with the defaults.
 
+- ``--restart``: the upstream SIGKILLed and restarted on its port ``--restarts`` times while ``--legacy``
+  legacy-session clients and ``--modern`` 2026-07-28 clients call a read-only and a non-idempotent tool
+  without pause, a restart after every ``--calls-between`` successful calls (`tests.perf.restart`):
+  calls, failures, clear JSON-RPC errors and late ones per kind (idempotent, never sent,
+  non-idempotent), executions per non-idempotent call (at most one), latency around the restarts, the
+  proxy's session events, PASS/FAIL against issue 13's targets. Needs no wrk. About a minute with the
+  defaults.
+
 ``--events-compare`` (instead of the above): the cost of failure events, "events on must cost <= 5%
 throughput versus events off, in the same run". Four proxies run side by side on the forwarder CPU:
 events on (the default config: ``events.enabled`` and ``events.log`` true) and events off
@@ -99,6 +107,7 @@ from tests.perf.harness import (
 from tests.perf.instructions import instructions, missing_tools
 from tests.perf.memory import memory
 from tests.perf.procs import Child, Processes
+from tests.perf.restart import restart
 from tests.perf.wrk import WRK_HEADERS, find_wrk, run_wrk, write_script
 
 TARGETS = ("direct", "proxy", "naive", "aiofloor", "floor")
@@ -208,6 +217,40 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--instructions",
         action="store_true",
         help="instead: instructions per request of proxy, naive, aiofloor and floor under callgrind (see above)",
+    )
+    what.add_argument(
+        "--restart",
+        action="store_true",
+        help="instead: the upstream killed and restarted under load by clients of both eras (see above)",
+    )
+    parser.add_argument("--legacy", type=int, default=8, metavar="N", help="with --restart: legacy-session clients (default 8)")
+    parser.add_argument("--modern", type=int, default=8, metavar="N", help="with --restart: 2026-07-28 clients (default 8)")
+    parser.add_argument(
+        "--sdk", type=int, default=1, metavar="N", help="with --restart: official SDK clients (mcp.Client) per era besides (default 1)"
+    )
+    parser.add_argument("--restarts", type=int, default=3, metavar="N", help="with --restart: SIGKILL restarts (default 3)")
+    parser.add_argument(
+        "--calls-between", type=int, default=400, metavar="N",
+        help="with --restart: successful calls before each restart and after the last (default 400)",
+    )
+    parser.add_argument("--work-ms", type=float, default=10.0, help="with --restart: each tool's work time, ms (default 10)")
+    parser.add_argument("--per-try", type=float, default=10.0, help="with --restart: the upstream's timeouts.per_try, s (default 10)")
+    parser.add_argument(
+        "--total", type=float, default=30.0, help="with --restart: the upstream's timeouts.total, every call's deadline, s (default 30)"
+    )
+    parser.add_argument(
+        "--retry-attempts", type=int, default=20, metavar="N", help="with --restart: the upstream's retry.max_attempts (default 20, the most it takes)"
+    )
+    parser.add_argument(
+        "--breaker-threshold", type=int, default=None, metavar="N",
+        help="with --restart: the upstream breaker's failure_threshold (default: the proxy's default, 5; 0: breaker off)",
+    )
+    parser.add_argument(
+        "--budget-ratio", type=float, default=None, metavar="R",
+        help="with --restart: the upstream retry budget's ratio (default: the proxy's default, 0.2)",
+    )
+    parser.add_argument(
+        "--json-answers", action="store_true", help="with --restart: the server answers JSON instead of SSE (the SDK's default)"
     )
     parser.add_argument(
         "--requests", type=int, default=1000, metavar="N",
@@ -604,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         wrk = ""  # this mode runs no wrk
+    elif args.restart:
+        wrk = ""  # nor does this one
     else:
         found = find_wrk()
         if found is None:
@@ -625,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = analyzer(args, Path(tmp), procs, wrk)
             elif args.instructions:
                 report = instructions(args, Path(tmp), procs)
+            elif args.restart:
+                report = restart(args, Path(tmp), procs)
             else:
                 report = _run(args, Path(tmp), procs, wrk)
         except BaseException:
