@@ -390,7 +390,8 @@ class ProxyServer:
             if before is not None and before.health is state.health and before.transport is state.transport:
                 state.prober = before.prober
             elif state.health.config.active.enabled:
-                state.prober = HealthProber(state.transport, state.health, self.clock)
+                state.prober = HealthProber(state.transport, state.health, self.clock, breaker=state.breaker)
+                state.breaker.on_open(state.prober.wake)
                 state.prober.start()
 
     async def apply(self, config: ProxyConfig) -> None:
@@ -474,7 +475,7 @@ class ProxyServer:
                 return
             except OSError as exc:
                 log.error("sessions_not_saved", path=path, error=str(exc))
-        ending = [state.sessions.end_remapped(state.transport, {}) for state in runtime.states.values()]
+        ending = [state.sessions.end_remapped(state.transport) for state in runtime.states.values()]
         try:
             async with asyncio.timeout(max(1.0, min(5.0, runtime.config.drain_timeout))):
                 ended = sum(await asyncio.gather(*ending))

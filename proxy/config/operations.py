@@ -33,6 +33,12 @@ class ActiveHealthConfig(ConfigModel):
 
     enabled: bool = Field(True, description="Probe the upstream on an interval.")
     interval: Duration = Field(10.0, gt=0, description="Time between probes.")
+    unhealthy_interval: Duration = Field(
+        1.0,
+        gt=0,
+        description="Time between probes while the last one failed or the upstream's breaker is open: a restarted "
+        "upstream is seen back (and its breaker half-opened) within about this long.",
+    )
     jitter: float = Field(0.1, ge=0, le=1, description="Each interval varies randomly by up to this fraction.")
     timeout: Duration = Field(2.0, gt=0, description="A probe that takes longer fails.")
     healthy_threshold: int = Field(2, ge=1, description="Consecutive successes that make an unhealthy upstream healthy.")

@@ -50,6 +50,7 @@ from proxy.mcp.eras import LEGACY_VERSION, MODERN_VERSION
 from proxy.tasks import Owner, cancel_and_wait, spawn
 from proxy.policies.failures import Failure, Verdict, classify_error, classify_reply, judged
 from proxy.policies.base import NULL_OBSERVER, Attempt, AttemptHandler, Clock, MonotonicClock, Observer, Reply
+from proxy.policies.breaker import BreakerStage
 from proxy.upstream.transport import HttpUpstream
 
 __all__ = ["HealthProber", "PassiveHealthStage", "UpstreamHealth"]
@@ -100,6 +101,11 @@ class UpstreamHealth:
         self._failures = 0  # failed probes in a row
         self._passive_failures = 0  # transport failures of real calls in a row
         self._changed_at = clock.monotonic()
+
+    @property
+    def probe_failures(self) -> int:
+        """Failed probes in a row."""
+        return self._failures
 
     @property
     def healthy(self) -> bool:
@@ -215,12 +221,22 @@ class _RateLimited(Exception):
 class HealthProber:
     """Active checks for one upstream: `start()` runs a probe now and then every jittered interval."""
 
-    __slots__ = ("_clock", "_config", "_ids", "_initialized", "_random", "_session", "_tasks", "_upstream", "_version", "health", "mode")
+    __slots__ = ("_breaker", "_clock", "_config", "_ids", "_initialized", "_random", "_session", "_tasks", "_upstream",
+                 "_version", "_woken", "health", "mode")  # fmt: skip
 
     def __init__(
-        self, upstream: HttpUpstream, health: UpstreamHealth, clock: Clock, rand: Callable[[], float] = random.random
+        self,
+        upstream: HttpUpstream,
+        health: UpstreamHealth,
+        clock: Clock,
+        rand: Callable[[], float] = random.random,
+        breaker: BreakerStage | None = None,
     ) -> None:
         self._upstream = upstream
+        self._breaker = breaker
+        """The upstream's breakers: a passed probe half-opens an open one (`BreakerStage.probe_passed`), and
+        while one is open the probes come every `unhealthy_interval`."""
+        self._woken = asyncio.Event()
         self.health = health
         self._config = health.config.active
         self._clock = clock
@@ -253,8 +269,16 @@ class HealthProber:
                 pass
 
     def next_interval(self) -> float:
-        """interval × (1 ± jitter): probes of many proxies do not arrive in lockstep."""
-        return self._config.interval * (1 + self._config.jitter * (2 * self._random() - 1))
+        """interval × (1 ± jitter): probes of many proxies do not arrive in lockstep; `unhealthy_interval`
+        instead while the last probe failed or the upstream's breaker is open (a restart is seen to end
+        within about that long, and the breaker half-opened then rather than at its `reset_timeout`)."""
+        failing = self.health.probe_failures > 0 or (self._breaker is not None and self._breaker.any_open())
+        base = self._config.unhealthy_interval if failing else self._config.interval
+        return min(base, self._config.interval) * (1 + self._config.jitter * (2 * self._random() - 1))
+
+    def wake(self) -> None:
+        """Probe now, not at the end of the current interval (the upstream's breaker just opened)."""
+        self._woken.set()
 
     async def _run(self) -> None:
         while True:
@@ -263,7 +287,17 @@ class HealthProber:
             except Exception as exc:  # a bug must neither end probing nor leave a stale "healthy"
                 log.exception("health_probe_crashed", upstream=self._upstream.name)
                 self.health.record_probe(False, f"probe crashed: {type(exc).__name__}: {exc}")
-            await self._clock.sleep(self.next_interval())
+            await self._pause(self.next_interval())
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds` on the clock, or less if `wake` is called meanwhile."""
+        self._woken.clear()
+        sleeping = spawn(self._clock.sleep(seconds), name=f"health-pause:{self._upstream.name}", owner=self._tasks, awaited=True)
+        woken = spawn(self._woken.wait(), name=f"health-wake:{self._upstream.name}", owner=self._tasks, awaited=True)
+        try:
+            await asyncio.wait((sleeping, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait((sleeping, woken))
 
     async def probe_once(self) -> bool | None:
         """One probe within `active.timeout`, recorded in `health`: True ok, False failed, None ignored (a
@@ -285,6 +319,8 @@ class HealthProber:
             verdict = classify_error(exc)
             error = f"{verdict.kind}: {verdict.message}"
         self.health.record_probe(result, error)
+        if result and self._breaker is not None:
+            self._breaker.probe_passed()
         return result
 
     async def _probe(self) -> bool:

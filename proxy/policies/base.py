@@ -103,7 +103,8 @@ class Call:
     client sent one that the proxy dropped (named in `Connection`): it asked as someone, and must never be
     sent as the proxy's configured user instead."""
     buffered: bool = False
-    """Read SSE answers whole before answering (read methods): they can then be retried and cached."""
+    """Read SSE answers whole before answering (read methods: they can then be retried and cached; and the
+    requests a legacy session records, `proxy.sessions.keeper.RECORDED_METHODS`, so a refusal is seen)."""
     started: float = 0.0
     """When the request was read (`time.perf_counter`): a failure's latency is counted from here."""
     hints: ToolHints | None = None

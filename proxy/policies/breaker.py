@@ -202,6 +202,11 @@ class Breaker:
         self._cause = cause
         self._cb.open()
 
+    def probe_passed(self) -> None:
+        """Open to half-open at once: the upstream answered an active probe (`BreakerStage.probe_passed`)."""
+        if self.state == OPEN:
+            self._cb.half_open()
+
     def _refuse(self, message: str, retry_after: float) -> CircuitOpen:
         self._observer.policy_event("circuit_open", None, upstream=self.upstream, breaker=self.name)
         last = self.last_failure
@@ -321,9 +326,11 @@ class _Breakers:
     (`Breaker.on_state`). The split is redone whenever the upstream's listing changes.
     """
 
-    __slots__ = ("_catalog", "_closed", "_held", "_listed", "_version")
+    __slots__ = ("_catalog", "_closed", "_held", "_listed", "_version", "on_open")
 
     def __init__(self, catalog: ToolCatalog) -> None:
+        self.on_open: Callable[[], None] | None = None
+        """Told when an upstream-wide breaker (tool None) opens."""
         self._catalog = catalog
         self._version = catalog.version
         self._listed: dict[BreakerKey, Breaker] = {}
@@ -378,6 +385,8 @@ class _Breakers:
             del self._held[key]
 
     def _moved(self, key: BreakerKey, breaker: Breaker, state: str) -> None:
+        if state == OPEN and key[1] is None and self.on_open is not None:
+            self.on_open()
         if self._listed.get(key) is breaker:
             return
         if state == CLOSED and self._held.get(key) is breaker:
@@ -464,6 +473,23 @@ class BreakerStage:
     @property
     def breakers(self) -> list[Breaker]:
         return self._breakers.values()
+
+    def on_open(self, listener: Callable[[], None] | None) -> None:
+        """Tell `listener` whenever an upstream-wide breaker opens (the active prober then probes at once)."""
+        self._breakers.on_open = listener
+
+    def any_open(self) -> bool:
+        """Whether an upstream-wide breaker is open (its active probes then come faster: `proxy.ops.health`)."""
+        return any(b.name == self._upstream and b.state == OPEN for b in self._breakers.values())
+
+    def probe_passed(self) -> None:
+        """An active health probe of the upstream succeeded: an upstream-wide breaker that is open goes
+        half-open now instead of at the end of its `reset_timeout` (Envoy un-ejects a host that passes an
+        active check). Its trial calls then decide, as after any open period; a restarted upstream is
+        back within a probe, not 30 s later. Per-tool breakers are left alone: a probe says nothing of a tool."""
+        for breaker in self._breakers.values():
+            if breaker.name == self._upstream and breaker.state == OPEN:
+                breaker.probe_passed()
 
     async def __call__(self, attempt: Attempt, next: AttemptHandler) -> Reply:
         call = attempt.call

@@ -25,6 +25,7 @@ from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import Message, is_read_method
 from proxy.mcp.tool_catalog import ToolHints
 from proxy.policies.base import Call
+from proxy.sessions.keeper import RECORDED_METHODS
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -267,7 +268,7 @@ def classify(request: ClientRequest, route: CallRoute) -> Call:
         policy=policy,
         call_id=next(_CALL_IDS),
         owner=request.owner,
-        buffered=is_read_method(method),
+        buffered=is_read_method(method) or method in RECORDED_METHODS,
         started=request.started,
         query=request.query,
         hints=hints,

@@ -466,6 +466,8 @@ class McpHandler:
         try:
             if session is not None:
                 if session.lost is not None:
+                    if method == "DELETE":  # the client ends a session lost for good: nothing left to keep
+                        route.state.sessions.forget(session.client_id)
                     lost = lost_reply(None, upstream.name, session.lost)
                     return relayed(lost.status, None, lost.body, lost.headers)
                 if method == "GET":
@@ -475,7 +477,12 @@ class McpHandler:
                 seen = session.generation
                 headers[SESSION_HEADER] = session.upstream_id
             reply = await self._exchange(request, route, method, headers, body, message)
-            if session is not None and reply.stream is None:
+            if session is None and client_id is not None and reply.stream is None:
+                if session_lost_answer(reply.status, reply.message):  # a session the proxy never kept
+                    about = _session_call(request, runtime, route, _kind_of(method, message), headers, message)
+                    recovery = "unknown_session" if route.config.sessions.recovery else "off"
+                    runtime.observer.policy_event("session_lost", about, recovery=recovery, why=None)
+            elif session is not None and reply.stream is None:
                 if session_lost_answer(reply.status, reply.message):
                     reply = await self._relayed_after_loss(request, runtime, route, session, seen, method, headers, body, message, reply)
                 elif method == "DELETE" and 200 <= reply.status < 300:
@@ -516,8 +523,7 @@ class McpHandler:
         client's answer to a request of the lost session answers nothing any more (202, dropped); a
         notification is sent again on the rebuilt session; anything else (a batch) passes as it was."""
         keeper = route.state.sessions
-        kind = message.method if message is not None and message.method else method
-        about = _session_call(request, runtime, route, kind, headers, message)
+        about = _session_call(request, runtime, route, _kind_of(method, message), headers, message)
         events = runtime.observer
         if method == "DELETE":
             keeper.forget(session.client_id)
@@ -647,6 +653,11 @@ def _session_call(
     """The `Call` the session events of a relayed message name (a GET, a notification, a client's answer)."""
     who = (client_of(headers, request.remote, runtime.config.client_identity.header), "")
     return _token_call(route, route.resolver.resolve(method, None), method, None, headers, who, message)
+
+
+def _kind_of(http_method: str, message: Message | None) -> str:
+    """What a relayed message's events name as its method: its JSON-RPC method, else the HTTP one."""
+    return message.method if message is not None and message.method else http_method
 
 
 _OWNERS = itertools.count(1)

@@ -147,10 +147,13 @@ class _Resuming:
                     from_event_id=resumed_from_id, generation=self.session.generation,
                     gap_ms=round((time.monotonic() - broke_at) * 1000, 3),
                 )  # fmt: skip
-            gone = await self._pump(reply.stream, filtering=resumed_from_id and broke_at is not None)
+            gone, delivered = await self._pump(reply.stream, filtering=resumed_from_id and broke_at is not None)
             if gone or self.streams._draining:
                 return await self._end(clean=not gone)
-            broke_at, backoff = time.monotonic(), RESUME_BACKOFF
+            if delivered or broke_at is None:
+                # A stream that carried something was a real one: its end starts a new window. One that
+                # ends as soon as it opens is the same outage going on (its window and backoff go on).
+                broke_at, backoff = time.monotonic(), RESUME_BACKOFF
 
     def _may_go_on(self) -> bool:
         transport = self.request.transport
@@ -193,11 +196,12 @@ class _Resuming:
             return None
         return self._cut()
 
-    async def _pump(self, stream: ReplyStream, filtering: bool) -> bool:
-        """Pass `stream`'s whole events on until it ends; True when the client went away."""
+    async def _pump(self, stream: ReplyStream, filtering: bool) -> tuple[bool, bool]:
+        """Pass `stream`'s whole events on until it ends: (the client went away, any event passed)."""
         assert self.response is not None
         self.streams._upstream_streams.add(stream)
         held = bytearray()
+        delivered = False
         try:
             async for chunk in stream:
                 held += chunk
@@ -207,14 +211,16 @@ class _Resuming:
                 cut = ends[-1] if ends else len(held)
                 out = self._passed(bytes(held[:cut]), ends, filtering) if ends else bytes(held)
                 del held[:cut]
-                if out and not await _write(self.response, out):
-                    return True
+                if out:
+                    if not await _write(self.response, out):
+                        return True, delivered
+                    delivered = True
         except ProxyError:
             pass  # broken: reopened by the caller
         finally:
             self.streams._upstream_streams.discard(stream)
             await stream.close()
-        return False
+        return False, delivered
 
     def _passed(self, data: bytes, ends: list[int], filtering: bool) -> bytes:
         """The events of `data` that go to the client, noting the last event id."""

@@ -44,6 +44,7 @@ from proxy.upstream.transport import AnswerTo
 
 __all__ = [
     "MAX_REBUILDS_PER_MINUTE",
+    "RECORDED_METHODS",
     "SESSION_HEADER",
     "RebuildFailed",
     "SessionUpstream",
@@ -53,6 +54,8 @@ __all__ = [
 log = structlog.get_logger("proxy")
 
 SESSION_HEADER: Final = "Mcp-Session-Id"
+RECORDED_METHODS: Final = frozenset({"logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
+"""The requests whose effect a session keeps and a rebuild restores: their answers are read whole."""
 MAX_REBUILDS_PER_MINUTE: Final = 3
 """Rebuilds of one session within a minute past which a loss is passed to its client instead."""
 _NOT_FOR_REBUILD: Final = ("Mcp-Session-Id", "MCP-Protocol-Version", "Last-Event-ID", "Mcp-Method", "Mcp-Name", "Content-Length")
@@ -127,7 +130,8 @@ class UpstreamSessions:
         """An initialize without a session id was answered: record the session it opened, if it did.
 
         The client keeps the upstream's id unless it collides with one here (then the answer carries the
-        proxy's). Sessions forgotten to make room that only the proxy could route are ended upstream."""
+        proxy's). Sessions forgotten to make room that only the proxy could route are ended upstream, each
+        with its own client's headers (`LegacySession.headers`), never this client's."""
         upstream_id = reply.headers.get(SESSION_HEADER)
         if not self.config.recovery or upstream_id is None or not 200 <= reply.status < 300:
             return
@@ -137,18 +141,22 @@ class UpstreamSessions:
         if len(initialize) > MAX_RECORDED_BODY:
             return
         session, forgotten = self.table.open(upstream_id, initialize, result["protocolVersion"], result.get("capabilities"))
+        session.headers = _rebuild_headers(headers)
         if session.remapped:
             reply.headers[SESSION_HEADER] = session.client_id
         for old in forgotten:
             if old.remapped:
-                self._end_later(old, transport, headers)
+                self._end_later_id(old.upstream_id, transport, old.headers)
         self._counted()
 
     def record(self, session: LegacySession, method: str, message: Any, body: bytes, reply: Reply) -> None:
-        """Keep what a successful request set in its session, to restore it after a rebuild."""
-        if method not in ("logging/setLevel", "resources/subscribe", "resources/unsubscribe"):
+        """Keep what a successful request set in its session, to restore it after a rebuild. Their answers
+        are read whole (`RECORDED_METHODS` are buffered: `proxy.server.classify`), so a refusal streamed
+        as SSE is seen as one; an answer still streaming (a server that asked the client something on the
+        way) records nothing."""
+        if method not in RECORDED_METHODS:
             return
-        if not 200 <= reply.status < 300 or (reply.stream is None and response_error(reply.message) is not None):
+        if not 200 <= reply.status < 300 or reply.stream is not None or response_error(reply.message) is not None:
             return
         if len(body) > MAX_RECORDED_BODY:
             session.restorable = False
@@ -248,7 +256,6 @@ class UpstreamSessions:
             return None
         flight = session.rebuilding
         if flight is None:
-            session.rebuilds.append(self._clock())
             flight = session.rebuilding = spawn(
                 self._rebuild(session, _rebuild_headers(headers), transport),
                 name=f"session-rebuild-{self.name}", owner=self._tasks, awaited=True,
@@ -307,8 +314,10 @@ class UpstreamSessions:
             subscribed += await self._restore(body, headers, transport)
         if subscribed:
             restored.append(f"subscriptions:{subscribed}")
-        session.upstream_id = new_id
+        self.table.route(session, new_id)
         session.generation += 1
+        session.headers = headers
+        session.rebuilds.append(self._clock())  # only rebuilds that worked count toward the limit
         return restored
 
     async def _restore(self, body: bytes, headers: CIMultiDict[str], transport: SessionUpstream) -> bool:
@@ -320,9 +329,6 @@ class UpstreamSessions:
         return False
 
     # -- ending -----------------------------------------------------------------------------------
-
-    def _end_later(self, session: LegacySession, transport: SessionUpstream, headers: Mapping[str, str]) -> None:
-        self._end_later_id(session.upstream_id, transport, headers)
 
     def _end_later_id(self, upstream_id: str, transport: SessionUpstream, headers: Mapping[str, str]) -> None:
         """End an upstream session nobody can reach any more (in the background: nobody waits for it)."""
@@ -338,14 +344,15 @@ class UpstreamSessions:
         except ProxyError as exc:
             log.info("session_end_failed", upstream=self.name, error=exc.message)
 
-    async def end_remapped(self, transport: SessionUpstream, headers: Mapping[str, str]) -> int:
+    async def end_remapped(self, transport: SessionUpstream) -> int:
         """End upstream every session only the proxy can route (the proxy is stopping: nobody else will
-        route them); returns how many. Each is forgotten, so its client hears a session loss next."""
+        route them), each with its client's headers; returns how many. Each is forgotten, so its client
+        hears a session loss next."""
         ended = self.table.remapped()
         endings = []
         for session in ended:
             self.table.forget(session.client_id)
-            ending = CIMultiDict(headers)
+            ending = CIMultiDict(session.headers)
             ending[SESSION_HEADER] = session.upstream_id
             endings.append(self._end(ending, transport))
         self._counted()

@@ -23,7 +23,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -68,7 +68,10 @@ class LegacySession:
     rebuilding: asyncio.Future[list[str]] | None = None
     """The rebuild in flight (one at a time: every request that met the loss waits for it)."""
     rebuilds: deque[float] = field(default_factory=lambda: deque(maxlen=3))
-    """When the last rebuilds started (bounded: `proxy.sessions.keeper.MAX_REBUILDS_PER_MINUTE`)."""
+    """When the last rebuilds succeeded (bounded: `proxy.sessions.keeper.MAX_REBUILDS_PER_MINUTE`)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The headers the client last made the session with (its initialize, then the request that met a
+    loss), credentials included: what ends it upstream when the proxy must (never written to a file)."""
 
     @property
     def remapped(self) -> bool:
@@ -79,12 +82,14 @@ class LegacySession:
 class SessionTable:
     """The sessions of one upstream, least recently used first."""
 
-    __slots__ = ("_clock", "_sessions", "config")
+    __slots__ = ("_clock", "_routes", "_sessions", "config")
 
     def __init__(self, config: SessionsConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
         self._sessions: dict[str, LegacySession] = {}
+        self._routes: dict[str, LegacySession] = {}
+        """Each upstream id a kept session routes to, and that session: one upstream session, one client."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -106,10 +111,28 @@ class SessionTable:
             client_id = secrets.token_urlsafe(24)
         session = LegacySession(client_id, upstream_id, initialize, protocol, capabilities, self._clock())
         self._sessions[client_id] = session
+        self.route(session, upstream_id)
         return session, forgotten
 
+    def route(self, session: LegacySession, upstream_id: str) -> None:
+        """`session` goes to `upstream_id` from now on. Another kept session still routed there (a server
+        that numbers its sessions again after a restart) lost its own upstream session with that restart:
+        it is sent to no session at all, so its next request meets the loss and is rebuilt, and never
+        lands in this one's session (one client's data never reaches another)."""
+        if self._routes.get(session.upstream_id) is session:
+            del self._routes[session.upstream_id]
+        other = self._routes.get(upstream_id)
+        if other is not None and other is not session:
+            other.upstream_id = f"lost-{secrets.token_urlsafe(18)}"  # no server has it: the next request is a loss
+            self._routes[other.upstream_id] = other
+        session.upstream_id = upstream_id
+        self._routes[upstream_id] = session
+
     def forget(self, client_id: str) -> LegacySession | None:
-        return self._sessions.pop(client_id, None)
+        session = self._sessions.pop(client_id, None)
+        if session is not None and self._routes.get(session.upstream_id) is session:
+            del self._routes[session.upstream_id]
+        return session
 
     def adopt(self, session: LegacySession) -> bool:
         """Take a session carried over from a previous proxy (`proxy.sessions.carry`), marked used now;
@@ -118,6 +141,7 @@ class SessionTable:
             return False
         session.last_used = self._clock()
         self._sessions[session.client_id] = session
+        self.route(session, session.upstream_id)
         return True
 
     def sessions(self) -> list[LegacySession]:
@@ -136,7 +160,13 @@ class SessionTable:
             oldest = next(iter(self._sessions.values()), None)
             if oldest is None or oldest.last_used > horizon or oldest.rebuilding is not None:
                 break
-            forgotten.append(self._sessions.pop(oldest.client_id))
+            forgotten.append(oldest)
+            self.forget(oldest.client_id)
         while len(self._sessions) >= self.config.max_sessions:
-            forgotten.append(self._sessions.pop(next(iter(self._sessions))))
+            # The least recently used that is not being rebuilt (a rebuild's new upstream session would
+            # be left to nobody); all of them being rebuilt: the least recently used anyway.
+            victim = next((s for s in self._sessions.values() if s.rebuilding is None), None)
+            victim = victim or next(iter(self._sessions.values()))
+            forgotten.append(victim)
+            self.forget(victim.client_id)
         return forgotten
