@@ -1,4 +1,4 @@
-"""A 2026-07-28 ``subscriptions/listen`` survives its upstream's restart (`proxy.server.relay.Relay._listen`,
+"""A 2026-07-28 ``subscriptions/listen`` survives its upstream's restart (`proxy.server.listen_relay.ListenRelay`,
 `proxy.server.listen`): the client's stream stays open, the re-issued listen's acknowledgement is swallowed,
 refetch notices take its place, and every event reaches the client exactly once.
 

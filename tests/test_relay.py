@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from proxy.app import ProxyServer, running_proxy
 from proxy.mcp.sse import Seen, SSEWatcher
-from proxy.server.relay import _FINISHED, DISCARDED_EVENT, MAX_HELD_EVENT, Relay, _EventStream, _Watched
+from proxy.server.pump import FINISHED, Watched, pump
+from proxy.server.relay import DISCARDED_EVENT, MAX_HELD_EVENT
+from proxy.server.responses import _EventStream
 from proxy.upstream.transport import SSEBody
 from tests.conftest import proxy_config
 from tests.test_forwarding import JSON_HEADERS
@@ -463,8 +465,8 @@ class _Client:
 
 
 def _pump_through(chunks: list[bytes], request_id: int = 9) -> tuple[bytes, object, list[Seen]]:
-    """Run `Relay._pump` over the chunks as a call's answer; what the client got, how it ended, what was seen."""
-    watched = object.__new__(_Watched)
+    """Run `pump` over the chunks as a call's answer; what the client got, how it ended, what was seen."""
+    watched = object.__new__(Watched)
     watched.stream, watched.read, watched.early, watched.upstream, watched.cut = _ChunkedBody(chunks), b"", (), "up", b""
     watched.watcher = SSEWatcher(request_id, 64 * 1024 * 1024)
     seen: list[Seen] = []
@@ -474,7 +476,7 @@ def _pump_through(chunks: list[bytes], request_id: int = 9) -> tuple[bytes, obje
         return sighting.final is None
 
     client = _Client()
-    ended = asyncio.run(Relay()._pump(client, watched, look, long_lived=False))  # type: ignore[arg-type]
+    ended = asyncio.run(pump(client, watched, look, long_lived=None))  # type: ignore[arg-type]
     return bytes(client.body), ended, seen
 
 
@@ -494,7 +496,7 @@ def test_a_stray_is_dropped_at_every_split_and_the_calls_own_answer_passes_byte_
     for points in cuts:
         bounds = [0, *points, len(stream)]
         body, ended, seen = _pump_through([stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
-        assert (body, ended) == (expected, _FINISHED), points
+        assert (body, ended) == (expected, FINISHED), points
         assert [s for s in seen if s.final is not None] == [Seen(final=json.loads(FINAL_9))]
 
 
@@ -507,7 +509,7 @@ def test_strays_anywhere_any_cut_are_all_dropped_and_the_rest_passes_unchanged(
     points = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=8))))
     bounds = [0, *points, len(stream)]
     body, ended, _ = _pump_through([stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
-    assert (body, ended) == (_events(*(d for d in before if not d.startswith(STRAY)), FINAL_9), _FINISHED)
+    assert (body, ended) == (_events(*(d for d in before if not d.startswith(STRAY)), FINAL_9), FINISHED)
 
 
 def test_a_stray_whose_start_went_out_already_is_ended_as_an_event_mcp_clients_ignore() -> None:
@@ -515,5 +517,5 @@ def test_a_stray_whose_start_went_out_already_is_ended_as_an_event_mcp_clients_i
     stream = _events(PROGRESS, big, FINAL_9)
     cut = len(_events(PROGRESS)) + MAX_HELD_EVENT + 20
     body, ended, _ = _pump_through([stream[:cut], stream[cut:]])
-    assert ended is _FINISHED
+    assert ended is FINISHED
     assert body == _events(PROGRESS) + stream[len(_events(PROGRESS)) : cut] + b"\n" + DISCARDED_EVENT + _events(FINAL_9)

@@ -5,8 +5,8 @@ A listen is a POST whose SSE answer *is* the subscription: its first event is
 listen's JSON-RPC id in ``_meta["io.modelcontextprotocol/subscriptionId"]``, and a graceful end is the
 request's final response. There is no replay: a server that restarts forgets the subscription, and a
 client that sees its stream drop must listen again and refetch what it depends on. The proxy does that for
-it (`proxy.server.relay.Relay.answer` runs the loop; this module holds its parts, none of which writes to
-the client):
+it (`proxy.server.listen_relay.ListenRelay` runs the loop; this module holds its parts, none of which
+writes to the client):
 
 - `read_head`: the first event of a listen stream, read before it is passed on, so the relay knows the
   acknowledged filter (bounded: `MAX_HEAD_BYTES`);

@@ -39,7 +39,7 @@ from proxy.policies.failures import session_lost_answer
 from proxy.runtime import Route, Runtime
 from proxy.sessions.keeper import SESSION_HEADER, as_client_knows
 from proxy.sessions.table import LegacySession
-from proxy.server.relay import MAX_HELD_EVENT, _start, relayed
+from proxy.server.relay import MAX_HELD_EVENT, relayed, start_stream
 
 __all__ = ["RESUME_BACKOFF", "RESUME_BACKOFF_MAX", "RESUME_WINDOW", "SessionStreams"]
 
@@ -140,7 +140,7 @@ class _Resuming:
                 broke_at = broke_at if broke_at is not None else time.monotonic()
                 continue
             if self.response is None:
-                self.response = await _start(self.request, as_client_knows(self.session, reply))
+                self.response = await start_stream(self.request, as_client_knows(self.session, reply))
             elif broke_at is not None:
                 self.runtime.observer.policy_event(
                     "stream_resumed", None, upstream=self.route.upstream.name, stream="get",
