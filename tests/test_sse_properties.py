@@ -137,7 +137,7 @@ def test_a_30_mib_line_without_newline_in_64_kib_pieces_holds_at_most_max_event_
 def test_passing_on_up_to_the_last_event_end_gives_a_client_exactly_the_events_so_far(
     stream: bytes, points: list[int], max_event: int | None
 ) -> None:
-    """The relay's framing (`proxy.server.relay.Relay._pump`) at every cut: what it has passed on, read by
+    """The relay's framing (`proxy.server.pump.pump`) at every cut: what it has passed on, read by
     a client from the start, holds exactly the events the watcher completed, and nothing of the one under
     way; what it holds back never contains an event's end."""
     watcher = SSEWatcher(max_event=max_event)

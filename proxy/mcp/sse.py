@@ -102,7 +102,7 @@ class _EventReader:
         """The last `id:` seen: what a client would send back as Last-Event-ID."""
         self.messages = 0
         """Events with data dispatched so far (a priming event, an id with no data, is none): whether any of
-        a stream's content went by (`proxy.server.relay`: a broken answer may be tried again only before)."""
+        a stream's content went by (`proxy.server.continuation`: a broken answer may be sent again only before)."""
 
     @property
     def at_line_start(self) -> bool:

@@ -308,7 +308,7 @@ async def judged(attempt: Attempt, next: AttemptHandler, record: Callable[[Verdi
     The stages that count attempts (breaker, passive health) share this: a cancelled attempt is
     recorded as `CANCELLED` (it counts as nothing), an error by its kind, an answer by its verdict, and
     a streamed answer that started well as `STREAMING`: how it ends is its verdict, which the handler
-    reports once the stream is over (`proxy.server.relay`, `_settled`).
+    reports once the stream is over (`proxy.server.pump.settled`).
     """
     verdict = CANCELLED
     try:
