@@ -20,6 +20,7 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from tests.e2e.admin import assert_upstream_fine
 from tests.e2e.conftest import Stack, StackFactory
@@ -145,8 +146,10 @@ async def test_sessionless_post(spec: ServerSpec, stack_for: StackFactory) -> No
 async def test_unknown_session(spec: ServerSpec, stack_for: StackFactory) -> None:
     """A session id the server does not know: made up (raw), or one the server has ended (SDK client).
 
-    The SDK clients' sessions are ended with a DELETE sent straight to the server, so each client
-    still holds an id its server no longer knows, as after a server-side session timeout.
+    A made-up id is no session the proxy keeps: the server's own answer reaches the client. The SDK
+    clients' sessions are ended with a DELETE sent straight to the server, so each client still holds
+    an id its server no longer knows, as after a server-side session timeout: the direct client fails,
+    and the proxied one goes on working, its session rebuilt by the proxy (docs/sessions.md).
     """
     stack = await stack_for(spec)
     bogus = unknown_session_id()
@@ -168,7 +171,10 @@ async def test_unknown_session(spec: ServerSpec, stack_for: StackFactory) -> Non
             ended = await http.delete(stack.direct_url, headers=legacy_headers(session_id))
             assert ended.status_code == 200, ended.text
         call = spec.good_call
-        await sdk_burst(pair, lambda c: c.call_tool(call.tool, call.arguments), f"{what} (ended by the server)")
+        with pytest.raises(MCPError):
+            await pair.direct.call_tool(call.tool, call.arguments)
+        for i in range(REPEAT):
+            await good_call(pair.proxied, call, f"{what}: the proxied SDK client's call #{i + 1} (ended by the server)")
         await after_burst(stack, good, spec, f"SDK {what}")
 
 
