@@ -35,7 +35,8 @@ from proxy.server.responses import client_gone, written
 __all__ = ["ANSWER_RESUMES", "continue_answer"]
 
 ANSWER_RESUMES: Final = 3
-"""Times a broken call answer is resumed with ``Last-Event-ID`` (each resumed stream may break in turn)."""
+"""Times a broken call answer is resumed with ``Last-Event-ID``, and times an idempotent one is sent again
+(each resumed or repeated stream may break in turn)."""
 _NOT_FOR_A_GET: Final = ("Content-Type", "Content-Length", "Mcp-Method", "Mcp-Name", "Last-Event-ID")
 
 
@@ -73,20 +74,26 @@ async def continue_answer(
             if resumed.cut and not await written(response, resumed.cut):
                 return GONE
             last_id = resumed.watcher.last_event_id or last_id
-    if not call.idempotent or content or client_gone(request):
-        return None
-    try:
-        reply = await route.pipeline(call)
-    except ProxyError:
-        return None
-    if reply.stream is None:
-        if not _answers(call, reply.message):
+    for _ in range(ANSWER_RESUMES):  # each answer sent again may break in turn (the server restarted again)
+        if not call.idempotent or content or client_gone(request):
             return None
-        watch(Seen(final=reply.message))
-        return FINISHED if await written(response, _as_event(reply.body or b"")) else GONE
-    again = Watched(reply, runtime, call.message.id, call.upstream)
-    ended = await pump(response, again, watch, long_lived=None)
-    return ended if ended is FINISHED or ended is GONE else None
+        try:
+            reply = await route.pipeline(call)
+        except ProxyError:
+            return None
+        if reply.stream is None:
+            if not _answers(call, reply.message):
+                return None
+            watch(Seen(final=reply.message))
+            return FINISHED if await written(response, _as_event(reply.body or b"")) else GONE
+        again = Watched(reply, runtime, call.message.id, call.upstream)
+        ended = await pump(response, again, watch, long_lived=None)
+        if ended is FINISHED or ended is GONE:
+            return ended
+        content += again.watcher.messages
+        if again.cut and not await written(response, again.cut):
+            return GONE
+    return None
 
 
 async def _reopen_answer(route: Route, call: Call, last_id: str) -> Reply | None:
