@@ -67,12 +67,10 @@ async def continue_answer(
                 break
             _report_answer_resumed(runtime, call, broke_at)
             resumed = Watched(reopened, runtime, call.message.id, call.upstream)
-            ended = await pump(response, resumed, watch, long_lived=None)
-            if ended is FINISHED or ended is GONE:
+            ended = await _carried(response, resumed, watch)
+            if ended is not None:
                 return ended
             content += resumed.watcher.messages
-            if resumed.cut and not await written(response, resumed.cut):
-                return GONE
             last_id = resumed.watcher.last_event_id or last_id
     for _ in range(ANSWER_RESUMES):  # each answer sent again may break in turn (the server restarted again)
         if not call.idempotent or content or client_gone(request):
@@ -87,12 +85,21 @@ async def continue_answer(
             watch(Seen(final=reply.message))
             return FINISHED if await written(response, _as_event(reply.body or b"")) else GONE
         again = Watched(reply, runtime, call.message.id, call.upstream)
-        ended = await pump(response, again, watch, long_lived=None)
-        if ended is FINISHED or ended is GONE:
+        ended = await _carried(response, again, watch)
+        if ended is not None:
             return ended
         content += again.watcher.messages
-        if again.cut and not await written(response, again.cut):
-            return GONE
+    return None
+
+
+async def _carried(response: web.StreamResponse, stream: Watched, watch: CallWatch) -> object:
+    """Pump one more upstream stream of the answer into the client's: `FINISHED` or `GONE`, or None when
+    it too ended early (an unfinished event it cut is closed first, so the next stream starts clean)."""
+    ended = await pump(response, stream, watch, long_lived=None)
+    if ended is FINISHED or ended is GONE:
+        return ended
+    if stream.cut and not await written(response, stream.cut):
+        return GONE
     return None
 
 
