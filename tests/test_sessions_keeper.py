@@ -19,7 +19,8 @@ from proxy.mcp.jsonrpc import parse_message
 from proxy.policies.base import Reply
 from proxy.sessions import keeper as keeper_module
 from proxy.sessions.keeper import MAX_REBUILDS_PER_MINUTE, RebuildFailed, UpstreamSessions
-from proxy.sessions.table import MAX_RECORDED_BODY, LegacySession, SessionTable
+from proxy.sessions.keeper import MAX_LEVEL
+from proxy.sessions.table import MAX_URI, MAX_RECORDED_BODY, LegacySession, SessionTable
 
 PROTOCOL = "2025-06-18"
 CAPABILITIES = {"tools": {}}
@@ -242,7 +243,7 @@ def test_what_a_session_set_is_recorded_and_only_when_it_succeeded() -> None:
     refused = reply(200, {"jsonrpc": "2.0", "id": 3, "error": {"code": -32602, "message": "bad level"}})
     record(sessions, session, {"jsonrpc": "2.0", "id": 3, "method": "logging/setLevel", "params": {"level": "x"}}, refused)
     record(sessions, session, {"jsonrpc": "2.0", "id": 4, "method": "logging/setLevel", "params": {"level": "y"}}, reply(500))
-    assert session.log_level is not None and orjson.loads(session.log_level)["params"] == {"level": "debug"}
+    assert session.log_level == "debug"  # only the level: a rebuild sends it in a request of the proxy's own
     for n, uri in enumerate(("a://1", "a://2", "a://3")):
         record(sessions, session, {"jsonrpc": "2.0", "id": 10 + n, "method": "resources/subscribe", "params": {"uri": uri}})
     record(sessions, session, {"jsonrpc": "2.0", "id": 20, "method": "resources/unsubscribe", "params": {"uri": "a://2"}})
@@ -264,9 +265,16 @@ def test_state_over_its_bounds_makes_the_session_not_restorable(monkeypatch: pyt
     assert not session.restorable and sessions.may_rebuild(session) == "not_restorable"
 
     other, _ = open_session(sessions, "s2")
-    level = {"jsonrpc": "2.0", "id": 7, "method": "logging/setLevel", "params": {"level": "x" * MAX_RECORDED_BODY}}
+    level = {"jsonrpc": "2.0", "id": 7, "method": "logging/setLevel", "params": {"level": "x" * (MAX_LEVEL + 1)}}
     record(sessions, other, level)
     assert not other.restorable and other.log_level is None
+
+    third, _ = open_session(sessions, "s3")
+    padded = {"jsonrpc": "2.0", "id": 8, "method": "resources/subscribe", "params": {"uri": "a://1", "pad": "x" * 60_000}}
+    record(sessions, third, padded)  # a client's padding costs nothing: only the URI is kept
+    assert third.restorable and list(third.subscriptions) == ["a://1"] and third.size < 1024
+    record(sessions, third, {"jsonrpc": "2.0", "id": 9, "method": "resources/subscribe", "params": {"uri": "u" * (MAX_URI + 1)}})
+    assert not third.restorable
 
 
 # -- may a rebuild be tried -----------------------------------------------------------------------

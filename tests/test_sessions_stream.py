@@ -464,6 +464,7 @@ async def test_a_stream_that_ends_as_soon_as_it_opens_is_reopened_ever_more_slow
         await sleep(0)
 
     monkeypatch.setattr(session_stream, "asyncio", SimpleNamespace(sleep=recorded))
+    monkeypatch.setattr(session_stream, "random", SimpleNamespace(random=lambda: 1.0))  # the jitter's ceiling
     server = await servers()
     async with running_proxy(config(server)) as proxy:
         a = LegacyClient(http, proxy.url + "/mcp", "a")

@@ -64,7 +64,7 @@ import email.utils
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from proxy.failure_kinds import SERVER_SIDE, TRANSPORT, Failure
 from proxy.errors import (
@@ -84,6 +84,7 @@ from proxy.policies.base import Attempt, AttemptHandler, Reply
 
 __all__ = [
     "SERVER_SIDE",
+    "SESSION_LOST_TEXTS",
     "TRANSPORT",
     "Failure",
     "Verdict",
@@ -91,6 +92,7 @@ __all__ = [
     "classify_reply",
     "judged",
     "parse_retry_after",
+    "session_lost_answer",
     "verdict_of",
 ]
 
@@ -247,14 +249,22 @@ def _is_tool_error(message: Any) -> bool:
     return isinstance(result, dict) and result.get("isError") is True
 
 
+SESSION_LOST_TEXTS: Final = frozenset({"bad request: no valid session id provided", "session not found"})
+"""What a 400 that means a lost session says, in full (compared without case): server-everything's
+"Bad Request: No valid session ID provided" (the TypeScript SDK's examples), and "Session not found".
+A 400 is matched on its whole message, never on a word in it: the TypeScript SDK's "Unsupported protocol
+version: <the client's header>" echoes what a client sent, and a client must not make the proxy believe
+its session was lost."""
+
+
 def _session_lost(status: int, code: int | None, text: str) -> bool:
     """An ended or unknown session: 404 per the spec (the SDK servers: -32600 "Session not found", the
     TypeScript SDK's transport -32001); server-everything answers 400 with -32000 "Bad Request: No valid
-    session ID provided" instead (and no ``id``). A 400 that does not name the session ("Server not
-    initialized", "Missing session ID") is a client mistake, never a loss."""
+    session ID provided" instead (and no ``id``). Any other 400 ("Server not initialized", "Missing
+    session ID", an unsupported version) is a client's mistake, never a loss."""
     if status == 404:
         return True
-    return status == 400 and code in (-32000, -32001) and "session" in text.lower()
+    return status == 400 and code in (-32000, -32001) and text.strip().lower() in SESSION_LOST_TEXTS
 
 
 def session_lost_answer(status: int, message: Any) -> bool:

@@ -462,7 +462,11 @@ class McpHandler:
         its own (`AnswerTo`: a batch's ids, or none for a notification); a GET or DELETE has no ids."""
         upstream = route.upstream
         client_id = headers.get(SESSION_HEADER)
-        session = route.state.sessions.table.get(client_id) if client_id is not None else None
+        table = route.state.sessions.table
+        session = table.get(client_id) if client_id is not None else None
+        if client_id is not None and session is None and table.routed_elsewhere(client_id):
+            lost = lost_reply(None, upstream.name, "ended")  # another client's session goes by that id now
+            return relayed(lost.status, None, lost.body, lost.headers)
         try:
             if session is not None:
                 if session.lost is not None:

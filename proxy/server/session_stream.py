@@ -24,6 +24,7 @@ Each reopening is a `stream_resumed` event (``stream: get``).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Final
 
@@ -115,13 +116,20 @@ class _Resuming:
         """The session generation `last_event_id` belongs to."""
 
     async def run(self) -> web.StreamResponse:
+        self.session.streams += 1  # listened to: in use, never idle (`SessionTable._make_room`)
+        try:
+            return await self._run()
+        finally:
+            self.session.streams -= 1
+
+    async def _run(self) -> web.StreamResponse:
         broke_at: float | None = None
         backoff = RESUME_BACKOFF
         while True:
             if broke_at is not None:
                 if not self._may_go_on() or time.monotonic() - broke_at > RESUME_WINDOW:
                     return self._cut()
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff * random.random())  # full jitter: streams broken together spread out
                 backoff = min(backoff * 2, RESUME_BACKOFF_MAX)
                 if not self._may_go_on():
                     return self._cut()

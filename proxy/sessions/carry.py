@@ -27,8 +27,8 @@ from typing import Any, Final
 import orjson
 import structlog
 
-from proxy.sessions.keeper import UpstreamSessions
-from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SUBSCRIPTIONS, LegacySession
+from proxy.sessions.keeper import MAX_LEVEL, UpstreamSessions
+from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SUBSCRIPTIONS, MAX_URI, LegacySession
 
 __all__ = ["FORMAT", "MAX_FILE_BYTES", "load", "save"]
 
@@ -36,7 +36,7 @@ log = structlog.get_logger("proxy")
 
 FORMAT: Final = 1
 """The file's format version: a file of another version is ignored."""
-MAX_FILE_BYTES: Final = 256 * 1024 * 1024
+MAX_FILE_BYTES: Final = 128 * 1024 * 1024
 """The largest sessions file read back (larger: ignored, logged)."""
 
 
@@ -63,17 +63,27 @@ def load(path: str, keepers: Mapping[str, UpstreamSessions]) -> int:
     file is removed once read: records are valid for the one restart they were written for."""
     target = Path(path)
     try:
-        if target.stat().st_size > MAX_FILE_BYTES:
-            log.warning("sessions_file_ignored", path=path, why=f"larger than {MAX_FILE_BYTES} bytes")
+        if target.is_symlink() or not target.is_file():
+            if target.exists() or target.is_symlink():
+                log.warning("sessions_file_ignored", path=path, why="not a regular file")
             return 0
-        document = orjson.loads(target.read_bytes())
-    except FileNotFoundError:
-        return 0
-    except (OSError, orjson.JSONDecodeError) as exc:
+        if target.stat().st_size > MAX_FILE_BYTES:
+            raw = None
+            log.warning("sessions_file_ignored", path=path, why=f"larger than {MAX_FILE_BYTES} bytes")
+        else:
+            raw = target.read_bytes()
+    except OSError as exc:
         log.warning("sessions_file_ignored", path=path, why=str(exc))
         return 0
     finally:
-        target.unlink(missing_ok=True)
+        _remove(target)  # before parsing: a proxy killed while reading it must not meet it again at start
+    if raw is None:
+        return 0
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        log.warning("sessions_file_ignored", path=path, why=str(exc))
+        return 0
     if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("upstreams"), dict):
         log.warning("sessions_file_ignored", path=path, why="not a sessions file of this version")
         return 0
@@ -89,6 +99,13 @@ def load(path: str, keepers: Mapping[str, UpstreamSessions]) -> int:
     return loaded
 
 
+def _remove(target: Path) -> None:
+    try:
+        target.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only volume: logged; the proxy starts all the same
+        log.warning("sessions_file_not_removed", path=str(target), why=str(exc))
+
+
 def _record(session: LegacySession) -> dict[str, Any]:
     return {
         "client_id": session.client_id,
@@ -97,10 +114,10 @@ def _record(session: LegacySession) -> dict[str, Any]:
         "protocol": session.protocol,
         "capabilities": session.capabilities,
         "generation": session.generation,
-        "log_level": None if session.log_level is None else _text(session.log_level),
-        "subscriptions": [_text(body) for body in session.subscriptions.values()],
+        "log_level": session.log_level,
         "subscribed": list(session.subscriptions),
         "restorable": session.restorable,
+        "owner": session.owner,
     }
 
 
@@ -113,11 +130,13 @@ def _session(record: Any) -> LegacySession | None:
         if not all(isinstance(v, str) and 0 < len(v) <= 256 for v in (client_id, upstream_id, protocol)):
             return None
         initialize = _bytes(record["initialize"])
-        log_level = None if record.get("log_level") is None else _bytes(record["log_level"])
-        bodies, uris = record.get("subscriptions", []), record.get("subscribed", [])
-        if not (isinstance(bodies, list) and isinstance(uris, list) and len(bodies) == len(uris) <= MAX_SUBSCRIPTIONS):
+        log_level, uris, owner = record.get("log_level"), record.get("subscribed", []), record.get("owner", "")
+        if log_level is not None and not (isinstance(log_level, str) and len(log_level) <= MAX_LEVEL):
             return None
-        subscriptions = {uri: _bytes(body) for uri, body in zip(uris, bodies, strict=True) if isinstance(uri, str)}
+        if not (isinstance(uris, list) and len(uris) <= MAX_SUBSCRIPTIONS and isinstance(owner, str) and len(owner) <= 64):
+            return None
+        if not all(isinstance(uri, str) and len(uri) <= MAX_URI for uri in uris):
+            return None
         generation = record.get("generation", 0)
         if not isinstance(generation, int) or generation < 0:
             return None
@@ -125,8 +144,9 @@ def _session(record: Any) -> LegacySession | None:
         return None
     session = LegacySession(client_id, upstream_id, initialize, protocol, record.get("capabilities"), 0.0, generation)
     session.log_level = log_level
-    session.subscriptions = subscriptions
+    session.subscriptions = dict.fromkeys(uris)
     session.restorable = record.get("restorable") is not False
+    session.owner = owner
     return session
 
 

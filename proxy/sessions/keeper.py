@@ -26,6 +26,8 @@ replicas without affinity) is reported, not hidden behind a rebuild per call.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
@@ -38,7 +40,7 @@ from proxy.config.model import SessionsConfig
 from proxy.errors import ProxyError
 from proxy.mcp.jsonrpc import response_error
 from proxy.policies.base import Attempt, Call, Observer, Reply
-from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SUBSCRIPTIONS, LegacySession, SessionTable
+from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SUBSCRIPTIONS, MAX_URI, LegacySession, SessionTable
 from proxy.tasks import Owner, spawn
 from proxy.upstream.transport import AnswerTo
 
@@ -63,6 +65,23 @@ _NOT_FOR_REBUILD: Final = ("Mcp-Session-Id", "MCP-Protocol-Version", "Last-Event
 """Headers of the request that met the loss that the rebuild's requests must not carry (the rest, the
 client's credentials included, go as they are: the session is rebuilt as the client, not as the proxy)."""
 _INITIALIZED: Final = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+MAX_LEVEL: Final = 32
+"""The longest log level recorded (MCP's are words such as ``warning``)."""
+RESTORES_AT_ONCE: Final = 8
+"""Subscriptions restored at once in a rebuild (they are independent; one by one, 256 of them at 10 ms each
+would not fit a `recovery_timeout`)."""
+_RESTORE_IDS = itertools.count(1)
+_CREDENTIALS: Final = ("Authorization", "Cookie", "X-Api-Key", "Proxy-Authorization")
+"""The headers whose values make a session's owner (`owner_of`)."""
+
+
+def owner_of(headers: Mapping[str, str]) -> str:
+    """A digest of the credentials in `headers` ('' without any): who made a session, and who may have it
+    rebuilt. A digest, never the values: it may be written to the sessions file."""
+    present = [f"{name}={headers[name]}" for name in _CREDENTIALS if name in headers]
+    if not present:
+        return ""
+    return hashlib.sha256("\n".join(present).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class SessionUpstream(Protocol):
@@ -143,6 +162,7 @@ class UpstreamSessions:
             return
         session, forgotten = self.table.open(upstream_id, initialize, result["protocolVersion"], result.get("capabilities"))
         session.headers = _rebuild_headers(headers)
+        session.owner = owner_of(headers)
         if session.remapped:
             reply.headers[SESSION_HEADER] = session.client_id
         for old in forgotten:
@@ -159,22 +179,28 @@ class UpstreamSessions:
             return
         if not 200 <= reply.status < 300 or reply.stream is not None or response_error(reply.message) is not None:
             return
-        if len(body) > MAX_RECORDED_BODY:
-            session.restorable = False
+        params = message.params if hasattr(message, "params") else {}
+        if not isinstance(params, dict):
             return
         if method == "logging/setLevel":
-            session.log_level = body
+            level = params.get("level")
+            if isinstance(level, str) and len(level) <= MAX_LEVEL:
+                session.log_level = level  # what a rebuild sends, in a request of the proxy's own
+            else:
+                session.restorable = False  # a level no rebuild could send back as it was
             return
-        params = message.params if hasattr(message, "params") else {}
-        uri = params.get("uri") if isinstance(params, dict) else None
+        uri = params.get("uri")
         if not isinstance(uri, str):
             return
         if method == "resources/unsubscribe":
-            session.subscriptions.pop(uri, None)
-        elif uri in session.subscriptions or len(session.subscriptions) < MAX_SUBSCRIPTIONS:
-            session.subscriptions[uri] = body
-        else:
-            session.restorable = False
+            if uri in session.subscriptions:
+                del session.subscriptions[uri]
+                self.table.bytes -= len(uri)
+        elif uri not in session.subscriptions:
+            if len(uri) > MAX_URI or len(session.subscriptions) >= MAX_SUBSCRIPTIONS or not self.table.grew(session, len(uri)):
+                session.restorable = False
+                return
+            session.subscriptions[uri] = None
 
     def adopt(self, session: LegacySession) -> bool:
         """Keep a session carried over from a previous proxy (`proxy.sessions.carry`)."""
@@ -196,12 +222,20 @@ class UpstreamSessions:
 
     # -- rebuilding -------------------------------------------------------------------------------
 
-    def may_rebuild(self, session: LegacySession) -> str | None:
-        """None when a rebuild may be tried now; else why not (the `session_lost` event's ``reason``)."""
+    def may_rebuild(self, session: LegacySession, headers: Mapping[str, str] | None = None) -> str | None:
+        """None when a rebuild may be tried now for a request with `headers`; else why not (the
+        `session_lost` event's ``why``): recovery off, the session lost for good or ended (its client
+        deleted it, or it was forgotten), a request with other credentials than the session's own (a
+        stale or guessed id is no way into anyone's session), a session that cannot be restored, or
+        rebuilt too often."""
         if not self.config.recovery:
             return "off"
         if session.lost is not None:
             return session.lost
+        if session.ended:
+            return "ended"
+        if headers is not None and session.owner and owner_of(headers) != session.owner:
+            return "not_owner"  # a session made without credentials is anyone's who has its id, as upstream
         if not session.restorable:
             return "not_restorable"
         rebuilds = session.rebuilds
@@ -223,9 +257,9 @@ class UpstreamSessions:
         in flight, within `time_left` seconds (None: `recovery_timeout` only), telling `observer` what
         became of it (`session_lost`, then `session_recovered` or a `session_lost` with ``failed``), about
         the request (`about`). Returns None when the request may be replayed now, else why not."""
-        if session.generation != seen and session.rebuilding is None and session.lost is None:
+        if session.generation != seen and session.rebuilding is None and session.lost is None and not session.ended:
             return None  # rebuilt since the request was sent (by another request, or the GET stream): replay
-        refused = self.may_rebuild(session)
+        refused = self.may_rebuild(session, headers)
         if refused is not None:
             recovery = "off" if refused == "off" else "failed"
             observer.policy_event("session_lost", about, recovery=recovery, why=None if recovery == "off" else refused)
@@ -267,17 +301,26 @@ class UpstreamSessions:
         return await asyncio.shield(flight)
 
     async def _rebuild(self, session: LegacySession, headers: CIMultiDict[str], transport: SessionUpstream) -> list[str]:
+        """`_steps` within `recovery_timeout`. A rebuild that fails after the upstream made its new session
+        ends that session (nobody would ever reach it) and counts toward the limit as one that worked:
+        only a server not answering initialize yet (still starting) costs nothing of it."""
+        old_id = session.upstream_id
         try:
             async with asyncio.timeout(self.config.recovery_timeout):
                 return await self._steps(session, headers, transport)
         except TimeoutError:
-            raise RebuildFailed("upstream_failed", "the upstream did not rebuild the session in time", permanent=False) from None
+            failure = RebuildFailed("upstream_failed", "the upstream did not rebuild the session in time", permanent=False)
         except ProxyError as exc:
-            raise RebuildFailed("upstream_failed", exc.message, permanent=False, error=exc) from None
+            failure = RebuildFailed("upstream_failed", exc.message, permanent=False, error=exc)
         except RebuildFailed as exc:
-            if exc.permanent:
-                session.lost = exc.reason
-            raise
+            failure = exc
+        new_id = headers.get(SESSION_HEADER)
+        if new_id is not None and new_id != old_id:  # the upstream made a session this rebuild leaves behind
+            session.rebuilds.append(self._clock())
+            self._end_later_id(new_id, transport, headers)
+        if failure.permanent:
+            session.lost = failure.reason
+        raise failure
 
     async def _steps(self, session: LegacySession, headers: CIMultiDict[str], transport: SessionUpstream) -> list[str]:
         timeout = self.config.recovery_timeout
@@ -292,7 +335,6 @@ class UpstreamSessions:
             raise RebuildFailed("no_session_id", "the upstream's new initialize gave no session id", permanent=True)
         headers[SESSION_HEADER] = new_id
         if result.get("protocolVersion") != session.protocol or result.get("capabilities") != session.capabilities:
-            self._end_later_id(new_id, transport, headers)
             if result.get("protocolVersion") != session.protocol:
                 raise RebuildFailed(
                     "version_changed",
@@ -308,25 +350,33 @@ class UpstreamSessions:
         if not 200 <= sent.status < 300:
             raise RebuildFailed("upstream_failed", f"initialized answered HTTP {sent.status}", permanent=False)
         restored.append("initialized")
-        if session.log_level is not None and await self._restore(session.log_level, headers, transport):
+        if session.log_level is not None and await self._restore("logging/setLevel", {"level": session.log_level}, headers, transport):
             restored.append("log_level")
-        subscribed = 0
-        for body in list(session.subscriptions.values()):
-            subscribed += await self._restore(body, headers, transport)
+        gate = asyncio.Semaphore(RESTORES_AT_ONCE)
+
+        async def subscribe(uri: str) -> bool:
+            async with gate:
+                return await self._restore("resources/subscribe", {"uri": uri}, headers, transport)
+
+        subscribed = sum(await asyncio.gather(*map(subscribe, list(session.subscriptions))))
         if subscribed:
             restored.append(f"subscriptions:{subscribed}")
+        if session.ended:  # its client deleted it (or the table forgot it) meanwhile: nobody wants this one
+            raise RebuildFailed("ended", "the session was ended while it was rebuilt", permanent=True)
         self.table.route(session, new_id)
         session.generation += 1
         session.headers = headers
-        session.rebuilds.append(self._clock())  # only rebuilds that worked count toward the limit
+        session.rebuilds.append(self._clock())
         return restored
 
-    async def _restore(self, body: bytes, headers: CIMultiDict[str], transport: SessionUpstream) -> bool:
-        """Send one recorded request again; True when the upstream accepted it."""
-        reply = await transport.request(headers, body, _id_of(body), self.config.recovery_timeout, probe=False)
+    async def _restore(self, method: str, params: dict[str, str], headers: CIMultiDict[str], transport: SessionUpstream) -> bool:
+        """Send one recorded request again, as a request of the proxy's own; True when the upstream accepted it."""
+        request_id = f"mcp-proxy-restore-{next(_RESTORE_IDS)}"
+        body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        reply = await transport.request(headers, body, request_id, self.config.recovery_timeout, probe=False)
         if 200 <= reply.status < 300 and response_error(reply.message) is None:
             return True
-        log.warning("session_state_not_restored", upstream=self.name, status=reply.status, method=_method_of(body))
+        log.warning("session_state_not_restored", upstream=self.name, status=reply.status, method=method)
         return False
 
     # -- ending -----------------------------------------------------------------------------------
@@ -386,12 +436,3 @@ def _id_of(body: bytes) -> str | int | None:
         return None
     request_id = value.get("id") if isinstance(value, dict) else None
     return request_id if isinstance(request_id, str | int) else None
-
-
-def _method_of(body: bytes) -> str:
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return ""
-    method = value.get("method") if isinstance(value, dict) else None
-    return method if isinstance(method, str) else ""

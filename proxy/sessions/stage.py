@@ -15,7 +15,9 @@ For each request:
   replay's answer; a loss the rebuild cannot mend is answered 404, JSON-RPC -32600 with ``data.reason``
   ``session_lost`` (a session lost for good answers so at once from then on);
 - a session the proxy does not keep (made before it started, forgotten at `max_sessions`): passed on
-  as it is; a loss reaches its client as the upstream said it.
+  as it is; a loss reaches its client as the upstream said it. Unless a kept session of another client
+  now routes to that very id (a restarted server gave it again): then the request is answered as a lost
+  session, 404, and never reaches the other client's session.
 
 Every loss is a `session_lost` event saying what became of it; every replay a `session_recovered` one.
 The rebuild and the replay fit in what is left of the call's `timeouts.total` (from when its request was
@@ -73,8 +75,11 @@ class SessionStage:
             if call.method == "initialize":
                 return self._initialize(call, next)
             return next(call)
-        session = self._sessions.table.get(client_id)
+        table = self._sessions.table
+        session = table.get(client_id)
         if session is None:
+            if table.routed_elsewhere(client_id):  # the id a restarted server gave again to another client
+                return _at_once(lost_reply(call.message.id, call.upstream, "ended"))
             return self._unknown(call, next)
         return self._within(call, next, session)
 
@@ -129,6 +134,10 @@ class SessionStage:
         else:
             self._sessions.record(session, call.method, call.message, call.body, replayed)
         return as_client_knows(session, replayed)
+
+
+async def _at_once(reply: Reply) -> Reply:
+    return reply
 
 
 def _time_left(call: Call) -> float:

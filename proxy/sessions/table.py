@@ -12,9 +12,12 @@ proxy at the restart that lost it.
 The proxy issues an id of its own only when the upstream's collides with one a client already uses
 here (a server that numbers its sessions from 1 again after a restart): two clients never share one.
 
-Bounded: at most `SessionsConfig.max_sessions` entries; past it, or past `idle_timeout` unused, the least
-recently used go first. Each entry holds at most `MAX_RECORDED_BODY` bytes per recorded request and
-`MAX_SUBSCRIPTIONS` subscriptions (past them the session is kept but not restorable: `restorable`).
+Bounded: at most `SessionsConfig.max_sessions` entries, and `MAX_TABLE_BYTES` of recorded state in all;
+past either, or past `idle_timeout` unused (a session whose GET stream is open is in use), the least
+recently used go first. What a session records is kept small and canonical: its ``initialize`` as sent
+(at most `MAX_RECORDED_BODY`), its log level (a word), the URIs it subscribed to (each at most `MAX_URI`,
+at most `MAX_SUBSCRIPTIONS`); past them the session is kept but not restorable (`restorable`). A client's
+padding in a request never costs the proxy memory beyond the request.
 """
 
 from __future__ import annotations
@@ -29,13 +32,18 @@ from typing import Any, Final
 
 from proxy.config.model import SessionsConfig
 
-__all__ = ["MAX_RECORDED_BODY", "MAX_SUBSCRIPTIONS", "LegacySession", "SessionTable"]
+__all__ = ["MAX_RECORDED_BODY", "MAX_SUBSCRIPTIONS", "MAX_TABLE_BYTES", "MAX_URI", "LegacySession", "SessionTable"]
 
-MAX_RECORDED_BODY: Final = 64 * 1024
-"""The largest request body a session records to replay (initialize, setLevel, a subscribe); a session
+MAX_RECORDED_BODY: Final = 16 * 1024
+"""The largest ``initialize`` a session records to replay (real ones are well under 2 KiB); a session
 whose initialize is larger is passed through unrecorded (no recovery)."""
-MAX_SUBSCRIPTIONS: Final = 1024
+MAX_URI: Final = 1024
+"""The longest subscribed URI recorded."""
+MAX_SUBSCRIPTIONS: Final = 256
 """Resource subscriptions one session records; past it the session is no longer restorable."""
+MAX_TABLE_BYTES: Final = 64 * 1024 * 1024
+"""Recorded state (initialize bodies and URIs) of one upstream's sessions in all: past it the least
+recently used session is forgotten, as at `max_sessions`."""
 _SWEEP_PER_OPEN: Final = 16
 """Idle entries forgotten at most per new session: the sweep's cost per initialize stays constant."""
 
@@ -57,10 +65,10 @@ class LegacySession:
     last_used: float
     generation: int = 0
     """Rebuilds so far (0: the upstream's first session)."""
-    log_level: bytes | None = None
-    """The client's last successful ``logging/setLevel`` request."""
-    subscriptions: dict[str, bytes] = field(default_factory=dict)
-    """Each subscribed URI and the ``resources/subscribe`` request that made it (oldest first)."""
+    log_level: str | None = None
+    """The level of the client's last successful ``logging/setLevel``."""
+    subscriptions: dict[str, None] = field(default_factory=dict)
+    """Each URI the client subscribed to (oldest first)."""
     restorable: bool = True
     """False once a recorded request was over its bound: a rebuild would lose state, so none is tried."""
     lost: str | None = None
@@ -72,7 +80,18 @@ class LegacySession:
     headers: Mapping[str, str] = field(default_factory=dict)
     """The headers the client last made the session with (its initialize, then the request that met a
     loss), credentials included: what ends it upstream when the proxy must (never written to a file)."""
+    owner: str = ""
+    """A digest of the credentials that made it (`proxy.sessions.keeper.owner_of`): only a request
+    carrying the same ones may have it rebuilt (a stale or guessed id is no way into someone's session)."""
+    streams: int = 0
+    """Its GET streams open now: a session listened to is in use, never idle."""
+    ended: bool = False
+    """Forgotten (its client deleted it, or the table made room): never rebuilt from now on."""
 
+    @property
+    def size(self) -> int:
+        """The bytes of recorded state it holds (what `MAX_TABLE_BYTES` counts)."""
+        return len(self.initialize) + sum(map(len, self.subscriptions)) + 64
     @property
     def remapped(self) -> bool:
         """The client's id is no longer the upstream's: only the proxy can route it."""
@@ -82,7 +101,7 @@ class LegacySession:
 class SessionTable:
     """The sessions of one upstream, least recently used first."""
 
-    __slots__ = ("_clock", "_routes", "_sessions", "config")
+    __slots__ = ("_clock", "_routes", "_sessions", "bytes", "config")
 
     def __init__(self, config: SessionsConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -90,6 +109,8 @@ class SessionTable:
         self._sessions: dict[str, LegacySession] = {}
         self._routes: dict[str, LegacySession] = {}
         """Each upstream id a kept session routes to, and that session: one upstream session, one client."""
+        self.bytes = 0
+        """Recorded state of the kept sessions (`LegacySession.size`), bounded by `MAX_TABLE_BYTES`."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -105,14 +126,30 @@ class SessionTable:
     def open(self, upstream_id: str, initialize: bytes, protocol: str, capabilities: Any) -> tuple[LegacySession, list[LegacySession]]:
         """Record a new session; returns it and the sessions forgotten to make room (the caller ends the
         remapped ones upstream). Its client id is the upstream's unless that one is taken here."""
-        forgotten = self._make_room()
+        forgotten = self._make_room(len(initialize) + 64)
         client_id = upstream_id
         while client_id in self._sessions:
             client_id = secrets.token_urlsafe(24)
         session = LegacySession(client_id, upstream_id, initialize, protocol, capabilities, self._clock())
         self._sessions[client_id] = session
+        self.bytes += session.size
         self.route(session, upstream_id)
         return session, forgotten
+
+    def routed_elsewhere(self, client_id: str) -> bool:
+        """`client_id` is no kept session's, yet a kept session of another client routes to it upstream (a
+        restarted server gave the id again): a request naming it must not reach that session."""
+        other = self._routes.get(client_id)
+        return other is not None and other.client_id != client_id
+
+    def grew(self, session: LegacySession, by: int) -> bool:
+        """`session` records `by` more bytes; False (nothing recorded) when that takes the table past its
+        budget or the session past `MAX_SUBSCRIPTIONS`' worth: the session is then not restorable."""
+        if self.bytes + by > MAX_TABLE_BYTES:
+            session.restorable = False
+            return False
+        self.bytes += by
+        return True
 
     def route(self, session: LegacySession, upstream_id: str) -> None:
         """`session` goes to `upstream_id` from now on. Another kept session still routed there (a server
@@ -121,6 +158,9 @@ class SessionTable:
         lands in this one's session (one client's data never reaches another)."""
         if self._routes.get(session.upstream_id) is session:
             del self._routes[session.upstream_id]
+        if session.ended or self._sessions.get(session.client_id) is not session:
+            session.upstream_id = upstream_id  # forgotten meanwhile: routes nothing here
+            return
         other = self._routes.get(upstream_id)
         if other is not None and other is not session:
             other.upstream_id = f"lost-{secrets.token_urlsafe(18)}"  # no server has it: the next request is a loss
@@ -130,17 +170,22 @@ class SessionTable:
 
     def forget(self, client_id: str) -> LegacySession | None:
         session = self._sessions.pop(client_id, None)
-        if session is not None and self._routes.get(session.upstream_id) is session:
-            del self._routes[session.upstream_id]
+        if session is not None:
+            session.ended = True
+            self.bytes -= session.size
+            if self._routes.get(session.upstream_id) is session:
+                del self._routes[session.upstream_id]
         return session
 
     def adopt(self, session: LegacySession) -> bool:
         """Take a session carried over from a previous proxy (`proxy.sessions.carry`), marked used now;
         False when its id is taken here or the table is full."""
-        if session.client_id in self._sessions or len(self._sessions) >= self.config.max_sessions:
+        full = len(self._sessions) >= self.config.max_sessions or self.bytes + session.size > MAX_TABLE_BYTES
+        if session.client_id in self._sessions or full:
             return False
         session.last_used = self._clock()
         self._sessions[session.client_id] = session
+        self.bytes += session.size
         self.route(session, session.upstream_id)
         return True
 
@@ -152,21 +197,28 @@ class SessionTable:
         """The sessions only the proxy can route (each rebuilt at least once)."""
         return [session for session in self._sessions.values() if session.remapped]
 
-    def _make_room(self) -> list[LegacySession]:
-        """Forget the idle ones at the front (a bounded number), then the least recently used while full."""
+    def _make_room(self, adding: int) -> list[LegacySession]:
+        """Forget the idle ones at the front (a bounded number), then the least recently used while full
+        (sessions or bytes, with `adding` more to come). A session listened to (an open GET stream) is
+        in use: it goes to the back instead. One being rebuilt is left alone while any other can go (its
+        rebuild's new upstream session would be left to nobody)."""
         forgotten: list[LegacySession] = []
         horizon = self._clock() - self.config.idle_timeout
         for _ in range(_SWEEP_PER_OPEN):
             oldest = next(iter(self._sessions.values()), None)
             if oldest is None or oldest.last_used > horizon or oldest.rebuilding is not None:
                 break
+            if oldest.streams:
+                self.get(oldest.client_id)  # listened to: in use
+                continue
             forgotten.append(oldest)
             self.forget(oldest.client_id)
-        while len(self._sessions) >= self.config.max_sessions:
-            # The least recently used that is not being rebuilt (a rebuild's new upstream session would
-            # be left to nobody); all of them being rebuilt: the least recently used anyway.
-            victim = next((s for s in self._sessions.values() if s.rebuilding is None), None)
-            victim = victim or next(iter(self._sessions.values()))
+        while self._sessions and (
+            len(self._sessions) >= self.config.max_sessions or self.bytes + adding > MAX_TABLE_BYTES
+        ):
+            sessions = self._sessions.values()
+            victim = next((s for s in sessions if s.rebuilding is None and not s.streams), None)
+            victim = victim or next((s for s in sessions if s.rebuilding is None), None) or next(iter(sessions))
             forgotten.append(victim)
             self.forget(victim.client_id)
         return forgotten
