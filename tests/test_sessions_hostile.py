@@ -148,3 +148,22 @@ def test_a_sessions_file_that_is_a_directory_is_ignored_and_the_proxy_starts(tmp
     target.write_text("{}")
     link.symlink_to(target)
     assert carry.load(str(link), {"up": keeper()}) == 0 and target.exists()
+
+
+def test_a_session_whose_delete_is_on_its_way_is_not_rebuilt_and_stays_if_the_delete_fails() -> None:
+    """New-user review: a DELETE racing the GET stream's reopening brought the session back to life."""
+    sessions = keeper()
+    session, _ = open_session(sessions, "s1")
+    session.deleting = True  # the handler marks it before the DELETE goes upstream
+    assert sessions.may_rebuild(session, OPENER) == "ended"
+    session.deleting = False  # the upstream refused the DELETE: the session lives on, and may be rebuilt
+    assert sessions.may_rebuild(session, OPENER) is None
+
+
+async def test_a_rebuild_wakes_the_session_s_waiters_and_arms_a_new_signal() -> None:
+    transport = Transport()
+    sessions = keeper()
+    session, _ = open_session(sessions, "s1", transport)
+    waiting = session.rebuilt
+    assert await sessions.rebuild(session, 0, OPENER, transport) == ["initialized"]
+    assert waiting.is_set() and session.rebuilt is not waiting and not session.rebuilt.is_set()

@@ -459,11 +459,15 @@ async def test_a_stream_that_ends_as_soon_as_it_opens_is_reopened_ever_more_slow
     waits: list[float] = []
     sleep = asyncio.sleep
 
-    async def recorded(delay: float) -> None:
+    async def recorded(awaited: Any, delay: float) -> None:
+        """The stream's pause (`asyncio.wait_for` of the session's rebuild, `delay` at most): noted, then
+        over at once, as if no rebuild came."""
         waits.append(delay)
+        awaited.close()
         await sleep(0)
+        raise TimeoutError
 
-    monkeypatch.setattr(session_stream, "asyncio", SimpleNamespace(sleep=recorded))
+    monkeypatch.setattr(session_stream, "asyncio", SimpleNamespace(wait_for=recorded))
     monkeypatch.setattr(session_stream, "random", SimpleNamespace(random=lambda: 1.0))  # the jitter's ceiling
     server = await servers()
     async with running_proxy(config(server)) as proxy:

@@ -480,7 +480,13 @@ class McpHandler:
                     return await self._streams.serve(request, runtime, route, session, headers, owner, query, about)
                 seen = session.generation
                 headers[SESSION_HEADER] = session.upstream_id
-            reply = await self._exchange(request, route, method, headers, body, message)
+                if method == "DELETE":
+                    session.deleting = True  # nothing rebuilds it meanwhile (`proxy.sessions.keeper`)
+            try:
+                reply = await self._exchange(request, route, method, headers, body, message)
+            finally:
+                if session is not None and method == "DELETE":
+                    session.deleting = False  # kept if the DELETE failed; forgotten below if it was done
             if session is None and client_id is not None and reply.stream is None:
                 if session_lost_answer(reply.status, reply.message):  # a session the proxy never kept
                     about = _session_call(request, runtime, route, _kind_of(method, message), headers, message)
@@ -491,6 +497,7 @@ class McpHandler:
                     reply = await self._relayed_after_loss(request, runtime, route, session, seen, method, headers, body, message, reply)
                 elif method == "DELETE" and 200 <= reply.status < 300:
                     route.state.sessions.forget(session.client_id)
+                    session.rebuilt.set()  # its GET stream, waiting to reopen, sees it ended now
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)

@@ -24,6 +24,7 @@ Each reopening is a `stream_resumed` event (``stream: get``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import Final
@@ -114,6 +115,8 @@ class _Resuming:
         """The last event id the upstream gave (the client's own at first: it may be resuming itself)."""
         self.generation = session.generation
         """The session generation `last_event_id` belongs to."""
+        self.reopen_now = False
+        """The last opening rebuilt the session: the next one goes at once, without a backoff."""
 
     async def run(self) -> web.StreamResponse:
         self.session.streams += 1  # listened to: in use, never idle (`SessionTable._make_room`)
@@ -125,14 +128,16 @@ class _Resuming:
     async def _run(self) -> web.StreamResponse:
         broke_at: float | None = None
         backoff = RESUME_BACKOFF
+        first = True
         while True:
-            if broke_at is not None:
+            if broke_at is not None and not self.reopen_now:
                 if not self._may_go_on() or time.monotonic() - broke_at > RESUME_WINDOW:
-                    return self._cut()
-                await asyncio.sleep(backoff * random.random())  # full jitter: streams broken together spread out
+                    return await self._stop()
+                await self._pause(backoff * random.random())  # full jitter: streams broken together spread out
                 backoff = min(backoff * 2, RESUME_BACKOFF_MAX)
                 if not self._may_go_on():
-                    return self._cut()
+                    return await self._stop()
+            self.reopen_now = False
             resumed_from_id = self.last_event_id is not None and self.generation == self.session.generation
             try:
                 reply = await self._open(resumed_from_id)
@@ -155,13 +160,31 @@ class _Resuming:
                     from_event_id=resumed_from_id, generation=self.session.generation,
                     gap_ms=round((time.monotonic() - broke_at) * 1000, 3),
                 )  # fmt: skip
-            gone, delivered = await self._pump(reply.stream, filtering=resumed_from_id and broke_at is not None)
+            gone, delivered, broke = await self._pump(reply.stream, filtering=resumed_from_id and broke_at is not None)
             if gone or self.streams._draining:
                 return await self._end(clean=not gone)
+            if first and not broke and not delivered:
+                # The first stream the client asked for ended at once, cleanly (an unknown Last-Event-ID,
+                # nothing to replay): the client's stream ends the same way, as without the proxy.
+                return await self._end(clean=True)
+            first = False
             if delivered or broke_at is None:
                 # A stream that carried something was a real one: its end starts a new window. One that
                 # ends as soon as it opens is the same outage going on (its window and backoff go on).
                 broke_at, backoff = time.monotonic(), RESUME_BACKOFF
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` before opening again, or less: a rebuild of the session (by any of its requests)
+        means the upstream is back, and the stream reopens at once (no notification missed meanwhile)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.session.rebuilt.wait(), seconds)
+
+    async def _stop(self) -> web.StreamResponse:
+        """The stream goes no further: cleanly when its session ended (the client deleted it: the server
+        ends a deleted session's stream cleanly) or the proxy drains; cut otherwise (the window passed, or
+        the session cannot be rebuilt: the client sees the break, as without the proxy)."""
+        ended = self.session.ended or self.session.deleting or self.streams._draining
+        return await self._end(clean=True) if ended else self._cut()
 
     def _may_go_on(self) -> bool:
         transport = self.request.transport
@@ -170,6 +193,7 @@ class _Resuming:
             and transport is not None
             and not transport.is_closing()
             and self.session.lost is None
+            and not self.session.deleting
             and self.route.state.sessions.table.get(self.session.client_id) is self.session
         )
 
@@ -196,17 +220,20 @@ class _Resuming:
             failure = await keeper.recover(
                 self.session, self.generation, self.headers, self.route.upstream, self.runtime.observer, self.about
             )
-            if failure is None or (not failure.permanent and not failure.refused and self.response is not None):
-                return None  # rebuilt, or the upstream is still coming back: open again (within the window)
+            if failure is None:
+                self.reopen_now = True  # rebuilt: open on the new session now
+                return None
+            if not failure.permanent and not failure.refused and self.response is not None:
+                return None  # the upstream is still coming back: open again (within the window)
         if self.response is None:
             as_client_knows(self.session, reply)
             return relayed(reply.status, reply.reason, reply.body, reply.headers)
         if reply.status == 409:  # the server still holds the broken stream: it lets go soon
             return None
-        return self._cut()
+        return await self._stop()
 
-    async def _pump(self, stream: ReplyStream, filtering: bool) -> tuple[bool, bool]:
-        """Pass `stream`'s whole events on until it ends: (the client went away, any event passed)."""
+    async def _pump(self, stream: ReplyStream, filtering: bool) -> tuple[bool, bool, bool]:
+        """Pass `stream`'s whole events on until it ends: (the client went away, any event passed, it broke)."""
         assert self.response is not None
         self.streams._upstream_streams.add(stream)
         held = bytearray()
@@ -222,14 +249,14 @@ class _Resuming:
                 del held[:cut]
                 if out:
                     if not await _write(self.response, out):
-                        return True, delivered
+                        return True, delivered, False
                     delivered = True
         except ProxyError:
-            pass  # broken: reopened by the caller
+            return False, delivered, True  # broken: reopened by the caller
         finally:
             self.streams._upstream_streams.discard(stream)
             await stream.close()
-        return False, delivered
+        return False, delivered, False
 
     def _passed(self, data: bytes, ends: list[int], filtering: bool) -> bytes:
         """The events of `data` that go to the client, noting the last event id."""

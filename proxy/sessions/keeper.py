@@ -232,7 +232,7 @@ class UpstreamSessions:
             return "off"
         if session.lost is not None:
             return session.lost
-        if session.ended:
+        if session.ended or session.deleting:
             return "ended"
         if headers is not None and session.owner and owner_of(headers) != session.owner:
             return "not_owner"  # a session made without credentials is anyone's who has its id, as upstream
@@ -257,7 +257,7 @@ class UpstreamSessions:
         in flight, within `time_left` seconds (None: `recovery_timeout` only), telling `observer` what
         became of it (`session_lost`, then `session_recovered` or a `session_lost` with ``failed``), about
         the request (`about`). Returns None when the request may be replayed now, else why not."""
-        if session.generation != seen and session.rebuilding is None and session.lost is None and not session.ended:
+        if session.generation != seen and session.rebuilding is None and session.lost is None and not session.ended and not session.deleting:
             return None  # rebuilt since the request was sent (by another request, or the GET stream): replay
         refused = self.may_rebuild(session, headers)
         if refused is not None:
@@ -361,12 +361,14 @@ class UpstreamSessions:
         subscribed = sum(await asyncio.gather(*map(subscribe, list(session.subscriptions))))
         if subscribed:
             restored.append(f"subscriptions:{subscribed}")
-        if session.ended:  # its client deleted it (or the table forgot it) meanwhile: nobody wants this one
+        if session.ended or session.deleting:  # its client deleted it (or the table forgot it) meanwhile
             raise RebuildFailed("ended", "the session was ended while it was rebuilt", permanent=True)
         self.table.route(session, new_id)
         session.generation += 1
         session.headers = headers
         session.rebuilds.append(self._clock())
+        rebuilt, session.rebuilt = session.rebuilt, asyncio.Event()
+        rebuilt.set()  # its GET stream, waiting to reopen, reopens now
         return restored
 
     async def _restore(self, method: str, params: dict[str, str], headers: CIMultiDict[str], transport: SessionUpstream) -> bool:

@@ -87,6 +87,11 @@ class LegacySession:
     """Its GET streams open now: a session listened to is in use, never idle."""
     ended: bool = False
     """Forgotten (its client deleted it, or the table made room): never rebuilt from now on."""
+    deleting: bool = False
+    """Its client's DELETE is on its way upstream: not rebuilt meanwhile (a request racing the DELETE
+    must not bring back the session the client ends), and its GET stream ends with it."""
+    rebuilt: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set (and replaced) at each rebuild: a GET stream waiting to reopen reopens at once."""
 
     @property
     def size(self) -> int:
