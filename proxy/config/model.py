@@ -360,9 +360,9 @@ class ProxyConfig(ConfigModel):
     sessions_file: str | None = Field(
         None,
         description="Where a stopping proxy saves the legacy sessions it keeps and the next one reads them back, so a "
-        "restarted proxy (a sidecar update) carries them over, recovery included. Put it on a volume that outlives the "
-        "container (an emptyDir). Unset: on SIGTERM the sessions only the proxy can route (rebuilt ones) are ended "
-        "upstream, so their clients initialize again.",
+        "proxy restarted in its pod (a liveness failure, an in-place update) carries them over, recovery included. Put "
+        "it on a volume that outlives the container (an emptyDir). Unset: on SIGTERM the sessions only the proxy can "
+        "route (rebuilt ones) are ended upstream, so their clients initialize again.",
     )
     readiness: ReadinessConfig = Field(default_factory=ReadinessConfig)  # type: ignore[arg-type]
     reload: ReloadConfig = Field(default_factory=ReloadConfig)  # type: ignore[arg-type]
