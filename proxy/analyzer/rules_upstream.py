@@ -564,10 +564,11 @@ def _upstream_failed(sessions: SessionStats, upstream: UpstreamConfig, n: int, c
 
 
 def _unknown(sessions: SessionStats, upstream: UpstreamConfig, carried: bool) -> _Part | None:
-    """Losses of sessions the proxy had no record of: `MIN_SESSION_LOST`, and `UNKNOWN_SHARE` of the losses
-    met with recovery on (the others' sessions it knew: ``recovering``, or ``failed`` at once). `carried`:
-    the proxy carries its sessions over its own restart (`sessions_file`)."""
-    unknown = sessions.with_recovery("unknown_session")
+    """Losses of sessions the proxy had kept and forgotten to make room (``forgotten``): `MIN_SESSION_LOST`,
+    and `UNKNOWN_SHARE` of the losses met with recovery on (the others' sessions it knew: ``recovering``, or
+    ``failed`` at once). Never ids it never kept (``unknown_session``): a client's own mistake, or a session
+    older than the proxy, no setting fixes. `carried` (``sessions_file`` set) is kept for the caller."""
+    unknown = sessions.with_recovery("forgotten")  # never an id the proxy never kept: a client's mistake
     known = [loss for loss in sessions.met() if loss.recovery in ("recovering", "failed")]
     u = len(unknown)
     share = Share("losses of sessions the proxy had no record of", u, u + len(known), "lower", UNKNOWN_SHARE)
@@ -575,21 +576,20 @@ def _unknown(sessions: SessionStats, upstream: UpstreamConfig, carried: bool) ->
         return None
     settings = upstream.sessions
     idle, most = format_duration(settings.idle_timeout), settings.max_sessions
-    before = "unless carried over in sessions_file" if carried else "(set sessions_file to carry them over the proxy's own restart)"
     return _Part(
-        title=f"{u} lost sessions unknown to the proxy: raise sessions.max_sessions or idle_timeout",
+        title=f"{u} lost sessions the proxy had forgotten: raise sessions.max_sessions or idle_timeout",
         rationale=(
-            f"{u} of the {u + len(known)} requests that met a lost session came from sessions the proxy had no record "
-            f"of, so no rebuild was tried and each client heard the loss. The proxy forgets a session unused for "
-            f"sessions.idle_timeout ({idle}) when new ones open, and the least recently used past sessions.max_sessions "
-            f"({most}): a session forgotten so loses its protection. Sessions opened before the proxy started are "
-            f"unknown to it {before}, and so are those opened while recovery was off or whose initialize is over 64 KiB: "
-            f"if the proxy started shortly before these losses, that is the likelier cause. Otherwise raise "
-            f"sessions.max_sessions (each session keeps its initialize request and subscriptions) or idle_timeout."
+            f"{u} of the {u + len(known)} requests that met a lost session came from sessions the proxy had kept and "
+            f"forgotten to make room, so no rebuild was tried and each client heard the loss. The proxy forgets a "
+            f"session unused for sessions.idle_timeout ({idle}, one whose GET stream is open is in use) when a new one "
+            f"opens, and the least recently used past sessions.max_sessions ({most}) or its recorded-state budget: "
+            f"raise sessions.max_sessions or idle_timeout (each session keeps its initialize request and subscribed "
+            f"URIs). Losses of sessions the proxy never kept (made before it started, or ids a client made up or had "
+            f"deleted) are not counted here: no setting of the proxy's would have kept them."
         ),
-        effect=f"{u} requests of sessions the proxy did not keep heard the upstream's loss, with no rebuild tried",
-        numbers={"unknown_session": u},
-        evidence={"unknown_session": u, "max_sessions": most, "idle_timeout": idle},
+        effect=f"{u} requests of sessions the proxy had forgotten heard the upstream's loss, with no rebuild tried",
+        numbers={"forgotten": u},
+        evidence={"forgotten": u, "max_sessions": most, "idle_timeout": idle},
         ids=[loss.id for loss in unknown], share=share,
     )  # fmt: skip
 

@@ -279,7 +279,7 @@ class HealthChanged(Event):
     """What the probe or the calls saw."""
 
 
-SessionRecovery = Literal["recovering", "off", "unknown_session", "failed"]
+SessionRecovery = Literal["recovering", "off", "unknown_session", "forgotten", "failed"]
 
 
 @_kind
@@ -294,8 +294,10 @@ class SessionLost(CallEvent):
     recovery: SessionRecovery
     """``recovering``: the proxy re-initializes it and replays the request (a `session_recovered`
     follows, or a second `session_lost` with ``failed``); ``off``: `sessions.recovery` is off, the client
-    heard the loss; ``unknown_session``: the proxy has no record of the session (made before the proxy
-    started, or forgotten at `sessions.max_sessions`), the client heard the loss; ``failed``: recovery
+    heard the loss; ``forgotten``: the proxy kept the session once and forgot it to make room
+    (`sessions.max_sessions`, `idle_timeout`), the client heard the loss; ``unknown_session``: the proxy
+    never kept it (made before the proxy started, or an id the client made up or had deleted), the client
+    heard the loss; ``failed``: recovery
     was tried and did not work (`why`), the client heard a session loss."""
     why: str | None
     """Why recovery failed: ``version_changed``, ``capabilities_changed``, ``no_session_id``,

@@ -490,7 +490,7 @@ class McpHandler:
             if session is None and client_id is not None and reply.stream is None:
                 if session_lost_answer(reply.status, reply.message):  # a session the proxy never kept
                     about = _session_call(request, runtime, route, _kind_of(method, message), headers, message)
-                    recovery = "unknown_session" if route.config.sessions.recovery else "off"
+                    recovery = route.state.sessions.unknown_loss(client_id)
                     runtime.observer.policy_event("session_lost", about, recovery=recovery, why=None)
             elif session is not None and reply.stream is None:
                 if session_lost_answer(reply.status, reply.message):

@@ -202,6 +202,14 @@ class UpstreamSessions:
                 return
             session.subscriptions[uri] = None
 
+    def unknown_loss(self, client_id: str | None) -> str:
+        """What a `session_lost` of a session this keeper does not keep says of it: ``off`` (recovery is
+        off), ``forgotten`` (kept once, forgotten to make room: the bounds at work), ``unknown_session``
+        (never kept: made before the proxy started, or an id the client made up or had deleted)."""
+        if not self.config.recovery:
+            return "off"
+        return "forgotten" if client_id is not None and self.table.was_forgotten(client_id) else "unknown_session"
+
     def adopt(self, session: LegacySession) -> bool:
         """Keep a session carried over from a previous proxy (`proxy.sessions.carry`)."""
         adopted = self.table.adopt(session)

@@ -92,7 +92,7 @@ class SessionStage:
     async def _unknown(self, call: Call, next: CallHandler) -> Reply:
         reply = await next(call)
         if reply.stream is None and session_lost_answer(reply.status, reply.message):
-            recovery = "unknown_session" if self._sessions.config.recovery else "off"
+            recovery = self._sessions.unknown_loss(call.session_id)
             self._observer.policy_event("session_lost", _about(call, reply), recovery=recovery, why=None)
         return reply
 

@@ -41,6 +41,8 @@ MAX_URI: Final = 1024
 """The longest subscribed URI recorded."""
 MAX_SUBSCRIPTIONS: Final = 256
 """Resource subscriptions one session records; past it the session is no longer restorable."""
+MAX_FORGOTTEN: Final = 4096
+"""Client ids of sessions forgotten to make room that the table still recognises (`was_forgotten`)."""
 MAX_TABLE_BYTES: Final = 64 * 1024 * 1024
 """Recorded state (initialize bodies and URIs) of one upstream's sessions in all: past it the least
 recently used session is forgotten, as at `max_sessions`."""
@@ -106,7 +108,7 @@ class LegacySession:
 class SessionTable:
     """The sessions of one upstream, least recently used first."""
 
-    __slots__ = ("_clock", "_routes", "_sessions", "bytes", "config")
+    __slots__ = ("_clock", "_forgotten", "_routes", "_sessions", "bytes", "config")
 
     def __init__(self, config: SessionsConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -116,6 +118,9 @@ class SessionTable:
         """Each upstream id a kept session routes to, and that session: one upstream session, one client."""
         self.bytes = 0
         """Recorded state of the kept sessions (`LegacySession.size`), bounded by `MAX_TABLE_BYTES`."""
+        self._forgotten: dict[str, None] = {}
+        """Client ids of sessions forgotten to make room (not deleted by their client), the newest
+        `MAX_FORGOTTEN`: a loss of one is the proxy's bound at work, of any other unknown id a client's."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -140,6 +145,10 @@ class SessionTable:
         self.bytes += session.size
         self.route(session, upstream_id)
         return session, forgotten
+
+    def was_forgotten(self, client_id: str) -> bool:
+        """Whether `client_id` named a session this table forgot to make room (`_make_room`)."""
+        return client_id in self._forgotten
 
     def routed_elsewhere(self, client_id: str) -> bool:
         """`client_id` is no kept session's, yet a kept session of another client routes to it upstream (a
@@ -202,6 +211,12 @@ class SessionTable:
         """The sessions only the proxy can route (each rebuilt at least once)."""
         return [session for session in self._sessions.values() if session.remapped]
 
+    def _remember_forgotten(self, client_id: str) -> None:
+        self._forgotten.pop(client_id, None)
+        self._forgotten[client_id] = None
+        if len(self._forgotten) > MAX_FORGOTTEN:
+            del self._forgotten[next(iter(self._forgotten))]
+
     def _make_room(self, adding: int) -> list[LegacySession]:
         """Forget the idle ones at the front (a bounded number), then the least recently used while full
         (sessions or bytes, with `adding` more to come). A session listened to (an open GET stream) is
@@ -218,6 +233,7 @@ class SessionTable:
                 continue
             forgotten.append(oldest)
             self.forget(oldest.client_id)
+            self._remember_forgotten(oldest.client_id)
         while self._sessions and (
             len(self._sessions) >= self.config.max_sessions or self.bytes + adding > MAX_TABLE_BYTES
         ):
@@ -226,4 +242,5 @@ class SessionTable:
             victim = victim or next((s for s in sessions if s.rebuilding is None), None) or next(iter(sessions))
             forgotten.append(victim)
             self.forget(victim.client_id)
+            self._remember_forgotten(victim.client_id)
         return forgotten
