@@ -85,3 +85,31 @@ async def test_wake_ends_the_pause_between_probes_at_once() -> None:
     prober.wake()
     await asyncio.wait_for(pause, 5)
     assert not prober._tasks  # the sleep it did not finish was cancelled and awaited
+
+
+def test_a_probe_half_opens_once_per_outage_so_a_server_failing_real_calls_keeps_its_breaker_open() -> None:
+    """Broken-server review: a server that answers probes but fails every call had its breaker half-opened
+    by each probe, every trial reaching it and the probes driven at the call rate."""
+    stage = BreakerStage("up", FakeClock())
+    open_upstream_breaker(stage)
+    (breaker,) = stage.breakers
+    stage.probe_passed()
+    assert breaker.state == "half-open"
+    breaker.record(breaker.admit("a"), REFUSED, "a")  # the trial fails: open again
+    assert breaker.state == "open"
+    stage.probe_passed()
+    assert breaker.state == "open"  # this opening lasts its reset_timeout
+
+
+def test_the_prober_is_woken_at_most_once_per_unhealthy_interval() -> None:
+    clock = FakeClock()
+    prober = prober_for(None, clock)
+    prober.wake()
+    assert prober._woken.is_set()
+    prober._woken.clear()
+    clock.advance(0.5)
+    prober.wake()
+    assert not prober._woken.is_set()
+    clock.advance(0.5)
+    prober.wake()
+    assert prober._woken.is_set()

@@ -23,6 +23,7 @@ from proxy.sessions import table as table_module
 from proxy.sessions.keeper import RebuildFailed
 from tests.test_sessions_keeper import (
     CLIENT_HEADERS,
+    INITIALIZE,
     Clock,
     Transport,
     config,
@@ -44,8 +45,9 @@ def test_padding_in_a_subscribe_costs_nothing_and_the_table_has_a_byte_budget(mo
     for n in range(3):
         record(sessions, session, {"jsonrpc": "2.0", "id": n, "method": "resources/subscribe", "params": {"uri": f"a://{n}", "pad": "x" * 65_000}})
     assert sessions.table.bytes - before == sum(len(f"a://{n}") for n in range(3))
-    monkeypatch.setattr(table_module, "MAX_TABLE_BYTES", sessions.table.bytes + 300)
-    second, _ = open_session(sessions, "s2")  # fits: ~130 bytes of initialize and overhead
+    one = len(INITIALIZE) + 2 * table_module.MAX_SESSION_ID + 64  # what a new session's record costs
+    monkeypatch.setattr(table_module, "MAX_TABLE_BYTES", sessions.table.bytes + one + 10)
+    second, _ = open_session(sessions, "s2")  # fits
     third, _ = open_session(sessions, "s3")  # does not: the least recently used goes
     assert sessions.table.get("s1") is None and sessions.table.get("s2") is second and sessions.table.get("s3") is third
     assert sessions.table.bytes <= table_module.MAX_TABLE_BYTES
@@ -167,3 +169,29 @@ async def test_a_rebuild_wakes_the_session_s_waiters_and_arms_a_new_signal() -> 
     waiting = session.rebuilt
     assert await sessions.rebuild(session, 0, OPENER, transport) == ["initialized"]
     assert waiting.is_set() and session.rebuilt is not waiting and not session.rebuilt.is_set()
+
+
+async def test_past_the_minutes_limit_a_session_is_rebuilt_again_once_its_last_rebuild_is_spaced_enough() -> None:
+    """Broken-server review: a server restarting four times in a minute broke every session for the rest of
+    that minute. Past the limit, one rebuild per REBUILD_SPACING."""
+    from proxy.sessions.keeper import REBUILD_SPACING
+
+    clock = Clock()
+    transport = Transport()
+    sessions = keeper(clock)
+    session, _ = open_session(sessions, "s1", transport)
+    for n in range(3):
+        assert await sessions.rebuild(session, n, OPENER, transport) is not None
+        clock.now += 1
+    assert sessions.may_rebuild(session, OPENER) == "too_frequent"
+    clock.now += REBUILD_SPACING
+    assert sessions.may_rebuild(session, OPENER) is None
+
+
+def test_a_session_with_an_overlong_id_passes_through_unrecorded() -> None:
+    from proxy.sessions.table import MAX_SESSION_ID
+
+    sessions = keeper()
+    answer = initialized_reply("x" * (MAX_SESSION_ID + 1))
+    sessions.opened(b'{"jsonrpc":"2.0","id":1,"method":"initialize"}', answer, Transport(), OPENER)
+    assert len(sessions.table) == 0 and answer.headers["Mcp-Session-Id"] == "x" * (MAX_SESSION_ID + 1)

@@ -221,8 +221,8 @@ class _RateLimited(Exception):
 class HealthProber:
     """Active checks for one upstream: `start()` runs a probe now and then every jittered interval."""
 
-    __slots__ = ("_breaker", "_clock", "_config", "_ids", "_initialized", "_random", "_session", "_tasks", "_upstream",
-                 "_version", "_woken", "health", "mode")  # fmt: skip
+    __slots__ = ("_breaker", "_clock", "_config", "_ids", "_initialized", "_last_woken", "_random", "_session", "_tasks",
+                 "_upstream", "_version", "_woken", "health", "mode")  # fmt: skip
 
     def __init__(
         self,
@@ -237,6 +237,7 @@ class HealthProber:
         """The upstream's breakers: a passed probe half-opens an open one (`BreakerStage.probe_passed`), and
         while one is open the probes come every `unhealthy_interval`."""
         self._woken = asyncio.Event()
+        self._last_woken = float("-inf")
         self.health = health
         self._config = health.config.active
         self._clock = clock
@@ -277,8 +278,12 @@ class HealthProber:
         return min(base, self._config.interval) * (1 + self._config.jitter * (2 * self._random() - 1))
 
     def wake(self) -> None:
-        """Probe now, not at the end of the current interval (the upstream's breaker just opened)."""
-        self._woken.set()
+        """Probe now, not at the end of the current interval (the upstream's breaker just opened); at most
+        once per `unhealthy_interval`, so a breaker that keeps reopening never drives the probes."""
+        now = self._clock.monotonic()
+        if now - self._last_woken >= self._config.unhealthy_interval:
+            self._last_woken = now
+            self._woken.set()
 
     async def _run(self) -> None:
         while True:

@@ -129,7 +129,7 @@ class Breaker:
     """One circuit."""
 
     __slots__ = ("_cause", "_cb", "_clock", "_judge", "_last_failure", "_observer", "_opened_at", "_outcomes",
-                 "_streak_clients", "_trials", "config", "name", "on_state", "upstream")  # fmt: skip
+                 "_probe_reopened", "_streak_clients", "_trials", "config", "name", "on_state", "upstream")  # fmt: skip
 
     def __init__(
         self,
@@ -147,6 +147,8 @@ class Breaker:
         self._observer = observer
         self._judge = judge
         self._opened_at = 0.0
+        self._probe_reopened = False
+        """A passing probe half-opened it since it last closed (`probe_passed`: once per run of openings)."""
         self._trials = TrialPeriod()
         self._outcomes: deque[tuple[float, bool, str]] = deque()
         self._streak_clients: set[str] = set()
@@ -180,6 +182,8 @@ class Breaker:
 
     def _changed(self, old: str, new: str) -> None:
         now = self._clock.monotonic()
+        if new == CLOSED:
+            self._probe_reopened = False  # the upstream worked again: the next outage may be cut short too
         if new == OPEN:
             self._opened_at = now
         if new == HALF_OPEN:
@@ -203,8 +207,11 @@ class Breaker:
         self._cb.open()
 
     def probe_passed(self) -> None:
-        """Open to half-open at once: the upstream answered an active probe (`BreakerStage.probe_passed`)."""
-        if self.state == OPEN:
+        """Open to half-open at once: the upstream answered an active probe (`BreakerStage.probe_passed`).
+        Once per run of openings: if the trials that follow fail (a server that answers probes but fails
+        real calls), the next opening lasts its whole `reset_timeout`, so a probe never stands in for it."""
+        if self.state == OPEN and not self._probe_reopened:
+            self._probe_reopened = True
             self._cb.half_open()
 
     def _refuse(self, message: str, retry_after: float) -> CircuitOpen:

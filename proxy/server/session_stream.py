@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import time
 from typing import Final
 
@@ -47,6 +48,10 @@ __all__ = ["RESUME_BACKOFF", "RESUME_BACKOFF_MAX", "RESUME_WINDOW", "SessionStre
 
 log = structlog.get_logger("proxy")
 
+_RETRY: Final = re.compile(rb"^retry:[ ]?([0-9]{1,9})\r?$", re.MULTILINE)
+"""An SSE ``retry:`` field (milliseconds), as a line of its own."""
+_PASSING: Final = frozenset({408, 409, 429, 502, 503, 504})
+"""What a reopening GET may be answered while the server comes back: tried again within the window."""
 RESUME_WINDOW: Final = 60.0
 """Seconds from a break within which the upstream's stream is reopened (a restarted server's start-up)."""
 RESUME_BACKOFF: Final = 0.05
@@ -117,6 +122,11 @@ class _Resuming:
         """The session generation `last_event_id` belongs to."""
         self.reopen_now = False
         """The last opening rebuilt the session: the next one goes at once, without a backoff."""
+        self.content = False
+        """The stream being pumped passed an event with data (a priming event, an id alone, is none)."""
+        self.retry_s = 0.0
+        """The server's last ``retry:`` (s, at most `RESUME_BACKOFF_MAX`): the least wait before reopening a
+        stream it ended cleanly, as a client would wait."""
 
     async def run(self) -> web.StreamResponse:
         self.session.streams += 1  # listened to: in use, never idle (`SessionTable._make_room`)
@@ -129,11 +139,14 @@ class _Resuming:
         broke_at: float | None = None
         backoff = RESUME_BACKOFF
         first = True
+        broke = True
         while True:
             if broke_at is not None and not self.reopen_now:
                 if not self._may_go_on() or time.monotonic() - broke_at > RESUME_WINDOW:
                     return await self._stop()
-                await self._pause(backoff * random.random())  # full jitter: streams broken together spread out
+                # Full jitter: streams broken together spread out; never sooner than a server's `retry:`
+                # asked for a stream it ended cleanly.
+                await self._pause(max(backoff * random.random(), 0.0 if broke else self.retry_s))
                 backoff = min(backoff * 2, RESUME_BACKOFF_MAX)
                 if not self._may_go_on():
                     return await self._stop()
@@ -168,9 +181,10 @@ class _Resuming:
                 # nothing to replay): the client's stream ends the same way, as without the proxy.
                 return await self._end(clean=True)
             first = False
-            if delivered or broke_at is None:
-                # A stream that carried something was a real one: its end starts a new window. One that
-                # ends as soon as it opens is the same outage going on (its window and backoff go on).
+            if self.content or broke_at is None:
+                # A stream that carried a message was a real one: its end starts a new window. One that
+                # ends as soon as it opens, or after a priming event alone, is the same outage going on
+                # (its window and backoff go on).
                 broke_at, backoff = time.monotonic(), RESUME_BACKOFF
 
     async def _pause(self, seconds: float) -> None:
@@ -228,13 +242,15 @@ class _Resuming:
         if self.response is None:
             as_client_knows(self.session, reply)
             return relayed(reply.status, reply.reason, reply.body, reply.headers)
-        if reply.status == 409:  # the server still holds the broken stream: it lets go soon
+        if reply.status in _PASSING:  # the server still holds the broken stream (409), or is not there yet
             return None
         return await self._stop()
 
     async def _pump(self, stream: ReplyStream, filtering: bool) -> tuple[bool, bool, bool]:
-        """Pass `stream`'s whole events on until it ends: (the client went away, any event passed, it broke)."""
+        """Pass `stream`'s whole events on until it ends: (the client went away, any event passed, it broke).
+        `content` says whether one of them carried data."""
         assert self.response is not None
+        self.content = False
         self.streams._upstream_streams.add(stream)
         held = bytearray()
         delivered = False
@@ -269,8 +285,12 @@ class _Resuming:
             for event in events:
                 if event.id is not None:
                     self.last_event_id = event.id
+            retry = _RETRY.search(raw)
+            if retry is not None:
+                self.retry_s = min(int(retry[1]) / 1000, RESUME_BACKOFF_MAX)
             if filtering and any(_not_for_a_get_stream(event.data) for event in events):
                 continue
+            self.content = self.content or any(event.data for event in events)
             out += raw
         return bytes(out)
 

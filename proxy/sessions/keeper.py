@@ -40,7 +40,7 @@ from proxy.config.model import SessionsConfig
 from proxy.errors import ProxyError
 from proxy.mcp.jsonrpc import response_error
 from proxy.policies.base import Attempt, Call, Observer, Reply
-from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SUBSCRIPTIONS, MAX_URI, LegacySession, SessionTable
+from proxy.sessions.table import MAX_RECORDED_BODY, MAX_SESSION_ID, MAX_SUBSCRIPTIONS, MAX_URI, LegacySession, SessionTable
 from proxy.tasks import Owner, spawn
 from proxy.upstream.transport import AnswerTo
 
@@ -60,7 +60,12 @@ SESSION_HEADER: Final = "Mcp-Session-Id"
 RECORDED_METHODS: Final = frozenset({"logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 """The requests whose effect a session keeps and a rebuild restores: their answers are read whole."""
 MAX_REBUILDS_PER_MINUTE: Final = 3
-"""Rebuilds of one session within a minute past which a loss is passed to its client instead."""
+"""Rebuilds of one session within a minute past which a loss is passed to its client instead, unless the
+last was `REBUILD_SPACING` ago: a server that restarts four times in a minute (a crash loop that settles)
+costs its sessions at most that long, while one that forgets sessions on every call (replicas without
+affinity) gets a rebuild per `REBUILD_SPACING` at most, and its 404s show."""
+REBUILD_SPACING: Final = 15.0
+"""Seconds after a session's last rebuild before another may be tried, once it is past the minute's limit."""
 _NOT_FOR_REBUILD: Final = ("Mcp-Session-Id", "MCP-Protocol-Version", "Last-Event-ID", "Mcp-Method", "Mcp-Name", "Content-Length")
 """Headers of the request that met the loss that the rebuild's requests must not carry (the rest, the
 client's credentials included, go as they are: the session is rebuilt as the client, not as the proxy)."""
@@ -158,8 +163,8 @@ class UpstreamSessions:
         result = reply.message.get("result") if isinstance(reply.message, dict) else None
         if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
             return
-        if len(initialize) > MAX_RECORDED_BODY:
-            return
+        if len(initialize) > MAX_RECORDED_BODY or len(upstream_id) > MAX_SESSION_ID:
+            return  # passed through unrecorded: no recovery (and the table's budget never pays for it)
         session, forgotten = self.table.open(upstream_id, initialize, result["protocolVersion"], result.get("capabilities"))
         session.headers = _rebuild_headers(headers)
         session.owner = owner_of(headers)
@@ -246,8 +251,13 @@ class UpstreamSessions:
             return "not_owner"  # a session made without credentials is anyone's who has its id, as upstream
         if not session.restorable:
             return "not_restorable"
-        rebuilds = session.rebuilds
-        if len(rebuilds) == rebuilds.maxlen and self._clock() - rebuilds[0] < 60.0 and session.rebuilding is None:
+        rebuilds, now = session.rebuilds, self._clock()
+        if (
+            len(rebuilds) == rebuilds.maxlen
+            and now - rebuilds[0] < 60.0
+            and now - rebuilds[-1] < REBUILD_SPACING
+            and session.rebuilding is None
+        ):
             return "too_frequent"
         return None
 

@@ -32,11 +32,14 @@ from typing import Any, Final
 
 from proxy.config.model import SessionsConfig
 
-__all__ = ["MAX_RECORDED_BODY", "MAX_SUBSCRIPTIONS", "MAX_TABLE_BYTES", "MAX_URI", "LegacySession", "SessionTable"]
+__all__ = ["MAX_RECORDED_BODY", "MAX_SESSION_ID", "MAX_SUBSCRIPTIONS", "MAX_TABLE_BYTES", "MAX_URI", "LegacySession", "SessionTable"]
 
 MAX_RECORDED_BODY: Final = 16 * 1024
 """The largest ``initialize`` a session records to replay (real ones are well under 2 KiB); a session
 whose initialize is larger is passed through unrecorded (no recovery)."""
+MAX_SESSION_ID: Final = 256
+"""The longest upstream session id a session is kept for (real ones are UUIDs); a longer one passes through
+unrecorded, and the ids kept count in the table's budget."""
 MAX_URI: Final = 1024
 """The longest subscribed URI recorded."""
 MAX_SUBSCRIPTIONS: Final = 256
@@ -98,7 +101,7 @@ class LegacySession:
     @property
     def size(self) -> int:
         """The bytes of recorded state it holds (what `MAX_TABLE_BYTES` counts)."""
-        return len(self.initialize) + sum(map(len, self.subscriptions)) + 64
+        return len(self.initialize) + sum(map(len, self.subscriptions)) + 2 * MAX_SESSION_ID + 64
     @property
     def remapped(self) -> bool:
         """The client's id is no longer the upstream's: only the proxy can route it."""
@@ -136,7 +139,7 @@ class SessionTable:
     def open(self, upstream_id: str, initialize: bytes, protocol: str, capabilities: Any) -> tuple[LegacySession, list[LegacySession]]:
         """Record a new session; returns it and the sessions forgotten to make room (the caller ends the
         remapped ones upstream). Its client id is the upstream's unless that one is taken here."""
-        forgotten = self._make_room(len(initialize) + 64)
+        forgotten = self._make_room(len(initialize) + 2 * MAX_SESSION_ID + 64)
         client_id = upstream_id
         while client_id in self._sessions:
             client_id = secrets.token_urlsafe(24)
