@@ -20,7 +20,6 @@ whole events only: the part of an unfinished event already sent is ended first (
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, Final
 
@@ -53,24 +52,8 @@ async def continue_answer(
     """Carry on `call`'s answer, which broke (or ended) before its final response (`watched`: the stream
     that did; `watch`: what it showed), under the client's open `response` if the upstream can (the
     module docstring). Returns `FINISHED` once the final response passed, `GONE` when the client left,
-    else None (the caller adds the error). All of it within the call's `timeouts.total` from the break:
-    a resumed stream that never brings the response, or keeps bringing something else, ends there."""
-    try:
-        async with asyncio.timeout(call.policy.timeouts.total):
-            return await _continue(request, runtime, route, call, response, watched, watch)
-    except TimeoutError:
-        return None
-
-
-async def _continue(
-    request: web.BaseRequest,
-    runtime: Runtime,
-    route: Route,
-    call: Call,
-    response: web.StreamResponse,
-    watched: Watched,
-    watch: CallWatch,
-) -> object:
+    else None (the caller adds the error). The caller bounds it all by the call's `timeouts.total` from the
+    break: a resumed stream that never brings the response, or keeps bringing something else, ends there."""
     if watched.cut:
         if not await written(response, watched.cut):
             return GONE

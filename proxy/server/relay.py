@@ -43,6 +43,8 @@ re-issued) end cleanly, at once. Writes to a client that went away never raise
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -196,7 +198,9 @@ class Relay:
             else:
                 continued = None
                 if not long_lived and not self._long_lived.draining and not client_gone(request):
-                    continued = await continue_answer(request, runtime, route, call, response, watched, watch)
+                    with contextlib.suppress(TimeoutError):  # the whole of it within the call's total, from the break
+                        async with asyncio.timeout(call.policy.timeouts.total):
+                            continued = await continue_answer(request, runtime, route, call, response, watched, watch)
                 if continued is GONE or continued is FINISHED:
                     return response
                 error = error or StreamEndedEarly("upstream ended the stream before the response", upstream=call.upstream)
