@@ -138,7 +138,7 @@ class SessionUpstream:
     def __init__(
         self,
         *,
-        ids: Literal["uuid", "sequential"] = "uuid",
+        ids: Literal["uuid", "sequential", "fixed"] = "uuid",
         loss: Literal["sdk", "everything"] = "sdk",
         answer: Literal["json", "sse"] = "json",
         event_ids: bool = True,
@@ -358,12 +358,15 @@ class SessionUpstream:
         if self.fail_initialize > 0:
             self.fail_initialize -= 1
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32603, "message": "starting"}}, status=503)
-        if self.ids == "sequential":
+        if self.ids == "fixed":
+            session_id = "the-session"  # one session for every client, as some servers do
+        elif self.ids == "sequential":
             self._numbered += 1
             session_id = f"s{self._numbered}"
         else:
             session_id = uuid.uuid4().hex
-        self.sessions[session_id] = ServerSession(session_id, self.restarts, body)
+        if session_id not in self.sessions:
+            self.sessions[session_id] = ServerSession(session_id, self.restarts, body)
         self.opened.append(session_id)
         result = {
             "protocolVersion": self.protocol,

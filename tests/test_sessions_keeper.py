@@ -138,8 +138,14 @@ CLIENT_HEADERS = CIMultiDict(
 def test_a_session_keeps_the_upstreams_id_and_a_colliding_one_gets_the_proxys_own() -> None:
     table = SessionTable(config())
     first, forgotten = table.open("s1", INITIALIZE, PROTOCOL, CAPABILITIES)
+    assert first is not None
     assert (first.client_id, first.upstream_id, first.remapped, forgotten) == ("s1", "s1", False, [])
+    # No outage noted since "s1" last worked: the server hands several clients one session, the proxy
+    # keeps its one record (the second client uses "s1" as the server told it).
+    assert table.open("s1", INITIALIZE, PROTOCOL, CAPABILITIES) == (None, [])
+    table.note_outage()  # a session lost, a stream broken: the server may have restarted
     second, _ = table.open("s1", INITIALIZE, PROTOCOL, CAPABILITIES)
+    assert second is not None
     assert second.client_id != "s1" and second.upstream_id == "s1" and second.remapped
     assert len(second.client_id) >= 32  # unguessable, as a server's own ids are
     assert table.get("s1") is first and table.get(second.client_id) is second
@@ -217,6 +223,7 @@ async def test_with_recovery_off_nothing_is_kept() -> None:
 async def test_a_colliding_id_is_replaced_in_the_answer_the_client_gets() -> None:
     sessions = keeper()
     open_session(sessions, "s1")
+    sessions.table.note_outage()  # the server restarted (and numbers its sessions from 1 again)
     second, answer = open_session(sessions, "s1")
     assert answer.headers["Mcp-Session-Id"] == second.client_id != "s1"
     assert answer.headers.getall("Mcp-Session-Id") == [second.client_id]

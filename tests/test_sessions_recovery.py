@@ -55,6 +55,12 @@ def kept(proxy: ProxyServer) -> int:
     return len(proxy.runtime.current.states["up"].sessions.table)
 
 
+def noticed(proxy: ProxyServer) -> None:
+    """The proxy noticed the restart (a stream broke, a session was lost): what it has no other way to
+    learn of a server that restarted silently, between two requests, and numbers its sessions from 1 again."""
+    proxy.runtime.current.states["up"].sessions.table.note_outage()
+
+
 async def restart(server: SessionUpstream, hard: bool) -> None:
     if hard:
         await server.restart_hard()
@@ -380,6 +386,7 @@ async def test_a_new_client_given_an_id_an_old_client_still_uses_gets_another_an
         old = client(http, proxy, "old")
         assert await old.initialize() == "s1"
         server.restart()
+        noticed(proxy)
         new = client(http, proxy, "new")
         await new.initialize()
         assert server.opened == ["s1", "s1"]
@@ -399,6 +406,7 @@ async def test_an_old_client_whose_id_the_restarted_server_gave_to_a_new_client_
         old = client(http, proxy, "old")
         await old.initialize()
         server.restart()
+        noticed(proxy)
         new = client(http, proxy, "new")
         await new.initialize()  # the server's "s1" again, now the new client's
         answer = await old.call("add", who="old")
@@ -845,3 +853,19 @@ async def test_a_replayed_call_spends_one_rate_limit_token_and_the_rebuild_none(
         assert (await a.call("add")).status == 200  # the third: the rebuild and the replay take none
         assert (await a.call("add")).status == 429
         assert server.tool_runs["add"] == 1 and server.initialize_requests == 2
+
+
+async def test_a_server_that_hands_every_client_one_session_works_through_the_proxy_as_directly(
+    servers: Servers, http: aiohttp.ClientSession
+) -> None:
+    """Broken-server review: the second client's initialize, answered with the same id, used to send the
+    first client's session nowhere (taken for a restart's renumbering): every call of it then failed."""
+    server = await servers(ids="fixed")
+    async with proxied(server) as proxy:
+        a, b = client(http, proxy, "a"), client(http, proxy, "b")
+        assert await a.initialize() == await b.initialize() == "the-session"
+        for _ in range(3):
+            assert (await a.call("add")).status == 200
+            assert (await b.call("add")).status == 200
+        assert kept(proxy) == 1  # one session upstream, one record
+        assert [run.session for run in server.executed] == ["the-session"] * 6  # every call ran, as directly

@@ -268,6 +268,7 @@ class _Resuming:
                         return True, delivered, False
                     delivered = True
         except ProxyError:
+            self.route.state.sessions.table.note_outage()
             return False, delivered, True  # broken: reopened by the caller
         finally:
             self.streams._upstream_streams.discard(stream)

@@ -166,6 +166,8 @@ class UpstreamSessions:
         if len(initialize) > MAX_RECORDED_BODY or len(upstream_id) > MAX_SESSION_ID:
             return  # passed through unrecorded: no recovery (and the table's budget never pays for it)
         session, forgotten = self.table.open(upstream_id, initialize, result["protocolVersion"], result.get("capabilities"))
+        if session is None:
+            return  # the server gave an id a kept session uses now: its one session, as the server wants
         session.headers = _rebuild_headers(headers)
         session.owner = owner_of(headers)
         if session.remapped:
@@ -277,6 +279,7 @@ class UpstreamSessions:
         the request (`about`). Returns None when the request may be replayed now, else why not."""
         if session.generation != seen and session.rebuilding is None and session.lost is None and not session.ended and not session.deleting:
             return None  # rebuilt since the request was sent (by another request, or the GET stream): replay
+        self.table.note_outage()
         refused = self.may_rebuild(session, headers)
         if refused is not None:
             recovery = "off" if refused == "off" else "failed"

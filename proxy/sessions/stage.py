@@ -92,6 +92,7 @@ class SessionStage:
     async def _unknown(self, call: Call, next: CallHandler) -> Reply:
         reply = await next(call)
         if reply.stream is None and session_lost_answer(reply.status, reply.message):
+            self._sessions.table.note_outage()
             recovery = self._sessions.unknown_loss(call.session_id)
             self._observer.policy_event("session_lost", _about(call, reply), recovery=recovery, why=None)
         return reply
@@ -103,6 +104,7 @@ class SessionStage:
         call.headers[SESSION_HEADER] = session.upstream_id
         reply = await next(call)
         if reply.stream is not None or not session_lost_answer(reply.status, reply.message):
+            self._sessions.table.worked(session)
             self._sessions.record(session, call.method, call.message, call.body, reply)
             return as_client_knows(session, reply)
         failure = await self._sessions.recover(

@@ -92,6 +92,9 @@ class LegacySession:
     """Its GET streams open now: a session listened to is in use, never idle."""
     ended: bool = False
     """Forgotten (its client deleted it, or the table made room): never rebuilt from now on."""
+    epoch: int = 0
+    """The table's `SessionTable.epoch` when the session last worked: an outage noted since means its
+    upstream id may belong to a server life that is over."""
     deleting: bool = False
     """Its client's DELETE is on its way upstream: not rebuilt meanwhile (a request racing the DELETE
     must not bring back the session the client ends), and its GET stream ends with it."""
@@ -111,7 +114,7 @@ class LegacySession:
 class SessionTable:
     """The sessions of one upstream, least recently used first."""
 
-    __slots__ = ("_clock", "_forgotten", "_routes", "_sessions", "bytes", "config")
+    __slots__ = ("_clock", "_forgotten", "_routes", "_sessions", "bytes", "config", "epoch")
 
     def __init__(self, config: SessionsConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -121,6 +124,9 @@ class SessionTable:
         """Each upstream id a kept session routes to, and that session: one upstream session, one client."""
         self.bytes = 0
         """Recorded state of the kept sessions (`LegacySession.size`), bounded by `MAX_TABLE_BYTES`."""
+        self.epoch = 0
+        """Outages noted (`note_outage`: a lost session, a broken GET stream): what tells a server that
+        restarted and numbers its sessions again from one that hands several clients one session."""
         self._forgotten: dict[str, None] = {}
         """Client ids of sessions forgotten to make room (not deleted by their client), the newest
         `MAX_FORGOTTEN`: a loss of one is the proxy's bound at work, of any other unknown id a client's."""
@@ -136,14 +142,31 @@ class SessionTable:
             self._sessions[client_id] = session
         return session
 
-    def open(self, upstream_id: str, initialize: bytes, protocol: str, capabilities: Any) -> tuple[LegacySession, list[LegacySession]]:
-        """Record a new session; returns it and the sessions forgotten to make room (the caller ends the
-        remapped ones upstream). Its client id is the upstream's unless that one is taken here."""
+    def note_outage(self) -> None:
+        """The upstream lost a session, or broke a stream: its server may have restarted."""
+        self.epoch += 1
+
+    def worked(self, session: LegacySession) -> None:
+        """A request of `session` was answered on its upstream id: that id is of the server's present life."""
+        session.epoch = self.epoch
+
+    def open(
+        self, upstream_id: str, initialize: bytes, protocol: str, capabilities: Any
+    ) -> tuple[LegacySession | None, list[LegacySession]]:
+        """Record a new session; returns it (None: not recorded) and the sessions forgotten to make room
+        (the caller ends the remapped ones upstream). Its client id is the upstream's, unless that one is
+        taken here by a session that may be of a server life that is over (rebuilt, or an outage noted
+        since it last worked: a server numbering its sessions again after a restart); then the proxy's own.
+        An id a kept session still uses in the server's present life is the server handing several clients
+        one session: that is the server's to do, and the proxy keeps the one record it has."""
+        taken = self._sessions.get(upstream_id)
+        if taken is not None and not taken.remapped and taken.epoch == self.epoch:
+            return None, []
         forgotten = self._make_room(len(initialize) + 2 * MAX_SESSION_ID + 64)
         client_id = upstream_id
         while client_id in self._sessions:
             client_id = secrets.token_urlsafe(24)
-        session = LegacySession(client_id, upstream_id, initialize, protocol, capabilities, self._clock())
+        session = LegacySession(client_id, upstream_id, initialize, protocol, capabilities, self._clock(), epoch=self.epoch)
         self._sessions[client_id] = session
         self.bytes += session.size
         self.route(session, upstream_id)
@@ -169,20 +192,22 @@ class SessionTable:
         return True
 
     def route(self, session: LegacySession, upstream_id: str) -> None:
-        """`session` goes to `upstream_id` from now on. Another kept session still routed there (a server
-        that numbers its sessions again after a restart) lost its own upstream session with that restart:
-        it is sent to no session at all, so its next request meets the loss and is rebuilt, and never
-        lands in this one's session (one client's data never reaches another)."""
+        """`session` goes to `upstream_id` from now on. Another kept session still routed there that has not
+        worked since an outage was noted (a server that numbers its sessions again after a restart) lost
+        its own upstream session with that restart: it is sent to no session at all, so its next request
+        meets the loss and is rebuilt, and never lands in this one's session (one client's data never
+        reaches another). One that worked since is sharing the server's session, as the server wants."""
         if self._routes.get(session.upstream_id) is session:
             del self._routes[session.upstream_id]
         if session.ended or self._sessions.get(session.client_id) is not session:
             session.upstream_id = upstream_id  # forgotten meanwhile: routes nothing here
             return
         other = self._routes.get(upstream_id)
-        if other is not None and other is not session:
+        if other is not None and other is not session and other.epoch < self.epoch:
             other.upstream_id = f"lost-{secrets.token_urlsafe(18)}"  # no server has it: the next request is a loss
             self._routes[other.upstream_id] = other
         session.upstream_id = upstream_id
+        session.epoch = self.epoch
         self._routes[upstream_id] = session
 
     def forget(self, client_id: str) -> LegacySession | None:
