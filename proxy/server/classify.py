@@ -19,16 +19,17 @@ from typing import Final
 
 from multidict import CIMultiDict
 
-from proxy.config.resolve import PolicyResolver
+from proxy.config.resolve import Policy, PolicyResolver
 from proxy.mcp.annotations import ToolAnnotations
 from proxy.mcp.eras import era_for, protocol_of
-from proxy.mcp.jsonrpc import Message, is_read_method
+from proxy.mcp.jsonrpc import Kind, Message, is_read_method
 from proxy.mcp.tool_catalog import ToolHints
 from proxy.policies.base import Call
 from proxy.sessions.keeper import RECORDED_METHODS
 
 __all__ = [
     "CREDENTIAL_HEADERS",
+    "NO_MESSAGE",
     "NOT_CREDENTIALS",
     "NOT_CREDENTIAL_PREFIXES",
     "CallRoute",
@@ -40,6 +41,7 @@ __all__ = [
     "credential_scope",
     "identity_hash",
     "is_idempotent",
+    "token_call",
 ]
 
 _CALL_IDS = itertools.count(1)
@@ -272,4 +274,38 @@ def classify(request: ClientRequest, route: CallRoute) -> Call:
         started=request.started,
         query=request.query,
         hints=hints,
+    )
+
+
+NO_MESSAGE = Message(Kind.NOTIFICATION, {}, None, "")
+"""The `Call.message` of a token spent for a GET or DELETE, which carry none."""
+
+
+def token_call(
+    upstream: str,
+    policy: Policy,
+    method: str,
+    tool: str | None,
+    headers: CIMultiDict[str],
+    who: tuple[str, str],
+    message: Message | None,
+) -> Call:
+    """A `Call` for the rate-limit stage alone: what its bucket key and its refusal need (upstream, client,
+    method, tool, policy); `who` is (`client_of` the forwarded headers, an empty credential scope)."""
+    client, scope = who
+    protocol = protocol_of(headers, None)
+    return Call(
+        upstream=upstream,
+        era=era_for(protocol),
+        method=method,
+        tool=tool,
+        idempotent=False,
+        client=client,
+        credential_scope=scope,
+        session_id=headers.get("Mcp-Session-Id"),
+        protocol=protocol,
+        message=message or NO_MESSAGE,
+        body=b"",
+        headers=headers,
+        policy=policy,
     )

@@ -54,6 +54,7 @@ replaced by a proxy-made error: the client that asked hears the server, whatever
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable
 import itertools
 import time
@@ -63,20 +64,18 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from proxy.config.resolve import Policy
 from proxy.errors import ProxyError, StreamBroken, StreamEndedEarly
 from proxy.mcp.headers import client_query, forwarded, upstream_headers
-from proxy.mcp.eras import era_for, protocol_of
 from proxy.mcp.jsonrpc import INVALID_REQUEST, Kind, Message, MessageError, error_body, parse_message, response_error
 from proxy.policies.base import Attempt, Call, Reply, last_attempt
 from proxy.policies.fairness import NO_CAP
-from proxy.policies.failures import Failure, classify_error, session_lost_answer, verdict_of
+from proxy.policies.failures import Failure, classify_error, verdict_of
 from proxy.runtime import Route, Runtime, RuntimeRef
-from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials
+from proxy.server.classify import CallRoute, ClientRequest, classify, client_of, lends_credentials, token_call
 from proxy.server.relay import SESSION_DELETED, Relay, headers_for, learn_annotations, relayed
+from proxy.server.session_messages import in_session
 from proxy.server.session_stream import SessionStreams
 from proxy.sessions.keeper import SESSION_HEADER, as_client_knows
-from proxy.sessions.stage import lost_reply
 from proxy.sessions.table import LegacySession
 from proxy.upstream.transport import AnswerTo
 
@@ -322,7 +321,7 @@ class McpHandler:
 
         A message with no method (a client's response, GET, DELETE) counts as method ``""``: the upstream's
         own limit and any rule matching every method apply to it. Each is one pass of the rate-limit stage
-        with a `Call` built without the pipeline (see `_token_call`). Without `refuse`, tokens free now are
+        with a `Call` built without the pipeline (see `proxy.server.classify.token_call`). Without `refuse`, tokens free now are
         taken and the message passes whatever is left (`RateLimitStage.spend`)."""
         calls = []
         who: tuple[str, str] | None = None  # read once, for the first policy with a limit
@@ -333,7 +332,7 @@ class McpHandler:
             if who is None:
                 # A token call has no credential scope: only a cache reads it.
                 who = (client_of(headers, request.remote, runtime.config.client_identity.header), "")
-            calls.append((_token_call(route, policy, method, tool, headers, who, message), count))
+            calls.append((token_call(route.upstream.name, policy, method, tool, headers, who, message), count))
         limiter = runtime.shared.rate_limit
         for call, count in calls:
             for _ in range(count):
@@ -461,43 +460,19 @@ class McpHandler:
         """Send a relayed message and pass its answer on. A POSTed message's JSON answer is checked to be
         its own (`AnswerTo`: a batch's ids, or none for a notification); a GET or DELETE has no ids."""
         upstream = route.upstream
-        client_id = headers.get(SESSION_HEADER)
-        table = route.state.sessions.table
-        session = table.get(client_id) if client_id is not None else None
-        if client_id is not None and session is None and table.routed_elsewhere(client_id):
-            lost = lost_reply(None, upstream.name, "ended")  # another client's session goes by that id now
-            return relayed(lost.status, None, lost.body, lost.headers)
+        session: LegacySession | None = None
         try:
-            if session is not None:
-                if session.lost is not None:
-                    if method == "DELETE":  # the client ends a session lost for good: nothing left to keep
-                        route.state.sessions.forget(session.client_id)
-                    lost = lost_reply(None, upstream.name, session.lost)
-                    return relayed(lost.status, None, lost.body, lost.headers)
-                if method == "GET":
-                    about = _session_call(request, runtime, route, "GET", headers, None)
-                    owner, query = _owner_of(request), _query_of(request)
-                    return await self._streams.serve(request, runtime, route, session, headers, owner, query, about)
-                seen = session.generation
-                headers[SESSION_HEADER] = session.upstream_id
-                if method == "DELETE":
-                    session.deleting = True  # nothing rebuilds it meanwhile (`proxy.sessions.keeper`)
-            try:
+            if headers.get(SESSION_HEADER) is None:
                 reply = await self._exchange(request, route, method, headers, body, message)
-            finally:
-                if session is not None and method == "DELETE":
-                    session.deleting = False  # kept if the DELETE failed; forgotten below if it was done
-            if session is None and client_id is not None and reply.stream is None:
-                if session_lost_answer(reply.status, reply.message):  # a session the proxy never kept
-                    about = _session_call(request, runtime, route, _kind_of(method, message), headers, message)
-                    recovery = route.state.sessions.unknown_loss(client_id)
-                    runtime.observer.policy_event("session_lost", about, recovery=recovery, why=None)
-            elif session is not None and reply.stream is None:
-                if session_lost_answer(reply.status, reply.message):
-                    reply = await self._relayed_after_loss(request, runtime, route, session, seen, method, headers, body, message, reply)
-                elif method == "DELETE" and 200 <= reply.status < 300:
-                    route.state.sessions.forget(session.client_id)
-                    session.rebuilt.set()  # its GET stream, waiting to reopen, sees it ended now
+            else:
+                exchange = functools.partial(self._exchange, request, route, method, headers, body, message)
+                answered = await in_session(
+                    request, runtime, route, self._streams, method, headers, message, exchange,
+                    _owner_of(request), _query_of(request),
+                )  # fmt: skip
+                if isinstance(answered, web.StreamResponse):
+                    return answered
+                session, reply = answered
         except ProxyError as exc:
             runtime.metrics.upstream_error(upstream.name, exc.reason)
             log.warning("relay_failed", upstream=upstream.name, http_method=method, reason=exc.reason, error=exc.message)
@@ -518,40 +493,6 @@ class McpHandler:
             answer_to=None if message is None else AnswerTo.of(message),
             owner=_owner_of(request), query=_query_of(request),
         )  # fmt: skip
-
-    async def _relayed_after_loss(
-        self,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        route: Route,
-        session: LegacySession,
-        seen: int,
-        method: str,
-        headers: Any,
-        body: bytes | None,
-        message: Message | None,
-        reply: Reply,
-    ) -> Reply:
-        """A relayed message met its session's loss upstream. A DELETE ended it anyway (forgotten); a
-        client's answer to a request of the lost session answers nothing any more (202, dropped); a
-        notification is sent again on the rebuilt session; anything else (a batch) passes as it was."""
-        keeper = route.state.sessions
-        about = _session_call(request, runtime, route, _kind_of(method, message), headers, message)
-        events = runtime.observer
-        if method == "DELETE":
-            keeper.forget(session.client_id)
-            return reply
-        if message is not None and message.kind is Kind.RESPONSE and keeper.may_rebuild(session) is None:
-            events.policy_event("session_lost", about, recovery="failed", why="answers_a_lost_request")
-            return Reply(202, CIMultiDict())
-        if (message is None or message.kind is not Kind.NOTIFICATION) and keeper.may_rebuild(session) is None:
-            events.policy_event("session_lost", about, recovery="failed", why="not_replayable")
-            return reply
-        failure = await keeper.recover(session, seen, headers, route.upstream, events, about)
-        if failure is not None:
-            return lost_reply(None, route.upstream.name, failure.reason) if failure.permanent else reply
-        headers[SESSION_HEADER] = session.upstream_id
-        return await self._exchange(request, route, method, headers, body, message)
 
     async def _passthrough(self, request: web.BaseRequest, runtime: Runtime, route: Route) -> web.StreamResponse:
         headers = self._upstream_headers(request, runtime)
@@ -609,40 +550,6 @@ async def _admitted(call: Call) -> Reply:
     return Reply(202, CIMultiDict())
 
 
-_NO_MESSAGE = Message(Kind.NOTIFICATION, {}, None, "")
-"""The `Call.message` of a token spent for a GET or DELETE, which carry none."""
-
-
-def _token_call(
-    route: Route,
-    policy: Policy,
-    method: str,
-    tool: str | None,
-    headers: CIMultiDict[str],
-    who: tuple[str, str],
-    message: Message | None,
-) -> Call:
-    """A `Call` for the rate-limit stage alone: what its bucket key and its refusal need (upstream, client,
-    method, tool, policy); `who` is (`client_of` the forwarded headers, an empty credential scope)."""
-    client, scope = who
-    protocol = protocol_of(headers, None)
-    return Call(
-        upstream=route.upstream.name,
-        era=era_for(protocol),
-        method=method,
-        tool=tool,
-        idempotent=False,
-        client=client,
-        credential_scope=scope,
-        session_id=headers.get("Mcp-Session-Id"),
-        protocol=protocol,
-        message=message or _NO_MESSAGE,
-        body=b"",
-        headers=headers,
-        policy=policy,
-    )
-
-
 NEVER_REFUSED_NOTIFICATIONS = frozenset({"notifications/cancelled", "notifications/initialized"})
 """Notifications a rate limit never refuses: a refused cancellation leaves the server working for nobody,
 and a refused `initialized` leaves a session half open."""
@@ -658,19 +565,6 @@ def _never_refused(http_method: str, message: Message | None) -> bool:
     if message is None:
         return False
     return message.kind is Kind.RESPONSE or message.method in NEVER_REFUSED_NOTIFICATIONS
-
-
-def _session_call(
-    request: web.BaseRequest, runtime: Runtime, route: Route, method: str, headers: CIMultiDict[str], message: Message | None
-) -> Call:
-    """The `Call` the session events of a relayed message name (a GET, a notification, a client's answer)."""
-    who = (client_of(headers, request.remote, runtime.config.client_identity.header), "")
-    return _token_call(route, route.resolver.resolve(method, None), method, None, headers, who, message)
-
-
-def _kind_of(http_method: str, message: Message | None) -> str:
-    """What a relayed message's events name as its method: its JSON-RPC method, else the HTTP one."""
-    return message.method if message is not None and message.method else http_method
 
 
 _OWNERS = itertools.count(1)
