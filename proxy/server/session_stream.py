@@ -28,6 +28,7 @@ import contextlib
 import random
 import re
 import time
+from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
@@ -43,6 +44,7 @@ from proxy.runtime import Route, Runtime
 from proxy.sessions.keeper import SESSION_HEADER, as_client_knows
 from proxy.sessions.table import LegacySession
 from proxy.server.relay import MAX_HELD_EVENT, relayed, start_stream
+from proxy.server.responses import cut_off, end_quietly, written
 
 __all__ = ["RESUME_BACKOFF", "RESUME_BACKOFF_MAX", "RESUME_WINDOW", "SessionStreams"]
 
@@ -62,16 +64,16 @@ RESUME_BACKOFF_MAX: Final = 2.0
 class SessionStreams:
     """The GET streams of kept sessions being relayed, so a drain can end them all."""
 
-    __slots__ = ("_draining", "_upstream_streams")
+    __slots__ = ("draining", "upstream_streams")
 
     def __init__(self) -> None:
-        self._draining = False
-        self._upstream_streams: set[ReplyStream] = set()
+        self.draining = False
+        self.upstream_streams: set[ReplyStream] = set()
 
     async def end(self) -> None:
         """Drain: end every one now (each ends its client's stream cleanly)."""
-        self._draining = True
-        for stream in list(self._upstream_streams):
+        self.draining = True
+        for stream in list(self.upstream_streams):
             await stream.close()
 
     async def serve(
@@ -91,42 +93,35 @@ class SessionStreams:
         return await relay.run()
 
 
+@dataclass(eq=False)
 class _Resuming:
     """One client's GET stream across the upstream streams under it."""
 
-    def __init__(
-        self,
-        streams: SessionStreams,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        route: Route,
-        session: LegacySession,
-        headers: CIMultiDict[str],
-        owner: int,
-        query: str,
-        about: Call,
-    ) -> None:
-        self.streams = streams
-        self.about = about
-        self.request = request
-        self.runtime = runtime
-        self.route = route
-        self.session = session
-        self.headers = headers
-        self.owner = owner
-        self.query = query
-        self.response: web.StreamResponse | None = None
-        self.last_event_id: str | None = headers.get("Last-Event-ID")
-        """The last event id the upstream gave (the client's own at first: it may be resuming itself)."""
-        self.generation = session.generation
-        """The session generation `last_event_id` belongs to."""
-        self.reopen_now = False
-        """The last opening rebuilt the session: the next one goes at once, without a backoff."""
-        self.content = False
-        """The stream being pumped passed an event with data (a priming event, an id alone, is none)."""
-        self.retry_s = 0.0
-        """The server's last ``retry:`` (s, at most `RESUME_BACKOFF_MAX`): the least wait before reopening a
-        stream it ended cleanly, as a client would wait."""
+    streams: SessionStreams
+    request: web.BaseRequest
+    runtime: Runtime
+    route: Route
+    session: LegacySession
+    headers: CIMultiDict[str]
+    owner: int
+    query: str
+    about: Call
+    response: web.StreamResponse | None = None
+    last_event_id: str | None = field(init=False)
+    """The last event id the upstream gave (the client's own at first: it may be resuming itself)."""
+    generation: int = field(init=False)
+    """The session generation `last_event_id` belongs to."""
+    reopen_now: bool = False
+    """The last opening rebuilt the session: the next one goes at once, without a backoff."""
+    content: bool = False
+    """The stream being pumped passed an event with data (a priming event, an id alone, is none)."""
+    retry_s: float = 0.0
+    """The server's last ``retry:`` (s, at most `RESUME_BACKOFF_MAX`): the least wait before reopening a
+    stream it ended cleanly, as a client would wait."""
+
+    def __post_init__(self) -> None:
+        self.last_event_id = self.headers.get("Last-Event-ID")
+        self.generation = self.session.generation
 
     async def run(self) -> web.StreamResponse:
         self.session.streams += 1  # listened to: in use, never idle (`SessionTable._make_room`)
@@ -174,7 +169,7 @@ class _Resuming:
                     gap_ms=round((time.monotonic() - broke_at) * 1000, 3),
                 )  # fmt: skip
             gone, delivered, broke = await self._pump(reply.stream, filtering=resumed_from_id and broke_at is not None)
-            if gone or self.streams._draining:
+            if gone or self.streams.draining:
                 return await self._end(clean=not gone)
             if first and not broke and not delivered:
                 # The first stream the client asked for ended at once, cleanly (an unknown Last-Event-ID,
@@ -197,13 +192,13 @@ class _Resuming:
         """The stream goes no further: cleanly when its session ended (the client deleted it: the server
         ends a deleted session's stream cleanly) or the proxy drains; cut otherwise (the window passed, or
         the session cannot be rebuilt: the client sees the break, as without the proxy)."""
-        ended = self.session.ended or self.session.deleting or self.streams._draining
+        ended = self.session.ended or self.session.deleting or self.streams.draining
         return await self._end(clean=True) if ended else self._cut()
 
     def _may_go_on(self) -> bool:
         transport = self.request.transport
         return (
-            not self.streams._draining
+            not self.streams.draining
             and transport is not None
             and not transport.is_closing()
             and self.session.lost is None
@@ -251,7 +246,7 @@ class _Resuming:
         `content` says whether one of them carried data."""
         assert self.response is not None
         self.content = False
-        self.streams._upstream_streams.add(stream)
+        self.streams.upstream_streams.add(stream)
         held = bytearray()
         delivered = False
         try:
@@ -264,14 +259,14 @@ class _Resuming:
                 out = self._passed(bytes(held[:cut]), ends, filtering) if ends else bytes(held)
                 del held[:cut]
                 if out:
-                    if not await _write(self.response, out):
+                    if not await written(self.response, out):
                         return True, delivered, False
                     delivered = True
         except ProxyError:
             self.route.state.sessions.table.note_outage()
             return False, delivered, True  # broken: reopened by the caller
         finally:
-            self.streams._upstream_streams.discard(stream)
+            self.streams.upstream_streams.discard(stream)
             await stream.close()
         return False, delivered, False
 
@@ -298,18 +293,13 @@ class _Resuming:
     def _cut(self) -> web.StreamResponse:
         """End the client's stream as a broken one (it may reopen it itself)."""
         assert self.response is not None
-        transport = self.request.transport
-        if transport is not None:
-            transport.close()
+        cut_off(self.request)
         return self.response
 
     async def _end(self, clean: bool) -> web.StreamResponse:
         assert self.response is not None
         if clean:
-            try:
-                await self.response.write_eof()
-            except (ConnectionResetError, RuntimeError):
-                pass
+            await end_quietly(self.response)
         return self.response
 
 
@@ -324,11 +314,3 @@ def _not_for_a_get_stream(data: str) -> bool:
     if not isinstance(message, dict):
         return True
     return "method" not in message
-
-
-async def _write(response: web.StreamResponse, data: bytes) -> bool:
-    try:
-        await response.write(data)
-    except (ConnectionResetError, RuntimeError):
-        return False
-    return True
