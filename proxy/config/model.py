@@ -21,7 +21,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from proxy.config.units import ByteSize, ConfigModel, Duration, parse_duration
@@ -39,6 +39,17 @@ from proxy.config.operations import (
     ReloadConfig,
 )
 from proxy.config.policies import AppBreakerConfig, BreakerConfig, CacheConfig, RateLimitConfig, RetryConfig, RuleConfig, TimeoutsConfig
+from proxy.config.stdio import (
+    MAX_ARG_CHARS,
+    MAX_ARGS,
+    MAX_ENV_ENTRIES,
+    MAX_ENV_VALUE_CHARS,
+    ChildConfig,
+    RestartBackoffConfig,
+    argv_problems,
+    env_problems,
+    start_problems,
+)
 
 __all__ = [
     "ActiveHealthConfig",
@@ -46,6 +57,7 @@ __all__ = [
     "AnalyzerConfig",
     "AutoApplyConfig",
     "BoundConfig",
+    "ChildConfig",
     "ClientIdentityConfig",
     "ConfigError",
     "default_connection_cap",
@@ -63,6 +75,7 @@ __all__ = [
     "ProxyConfig",
     "ReadinessConfig",
     "ReloadConfig",
+    "RestartBackoffConfig",
     "SecurityConfig",
     "TimeoutsConfig",
     "UpstreamConfig",
@@ -71,6 +84,7 @@ __all__ = [
     "load_config_file",
     "parse_duration",
     "quickstart_config",
+    "quickstart_stdio_config",
     "safe_url",
 ]
 
@@ -290,10 +304,47 @@ class SessionsConfig(ConfigModel):
 
 
 class UpstreamConfig(ConfigModel):
-    """One MCP server behind the proxy, and where clients reach it."""
+    """One MCP server behind the proxy, and where clients reach it: over HTTP at `url`, or as a child
+    process the proxy runs and speaks to over its stdin and stdout (`command`, with the keys that only a
+    child has: `env`, `cwd`, `stderr`, `isolation`, `child`)."""
+
+    # Editors learn the either-or too (the validator below says it with a path).
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["url"]}, {"required": ["command"]}]})
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Label in metrics, logs and events.")
-    url: str = Field(..., description="Full URL of the MCP endpoint, e.g. http://127.0.0.1:3000/mcp.")
+    url: str | None = Field(
+        None, description="Full URL of the MCP endpoint, e.g. http://127.0.0.1:3000/mcp. Either url or command."
+    )
+    command: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_ARGS,
+        description="A stdio server: the program and its arguments (no shell), e.g. [npx, -y, "
+        "@modelcontextprotocol/server-everything]; the program is looked up on PATH when the config is loaded. "
+        f"Either url or command. At most {MAX_ARGS} items of at most {MAX_ARG_CHARS} characters.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_ENV_ENTRIES,
+        description="With command: environment variables for the child. It gets only these over a safe minimal set "
+        "of the proxy's own, as with the official MCP SDK: HOME, LOGNAME, PATH, SHELL, TERM, USER, LANG, LC_*, "
+        "TMPDIR; nothing else of the proxy's environment reaches it. Names match ^[A-Za-z_][A-Za-z0-9_]*$; "
+        f"at most {MAX_ENV_ENTRIES} of them, each value at most {MAX_ENV_VALUE_CHARS} characters.",
+    )
+    cwd: str | None = Field(
+        None, description="With command: the child's working directory (must exist); unset: the proxy's."
+    )
+    stderr: Literal["log", "inherit", "discard"] = Field(
+        "log",
+        description="With command: what the child writes to stderr. log: each line logged by the proxy with the "
+        "upstream's name; inherit: straight to the proxy's own stderr; discard: dropped.",
+    )
+    isolation: Literal["shared", "per_session"] = Field(
+        "shared",
+        description="With command: shared: one child serves every client; per_session: one child per legacy "
+        "session (MCP 2024-11-05 to 2025-11-25), for servers that keep state per client.",
+    )
+    child: ChildConfig = Field(default_factory=ChildConfig)  # type: ignore[arg-type]
     path: str = Field("/mcp", description="Path on the proxy listener where clients reach this upstream.")
     pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
     health: HealthConfig = Field(default_factory=HealthConfig)
@@ -313,7 +364,9 @@ class UpstreamConfig(ConfigModel):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never echo a password
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -334,6 +387,57 @@ class UpstreamConfig(ConfigModel):
         if not value.startswith("/"):
             raise ValueError(f"must start with / (got {value!r})")
         return value
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argv_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError(
+                "must be a list: the program, then each argument, e.g. [npx, -y, server] (no shell splits a string)"
+            )
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _argv(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            _raise_problems(cls.__name__, argv_problems(value))
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_entries(cls, value: object) -> object:
+        if isinstance(value, dict):
+            _raise_problems(cls.__name__, env_problems(value))
+        return value
+
+    @model_validator(mode="after")
+    def _url_or_command(self) -> UpstreamConfig:
+        """Exactly one of url and command; the child's keys only with a command; a command that can start."""
+        problems: list[tuple[tuple[int | str, ...], str]] = []
+        if self.command is None:
+            if self.url is None:
+                problems.append(((), "needs either url or command"))
+            for key in CHILD_KEYS:
+                if getattr(self, key) != _DEFAULTS[key]:
+                    problems.append(((key,), "only with command (this upstream is a url)"))
+        elif self.url is not None:
+            problems.append(((), "needs either url or command, not both"))
+        else:
+            problems += start_problems(self.command, self.env, self.cwd)
+        _raise_problems(type(self).__name__, problems)
+        return self
+
+    @property
+    def is_stdio(self) -> bool:
+        """Whether this upstream is a child process (`command`) rather than a URL."""
+        return self.command is not None
+
+
+CHILD_KEYS: Final = ("env", "cwd", "stderr", "isolation", "child")
+"""The keys of `UpstreamConfig` that only a `command` upstream has: set to anything but their default beside
+a `url`, they are an error (silently ignored, a typo'd intent would look applied)."""
+_DEFAULTS: Final = {key: UpstreamConfig.model_fields[key].get_default(call_default_factory=True) for key in CHILD_KEYS}
 
 
 class ClientIdentityConfig(ConfigModel):
@@ -390,14 +494,7 @@ class ProxyConfig(ConfigModel):
                     if rule.rate_limit is not None and rule.rate_limit.rate is None:
                         where = ("upstreams", index, "rules", number, "rate_limit", "rate")
                         problems.append((where, "required: the upstream has no rate_limit to take it from"))
-        if problems:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [
-                    InitErrorDetails(type=PydanticCustomError(_CROSS_CHECK, "{message}", {"message": message}), loc=loc, input=None)
-                    for loc, message in problems
-                ],
-            )
+        _raise_problems(type(self).__name__, problems)
         return self
 
     def upstream(self, name: str) -> UpstreamConfig:
@@ -408,7 +505,20 @@ class ProxyConfig(ConfigModel):
         raise KeyError(name)
 
 
-_CROSS_CHECK = "cross_check"  # the error type of `ProxyConfig._cross_checks`: its message says it all
+_CROSS_CHECK = "cross_check"  # the error type of `_raise_problems`: its message says it all
+
+
+def _raise_problems(title: str, problems: Sequence[tuple[tuple[int | str, ...], str]]) -> None:
+    """Raise what a validator found, each problem at its own location (relative to the model validated,
+    pydantic prefixes the rest of the path); nothing when there are none."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            title,
+            [
+                InitErrorDetails(type=PydanticCustomError(_CROSS_CHECK, "{message}", {"message": message}), loc=loc, input=None)
+                for loc, message in problems
+            ],
+        )
 
 
 def _display(host: str, port: int) -> str:
@@ -474,7 +584,9 @@ _BOUNDS = {
     "string_pattern_mismatch": "must match {pattern}",
     "too_short": "must have at least {min_length} item(s)",
     "literal_error": "must be {expected}",
+    "too_long": "must have at most {max_length} item(s)",
 }
+_UNQUOTED = ("too_short", "too_long")  # the value is the whole list
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -486,7 +598,7 @@ def _describe(error: dict[str, Any]) -> str:
     template = _BOUNDS.get(kind)
     if template is not None:
         message = template.format(**error.get("ctx", {}))
-        return message if kind == "too_short" else f"{message} (got {error['input']!r})"
+        return message if kind in _UNQUOTED else f"{message} (got {error['input']!r})"
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
@@ -577,7 +689,32 @@ def load_config_file(path: str | Path, env: dict[str, str] | None = None) -> Pro
 
 def quickstart_config(upstream_url: str, listen: str | None = None, admin: str | None = None) -> ProxyConfig:
     """The config behind ``serve --upstream URL``: one upstream at /mcp, defaults for everything else."""
-    raw: dict[str, Any] = {"upstreams": [{"name": "default", "url": upstream_url}]}
+    return _quickstart({"name": "default", "url": upstream_url}, listen, admin)
+
+
+def quickstart_stdio_config(
+    command: Sequence[str], listen: str | None = None, admin: str | None = None
+) -> ProxyConfig:
+    """The config behind ``serve --stdio -- CMD ARGS...``: `command` run as one stdio upstream at /mcp,
+    defaults for everything else. An error about the command names the flag, not a file path the user
+    never wrote (``--stdio: 'nodee' not found on PATH``)."""
+    try:
+        return _quickstart({"name": "default", "command": list(command)}, listen, admin)
+    except ConfigError as exc:
+        raise ConfigError([_flag_path(line, "upstreams[0].command", "--stdio") for line in exc.errors]) from None
+
+
+def _flag_path(line: str, path: str, flag: str) -> str:
+    where, sep, message = line.partition(": ")
+    if where == path:
+        return f"{flag}{sep}{message}"
+    if where.startswith(path + "["):
+        return f"{flag} argv{where.removeprefix(path)}{sep}{message}"
+    return line
+
+
+def _quickstart(upstream: dict[str, Any], listen: str | None, admin: str | None) -> ProxyConfig:
+    raw: dict[str, Any] = {"upstreams": [upstream]}
     if listen:
         raw["listen"] = host_port(listen, "--listen")
     if admin:
