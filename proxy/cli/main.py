@@ -1,6 +1,7 @@
 """The one entry point: ``mcp-resilience-proxy`` / ``python -m proxy``.
 
-Subcommands: ``serve`` (run the proxy), ``validate`` (check a config file, exit 1 with every error),
+Subcommands: ``serve`` (run the proxy: from a file, or in front of one server, ``--upstream URL`` or
+``--stdio -- CMD ARGS...``), ``validate`` (check a config file, exit 1 with every error),
 ``schema`` (print the config's JSON Schema), ``demo`` (the built-in demo: an MCP server, the proxy in
 front of it and a client workload, nothing else needed). The CLI is the only place that writes to
 stdout; everything else logs through structlog to stderr.
@@ -25,7 +26,16 @@ import orjson
 from proxy.ops.logs import configure_logging  # the first of ours: it imports structlog, without rich (see there)
 from proxy import __version__
 from proxy.redact import redact_text
-from proxy.config.model import ADDRESS_CLASH, ConfigError, ProxyConfig, load_config_file, parse_duration, quickstart_config
+from proxy.config.model import (
+    ADDRESS_CLASH,
+    ConfigError,
+    ProxyConfig,
+    UpstreamConfig,
+    load_config_file,
+    parse_duration,
+    quickstart_config,
+    quickstart_stdio_config,
+)
 
 if TYPE_CHECKING:
     from proxy.app import BindError
@@ -59,13 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the proxy",
-        description="Run the proxy from a config file, or in front of one upstream with --upstream.",
+        description="Run the proxy from a config file, or in front of one upstream: an MCP server's URL with "
+        "--upstream, or a stdio MCP server the proxy runs itself with --stdio -- CMD ARGS...",
+        usage="%(prog)s (--config FILE | --upstream URL | --stdio) [--listen HOST:PORT] [--admin HOST:PORT] "
+        "[--allow-host NAME] [-- CMD ARGS...]",
     )
     source = serve.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", metavar="FILE", help="YAML config file (see config/proxy.yaml)")
     source.add_argument("--upstream", metavar="URL", help="quick start: the MCP server URL, e.g. http://127.0.0.1:3000/mcp")
-    serve.add_argument("--listen", metavar="HOST:PORT", help="with --upstream: MCP listener (default 127.0.0.1:8080)")
-    serve.add_argument("--admin", metavar="HOST:PORT", help="with --upstream: admin listener (default 127.0.0.1:9901)")
+    source.add_argument(
+        "--stdio",
+        action="store_true",
+        help="quick start: run the stdio MCP server whose command follows --, e.g. "
+        "serve --stdio -- npx -y @modelcontextprotocol/server-everything",
+    )
+    serve.add_argument("--listen", metavar="HOST:PORT", help="with --upstream or --stdio: MCP listener (default 127.0.0.1:8080)")
+    serve.add_argument("--admin", metavar="HOST:PORT", help="with --upstream or --stdio: admin listener (default 127.0.0.1:9901)")
+    serve.add_argument("child_argv", nargs="*", metavar="CMD", help="with --stdio, after --: the server's program and arguments")
     serve.add_argument(
         "--allow-host",
         metavar="NAME",
@@ -157,12 +177,40 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_CONFIG if failing else EXIT_OK
 
 
+STDIO_EXAMPLE = "serve --stdio -- npx -y @modelcontextprotocol/server-everything"
+
+
+def _serve_usage(args: argparse.Namespace, argv: Sequence[str]) -> str | None:
+    """What is wrong with how `serve` was given a child's command, or None. The command is everything after
+    the first ``--`` and goes only with ``--stdio``: without ``--``, an option meant for the child would be
+    taken for the proxy's, or the other way round."""
+    after = list(argv[argv.index("--") + 1 :]) if "--" in argv else None
+    if args.stdio and not args.child_argv:
+        return f"--stdio needs the server's command after --, e.g. {STDIO_EXAMPLE}"
+    if args.child_argv and not args.stdio:
+        return f"a server's command ({' '.join(args.child_argv)}) goes with --stdio, e.g. {STDIO_EXAMPLE}"
+    if args.stdio and after != args.child_argv:
+        return f"--stdio: put the server's whole command after --, e.g. {STDIO_EXAMPLE}"
+    return None
+
+
 def _load(args: argparse.Namespace) -> ProxyConfig:
     if args.config:
         if args.listen or args.admin:
-            raise ConfigError(["--listen/--admin go with --upstream; set listen/admin in the config file instead"])
+            raise ConfigError(["--listen/--admin go with --upstream or --stdio; set listen/admin in the config file instead"])
         return load_config_file(args.config)
+    if args.stdio:
+        return quickstart_stdio_config(args.child_argv, args.listen, args.admin)
     return quickstart_config(args.upstream, args.listen, args.admin)
+
+
+def _describe_upstream(upstream: UpstreamConfig) -> str:
+    """An upstream as `validate` lists it: its name, and for a stdio one its program (never its arguments,
+    which may hold a token) and isolation when it is per session."""
+    if upstream.command is None:
+        return upstream.name
+    isolation = ", per_session" if upstream.isolation == "per_session" else ""
+    return f"{upstream.name} [stdio: {upstream.command[0]}{isolation}]"
 
 
 def _config_error(header: str, error: ConfigError) -> int:
@@ -222,7 +270,20 @@ def _bind_error(command: str, error: BindError, hint: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "serve":
+        problem = _serve_usage(args, argv)
+        if problem is None and unknown:
+            problem = f"unrecognized arguments: {' '.join(unknown)}"
+        elif unknown and args.stdio and "--" not in argv:  # serve --stdio npx -y pkg: -y is no option of ours
+            problem = f"unrecognized arguments: {' '.join(unknown)}; {problem}"
+        if problem is not None:
+            _err(f"mcp-resilience-proxy serve: error: {problem}")
+            return EXIT_USAGE
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "schema":
         from proxy.events.schema import event_schema
 
@@ -234,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config_file(args.file)
         except ConfigError as exc:
             return _config_error(f"{args.file}: invalid configuration", exc)
-        _out(f"{args.file}: OK ({len(config.upstreams)} upstream(s): {', '.join(u.name for u in config.upstreams)})")
+        _out(f"{args.file}: OK ({len(config.upstreams)} upstream(s): {', '.join(map(_describe_upstream, config.upstreams))})")
         return EXIT_OK
     if args.command == "replay":
         return _replay(args)
@@ -269,6 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(_serve(config, Path(args.config) if args.config else None, args.allow_host))
     except BindError as exc:
-        where = f"with --{exc.listener} HOST:PORT" if args.upstream else f"for {exc.listener} in {args.config}"
+        where = f"for {exc.listener} in {args.config}" if args.config else f"with --{exc.listener} HOST:PORT"
         return _bind_error("serve", exc, f"choose another address {where} (port 0 picks a free one)")
     return EXIT_OK
