@@ -273,3 +273,97 @@ def test_validate_never_prints_a_token_it_quotes(tmp_path: Path) -> None:
     result = run_cli("validate", str(path))
     assert result.returncode == 1 and "upstreams[0].url" in result.stderr
     assert "SECRETTOKQ" not in result.stderr + result.stdout and "APIKEYQ" not in result.stderr + result.stdout
+
+
+STDIO_HINT = "e.g. serve --stdio -- npx -y @modelcontextprotocol/server-everything"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--stdio"], f"--stdio needs the server's command after --, {STDIO_HINT}"),
+        (["--stdio", "--"], f"--stdio needs the server's command after --, {STDIO_HINT}"),
+        (["--stdio", "server", "x"], f"--stdio: put the server's whole command after --, {STDIO_HINT}"),
+        (["--stdio", "server", "--", "x"], f"--stdio: put the server's whole command after --, {STDIO_HINT}"),
+        (["--stdio", "npx", "-y", "pkg"], f"unrecognized arguments: -y pkg; --stdio: put the server's whole command after --, {STDIO_HINT}"),
+        (["--upstream", "http://127.0.0.1:1/mcp", "--", "server"], f"a server's command (server) goes with --stdio, {STDIO_HINT}"),
+        (["--config", "config/proxy.yaml", "--", "server"], f"a server's command (server) goes with --stdio, {STDIO_HINT}"),
+        (["--stdio", "--bogus", "--", "server"], "unrecognized arguments: --bogus"),
+    ],
+)  # fmt: skip
+def test_serve_stdio_usage_errors_say_how(args: list[str], error: str) -> None:
+    result = run_cli("serve", *args)
+    assert (result.returncode, result.stdout, result.stderr.splitlines()) == (2, "", [f"mcp-resilience-proxy serve: error: {error}"])
+
+
+def test_serve_stdio_is_exclusive_with_the_other_sources() -> None:
+    for flag, value in (("--upstream", "http://127.0.0.1:1/mcp"), ("--config", "config/proxy.yaml")):
+        result = run_cli("serve", "--stdio", flag, value, "--", sys.executable)
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1] == f"mcp-resilience-proxy serve: error: argument {flag}: not allowed with argument --stdio"
+
+
+def test_serve_stdio_refuses_a_program_not_found_before_starting() -> None:
+    result = run_cli("serve", "--stdio", "--listen", "127.0.0.1:0", "--", "mcp-proxy-test-no-such-program", "--flag")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == ["invalid configuration:", "  --stdio: 'mcp-proxy-test-no-such-program' not found on PATH"]
+
+
+def test_serve_stdio_builds_one_command_upstream_from_everything_after_the_dashes() -> None:
+    from proxy.cli.main import _load, _parser, _serve_usage
+
+    argv = ["serve", "--stdio", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--",
+            sys.executable, "-m", "server", "--listen", "x", "--", "--stdio", ""]  # fmt: skip
+    args = _parser().parse_args(argv)
+    assert _serve_usage(args, argv) is None
+    config = _load(args)
+    (upstream,) = config.upstreams
+    assert upstream.command == (sys.executable, "-m", "server", "--listen", "x", "--", "--stdio", "")
+    assert (upstream.name, upstream.path, upstream.url, upstream.isolation) == ("default", "/mcp", None, "shared")
+    assert (config.listen.host, config.listen.port, config.admin.port) == ("127.0.0.1", 0, 0)
+
+
+def test_serve_help_names_stdio() -> None:
+    help_text = run_cli("serve", "--help").stdout
+    assert "--stdio" in help_text and "-- CMD ARGS..." in help_text
+
+
+def test_listen_with_a_config_file_names_both_quick_starts() -> None:
+    result = run_cli("serve", "--config", "config/proxy.yaml", "--listen", "127.0.0.1:0")
+    assert (result.returncode, result.stderr.splitlines()) == (
+        1,
+        ["invalid configuration:", "  --listen/--admin go with --upstream or --stdio; set listen/admin in the config file instead"],
+    )
+
+
+def test_validate_lists_stdio_upstreams_with_their_program_only(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        "upstreams:\n"
+        "  - {name: web, url: 'http://127.0.0.1:3000/mcp'}\n"
+        f"  - {{name: files, command: ['{sys.executable}', -m, server, --token, SECRETARGQ], path: /files}}\n"
+        f"  - {{name: notes, command: ['{sys.executable}'], path: /notes, isolation: per_session}}\n"
+    )
+    result = run_cli("validate", str(path))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.strip() == (
+        f"{path}: OK (3 upstream(s): web, files [stdio: {sys.executable}], notes [stdio: {sys.executable}, per_session])"
+    )
+
+
+def test_validate_lists_every_stdio_error_with_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        "upstreams:\n"
+        "  - {name: a, command: [mcp-proxy-test-no-such-program]}\n"
+        "  - {name: b, url: 'http://127.0.0.1:3000/mcp', path: /b, env: {TOKEN: x}}\n"
+        "  - {name: c, path: /c}\n"
+    )
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}: invalid configuration",
+        "  upstreams[0].command: 'mcp-proxy-test-no-such-program' not found on PATH",
+        "  upstreams[1].env: only with command (this upstream is a url)",
+        "  upstreams[2]: needs either url or command",
+    ]
