@@ -24,6 +24,7 @@ from proxy.upstream.stdio.child import (
     Child,
     ChildNotRunning,
     ChildSpec,
+    StderrMode,
     _ClippedLines,
     _Window,
     child_environment,
@@ -43,10 +44,10 @@ RUDE = 0.3
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
 
 
-def child_spec(mode: str, *args: str, stderr: str = "log", extra: dict[str, str] | None = None) -> ChildSpec:
+def child_spec(mode: str, *args: str, stderr: StderrMode = "log", extra: dict[str, str] | None = None) -> ChildSpec:
     env = child_environment({"PYTHONPATH": str(REPO), "PYTHONCOERCECLOCALE": "0", **(extra or {})})
     argv = (sys.executable, "-m", "tests.stdio_children", mode, *args)
-    return ChildSpec(name="kid", argv=argv, env=env, cwd=str(REPO), stderr=stderr)  # type: ignore[arg-type]
+    return ChildSpec(name="kid", argv=argv, env=env, cwd=str(REPO), stderr=stderr)
 
 
 def live_members(pgid: int) -> list[int]:
@@ -294,7 +295,7 @@ async def test_stop_is_idempotent_and_safe_concurrently(children: list[Child]) -
     with capture_logs() as logs:
         codes = await asyncio.gather(child.stop(RUDE), child.stop(RUDE), child.stop(RUDE))
         again = await child.stop(RUDE)
-    assert codes == [-9, -9, -9] and again == -9
+    assert list(codes) == [-9, -9, -9] and again == -9
     assert [entry["event"] for entry in logs].count("stdio_child_stopped") == 1
     assert live_members(child.pid) == []
 
