@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from structlog.testing import capture_logs
 
 from proxy.upstream.stdio.child import (
@@ -24,6 +25,7 @@ from proxy.upstream.stdio.child import (
     Child,
     ChildNotRunning,
     ChildSpec,
+    EndedBy,
     StderrMode,
     _ClippedLines,
     _Window,
@@ -370,3 +372,24 @@ def test_the_window_allows_its_limit_and_reports_what_it_refused() -> None:
     now[0] = 1.0
     assert window.roll() == 3
     assert window.allow() and window.suppressed == 0
+
+
+def test_under_uvloop_the_exit_is_known_at_once_and_stop_leaves_nothing(children: list[Child]) -> None:
+    """The proxy runs on uvloop (`proxy.cli`): its subprocess transport must report the exit while a
+    grandchild holds the pipes, and the stop sequence must escalate the same way."""
+
+    async def scenario() -> tuple[int, int, EndedBy | None, int, EndedBy | None]:
+        child, got = await start(children, child_spec("grandchild"))
+        await child.write(INIT)
+        await until(lambda: 1 in answers(got), "the initialize answer")
+        await until(lambda: len(live_members(child.pid)) == 2, "the grandchild")
+        await child.write(request(2, "tools/call", name="exit", arguments={"code": 7}))
+        exited = await asyncio.wait_for(child.wait(), WAIT)
+        stopped = await child.stop(POLITE)
+        stubborn, got = await start(children, child_spec("ignore_term"))
+        await stubborn.write(INIT)
+        await until(lambda: 1 in answers(got), "the initialize answer")
+        return exited, stopped, child.ended_by, await stubborn.stop(RUDE), stubborn.ended_by
+
+    assert uvloop.run(scenario()) == (7, 7, "exit", -9, "sigkill")
+    assert [live_members(child.pid) for child in children] == [[], []]
