@@ -34,7 +34,7 @@ from aiohttp import web
 from proxy.ops.logs import admits, configure_logging  # the first of ours: it imports structlog, without rich (see there)
 
 import structlog
-from proxy.config.model import LOOPBACK_NAMES, ProxyConfig, allowing_hosts, parse_duration, safe_url
+from proxy.config.model import LOOPBACK_NAMES, ProxyConfig, UpstreamConfig, allowing_hosts, parse_duration, safe_url
 from proxy.events.sinks import JsonlFile, events_endpoint, log_event
 from proxy.events.recorder import EventBus, EventRecorder, FanOut
 from proxy.server.handler import McpHandler
@@ -360,7 +360,7 @@ class ProxyServer:
             admin=self.admin_url,
             listen_bound=[_host_port(*address) for address in self.listen_bound],
             admin_bound=[_host_port(*address) for address in self.admin_bound],
-            upstreams={u.name: f"{u.path} -> {safe_url(u.url)}" for u in runtime.config.upstreams},
+            upstreams={u.name: f"{u.path} -> {_target(u)}" for u in runtime.config.upstreams},
             config_hash=runtime.config_hash,
             max_connections=self.listener_limits().max_connections,
         )
@@ -564,6 +564,14 @@ def _left_behind(old: Runtime, new: Runtime) -> tuple[list[HealthProber], list[H
     probers = [s.prober for s in old.states.values() if s.prober is not None and id(s.prober) not in kept_probers]
     transports = [s.transport for s in old.states.values() if id(s.transport) not in kept_transports]
     return probers, transports
+
+
+def _target(upstream: UpstreamConfig) -> str:
+    """What an upstream is, for the start-up line: its URL without credentials, or its program (never the
+    child's arguments, which may carry a token)."""
+    if upstream.url is not None:
+        return safe_url(upstream.url)
+    return f"stdio: {upstream.command[0] if upstream.command else '?'}"
 
 
 def _url_host(host: str) -> str:

@@ -40,6 +40,7 @@ from proxy.policies.timeout import TimeoutStage
 from proxy.sessions.keeper import UpstreamSessions
 from proxy.sessions.stage import SessionStage
 from proxy.upstream.transport import HttpUpstream
+from proxy.upstream.stdio.upstream import StdioUpstream, transport_for
 
 __all__ = ["Route", "Runtime", "RuntimeRef", "SharedStages", "UpstreamState", "build_runtime", "config_hash"]
 
@@ -150,6 +151,11 @@ def _new_health(upstream: UpstreamConfig, clock: Clock, metrics: ProxyMetrics, o
     return UpstreamHealth(upstream.name, upstream.health, observer, clock)
 
 
+def _same_server(before: UpstreamConfig, now: UpstreamConfig) -> bool:
+    """Whether a reloaded upstream is still the server it was: the same URL, or the same child command."""
+    return before.url == now.url and before.command == now.command
+
+
 def _state_for(
     upstream: UpstreamConfig,
     limits: LimitsConfig,
@@ -161,7 +167,7 @@ def _state_for(
     if previous is None:
         catalog = ToolCatalog()
         return UpstreamState(
-            transport=HttpUpstream(upstream, limits),
+            transport=transport_for(upstream, limits),
             retry=RetryStage(clock, observer),
             breaker=BreakerStage(upstream.name, clock, observer, catalog),
             catalog=catalog,
@@ -169,7 +175,7 @@ def _state_for(
             clients=ClientSlots(upstream.name),
             sessions=UpstreamSessions(upstream.name, upstream.sessions, on_count=metrics.set_sessions),
         )
-    if previous.transport.config.url != upstream.url:
+    if not _same_server(previous.transport.config, upstream):
         # Another server now: nothing learned about the old one (breakers, budgets, its tool
         # catalog, health) applies to it.
         return _state_for(upstream, limits, None, clock, metrics, observer)
@@ -177,7 +183,7 @@ def _state_for(
     if transport.same_connection(upstream, limits):
         transport.config = upstream
     else:
-        transport = HttpUpstream(upstream, limits)
+        transport = transport_for(upstream, limits)
     health = previous.health
     if health.config != upstream.health:
         health = _new_health(upstream, clock, metrics, observer)
@@ -218,6 +224,9 @@ def build_runtime(
         route.state.breaker.retain({p.breaker for p in policies} | {p.app_breaker for p in policies if p.app_breaker})
     catalogs = {name: state.catalog for name, state in states.items()}
     metrics.catalogs = events.catalogs = catalogs
+    metrics.stdio.children = {
+        name: state.transport.gateway.snapshot for name, state in states.items() if isinstance(state.transport, StdioUpstream)
+    }
     shared.rate_limit.retain([policy.rate_limit for _, policy in live if policy.rate_limit is not None])
     shared.cache.retain({(name, policy.cache) for name, policy in live if policy.cache is not None})
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)

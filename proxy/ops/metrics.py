@@ -17,7 +17,8 @@ cost about 12 µs per proxied request (measured with `python -m tests.perf`).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -88,6 +89,39 @@ class _RequestSeries:
         yield in_flight
 
 
+class _ChildSeries:
+    """Collector for stdio children (issue 14), read from each child's supervisor at scrape time: a
+    child's state changes off the request path, and a scrape is the only reader."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, Callable[[], Mapping[str, Any]]] = {}
+        """Each stdio upstream's snapshot function (set by `proxy.runtime.build_runtime`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("mcp_proxy_stdio_child_up", "1 while the stdio child is running and initialized.", labels=("upstream",))
+        restarts = CounterMetricFamily(
+            "mcp_proxy_stdio_child_restarts", "Times the stdio child was started again after its first start.", labels=("upstream",)
+        )
+        uptime = GaugeMetricFamily(
+            "mcp_proxy_stdio_child_uptime_seconds", "Seconds since the running stdio child was initialized.", labels=("upstream",)
+        )
+        in_flight = GaugeMetricFamily(
+            "mcp_proxy_stdio_child_in_flight", "Requests in the stdio child's hands now.", labels=("upstream",)
+        )
+        now = time.monotonic()
+        for upstream, snapshot in self.children.items():
+            state = snapshot()
+            since = state.get("up_since")
+            up.add_metric((upstream,), 1 if state.get("state") == "up" else 0)
+            restarts.add_metric((upstream,), int(state.get("restarts") or 0))
+            uptime.add_metric((upstream,), round(now - since, 3) if isinstance(since, float) else 0.0)
+            in_flight.add_metric((upstream,), int(state.get("in_flight") or 0))
+        yield up
+        yield restarts
+        yield uptime
+        yield in_flight
+
+
 class ProxyMetrics:
     """Every metric the proxy exports, and cheap recording helpers for the hot path."""
 
@@ -95,6 +129,8 @@ class ProxyMetrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._series = _RequestSeries()
         self.registry.register(self._series)
+        self.stdio = _ChildSeries()
+        self.registry.register(self.stdio)
         self.upstream_errors = Counter(
             "mcp_proxy_upstream_errors",
             "Failures talking to an upstream, by upstream and kind (the error reason).",

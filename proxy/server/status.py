@@ -15,14 +15,17 @@ from proxy.config.model import safe_url
 from proxy.redact import Budget, redact
 from proxy.ops.reload import ConfigReloader
 from proxy.runtime import Runtime, UpstreamState
+from proxy.upstream.stdio.upstream import StdioUpstream
 
 __all__ = ["status_document"]
 
 
 def _upstream(state: UpstreamState, path: str) -> dict[str, Any]:
     config = state.transport.config
+    transport = state.transport
     return {
-        "url": safe_url(config.url),
+        "url": safe_url(config.url) if config.url is not None else None,
+        **({"stdio": transport.gateway.snapshot()} if isinstance(transport, StdioUpstream) else {}),
         "path": path,
         "health": state.health.snapshot(),
         "breakers": [{"name": b.name, **b.snapshot()} for b in state.breaker.breakers],

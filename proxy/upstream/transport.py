@@ -317,12 +317,13 @@ def _describe(exc: BaseException) -> str:
 class HttpUpstream:
     """One upstream MCP endpoint behind one keep-alive pool."""
 
-    def __init__(self, config: UpstreamConfig, limits: LimitsConfig) -> None:
+    def __init__(self, config: UpstreamConfig, limits: LimitsConfig, *, url: str | None = None) -> None:
         self.config = config
         """The upstream's config; a reload that keeps the connection settings updates it in place."""
         self.name = config.name
-        self._url = config.url
-        self._origin = Origin(config.url)  # parsed once, not on every request
+        self._url = url or config.url or ""
+        """Where the pool connects: the config's URL (`url`: a stdio child's gateway, `proxy.upstream.stdio`)."""
+        self._origin = Origin(self._url)  # parsed once, not on every request
         self._max_response = limits.max_response_bytes
         self._pool: ConnectionPool | None = None
         self._probe_pool: ConnectionPool | None = None
@@ -343,7 +344,7 @@ class HttpUpstream:
     def same_connection(self, config: UpstreamConfig, limits: LimitsConfig) -> bool:
         """True when `config` needs exactly this pool (same URL, pool and connect settings, same limits)."""
         return (
-            config.url == self._url
+            (config.url or "") == (self.config.url or "")
             and config.pool == self.config.pool
             and config.timeouts.connect == self.config.timeouts.connect
             and limits.max_response_bytes == self._max_response

@@ -205,13 +205,18 @@ class ConnectionPool:
             self._connecting += 1
         opened = False
         try:
-            _, conn = await self.loop.create_connection(
-                lambda: ConnectionProtocol(self, owner),
-                origin.host,
-                origin.port,
-                ssl=origin.ssl,
-                server_hostname=origin.host if origin.ssl is not None else None,
-            )
+            if origin.unix_socket is not None:
+                _, conn = await self.loop.create_unix_connection(
+                    lambda: ConnectionProtocol(self, owner), origin.unix_socket
+                )
+            else:
+                _, conn = await self.loop.create_connection(
+                    lambda: ConnectionProtocol(self, owner),
+                    origin.host,
+                    origin.port,
+                    ssl=origin.ssl,
+                    server_hostname=origin.host if origin.ssl is not None else None,
+                )
             if self._closed:
                 conn.abort()
                 raise ConnectFailed("the connection pool is closed")

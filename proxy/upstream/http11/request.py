@@ -37,9 +37,9 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 class Origin:
     """Where a pool connects and what every request carries: parsed once from the upstream URL."""
 
-    __slots__ = ("authorization", "host", "host_header", "port", "query", "query_names", "ssl", "target")
+    __slots__ = ("authorization", "host", "host_header", "port", "query", "query_names", "ssl", "target", "unix_socket")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, unix_socket: str | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL (scheme {parts.scheme!r})")  # the URL itself may hold a password
@@ -61,6 +61,9 @@ class Origin:
         if parts.username is not None:
             userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             self.authorization = "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
+        self.unix_socket = unix_socket
+        """Connect to this Unix socket instead of host and port (a stdio child's gateway, which nothing but
+        the proxy may reach); the URL then names only the Host header and the path."""
 
 
 

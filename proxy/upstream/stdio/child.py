@@ -36,6 +36,7 @@ from typing import Any, Final, Literal, TypeAlias
 import orjson
 import structlog
 
+from proxy.config.stdio import INHERITED_ENV, child_environment
 from proxy.errors import NeverSent, UpstreamUnavailable
 from proxy.mcp.stdio import MAX_LINE, LineReader, LineTooLong
 from proxy.redact import redact_text
@@ -49,10 +50,18 @@ __all__ = [
     "ChildSpec",
     "EndedBy",
     "StderrMode",
+    "INHERITED_ENV",
     "child_environment",
     "exit_text",
     "spawn",
 ]
+
+_GROUP_POLL: Final = 0.02
+"""Seconds between looks at a process group whose leader is gone (its members are not our children: no
+exit notification comes for them)."""
+_KILL_WAIT: Final = 10.0
+"""How long a SIGKILLed child may take to go before each ``stdio_child_unkillable`` error (a process in
+uninterruptible sleep ends only when its I/O does)."""
 
 log = structlog.get_logger("proxy.upstream.stdio")
 
@@ -75,16 +84,6 @@ GARBAGE_LOG_WINDOW: Final = 10.0
 """At most one ``stdio_child_garbage`` warning per this many seconds; each carries the running count."""
 GARBAGE_SAMPLE: Final = 200
 """Characters of a garbage line shown in its warning."""
-INHERITED_ENV: Final = frozenset({"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR"})
-"""What a child inherits of the proxy's environment (plus every ``LC_*``): the official SDKs' stdio clients'
-safe set (HOME, LOGNAME, PATH, SHELL, TERM, USER), and the locale and temp dir a program needs to behave."""
-_GROUP_POLL: Final = 0.02
-"""Seconds between looks at a process group whose leader is gone (its members are not our children: no
-exit notification comes for them)."""
-_KILL_WAIT: Final = 10.0
-"""How long a SIGKILLed child may take to go before each ``stdio_child_unkillable`` error (a process in
-uninterruptible sleep ends only when its I/O does)."""
-
 
 class ChildGone(UpstreamUnavailable):
     """Writing to the child failed (its stdin closed, it exited): the line may or may not have reached it."""
@@ -109,23 +108,6 @@ class ChildSpec:
     def __post_init__(self) -> None:
         if not self.argv:
             raise ValueError(f"upstream {self.name}: the command is empty")
-
-
-def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """The environment for a child: the safe part of the proxy's own (`INHERITED_ENV`, ``LC_*``), `extra` on top.
-
-    As the official MCP SDKs' stdio clients do, a child does not inherit the proxy's environment: the proxy
-    runs with its own credentials (tokens for HTTP upstreams, cloud keys), and a server, often third-party
-    code run through ``npx``, gets only what its configuration names. Values starting with ``()`` (exported
-    shell functions, the Shellshock vector) are never inherited, as in the SDKs.
-    """
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if (key in INHERITED_ENV or key.startswith("LC_")) and not value.startswith("()")
-    }
-    env.update(extra)
-    return env
 
 
 def exit_text(returncode: int) -> str:
