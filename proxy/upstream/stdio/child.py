@@ -85,6 +85,7 @@ GARBAGE_LOG_WINDOW: Final = 10.0
 GARBAGE_SAMPLE: Final = 200
 """Characters of a garbage line shown in its warning."""
 
+
 class ChildGone(UpstreamUnavailable):
     """Writing to the child failed (its stdin closed, it exited): the line may or may not have reached it."""
 

@@ -180,7 +180,10 @@ class Switchboard:
     `route(generation, message)` places a message from the child and returns what must be written back
     to the child at once (an error to a question nobody can be asked); the gateway writes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclusive: str | None = None) -> None:
+        self.exclusive = exclusive
+        """The one session this child serves (`isolation: per_session`): whatever of the child's names no
+        request is that session's, and goes to its GET stream when no request of it is waiting."""
         self.callers: dict[int, Caller] = {}
         self.asked: dict[str, Asked] = {}
         self.sessions: dict[str, Session] = {}
@@ -267,6 +270,12 @@ class Switchboard:
             self.asked[key] = Asked(message["id"], waiting[0].owner, generation)
             waiting[0].inbox.put({**message, "id": key})
             return []
+        stream = self._exclusive_stream() if not waiting else None
+        if stream is not None and len(self.asked) < MAX_ASKED:
+            key = f"mcp-proxy-{next(self._asked_ids)}"
+            self.asked[key] = Asked(message["id"], str(self.exclusive), generation)
+            stream.put({**message, "id": key})
+            return []
         if method == "roots/list" and not waiting:
             return [{"jsonrpc": "2.0", "id": message["id"], "result": {"roots": []}}]
         why = (
@@ -304,14 +313,20 @@ class Switchboard:
 
     def _log_line(self, message: dict[str, Any], params: dict[str, Any]) -> None:
         callers = self._sole_client()
-        if not callers:
+        inbox = callers[0].inbox if callers else self._exclusive_stream()
+        if inbox is None:
             self.dropped += 1
             return
-        session = self.sessions.get(callers[0].owner)
+        session = self.sessions.get(callers[0].owner if callers else str(self.exclusive))
         level = params.get("level")
         if session is not None and session.level is not None and _RANK.get(str(level), 0) < _RANK[session.level]:
             return
-        callers[0].inbox.put(message, droppable=True)
+        inbox.put(message, droppable=True)
+
+    def _exclusive_stream(self) -> Inbox | None:
+        """The GET stream of the one session this child serves, if it has one open."""
+        session = self.sessions.get(self.exclusive) if self.exclusive is not None else None
+        return session.stream if session is not None else None
 
     def _broadcast(self, message: dict[str, Any], sessions: Iterable[Session]) -> None:
         for session in sessions:
@@ -325,10 +340,14 @@ class Switchboard:
         for key, asked in self.asked.items():
             if asked.child_id == params.get("requestId"):
                 del self.asked[key]
+                cancelled = {**message, "params": {**params, "requestId": key}}
                 for caller in self.callers.values():
                     if caller.owner == asked.owner:
-                        caller.inbox.put({**message, "params": {**params, "requestId": key}}, droppable=True)
+                        caller.inbox.put(cancelled, droppable=True)
                         return
+                stream = self._exclusive_stream() if asked.owner == self.exclusive else None
+                if stream is not None:
+                    stream.put(cancelled, oldest_first=True)
                 return
         self.dropped += 1
 

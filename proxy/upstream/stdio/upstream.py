@@ -70,6 +70,9 @@ class StdioUpstream(HttpUpstream):
             timing_of(config),
             max_body=limits.max_body_bytes + _BODY_SLACK,
             idle_timeout=config.sessions.idle_timeout,
+            isolation=config.isolation,
+            max_children=config.child.max_children,
+            child_idle_timeout=config.child.idle_timeout,
         )
         self._settings = child_settings(config)
 

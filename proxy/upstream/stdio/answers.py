@@ -1,0 +1,168 @@
+"""A client request through a stdio child, and the HTTP answer it gets: the gateway's one exchange.
+
+A request's answer is JSON when the child's answer comes first, and an SSE stream when something for
+the caller comes first (its progress, a question of the child's, a log line), with the answer last; a
+client that does not accept SSE gets the answer alone. A client that disconnects before its answer
+(the proxy's per-try timeout, a client gone) has its request cancelled in the child
+(`notifications/cancelled` under the child's id). A child that dies with the request in its hands cuts
+the HTTP answer off, exactly as a server that crashed would: the proxy then retries what may be retried
+and answers the rest with a clear error. While no child is up (starting, or backing off after a crash)
+a request waits for one within `child.start_timeout`, then gets 503 with the reason and `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final, Literal
+
+import orjson
+from aiohttp import web
+
+from proxy.upstream.stdio import modern
+from proxy.upstream.stdio.backend import ChildBackend
+from proxy.upstream.stdio.child import ChildGone, ChildNotRunning
+from proxy.upstream.stdio.routing import Caller, ChildLost
+from proxy.upstream.stdio.supervisor import ChildUnavailable
+
+__all__ = ["Era", "call", "error", "event", "json_answer", "round_trip", "sse_response", "unavailable"]
+
+Era = Literal["legacy", "modern"]
+_JSON: Final = "application/json"
+_SSE_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def json_answer(message: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(message), content_type=_JSON, headers=headers)
+
+
+def error(
+    status: int, code: int, message: str, request_id: Any = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+    return json_answer(body, status, headers)
+
+
+def event(message: Any) -> bytes:
+    """One SSE event carrying a JSON-RPC message."""
+    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+
+
+async def sse_response(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+    await response.prepare(request)
+    return response
+
+
+def accepts_sse(request: web.Request) -> bool:
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+def unavailable(exc: BaseException, request_id: Any) -> web.Response:
+    """503: no child to send the request to (nothing was sent), with when to try again."""
+    retry_after = getattr(exc, "retry_after", None) or 1.0
+    seconds = str(max(1, math.ceil(retry_after)))
+    return error(503, -32050, f"the stdio server is not running: {exc}", request_id, {"Retry-After": seconds})
+
+
+async def call(
+    backend: ChildBackend,
+    request: web.Request,
+    owner: str,
+    message: dict[str, Any],
+    *,
+    askable: bool,
+    era: Era = "legacy",
+) -> web.StreamResponse:
+    """Send one client request to the child and answer the client with what comes back for it."""
+    try:
+        link = await backend.ready()
+    except ChildUnavailable as exc:
+        return unavailable(exc, message.get("id"))
+    caller, renamed = backend.board.admit(owner, message, link.generation, askable=askable)
+    answered = False
+    try:
+        try:
+            await link.send(renamed)
+        except (ChildGone, ChildNotRunning) as exc:
+            answered = True
+            backend.board.release(caller)
+            if isinstance(exc, ChildGone):  # the line may have reached the child: as a broken connection
+                return cut_off(request)
+            return unavailable(exc, message.get("id"))
+        first = await caller.inbox.get()
+        if isinstance(first, ChildLost):
+            answered = True
+            return cut_off(request)
+        if "method" not in first:
+            answered = True
+            return _final(backend, first, message, era)
+        return await _streamed(backend, request, caller, first, message, era)
+    finally:
+        if not answered and caller.child_id in backend.board.callers:
+            backend.board.release(caller)
+            cancel = {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": caller.child_id, "reason": "the client gave up on the request"},
+            }
+            backend.send_later(link, cancel, "stdio-cancel")
+
+
+async def round_trip(backend: ChildBackend, owner: str, message: dict[str, Any]) -> web.Response:
+    """A request whose answer is all that matters (what the child sends before it is dropped), as JSON."""
+    try:
+        link = await backend.ready()
+    except ChildUnavailable as exc:
+        return unavailable(exc, message.get("id"))
+    caller, renamed = backend.board.admit(owner, message, link.generation, askable=False)
+    try:
+        await link.send(renamed)
+        while True:
+            item = await caller.inbox.get()
+            if isinstance(item, ChildLost):
+                return unavailable(ChildUnavailable(item.reason), message.get("id"))
+            if "method" not in item:
+                return json_answer(item)
+    except (ChildGone, ChildNotRunning) as exc:
+        return unavailable(exc, message.get("id"))
+    finally:
+        backend.board.release(caller)
+
+
+def _final(backend: ChildBackend, response: dict[str, Any], request_message: dict[str, Any], era: Era) -> web.Response:
+    if era == "modern":
+        response = modern.from_child(str(request_message.get("method")), response, backend.server_info())
+        return json_answer(response, modern.status_of(response))
+    return json_answer(response)
+
+
+async def _streamed(
+    backend: ChildBackend, request: web.Request, caller: Caller, first: Any, message: dict[str, Any], era: Era
+) -> web.StreamResponse:
+    item = first
+    if not accepts_sse(request):  # a JSON-only client gets the answer alone
+        while isinstance(item, dict) and "method" in item:
+            item = await caller.inbox.get()
+        return cut_off(request) if isinstance(item, ChildLost) else _final(backend, item, message, era)
+    response = await sse_response(request)
+    while True:
+        if isinstance(item, ChildLost):
+            cut_off(request)
+            return response
+        if "method" not in item:
+            final = (
+                modern.from_child(str(message.get("method")), item, backend.server_info()) if era == "modern" else item
+            )
+            await response.write(event(final))
+            await response.write_eof()
+            return response
+        await response.write(event(item))
+        item = await caller.inbox.get()
+
+
+def cut_off(request: web.Request) -> web.Response:
+    """The connection closed with no answer, as a crashed server's is (the status never reaches anyone)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return web.Response(status=502)

@@ -1,0 +1,147 @@
+"""One stdio child and the routing of the clients it serves: what the gateway asks, per child.
+
+`isolation: shared` runs one `ChildBackend` for every client; `per_session` one per legacy session (and
+one shared for 2026-07-28 clients, which have no session). A backend keeps its child running
+(`proxy.upstream.stdio.supervisor`), routes what the child writes (`proxy.upstream.stdio.routing`), and
+carries its sessions over a restart of the child: the new child is set to the most verbose log level a
+session asked for, subscribed again to every resource a session or listener watches, and every GET
+stream and listener is told its lists may have changed (a restarted child replays nothing, and is often
+a new version). A child that comes back with another protocol version or other capabilities is another
+server as far as its clients can tell: their sessions end (the proxy's session keeper rebuilds them,
+`docs/sessions.md`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from typing import Any
+
+import structlog
+
+from proxy.tasks import cancel_and_wait, spawn
+from proxy.upstream.stdio.child import ChildGone, ChildNotRunning, ChildSpec
+from proxy.upstream.stdio.routing import Switchboard
+from proxy.upstream.stdio.supervisor import Handshake, Link, Supervisor, Timing
+
+__all__ = ["ChildBackend"]
+
+log = structlog.get_logger("proxy")
+
+
+class ChildBackend:
+    """A supervised child with its switchboard. `start`, `ready`, then `stop`."""
+
+    def __init__(self, spec: ChildSpec, timing: Timing, handshake: Handshake, *, exclusive: str | None = None) -> None:
+        self.spec = spec
+        self.timing = timing
+        self.board = Switchboard(exclusive=exclusive)
+        self.supervisor = Supervisor(
+            spec, timing, handshake, on_message=self._from_child, on_up=self._child_up, on_down=self._child_down
+        )
+        self.link: Link | None = None
+        """The live child, None while it is down."""
+        self.first: Link | None = None
+        """The child its sessions were promised (the first, or the last one that changed)."""
+        self.last_used = time.monotonic()
+        self._keys = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+
+    async def stop(self) -> None:
+        """Stop the child, then end every stream of its sessions and listeners cleanly."""
+        await self.supervisor.stop()
+        await cancel_and_wait(self._tasks)
+        self.end_streams()
+
+    async def ready(self) -> Link:
+        """The live child, waited for within `child.start_timeout`; `ChildUnavailable` when none comes."""
+        self.last_used = time.monotonic()
+        return await self.supervisor.ready(self.timing.start_timeout)
+
+    def end_streams(self) -> None:
+        for session in self.board.sessions.values():
+            if session.stream is not None:
+                session.stream.put(None)
+        for listener in self.board.listeners:
+            listener.inbox.put(None)
+
+    def idle_since(self) -> float | None:
+        """When this backend's last client went quiet, or None while anything of it is in use."""
+        board = self.board
+        if board.callers or board.listeners or any(s.stream is not None for s in board.sessions.values()):
+            return None
+        return self.last_used
+
+    def snapshot(self) -> dict[str, Any]:
+        state = dict(self.supervisor.snapshot())
+        state["in_flight"] = len(self.board.callers)
+        state["sessions"] = len(self.board.sessions)
+        return state
+
+    def server_info(self) -> dict[str, Any] | None:
+        link = self.link or self.first
+        info = link.initialized.result.get("serverInfo") if link is not None else None
+        return info if isinstance(info, dict) else None
+
+    # -- writing to the child on the proxy's own account ---------------------------------------------
+
+    async def send_quietly(self, link: Link, message: Any) -> None:
+        """Write `message`; a child gone meanwhile is the supervisor's to report, not the writer's."""
+        with contextlib.suppress(ChildGone, ChildNotRunning):
+            await link.send(message)
+
+    def send_later(self, link: Link, message: Any, name: str) -> None:
+        spawn(self.send_quietly(link, message), name=f"{name}:{self.spec.name}", owner=self._tasks)
+
+    async def resubscribe(self, link: Link, uris: set[str], method: str) -> None:
+        """(Un)subscribe the child to `uris` on the proxy's own account: the answers, under ids no caller
+        has, are dropped."""
+        for uri in sorted(uris):
+            await self.send_quietly(link, self._own(method, {"uri": uri}))
+
+    def _own(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": f"mcp-proxy-{next(self._keys)}", "method": method, "params": params}
+
+    # -- the child's events --------------------------------------------------------------------------
+
+    def _from_child(self, link: Link, message: Any) -> None:
+        for reply in self.board.route(link.generation, message):
+            self.send_later(link, reply, "stdio-reply")
+
+    def _child_up(self, link: Link) -> None:
+        first = self.first
+        self.link = link
+        if first is None:
+            self.first = link
+            return
+        was, now = first.initialized, link.initialized
+        if was.protocol_version != now.protocol_version or was.result.get("capabilities") != now.result.get(
+            "capabilities"
+        ):
+            log.warning("stdio_child_changed", upstream=self.spec.name, sessions_ended=len(self.board.sessions))
+            self.end_streams()
+            self.board.sessions.clear()
+            self.first = link
+            return
+        spawn(self._restore(link), name=f"stdio-restore:{self.spec.name}", owner=self._tasks)
+
+    async def _restore(self, link: Link) -> None:
+        level = self.board.most_verbose_level()
+        if level is not None:
+            await self.send_quietly(link, self._own("logging/setLevel", {"level": level}))
+        await self.resubscribe(link, self.board.subscribed(), "resources/subscribe")
+        capabilities = link.initialized.result.get("capabilities") or {}
+        for kind in ("tools", "prompts", "resources"):
+            if isinstance(capabilities.get(kind), dict):
+                self.board.route(link.generation, {"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
+
+    def _child_down(self, link: Link | None, reason: str) -> None:
+        if link is not None:
+            self.board.child_lost(link.generation, reason)
+        if link is None or link is self.link:
+            self.link = None
