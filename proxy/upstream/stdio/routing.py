@@ -265,10 +265,11 @@ class Switchboard:
     def _question(self, generation: int, method: str, message: dict[str, Any]) -> list[dict[str, Any]]:
         waiting = self._waiting()
         owners = {caller.owner for caller in waiting}
-        if len(owners) == 1 and waiting[0].askable and len(self.asked) < MAX_ASKED:
+        askable = [caller for caller in waiting if caller.askable]
+        if len(owners) == 1 and askable and len(self.asked) < MAX_ASKED:
             key = f"mcp-proxy-{next(self._asked_ids)}"
-            self.asked[key] = Asked(message["id"], waiting[0].owner, generation)
-            waiting[0].inbox.put({**message, "id": key})
+            self.asked[key] = Asked(message["id"], askable[0].owner, generation)
+            askable[0].inbox.put({**message, "id": key})
             return []
         stream = self._exclusive_stream() if not waiting else None
         if stream is not None and len(self.asked) < MAX_ASKED:
@@ -313,7 +314,8 @@ class Switchboard:
 
     def _log_line(self, message: dict[str, Any], params: dict[str, Any]) -> None:
         callers = self._sole_client()
-        inbox = callers[0].inbox if callers else self._exclusive_stream()
+        streamed = [caller for caller in callers if caller.askable] or callers  # one that can stream it, if any
+        inbox = streamed[0].inbox if streamed else self._exclusive_stream()
         if inbox is None:
             self.dropped += 1
             return
