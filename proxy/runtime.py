@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.mcp.annotations import ToolAnnotations
 from proxy.mcp.tool_catalog import ToolCatalog
@@ -40,6 +41,7 @@ from proxy.policies.timeout import TimeoutStage
 from proxy.sessions.keeper import UpstreamSessions
 from proxy.sessions.stage import SessionStage
 from proxy.upstream.transport import HttpUpstream
+from proxy.upstream.stdio.backend import EventSink
 from proxy.upstream.stdio.upstream import StdioUpstream, transport_for
 
 __all__ = ["Route", "Runtime", "RuntimeRef", "SharedStages", "UpstreamState", "build_runtime", "config_hash"]
@@ -128,7 +130,12 @@ def _configures(upstream: UpstreamConfig, section: str) -> bool:
 
 
 def build_stages(
-    upstream: UpstreamConfig, state: UpstreamState, shared: SharedStages, clock: Clock, observer: Observer, observe: float
+    upstream: UpstreamConfig,
+    state: UpstreamState,
+    shared: SharedStages,
+    clock: Clock,
+    observer: Observer,
+    observe: float,
 ) -> Stages:
     """The policy stages one upstream needs: session, retry, breaker and timeout always; rate limit and cache
     only when the upstream or one of its rules configures them (an unused stage costs nothing)."""
@@ -151,6 +158,15 @@ def _new_health(upstream: UpstreamConfig, clock: Clock, metrics: ProxyMetrics, o
     return UpstreamHealth(upstream.name, upstream.health, observer, clock)
 
 
+def _events_to(observer: Observer) -> EventSink:
+    """A stdio child's events (`proxy.upstream.stdio.backend`), as the observer takes events about no call."""
+
+    def emit(kind: str, **fields: Any) -> None:
+        observer.policy_event(kind, None, **fields)
+
+    return emit
+
+
 def _same_server(before: UpstreamConfig, now: UpstreamConfig) -> bool:
     """Whether a reloaded upstream is still the server it was: the same URL, or the same child command."""
     return before.url == now.url and before.command == now.command
@@ -167,7 +183,7 @@ def _state_for(
     if previous is None:
         catalog = ToolCatalog()
         return UpstreamState(
-            transport=transport_for(upstream, limits),
+            transport=transport_for(upstream, limits, _events_to(observer)),
             retry=RetryStage(clock, observer),
             breaker=BreakerStage(upstream.name, clock, observer, catalog),
             catalog=catalog,
@@ -183,7 +199,7 @@ def _state_for(
     if transport.same_connection(upstream, limits):
         transport.config = upstream
     else:
-        transport = transport_for(upstream, limits)
+        transport = transport_for(upstream, limits, _events_to(observer))
     health = previous.health
     if health.config != upstream.health:
         health = _new_health(upstream, clock, metrics, observer)
@@ -225,10 +241,11 @@ def build_runtime(
     catalogs = {name: state.catalog for name, state in states.items()}
     metrics.catalogs = events.catalogs = catalogs
     metrics.stdio.children = {
-        name: state.transport.gateway.snapshot for name, state in states.items() if isinstance(state.transport, StdioUpstream)
+        name: state.transport.gateway.snapshot
+        for name, state in states.items()
+        if isinstance(state.transport, StdioUpstream)
     }
     shared.rate_limit.retain([policy.rate_limit for _, policy in live if policy.rate_limit is not None])
     shared.cache.retain({(name, policy.cache) for name, policy in live if policy.cache is not None})
     hosts = HostPolicy(config.security.allowed_hosts, config.security.allowed_origins)
     return Runtime(config, routes, hosts, metrics, config_hash(config), shared, states, events, observer)
-

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -26,18 +26,35 @@ from proxy.upstream.stdio.child import ChildGone, ChildNotRunning, ChildSpec
 from proxy.upstream.stdio.routing import Switchboard
 from proxy.upstream.stdio.supervisor import Handshake, Link, Supervisor, Timing
 
-__all__ = ["ChildBackend"]
+__all__ = ["ChildBackend", "EventSink"]
 
 log = structlog.get_logger("proxy")
+
+
+class EventSink(Protocol):
+    """Where a backend's events go: ``observer.policy_event(kind, None, **fields)`` (`proxy.runtime`)."""
+
+    def __call__(self, kind: str, **fields: Any) -> None: ...
 
 
 class ChildBackend:
     """A supervised child with its switchboard. `start`, `ready`, then `stop`."""
 
-    def __init__(self, spec: ChildSpec, timing: Timing, handshake: Handshake, *, exclusive: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: ChildSpec,
+        timing: Timing,
+        handshake: Handshake,
+        *,
+        exclusive: str | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
         self.spec = spec
         self.timing = timing
         self.board = Switchboard(exclusive=exclusive)
+        self._on_event = on_event
+        if on_event is not None:
+            self.board.on_refused = self._refused
         self.supervisor = Supervisor(
             spec, timing, handshake, on_message=self._from_child, on_up=self._child_up, on_down=self._child_down
         )
@@ -46,6 +63,8 @@ class ChildBackend:
         self.first: Link | None = None
         """The child its sessions were promised (the first, or the last one that changed)."""
         self.last_used = time.monotonic()
+        self._up_at: float | None = None
+        self._stopping = False
         self._keys = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -54,6 +73,7 @@ class ChildBackend:
 
     async def stop(self) -> None:
         """Stop the child, then end every stream of its sessions and listeners cleanly."""
+        self._stopping = True
         await self.supervisor.stop()
         await cancel_and_wait(self._tasks)
         self.end_streams()
@@ -116,6 +136,7 @@ class ChildBackend:
     def _child_up(self, link: Link) -> None:
         first = self.first
         self.link = link
+        self._up_at = time.monotonic()
         if first is None:
             self.first = link
             return
@@ -141,7 +162,31 @@ class ChildBackend:
                 self.board.route(link.generation, {"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
 
     def _child_down(self, link: Link | None, reason: str) -> None:
+        cut_off = 0
         if link is not None:
+            cut_off = sum(1 for caller in self.board.callers.values() if caller.generation <= link.generation)
             self.board.child_lost(link.generation, reason)
         if link is None or link is self.link:
             self.link = None
+        if self._on_event is not None and not self._stopping:
+            state = self.supervisor.snapshot()
+            up_at, self._up_at = self._up_at, None
+            self._on_event(
+                "stdio_child_exited",
+                upstream=self.spec.name,
+                generation=link.generation if link is not None else int(state.get("generation") or 0),
+                pid=link.pid if link is not None else state.get("pid"),
+                phase="running" if link is not None else "starting",
+                reason=reason,
+                uptime_ms=round((time.monotonic() - up_at) * 1000, 1)
+                if link is not None and up_at is not None
+                else None,
+                cut_off=cut_off,
+                restarts=int(state.get("restarts") or 0),
+            )
+
+    def _refused(self, method: str, why: str, waiting: int) -> None:
+        assert self._on_event is not None
+        self._on_event(
+            "stdio_question_refused", upstream=self.spec.name, method=method, why=why, clients_waiting=waiting
+        )

@@ -42,7 +42,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -50,12 +50,14 @@ __all__ = [
     "INBOX",
     "LEVELS",
     "MAX_ASKED",
+    "REFUSALS",
     "STREAM_INBOX",
     "Asked",
     "Caller",
     "ChildLost",
     "Inbox",
     "Listener",
+    "Refusal",
     "Session",
     "Switchboard",
 ]
@@ -72,6 +74,15 @@ MAX_ASKED: Final = 1024
 LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 """MCP's log levels (RFC 5424's), least severe first."""
 _RANK = {level: rank for rank, level in enumerate(LEVELS)}
+
+Refusal = Literal["several_clients", "nobody_waiting", "not_askable", "too_many_questions"]
+REFUSALS: Final[dict[str, str]] = {
+    "several_clients": "requests of several clients are in flight, so whose this is cannot be told (isolation: per_session)",
+    "nobody_waiting": "no client request is in flight to ask",
+    "not_askable": "the client cannot be asked (no session, or it does not accept a stream)",
+    "too_many_questions": "too many questions are waiting on clients",
+}
+"""Why a question of the child's was refused, and the text the child gets in its error."""
 
 _LIST_CHANGED = frozenset(
     {
@@ -190,6 +201,8 @@ class Switchboard:
         self.listeners: set[Listener] = set()
         self.dropped = 0
         """Messages of the child's nobody could be given (unknown ids, unattributable log lines)."""
+        self.on_refused: Callable[[str, Refusal, int], None] | None = None
+        """Told of each question of the child's refused: its method, why, and how many clients were waiting."""
         self._ids = itertools.count(1)
         self._asked_ids = itertools.count(1)
 
@@ -279,16 +292,19 @@ class Switchboard:
             return []
         if method == "roots/list" and not waiting:
             return [{"jsonrpc": "2.0", "id": message["id"], "result": {"roots": []}}]
-        why = (
-            "no client request is in flight to ask"
+        why: Refusal = (
+            "nobody_waiting"
             if not waiting
-            else "requests of several clients are in flight, so whose this is cannot be told (isolation: per_session)"
+            else "several_clients"
             if len(owners) > 1
-            else "too many questions are waiting on clients"
+            else "too_many_questions"
             if len(self.asked) >= MAX_ASKED
-            else "the client cannot be asked (no session, or it does not accept a stream)"
+            else "not_askable"
         )
-        return [{"jsonrpc": "2.0", "id": message["id"], "error": {"code": -32603, "message": f"mcp proxy: {why}"}}]
+        if self.on_refused is not None:
+            self.on_refused(method, why, len(owners))
+        error = {"code": -32603, "message": f"mcp proxy: {REFUSALS[why]}"}
+        return [{"jsonrpc": "2.0", "id": message["id"], "error": error}]
 
     def _notification(self, method: str, message: dict[str, Any]) -> None:
         params = message.get("params")
