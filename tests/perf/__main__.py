@@ -57,6 +57,14 @@ Modes instead of the above (each under 1.5 minutes with its defaults):
   non-idempotent), executions per non-idempotent call (at most one), latency around the restarts, the
   proxy's session events, PASS/FAIL against issue 13's targets. Needs no wrk. About a minute with the
   defaults.
+- ``--stdio``: a stdio upstream (`tests.perf.stdio`): the fast child of `tests.perf.stdio_child` called
+  directly over its stdin/stdout by one client (sequential: p50/p99; ``--connections`` calls pipelined:
+  calls/s) against the same child behind ``serve`` (its ``command:`` upstream), called over HTTP by
+  2026-07-28 stateless clients and by legacy-session clients (``Mcp-Session-Id`` after an
+  ``initialize``): req/s at ``--connections``, p50/p99 at 1 connection (also with the proxy on the
+  clients' CPU), the proxy's and the child's CPU per call; proxy/direct throughput and the added
+  latency. wrk when installed, else a raw-socket asyncio HTTP client (the report says which). About
+  45 seconds with the defaults.
 
 ``--events-compare`` (instead of the above): the cost of failure events, "events on must cost <= 5%
 throughput versus events off, in the same run". Four proxies run side by side on the forwarder CPU:
@@ -108,6 +116,7 @@ from tests.perf.instructions import instructions, missing_tools
 from tests.perf.memory import memory
 from tests.perf.procs import Child, Processes
 from tests.perf.restart import restart
+from tests.perf.stdio import stdio
 from tests.perf.wrk import WRK_HEADERS, find_wrk, run_wrk, write_script
 
 TARGETS = ("direct", "proxy", "naive", "aiofloor", "floor")
@@ -222,6 +231,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--restart",
         action="store_true",
         help="instead: the upstream killed and restarted under load by clients of both eras (see above)",
+    )
+    what.add_argument(
+        "--stdio",
+        action="store_true",
+        help="instead: a stdio child called directly over its pipes vs. through the proxy (see above)",
     )
     parser.add_argument("--legacy", type=int, default=8, metavar="N", help="with --restart: legacy-session clients (default 8)")
     parser.add_argument("--modern", type=int, default=8, metavar="N", help="with --restart: 2026-07-28 clients (default 8)")
@@ -649,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         wrk = ""  # this mode runs no wrk
     elif args.restart:
         wrk = ""  # nor does this one
+    elif args.stdio:
+        wrk = find_wrk() or ""  # wrk if installed, else its own Python load generator
     else:
         found = find_wrk()
         if found is None:
@@ -672,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = instructions(args, Path(tmp), procs)
             elif args.restart:
                 report = restart(args, Path(tmp), procs)
+            elif args.stdio:
+                report = stdio(args, Path(tmp), procs, wrk)
             else:
                 report = _run(args, Path(tmp), procs, wrk)
         except BaseException:
