@@ -842,3 +842,100 @@ async def test_server_everything_sampling_and_progress_through_one_client() -> N
         long = await client.call(session, 9, "trigger-long-running-operation", token="lr", duration=0.2, steps=2)
         assert long.events[-1]["id"] == 9
         assert [e["params"]["progressToken"] for e in long.events[:-1]] == ["lr", "lr"]
+
+
+# -- found bugs (strict xfail: each passes once the bug is fixed) ----------------------------------------
+
+
+def listen_request(request_id: Any, **notifications: Any) -> tuple[bytes, dict[str, str]]:
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "subscriptions/listen",
+        "params": {"notifications": notifications, "_meta": ENVELOPE},
+    }
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": ACCEPT,
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "subscriptions/listen",
+    }
+    return json.dumps(body).encode(), headers
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Gateway._child_up returns after _end_sessions when the restarted child's capabilities "
+    "changed, without _restore: a modern listener stays open, but the new child is never subscribed to "
+    "the resources it watches (Listener.uris: 'the child stays subscribed to them while it listens')",
+)
+async def test_a_listener_that_outlives_a_changed_child_keeps_its_resources_subscribed(tmp_path: Path) -> None:
+    caps = tmp_path / "caps.json"
+    spec, record = recording_spec(tmp_path, CAPS_PATH=str(caps))
+    async with serving(spec) as (gateway, client):
+        session = await client.initialize()
+        body, headers = listen_request("L", resourceSubscriptions=["file:///w"])
+        async with client.http.post(URL, data=body, headers=headers) as listen:
+            assert (await next_event(listen))["method"] == "notifications/subscriptions/acknowledged"
+            caps.write_text(json.dumps({"resources": {"subscribe": True}, "tools": {}}))
+            with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+                await client.call(session, 1, "exit", code=1)
+            await gateway.supervisor.ready(WAIT)
+            fresh = await client.initialize()
+            await until(lambda: not gateway._tasks, "the gateway's own sends")
+            await synced(client, fresh, record)
+            assert gateway.board.listeners  # the listen is still open...
+            new = pid_of(gateway)
+            # ...so the child must be subscribed to what it watches
+            assert [m["params"]["uri"] for m in record.methods("resources/subscribe", new)] == ["file:///w"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a question put to a client stays in Switchboard.asked after the client is gone (its "
+    "request cancelled, its session deleted) unless the child itself cancels it: nothing voids it, so "
+    "MAX_ASKED abandoned questions make the gateway refuse every later question until the child restarts",
+)
+async def test_a_question_of_a_client_gone_is_void(rec: Rec) -> None:
+    gateway, client, record = rec
+    session = await client.initialize()
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "ask", "arguments": {"method": "roots/list"}},
+    }
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT, "Mcp-Session-Id": session}
+    async with client.http.post(URL, data=json.dumps(body), headers=headers) as response:
+        assert (await next_event(response))["id"] == "mcp-proxy-1"
+    # the client gave up on the call: the gateway cancels it in the child...
+    await record.first(lambda m: isinstance(m, dict) and m.get("method") == "notifications/cancelled", "cancel")
+    async with client.http.delete(URL, headers={"Mcp-Session-Id": session}) as deleted:
+        assert deleted.status == 200
+    # ...and the session is gone: nobody can answer mcp-proxy-1 any more
+    assert gateway.board.asked == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Gateway._reap drops idle sessions without what _delete does: the child stays subscribed "
+    "to their resources for ever (board.subscribed() no longer names them, so nothing unsubscribes them)",
+)
+async def test_a_reaped_session_unsubscribes_like_a_deleted_one(tmp_path: Path) -> None:
+    spec, record = recording_spec(tmp_path)
+    gateway = Gateway(spec, TIMING, max_body=1 << 20, idle_timeout=0.0)
+    await gateway.start()
+    client = Client(gateway)
+    try:
+        await gateway.supervisor.ready(WAIT)
+        idle = await client.initialize()
+        assert (await client.request(idle, 1, "resources/subscribe", uri="file:///r")).status == 200
+        await until(lambda: time.monotonic() > gateway.board.sessions[idle].last_used, "the clock to move")
+        other = await client.initialize()  # reaps the idle one
+        assert idle not in gateway.board.sessions
+        await until(lambda: not gateway._tasks, "the gateway's own sends")
+        await synced(client, other, record)
+        assert [m["params"]["uri"] for m in record.methods("resources/unsubscribe")] == ["file:///r"]
+    finally:
+        await client.close()
+        await gateway.stop()

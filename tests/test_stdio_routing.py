@@ -569,3 +569,19 @@ def test_each_caller_receives_exactly_its_own_response_with_its_own_id(
         assert drain(caller.inbox) == [progress(f"{owner}-{index}", index), result(client_id, index)]
     assert board.callers == {}
     assert board.dropped == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Switchboard.release (the client gone) leaves the questions put to that client in "
+    "`asked`; MAX_ASKED of them and every later question of the child is refused as 'too many'",
+)
+def test_questions_of_clients_gone_do_not_use_up_max_asked() -> None:
+    board = Switchboard()
+    for n in range(MAX_ASKED):
+        gone, _ = board.admit(f"gone-{n}", req(1), 1, askable=True)
+        assert board.route(1, question(n)) == []
+        board.release(gone)
+    live, _ = board.admit("live", req(1), 1, askable=True)
+    assert board.route(1, question("now")) == []
+    assert drain(live.inbox)[0]["method"] == "sampling/createMessage"
