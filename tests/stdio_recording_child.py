@@ -6,12 +6,14 @@ server that never blocks its read loop. Environment:
 
 - ``CAPS_PATH``: a file holding the capabilities to declare (JSON), read at each start: a test rewrites
   it to make the next generation a different server. Absent: `CAPABILITIES`;
-- ``NO_PING=1``: ``ping`` is recorded and never answered.
+- ``NO_PING=1``: ``ping`` is recorded and never answered;
+- ``HOLD_SUBSCRIBE=1``: ``resources/subscribe`` is answered only when the tool ``release`` is called
+  (a slow server's window between a subscribe sent and its answer).
 
 Requests it answers: ``initialize``, ``ping``, ``logging/setLevel``, ``resources/subscribe`` and
 ``resources/unsubscribe`` (``{}``), ``tools/list``; any other method is -32601. Its tools:
 
-- ``echo`` {text}; ``hang``: never answered; ``exit`` {code}: exits at once, unanswered; ``pid``;
+- ``echo`` {text}; ``release``: answers the held subscribes; ``hang``: never answered; ``exit`` {code}: exits at once, unanswered; ``pid``;
 - ``progress`` {count, hang}: `count` progress notifications under the request's token, then the answer
   (none with ``hang``);
 - ``log`` {level, data}: one ``notifications/message``, then the answer;
@@ -64,6 +66,8 @@ class Server:
         self.asked: dict[str, Any] = {}
         """The child's own questions in flight: their id -> the tool call waiting on the answer."""
         self.asks = 0
+        self.held: list[Any] = []
+        """Held ``resources/subscribe`` requests' ids (``HOLD_SUBSCRIBE``)."""
 
     def note(self, message: Any) -> None:
         self.record.write(json.dumps({"pid": os.getpid(), "message": message}) + "\n")
@@ -97,10 +101,12 @@ class Server:
         elif method == "ping":
             if os.environ.get("NO_PING") != "1":
                 answer(request_id, {})
+        elif method == "resources/subscribe" and os.environ.get("HOLD_SUBSCRIBE") == "1":
+            self.held.append(request_id)
         elif method in ("logging/setLevel", "resources/subscribe", "resources/unsubscribe"):
             answer(request_id, {})
         elif method == "tools/list":
-            names = ("echo", "hang", "exit", "pid", "progress", "log", "notify", "ask")
+            names = ("echo", "release", "hang", "exit", "pid", "progress", "log", "notify", "ask")
             answer(request_id, {"tools": [{"name": name, "inputSchema": {"type": "object"}} for name in names]})
         elif method == "tools/call":
             self.call(request_id, params)
@@ -113,6 +119,11 @@ class Server:
             answer(request_id, text(str(args.get("text", ""))))
         elif name == "hang":
             return
+        elif name == "release":
+            for held in self.held:
+                answer(held, {})
+            answer(request_id, text(str(len(self.held))))
+            self.held.clear()
         elif name == "exit":
             os._exit(int(args.get("code", 0)))
         elif name == "pid":
