@@ -79,27 +79,24 @@ async def call(
     except ChildUnavailable as exc:
         return unavailable(exc, message.get("id"))
     caller, renamed = backend.board.admit(owner, message, link.generation, askable=askable)
-    answered = False
     try:
         try:
             await link.send(renamed)
         except (ChildGone, ChildNotRunning) as exc:
-            answered = True
-            backend.board.release(caller)
+            backend.board.callers.pop(caller.child_id, None)  # nothing to cancel: as if answered
             if isinstance(exc, ChildGone):  # the line may have reached the child: as a broken connection
                 return cut_off(request)
             return unavailable(exc, message.get("id"))
         first = await caller.inbox.get()
         if isinstance(first, ChildLost):
-            answered = True
             return cut_off(request)
         if "method" not in first:
-            answered = True
             return _final(backend, first, message, era)
         return await _streamed(backend, request, caller, first, message, era)
     finally:
-        if not answered and caller.child_id in backend.board.callers:
-            backend.board.release(caller)
+        unanswered = caller.child_id in backend.board.callers  # the client gave up first
+        backend.release(caller)
+        if unanswered:
             cancel = {
                 "jsonrpc": "2.0",
                 "method": "notifications/cancelled",
@@ -126,7 +123,7 @@ async def round_trip(backend: ChildBackend, owner: str, message: dict[str, Any])
     except (ChildGone, ChildNotRunning) as exc:
         return unavailable(exc, message.get("id"))
     finally:
-        backend.board.release(caller)
+        backend.release(caller)
 
 
 def _final(backend: ChildBackend, response: dict[str, Any], request_message: dict[str, Any], era: Era) -> web.Response:

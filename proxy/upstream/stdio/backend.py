@@ -23,7 +23,7 @@ import structlog
 
 from proxy.tasks import cancel_and_wait, spawn
 from proxy.upstream.stdio.child import ChildGone, ChildNotRunning, ChildSpec
-from proxy.upstream.stdio.routing import Switchboard
+from proxy.upstream.stdio.routing import OWN_ID_PREFIX, Caller, Session, Switchboard
 from proxy.upstream.stdio.supervisor import Handshake, Link, Supervisor, Timing
 
 __all__ = ["ChildBackend", "EventSink"]
@@ -124,8 +124,34 @@ class ChildBackend:
         for uri in sorted(uris):
             await self.send_quietly(link, self._own(method, {"uri": uri}))
 
+    def release(self, caller: Caller) -> None:
+        """A caller answered or gone; the child is told of the questions that went void with it."""
+        self._tell_child(self.board.release(caller))
+
+    def session_gone(self, session: Session) -> None:
+        """A session ended (DELETE, reaped): its questions go void, the child lets go of the resources no
+        one else watches, and its log level falls back to what the remaining sessions asked for."""
+        before = session.level
+        self._tell_child(self.board.void(session.id))
+        link = self.link
+        if link is None:
+            return
+        unneeded = session.subscriptions - self.board.subscribed()
+        if unneeded:
+            spawn(
+                self.resubscribe(link, unneeded, "resources/unsubscribe"), name="stdio-unsubscribe", owner=self._tasks
+            )
+        level = self.board.most_verbose_level()
+        if before is not None and level is not None and level != before:
+            self.send_later(link, self._own("logging/setLevel", {"level": level}), "stdio-level")
+
+    def _tell_child(self, replies: list[dict[str, Any]]) -> None:
+        if replies and self.link is not None:
+            for reply in replies:
+                self.send_later(self.link, reply, "stdio-void")
+
     def _own(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        return {"jsonrpc": "2.0", "id": f"mcp-proxy-{next(self._keys)}", "method": method, "params": params}
+        return {"jsonrpc": "2.0", "id": f"{OWN_ID_PREFIX}own-{next(self._keys)}", "method": method, "params": params}
 
     # -- the child's events --------------------------------------------------------------------------
 
@@ -145,10 +171,11 @@ class ChildBackend:
             "capabilities"
         ):
             log.warning("stdio_child_changed", upstream=self.spec.name, sessions_ended=len(self.board.sessions))
-            self.end_streams()
+            for session in self.board.sessions.values():
+                if session.stream is not None:
+                    session.stream.put(None)
             self.board.sessions.clear()
-            self.first = link
-            return
+            self.first = link  # listeners stay: the restore below subscribes their resources and tells them to refetch
         spawn(self._restore(link), name=f"stdio-restore:{self.spec.name}", owner=self._tasks)
 
     async def _restore(self, link: Link) -> None:

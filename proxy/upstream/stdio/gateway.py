@@ -245,7 +245,12 @@ class Gateway:
         self._reap_sessions()
         backend.board.sessions[key] = Session(key, time.monotonic())
         self._owners[key] = backend
-        answer = {"jsonrpc": "2.0", "id": message.get("id"), "result": dict(link.initialized.result)}
+        result = dict(link.initialized.result)
+        params = message.get("params")
+        asked = params.get("protocolVersion") if isinstance(params, dict) else None
+        if isinstance(asked, str) and asked in ACCEPTED_VERSIONS and asked < str(result.get("protocolVersion")):
+            result["protocolVersion"] = asked  # as the servers measured answer an older client: in its version
+        answer = {"jsonrpc": "2.0", "id": message.get("id"), "result": result}
         return json_answer(answer, headers={"Mcp-Session-Id": key})
 
     async def _session_child(self, key: str, message: dict[str, Any]) -> tuple[ChildBackend, Link] | web.Response:
@@ -303,15 +308,10 @@ class Gateway:
         `MAX_SESSIONS`."""
         now = time.monotonic()
         sessions = self.shared.board.sessions
-        for key in [k for k, s in sessions.items() if s.stream is None and now - s.last_used > self._idle_timeout]:
-            del sessions[key]
-            self._owners.pop(key, None)
+        for session in [s for s in sessions.values() if s.stream is None and now - s.last_used > self._idle_timeout]:
+            self._end_session(self.shared, session)
         while len(self._owners) >= MAX_SESSIONS and sessions:
-            oldest = min(sessions.values(), key=lambda s: s.last_used)
-            if oldest.stream is not None:
-                oldest.stream.put(None)
-            del sessions[oldest.id]
-            self._owners.pop(oldest.id, None)
+            self._end_session(self.shared, min(sessions.values(), key=lambda s: s.last_used))
 
     async def _notification(
         self, backend: ChildBackend, session: Session, method: str, message: dict[str, Any]
@@ -344,9 +344,11 @@ class Gateway:
             return self._refuse(message, "a string uri is required")
         if uri not in session.subscriptions and len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
             return self._refuse(message, f"a session may hold at most {MAX_SUBSCRIPTIONS} subscriptions")
+        held = uri in session.subscriptions
+        session.subscriptions.add(uri)  # held from now, so a session leaving meanwhile does not unsubscribe the child
         answer = await answers.round_trip(backend, session.id, message)
-        if answer.status == 200 and b'"result"' in bytes(answer.body or b""):  # type: ignore[arg-type]
-            session.subscriptions.add(uri)
+        if not held and not (answer.status == 200 and b'"result"' in bytes(answer.body or b"")):  # type: ignore[arg-type]
+            session.subscriptions.discard(uri)
         return answer
 
     async def _unsubscribe(self, backend: ChildBackend, session: Session, message: dict[str, Any]) -> web.Response:
@@ -395,21 +397,20 @@ class Gateway:
         if isinstance(found, web.Response):
             return found
         backend, session = found
-        del backend.board.sessions[session.id]
+        self._end_session(backend, session)
+        return web.Response(status=200)
+
+    def _end_session(self, backend: ChildBackend, session: Session) -> None:
+        """A session's end (DELETE, reaped): its stream ends cleanly; a child of its own stops, a shared
+        one lets go of what only this session held."""
+        backend.board.sessions.pop(session.id, None)
         self._owners.pop(session.id, None)
         if session.stream is not None:
             session.stream.put(None)
         if backend is not self.shared:
             spawn(self._retire(backend), name=f"stdio-session-end:{self.spec.name}", owner=self._tasks)
         else:
-            unneeded = session.subscriptions - backend.board.subscribed()
-            if unneeded and backend.link is not None:
-                spawn(
-                    backend.resubscribe(backend.link, unneeded, "resources/unsubscribe"),
-                    name="stdio-unsubscribe",
-                    owner=self._tasks,
-                )
-        return web.Response(status=200)
+            backend.session_gone(session)
 
     # -- 2026-07-28 ----------------------------------------------------------------------------------
 

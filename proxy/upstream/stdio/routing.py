@@ -50,6 +50,7 @@ __all__ = [
     "INBOX",
     "LEVELS",
     "MAX_ASKED",
+    "OWN_ID_PREFIX",
     "REFUSALS",
     "STREAM_INBOX",
     "Asked",
@@ -83,6 +84,10 @@ REFUSALS: Final[dict[str, str]] = {
     "too_many_questions": "too many questions are waiting on clients",
 }
 """Why a question of the child's was refused, and the text the child gets in its error."""
+
+OWN_ID_PREFIX: Final = "mcp-proxy-"
+"""The ids of requests the proxy sends the child on its own account, and of the child's questions as
+clients see them."""
 
 _LIST_CHANGED = frozenset(
     {
@@ -224,9 +229,25 @@ class Switchboard:
             renamed["params"] = {**params, "_meta": {**meta, "progressToken": child_id}}
         return caller, renamed
 
-    def release(self, caller: Caller) -> None:
-        """The caller is answered or gone."""
+    def release(self, caller: Caller) -> list[dict[str, Any]]:
+        """The caller is answered or gone. When it was its client's last request in flight, the questions
+        put to that client go void (nothing will carry the answer any more): the errors returned tell the
+        child, so neither it nor `MAX_ASKED` waits on a client that left."""
         self.callers.pop(caller.child_id, None)
+        owner = caller.owner
+        if owner == self.exclusive or any(c.owner == owner for c in self.callers.values()):
+            return []
+        return self.void(owner)
+
+    def void(self, owner: str) -> list[dict[str, Any]]:
+        """Every question put to `owner` answered to the child with an error (the client is gone)."""
+        replies = []
+        for key, asked in list(self.asked.items()):
+            if asked.owner == owner:
+                del self.asked[key]
+                error = {"code": -32603, "message": "mcp proxy: the client left before it answered"}
+                replies.append({"jsonrpc": "2.0", "id": asked.child_id, "error": error})
+        return replies
 
     def cancellation(self, owner: str, message: dict[str, Any]) -> dict[str, Any] | None:
         """A client's `notifications/cancelled` as the child gets it: the request named by the proxy's id,
@@ -269,6 +290,8 @@ class Switchboard:
 
     def _response(self, message: dict[str, Any]) -> None:
         key = message.get("id")
+        if isinstance(key, str) and key.startswith(OWN_ID_PREFIX):
+            return  # the answer to a request the proxy made on its own account (a restore, a subscription)
         caller = self.callers.pop(key, None) if type(key) is int else None
         if caller is None:
             self.dropped += 1
@@ -280,13 +303,13 @@ class Switchboard:
         owners = {caller.owner for caller in waiting}
         askable = [caller for caller in waiting if caller.askable]
         if len(owners) == 1 and askable and len(self.asked) < MAX_ASKED:
-            key = f"mcp-proxy-{next(self._asked_ids)}"
+            key = f"{OWN_ID_PREFIX}{next(self._asked_ids)}"
             self.asked[key] = Asked(message["id"], askable[0].owner, generation)
             askable[0].inbox.put({**message, "id": key})
             return []
         stream = self._exclusive_stream() if not waiting else None
         if stream is not None and len(self.asked) < MAX_ASKED:
-            key = f"mcp-proxy-{next(self._asked_ids)}"
+            key = f"{OWN_ID_PREFIX}{next(self._asked_ids)}"
             self.asked[key] = Asked(message["id"], str(self.exclusive), generation)
             stream.put({**message, "id": key})
             return []
