@@ -29,6 +29,12 @@ proxy's too (`Asked`), so two clients' answers can never be mistaken for each ot
   resource and the listeners watching it;
 - a cancellation of a request the child asked: to the client it was asked of.
 
+A question put to a client that then leaves (its last request in flight answered or abandoned, its
+session ended) goes void: the child gets an error for it (`release`, `void`), so neither the child nor
+`MAX_ASKED` waits on a client that will never answer. A child serving one session only (`exclusive`,
+`isolation: per_session`) sends whatever names no request to that session, on its GET stream when no
+request of it is waiting.
+
 **Bounds.** A caller's inbox holds `INBOX` messages; past that, progress and log lines are dropped (the
 child outruns the client), never its answer or a question. A session's GET stream holds `STREAM_INBOX`
 notifications, the oldest dropped first. At most `MAX_ASKED` of the child's questions wait on clients
