@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from proxy.analyzer import rules, rules_upstream
+from proxy.analyzer import rules, rules_stdio, rules_upstream
 from proxy.analyzer.aggregate import DEFAULT_WINDOW_S, Analysis
 from proxy.analyzer.proposal import NOTHING, Proposal
 from proxy.analyzer.rules import Rule
@@ -50,6 +50,7 @@ CAUSES: tuple[Rule, ...] = (
     rules_upstream.breaker_flaps,
     rules_upstream.health_flaps,
     rules_upstream.session_lost,
+    rules_stdio.stdio,
 )
 """The rules that fix why calls fail, in the order they run: `breaker_flaps` after every rule whose change
 prevents breaker openings (it does not count those)."""
