@@ -18,6 +18,7 @@ from proxy.events.envelope import ABSENT, CallEvent, Event
 from proxy.events.recorder import EventBus, EventRecorder
 from proxy.events.schema import event_schema
 from proxy.events.types import EVENT_TYPES, KINDS
+from proxy.ops.metrics import ProxyMetrics
 from proxy.policies.base import Call
 from tests.conftest import REPO
 from tests.fakes import make_call, tool_call
@@ -257,3 +258,18 @@ def test_absent_fields_are_left_out_and_none_is_null() -> None:
     no_params = make_call(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}')
     assert build("rate_limited", no_params, {"retry_after": 1.0}, include_params=True).as_record()["params"] is None
     assert isinstance(build("config_reloaded", None, {"trigger": "api", "file_hash": "x"}), Event)
+
+
+def test_the_metrics_observer_ignores_the_stdio_kinds() -> None:
+    """The supervisor reports a child's end and a refused question to every observer; the metrics have series
+    of their own for children (`mcp_proxy_stdio_child_*`, read from the supervisor), so these move none."""
+    metrics = ProxyMetrics()
+
+    def samples() -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for family in metrics.registry.collect() for s in family.samples]
+
+    before = samples()
+    for kind in ("stdio_child_exited", "stdio_question_refused"):
+        for _, fields in EMISSIONS[kind]:
+            metrics.policy_event(kind, None, **fields)
+    assert samples() == before
