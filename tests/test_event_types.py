@@ -18,6 +18,7 @@ from proxy.events.envelope import ABSENT, CallEvent, Event
 from proxy.events.recorder import EventBus, EventRecorder
 from proxy.events.schema import event_schema
 from proxy.events.types import EVENT_TYPES, KINDS
+from proxy.ops.metrics import ProxyMetrics
 from proxy.policies.base import Call
 from tests.conftest import REPO
 from tests.fakes import make_call, tool_call
@@ -43,6 +44,14 @@ EMISSIONS: dict[str, list[tuple[bool, dict[str, Any]]]] = {
     "session_lost": [(True, {"recovery": "recovering", "why": None}), (True, {"recovery": "failed", "why": "version_changed"})],
     "session_recovered": [(True, {"generation": 1, "recovery_ms": 3.25, "restored": ["initialized", "subscriptions:2"]})],
     "stream_resumed": [(False, {"upstream": "up", "stream": "get", "from_event_id": True, "generation": 0, "gap_ms": 120.5})],
+    "stdio_child_exited": [
+        (False, {"upstream": "files", "generation": 3, "pid": 4242, "phase": "running", "reason": "was killed by SIGKILL", "uptime_ms": 1520.5, "cut_off": 2, "restarts": 2}),
+        (False, {"upstream": "files", "generation": 1, "pid": None, "phase": "starting", "reason": "the child did not answer initialize within 30s", "uptime_ms": None, "cut_off": 0, "restarts": 0}),
+    ],
+    "stdio_question_refused": [
+        (False, {"upstream": "files", "method": "sampling/createMessage", "why": "several_clients", "clients_waiting": 2}),
+        (False, {"upstream": "files", "method": "elicitation/create", "why": "not_askable", "clients_waiting": 1}),
+    ],
     "config_reloaded": [(False, {"trigger": "watch", "file_hash": "ab" * 32})],
     "config_rejected": [(False, {"trigger": "api", "errors": ["upstreams[0].retry.max_attempts: must be >= 1 (got 0)"]})],
     "proposal_applied": [(False, {"proposal": "retry-more-up", "title": "retry more", "error_rate_before": 0.25})],
@@ -88,7 +97,7 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_every_kind_has_a_type_and_an_emission_here() -> None:
-    assert tuple(KINDS) == EVENT_TYPES and len(EVENT_TYPES) == 22
+    assert tuple(KINDS) == EVENT_TYPES and len(EVENT_TYPES) == 24
     assert set(EMISSIONS) == set(EVENT_TYPES) - {"call_ok"}
     for cls in KINDS.values():
         frozen = cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
@@ -151,6 +160,8 @@ MALFORMED = [
     ("timeout", True, {"limit_ms": 1.0, "observing": True, "upstream": "up"}, "timeout: unknown field(s) upstream"),
     ("circuit_open", True, {"breaker": "up"}, "circuit_open is about no call: a call was given"),
     ("circuit_open", False, {"breaker": "up"}, "circuit_open: missing field(s) upstream"),
+    ("circuit_open", False, {"upstream": "up", "breaker": "up", "method": "x"}, "circuit_open: unknown field(s) method"),
+    ("stdio_question_refused", False, {"upstream": "up", "why": "nobody_waiting", "clients_waiting": 0}, "stdio_question_refused: missing field(s) method"),
 ]
 
 
@@ -215,19 +226,27 @@ def _emissions(tree: ast.AST) -> list[tuple[int, str, set[str], bool]]:
 
 def test_every_emission_site_in_the_proxy_names_a_kind_and_only_its_fields() -> None:
     """Statically: a kind that exists, no field it lacks, every field it needs (unless passed as ``**fields``,
-    then the tests above and the scenarios check them)."""
+    then the tests above and the scenarios check them). A kind about no call that declares the envelope's
+    `method` again (a stdio child's refused question) passes it as its own."""
     seen: set[str] = set()
+    envelope = {f.name: f for f in dataclasses.fields(Event)}
     for path in sorted((REPO / "proxy").rglob("*.py")):
         for line, kind, names, splat in _emissions(ast.parse(path.read_text())):
             where = f"{path.relative_to(REPO)}:{line}"
             assert kind in KINDS, f"{where}: unknown event kind {kind!r}"
             fields = {f.name: f for f in dataclasses.fields(KINDS[kind])}
-            own = {n for n in fields if n not in {f.name for f in dataclasses.fields(CallEvent)}}
+            narrowed = {"method"} if fields["method"] is not envelope["method"] and not issubclass(KINDS[kind], CallEvent) else set()
+            own = {n for n in fields if n not in {f.name for f in dataclasses.fields(CallEvent)}} | narrowed
             assert names <= own | {"error", "latency_ms", "upstream"}, f"{where}: {kind} has no field(s) {names - own}"
             required = {n for n in own if fields[n].default is dataclasses.MISSING}
             assert splat or required <= names, f"{where}: {kind} needs {required - names}"
             seen.add(kind)
-    assert seen == set(EVENT_TYPES) - {"call_ok"}, set(EVENT_TYPES) - seen
+    assert seen == set(EVENT_TYPES) - {"call_ok"} - EMITTED_ON_ANOTHER_BRANCH, set(EVENT_TYPES) - seen
+
+
+EMITTED_ON_ANOTHER_BRANCH = frozenset({"stdio_child_exited", "stdio_question_refused"})
+"""Kinds whose emission sites (proxy/upstream/stdio, issue 14) are on the branch that supervises the child:
+empty this set when it is merged, so the test above holds every kind to an emission site again."""
 
 
 def test_absent_fields_are_left_out_and_none_is_null() -> None:
@@ -239,3 +258,18 @@ def test_absent_fields_are_left_out_and_none_is_null() -> None:
     no_params = make_call(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}')
     assert build("rate_limited", no_params, {"retry_after": 1.0}, include_params=True).as_record()["params"] is None
     assert isinstance(build("config_reloaded", None, {"trigger": "api", "file_hash": "x"}), Event)
+
+
+def test_the_metrics_observer_ignores_the_stdio_kinds() -> None:
+    """The supervisor reports a child's end and a refused question to every observer; the metrics have series
+    of their own for children (`mcp_proxy_stdio_child_*`, read from the supervisor), so these move none."""
+    metrics = ProxyMetrics()
+
+    def samples() -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for family in metrics.registry.collect() for s in family.samples]
+
+    before = samples()
+    for kind in ("stdio_child_exited", "stdio_question_refused"):
+        for _, fields in EMISSIONS[kind]:
+            metrics.policy_event(kind, None, **fields)
+    assert samples() == before

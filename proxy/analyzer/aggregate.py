@@ -24,14 +24,17 @@ from proxy.analyzer.model import (
     EXAMPLES,
     SERVER_SIDE,
     SESSION_EVENTS,
+    STDIO_EVENTS,
     TOOL_BREAKER_KINDS,
     BreakerStats,
+    ChildExit,
     FailedCall,
     HealthStats,
     Opening,
     SessionLoss,
     SessionStats,
     SignatureGroup,
+    StdioStats,
     Target,
     TargetStats,
     Transition,
@@ -280,6 +283,10 @@ class Analysis:
             if isinstance(upstream, str):
                 _add_session_event(self.upstream(upstream).sessions, event, ts, kind, event_id)
             return  # an upstream fact, not a call of a target (`SESSION_EVENTS`)
+        elif kind in STDIO_EVENTS:
+            if isinstance(upstream, str):
+                _add_stdio_event(self.upstream(upstream).stdio, event, ts, kind, event_id)
+            return  # a child's, not a call of a target (`STDIO_EVENTS`)
         elif kind == "config_reloaded":
             self.config_changes.append(event_id)
         stats = self._target(event)
@@ -326,6 +333,26 @@ def _add_session_event(sessions: SessionStats, event: Event, ts: float, kind: st
     elif kind == "stream_resumed":
         stream = event.get("stream")
         sessions.resumed[stream if isinstance(stream, str) else "unknown"] += 1
+
+
+def _add_stdio_event(stdio: StdioStats, event: Event, ts: float, kind: str, event_id: int) -> None:
+    """Count one `STDIO_EVENTS` event into its upstream's children. Parsed whole first: a malformed event
+    (`_fold` skips it) leaves no half-counted trace."""
+    if kind == "stdio_child_exited":
+        pid, uptime = event.get("pid"), event.get("uptime_ms")
+        exit = ChildExit(
+            event_id, ts, int(_num(event.get("generation"))), pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+            str(event.get("phase")), str(event.get("reason")),
+            float(uptime) if isinstance(uptime, int | float) and not isinstance(uptime, bool) else None,
+            int(_num(event.get("cut_off"))),
+        )  # fmt: skip
+        stdio.exits.append(exit)
+        stdio.restarts = max(stdio.restarts, int(_num(event.get("restarts"))))
+    else:
+        why, method = str(event.get("why")), event.get("method")
+        stdio.refused.setdefault(why, []).append(event_id)
+        stdio.refused_methods[(why, method if isinstance(method, str) else "unknown")] += 1
+        stdio.most_waiting[why] = max(stdio.most_waiting.get(why, 0), int(_num(event.get("clients_waiting"))))
 
 
 def _add_call_event(analysis: Analysis, stats: TargetStats, event: Event, ts: float, kind: str, event_id: int) -> None:

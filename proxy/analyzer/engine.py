@@ -14,7 +14,7 @@ what the proposals kept so far address (`Addressed`: the client-visible failures
 openings their changes are expected to remove; kept means it survived validation and the guard in
 `_finish`). The cause rules fix why calls fail (a per_try too short, too few attempts, an upstream
 over its rate, a tool that shares a breaker, a breaker that trips on short bursts, a safe tool never
-retried); the symptom rules (a cached fallback, a longer max_stale) put stale answers in place of
+retried; a stdio child whose questions reach no client or that keeps failing to start); the symptom rules (a cached fallback, a longer max_stale) put stale answers in place of
 failures, and speak only on the failures no kept cause proposal addresses, so a stale answer never
 hides a cause that has its own fix. Within `CAUSES`, `breaker_flaps` comes after the rules whose
 changes prevent openings (timeouts, rate_limit, breaker_per_tool): an opening whose cause is fixed is
@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from proxy.analyzer import rules, rules_upstream
+from proxy.analyzer import rules, rules_stdio, rules_upstream
 from proxy.analyzer.aggregate import DEFAULT_WINDOW_S, Analysis
 from proxy.analyzer.proposal import NOTHING, Proposal
 from proxy.analyzer.rules import Rule
@@ -50,6 +50,7 @@ CAUSES: tuple[Rule, ...] = (
     rules_upstream.breaker_flaps,
     rules_upstream.health_flaps,
     rules_upstream.session_lost,
+    rules_stdio.stdio,
 )
 """The rules that fix why calls fail, in the order they run: `breaker_flaps` after every rule whose change
 prevents breaker openings (it does not count those)."""

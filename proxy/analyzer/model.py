@@ -23,6 +23,7 @@ __all__ = [
     "UPSTREAM_FAILED",
     "UPSTREAM_FAILED_OUTCOMES",
     "BreakerStats",
+    "ChildExit",
     "FailedCall",
     "HealthStats",
     "MAX_SEEN_PARAMS",
@@ -31,7 +32,9 @@ __all__ = [
     "SessionLoss",
     "SessionStats",
     "TOOL_BREAKER_KINDS",
+    "STDIO_EVENTS",
     "SignatureGroup",
+    "StdioStats",
     "Target",
     "TargetStats",
     "Transition",
@@ -77,6 +80,9 @@ no failure (``unwatched``, ``unread_event``, ``oversized_event``, ``resumable``)
 SESSION_EVENTS = frozenset({"session_lost", "session_recovered", "stream_resumed"})
 """Events about an upstream's legacy sessions (`SessionStats`): upstream facts, never a target's calls (a
 loss met by a GET or a notification is no call of a tool; the request replayed is counted by its summary)."""
+STDIO_EVENTS = frozenset({"stdio_child_exited", "stdio_question_refused"})
+"""Events about a stdio upstream's child (`StdioStats`): upstream facts, never a target's calls (a refused
+question's `method` is the child's, not a client's call)."""
 EXAMPLES = 5
 MAX_SEEN_PARAMS = 4096
 """Params hashes a target remembers as having succeeded (`TargetStats.ok_params_since`) per window, or per
@@ -490,6 +496,68 @@ class SessionStats:
         return [loss for loss in self.losses if loss.id not in ended]
 
 
+START_TIMED_OUT = "did not answer initialize within"
+"""What the reason of a child that ran out `child.start_timeout` says (``the child did not answer
+initialize within 30s``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildExit:
+    """One `stdio_child_exited`: a child the proxy did not stop ended."""
+
+    id: int
+    ts: float
+    generation: int
+    pid: int | None
+    phase: str
+    """``starting`` (it never answered initialize) or ``running`` (it was up)."""
+    reason: str
+    uptime_ms: float | None
+    cut_off: int
+
+    @property
+    def start_timed_out(self) -> bool:
+        """It never came up because it did not answer initialize within `child.start_timeout`."""
+        return self.phase == "starting" and START_TIMED_OUT in self.reason
+
+
+@dataclass(slots=True)
+class StdioStats:
+    """One stdio upstream's children in the window: each unplanned end, and the child's questions no client
+    could be asked."""
+
+    exits: list[ChildExit] = field(default_factory=list)
+    refused: dict[str, list[int]] = field(default_factory=dict)
+    """Ids of `stdio_question_refused` events by `why` (``several_clients``, ``not_askable``, ...)."""
+    refused_methods: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Refused questions by (why, the child's method)."""
+    most_waiting: dict[str, int] = field(default_factory=dict)
+    """The most clients waiting at a refusal, by why."""
+    restarts: int = 0
+    """The most restarts any exit reported (the upstream's count so far)."""
+
+    def merge(self, later: StdioStats) -> None:
+        """Add the same upstream's child events of a later time slice (lists concatenate in time order)."""
+        self.exits.extend(later.exits)
+        for why, ids in later.refused.items():
+            self.refused.setdefault(why, []).extend(ids)
+        self.refused_methods.update(later.refused_methods)
+        for why, most in later.most_waiting.items():
+            self.most_waiting[why] = max(most, self.most_waiting.get(why, 0))
+        self.restarts = max(self.restarts, later.restarts)
+
+    def __bool__(self) -> bool:
+        return bool(self.exits or self.refused)
+
+    def refusals(self, why: str) -> list[int]:
+        """Ids of the questions refused for `why`."""
+        return self.refused.get(why, [])
+
+    def methods(self, why: str) -> dict[str, int]:
+        """The child's methods refused for `why`, most frequent first."""
+        return {method: n for (w, method), n in self.refused_methods.most_common() if w == why}
+
+
 @dataclass(slots=True)
 class UpstreamStats:
     """Upstream-wide facts: 429s against the accepted rate, lost sessions, the retry budget."""
@@ -507,6 +575,8 @@ class UpstreamStats:
     targets: from `call_ok.ok_timeline` (recordings before it have none)."""
     http_429_clients: Counter[str] = field(default_factory=Counter)
     """Whose calls failed on the upstream's 429 (`call_failed.client`): one client's own limit is not everyone's."""
+    stdio: StdioStats = field(default_factory=StdioStats)
+    """Its children, when it is a stdio upstream: their unplanned ends, their questions refused."""
 
     def merge(self, later: UpstreamStats) -> None:
         """Add the same upstream's events of a later time slice: lists concatenate, the ok counts of one
@@ -519,6 +589,7 @@ class UpstreamStats:
         self.sessions.merge(later.sessions)
         self.budget_exhausted += later.budget_exhausted
         self.http_429_clients.update(later.http_429_clients)
+        self.stdio.merge(later.stdio)
         for slot_key, timeline in later.timelines.items():
             line = self.timelines.setdefault(slot_key, [])
             line.extend([0] * (len(timeline) - len(line)))

@@ -4,8 +4,9 @@ An emission site names a kind, what it is about and its fields (``observer.polic
 attempt, failure=..., delay_ms=..., error=...)``). `build` makes the kind's frozen dataclass
 (`proxy.events.types`) from them, the envelope taken from the call: upstream, method, tool,
 call_id, attempt, policy, and the call's `idempotent`, declared hints (`Call.hints`) and params;
-`error` and `latency_ms` are the envelope's too, as is `upstream` for events without a call. An
-event is about an `Attempt` (its
+`error` and `latency_ms` are the envelope's too, as is `upstream` for events without a call (and
+`method`, for a kind without a call that narrows it: a stdio child's refused question names its own
+method there). An event is about an `Attempt` (its
 `number` is the envelope's `attempt`), a `Call` (attempt 1: a call before its first try, or outside
 the tries), or nothing (attempt null). `checked_record` makes that event's
 record (`Event.as_record`) directly, after the same check: what the recorder publishes when serving,
@@ -129,14 +130,16 @@ def make_event(
     **fields: Any,
 ) -> dict[str, Any]:
     """An event record made without its type (without `id` and `ts`, which the bus assigns): `fields`
-    are the per-type fields, whatever they are; one named like an envelope field becomes ``x_<name>``.
+    are the per-type fields, whatever they are; one named like an envelope field becomes ``x_<name>``, but
+    `upstream` and `method` of an event about no call, which fill the envelope's.
 
     What the recorder publishes when an emission is malformed, and what tests and tools use to make
     partial or synthetic records; the proxy's own events are `build`'s, and equal this for the same
     emission. Bounded whatever its inputs (`MAX_EVENT_BYTES`): strings are cut, lists shortened, params omitted."""
     call, attempt = _split(about)
     upstream = fields.pop("upstream", None) if call is None else call.upstream
-    event = _envelope(type, call, attempt, error, latency_ms, upstream)
+    method = fields.pop("method", None) if call is None else None
+    event = _envelope(type, call, attempt, error, latency_ms, upstream, method)
     if call is not None:
         fields["idempotent"] = call.idempotent
         if call.hints is not None:
@@ -148,15 +151,17 @@ def make_event(
 
 
 def _envelope(
-    type: str, call: Call | None, attempt: int | None, error: Any, latency_ms: float | None, upstream: Any
+    type: str, call: Call | None, attempt: int | None, error: Any, latency_ms: float | None, upstream: Any, method: Any = None
 ) -> dict[str, Any]:
     """The envelope of an event (`proxy.events.envelope.Event`) as a record: from the call, if any, and
-    the number of the try it is about (`_split`)."""
+    the number of the try it is about (`_split`); without one, the `upstream` and `method` given."""
+    if call is not None:
+        method = call.method
     event: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "type": type,
         "upstream": upstream if upstream is None else _cut(str(upstream)),
-        "method": None if call is None else _cut(call.method),
+        "method": method if method is None else _cut(str(method)),
         "tool": None if call is None or call.tool is None else _cut(call.tool),
         "call_id": None if call is None else call.call_id,
         "attempt": attempt,
@@ -183,26 +188,38 @@ class _Spec(NamedTuple):
 
     cls: type[Event]
     allowed: frozenset[str]
-    """The names an emission may pass: the kind's own fields, `error`, `latency_ms`, and without a call `upstream`."""
+    """The names an emission may pass: the kind's own fields, `error`, `latency_ms`, and without a call
+    `upstream` (and `method` when the kind narrows it, `_NARROWABLE`)."""
     required: frozenset[str]
     """The names it must pass: the kind's fields without a default, and the envelope's it narrows to never
     None (the `error` of a retry, the `upstream` of a breaker's event) that an emission gives."""
+    given: frozenset[str]
+    """Of `allowed`, those that fill the envelope rather than follow it."""
     about_call: bool
 
 
 _EMISSION_ENVELOPE: Final = frozenset({"error", "latency_ms", "upstream"})
 """Envelope fields an emission passes (the rest come from the call)."""
+_NARROWABLE: Final = frozenset({"method"})
+"""Envelope fields a kind about no call may declare again, as its own (a stdio child's refused question:
+the method it asked): its emission then passes them, and they fill the envelope's."""
 
 
 def _spec(cls: type[Event]) -> _Spec:
     about_call = issubclass(cls, CallEvent)
     base = {f.name for f in dataclasses.fields(CallEvent if about_call else Event)}
-    given = _EMISSION_ENVELOPE - {"upstream"} if about_call else _EMISSION_ENVELOPE
+    if about_call:
+        given = _EMISSION_ENVELOPE - {"upstream"}
+    else:
+        inherited = {f.name: f for f in dataclasses.fields(Event)}
+        narrowed = {f.name for f in dataclasses.fields(cls) if f.name in _NARROWABLE and f is not inherited[f.name]}
+        given = _EMISSION_ENVELOPE | narrowed
     own = [f for f in dataclasses.fields(cls) if f.name not in base or f.name in given]
     return _Spec(
         cls=cls,
         allowed=frozenset(f.name for f in own) | given,
         required=frozenset(f.name for f in own if f.default is dataclasses.MISSING),
+        given=frozenset(given),
         about_call=about_call,
     )
 
@@ -244,9 +261,9 @@ def checked_record(kind: str, about: Subject, fields: dict[str, Any], include_pa
         given = sorted(error) if isinstance(error, dict) else type(error).__name__
         raise MalformedEvent(f"{kind}: error must have exactly {', '.join(_ERROR_KEYS)} (got {given})")
     upstream = call.upstream if call is not None else fields.get("upstream")
-    record = _envelope(kind, call, attempt, error, fields.get("latency_ms"), upstream)
+    record = _envelope(kind, call, attempt, error, fields.get("latency_ms"), upstream, fields.get("method"))
     for name, value in fields.items():
-        if name not in _EMISSION_ENVELOPE:
+        if name not in spec.given:
             record[name] = _bounded(value)
     if call is not None:
         record["idempotent"] = call.idempotent

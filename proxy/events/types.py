@@ -35,6 +35,8 @@ __all__ = [
     "RetryExhausted",
     "SessionLost",
     "SessionRecovered",
+    "StdioChildExited",
+    "StdioQuestionRefused",
     "StreamResumed",
     "Timeout",
     "TimeoutObserved",
@@ -457,6 +459,58 @@ class StreamResumed(Event):
     ``listen``: the 2026-07-28 era has no session)."""
     gap_ms: float
     """From the upstream stream's end to its reopening (for ``listen``: to the re-issue's acknowledgement)."""
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StdioChildExited(Event):
+    """A stdio upstream's child process ended without the proxy stopping it (a crash, an exit, a start that
+    failed: no answer to initialize in time, an exit before it, a line over the bound): once per child,
+    before its restart's backoff. A child stopped on purpose (shutdown, reload, a per-session child's end)
+    has no event."""
+
+    type: Literal["stdio_child_exited"] = "stdio_child_exited"
+    upstream: str
+    generation: int
+    """Which child it was: 1 the upstream's first, one more per start."""
+    pid: int | None
+    """Its process id (null: it never ran, the program could not be started)."""
+    phase: Literal["starting", "running"]
+    """``starting``: it ended before answering the proxy's initialize (it never came up); ``running``: it was up."""
+    reason: str
+    """Why it ended, in the proxy's words: ``exited with code 3``, ``was killed by SIGKILL``, ``the child did not
+    answer initialize within 30s``, ``the child wrote a line over 8 MiB``."""
+    uptime_ms: float | None
+    """How long it was up, from its answer to initialize (null in phase ``starting``)."""
+    cut_off: int
+    """Client requests in flight on it that its end cut off (retried onto the next child where the retry
+    policy allows; the others answered with an error)."""
+    restarts: int
+    """The upstream's restarts so far (its `/status` ``restarts``)."""
+
+
+QuestionRefusal = Literal["several_clients", "nobody_waiting", "not_askable", "too_many_questions"]
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StdioQuestionRefused(Event):
+    """A request of a stdio child's own (sampling, elicitation, roots) could not be put to a client and was
+    answered to the child with an error. (A ``roots/list`` with nobody to ask is answered with no roots:
+    no refusal, no event.)"""
+
+    type: Literal["stdio_question_refused"] = "stdio_question_refused"
+    upstream: str
+    method: str
+    """The child's request method (``sampling/createMessage``, ``elicitation/create``, ``roots/list``)."""
+    why: QuestionRefusal
+    """``several_clients``: requests of more than one client were in flight on a shared child, so nobody can
+    tell whose question it is; ``nobody_waiting``: no client had a request in flight (and no session stream
+    could take it); ``not_askable``: the one client waiting cannot be asked (its request accepts no SSE
+    answer, or it speaks the 2026-07-28 era, which has no server-to-client requests); ``too_many_questions``:
+    the child's questions waiting on clients were at their bound."""
+    clients_waiting: int
+    """Clients with requests in flight on the child when it asked."""
 
 
 EVENT_TYPES: Final = tuple(KINDS)

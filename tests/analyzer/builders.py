@@ -136,6 +136,20 @@ class Stream:
     def stream_resumed(self, at: float, stream: str = "get", from_event_id: bool = False, generation: int = 1) -> dict[str, Any]:
         return self._upstream_event("stream_resumed", at, stream=stream, from_event_id=from_event_id, generation=generation, gap_ms=120.0)
 
+    def child_exited(
+        self, at: float, reason: str, *, phase: str = "running", uptime_ms: float | None = 5000.0, generation: int = 1,
+        pid: int | None = 4000, cut_off: int = 0, restarts: int = 0,
+    ) -> dict[str, Any]:
+        """A stdio child the proxy did not stop ended (`uptime_ms` is dropped in phase starting, as the proxy does)."""
+        return self._upstream_event(
+            "stdio_child_exited", at, generation=generation, pid=pid, phase=phase, reason=reason,
+            uptime_ms=None if phase == "starting" else uptime_ms, cut_off=cut_off, restarts=restarts,
+        )  # fmt: skip
+
+    def question_refused(self, at: float, why: str, method: str = "sampling/createMessage", clients_waiting: int = 2) -> dict[str, Any]:
+        """A stdio child's question no client could be asked."""
+        return self._upstream_event("stdio_question_refused", at, method=method, why=why, clients_waiting=clients_waiting)
+
     def config_reloaded(self, at: float) -> dict[str, Any]:
         return self._publish(make_event("config_reloaded", None, trigger="watch", file_hash="abc"), at)
 
