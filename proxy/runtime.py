@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 from proxy.mcp.annotations import ToolAnnotations
 from proxy.mcp.tool_catalog import ToolCatalog
@@ -41,7 +40,6 @@ from proxy.policies.timeout import TimeoutStage
 from proxy.sessions.keeper import UpstreamSessions
 from proxy.sessions.stage import SessionStage
 from proxy.upstream.transport import HttpUpstream
-from proxy.upstream.stdio.backend import EventSink
 from proxy.upstream.stdio.upstream import StdioUpstream, transport_for
 
 __all__ = ["Route", "Runtime", "RuntimeRef", "SharedStages", "UpstreamState", "build_runtime", "config_hash"]
@@ -158,15 +156,6 @@ def _new_health(upstream: UpstreamConfig, clock: Clock, metrics: ProxyMetrics, o
     return UpstreamHealth(upstream.name, upstream.health, observer, clock)
 
 
-def _events_to(observer: Observer) -> EventSink:
-    """A stdio child's events (`proxy.upstream.stdio.backend`), as the observer takes events about no call."""
-
-    def emit(kind: str, **fields: Any) -> None:
-        observer.policy_event(kind, None, **fields)
-
-    return emit
-
-
 def _same_server(before: UpstreamConfig, now: UpstreamConfig) -> bool:
     """Whether a reloaded upstream is still the server it was: the same URL, or the same child command."""
     return before.url == now.url and before.command == now.command
@@ -183,7 +172,7 @@ def _state_for(
     if previous is None:
         catalog = ToolCatalog()
         return UpstreamState(
-            transport=transport_for(upstream, limits, _events_to(observer)),
+            transport=transport_for(upstream, limits, observer),
             retry=RetryStage(clock, observer),
             breaker=BreakerStage(upstream.name, clock, observer, catalog),
             catalog=catalog,
@@ -199,7 +188,7 @@ def _state_for(
     if transport.same_connection(upstream, limits):
         transport.config = upstream
     else:
-        transport = transport_for(upstream, limits, _events_to(observer))
+        transport = transport_for(upstream, limits, observer)
     health = previous.health
     if health.config != upstream.health:
         health = _new_health(upstream, clock, metrics, observer)

@@ -241,12 +241,7 @@ def test_every_emission_site_in_the_proxy_names_a_kind_and_only_its_fields() -> 
             required = {n for n in own if fields[n].default is dataclasses.MISSING}
             assert splat or required <= names, f"{where}: {kind} needs {required - names}"
             seen.add(kind)
-    assert seen == set(EVENT_TYPES) - {"call_ok"} - EMITTED_ON_ANOTHER_BRANCH, set(EVENT_TYPES) - seen
-
-
-EMITTED_ON_ANOTHER_BRANCH = frozenset({"stdio_child_exited", "stdio_question_refused"})
-"""Kinds whose emission sites (proxy/upstream/stdio, issue 14) are on the branch that supervises the child:
-empty this set when it is merged, so the test above holds every kind to an emission site again."""
+    assert seen == set(EVENT_TYPES) - {"call_ok"}, set(EVENT_TYPES) - seen
 
 
 def test_absent_fields_are_left_out_and_none_is_null() -> None:

@@ -8,6 +8,7 @@ waits for them.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -136,8 +137,8 @@ async def test_a_child_goes_up_answers_and_stops(supervisors: list[Supervisor]) 
         "serverInfo": {"name": "stdio-children", "version": "1.0"},
     }
     assert supervisor.snapshot() == {
-        "state": "up", "pid": link.pid, "generation": 1, "restarts": 0, "up_since": 1000.0,
-        "last_exit": None, "last_error": None,
+        "state": "up", "pid": link.pid, "last_pid": link.pid, "generation": 1, "restarts": 0,
+        "up_since": 1000.0, "last_exit": None, "last_error": None,
     }  # fmt: skip
     assert await ping(link, recorder, "p1") == {"jsonrpc": "2.0", "id": "p1", "result": {}}
     await supervisor.stop()
@@ -147,8 +148,8 @@ async def test_a_child_goes_up_answers_and_stops(supervisors: list[Supervisor]) 
         ("down", 1, "the proxy stopped the child"),
     ]
     assert supervisor.snapshot() == {
-        "state": "stopped", "pid": None, "generation": 1, "restarts": 0, "up_since": None,
-        "last_exit": {"code": 0}, "last_error": None,
+        "state": "stopped", "pid": None, "last_pid": link.pid, "generation": 1, "restarts": 0,
+        "up_since": None, "last_exit": {"code": 0}, "last_error": None,
     }  # fmt: skip
     assert live_members(link.pid) == []
     assert not link.alive
@@ -173,6 +174,8 @@ async def test_a_child_that_dies_at_once_is_retried_with_exponential_backoff(sup
     why = "the child exited with code 3 before answering initialize"
     assert recorder.events == [("down", None, why)] * 6
     snapshot = supervisor.snapshot()
+    last_pid = snapshot.pop("last_pid")
+    assert isinstance(last_pid, int) and not os.path.exists(f"/proc/{last_pid}")  # the sixth child, gone
     assert snapshot == {
         "state": "backoff", "pid": None, "generation": 6, "restarts": 5, "up_since": None,
         "last_exit": {"code": 3}, "last_error": why,

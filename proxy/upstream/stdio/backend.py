@@ -17,24 +17,19 @@ import asyncio
 import contextlib
 import itertools
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
+from proxy.policies.base import Observer
 from proxy.tasks import cancel_and_wait, spawn
 from proxy.upstream.stdio.child import ChildGone, ChildNotRunning, ChildSpec
 from proxy.upstream.stdio.routing import OWN_ID_PREFIX, Caller, Session, Switchboard
 from proxy.upstream.stdio.supervisor import Handshake, Link, Supervisor, Timing
 
-__all__ = ["ChildBackend", "EventSink"]
+__all__ = ["ChildBackend"]
 
 log = structlog.get_logger("proxy")
-
-
-class EventSink(Protocol):
-    """Where a backend's events go: ``observer.policy_event(kind, None, **fields)`` (`proxy.runtime`)."""
-
-    def __call__(self, kind: str, **fields: Any) -> None: ...
 
 
 class ChildBackend:
@@ -47,13 +42,14 @@ class ChildBackend:
         handshake: Handshake,
         *,
         exclusive: str | None = None,
-        on_event: EventSink | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.spec = spec
         self.timing = timing
         self.board = Switchboard(exclusive=exclusive)
-        self._on_event = on_event
-        if on_event is not None:
+        self._observer = observer
+        """Where the child's failures go as events (the runtime's observer: the event stream and metrics)."""
+        if observer is not None:
             self.board.on_refused = self._refused
         self.supervisor = Supervisor(
             spec, timing, handshake, on_message=self._from_child, on_up=self._child_up, on_down=self._child_down
@@ -195,14 +191,15 @@ class ChildBackend:
             self.board.child_lost(link.generation, reason)
         if link is None or link is self.link:
             self.link = None
-        if self._on_event is not None and not self._stopping:
+        if self._observer is not None and not self._stopping:
             state = self.supervisor.snapshot()
             up_at, self._up_at = self._up_at, None
-            self._on_event(
+            self._observer.policy_event(
                 "stdio_child_exited",
+                None,
                 upstream=self.spec.name,
                 generation=link.generation if link is not None else int(state.get("generation") or 0),
-                pid=link.pid if link is not None else state.get("pid"),
+                pid=link.pid if link is not None else state.get("last_pid"),
                 phase="running" if link is not None else "starting",
                 reason=reason,
                 uptime_ms=round((time.monotonic() - up_at) * 1000, 1)
@@ -213,7 +210,7 @@ class ChildBackend:
             )
 
     def _refused(self, method: str, why: str, waiting: int) -> None:
-        assert self._on_event is not None
-        self._on_event(
-            "stdio_question_refused", upstream=self.spec.name, method=method, why=why, clients_waiting=waiting
+        assert self._observer is not None
+        self._observer.policy_event(
+            "stdio_question_refused", None, upstream=self.spec.name, method=method, why=why, clients_waiting=waiting
         )

@@ -49,7 +49,8 @@ from proxy.mcp.eras import Era, era_for, protocol_of
 from proxy.tasks import cancel_and_wait, spawn
 from proxy.upstream.stdio import answers, modern
 from proxy.upstream.stdio.answers import error, event, json_answer, sse_response, unavailable
-from proxy.upstream.stdio.backend import ChildBackend, EventSink
+from proxy.policies.base import Observer
+from proxy.upstream.stdio.backend import ChildBackend
 from proxy.upstream.stdio.child import ChildSpec
 from proxy.upstream.stdio.routing import LEVELS, Inbox, Listener, STREAM_INBOX, Session
 from proxy.upstream.stdio.supervisor import ACCEPTED_VERSIONS, ChildUnavailable, Handshake, Link, Timing
@@ -90,14 +91,14 @@ class Gateway:
         isolation: Isolation = "shared",
         max_children: int = 32,
         child_idle_timeout: float = 600.0,
-        on_event: EventSink | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.spec = spec
         self.timing = timing
         self.isolation = isolation
-        self._on_event = on_event
+        self._observer = observer
         handshake = Handshake(capabilities=CLIENT_CAPABILITIES, client_info=CLIENT_INFO)
-        self.shared = ChildBackend(spec, timing, handshake, on_event=on_event)
+        self.shared = ChildBackend(spec, timing, handshake, observer=observer)
         """The child of every client (`shared`), or of the 2026-07-28 clients only (`per_session`)."""
         self._owners: dict[str, ChildBackend] = {}
         """Each legacy session's backend."""
@@ -273,7 +274,7 @@ class Gateway:
             client_info=client_info if isinstance(client_info, dict) else CLIENT_INFO,
             **({"protocol_version": version} if version in ACCEPTED_VERSIONS else {}),
         )
-        backend = ChildBackend(self.spec, self.timing, handshake, exclusive=key, on_event=self._on_event)
+        backend = ChildBackend(self.spec, self.timing, handshake, exclusive=key, observer=self._observer)
         self._own_children += 1
         await backend.start()
         try:

@@ -234,6 +234,7 @@ class Supervisor:
         return {
             "state": self._state,
             "pid": self._child.pid if self._child is not None and self._child.returncode is None else None,
+            "last_pid": self._child.pid if self._child is not None else None,
             "generation": self._generation,
             "restarts": self._restarts,
             "up_since": self._up_since,

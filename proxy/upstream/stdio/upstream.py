@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy.config.model import LimitsConfig, UpstreamConfig
 from proxy.upstream.stdio.child import ChildSpec, child_environment
-from proxy.upstream.stdio.backend import EventSink
+from proxy.policies.base import Observer
 from proxy.upstream.stdio.gateway import Gateway
 from proxy.upstream.stdio.supervisor import Timing
 from proxy.upstream.transport import HttpUpstream
@@ -64,7 +64,7 @@ def timing_of(config: UpstreamConfig) -> Timing:
 class StdioUpstream(HttpUpstream):
     """One stdio child as an upstream."""
 
-    def __init__(self, config: UpstreamConfig, limits: LimitsConfig, on_event: EventSink | None = None) -> None:
+    def __init__(self, config: UpstreamConfig, limits: LimitsConfig, observer: Observer | None = None) -> None:
         super().__init__(config, limits, url=f"http://stdio.{config.name}.invalid/mcp")
         self.gateway = Gateway(
             spec_of(config),
@@ -74,7 +74,7 @@ class StdioUpstream(HttpUpstream):
             isolation=config.isolation,
             max_children=config.child.max_children,
             child_idle_timeout=config.child.idle_timeout,
-            on_event=on_event,
+            observer=observer,
         )
         self._settings = child_settings(config)
 
@@ -93,9 +93,9 @@ class StdioUpstream(HttpUpstream):
             await self.gateway.stop()
 
 
-def transport_for(config: UpstreamConfig, limits: LimitsConfig, on_event: EventSink | None = None) -> HttpUpstream:
+def transport_for(config: UpstreamConfig, limits: LimitsConfig, observer: Observer | None = None) -> HttpUpstream:
     """The transport an upstream's config asks for: a child's gateway for `command` (its events to
-    `on_event`), else the URL's pool."""
+    `observer`), else the URL's pool."""
     if config.command is not None:
-        return StdioUpstream(config, limits, on_event)
+        return StdioUpstream(config, limits, observer)
     return HttpUpstream(config, limits)
