@@ -9,6 +9,7 @@ the child's process id and restart count from the admin port's ``/status``
 * :data:`STDIO_SERVERS`: the three real stdio servers (npm server-everything, the SDK 2.3 everything
   server, FastMCP 4.1.6), each with its command line and a call that must work.
 * :func:`start_stdio_proxy`: the proxy on one child; :class:`StdioProxy` reads its child's state.
+* :func:`post_all`: one raw POST and every message of its answer, where exact bytes matter.
 * :func:`process_gone`, :func:`descendants`: what ``/proc`` says about a process, for the kill and
   shutdown tests.
 
@@ -19,6 +20,7 @@ a test measures.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -51,7 +53,7 @@ from tests.e2e.upstreams import (
 )
 from proxy.upstream.stdio.gateway import CLIENT_CAPABILITIES
 from tests.conformance.runner import find_node
-from tests.sdk_helpers import LEGACY_VERSION
+from tests.sdk_helpers import ACCEPT, LEGACY_VERSION, read_sse
 
 WAIT_S: Final = 30.0
 """Bound on every wait (a child's start, a restart after its backoff, a probe), with room for a loaded machine."""
@@ -341,6 +343,21 @@ class StdioProxies:
     async def close(self) -> None:
         for proxy in self._running.values():
             await proxy.stop()
+
+
+async def post_all(
+    http: httpx2.AsyncClient, url: str, body: dict[str, Any], headers: Mapping[str, str]
+) -> tuple[int, list[dict[str, Any]]]:
+    """POST one JSON-RPC message; the HTTP status and every message of the answer, in order (a JSON body
+    is one message; an SSE answer is each event's data), as the bytes said them."""
+    request_headers = {"content-type": "application/json", "accept": ACCEPT, **headers}
+    async with http.stream("POST", url, content=json.dumps(body), headers=request_headers) as response:
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            messages = [json.loads(event.data) async for event in read_sse(response) if event.data]
+        else:
+            raw = await response.aread()
+            messages = [json.loads(raw)] if raw.strip() else []
+        return response.status_code, messages
 
 
 # --------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from tests.e2e.stdio_support import (
     NPM_STDIO,
     SDK_STDIO,
     STDIO_SERVERS,
-    Asked,
     StdioProxies,
     StdioServer,
     direct_tool_names,
@@ -170,17 +169,3 @@ async def test_legacy_log_level_and_log_lines(proxies: StdioProxies) -> None:
         result = await client.call_tool("test_tool_with_logging", {})
         assert [text_of(c) for c in result.content] == ["Tool with logging executed successfully"]
         assert [(p.level, p.data) for p in logs] == [("info", "first"), ("warning", "loud")]
-
-
-async def test_sampling_round_trip_sdk_legacy(proxies: StdioProxies) -> None:
-    """A question of the child's (``sampling/createMessage``) reaches the one client calling, and its
-    answer goes back to the child, which returns it in the tool's result."""
-    proxy = await proxies.get(SDK_STDIO)
-    asked = Asked(reply="forty-two")
-    async with full_client(proxy.url, "legacy", asked) as client:
-        result = await client.call_tool("test_sampling", {"prompt": "the answer?"})
-    assert [text_of(c) for c in result.content] == ["LLM response: forty-two"]
-    assert [method for method, _ in asked.questions] == ["sampling/createMessage"]
-    params = asked.questions[0][1]
-    assert [text_of(m.content) for m in params.messages] == ["the answer?"]
-    assert params.max_tokens == 100
