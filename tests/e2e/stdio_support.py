@@ -360,6 +360,50 @@ async def post_all(
         return response.status_code, messages
 
 
+@dataclass(frozen=True)
+class Recording:
+    """What ``servers/stdio_recorder.py`` read from the proxy (each message as it came) and wrote back
+    (``{"sent": message}``), from its file."""
+
+    path: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def call_ids(self, tag: str) -> list[Any]:
+        """The ids, as the child got them, of every ``tools/call`` whose arguments carry ``tag``."""
+        return [
+            line["id"]
+            for line in self.lines()
+            if line.get("method") == "tools/call" and line["params"].get("arguments", {}).get("tag") == tag
+        ]
+
+    def cancellations(self, request_id: Any) -> list[dict[str, Any]]:
+        """Every ``notifications/cancelled`` the child read for `request_id`."""
+        return [
+            line
+            for line in self.lines()
+            if line.get("method") == "notifications/cancelled" and line["params"].get("requestId") == request_id
+        ]
+
+    def answers(self, request_id: Any) -> list[dict[str, Any]]:
+        """What the child wrote back for `request_id`."""
+        return [line["sent"] for line in self.lines() if "sent" in line and line["sent"].get("id") == request_id]
+
+    async def wait_for(self, done: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+        """Return once `done()` holds; an assertion naming `what` (and the file) after `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not done():
+                    await asyncio.sleep(POLL_S)  # the child has not read it yet; bounded above
+        except TimeoutError:
+            raise AssertionError(f"{what}: not within {timeout} s; the child recorded {self.lines()}") from None
+
+
 # --------------------------------------------------------------------------------------
 # Processes, as /proc sees them
 # --------------------------------------------------------------------------------------
