@@ -10,6 +10,8 @@ the child's process id and restart count from the admin port's ``/status``
   server, FastMCP 4.1.6), each with its command line and a call that must work.
 * :func:`start_stdio_proxy`: the proxy on one child; :class:`StdioProxy` reads its child's state.
 * :func:`post_all`: one raw POST and every message of its answer, where exact bytes matter.
+* :class:`Recording`: what ``servers/stdio_recorder.py`` read from the proxy and wrote back.
+* :func:`direct_tool_names`: a server's tools reached directly over the SDK's stdio transport.
 * :func:`process_gone`, :func:`descendants`: what ``/proc`` says about a process, for the kill and
   shutdown tests.
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx2
+import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
@@ -149,8 +152,6 @@ def require(missing: str | None) -> None:
     """Skip (locally) or fail (under CI) when a server is not installed, as ``tests/e2e/conftest.py`` does."""
     if missing is None:
         return
-    import pytest
-
     if os.environ.get("CI"):
         pytest.fail(f"required under CI: {missing}")
     pytest.skip(missing)

@@ -147,6 +147,7 @@ async def test_progress_reaches_the_caller(server: StdioServer, mode: str, proxi
         assert [text_of(c) for c in result.content] == [answer]
 
 
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 async def test_legacy_log_level_and_log_lines(proxies: StdioProxies) -> None:
     """``logging/setLevel`` through the proxy sets what the child sends this session: below it, nothing."""
     proxy = await proxies.get(SDK_STDIO)
