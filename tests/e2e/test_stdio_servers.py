@@ -85,14 +85,8 @@ async def test_lists_calls_reads_prompts_as_direct(server: StdioServer, mode: st
         assert server.prompt_text in text_of(prompt.messages[0].content), prompt
 
 
-URL_ELICITATION_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: proxy.upstream.stdio.gateway.CLIENT_CAPABILITIES declares elicitation {} (form only) to the child, "
-    "so npm server-everything never registers trigger-url-elicitation behind the proxy, while the SDK client "
-    "(elicitation {form, url}) reaching it directly lists it",
-)
 FULL_CLIENT_SERVERS = [
-    pytest.param(s, id=s.name, marks=[URL_ELICITATION_BUG] if s is NPM_STDIO else []) for s in STDIO_SERVERS
+    pytest.param(s, id=s.name) for s in STDIO_SERVERS
 ]
 
 

@@ -59,7 +59,7 @@ __all__ = ["CLIENT_CAPABILITIES", "MAX_SESSIONS", "MAX_SUBSCRIPTIONS", "Gateway"
 
 log = structlog.get_logger("proxy")
 
-CLIENT_CAPABILITIES: Final = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
+CLIENT_CAPABILITIES: Final = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {"form": {}, "url": {}}}
 """What the proxy declares to a shared child as its client: everything it can route to a client (servers
 such as server-everything offer some tools only to clients that can be asked)."""
 CLIENT_INFO: Final = {"name": "mcp-resilience-proxy", "version": "1"}
