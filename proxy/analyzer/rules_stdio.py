@@ -19,8 +19,8 @@ from the count (`proposal.confidence`). It speaks only on an upstream the file s
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
+from proxy.analyzer.advice import AdvicePart, advisory
 from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.model import ChildExit, StdioStats, UpstreamStats
 from proxy.analyzer.proposal import NOTHING, Addressed, Change, Effect, Proposal, confidence
@@ -199,34 +199,10 @@ def _advice(
     ]  # fmt: skip
     if not parts:
         return None
-    numbers: dict[str, float | int] = {}
-    counts: dict[str, object] = {}
-    for part in parts:
-        numbers.update(part.numbers)
-        counts.update(part.evidence)
-    return Proposal(
-        rule="stdio", target=name,
-        title=f"Children of {name}: " + "; ".join(part.title for part in parts),
-        rationale=" ".join(part.rationale for part in parts),
-        evidence=window_evidence(analysis, [i for part in parts for i in part.ids[-3:]], **counts),
-        effect=Effect("; ".join(part.effect for part in parts), numbers),
-        confidence="low", confidence_reason="advice only: no change to estimate", advisory=True,
-    )  # fmt: skip
+    return advisory(analysis, rule="stdio", target=name, title=f"Children of {name}: ", parts=parts, examples=lambda ids: ids[-3:])
 
 
-@dataclass(frozen=True, slots=True)
-class _Part:
-    """One finding of the advisory: its words, its numbers, its example event ids."""
-
-    title: str
-    rationale: str
-    effect: str
-    numbers: dict[str, float | int]
-    evidence: dict[str, object]
-    ids: list[int]
-
-
-def _exits(stats: UpstreamStats, upstream: UpstreamConfig, covered: frozenset[int]) -> _Part | None:
+def _exits(stats: UpstreamStats, upstream: UpstreamConfig, covered: frozenset[int]) -> AdvicePart | None:
     """`MIN_CHILD_EXITS` unplanned exits (but those `covered`): by reason and phase, what the reasons hint
     at, the calls they cut off, and where the children's own words are (their stderr lines)."""
     name, stdio = stats.name, stats.stdio
@@ -259,7 +235,7 @@ def _exits(stats: UpstreamStats, upstream: UpstreamConfig, covered: frozenset[in
     }
     if running:
         evidence["shortest_uptime_ms"] = round(running[0], 1)
-    return _Part(
+    return AdvicePart(
         title=f"{n} unplanned exits ({_listed(reasons)})",
         rationale=" ".join(said),
         effect=f"{n} children exited unplanned, cutting off {cut_off} requests in flight",
@@ -322,7 +298,7 @@ def _stderr(name: str, exits: list[ChildExit], upstream: UpstreamConfig) -> str:
     return "Their stderr is discarded (stderr: discard): set stderr: log to see in the proxy's log why they end."
 
 
-def _not_askable(name: str, stdio: StdioStats) -> _Part | None:
+def _not_askable(name: str, stdio: StdioStats) -> AdvicePart | None:
     """`MIN_QUESTIONS_REFUSED` questions the one client waiting could not be asked: the client's side."""
     refused = stdio.refusals("not_askable")
     n = len(refused)
@@ -330,7 +306,7 @@ def _not_askable(name: str, stdio: StdioStats) -> _Part | None:
         return None
     methods = stdio.methods("not_askable")
     asked = sorted({_QUESTIONS.get(method, method) for method in methods})
-    return _Part(
+    return AdvicePart(
         title=f"{n} questions the client waiting could not be asked",
         rationale=(
             f"The child of {name} asked {n} questions ({_listed(methods)}) while the one client waiting could not be "
@@ -346,13 +322,13 @@ def _not_askable(name: str, stdio: StdioStats) -> _Part | None:
     )
 
 
-def _too_many(name: str, stdio: StdioStats) -> _Part | None:
+def _too_many(name: str, stdio: StdioStats) -> AdvicePart | None:
     """`MIN_QUESTIONS_REFUSED` questions refused at the proxy's bound on questions waiting for clients."""
     refused = stdio.refusals("too_many_questions")
     n = len(refused)
     if n < MIN_QUESTIONS_REFUSED:
         return None
-    return _Part(
+    return AdvicePart(
         title=f"{n} questions past the bound on questions waiting",
         rationale=(
             f"The child of {name} asked {n} questions while 1,024 of its questions were already waiting on clients "

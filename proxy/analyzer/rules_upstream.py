@@ -20,8 +20,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from dataclasses import dataclass
 
+from proxy.analyzer.advice import AdvicePart, advisory
 from proxy.analyzer.aggregate import Analysis
 from proxy.analyzer.model import SessionLoss, SessionStats, Target, UpstreamStats
 from proxy.analyzer.proposal import NOTHING, Addressed, Change, Effect, Proposal, confidence, decided
@@ -460,36 +460,14 @@ def _advice(analysis: Analysis, stats: UpstreamStats, upstream: UpstreamConfig, 
     ]  # fmt: skip
     if not parts:
         return None
-    numbers: dict[str, float | int] = {"recovered": len(sessions.recovered_ids)}
-    counts: dict[str, object] = {"session_lost": len(sessions.met()), "recovered": len(sessions.recovered_ids)}
-    for part in parts:
-        numbers.update(part.numbers)
-        counts.update(part.evidence)
-    return Proposal(
-        rule="session_lost", target=name,
-        title=f"Legacy sessions of {name}: " + "; ".join(part.title for part in parts),
-        rationale=" ".join(part.rationale for part in parts),
-        evidence=window_evidence(analysis, [i for part in parts for i in part.ids[:2]], **counts),
-        effect=Effect("; ".join(part.effect for part in parts), numbers),
-        confidence="low", confidence_reason="advice only: no change to estimate", advisory=True,
-        statistics=tuple(share for part in parts if (share := part.share) is not None),
+    return advisory(
+        analysis, rule="session_lost", target=name, title=f"Legacy sessions of {name}: ", parts=parts, examples=lambda ids: ids[:2],
+        numbers={"recovered": len(sessions.recovered_ids)},
+        counts={"session_lost": len(sessions.met()), "recovered": len(sessions.recovered_ids)},
     )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class _Part:
-    """One finding of the advisory: its words, its numbers, its example event ids."""
-
-    title: str
-    rationale: str
-    effect: str
-    numbers: dict[str, float | int]
-    evidence: dict[str, object]
-    ids: list[int]
-    share: Share | None = None
-
-
-def _failures(name: str, sessions: SessionStats, upstream: UpstreamConfig, covered: frozenset[int]) -> _Part | None:
+def _failures(name: str, sessions: SessionStats, upstream: UpstreamConfig, covered: frozenset[int]) -> AdvicePart | None:
     """Recovery was tried or refused and failed for `MIN_SESSION_LOST` requests a client heard: why, by reason."""
     failed = [loss for loss in sessions.with_recovery("failed") if loss.id not in covered]
     heard = [loss for loss in failed if loss.why not in _UNHEARD]
@@ -517,7 +495,7 @@ def _failures(name: str, sessions: SessionStats, upstream: UpstreamConfig, cover
         said.append(_upstream_failed(sessions, upstream, reasons["upstream_failed"], covered))
     rest = [reason for reason in reasons if reason not in (*_CHANGED, *_FORGETS, "upstream_failed")]
     said += [f"{reasons[reason]}: {_REASONS.get(reason, f'reason {reason}')}." for reason in rest]
-    return _Part(
+    return AdvicePart(
         title=f"recovery failed for {len(failed)} requests ({listed})",
         rationale=" ".join(said),
         effect=f"{len(heard)} requests whose session recovery failed heard a session loss or the upstream's error",
@@ -563,7 +541,7 @@ def _upstream_failed(sessions: SessionStats, upstream: UpstreamConfig, n: int, c
     )
 
 
-def _unknown(sessions: SessionStats, upstream: UpstreamConfig, carried: bool) -> _Part | None:
+def _unknown(sessions: SessionStats, upstream: UpstreamConfig, carried: bool) -> AdvicePart | None:
     """Losses of sessions the proxy had kept and forgotten to make room (``forgotten``): `MIN_SESSION_LOST`,
     and `UNKNOWN_SHARE` of the losses met with recovery on (the others' sessions it knew: ``recovering``, or
     ``failed`` at once). Never ids it never kept (``unknown_session``): a client's own mistake, or a session
@@ -576,7 +554,7 @@ def _unknown(sessions: SessionStats, upstream: UpstreamConfig, carried: bool) ->
         return None
     settings = upstream.sessions
     idle, most = format_duration(settings.idle_timeout), settings.max_sessions
-    return _Part(
+    return AdvicePart(
         title=f"{u} lost sessions the proxy had forgotten: raise sessions.max_sessions or idle_timeout",
         rationale=(
             f"{u} of the {u + len(known)} requests that met a lost session came from sessions the proxy had kept and "
@@ -594,14 +572,14 @@ def _unknown(sessions: SessionStats, upstream: UpstreamConfig, carried: bool) ->
     )  # fmt: skip
 
 
-def _unstated(name: str, sessions: SessionStats, recovery: bool) -> _Part | None:
+def _unstated(name: str, sessions: SessionStats, recovery: bool) -> AdvicePart | None:
     """Losses from a recording made before `session_lost` said what became of them: advice, as then."""
     unstated = sessions.with_recovery(None)
     n = len(unstated)
     if n < MIN_SESSION_LOST:
         return None
     now = "on for this upstream" if recovery else "off for this upstream: turn it on"
-    return _Part(
+    return AdvicePart(
         title=f"{n} requests met a lost session (recorded without what became of it)",
         rationale=(
             f"{name} answered 404 to {n} requests carrying a legacy session id (a restart, or a session timeout), "
