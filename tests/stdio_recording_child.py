@@ -29,6 +29,8 @@ import os
 import sys
 from typing import Any
 
+from tests.stdio_children import answer, send, text
+
 CAPABILITIES: dict[str, Any] = {
     "tools": {"listChanged": True},
     "prompts": {"listChanged": True},
@@ -36,19 +38,6 @@ CAPABILITIES: dict[str, Any] = {
     "logging": {},
 }
 SERVER_INFO = {"name": "recording-child", "version": "1.0"}
-
-
-def send(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-def answer(request_id: Any, result: dict[str, Any]) -> None:
-    send({"jsonrpc": "2.0", "id": request_id, "result": result})
-
-
-def text(value: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": value}], "isError": False}
 
 
 def capabilities() -> dict[str, Any]:

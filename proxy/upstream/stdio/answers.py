@@ -22,7 +22,7 @@ from proxy.upstream.stdio import modern
 from proxy.upstream.stdio.backend import ChildBackend
 from proxy.upstream.stdio.child import ChildGone, ChildNotRunning
 from proxy.upstream.stdio.routing import Caller, ChildLost
-from proxy.upstream.stdio.supervisor import ChildUnavailable
+from proxy.upstream.stdio.supervisor import ChildUnavailable, Link
 
 __all__ = ["Era", "call", "error", "event", "json_answer", "round_trip", "sse_response", "unavailable"]
 
@@ -74,11 +74,10 @@ async def call(
     era: Era = "legacy",
 ) -> web.StreamResponse:
     """Send one client request to the child and answer the client with what comes back for it."""
-    try:
-        link = await backend.ready()
-    except ChildUnavailable as exc:
-        return unavailable(exc, message.get("id"))
-    caller, renamed = backend.board.admit(owner, message, link.generation, askable=askable)
+    admitted = await _admit(backend, owner, message, askable)
+    if isinstance(admitted, web.Response):
+        return admitted
+    link, caller, renamed = admitted
     try:
         try:
             await link.send(renamed)
@@ -107,11 +106,10 @@ async def call(
 
 async def round_trip(backend: ChildBackend, owner: str, message: dict[str, Any]) -> web.Response:
     """A request whose answer is all that matters (what the child sends before it is dropped), as JSON."""
-    try:
-        link = await backend.ready()
-    except ChildUnavailable as exc:
-        return unavailable(exc, message.get("id"))
-    caller, renamed = backend.board.admit(owner, message, link.generation, askable=False)
+    admitted = await _admit(backend, owner, message, askable=False)
+    if isinstance(admitted, web.Response):
+        return admitted
+    link, caller, renamed = admitted
     try:
         await link.send(renamed)
         while True:
@@ -124,6 +122,19 @@ async def round_trip(backend: ChildBackend, owner: str, message: dict[str, Any])
         return unavailable(exc, message.get("id"))
     finally:
         backend.release(caller)
+
+
+async def _admit(
+    backend: ChildBackend, owner: str, message: dict[str, Any], askable: bool
+) -> tuple[Link, Caller, dict[str, Any]] | web.Response:
+    """The live child, the request's caller and the request renamed for the child; or the 503 when no
+    child comes within `child.start_timeout`."""
+    try:
+        link = await backend.ready()
+    except ChildUnavailable as exc:
+        return unavailable(exc, message.get("id"))
+    caller, renamed = backend.board.admit(owner, message, link.generation, askable=askable)
+    return link, caller, renamed
 
 
 def _final(backend: ChildBackend, response: dict[str, Any], request_message: dict[str, Any], era: Era) -> web.Response:
