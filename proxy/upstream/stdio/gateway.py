@@ -52,8 +52,8 @@ from proxy.upstream.stdio.answers import error, event, json_answer, sse_response
 from proxy.policies.base import Observer
 from proxy.upstream.stdio.backend import ChildBackend
 from proxy.upstream.stdio.child import ChildSpec
-from proxy.upstream.stdio.routing import LEVELS, Inbox, Listener, STREAM_INBOX, Session
-from proxy.upstream.stdio.supervisor import ACCEPTED_VERSIONS, ChildUnavailable, Handshake, Link, Timing
+from proxy.upstream.stdio.routing import LEVELS, STREAM_INBOX, Inbox, Listener, Session, Switchboard
+from proxy.upstream.stdio.supervisor import ACCEPTED_VERSIONS, ChildUnavailable, Handshake, Link, Supervisor, Timing
 
 __all__ = ["CLIENT_CAPABILITIES", "MAX_SESSIONS", "MAX_SUBSCRIPTIONS", "Gateway", "Isolation"]
 
@@ -102,7 +102,9 @@ class Gateway:
         """The child of every client (`shared`), or of the 2026-07-28 clients only (`per_session`)."""
         self._owners: dict[str, ChildBackend] = {}
         """Each legacy session's backend."""
-        self._own_children = 0
+        self._children: set[ChildBackend] = set()
+        """The session children (`per_session`) not yet stopped: `stop` stops every one, even one whose
+        session's end was stopping it (a task `stop` cancels)."""
         self._max_body = max_body
         self._idle_timeout = idle_timeout
         self._max_children = max_children
@@ -115,12 +117,12 @@ class Gateway:
         self.socket_path = ""
 
     @property
-    def board(self) -> Any:
+    def board(self) -> Switchboard:
         """The shared child's switchboard."""
         return self.shared.board
 
     @property
-    def supervisor(self) -> Any:
+    def supervisor(self) -> Supervisor:
         """The shared child's supervisor."""
         return self.shared.supervisor
 
@@ -149,8 +151,8 @@ class Gateway:
     async def stop(self) -> None:
         """Stop every child (stdin closed, then SIGTERM, then SIGKILL, `child.stop_grace` apart) and the server."""
         await cancel_and_wait(self._tasks)
-        backends = {id(b): b for b in self._owners.values()}
-        await asyncio.gather(self.shared.stop(), *(b.stop() for b in backends.values()))
+        await asyncio.gather(self.shared.stop(), *(backend.stop() for backend in self._children))
+        self._children.clear()
         self._owners.clear()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -164,7 +166,7 @@ class Gateway:
         state = self.shared.snapshot()
         state["isolation"] = self.isolation
         if self.isolation == "per_session":
-            state["session_children"] = self._own_children
+            state["session_children"] = len(self._children)
             state["in_flight"] += sum(len(b.board.callers) for b in self._owners.values() if b is not self.shared)
         state["sessions"] = len(self._owners)
         return state
@@ -244,7 +246,7 @@ class Gateway:
             except ChildUnavailable as exc:
                 return unavailable(exc, message.get("id"))
         self._reap_sessions()
-        backend.board.sessions[key] = Session(key, time.monotonic())
+        backend.board.sessions.setdefault(key, Session(key, time.monotonic()))
         self._owners[key] = backend
         result = dict(link.initialized.result)
         params = message.get("params")
@@ -256,7 +258,7 @@ class Gateway:
 
     async def _session_child(self, key: str, message: dict[str, Any]) -> tuple[ChildBackend, Link] | web.Response:
         """A child of its own for a new session, initialized as that client."""
-        if self._own_children >= self._max_children:
+        if len(self._children) >= self._max_children:
             why = f"the proxy runs at most {self._max_children} session children (child.max_children)"
             return error(
                 503,
@@ -275,7 +277,8 @@ class Gateway:
             **({"protocol_version": version} if version in ACCEPTED_VERSIONS else {}),
         )
         backend = ChildBackend(self.spec, self.timing, handshake, exclusive=key, observer=self._observer)
-        self._own_children += 1
+        backend.board.sessions[key] = Session(key, time.monotonic())  # held from the start: never reaped as sessionless
+        self._children.add(backend)
         await backend.start()
         try:
             link = await backend.ready()
@@ -285,23 +288,26 @@ class Gateway:
         return backend, link
 
     async def _retire(self, backend: ChildBackend) -> None:
-        self._own_children -= 1
         await backend.stop()
+        self._children.discard(backend)
 
     async def _reap_children(self) -> None:
-        """`per_session`: stop the children idle past `child.idle_timeout`; their sessions end with them."""
+        """`per_session`: stop the children idle past `child.idle_timeout` (their sessions end with them),
+        and any whose session is gone (a child that came back changed ends its session)."""
         while True:
             await asyncio.sleep(max(1.0, min(30.0, self._child_idle / 4)))
             now = time.monotonic()
-            for key, backend in list(self._owners.items()):
+            for backend in list(self._children):
                 since = backend.idle_since()
-                if backend is not self.shared and since is not None and now - since > self._child_idle:
-                    del self._owners[key]
-                    log.info(
-                        "stdio_session_child_idle",
-                        upstream=self.spec.name,
-                        pid=backend.supervisor.snapshot().get("pid"),
-                    )
+                sessions = list(backend.board.sessions.values())
+                if sessions and (since is None or now - since <= self._child_idle):
+                    continue
+                log.info(
+                    "stdio_session_child_idle", upstream=self.spec.name, pid=backend.supervisor.snapshot().get("pid")
+                )
+                for session in sessions:
+                    self._end_session(backend, session)
+                if not sessions:
                     await self._retire(backend)
 
     def _reap_sessions(self) -> None:
