@@ -28,7 +28,7 @@ from tests.e2e.stdio_support import (
     require,
     start_stdio_proxy,
 )
-from tests.sdk_helpers import LEGACY_VERSION
+from tests.sdk_helpers import LEGACY_VERSION, legacy_handshake, legacy_headers
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
@@ -117,5 +117,29 @@ async def test_max_children_refuses_a_new_session_with_a_clear_503(tmp_path: Pat
             assert refused["error"]["code"] == -32050
             assert "child.max_children" in refused["error"]["message"]
         await session_children(proxy, 0, "the first session's child stopped")
+    finally:
+        await proxy.stop()
+
+
+async def test_an_idle_sessions_child_is_stopped_and_the_session_rebuilt_on_its_next_call(tmp_path: Path) -> None:
+    """`child.idle_timeout` stops the child of a session with no request and no open stream (a raw client
+    that never opened its GET stream), which ends the session; the client's next call meets the 404 and the
+    proxy's session keeper rebuilds the session on a new child, unseen by the client."""
+    require(SDK_STDIO.missing())
+    proxy = await started(SDK_STDIO.argv(), tmp_path, idle_timeout="1s")
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_simple_text", "arguments": {}}}
+    try:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            session = await legacy_handshake(http, proxy.url)
+            status, first = await post_all(http, proxy.url, call, legacy_headers(session))
+            assert status == 200
+            await session_children(proxy, 1, "the session's child")
+            await session_children(proxy, 0, "the idle child stopped")
+            status, again = await post_all(http, proxy.url, {**call, "id": 3}, legacy_headers(session))
+            assert status == 200
+            await session_children(proxy, 1, "a new child for the rebuilt session")
+        text = [{"type": "text", "text": "This is a simple text response for testing."}]
+        assert first[-1]["result"]["content"] == again[-1]["result"]["content"] == text
+        assert [e["method"] for e in proxy.log_events("session_recovered")] == ["tools/call"]
     finally:
         await proxy.stop()
