@@ -21,18 +21,16 @@ from structlog.testing import capture_logs
 
 from proxy.upstream.stdio.child import (
     INHERITED_ENV,
-    STDERR_LINES_PER_WINDOW,
     Child,
     ChildNotRunning,
     ChildSpec,
     EndedBy,
     StderrMode,
-    _ClippedLines,
-    _Window,
     child_environment,
     exit_text,
     spawn,
 )
+from proxy.upstream.stdio.output import STDERR_LINES_PER_WINDOW, ClippedLines as _ClippedLines, Window as _Window
 from tests import stdio_children
 
 REPO = Path(__file__).resolve().parent.parent

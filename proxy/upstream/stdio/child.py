@@ -5,7 +5,7 @@ stdin, JSON-RPC lines out of its stdout (framed by `proxy.mcp.stdio`), logs on i
 the process and nothing of MCP; `proxy.upstream.stdio.supervisor` keeps one initialized child running.
 
 - **Its own process group** (``start_new_session``): servers are often launchers (``npx``, ``uvx``,
-  ``sh -c``) whose real server is a grandchild. Signals go to the whole group (`os.killpg`), and `stop`
+  ``sh -c``) whose real server is a grandchild. Signals go to the whole group (`proxy.upstream.stdio.group`), and `stop`
   ends the group's leftovers even when the leader already exited, so no server outlives its child.
 - **The stop sequence** is the one the MCP specification gives for stdio: close its stdin, wait; SIGTERM,
   wait; SIGKILL. `Child.ended_by` says which step ended it (tests and logs read it).
@@ -15,7 +15,8 @@ the process and nothing of MCP; `proxy.upstream.stdio.supervisor` keeps one init
   `spawn` builds the same `Process` from `loop.subprocess_exec` with a protocol that also reports
   ``process_exited`` at once.
 - **Bounded memory whatever the child writes**: stdout is read in chunks under `MAX_LINE` (a longer line
-  is `LineTooLong`: the child is broken and stopped); stderr lines are cut at 64 KiB, logged clipped to
+  is `LineTooLong`: the child is broken and stopped); stderr and stdout garbage become bounded log lines
+  (`proxy.upstream.stdio.output`); stderr lines are cut at 64 KiB, logged clipped to
   4 KiB, redacted and rate-limited; a stdout line that is not a JSON object or array is counted
   (`Child.garbage_lines`) and logged rate-limited, so a flood costs a counter increment per line.
 - **The environment is chosen, not inherited** (`child_environment`): the proxy's own secrets (its
@@ -39,8 +40,9 @@ import structlog
 from proxy.config.stdio import INHERITED_ENV, child_environment
 from proxy.errors import NeverSent, UpstreamUnavailable
 from proxy.mcp.stdio import MAX_LINE, LineReader, LineTooLong
-from proxy.redact import redact_text
 from proxy.tasks import Owner, cancel_and_wait
+from proxy.upstream.stdio.group import group_alive, killpg
+from proxy.upstream.stdio.output import ChildLog
 from proxy.tasks import spawn as spawn_task
 
 __all__ = [
@@ -72,18 +74,6 @@ EndedBy: TypeAlias = Literal["exit", "stdin", "sigterm", "sigkill"]
 
 READ_CHUNK: Final = 64 * 1024
 """Bytes asked of a pipe per read, and the stream reader's limit (it stops reading the pipe at twice this)."""
-STDERR_LINE_BOUND: Final = 64 * 1024
-"""A stderr line is cut at this many bytes (its rest skipped to its end): a log line must not grow unbounded."""
-STDERR_LOG_CHARS: Final = 4096
-"""A stderr line is logged clipped to this many characters."""
-STDERR_LINES_PER_WINDOW: Final = 50
-STDERR_WINDOW: Final = 1.0
-"""At most `STDERR_LINES_PER_WINDOW` stderr lines are logged per `STDERR_WINDOW` seconds; the rest are counted
-and reported in one ``stdio_child_stderr_suppressed`` line when the next window starts (or stderr ends)."""
-GARBAGE_LOG_WINDOW: Final = 10.0
-"""At most one ``stdio_child_garbage`` warning per this many seconds; each carries the running count."""
-GARBAGE_SAMPLE: Final = 200
-"""Characters of a garbage line shown in its warning."""
 
 
 class ChildGone(UpstreamUnavailable):
@@ -120,81 +110,6 @@ def exit_text(returncode: int) -> str:
     except ValueError:
         name = f"signal {-returncode}"
     return f"was killed by {name}"
-
-
-class _Window:
-    """Allows at most `limit` events per fixed window of `period` seconds and counts the rest."""
-
-    __slots__ = ("_clock", "_limit", "_period", "_start", "_used", "suppressed")
-
-    def __init__(self, limit: int, period: float, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._limit = limit
-        self._period = period
-        self._start = clock()
-        self._used = 0
-        self.suppressed = 0
-        """Events refused in the current window."""
-
-    def roll(self) -> int:
-        """Starts a new window if the current one is over; the count refused in the window that ended, else 0."""
-        now = self._clock()
-        if now - self._start < self._period:
-            return 0
-        self._start = now
-        self._used = 0
-        count, self.suppressed = self.suppressed, 0
-        return count
-
-    def allow(self) -> bool:
-        """Whether one more event fits in the current window (if not, it is counted as suppressed)."""
-        if self._used < self._limit:
-            self._used += 1
-            return True
-        self.suppressed += 1
-        return False
-
-
-class _ClippedLines:
-    """Splits a stream into lines holding at most `bound` bytes: a longer line is cut there, its rest skipped."""
-
-    __slots__ = ("_bound", "_partial", "_skipping")
-
-    def __init__(self, bound: int) -> None:
-        self._bound = bound
-        self._partial = bytearray()
-        self._skipping = False
-
-    def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
-        """The lines `data` completed, each with whether it was cut (empty lines left out)."""
-        lines: list[tuple[bytes, bool]] = []
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            piece = data[start:end]
-            start = end + 1
-            if self._skipping:
-                self._skipping = False
-                continue
-            if self._partial:
-                self._partial += piece[: self._bound]
-                piece = bytes(self._partial)
-                self._partial.clear()
-            line = piece[: self._bound].rstrip(b"\r")
-            if line:
-                lines.append((line, len(piece) > self._bound))
-        if not self._skipping:
-            self._partial += data[start : start + self._bound + 1]
-            if len(self._partial) > self._bound:
-                lines.append((bytes(self._partial[: self._bound]), True))
-                self._partial.clear()
-                self._skipping = True
-        return lines
-
-    def flush(self) -> list[tuple[bytes, bool]]:
-        """The unterminated last line, at the end of the stream."""
-        rest = bytes(self._partial).rstrip(b"\r")
-        self._partial.clear()
-        return [(rest, False)] if rest and not self._skipping else []
 
 
 class _Protocol(SubprocessStreamProtocol):
@@ -236,8 +151,6 @@ class Child:
         """Set when the child can serve no more (exited, stdout closed, or broken)."""
         self.failure: str | None = None
         """Why the proxy gave up on the child (its output broke the framing), if it did."""
-        self.garbage_lines = 0
-        """Stdout lines that were not a JSON object or array, skipped."""
         self.ended_by: EndedBy | None = None
         self._returncode: int | None = None
         self._process = process
@@ -252,10 +165,19 @@ class Child:
         self._stop_lock = asyncio.Lock()
         self._readers: Owner = set()
         self._closers: Owner = set()
-        self._garbage_window = _Window(1, GARBAGE_LOG_WINDOW, clock)
+        self._log = ChildLog(spec.name, self.pid, clock)
         spawn_task(self._read_stdout(), name=f"stdio-stdout:{spec.name}:{self.pid}", owner=self._readers)
         if process.stderr is not None:
-            spawn_task(self._read_stderr(), name=f"stdio-stderr:{spec.name}:{self.pid}", owner=self._readers)
+            spawn_task(
+                self._log.read_stderr(process.stderr, READ_CHUNK),
+                name=f"stdio-stderr:{spec.name}:{self.pid}",
+                owner=self._readers,
+            )
+
+    @property
+    def garbage_lines(self) -> int:
+        """Stdout lines that were not a JSON object or array, skipped."""
+        return self._log.garbage_lines
 
     @property
     def returncode(self) -> int | None:
@@ -369,18 +291,18 @@ class Child:
         return True
 
     def _signal(self, sig: signal.Signals) -> None:
-        _killpg(self.pid, sig)
+        killpg(self.pid, sig)
 
     async def _sweep_group(self, grace: float) -> None:
         """End what is left of the child's process group once its leader is gone: SIGTERM, `grace`, SIGKILL."""
-        if not _group_alive(self.pid):
+        if not group_alive(self.pid):
             return
         log.info("stdio_child_leftovers", upstream=self.spec.name, pgid=self.pid)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _KILL_WAIT)):
-            _killpg(self.pid, sig)
+            killpg(self.pid, sig)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
-            while _group_alive(self.pid):
+            while group_alive(self.pid):
                 if loop.time() >= deadline:
                     break
                 await asyncio.sleep(_GROUP_POLL)
@@ -430,48 +352,12 @@ class Child:
         except orjson.JSONDecodeError:
             message = None
         if not isinstance(message, (dict, list)):
-            self._garbage(line)
+            self._log.garbage(line)
             return
         try:
             self._on_message(message)
         except Exception:
             log.exception("stdio_child_callback_failed", upstream=self.spec.name, callback="on_message")
-
-    def _garbage(self, line: bytes) -> None:
-        self.garbage_lines += 1
-        self._garbage_window.roll()
-        if self._garbage_window.allow():
-            sample = redact_text(line[: GARBAGE_SAMPLE * 4].decode("utf-8", "replace")[:GARBAGE_SAMPLE])
-            log.warning(
-                "stdio_child_garbage", upstream=self.spec.name, pid=self.pid, sample=sample, count=self.garbage_lines
-            )
-
-    async def _read_stderr(self) -> None:
-        stream = self._process.stderr
-        assert stream is not None
-        lines = _ClippedLines(STDERR_LINE_BOUND)
-        window = _Window(STDERR_LINES_PER_WINDOW, STDERR_WINDOW, self._clock)
-        while chunk := await stream.read(READ_CHUNK):
-            for line, cut in lines.feed(chunk):
-                self._stderr_line(window, line, cut)
-        for line, cut in lines.flush():
-            self._stderr_line(window, line, cut)
-        if window.suppressed:
-            self._suppressed(window.suppressed)
-
-    def _stderr_line(self, window: _Window, line: bytes, cut: bool) -> None:
-        ended = window.roll()
-        if ended:
-            self._suppressed(ended)
-        if not window.allow():
-            return
-        text = line.decode("utf-8", "replace")
-        if cut or len(text) > STDERR_LOG_CHARS:
-            text = text[:STDERR_LOG_CHARS] + "…[cut]"
-        log.info("stdio_child_stderr", upstream=self.spec.name, pid=self.pid, line=redact_text(text))
-
-    def _suppressed(self, count: int) -> None:
-        log.warning("stdio_child_stderr_suppressed", upstream=self.spec.name, pid=self.pid, count=count)
 
 
 async def spawn(
@@ -518,44 +404,3 @@ async def spawn(
         child._exited_now()
     log.info("stdio_child_started", upstream=spec.name, pid=child.pid, program=os.path.basename(spec.argv[0]))
     return child
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    """Signal process group `pgid`, if it still has members (never ours: a child has its own session)."""
-    if pgid <= 1 or pgid == os.getpgrp():
-        return
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is gone (PermissionError: macOS says so for a group of zombies)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether process group `pgid` has a member that is not a zombie.
-
-    Zombies are left out: once the leader is gone its leftovers are reparented to init, and an init that
-    does not reap (a container's entrypoint) would otherwise keep the group "alive" for ever. On Linux
-    /proc says which members are zombies; elsewhere any member counts.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and fields[2] == str(pgid).encode():
-            return True
-    return False
