@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from proxy.upstream.stdio import modern
 from proxy.upstream.stdio.routing import (
+    ABANDONED_FOR,
     INBOX,
     MAX_ASKED,
     STREAM_INBOX,
@@ -232,6 +233,7 @@ def test_two_owners_questions_get_distinct_proxy_ids_and_string_child_ids_surviv
         "id": "q",
         "result": {},
     }
+    board.route(1, {"jsonrpc": "2.0", "id": a.child_id, "result": {}})  # A's own request answered
     assert board.release(a) == []  # answered: nothing left to void
     b, _ = board.admit("B", req(1), 1, askable=True)
     board.route(1, question("q"))
@@ -289,6 +291,7 @@ def test_pings_do_not_count_as_waiting() -> None:
     a, _ = board.admit("A", req(1), 1, askable=True)
     assert board.route(1, question(40)) == []
     assert drain(a.inbox)[0]["id"] == "mcp-proxy-1"
+    board.route(1, {"jsonrpc": "2.0", "id": a.child_id, "result": {}})
     board.release(a)
     assert board.route(1, question(0, "roots/list")) == [{"jsonrpc": "2.0", "id": 0, "result": {"roots": []}}]
 
@@ -586,7 +589,45 @@ def test_questions_of_clients_gone_do_not_use_up_max_asked() -> None:
     for n in range(MAX_ASKED):
         gone, _ = board.admit(f"gone-{n}", req(1), 1, askable=True)
         assert board.route(1, question(n)) == []
+        board.route(1, {"jsonrpc": "2.0", "id": gone.child_id, "result": {}})  # its call answered, its question not
         board.release(gone)
     live, _ = board.admit("live", req(1), 1, askable=True)
     assert board.route(1, question("now")) == []
     assert drain(live.inbox)[0]["method"] == "sampling/createMessage"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_request_its_client_gave_up_on_keeps_owning_what_the_child_sends_for_a_while() -> None:
+    """A's request is abandoned (cancelled in the child, which may run on); B calls: a log line or a
+    question now could be either's, so the question is refused and the line dropped, until
+    `ABANDONED_FOR` passes or the child answers the abandoned request."""
+    clock = FakeClock()
+    board = Switchboard(clock=clock)
+    a, _ = board.admit("A", req(1), 1, askable=True)
+    board.release(a)  # unanswered: A gave up
+    assert list(board.abandoned) == [a.child_id]
+    b, _ = board.admit("B", req(1), 1, askable=True)
+    assert board.route(1, question(40)) == refusal(40, SEVERAL)
+    board.route(1, {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "A's"}})
+    assert drain(b.inbox) == []
+    clock.now += ABANDONED_FOR + 1
+    assert board.route(1, question(41)) == []
+    assert drain(b.inbox)[0]["method"] == "sampling/createMessage"
+
+
+def test_the_childs_late_answer_to_an_abandoned_request_ends_its_claim() -> None:
+    board = Switchboard(clock=FakeClock())
+    a, _ = board.admit("A", req(1), 1, askable=True)
+    board.release(a)
+    b, _ = board.admit("B", req(1), 1, askable=True)
+    board.route(1, {"jsonrpc": "2.0", "id": a.child_id, "result": {}})  # the child finished it after all
+    assert board.abandoned == {}
+    assert board.route(1, question(40)) == []
+    assert drain(b.inbox)[0]["id"].startswith("mcp-proxy-")

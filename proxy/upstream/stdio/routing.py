@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -53,7 +54,9 @@ from typing import Any, Final, Literal
 import structlog
 
 __all__ = [
+    "ABANDONED_FOR",
     "INBOX",
+    "MAX_ABANDONED",
     "LEVELS",
     "MAX_ASKED",
     "OWN_ID_PREFIX",
@@ -77,6 +80,11 @@ STREAM_INBOX: Final = 1024
 """Notifications a session's GET stream (or a listener) holds while its client is slow; the oldest go."""
 MAX_ASKED: Final = 1024
 """The child's questions that may wait on clients at once."""
+ABANDONED_FOR: Final = 60.0
+"""Seconds a request its client gave up on still counts as a possible owner of what the child sends (a
+handler that ignores its cancellation may run on; none measured ran longer than a minute's tool call)."""
+MAX_ABANDONED: Final = 1024
+"""Abandoned requests remembered; past it the oldest is forgotten."""
 
 LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 """MCP's log levels (RFC 5424's), least severe first."""
@@ -202,11 +210,15 @@ class Switchboard:
     `route(generation, message)` places a message from the child and returns what must be written back
     to the child at once (an error to a question nobody can be asked); the gateway writes it."""
 
-    def __init__(self, exclusive: str | None = None) -> None:
+    def __init__(self, exclusive: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.exclusive = exclusive
         """The one session this child serves (`isolation: per_session`): whatever of the child's names no
         request is that session's, and goes to its GET stream when no request of it is waiting."""
         self.callers: dict[int, Caller] = {}
+        self.abandoned: dict[int, tuple[str, int, float]] = {}
+        """Requests whose clients gave up on them, by the child's id: (owner, generation, when), oldest
+        first, at most `MAX_ABANDONED`, each for `ABANDONED_FOR` (`release`)."""
+        self._clock = clock
         self.asked: dict[str, Asked] = {}
         self.sessions: dict[str, Session] = {}
         self.listeners: set[Listener] = set()
@@ -238,8 +250,14 @@ class Switchboard:
     def release(self, caller: Caller) -> list[dict[str, Any]]:
         """The caller is answered or gone. When it was its client's last request in flight, the questions
         put to that client go void (nothing will carry the answer any more): the errors returned tell the
-        child, so neither it nor `MAX_ASKED` waits on a client that left."""
-        self.callers.pop(caller.child_id, None)
+        child, so neither it nor `MAX_ASKED` waits on a client that left.
+
+        A caller gone unanswered (its client gave up: the request is cancelled in the child) stays a
+        possible owner for `ABANDONED_FOR` (`abandoned`): a child may go on running a cancelled handler
+        (server-everything does), and the log lines and questions that handler still sends must not be
+        taken for those of the next client to call."""
+        if self.callers.pop(caller.child_id, None) is not None and self.exclusive is None:
+            self._abandon(caller)
         owner = caller.owner
         if owner == self.exclusive or any(c.owner == owner for c in self.callers.values()):
             return []
@@ -296,6 +314,9 @@ class Switchboard:
 
     def _response(self, message: dict[str, Any]) -> None:
         key = message.get("id")
+        if type(key) is int and self.abandoned.pop(key, None) is not None:
+            self.dropped += 1  # the answer to a request its client gave up on: nobody to give it to
+            return
         if isinstance(key, str) and key.startswith(OWN_ID_PREFIX):
             return  # the answer to a request the proxy made on its own account (a restore, a subscription)
         caller = self.callers.pop(key, None) if type(key) is int else None
@@ -306,7 +327,7 @@ class Switchboard:
 
     def _question(self, generation: int, method: str, message: dict[str, Any]) -> list[dict[str, Any]]:
         waiting = self._waiting()
-        owners = {caller.owner for caller in waiting}
+        owners = self._owners(waiting)
         askable = [caller for caller in waiting if caller.askable]
         if len(owners) == 1 and askable and len(self.asked) < MAX_ASKED:
             key = f"{OWN_ID_PREFIX}{next(self._asked_ids)}"
@@ -319,13 +340,13 @@ class Switchboard:
             self.asked[key] = Asked(message["id"], str(self.exclusive), generation)
             stream.put({**message, "id": key})
             return []
-        if method == "roots/list" and not waiting:
+        if method == "roots/list" and not owners:
             return [{"jsonrpc": "2.0", "id": message["id"], "result": {"roots": []}}]
         why: Refusal = (
-            "nobody_waiting"
-            if not waiting
-            else "several_clients"
+            "several_clients"
             if len(owners) > 1
+            else "nobody_waiting"
+            if not waiting
             else "too_many_questions"
             if len(self.asked) >= MAX_ASKED
             else "not_askable"
@@ -402,11 +423,35 @@ class Switchboard:
         """The requests in flight that a message of the child's might belong to (pings belong to nobody)."""
         return [caller for caller in self.callers.values() if caller.method != "ping"]
 
+    def _owners(self, waiting: list[Caller]) -> set[str]:
+        """Whose a message naming no request might be: the clients waiting, and those who recently gave up
+        on a request the child may still be running."""
+        return {caller.owner for caller in waiting} | self._abandoned_owners()
+
     def _sole_client(self) -> list[Caller]:
-        """The in-flight requests when they are all one client's, else none: whose a message is that
-        names no request can only be told when one client is waiting."""
+        """The in-flight requests when they are all one client's (and no other client's abandoned request
+        may still be running), else none: whose a message is that names no request can only be told when
+        one client is waiting."""
         waiting = self._waiting()
-        return waiting if len({caller.owner for caller in waiting}) == 1 else []
+        return waiting if waiting and len(self._owners(waiting)) == 1 else []
+
+    def _abandon(self, caller: Caller) -> None:
+        if caller.method == "ping":
+            return
+        self.abandoned[caller.child_id] = (caller.owner, caller.generation, self._clock())
+        while len(self.abandoned) > MAX_ABANDONED:
+            self.abandoned.pop(next(iter(self.abandoned)))
+
+    def _abandoned_owners(self) -> set[str]:
+        if not self.abandoned:
+            return set()
+        horizon = self._clock() - ABANDONED_FOR
+        while self.abandoned:
+            key = next(iter(self.abandoned))
+            if self.abandoned[key][2] >= horizon:
+                break
+            del self.abandoned[key]
+        return {owner for owner, _, _ in self.abandoned.values()}
 
     # -- the child's end ---------------------------------------------------------------------------
 
@@ -419,6 +464,9 @@ class Switchboard:
         for key, asked in list(self.asked.items()):
             if asked.generation <= generation:
                 del self.asked[key]
+        for child_id, (_, born, _) in list(self.abandoned.items()):
+            if born <= generation:
+                del self.abandoned[child_id]
 
     def most_verbose_level(self) -> str | None:
         """The lowest level any session asked for: what the child is set to."""
