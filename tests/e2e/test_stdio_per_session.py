@@ -94,28 +94,30 @@ async def test_a_child_is_initialized_with_its_own_clients_capabilities(tmp_path
         await proxy.stop()
 
 
-async def test_max_children_refuses_a_new_session_with_a_clear_503(tmp_path: Path) -> None:
+async def test_max_children_refuses_a_new_session_clearly_and_costs_the_sessions_there_nothing(tmp_path: Path) -> None:
+    """Past `child.max_children` a new session is refused with 429 -32058 (the proxy's own limit): neither the
+    breaker nor health counts it, so the session already there keeps working however often newcomers try."""
     require(NPM_STDIO.missing())
     proxy = await started(NPM_STDIO.argv(), tmp_path, max_children=1)
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     try:
         async with Client(proxy.url, mode="legacy") as first:
             await first.list_tools()
-            initialize = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": LEGACY_VERSION,
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
             async with httpx2.AsyncClient(timeout=30) as http:
-                status, messages = await post_all(http, proxy.url, initialize, {})
-            assert status == 503
-            [refused] = messages
-            assert refused["error"]["code"] == -32050
-            assert "child.max_children" in refused["error"]["message"]
+                for _ in range(6):  # more than the default breaker's 5
+                    status, messages = await post_all(http, proxy.url, initialize, {})
+                    assert status == 429
+                    [refused] = messages
+                    assert refused["error"]["code"] == -32058
+                    assert "child.max_children" in refused["error"]["message"]
+            echoed = await first.call_tool("echo", {"message": "still here"})
+            assert [text_of(c) for c in echoed.content] == ["Echo: still here"]
+            assert (await proxy.admin("/readyz")).status_code == 200
         await session_children(proxy, 0, "the first session's child stopped")
     finally:
         await proxy.stop()

@@ -55,7 +55,15 @@ from proxy.upstream.stdio.child import ChildSpec
 from proxy.upstream.stdio.routing import LEVELS, STREAM_INBOX, Inbox, Listener, Session, Switchboard
 from proxy.upstream.stdio.supervisor import ACCEPTED_VERSIONS, ChildUnavailable, Handshake, Link, Supervisor, Timing
 
-__all__ = ["CLIENT_CAPABILITIES", "MAX_SESSIONS", "MAX_SUBSCRIPTIONS", "Gateway", "Isolation"]
+__all__ = [
+    "CLIENT_CAPABILITIES",
+    "MAX_CHILD_SUBSCRIPTIONS",
+    "MAX_LISTENERS",
+    "MAX_SESSIONS",
+    "MAX_SUBSCRIPTIONS",
+    "Gateway",
+    "Isolation",
+]
 
 log = structlog.get_logger("proxy")
 
@@ -66,8 +74,22 @@ CLIENT_INFO: Final = {"name": "mcp-resilience-proxy", "version": "1"}
 MAX_SESSIONS: Final = 10_000
 """Legacy sessions the gateway keeps; past it, the one used longest ago goes (its client hears 404)."""
 MAX_SUBSCRIPTIONS: Final = 256
-"""Resources one session may be subscribed to."""
+"""Resources one session, or one listen, may be subscribed to."""
+MAX_LISTENERS: Final = 1024
+"""2026-07-28 listens open at once on one child; past it a listen is refused (-32603)."""
+MAX_CHILD_SUBSCRIPTIONS: Final = 4096
+"""Distinct resources the proxy subscribes one child to for all its sessions and listeners; past it a new
+resource is refused (-32602): a client must not make the proxy flood the child with subscriptions."""
+BACKLOG: Final = 1024
+"""The least the gateway's socket queues unaccepted (`Gateway.__init__`)."""
 Isolation = Literal["shared", "per_session"]
+
+
+def _without_tasks(capabilities: Any) -> Any:
+    """The child's capabilities as a shared child's clients get them: without `tasks` (`_no_shared_tasks`)."""
+    if isinstance(capabilities, dict) and "tasks" in capabilities:
+        return {key: value for key, value in capabilities.items() if key != "tasks"}
+    return capabilities
 
 
 def _modern_meta(message: dict[str, Any]) -> bool:
@@ -92,6 +114,7 @@ class Gateway:
         max_children: int = 32,
         child_idle_timeout: float = 600.0,
         observer: Observer | None = None,
+        connections: int = 256,
     ) -> None:
         self.spec = spec
         self.timing = timing
@@ -106,6 +129,9 @@ class Gateway:
         """The session children (`per_session`) not yet stopped: `stop` stops every one, even one whose
         session's end was stopping it (a task `stop` cancels)."""
         self._max_body = max_body
+        self._backlog = max(BACKLOG, 2 * connections + 16)
+        """Connections the socket queues unaccepted: a Unix socket refuses one past it at once (EAGAIN),
+        where TCP would retry, so it holds every connection the proxy's pools may open at once, twice over."""
         self._idle_timeout = idle_timeout
         self._max_children = max_children
         self._child_idle = child_idle_timeout
@@ -137,7 +163,7 @@ class Gateway:
         app.router.add_route("*", "/mcp", self._handle)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        await web.UnixSite(self._runner, self.socket_path).start()
+        await web.UnixSite(self._runner, self.socket_path, backlog=self._backlog).start()
         if self.isolation == "shared":
             await self._start_shared()
         else:
@@ -205,6 +231,7 @@ class Gateway:
             self._owners.pop(key, None)
             return error(404, -32600, "Session not found")
         session.last_used = backend.last_used = time.monotonic()
+        session.used = True
         return backend, session
 
     async def _legacy_post(self, request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
@@ -223,6 +250,8 @@ class Gateway:
         if "id" not in message:
             await self._notification(backend, session, method, message)
             return web.Response(status=202)
+        if method.startswith("tasks/") and backend is self.shared:
+            return self._no_shared_tasks(message)
         if method == "logging/setLevel":
             return await self._set_level(backend, session, message)
         if method == "resources/subscribe":
@@ -249,6 +278,8 @@ class Gateway:
         backend.board.sessions.setdefault(key, Session(key, time.monotonic()))
         self._owners[key] = backend
         result = dict(link.initialized.result)
+        if backend is self.shared:
+            result["capabilities"] = _without_tasks(result.get("capabilities"))
         params = message.get("params")
         asked = params.get("protocolVersion") if isinstance(params, dict) else None
         if isinstance(asked, str) and asked in ACCEPTED_VERSIONS and asked < str(result.get("protocolVersion")):
@@ -259,14 +290,10 @@ class Gateway:
     async def _session_child(self, key: str, message: dict[str, Any]) -> tuple[ChildBackend, Link] | web.Response:
         """A child of its own for a new session, initialized as that client."""
         if len(self._children) >= self._max_children:
+            # The proxy's own limit, not the server failing: 429, which neither a breaker nor health counts.
             why = f"the proxy runs at most {self._max_children} session children (child.max_children)"
-            return error(
-                503,
-                -32050,
-                f"the stdio server cannot take another session: {why}",
-                message.get("id"),
-                {"Retry-After": "1"},
-            )
+            text = f"the stdio server cannot take another session now: {why}"
+            return error(429, -32058, text, message.get("id"), {"Retry-After": "1"})
         params = message.get("params")
         params = params if isinstance(params, dict) else {}
         version = params.get("protocolVersion")
@@ -279,12 +306,15 @@ class Gateway:
         backend = ChildBackend(self.spec, self.timing, handshake, exclusive=key, observer=self._observer)
         backend.board.sessions[key] = Session(key, time.monotonic())  # held from the start: never reaped as sessionless
         self._children.add(backend)
-        await backend.start()
         try:
+            await backend.start()
             link = await backend.ready()
         except ChildUnavailable as exc:
             await self._retire(backend)
             return unavailable(exc, message.get("id"))
+        except BaseException:  # the client gave up while its child started: the child goes, not leaks
+            spawn(self._retire(backend), name=f"stdio-session-abandoned:{self.spec.name}", owner=self._tasks)
+            raise
         return backend, link
 
     async def _retire(self, backend: ChildBackend) -> None:
@@ -318,7 +348,11 @@ class Gateway:
         for session in [s for s in sessions.values() if s.stream is None and now - s.last_used > self._idle_timeout]:
             self._end_session(self.shared, session)
         while len(self._owners) >= MAX_SESSIONS and sessions:
-            self._end_session(self.shared, min(sessions.values(), key=lambda s: s.last_used))
+            # Least worth keeping first: no stream open, then never used past initialize, then the oldest (so a
+            # flood of initialize requests evicts itself before a session in use).
+            self._end_session(
+                self.shared, min(sessions.values(), key=lambda s: (s.stream is not None, s.used, s.last_used))
+            )
 
     async def _notification(
         self, backend: ChildBackend, session: Session, method: str, message: dict[str, Any]
@@ -351,12 +385,22 @@ class Gateway:
             return self._refuse(message, "a string uri is required")
         if uri not in session.subscriptions and len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
             return self._refuse(message, f"a session may hold at most {MAX_SUBSCRIPTIONS} subscriptions")
+        if too_many := self._too_many_subscriptions(backend, {uri}):
+            return self._refuse(message, too_many)
         held = uri in session.subscriptions
         session.subscriptions.add(uri)  # held from now, so a session leaving meanwhile does not unsubscribe the child
         answer = await answers.round_trip(backend, session.id, message)
         if not held and not (answer.status == 200 and b'"result"' in bytes(answer.body or b"")):  # type: ignore[arg-type]
             session.subscriptions.discard(uri)
         return answer
+
+    @staticmethod
+    def _too_many_subscriptions(backend: ChildBackend, uris: set[str]) -> str | None:
+        """Why subscribing the child to `uris` as well is refused (`MAX_CHILD_SUBSCRIPTIONS`), or None."""
+        held = backend.board.subscribed()
+        if len(held | uris) > MAX_CHILD_SUBSCRIPTIONS and not uris <= held:
+            return f"the proxy subscribes a stdio server to at most {MAX_CHILD_SUBSCRIPTIONS} resources for all its clients"
+        return None
 
     async def _unsubscribe(self, backend: ChildBackend, session: Session, message: dict[str, Any]) -> web.Response:
         uri = self._uri(message)
@@ -371,6 +415,15 @@ class Gateway:
         params = message.get("params")
         uri = params.get("uri") if isinstance(params, dict) else None
         return uri if isinstance(uri, str) else None
+
+    @staticmethod
+    def _no_shared_tasks(message: dict[str, Any]) -> web.Response:
+        """A shared child keeps one task store for every client: whoever asks would read another client's
+        task and its result. Its `tasks` capability is withheld, and its `tasks/*` methods refused."""
+        text = (
+            "Method not found: a stdio server shared by every client keeps no tasks per client (isolation: per_session)"
+        )
+        return json_answer({"jsonrpc": "2.0", "id": message.get("id"), "error": {"code": -32601, "message": text}})
 
     @staticmethod
     def _refuse(message: dict[str, Any], why: str) -> web.Response:
@@ -433,6 +486,8 @@ class Gateway:
         backend = self.shared
         method = str(message.get("method"))
         owner = f"modern-{next(self._keys)}"
+        if method.startswith("tasks/"):
+            return self._no_shared_tasks(message)
         if method == "server/discover":
             alive = await answers.round_trip(backend, owner, {"jsonrpc": "2.0", "id": 0, "method": "ping"})
             if alive.status != 200 or backend.link is None:
@@ -451,6 +506,21 @@ class Gateway:
     ) -> web.StreamResponse:
         wanted = modern.listen_filter(message)
         listen_id = message.get("id")
+        why = (
+            f"a listen may watch at most {MAX_SUBSCRIPTIONS} resources"
+            if len(wanted.uris) > MAX_SUBSCRIPTIONS
+            else self._too_many_subscriptions(backend, set(wanted.uris))
+        )
+        if why is not None:
+            refused = {
+                "jsonrpc": "2.0",
+                "id": listen_id,
+                "error": {"code": -32602, "message": f"Invalid params: {why}"},
+            }
+            return json_answer(refused, modern.status_of(refused))
+        if len(backend.board.listeners) >= MAX_LISTENERS:
+            text = f"the proxy holds at most {MAX_LISTENERS} listens on one stdio server"
+            return error(429, -32058, text, listen_id, {"Retry-After": "1"})
         before = backend.board.subscribed()
         listener = Listener(lambda notification: modern.wants(wanted, notification), set(wanted.uris))
         backend.board.listeners.add(listener)

@@ -192,6 +192,8 @@ class Session:
     subscriptions: set[str] = field(default_factory=set)
     stream: Inbox | None = None
     """The GET stream's inbox while the client holds one open."""
+    used: bool = False
+    """Whether the client sent anything past `initialize` (an unused session is evicted first)."""
 
 
 @dataclass(eq=False, slots=True)

@@ -75,6 +75,7 @@ class StdioUpstream(HttpUpstream):
             max_children=config.child.max_children,
             child_idle_timeout=config.child.idle_timeout,
             observer=observer,
+            connections=config.pool.max_connections,
         )
         self._settings = child_settings(config)
 
