@@ -391,3 +391,46 @@ def test_under_uvloop_the_exit_is_known_at_once_and_stop_leaves_nothing(children
 
     assert uvloop.run(scenario()) == (7, 7, "exit", -9, "sigkill")
     assert [live_members(child.pid) for child in children] == [[], []]
+
+
+def shell_spec(script: str) -> ChildSpec:
+    """`sh -c SCRIPT` then the echo child, as a wrapper script in a user's config would run it."""
+    env = child_environment({"PYTHONPATH": str(REPO)})
+    argv = ("sh", "-c", f"{script} && exec {sys.executable} -m tests.stdio_children echo")
+    return ChildSpec(name="kid", argv=argv, env=env, cwd=str(REPO), stderr="log")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_child_gets_real_pipes_it_can_reopen_by_path(children: list[Child], loop: str) -> None:
+    """A wrapper writing to /dev/stderr works as under any MCP client: uvloop's socketpairs would make that
+    open fail (ENXIO) and the child exit before it answered anything."""
+
+    async def scenario() -> tuple[Any, list[str]]:
+        with capture_logs() as logs:
+            child, got = await start(children, shell_spec("echo started >/dev/stderr"))
+            await child.write(INIT)
+            await until(lambda: 1 in answers(got), "the initialize answer")
+            await until(lambda: any(e.get("line") == "started" for e in logs), "the stderr line")
+            await child.stop(POLITE)
+        return answers(got)[1]["result"]["protocolVersion"], [e["line"] for e in logs if "line" in e]
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    version, lines = run(scenario())
+    assert version == "2025-11-25"
+    assert lines == ["started"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_child_that_closes_its_stdout_is_seen_to_end(children: list[Child], loop: str) -> None:
+    """`exec 1>&-` while it keeps running: the proxy's end of the pipe reads EOF (no spare copy holds it)."""
+
+    async def scenario() -> EndedBy | None:
+        env = child_environment({})
+        child = await spawn(ChildSpec(name="kid", argv=("sh", "-c", "exec 1>&-; sleep 30"), env=env), lambda _: None)
+        children.append(child)
+        await asyncio.wait_for(child.ended.wait(), WAIT)  # seen: EOF on the proxy's end, the child still running
+        await child.stop(RUDE)
+        return child.ended_by
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(scenario()) == "sigterm"  # it did not exit on its own: the proxy ended it because stdout closed

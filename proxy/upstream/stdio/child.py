@@ -29,7 +29,6 @@ import asyncio
 import os
 import signal
 import time
-from asyncio.subprocess import DEVNULL, PIPE, Process, SubprocessStreamProtocol
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -43,11 +42,13 @@ from proxy.mcp.stdio import MAX_LINE, LineReader, LineTooLong
 from proxy.tasks import Owner, cancel_and_wait
 from proxy.upstream.stdio.group import group_alive, killpg
 from proxy.upstream.stdio.output import ChildLog
+from proxy.upstream.stdio.process import READ_CHUNK, Spawned, start_process
 from proxy.tasks import spawn as spawn_task
 
 __all__ = [
     "Child",
     "ChildGone",
+    "ChildNotReading",
     "ChildNotRunning",
     "ChildSpec",
     "EndedBy",
@@ -72,8 +73,9 @@ StderrMode: TypeAlias = Literal["log", "inherit", "discard"]
 EndedBy: TypeAlias = Literal["exit", "stdin", "sigterm", "sigkill"]
 """What ended a child: it exited on its own, or the step of `Child.stop` after which it exited."""
 
-READ_CHUNK: Final = 64 * 1024
-"""Bytes asked of a pipe per read, and the stream reader's limit (it stops reading the pipe at twice this)."""
+STDIN_BACKLOG: Final = 16 * 1024 * 1024
+"""Bytes written to a child's stdin that it has not read yet, at most: past it a request is refused
+(`ChildNotReading`) instead of queued."""
 
 
 class ChildGone(UpstreamUnavailable):
@@ -82,6 +84,11 @@ class ChildGone(UpstreamUnavailable):
 
 class ChildNotRunning(ChildGone, NeverSent):
     """The child had already ended, was stopping, or could not be started: nothing was written to it."""
+
+
+class ChildNotReading(ChildNotRunning):
+    """The child's stdin holds `STDIN_BACKLOG` bytes it has not read: nothing more is queued for it (a child
+    that stopped reading would otherwise make the proxy hold every request sent to it)."""
 
 
 @dataclass(frozen=True)
@@ -112,18 +119,6 @@ def exit_text(returncode: int) -> str:
     return f"was killed by {name}"
 
 
-class _Protocol(SubprocessStreamProtocol):
-    """`asyncio.create_subprocess_exec`'s protocol, plus the exit reported when it happens (module docstring)."""
-
-    def __init__(self, exited: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=READ_CHUNK, loop=loop)
-        self.exited = exited
-
-    def process_exited(self) -> None:
-        super().process_exited()
-        self.exited()
-
-
 class Child:
     """A running stdio child: write lines to it (`write`), its messages go to `on_message`, `stop` ends it.
 
@@ -135,8 +130,7 @@ class Child:
     def __init__(
         self,
         spec: ChildSpec,
-        process: Process,
-        transport: asyncio.SubprocessTransport,
+        process: Spawned,
         on_message: Callable[[Any], None],
         on_end: Callable[[], None] | None,
         grace: float,
@@ -154,7 +148,6 @@ class Child:
         self.ended_by: EndedBy | None = None
         self._returncode: int | None = None
         self._process = process
-        self._transport = transport
         self._on_message = on_message
         self._on_end = on_end
         self._grace = grace
@@ -212,6 +205,11 @@ class Child:
         stdin = self._process.stdin
         if stdin is None or self.ended.is_set() or self._stopping or stdin.is_closing():
             raise ChildNotRunning(f"upstream {self.spec.name}: {self.end_reason}", upstream=self.spec.name)
+        if stdin.transport.get_write_buffer_size() + len(line) > STDIN_BACKLOG:
+            raise ChildNotReading(
+                f"upstream {self.spec.name}: the child is not reading its stdin ({STDIN_BACKLOG} bytes wait for it)",
+                upstream=self.spec.name,
+            )
         try:
             stdin.write(line)
             await stdin.drain()
@@ -267,7 +265,7 @@ class Child:
         if readers:
             await asyncio.wait(readers, timeout=grace)
         await cancel_and_wait(self._readers)
-        self._transport.close()
+        self._process.close()
         log.info(
             "stdio_child_stopped",
             upstream=self.spec.name,
@@ -311,7 +309,7 @@ class Child:
         log.error("stdio_child_leftovers_unkillable", upstream=self.spec.name, pgid=self.pid)
 
     def _exited_now(self) -> None:
-        self._returncode = self._transport.get_returncode()
+        self._returncode = self._process.get_returncode()
         self.exited.set()
         self._end()
 
@@ -374,8 +372,6 @@ async def spawn(
     with `grace` (`Child.stop`). `clock` paces the rate limits of its logs. Raises `ChildNotRunning` when
     the program cannot be started (not found, not executable, bad `cwd`).
     """
-    loop = asyncio.get_running_loop()
-    stderr = {"log": PIPE, "discard": DEVNULL, "inherit": None}[spec.stderr]
     exited: list[Callable[[], None]] = []
 
     def on_exit() -> None:
@@ -383,24 +379,14 @@ async def spawn(
             callback()
 
     try:
-        transport, protocol = await loop.subprocess_exec(
-            lambda: _Protocol(on_exit, loop),
-            *spec.argv,
-            stdin=PIPE,
-            stdout=PIPE,
-            stderr=stderr,
-            env=dict(spec.env),
-            cwd=spec.cwd,
-            start_new_session=True,
-        )
+        process = await start_process(spec.argv, env=spec.env, cwd=spec.cwd, stderr=spec.stderr, on_exit=on_exit)
     except OSError as exc:
         raise ChildNotRunning(
             f"upstream {spec.name}: could not start {spec.argv[0]!r}: {exc.strerror or exc}", upstream=spec.name
         ) from exc
-    process = Process(transport, protocol, loop)
-    child = Child(spec, process, transport, on_message, on_end, grace, clock)
+    child = Child(spec, process, on_message, on_end, grace, clock)
     exited.append(child._exited_now)
-    if transport.get_returncode() is not None and not child.exited.is_set():
+    if process.get_returncode() is not None and not child.exited.is_set():
         child._exited_now()
     log.info("stdio_child_started", upstream=spec.name, pid=child.pid, program=os.path.basename(spec.argv[0]))
     return child
