@@ -215,7 +215,7 @@ async def raw_burst(scene: Scene, era: Era, method: str, params: dict[str, Any],
     """:data:`REPEAT` raw requests through the proxy at once (no success in between, as a breaker counts
     them), each compared with the server's direct answer and carrying its own id."""
     session = await legacy_handshake(scene.http, scene.proxy.url) if era == "legacy" else None
-    direct = await scene.direct.request(method, params_for_child(params))
+    direct = await scene.direct.reference(method, params_for_child(params))
 
     async def one(i: int) -> None:
         body, headers = era_request(era, method, params, 100 + i, name, session)
@@ -347,7 +347,7 @@ async def test_server_refuses_the_call(server: StdioServer, era: Era, proxies: S
             await here.after_burst(f"raw {what}")
             sdk_call = bad.sdk_call(server)
             if sdk_call is not None and era == "legacy":
-                direct = await here.direct.request(bad.method, params)
+                direct = await here.direct.reference(bad.method, params)
                 await sdk_burst(here, era, sdk_call, direct, what)
                 await here.after_burst(f"SDK {what}")
 
