@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import json
+
 import orjson
 
 from proxy.errors import ProxyError
 
-__all__ = ["MAX_LINE", "LineReader", "LineTooLong", "frame"]
+__all__ = ["MAX_LINE", "LineReader", "LineTooLong", "NotJSON", "dumps", "frame", "loads"]
 
 MAX_LINE: Final = 8 * 1024 * 1024
 """The longest line read from a child, below the TypeScript SDK's own 10 MiB (a child it runs refuses
@@ -87,10 +89,50 @@ class LineReader:
         return len(self._partial)
 
 
+class NotJSON(ValueError):
+    """Bytes that are no JSON the proxy can carry (not JSON at all, nested past the parser's depth, or a
+    number beyond a double's range)."""
+
+
+def loads(data: bytes) -> Any:
+    """JSON as the proxy carries it over a pipe: orjson, else the standard library for the valid JSON orjson
+    refuses (a lone surrogate escape, which Node's ``JSON.stringify`` writes for a string cut inside an
+    emoji; integers past 64 bits, which orjson would turn into floats). A number beyond a double's range
+    (``1e999``) is refused (`NotJSON`): it would have to be written back as something else."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
+    except (ValueError, RecursionError) as exc:
+        raise NotJSON(str(exc)[:200]) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is beyond a double's range")
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON of `value`: orjson, else (a lone surrogate, an integer past 64 bits: what `loads`
+    let through) the standard library, escaping what UTF-8 cannot hold, so the bytes say what was read."""
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode()
+
+
 def frame(body: bytes, message: Any = None) -> bytes:
     """The line that carries a message to a child: its bytes as sent when they hold no newline, else
     `message` (its parsed form, or parsed from `body`) written again as compact JSON."""
     if b"\n" not in body and b"\r" not in body:
         return body + b"\n"
-    value = orjson.loads(body) if message is None else message
-    return orjson.dumps(value) + b"\n"
+    value = loads(body) if message is None else message
+    return dumps(value) + b"\n"

@@ -449,15 +449,11 @@ async def test_session_mistakes_and_batches(server: StdioServer, proxies: StdioP
 # --------------------------------------------------------------------------------------
 
 
-ORJSON_REFUSES: Final = {
-    (server.name, edge)
-    for server in STDIO_SERVERS
-    for edge in UNUSUAL_JSON
-    if edge == "1e999" or (edge == "lone surrogate" and server is NPM_STDIO)
-}
-"""Valid JSON the stdio gateway refuses as "not JSON" (its ``orjson.loads``) where the server itself answers
-the line: ``1e999`` (every server answers the call, an ``isError`` result) and a lone surrogate escape
-(server-everything answers; the Python servers drop the line)."""
+BEYOND_DOUBLE: Final = {(server.name, "1e999") for server in STDIO_SERVERS}
+"""Valid JSON the proxy cannot carry to a stdio child, refused clearly (-32700 naming why): ``1e999`` is
+past a double's range, and the gateway must write the message again (ids renamed) where an HTTP upstream
+gets the bytes as they are; every server answers that call itself (an ``isError`` result). A documented
+limit (docs/stdio.md), not a silent change of the number."""
 MODERN_ID_REFUSED: Final = {
     "jsonrpc": "2.0",
     "id": None,
@@ -477,6 +473,11 @@ async def unusual_answers(here: Scene, era: Era, edge: str) -> tuple[dict[str, A
     key = (here.server.name, edge)
     if key not in _unusual_direct:
         _unusual_direct[key] = await here.direct.ask(template % fill, request_id)
+    if _unusual_direct[key] is None and edge == "lone surrogate":
+        # The Python servers drop the line unanswered (their parser refuses the escape), and the gateway passes
+        # it on as the server-everything case shows: through the proxy the client waits, as it does directly,
+        # for the per-try timeout. Nothing to compare, and nothing but time to spend on it.
+        return None, []
     if era == "modern":
         meta = json.dumps(modern_meta()).encode()
         fill = {**fill, b"meta": b',"_meta":' + meta, b"bare_meta": b'"_meta":' + meta}
@@ -497,11 +498,11 @@ async def test_unusual_valid_json(server: StdioServer, era: Era, proxies: StdioP
     """``1e999``, a lone surrogate escape, a UTF-8 BOM, an id written ``1.0``, an empty method: where the
     server answers the line, the client hears that answer; where it answers nothing (the Python SDK drops
     a line it cannot validate, and its client would wait for ever), any prompt answer carrying the
-    request's id, or a 4xx JSON-RPC error, is no harm. (The lines :data:`ORJSON_REFUSES` are
-    `test_valid_json_the_gateway_refuses`'s.)"""
+    request's id, or a 4xx JSON-RPC error, is no harm. (The lines :data:`BEYOND_DOUBLE` are
+    `test_a_number_beyond_a_double_is_refused_clearly`'s.)"""
     async with scene(server, proxies, directs, SDK_MODE[era]) as here:
         for edge in UNUSUAL_JSON:
-            if (server.name, edge) in ORJSON_REFUSES:
+            if (server.name, edge) in BEYOND_DOUBLE:
                 continue
             what = f"{server}/{era} {edge}"
             direct, answers = await unusual_answers(here, era, edge)
@@ -521,35 +522,22 @@ async def test_unusual_valid_json(server: StdioServer, era: Era, proxies: StdioP
             await here.after_burst(what)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the stdio gateway parses a POST body with orjson.loads (gateway.py _handle), which refuses "
-    "valid JSON (a number past a double's range such as 1e999, a lone surrogate escape \\ud800) and answers "
-    '400 {"code":-32700,"message":"Parse error: the body is not JSON"} with no proxy mark, where the server '
-    "itself answers the line (1e999: an isError result from all three servers; the surrogate: server-everything's "
-    "isError result); through an HTTP upstream the bytes reach the server as they are",
-)
 @pytest.mark.parametrize(
-    ("server", "era", "edge"),
-    [
-        pytest.param(server, era, edge, id=f"{server}-{era}-{edge}")
-        for server in STDIO_SERVERS
-        for era in ERAS
-        for edge in UNUSUAL_JSON
-        if (server.name, edge) in ORJSON_REFUSES
-    ],
+    ("server", "era"),
+    [pytest.param(server, era, id=f"{server}-{era}") for server in STDIO_SERVERS for era in ERAS],
 )
-async def test_valid_json_the_gateway_refuses(
-    server: StdioServer, era: Era, edge: str, proxies: StdioProxies, directs: Directs
+async def test_a_number_beyond_a_double_is_refused_clearly(
+    server: StdioServer, era: Era, proxies: StdioProxies, directs: Directs
 ) -> None:
-    """The lines of :data:`ORJSON_REFUSES`: the client should hear the server's own answer. The proxy is
-    none the worse for them (asserted before the answers are compared, so only the answer is the bug)."""
-    what = f"{server}/{era} {edge}"
+    """:data:`BEYOND_DOUBLE`: the client hears why, and nobody else is any the worse."""
+    what = f"{server}/{era} 1e999"
     async with scene(server, proxies, directs, SDK_MODE[era]) as here:
-        direct, answers = await unusual_answers(here, era, edge)
+        _, answers = await unusual_answers(here, era, "1e999")
         await here.after_burst(what)
-        for i, proxied in enumerate(answers):
-            assert_servers_answer(proxied, direct, era, f"{what} #{i + 1}")
+    for answer in answers:
+        assert answer.status == 400, answer.describe()
+        assert answer.message is not None and answer.message["error"]["code"] == -32700, answer.describe()
+        assert "beyond a double's range" in answer.message["error"]["message"], answer.describe()
 
 
 # --------------------------------------------------------------------------------------

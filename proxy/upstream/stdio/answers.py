@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Final, Literal
 
-import orjson
+from proxy.mcp.stdio import dumps
 from aiohttp import web
 
 from proxy.upstream.stdio import modern
@@ -32,7 +32,7 @@ _SSE_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no
 
 
 def json_answer(message: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(message), content_type=_JSON, headers=headers)
+    return web.Response(status=status, body=dumps(message), content_type=_JSON, headers=headers)
 
 
 def error(
@@ -44,7 +44,7 @@ def error(
 
 def event(message: Any) -> bytes:
     """One SSE event carrying a JSON-RPC message."""
-    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+    return b"event: message\ndata: " + dumps(message) + b"\n\n"
 
 
 async def sse_response(request: web.Request) -> web.StreamResponse:

@@ -33,12 +33,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
-import orjson
 import structlog
 
 from proxy.config.stdio import INHERITED_ENV, child_environment
 from proxy.errors import NeverSent, UpstreamUnavailable
-from proxy.mcp.stdio import MAX_LINE, LineReader, LineTooLong
+from proxy.mcp.stdio import MAX_LINE, LineReader, LineTooLong, NotJSON, loads
 from proxy.tasks import Owner, cancel_and_wait
 from proxy.upstream.stdio.group import group_alive, killpg
 from proxy.upstream.stdio.output import ChildLog
@@ -346,8 +345,8 @@ class Child:
 
     def _deliver(self, line: bytes) -> None:
         try:
-            message = orjson.loads(line)
-        except orjson.JSONDecodeError:
+            message = loads(line)
+        except NotJSON:
             message = None
         if not isinstance(message, (dict, list)):
             self._log.garbage(line)

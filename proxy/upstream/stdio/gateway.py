@@ -46,6 +46,7 @@ import structlog
 from aiohttp import web
 
 from proxy.mcp.eras import Era, era_for, protocol_of
+from proxy.mcp.stdio import NotJSON, loads
 from proxy.tasks import cancel_and_wait, spawn
 from proxy.upstream.stdio import answers, modern
 from proxy.upstream.stdio.answers import error, event, json_answer, sse_response, unavailable
@@ -203,9 +204,9 @@ class Gateway:
         modern_era = era_for(protocol_of(request.headers, None)) is Era.MODERN
         if request.method == "POST":
             try:
-                message = orjson.loads(await request.read())
-            except orjson.JSONDecodeError:
-                return error(400, -32700, "Parse error: the body is not JSON")
+                message = loads(await request.read())
+            except NotJSON as exc:
+                return error(400, -32700, f"Parse error: the proxy cannot carry this body to a stdio server ({exc})")
             if not isinstance(message, dict):
                 return error(
                     400, -32600, "Invalid Request: a stdio upstream takes one JSON-RPC message per POST, not a batch"

@@ -32,12 +32,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
-import orjson
 import structlog
 
 from proxy.errors import NeverSent
 from proxy.mcp.eras import LEGACY_VERSION
-from proxy.mcp.stdio import frame
+from proxy.mcp.stdio import dumps, frame
 from proxy.redact import redact_text
 from proxy.tasks import Owner, cancel_and_wait
 from proxy.tasks import spawn as spawn_task
@@ -134,7 +133,7 @@ class Link:
         if not self._alive:
             name = self._child.spec.name
             raise ChildNotRunning(f"upstream {name}: generation {self.generation} is down", upstream=name)
-        await self._child.write(frame(orjson.dumps(message)))
+        await self._child.write(frame(dumps(message)))
 
 
 class Supervisor:
@@ -322,7 +321,7 @@ class Supervisor:
             },
         }
         try:
-            await child.write(frame(orjson.dumps(request)))
+            await child.write(frame(dumps(request)))
         except ChildGone:
             pass  # it ended: the wait below sees it
         error = await self._await_answer(child)
@@ -338,7 +337,7 @@ class Supervisor:
         link = Link(child, Initialized(generation, result["protocolVersion"], result))
         self._held = []
         try:
-            await child.write(frame(orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})))
+            await child.write(frame(dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})))
         except ChildGone:
             pass  # it ended right after answering: it goes up and down at once, as it did
         self._link = link
