@@ -434,3 +434,21 @@ def test_a_child_that_closes_its_stdout_is_seen_to_end(children: list[Child], lo
 
     run = uvloop.run if loop == "uvloop" else asyncio.run
     assert run(scenario()) == "sigterm"  # it did not exit on its own: the proxy ended it because stdout closed
+
+
+def test_the_childs_configured_secrets_never_reach_the_log_whatever_surrounds_them(children: list[Child]) -> None:
+    """A token from the upstream's `env`, printed bare (no ``NAME=`` the generic redaction would know): masked."""
+    secret = "sk-live-abcdef0123456789"
+
+    async def scenario() -> list[str]:
+        env = child_environment({"API_TOKEN": secret})
+        argv = ("sh", "-c", 'echo "starting; token is $API_TOKEN" >&2; echo "using $API_TOKEN here" >&2; sleep 30')
+        spec = ChildSpec(name="kid", argv=argv, env=env, secrets=(secret, "1"))
+        with capture_logs() as logs:
+            child = await spawn(spec, lambda _: None)
+            children.append(child)
+            await until(lambda: len([e for e in logs if "line" in e]) == 2, "both stderr lines")
+            await child.stop(RUDE)
+        return [e["line"] for e in logs if "line" in e]
+
+    assert asyncio.run(scenario()) == ["starting; token is [redacted]", "using [redacted] here"]

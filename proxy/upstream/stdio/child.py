@@ -101,6 +101,9 @@ class ChildSpec:
     """The complete environment the child gets (nothing else of the proxy's is inherited)."""
     cwd: str | None = None
     stderr: StderrMode = "log"
+    secrets: tuple[str, ...] = ()
+    """Values the child's output must never carry into the proxy's log (the upstream's configured `env`
+    values: its tokens), masked wherever they appear, whatever surrounds them."""
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -157,7 +160,7 @@ class Child:
         self._stop_lock = asyncio.Lock()
         self._readers: Owner = set()
         self._closers: Owner = set()
-        self._log = ChildLog(spec.name, self.pid, clock)
+        self._log = ChildLog(spec.name, self.pid, clock, spec.secrets)
         spawn_task(self._read_stdout(), name=f"stdio-stdout:{spec.name}:{self.pid}", owner=self._readers)
         if process.stderr is not None:
             spawn_task(

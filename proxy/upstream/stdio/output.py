@@ -2,7 +2,8 @@
 
 Both are the child's to fill as it likes, so both are bounded where they enter: a stderr line is cut at
 `STDERR_LINE_BOUND` bytes (the rest of it skipped), logged clipped to `STDERR_LOG_CHARS` characters and
-redacted (`proxy.redact.redact_text`: a child printing its token must not put it in the proxy's log), at
+redacted (the upstream's configured `env` values masked wherever they appear, then `proxy.redact.redact_text`:
+a child printing its token must not put it in the proxy's log), at
 most `STDERR_LINES_PER_WINDOW` a `STDERR_WINDOW` (the rest counted in one
 ``stdio_child_stderr_suppressed`` line); a stdout line that is not a JSON-RPC message costs a counter
 increment, and one ``stdio_child_garbage`` warning per `GARBAGE_LOG_WINDOW` shows a redacted sample.
@@ -39,6 +40,9 @@ STDERR_LINES_PER_WINDOW: Final = 50
 STDERR_WINDOW: Final = 1.0
 """At most `STDERR_LINES_PER_WINDOW` stderr lines are logged per `STDERR_WINDOW` seconds; the rest are counted
 and reported in one ``stdio_child_stderr_suppressed`` line when the next window starts (or stderr ends)."""
+MIN_SECRET: Final = 6
+"""The shortest configured `env` value masked as a secret in a child's output (a shorter one, such as
+``1`` or ``true``, would mask ordinary words)."""
 GARBAGE_LOG_WINDOW: Final = 10.0
 """At most one ``stdio_child_garbage`` warning per this many seconds; each carries the running count."""
 GARBAGE_SAMPLE: Final = 200
@@ -123,11 +127,12 @@ class ClippedLines:
 class ChildLog:
     """One child's stderr lines and stdout garbage, as bounded, redacted, rate-limited log lines."""
 
-    __slots__ = ("_clock", "_garbage_window", "garbage_lines", "name", "pid")
+    __slots__ = ("_clock", "_garbage_window", "_secrets", "garbage_lines", "name", "pid")
 
-    def __init__(self, name: str, pid: int, clock: Callable[[], float]) -> None:
+    def __init__(self, name: str, pid: int, clock: Callable[[], float], secrets: tuple[str, ...] = ()) -> None:
         self.name = name
         self.pid = pid
+        self._secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
         self._clock = clock
         self._garbage_window = Window(1, GARBAGE_LOG_WINDOW, clock)
         self.garbage_lines = 0
@@ -138,7 +143,7 @@ class ChildLog:
         self.garbage_lines += 1
         self._garbage_window.roll()
         if self._garbage_window.allow():
-            sample = redact_text(line[: GARBAGE_SAMPLE * 4].decode("utf-8", "replace")[:GARBAGE_SAMPLE])
+            sample = self._redacted(line[: GARBAGE_SAMPLE * 4].decode("utf-8", "replace"))[:GARBAGE_SAMPLE]
             log.warning(
                 "stdio_child_garbage", upstream=self.name, pid=self.pid, sample=sample, count=self.garbage_lines
             )
@@ -164,7 +169,14 @@ class ChildLog:
         text = line.decode("utf-8", "replace")
         if cut or len(text) > STDERR_LOG_CHARS:
             text = text[:STDERR_LOG_CHARS] + "…[cut]"
-        log.info("stdio_child_stderr", upstream=self.name, pid=self.pid, line=redact_text(text))
+        log.info("stdio_child_stderr", upstream=self.name, pid=self.pid, line=self._redacted(text))
+
+    def _redacted(self, text: str) -> str:
+        """`text` without the child's configured secrets (masked exactly, longest first), then through the
+        one redaction every writer uses (tokens it recognises by their shape or their name)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return redact_text(text)
 
     def _suppressed(self, count: int) -> None:
         log.warning("stdio_child_stderr_suppressed", upstream=self.name, pid=self.pid, count=count)

@@ -48,6 +48,7 @@ def spec_of(config: UpstreamConfig) -> ChildSpec:
         env=child_environment(config.env),
         cwd=config.cwd,
         stderr=config.stderr,
+        secrets=tuple(config.env.values()),
     )
 
 
