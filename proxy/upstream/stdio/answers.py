@@ -21,7 +21,7 @@ from aiohttp import web
 from proxy.upstream.stdio import modern
 from proxy.upstream.stdio.backend import ChildBackend
 from proxy.upstream.stdio.child import ChildGone, ChildNotRunning
-from proxy.upstream.stdio.routing import Caller, ChildLost
+from proxy.upstream.stdio.routing import CANCELLED, Caller, Cancelled, ChildLost
 from proxy.upstream.stdio.supervisor import ChildUnavailable, Link
 
 __all__ = ["Era", "call", "error", "event", "json_answer", "round_trip", "sse_response", "unavailable"]
@@ -89,6 +89,8 @@ async def call(
         first = await caller.inbox.get()
         if isinstance(first, ChildLost):
             return cut_off(request)
+        if isinstance(first, Cancelled):
+            return _cancelled(backend, message, era)
         if "method" not in first:
             return _final(backend, first, message, era)
         return await _streamed(backend, request, caller, first, message, era)
@@ -116,6 +118,8 @@ async def round_trip(backend: ChildBackend, owner: str, message: dict[str, Any])
             item = await caller.inbox.get()
             if isinstance(item, ChildLost):
                 return unavailable(ChildUnavailable(item.reason), message.get("id"))
+            if isinstance(item, Cancelled):
+                return json_answer({"jsonrpc": "2.0", "id": message.get("id"), "error": CANCELLED})
             if "method" not in item:
                 return json_answer(item)
     except (ChildGone, ChildNotRunning) as exc:
@@ -151,12 +155,16 @@ async def _streamed(
     if not accepts_sse(request):  # a JSON-only client gets the answer alone
         while isinstance(item, dict) and "method" in item:
             item = await caller.inbox.get()
+        if isinstance(item, Cancelled):
+            return _cancelled(backend, message, era)
         return cut_off(request) if isinstance(item, ChildLost) else _final(backend, item, message, era)
     response = await sse_response(request)
     while True:
         if isinstance(item, ChildLost):
             cut_off(request)
             return response
+        if isinstance(item, Cancelled):
+            item = {"jsonrpc": "2.0", "id": message.get("id"), "error": CANCELLED}
         if "method" not in item:
             final = (
                 modern.from_child(str(message.get("method")), item, backend.server_info()) if era == "modern" else item
@@ -166,6 +174,10 @@ async def _streamed(
             return response
         await response.write(event(item))
         item = await caller.inbox.get()
+
+
+def _cancelled(backend: ChildBackend, message: dict[str, Any], era: Era) -> web.Response:
+    return _final(backend, {"jsonrpc": "2.0", "id": message.get("id"), "error": CANCELLED}, message, era)
 
 
 def cut_off(request: web.Request) -> web.Response:

@@ -64,6 +64,8 @@ __all__ = [
     "STREAM_INBOX",
     "Asked",
     "Caller",
+    "CANCELLED",
+    "Cancelled",
     "ChildLost",
     "Inbox",
     "Listener",
@@ -120,6 +122,18 @@ class ChildLost:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+class Cancelled:
+    """Put in an inbox when the client cancelled its own request (`notifications/cancelled`): the request
+    ends with `CANCELLED`, an error no stage retries or counts against the server."""
+
+    __slots__ = ()
+
+
+CANCELLED: Final = {"code": -32800, "message": "Request cancelled: the client sent notifications/cancelled for it"}
+"""The error a cancelled request's HTTP exchange ends with (JSON-RPC's implementation range; LSP's
+RequestCancelled): the client asked for no answer, so nobody reads it, but the exchange must end."""
 
 
 class Inbox:
@@ -283,6 +297,11 @@ class Switchboard:
             return None
         for caller in self.callers.values():
             if caller.owner == owner and caller.client_id == params.get("requestId"):
+                # The client will take no answer now: its HTTP request ends at once (`Cancelled`), so it holds
+                # nothing open, is retried by nobody, and the child's running handler stays its (abandoned).
+                del self.callers[caller.child_id]
+                self._abandon(caller)
+                caller.inbox.put(Cancelled())
                 return {**message, "params": {**params, "requestId": caller.child_id}}
         return None
 
