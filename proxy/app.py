@@ -436,6 +436,7 @@ class ProxyServer:
 
     def _retire(self, transport: HttpUpstream, after: float) -> None:
         """Close a replaced pool once the calls that started on it had `after` seconds to finish."""
+        transport.retiring()
 
         async def close_later() -> None:
             try:

@@ -109,3 +109,47 @@ async def test_the_proxys_stop_stops_the_child() -> None:
         socket_dir = Path(transport(server).gateway.socket_path).parent
     await gone(pid)
     assert not socket_dir.exists()
+
+
+async def test_a_get_stream_open_across_a_reload_that_replaces_the_child_hears_the_new_child(tmp_path: Path) -> None:
+    """The old gateway cuts its GET streams at once; the proxy reopens the stream on the new one (rebuilding
+    the session there), so a notification of the new child reaches the client's stream, which stayed open."""
+
+    def recording(extra: str) -> ProxyConfig:
+        argv = [sys.executable, "-m", "tests.stdio_recording_child", str(tmp_path / "record.jsonl")]
+        return config(command=argv, env={"PYTHONPATH": str(REPO), "EXTRA": extra})
+
+    async with running_proxy(recording("1")) as server, aiohttp.ClientSession() as http:
+        url = f"{server.url}/mcp"
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        accept = {"Accept": "application/json, text/event-stream"}
+        async with http.post(url, json=init, headers=accept) as reply:
+            session = reply.headers["Mcp-Session-Id"]
+        headers = {**accept, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+        old = await pid_when_up(server)
+        async with http.get(url, headers=headers) as stream:
+            await server.apply(recording("2"))
+            assert await pid_when_up(server) != old
+            notify = {"name": "notify", "arguments": {"method": "notifications/tools/list_changed"}}
+            heard = b""
+            async with asyncio.timeout(20):
+                while b"notifications/tools/list_changed" not in heard:
+                    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": notify}
+                    async with http.post(url, json=call, headers=headers) as reply:
+                        assert reply.status == 200
+                    try:
+                        chunk = await asyncio.wait_for(stream.content.readany(), 0.5)
+                        assert chunk or not stream.content.at_eof(), f"the client's stream ended: {heard!r}"
+                        heard += chunk
+                    except TimeoutError:
+                        continue  # not reopened yet: the next notification will find it
+        await gone(old)

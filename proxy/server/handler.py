@@ -130,7 +130,7 @@ class McpHandler:
     def __init__(self, runtime: RuntimeRef) -> None:
         self._runtime = runtime
         self._relay = Relay(current=self._runtime)
-        self._streams = SessionStreams()
+        self._streams = SessionStreams(current=self._runtime)
         self._classifying: tuple[Runtime | None, dict[str, CallRoute]] = (None, {})
         """(a runtime, each of its paths' `CallRoute`): made once per runtime, not per call."""
 

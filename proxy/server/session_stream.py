@@ -40,7 +40,7 @@ from proxy.errors import ProxyError
 from proxy.mcp.sse import SSEParser, blank_line_ends
 from proxy.policies.base import Call, Reply, ReplyStream
 from proxy.policies.failures import session_lost_answer
-from proxy.runtime import Route, Runtime
+from proxy.runtime import Route, Runtime, RuntimeRef
 from proxy.sessions.keeper import SESSION_HEADER, as_client_knows
 from proxy.sessions.table import LegacySession
 from proxy.server.relay import MAX_HELD_EVENT, relayed, start_stream
@@ -64,9 +64,12 @@ RESUME_BACKOFF_MAX: Final = 2.0
 class SessionStreams:
     """The GET streams of kept sessions being relayed, so a drain can end them all."""
 
-    __slots__ = ("draining", "upstream_streams")
+    __slots__ = ("current", "draining", "upstream_streams")
 
-    def __init__(self) -> None:
+    def __init__(self, current: RuntimeRef | None = None) -> None:
+        self.current = current
+        """The runtime a reload swaps: a stream reopened after a reload goes to its upstream's current
+        transport (a stdio upstream whose child the reload replaced cuts its streams for that)."""
         self.draining = False
         self.upstream_streams: set[ReplyStream] = set()
 
@@ -216,10 +219,21 @@ class _Resuming:
             headers.popall("Last-Event-ID", None)
             self.last_event_id = None
         self.generation = self.session.generation
+        self._follow_reload()
         upstream = self.route.upstream
         return await upstream.exchange(
             "GET", headers, None, upstream.config.timeouts.per_try, None, owner=self.owner, query=self.query
         )
+
+    def _follow_reload(self) -> None:
+        """After a reload, the same upstream's route in the current runtime (the session keeper is carried
+        over with the server, so the session is still this one's)."""
+        current = self.streams.current.current if self.streams.current is not None else None
+        if current is None or current is self.runtime:
+            return
+        route = current.routes.get(self.route.config.path)
+        if route is not None and route.state.sessions is self.route.state.sessions:
+            self.runtime, self.route = current, route
 
     async def _answered(self, reply: Reply) -> web.StreamResponse | None:
         """A GET answered without a stream: the loss of a kept session is rebuilt (None: open again);

@@ -350,6 +350,10 @@ class HttpUpstream:
             and limits.max_response_bytes == self._max_response
         )
 
+    def retiring(self) -> None:
+        """A reload replaced this upstream; it closes once the calls begun on it had their drain time. An
+        HTTP pool has nothing to do meanwhile (a stdio upstream moves its streams: `StdioUpstream`)."""
+
     async def close(self) -> None:
         self._retired = True
         if self._pool is not None:

@@ -53,7 +53,7 @@ from proxy.upstream.stdio.answers import error, event, json_answer, sse_response
 from proxy.policies.base import Observer
 from proxy.upstream.stdio.backend import ChildBackend
 from proxy.upstream.stdio.child import ChildSpec
-from proxy.upstream.stdio.routing import LEVELS, STREAM_INBOX, Inbox, Listener, Session, Switchboard
+from proxy.upstream.stdio.routing import LEVELS, STREAM_INBOX, ChildLost, Inbox, Listener, Session, Switchboard
 from proxy.upstream.stdio.supervisor import ACCEPTED_VERSIONS, ChildUnavailable, Handshake, Link, Supervisor, Timing
 
 __all__ = [
@@ -187,6 +187,17 @@ class Gateway:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def cut_streams(self, why: str) -> None:
+        """Cut every GET stream and listen off (as a broken server's would be): the proxy reopens them on
+        the gateway that replaces this one (a reload that changed the child), where the sessions are
+        rebuilt with their subscriptions, instead of leaving them open here on a child nobody calls."""
+        for backend in (self.shared, *self._children):
+            for session in backend.board.sessions.values():
+                if session.stream is not None:
+                    session.stream.put(ChildLost(why))
+            for listener in backend.board.listeners:
+                listener.inbox.put(ChildLost(why))
 
     def snapshot(self) -> dict[str, Any]:
         """The children's state for /status and metrics: the shared child's, and with `per_session` how many run."""
@@ -447,6 +458,9 @@ class Gateway:
                 if item is None:
                     await response.write_eof()
                     return response
+                if isinstance(item, ChildLost):  # replaced by a reload: the proxy reopens it on the new gateway
+                    answers.cut_off(request)
+                    return response
                 await response.write(event(item))
         finally:
             if session.stream is inbox:
@@ -531,6 +545,9 @@ class Gateway:
             await response.write(event(modern.acknowledgement(message)))
             while True:
                 item = await listener.inbox.get()
+                if isinstance(item, ChildLost):  # replaced by a reload: the proxy listens again on the new gateway
+                    answers.cut_off(request)
+                    return response
                 if item is None:
                     await response.write(event(modern.listen_end(listen_id, backend.server_info())))
                     await response.write_eof()

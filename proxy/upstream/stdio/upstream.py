@@ -88,6 +88,10 @@ class StdioUpstream(HttpUpstream):
     def same_connection(self, config: UpstreamConfig, limits: LimitsConfig) -> bool:
         return child_settings(config) == self._settings and super().same_connection(config, limits)
 
+    def retiring(self) -> None:
+        """A reload replaced this upstream: its child's open streams move to the new one (`Gateway.cut_streams`)."""
+        self.gateway.cut_streams("the stdio server was replaced by a reload")
+
     async def close(self) -> None:
         try:
             await super().close()
