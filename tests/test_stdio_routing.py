@@ -631,3 +631,16 @@ def test_the_childs_late_answer_to_an_abandoned_request_ends_its_claim() -> None
     assert board.abandoned == {}
     assert board.route(1, question(40)) == []
     assert drain(b.inbox)[0]["id"].startswith("mcp-proxy-")
+
+
+@pytest.mark.parametrize(
+    ("logs", "expected"),
+    [(None, []), ("warning", ["warning", "error"]), ("debug", ["debug", "info", "warning", "error"])],
+)
+def test_a_2026_caller_gets_only_the_log_lines_it_asked_for(logs: str | None, expected: list[str]) -> None:
+    """A 2026-07-28 request asks for log lines in its own `_meta` (no session, no setLevel): none asked, none sent."""
+    board = Switchboard()
+    caller, _ = board.admit("modern-1", req(1), 1, askable=False, logs=logs)
+    for level in ("debug", "info", "warning", "error"):
+        board.route(1, log_line(level))
+    assert [m["params"]["level"] for m in drain(caller.inbox)] == expected

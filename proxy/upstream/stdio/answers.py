@@ -72,9 +72,11 @@ async def call(
     *,
     askable: bool,
     era: Era = "legacy",
+    logs: str | None = "session",
 ) -> web.StreamResponse:
-    """Send one client request to the child and answer the client with what comes back for it."""
-    admitted = await _admit(backend, owner, message, askable)
+    """Send one client request to the child and answer the client with what comes back for it (its log
+    lines as `logs` says: `Caller.logs`)."""
+    admitted = await _admit(backend, owner, message, askable, logs)
     if isinstance(admitted, web.Response):
         return admitted
     link, caller, renamed = admitted
@@ -129,7 +131,7 @@ async def round_trip(backend: ChildBackend, owner: str, message: dict[str, Any])
 
 
 async def _admit(
-    backend: ChildBackend, owner: str, message: dict[str, Any], askable: bool
+    backend: ChildBackend, owner: str, message: dict[str, Any], askable: bool, logs: str | None = "session"
 ) -> tuple[Link, Caller, dict[str, Any]] | web.Response:
     """The live child, the request's caller and the request renamed for the child; or the 503 when no
     child comes within `child.start_timeout`."""
@@ -137,7 +139,7 @@ async def _admit(
         link = await backend.ready()
     except ChildUnavailable as exc:
         return unavailable(exc, message.get("id"))
-    caller, renamed = backend.board.admit(owner, message, link.generation, askable=askable)
+    caller, renamed = backend.board.admit(owner, message, link.generation, askable=askable, logs=logs)
     return link, caller, renamed
 
 

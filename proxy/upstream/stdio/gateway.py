@@ -81,6 +81,8 @@ MAX_LISTENERS: Final = 1024
 MAX_CHILD_SUBSCRIPTIONS: Final = 4096
 """Distinct resources the proxy subscribes one child to for all its sessions and listeners; past it a new
 resource is refused (-32602): a client must not make the proxy flood the child with subscriptions."""
+LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
+"""Where a 2026-07-28 request asks for log lines (the era has no `logging/setLevel`)."""
 BACKLOG: Final = 1024
 """The least the gateway's socket queues unaccepted (`Gateway.__init__`)."""
 Isolation = Literal["shared", "per_session"]
@@ -91,6 +93,15 @@ def _without_tasks(capabilities: Any) -> Any:
     if isinstance(capabilities, dict) and "tasks" in capabilities:
         return {key: value for key, value in capabilities.items() if key != "tasks"}
     return capabilities
+
+
+def _requested_log_level(message: dict[str, Any]) -> str | None:
+    """The log level a 2026-07-28 request asked for (``io.modelcontextprotocol/logLevel`` in its `_meta`), or
+    None: a request that asks none gets no log lines, as from the SDK server."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    level = meta.get(LOG_LEVEL) if isinstance(meta, dict) else None
+    return level if level in LEVELS else None
 
 
 def _modern_meta(message: dict[str, Any]) -> bool:
@@ -514,7 +525,10 @@ class Gateway:
             except ChildUnavailable as exc:
                 return unavailable(exc, message.get("id"))
             return await self._listen(request, backend, message, link)
-        return await answers.call(backend, request, owner, modern.to_child(message), askable=False, era="modern")
+        logs = _requested_log_level(message)
+        return await answers.call(
+            backend, request, owner, modern.to_child(message), askable=False, era="modern", logs=logs
+        )
 
     async def _listen(
         self, request: web.Request, backend: ChildBackend, message: dict[str, Any], link: Link

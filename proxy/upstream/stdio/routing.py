@@ -183,6 +183,9 @@ class Caller:
     generation: int
     askable: bool
     """Whether the child's questions may be put to this client (a legacy session that accepts SSE)."""
+    logs: str | None = "session"
+    """Which of the child's log lines this caller takes: ``session`` (a legacy client: its session's level),
+    a level (a 2026-07-28 client that asked for that level in its request), or None (one that asked none)."""
     inbox: Inbox = field(default_factory=lambda: Inbox(INBOX))
 
 
@@ -248,14 +251,16 @@ class Switchboard:
     # -- client requests ---------------------------------------------------------------------------
 
     def admit(
-        self, owner: str, message: dict[str, Any], generation: int, *, askable: bool
+        self, owner: str, message: dict[str, Any], generation: int, *, askable: bool, logs: str | None = "session"
     ) -> tuple[Caller, dict[str, Any]]:
         """A client request on its way to the child: its caller, and the message as the child gets it."""
         child_id = next(self._ids)
         params = message.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
         token = meta.get("progressToken") if isinstance(meta, dict) else None
-        caller = Caller(owner, message.get("id"), child_id, str(message.get("method")), token, generation, askable)
+        caller = Caller(
+            owner, message.get("id"), child_id, str(message.get("method")), token, generation, askable, logs
+        )
         self.callers[child_id] = caller
         renamed = dict(message)
         renamed["id"] = child_id
@@ -406,9 +411,12 @@ class Switchboard:
         if inbox is None:
             self.dropped += 1
             return
-        session = self.sessions.get(callers[0].owner if callers else str(self.exclusive))
-        level = params.get("level")
-        if session is not None and session.level is not None and _RANK.get(str(level), 0) < _RANK[session.level]:
+        wanted = streamed[0].logs if streamed else "session"
+        if wanted == "session":
+            session = self.sessions.get(callers[0].owner if callers else str(self.exclusive))
+            wanted = session.level if session is not None else None
+            wanted = wanted or LEVELS[0]  # a legacy session that set no level takes what the child sends
+        if wanted is None or _RANK.get(str(params.get("level")), 0) < _RANK.get(wanted, 0):
             return
         inbox.put(message, droppable=True)
 
