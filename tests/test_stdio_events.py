@@ -130,3 +130,23 @@ async def test_a_question_with_two_clients_waiting_is_refused_with_its_event(tmp
     }
     assert answer.status == 200
     assert "several clients" in answer.body.decode()
+
+
+def test_a_child_asking_in_a_loop_cannot_flood_the_event_stream() -> None:
+    """`REFUSAL_EVENTS_PER_S` refusal events a second per child; the rest are only counted (logged)."""
+    from proxy.upstream.stdio.backend import REFUSAL_EVENTS_PER_S, ChildBackend
+    from proxy.upstream.stdio.supervisor import Handshake
+
+    events = recorder()
+    spec = ChildSpec(name="kid", argv=("true",), env={})
+    now = [1000.0]
+    backend = ChildBackend(
+        spec, SLOW, Handshake(capabilities={}, client_info={}), observer=events, clock=lambda: now[0]
+    )
+    for n in range(500):
+        replies = backend.board.route(1, {"jsonrpc": "2.0", "id": n, "method": "sampling/createMessage"})
+        assert replies[0]["error"]["code"] == -32603
+    assert len(of_kind(events, "stdio_question_refused")) == REFUSAL_EVENTS_PER_S
+    now[0] += 1.0  # the next second: its own allowance
+    backend.board.route(1, {"jsonrpc": "2.0", "id": "late", "method": "sampling/createMessage"})
+    assert len(of_kind(events, "stdio_question_refused")) == REFUSAL_EVENTS_PER_S + 1

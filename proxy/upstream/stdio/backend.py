@@ -17,19 +17,25 @@ import asyncio
 import contextlib
 import itertools
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import structlog
 
 from proxy.policies.base import Observer
 from proxy.tasks import cancel_and_wait, spawn
 from proxy.upstream.stdio.child import ChildGone, ChildNotRunning, ChildSpec
+from proxy.upstream.stdio.output import Window
 from proxy.upstream.stdio.routing import OWN_ID_PREFIX, Caller, Session, Switchboard
 from proxy.upstream.stdio.supervisor import Handshake, Link, Supervisor, Timing
 
 __all__ = ["ChildBackend"]
 
 log = structlog.get_logger("proxy")
+
+REFUSAL_EVENTS_PER_S: Final = 10
+"""`stdio_question_refused` events one child may cause a second; past it they are counted in one
+``stdio_question_events_suppressed`` log line when the next second starts."""
 
 
 class ChildBackend:
@@ -43,11 +49,13 @@ class ChildBackend:
         *,
         exclusive: str | None = None,
         observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
         self.timing = timing
         self.board = Switchboard(exclusive=exclusive)
         self._observer = observer
+        self._refusals = Window(REFUSAL_EVENTS_PER_S, 1.0, clock)
         """Where the child's failures go as events (the runtime's observer: the event stream and metrics)."""
         if observer is not None:
             self.board.on_refused = self._refused
@@ -211,6 +219,11 @@ class ChildBackend:
 
     def _refused(self, method: str, why: str, waiting: int) -> None:
         assert self._observer is not None
+        dropped = self._refusals.roll()
+        if dropped:
+            log.warning("stdio_question_events_suppressed", upstream=self.spec.name, count=dropped)
+        if not self._refusals.allow():
+            return  # a child asking in a loop must not flood the event stream (and push out everyone's evidence)
         self._observer.policy_event(
             "stdio_question_refused", None, upstream=self.spec.name, method=method, why=why, clients_waiting=waiting
         )
