@@ -57,9 +57,10 @@ RUN if [ -n "$PIP_PACKAGES" ]; then \
 # HOME reaches the child (one of the few variables it inherits): servers and npx keep caches there. It
 # must exist and be writable; under a read-only root filesystem mount a volume on it (config/k8s/stdio).
 RUN mkdir -p /home/proxy && chown 10001:10001 /home/proxy
-# /opt/servers/bin last: its console scripts are found, its python never shadows the proxy's.
+# /opt/servers/bin first: a child's `python -m server` and the servers' console scripts resolve there (the
+# child inherits this PATH); the proxy itself starts by its own name, which only /opt/venv/bin has.
 ENV HOME=/home/proxy \
-    PATH="${PATH}:/opt/servers/bin"
+    PATH="/opt/servers/bin:${PATH}"
 USER 10001:10001
 ENTRYPOINT ["tini", "--", "mcp-resilience-proxy", "serve", "--config", "/etc/mcp-resilience-proxy/proxy.yaml"]
 

@@ -362,7 +362,7 @@ def _image_env(target: str) -> dict[str, str]:
     inherits from the container besides its configured env."""
     text = "\n".join(line for stage in _stages() if stage[0] in {"runtime", "stdio", target} for line in stage[2])
     home = text.split("HOME=", 1)[1].split()[0]
-    return {"HOME": home, "PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin:/opt/servers/bin"}
+    return {"HOME": home, "PATH": "/opt/servers/bin:/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"}
 
 
 @pytest.fixture

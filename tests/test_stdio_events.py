@@ -19,9 +19,10 @@ import pytest
 
 from proxy.events.bus import EventBus
 from proxy.events.recorder import EventRecorder
+from proxy.upstream.stdio.backend import REFUSAL_EVENTS_PER_S, ChildBackend
 from proxy.upstream.stdio.child import ChildSpec, child_environment
 from proxy.upstream.stdio.gateway import Gateway
-from proxy.upstream.stdio.supervisor import Timing
+from proxy.upstream.stdio.supervisor import Handshake, Timing
 from tests.test_stdio_gateway import WAIT, Client, recording_spec, until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,9 +135,6 @@ async def test_a_question_with_two_clients_waiting_is_refused_with_its_event(tmp
 
 def test_a_child_asking_in_a_loop_cannot_flood_the_event_stream() -> None:
     """`REFUSAL_EVENTS_PER_S` refusal events a second per child; the rest are only counted (logged)."""
-    from proxy.upstream.stdio.backend import REFUSAL_EVENTS_PER_S, ChildBackend
-    from proxy.upstream.stdio.supervisor import Handshake
-
     events = recorder()
     spec = ChildSpec(name="kid", argv=("true",), env={})
     now = [1000.0]

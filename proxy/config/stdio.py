@@ -93,7 +93,9 @@ class ChildConfig(ConfigModel):
     idle_timeout: Duration = Field(
         600.0,
         gt=0,
-        description="With isolation: per_session, a child whose session has been unused this long is stopped.",
+        description="With isolation: per_session, a child whose session sent no request and held no open stream "
+        "(GET or listen) this long is stopped, and its session ends (the session keeper rebuilds it on its next "
+        "request). An SDK client holds its GET stream while connected: its child stays.",
     )
 
 

@@ -102,7 +102,11 @@ class ChildBackend:
         return self.last_used
 
     def snapshot(self) -> dict[str, Any]:
+        """The child's state: the supervisor's, its uptime in seconds (not the monotonic clock's reading),
+        and what is in its hands."""
         state = dict(self.supervisor.snapshot())
+        since = state.pop("up_since", None)
+        state["uptime_s"] = round(time.monotonic() - since, 1) if isinstance(since, float) else None
         state["in_flight"] = len(self.board.callers)
         state["sessions"] = len(self.board.sessions)
         return state
