@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -176,7 +177,19 @@ def normalized(message: dict[str, Any] | None, era: Era) -> dict[str, Any] | Non
             meta = {key: value for key, value in meta.items() if key != SERVER_INFO_META}
             result = {**{k: v for k, v in result.items() if k != "_meta"}, **({"_meta": meta} if meta else {})}
         found["result"] = result
+    error = found.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        found["error"] = {**error, "message": _SET_REPR.sub(_sorted_set, error["message"])}
     return found
+
+
+_SET_REPR: Final = re.compile(r"\{'[^{}]*'\}")
+"""A Python set printed in a server's message ("Missing required arguments: {'arg2', 'arg1'}"): its order
+is the interpreter's hash seed's, one per process, so two processes of the same server print it apart."""
+
+
+def _sorted_set(match: re.Match[str]) -> str:
+    return "{" + ", ".join(sorted(match.group(0)[1:-1].split(", "))) + "}"
 
 
 def expected_status(direct: dict[str, Any], era: Era) -> int:
