@@ -82,9 +82,11 @@ STREAM_INBOX: Final = 1024
 """Notifications a session's GET stream (or a listener) holds while its client is slow; the oldest go."""
 MAX_ASKED: Final = 1024
 """The child's questions that may wait on clients at once."""
-ABANDONED_FOR: Final = 60.0
-"""Seconds a request its client gave up on still counts as a possible owner of what the child sends (a
-handler that ignores its cancellation may run on; none measured ran longer than a minute's tool call)."""
+ABANDONED_FOR: Final = 10.0
+"""Seconds a request its client gave up on still counts as a possible owner of what the child sends: a
+handler may run on after its cancellation (server-everything's do), and the SDK servers send no answer to a
+cancelled request, so nothing says when it stopped. The trade: meanwhile a question of the child's is
+refused to the other clients (`isolation: per_session` has neither cost)."""
 MAX_ABANDONED: Final = 1024
 """Abandoned requests remembered; past it the oldest is forgotten."""
 
