@@ -40,6 +40,7 @@ from proxy.config.operations import (
 )
 from proxy.config.policies import AppBreakerConfig, BreakerConfig, CacheConfig, RateLimitConfig, RetryConfig, RuleConfig, TimeoutsConfig
 from proxy.config.stdio import (
+    Isolation,
     MAX_ARG_CHARS,
     MAX_ARGS,
     MAX_ENV_ENTRIES,
@@ -339,7 +340,7 @@ class UpstreamConfig(ConfigModel):
         description="With command: what the child writes to stderr. log: each line logged by the proxy with the "
         "upstream's name; inherit: straight to the proxy's own stderr; discard: dropped.",
     )
-    isolation: Literal["shared", "per_session"] = Field(
+    isolation: Isolation = Field(
         "shared",
         description="With command: shared: one child serves every client; per_session: one child per legacy "
         "session (MCP 2024-11-05 to 2025-11-25), for servers that keep state per client.",

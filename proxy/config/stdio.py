@@ -18,13 +18,14 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from pydantic import Field, model_validator
 
 from proxy.config.units import ConfigModel, Duration
 
 __all__ = [
+    "Isolation",
     "ChildConfig",
     "ENV_NAME",
     "INHERITED_ENV",
@@ -39,6 +40,9 @@ __all__ = [
     "start_problems",
     "env_problems",
 ]
+
+Isolation: TypeAlias = Literal["shared", "per_session"]
+"""How clients share a stdio server: one child for all (`shared`), or a child per legacy session."""
 
 INHERITED_ENV: Final = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR")
 """The proxy's environment variables a child inherits (with `INHERITED_ENV_PREFIXES`); nothing else."""

@@ -24,7 +24,7 @@ from proxy.upstream.stdio.child import ChildGone, ChildNotRunning
 from proxy.upstream.stdio.routing import CANCELLED, Caller, Cancelled, ChildLost
 from proxy.upstream.stdio.supervisor import ChildUnavailable, Link
 
-__all__ = ["Era", "call", "error", "event", "json_answer", "round_trip", "sse_response", "unavailable"]
+__all__ = ["SUCCEEDED", "Era", "call", "error", "event", "json_answer", "round_trip", "sse_response", "unavailable"]
 
 Era = Literal["legacy", "modern"]
 _JSON: Final = "application/json"
@@ -108,8 +108,13 @@ async def call(
             backend.send_later(link, cancel, "stdio-cancel")
 
 
+SUCCEEDED: Final = "mcp_proxy_succeeded"
+"""The key of a `round_trip` response that says whether the child answered with a result (not an error)."""
+
+
 async def round_trip(backend: ChildBackend, owner: str, message: dict[str, Any]) -> web.Response:
-    """A request whose answer is all that matters (what the child sends before it is dropped), as JSON."""
+    """A request whose answer is all that matters (what the child sends before it is dropped), as JSON;
+    ``response[SUCCEEDED]`` says whether the child's answer was a result."""
     admitted = await _admit(backend, owner, message, askable=False)
     if isinstance(admitted, web.Response):
         return admitted
@@ -123,7 +128,9 @@ async def round_trip(backend: ChildBackend, owner: str, message: dict[str, Any])
             if isinstance(item, Cancelled):
                 return json_answer({"jsonrpc": "2.0", "id": message.get("id"), "error": CANCELLED})
             if "method" not in item:
-                return json_answer(item)
+                response = json_answer(item)
+                response[SUCCEEDED] = "result" in item
+                return response
     except (ChildGone, ChildNotRunning) as exc:
         return unavailable(exc, message.get("id"))
     finally:

@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -48,6 +48,7 @@ from aiohttp import web
 from proxy.mcp.eras import Era, era_for, protocol_of
 from proxy.mcp.stdio import NotJSON, loads
 from proxy.tasks import cancel_and_wait, spawn
+from proxy.config.stdio import Isolation
 from proxy.upstream.stdio import answers, modern
 from proxy.upstream.stdio.answers import error, event, json_answer, sse_response, unavailable
 from proxy.policies.base import Observer
@@ -63,7 +64,6 @@ __all__ = [
     "MAX_SESSIONS",
     "MAX_SUBSCRIPTIONS",
     "Gateway",
-    "Isolation",
 ]
 
 log = structlog.get_logger("proxy")
@@ -85,7 +85,6 @@ LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
 """Where a 2026-07-28 request asks for log lines (the era has no `logging/setLevel`)."""
 BACKLOG: Final = 1024
 """The least the gateway's socket queues unaccepted (`Gateway.__init__`)."""
-Isolation = Literal["shared", "per_session"]
 
 
 def _without_tasks(capabilities: Any) -> Any:
@@ -413,7 +412,7 @@ class Gateway:
         held = uri in session.subscriptions
         session.subscriptions.add(uri)  # held from now, so a session leaving meanwhile does not unsubscribe the child
         answer = await answers.round_trip(backend, session.id, message)
-        if not held and not (answer.status == 200 and b'"result"' in bytes(answer.body or b"")):  # type: ignore[arg-type]
+        if not held and not answer.get(answers.SUCCEEDED, False):
             session.subscriptions.discard(uri)
         return answer
 
