@@ -108,7 +108,7 @@ async def call(
             backend.send_later(link, cancel, "stdio-cancel")
 
 
-SUCCEEDED: Final = "mcp_proxy_succeeded"
+SUCCEEDED: Final = web.ResponseKey("mcp_proxy_succeeded", bool)
 """The key of a `round_trip` response that says whether the child answered with a result (not an error)."""
 
 
